@@ -1,0 +1,102 @@
+//! The configuration file as written: serde types that mirror the TOML, keeping source spans.
+//!
+//! Nothing here is checked beyond TOML types. Values that can be wrong in ways serde cannot
+//! express (addresses, references between sections, duplicates) stay as spanned strings so
+//! `validate` can report every mistake at once, each with its line and column.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) listeners: Vec<RawListener>,
+    pub(crate) admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub(crate) plugins: RawPlugins,
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) clusters: Vec<RawCluster>,
+    #[serde(default)]
+    pub(crate) routes: Vec<RawRoute>,
+}
+
+/// `[[listeners]]`: one downstream socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub(crate) address: Spanned<String>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) address: Spanned<String>,
+}
+
+/// `[plugins]`: where plugins live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlugins {
+    pub(crate) dir: Option<PathBuf>,
+}
+
+/// `[server]`: downstream connection handling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    #[serde(default, with = "duration")]
+    pub(crate) header_read_timeout: Option<Duration>,
+    #[serde(default, with = "duration")]
+    pub(crate) drain_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<Spanned<usize>>,
+    pub(crate) worker_threads: Option<Spanned<usize>>,
+}
+
+/// `[[clusters]]`: a named set of upstream endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) name: Spanned<String>,
+    pub(crate) endpoints: Spanned<Vec<Spanned<String>>>,
+    #[serde(default, with = "duration")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, with = "duration")]
+    pub(crate) response_timeout: Option<Duration>,
+    #[serde(default, with = "duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// `[[routes]]`: which requests go to which cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Spanned<String>,
+    pub(crate) host: Option<Spanned<String>>,
+    pub(crate) path_prefix: Option<Spanned<String>>,
+    pub(crate) methods: Option<Vec<Spanned<String>>>,
+    pub(crate) cluster: Spanned<String>,
+}
+
+/// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            D::Error::custom(format!("expected a duration like \"5s\" or \"250ms\": {e}"))
+        })
+    }
+}

@@ -1,0 +1,594 @@
+//! Validation: turns a [`RawConfig`](super::model::RawConfig) into a typed [`Config`], or into
+//! the full list of what is wrong with it.
+//!
+//! Every check runs even after an earlier one failed, so one `weir check` shows all mistakes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use http::uri::Authority;
+use serde::{Serialize, Serializer};
+use toml::Spanned;
+
+use super::model::{RawCluster, RawConfig, RawRoute};
+use super::{Diagnostic, Locator};
+
+/// The default time to establish a TCP connection to an endpoint (Envoy's default).
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time from sending a request upstream to receiving its response headers
+/// (nginx's `proxy_read_timeout`).
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle pooled upstream connection is kept.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a downstream client may take to send request headers (hyper's default).
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight requests before closing their connections.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most downstream connections served at once; more wait in the kernel's accept queue.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// A complete, validated configuration. Immutable once built.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Downstream listeners, at least one.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin listener, if configured.
+    pub admin: Option<AdminConfig>,
+    /// Where plugins are loaded from.
+    pub plugins: PluginsConfig,
+    /// Downstream connection handling.
+    pub server: ServerConfig,
+    /// Upstream clusters, names unique.
+    pub clusters: Vec<ClusterConfig>,
+    /// Routes in the order written, names unique.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A downstream listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerConfig {
+    /// The socket address to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    /// The socket address to bind.
+    pub address: SocketAddr,
+}
+
+/// Plugin settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginsConfig {
+    /// The plugin folder, resolved against the config file's directory.
+    pub dir: PathBuf,
+}
+
+/// Downstream connection handling.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// Time a client has to send the request headers (HTTP/1).
+    #[serde(serialize_with = "human")]
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    #[serde(serialize_with = "human")]
+    pub drain_timeout: Duration,
+    /// Concurrent downstream connections.
+    pub max_connections: usize,
+    /// Threads of the async runtime; `None` means one per CPU core.
+    pub worker_threads: Option<usize>,
+}
+
+/// A named set of upstream endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    /// The cluster's name, referenced by routes.
+    pub name: String,
+    /// The endpoints, at least one.
+    pub endpoints: Vec<Endpoint>,
+    /// Time to establish a TCP connection to one endpoint.
+    #[serde(serialize_with = "human")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response headers.
+    #[serde(serialize_with = "human")]
+    pub response_timeout: Duration,
+    /// Time an idle pooled connection is kept.
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
+}
+
+/// One upstream endpoint: `host:port`, where host is an IP address or a DNS name.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Endpoint {
+    /// The authority requests are sent to.
+    #[serde(serialize_with = "display")]
+    pub authority: Authority,
+}
+
+/// A route: which requests go to which cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    /// The route's name, used in logs.
+    pub name: String,
+    /// Lower-case host to match (`*.example.com` matches any subdomain); `None` matches any.
+    pub host: Option<String>,
+    /// Path prefix to match; `/` matches every path.
+    pub path_prefix: String,
+    /// Methods to match; `None` matches any.
+    #[serde(serialize_with = "methods")]
+    pub methods: Option<Vec<Method>>,
+    /// The cluster that serves the route.
+    pub cluster: String,
+    /// Index of `cluster` in [`Config::clusters`].
+    #[serde(skip)]
+    pub cluster_index: usize,
+}
+
+fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn display<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn methods<S: Serializer>(m: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
+    let names: Option<Vec<&str>> = m.as_ref().map(|m| m.iter().map(Method::as_str).collect());
+    names.serialize(s)
+}
+
+/// Collects diagnostics while validating.
+struct Checker<'a> {
+    locate: &'a Locator<'a>,
+    found: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.found.push(self.locate.at(Some(at.span()), message));
+    }
+
+    fn error_nowhere(&mut self, message: String) {
+        self.found.push(self.locate.at(None, message));
+    }
+
+    /// Reports the second and later uses of each name.
+    fn unique_names<'n>(&mut self, what: &str, names: impl Iterator<Item = &'n Spanned<String>>) {
+        let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
+        for name in names {
+            if name.get_ref().is_empty() {
+                self.error(name, format!("{what} name must not be empty"));
+            } else if let Some(first) = seen.get(name.get_ref().as_str()) {
+                let first_line = self.locate.at(Some(first.span()), String::new()).line;
+                let message = format!(
+                    "duplicate {what} name \"{}\" (first defined on line {})",
+                    name.get_ref(),
+                    first_line.unwrap_or(0)
+                );
+                self.error(name, message);
+            } else {
+                seen.insert(name.get_ref(), name);
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, what: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                let message = format!(
+                    "{what} address \"{}\" is not an IP address and port, like \"127.0.0.1:8080\"",
+                    value.get_ref()
+                );
+                self.error(value, message);
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    locate: &Locator<'_>,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut check = Checker {
+        locate,
+        found: Vec::new(),
+    };
+
+    if raw.listeners.is_empty() {
+        check.error_nowhere("no [[listeners]]: weir needs at least one address to serve".into());
+    }
+    let mut listeners = Vec::new();
+    let mut bound: HashMap<SocketAddr, ()> = HashMap::new();
+    for l in &raw.listeners {
+        if let Some(address) = check.socket_addr("listener", &l.address) {
+            if bound.insert(address, ()).is_some() && address.port() != 0 {
+                check.error(
+                    &l.address,
+                    format!("listener address {address} is listed twice"),
+                );
+            }
+            listeners.push(ListenerConfig { address });
+        }
+    }
+    let admin = raw.admin.as_ref().and_then(|a| {
+        check
+            .socket_addr("admin", &a.address)
+            .map(|address| AdminConfig { address })
+    });
+
+    let max_connections = match raw.server.max_connections {
+        Some(ref n) if *n.get_ref() == 0 => {
+            check.error(n, "server.max_connections must be at least 1".into());
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(n) => n.into_inner(),
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
+    let worker_threads = match raw.server.worker_threads {
+        Some(ref n) if *n.get_ref() == 0 => {
+            check.error(n, "server.worker_threads must be at least 1".into());
+            None
+        }
+        n => n.map(Spanned::into_inner),
+    };
+    let server = ServerConfig {
+        header_read_timeout: raw
+            .server
+            .header_read_timeout
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        drain_timeout: raw.server.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        max_connections,
+        worker_threads,
+    };
+
+    check.unique_names("cluster", raw.clusters.iter().map(|c| &c.name));
+    let clusters: Vec<ClusterConfig> = raw
+        .clusters
+        .iter()
+        .map(|c| cluster(&mut check, c))
+        .collect();
+
+    check.unique_names("route", raw.routes.iter().map(|r| &r.name));
+    let routes: Vec<RouteConfig> = raw
+        .routes
+        .iter()
+        .filter_map(|r| route(&mut check, r, &clusters))
+        .collect();
+
+    let plugins = PluginsConfig {
+        dir: base_dir.join(raw.plugins.dir.unwrap_or_else(|| PathBuf::from("plugins"))),
+    };
+
+    if check.found.is_empty() {
+        Ok(Config {
+            listeners,
+            admin,
+            plugins,
+            server,
+            clusters,
+            routes,
+        })
+    } else {
+        check.found.sort_by_key(|d| (d.line, d.column));
+        Err(check.found)
+    }
+}
+
+fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
+    let name = raw.name.get_ref();
+    if raw.endpoints.get_ref().is_empty() {
+        check.error(
+            &raw.endpoints,
+            format!("cluster \"{name}\" has no endpoints"),
+        );
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for e in raw.endpoints.get_ref() {
+        match endpoint(e.get_ref()) {
+            Ok(authority) if endpoints.iter().any(|seen| seen.authority == authority) => {
+                check.error(
+                    e,
+                    format!("cluster \"{name}\" lists endpoint {authority} twice"),
+                );
+            }
+            Ok(authority) => endpoints.push(Endpoint { authority }),
+            Err(why) => check.error(e, format!("cluster \"{name}\": endpoint {why}")),
+        }
+    }
+    for (what, d) in [
+        ("connect_timeout", raw.connect_timeout),
+        ("response_timeout", raw.response_timeout),
+        ("idle_timeout", raw.idle_timeout),
+    ] {
+        if d == Some(Duration::ZERO) {
+            check.error(
+                &raw.name,
+                format!("cluster \"{name}\": {what} must be greater than zero"),
+            );
+        }
+    }
+    ClusterConfig {
+        name: name.clone(),
+        endpoints,
+        connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+        idle_timeout: raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
+/// Parses `host:port`, where host is an IP address (IPv6 in brackets) or a DNS name.
+fn endpoint(text: &str) -> Result<Authority, String> {
+    if text.contains("://") {
+        return Err(format!(
+            "\"{text}\" has a scheme; write it as host:port, like \"10.0.0.5:8080\""
+        ));
+    }
+    if text.parse::<SocketAddr>().is_ok() {
+        return text
+            .parse::<Authority>()
+            .map_err(|e| format!("\"{text}\": {e}"));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("\"{text}\" has no port; write it as host:port"));
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!(
+            "\"{text}\" has an invalid port \"{port}\" (expected 1-65535)"
+        ));
+    }
+    if !is_dns_name(host) {
+        return Err(format!(
+            "\"{text}\": \"{host}\" is neither an IP address nor a valid host name"
+        ));
+    }
+    text.parse::<Authority>()
+        .map_err(|e| format!("\"{text}\": {e}"))
+}
+
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn route(
+    check: &mut Checker<'_>,
+    raw: &RawRoute,
+    clusters: &[ClusterConfig],
+) -> Option<RouteConfig> {
+    let name = raw.name.get_ref();
+    let cluster_index = clusters
+        .iter()
+        .position(|c| &c.name == raw.cluster.get_ref());
+    if cluster_index.is_none() {
+        let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        let message = format!(
+            "route \"{name}\" names cluster \"{}\", which is not defined (defined: {})",
+            raw.cluster.get_ref(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        check.error(&raw.cluster, message);
+    }
+
+    let host = raw.host.as_ref().and_then(|h| {
+        let normalized = h.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        let bare = normalized.strip_prefix("*.").unwrap_or(&normalized);
+        if bare.contains(':') {
+            check.error(
+                h,
+                format!(
+                    "route \"{name}\": host \"{}\" must not include a port",
+                    h.get_ref()
+                ),
+            );
+            None
+        } else if !is_dns_name(bare) {
+            check.error(
+                h,
+                format!(
+                    "route \"{name}\": \"{}\" is not a valid host name",
+                    h.get_ref()
+                ),
+            );
+            None
+        } else {
+            Some(normalized)
+        }
+    });
+
+    let path_prefix = match &raw.path_prefix {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            check.error(
+                p,
+                format!(
+                    "route \"{name}\": path_prefix \"{}\" must start with \"/\"",
+                    p.get_ref()
+                ),
+            );
+            "/".to_owned()
+        }
+        Some(p) => p.get_ref().clone(),
+        None => "/".to_owned(),
+    };
+
+    let methods =
+        raw.methods.as_ref().map(|list| {
+            let mut methods = Vec::new();
+            for m in list {
+                let text = m.get_ref();
+                let standard = [
+                    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+                ];
+                if text.is_empty() || Method::from_bytes(text.as_bytes()).is_err() {
+                    check.error(
+                        m,
+                        format!("route \"{name}\": \"{text}\" is not an HTTP method"),
+                    );
+                } else if standard.contains(&text.to_ascii_uppercase().as_str())
+                    && !standard.contains(&text.as_str())
+                {
+                    check.error(m, format!(
+                    "route \"{name}\": methods are case-sensitive; \"{text}\" should be \"{}\"",
+                    text.to_ascii_uppercase()
+                ));
+                } else if let Ok(method) = Method::from_bytes(text.as_bytes()) {
+                    methods.push(method);
+                }
+            }
+            methods
+        });
+
+    cluster_index.map(|cluster_index| RouteConfig {
+        name: name.clone(),
+        host,
+        path_prefix,
+        methods,
+        cluster: raw.cluster.get_ref().clone(),
+        cluster_index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::parse;
+
+    /// Parses `text` and renders the outcome as `ok` or one `line:col: message` per problem.
+    fn check(text: &str) -> String {
+        match parse(Path::new("weir.toml"), text) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{}:{}: {}",
+                        d.line.unwrap_or(0),
+                        d.column.unwrap_or(0),
+                        d.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    const BASE: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
+"#;
+
+    #[test]
+    fn validation_table() {
+        let cases: &[(&str, &str)] = &[
+            ("", "ok"),
+            (
+                "[[routes]]\nname = \"api\"\nhost = \"API.Example.com\"\npath_prefix = \"/api\"\nmethods = [\"GET\"]\ncluster = \"app\"",
+                "ok",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"nope\"",
+                "10:11: route \"r\" names cluster \"nope\", which is not defined (defined: app)",
+            ),
+            (
+                "[[clusters]]\nname = \"empty\"\nendpoints = []",
+                "10:13: cluster \"empty\" has no endpoints",
+            ),
+            (
+                "[[clusters]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]",
+                "9:8: duplicate cluster name \"app\" (first defined on line 5)",
+            ),
+            (
+                "[[clusters]]\nname = \"b\"\nendpoints = [\"127.0.0.1\", \"http://x:1\", \"bad_host:80\", \"h:0\"]",
+                "10:14: cluster \"b\": endpoint \"127.0.0.1\" has no port; write it as host:port\n\
+              10:27: cluster \"b\": endpoint \"http://x:1\" has a scheme; write it as host:port, like \"10.0.0.5:8080\"\n\
+              10:41: cluster \"b\": endpoint \"bad_host:80\": \"bad_host\" is neither an IP address nor a valid host name\n\
+              10:56: cluster \"b\": endpoint \"h:0\" has an invalid port \"0\" (expected 1-65535)",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\npath_prefix = \"api\"\nmethods = [\"get\", \"\"]\ncluster = \"app\"",
+                "10:15: route \"r\": path_prefix \"api\" must start with \"/\"\n\
+              11:12: route \"r\": methods are case-sensitive; \"get\" should be \"GET\"\n\
+              11:19: route \"r\": \"\" is not an HTTP method",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\nhost = \"a.b:80\"\ncluster = \"app\"",
+                "10:8: route \"r\": host \"a.b:80\" must not include a port",
+            ),
+            (
+                "[admin]\naddress = \"localhost:9901\"",
+                "9:11: admin address \"localhost:9901\" is not an IP address and port, like \"127.0.0.1:8080\"",
+            ),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:8080\"",
+                "9:11: listener address 127.0.0.1:8080 is listed twice",
+            ),
+            (
+                "[server]\nmax_connections = 0",
+                "9:19: server.max_connections must be at least 1",
+            ),
+            (
+                "[server]\ndrain_timeout = \"soon\"",
+                "9:17: expected a duration like \"5s\" or \"250ms\": expected number at 0",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\n[[routes]]\nname = \"r\"\ncluster = \"app\"",
+                "12:8: duplicate route name \"r\" (first defined on line 9)",
+            ),
+        ];
+        for (extra, expect) in cases {
+            let text = format!("{BASE}\n{extra}\n");
+            assert_eq!(check(&text), *expect, "config:\n{text}");
+        }
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        assert_eq!(
+            check(""),
+            "0:0: no [[listeners]]: weir needs at least one address to serve"
+        );
+    }
+
+    #[test]
+    fn defaults_and_relative_plugin_dir() {
+        let config = parse(Path::new("/etc/weir/weir.toml"), BASE).expect("valid");
+        assert_eq!(config.plugins.dir, Path::new("/etc/weir/plugins"));
+        assert_eq!(
+            config.clusters[0].connect_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            config.clusters[0].endpoints[1].authority.as_str(),
+            "backend.internal:80"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Error types: [`ProxyError`] for one request on the data path, [`HostError`] for startup.
+//!
+//! A `ProxyError` says what failed (`kind`), whose fault it was (`source`) and whether trying
+//! again elsewhere could help (`retry`). It never carries a status code: turning an error into
+//! a response is the job of exactly one function, `proxy::fail`.
+
+use std::net::SocketAddr;
+
+use crate::config::ConfigError;
+
+/// A boxed error cause, kept only for logging.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong while proxying one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was malformed (for example an HTTP/1.1 request without `Host`).
+    BadRequest,
+    /// No route matches the request.
+    NoRoute,
+    /// The route's cluster has no endpoint to take the request.
+    NoEndpoint,
+    /// Connecting to the chosen endpoint failed or timed out.
+    UpstreamConnect,
+    /// The endpoint did not send response headers within the response timeout.
+    UpstreamTimeout,
+    /// The exchange with the endpoint failed after connecting (reset, malformed response).
+    UpstreamFailed,
+}
+
+/// Whose fault an error is, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream endpoint failed.
+    Upstream,
+    /// The configuration cannot serve the request.
+    Internal,
+}
+
+/// Whether the request may be retried on another endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing reached the upstream; another endpoint may succeed.
+    Safe,
+    /// The upstream may have acted on the request, or retrying cannot help.
+    Never,
+}
+
+/// An error on the data path. Becomes a response in `proxy::fail`.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?} ({source_:?})")]
+pub struct ProxyError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// Whose fault it was.
+    pub source_: ErrorSource,
+    /// Whether a retry elsewhere may help.
+    pub retry: Retry,
+    /// The underlying cause, for the log line.
+    #[source]
+    pub cause: Option<BoxError>,
+}
+
+impl ProxyError {
+    /// An error of `kind` with the source and retry class that kind implies.
+    pub fn new(kind: ErrorKind) -> ProxyError {
+        let (source_, retry) = match kind {
+            ErrorKind::BadRequest => (ErrorSource::Downstream, Retry::Never),
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint => (ErrorSource::Internal, Retry::Never),
+            ErrorKind::UpstreamConnect => (ErrorSource::Upstream, Retry::Safe),
+            ErrorKind::UpstreamTimeout | ErrorKind::UpstreamFailed => {
+                (ErrorSource::Upstream, Retry::Never)
+            }
+        };
+        ProxyError {
+            kind,
+            source_,
+            retry,
+            cause: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_cause(mut self, cause: impl Into<BoxError>) -> ProxyError {
+        self.cause = Some(cause.into());
+        self
+    }
+}
+
+/// Why weir could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not bind its address.
+    #[error("cannot listen on {address}")]
+    Bind {
+        /// The address that could not be bound.
+        address: SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,255 @@
+//! Proxy header semantics, as nginx and Envoy apply them: hop-by-hop headers removed,
+//! `X-Forwarded-*` and `Via` set, `Host` passed through, a request id ensured.
+//!
+//! These are pure functions over header maps so they can be tested without sockets.
+
+use std::net::IpAddr;
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// de-facto `Keep-Alive` and `Proxy-Connection`. `Proxy-*` headers are removed separately.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// The request id header, generated when the client sent none.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
+/// every `Proxy-*` header.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection must go first, while Connection is still there to read.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Facts about the downstream request needed to write the forwarding headers.
+#[derive(Debug)]
+pub(crate) struct Downstream<'a> {
+    /// The client's IP address.
+    pub(crate) client_ip: IpAddr,
+    /// The request's host as the client sent it (Host header or `:authority`).
+    pub(crate) host: Option<&'a HeaderValue>,
+    /// The protocol version the client spoke.
+    pub(crate) version: Version,
+    /// `"http"` or `"https"`.
+    pub(crate) scheme: &'static str,
+}
+
+/// Rewrites request headers for the upstream. Call after [`strip_hop_by_hop`].
+pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Downstream<'_>) {
+    // HTTP/2 carries the host in :authority, which becomes the URI; HTTP/1.1 upstreams need
+    // it back as Host, or hyper would fill in the endpoint's address.
+    if let Some(host) = downstream.host {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+
+    let client = downstream.client_ip.to_string();
+    let forwarded_for = match headers.get_all(&X_FORWARDED_FOR).iter().count() {
+        0 => HeaderValue::from_str(&client),
+        _ => {
+            let mut joined = String::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                joined.push_str(", ");
+            }
+            joined.push_str(&client);
+            HeaderValue::from_str(&joined)
+        }
+    };
+    if let Ok(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(downstream.scheme),
+    );
+    headers.append(header::VIA, via(downstream.version));
+}
+
+/// The `Via` entry for a message received with `version`: `1.1 weir`, `2 weir`.
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_09 => "0.9 weir",
+        Version::HTTP_10 => "1.0 weir",
+        Version::HTTP_2 => "2 weir",
+        Version::HTTP_3 => "3 weir",
+        _ => "1.1 weir",
+    })
+}
+
+/// Returns the request's id, generating and inserting one if the client sent none.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        return id.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let id = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn headers(pairs: Pairs<'_>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        map
+    }
+
+    fn render(map: &HeaderMap) -> Vec<String> {
+        let mut out: Vec<String> = map
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("<bin>")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn strips_hop_by_hop() {
+        let cases: &[(Pairs<'_>, &[&str])] = &[
+            (&[("connection", "close"), ("x-a", "1")], &["x-a: 1"]),
+            (
+                &[
+                    ("connection", "keep-alive, X-Secret , x-other"),
+                    ("x-secret", "s"),
+                    ("x-other", "o"),
+                    ("x-keep", "k"),
+                ],
+                &["x-keep: k"],
+            ),
+            (
+                &[
+                    ("keep-alive", "timeout=5"),
+                    ("te", "trailers"),
+                    ("trailer", "x"),
+                    ("transfer-encoding", "chunked"),
+                    ("upgrade", "websocket"),
+                    ("proxy-authorization", "Basic x"),
+                    ("proxy-connection", "keep-alive"),
+                    ("authorization", "Bearer t"),
+                ],
+                &["authorization: Bearer t"],
+            ),
+            (
+                &[
+                    ("connection", "x-a"),
+                    ("connection", "x-b"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                    ("x-c", "3"),
+                ],
+                &["x-c: 3"],
+            ),
+        ];
+        for (input, expect) in cases {
+            let mut map = headers(input);
+            strip_hop_by_hop(&mut map);
+            assert_eq!(render(&map), *expect, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let host = HeaderValue::from_static("api.example.com");
+        let h2 = Downstream {
+            client_ip: "10.0.0.1".parse().expect("ip"),
+            host: Some(&host),
+            version: Version::HTTP_2,
+            scheme: "http",
+        };
+        let cases: &[(Pairs<'_>, &Downstream<'_>, &[&str])] = &[
+            (
+                &[],
+                &h2,
+                &[
+                    "host: api.example.com",
+                    "via: 2 weir",
+                    "x-forwarded-for: 10.0.0.1",
+                    "x-forwarded-host: api.example.com",
+                    "x-forwarded-proto: http",
+                ],
+            ),
+            (
+                &[
+                    ("host", "api.example.com"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "2.2.2.2"),
+                    ("via", "1.0 edge"),
+                ],
+                &Downstream {
+                    version: Version::HTTP_11,
+                    ..h2
+                },
+                &[
+                    "host: api.example.com",
+                    "via: 1.0 edge",
+                    "via: 1.1 weir",
+                    "x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1",
+                    "x-forwarded-host: api.example.com",
+                    "x-forwarded-proto: http",
+                ],
+            ),
+        ];
+        for (input, downstream, expect) in cases {
+            let mut map = headers(input);
+            upstream_request_headers(&mut map, downstream);
+            assert_eq!(render(&map), *expect, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn request_id_is_kept_or_generated() {
+        let mut map = headers(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut map), "abc");
+        let mut map = HeaderMap::new();
+        let id = ensure_request_id(&mut map);
+        assert_eq!(id.len(), 36);
+        assert_eq!(map.get("x-request-id"), Some(&id));
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+    }
+}

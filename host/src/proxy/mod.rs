@@ -1,0 +1,271 @@
+//! The data path: [`ProxyService::handle`] takes one downstream request through its phases,
+//! top to bottom, and [`fail`] is the one place an error becomes a response.
+//!
+//! Phases, in order:
+//! 1. `request_filter` (downstream): validate the request, find its host, ensure a request id;
+//! 2. route: match host, path and method to a route and its cluster;
+//! 3. `upstream_peer`: the cluster's balancer picks an endpoint;
+//! 4. `upstream_request_filter`: hop-by-hop headers out, forwarding headers in;
+//! 5. forward: send upstream, wait for response headers (bodies stream both ways);
+//! 6. `response_filter`: hop-by-hop headers out of the response.
+//!
+//! Plugins will hook in after routing (`request_filter` of the chain) and at step 6.
+
+mod forward;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::balancer::PickContext;
+use crate::body::{self, ProxyBody};
+use crate::error::{ErrorKind, ProxyError};
+use crate::generation::Generation;
+
+/// The proxy as a hyper-agnostic service: a request in, a response out, never an error.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    generation: Arc<ArcSwap<Generation>>,
+}
+
+/// What is known about a request so far; every log line about it comes from here.
+#[derive(Debug)]
+struct RequestContext {
+    client: SocketAddr,
+    request_id: Option<HeaderValue>,
+    route: Option<usize>,
+    cluster: Option<usize>,
+    endpoint: Option<usize>,
+}
+
+impl ProxyService {
+    /// A service that serves whatever generation `generation` holds at each request.
+    pub fn new(generation: Arc<ArcSwap<Generation>>) -> ProxyService {
+        ProxyService { generation }
+    }
+
+    /// Proxies one request from `client`. Always produces a response.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        // One generation for the whole request, even if a reload swaps it meanwhile.
+        let generation = self.generation.load_full();
+        let mut ctx = RequestContext {
+            client,
+            request_id: None,
+            route: None,
+            cluster: None,
+            endpoint: None,
+        };
+        match proxy(&generation, request, &mut ctx).await {
+            Ok(response) => response,
+            Err(error) => fail(&generation, &ctx, error),
+        }
+    }
+}
+
+async fn proxy(
+    generation: &Generation,
+    mut request: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // request_filter (downstream)
+    let request_id = forward::ensure_request_id(request.headers_mut());
+    ctx.request_id = Some(request_id.clone());
+    let host_value = request_host(&request)?;
+    let host = host_value.as_ref().map(normalize_host).transpose()?;
+
+    // route
+    let route = generation
+        .router
+        .route(host.as_deref(), request.uri().path(), request.method())
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute))?;
+    ctx.route = Some(route.0);
+    let cluster_index = generation.config.routes[route.0].cluster_index;
+    ctx.cluster = Some(cluster_index);
+    let cluster = &generation.clusters[cluster_index];
+
+    // upstream_peer
+    let endpoint = cluster
+        .balancer
+        .pick(&PickContext::default())
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+    ctx.endpoint = Some(endpoint);
+
+    // upstream_request_filter
+    let (mut parts, body) = request.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    let downstream = forward::Downstream {
+        client_ip: ctx.client.ip(),
+        host: host_value.as_ref(),
+        version: parts.version,
+        scheme: "http",
+    };
+    forward::upstream_request_headers(&mut parts.headers, &downstream);
+    let mut uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(cluster.config.endpoints[endpoint].authority.clone());
+    uri = uri.path_and_query(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri = uri
+        .build()
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
+    parts.version = Version::HTTP_11;
+    let upstream_request = Request::from_parts(parts, body::ProxyBody::Left(body));
+
+    // forward
+    let response = cluster.client.send(upstream_request).await?;
+
+    // response_filter
+    let (mut parts, body) = response.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(forward::X_REQUEST_ID.clone(), request_id);
+    Ok(Response::from_parts(parts, ProxyBody::Left(body)))
+}
+
+/// The host the client asked for: the Host header, or the URI authority (HTTP/2, absolute
+/// form). HTTP/1.1 requires exactly one Host header (RFC 9112 §3.2).
+fn request_host(request: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(bad_request("more than one Host header")),
+        (Some(host), None) => Ok(Some(host.clone())),
+        (None, _) => match request.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str())
+                .map(Some)
+                .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e)),
+            None if request.version() == Version::HTTP_11 => {
+                Err(bad_request("HTTP/1.1 request without Host"))
+            }
+            None => Ok(None),
+        },
+    }
+}
+
+/// Lower-cases the host and drops its port and trailing dot, for route matching.
+fn normalize_host(value: &HeaderValue) -> Result<Cow<'_, str>, ProxyError> {
+    let text = value
+        .to_str()
+        .map_err(|_| bad_request("Host is not ASCII"))?;
+    let host = if let Some(rest) = text.strip_prefix('[') {
+        // [v6]:port
+        let end = rest
+            .find(']')
+            .ok_or_else(|| bad_request("malformed IPv6 Host"))?;
+        &text[..end + 2]
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => text,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad_request("empty Host"));
+    }
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+fn bad_request(why: &'static str) -> ProxyError {
+    ProxyError::new(ErrorKind::BadRequest).with_cause(why)
+}
+
+/// Turns an error into the response the client gets, and logs who failed. The only place
+/// that maps an error to a status code.
+fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Response<ProxyBody> {
+    let (status, text) = match error.kind {
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
+        ErrorKind::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
+        ErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available\n"),
+        ErrorKind::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream connect error\n"),
+        ErrorKind::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream error\n"),
+        ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
+    };
+
+    let config = &generation.config;
+    let route = ctx.route.map(|i| config.routes[i].name.as_str());
+    let cluster = ctx.cluster.map(|i| &config.clusters[i]);
+    let endpoint = cluster
+        .zip(ctx.endpoint)
+        .map(|(c, e)| c.endpoints[e].authority.as_str());
+    let request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok());
+    let cause = error.cause.as_ref().map(|c| error_chain(c.as_ref()));
+    tracing::warn!(
+        status = status.as_u16(),
+        kind = ?error.kind,
+        source = ?error.source_,
+        client = %ctx.client,
+        request_id,
+        route,
+        cluster = cluster.map(|c| c.name.as_str()),
+        endpoint,
+        cause,
+        "request failed"
+    );
+
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(id) = &ctx.request_id {
+        headers.insert(forward::X_REQUEST_ID.clone(), id.clone());
+    }
+    response
+}
+
+/// `outer: inner: innermost`, the way people read error causes.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_normalization() {
+        let cases = [
+            ("api.example.com", Some("api.example.com")),
+            ("API.Example.COM:8080", Some("api.example.com")),
+            ("example.com.", Some("example.com")),
+            ("[::1]:8080", Some("[::1]")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("[::1", None),
+            (":80", None),
+        ];
+        for (input, expect) in cases {
+            let value = HeaderValue::from_static(input);
+            let got = normalize_host(&value).ok().map(Cow::into_owned);
+            assert_eq!(got.as_deref(), expect, "{input}");
+        }
+    }
+}

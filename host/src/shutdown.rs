@@ -1,0 +1,63 @@
+//! Shutdown: the OS signals that start it and the drain signal that carries it to listeners.
+//!
+//! Shutdown happens in two steps. [`DrainTrigger::trigger`] tells every accept loop to stop
+//! accepting; each loop then lets its open connections finish their in-flight requests, up to
+//! `server.drain_timeout`, and returns. `run` returns when every loop has.
+
+use tokio::sync::watch;
+
+/// Starts the drain. Dropping it without triggering also counts as a trigger.
+#[derive(Debug)]
+pub(crate) struct DrainTrigger(watch::Sender<bool>);
+
+/// Tells one accept loop that draining has started. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Drain(watch::Receiver<bool>);
+
+/// A connected trigger and drain signal.
+pub(crate) fn channel() -> (DrainTrigger, Drain) {
+    let (tx, rx) = watch::channel(false);
+    (DrainTrigger(tx), Drain(rx))
+}
+
+impl DrainTrigger {
+    /// Signals every [`Drain`] clone.
+    pub(crate) fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Drain {
+    /// Resolves once draining has started (immediately if it already has). Cancel-safe.
+    pub(crate) async fn signaled(&mut self) {
+        // An Err means the trigger was dropped, which also means: stop.
+        let _ = self.0.wait_for(|draining| *draining).await;
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn os_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+                }
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot install signal handlers; only Ctrl-C stops weir")
+            }
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No way to be told to stop: run until killed.
+        std::future::pending::<()>().await;
+    }
+}
