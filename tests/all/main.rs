@@ -1,1 +1,40 @@
-//! placeholder
+//! weir's end-to-end tests, one binary so there is one thing to link. Each module covers an
+//! area; every test runs real weir processes against real upstreams on 127.0.0.1.
+
+mod admin;
+mod cli;
+mod errors;
+mod lifecycle;
+mod proxying;
+mod tidy;
+
+use std::net::SocketAddr;
+
+/// A config with one proxy listener, an admin listener, and cluster `app` over `endpoints`
+/// served by a catch-all route; `extra` is appended (more clusters, routes, settings).
+pub fn config(endpoints: &[SocketAddr], extra: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[server]
+drain_timeout = "10s"
+
+[[clusters]]
+name = "app"
+endpoints = [{}]
+connect_timeout = "1s"
+
+[[routes]]
+name = "default"
+cluster = "app"
+{extra}
+"#,
+        endpoints.join(", ")
+    )
+}

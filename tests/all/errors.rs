@@ -1,0 +1,163 @@
+//! Errors become short plain-text responses with the right status, and a log line that says
+//! which route, cluster and endpoint failed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use weir_tests::weir::lines_with_message;
+use weir_tests::{Upstream, Weir, empty, http1_client, read_body};
+
+use crate::config;
+
+/// An address on 127.0.0.1 where nothing listens: bind port 0, note it, close it.
+fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+async fn get(weir: &Weir, path: &str) -> (StatusCode, String, Duration) {
+    let started = tokio::time::Instant::now();
+    let response = http1_client()
+        .request(Request::get(weir.url(path)).body(empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    let body = read_body(response.into_body()).await;
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_route_is_404() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace(
+        "name = \"default\"\ncluster",
+        "name = \"default\"\npath_prefix = \"/only\"\ncluster",
+    );
+    let weir = Weir::start(&config).await;
+    let (status, body, _) = get(&weir, "/elsewhere").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "no route\n")
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_endpoint_is_502_at_once_and_logged() {
+    let dead = closed_port();
+    let mut weir = Weir::start(&config(&[dead], "")).await;
+    let (status, body, elapsed) = get(&weir, "/x").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "502 took {elapsed:?}, longer than the 1s connect timeout"
+    );
+
+    let logs = weir
+        .wait_for_logs(|l| !lines_with_message(l, "request failed").is_empty())
+        .await;
+    let line = &lines_with_message(&logs, "request failed")[0]["fields"];
+    assert_eq!(line["route"], "default");
+    assert_eq!(line["cluster"], "app");
+    assert_eq!(line["endpoint"], dead.to_string());
+    assert_eq!(line["status"], 502);
+    assert!(line["request_id"].as_str().is_some_and(|id| id.len() == 36));
+}
+
+/// An endpoint whose accept queue is full drops SYNs, so connecting hangs until weir's
+/// connect timeout fires: the same thing a client sees from a blackholed host, without
+/// sending a packet beyond 127.0.0.1.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_timeout_is_502_after_the_timeout() {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue (never accepted) until a connect attempt hangs.
+    let mut held = Vec::new();
+    let mut saturated = false;
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => held.push(stream),
+            Ok(Err(e)) => panic!("connect failed instead of hanging: {e}"),
+            Err(_) => {
+                saturated = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        saturated,
+        "could not fill the accept queue of a listener with backlog 0"
+    );
+
+    let weir = Weir::start(
+        &config(&[addr], "").replace("connect_timeout = \"1s\"", "connect_timeout = \"400ms\""),
+    )
+    .await;
+    let (status, body, elapsed) = get(&weir, "/x").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "gave up after {elapsed:?}, before the connect timeout"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_504_after_the_response_timeout() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nresponse_timeout = \"300ms\"",
+    );
+    let weir = Weir::start(&config).await;
+    let (status, body, elapsed) = get(&weir, "/hang").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n")
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_are_400() {
+    let upstream = Upstream::start("one").await;
+    let weir = Weir::start(&config(&[upstream.addr], "")).await;
+    for raw in [
+        "GET / HTTP/1.1\r\n\r\n", // HTTP/1.1 without Host
+        "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", // two Hosts
+        "NOT A REQUEST\r\n\r\n",  // not HTTP at all
+    ] {
+        let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
+        stream.write_all(raw.as_bytes()).await.expect("write");
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{raw:?} got {reply:?}");
+    }
+    assert!(upstream.requests().is_empty());
+}

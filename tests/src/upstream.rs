@@ -1,0 +1,186 @@
+//! A real upstream HTTP server for tests, on `127.0.0.1:0`, that records what it receives.
+//!
+//! Its behaviour is chosen by path, so one server type covers every test:
+//! - `/upload` — streams the request body through SHA-256 and answers `LEN HEX`;
+//! - `/download/N` — answers N bytes of [`PatternBody`];
+//! - `/hop` — answers with hop-by-hop headers that a proxy must strip;
+//! - `/slow` — answers only after [`Upstream::release`];
+//! - `/hang` — never answers;
+//! - anything else — `200` with body `NAME METHOD PATH`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::{DEADLINE, PatternBody, hash_body};
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The request method.
+    pub method: Method,
+    /// The request target as received.
+    pub uri: Uri,
+    /// The HTTP version the proxy used.
+    pub version: Version,
+    /// The request headers as received.
+    pub headers: HeaderMap,
+}
+
+/// A running upstream server; stops when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    name: String,
+    seen: watch::Sender<Vec<Recorded>>,
+    release: Arc<Notify>,
+    stop: Arc<Notify>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` (its name appears in response bodies).
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let (seen, _) = watch::channel(Vec::new());
+        let upstream = Upstream {
+            addr,
+            name: name.to_owned(),
+            seen,
+            release: Arc::new(Notify::new()),
+            stop: Arc::new(Notify::new()),
+        };
+        let state = Arc::new(State {
+            name: upstream.name.clone(),
+            seen: upstream.seen.clone(),
+            release: upstream.release.clone(),
+        });
+        let stop = upstream.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop.notified() => break,
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.borrow().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for_requests(&self, n: usize) {
+        let mut rx = self.seen.subscribe();
+        tokio::time::timeout(DEADLINE, rx.wait_for(|seen| seen.len() >= n))
+            .await
+            .expect("upstream never received the expected requests")
+            .expect("upstream state dropped");
+    }
+
+    /// Lets every waiting `/slow` request answer.
+    pub fn release(&self) {
+        self.release.notify_waiters();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    name: String,
+    seen: watch::Sender<Vec<Recorded>>,
+    release: Arc<Notify>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+impl State {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let recorded = Recorded {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        };
+        let path = req.uri().path().to_owned();
+        // Register interest before recording, so a release cannot slip in between.
+        let released = self.release.notified();
+        self.seen.send_modify(|seen| seen.push(recorded));
+        match path.as_str() {
+            "/upload" => {
+                let (len, hex) = hash_body(req.into_body()).await;
+                text(format!("{len} {hex}"))
+            }
+            "/hop" => {
+                let mut response = text("hop".into());
+                let h = response.headers_mut();
+                h.insert("connection", "x-up-secret".parse().expect("value"));
+                h.insert("x-up-secret", "1".parse().expect("value"));
+                h.insert("keep-alive", "timeout=5".parse().expect("value"));
+                h.insert("x-upstream", self.name.parse().expect("value"));
+                response
+            }
+            "/slow" => {
+                released.await;
+                text(format!("{} slow done", self.name))
+            }
+            "/hang" => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            p if p.starts_with("/download/") => {
+                let len: u64 = p["/download/".len()..].parse().unwrap_or(0);
+                Response::new(PatternBody::new(len).boxed())
+            }
+            _ => {
+                let body = format!("{} {} {}", self.name, req.method(), path);
+                let _ = req.into_body().collect().await;
+                let mut response = text(body);
+                response
+                    .headers_mut()
+                    .insert("x-upstream", self.name.parse().expect("value"));
+                response
+            }
+        }
+    }
+}
+
+fn text(body: String) -> Response<Body> {
+    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)).boxed());
+    response
+        .headers_mut()
+        .insert("content-type", "text/plain".parse().expect("value"));
+    response
+}

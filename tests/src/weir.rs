@@ -1,0 +1,190 @@
+//! A real `weir` process for tests: started on a config written to a temporary folder,
+//! its JSON logs captured, its listening addresses read from its `listening` log lines.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::DEADLINE;
+
+/// The `weir` binary under test: `$WEIR_BIN`, else `weir` in the same target folder as the
+/// running test (`cargo xtask test` builds it before the tests run).
+pub fn weir_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("WEIR_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/all-<hash> → target/<profile>/weir
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("weir");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build -p weir-host`, or run the tests with `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running weir process. Killed when dropped.
+#[derive(Debug)]
+pub struct Weir {
+    child: Child,
+    /// The first proxy listener's real address.
+    pub proxy: SocketAddr,
+    /// The admin listener's real address, if the config has one.
+    pub admin: Option<SocketAddr>,
+    logs: watch::Receiver<Vec<Value>>,
+    dir: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Writes `config` as `weir.toml` in a fresh folder and starts weir on it; returns once
+    /// every listener (proxy and admin) has logged its address.
+    pub async fn start(config: &str) -> Weir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, config).expect("write config");
+        let expected =
+            config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
+
+        let mut child = Command::new(weir_bin())
+            .arg("--config")
+            .arg(&path)
+            .arg("--log-format")
+            .arg("json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weir");
+        let (tx, logs) = watch::channel(Vec::new());
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                // Echoed so a failing test shows what weir said.
+                eprintln!("weir: {line}");
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                tx.send_modify(|logs| logs.push(value));
+            }
+        });
+
+        let mut weir = Weir {
+            child,
+            proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
+            logs,
+            dir,
+        };
+        let logs = weir
+            .wait_for_logs(|logs| listening(logs).len() >= expected)
+            .await;
+        for (kind, address) in listening(&logs) {
+            match kind.as_str() {
+                "admin" => weir.admin = Some(address),
+                _ if weir.proxy.port() == 0 => weir.proxy = address,
+                _ => {}
+            }
+        }
+        weir
+    }
+
+    /// `http://PROXY_ADDRESS/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// `http://ADMIN_ADDRESS/path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("config has no [admin]")
+        )
+    }
+
+    /// The folder holding `weir.toml`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until the log lines so far satisfy `done`; returns them. Panics at the deadline
+    /// (or if weir exits first) with the logs in the message.
+    pub async fn wait_for_logs(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let mut logs = self.logs.clone();
+        let found = match tokio::time::timeout(DEADLINE, logs.wait_for(|l| done(l))).await {
+            Ok(Ok(found)) => Some(found.clone()),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        found.unwrap_or_else(|| {
+            let exited = self.child.try_wait().ok().flatten();
+            panic!(
+                "expected log lines did not appear (weir exited: {exited:?}); logs: {:#?}",
+                *self.logs.borrow()
+            )
+        })
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.borrow().clone()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        kill(Pid::from_raw(pid), signal).expect("kill");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit; panics at the deadline.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "weir did not exit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `(kind, address)` of every `listening` log line.
+fn listening(logs: &[Value]) -> Vec<(String, SocketAddr)> {
+    logs.iter()
+        .filter(|l| l["fields"]["message"] == "listening")
+        .filter_map(|l| {
+            let kind = l["fields"]["kind"].as_str()?.to_owned();
+            let address = l["fields"]["address"].as_str()?.parse().ok()?;
+            Some((kind, address))
+        })
+        .collect()
+}
+
+/// Finds log lines whose `fields.message` is `message`.
+pub fn lines_with_message<'a>(logs: &'a [Value], message: &str) -> Vec<&'a Value> {
+    logs.iter()
+        .filter(|l| l["fields"]["message"] == message)
+        .collect()
+}
