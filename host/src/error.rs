@@ -26,6 +26,10 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The exchange with the endpoint failed after connecting (reset, malformed response).
     UpstreamFailed,
+    /// A plugin the route needs is not loaded.
+    PluginUnavailable,
+    /// A fail-closed plugin trapped, hit a limit, or returned an invalid change.
+    PluginFailed,
 }
 
 /// Whose fault an error is, for logs and metrics.
@@ -37,6 +41,8 @@ pub enum ErrorSource {
     Upstream,
     /// The configuration cannot serve the request.
     Internal,
+    /// A plugin failed.
+    Plugin,
 }
 
 /// Whether the request may be retried on another endpoint.
@@ -73,6 +79,9 @@ impl ProxyError {
             ErrorKind::UpstreamTimeout | ErrorKind::UpstreamFailed => {
                 (ErrorSource::Upstream, Retry::Never)
             }
+            ErrorKind::PluginUnavailable | ErrorKind::PluginFailed => {
+                (ErrorSource::Plugin, Retry::Never)
+            }
         };
         ProxyError {
             kind,
@@ -95,6 +104,9 @@ pub enum HostError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The wasm engine could not be created.
+    #[error("cannot start the plugin runtime")]
+    PluginRuntime(#[source] BoxError),
     /// A listener could not bind its address.
     #[error("cannot listen on {address}")]
     Bind {

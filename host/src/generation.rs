@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use crate::balancer::{Balancer, RoundRobin};
 use crate::config::{ClusterConfig, Config};
+use crate::plugin::chain::Chain;
+use crate::plugin::{LoadError, Plugin};
 use crate::router::Router;
 use crate::upstream::UpstreamClient;
 
@@ -19,7 +21,12 @@ pub struct Generation {
     pub router: Router,
     /// Clusters, in the same order as `config.clusters`.
     pub clusters: Vec<Cluster>,
+    /// Each route's plugin chain, in the same order as `config.routes`.
+    pub chains: Vec<Chain>,
 }
+
+/// The plugin folder's contents: each file's plugin name and its loaded plugin or why not.
+pub type PluginSet = [(String, Result<Arc<Plugin>, LoadError>)];
 
 /// A cluster ready to serve: its endpoints, balancer and connection pool.
 #[derive(Debug)]
@@ -33,8 +40,13 @@ pub struct Cluster {
 }
 
 impl Generation {
-    /// Builds everything the data path needs from a validated config.
-    pub fn build(config: Config) -> Generation {
+    /// Builds everything the data path needs from a validated config and the loaded plugins.
+    pub fn build(config: Config, plugins: &PluginSet) -> Generation {
+        let chains = config
+            .routes
+            .iter()
+            .map(|route| chain(route.plugins.as_deref(), plugins))
+            .collect();
         let router = Router::new(&config.routes);
         let clusters = config
             .clusters
@@ -49,6 +61,27 @@ impl Generation {
             config: Arc::new(config),
             router,
             clusters,
+            chains,
         }
     }
+}
+
+/// A route's chain: the named plugins in order, or every plugin in the folder. If one is
+/// missing or was rejected at load, the chain refuses traffic rather than skip it.
+fn chain(names: Option<&[String]>, plugins: &PluginSet) -> Chain {
+    let wanted: Vec<&str> = match names {
+        Some(names) => names.iter().map(String::as_str).collect(),
+        None => plugins.iter().map(|(name, _)| name.as_str()).collect(),
+    };
+    let mut chain = Vec::with_capacity(wanted.len());
+    for name in wanted {
+        match plugins.iter().find(|(n, _)| n == name) {
+            Some((_, Ok(plugin))) => chain.push(plugin.clone()),
+            Some((_, Err(e))) => {
+                return Chain::unavailable(format!("plugin {name} failed to load: {e}"));
+            }
+            None => return Chain::unavailable(format!("plugin {name} is not loaded")),
+        }
+    }
+    Chain::new(chain)
 }

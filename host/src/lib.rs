@@ -20,6 +20,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod plugin;
 pub mod proxy;
 pub mod router;
 mod server;
@@ -39,6 +40,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::error::HostError;
 use crate::generation::Generation;
+use crate::plugin::PluginRuntime;
 use crate::proxy::ProxyService;
 
 /// Runs weir with `config` until `shutdown` resolves, then drains and returns.
@@ -47,6 +49,21 @@ use crate::proxy::ProxyService;
 /// Each bound address is logged as `listening` with its `kind` (`proxy` or `admin`) and the
 /// real `address` (useful with port 0).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), HostError> {
+    // Plugins compile before any listener binds, so `listening` means ready to serve.
+    // The runtime is kept alive for the whole run: it owns the engine's epoch ticker.
+    let runtime =
+        PluginRuntime::new().map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
+    let plugins = runtime.load_dir(&config.plugins.dir);
+    for (name, loaded) in &plugins {
+        match loaded {
+            Ok(p) => {
+                tracing::info!(plugin = name, file = %p.file.display(), hash = %p.hash, "plugin loaded")
+            }
+            Err(e) => {
+                tracing::error!(plugin = name, error = %e, "plugin rejected; routes that use it answer 503")
+            }
+        }
+    }
     let mut proxy_listeners = Vec::new();
     for l in &config.listeners {
         proxy_listeners.push(bind(l.address, "proxy").await?);
@@ -57,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     let settings = config.server.clone();
-    let generation = Arc::new(ArcSwap::from_pointee(Generation::build(config)));
+    let generation = Arc::new(ArcSwap::from_pointee(Generation::build(config, &plugins)));
     let (trigger, drain) = shutdown::channel();
     let mut tasks = JoinSet::new();
 
@@ -91,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    drop(runtime);
     tracing::info!("stopped");
     Ok(())
 }

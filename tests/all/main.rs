@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod errors;
 mod lifecycle;
+mod plugins;
 mod proxying;
 mod tidy;
 

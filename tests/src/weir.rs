@@ -50,9 +50,20 @@ impl Weir {
     /// Writes `config` as `weir.toml` in a fresh folder and starts weir on it; returns once
     /// every listener (proxy and admin) has logged its address.
     pub async fn start(config: &str) -> Weir {
+        Weir::start_with_files(config, &[]).await
+    }
+
+    /// Like [`Weir::start`], with `files` (path relative to the config's folder, contents)
+    /// written first: plugins and their settings, for example.
+    pub async fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).expect("write config");
+        for (name, contents) in files {
+            let file = dir.path().join(name);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(file, contents).expect("write file");
+        }
         let expected =
             config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
 

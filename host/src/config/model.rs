@@ -83,6 +83,7 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) methods: Option<Vec<Spanned<String>>>,
     pub(crate) cluster: Spanned<String>,
+    pub(crate) plugins: Option<Vec<Spanned<String>>>,
 }
 
 /// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.

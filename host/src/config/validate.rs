@@ -124,6 +124,8 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// The cluster that serves the route.
     pub cluster: String,
+    /// The route's plugin chain by name, in order; `None` means every plugin in the folder.
+    pub plugins: Option<Vec<String>>,
     /// Index of `cluster` in [`Config::clusters`].
     #[serde(skip)]
     pub cluster_index: usize,
@@ -458,12 +460,23 @@ fn route(
             methods
         });
 
+    let plugins = raw.plugins.as_ref().map(|names| {
+        for n in names.iter().filter(|n| n.get_ref().is_empty()) {
+            check.error(
+                n,
+                format!("route \"{name}\": plugin names must not be empty"),
+            );
+        }
+        names.iter().map(|n| n.get_ref().clone()).collect()
+    });
+
     cluster_index.map(|cluster_index| RouteConfig {
         name: name.clone(),
         host,
         path_prefix,
         methods,
         cluster: raw.cluster.get_ref().clone(),
+        plugins,
         cluster_index,
     })
 }
@@ -557,7 +570,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `plugins`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\n[[routes]]\nname = \"r\"\ncluster = \"app\"",

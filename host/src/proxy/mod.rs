@@ -27,6 +27,8 @@ use crate::balancer::PickContext;
 use crate::body::{self, ProxyBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
+use crate::plugin::chain::{self, Chain, ChainError, RequestStep};
+use crate::plugin::{LocalResponse, RequestHead};
 
 /// The proxy as a hyper-agnostic service: a request in, a response out, never an error.
 #[derive(Debug, Clone)]
@@ -93,6 +95,33 @@ async fn proxy(
     ctx.cluster = Some(cluster_index);
     let cluster = &generation.clusters[cluster_index];
 
+    // request_filter (plugins): may change the request or answer it.
+    let chain = &generation.chains[route.0];
+    let mut response_hooks: Option<(RequestHead, usize)> = None;
+    if !chain.is_empty() {
+        let (mut parts, body) = request.into_parts();
+        let route_name = &generation.config.routes[route.0].name;
+        let mut head = chain::request_head(
+            &parts,
+            host_value.as_ref(),
+            ctx.client.to_string(),
+            route_name,
+            &request_id,
+        );
+        match chain.on_request(&mut head).map_err(plugin_error)? {
+            RequestStep::Respond { response, passed } => {
+                return local_reply(chain, passed, &head, response, request_id);
+            }
+            RequestStep::Continue { passed } => {
+                chain::apply_request_head(&mut parts, &head, chain).map_err(plugin_error)?;
+                if chain.has_response_hooks() {
+                    response_hooks = Some((head, passed));
+                }
+            }
+        }
+        request = Request::from_parts(parts, body);
+    }
+
     // upstream_peer
     let endpoint = cluster
         .balancer
@@ -135,7 +164,71 @@ async fn proxy(
     parts
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
-    Ok(Response::from_parts(parts, ProxyBody::Left(body)))
+    let response = Response::from_parts(parts, ProxyBody::Left(body));
+
+    // response_filter (plugins), in reverse chain order.
+    match response_hooks {
+        Some((head, passed)) => response_filter_plugins(chain, passed, &head, response),
+        None => Ok(response),
+    }
+}
+
+/// A plugin's local reply, passed back through the response hooks of the plugins before it.
+fn local_reply(
+    chain: &Chain,
+    passed: usize,
+    request: &RequestHead,
+    local: LocalResponse,
+    request_id: HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    let head = crate::plugin::ResponseHead {
+        status: local.status,
+        headers: local.headers,
+    };
+    chain::apply_response_head(&mut parts, &head, chain).map_err(plugin_error)?;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(forward::X_REQUEST_ID.clone(), request_id);
+    let response = Response::from_parts(parts, body::full(local.body));
+    if chain.has_response_hooks() {
+        response_filter_plugins(chain, passed, request, response)
+    } else {
+        Ok(response)
+    }
+}
+
+/// Runs the chain's `on-response` hooks over a response head; a plugin may replace the body.
+fn response_filter_plugins(
+    chain: &Chain,
+    passed: usize,
+    request: &RequestHead,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = response.into_parts();
+    let mut head = chain::response_head(&parts);
+    let replaced = chain
+        .on_response(passed, request, &mut head)
+        .map_err(plugin_error)?;
+    chain::apply_response_head(&mut parts, &head, chain).map_err(plugin_error)?;
+    let body = match replaced {
+        Some(bytes) => {
+            // The upstream's length no longer describes the body.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body::full(bytes)
+        }
+        None => body,
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn plugin_error(error: ChainError) -> ProxyError {
+    let kind = match error {
+        ChainError::Unavailable(_) => ErrorKind::PluginUnavailable,
+        ChainError::Failed(_) | ChainError::InvalidChange { .. } => ErrorKind::PluginFailed,
+    };
+    ProxyError::new(kind).with_cause(error)
 }
 
 /// The host the client asked for: the Host header, or the URI authority (HTTP/2, absolute
@@ -199,6 +292,8 @@ fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Res
         ErrorKind::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream connect error\n"),
         ErrorKind::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream error\n"),
         ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
+        ErrorKind::PluginUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable\n"),
+        ErrorKind::PluginFailed => (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n"),
     };
 
     let config = &generation.config;

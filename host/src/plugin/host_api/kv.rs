@@ -1,0 +1,130 @@
+//! Implementation of the `weir:plugin/kv` interface, and the in-memory store behind it.
+//!
+//! The store is one `DashMap` per process, shared by every instance of every plugin; each
+//! plugin's keys are prefixed with its name, so plugins cannot read each other's keys.
+//! Expiry is checked on access (an expired entry reads as absent).
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::time::{Duration, Instant};
+
+use crate::plugin::bindings::kv::{Error, Host};
+use crate::plugin::state::PluginState;
+
+/// A value and when it expires.
+#[derive(Debug)]
+struct Slot {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Slot {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+/// The in-memory key-value store.
+#[derive(Debug, Default)]
+pub(crate) struct KvStore {
+    map: DashMap<String, Slot>,
+}
+
+fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
+    ttl_ms.map(|ms| now + Duration::from_millis(ms))
+}
+
+impl KvStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        self.map
+            .get(key)
+            .filter(|slot| slot.live(now))
+            .map(|slot| slot.value.clone())
+    }
+
+    fn set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                expires: expiry(Instant::now(), ttl_ms),
+            },
+        );
+    }
+
+    fn delete(&self, key: &str) {
+        self.map.remove(key);
+    }
+
+    /// Adds `delta` under the entry's shard lock, so concurrent increments never lose counts.
+    fn increment(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        let now = Instant::now();
+        let fresh = |now| Slot {
+            value: delta.to_le_bytes().to_vec(),
+            expires: expiry(now, ttl_ms),
+        };
+        match self.map.entry(key) {
+            Entry::Occupied(mut slot) if slot.get().live(now) => {
+                let current =
+                    <[u8; 8]>::try_from(slot.get().value.as_slice()).map_or(0, i64::from_le_bytes);
+                let next = current.saturating_add(delta);
+                slot.get_mut().value = next.to_le_bytes().to_vec();
+                next
+            }
+            Entry::Occupied(mut slot) => {
+                slot.insert(fresh(now));
+                delta
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(fresh(now));
+                delta
+            }
+        }
+    }
+}
+
+impl PluginState {
+    fn key(&self, key: &str) -> String {
+        format!("{}\u{0}{key}", self.plugin)
+    }
+}
+
+impl Host for PluginState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.kv.get(&self.key(&key)))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
+        self.kv.set(self.key(&key), value, ttl_ms);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), Error> {
+        self.kv.delete(&self.key(&key));
+        Ok(())
+    }
+
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, Error> {
+        Ok(self.kv.increment(self.key(&key), delta, ttl_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn increment_counts_and_expires() {
+        let kv = KvStore::default();
+        assert_eq!(kv.increment("k".into(), 1, Some(1000)), 1);
+        assert_eq!(kv.increment("k".into(), 2, Some(1000)), 3);
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(kv.get("k"), None);
+        assert_eq!(kv.increment("k".into(), 5, None), 5);
+        kv.set("s".into(), b"v".to_vec(), Some(10));
+        assert_eq!(kv.get("s"), Some(b"v".to_vec()));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(kv.get("s"), None);
+    }
+}

@@ -1,0 +1,6 @@
+//! The host side of the WIT imports, one file per interface.
+
+pub(crate) mod kv;
+pub(crate) mod log;
+
+impl super::bindings::types::Host for super::state::PluginState {}

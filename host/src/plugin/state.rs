@@ -1,0 +1,51 @@
+//! `PluginState`: what a plugin instance's `Store` carries — WASI with nothing granted, the
+//! memory limits, and the handles host imports need.
+
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host_api::kv::KvStore;
+
+/// The data of one instance's `Store`.
+pub(crate) struct PluginState {
+    /// WASI with no preopened folders, no environment, no inherited stdio, no sockets: clocks
+    /// and random numbers are all a plugin gets from it.
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory cap for this instance.
+    pub(crate) limits: StoreLimits,
+    /// The plugin's name, for log lines.
+    pub(crate) plugin: Arc<str>,
+    /// The shared store; keys are prefixed with the plugin's name.
+    pub(crate) kv: Arc<KvStore>,
+    /// The request the current call serves, for log lines.
+    pub(crate) request_id: String,
+}
+
+impl PluginState {
+    pub(crate) fn new(plugin: Arc<str>, kv: Arc<KvStore>, limits: StoreLimits) -> PluginState {
+        // The builder's defaults grant nothing: no preopens, no env, stdio closed, every
+        // socket address denied, no name lookup.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            kv,
+            request_id: String::new(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

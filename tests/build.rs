@@ -1,0 +1,49 @@
+//! Builds the guest test plugin (`tests/plugins`) for `wasm32-wasip2` and tells the tests
+//! where it is (`TEST_PLUGIN_WASM`). Fails the build, with the fix, if the target is missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let plugin = here.join("plugins");
+    println!("cargo:rerun-if-changed={}", plugin.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugin.join("Cargo.toml").display()
+    );
+    println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+
+    let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("run rustc --print sysroot");
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    assert!(
+        sysroot.join("lib/rustlib/wasm32-wasip2").exists(),
+        "the wasm32-wasip2 target is not installed; run `rustup target add wasm32-wasip2`"
+    );
+
+    // A target folder of its own: the outer cargo holds the lock on the workspace's.
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("guest");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(plugin.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&out)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo for the guest test plugin");
+    assert!(status.success(), "building the guest test plugin failed");
+    let wasm = out.join("wasm32-wasip2/release/weir_test_plugin.wasm");
+    assert!(wasm.exists(), "{} was not produced", wasm.display());
+    println!("cargo:rustc-env=TEST_PLUGIN_WASM={}", wasm.display());
+}
