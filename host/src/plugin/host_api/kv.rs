@@ -58,27 +58,31 @@ impl KvStore {
     }
 
     /// Adds `delta` under the entry's shard lock, so concurrent increments never lose counts.
-    fn increment(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
+    fn increment(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, Error> {
         let now = Instant::now();
         let fresh = |now| Slot {
-            value: delta.to_le_bytes().to_vec(),
+            value: delta.to_string().into_bytes(),
             expires: expiry(now, ttl_ms),
         };
         match self.map.entry(key) {
             Entry::Occupied(mut slot) if slot.get().live(now) => {
-                let current =
-                    <[u8; 8]>::try_from(slot.get().value.as_slice()).map_or(0, i64::from_le_bytes);
-                let next = current.saturating_add(delta);
-                slot.get_mut().value = next.to_le_bytes().to_vec();
-                next
+                let current = std::str::from_utf8(&slot.get().value)
+                    .ok()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .ok_or_else(|| Error::Invalid("the value is not a decimal integer".into()))?;
+                let next = current.checked_add(delta).ok_or_else(|| {
+                    Error::Invalid("the counter would overflow a 64-bit integer".into())
+                })?;
+                slot.get_mut().value = next.to_string().into_bytes();
+                Ok(next)
             }
             Entry::Occupied(mut slot) => {
                 slot.insert(fresh(now));
-                delta
+                Ok(delta)
             }
             Entry::Vacant(slot) => {
                 slot.insert(fresh(now));
-                delta
+                Ok(delta)
             }
         }
     }
@@ -106,7 +110,7 @@ impl Host for PluginState {
     }
 
     fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, Error> {
-        Ok(self.kv.increment(self.key(&key), delta, ttl_ms))
+        self.kv.increment(self.key(&key), delta, ttl_ms)
     }
 }
 
@@ -117,14 +121,38 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn increment_counts_and_expires() {
         let kv = KvStore::default();
-        assert_eq!(kv.increment("k".into(), 1, Some(1000)), 1);
-        assert_eq!(kv.increment("k".into(), 2, Some(1000)), 3);
+        assert_eq!(kv.increment("k".into(), 1, Some(1000)).ok(), Some(1));
+        assert_eq!(kv.increment("k".into(), 2, Some(1000)).ok(), Some(3));
+        // Stored as decimal text, the way Redis stores counters.
+        assert_eq!(kv.get("k"), Some(b"3".to_vec()));
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(kv.get("k"), None);
-        assert_eq!(kv.increment("k".into(), 5, None), 5);
+        assert_eq!(kv.increment("k".into(), 5, None).ok(), Some(5));
         kv.set("s".into(), b"v".to_vec(), Some(10));
         assert_eq!(kv.get("s"), Some(b"v".to_vec()));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(kv.get("s"), None);
+    }
+
+    #[test]
+    fn increment_refuses_values_that_are_not_integers() {
+        let kv = KvStore::default();
+        kv.set("word".into(), b"hello".to_vec(), None);
+        assert!(matches!(
+            kv.increment("word".into(), 1, None),
+            Err(Error::Invalid(_))
+        ));
+        assert_eq!(
+            kv.get("word"),
+            Some(b"hello".to_vec()),
+            "the value must be left alone"
+        );
+        kv.set("max".into(), i64::MAX.to_string().into_bytes(), None);
+        assert!(matches!(
+            kv.increment("max".into(), 1, None),
+            Err(Error::Invalid(_))
+        ));
+        kv.set("n".into(), b"41".to_vec(), None);
+        assert_eq!(kv.increment("n".into(), 1, None).ok(), Some(42));
     }
 }
