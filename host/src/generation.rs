@@ -69,18 +69,24 @@ impl Generation {
 /// A route's chain: the named plugins in order, or every plugin in the folder. If one is
 /// missing or was rejected at load, the chain refuses traffic rather than skip it.
 fn chain(names: Option<&[String]>, plugins: &PluginSet) -> Chain {
-    let wanted: Vec<&str> = match names {
-        Some(names) => names.iter().map(String::as_str).collect(),
-        None => plugins.iter().map(|(name, _)| name.as_str()).collect(),
-    };
-    let mut chain = Vec::with_capacity(wanted.len());
-    for name in wanted {
-        match plugins.iter().find(|(n, _)| n == name) {
-            Some((_, Ok(plugin))) => chain.push(plugin.clone()),
-            Some((_, Err(e))) => {
-                return Chain::unavailable(format!("plugin {name} failed to load: {e}"));
+    let entries: Vec<&(String, Result<Arc<Plugin>, LoadError>)> = match names {
+        None => plugins.iter().collect(),
+        Some(names) => {
+            let mut entries = Vec::with_capacity(names.len());
+            for name in names {
+                match plugins.iter().find(|(n, _)| n == name) {
+                    Some(entry) => entries.push(entry),
+                    None => return Chain::unavailable(format!("plugin {name} is not loaded")),
+                }
             }
-            None => return Chain::unavailable(format!("plugin {name} is not loaded")),
+            entries
+        }
+    };
+    let mut chain = Vec::with_capacity(entries.len());
+    for (name, loaded) in entries {
+        match loaded {
+            Ok(plugin) => chain.push(plugin.clone()),
+            Err(e) => return Chain::unavailable(format!("plugin {name} failed to load: {e}")),
         }
     }
     Chain::new(chain)

@@ -22,14 +22,7 @@ async fn shutdown_lets_in_flight_requests_finish(signal: Signal) {
     upstream.wait_for_requests(1).await;
 
     weir.signal(signal);
-    weir.wait_for_logs(|logs| {
-        logs.iter().any(|l| {
-            l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("draining"))
-        })
-    })
-    .await;
+    weir.wait_for_message("draining").await;
     // New connections are refused once the listener is closed.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while TcpStream::connect(weir.proxy).await.is_ok() {

@@ -62,29 +62,12 @@ async fn trap_is_500_and_the_next_request_succeeds() {
         (status, body.as_str()),
         (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n")
     );
-    let logs = weir
-        .wait_for_logs(|l| {
-            l.iter()
-                .any(|l| l["fields"]["message"] == "plugin call failed")
-        })
-        .await;
-    let line = logs
-        .iter()
-        .find(|l| l["fields"]["message"] == "plugin call failed")
-        .expect("log line");
-    assert_eq!(line["fields"]["plugin"], "test");
+    let line = weir.wait_for_message("plugin call failed").await;
+    assert_eq!(line["plugin"], "test");
+    assert!(line["hash"].as_str().is_some_and(|h| h.len() == 16));
+    assert!(line["request_id"].as_str().is_some_and(|id| id.len() == 36));
     assert!(
-        line["fields"]["hash"]
-            .as_str()
-            .is_some_and(|h| h.len() == 16)
-    );
-    assert!(
-        line["fields"]["request_id"]
-            .as_str()
-            .is_some_and(|id| id.len() == 36)
-    );
-    assert!(
-        line["fields"]["error"]
+        line["error"]
             .as_str()
             .is_some_and(|e| e.contains("unreachable") || e.contains("trap")),
         "{line}"
@@ -134,25 +117,9 @@ async fn memory_hog_hits_the_cap() {
 async fn rejected_config_keeps_the_plugin_out_and_its_routes_closed() {
     let upstream = Upstream::start("one").await;
     let mut weir = start(&upstream, Some("[config]\nreject = true\n")).await;
-    let logs = weir
-        .wait_for_logs(|l| {
-            l.iter().any(|l| {
-                l["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("plugin rejected"))
-            })
-        })
-        .await;
-    let line = logs
-        .iter()
-        .find(|l| {
-            l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("plugin rejected"))
-        })
-        .expect("log");
+    let line = weir.wait_for_message("plugin rejected").await;
     assert!(
-        line["fields"]["error"]
+        line["error"]
             .as_str()
             .is_some_and(|e| e.contains("10-test.wasm") && e.contains("reject is true")),
         "{line}"
@@ -174,20 +141,13 @@ async fn garbage_file_is_rejected_with_its_reason() {
         &[("plugins/broken.wasm", b"not wasm at all")],
     )
     .await;
-    let logs = weir
-        .wait_for_logs(|l| {
-            l.iter().any(|l| {
-                l["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("plugin rejected"))
-            })
-        })
-        .await;
-    assert!(logs.iter().any(|l| {
-        l["fields"]["error"]
+    let line = weir.wait_for_message("plugin rejected").await;
+    assert!(
+        line["error"]
             .as_str()
-            .is_some_and(|e| e.contains("broken.wasm") && e.contains("not a valid wasm component"))
-    }));
+            .is_some_and(|e| e.contains("broken.wasm") && e.contains("not a valid wasm component")),
+        "{line}"
+    );
     assert_eq!(
         get(&weir, "/hello").await.0,
         StatusCode::SERVICE_UNAVAILABLE
@@ -210,8 +170,8 @@ async fn plugin_cannot_read_host_files_or_environment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_counter_is_shared_across_instances_and_requests() {
     let upstream = Upstream::start("one").await;
-    let weir = start(&upstream, None).await;
-    // Concurrent requests use several pooled instances; one store counts them all.
+    // max_uses = 1: every call gets a fresh instance, so 20 instances share one counter.
+    let weir = start(&upstream, Some("max_uses = 1\n")).await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let url = weir.url("/count");
@@ -234,4 +194,65 @@ async fn kv_counter_is_shared_across_instances_and_requests() {
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_change_is_500_naming_the_plugin() {
+    let upstream = Upstream::start("one").await;
+    // Two plugins, so the error must say which one made the change.
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        ("plugins/20-other.wasm", PLUGIN),
+    ];
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, _, body) = get(&weir, "/bad-header").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n")
+    );
+    let line = weir.wait_for_message("request failed").await;
+    assert!(
+        line["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("plugin test: invalid header name")),
+        "{line}"
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_files_with_one_plugin_name_refuse_the_second() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        ("plugins/20-test.wasm", PLUGIN),
+    ];
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let line = weir.wait_for_message("plugin rejected").await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("20-test.wasm")
+                && e.contains("already taken by")
+                && e.contains("10-test.wasm")),
+        "{line}"
+    );
+    // Ambiguous plugin set: the default chain, which includes both, refuses traffic.
+    assert_eq!(
+        get(&weir, "/hello").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_above_the_pool_slot_is_rejected_at_load() {
+    let upstream = Upstream::start("one").await;
+    let mut weir = start(&upstream, Some("memory_limit_mb = 1024\n")).await;
+    let line = weir.wait_for_message("plugin rejected").await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("memory_limit_mb = 1024: must be between 1 and 256")),
+        "{line}"
+    );
 }

@@ -145,6 +145,21 @@ impl Weir {
         })
     }
 
+    /// Waits for the first log line whose message starts with `prefix`; returns its
+    /// `fields` object (message, plugin, error, …).
+    pub async fn wait_for_message(&mut self, prefix: &str) -> Value {
+        let starts = |l: &Value| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+        };
+        let logs = self.wait_for_logs(|logs| logs.iter().any(starts)).await;
+        logs.into_iter()
+            .find(starts)
+            .map(|l| l["fields"].clone())
+            .unwrap_or_default()
+    }
+
     /// Every JSON log line so far.
     pub fn logs(&self) -> Vec<Value> {
         self.logs.borrow().clone()
@@ -190,12 +205,5 @@ fn listening(logs: &[Value]) -> Vec<(String, SocketAddr)> {
             let address = l["fields"]["address"].as_str()?.parse().ok()?;
             Some((kind, address))
         })
-        .collect()
-}
-
-/// Finds log lines whose `fields.message` is `message`.
-pub fn lines_with_message<'a>(logs: &'a [Value], message: &str) -> Vec<&'a Value> {
-    logs.iter()
-        .filter(|l| l["fields"]["message"] == message)
         .collect()
 }

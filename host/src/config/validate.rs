@@ -3,7 +3,7 @@
 //!
 //! Every check runs even after an earlier one failed, so one `weir check` shows all mistakes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -208,10 +208,10 @@ pub(super) fn validate(
         check.error_nowhere("no [[listeners]]: weir needs at least one address to serve".into());
     }
     let mut listeners = Vec::new();
-    let mut bound: HashMap<SocketAddr, ()> = HashMap::new();
+    let mut bound: HashSet<SocketAddr> = HashSet::new();
     for l in &raw.listeners {
         if let Some(address) = check.socket_addr("listener", &l.address) {
-            if bound.insert(address, ()).is_some() && address.port() != 0 {
+            if !bound.insert(address) && address.port() != 0 {
                 check.error(
                     &l.address,
                     format!("listener address {address} is listed twice"),

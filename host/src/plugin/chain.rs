@@ -1,6 +1,10 @@
-//! A route's filter chain: runs `on-request` in chain order and `on-response` in reverse,
-//! applies each plugin's changes before the next plugin sees the request, and converts
-//! between hyper's types and the WIT records.
+//! A route's filter chain: runs `on-request` in chain order and `on-response` in reverse.
+//!
+//! Plugins see whole heads (WIT records copied out of hyper's types once per phase) and
+//! return *changes*. Each change is checked for HTTP validity the moment its plugin returns
+//! it, so an invalid one names the plugin that made it, and is then applied twice: to
+//! hyper's parts (what is sent on) and to the head (what the next plugin sees). Nothing is
+//! rebuilt when nothing changes.
 //!
 //! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
 //! `fail_open`, otherwise the chain fails and the proxy answers 500. A chain that names a
@@ -18,26 +22,32 @@ use super::{
     ResponseHead,
 };
 
+/// A header list as the WIT records carry it.
+type HeaderList = Vec<(String, Vec<u8>)>;
+
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
     unavailable: Option<String>,
+    any_on_request: bool,
     any_on_response: bool,
 }
 
 /// What the request phase decided.
 #[derive(Debug)]
 pub enum RequestStep {
-    /// Send the (changed) request on. `passed` plugins ran `on-request`.
+    /// Send the (changed) request on.
     Continue {
         /// How many plugins, from the start of the chain, passed the request on.
         passed: usize,
     },
     /// A plugin answered; the plugins before it (`passed`) still see the response.
     Respond {
-        /// The plugin's response.
-        response: LocalResponse,
+        /// The plugin's response head, checked.
+        head: response::Parts,
+        /// The plugin's response body.
+        body: Vec<u8>,
         /// How many plugins, from the start of the chain, passed the request on.
         passed: usize,
     },
@@ -65,26 +75,26 @@ pub enum ChainError {
 impl Chain {
     /// A chain of loaded plugins.
     pub fn new(plugins: Vec<Arc<Plugin>>) -> Chain {
-        let any_on_response = plugins.iter().any(|p| p.has_on_response());
         Chain {
+            any_on_request: plugins.iter().any(|p| p.has_on_request()),
+            any_on_response: plugins.iter().any(|p| p.has_on_response()),
             plugins,
             unavailable: None,
-            any_on_response,
         }
     }
 
     /// A chain that refuses traffic because a plugin it needs is not loaded.
     pub fn unavailable(reason: String) -> Chain {
         Chain {
-            plugins: Vec::new(),
             unavailable: Some(reason),
-            any_on_response: false,
+            ..Chain::default()
         }
     }
 
-    /// Whether requests on this route skip plugins entirely.
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty() && self.unavailable.is_none()
+    /// Whether requests on this route need the chain at all: it has a hook to call, or it
+    /// must refuse them.
+    pub fn is_active(&self) -> bool {
+        self.unavailable.is_some() || self.any_on_request || self.any_on_response
     }
 
     /// Whether any plugin has an `on-response` hook.
@@ -92,17 +102,26 @@ impl Chain {
         self.any_on_response
     }
 
-    /// Runs `on-request` across the chain, applying each plugin's changes to `head`.
+    /// Runs `on-request` across the chain. Each plugin's changes go into `parts` and into
+    /// `head`, so the next plugin sees them.
     ///
     /// Hook calls are synchronous wasm calls, and WASI's synchronous host functions (a guest
     /// writing its panic message to stderr, say) block on the tokio runtime; both need the
     /// worker thread to leave the async context, hence `block_in_place`. Requires the
     /// multi-thread runtime, which `main` always builds.
-    pub fn on_request(&self, head: &mut RequestHead) -> Result<RequestStep, ChainError> {
-        tokio::task::block_in_place(|| self.run_on_request(head))
+    pub fn on_request(
+        &self,
+        head: &mut RequestHead,
+        parts: &mut request::Parts,
+    ) -> Result<RequestStep, ChainError> {
+        tokio::task::block_in_place(|| self.run_on_request(head, parts))
     }
 
-    fn run_on_request(&self, head: &mut RequestHead) -> Result<RequestStep, ChainError> {
+    fn run_on_request(
+        &self,
+        head: &mut RequestHead,
+        parts: &mut request::Parts,
+    ) -> Result<RequestStep, ChainError> {
         if let Some(reason) = &self.unavailable {
             return Err(ChainError::Unavailable(reason.clone()));
         }
@@ -112,19 +131,18 @@ impl Chain {
             }
             match plugin.on_request(head) {
                 Ok(RequestAction::Continue(changes)) => {
-                    apply_ops(&mut head.headers, changes.headers);
-                    if let Some(path) = changes.path {
-                        let (path, query) = match path.split_once('?') {
-                            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-                            None => (path, None),
-                        };
-                        head.path = path;
-                        head.query = query;
+                    for op in changes.headers {
+                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                    }
+                    if let Some(target) = changes.path {
+                        apply_path(plugin, target, head, parts)?;
                     }
                 }
-                Ok(RequestAction::Respond(response)) => {
+                Ok(RequestAction::Respond(local)) => {
+                    let (head, body) = local_response(plugin, local)?;
                     return Ok(RequestStep::Respond {
-                        response,
+                        head,
+                        body,
                         passed: i,
                     });
                 }
@@ -136,34 +154,44 @@ impl Chain {
         })
     }
 
-    /// Runs `on-response` across the first `passed` plugins in reverse. Returns the body of
-    /// a local response that replaced the upstream's, if a plugin answered.
+    /// Runs `on-response` across the first `passed` plugins in reverse, applying their
+    /// changes to `parts`. Returns the body of a local response that replaced the
+    /// upstream's, if a plugin answered.
     pub fn on_response(
         &self,
         passed: usize,
         request: &RequestHead,
-        head: &mut ResponseHead,
+        parts: &mut response::Parts,
     ) -> Result<Option<Vec<u8>>, ChainError> {
-        tokio::task::block_in_place(|| self.run_on_response(passed, request, head))
+        tokio::task::block_in_place(|| self.run_on_response(passed, request, parts))
     }
 
     fn run_on_response(
         &self,
         passed: usize,
         request: &RequestHead,
-        head: &mut ResponseHead,
+        parts: &mut response::Parts,
     ) -> Result<Option<Vec<u8>>, ChainError> {
         let mut body = None;
+        // Copied out only once a plugin actually wants to see it.
+        let mut head: Option<ResponseHead> = None;
         for plugin in self.plugins[..passed.min(self.plugins.len())].iter().rev() {
             if !plugin.has_on_response() {
                 continue;
             }
+            let head = head.get_or_insert_with(|| response_head(parts));
             match plugin.on_response(request, head) {
-                Ok(ResponseAction::Continue(ops)) => apply_ops(&mut head.headers, ops),
+                Ok(ResponseAction::Continue(ops)) => {
+                    for op in ops {
+                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                    }
+                }
                 Ok(ResponseAction::Respond(local)) => {
-                    head.status = local.status;
-                    head.headers = local.headers;
-                    body = Some(local.body);
+                    let (replacement, local_body) = local_response(plugin, local)?;
+                    parts.status = replacement.status;
+                    parts.headers = replacement.headers;
+                    *head = response_head(parts);
+                    body = Some(local_body);
                 }
                 Err(e) => skip_or_fail(plugin, e, &request.request_id)?,
             }
@@ -188,21 +216,91 @@ fn skip_or_fail(plugin: &Plugin, error: CallError, request_id: &str) -> Result<(
     }
 }
 
-fn apply_ops(headers: &mut Vec<(String, Vec<u8>)>, ops: Vec<HeaderOp>) {
-    for op in ops {
-        match op {
-            HeaderOp::Set((name, value)) => {
-                let name = name.to_ascii_lowercase();
-                headers.retain(|(n, _)| *n != name);
-                headers.push((name, value));
-            }
-            HeaderOp::Append((name, value)) => headers.push((name.to_ascii_lowercase(), value)),
-            HeaderOp::Remove(name) => {
-                let name = name.to_ascii_lowercase();
-                headers.retain(|(n, _)| *n != name);
-            }
+fn invalid(plugin: &Plugin, what: String) -> ChainError {
+    ChainError::InvalidChange {
+        plugin: plugin.name.clone(),
+        what,
+    }
+}
+
+fn header_name(plugin: &Plugin, name: &str) -> Result<HeaderName, ChainError> {
+    // from_bytes lower-cases, so `X-Foo` and `x-foo` are one header.
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(plugin, format!("invalid header name {name:?}")))
+}
+
+fn header_value(
+    plugin: &Plugin,
+    name: &HeaderName,
+    value: &[u8],
+) -> Result<HeaderValue, ChainError> {
+    HeaderValue::from_bytes(value)
+        .map_err(|_| invalid(plugin, format!("invalid value for header {name}")))
+}
+
+/// Checks one header change and applies it to the map and to the plugins' view.
+fn apply_op(
+    plugin: &Plugin,
+    op: HeaderOp,
+    list: &mut HeaderList,
+    map: &mut HeaderMap,
+) -> Result<(), ChainError> {
+    match op {
+        HeaderOp::Set((name, value)) => {
+            let name = header_name(plugin, &name)?;
+            map.insert(name.clone(), header_value(plugin, &name, &value)?);
+            list.retain(|(n, _)| n != name.as_str());
+            list.push((name.as_str().to_owned(), value));
+        }
+        HeaderOp::Append((name, value)) => {
+            let name = header_name(plugin, &name)?;
+            map.append(name.clone(), header_value(plugin, &name, &value)?);
+            list.push((name.as_str().to_owned(), value));
+        }
+        HeaderOp::Remove(name) => {
+            let name = header_name(plugin, &name)?;
+            map.remove(&name);
+            list.retain(|(n, _)| n != name.as_str());
         }
     }
+    Ok(())
+}
+
+/// Checks a new request target (`/path?query`) and applies it to the URI and the head.
+fn apply_path(
+    plugin: &Plugin,
+    target: String,
+    head: &mut RequestHead,
+    parts: &mut request::Parts,
+) -> Result<(), ChainError> {
+    let bad = |e: &dyn std::fmt::Display| invalid(plugin, format!("path {target:?}: {e}"));
+    if !target.starts_with('/') {
+        return Err(bad(&"must start with /"));
+    }
+    let path_and_query = PathAndQuery::try_from(target.as_str()).map_err(|e| bad(&e))?;
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = http::Uri::from_parts(uri).map_err(|e| bad(&e))?;
+    head.path = parts.uri.path().to_owned();
+    head.query = parts.uri.query().map(str::to_owned);
+    Ok(())
+}
+
+/// Checks a plugin's local response and turns it into hyper's parts.
+fn local_response(
+    plugin: &Plugin,
+    local: LocalResponse,
+) -> Result<(response::Parts, Vec<u8>), ChainError> {
+    let (mut parts, ()) = response::Response::new(()).into_parts();
+    parts.status = StatusCode::from_u16(local.status)
+        .map_err(|_| invalid(plugin, format!("status {}", local.status)))?;
+    parts.headers.reserve(local.headers.len());
+    for (name, value) in &local.headers {
+        let name = header_name(plugin, name)?;
+        let value = header_value(plugin, &name, value)?;
+        parts.headers.append(name, value);
+    }
+    Ok((parts, local.body))
 }
 
 /// The WIT view of a request head.
@@ -225,72 +323,16 @@ pub fn request_head(
     }
 }
 
-/// Writes a head's headers and path back into the request.
-pub fn apply_request_head(
-    parts: &mut request::Parts,
-    head: &RequestHead,
-    plugin_chain: &Chain,
-) -> Result<(), ChainError> {
-    parts.headers = header_map(&head.headers).map_err(|what| invalid(plugin_chain, what))?;
-    let target = match &head.query {
-        Some(q) => format!("{}?{q}", head.path),
-        None => head.path.clone(),
-    };
-    if parts.uri.path_and_query().map(PathAndQuery::as_str) != Some(target.as_str()) {
-        let path = PathAndQuery::try_from(target.as_str())
-            .map_err(|e| invalid(plugin_chain, format!("path {target:?}: {e}")))?;
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.path_and_query = Some(path);
-        parts.uri = http::Uri::from_parts(uri)
-            .map_err(|e| invalid(plugin_chain, format!("path {target:?}: {e}")))?;
-    }
-    Ok(())
-}
-
-/// The WIT view of a response head.
-pub fn response_head(parts: &response::Parts) -> ResponseHead {
+fn response_head(parts: &response::Parts) -> ResponseHead {
     ResponseHead {
         status: parts.status.as_u16(),
         headers: header_list(&parts.headers),
     }
 }
 
-/// Writes a head's status and headers back into the response.
-pub fn apply_response_head(
-    parts: &mut response::Parts,
-    head: &ResponseHead,
-    plugin_chain: &Chain,
-) -> Result<(), ChainError> {
-    parts.status = StatusCode::from_u16(head.status)
-        .map_err(|_| invalid(plugin_chain, format!("status {}", head.status)))?;
-    parts.headers = header_map(&head.headers).map_err(|what| invalid(plugin_chain, what))?;
-    Ok(())
-}
-
-fn invalid(chain: &Chain, what: String) -> ChainError {
-    // The change is attributed to the chain: which plugin made it is lost once changes merge.
-    let names: Vec<&str> = chain.plugins.iter().map(|p| &*p.name).collect();
-    ChainError::InvalidChange {
-        plugin: names.join(",").into(),
-        what,
-    }
-}
-
-fn header_list(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+fn header_list(headers: &HeaderMap) -> HeaderList {
     headers
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect()
-}
-
-fn header_map(list: &[(String, Vec<u8>)]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::with_capacity(list.len());
-    for (name, value) in list {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::from_bytes(value)
-            .map_err(|_| format!("invalid value for header {name}"))?;
-        map.append(name, value);
-    }
-    Ok(map)
 }

@@ -47,6 +47,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 const MAX_IDLE_INSTANCES: usize = 64;
 /// Instance slots in the pooling allocator, across all plugins.
 const POOL_INSTANCES: u32 = 512;
+/// The largest linear memory a pool slot holds, so the most `memory_limit_mb` may ask for.
+const MAX_MEMORY_LIMIT: usize = 256 << 20;
 
 /// Per-plugin limits and failure policy, from `NAME.toml`.
 #[derive(Debug, Clone)]
@@ -95,7 +97,7 @@ impl PluginRuntime {
             .total_core_instances(POOL_INSTANCES * 4)
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
-            .max_memory_size(PluginSettings::default().memory_limit.max(256 << 20));
+            .max_memory_size(MAX_MEMORY_LIMIT);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -154,7 +156,6 @@ impl PluginRuntime {
             hooks: types::HookSet::empty(),
             settings,
             config_json,
-            engine: self.engine.clone(),
             kv: self.kv.clone(),
             pre,
             idle: Mutex::new(Vec::new()),
@@ -173,7 +174,8 @@ impl PluginRuntime {
     }
 
     /// Loads every `*.wasm` in `dir`, in file-name order. A file that fails to load is
-    /// returned as an error with its name, so routes that need it can refuse traffic.
+    /// returned as an error with its name, so routes that need it can refuse traffic. Two
+    /// files with one plugin name (`10-auth.wasm`, `20-auth.wasm`): the second is refused.
     pub fn load_dir(&self, dir: &Path) -> Vec<(String, Result<Arc<Plugin>, LoadError>)> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
@@ -188,15 +190,26 @@ impl PluginRuntime {
             }
         };
         files.sort();
-        files
-            .into_iter()
-            .map(|file| {
-                (
-                    plugin_name(&file).to_owned(),
-                    self.load(&file).map(Arc::new),
-                )
-            })
-            .collect()
+        let mut loaded: Vec<(String, Result<Arc<Plugin>, LoadError>)> = Vec::new();
+        for file in files {
+            let name = plugin_name(&file).to_owned();
+            let taken = loaded
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, first)| match first {
+                    Ok(plugin) => plugin.file.display().to_string(),
+                    Err(e) => e.file.display().to_string(),
+                });
+            let result = match taken {
+                Some(by) => Err(LoadError {
+                    message: format!("plugin name {name:?} is already taken by {by}"),
+                    file,
+                }),
+                None => self.load(&file).map(Arc::new),
+            };
+            loaded.push((name, result));
+        }
+        loaded
     }
 }
 
@@ -276,6 +289,13 @@ fn read_settings(path: &Path) -> wasmtime::Result<(PluginSettings, String)> {
             .with_context(|| format!("{}: deadline {v:?}", path.display()))?;
     }
     if let Some(mb) = file.memory_limit_mb {
+        if mb == 0 || mb > MAX_MEMORY_LIMIT >> 20 {
+            wasmtime::bail!(
+                "{}: memory_limit_mb = {mb}: must be between 1 and {}",
+                path.display(),
+                MAX_MEMORY_LIMIT >> 20
+            );
+        }
         settings.memory_limit = mb << 20;
     }
     if let Some(n) = file.max_uses {
@@ -296,7 +316,6 @@ pub struct Plugin {
     /// Limits and failure policy.
     pub settings: PluginSettings,
     config_json: String,
-    engine: Engine,
     kv: Arc<KvStore>,
     pre: FilterPre<PluginState>,
     idle: Mutex<Vec<Instance>>,
@@ -335,7 +354,7 @@ impl Plugin {
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
-            &self.engine,
+            self.pre.engine(),
             PluginState::new(self.name.clone(), self.kv.clone(), limits),
         );
         store.limiter(|state| &mut state.limits);
@@ -343,7 +362,7 @@ impl Plugin {
         let filter = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| self.error(&e))?;
+            .map_err(|e| self.error(format_args!("{e:#}")))?;
         match filter
             .weir_plugin_http_filter()
             .call_configure(&mut store, &self.config_json)
@@ -353,12 +372,10 @@ impl Plugin {
                 filter,
                 uses: 0,
             }),
-            Ok(Err(rejected)) => Err(CallError {
-                plugin: self.name.clone(),
-                hash: self.hash.clone(),
-                message: format!("configuration rejected: {rejected}"),
-            }),
-            Err(e) => Err(self.error(&e)),
+            Ok(Err(rejected)) => {
+                Err(self.error(format_args!("configuration rejected: {rejected}")))
+            }
+            Err(e) => Err(self.error(format_args!("{e:#}"))),
         }
     }
 
@@ -366,11 +383,11 @@ impl Plugin {
         (self.settings.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 
-    fn error(&self, e: &wasmtime::Error) -> CallError {
+    fn error(&self, message: std::fmt::Arguments<'_>) -> CallError {
         CallError {
             plugin: self.name.clone(),
             hash: self.hash.clone(),
-            message: format!("{e:#}"),
+            message: message.to_string(),
         }
     }
 
@@ -409,7 +426,7 @@ impl Plugin {
                 self.checkin(instance);
                 Ok(value)
             }
-            Err(e) => Err(self.error(&e)),
+            Err(e) => Err(self.error(format_args!("{e:#}"))),
         }
     }
 

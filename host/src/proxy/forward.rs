@@ -77,19 +77,14 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
 
-    let client = downstream.client_ip.to_string();
-    let forwarded_for = match headers.get_all(&X_FORWARDED_FOR).iter().count() {
-        0 => HeaderValue::from_str(&client),
-        _ => {
-            let mut joined = String::new();
-            for v in headers.get_all(&X_FORWARDED_FOR) {
-                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-                joined.push_str(", ");
-            }
-            joined.push_str(&client);
-            HeaderValue::from_str(&joined)
-        }
-    };
+    // Earlier hops' values, joined into one field, then ours.
+    let mut joined = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        joined.push_str(", ");
+    }
+    joined.push_str(&downstream.client_ip.to_string());
+    let forwarded_for = HeaderValue::from_str(&joined);
     if let Ok(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }

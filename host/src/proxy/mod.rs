@@ -4,12 +4,13 @@
 //! Phases, in order:
 //! 1. `request_filter` (downstream): validate the request, find its host, ensure a request id;
 //! 2. route: match host, path and method to a route and its cluster;
-//! 3. `upstream_peer`: the cluster's balancer picks an endpoint;
-//! 4. `upstream_request_filter`: hop-by-hop headers out, forwarding headers in;
-//! 5. forward: send upstream, wait for response headers (bodies stream both ways);
-//! 6. `response_filter`: hop-by-hop headers out of the response.
-//!
-//! Plugins will hook in after routing (`request_filter` of the chain) and at step 6.
+//! 3. `request_filter` (plugins): the route's chain may change the request or answer it;
+//! 4. `upstream_peer`: the cluster's balancer picks an endpoint;
+//! 5. `upstream_request_filter`: hop-by-hop headers out, forwarding headers in;
+//! 6. forward: send upstream, wait for response headers (bodies stream both ways);
+//! 7. `response_filter`: hop-by-hop headers out of the response, then the chain's
+//!    `on-response` hooks in reverse order. A plugin's local reply (step 3) skips 4–6 and
+//!    goes through the response hooks of the plugins before it.
 
 mod forward;
 
@@ -27,8 +28,8 @@ use crate::balancer::PickContext;
 use crate::body::{self, ProxyBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
+use crate::plugin::RequestHead;
 use crate::plugin::chain::{self, Chain, ChainError, RequestStep};
-use crate::plugin::{LocalResponse, RequestHead};
 
 /// The proxy as a hyper-agnostic service: a request in, a response out, never an error.
 #[derive(Debug, Clone)]
@@ -98,7 +99,7 @@ async fn proxy(
     // request_filter (plugins): may change the request or answer it.
     let chain = &generation.chains[route.0];
     let mut response_hooks: Option<(RequestHead, usize)> = None;
-    if !chain.is_empty() {
+    if chain.is_active() {
         let (mut parts, body) = request.into_parts();
         let route_name = &generation.config.routes[route.0].name;
         let mut head = chain::request_head(
@@ -108,16 +109,21 @@ async fn proxy(
             route_name,
             &request_id,
         );
-        match chain.on_request(&mut head).map_err(plugin_error)? {
-            RequestStep::Respond { response, passed } => {
-                return local_reply(chain, passed, &head, response, request_id);
+        match chain
+            .on_request(&mut head, &mut parts)
+            .map_err(plugin_error)?
+        {
+            RequestStep::Respond {
+                head: reply,
+                body,
+                passed,
+            } => {
+                return local_reply(chain, passed, &head, reply, body, request_id);
             }
-            RequestStep::Continue { passed } => {
-                chain::apply_request_head(&mut parts, &head, chain).map_err(plugin_error)?;
-                if chain.has_response_hooks() {
-                    response_hooks = Some((head, passed));
-                }
+            RequestStep::Continue { passed } if chain.has_response_hooks() => {
+                response_hooks = Some((head, passed));
             }
+            RequestStep::Continue { .. } => {}
         }
         request = Request::from_parts(parts, body);
     }
@@ -178,20 +184,16 @@ fn local_reply(
     chain: &Chain,
     passed: usize,
     request: &RequestHead,
-    local: LocalResponse,
+    mut parts: http::response::Parts,
+    body: Vec<u8>,
     request_id: HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, ()) = Response::new(()).into_parts();
-    let head = crate::plugin::ResponseHead {
-        status: local.status,
-        headers: local.headers,
-    };
-    chain::apply_response_head(&mut parts, &head, chain).map_err(plugin_error)?;
+    // hyper frames the body from its real length.
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
-    let response = Response::from_parts(parts, body::full(local.body));
+    let response = Response::from_parts(parts, body::full(body));
     if chain.has_response_hooks() {
         response_filter_plugins(chain, passed, request, response)
     } else {
@@ -207,11 +209,9 @@ fn response_filter_plugins(
     response: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = response.into_parts();
-    let mut head = chain::response_head(&parts);
     let replaced = chain
-        .on_response(passed, request, &mut head)
+        .on_response(passed, request, &mut parts)
         .map_err(plugin_error)?;
-    chain::apply_response_head(&mut parts, &head, chain).map_err(plugin_error)?;
     let body = match replaced {
         Some(bytes) => {
             // The upstream's length no longer describes the body.

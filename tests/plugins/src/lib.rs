@@ -5,6 +5,7 @@
 //! - `/hog` — allocates until the memory cap stops it;
 //! - `/sandbox` — answers with what it could read of the host's environment and files;
 //! - `/count` — increments a shared kv counter and answers its value;
+//! - `/bad-header` — sets a header whose name is not valid HTTP;
 //! - anything else — sets `x-plugin: seen` on the request and passes it on.
 //!
 //! Every response passing back gets `x-plugin-response: 1`. `configure` rejects a config
@@ -59,6 +60,10 @@ impl Guest for TestFilter {
                 let file = std::fs::read("/etc/hostname").map_or_else(|e| format!("denied ({e})"), |_| "READ".into());
                 reply(200, format!("env: {env}\nfile: {file}\n"))
             }
+            "/bad-header" => RequestAction::Continue(RequestChanges {
+                headers: vec![HeaderOp::Set(("bad name".into(), b"x".to_vec()))],
+                path: None,
+            }),
             "/count" => match weir::plugin::kv::increment("hits", 1, None) {
                 Ok(n) => reply(200, format!("{n}\n")),
                 Err(_) => reply(500, "kv failed\n".into()),
