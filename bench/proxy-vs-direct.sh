@@ -7,7 +7,8 @@
 # origin and wrk share CPU 1, so weir is the bottleneck. Needs: nginx, wrk, taskset (Debian:
 # `apt-get install nginx-light wrk util-linux`), and `cargo build --release -p weir-host`.
 #
-# Usage: bench/proxy-vs-direct.sh   (env: CONNS=64 DURATION=10s ROUNDS=3 ORIGIN_PORT WEIR_PORT)
+# Usage: bench/proxy-vs-direct.sh   (env: CONNS=64 DURATION=10s ROUNDS=3 ORIGIN_PORT WEIR_PORT,
+#        PLUGIN=path/to/filter.wasm to run weir with that one filter on every request)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,8 @@ http {
   }
 }
 CONF
+mkdir -p "$tmp/plugins"
+[ -z "${PLUGIN:-}" ] || cp "$PLUGIN" "$tmp/plugins/10-bench.wasm"
 cat > "$tmp/weir.toml" <<CONF
 [[listeners]]
 address = "127.0.0.1:$WEIR_PORT"
@@ -90,4 +93,4 @@ for round in $(seq "$ROUNDS"); do
     printf '%-8s %6s %12s %10s %10s %16s\n' "$target" "$round" "$rps" "$p50" "$p99" "$cpu"
   done
 done
-echo "conns=$CONNS duration=$DURATION wrk -t1; weir worker_threads=1 on CPU 0; origin nginx + wrk on CPU 1"
+echo "conns=$CONNS duration=$DURATION wrk -t1; weir worker_threads=1 on CPU 0; origin nginx + wrk on CPU 1; plugin: ${PLUGIN:-none}"

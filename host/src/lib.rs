@@ -53,7 +53,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The runtime is kept alive for the whole run: it owns the engine's epoch ticker.
     let runtime =
         PluginRuntime::new().map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
-    let plugins = runtime.load_dir(&config.plugins.dir);
+    // Startup only: compiling blocks this thread, and nothing is served yet.
+    let plugins = runtime.load_dir(&config.plugins.dir).await;
     for (name, loaded) in &plugins {
         match loaded {
             Ok(p) => {

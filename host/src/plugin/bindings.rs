@@ -4,6 +4,9 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "filter",
+        // Hooks run on a fiber and are awaited by the request's task: WASI's host functions
+        // are async, and a synchronous call would have to block the runtime to run them.
+        exports: { default: async },
     });
 }
 

@@ -104,20 +104,7 @@ impl Chain {
 
     /// Runs `on-request` across the chain. Each plugin's changes go into `parts` and into
     /// `head`, so the next plugin sees them.
-    ///
-    /// Hook calls are synchronous wasm calls, and WASI's synchronous host functions (a guest
-    /// writing its panic message to stderr, say) block on the tokio runtime; both need the
-    /// worker thread to leave the async context, hence `block_in_place`. Requires the
-    /// multi-thread runtime, which `main` always builds.
-    pub fn on_request(
-        &self,
-        head: &mut RequestHead,
-        parts: &mut request::Parts,
-    ) -> Result<RequestStep, ChainError> {
-        tokio::task::block_in_place(|| self.run_on_request(head, parts))
-    }
-
-    fn run_on_request(
+    pub async fn on_request(
         &self,
         head: &mut RequestHead,
         parts: &mut request::Parts,
@@ -129,7 +116,7 @@ impl Chain {
             if !plugin.has_on_request() {
                 continue;
             }
-            match plugin.on_request(head) {
+            match plugin.on_request(head).await {
                 Ok(RequestAction::Continue(changes)) => {
                     for op in changes.headers {
                         apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
@@ -157,16 +144,7 @@ impl Chain {
     /// Runs `on-response` across the first `passed` plugins in reverse, applying their
     /// changes to `parts`. Returns the body of a local response that replaced the
     /// upstream's, if a plugin answered.
-    pub fn on_response(
-        &self,
-        passed: usize,
-        request: &RequestHead,
-        parts: &mut response::Parts,
-    ) -> Result<Option<Vec<u8>>, ChainError> {
-        tokio::task::block_in_place(|| self.run_on_response(passed, request, parts))
-    }
-
-    fn run_on_response(
+    pub async fn on_response(
         &self,
         passed: usize,
         request: &RequestHead,
@@ -180,7 +158,7 @@ impl Chain {
                 continue;
             }
             let head = head.get_or_insert_with(|| response_head(parts));
-            match plugin.on_response(request, head) {
+            match plugin.on_response(request, head).await {
                 Ok(ResponseAction::Continue(ops)) => {
                     for op in ops {
                         apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;

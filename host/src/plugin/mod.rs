@@ -8,7 +8,8 @@
 //! - [`PluginRuntime::load`] compiles a file, builds its `InstancePre`, asks which hooks it
 //!   implements and checks its config with `configure`, before it may see traffic;
 //! - each hook call checks an instance out of the plugin's pool (creating and configuring
-//!   one if none is idle) and puts it back afterwards.
+//!   one if none is idle), runs the hook on a fiber awaited by the request's task, and puts
+//!   the instance back afterwards. A request that is dropped mid-call drops its instance.
 //!
 //! What persists between requests: an instance is reused for up to `max_uses` hook calls, so
 //! a plugin's own globals (statics, heap) live on between the calls that instance serves.
@@ -97,6 +98,7 @@ impl PluginRuntime {
             .total_core_instances(POOL_INSTANCES * 4)
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
             .max_memory_size(MAX_MEMORY_LIMIT);
         let mut config = Config::new();
         config
@@ -105,7 +107,7 @@ impl PluginRuntime {
         let engine = Engine::new(&config).context("cannot create the wasm engine")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).context("cannot link WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("cannot link WASI")?;
         Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .context("cannot link weir:plugin")?;
 
@@ -129,8 +131,9 @@ impl PluginRuntime {
     }
 
     /// Compiles, links and configures the plugin in `file`. `NAME.toml` beside it (same
-    /// stem) holds its settings and its `[config]`. Slow: call off the request path.
-    pub fn load(&self, file: &Path) -> Result<Plugin, LoadError> {
+    /// stem) holds its settings and its `[config]`. Compiling is slow and blocks the thread:
+    /// call off the request path.
+    pub async fn load(&self, file: &Path) -> Result<Plugin, LoadError> {
         let fail = |e: wasmtime::Error| LoadError {
             file: file.to_owned(),
             message: format!("{e:#}"),
@@ -162,11 +165,12 @@ impl PluginRuntime {
         };
         // The first instance answers `hooks` and proves the config is accepted; it then
         // becomes the first idle instance.
-        let mut instance = plugin.instantiate().map_err(|e| fail(e.into()))?;
+        let mut instance = plugin.instantiate().await.map_err(|e| fail(e.into()))?;
         plugin.hooks = instance
             .filter
             .weir_plugin_http_filter()
             .call_hooks(&mut instance.store)
+            .await
             .context("hooks() failed")
             .map_err(fail)?;
         plugin.checkin(instance);
@@ -176,7 +180,7 @@ impl PluginRuntime {
     /// Loads every `*.wasm` in `dir`, in file-name order. A file that fails to load is
     /// returned as an error with its name, so routes that need it can refuse traffic. Two
     /// files with one plugin name (`10-auth.wasm`, `20-auth.wasm`): the second is refused.
-    pub fn load_dir(&self, dir: &Path) -> Vec<(String, Result<Arc<Plugin>, LoadError>)> {
+    pub async fn load_dir(&self, dir: &Path) -> Vec<(String, Result<Arc<Plugin>, LoadError>)> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .flatten()
@@ -205,7 +209,7 @@ impl PluginRuntime {
                     message: format!("plugin name {name:?} is already taken by {by}"),
                     file,
                 }),
-                None => self.load(&file).map(Arc::new),
+                None => self.load(&file).await.map(Arc::new),
             };
             loaded.push((name, result));
         }
@@ -348,7 +352,7 @@ impl Plugin {
     }
 
     /// A fresh, configured instance.
-    fn instantiate(&self) -> Result<Instance, CallError> {
+    async fn instantiate(&self) -> Result<Instance, CallError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.settings.memory_limit)
             .trap_on_grow_failure(true)
@@ -361,11 +365,13 @@ impl Plugin {
         store.set_epoch_deadline(self.deadline_ticks());
         let filter = self
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| self.error(format_args!("{e:#}")))?;
         match filter
             .weir_plugin_http_filter()
             .call_configure(&mut store, &self.config_json)
+            .await
         {
             Ok(Ok(())) => Ok(Instance {
                 store,
@@ -391,12 +397,19 @@ impl Plugin {
         }
     }
 
-    fn checkout(&self) -> Result<Instance, CallError> {
+    /// An instance ready for one hook call for `request_id`: idle if one is, else fresh.
+    async fn checkout(&self, request_id: &str) -> Result<Instance, CallError> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match idle {
-            Some(instance) => Ok(instance),
-            None => self.instantiate(),
-        }
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate().await?,
+        };
+        instance.uses += 1;
+        let state = instance.store.data_mut();
+        state.request_id.clear();
+        state.request_id.push_str(request_id);
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        Ok(instance)
     }
 
     fn checkin(&self, instance: Instance) {
@@ -408,19 +421,8 @@ impl Plugin {
         }
     }
 
-    /// Runs one hook on a pooled instance, under the plugin's deadline. A failed instance is
-    /// dropped instead of returned to the pool.
-    fn call<R>(
-        &self,
-        request_id: &str,
-        hook: impl FnOnce(&Filter, &mut Store<PluginState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        let mut instance = self.checkout()?;
-        instance.uses += 1;
-        instance.store.data_mut().request_id.clear();
-        instance.store.data_mut().request_id.push_str(request_id);
-        instance.store.set_epoch_deadline(self.deadline_ticks());
-        let result = hook(&instance.filter, &mut instance.store);
+    /// Returns a healthy instance to the pool; one whose call failed is dropped instead.
+    fn finish<R>(&self, instance: Instance, result: wasmtime::Result<R>) -> Result<R, CallError> {
         match result {
             Ok(value) => {
                 self.checkin(instance);
@@ -430,22 +432,29 @@ impl Plugin {
         }
     }
 
-    /// Calls `on-request`.
-    pub fn on_request(&self, request: &RequestHead) -> Result<RequestAction, CallError> {
-        self.call(&request.request_id, |f, store| {
-            f.weir_plugin_http_filter().call_on_request(store, request)
-        })
+    /// Calls `on-request` under the plugin's deadline.
+    pub async fn on_request(&self, request: &RequestHead) -> Result<RequestAction, CallError> {
+        let mut instance = self.checkout(&request.request_id).await?;
+        let result = instance
+            .filter
+            .weir_plugin_http_filter()
+            .call_on_request(&mut instance.store, request)
+            .await;
+        self.finish(instance, result)
     }
 
-    /// Calls `on-response`.
-    pub fn on_response(
+    /// Calls `on-response` under the plugin's deadline.
+    pub async fn on_response(
         &self,
         request: &RequestHead,
         response: &ResponseHead,
     ) -> Result<ResponseAction, CallError> {
-        self.call(&request.request_id, |f, store| {
-            f.weir_plugin_http_filter()
-                .call_on_response(store, request, response)
-        })
+        let mut instance = self.checkout(&request.request_id).await?;
+        let result = instance
+            .filter
+            .weir_plugin_http_filter()
+            .call_on_response(&mut instance.store, request, response)
+            .await;
+        self.finish(instance, result)
     }
 }

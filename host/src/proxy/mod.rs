@@ -111,6 +111,7 @@ async fn proxy(
         );
         match chain
             .on_request(&mut head, &mut parts)
+            .await
             .map_err(plugin_error)?
         {
             RequestStep::Respond {
@@ -118,7 +119,7 @@ async fn proxy(
                 body,
                 passed,
             } => {
-                return local_reply(chain, passed, &head, reply, body, request_id);
+                return local_reply(chain, passed, &head, reply, body, request_id).await;
             }
             RequestStep::Continue { passed } if chain.has_response_hooks() => {
                 response_hooks = Some((head, passed));
@@ -174,13 +175,13 @@ async fn proxy(
 
     // response_filter (plugins), in reverse chain order.
     match response_hooks {
-        Some((head, passed)) => response_filter_plugins(chain, passed, &head, response),
+        Some((head, passed)) => response_filter_plugins(chain, passed, &head, response).await,
         None => Ok(response),
     }
 }
 
 /// A plugin's local reply, passed back through the response hooks of the plugins before it.
-fn local_reply(
+async fn local_reply(
     chain: &Chain,
     passed: usize,
     request: &RequestHead,
@@ -195,14 +196,14 @@ fn local_reply(
         .insert(forward::X_REQUEST_ID.clone(), request_id);
     let response = Response::from_parts(parts, body::full(body));
     if chain.has_response_hooks() {
-        response_filter_plugins(chain, passed, request, response)
+        response_filter_plugins(chain, passed, request, response).await
     } else {
         Ok(response)
     }
 }
 
 /// Runs the chain's `on-response` hooks over a response head; a plugin may replace the body.
-fn response_filter_plugins(
+async fn response_filter_plugins(
     chain: &Chain,
     passed: usize,
     request: &RequestHead,
@@ -211,6 +212,7 @@ fn response_filter_plugins(
     let (mut parts, body) = response.into_parts();
     let replaced = chain
         .on_response(passed, request, &mut parts)
+        .await
         .map_err(plugin_error)?;
     let body = match replaced {
         Some(bytes) => {
