@@ -107,6 +107,9 @@ pub enum HostError {
     /// The wasm engine could not be created.
     #[error("cannot start the plugin runtime")]
     PluginRuntime(#[source] BoxError),
+    /// Plugins failed to load at startup, or routes name plugins that are not there.
+    #[error("plugins failed to load:\n  {}", .0.join("\n  "))]
+    Plugins(Vec<String>),
     /// A listener could not bind its address.
     #[error("cannot listen on {address}")]
     Bind {

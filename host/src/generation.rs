@@ -1,32 +1,55 @@
 //! A generation: one immutable snapshot of everything the data path reads.
 //!
 //! The data path loads the current generation once per request and keeps that `Arc` until the
-//! request ends, so swapping in a new generation never disturbs a request in flight.
+//! request ends, so swapping in a new generation never disturbs a request in flight. Each
+//! reload builds a new generation from the previous one: clusters whose config did not change
+//! are shared, so their connection pools and balancer state carry over.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::balancer::{Balancer, RoundRobin};
 use crate::config::{ClusterConfig, Config};
+use crate::plugin::Plugin;
 use crate::plugin::chain::Chain;
-use crate::plugin::{LoadError, Plugin};
 use crate::router::Router;
 use crate::upstream::UpstreamClient;
 
-/// Config plus what is built from it: the route table and the clusters.
+/// Config plus what is built from it: the route table, the clusters and the plugin chains.
 #[derive(Debug)]
 pub struct Generation {
+    /// Counts up from 1 at startup, by one per applied reload.
+    pub number: u64,
     /// The validated configuration this generation was built from.
     pub config: Arc<Config>,
     /// The route table.
     pub router: Router,
     /// Clusters, in the same order as `config.clusters`.
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<Arc<Cluster>>,
     /// Each route's plugin chain, in the same order as `config.routes`.
     pub chains: Vec<Chain>,
+    /// The plugin folder as this generation sees it, in file-name order.
+    pub plugins: Vec<PluginSlot>,
 }
 
-/// The plugin folder's contents: each file's plugin name and its loaded plugin or why not.
-pub type PluginSet = [(String, Result<Arc<Plugin>, LoadError>)];
+/// One plugin file: the version serving (if any) and the last load error (if any).
+///
+/// A file whose newest contents failed to load keeps serving its previous version; a file
+/// that never loaded has no version and is left out of the default chain (a route that names
+/// it answers 503).
+#[derive(Debug, Clone)]
+pub struct PluginSlot {
+    /// The plugin's name: the file stem without its numeric ordering prefix.
+    pub name: String,
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// The version serving traffic.
+    pub serving: Option<Arc<Plugin>>,
+    /// The generation in which `serving` went live.
+    pub since_generation: u64,
+    /// Why the file's newest contents were rejected, if they were.
+    pub last_error: Option<String>,
+}
 
 /// A cluster ready to serve: its endpoints, balancer and connection pool.
 #[derive(Debug)]
@@ -40,53 +63,65 @@ pub struct Cluster {
 }
 
 impl Generation {
-    /// Builds everything the data path needs from a validated config and the loaded plugins.
-    pub fn build(config: Config, plugins: &PluginSet) -> Generation {
+    /// Builds everything the data path needs from a validated config and the plugin folder.
+    /// Clusters of `previous` whose config is unchanged are reused.
+    pub fn build(
+        number: u64,
+        config: Arc<Config>,
+        plugins: Vec<PluginSlot>,
+        previous: Option<&Generation>,
+    ) -> Generation {
         let chains = config
             .routes
             .iter()
-            .map(|route| chain(route.plugins.as_deref(), plugins))
+            .map(|route| chain(route.plugins.as_deref(), &plugins))
             .collect();
         let router = Router::new(&config.routes);
         let clusters = config
             .clusters
             .iter()
-            .map(|c| Cluster {
-                config: c.clone(),
-                balancer: Box::new(RoundRobin::new(c.endpoints.len())),
-                client: UpstreamClient::new(c),
+            .map(|c| {
+                let same = previous
+                    .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
+                    .cloned();
+                same.unwrap_or_else(|| {
+                    Arc::new(Cluster {
+                        config: c.clone(),
+                        balancer: Box::new(RoundRobin::new(c.endpoints.len())),
+                        client: UpstreamClient::new(c),
+                    })
+                })
             })
             .collect();
         Generation {
-            config: Arc::new(config),
+            number,
+            config,
             router,
             clusters,
             chains,
+            plugins,
         }
     }
 }
 
-/// A route's chain: the named plugins in order, or every plugin in the folder. If one is
-/// missing or was rejected at load, the chain refuses traffic rather than skip it.
-fn chain(names: Option<&[String]>, plugins: &PluginSet) -> Chain {
-    let entries: Vec<&(String, Result<Arc<Plugin>, LoadError>)> = match names {
-        None => plugins.iter().collect(),
-        Some(names) => {
-            let mut entries = Vec::with_capacity(names.len());
-            for name in names {
-                match plugins.iter().find(|(n, _)| n == name) {
-                    Some(entry) => entries.push(entry),
-                    None => return Chain::unavailable(format!("plugin {name} is not loaded")),
-                }
-            }
-            entries
-        }
+/// A route's chain: the named plugins in order, or every serving plugin in the folder. If a
+/// named one is missing or never loaded, the chain refuses traffic rather than skip it.
+fn chain(names: Option<&[String]>, plugins: &[PluginSlot]) -> Chain {
+    let Some(names) = names else {
+        return Chain::new(plugins.iter().filter_map(|s| s.serving.clone()).collect());
     };
-    let mut chain = Vec::with_capacity(entries.len());
-    for (name, loaded) in entries {
-        match loaded {
-            Ok(plugin) => chain.push(plugin.clone()),
-            Err(e) => return Chain::unavailable(format!("plugin {name} failed to load: {e}")),
+    let mut chain = Vec::with_capacity(names.len());
+    for name in names {
+        match plugins.iter().find(|s| s.name == *name) {
+            Some(PluginSlot {
+                serving: Some(plugin),
+                ..
+            }) => chain.push(plugin.clone()),
+            Some(PluginSlot { last_error, .. }) => {
+                let why = last_error.as_deref().unwrap_or("no version loaded");
+                return Chain::unavailable(format!("plugin {name} failed to load: {why}"));
+            }
+            None => return Chain::unavailable(format!("plugin {name} is not loaded")),
         }
     }
     Chain::new(chain)

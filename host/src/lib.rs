@@ -6,7 +6,9 @@
 //!   request top-down; `proxy::fail` turns every error into a response;
 //! - [`router`]: host/path/method → route; [`balancer`]: route's cluster → endpoint;
 //! - [`upstream`]: pooled keep-alive client to endpoints;
-//! - [`generation`]: the immutable snapshot (config, router, clusters) the data path reads;
+//! - [`generation`]: the immutable snapshot (config, router, clusters, plugin chains) the
+//!   data path reads; `reload`: rescans the plugin folder and config file and swaps in the
+//!   next generation; [`plugin`]: the wasm runtime (the only module that knows wasmtime);
 //! - [`config`]: loading and validating the TOML file; `admin`: the admin listener;
 //! - `shutdown`: signals and the drain.
 //!
@@ -22,6 +24,7 @@ pub mod error;
 pub mod generation;
 pub mod plugin;
 pub mod proxy;
+mod reload;
 pub mod router;
 mod server;
 pub mod shutdown;
@@ -30,6 +33,7 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -39,44 +43,46 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::error::HostError;
-use crate::generation::Generation;
 use crate::plugin::PluginRuntime;
 use crate::proxy::ProxyService;
+use crate::reload::Reloader;
 
-/// Runs weir with `config` until `shutdown` resolves, then drains and returns.
+/// Runs weir with `config`, read from `config_path`, until `shutdown` resolves, then drains
+/// and returns.
 ///
-/// Every listener is bound before any serves, so a bad address fails startup as a whole.
-/// Each bound address is logged as `listening` with its `kind` (`proxy` or `admin`) and the
-/// real `address` (useful with port 0).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), HostError> {
-    // Plugins compile before any listener binds, so `listening` means ready to serve.
-    // The runtime is kept alive for the whole run: it owns the engine's epoch ticker.
-    let runtime =
-        PluginRuntime::new().map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
-    // Startup only: compiling blocks this thread, and nothing is served yet.
-    let plugins = runtime.load_dir(&config.plugins.dir).await;
-    for (name, loaded) in &plugins {
-        match loaded {
-            Ok(p) => {
-                tracing::info!(plugin = name, file = %p.file.display(), hash = %p.hash, "plugin loaded")
-            }
-            Err(e) => {
-                tracing::error!(plugin = name, error = %e, "plugin rejected; routes that use it answer 503")
-            }
-        }
-    }
+/// Plugins load before any listener binds, so `listening` means ready to serve; a plugin that
+/// fails to load stops startup. Every listener is bound before any serves, so a bad address
+/// fails startup as a whole. Each bound address is logged as `listening` with its `kind`
+/// (`proxy` or `admin`) and the real `address` (useful with port 0).
+pub async fn run(
+    config_path: &Path,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    // The runtime lives for the whole run: it owns the engine's epoch ticker.
+    let runtime = PluginRuntime::new(config.plugins.cache_dir.as_deref())
+        .map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
+    let runtime = Arc::new(runtime);
+    let settings = config.server.clone();
+    let listener_configs = config.listeners.clone();
+    let admin_config = config.admin.clone();
+    let (reloader, first) = Reloader::start(config_path.to_owned(), config, runtime.clone())
+        .await
+        .map_err(HostError::Plugins)?;
+
+    // Watching starts before `listening`, so no change made after that is missed.
+    let generation = Arc::new(ArcSwap::from_pointee(first));
+    let (trigger, drain) = shutdown::channel();
+    let reload = reload::spawn(reloader, generation.clone(), drain.clone());
+
     let mut proxy_listeners = Vec::new();
-    for l in &config.listeners {
+    for l in &listener_configs {
         proxy_listeners.push(bind(l.address, "proxy").await?);
     }
-    let admin_listener = match &config.admin {
+    let admin_listener = match &admin_config {
         Some(admin) => Some(bind(admin.address, "admin").await?),
         None => None,
     };
-
-    let settings = config.server.clone();
-    let generation = Arc::new(ArcSwap::from_pointee(Generation::build(config, &plugins)));
-    let (trigger, drain) = shutdown::channel();
     let mut tasks = JoinSet::new();
 
     let proxy = ProxyService::new(generation.clone());
@@ -100,7 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(server::serve(
             listener,
             settings.clone(),
-            admin::service(generation.clone()),
+            admin::service(generation.clone(), reload),
             drain.clone(),
         ));
     }

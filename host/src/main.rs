@@ -101,6 +101,6 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(weir::run(config, weir::shutdown::os_signal()))?;
+    runtime.block_on(weir::run(path, config, weir::shutdown::os_signal()))?;
     Ok(())
 }

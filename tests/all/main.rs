@@ -7,9 +7,16 @@ mod errors;
 mod lifecycle;
 mod plugins;
 mod proxying;
+mod reload;
 mod tidy;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// One compiled-plugin cache for the whole test run, so each test plugin compiles once.
+pub fn plugin_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache")
+}
 
 /// A config with one proxy listener, an admin listener, and cluster `app` over `endpoints`
 /// served by a catch-all route; `extra` is appended (more clusters, routes, settings).
@@ -26,6 +33,9 @@ address = "127.0.0.1:0"
 [server]
 drain_timeout = "10s"
 
+[plugins]
+cache_dir = "{cache}"
+
 [[clusters]]
 name = "app"
 endpoints = [{}]
@@ -36,6 +46,7 @@ name = "default"
 cluster = "app"
 {extra}
 "#,
-        endpoints.join(", ")
+        endpoints.join(", "),
+        cache = plugin_cache().display()
     )
 }

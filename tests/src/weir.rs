@@ -56,6 +56,25 @@ impl Weir {
     /// Like [`Weir::start`], with `files` (path relative to the config's folder, contents)
     /// written first: plugins and their settings, for example.
     pub async fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
+        let expected =
+            config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
+        let mut weir = Weir::spawn_with_files(config, files);
+        let logs = weir
+            .wait_for_logs(|logs| listening(logs).len() >= expected)
+            .await;
+        for (kind, address) in listening(&logs) {
+            match kind.as_str() {
+                "admin" => weir.admin = Some(address),
+                _ if weir.proxy.port() == 0 => weir.proxy = address,
+                _ => {}
+            }
+        }
+        weir
+    }
+
+    /// Starts weir like [`Weir::start_with_files`] but returns at once, without waiting for
+    /// it to listen: for tests of startup failures.
+    pub fn spawn_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).expect("write config");
@@ -64,9 +83,6 @@ impl Weir {
             std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
             std::fs::write(file, contents).expect("write file");
         }
-        let expected =
-            config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
-
         let mut child = Command::new(weir_bin())
             .arg("--config")
             .arg(&path)
@@ -90,24 +106,32 @@ impl Weir {
             }
         });
 
-        let mut weir = Weir {
+        Weir {
             child,
             proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
             admin: None,
             logs,
             dir,
-        };
-        let logs = weir
-            .wait_for_logs(|logs| listening(logs).len() >= expected)
-            .await;
-        for (kind, address) in listening(&logs) {
-            match kind.as_str() {
-                "admin" => weir.admin = Some(address),
-                _ if weir.proxy.port() == 0 => weir.proxy = address,
-                _ => {}
-            }
         }
-        weir
+    }
+
+    /// Writes `contents` to `path` (relative to the config's folder) in one write.
+    pub fn write(&self, path: &str, contents: &[u8]) {
+        std::fs::write(self.dir.path().join(path), contents).expect("write file");
+    }
+
+    /// Writes `contents` to a temporary name beside `path`, then renames it over `path`:
+    /// what editors and `install` do.
+    pub fn write_and_rename(&self, path: &str, contents: &[u8]) {
+        let target = self.dir.path().join(path);
+        let temp = target.with_extension("tmp~");
+        std::fs::write(&temp, contents).expect("write temp file");
+        std::fs::rename(&temp, &target).expect("rename");
+    }
+
+    /// Removes `path` (relative to the config's folder).
+    pub fn remove(&self, path: &str) {
+        std::fs::remove_file(self.dir.path().join(path)).expect("remove file");
     }
 
     /// `http://PROXY_ADDRESS/path`.

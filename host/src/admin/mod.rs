@@ -1,11 +1,18 @@
-//! The admin listener: health and configuration views, on their own address, apart from
-//! proxy traffic. It binds only where the config says (there is no default address).
+//! The admin listener: health, configuration and plugin views, and forced reloads, on their
+//! own address, apart from proxy traffic. It binds only where the config says (there is no
+//! default address).
 //!
-//! - `GET /healthz` — 200 while serving;
-//! - `GET /config`  — the effective configuration as JSON, secrets redacted.
+//! - `GET /healthz`  — 200 while serving;
+//! - `GET /config`   — the effective configuration as JSON, secrets redacted;
+//! - `GET /plugins`  — the plugin folder: each plugin's file, hash, hooks, load time,
+//!   generation and last error;
+//! - `POST /reload`  — rescans the config file and plugin folder now; 200 with a report, or
+//!   422 if anything was refused (what was valid still applied).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,14 +22,19 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::Service;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::generation::Generation;
+use crate::reload::ReloadHandle;
 
 /// The admin service for a connection from `_peer`.
-pub(crate) fn service(generation: Arc<ArcSwap<Generation>>) -> impl Fn(SocketAddr) -> AdminService {
+pub(crate) fn service(
+    generation: Arc<ArcSwap<Generation>>,
+    reload: ReloadHandle,
+) -> impl Fn(SocketAddr) -> AdminService {
     move |_peer| AdminService {
         generation: generation.clone(),
+        reload: reload.clone(),
     }
 }
 
@@ -30,44 +42,95 @@ pub(crate) fn service(generation: Arc<ArcSwap<Generation>>) -> impl Fn(SocketAdd
 #[derive(Debug, Clone)]
 pub(crate) struct AdminService {
     generation: Arc<ArcSwap<Generation>>,
+    reload: ReloadHandle,
 }
 
+type AdminResponse = Response<Full<Bytes>>;
+
 impl Service<Request<Incoming>> for AdminService {
-    type Response = Response<Full<Bytes>>;
+    type Response = AdminResponse;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = Pin<Box<dyn Future<Output = Result<AdminResponse, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        std::future::ready(Ok(self.handle(&request)))
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(&request).await) })
     }
 }
 
 impl AdminService {
-    fn handle(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        }
-        match request.uri().path() {
-            "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/config" => {
-                let generation = self.generation.load();
-                match serde_json::to_value(generation.config.as_ref()) {
-                    Ok(mut value) => {
-                        redact(&mut value);
-                        json(&value)
-                    }
-                    Err(e) => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("cannot render config: {e}\n"),
-                    ),
-                }
+    async fn handle(&self, request: &Request<Incoming>) -> AdminResponse {
+        let method = request.method();
+        let read = method == Method::GET || method == Method::HEAD;
+        match (request.uri().path(), read) {
+            ("/healthz", true) => text(StatusCode::OK, "ok\n"),
+            ("/config", true) => self.config(),
+            ("/plugins", true) => json(&plugins(&self.generation.load())),
+            ("/reload", _) if method == Method::POST => self.force_reload().await,
+            ("/healthz" | "/config" | "/plugins" | "/reload", _) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz or /config\n",
+                "not found; try /healthz, /config, /plugins or POST /reload\n",
             ),
         }
     }
+
+    fn config(&self) -> AdminResponse {
+        let generation = self.generation.load();
+        match serde_json::to_value(generation.config.as_ref()) {
+            Ok(mut value) => {
+                redact(&mut value);
+                json(&value)
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot render config: {e}\n"),
+            ),
+        }
+    }
+
+    async fn force_reload(&self) -> AdminResponse {
+        match self.reload.reload().await {
+            Some(report) => {
+                let mut response = json(&json!(report));
+                if !report.errors.is_empty() {
+                    *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                }
+                response
+            }
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        }
+    }
+}
+
+/// `GET /plugins`: one object per plugin file, in chain order.
+fn plugins(generation: &Generation) -> Value {
+    let list: Vec<Value> = generation
+        .plugins
+        .iter()
+        .map(|slot| {
+            let serving = slot.serving.as_ref();
+            json!({
+                "name": slot.name,
+                "file": slot.file.display().to_string(),
+                "status": if serving.is_some() { "serving" } else { "failed" },
+                "hash": serving.map(|p| p.hash.clone()),
+                "hooks": serving.map(|p| p.hook_names()),
+                "loaded_at": serving.map(|p| humantime::format_rfc3339_millis(p.loaded_at).to_string()),
+                "compile_ms": serving.map(|p| p.compile_time.as_millis() as u64),
+                "from_cache": serving.map(|p| p.from_cache),
+                "fail_open": serving.map(|p| p.settings.fail_open),
+                "deadline_ms": serving.map(|p| p.settings.deadline.as_millis() as u64),
+                "memory_limit_mb": serving.map(|p| p.settings.memory_limit >> 20),
+                "max_uses": serving.map(|p| p.settings.max_uses),
+                "generation": serving.map(|_| slot.since_generation),
+                "last_error": slot.last_error,
+            })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

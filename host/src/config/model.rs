@@ -46,6 +46,13 @@ pub(crate) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPlugins {
     pub(crate) dir: Option<PathBuf>,
+    pub(crate) watch: Option<bool>,
+    pub(crate) cache: Option<bool>,
+    pub(crate) cache_dir: Option<PathBuf>,
+    #[serde(default, with = "duration")]
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) memory_limit_mb: Option<Spanned<usize>>,
+    pub(crate) max_uses: Option<Spanned<u32>>,
 }
 
 /// `[server]`: downstream connection handling.

@@ -13,7 +13,7 @@ use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use super::model::{RawCluster, RawConfig, RawRoute};
+use super::model::{RawCluster, RawConfig, RawPlugins, RawRoute};
 use super::{Diagnostic, Locator};
 
 /// The default time to establish a TCP connection to an endpoint (Envoy's default).
@@ -29,9 +29,18 @@ const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most downstream connections served at once; more wait in the kernel's accept queue.
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// CPU time one plugin hook call may take (Envoy's Wasm filters have no default; nginx's njs
+/// has none either; 50 ms is far above any filter's honest need and far below a timeout).
+const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(50);
+/// Linear memory one plugin instance may grow to, in MiB.
+const DEFAULT_PLUGIN_MEMORY_MB: usize = 64;
+/// The most a plugin may ask for, in MiB: the size of a pooling-allocator memory slot.
+pub const MAX_PLUGIN_MEMORY_MB: usize = 256;
+/// Hook calls one instance serves before a fresh one replaces it.
+const DEFAULT_PLUGIN_MAX_USES: u32 = 10_000;
 
 /// A complete, validated configuration. Immutable once built.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// Downstream listeners, at least one.
     pub listeners: Vec<ListenerConfig>,
@@ -48,28 +57,57 @@ pub struct Config {
 }
 
 /// A downstream listener.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ListenerConfig {
     /// The socket address to bind; port 0 picks a free port.
     pub address: SocketAddr,
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminConfig {
     /// The socket address to bind.
     pub address: SocketAddr,
 }
 
-/// Plugin settings.
-#[derive(Debug, Clone, Serialize)]
+/// Plugin settings: where plugins live, how they are reloaded and cached, and the limits
+/// every plugin gets unless its own `NAME.toml` says otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PluginsConfig {
     /// The plugin folder, resolved against the config file's directory.
     pub dir: PathBuf,
+    /// Whether changes to the folder and the config file are applied while running.
+    pub watch: bool,
+    /// Where compiled plugins are cached, keyed by content hash; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Default limits for every plugin.
+    pub limits: PluginLimits,
+}
+
+/// Per-instance limits of a plugin: the global defaults, or a plugin's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginLimits {
+    /// CPU time one hook call may take.
+    #[serde(serialize_with = "human")]
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to, in MiB (1 to [`MAX_PLUGIN_MEMORY_MB`]).
+    pub memory_limit_mb: usize,
+    /// Hook calls an instance serves before a fresh one replaces it.
+    pub max_uses: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> PluginLimits {
+        PluginLimits {
+            deadline: DEFAULT_PLUGIN_DEADLINE,
+            memory_limit_mb: DEFAULT_PLUGIN_MEMORY_MB,
+            max_uses: DEFAULT_PLUGIN_MAX_USES,
+        }
+    }
 }
 
 /// Downstream connection handling.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerConfig {
     /// Time a client has to send the request headers (HTTP/1).
     #[serde(serialize_with = "human")]
@@ -84,7 +122,7 @@ pub struct ServerConfig {
 }
 
 /// A named set of upstream endpoints.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterConfig {
     /// The cluster's name, referenced by routes.
     pub name: String,
@@ -102,7 +140,7 @@ pub struct ClusterConfig {
 }
 
 /// One upstream endpoint: `host:port`, where host is an IP address or a DNS name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Endpoint {
     /// The authority requests are sent to.
@@ -111,7 +149,7 @@ pub struct Endpoint {
 }
 
 /// A route: which requests go to which cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteConfig {
     /// The route's name, used in logs.
     pub name: String,
@@ -265,9 +303,7 @@ pub(super) fn validate(
         .filter_map(|r| route(&mut check, r, &clusters))
         .collect();
 
-    let plugins = PluginsConfig {
-        dir: base_dir.join(raw.plugins.dir.unwrap_or_else(|| PathBuf::from("plugins"))),
-    };
+    let plugins = plugins(&mut check, raw.plugins, base_dir);
 
     if check.found.is_empty() {
         Ok(Config {
@@ -281,6 +317,54 @@ pub(super) fn validate(
     } else {
         check.found.sort_by_key(|d| (d.line, d.column));
         Err(check.found)
+    }
+}
+
+fn plugins(check: &mut Checker<'_>, raw: RawPlugins, base_dir: &Path) -> PluginsConfig {
+    let mut limits = PluginLimits::default();
+    if let Some(d) = raw.deadline {
+        if d.is_zero() {
+            check.error_nowhere("plugins.deadline must be greater than zero".into());
+        }
+        limits.deadline = d;
+    }
+    if let Some(mb) = raw.memory_limit_mb {
+        if !(1..=MAX_PLUGIN_MEMORY_MB).contains(mb.get_ref()) {
+            let message = format!(
+                "plugins.memory_limit_mb = {}: must be between 1 and {MAX_PLUGIN_MEMORY_MB}",
+                mb.get_ref()
+            );
+            check.error(&mb, message);
+        }
+        limits.memory_limit_mb = mb.into_inner();
+    }
+    if let Some(n) = raw.max_uses {
+        if *n.get_ref() == 0 {
+            check.error(&n, "plugins.max_uses must be at least 1".into());
+        }
+        limits.max_uses = n.into_inner();
+    }
+    let cache_dir = match (raw.cache, raw.cache_dir) {
+        (Some(false), _) => None,
+        (_, Some(dir)) => Some(base_dir.join(dir)),
+        (_, None) => default_cache_dir(),
+    };
+    PluginsConfig {
+        dir: base_dir.join(raw.dir.unwrap_or_else(|| PathBuf::from("plugins"))),
+        watch: raw.watch.unwrap_or(true),
+        cache_dir,
+        limits,
+    }
+}
+
+/// `$XDG_CACHE_HOME/weir`, else `$HOME/.cache/weir`; no cache if neither is set.
+fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty());
+    match xdg {
+        Some(dir) => Some(PathBuf::from(dir).join("weir")),
+        None => std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".cache").join("weir")),
     }
 }
 
@@ -565,6 +649,14 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "9:19: server.max_connections must be at least 1",
             ),
             (
+                "[plugins]\nmemory_limit_mb = 300",
+                "9:19: plugins.memory_limit_mb = 300: must be between 1 and 256",
+            ),
+            (
+                "[plugins]\nmax_uses = 0",
+                "9:12: plugins.max_uses must be at least 1",
+            ),
+            (
                 "[server]\ndrain_timeout = \"soon\"",
                 "9:17: expected a duration like \"5s\" or \"250ms\": expected number at 0",
             ),
@@ -595,6 +687,8 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
     fn defaults_and_relative_plugin_dir() {
         let config = parse(Path::new("/etc/weir/weir.toml"), BASE).expect("valid");
         assert_eq!(config.plugins.dir, Path::new("/etc/weir/plugins"));
+        assert!(config.plugins.watch);
+        assert_eq!(config.plugins.limits, super::PluginLimits::default());
         assert_eq!(
             config.clusters[0].connect_timeout,
             std::time::Duration::from_secs(5)

@@ -24,18 +24,20 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimitsBuilder,
 };
 
 use self::bindings::{Filter, FilterPre, types};
 use self::host_api::kv::KvStore;
 use self::state::PluginState;
+use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
 pub use self::bindings::types::{
     HeaderOp, LocalResponse, RequestAction, RequestChanges, RequestHead, ResponseAction,
@@ -49,30 +51,43 @@ const MAX_IDLE_INSTANCES: usize = 64;
 /// Instance slots in the pooling allocator, across all plugins.
 const POOL_INSTANCES: u32 = 512;
 /// The largest linear memory a pool slot holds, so the most `memory_limit_mb` may ask for.
-const MAX_MEMORY_LIMIT: usize = 256 << 20;
+const MAX_MEMORY_LIMIT: usize = MAX_PLUGIN_MEMORY_MB << 20;
 
-/// Per-plugin limits and failure policy, from `NAME.toml`.
+/// Per-plugin limits and failure policy: the global [`PluginLimits`], overridden by the
+/// plugin's own `NAME.toml`.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
     /// On a trap or limit, skip the plugin instead of answering 500.
     pub fail_open: bool,
     /// CPU time one hook call may take.
     pub deadline: Duration,
-    /// Linear memory one instance may grow to.
+    /// Linear memory one instance may grow to, in bytes.
     pub memory_limit: usize,
     /// Hook calls an instance serves before it is replaced by a fresh one.
     pub max_uses: u32,
 }
 
-impl Default for PluginSettings {
-    fn default() -> PluginSettings {
+impl PluginSettings {
+    fn from_limits(limits: &PluginLimits) -> PluginSettings {
         PluginSettings {
             fail_open: false,
-            deadline: Duration::from_millis(50),
-            memory_limit: 64 << 20,
-            max_uses: 10_000,
+            deadline: limits.deadline,
+            memory_limit: limits.memory_limit_mb << 20,
+            max_uses: limits.max_uses,
         }
     }
+}
+
+/// What a plugin is loaded from: the bytes of `NAME.wasm` and of `NAME.toml`, if any. The
+/// caller reads the files, so what is hashed is exactly what is compiled.
+#[derive(Debug)]
+pub struct PluginSource {
+    /// The `.wasm` file, for names and messages.
+    pub file: PathBuf,
+    /// Its contents.
+    pub wasm: Vec<u8>,
+    /// The settings file beside it and its contents, if it exists.
+    pub settings: Option<(PathBuf, String)>,
 }
 
 /// The process's one wasmtime engine and linker, and the state shared by all plugins.
@@ -80,6 +95,7 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<PluginState>,
     kv: Arc<KvStore>,
+    cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -90,8 +106,11 @@ impl std::fmt::Debug for PluginRuntime {
 }
 
 impl PluginRuntime {
-    /// Builds the engine and linker and starts the epoch ticker.
-    pub fn new() -> wasmtime::Result<PluginRuntime> {
+    /// Builds the engine and linker and starts the epoch ticker. Compiled plugins are cached
+    /// in `cache_dir` (wasmtime's cache: keyed by a hash of the wasm bytes, the engine's
+    /// settings and wasmtime's version); if the folder cannot be used, weir runs uncached
+    /// and says so.
+    pub fn new(cache_dir: Option<&Path>) -> wasmtime::Result<PluginRuntime> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(POOL_INSTANCES)
@@ -104,6 +123,18 @@ impl PluginRuntime {
         config
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let cache = cache_dir.and_then(|dir| {
+            let mut cache_config = CacheConfig::new();
+            cache_config.with_directory(dir);
+            match Cache::new(cache_config) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot use the plugin cache folder; compiling every plugin at each start");
+                    None
+                }
+            }
+        });
+        config.cache(cache.clone());
         let engine = Engine::new(&config).context("cannot create the wasm engine")?;
 
         let mut linker = Linker::new(&engine);
@@ -126,24 +157,45 @@ impl PluginRuntime {
             engine,
             linker,
             kv: Arc::new(KvStore::default()),
+            cache,
             ticker_stop,
         })
     }
 
-    /// Compiles, links and configures the plugin in `file`. `NAME.toml` beside it (same
-    /// stem) holds its settings and its `[config]`. Compiling is slow and blocks the thread:
-    /// call off the request path.
-    pub async fn load(&self, file: &Path) -> Result<Plugin, LoadError> {
+    /// Compiles, links and configures a plugin; `limits` are the defaults its `NAME.toml`
+    /// may override. Compiling runs on a blocking thread, off the request path.
+    pub async fn load(
+        &self,
+        source: PluginSource,
+        limits: &PluginLimits,
+    ) -> Result<Plugin, LoadError> {
+        let file = source.file;
         let fail = |e: wasmtime::Error| LoadError {
-            file: file.to_owned(),
+            file: file.clone(),
             message: format!("{e:#}"),
         };
-        let bytes = std::fs::read(file).map_err(|e| fail(e.into()))?;
-        let (settings, config_json) = read_settings(&file.with_extension("toml")).map_err(fail)?;
-        let hash = content_hash(&bytes);
-        let component = Component::new(&self.engine, &bytes)
+        let (settings, config_json) = match &source.settings {
+            Some((path, text)) => read_settings(path, text, limits).map_err(fail)?,
+            None => (PluginSettings::from_limits(limits), "{}".to_owned()),
+        };
+        let hash = content_hash(&source.wasm);
+        let started = tokio::time::Instant::now();
+        let hits_before = self.cache.as_ref().map(Cache::cache_hits);
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &source.wasm))
+            .await
+            .map_err(|e| {
+                fail(wasmtime::Error::msg(format!(
+                    "the compiler thread failed: {e}"
+                )))
+            })?
             .context("not a valid wasm component")
             .map_err(fail)?;
+        let from_cache = match (hits_before, self.cache.as_ref()) {
+            (Some(before), Some(cache)) => cache.cache_hits() > before,
+            _ => false,
+        };
+        let compile_time = started.elapsed();
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -153,8 +205,8 @@ impl PluginRuntime {
             .context("the component does not export weir:plugin/http-filter@0.1.0")
             .map_err(fail)?;
         let mut plugin = Plugin {
-            name: plugin_name(file).into(),
-            file: file.to_owned(),
+            name: plugin_name(&file).into(),
+            file: file.clone(),
             hash,
             hooks: types::HookSet::empty(),
             settings,
@@ -162,6 +214,9 @@ impl PluginRuntime {
             kv: self.kv.clone(),
             pre,
             idle: Mutex::new(Vec::new()),
+            loaded_at: SystemTime::now(),
+            compile_time,
+            from_cache,
         };
         // The first instance answers `hooks` and proves the config is accepted; it then
         // becomes the first idle instance.
@@ -175,45 +230,6 @@ impl PluginRuntime {
             .map_err(fail)?;
         plugin.checkin(instance);
         Ok(plugin)
-    }
-
-    /// Loads every `*.wasm` in `dir`, in file-name order. A file that fails to load is
-    /// returned as an error with its name, so routes that need it can refuse traffic. Two
-    /// files with one plugin name (`10-auth.wasm`, `20-auth.wasm`): the second is refused.
-    pub async fn load_dir(&self, dir: &Path) -> Vec<(String, Result<Arc<Plugin>, LoadError>)> {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin folder");
-                Vec::new()
-            }
-        };
-        files.sort();
-        let mut loaded: Vec<(String, Result<Arc<Plugin>, LoadError>)> = Vec::new();
-        for file in files {
-            let name = plugin_name(&file).to_owned();
-            let taken = loaded
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, first)| match first {
-                    Ok(plugin) => plugin.file.display().to_string(),
-                    Err(e) => e.file.display().to_string(),
-                });
-            let result = match taken {
-                Some(by) => Err(LoadError {
-                    message: format!("plugin name {name:?} is already taken by {by}"),
-                    file,
-                }),
-                None => self.load(&file).await.map(Arc::new),
-            };
-            loaded.push((name, result));
-        }
-        loaded
     }
 }
 
@@ -278,13 +294,13 @@ struct SettingsFile {
     config: toml::Table,
 }
 
-fn read_settings(path: &Path) -> wasmtime::Result<(PluginSettings, String)> {
-    let file: SettingsFile = match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SettingsFile::default(),
-        Err(e) => return Err(wasmtime::Error::new(e).context(path.display().to_string())),
-    };
-    let mut settings = PluginSettings::default();
+fn read_settings(
+    path: &Path,
+    text: &str,
+    limits: &PluginLimits,
+) -> wasmtime::Result<(PluginSettings, String)> {
+    let file: SettingsFile = toml::from_str(text).with_context(|| format!("{}", path.display()))?;
+    let mut settings = PluginSettings::from_limits(limits);
     if let Some(v) = file.fail_open {
         settings.fail_open = v;
     }
@@ -293,11 +309,10 @@ fn read_settings(path: &Path) -> wasmtime::Result<(PluginSettings, String)> {
             .with_context(|| format!("{}: deadline {v:?}", path.display()))?;
     }
     if let Some(mb) = file.memory_limit_mb {
-        if mb == 0 || mb > MAX_MEMORY_LIMIT >> 20 {
+        if !(1..=MAX_PLUGIN_MEMORY_MB).contains(&mb) {
             wasmtime::bail!(
-                "{}: memory_limit_mb = {mb}: must be between 1 and {}",
+                "{}: memory_limit_mb = {mb}: must be between 1 and {MAX_PLUGIN_MEMORY_MB}",
                 path.display(),
-                MAX_MEMORY_LIMIT >> 20
             );
         }
         settings.memory_limit = mb << 20;
@@ -323,6 +338,12 @@ pub struct Plugin {
     kv: Arc<KvStore>,
     pre: FilterPre<PluginState>,
     idle: Mutex<Vec<Instance>>,
+    /// When this version finished loading.
+    pub loaded_at: SystemTime,
+    /// How long compiling (or reading from the cache) took.
+    pub compile_time: Duration,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -349,6 +370,18 @@ impl Plugin {
     /// Whether the plugin implements `on-response`.
     pub fn has_on_response(&self) -> bool {
         self.hooks.contains(types::HookSet::ON_RESPONSE)
+    }
+
+    /// The hooks the plugin implements, by their WIT names.
+    pub fn hook_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.has_on_request() {
+            names.push("on-request");
+        }
+        if self.has_on_response() {
+            names.push("on-response");
+        }
+        names
     }
 
     /// A fresh, configured instance.

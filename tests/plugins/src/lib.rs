@@ -6,10 +6,13 @@
 //! - `/sandbox` — answers with what it could read of the host's environment and files;
 //! - `/count` — increments a shared kv counter and answers its value;
 //! - `/bad-header` — sets a header whose name is not valid HTTP;
+//! - `/remember` — answers with the `x-secret` of the previous request this instance saw,
+//!   then keeps this request's in a global (what persists between requests on purpose);
 //! - anything else — sets `x-plugin: seen` on the request and passes it on.
 //!
-//! Every response passing back gets `x-plugin-response: 1`. `configure` rejects a config
-//! with `"reject": true`.
+//! Every response passing back gets `x-plugin-response: 1`, `x-secret-seen` with the
+//! request's `x-secret` as `on-response` saw it, and `x-plugin-version` with the
+//! config's `version` if it has one. `configure` rejects a config with `"reject": true`.
 
 wit_bindgen::generate!({ path: "../../wit", world: "filter" });
 
@@ -19,6 +22,11 @@ use weir::plugin::types::{
 };
 
 struct TestFilter;
+
+/// `version` from the config, if any.
+static VERSION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+/// The previous request's `x-secret`, kept on purpose.
+static REMEMBERED: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 fn reply(status: u16, body: String) -> RequestAction {
     RequestAction::Respond(LocalResponse {
@@ -34,11 +42,18 @@ impl Guest for TestFilter {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        if config.replace(' ', "").contains("\"reject\":true") {
-            Err("reject is true".into())
-        } else {
-            Ok(())
+        let compact = config.replace(' ', "");
+        if compact.contains("\"reject\":true") {
+            return Err("reject is true".into());
         }
+        let version = compact
+            .split_once("\"version\":\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(v, _)| v.to_owned());
+        if let Ok(mut slot) = VERSION.lock() {
+            *slot = version;
+        }
+        Ok(())
     }
 
     fn on_request(request: RequestHead) -> RequestAction {
@@ -64,6 +79,16 @@ impl Guest for TestFilter {
                 headers: vec![HeaderOp::Set(("bad name".into(), b"x".to_vec()))],
                 path: None,
             }),
+            "/remember" => {
+                let secret = request
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == "x-secret")
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let previous = REMEMBERED.lock().map(|mut kept| std::mem::replace(&mut *kept, secret)).unwrap_or_default();
+                reply(200, format!("previous: {previous}\n"))
+            }
             "/count" => match weir::plugin::kv::increment("hits", 1, None) {
                 Ok(n) => reply(200, format!("{n}\n")),
                 Err(_) => reply(500, "kv failed\n".into()),
@@ -75,8 +100,15 @@ impl Guest for TestFilter {
         }
     }
 
-    fn on_response(_request: RequestHead, _response: ResponseHead) -> ResponseAction {
-        ResponseAction::Continue(vec![HeaderOp::Append(("x-plugin-response".into(), b"1".to_vec()))])
+    fn on_response(request: RequestHead, _response: ResponseHead) -> ResponseAction {
+        let mut ops = vec![HeaderOp::Append(("x-plugin-response".into(), b"1".to_vec()))];
+        if let Some((_, secret)) = request.headers.iter().find(|(n, _)| n == "x-secret") {
+            ops.push(HeaderOp::Set(("x-secret-seen".into(), secret.clone())));
+        }
+        if let Some(version) = VERSION.lock().ok().and_then(|v| v.clone()) {
+            ops.push(HeaderOp::Set(("x-plugin-version".into(), version.into_bytes())));
+        }
+        ResponseAction::Continue(ops)
     }
 }
 
