@@ -1,5 +1,6 @@
-//! Builds the guest test plugin (`tests/plugins`) for `wasm32-wasip2` and tells the tests
-//! where it is (`TEST_PLUGIN_WASM`). Fails the build, with the fix, if the target is missing.
+//! Builds the guest test plugin (`tests/plugins`) and the bundled plugins (`plugins/*`) for
+//! `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
+//! `BUNDLED_PLUGINS_DIR`). Fails the build, with the fix, if the target is missing.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +14,9 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+    for dir in ["../plugin-sdk", "../plugins"] {
+        println!("cargo:rerun-if-changed={}", here.join(dir).display());
+    }
 
     let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
         .args(["--print", "sysroot"])
@@ -46,4 +50,24 @@ fn main() {
     let wasm = out.join("wasm32-wasip2/release/weir_test_plugin.wasm");
     assert!(wasm.exists(), "{} was not produced", wasm.display());
     println!("cargo:rustc-env=TEST_PLUGIN_WASM={}", wasm.display());
+
+    // The bundled plugins, as `cargo xtask plugins` builds them.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
+        .args(["-p", "weir-plugin-headers", "-p", "weir-plugin-key-auth"])
+        .arg("--manifest-path")
+        .arg(here.join("../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&out)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo for the bundled plugins");
+    assert!(status.success(), "building the bundled plugins failed");
+    let bundled = out.join("wasm32-wasip2/plugin");
+    for stem in ["headers", "key_auth"] {
+        let wasm = bundled.join(format!("{stem}.wasm"));
+        assert!(wasm.exists(), "{} was not produced", wasm.display());
+    }
+    println!("cargo:rustc-env=BUNDLED_PLUGINS_DIR={}", bundled.display());
 }

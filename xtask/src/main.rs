@@ -1,7 +1,10 @@
 //! The task runner shared by developers and CI: `cargo xtask <task>`. Needs nothing but cargo.
 //!
 //! - `test` — every check CI runs: formatting, clippy, the build, unit and end-to-end tests;
-//! - `demo` — weir in front of two demo upstreams it starts itself, with curl lines to try.
+//! - `plugins` — builds every bundled plugin (`plugins/*`) for `wasm32-wasip2` into
+//!   `target/plugins/NAME.wasm`;
+//! - `demo` — builds weir and the plugins, and runs weir in front of two demo upstreams it
+//!   starts itself, with curl lines to try.
 
 mod demo;
 
@@ -14,9 +17,10 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(),
         "demo" => demo::run(),
+        "plugins" => plugins().map(|dir| eprintln!("plugins built into {}", dir.display())),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test   formatting, clippy, build, every test (what CI runs)\n  demo   run weir in front of demo upstreams"
+                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams"
             );
             if task.is_empty() || task == "help" {
                 Ok(())
@@ -41,6 +45,42 @@ fn test() -> anyhow::Result<()> {
     // the test build resolves (the tests crate uses normal dependencies for that reason).
     cargo(&["build", "--workspace", "--bins"])?;
     cargo(&["test", "--workspace"])
+}
+
+/// The bundled plugins: (crate folder under `plugins/`, package, library file stem).
+const BUNDLED: [(&str, &str, &str); 2] = [
+    ("headers", "weir-plugin-headers", "headers"),
+    ("key-auth", "weir-plugin-key-auth", "key_auth"),
+];
+
+/// Builds every bundled plugin and copies each to `target/plugins/NAME.wasm`; returns that
+/// folder.
+pub(crate) fn plugins() -> anyhow::Result<std::path::PathBuf> {
+    let mut args = vec!["build", "--profile", "plugin", "--target", "wasm32-wasip2"];
+    for (_, package, _) in BUNDLED {
+        args.extend(["-p", package]);
+    }
+    if let Err(e) = cargo(&args) {
+        bail!("{e:#}\n(is the target installed? `rustup target add wasm32-wasip2`)");
+    }
+    let built = target_dir().join("wasm32-wasip2/plugin");
+    let out = target_dir().join("plugins");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (name, _, stem) in BUNDLED {
+        let from = built.join(format!("{stem}.wasm"));
+        let to = out.join(format!("{name}.wasm"));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    Ok(out)
+}
+
+/// Cargo's target folder: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub(crate) fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
 }
 
 /// Runs `cargo ARGS` in the workspace root; fails if it fails.

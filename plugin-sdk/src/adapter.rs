@@ -1,0 +1,98 @@
+//! The bridge between a [`Filter`] and the generated `weir:plugin/http-filter` exports: it
+//! builds the filter at `configure`, keeps it for the instance's life, and converts requests,
+//! responses and actions between the WIT types and the SDK's.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+
+use crate::bindings::exports::weir::plugin::http_filter::Guest;
+use crate::bindings::weir::plugin::types::{
+    HookSet, RequestAction, RequestHead, ResponseAction, ResponseHead,
+};
+use crate::{Action, Filter, Request, Response};
+
+thread_local! {
+    /// The instance's filter, built by `configure`. A wasm instance has one thread.
+    static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Implements the exports for filter `F`; named by [`export_filter!`](crate::export_filter).
+#[derive(Debug)]
+pub struct Adapter<F>(PhantomData<F>);
+
+impl<F: Filter> Adapter<F> {
+    fn with<R>(run: impl FnOnce(&F) -> R) -> R {
+        FILTER.with(|slot| {
+            let slot = slot.borrow();
+            // weir always calls `configure` first; anything else is a host bug, and a trap
+            // (which fails only this call) is the right answer to it.
+            let filter = slot
+                .as_ref()
+                .and_then(|f| f.downcast_ref::<F>())
+                .expect("configure was not called before a hook");
+            run(filter)
+        })
+    }
+}
+
+impl<F: Filter> Guest for Adapter<F> {
+    fn hooks() -> HookSet {
+        let wanted = Self::with(|filter| filter.hooks());
+        let mut hooks = HookSet::empty();
+        if wanted.on_request {
+            hooks |= HookSet::ON_REQUEST;
+        }
+        if wanted.on_response {
+            hooks |= HookSet::ON_RESPONSE;
+        }
+        hooks
+    }
+
+    fn configure(config: String) -> Result<(), String> {
+        let filter = configure::<F>(&config)?;
+        FILTER.with(|slot| *slot.borrow_mut() = Some(Box::new(filter)));
+        Ok(())
+    }
+
+    fn on_request(head: RequestHead) -> RequestAction {
+        Self::with(|filter| on_request(filter, head))
+    }
+
+    fn on_response(request: RequestHead, response: ResponseHead) -> ResponseAction {
+        Self::with(|filter| on_response(filter, request, response))
+    }
+}
+
+// The three steps below are what the host's calls run; `testing` calls them too, so unit
+// tests exercise the same conversions.
+
+/// `configure`: the host's JSON config → `F::Config` → `F`.
+pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
+    let config: F::Config =
+        serde_json::from_str(json).map_err(|e| format!("invalid [config]: {e}"))?;
+    F::new(config)
+}
+
+/// `on-request`: the head in, the changes or a local response out.
+pub(crate) fn on_request<F: Filter>(filter: &F, head: RequestHead) -> RequestAction {
+    let mut request = Request::new(head);
+    match filter.on_request(&mut request) {
+        Action::Continue => RequestAction::Continue(request.into_changes()),
+        Action::Respond(reply) => RequestAction::Respond(reply.into_local()),
+    }
+}
+
+/// `on-response`: both heads in, header changes or a replacement response out.
+pub(crate) fn on_response<F: Filter>(
+    filter: &F,
+    request: RequestHead,
+    response: ResponseHead,
+) -> ResponseAction {
+    let request = Request::new(request);
+    let mut response = Response::new(response);
+    match filter.on_response(&request, &mut response) {
+        Action::Continue => ResponseAction::Continue(response.into_ops()),
+        Action::Respond(reply) => ResponseAction::Respond(reply.into_local()),
+    }
+}

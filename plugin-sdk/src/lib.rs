@@ -1,0 +1,161 @@
+//! Write [weir](https://example.invalid/weir) filter plugins in Rust.
+//!
+//! A filter is a type that implements [`Filter`] and is exported with [`export_filter!`].
+//! weir builds it from the plugin's `[config]` table (deserialised into
+//! [`Filter::Config`]), then calls [`Filter::on_request`] for every request and
+//! [`Filter::on_response`] for every response on the routes that use the plugin.
+//!
+//! ```
+//! use weir_plugin::{Action, Filter, Request, Reply};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config {
+//!     /// Requests without this header are refused.
+//!     required: String,
+//! }
+//!
+//! struct RequireHeader(Config);
+//!
+//! impl Filter for RequireHeader {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(RequireHeader(config))
+//!     }
+//!
+//!     fn on_request(&self, request: &mut Request) -> Action {
+//!         if request.header(&self.0.required).is_none() {
+//!             return Reply::text(400, "missing header\n").into();
+//!         }
+//!         request.set_header("x-checked-by", "require-header");
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! weir_plugin::export_filter!(RequireHeader);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (the crate is a `cdylib`) and
+//! copy `target/wasm32-wasip2/release/NAME.wasm` into weir's plugin folder.
+//!
+//! # What lives between requests
+//!
+//! weir reuses an instance for many requests (up to the plugin's `max_uses`). The value
+//! [`Filter::new`] returned, and any statics, persist across those requests; nothing the host
+//! passes in (requests, responses) is kept unless your code keeps it. Each instance has its
+//! own memory: state shared by every instance and every worker belongs in [`kv`].
+//!
+//! # Testing
+//!
+//! With the `testing` feature, [`testing`] runs a filter natively, through the same code the
+//! host calls, against a mock host: `cargo test` needs no wasm target and no weir.
+
+#![deny(missing_docs)]
+
+// Lets the generated bindings name this crate the same way inside and outside it.
+extern crate self as weir_plugin;
+
+mod adapter;
+#[doc(hidden)]
+pub mod bindings;
+pub mod clock;
+mod http;
+pub mod kv;
+pub mod log;
+mod mock;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use crate::http::{Action, Reply, Request, Response};
+pub use serde::Deserialize;
+
+/// The config of a filter that takes none: an empty `[config]`, or none at all. Unknown
+/// keys are refused, so a typo in `NAME.toml` is an error rather than ignored.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// Which hooks a filter implements. weir calls only these, so a filter that leaves one out
+/// costs nothing on that phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hooks {
+    /// [`Filter::on_request`] is called.
+    pub on_request: bool,
+    /// [`Filter::on_response`] is called.
+    pub on_response: bool,
+}
+
+impl Hooks {
+    /// Only `on_request`.
+    pub const REQUEST: Hooks = Hooks {
+        on_request: true,
+        on_response: false,
+    };
+    /// Only `on_response`.
+    pub const RESPONSE: Hooks = Hooks {
+        on_request: false,
+        on_response: true,
+    };
+    /// Both hooks.
+    pub const BOTH: Hooks = Hooks {
+        on_request: true,
+        on_response: true,
+    };
+}
+
+/// A weir filter. Every hook has a default that does nothing; implement the ones you need
+/// and say which in [`Filter::hooks`].
+pub trait Filter: Sized + 'static {
+    /// The plugin's `[config]` table from `NAME.toml`, deserialised with serde. Use
+    /// [`NoConfig`] for none.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Builds the filter from its config, once per instance, before any request. An `Err`
+    /// rejects the config: weir logs the message and the plugin never sees traffic.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// The hooks weir should call, asked once after [`Filter::new`]. Defaults to both;
+    /// name only the ones this filter (with this config) needs, to save a host crossing per
+    /// request on the others.
+    fn hooks(&self) -> Hooks {
+        Hooks::BOTH
+    }
+
+    /// Called for each request before it goes upstream. Change it through `request`, then
+    /// return [`Action::Continue`], or answer it yourself with [`Action::Respond`] (the
+    /// upstream is not called; response hooks of filters already passed still run).
+    fn on_request(&self, request: &mut Request) -> Action {
+        let _ = request;
+        Action::Continue
+    }
+
+    /// Called for each response on its way back (from upstream or from a local reply), in
+    /// reverse chain order. Change its headers through `response`, or replace it with
+    /// [`Action::Respond`].
+    fn on_response(&self, request: &Request, response: &mut Response) -> Action {
+        let _ = (request, response);
+        Action::Continue
+    }
+}
+
+/// Exports a [`Filter`] as the plugin's `weir:plugin/http-filter` implementation. Use it
+/// once, at the crate root of a `cdylib`. It exports only when building for wasm, so the
+/// same crate also builds natively for `cargo test`.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        type __WeirPluginExport = $crate::__private::Adapter<$filter>;
+        #[cfg(target_arch = "wasm32")]
+        $crate::__private::export_world!(__WeirPluginExport);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::adapter::Adapter;
+    pub use crate::bindings::export as export_world;
+    pub use wit_bindgen;
+}

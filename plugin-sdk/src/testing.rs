@@ -1,0 +1,300 @@
+//! Unit-test a filter natively with `cargo test`, through the same conversions weir's calls
+//! go through, against a mock host (kv, log, clock) that is private to the test's thread.
+//!
+//! ```
+//! use weir_plugin::testing::{Harness, TestRequest};
+//! use weir_plugin::{Action, Filter, NoConfig, Request};
+//!
+//! struct Tag;
+//!
+//! impl Filter for Tag {
+//!     type Config = NoConfig;
+//!     fn new(_: NoConfig) -> Result<Tag, String> {
+//!         Ok(Tag)
+//!     }
+//!     fn on_request(&self, request: &mut Request) -> Action {
+//!         request.set_header("x-tag", "yes");
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! let tag = Harness::<Tag>::new("").expect("config accepted");
+//! let forwarded = tag.request(TestRequest::get("/")).forwarded();
+//! assert_eq!(forwarded.header_value("x-tag"), Some("yes"));
+//! ```
+
+use std::time::Duration;
+
+use crate::Filter;
+use crate::Reply;
+use crate::adapter;
+use crate::bindings::weir::plugin::types::{
+    HeaderOp, LocalResponse, RequestAction, RequestHead, ResponseAction, ResponseHead,
+};
+use crate::log::Level;
+use crate::mock;
+
+/// A configured filter, ready to be called like weir would.
+#[derive(Debug)]
+pub struct Harness<F> {
+    filter: F,
+}
+
+impl<F: Filter> Harness<F> {
+    /// Configures the filter from the body of its `[config]` table, written as in
+    /// `NAME.toml` (without the `[config]` line). Resets this thread's mock host.
+    pub fn new(config_toml: &str) -> Result<Harness<F>, String> {
+        let table: toml::Table = toml::from_str(config_toml).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&table).map_err(|e| e.to_string())?;
+        Harness::from_json(&json)
+    }
+
+    /// Configures the filter from the JSON weir would pass. Resets this thread's mock host.
+    pub fn from_json(json: &str) -> Result<Harness<F>, String> {
+        reset();
+        Ok(Harness {
+            filter: adapter::configure::<F>(json)?,
+        })
+    }
+
+    /// Runs `on_request`, as weir would for `request`.
+    pub fn request(&self, request: TestRequest) -> RequestOutcome {
+        let head = request.head();
+        match adapter::on_request(&self.filter, head.clone()) {
+            RequestAction::Continue(changes) => {
+                let mut forwarded = request;
+                apply(&mut forwarded.headers, changes.headers);
+                if let Some(target) = changes.path {
+                    let (path, query) = match target.split_once('?') {
+                        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                        None => (target, None),
+                    };
+                    forwarded.path = path;
+                    forwarded.query = query;
+                }
+                RequestOutcome::Forwarded(forwarded)
+            }
+            RequestAction::Respond(local) => RequestOutcome::Responded(reply(local)),
+        }
+    }
+
+    /// Runs `on_response` for `request` answered with `status` and `headers`.
+    pub fn response(
+        &self,
+        request: &TestRequest,
+        status: u16,
+        headers: &[(&str, &str)],
+    ) -> ResponseOutcome {
+        let mut headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .collect();
+        let head = ResponseHead {
+            status,
+            headers: headers.clone(),
+        };
+        match adapter::on_response(&self.filter, request.head(), head) {
+            ResponseAction::Continue(ops) => {
+                apply(&mut headers, ops);
+                ResponseOutcome::Passed(Reply {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                })
+            }
+            ResponseAction::Respond(local) => ResponseOutcome::Replaced(reply(local)),
+        }
+    }
+
+    /// The filter itself.
+    pub fn filter(&self) -> &F {
+        &self.filter
+    }
+
+    /// The hooks the filter asks weir to call, as weir would ask after configuring it.
+    pub fn hooks(&self) -> crate::Hooks {
+        self.filter.hooks()
+    }
+}
+
+/// What `on_request` did.
+#[derive(Debug, Clone)]
+#[must_use]
+pub enum RequestOutcome {
+    /// The request goes upstream like this (changes applied).
+    Forwarded(TestRequest),
+    /// The filter answered it.
+    Responded(Reply),
+}
+
+impl RequestOutcome {
+    /// The forwarded request; panics if the filter answered instead.
+    #[track_caller]
+    pub fn forwarded(self) -> TestRequest {
+        match self {
+            RequestOutcome::Forwarded(r) => r,
+            RequestOutcome::Responded(reply) => {
+                panic!("the filter answered {} instead of forwarding", reply.status)
+            }
+        }
+    }
+
+    /// The filter's reply; panics if it forwarded the request instead.
+    #[track_caller]
+    pub fn reply(self) -> Reply {
+        match self {
+            RequestOutcome::Responded(reply) => reply,
+            RequestOutcome::Forwarded(r) => {
+                panic!("the filter forwarded {} instead of answering", r.path)
+            }
+        }
+    }
+}
+
+/// What `on_response` did.
+#[derive(Debug, Clone)]
+#[must_use]
+pub enum ResponseOutcome {
+    /// The response passes, with these status and headers (changes applied).
+    Passed(Reply),
+    /// The filter replaced it.
+    Replaced(Reply),
+}
+
+impl ResponseOutcome {
+    /// The response as it goes on, whether passed or replaced.
+    pub fn response(self) -> Reply {
+        match self {
+            ResponseOutcome::Passed(r) | ResponseOutcome::Replaced(r) => r,
+        }
+    }
+}
+
+/// A request to feed a filter; built like `TestRequest::get("/path?q=1").header("a", "b")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRequest {
+    /// The method.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query, without `?`.
+    pub query: Option<String>,
+    /// The authority (`Host`).
+    pub authority: Option<String>,
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The client's address.
+    pub client_addr: String,
+    /// The matched route's name.
+    pub route: String,
+    /// The request id.
+    pub request_id: String,
+}
+
+impl TestRequest {
+    /// A request with `method` for `target` (path and optional `?query`).
+    pub fn new(method: &str, target: &str) -> TestRequest {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        TestRequest {
+            method: method.to_owned(),
+            path,
+            query,
+            authority: Some("example.test".into()),
+            headers: Vec::new(),
+            client_addr: "127.0.0.1:50000".into(),
+            route: "default".into(),
+            request_id: "test-request".into(),
+        }
+    }
+
+    /// A `GET` for `target`.
+    pub fn get(target: &str) -> TestRequest {
+        TestRequest::new("GET", target)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> TestRequest {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        self
+    }
+
+    /// Sets the client address.
+    pub fn client(mut self, addr: &str) -> TestRequest {
+        self.client_addr = addr.to_owned();
+        self
+    }
+
+    /// Sets the route name.
+    pub fn route(mut self, route: &str) -> TestRequest {
+        self.route = route.to_owned();
+        self
+    }
+
+    /// The first value of header `name` (any case) as text.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    fn head(&self) -> RequestHead {
+        RequestHead {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            query: self.query.clone(),
+            authority: self.authority.clone(),
+            headers: self.headers.clone(),
+            client_address: self.client_addr.clone(),
+            route: self.route.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// Applies header changes the way weir does: set replaces every value, append adds one,
+/// remove drops all.
+fn apply(headers: &mut Vec<(String, Vec<u8>)>, ops: Vec<HeaderOp>) {
+    for op in ops {
+        match op {
+            HeaderOp::Set((name, value)) => {
+                headers.retain(|(n, _)| *n != name);
+                headers.push((name, value));
+            }
+            HeaderOp::Append((name, value)) => headers.push((name, value)),
+            HeaderOp::Remove(name) => headers.retain(|(n, _)| *n != name),
+        }
+    }
+}
+
+fn reply(local: LocalResponse) -> Reply {
+    Reply {
+        status: local.status,
+        headers: local.headers,
+        body: local.body,
+    }
+}
+
+/// Clears this thread's mock host: kv, logs, clock (back to the real time).
+pub fn reset() {
+    mock::with(|host| *host = mock::MockHost::default());
+}
+
+/// Moves the mock clock forward, so kv entries with a TTL expire.
+pub fn advance(by: Duration) {
+    mock::with(|host| host.now += by);
+}
+
+/// Every line logged on this thread since the last reset.
+pub fn logs() -> Vec<(Level, String)> {
+    mock::with(|host| host.logs.clone())
+}
+
+/// Sets the level below which the mock log drops lines (default: everything is kept).
+pub fn set_log_level(level: Level) {
+    mock::with(|host| host.level = level);
+}
