@@ -309,3 +309,77 @@ fn decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &str, headers: &[(&str, &str)]) -> Request {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        Request::new(RequestHead {
+            method: "GET".into(),
+            path,
+            query,
+            authority: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            client_address: "10.0.0.1:4000".into(),
+            route: "r".into(),
+            request_id: "id".into(),
+        })
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let r = request("/s?q=a+b%21&empty=&flag&bad=%zz&q=second", &[]);
+        assert_eq!(r.query_param("q").as_deref(), Some("a b!"));
+        assert_eq!(r.query_param("empty").as_deref(), Some(""));
+        assert_eq!(r.query_param("flag").as_deref(), Some(""));
+        assert_eq!(r.query_param("bad").as_deref(), Some("%zz"));
+        assert_eq!(r.query_param("missing"), None);
+    }
+
+    #[test]
+    fn reads_see_changes_and_changes_are_recorded_in_order() {
+        let mut r = request("/", &[("a", "1"), ("b", "2")]);
+        r.set_header("A", "one");
+        r.append_header("b", "3");
+        r.remove_header("c");
+        assert_eq!(r.header("a"), Some("one"));
+        assert_eq!(r.headers().filter(|(n, _)| *n == "b").count(), 2);
+        let changes = r.into_changes();
+        let expected = vec![
+            HeaderOp::Set(("a".into(), b"one".to_vec())),
+            HeaderOp::Append(("b".into(), b"3".to_vec())),
+            HeaderOp::Remove("c".into()),
+        ];
+        assert_eq!(format!("{:?}", changes.headers), format!("{expected:?}"));
+        assert_eq!(changes.path, None, "the target is sent only if changed");
+    }
+
+    #[test]
+    fn path_and_query_changes_make_one_target() {
+        let mut r = request("/old?x=1", &[]);
+        r.set_path("/new");
+        assert_eq!(r.clone().into_changes().path.as_deref(), Some("/new?x=1"));
+        r.set_query(None);
+        assert_eq!(r.into_changes().path.as_deref(), Some("/new"));
+    }
+
+    #[test]
+    fn reply_builders() {
+        let reply = Reply::text(403, "no\n").header("X-Why", "policy");
+        assert_eq!(reply.header_value("x-why"), Some("policy"));
+        assert_eq!(
+            reply.header_value("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        let json = Reply::json(200, &serde_json::json!({"ok": true}));
+        assert_eq!(json.body, br#"{"ok":true}"#);
+    }
+}

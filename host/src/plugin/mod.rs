@@ -35,7 +35,7 @@ use wasmtime::{
 };
 
 use self::bindings::{Filter, FilterPre, types};
-use self::host_api::kv::KvStore;
+use self::host_api::kv::{KvBackend, MemoryKv};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
@@ -94,7 +94,7 @@ pub struct PluginSource {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<PluginState>,
-    kv: Arc<KvStore>,
+    kv: Arc<dyn KvBackend>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -156,7 +156,7 @@ impl PluginRuntime {
         Ok(PluginRuntime {
             engine,
             linker,
-            kv: Arc::new(KvStore::default()),
+            kv: Arc::new(MemoryKv::default()),
             cache,
             ticker_stop,
         })
@@ -335,7 +335,7 @@ pub struct Plugin {
     /// Limits and failure policy.
     pub settings: PluginSettings,
     config_json: String,
-    kv: Arc<KvStore>,
+    kv: Arc<dyn KvBackend>,
     pre: FilterPre<PluginState>,
     idle: Mutex<Vec<Instance>>,
     /// When this version finished loading.

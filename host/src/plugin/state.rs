@@ -7,7 +7,7 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::host_api::kv::KvStore;
+use super::host_api::kv::KvBackend;
 
 /// The data of one instance's `Store`.
 pub(crate) struct PluginState {
@@ -20,13 +20,17 @@ pub(crate) struct PluginState {
     /// The plugin's name, for log lines.
     pub(crate) plugin: Arc<str>,
     /// The shared store; keys are prefixed with the plugin's name.
-    pub(crate) kv: Arc<KvStore>,
+    pub(crate) kv: Arc<dyn KvBackend>,
     /// The request the current call serves, for log lines.
     pub(crate) request_id: String,
 }
 
 impl PluginState {
-    pub(crate) fn new(plugin: Arc<str>, kv: Arc<KvStore>, limits: StoreLimits) -> PluginState {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        kv: Arc<dyn KvBackend>,
+        limits: StoreLimits,
+    ) -> PluginState {
         // The builder's defaults grant nothing: no preopens, no env, stdio closed, every
         // socket address denied, no name lookup.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
