@@ -2,7 +2,7 @@
 //! `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
 //! `BUNDLED_PLUGINS_DIR`). Fails the build, with the fix, if the target is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -30,44 +30,39 @@ fn main() {
 
     // A target folder of its own: the outer cargo holds the lock on the workspace's.
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("guest");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(plugin.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&out)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .expect("run cargo for the guest test plugin");
-    assert!(status.success(), "building the guest test plugin failed");
+
+    let test_plugin = plugin.join("Cargo.toml");
+    build_wasm(&out, &test_plugin, &["--release"], "the guest test plugin");
     let wasm = out.join("wasm32-wasip2/release/weir_test_plugin.wasm");
     assert!(wasm.exists(), "{} was not produced", wasm.display());
     println!("cargo:rustc-env=TEST_PLUGIN_WASM={}", wasm.display());
 
     // The bundled plugins, as `cargo xtask plugins` builds them.
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
-        .args(["-p", "weir-plugin-headers", "-p", "weir-plugin-key-auth"])
-        .arg("--manifest-path")
-        .arg(here.join("../Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&out)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .expect("run cargo for the bundled plugins");
-    assert!(status.success(), "building the bundled plugins failed");
+    let workspace = here.join("../Cargo.toml");
+    let packages = ["-p", "weir-plugin-headers", "-p", "weir-plugin-key-auth"];
+    let args = [&["--profile", "plugin"][..], &packages[..]].concat();
+    build_wasm(&out, &workspace, &args, "the bundled plugins");
     let bundled = out.join("wasm32-wasip2/plugin");
     for stem in ["headers", "key_auth"] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());
     }
     println!("cargo:rustc-env=BUNDLED_PLUGINS_DIR={}", bundled.display());
+}
+
+/// `cargo build --target wasm32-wasip2 ARGS` for `manifest` into `out`; panics if it fails.
+fn build_wasm(out: &Path, manifest: &Path, args: &[&str], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--target", "wasm32-wasip2"])
+        .args(args)
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(out)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for {what}: {e}"));
+    assert!(status.success(), "building {what} failed");
 }

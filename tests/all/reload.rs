@@ -327,6 +327,11 @@ async fn admin_lists_plugins_and_post_reload_rescans() {
             .is_some_and(|e| e.contains("not a valid wasm component"))
     );
 
+    // SIGHUP rescans too, as nginx and HAProxy reload on it.
+    weir.write("plugins/10-test.toml", version("v3").as_bytes());
+    weir.signal(nix::sys::signal::Signal::SIGHUP);
+    until(&url, has_version("v3")).await;
+
     let response = http1_client()
         .get(weir.admin_url("/reload").parse().expect("uri"))
         .await

@@ -2,7 +2,7 @@
 //! request path, and swaps in a new [`Generation`] atomically.
 //!
 //! One task owns the [`Reloader`] and runs every rescan in turn, whether a file watch, a
-//! `POST /reload` or startup asked for it. A rescan:
+//! `POST /reload`, a SIGHUP or startup asked for it. A rescan:
 //! 1. re-reads the config file; a bad edit, or one that changes what only a restart can
 //!    (listeners, admin, server, plugin folder or cache), is refused with its reasons and the
 //!    running config stays;
@@ -70,6 +70,23 @@ struct Tracked {
     /// Fingerprint of contents that failed, so the same bad bytes are not retried or logged
     /// again at every rescan.
     failed: Option<[u8; 32]>,
+}
+
+impl Tracked {
+    /// A file seen but not (yet) loaded.
+    fn unloaded(name: String, file: PathBuf) -> Tracked {
+        Tracked {
+            slot: PluginSlot {
+                name,
+                file,
+                serving: None,
+                since_generation: 0,
+                last_error: None,
+            },
+            serving: None,
+            failed: None,
+        }
+    }
 }
 
 /// The state of the plugin folder and config across rescans.
@@ -231,17 +248,7 @@ impl Reloader {
     fn tracked_after_listing(&self, config: &Config) -> Vec<Tracked> {
         list_plugin_files(&config.plugins.dir)
             .into_iter()
-            .map(|file| Tracked {
-                slot: PluginSlot {
-                    name: plugin_name(&file).to_owned(),
-                    file,
-                    serving: None,
-                    since_generation: 0,
-                    last_error: None,
-                },
-                serving: None,
-                failed: None,
-            })
+            .map(|file| Tracked::unloaded(plugin_name(&file).to_owned(), file))
             .collect()
     }
 
@@ -289,18 +296,7 @@ impl Reloader {
         limits: &PluginLimits,
         errors: &mut Vec<String>,
     ) -> Tracked {
-        let unloaded = |file: PathBuf, name: String| Tracked {
-            slot: PluginSlot {
-                name,
-                file,
-                serving: None,
-                since_generation: 0,
-                last_error: None,
-            },
-            serving: None,
-            failed: None,
-        };
-        let mut tracked = previous.unwrap_or_else(|| unloaded(file.clone(), name.clone()));
+        let mut tracked = previous.unwrap_or_else(|| Tracked::unloaded(name.clone(), file.clone()));
         let source = match read_source(&file) {
             Ok(source) => source,
             // Deleted between listing and reading: the next event rescans.
@@ -366,8 +362,8 @@ impl Reloader {
     }
 }
 
-/// Starts the task that runs rescans: on file events (debounced) when `watch` is on, and on
-/// every [`ReloadHandle::reload`]. It stops when `drain` fires.
+/// Starts the task that runs rescans: on file events (debounced) when `watch` is on, on every
+/// [`ReloadHandle::reload`], and on SIGHUP. It stops when `drain` fires.
 pub(crate) fn spawn(
     mut reloader: Reloader,
     current: Arc<ArcSwap<Generation>>,
@@ -383,6 +379,7 @@ pub(crate) fn spawn(
     } else {
         None
     };
+    let mut hangup = Hangup::new();
     tokio::spawn(async move {
         // Owned by the task: watching stops when the task does.
         let _watcher = watcher;
@@ -397,10 +394,43 @@ pub(crate) fn spawn(
                     settle(&mut events).await;
                     reloader.reload(&current).await;
                 }
+                () = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reload requested");
+                    reloader.reload(&current).await;
+                }
             }
         }
     });
     ReloadHandle(requests_tx)
+}
+
+/// SIGHUP, the signal operators send for a reload (as to nginx and HAProxy).
+struct Hangup(Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    fn new() -> Hangup {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Hangup(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload");
+                Hangup(None)
+            }
+        }
+    }
+
+    /// Resolves at the next SIGHUP; never, if the handler could not be installed.
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(signal) => {
+                if signal.recv().await.is_none() {
+                    self.0 = None;
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// Waits until events stop for [`DEBOUNCE`], or [`MAX_DEBOUNCE`] has passed.
