@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, RoundRobin};
+use crate::balancer::{self, Balancer, Endpoints};
 use crate::config::{ClusterConfig, Config};
 use crate::plugin::Plugin;
 use crate::plugin::chain::Chain;
@@ -58,6 +58,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// Chooses an endpoint per request.
     pub balancer: Box<dyn Balancer>,
+    /// Each endpoint's health and requests in flight.
+    pub endpoints: Endpoints,
     /// Pooled connections to the endpoints.
     pub client: UpstreamClient,
 }
@@ -87,7 +89,8 @@ impl Generation {
                 same.unwrap_or_else(|| {
                     Arc::new(Cluster {
                         config: c.clone(),
-                        balancer: Box::new(RoundRobin::new(c.endpoints.len())),
+                        balancer: balancer::build(c),
+                        endpoints: Endpoints::new(c),
                         client: UpstreamClient::new(c),
                     })
                 })

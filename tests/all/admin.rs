@@ -27,11 +27,13 @@ async fn healthz_and_config() {
         serde_json::from_slice(&read_body(response.into_body()).await).expect("json");
     assert_eq!(config["clusters"][0]["name"], "app");
     assert_eq!(
-        config["clusters"][0]["endpoints"][0],
+        config["clusters"][0]["endpoints"][0]["address"],
         upstream.addr.to_string()
     );
     assert_eq!(config["clusters"][0]["connect_timeout"], "1s");
     assert_eq!(config["clusters"][0]["response_timeout"], "1m");
+    assert_eq!(config["clusters"][0]["endpoints"][0]["weight"], 1);
+    assert_eq!(config["clusters"][0]["lb"]["algorithm"], "round_robin");
     assert_eq!(config["routes"][0]["path_prefix"], "/");
 
     let response = client

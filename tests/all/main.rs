@@ -2,6 +2,7 @@
 //! area; every test runs real weir processes against real upstreams on 127.0.0.1.
 
 mod admin;
+mod balancing;
 mod bundled;
 mod cli;
 mod errors;

@@ -52,6 +52,12 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream named `name` (its name appears in response bodies).
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_with_delay(name, std::time::Duration::ZERO).await
+    }
+
+    /// Like [`Upstream::start`], but every catch-all answer waits `delay` first: a slow
+    /// endpoint.
+    pub async fn start_with_delay(name: &str, delay: std::time::Duration) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -68,6 +74,7 @@ impl Upstream {
             name: upstream.name.clone(),
             seen: upstream.seen.clone(),
             release: upstream.release.clone(),
+            delay,
         });
         let stop = upstream.stop.clone();
         tokio::spawn(async move {
@@ -122,6 +129,7 @@ struct State {
     name: String,
     seen: watch::Sender<Vec<Recorded>>,
     release: Arc<Notify>,
+    delay: std::time::Duration,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -165,6 +173,9 @@ impl State {
                 Response::new(PatternBody::new(len).boxed())
             }
             _ => {
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
                 let body = format!("{} {} {}", self.name, req.method(), path);
                 let _ = req.into_body().collect().await;
                 let mut response = text(body);

@@ -2,17 +2,291 @@
 //!
 //! A [`Balancer`] only chooses; it owns no connections and does no I/O, so picking is a few
 //! atomic operations on the request path. Algorithms live one per file beside this one.
+//!
+//! Every algorithm chooses among the same [`Candidates`]: the healthy primary endpoints; if
+//! none is healthy, the healthy backups; if none of those either, every primary (better to
+//! try an endpoint believed down than to fail every request, as Envoy's panic mode does).
+//! Health is an atomic flag per endpoint, set by whoever checks health and read lock-free here.
 
+mod consistent_hash;
+mod first;
+mod least_request;
+mod random;
 mod round_robin;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+pub use consistent_hash::{ConsistentHash, hash};
+pub use first::First;
+pub use least_request::LeastRequest;
+pub use random::Random;
 pub use round_robin::RoundRobin;
 
-/// What a balancer may look at to choose. Grows as algorithms need more (hash keys, health).
-#[derive(Debug, Default)]
-pub struct PickContext {}
+use crate::config::{ClusterConfig, LbPolicy};
 
-/// An endpoint-selection algorithm over a fixed list of endpoints, indexed `0..len`.
+/// What a balancer may look at to choose.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PickContext {
+    /// The request's hash key (for `consistent_hash`), already hashed.
+    pub hash: Option<u64>,
+}
+
+/// An endpoint-selection algorithm over a cluster's endpoints, indexed `0..len`.
 pub trait Balancer: Send + Sync + std::fmt::Debug {
-    /// The index of the endpoint to use, or `None` when no endpoint can take the request.
-    fn pick(&self, ctx: &PickContext) -> Option<usize>;
+    /// The index of the endpoint to use, or `None` when the cluster has no endpoint.
+    fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize>;
+}
+
+/// Builds the balancer `config.lb` names.
+pub fn build(config: &ClusterConfig) -> Box<dyn Balancer> {
+    let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
+    match &config.lb {
+        LbPolicy::RoundRobin => Box::new(RoundRobin::new(&weights)),
+        LbPolicy::LeastRequest => Box::new(LeastRequest::new(&weights)),
+        LbPolicy::Random => Box::new(Random::new(&weights)),
+        LbPolicy::ConsistentHash { .. } => {
+            let names: Vec<String> = config
+                .endpoints
+                .iter()
+                .map(|e| e.authority.to_string())
+                .collect();
+            Box::new(ConsistentHash::new(&names, &weights))
+        }
+        LbPolicy::First => Box::new(First),
+    }
+}
+
+/// The live state of one endpoint, shared by the balancer, the proxy and health checking.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Only used when no primary is healthy.
+    pub backup: bool,
+    healthy: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl EndpointState {
+    /// Whether the endpoint is believed healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks the endpoint healthy or not; returns whether that changed anything.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Requests sent to it and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A cluster's endpoints' live state, in config order. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Endpoints(Arc<[EndpointState]>);
+
+impl Endpoints {
+    /// State for `config`'s endpoints: all healthy, nothing in flight.
+    pub fn new(config: &ClusterConfig) -> Endpoints {
+        Endpoints(
+            config
+                .endpoints
+                .iter()
+                .map(|e| EndpointState {
+                    backup: e.backup,
+                    healthy: AtomicBool::new(true),
+                    in_flight: AtomicUsize::new(0),
+                })
+                .collect(),
+        )
+    }
+
+    /// The number of endpoints.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Endpoint `i`'s state.
+    pub fn get(&self, i: usize) -> Option<&EndpointState> {
+        self.0.get(i)
+    }
+
+    /// Counts a request in flight to endpoint `i` until the guard is dropped.
+    pub fn start(&self, i: usize) -> InFlight {
+        if let Some(e) = self.0.get(i) {
+            e.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight {
+            endpoints: self.clone(),
+            index: i,
+        }
+    }
+
+    /// The set every algorithm chooses from (see the module docs).
+    pub fn candidates(&self) -> Candidates {
+        let primary_up = self.0.iter().any(|e| !e.backup && e.is_healthy());
+        let backup_up = self.0.iter().any(|e| e.backup && e.is_healthy());
+        Candidates(match (primary_up, backup_up) {
+            (true, _) => Tier::HealthyPrimaries,
+            (false, true) => Tier::HealthyBackups,
+            (false, false) => Tier::AllPrimaries,
+        })
+    }
+}
+
+/// Which endpoints may take a request now.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates(Tier);
+
+#[derive(Debug, Clone, Copy)]
+enum Tier {
+    HealthyPrimaries,
+    HealthyBackups,
+    AllPrimaries,
+}
+
+impl Candidates {
+    /// Whether endpoint `e` is one of them.
+    pub fn admits(&self, e: &EndpointState) -> bool {
+        match self.0 {
+            Tier::HealthyPrimaries => !e.backup && e.is_healthy(),
+            Tier::HealthyBackups => e.backup && e.is_healthy(),
+            Tier::AllPrimaries => !e.backup,
+        }
+    }
+}
+
+/// A request counted as in flight to one endpoint; uncounted when dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoints: Endpoints,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(e) = self.endpoints.0.get(self.index) {
+            e.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Weighted choice among admitted endpoints with `r` in `0..total admitted weight`.
+fn weighted_choice(
+    endpoints: &Endpoints,
+    weights: &[u32],
+    candidates: Candidates,
+    mut r: u64,
+) -> Option<usize> {
+    for (i, e) in endpoints.0.iter().enumerate() {
+        if candidates.admits(e) {
+            let w = u64::from(weights.get(i).copied().unwrap_or(1));
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+        }
+    }
+    None
+}
+
+/// The total weight of admitted endpoints.
+fn admitted_weight(endpoints: &Endpoints, weights: &[u32], candidates: Candidates) -> u64 {
+    endpoints
+        .0
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| candidates.admits(e))
+        .map(|(i, _)| u64::from(weights.get(i).copied().unwrap_or(1)))
+        .sum()
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::config::{Endpoint, LbPolicy};
+
+    /// A cluster config with endpoints `(weight, backup)` on ports 1, 2, …
+    pub(crate) fn cluster(endpoints: &[(u32, bool)], lb: LbPolicy) -> ClusterConfig {
+        ClusterConfig {
+            name: "c".into(),
+            endpoints: endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, &(weight, backup))| Endpoint {
+                    authority: format!("10.0.0.{}:80", i + 1).parse().expect("authority"),
+                    weight,
+                    backup,
+                })
+                .collect(),
+            lb,
+            connect_timeout: std::time::Duration::from_secs(1),
+            response_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    /// How many of `n` picks went to each endpoint.
+    pub(crate) fn spread(config: &ClusterConfig, endpoints: &Endpoints, n: usize) -> Vec<usize> {
+        let balancer = build(config);
+        let mut counts = vec![0; endpoints.len()];
+        for i in 0..n {
+            let ctx = PickContext {
+                hash: Some(i as u64),
+            };
+            if let Some(e) = balancer.pick(&ctx, endpoints) {
+                counts[e] += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{cluster, spread};
+    use super::*;
+
+    #[test]
+    fn backups_serve_only_when_no_primary_is_healthy_and_all_down_means_all_primaries() {
+        for lb in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest,
+            LbPolicy::Random,
+            LbPolicy::First,
+            LbPolicy::ConsistentHash {
+                key: crate::config::HashKey::Path,
+            },
+        ] {
+            let config = cluster(&[(1, false), (1, false), (1, true)], lb.clone());
+            let endpoints = Endpoints::new(&config);
+            assert_eq!(spread(&config, &endpoints, 100)[2], 0, "{lb:?}");
+            endpoints.0[0].set_healthy(false);
+            let s = spread(&config, &endpoints, 100);
+            assert_eq!((s[0], s[1], s[2]), (0, 100, 0), "{lb:?}");
+            endpoints.0[1].set_healthy(false);
+            assert_eq!(spread(&config, &endpoints, 100), [0, 0, 100], "{lb:?}");
+            endpoints.0[2].set_healthy(false);
+            let s = spread(&config, &endpoints, 100);
+            assert_eq!((s[0] + s[1], s[2]), (100, 0), "{lb:?}: all down");
+        }
+    }
+
+    #[test]
+    fn in_flight_is_counted_until_the_guard_drops() {
+        let config = cluster(&[(1, false)], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let a = endpoints.start(0);
+        let b = endpoints.start(0);
+        assert_eq!(endpoints.0[0].in_flight(), 2);
+        drop((a, b));
+        assert_eq!(endpoints.0[0].in_flight(), 0);
+    }
 }

@@ -12,8 +12,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use validate::{
-    AdminConfig, ClusterConfig, Config, Endpoint, ListenerConfig, MAX_PLUGIN_MEMORY_MB,
-    PluginLimits, PluginsConfig, RouteConfig, ServerConfig,
+    AdminConfig, ClusterConfig, Config, Endpoint, HashKey, LbPolicy, ListenerConfig,
+    MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, PluginLimits, PluginsConfig, RouteConfig, ServerConfig,
 };
 
 /// One problem found in a configuration file, with where it is.

@@ -72,13 +72,70 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
     pub(crate) name: Spanned<String>,
-    pub(crate) endpoints: Spanned<Vec<Spanned<String>>>,
+    pub(crate) endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
+    pub(crate) lb: Option<Spanned<String>>,
+    pub(crate) hash_key: Option<Spanned<String>>,
     #[serde(default, with = "duration")]
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
     pub(crate) response_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// One endpoint: `"host:port"`, or `{ address = "host:port", weight = 3, backup = true }`.
+#[derive(Debug)]
+pub(crate) struct RawEndpoint {
+    pub(crate) address: String,
+    pub(crate) weight: Option<i64>,
+    pub(crate) backup: bool,
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<RawEndpoint, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            address: String,
+            weight: Option<i64>,
+            #[serde(default)]
+            backup: bool,
+        }
+
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawEndpoint;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "\"host:port\" or { address = \"host:port\", weight = N, backup = true }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
+                Ok(RawEndpoint {
+                    address: v.to_owned(),
+                    weight: None,
+                    backup: false,
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawEndpoint, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawEndpoint {
+                    address: t.address,
+                    weight: t.weight,
+                    backup: t.backup,
+                })
+            }
+        }
+
+        de.deserialize_any(Visitor)
+    }
 }
 
 /// `[[routes]]`: which requests go to which cluster.

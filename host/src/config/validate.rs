@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
+use http::header::HeaderName;
 use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
@@ -126,8 +127,10 @@ pub struct ServerConfig {
 pub struct ClusterConfig {
     /// The cluster's name, referenced by routes.
     pub name: String,
-    /// The endpoints, at least one.
+    /// The endpoints, at least one primary.
     pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is chosen per request.
+    pub lb: LbPolicy,
     /// Time to establish a TCP connection to one endpoint.
     #[serde(serialize_with = "human")]
     pub connect_timeout: Duration,
@@ -141,11 +144,50 @@ pub struct ClusterConfig {
 
 /// One upstream endpoint: `host:port`, where host is an IP address or a DNS name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(transparent)]
 pub struct Endpoint {
     /// The authority requests are sent to.
-    #[serde(serialize_with = "display")]
+    #[serde(rename = "address", serialize_with = "display")]
     pub authority: Authority,
+    /// Its share of requests relative to the others (1 to [`MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Used only when no primary endpoint is healthy.
+    pub backup: bool,
+}
+
+/// The largest endpoint weight.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A cluster's load-balancing algorithm (`lb = "…"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "algorithm")]
+pub enum LbPolicy {
+    /// Smooth weighted round robin (nginx's): weights are honoured evenly spread.
+    RoundRobin,
+    /// Power of two choices over in-flight requests, weighted.
+    LeastRequest,
+    /// Uniformly random, weighted.
+    Random,
+    /// A hash ring: one key always goes to the same endpoint while it is healthy.
+    ConsistentHash {
+        /// What is hashed.
+        key: HashKey,
+    },
+    /// The first healthy endpoint in the order written (active/standby).
+    First,
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The client's IP address (`client_address`).
+    ClientAddress,
+    /// The request path (`path`).
+    Path,
+    /// A request header's value (`header:NAME`); absent hashes as empty.
+    Header(String),
+    /// A cookie's value (`cookie:NAME`); absent hashes as empty.
+    Cookie(String),
 }
 
 /// A route: which requests go to which cluster.
@@ -378,17 +420,41 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for e in raw.endpoints.get_ref() {
-        match endpoint(e.get_ref()) {
+        let raw_endpoint = e.get_ref();
+        let weight = match raw_endpoint.weight {
+            None => 1,
+            Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+            Some(w) => {
+                let message = format!(
+                    "cluster \"{name}\": endpoint {} has weight {w}; weights are 1 to {MAX_WEIGHT}",
+                    raw_endpoint.address
+                );
+                check.error(e, message);
+                1
+            }
+        };
+        match endpoint(&raw_endpoint.address) {
             Ok(authority) if endpoints.iter().any(|seen| seen.authority == authority) => {
                 check.error(
                     e,
                     format!("cluster \"{name}\" lists endpoint {authority} twice"),
                 );
             }
-            Ok(authority) => endpoints.push(Endpoint { authority }),
+            Ok(authority) => endpoints.push(Endpoint {
+                authority,
+                weight,
+                backup: raw_endpoint.backup,
+            }),
             Err(why) => check.error(e, format!("cluster \"{name}\": endpoint {why}")),
         }
     }
+    if !endpoints.is_empty() && endpoints.iter().all(|e| e.backup) {
+        check.error(
+            &raw.endpoints,
+            format!("cluster \"{name}\" has only backup endpoints; at least one must be primary"),
+        );
+    }
+    let lb = lb_policy(check, raw);
     for (what, d) in [
         ("connect_timeout", raw.connect_timeout),
         ("response_timeout", raw.response_timeout),
@@ -404,9 +470,64 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
     ClusterConfig {
         name: name.clone(),
         endpoints,
+        lb,
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         idle_timeout: raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
+/// `lb` and `hash_key`; an unknown name is reported and round robin stands in.
+fn lb_policy(check: &mut Checker<'_>, raw: &RawCluster) -> LbPolicy {
+    let name = raw.name.get_ref();
+    let algorithm = raw
+        .lb
+        .as_ref()
+        .map_or("round_robin", |l| l.get_ref().as_str());
+    if let Some(key) = &raw.hash_key
+        && algorithm != "consistent_hash"
+    {
+        check.error(
+            key,
+            format!("cluster \"{name}\": hash_key applies only to lb = \"consistent_hash\""),
+        );
+    }
+    match algorithm {
+        "round_robin" => LbPolicy::RoundRobin,
+        "least_request" => LbPolicy::LeastRequest,
+        "random" => LbPolicy::Random,
+        "first" => LbPolicy::First,
+        "consistent_hash" => {
+            let key = match &raw.hash_key {
+                None => HashKey::ClientAddress,
+                Some(k) => match k.get_ref().split_once(':') {
+                    None if k.get_ref() == "client_address" => HashKey::ClientAddress,
+                    None if k.get_ref() == "path" => HashKey::Path,
+                    Some(("header", h)) if HeaderName::try_from(h).is_ok() => {
+                        HashKey::Header(h.to_ascii_lowercase())
+                    }
+                    Some(("cookie", c)) if !c.is_empty() => HashKey::Cookie(c.to_owned()),
+                    _ => {
+                        let message = format!(
+                            "cluster \"{name}\": hash_key \"{}\" is not one of \"client_address\", \"path\", \"header:NAME\", \"cookie:NAME\"",
+                            k.get_ref()
+                        );
+                        check.error(k, message);
+                        HashKey::ClientAddress
+                    }
+                },
+            };
+            LbPolicy::ConsistentHash { key }
+        }
+        other => {
+            let message = format!(
+                "cluster \"{name}\": lb \"{other}\" is not one of \"round_robin\", \"least_request\", \"random\", \"consistent_hash\", \"first\""
+            );
+            if let Some(lb) = &raw.lb {
+                check.error(lb, message);
+            }
+            LbPolicy::RoundRobin
+        }
     }
 }
 
@@ -647,6 +768,26 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             (
                 "[server]\nmax_connections = 0",
                 "9:19: server.max_connections must be at least 1",
+            ),
+            (
+                "[[clusters]]\nname = \"w\"\nendpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]",
+                "10:14: cluster \"w\": endpoint 127.0.0.1:1 has weight 0; weights are 1 to 1000",
+            ),
+            (
+                "[[clusters]]\nname = \"b\"\nendpoints = [{ address = \"127.0.0.1:1\", backup = true }]",
+                "10:13: cluster \"b\" has only backup endpoints; at least one must be primary",
+            ),
+            (
+                "[[clusters]]\nname = \"l\"\nendpoints = [\"127.0.0.1:1\"]\nlb = \"fastest\"",
+                "11:6: cluster \"l\": lb \"fastest\" is not one of \"round_robin\", \"least_request\", \"random\", \"consistent_hash\", \"first\"",
+            ),
+            (
+                "[[clusters]]\nname = \"h\"\nendpoints = [\"127.0.0.1:1\"]\nlb = \"consistent_hash\"\nhash_key = \"body\"",
+                "12:12: cluster \"h\": hash_key \"body\" is not one of \"client_address\", \"path\", \"header:NAME\", \"cookie:NAME\"",
+            ),
+            (
+                "[[clusters]]\nname = \"k\"\nendpoints = [\"127.0.0.1:1\"]\nhash_key = \"path\"",
+                "11:12: cluster \"k\": hash_key applies only to lb = \"consistent_hash\"",
             ),
             (
                 "[plugins]\nmemory_limit_mb = 300",

@@ -24,8 +24,9 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::balancer::PickContext;
+use crate::balancer::{PickContext, hash};
 use crate::body::{self, ProxyBody};
+use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
@@ -130,11 +131,16 @@ async fn proxy(
     }
 
     // upstream_peer
+    let pick = PickContext {
+        hash: hash_key(&cluster.config.lb, &request, ctx.client),
+    };
     let endpoint = cluster
         .balancer
-        .pick(&PickContext::default())
+        .pick(&pick, &cluster.endpoints)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
     ctx.endpoint = Some(endpoint);
+    // Counted until the response head arrives (or the request fails), for least_request.
+    let in_flight = cluster.endpoints.start(endpoint);
 
     // upstream_request_filter
     let (mut parts, body) = request.into_parts();
@@ -163,7 +169,9 @@ async fn proxy(
     let upstream_request = Request::from_parts(parts, body::ProxyBody::Left(body));
 
     // forward
-    let response = cluster.client.send(upstream_request).await?;
+    let response = cluster.client.send(upstream_request).await;
+    drop(in_flight);
+    let response = response?;
 
     // response_filter
     let (mut parts, body) = response.into_parts();
@@ -344,6 +352,37 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The request's key for `consistent_hash`, hashed; `None` for other algorithms.
+fn hash_key<B>(lb: &LbPolicy, request: &Request<B>, client: SocketAddr) -> Option<u64> {
+    let LbPolicy::ConsistentHash { key } = lb else {
+        return None;
+    };
+    Some(match key {
+        HashKey::ClientAddress => hash(client.ip()),
+        HashKey::Path => hash(request.uri().path()),
+        HashKey::Header(name) => hash(
+            request
+                .headers()
+                .get(name.as_str())
+                .map_or(&[][..], |v| v.as_bytes()),
+        ),
+        HashKey::Cookie(name) => hash(cookie(request.headers(), name).unwrap_or("")),
+    })
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +403,15 @@ mod tests {
             let got = normalize_host(&value).ok().map(Cow::into_owned);
             assert_eq!(got.as_deref(), expect, "{input}");
         }
+    }
+
+    #[test]
+    fn cookie_values_are_found_across_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("cookie", "a=1; session=abc".parse().expect("value"));
+        headers.append("cookie", "theme=dark".parse().expect("value"));
+        assert_eq!(super::cookie(&headers, "session"), Some("abc"));
+        assert_eq!(super::cookie(&headers, "theme"), Some("dark"));
+        assert_eq!(super::cookie(&headers, "sess"), None);
     }
 }

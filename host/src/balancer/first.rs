@@ -1,0 +1,14 @@
+//! Active/standby: every request goes to the first candidate in the order written.
+
+use super::{Balancer, Endpoints, PickContext};
+
+/// The first healthy endpoint (primaries, then backups).
+#[derive(Debug)]
+pub struct First;
+
+impl Balancer for First {
+    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates();
+        (0..endpoints.len()).find(|&i| endpoints.get(i).is_some_and(|e| candidates.admits(e)))
+    }
+}

@@ -1,0 +1,50 @@
+//! Weighted random choice.
+
+use super::{Balancer, Endpoints, PickContext, admitted_weight, weighted_choice};
+
+/// Picks an endpoint at random, in proportion to its weight.
+#[derive(Debug)]
+pub struct Random {
+    weights: Vec<u32>,
+}
+
+impl Random {
+    /// A balancer for endpoints with `weights`.
+    pub fn new(weights: &[u32]) -> Random {
+        Random {
+            weights: weights.to_vec(),
+        }
+    }
+}
+
+impl Balancer for Random {
+    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates();
+        let total = admitted_weight(endpoints, &self.weights, candidates);
+        if total == 0 {
+            return None;
+        }
+        weighted_choice(
+            endpoints,
+            &self.weights,
+            candidates,
+            fastrand::u64(0..total),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{cluster, spread};
+    use super::*;
+    use crate::config::LbPolicy;
+
+    #[test]
+    fn follows_the_weights() {
+        let config = cluster(&[(3, false), (1, false)], LbPolicy::Random);
+        let endpoints = Endpoints::new(&config);
+        let s = spread(&config, &endpoints, 40_000);
+        // 30,000 expected; 5 standard deviations is about 430.
+        assert!((29_500..=30_500).contains(&s[0]), "{s:?}");
+    }
+}
