@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::balancer::{self, Balancer, Endpoints};
 use crate::config::{ClusterConfig, Config};
+use crate::health::{self, HealthChecker};
 use crate::plugin::Plugin;
 use crate::plugin::chain::Chain;
 use crate::router::Router;
@@ -60,13 +61,16 @@ pub struct Cluster {
     pub balancer: Box<dyn Balancer>,
     /// Each endpoint's health and requests in flight.
     pub endpoints: Endpoints,
+    /// Active health checks, running while the cluster is in use.
+    pub health: Option<HealthChecker>,
     /// Pooled connections to the endpoints.
     pub client: UpstreamClient,
 }
 
 impl Generation {
     /// Builds everything the data path needs from a validated config and the plugin folder.
-    /// Clusters of `previous` whose config is unchanged are reused.
+    /// Clusters of `previous` whose config is unchanged are reused, with their pools, health
+    /// state and health checks. Starts health checks for new clusters: call inside tokio.
     pub fn build(
         number: u64,
         config: Arc<Config>,
@@ -87,10 +91,12 @@ impl Generation {
                     .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
                     .cloned();
                 same.unwrap_or_else(|| {
+                    let endpoints = Endpoints::new(c);
                     Arc::new(Cluster {
                         config: c.clone(),
                         balancer: balancer::build(c),
-                        endpoints: Endpoints::new(c),
+                        health: health::spawn(c, &endpoints),
+                        endpoints,
                         client: UpstreamClient::new(c),
                     })
                 })

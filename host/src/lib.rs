@@ -22,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod health;
 pub mod plugin;
 pub mod proxy;
 mod reload;

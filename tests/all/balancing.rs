@@ -138,3 +138,157 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
     }
     assert_eq!(owner.len(), 30);
 }
+
+/// A port nothing listens on: bound, then closed.
+fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+async fn clusters(weir: &Weir) -> serde_json::Value {
+    let response = http1_client()
+        .get(weir.admin_url("/clusters").parse().expect("uri"))
+        .await
+        .expect("admin");
+    serde_json::from_slice(&read_body(response.into_body()).await).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_hides_a_dead_endpoint_from_bodiless_requests_but_not_from_a_post() {
+    let alive = Upstream::start("alive").await;
+    let dead = closed_port();
+    // `first` sends everything to the dead endpoint first, so every request needs its retry.
+    let endpoints = [format!("\"{dead}\""), format!("\"{}\"", alive.addr)];
+    let weir = Weir::start(&config(&endpoints, "lb = \"first\"")).await;
+    let counts = spread(&weir, 50, 2, None).await;
+    assert_eq!(counts.get("alive"), Some(&50), "{counts:?}");
+    let state = clusters(&weir).await;
+    assert_eq!(state[0]["endpoints"][0]["failed_requests"], 50);
+
+    // A body that was streamed to the dead endpoint's attempt cannot be sent again.
+    let response = http1_client()
+        .request(
+            Request::post(weir.url("/upload"))
+                .body(weir_tests::full("payload"))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_zero_turns_retrying_off() {
+    let alive = Upstream::start("alive").await;
+    let dead = closed_port();
+    let endpoints = [format!("\"{dead}\""), format!("\"{}\"", alive.addr)];
+    let weir = Weir::start(&config(&endpoints, "lb = \"first\"\nretries = 0")).await;
+    let response = http1_client()
+        .get(weir.url("/x").parse().expect("uri"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+}
+
+/// The issue's bar, shortened: one of three endpoints dies under a GET load and comes back.
+/// No client sees an error; `/clusters` shows it unhealthy within two check intervals and
+/// healthy again after the healthy threshold.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
+    let interval = Duration::from_millis(300);
+    let mut upstreams = vec![
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let endpoints: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect();
+    let extra = "health_check = { path = \"/health\", interval = \"300ms\", timeout = \"250ms\", \
+                 jitter = \"0ms\", healthy_threshold = 2, unhealthy_threshold = 2 }";
+    let weir = Weir::start(&config(&endpoints, extra)).await;
+    let healthy = |state: &serde_json::Value, i: usize| state[0]["endpoints"][i]["healthy"].clone();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (weir.url("/load"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = http1_client();
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                match client.get(url.parse().expect("uri")).await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = read_body(r.into_body()).await;
+                    }
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (sent, failed)
+        }));
+    }
+
+    tokio::time::sleep(interval).await;
+    let victim = upstreams.remove(1);
+    let addr = victim.addr;
+    drop(victim);
+    let killed = tokio::time::Instant::now();
+    loop {
+        if healthy(&clusters(&weir).await, 1) == serde_json::Value::Bool(false) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < weir_tests::DEADLINE,
+            "never marked unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed.elapsed();
+    assert!(
+        took <= 2 * interval + Duration::from_millis(400),
+        "unhealthy after {took:?}"
+    );
+    let state = clusters(&weir).await;
+    assert!(
+        state[0]["endpoints"][1]["last_check_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("connect:"))
+    );
+
+    // Back on the same address: healthy again after two passing checks.
+    let _back = Upstream::restart_at(addr, "b").await;
+    let returned = tokio::time::Instant::now();
+    loop {
+        if healthy(&clusters(&weir).await, 1) == serde_json::Value::Bool(true) {
+            break;
+        }
+        assert!(
+            returned.elapsed() < weir_tests::DEADLINE,
+            "never healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = returned.elapsed();
+    assert!(
+        took <= 3 * interval + Duration::from_millis(400),
+        "healthy after {took:?}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, Vec::new());
+    for task in load {
+        let (s, f) = task.await.expect("client");
+        sent += s;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent > 50, "the load sent only {sent}");
+}

@@ -46,7 +46,7 @@ pub struct Upstream {
     name: String,
     seen: watch::Sender<Vec<Recorded>>,
     release: Arc<Notify>,
-    stop: Arc<Notify>,
+    stop: watch::Sender<bool>,
 }
 
 impl Upstream {
@@ -58,9 +58,16 @@ impl Upstream {
     /// Like [`Upstream::start`], but every catch-all answer waits `delay` first: a slow
     /// endpoint.
     pub async fn start_with_delay(name: &str, delay: std::time::Duration) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on("127.0.0.1:0".parse().expect("addr"), name, delay).await
+    }
+
+    /// Starts an upstream on `addr`: to bring back one that was dropped, on its address.
+    pub async fn restart_at(addr: SocketAddr, name: &str) -> Upstream {
+        Upstream::start_on(addr, name, std::time::Duration::ZERO).await
+    }
+
+    async fn start_on(addr: SocketAddr, name: &str, delay: std::time::Duration) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let (seen, _) = watch::channel(Vec::new());
         let upstream = Upstream {
@@ -68,7 +75,7 @@ impl Upstream {
             name: name.to_owned(),
             seen,
             release: Arc::new(Notify::new()),
-            stop: Arc::new(Notify::new()),
+            stop: watch::channel(false).0,
         };
         let state = Arc::new(State {
             name: upstream.name.clone(),
@@ -76,22 +83,27 @@ impl Upstream {
             release: upstream.release.clone(),
             delay,
         });
-        let stop = upstream.stop.clone();
+        let mut stop = upstream.stop.subscribe();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
-                    _ = stop.notified() => break,
+                    _ = stop.wait_for(|stopped| *stopped) => break,
                     accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
                 };
                 let state = state.clone();
+                let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.handle(req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    // Dropped when the upstream is: its open connections close too, as when
+                    // a real server process dies.
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    tokio::select! {
+                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    }
                 });
             }
         });
@@ -120,7 +132,7 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.stop.notify_one();
+        self.stop.send_replace(true);
     }
 }
 

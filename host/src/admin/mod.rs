@@ -4,6 +4,8 @@
 //!
 //! - `GET /healthz`  — 200 while serving;
 //! - `GET /config`   — the effective configuration as JSON, secrets redacted;
+//! - `GET /clusters` — each cluster's endpoints: health, last check error, requests in
+//!   flight, weight, backup, failed requests;
 //! - `GET /plugins`  — the plugin folder: each plugin's file, hash, hooks, load time,
 //!   generation and last error;
 //! - `POST /reload`  — rescans the config file and plugin folder now; 200 with a report, or
@@ -66,13 +68,14 @@ impl AdminService {
             ("/healthz", true) => text(StatusCode::OK, "ok\n"),
             ("/config", true) => self.config(),
             ("/plugins", true) => json(&plugins(&self.generation.load())),
+            ("/clusters", true) => json(&clusters(&self.generation.load())),
             ("/reload", _) if method == Method::POST => self.force_reload().await,
-            ("/healthz" | "/config" | "/plugins" | "/reload", _) => {
+            ("/healthz" | "/config" | "/plugins" | "/clusters" | "/reload", _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /config, /plugins or POST /reload\n",
+                "not found; try /healthz, /config, /clusters, /plugins or POST /reload\n",
             ),
         }
     }
@@ -103,6 +106,41 @@ impl AdminService {
             None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         }
     }
+}
+
+/// `GET /clusters`: each cluster with its algorithm and its endpoints' live state.
+fn clusters(generation: &Generation) -> Value {
+    let list: Vec<Value> = generation
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let endpoints: Vec<Value> = cluster
+                .config
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let state = cluster.endpoints.get(i);
+                    json!({
+                        "address": e.authority.as_str(),
+                        "weight": e.weight,
+                        "backup": e.backup,
+                        "healthy": state.map(|s| s.is_healthy()),
+                        "last_check_error": state.and_then(|s| s.last_check_error()),
+                        "in_flight": state.map(|s| s.in_flight()),
+                        "failed_requests": state.map(|s| s.failures()),
+                    })
+                })
+                .collect();
+            json!({
+                "name": cluster.config.name,
+                "lb": cluster.config.lb,
+                "health_checked": cluster.config.health_check.is_some(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 /// `GET /plugins`: one object per plugin file, in chain order.

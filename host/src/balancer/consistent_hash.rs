@@ -51,10 +51,10 @@ impl Balancer for ConsistentHash {
         }
         let key = ctx.hash.unwrap_or_else(|| fastrand::u64(..));
         let start = self.ring.partition_point(|&(point, _)| point < key);
-        let candidates = endpoints.candidates();
+        let candidates = endpoints.candidates(ctx);
         (0..self.ring.len())
             .map(|step| self.ring[(start + step) % self.ring.len()].1)
-            .find(|&i| endpoints.get(i).is_some_and(|e| candidates.admits(e)))
+            .find(|&i| candidates.admits_index(endpoints, i))
     }
 }
 
@@ -76,6 +76,7 @@ mod tests {
             .map(|k| {
                 let ctx = PickContext {
                     hash: Some(hash(k)),
+                    tried: 0,
                 };
                 ring.pick(&ctx, &endpoints).expect("owner")
             })

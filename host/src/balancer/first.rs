@@ -7,8 +7,8 @@ use super::{Balancer, Endpoints, PickContext};
 pub struct First;
 
 impl Balancer for First {
-    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
-        let candidates = endpoints.candidates();
-        (0..endpoints.len()).find(|&i| endpoints.get(i).is_some_and(|e| candidates.admits(e)))
+    fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates(ctx);
+        (0..endpoints.len()).find(|&i| candidates.admits_index(endpoints, i))
     }
 }

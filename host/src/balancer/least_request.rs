@@ -21,8 +21,8 @@ impl LeastRequest {
 }
 
 impl Balancer for LeastRequest {
-    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
-        let candidates = endpoints.candidates();
+    fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates(ctx);
         let total = admitted_weight(endpoints, &self.weights, candidates);
         if total == 0 {
             return None;

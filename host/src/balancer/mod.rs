@@ -14,8 +14,8 @@ mod least_request;
 mod random;
 mod round_robin;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use consistent_hash::{ConsistentHash, hash};
 pub use first::First;
@@ -30,6 +30,23 @@ use crate::config::{ClusterConfig, LbPolicy};
 pub struct PickContext {
     /// The request's hash key (for `consistent_hash`), already hashed.
     pub hash: Option<u64>,
+    /// Endpoints this request already failed on (bit `i` for endpoint `i < 64`): a retry
+    /// avoids them while any other candidate remains.
+    pub tried: u64,
+}
+
+impl PickContext {
+    /// Whether endpoint `i` was already tried.
+    fn has_tried(&self, i: usize) -> bool {
+        i < 64 && self.tried & (1 << i) != 0
+    }
+
+    /// Records endpoint `i` as tried.
+    pub fn mark_tried(&mut self, i: usize) {
+        if i < 64 {
+            self.tried |= 1 << i;
+        }
+    }
 }
 
 /// An endpoint-selection algorithm over a cluster's endpoints, indexed `0..len`.
@@ -64,6 +81,9 @@ pub struct EndpointState {
     pub backup: bool,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
+    failures: AtomicU64,
+    /// The last health check's failure, for `/clusters`; `None` after a pass.
+    last_check_error: Mutex<Option<String>>,
 }
 
 impl EndpointState {
@@ -80,6 +100,28 @@ impl EndpointState {
     /// Requests sent to it and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests to it that failed (connect errors, resets, timeouts) since it was configured.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed request.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The last health check's failure, if it failed.
+    pub fn last_check_error(&self) -> Option<String> {
+        self.last_check_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Records a health check's outcome.
+    pub fn set_check_result(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_check_error.lock() {
+            *last = error;
+        }
     }
 }
 
@@ -98,6 +140,8 @@ impl Endpoints {
                     backup: e.backup,
                     healthy: AtomicBool::new(true),
                     in_flight: AtomicUsize::new(0),
+                    failures: AtomicU64::new(0),
+                    last_check_error: Mutex::new(None),
                 })
                 .collect(),
         )
@@ -129,21 +173,38 @@ impl Endpoints {
         }
     }
 
-    /// The set every algorithm chooses from (see the module docs).
-    pub fn candidates(&self) -> Candidates {
-        let primary_up = self.0.iter().any(|e| !e.backup && e.is_healthy());
-        let backup_up = self.0.iter().any(|e| e.backup && e.is_healthy());
-        Candidates(match (primary_up, backup_up) {
-            (true, _) => Tier::HealthyPrimaries,
-            (false, true) => Tier::HealthyBackups,
-            (false, false) => Tier::AllPrimaries,
-        })
+    /// The set every algorithm chooses from (see the module docs), leaving out what `ctx`
+    /// already tried unless nothing else is left.
+    pub fn candidates(&self, ctx: &PickContext) -> Candidates {
+        let untried = |i: usize| !ctx.has_tried(i);
+        let any = |pred: &dyn Fn(&EndpointState) -> bool, tried: &dyn Fn(usize) -> bool| {
+            self.0.iter().enumerate().any(|(i, e)| tried(i) && pred(e))
+        };
+        let primary_up = |e: &EndpointState| !e.backup && e.is_healthy();
+        let backup_up = |e: &EndpointState| e.backup && e.is_healthy();
+        let primary = |e: &EndpointState| !e.backup;
+        let tier = if any(&primary_up, &untried) {
+            Tier::HealthyPrimaries
+        } else if any(&backup_up, &untried) {
+            Tier::HealthyBackups
+        } else {
+            Tier::AllPrimaries
+        };
+        let avoid = match tier {
+            Tier::HealthyPrimaries | Tier::HealthyBackups => ctx.tried,
+            Tier::AllPrimaries if any(&primary, &untried) => ctx.tried,
+            Tier::AllPrimaries => 0,
+        };
+        Candidates { tier, avoid }
     }
 }
 
 /// Which endpoints may take a request now.
 #[derive(Debug, Clone, Copy)]
-pub struct Candidates(Tier);
+pub struct Candidates {
+    tier: Tier,
+    avoid: u64,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Tier {
@@ -153,13 +214,21 @@ enum Tier {
 }
 
 impl Candidates {
-    /// Whether endpoint `e` is one of them.
-    pub fn admits(&self, e: &EndpointState) -> bool {
-        match self.0 {
+    /// Whether endpoint `i`, whose state is `e`, is one of them.
+    pub fn admits(&self, i: usize, e: &EndpointState) -> bool {
+        if i < 64 && self.avoid & (1 << i) != 0 {
+            return false;
+        }
+        match self.tier {
             Tier::HealthyPrimaries => !e.backup && e.is_healthy(),
             Tier::HealthyBackups => e.backup && e.is_healthy(),
             Tier::AllPrimaries => !e.backup,
         }
+    }
+
+    /// Whether endpoint `i` of `endpoints` is one of them.
+    pub fn admits_index(&self, endpoints: &Endpoints, i: usize) -> bool {
+        endpoints.get(i).is_some_and(|e| self.admits(i, e))
     }
 }
 
@@ -186,7 +255,7 @@ fn weighted_choice(
     mut r: u64,
 ) -> Option<usize> {
     for (i, e) in endpoints.0.iter().enumerate() {
-        if candidates.admits(e) {
+        if candidates.admits(i, e) {
             let w = u64::from(weights.get(i).copied().unwrap_or(1));
             if r < w {
                 return Some(i);
@@ -203,7 +272,7 @@ fn admitted_weight(endpoints: &Endpoints, weights: &[u32], candidates: Candidate
         .0
         .iter()
         .enumerate()
-        .filter(|(_, e)| candidates.admits(e))
+        .filter(|(i, e)| candidates.admits(*i, e))
         .map(|(i, _)| u64::from(weights.get(i).copied().unwrap_or(1)))
         .sum()
 }
@@ -227,6 +296,8 @@ pub(crate) mod testing {
                 })
                 .collect(),
             lb,
+            retries: 0,
+            health_check: None,
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
@@ -240,6 +311,7 @@ pub(crate) mod testing {
         for i in 0..n {
             let ctx = PickContext {
                 hash: Some(i as u64),
+                tried: 0,
             };
             if let Some(e) = balancer.pick(&ctx, endpoints) {
                 counts[e] += 1;
@@ -277,6 +349,24 @@ mod tests {
             let s = spread(&config, &endpoints, 100);
             assert_eq!((s[0] + s[1], s[2]), (100, 0), "{lb:?}: all down");
         }
+    }
+
+    #[test]
+    fn a_retry_avoids_tried_endpoints_while_others_remain() {
+        let config = cluster(&[(1, false), (1, false), (1, true)], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let balancer = build(&config);
+        let mut ctx = PickContext::default();
+        ctx.mark_tried(0);
+        for _ in 0..10 {
+            assert_eq!(balancer.pick(&ctx, &endpoints), Some(1));
+        }
+        // Both primaries tried: the backup, though primaries are healthy.
+        ctx.mark_tried(1);
+        assert_eq!(balancer.pick(&ctx, &endpoints), Some(2));
+        // Everything tried: any primary again rather than nothing.
+        ctx.mark_tried(2);
+        assert!(matches!(balancer.pick(&ctx, &endpoints), Some(0 | 1)));
     }
 
     #[test]

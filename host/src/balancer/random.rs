@@ -18,8 +18,8 @@ impl Random {
 }
 
 impl Balancer for Random {
-    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
-        let candidates = endpoints.candidates();
+    fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates(ctx);
         let total = admitted_weight(endpoints, &self.weights, candidates);
         if total == 0 {
             return None;

@@ -51,13 +51,13 @@ fn schedule(weights: &[u32]) -> Vec<usize> {
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&self, _ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
-        let candidates = endpoints.candidates();
+    fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
+        let candidates = endpoints.candidates(ctx);
         // Relaxed is enough: the counter only spreads load and orders nothing else.
         for _ in 0..self.schedule.len() {
             let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
             let i = self.schedule[slot];
-            if endpoints.get(i).is_some_and(|e| candidates.admits(e)) {
+            if candidates.admits_index(endpoints, i) {
                 return Some(i);
             }
         }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use validate::{
-    AdminConfig, ClusterConfig, Config, Endpoint, HashKey, LbPolicy, ListenerConfig,
+    AdminConfig, ClusterConfig, Config, Endpoint, HashKey, HealthCheck, LbPolicy, ListenerConfig,
     MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, PluginLimits, PluginsConfig, RouteConfig, ServerConfig,
 };
 

@@ -75,12 +75,30 @@ pub(crate) struct RawCluster {
     pub(crate) endpoints: Spanned<Vec<Spanned<RawEndpoint>>>,
     pub(crate) lb: Option<Spanned<String>>,
     pub(crate) hash_key: Option<Spanned<String>>,
+    pub(crate) retries: Option<Spanned<u32>>,
+    pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
     #[serde(default, with = "duration")]
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
     pub(crate) response_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// `health_check = { … }` of a cluster: active checks, HTTP when `path` is set, else TCP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub(crate) path: Option<String>,
+    #[serde(default, with = "duration")]
+    pub(crate) interval: Option<Duration>,
+    #[serde(default, with = "duration")]
+    pub(crate) timeout: Option<Duration>,
+    #[serde(default, with = "duration")]
+    pub(crate) jitter: Option<Duration>,
+    pub(crate) healthy_threshold: Option<u32>,
+    pub(crate) unhealthy_threshold: Option<u32>,
+    pub(crate) expected_statuses: Option<Vec<u16>>,
 }
 
 /// One endpoint: `"host:port"`, or `{ address = "host:port", weight = 3, backup = true }`.

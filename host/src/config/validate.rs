@@ -14,7 +14,7 @@ use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use super::model::{RawCluster, RawConfig, RawPlugins, RawRoute};
+use super::model::{RawCluster, RawConfig, RawHealthCheck, RawPlugins, RawRoute};
 use super::{Diagnostic, Locator};
 
 /// The default time to establish a TCP connection to an endpoint (Envoy's default).
@@ -30,6 +30,13 @@ const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most downstream connections served at once; more wait in the kernel's accept queue.
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Further attempts on other endpoints after a safe-to-retry failure (nginx tries the next
+/// upstream on a connect error by default; one retry is the conservative version of that).
+const DEFAULT_RETRIES: u32 = 1;
+/// Time between active health checks of one endpoint (Envoy requires one; HAProxy's is 2 s).
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Time one health check may take.
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// CPU time one plugin hook call may take (Envoy's Wasm filters have no default; nginx's njs
 /// has none either; 50 ms is far above any filter's honest need and far below a timeout).
 const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(50);
@@ -131,6 +138,10 @@ pub struct ClusterConfig {
     pub endpoints: Vec<Endpoint>,
     /// How an endpoint is chosen per request.
     pub lb: LbPolicy,
+    /// Further attempts, each on another endpoint, after a failure that is safe to retry.
+    pub retries: u32,
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheck>,
     /// Time to establish a TCP connection to one endpoint.
     #[serde(serialize_with = "human")]
     pub connect_timeout: Duration,
@@ -152,6 +163,28 @@ pub struct Endpoint {
     pub weight: u32,
     /// Used only when no primary endpoint is healthy.
     pub backup: bool,
+}
+
+/// Active health checks of a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// `GET` this path and check the status; `None` checks that a TCP connect succeeds.
+    pub path: Option<String>,
+    /// Time between checks of one endpoint.
+    #[serde(serialize_with = "human")]
+    pub interval: Duration,
+    /// Time one check may take.
+    #[serde(serialize_with = "human")]
+    pub timeout: Duration,
+    /// Up to this much random time is added to each interval, so checks do not align.
+    #[serde(serialize_with = "human")]
+    pub jitter: Duration,
+    /// Consecutive passes that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass an HTTP check; empty means any 2xx or 3xx.
+    pub expected_statuses: Vec<u16>,
 }
 
 /// The largest endpoint weight.
@@ -455,6 +488,18 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         );
     }
     let lb = lb_policy(check, raw);
+    let retries = match &raw.retries {
+        Some(r) if *r.get_ref() > 10 => {
+            check.error(r, format!("cluster \"{name}\": retries must be at most 10"));
+            0
+        }
+        Some(r) => *r.get_ref(),
+        None => DEFAULT_RETRIES,
+    };
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|h| health_check(check, name, h));
     for (what, d) in [
         ("connect_timeout", raw.connect_timeout),
         ("response_timeout", raw.response_timeout),
@@ -471,9 +516,53 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         name: name.clone(),
         endpoints,
         lb,
+        retries,
+        health_check,
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         idle_timeout: raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
+fn health_check(
+    check: &mut Checker<'_>,
+    cluster: &str,
+    raw: &Spanned<RawHealthCheck>,
+) -> HealthCheck {
+    let h = raw.get_ref();
+    let interval = h.interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+    let timeout = h.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT);
+    let mut problems = Vec::new();
+    if interval.is_zero() || timeout.is_zero() {
+        problems.push("interval and timeout must be greater than zero".to_owned());
+    }
+    if h.healthy_threshold == Some(0) || h.unhealthy_threshold == Some(0) {
+        problems.push("thresholds must be at least 1".to_owned());
+    }
+    if let Some(path) = &h.path
+        && !path.starts_with('/')
+    {
+        problems.push(format!("path \"{path}\" must start with /"));
+    }
+    if let Some(bad) = h
+        .expected_statuses
+        .iter()
+        .flatten()
+        .find(|s| !(100..=599).contains(*s))
+    {
+        problems.push(format!("expected status {bad} is not an HTTP status"));
+    }
+    for p in problems {
+        check.error(raw, format!("cluster \"{cluster}\": health_check: {p}"));
+    }
+    HealthCheck {
+        path: h.path.clone(),
+        interval,
+        timeout,
+        jitter: h.jitter.unwrap_or(interval / 10),
+        healthy_threshold: h.healthy_threshold.unwrap_or(2).max(1),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(2).max(1),
+        expected_statuses: h.expected_statuses.clone().unwrap_or_default(),
     }
 }
 

@@ -22,12 +22,12 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::balancer::{PickContext, hash};
 use crate::body::{self, ProxyBody};
 use crate::config::{HashKey, LbPolicy};
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
 use crate::plugin::chain::{self, Chain, ChainError, RequestStep};
@@ -130,19 +130,7 @@ async fn proxy(
         request = Request::from_parts(parts, body);
     }
 
-    // upstream_peer
-    let pick = PickContext {
-        hash: hash_key(&cluster.config.lb, &request, ctx.client),
-    };
-    let endpoint = cluster
-        .balancer
-        .pick(&pick, &cluster.endpoints)
-        .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
-    ctx.endpoint = Some(endpoint);
-    // Counted until the response head arrives (or the request fails), for least_request.
-    let in_flight = cluster.endpoints.start(endpoint);
-
-    // upstream_request_filter
+    // upstream_request_filter: headers once, whichever endpoint is chosen.
     let (mut parts, body) = request.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     let downstream = forward::Downstream {
@@ -152,26 +140,73 @@ async fn proxy(
         scheme: "http",
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
-    let mut uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(cluster.config.endpoints[endpoint].authority.clone());
-    uri = uri.path_and_query(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = uri
-        .build()
-        .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
     parts.version = Version::HTTP_11;
-    let upstream_request = Request::from_parts(parts, body::ProxyBody::Left(body));
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    // forward
-    let response = cluster.client.send(upstream_request).await;
-    drop(in_flight);
-    let response = response?;
+    // upstream_peer + forward, retried on another endpoint when that is safe: the request
+    // has no body (so it can be sent again) and either never reached the endpoint
+    // (connect failure) or is idempotent and got no response headers (reset).
+    let mut pick = PickContext {
+        hash: hash_key(&cluster.config.lb, &parts, ctx.client),
+        tried: 0,
+    };
+    let resendable = body.is_end_stream();
+    let idempotent = is_idempotent(&parts.method);
+    let mut body = Some(body);
+    let mut attempt = 0;
+    let response = loop {
+        let endpoint = cluster
+            .balancer
+            .pick(&pick, &cluster.endpoints)
+            .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+        ctx.endpoint = Some(endpoint);
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(cluster.config.endpoints[endpoint].authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
+        let mut attempt_request = Request::new(match body.take() {
+            Some(body) => ProxyBody::Left(body),
+            None => body::full(bytes::Bytes::new()),
+        });
+        *attempt_request.method_mut() = parts.method.clone();
+        *attempt_request.uri_mut() = uri;
+        *attempt_request.version_mut() = parts.version;
+        *attempt_request.headers_mut() = parts.headers.clone();
+
+        // Counted until the response head arrives (or the attempt fails), for least_request.
+        let in_flight = cluster.endpoints.start(endpoint);
+        let result = cluster.client.send(attempt_request).await;
+        drop(in_flight);
+        match result {
+            Ok(response) => break response,
+            Err(e) => {
+                if let Some(state) = cluster.endpoints.get(endpoint) {
+                    state.record_failure();
+                }
+                let safe =
+                    e.retry == Retry::Safe || (idempotent && e.kind == ErrorKind::UpstreamFailed);
+                if attempt >= cluster.config.retries || !resendable || !safe {
+                    return Err(e);
+                }
+                attempt += 1;
+                pick.mark_tried(endpoint);
+                tracing::warn!(
+                    request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+                    cluster = %cluster.config.name,
+                    endpoint = %cluster.config.endpoints[endpoint].authority,
+                    attempt,
+                    error = %e.cause.as_ref().map_or_else(|| format!("{:?}", e.kind), |c| c.to_string()),
+                    "retrying on another endpoint"
+                );
+            }
+        }
+    };
 
     // response_filter
     let (mut parts, body) = response.into_parts();
@@ -353,21 +388,35 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The request's key for `consistent_hash`, hashed; `None` for other algorithms.
-fn hash_key<B>(lb: &LbPolicy, request: &Request<B>, client: SocketAddr) -> Option<u64> {
+fn hash_key(lb: &LbPolicy, request: &http::request::Parts, client: SocketAddr) -> Option<u64> {
     let LbPolicy::ConsistentHash { key } = lb else {
         return None;
     };
     Some(match key {
         HashKey::ClientAddress => hash(client.ip()),
-        HashKey::Path => hash(request.uri().path()),
+        HashKey::Path => hash(request.uri.path()),
         HashKey::Header(name) => hash(
             request
-                .headers()
+                .headers
                 .get(name.as_str())
                 .map_or(&[][..], |v| v.as_bytes()),
         ),
-        HashKey::Cookie(name) => hash(cookie(request.headers(), name).unwrap_or("")),
+        HashKey::Cookie(name) => hash(cookie(&request.headers, name).unwrap_or("")),
     })
+}
+
+/// Methods RFC 9110 defines as idempotent: safe to send again after a reset.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
