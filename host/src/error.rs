@@ -20,6 +20,8 @@ pub enum ErrorKind {
     NoRoute,
     /// The route's cluster has no endpoint to take the request.
     NoEndpoint,
+    /// The cluster already has `max_requests` in flight (circuit breaking).
+    Overloaded,
     /// Connecting to the chosen endpoint failed or timed out.
     UpstreamConnect,
     /// The endpoint did not send response headers within the response timeout.
@@ -74,7 +76,9 @@ impl ProxyError {
     pub fn new(kind: ErrorKind) -> ProxyError {
         let (source_, retry) = match kind {
             ErrorKind::BadRequest => (ErrorSource::Downstream, Retry::Never),
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint => (ErrorSource::Internal, Retry::Never),
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::Overloaded => {
+                (ErrorSource::Internal, Retry::Never)
+            }
             ErrorKind::UpstreamConnect => (ErrorSource::Upstream, Retry::Safe),
             ErrorKind::UpstreamTimeout | ErrorKind::UpstreamFailed => {
                 (ErrorSource::Upstream, Retry::Never)

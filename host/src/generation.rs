@@ -63,6 +63,8 @@ pub struct Cluster {
     pub endpoints: Endpoints,
     /// Active health checks, running while the cluster is in use.
     pub health: Option<HealthChecker>,
+    /// Each endpoint's opaque sticky-cookie value.
+    pub sticky_ids: Vec<String>,
     /// Pooled connections to the endpoints.
     pub client: UpstreamClient,
 }
@@ -93,6 +95,7 @@ impl Generation {
                 same.unwrap_or_else(|| {
                     let endpoints = Endpoints::new(c);
                     Arc::new(Cluster {
+                        sticky_ids: sticky_ids(c),
                         config: c.clone(),
                         balancer: balancer::build(c),
                         health: health::spawn(c, &endpoints),
@@ -111,6 +114,19 @@ impl Generation {
             plugins,
         }
     }
+}
+
+/// Opaque per-endpoint ids for sticky cookies: a hash of the cluster and the address, so the
+/// cookie does not reveal the address and stays valid across restarts and reloads.
+fn sticky_ids(config: &ClusterConfig) -> Vec<String> {
+    config
+        .endpoints
+        .iter()
+        .map(|e| {
+            let id = balancer::hash(("weir-sticky", &config.name, e.authority.as_str()));
+            format!("{id:016x}")
+        })
+        .collect()
 }
 
 /// A route's chain: the named plugins in order, or every serving plugin in the folder. If a

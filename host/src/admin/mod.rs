@@ -127,6 +127,7 @@ fn clusters(generation: &Generation) -> Value {
                         "backup": e.backup,
                         "healthy": state.map(|s| s.is_healthy()),
                         "last_check_error": state.and_then(|s| s.last_check_error()),
+                        "ejected_for_ms": cluster.endpoints.ejected_for(i).map(|d| d.as_millis() as u64),
                         "in_flight": state.map(|s| s.in_flight()),
                         "failed_requests": state.map(|s| s.failures()),
                     })
@@ -136,6 +137,9 @@ fn clusters(generation: &Generation) -> Value {
                 "name": cluster.config.name,
                 "lb": cluster.config.lb,
                 "health_checked": cluster.config.health_check.is_some(),
+                "active_requests": cluster.endpoints.active(),
+                "max_requests": cluster.config.max_requests,
+                "rejected_requests": cluster.endpoints.rejected(),
                 "endpoints": endpoints,
             })
         })

@@ -1,6 +1,6 @@
 //! Least request by the power of two choices (Envoy's default for `LEAST_REQUEST`): pick two
-//! candidates at random by weight and send the request to the one with fewer requests in
-//! flight per unit of weight. Nearly as good as scanning every endpoint, at constant cost,
+//! different candidates at random by weight and send the request to the one with fewer
+//! requests in flight per unit of weight. Nearly as good as scanning every endpoint, at constant cost,
 //! and it never herds every request onto one endpoint that just became idle.
 
 use super::{Balancer, Endpoints, PickContext, admitted_weight, weighted_choice};
@@ -33,12 +33,24 @@ impl Balancer for LeastRequest {
             candidates,
             fastrand::u64(0..total),
         )?;
-        let b = weighted_choice(
-            endpoints,
-            &self.weights,
-            candidates,
-            fastrand::u64(0..total),
-        )?;
+        // The second choice is another endpoint whenever there is one, so two endpoints are
+        // always compared (with two, an independent draw would repeat half the time).
+        let weight = |i: usize| u64::from(self.weights.get(i).copied().unwrap_or(1));
+        let rest = total - weight(a);
+        if rest == 0 {
+            return Some(a);
+        }
+        let mut r = fastrand::u64(0..rest);
+        let b = (0..endpoints.len())
+            .filter(|&i| i != a && candidates.admits_index(endpoints, i))
+            .find(|&i| {
+                if r < weight(i) {
+                    true
+                } else {
+                    r -= weight(i);
+                    false
+                }
+            })?;
         // Compare in_flight / weight without dividing.
         let load = |i: usize| {
             let in_flight = endpoints.get(i).map_or(0, |e| e.in_flight()) as u64;
@@ -68,7 +80,7 @@ mod tests {
         let picks = (0..1000)
             .filter(|_| balancer.pick(&PickContext::default(), &endpoints) == Some(1))
             .count();
-        // Endpoint 0 wins only when both choices land on it: about a quarter of the time.
-        assert!(picks > 650, "endpoint 1 got {picks} of 1000");
+        // The two choices always differ, so the idle endpoint always wins.
+        assert_eq!(picks, 1000);
     }
 }

@@ -6,7 +6,9 @@
 //! Every algorithm chooses among the same [`Candidates`]: the healthy primary endpoints; if
 //! none is healthy, the healthy backups; if none of those either, every primary (better to
 //! try an endpoint believed down than to fail every request, as Envoy's panic mode does).
-//! Health is an atomic flag per endpoint, set by whoever checks health and read lock-free here.
+//! Health is an atomic flag per endpoint, set by active health checks, and an ejection
+//! deadline, set by outlier detection (passive health) from real requests; both are read
+//! lock-free here.
 
 mod consistent_hash;
 mod first;
@@ -14,8 +16,11 @@ mod least_request;
 mod random;
 mod round_robin;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use consistent_hash::{ConsistentHash, hash};
 pub use first::First;
@@ -23,7 +28,7 @@ pub use least_request::LeastRequest;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
-use crate::config::{ClusterConfig, LbPolicy};
+use crate::config::{ClusterConfig, LbPolicy, OutlierDetection};
 
 /// What a balancer may look at to choose.
 #[derive(Debug, Default, Clone, Copy)]
@@ -82,6 +87,12 @@ pub struct EndpointState {
     healthy: AtomicBool,
     in_flight: AtomicUsize,
     failures: AtomicU64,
+    /// Failed requests in a row, for outlier detection.
+    consecutive_failures: AtomicU32,
+    /// Ejected until this many milliseconds after [`Endpoints`]' start; 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    /// How many times it has been ejected.
+    ejections: AtomicU32,
     /// The last health check's failure, for `/clusters`; `None` after a pass.
     last_check_error: Mutex<Option<String>>,
 }
@@ -95,6 +106,11 @@ impl EndpointState {
     /// Marks the endpoint healthy or not; returns whether that changed anything.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Healthy and not ejected at `now_ms`.
+    fn is_up(&self, now_ms: u64) -> bool {
+        self.is_healthy() && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// Requests sent to it and not yet answered.
@@ -125,26 +141,68 @@ impl EndpointState {
     }
 }
 
-/// A cluster's endpoints' live state, in config order. Cheap to clone.
+/// A cluster's live state: its endpoints' (in config order) and its own counters. Cheap to
+/// clone.
 #[derive(Debug, Clone)]
-pub struct Endpoints(Arc<[EndpointState]>);
+pub struct Endpoints(Arc<ClusterState>);
+
+#[derive(Debug)]
+struct ClusterState {
+    states: Box<[EndpointState]>,
+    /// Time zero for ejection deadlines.
+    start: Instant,
+    /// Requests in flight to the cluster, for `max_requests`.
+    active: AtomicUsize,
+    /// Requests refused because `max_requests` were in flight.
+    rejected: AtomicU64,
+}
+
+impl std::ops::Deref for ClusterState {
+    type Target = [EndpointState];
+
+    fn deref(&self) -> &[EndpointState] {
+        &self.states
+    }
+}
+
+/// Why [`Endpoints::admit`] refused a request.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("{0} requests in flight (max_requests)")]
+pub struct Overloaded(pub usize);
+
+/// A request counted against the cluster's `max_requests` until dropped.
+#[derive(Debug)]
+pub struct Admitted(Endpoints);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Endpoints {
     /// State for `config`'s endpoints: all healthy, nothing in flight.
     pub fn new(config: &ClusterConfig) -> Endpoints {
-        Endpoints(
-            config
-                .endpoints
-                .iter()
-                .map(|e| EndpointState {
-                    backup: e.backup,
-                    healthy: AtomicBool::new(true),
-                    in_flight: AtomicUsize::new(0),
-                    failures: AtomicU64::new(0),
-                    last_check_error: Mutex::new(None),
-                })
-                .collect(),
-        )
+        let states = config
+            .endpoints
+            .iter()
+            .map(|e| EndpointState {
+                backup: e.backup,
+                healthy: AtomicBool::new(true),
+                in_flight: AtomicUsize::new(0),
+                failures: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
+                last_check_error: Mutex::new(None),
+            })
+            .collect();
+        Endpoints(Arc::new(ClusterState {
+            states,
+            start: Instant::now(),
+            active: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+        }))
     }
 
     /// The number of endpoints.
@@ -162,6 +220,77 @@ impl Endpoints {
         self.0.get(i)
     }
 
+    /// Admits a request if fewer than `max` are in flight to the cluster (circuit breaking:
+    /// over the cap, fail fast instead of queueing without bound).
+    pub fn admit(&self, max: usize) -> Result<Admitted, Overloaded> {
+        let before = self.0.active.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(self.clone());
+        if before >= max {
+            self.0.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Overloaded(before));
+        }
+        Ok(admitted)
+    }
+
+    /// Requests in flight to the cluster.
+    pub fn active(&self) -> usize {
+        self.0.active.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused by `max_requests` so far.
+    pub fn rejected(&self) -> u64 {
+        self.0.rejected.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How much longer endpoint `i` stays ejected, if it is.
+    pub fn ejected_for(&self, i: usize) -> Option<Duration> {
+        let until = self.0.get(i)?.ejected_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Feeds one request's outcome on endpoint `i` to outlier detection. Returns the
+    /// ejection time if this failure ejected the endpoint.
+    pub fn record_outcome(
+        &self,
+        i: usize,
+        failed: bool,
+        detection: &OutlierDetection,
+    ) -> Option<Duration> {
+        let state = self.0.get(i)?;
+        if !failed {
+            state.consecutive_failures.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.now_ms();
+        if streak < detection.consecutive_failures
+            || state.ejected_until_ms.load(Ordering::Relaxed) > now
+        {
+            return None;
+        }
+        // Never eject past max_ejection_percent, but always allow one.
+        let ejected = self
+            .0
+            .iter()
+            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .count();
+        let cap = self.0.len() * detection.max_ejection_percent as usize / 100;
+        if ejected > 0 && ejected + 1 > cap {
+            return None;
+        }
+        let times = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let ejection = detection.base_ejection_time * times.min(10);
+        let until = now.saturating_add(u64::try_from(ejection.as_millis()).unwrap_or(u64::MAX));
+        state.ejected_until_ms.store(until, Ordering::Relaxed);
+        state.consecutive_failures.store(0, Ordering::Relaxed);
+        Some(ejection)
+    }
+
     /// Counts a request in flight to endpoint `i` until the guard is dropped.
     pub fn start(&self, i: usize) -> InFlight {
         if let Some(e) = self.0.get(i) {
@@ -176,12 +305,13 @@ impl Endpoints {
     /// The set every algorithm chooses from (see the module docs), leaving out what `ctx`
     /// already tried unless nothing else is left.
     pub fn candidates(&self, ctx: &PickContext) -> Candidates {
+        let now = self.now_ms();
         let untried = |i: usize| !ctx.has_tried(i);
         let any = |pred: &dyn Fn(&EndpointState) -> bool, tried: &dyn Fn(usize) -> bool| {
             self.0.iter().enumerate().any(|(i, e)| tried(i) && pred(e))
         };
-        let primary_up = |e: &EndpointState| !e.backup && e.is_healthy();
-        let backup_up = |e: &EndpointState| e.backup && e.is_healthy();
+        let primary_up = |e: &EndpointState| !e.backup && e.is_up(now);
+        let backup_up = |e: &EndpointState| e.backup && e.is_up(now);
         let primary = |e: &EndpointState| !e.backup;
         let tier = if any(&primary_up, &untried) {
             Tier::HealthyPrimaries
@@ -195,7 +325,7 @@ impl Endpoints {
             Tier::AllPrimaries if any(&primary, &untried) => ctx.tried,
             Tier::AllPrimaries => 0,
         };
-        Candidates { tier, avoid }
+        Candidates { tier, avoid, now }
     }
 }
 
@@ -204,6 +334,7 @@ impl Endpoints {
 pub struct Candidates {
     tier: Tier,
     avoid: u64,
+    now: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,8 +351,8 @@ impl Candidates {
             return false;
         }
         match self.tier {
-            Tier::HealthyPrimaries => !e.backup && e.is_healthy(),
-            Tier::HealthyBackups => e.backup && e.is_healthy(),
+            Tier::HealthyPrimaries => !e.backup && e.is_up(self.now),
+            Tier::HealthyBackups => e.backup && e.is_up(self.now),
             Tier::AllPrimaries => !e.backup,
         }
     }
@@ -298,6 +429,9 @@ pub(crate) mod testing {
             lb,
             retries: 0,
             health_check: None,
+            outlier_detection: None,
+            max_requests: 1024,
+            sticky: None,
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
@@ -367,6 +501,58 @@ mod tests {
         // Everything tried: any primary again rather than nothing.
         ctx.mark_tried(2);
         assert!(matches!(balancer.pick(&ctx, &endpoints), Some(0 | 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_for_growing_times_within_the_percent_cap() {
+        let config = cluster(&[(1, false); 4], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let detection = OutlierDetection {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 50,
+        };
+        let fail = |i| endpoints.record_outcome(i, true, &detection);
+        assert_eq!((fail(0), fail(0)), (None, None));
+        // A success in between starts the count again.
+        assert_eq!(endpoints.record_outcome(0, false, &detection), None);
+        assert_eq!((fail(0), fail(0)), (None, None));
+        assert_eq!(fail(0), Some(Duration::from_secs(10)));
+        assert_eq!(
+            spread(&config, &endpoints, 30)[0],
+            0,
+            "ejected endpoints get nothing"
+        );
+        // Two of four may be out at once (50 %); the third stays in.
+        assert_eq!(
+            (fail(1), fail(1), fail(1)),
+            (None, None, Some(Duration::from_secs(10)))
+        );
+        assert_eq!((fail(2), fail(2), fail(2)), (None, None, None));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(endpoints.ejected_for(0), None);
+        assert_eq!(
+            spread(&config, &endpoints, 40)[0],
+            10,
+            "back after the ejection"
+        );
+        // The second ejection lasts twice as long.
+        assert_eq!(
+            (fail(0), fail(0), fail(0)),
+            (None, None, Some(Duration::from_secs(20)))
+        );
+    }
+
+    #[test]
+    fn max_requests_fails_fast_and_frees_on_drop() {
+        let config = cluster(&[(1, false)], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let first = endpoints.admit(2).expect("admitted");
+        let second = endpoints.admit(2).expect("admitted");
+        assert!(endpoints.admit(2).is_err());
+        assert_eq!((endpoints.active(), endpoints.rejected()), (2, 1));
+        drop((first, second));
+        assert!(endpoints.admit(2).is_ok());
     }
 
     #[test]

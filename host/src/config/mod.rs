@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 pub use validate::{
     AdminConfig, ClusterConfig, Config, Endpoint, HashKey, HealthCheck, LbPolicy, ListenerConfig,
-    MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, PluginLimits, PluginsConfig, RouteConfig, ServerConfig,
+    MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PluginLimits, PluginsConfig, RouteConfig,
+    ServerConfig, Sticky,
 };
 
 /// One problem found in a configuration file, with where it is.

@@ -77,6 +77,9 @@ pub(crate) struct RawCluster {
     pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) retries: Option<Spanned<u32>>,
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
+    pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
+    pub(crate) max_requests: Option<Spanned<usize>>,
+    pub(crate) sticky: Option<Spanned<RawSticky>>,
     #[serde(default, with = "duration")]
     pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
@@ -99,6 +102,26 @@ pub(crate) struct RawHealthCheck {
     pub(crate) healthy_threshold: Option<u32>,
     pub(crate) unhealthy_threshold: Option<u32>,
     pub(crate) expected_statuses: Option<Vec<u16>>,
+}
+
+/// `outlier_detection = { … }`: passive health from real responses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) consecutive_failures: Option<u32>,
+    #[serde(default, with = "duration")]
+    pub(crate) base_ejection_time: Option<Duration>,
+    pub(crate) max_ejection_percent: Option<u32>,
+}
+
+/// `sticky = { cookie = "…", ttl = "1h" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    pub(crate) cookie: Option<String>,
+    #[serde(default, with = "duration")]
+    pub(crate) ttl: Option<Duration>,
 }
 
 /// One endpoint: `"host:port"`, or `{ address = "host:port", weight = 3, backup = true }`.

@@ -14,7 +14,7 @@ use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use super::model::{RawCluster, RawConfig, RawHealthCheck, RawPlugins, RawRoute};
+use super::model::{RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPlugins, RawRoute};
 use super::{Diagnostic, Locator};
 
 /// The default time to establish a TCP connection to an endpoint (Envoy's default).
@@ -33,6 +33,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Further attempts on other endpoints after a safe-to-retry failure (nginx tries the next
 /// upstream on a connect error by default; one retry is the conservative version of that).
 const DEFAULT_RETRIES: u32 = 1;
+/// Requests in flight to one cluster before it answers 503 (Envoy's default `max_requests`).
+const DEFAULT_MAX_REQUESTS: usize = 1024;
 /// Time between active health checks of one endpoint (Envoy requires one; HAProxy's is 2 s).
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Time one health check may take.
@@ -142,6 +144,12 @@ pub struct ClusterConfig {
     pub retries: u32,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheck>,
+    /// Passive health: ejecting endpoints that fail real requests; `None` when disabled.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// The most requests in flight to the cluster at once; more get 503 at once.
+    pub max_requests: usize,
+    /// Sticky sessions, if configured.
+    pub sticky: Option<Sticky>,
     /// Time to establish a TCP connection to one endpoint.
     #[serde(serialize_with = "human")]
     pub connect_timeout: Duration,
@@ -185,6 +193,28 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     /// Statuses that pass an HTTP check; empty means any 2xx or 3xx.
     pub expected_statuses: Vec<u16>,
+}
+
+/// Passive health checking (outlier detection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Consecutive failed requests (connect errors, resets, timeouts, 5xx) that eject.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long (at most 10 times).
+    #[serde(serialize_with = "human")]
+    pub base_ejection_time: Duration,
+    /// Never eject more than this share of the cluster's endpoints (at least one may be).
+    pub max_ejection_percent: u32,
+}
+
+/// Sticky sessions by cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sticky {
+    /// The cookie that names the endpoint (opaquely).
+    pub cookie: String,
+    /// How long the browser keeps it.
+    #[serde(serialize_with = "human")]
+    pub ttl: Duration,
 }
 
 /// The largest endpoint weight.
@@ -500,6 +530,38 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         .health_check
         .as_ref()
         .map(|h| health_check(check, name, h));
+    let outlier_detection = outlier_detection(check, name, raw.outlier_detection.as_ref());
+    let max_requests = match &raw.max_requests {
+        Some(n) if *n.get_ref() == 0 => {
+            check.error(
+                n,
+                format!("cluster \"{name}\": max_requests must be at least 1"),
+            );
+            DEFAULT_MAX_REQUESTS
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_MAX_REQUESTS,
+    };
+    let sticky = raw.sticky.as_ref().map(|s| {
+        let cookie = s
+            .get_ref()
+            .cookie
+            .clone()
+            .unwrap_or_else(|| "weir_sticky".into());
+        let token = !cookie.is_empty()
+            && cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            let message =
+                format!("cluster \"{name}\": sticky cookie {cookie:?} is not a valid cookie name");
+            check.error(s, message);
+        }
+        Sticky {
+            cookie,
+            ttl: s.get_ref().ttl.unwrap_or(Duration::from_secs(3600)),
+        }
+    });
     for (what, d) in [
         ("connect_timeout", raw.connect_timeout),
         ("response_timeout", raw.response_timeout),
@@ -518,10 +580,51 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         lb,
         retries,
         health_check,
+        outlier_detection,
+        max_requests,
+        sticky,
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         idle_timeout: raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
     }
+}
+
+fn outlier_detection(
+    check: &mut Checker<'_>,
+    cluster: &str,
+    raw: Option<&Spanned<RawOutlier>>,
+) -> Option<OutlierDetection> {
+    let defaults = OutlierDetection {
+        consecutive_failures: 5,
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+    };
+    let Some(raw) = raw else {
+        return Some(defaults);
+    };
+    let o = raw.get_ref();
+    if o.enabled == Some(false) {
+        return None;
+    }
+    let detection = OutlierDetection {
+        consecutive_failures: o
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        base_ejection_time: o.base_ejection_time.unwrap_or(defaults.base_ejection_time),
+        max_ejection_percent: o
+            .max_ejection_percent
+            .unwrap_or(defaults.max_ejection_percent),
+    };
+    if detection.consecutive_failures == 0
+        || detection.base_ejection_time.is_zero()
+        || detection.max_ejection_percent > 100
+    {
+        let message = format!(
+            "cluster \"{cluster}\": outlier_detection: consecutive_failures and base_ejection_time must be above zero, max_ejection_percent at most 100"
+        );
+        check.error(raw, message);
+    }
+    Some(detection)
 }
 
 fn health_check(

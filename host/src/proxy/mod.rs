@@ -158,11 +158,30 @@ async fn proxy(
     let idempotent = is_idempotent(&parts.method);
     let mut body = Some(body);
     let mut attempt = 0;
-    let response = loop {
-        let endpoint = cluster
-            .balancer
-            .pick(&pick, &cluster.endpoints)
-            .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?;
+    // Circuit breaking: over max_requests, fail fast. Held until the response head.
+    let admitted = cluster
+        .endpoints
+        .admit(cluster.config.max_requests)
+        .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
+    // Sticky sessions: the endpoint the cookie names, while it can take the request.
+    let sticky = cluster.config.sticky.as_ref();
+    let stuck_to = sticky
+        .and_then(|s| cookie(&parts.headers, &s.cookie))
+        .and_then(|id| cluster.sticky_ids.iter().position(|known| known == id));
+    let mut preferred = stuck_to.filter(|&i| {
+        cluster
+            .endpoints
+            .candidates(&pick)
+            .admits_index(&cluster.endpoints, i)
+    });
+    let (response, endpoint) = loop {
+        let endpoint = match preferred.take() {
+            Some(i) => i,
+            None => cluster
+                .balancer
+                .pick(&pick, &cluster.endpoints)
+                .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?,
+        };
         ctx.endpoint = Some(endpoint);
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -184,11 +203,15 @@ async fn proxy(
         let result = cluster.client.send(attempt_request).await;
         drop(in_flight);
         match result {
-            Ok(response) => break response,
+            Ok(response) => {
+                outcome(cluster, endpoint, response.status().is_server_error());
+                break (response, endpoint);
+            }
             Err(e) => {
                 if let Some(state) = cluster.endpoints.get(endpoint) {
                     state.record_failure();
                 }
+                outcome(cluster, endpoint, true);
                 let safe =
                     e.retry == Retry::Safe || (idempotent && e.kind == ErrorKind::UpstreamFailed);
                 if attempt >= cluster.config.retries || !resendable || !safe {
@@ -208,12 +231,25 @@ async fn proxy(
         }
     };
 
+    drop(admitted);
+
     // response_filter
     let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     parts
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
+    if let Some(sticky) = sticky
+        && stuck_to != Some(endpoint)
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+            sticky.cookie,
+            cluster.sticky_ids[endpoint],
+            sticky.ttl.as_secs()
+        ))
+    {
+        parts.headers.append(header::SET_COOKIE, value);
+    }
     let response = Response::from_parts(parts, ProxyBody::Left(body));
 
     // response_filter (plugins), in reverse chain order.
@@ -334,6 +370,7 @@ fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Res
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
         ErrorKind::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
         ErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available\n"),
+        ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n"),
         ErrorKind::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream connect error\n"),
         ErrorKind::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream error\n"),
         ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
@@ -403,6 +440,24 @@ fn hash_key(lb: &LbPolicy, request: &http::request::Parts, client: SocketAddr) -
         ),
         HashKey::Cookie(name) => hash(cookie(&request.headers, name).unwrap_or("")),
     })
+}
+
+/// Feeds one attempt's outcome to the cluster's outlier detection; logs an ejection.
+fn outcome(cluster: &crate::generation::Cluster, endpoint: usize, failed: bool) {
+    let Some(detection) = &cluster.config.outlier_detection else {
+        return;
+    };
+    if let Some(ejected) = cluster
+        .endpoints
+        .record_outcome(endpoint, failed, detection)
+    {
+        tracing::warn!(
+            cluster = %cluster.config.name,
+            endpoint = %cluster.config.endpoints[endpoint].authority,
+            ejected_for = %humantime::format_duration(ejected),
+            "endpoint ejected after consecutive failures"
+        );
+    }
 }
 
 /// Methods RFC 9110 defines as idempotent: safe to send again after a reset.
