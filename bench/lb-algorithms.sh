@@ -21,16 +21,14 @@ BASE_PORT=${BASE_PORT:-18090}
 WEIR=${WEIR:-target/release/weir}
 WEIR_PORT=$BASE_PORT
 
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux" >&2; exit 1; }
-done
-[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --release -p weir-host" >&2; exit 1; }
+. bench/common.sh
+require_tools
 
 tmp=$(mktemp -d)
 cleanup() { kill "${weir_pid:-}" "${nginx_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+body=$(origin_body)
 servers=""
 endpoints=""
 for i in 1 2 3; do
@@ -64,9 +62,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks_per_sec=$(getconf CLK_TCK)
-load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$1" --latency "$2"; }
 echo "warm-up..."
 for a in $algorithms; do load 1s "http://127.0.0.1:$WEIR_PORT/$a" >/dev/null; done
 
@@ -81,7 +76,7 @@ for round in $(seq "$ROUNDS"); do
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     total=$(awk '/requests in/ {print $1}' <<<"$out")
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-    cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_sec" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    cpu=$(cpu_per_request "$before" "$after" "$total")
     printf '%-16s %6s %12s %10s %10s %16s %s\n' "$a" "$round" "$rps" "$p50" "$p99" "$cpu" "$errors"
   done
 done

@@ -19,16 +19,14 @@ ORIGIN_PORT=${ORIGIN_PORT:-18081}
 WEIR_PORT=${WEIR_PORT:-18080}
 WEIR=${WEIR:-target/release/weir}
 
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux" >&2; exit 1; }
-done
-[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --release -p weir-host" >&2; exit 1; }
+. bench/common.sh
+require_tools
 
 tmp=$(mktemp -d)
 cleanup() { kill "${weir_pid:-}" "${nginx_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+body=$(origin_body)
 cat > "$tmp/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -66,11 +64,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks_per_sec=$(getconf CLK_TCK)
-
-load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$1" --latency "$2"; }
 echo "warm-up..."
 load 2s "http://127.0.0.1:$ORIGIN_PORT/" >/dev/null
 load 2s "http://127.0.0.1:$WEIR_PORT/" >/dev/null
@@ -88,7 +81,7 @@ for round in $(seq "$ROUNDS"); do
     total=$(awk '/requests in/ {print $1}' <<<"$out")
     cpu="-"
     if [ "$target" = weir ]; then
-      cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_sec" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+      cpu=$(cpu_per_request "$before" "$after" "$total")
     fi
     printf '%-8s %6s %12s %10s %10s %16s\n' "$target" "$round" "$rps" "$p50" "$p99" "$cpu"
   done

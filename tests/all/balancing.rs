@@ -200,6 +200,20 @@ async fn retries_zero_turns_retrying_off() {
     assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
 }
 
+/// Polls `/clusters` until endpoint `i` of the first cluster has `healthy == want`; returns
+/// how long that took.
+async fn until_health(weir: &Weir, i: usize, want: bool) -> Duration {
+    let started = tokio::time::Instant::now();
+    while clusters(weir).await[0]["endpoints"][i]["healthy"] != serde_json::Value::Bool(want) {
+        assert!(
+            started.elapsed() < weir_tests::DEADLINE,
+            "endpoint {i} never became healthy={want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
 /// The issue's bar, shortened: one of three endpoints dies under a GET load and comes back.
 /// No client sees an error; `/clusters` shows it unhealthy within two check intervals and
 /// healthy again after the healthy threshold.
@@ -218,7 +232,6 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     let extra = "health_check = { path = \"/health\", interval = \"300ms\", timeout = \"250ms\", \
                  jitter = \"0ms\", healthy_threshold = 2, unhealthy_threshold = 2 }";
     let weir = Weir::start(&config(&endpoints, extra)).await;
-    let healthy = |state: &serde_json::Value, i: usize| state[0]["endpoints"][i]["healthy"].clone();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
@@ -245,18 +258,7 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     let victim = upstreams.remove(1);
     let addr = victim.addr;
     drop(victim);
-    let killed = tokio::time::Instant::now();
-    loop {
-        if healthy(&clusters(&weir).await, 1) == serde_json::Value::Bool(false) {
-            break;
-        }
-        assert!(
-            killed.elapsed() < weir_tests::DEADLINE,
-            "never marked unhealthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = killed.elapsed();
+    let took = until_health(&weir, 1, false).await;
     assert!(
         took <= 2 * interval + Duration::from_millis(400),
         "unhealthy after {took:?}"
@@ -270,18 +272,7 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
 
     // Back on the same address: healthy again after two passing checks.
     let _back = Upstream::restart_at(addr, "b").await;
-    let returned = tokio::time::Instant::now();
-    loop {
-        if healthy(&clusters(&weir).await, 1) == serde_json::Value::Bool(true) {
-            break;
-        }
-        assert!(
-            returned.elapsed() < weir_tests::DEADLINE,
-            "never healthy again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = returned.elapsed();
+    let took = until_health(&weir, 1, true).await;
     assert!(
         took <= 3 * interval + Duration::from_millis(400),
         "healthy after {took:?}"

@@ -1,0 +1,25 @@
+# Shared by the load benchmarks in this folder: tool checks, CPU accounting and the load
+# generator. Source it after `cd` to the repository root.
+
+# Fails with the install line unless nginx, wrk, taskset and the weir binary ($WEIR) exist.
+require_tools() {
+  for tool in nginx wrk taskset; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nginx-light wrk util-linux" >&2; exit 1; }
+  done
+  [ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --release -p weir-host" >&2; exit 1; }
+}
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_sec=$(getconf CLK_TCK)
+
+# wrk on CPU 1 with $CONNS connections for $1 against URL $2.
+load() { taskset -c 1 wrk -t1 -c"$CONNS" -d"$1" --latency "$2"; }
+
+# Microseconds of CPU per request: ticks before, ticks after, requests.
+cpu_per_request() {
+  awk -v t=$(($2 - $1)) -v hz="$ticks_per_sec" -v n="$3" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+}
+
+# A 1 KiB body for the origins' `return 200`.
+origin_body() { head -c 1024 /dev/zero | tr '\0' 'x'; }
