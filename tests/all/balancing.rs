@@ -155,29 +155,41 @@ async fn clusters(weir: &Weir) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_retry_hides_a_dead_endpoint_from_bodiless_requests_but_not_from_a_post() {
+async fn a_retry_hides_a_dead_endpoint_unless_the_body_was_streamed() {
     let alive = Upstream::start("alive").await;
     let dead = closed_port();
     // `first` sends everything to the dead endpoint first, so every request needs its retry.
     let endpoints = [format!("\"{dead}\""), format!("\"{}\"", alive.addr)];
     let weir = Weir::start(&config(&endpoints, "lb = \"first\"")).await;
 
-    // A body that was streamed to the dead endpoint's attempt cannot be sent again.
-    let response = http1_client()
-        .request(
-            Request::post(weir.url("/upload"))
-                .body(weir_tests::full("payload"))
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    // A connect failure is safe to retry for any method: a small body was held in memory
+    // and goes to the next endpoint. A body too large to hold was streamed into the failed
+    // attempt and cannot be sent again: 502.
+    let post = |body: Vec<u8>| {
+        let url = weir.url("/upload");
+        async move {
+            http1_client()
+                .request(
+                    Request::post(url)
+                        .body(weir_tests::full(body))
+                        .expect("request"),
+                )
+                .await
+                .expect("response")
+                .status()
+        }
+    };
+    assert_eq!(post(b"payload".to_vec()).await, http::StatusCode::OK);
+    assert_eq!(
+        post(vec![b'x'; 100 << 10]).await,
+        http::StatusCode::BAD_GATEWAY
+    );
 
     // One client, so failures arrive in a known order.
     let counts = spread(&weir, 50, 1, None).await;
     assert_eq!(counts.get("alive"), Some(&50), "{counts:?}");
     // Outlier detection (on by default: 5 failures in a row) ejected the dead endpoint after
-    // the POST and four GETs, so only those four needed their retry.
+    // the two POSTs and three GETs, so only those three needed their retry.
     let state = clusters(&weir).await;
     assert_eq!(state[0]["endpoints"][0]["failed_requests"], 5);
     assert!(
@@ -402,4 +414,69 @@ async fn max_requests_answers_503_at_once_and_recovers() {
         .await
         .expect("response");
     assert!(response.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_on_statuses_retries_idempotent_requests_and_opted_in_routes() {
+    let failing = Upstream::start_with_status("failing", 503).await;
+    let ok = Upstream::start("ok").await;
+    let endpoints = [format!("\"{}\"", failing.addr), format!("\"{}\"", ok.addr)];
+    let cluster =
+        "lb = \"first\"\nretry_on_statuses = [503]\noutlier_detection = { enabled = false }";
+    let mut config = config(&endpoints, cluster);
+    config.push_str(
+        "\n[[routes]]\nname = \"opted-in\"\npath_prefix = \"/opted\"\ncluster = \"app\"\nretry_non_idempotent = true\n",
+    );
+    let weir = Weir::start(&config).await;
+    let send = |method: &'static str, path: &'static str| {
+        let url = weir.url(path);
+        async move {
+            let request = Request::builder()
+                .method(method)
+                .uri(url)
+                .body(weir_tests::full("x"))
+                .expect("request");
+            http1_client()
+                .request(request)
+                .await
+                .expect("response")
+                .status()
+        }
+    };
+    assert_eq!(send("GET", "/a").await, http::StatusCode::OK);
+    // POST is not idempotent: the 503 is the answer.
+    assert_eq!(
+        send("POST", "/a").await,
+        http::StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Unless the route opts in.
+    assert_eq!(send("POST", "/opted").await, http::StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_try_timeout_is_retried_for_gets_and_request_timeout_bounds_the_whole() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let endpoints = [format!("\"{}\"", a.addr), format!("\"{}\"", b.addr)];
+    let cluster = "response_timeout = \"200ms\"\nrequest_timeout = \"5s\"";
+    let weir = Weir::start(&config(&endpoints, cluster)).await;
+    let response = http1_client()
+        .get(weir.url("/hang").parse().expect("uri"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    // The first attempt timed out on one endpoint and the retry went to the other.
+    assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+
+    let cluster = "response_timeout = \"2s\"\nrequest_timeout = \"300ms\"";
+    let weir = Weir::start(&config(&endpoints, cluster)).await;
+    let started = tokio::time::Instant::now();
+    let response = http1_client()
+        .get(weir.url("/hang").parse().expect("uri"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "request_timeout did not apply"
+    );
 }

@@ -47,6 +47,7 @@ pub struct Upstream {
     seen: watch::Sender<Vec<Recorded>>,
     release: Arc<Notify>,
     stop: watch::Sender<bool>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Upstream {
@@ -66,6 +67,21 @@ impl Upstream {
         Upstream::start_on(addr, name, std::time::Duration::ZERO).await
     }
 
+    /// Like [`Upstream::start`], but every catch-all answer has status `status`: a failing
+    /// endpoint.
+    pub async fn start_with_status(name: &str, status: u16) -> Upstream {
+        let upstream = Upstream::start_on(
+            "127.0.0.1:0".parse().expect("addr"),
+            name,
+            std::time::Duration::ZERO,
+        )
+        .await;
+        upstream
+            .status
+            .store(status, std::sync::atomic::Ordering::Relaxed);
+        upstream
+    }
+
     async fn start_on(addr: SocketAddr, name: &str, delay: std::time::Duration) -> Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
@@ -76,12 +92,14 @@ impl Upstream {
             seen,
             release: Arc::new(Notify::new()),
             stop: watch::channel(false).0,
+            status: Arc::new(std::sync::atomic::AtomicU16::new(200)),
         };
         let state = Arc::new(State {
             name: upstream.name.clone(),
             seen: upstream.seen.clone(),
             release: upstream.release.clone(),
             delay,
+            status: upstream.status.clone(),
         });
         let mut stop = upstream.stop.subscribe();
         tokio::spawn(async move {
@@ -142,6 +160,7 @@ struct State {
     seen: watch::Sender<Vec<Recorded>>,
     release: Arc<Notify>,
     delay: std::time::Duration,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -194,6 +213,9 @@ impl State {
                 response
                     .headers_mut()
                     .insert("x-upstream", self.name.parse().expect("value"));
+                let status = self.status.load(std::sync::atomic::Ordering::Relaxed);
+                *response.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
                 response
             }
         }

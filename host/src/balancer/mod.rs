@@ -155,6 +155,8 @@ struct ClusterState {
     active: AtomicUsize,
     /// Requests refused because `max_requests` were in flight.
     rejected: AtomicU64,
+    /// Retries in flight, for the retry budget.
+    retrying: AtomicUsize,
 }
 
 impl std::ops::Deref for ClusterState {
@@ -169,6 +171,16 @@ impl std::ops::Deref for ClusterState {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("{0} requests in flight (max_requests)")]
 pub struct Overloaded(pub usize);
+
+/// A retry counted against the cluster's retry budget until dropped.
+#[derive(Debug)]
+pub struct Retrying(Endpoints);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.0.retrying.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A request counted against the cluster's `max_requests` until dropped.
 #[derive(Debug)]
@@ -202,6 +214,7 @@ impl Endpoints {
             start: Instant::now(),
             active: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
+            retrying: AtomicUsize::new(0),
         }))
     }
 
@@ -230,6 +243,16 @@ impl Endpoints {
             return Err(Overloaded(before));
         }
         Ok(admitted)
+    }
+
+    /// Starts a retry if the budget allows: retries in flight stay within `percent` of the
+    /// requests in flight, with 3 always allowed (Envoy's minimum). Counted until dropped.
+    pub fn start_retry(&self, percent: u32) -> Option<Retrying> {
+        let active = self.0.active.load(Ordering::Relaxed);
+        let allowed = (active * percent as usize / 100).max(3);
+        let before = self.0.retrying.fetch_add(1, Ordering::Relaxed);
+        let retrying = Retrying(self.clone());
+        (before < allowed).then_some(retrying)
     }
 
     /// Requests in flight to the cluster.
@@ -428,6 +451,10 @@ pub(crate) mod testing {
                 .collect(),
             lb,
             retries: 0,
+            retry_on_statuses: Vec::new(),
+            retry_budget_percent: 20,
+            retry_buffer_bytes: 0,
+            request_timeout: None,
             health_check: None,
             outlier_detection: None,
             max_requests: 1024,
@@ -541,6 +568,22 @@ mod tests {
             (fail(0), fail(0), fail(0)),
             (None, None, Some(Duration::from_secs(20)))
         );
+    }
+
+    #[test]
+    fn the_retry_budget_allows_three_then_a_share_of_active_requests() {
+        let config = cluster(&[(1, false)], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let retries: Vec<_> = (0..3).map(|_| endpoints.start_retry(20)).collect();
+        assert!(retries.iter().all(Option::is_some));
+        assert!(endpoints.start_retry(20).is_none());
+        let _active: Vec<_> = (0..20).map(|_| endpoints.admit(100)).collect();
+        assert!(
+            endpoints.start_retry(20).is_some(),
+            "20 % of 20 in flight is 4"
+        );
+        drop(retries);
+        assert!(endpoints.start_retry(20).is_some());
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub(crate) struct RawCluster {
     pub(crate) lb: Option<Spanned<String>>,
     pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) retries: Option<Spanned<u32>>,
+    pub(crate) retry_on_statuses: Option<Spanned<Vec<u16>>>,
+    pub(crate) retry_budget_percent: Option<Spanned<u32>>,
+    pub(crate) retry_buffer_bytes: Option<usize>,
+    #[serde(default, with = "duration")]
+    pub(crate) request_timeout: Option<Duration>,
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
     pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
     pub(crate) max_requests: Option<Spanned<usize>>,
@@ -189,6 +194,7 @@ pub(crate) struct RawRoute {
     pub(crate) methods: Option<Vec<Spanned<String>>>,
     pub(crate) cluster: Spanned<String>,
     pub(crate) plugins: Option<Vec<Spanned<String>>>,
+    pub(crate) retry_non_idempotent: Option<bool>,
 }
 
 /// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.

@@ -33,6 +33,10 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Further attempts on other endpoints after a safe-to-retry failure (nginx tries the next
 /// upstream on a connect error by default; one retry is the conservative version of that).
 const DEFAULT_RETRIES: u32 = 1;
+/// Share of a cluster's requests in flight that may be retries (Envoy's retry budget default).
+const DEFAULT_RETRY_BUDGET: u32 = 20;
+/// Request bodies up to this size are buffered for retries.
+const DEFAULT_RETRY_BUFFER: usize = 64 << 10;
 /// Requests in flight to one cluster before it answers 503 (Envoy's default `max_requests`).
 const DEFAULT_MAX_REQUESTS: usize = 1024;
 /// Time between active health checks of one endpoint (Envoy requires one; HAProxy's is 2 s).
@@ -142,6 +146,17 @@ pub struct ClusterConfig {
     pub lb: LbPolicy,
     /// Further attempts, each on another endpoint, after a failure that is safe to retry.
     pub retries: u32,
+    /// Response statuses that count as a failure to retry (for example 503).
+    pub retry_on_statuses: Vec<u16>,
+    /// Retries in flight may be at most this share of the cluster's requests in flight (at
+    /// least 3 are always allowed), so retries cannot multiply an overload.
+    pub retry_budget_percent: u32,
+    /// Request bodies up to this size are held in memory so a retry can resend them.
+    pub retry_buffer_bytes: usize,
+    /// Time for the whole exchange, every attempt included; `None`: only the per-attempt
+    /// `response_timeout` applies.
+    #[serde(serialize_with = "human_opt")]
+    pub request_timeout: Option<Duration>,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheck>,
     /// Passive health: ejecting endpoints that fail real requests; `None` when disabled.
@@ -269,6 +284,9 @@ pub struct RouteConfig {
     pub cluster: String,
     /// The route's plugin chain by name, in order; `None` means every plugin in the folder.
     pub plugins: Option<Vec<String>>,
+    /// Retry requests whose method is not idempotent (POST, PATCH) after a reset, timeout or
+    /// retryable status too. Connect failures are retried for every method regardless.
+    pub retry_non_idempotent: bool,
     /// Index of `cluster` in [`Config::clusters`].
     #[serde(skip)]
     pub cluster_index: usize,
@@ -276,6 +294,13 @@ pub struct RouteConfig {
 
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
+}
+
+fn human_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&humantime::format_duration(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 fn display<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -530,6 +555,29 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         .health_check
         .as_ref()
         .map(|h| health_check(check, name, h));
+    let retry_on_statuses = match &raw.retry_on_statuses {
+        Some(list) => {
+            if let Some(bad) = list.get_ref().iter().find(|s| !(500..=599).contains(*s)) {
+                check.error(
+                    list,
+                    format!("cluster \"{name}\": retry_on_statuses: {bad} is not a 5xx status"),
+                );
+            }
+            list.get_ref().clone()
+        }
+        None => Vec::new(),
+    };
+    let retry_budget_percent = match &raw.retry_budget_percent {
+        Some(p) if *p.get_ref() > 100 => {
+            check.error(
+                p,
+                format!("cluster \"{name}\": retry_budget_percent is at most 100"),
+            );
+            DEFAULT_RETRY_BUDGET
+        }
+        Some(p) => *p.get_ref(),
+        None => DEFAULT_RETRY_BUDGET,
+    };
     let outlier_detection = outlier_detection(check, name, raw.outlier_detection.as_ref());
     let max_requests = match &raw.max_requests {
         Some(n) if *n.get_ref() == 0 => {
@@ -579,6 +627,10 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         endpoints,
         lb,
         retries,
+        retry_on_statuses,
+        retry_budget_percent,
+        retry_buffer_bytes: raw.retry_buffer_bytes.unwrap_or(DEFAULT_RETRY_BUFFER),
+        request_timeout: raw.request_timeout,
         health_check,
         outlier_detection,
         max_requests,
@@ -874,6 +926,7 @@ fn route(
         methods,
         cluster: raw.cluster.get_ref().clone(),
         plugins,
+        retry_non_idempotent: raw.retry_non_idempotent.unwrap_or(false),
         cluster_index,
     })
 }
@@ -995,7 +1048,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `plugins`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `plugins`, `retry_non_idempotent`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\n[[routes]]\nname = \"r\"\ncluster = \"app\"",

@@ -12,6 +12,7 @@
 //!    `on-response` hooks in reverse order. A plugin's local reply (step 3) skips 4–6 and
 //!    goes through the response hooks of the plugins before it.
 
+mod attempts;
 mod forward;
 
 use std::borrow::Cow;
@@ -20,14 +21,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
 
-use crate::balancer::{PickContext, hash};
+use crate::balancer::hash;
 use crate::body::{self, ProxyBody};
 use crate::config::{HashKey, LbPolicy};
-use crate::error::{ErrorKind, ProxyError, Retry};
+use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
 use crate::plugin::chain::{self, Chain, ChainError, RequestStep};
@@ -141,97 +141,21 @@ async fn proxy(
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
     parts.version = Version::HTTP_11;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    // upstream_peer + forward, retried on another endpoint when that is safe: the request
-    // has no body (so it can be sent again) and either never reached the endpoint
-    // (connect failure) or is idempotent and got no response headers (reset).
-    let mut pick = PickContext {
-        hash: hash_key(&cluster.config.lb, &parts, ctx.client),
-        tried: 0,
-    };
-    let resendable = body.is_end_stream();
-    let idempotent = is_idempotent(&parts.method);
-    let mut body = Some(body);
-    let mut attempt = 0;
-    // Circuit breaking: over max_requests, fail fast. Held until the response head.
-    let admitted = cluster
-        .endpoints
-        .admit(cluster.config.max_requests)
-        .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
-    // Sticky sessions: the endpoint the cookie names, while it can take the request.
-    let sticky = cluster.config.sticky.as_ref();
-    let stuck_to = sticky
-        .and_then(|s| cookie(&parts.headers, &s.cookie))
-        .and_then(|id| cluster.sticky_ids.iter().position(|known| known == id));
-    let mut preferred = stuck_to.filter(|&i| {
-        cluster
-            .endpoints
-            .candidates(&pick)
-            .admits_index(&cluster.endpoints, i)
-    });
-    let (response, endpoint) = loop {
-        let endpoint = match preferred.take() {
-            Some(i) => i,
-            None => cluster
-                .balancer
-                .pick(&pick, &cluster.endpoints)
-                .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?,
-        };
-        ctx.endpoint = Some(endpoint);
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(cluster.config.endpoints[endpoint].authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
-        let mut attempt_request = Request::new(match body.take() {
-            Some(body) => ProxyBody::Left(body),
-            None => body::full(bytes::Bytes::new()),
-        });
-        *attempt_request.method_mut() = parts.method.clone();
-        *attempt_request.uri_mut() = uri;
-        *attempt_request.version_mut() = parts.version;
-        *attempt_request.headers_mut() = parts.headers.clone();
-
-        // Counted until the response head arrives (or the attempt fails), for least_request.
-        let in_flight = cluster.endpoints.start(endpoint);
-        let result = cluster.client.send(attempt_request).await;
-        drop(in_flight);
-        match result {
-            Ok(response) => {
-                outcome(cluster, endpoint, response.status().is_server_error());
-                break (response, endpoint);
-            }
-            Err(e) => {
-                if let Some(state) = cluster.endpoints.get(endpoint) {
-                    state.record_failure();
-                }
-                outcome(cluster, endpoint, true);
-                let safe =
-                    e.retry == Retry::Safe || (idempotent && e.kind == ErrorKind::UpstreamFailed);
-                if attempt >= cluster.config.retries || !resendable || !safe {
-                    return Err(e);
-                }
-                attempt += 1;
-                pick.mark_tried(endpoint);
-                tracing::warn!(
-                    request_id = %String::from_utf8_lossy(request_id.as_bytes()),
-                    cluster = %cluster.config.name,
-                    endpoint = %cluster.config.endpoints[endpoint].authority,
-                    attempt,
-                    error = %e.cause.as_ref().map_or_else(|| format!("{:?}", e.kind), |c| c.to_string()),
-                    "retrying on another endpoint"
-                );
-            }
-        }
-    };
-
-    drop(admitted);
+    // upstream_peer + forward (with retries): see `attempts`.
+    let hash = hash_key(&cluster.config.lb, &parts, ctx.client);
+    let retry_non_idempotent = generation.config.routes[route.0].retry_non_idempotent;
+    let answer = attempts::send(
+        cluster,
+        parts,
+        body,
+        hash,
+        retry_non_idempotent,
+        &request_id,
+        &mut ctx.endpoint,
+    )
+    .await?;
+    let response = answer.response;
 
     // response_filter
     let (mut parts, body) = response.into_parts();
@@ -239,16 +163,8 @@ async fn proxy(
     parts
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
-    if let Some(sticky) = sticky
-        && stuck_to != Some(endpoint)
-        && let Ok(value) = HeaderValue::from_str(&format!(
-            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-            sticky.cookie,
-            cluster.sticky_ids[endpoint],
-            sticky.ttl.as_secs()
-        ))
-    {
-        parts.headers.append(header::SET_COOKIE, value);
+    if let Some(cookie) = answer.set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
     }
     let response = Response::from_parts(parts, ProxyBody::Left(body));
 
@@ -458,20 +374,6 @@ fn outcome(cluster: &crate::generation::Cluster, endpoint: usize, failed: bool) 
             "endpoint ejected after consecutive failures"
         );
     }
-}
-
-/// Methods RFC 9110 defines as idempotent: safe to send again after a reset.
-fn is_idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

@@ -1,0 +1,290 @@
+//! Sending one request to a cluster: circuit breaking, the sticky endpoint, the balancer's
+//! pick, and retries on other endpoints, with every outcome fed to outlier detection.
+//!
+//! A failed attempt is retried (up to the cluster's `retries`, within its retry budget) only
+//! when sending the request again is safe and possible:
+//! - possible: the request has no body, or one small enough (`retry_buffer_bytes`, known
+//!   from `Content-Length`) that it was held in memory before the first attempt;
+//! - safe: the connection failed (nothing reached the endpoint), or the method is idempotent
+//!   (or the route opts in with `retry_non_idempotent`) and the endpoint reset the exchange,
+//!   timed out before response headers, or answered a status in `retry_on_statuses`.
+//!
+//! Nothing is ever retried once the client has seen a byte: retries happen before the
+//! response head is returned.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::balancer::PickContext;
+use crate::body::{self, ProxyBody};
+use crate::error::{ErrorKind, ProxyError, Retry};
+use crate::generation::Cluster;
+
+/// What the caller needs of a finished exchange.
+pub(super) struct Answer {
+    /// The upstream's response head and streaming body.
+    pub(super) response: Response<Incoming>,
+    /// A `Set-Cookie` to add for sticky sessions, when the client is (re)stuck.
+    pub(super) set_cookie: Option<HeaderValue>,
+}
+
+/// Sends `parts` + `body` to `cluster`. `endpoint` is kept up to date with the endpoint of
+/// the latest attempt, for the error log line.
+pub(super) async fn send(
+    cluster: &Cluster,
+    parts: request::Parts,
+    body: Incoming,
+    hash: Option<u64>,
+    retry_non_idempotent: bool,
+    request_id: &HeaderValue,
+    endpoint_out: &mut Option<usize>,
+) -> Result<Answer, ProxyError> {
+    let config = &cluster.config;
+    // Circuit breaking: over max_requests, fail fast. Held until the response head.
+    let _admitted = cluster
+        .endpoints
+        .admit(config.max_requests)
+        .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
+    let exchange = attempts(
+        cluster,
+        parts,
+        body,
+        hash,
+        retry_non_idempotent,
+        request_id,
+        endpoint_out,
+    );
+    match config.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
+        None => exchange.await,
+    }
+}
+
+async fn attempts(
+    cluster: &Cluster,
+    parts: request::Parts,
+    body: Incoming,
+    hash: Option<u64>,
+    retry_non_idempotent: bool,
+    request_id: &HeaderValue,
+    endpoint_out: &mut Option<usize>,
+) -> Result<Answer, ProxyError> {
+    let config = &cluster.config;
+    let mut pick = PickContext { hash, tried: 0 };
+    let idempotent = retry_non_idempotent || is_idempotent(&parts.method);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    // The body: streamed once, or held so every attempt can send it.
+    let mut body = Payload::new(
+        body,
+        &parts.headers,
+        config.retries,
+        config.retry_buffer_bytes,
+    )
+    .await?;
+
+    // Sticky sessions: the endpoint the cookie names, while it can take the request.
+    let sticky = config.sticky.as_ref();
+    let stuck_to = sticky
+        .and_then(|s| super::cookie(&parts.headers, &s.cookie))
+        .and_then(|id| cluster.sticky_ids.iter().position(|known| known == id));
+    let mut preferred = stuck_to.filter(|&i| {
+        cluster
+            .endpoints
+            .candidates(&pick)
+            .admits_index(&cluster.endpoints, i)
+    });
+
+    let mut attempt = 0;
+    let mut _retrying = None;
+    loop {
+        let endpoint = match preferred.take() {
+            Some(i) => i,
+            None => cluster
+                .balancer
+                .pick(&pick, &cluster.endpoints)
+                .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?,
+        };
+        *endpoint_out = Some(endpoint);
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(config.endpoints[endpoint].authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
+        let mut request = Request::new(body.next_attempt());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+
+        // Counted until the response head arrives (or the attempt fails), for least_request.
+        let in_flight = cluster.endpoints.start(endpoint);
+        let result = cluster.client.send(request).await;
+        drop(in_flight);
+
+        let failure = match result {
+            Ok(response) => {
+                let status = response.status();
+                super::outcome(cluster, endpoint, status.is_server_error());
+                if !config.retry_on_statuses.contains(&status.as_u16()) {
+                    let set_cookie = sticky.filter(|_| stuck_to != Some(endpoint)).and_then(|s| {
+                        HeaderValue::from_str(&format!(
+                            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                            s.cookie,
+                            cluster.sticky_ids[endpoint],
+                            s.ttl.as_secs()
+                        ))
+                        .ok()
+                    });
+                    return Ok(Answer {
+                        response,
+                        set_cookie,
+                    });
+                }
+                Failure::Status(response)
+            }
+            Err(e) => {
+                if let Some(state) = cluster.endpoints.get(endpoint) {
+                    state.record_failure();
+                }
+                super::outcome(cluster, endpoint, true);
+                Failure::Error(e)
+            }
+        };
+
+        // Retry, or give up with this attempt's answer.
+        let safe = match &failure {
+            Failure::Error(e) if e.retry == Retry::Safe => true,
+            Failure::Error(e) => {
+                idempotent
+                    && matches!(
+                        e.kind,
+                        ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout
+                    )
+            }
+            Failure::Status(_) => idempotent,
+        };
+        let retry = safe && attempt < config.retries && body.resendable();
+        _retrying = if retry {
+            cluster.endpoints.start_retry(config.retry_budget_percent)
+        } else {
+            None
+        };
+        if _retrying.is_none() {
+            if retry {
+                tracing::warn!(cluster = %config.name, request_id = %String::from_utf8_lossy(request_id.as_bytes()), "retry budget exhausted; not retrying");
+            }
+            return match failure {
+                Failure::Error(e) => Err(e),
+                Failure::Status(response) => Ok(Answer {
+                    response,
+                    set_cookie: None,
+                }),
+            };
+        }
+        attempt += 1;
+        pick.mark_tried(endpoint);
+        let why = match &failure {
+            Failure::Error(e) => e
+                .cause
+                .as_ref()
+                .map_or_else(|| format!("{:?}", e.kind), |c| c.to_string()),
+            Failure::Status(r) => format!("status {}", r.status()),
+        };
+        tracing::warn!(
+            request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+            cluster = %config.name,
+            endpoint = %config.endpoints[endpoint].authority,
+            attempt,
+            error = %why,
+            "retrying on another endpoint"
+        );
+    }
+}
+
+/// Why an attempt did not end the exchange.
+enum Failure {
+    /// No usable response.
+    Error(ProxyError),
+    /// A response whose status is in `retry_on_statuses`.
+    Status(Response<Incoming>),
+}
+
+/// The request body across attempts.
+enum Payload {
+    /// No body: every attempt sends an empty one.
+    Empty,
+    /// Held in memory: every attempt sends a copy.
+    Held(Bytes),
+    /// Streamed: the first attempt takes it; no retry can send it again.
+    Stream(Option<Incoming>),
+}
+
+impl Payload {
+    /// Holds the body in memory when retries are on and `Content-Length` says it fits.
+    async fn new(
+        body: Incoming,
+        headers: &http::HeaderMap,
+        retries: u32,
+        limit: usize,
+    ) -> Result<Payload, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(Payload::Empty);
+        }
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        match length {
+            Some(n) if retries > 0 && n <= limit => {
+                let held = Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
+                Ok(Payload::Held(held.to_bytes()))
+            }
+            _ => Ok(Payload::Stream(Some(body))),
+        }
+    }
+
+    fn next_attempt(&mut self) -> ProxyBody {
+        match self {
+            Payload::Empty => body::full(Bytes::new()),
+            Payload::Held(bytes) => body::full(bytes.clone()),
+            Payload::Stream(body) => match body.take() {
+                Some(body) => ProxyBody::Left(body),
+                None => body::full(Bytes::new()),
+            },
+        }
+    }
+
+    /// Whether another attempt can send the whole body again.
+    fn resendable(&self) -> bool {
+        !matches!(self, Payload::Stream(_))
+    }
+}
+
+/// Methods RFC 9110 defines as idempotent: safe to send again after a reset.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
