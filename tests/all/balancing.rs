@@ -480,3 +480,52 @@ async fn a_per_try_timeout_is_retried_for_gets_and_request_timeout_bounds_the_wh
         "request_timeout did not apply"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_and_max_pending_cap_the_upstream_side() {
+    let upstream = Upstream::start("one").await;
+    let endpoints = [format!("\"{}\"", upstream.addr)];
+    let weir = Weir::start(&config(&endpoints, "max_connections = 1\nmax_pending = 1")).await;
+    let slow = |path: &'static str| {
+        let url = weir.url(path);
+        tokio::spawn(async move {
+            http1_client()
+                .get(url.parse().expect("uri"))
+                .await
+                .expect("response")
+                .status()
+        })
+    };
+    // One request holds the only connection; a second waits for it.
+    let first = slow("/slow");
+    upstream.wait_for_requests(1).await;
+    let second = slow("/slow");
+    let started = tokio::time::Instant::now();
+    while clusters(&weir).await[0]["pending_requests"] != 1 {
+        assert!(
+            started.elapsed() < weir_tests::DEADLINE,
+            "the second request never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(clusters(&weir).await[0]["open_connections"], 1);
+    // A third has nowhere to wait: 503 at once.
+    let response = http1_client()
+        .get(weir.url("/third").parse().expect("uri"))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        read_body(response.into_body()).await,
+        "upstream overloaded\n"
+    );
+
+    upstream.release();
+    assert!(first.await.expect("first").is_success());
+    // The second got the connection when the first finished (and may need a release too).
+    upstream.wait_for_requests(2).await;
+    upstream.release();
+    assert!(second.await.expect("second").is_success());
+    // Overload is not the endpoint's fault: it was not ejected.
+    assert!(clusters(&weir).await[0]["endpoints"][0]["ejected_for_ms"].is_null());
+}

@@ -140,6 +140,10 @@ fn clusters(generation: &Generation) -> Value {
                 "active_requests": cluster.endpoints.active(),
                 "max_requests": cluster.config.max_requests,
                 "rejected_requests": cluster.endpoints.rejected(),
+                "open_connections": cluster.client.open_connections(),
+                "max_connections": cluster.config.max_connections,
+                "pending_requests": cluster.client.pending(),
+                "max_pending": cluster.config.max_pending,
                 "endpoints": endpoints,
             })
         })

@@ -458,6 +458,8 @@ pub(crate) mod testing {
             health_check: None,
             outlier_detection: None,
             max_requests: 1024,
+            max_connections: 1024,
+            max_pending: 1024,
             sticky: None,
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),

@@ -84,6 +84,8 @@ pub(crate) struct RawCluster {
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
     pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
     pub(crate) max_requests: Option<Spanned<usize>>,
+    pub(crate) max_connections: Option<Spanned<usize>>,
+    pub(crate) max_pending: Option<usize>,
     pub(crate) sticky: Option<Spanned<RawSticky>>,
     #[serde(default, with = "duration")]
     pub(crate) connect_timeout: Option<Duration>,

@@ -33,6 +33,9 @@ const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Further attempts on other endpoints after a safe-to-retry failure (nginx tries the next
 /// upstream on a connect error by default; one retry is the conservative version of that).
 const DEFAULT_RETRIES: u32 = 1;
+/// Requests that may wait for a connection when a cluster's connections are all open
+/// (Envoy's default `max_pending_requests`).
+const DEFAULT_MAX_PENDING: usize = 1024;
 /// Share of a cluster's requests in flight that may be retries (Envoy's retry budget default).
 const DEFAULT_RETRY_BUDGET: u32 = 20;
 /// Request bodies up to this size are buffered for retries.
@@ -163,6 +166,11 @@ pub struct ClusterConfig {
     pub outlier_detection: Option<OutlierDetection>,
     /// The most requests in flight to the cluster at once; more get 503 at once.
     pub max_requests: usize,
+    /// The most connections open to the cluster's endpoints at once.
+    pub max_connections: usize,
+    /// The most requests waiting for a connection when `max_connections` are open; more get
+    /// 503 at once.
+    pub max_pending: usize,
     /// Sticky sessions, if configured.
     pub sticky: Option<Sticky>,
     /// Time to establish a TCP connection to one endpoint.
@@ -590,6 +598,17 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         Some(n) => *n.get_ref(),
         None => DEFAULT_MAX_REQUESTS,
     };
+    let max_connections = match &raw.max_connections {
+        Some(n) if *n.get_ref() == 0 => {
+            check.error(
+                n,
+                format!("cluster \"{name}\": max_connections must be at least 1"),
+            );
+            DEFAULT_MAX_REQUESTS
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_MAX_REQUESTS,
+    };
     let sticky = raw.sticky.as_ref().map(|s| {
         let cookie = s
             .get_ref()
@@ -634,6 +653,8 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         health_check,
         outlier_detection,
         max_requests,
+        max_connections,
+        max_pending: raw.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
         sticky,
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),

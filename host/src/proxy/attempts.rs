@@ -154,6 +154,8 @@ async fn attempts(
                 }
                 Failure::Status(response)
             }
+            // The cluster's own caps say nothing about the endpoint's health.
+            Err(e) if e.kind == ErrorKind::Overloaded => return Err(e),
             Err(e) => {
                 if let Some(state) = cluster.endpoints.get(endpoint) {
                     state.record_failure();
