@@ -1,7 +1,9 @@
 //! Active health checks: one task per cluster that has `health_check`, probing every endpoint
 //! each interval (plus jitter) off the request path, and flipping its health flag after
 //! `unhealthy_threshold` consecutive failures or `healthy_threshold` consecutive passes.
-//! Each transition is logged once. The data path only reads the flags.
+//! Each transition is logged once. A passing check of a healthy endpoint also ends an
+//! ejection by outlier detection (the active check outranks the passive one, as in Envoy).
+//! The data path only reads the flags.
 //!
 //! A probe is an HTTP/1.1 `GET path` on a fresh connection (never a pooled one, so a
 //! half-dead pool cannot hide a dead endpoint) expecting `expected_statuses` (any 2xx or 3xx
@@ -53,6 +55,9 @@ pub fn spawn(config: &ClusterConfig, endpoints: &Endpoints) -> Option<HealthChec
                     Ok(()) => {
                         streak.passes += 1;
                         streak.failures = 0;
+                        if state.is_healthy() && endpoints.uneject(i) {
+                            tracing::info!(cluster, endpoint = %targets[i], "endpoint passed its health check; ejection ended");
+                        }
                     }
                     Err(_) => {
                         streak.failures += 1;

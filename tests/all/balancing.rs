@@ -283,12 +283,15 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     );
 
     // Back on the same address: healthy again after two passing checks.
-    let _back = Upstream::restart_at(addr, "b").await;
+    let back = Upstream::restart_at(addr, "b").await;
     let took = until_health(&weir, 1, true).await;
     assert!(
         took <= 3 * interval + Duration::from_millis(400),
         "healthy after {took:?}"
     );
+    // And it takes traffic again at once: a passing check ended any ejection by outlier
+    // detection (whose 30 s would outlast this test's deadline).
+    back.wait_for_requests(1).await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut sent, mut failed) = (0, Vec::new());

@@ -172,6 +172,10 @@ impl std::ops::Deref for ClusterState {
 #[error("{0} requests in flight (max_requests)")]
 pub struct Overloaded(pub usize);
 
+/// Retries in flight always allowed whatever the budget says (Envoy allows 3; a burst of
+/// resets from one dying endpoint easily needs more at low concurrency).
+pub const MIN_RETRIES_ALLOWED: usize = 10;
+
 /// A retry counted against the cluster's retry budget until dropped.
 #[derive(Debug)]
 pub struct Retrying(Endpoints);
@@ -246,10 +250,10 @@ impl Endpoints {
     }
 
     /// Starts a retry if the budget allows: retries in flight stay within `percent` of the
-    /// requests in flight, with 3 always allowed (Envoy's minimum). Counted until dropped.
+    /// requests in flight, with [`MIN_RETRIES_ALLOWED`] always allowed. Counted until dropped.
     pub fn start_retry(&self, percent: u32) -> Option<Retrying> {
         let active = self.0.active.load(Ordering::Relaxed);
-        let allowed = (active * percent as usize / 100).max(3);
+        let allowed = (active * percent as usize / 100).max(MIN_RETRIES_ALLOWED);
         let before = self.0.retrying.fetch_add(1, Ordering::Relaxed);
         let retrying = Retrying(self.clone());
         (before < allowed).then_some(retrying)
@@ -274,6 +278,17 @@ impl Endpoints {
         let until = self.0.get(i)?.ejected_until_ms.load(Ordering::Relaxed);
         let now = self.now_ms();
         (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Ends endpoint `i`'s ejection early (a passing active health check outranks passive
+    /// detection, as in Envoy); returns whether it was ejected.
+    pub fn uneject(&self, i: usize) -> bool {
+        let Some(state) = self.0.get(i) else {
+            return false;
+        };
+        let was = state.ejected_until_ms.swap(0, Ordering::Relaxed) > self.now_ms();
+        state.consecutive_failures.store(0, Ordering::Relaxed);
+        was
     }
 
     /// Feeds one request's outcome on endpoint `i` to outlier detection. Returns the
@@ -573,19 +588,19 @@ mod tests {
     }
 
     #[test]
-    fn the_retry_budget_allows_three_then_a_share_of_active_requests() {
+    fn the_retry_budget_allows_ten_then_a_share_of_active_requests() {
         let config = cluster(&[(1, false)], LbPolicy::RoundRobin);
         let endpoints = Endpoints::new(&config);
-        let retries: Vec<_> = (0..3).map(|_| endpoints.start_retry(20)).collect();
+        let retries: Vec<_> = (0..10).map(|_| endpoints.start_retry(50)).collect();
         assert!(retries.iter().all(Option::is_some));
-        assert!(endpoints.start_retry(20).is_none());
-        let _active: Vec<_> = (0..20).map(|_| endpoints.admit(100)).collect();
+        assert!(endpoints.start_retry(50).is_none());
+        let _active: Vec<_> = (0..30).map(|_| endpoints.admit(100)).collect();
         assert!(
-            endpoints.start_retry(20).is_some(),
-            "20 % of 20 in flight is 4"
+            endpoints.start_retry(50).is_some(),
+            "50 % of 30 in flight is 15"
         );
         drop(retries);
-        assert!(endpoints.start_retry(20).is_some());
+        assert!(endpoints.start_retry(50).is_some());
     }
 
     #[test]
