@@ -157,6 +157,8 @@ struct ClusterState {
     rejected: AtomicU64,
     /// Retries in flight, for the retry budget.
     retrying: AtomicUsize,
+    /// `panic_threshold`: below this share of primaries up, balance across all primaries.
+    panic_percent: u32,
 }
 
 impl std::ops::Deref for ClusterState {
@@ -219,6 +221,7 @@ impl Endpoints {
             active: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
             retrying: AtomicUsize::new(0),
+            panic_percent: config.panic_threshold,
         }))
     }
 
@@ -351,7 +354,12 @@ impl Endpoints {
         let primary_up = |e: &EndpointState| !e.backup && e.is_up(now);
         let backup_up = |e: &EndpointState| e.backup && e.is_up(now);
         let primary = |e: &EndpointState| !e.backup;
-        let tier = if any(&primary_up, &untried) {
+        // Panic mode: with too few primaries up, balance across all of them (Envoy's panic
+        // threshold), so the few left are not flattened by the whole load.
+        let primaries = self.0.iter().filter(|e| primary(e)).count() as u64;
+        let up = self.0.iter().filter(|e| primary_up(e)).count() as u64;
+        let panic = up * 100 < u64::from(self.0.panic_percent) * primaries;
+        let tier = if any(&primary_up, &untried) && !panic {
             Tier::HealthyPrimaries
         } else if any(&backup_up, &untried) {
             Tier::HealthyBackups
@@ -473,6 +481,7 @@ pub(crate) mod testing {
             health_check: None,
             outlier_detection: None,
             max_requests: 1024,
+            panic_threshold: 0,
             max_connections: 1024,
             max_pending: 1024,
             sticky: None,
@@ -527,6 +536,31 @@ mod tests {
             let s = spread(&config, &endpoints, 100);
             assert_eq!((s[0] + s[1], s[2]), (100, 0), "{lb:?}: all down");
         }
+    }
+
+    #[test]
+    fn below_the_panic_threshold_every_primary_takes_load() {
+        let mut config = cluster(&[(1, false); 4], LbPolicy::RoundRobin);
+        config.panic_threshold = 50;
+        let endpoints = Endpoints::new(&config);
+        endpoints.0[0].set_healthy(false);
+        assert_eq!(
+            spread(&config, &endpoints, 30)[0],
+            0,
+            "3 of 4 up: above 50 %"
+        );
+        endpoints.0[1].set_healthy(false);
+        assert_eq!(
+            spread(&config, &endpoints, 30)[0],
+            0,
+            "2 of 4 up: exactly 50 %"
+        );
+        endpoints.0[2].set_healthy(false);
+        assert_eq!(
+            spread(&config, &endpoints, 40),
+            [10, 10, 10, 10],
+            "1 of 4: panic"
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub(crate) struct RawCluster {
     pub(crate) health_check: Option<Spanned<RawHealthCheck>>,
     pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
     pub(crate) max_requests: Option<Spanned<usize>>,
+    pub(crate) panic_threshold: Option<Spanned<u32>>,
     pub(crate) max_connections: Option<Spanned<usize>>,
     pub(crate) max_pending: Option<usize>,
     pub(crate) sticky: Option<Spanned<RawSticky>>,

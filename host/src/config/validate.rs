@@ -171,6 +171,9 @@ pub struct ClusterConfig {
     pub outlier_detection: Option<OutlierDetection>,
     /// The most requests in flight to the cluster at once; more get 503 at once.
     pub max_requests: usize,
+    /// Percent of primaries that must be up (healthy, not ejected); below it, requests are
+    /// balanced across every primary (Envoy's panic mode). 0: only when none is up.
+    pub panic_threshold: u32,
     /// The most connections open to the cluster's endpoints at once.
     pub max_connections: usize,
     /// The most requests waiting for a connection when `max_connections` are open; more get
@@ -603,6 +606,17 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         Some(n) => *n.get_ref(),
         None => DEFAULT_MAX_REQUESTS,
     };
+    let panic_threshold = match &raw.panic_threshold {
+        Some(p) if *p.get_ref() > 100 => {
+            check.error(
+                p,
+                format!("cluster \"{name}\": panic_threshold is at most 100"),
+            );
+            0
+        }
+        Some(p) => *p.get_ref(),
+        None => 0,
+    };
     let max_connections = match &raw.max_connections {
         Some(n) if *n.get_ref() == 0 => {
             check.error(
@@ -658,6 +672,7 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         health_check,
         outlier_detection,
         max_requests,
+        panic_threshold,
         max_connections,
         max_pending: raw.max_pending.unwrap_or(DEFAULT_MAX_PENDING),
         sticky,
