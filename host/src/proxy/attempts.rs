@@ -32,49 +32,54 @@ pub(super) struct Answer {
     pub(super) set_cookie: Option<HeaderValue>,
 }
 
-/// Sends `parts` + `body` to `cluster`. `endpoint` is kept up to date with the endpoint of
-/// the latest attempt, for the error log line.
+/// One request on its way to a cluster.
+pub(super) struct Exchange<'a> {
+    /// Where it goes.
+    pub(super) cluster: &'a Cluster,
+    /// Its head, with upstream headers already applied.
+    pub(super) parts: request::Parts,
+    /// Its body, as the client sends it.
+    pub(super) body: Incoming,
+    /// Its `consistent_hash` key, hashed.
+    pub(super) hash: Option<u64>,
+    /// Whether its route lets non-idempotent methods retry.
+    pub(super) retry_non_idempotent: bool,
+    /// For log lines.
+    pub(super) request_id: &'a HeaderValue,
+}
+
+/// Sends the exchange. `endpoint_out` is kept up to date with the endpoint of the latest
+/// attempt, for the error log line.
 pub(super) async fn send(
-    cluster: &Cluster,
-    parts: request::Parts,
-    body: Incoming,
-    hash: Option<u64>,
-    retry_non_idempotent: bool,
-    request_id: &HeaderValue,
+    exchange: Exchange<'_>,
     endpoint_out: &mut Option<usize>,
 ) -> Result<Answer, ProxyError> {
-    let config = &cluster.config;
+    let cluster = exchange.cluster;
     // Circuit breaking: over max_requests, fail fast. Held until the response head.
     let _admitted = cluster
         .endpoints
-        .admit(config.max_requests)
+        .admit(cluster.config.max_requests)
         .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
-    let exchange = attempts(
+    match cluster.config.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, attempts(exchange, endpoint_out))
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
+        None => attempts(exchange, endpoint_out).await,
+    }
+}
+
+async fn attempts(
+    exchange: Exchange<'_>,
+    endpoint_out: &mut Option<usize>,
+) -> Result<Answer, ProxyError> {
+    let Exchange {
         cluster,
         parts,
         body,
         hash,
         retry_non_idempotent,
         request_id,
-        endpoint_out,
-    );
-    match config.request_timeout {
-        Some(limit) => tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
-        None => exchange.await,
-    }
-}
-
-async fn attempts(
-    cluster: &Cluster,
-    parts: request::Parts,
-    body: Incoming,
-    hash: Option<u64>,
-    retry_non_idempotent: bool,
-    request_id: &HeaderValue,
-    endpoint_out: &mut Option<usize>,
-) -> Result<Answer, ProxyError> {
+    } = exchange;
     let config = &cluster.config;
     let mut pick = PickContext { hash, tried: 0 };
     let idempotent = retry_non_idempotent || is_idempotent(&parts.method);

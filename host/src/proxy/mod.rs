@@ -145,16 +145,15 @@ async fn proxy(
     // upstream_peer + forward (with retries): see `attempts`.
     let hash = hash_key(&cluster.config.lb, &parts, ctx.client);
     let retry_non_idempotent = generation.config.routes[route.0].retry_non_idempotent;
-    let answer = attempts::send(
+    let exchange = attempts::Exchange {
         cluster,
         parts,
         body,
         hash,
         retry_non_idempotent,
-        &request_id,
-        &mut ctx.endpoint,
-    )
-    .await?;
+        request_id: &request_id,
+    };
+    let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
     let response = answer.response;
 
     // response_filter
