@@ -356,9 +356,11 @@ impl Endpoints {
         let primary = |e: &EndpointState| !e.backup;
         // Panic mode: with too few primaries up, balance across all of them (Envoy's panic
         // threshold), so the few left are not flattened by the whole load.
-        let primaries = self.0.iter().filter(|e| primary(e)).count() as u64;
-        let up = self.0.iter().filter(|e| primary_up(e)).count() as u64;
-        let panic = up * 100 < u64::from(self.0.panic_percent) * primaries;
+        let panic = self.0.panic_percent > 0 && {
+            let primaries = self.0.iter().filter(|e| primary(e)).count() as u64;
+            let up = self.0.iter().filter(|e| primary_up(e)).count() as u64;
+            up * 100 < u64::from(self.0.panic_percent) * primaries
+        };
         let tier = if any(&primary_up, &untried) && !panic {
             Tier::HealthyPrimaries
         } else if any(&backup_up, &untried) {

@@ -74,7 +74,7 @@ async fn attempts(
 ) -> Result<Answer, ProxyError> {
     let Exchange {
         cluster,
-        parts,
+        mut parts,
         body,
         hash,
         retry_non_idempotent,
@@ -131,7 +131,13 @@ async fn attempts(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = parts.version;
-        *request.headers_mut() = parts.headers.clone();
+        // The headers are copied only while a retry may still need them; the attempt that
+        // can be the last (the common case with a streamed body or no retries) takes them.
+        *request.headers_mut() = if attempt >= config.retries || !body.resendable() {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
 
         // Counted until the response head arrives (or the attempt fails), for least_request.
         let in_flight = cluster.endpoints.start(endpoint);

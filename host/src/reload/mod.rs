@@ -96,6 +96,8 @@ pub(crate) struct Reloader {
     runtime: Arc<PluginRuntime>,
     config: Arc<Config>,
     tracked: Vec<Tracked>,
+    /// Files refused for a plugin name another file has, so each is logged once.
+    duplicates: Vec<PathBuf>,
     number: u64,
 }
 
@@ -113,6 +115,7 @@ impl Reloader {
             runtime,
             config: Arc::new(config),
             tracked: Vec::new(),
+            duplicates: Vec::new(),
             number: 0,
         };
         let mut errors = reloader.rescan_plugins(&reloader.config.clone()).await;
@@ -257,6 +260,7 @@ impl Reloader {
         let mut errors = Vec::new();
         let mut old = std::mem::take(&mut self.tracked);
         let mut next: Vec<Tracked> = Vec::new();
+        let mut duplicates = Vec::new();
         for file in list_plugin_files(&config.plugins.dir) {
             let name = plugin_name(&file).to_owned();
             if let Some(first) = next.iter().find(|t| t.slot.name == name) {
@@ -265,9 +269,10 @@ impl Reloader {
                     file.display(),
                     first.slot.file.display()
                 );
-                if old.iter().all(|t| t.slot.file != file) {
+                if !self.duplicates.contains(&file) {
                     tracing::error!(plugin = name, error = %why, "plugin rejected");
                 }
+                duplicates.push(file);
                 errors.push(why);
                 continue;
             }
@@ -284,6 +289,7 @@ impl Reloader {
             tracing::info!(plugin = gone.slot.name, file = %gone.slot.file.display(), "plugin removed");
         }
         self.tracked = next;
+        self.duplicates = duplicates;
         errors
     }
 
