@@ -39,11 +39,22 @@ fn main() {
 
     // The bundled plugins, as `cargo xtask plugins` builds them.
     let workspace = here.join("../Cargo.toml");
-    let packages = ["-p", "weir-plugin-headers", "-p", "weir-plugin-key-auth"];
+    let packages = [
+        "-p",
+        "weir-plugin-headers",
+        "-p",
+        "weir-plugin-key-auth",
+        "-p",
+        "weir-plugin-jwt-auth",
+        "-p",
+        "weir-plugin-rate-limit",
+        "-p",
+        "weir-plugin-rewrite",
+    ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
     let bundled = out.join("wasm32-wasip2/plugin");
-    for stem in ["headers", "key_auth"] {
+    for stem in ["headers", "key_auth", "jwt_auth", "rate_limit", "rewrite"] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());
     }

@@ -7,6 +7,7 @@ mod bundled;
 mod cli;
 mod errors;
 mod lifecycle;
+mod phases;
 mod plugins;
 mod proxying;
 mod reload;

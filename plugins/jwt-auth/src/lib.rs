@@ -1,0 +1,761 @@
+//! `jwt-auth`: lets a request through only with a valid JSON Web Token, and forwards chosen
+//! claims upstream as headers. See the README for every key.
+//!
+//! Signatures are checked by `jsonwebtoken` on RustCrypto (pure Rust, so the plugin builds
+//! for `wasm32-wasip2` with no C toolchain). Time claims (`exp`, `nbf`) are checked here,
+//! against the host's clock, so the answer can name the reason and unit tests can move time.
+//!
+//! A refusal says *why* in `WWW-Authenticate` (RFC 6750 `error` and `error_description`),
+//! never which key was tried or what it was.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use weir_plugin::{Action, Filter, Hooks, Reply, Request};
+
+/// The `[config]` table.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The header that carries `Bearer TOKEN`.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// A cookie that may carry the token instead, when the header is absent.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Algorithms accepted; a token signed with any other is refused. Defaults to the
+    /// algorithms of the configured keys.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, like `30s`.
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+    /// Accepted issuers (`iss`); empty accepts any.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted audiences (`aud`); empty accepts any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Claims every token must carry.
+    #[serde(default = "default_required")]
+    pub required_claims: Vec<String>,
+    /// Claim → request header it is forwarded upstream in.
+    #[serde(default = "default_forward")]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Remove the token's header (or cookie) before the request goes upstream.
+    #[serde(default)]
+    pub strip_token: bool,
+    /// The realm named in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// The keys tokens may be signed with.
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One verification key: exactly one of `secret`, `secret_base64`, `pem` or `jwks`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Matched against the token's `kid`; a token with a `kid` only tries keys with it.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The algorithm this key verifies (`HS256`, `RS256`, `ES256`, `EdDSA`, ...). Not used
+    /// for `jwks`, whose keys name their own.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// An HMAC secret, as text.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// An HMAC secret, base64-encoded.
+    #[serde(default)]
+    pub secret_base64: Option<String>,
+    /// A public key in PEM (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// A JWK set, as JSON text (`{"keys": [...]}`).
+    #[serde(default)]
+    pub jwks: Option<String>,
+}
+
+fn default_header() -> String {
+    "authorization".into()
+}
+fn default_leeway() -> String {
+    "0s".into()
+}
+fn default_required() -> Vec<String> {
+    vec!["exp".into()]
+}
+fn default_forward() -> BTreeMap<String, String> {
+    BTreeMap::from([("sub".to_owned(), "x-consumer-id".to_owned())])
+}
+fn default_realm() -> String {
+    "weir".into()
+}
+
+/// A key ready to verify with.
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The filter.
+#[derive(Debug)]
+pub struct JwtAuth {
+    header: String,
+    cookie: Option<String>,
+    algorithms: HashSet<Algorithm>,
+    leeway: u64,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    required: Vec<String>,
+    forward: Vec<(String, String)>,
+    strip_token: bool,
+    realm: String,
+    keys: Vec<Key>,
+}
+
+/// Why a token was refused; the text goes into `error_description`.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No token at all: RFC 6750 says the challenge carries no error code.
+    Missing,
+    /// A token that is not valid, and why.
+    Invalid(&'static str),
+}
+
+impl Filter for JwtAuth {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<JwtAuth, String> {
+        if config.keys.is_empty() {
+            return Err("no keys: every token would be refused".into());
+        }
+        let mut keys = Vec::new();
+        for (i, key) in config.keys.iter().enumerate() {
+            load_key(key, &mut keys).map_err(|e| format!("keys[{i}]: {e}"))?;
+        }
+        let algorithms: HashSet<Algorithm> = if config.algorithms.is_empty() {
+            keys.iter().map(|k| k.algorithm).collect()
+        } else {
+            config
+                .algorithms
+                .iter()
+                .map(|a| parse_algorithm(a))
+                .collect::<Result<_, _>>()?
+        };
+        let leeway = humantime::parse_duration(&config.leeway)
+            .map_err(|e| format!("leeway {:?}: {e}", config.leeway))?;
+        if config.realm.contains(['"', '\\']) {
+            return Err("realm must not contain quotes or backslashes".into());
+        }
+        let mut forward = Vec::new();
+        for (claim, header) in config.forward_claims {
+            if header.is_empty() || !header.bytes().all(is_token_char) {
+                return Err(format!(
+                    "forward_claims.{claim}: {header:?} is not a header name"
+                ));
+            }
+            forward.push((claim, header.to_ascii_lowercase()));
+        }
+        Ok(JwtAuth {
+            header: config.header.to_ascii_lowercase(),
+            cookie: config.cookie,
+            algorithms,
+            leeway: leeway.as_secs(),
+            issuers: config.issuers,
+            audiences: config.audiences,
+            required: config.required_claims,
+            forward,
+            strip_token: config.strip_token,
+            realm: config.realm,
+            keys,
+        })
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REQUEST
+    }
+
+    fn on_request(&self, request: &mut Request) -> Action {
+        let Some((token, from_header)) = self.token(request) else {
+            return self.refuse(Refusal::Missing);
+        };
+        let claims = match self.verify(&token) {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                weir_plugin::log::info!(
+                    "token refused from {}: {refusal:?}",
+                    request.client_addr()
+                );
+                return self.refuse(refusal);
+            }
+        };
+        for (claim, header) in &self.forward {
+            // Set or removed, never left as sent: a client cannot pose as a subject.
+            match claims.get(claim).and_then(claim_text) {
+                Some(value) => request.set_header(header, value),
+                None => request.remove_header(header),
+            }
+        }
+        if self.strip_token {
+            if from_header {
+                request.remove_header(&self.header);
+            } else if let Some(name) = &self.cookie {
+                match strip_cookie(request.header("cookie").unwrap_or(""), name) {
+                    Some(rest) => request.set_header("cookie", rest),
+                    None => request.remove_header("cookie"),
+                }
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl JwtAuth {
+    /// The token and whether it came from the header (else the cookie).
+    fn token(&self, request: &Request) -> Option<(String, bool)> {
+        if let Some(value) = request.header(&self.header) {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            return scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| (token.trim().to_owned(), true))
+                .filter(|(t, _)| !t.is_empty());
+        }
+        let name = self.cookie.as_ref()?;
+        let cookies = request.header("cookie")?;
+        cookies.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then(|| (v.to_owned(), false))
+        })
+    }
+
+    /// Checks the signature, then the claims. Returns the claims.
+    fn verify(&self, token: &str) -> Result<serde_json::Map<String, Value>, Refusal> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid("malformed token"))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Refusal::Invalid("algorithm not accepted"));
+        }
+        let mut validation = Validation::new(header.alg);
+        // Time and audience are checked below, with the host's clock and our own messages.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        let candidates = self.keys.iter().filter(|k| {
+            k.algorithm == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    (Some(_), None) | (None, _) => true,
+                }
+        });
+        let mut claims = None;
+        let mut any_key = false;
+        for key in candidates {
+            any_key = true;
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(
+                token,
+                &key.key,
+                &validation,
+            ) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
+                    _ => return Err(Refusal::Invalid("malformed token")),
+                },
+            }
+        }
+        if !any_key {
+            return Err(Refusal::Invalid("no key for this token"));
+        }
+        let claims = claims.ok_or(Refusal::Invalid("signature does not verify"))?;
+        self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    fn check_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<(), Refusal> {
+        for claim in &self.required {
+            if !claims.contains_key(claim) {
+                return Err(Refusal::Invalid("a required claim is missing"));
+            }
+        }
+        let now = weir_plugin::clock::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        if let Some(exp) = claims.get("exp") {
+            let exp = exp
+                .as_u64()
+                .ok_or(Refusal::Invalid("exp is not a number"))?;
+            if now >= exp.saturating_add(self.leeway) {
+                return Err(Refusal::Invalid("token expired"));
+            }
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf
+                .as_u64()
+                .ok_or(Refusal::Invalid("nbf is not a number"))?;
+            if now.saturating_add(self.leeway) < nbf {
+                return Err(Refusal::Invalid("token not yet valid"));
+            }
+        }
+        if !self.issuers.is_empty() {
+            let iss = claims.get("iss").and_then(Value::as_str);
+            if !iss.is_some_and(|iss| self.issuers.iter().any(|i| i == iss)) {
+                return Err(Refusal::Invalid("issuer not accepted"));
+            }
+        }
+        if !self.audiences.is_empty() {
+            let accepted = |aud: &str| self.audiences.iter().any(|a| a == aud);
+            let ok = match claims.get("aud") {
+                Some(Value::String(aud)) => accepted(aud),
+                Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(accepted),
+                _ => false,
+            };
+            if !ok {
+                return Err(Refusal::Invalid("audience not accepted"));
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Action {
+        let (challenge, message) = match refusal {
+            Refusal::Missing => (
+                format!("Bearer realm=\"{}\"", self.realm),
+                "No token found in request",
+            ),
+            Refusal::Invalid(why) => (
+                format!(
+                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{why}\"",
+                    self.realm
+                ),
+                why,
+            ),
+        };
+        Reply::json(401, &serde_json::json!({ "message": message }))
+            .header("www-authenticate", challenge)
+            .into()
+    }
+}
+
+/// Turns one `keys` entry into verification keys (a JWK set may hold several).
+fn load_key(config: &KeyConfig, keys: &mut Vec<Key>) -> Result<(), String> {
+    let given = [
+        config.secret.is_some(),
+        config.secret_base64.is_some(),
+        config.pem.is_some(),
+        config.jwks.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err("give exactly one of secret, secret_base64, pem or jwks".into());
+    }
+    if let Some(jwks) = &config.jwks {
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("jwks: {e}"))?;
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().or_else(|| config.kid.clone());
+            let algorithm = match (&jwk.common.key_algorithm, &config.algorithm) {
+                (Some(alg), _) => parse_algorithm(&alg.to_string())?,
+                (None, Some(alg)) => parse_algorithm(alg)?,
+                (None, None) => {
+                    return Err(format!(
+                        "jwks key {kid:?} has no \"alg\"; set algorithm for this entry"
+                    ));
+                }
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("jwks key {kid:?}: {e}"))?;
+            keys.push(Key {
+                kid,
+                algorithm,
+                key,
+            });
+        }
+        if set.keys.is_empty() {
+            return Err("jwks has no keys".into());
+        }
+        return Ok(());
+    }
+    let algorithm = parse_algorithm(
+        config
+            .algorithm
+            .as_deref()
+            .ok_or("algorithm is required (HS256, RS256, ES256, EdDSA, ...)")?,
+    )?;
+    let hmac = matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
+    let key = match (&config.secret, &config.secret_base64, &config.pem) {
+        (Some(secret), _, _) if hmac => {
+            if secret.len() < 32 {
+                return Err("an HMAC secret must be at least 32 bytes".into());
+            }
+            DecodingKey::from_secret(secret.as_bytes())
+        }
+        (_, Some(b64), _) if hmac => {
+            DecodingKey::from_base64_secret(b64).map_err(|e| format!("secret_base64: {e}"))?
+        }
+        (_, _, Some(pem)) if !hmac => {
+            let pem = pem.as_bytes();
+            match algorithm {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+                _ => DecodingKey::from_rsa_pem(pem),
+            }
+            .map_err(|e| format!("pem: {e}"))?
+        }
+        _ => {
+            return Err(format!(
+                "{algorithm:?} needs {}",
+                if hmac {
+                    "secret or secret_base64"
+                } else {
+                    "pem or jwks"
+                }
+            ));
+        }
+    };
+    keys.push(Key {
+        kid: config.kid.clone(),
+        algorithm,
+        key,
+    });
+    Ok(())
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let algorithm: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown algorithm {name:?}"))?;
+    match algorithm {
+        Algorithm::HS256
+        | Algorithm::HS384
+        | Algorithm::HS512
+        | Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512
+        | Algorithm::ES256
+        | Algorithm::ES384
+        | Algorithm::EdDSA => Ok(algorithm),
+        #[allow(unreachable_patterns, reason = "jsonwebtoken may add algorithms")]
+        _ => Err(format!("algorithm {name:?} is not supported")),
+    }
+}
+
+/// A claim as header text: strings as they are, numbers and booleans printed, anything
+/// else as JSON. `None` for values that cannot be a header value.
+fn claim_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    (!text.bytes().any(|b| b.is_ascii_control())).then_some(text)
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The `Cookie` header without cookie `name`; `None` when nothing is left.
+fn strip_cookie(cookies: &str, name: &str) -> Option<String> {
+    let rest: Vec<&str> = cookies
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    (!rest.is_empty()).then(|| rest.join("; "))
+}
+
+weir_plugin::export_filter!(JwtAuth);
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::json;
+    use weir_plugin::testing::{self, Harness, TestRequest};
+
+    use super::JwtAuth;
+
+    const SECRET: &str = "a-test-secret-that-is-long-enough!";
+
+    fn now() -> u64 {
+        weir_plugin::clock::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign")
+    }
+
+    fn hmac_auth(extra: &str) -> Harness<JwtAuth> {
+        Harness::new(&format!(
+            "{extra}\n[[keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .expect("valid config")
+    }
+
+    fn bearer(token: &str) -> TestRequest {
+        TestRequest::get("/").header("Authorization", &format!("Bearer {token}"))
+    }
+
+    fn challenge(reply: &weir_plugin::Reply) -> String {
+        reply
+            .header_value("www-authenticate")
+            .expect("a challenge")
+            .to_owned()
+    }
+
+    #[test]
+    fn a_valid_token_forwards_its_subject_and_replaces_a_spoofed_one() {
+        let auth = hmac_auth("");
+        let token = hs256(json!({"sub": "alice", "exp": now() + 60}));
+        let forwarded = auth
+            .request(bearer(&token).header("x-consumer-id", "mallory"))
+            .forwarded();
+        assert_eq!(forwarded.header_value("x-consumer-id"), Some("alice"));
+        assert!(forwarded.header_value("authorization").is_some());
+    }
+
+    #[test]
+    fn no_token_gets_a_bare_challenge() {
+        let reply = hmac_auth("").request(TestRequest::get("/")).reply();
+        assert_eq!(reply.status, 401);
+        assert_eq!(challenge(&reply), "Bearer realm=\"weir\"");
+    }
+
+    #[test]
+    fn expiry_and_not_before_are_checked_with_leeway_against_the_host_clock() {
+        let auth = hmac_auth("leeway = \"30s\"");
+        let token = hs256(json!({"sub": "a", "exp": now() + 10}));
+        auth.request(bearer(&token)).forwarded();
+        testing::advance(Duration::from_secs(35));
+        auth.request(bearer(&token)).forwarded();
+        testing::advance(Duration::from_secs(10));
+        let reply = auth.request(bearer(&token)).reply();
+        assert!(
+            challenge(&reply)
+                .contains("error=\"invalid_token\", error_description=\"token expired\""),
+            "{}",
+            challenge(&reply)
+        );
+
+        let early = hs256(json!({"exp": now() + 600, "nbf": now() + 100}));
+        let reply = auth.request(bearer(&early)).reply();
+        assert!(challenge(&reply).contains("token not yet valid"));
+    }
+
+    #[test]
+    fn a_wrong_signature_an_unlisted_algorithm_and_garbage_are_refused_without_naming_the_key() {
+        let auth = hmac_auth("");
+        let claims = json!({"exp": now() + 60});
+        let other = EncodingKey::from_secret(b"another-secret-another-secret-xx");
+        let forged =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &other).expect("sign");
+        let reply = auth.request(bearer(&forged)).reply();
+        assert!(challenge(&reply).contains("signature does not verify"));
+        assert!(!String::from_utf8_lossy(&reply.body).contains(SECRET));
+
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        let reply = auth.request(bearer(&hs512)).reply();
+        assert!(challenge(&reply).contains("algorithm not accepted"));
+
+        let reply = auth.request(bearer("not.a.jwt")).reply();
+        assert!(challenge(&reply).contains("malformed token"));
+        let reply = auth
+            .request(TestRequest::get("/").header("authorization", "Basic abc"))
+            .reply();
+        assert_eq!(challenge(&reply), "Bearer realm=\"weir\"");
+    }
+
+    #[test]
+    fn issuer_audience_and_required_claims() {
+        let auth = hmac_auth(
+            "issuers = [\"https://id.example\"]\naudiences = [\"api\"]\nrequired_claims = [\"exp\", \"sub\"]",
+        );
+        let exp = now() + 60;
+        let good = hs256(
+            json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": ["x", "api"]}),
+        );
+        auth.request(bearer(&good)).forwarded();
+        let cases = [
+            (
+                json!({"sub": "a", "exp": exp, "iss": "https://evil", "aud": "api"}),
+                "issuer not accepted",
+            ),
+            (
+                json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "web"}),
+                "audience not accepted",
+            ),
+            (
+                json!({"exp": exp, "iss": "https://id.example", "aud": "api"}),
+                "a required claim is missing",
+            ),
+        ];
+        for (claims, why) in cases {
+            let reply = auth.request(bearer(&hs256(claims))).reply();
+            assert!(
+                challenge(&reply).contains(why),
+                "{why}: {}",
+                challenge(&reply)
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_ecdsa_and_eddsa_keys_from_pem_and_a_jwk_set() {
+        let rsa_pub = include_str!("../testdata/rsa.pub");
+        let ec_pub = include_str!("../testdata/ec256.pub");
+        let ed_pub = include_str!("../testdata/ed25519.pub");
+        let config = format!(
+            r#"
+[[keys]]
+kid = "rsa"
+algorithm = "RS256"
+pem = """{rsa_pub}"""
+[[keys]]
+kid = "pss"
+algorithm = "PS256"
+pem = """{rsa_pub}"""
+[[keys]]
+algorithm = "ES256"
+pem = """{ec_pub}"""
+[[keys]]
+algorithm = "EdDSA"
+pem = """{ed_pub}"""
+"#
+        );
+        let auth: Harness<JwtAuth> = Harness::new(&config).expect("valid config");
+        let claims = json!({"sub": "k", "exp": now() + 60});
+        let signers = [
+            (
+                Algorithm::RS256,
+                Some("rsa"),
+                EncodingKey::from_rsa_pem(include_bytes!("../testdata/rsa.key")),
+            ),
+            (
+                Algorithm::PS256,
+                Some("pss"),
+                EncodingKey::from_rsa_pem(include_bytes!("../testdata/rsa.key")),
+            ),
+            (
+                Algorithm::ES256,
+                None,
+                EncodingKey::from_ec_pem(include_bytes!("../testdata/ec256.key")),
+            ),
+            (
+                Algorithm::EdDSA,
+                None,
+                EncodingKey::from_ed_pem(include_bytes!("../testdata/ed25519.key")),
+            ),
+        ];
+        for (alg, kid, key) in signers {
+            let mut header = Header::new(alg);
+            header.kid = kid.map(str::to_owned);
+            let token = jsonwebtoken::encode(&header, &claims, &key.expect("key")).expect("sign");
+            let forwarded = auth.request(bearer(&token)).forwarded();
+            assert_eq!(
+                forwarded.header_value("x-consumer-id"),
+                Some("k"),
+                "{alg:?}"
+            );
+        }
+
+        let jwks = r#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"YS10ZXN0LXNlY3JldC10aGF0LWlzLWxvbmctZW5vdWdoIQ"}]}"#;
+        let auth: Harness<JwtAuth> =
+            Harness::new(&format!("[[keys]]\njwks = '{jwks}'\n")).expect("valid jwks");
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        auth.request(bearer(&token)).forwarded();
+        header.kid = Some("k2".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        let reply = auth.request(bearer(&token)).reply();
+        assert!(challenge(&reply).contains("no key for this token"));
+    }
+
+    #[test]
+    fn a_cookie_token_is_used_and_stripped_and_claims_are_forwarded_as_text() {
+        let auth = hmac_auth(
+            "cookie = \"session\"\nstrip_token = true\n[forward_claims]\nsub = \"x-user\"\nadmin = \"x-admin\"\nmissing = \"x-missing\"",
+        );
+        let token = hs256(json!({"sub": "bob", "admin": true, "exp": now() + 60}));
+        let forwarded = auth
+            .request(
+                TestRequest::get("/")
+                    .header("cookie", &format!("theme=dark; session={token}"))
+                    .header("x-missing", "spoofed"),
+            )
+            .forwarded();
+        assert_eq!(forwarded.header_value("x-user"), Some("bob"));
+        assert_eq!(forwarded.header_value("x-admin"), Some("true"));
+        assert_eq!(forwarded.header_value("x-missing"), None);
+        assert_eq!(forwarded.header_value("cookie"), Some("theme=dark"));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let cases = [
+            ("keys = []", "no keys"),
+            (
+                "[[keys]]\nalgorithm = \"HS256\"\nsecret = \"short\"",
+                "at least 32 bytes",
+            ),
+            (
+                "[[keys]]\nalgorithm = \"RS256\"\nsecret = \"a-test-secret-that-is-long-enough!\"",
+                "needs pem or jwks",
+            ),
+            (
+                "[[keys]]\nalgorithm = \"XX1\"\nsecret = \"s\"",
+                "unknown algorithm",
+            ),
+            ("[[keys]]\nalgorithm = \"RS256\"\npem = \"nope\"", "pem"),
+            ("[[keys]]\nalgorithm = \"HS256\"", "exactly one of"),
+        ];
+        for (config, want) in cases {
+            let err = Harness::<JwtAuth>::new(config).expect_err(config);
+            assert!(err.contains(want), "{config}: {err}");
+        }
+    }
+}
