@@ -14,6 +14,10 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        here.join("../wit/0.1.0").display()
+    );
     for dir in ["../plugin-sdk", "../plugins"] {
         println!("cargo:rerun-if-changed={}", here.join(dir).display());
     }
@@ -50,11 +54,20 @@ fn main() {
         "weir-plugin-rate-limit",
         "-p",
         "weir-plugin-rewrite",
+        "-p",
+        "weir-plugin-transform",
     ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
     let bundled = out.join("wasm32-wasip2/plugin");
-    for stem in ["headers", "key_auth", "jwt_auth", "rate_limit", "rewrite"] {
+    for stem in [
+        "headers",
+        "key_auth",
+        "jwt_auth",
+        "rate_limit",
+        "rewrite",
+        "transform",
+    ] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());
     }

@@ -1,16 +1,104 @@
-//! The body type that flows through the proxy in both directions.
+//! The body type that flows through the proxy in both directions, and buffering a body
+//! whole for the plugins' body hooks.
 //!
-//! Proxied bodies stay hyper's streaming [`Incoming`]; replies weir makes itself are a
-//! [`Full`] buffer. An `Either` avoids boxing every body on the request path.
+//! Proxied bodies stay hyper's streaming [`Incoming`]; replies weir makes itself (and bodies
+//! a plugin rewrote) are a [`Full`] buffer; a body that was partly read before it proved too
+//! large for a body hook is [`Prefixed`]: what was read, then the rest of the stream. An
+//! `Either` avoids boxing every body on the request path.
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// A request or response body: streamed from a peer, or made by weir.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Incoming, Either<Full<Bytes>, Prefixed>>;
 
 /// A body weir makes itself.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Either::Right(Full::new(bytes.into()))
+    Either::Right(Either::Left(Full::new(bytes.into())))
 }
+
+/// Bytes already read from a stream, then the rest of it.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        // Upper first: `set_lower` checks against the upper bound in place.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint.set_lower(rest.lower() + prefix);
+        hint
+    }
+}
+
+/// A body read whole, or the proof that it is larger than the limit.
+#[derive(Debug)]
+pub enum Buffered {
+    /// The whole body, within the limit.
+    Whole(Vec<u8>),
+    /// Larger than the limit: the body as it was, to be sent on untouched.
+    TooLarge(ProxyBody),
+}
+
+/// Reads `body` whole if it is at most `limit` bytes. Trailers are dropped from a body that
+/// is read whole. An error reading the stream is returned as is.
+pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferError> {
+    let mut stream = match body {
+        Either::Left(stream) => stream,
+        other => {
+            let bytes = other.collect().await.map_err(BufferError)?.to_bytes();
+            return Ok(if bytes.len() <= limit {
+                Buffered::Whole(bytes.to_vec())
+            } else {
+                Buffered::TooLarge(full(bytes))
+            });
+        }
+    };
+    let mut read = BytesMut::new();
+    while let Some(frame) = stream.frame().await {
+        let frame = frame.map_err(|e| BufferError(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            read.extend_from_slice(&data);
+            if read.len() > limit {
+                return Ok(Buffered::TooLarge(Either::Right(Either::Right(Prefixed {
+                    prefix: Some(read.freeze()),
+                    rest: stream,
+                }))));
+            }
+        }
+    }
+    Ok(Buffered::Whole(read.to_vec()))
+}
+
+/// Reading a body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the body: {0}")]
+pub struct BufferError(#[source] Box<dyn std::error::Error + Send + Sync>);

@@ -16,6 +16,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ErrorKind {
     /// The request was malformed (for example an HTTP/1.1 request without `Host`).
     BadRequest,
+    /// The request body is larger than a body hook on its route accepts.
+    PayloadTooLarge,
     /// No route matches the request.
     NoRoute,
     /// The route's cluster has no endpoint to take the request.
@@ -75,7 +77,9 @@ impl ProxyError {
     /// An error of `kind` with the source and retry class that kind implies.
     pub fn new(kind: ErrorKind) -> ProxyError {
         let (source_, retry) = match kind {
-            ErrorKind::BadRequest => (ErrorSource::Downstream, Retry::Never),
+            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge => {
+                (ErrorSource::Downstream, Retry::Never)
+            }
             ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::Overloaded => {
                 (ErrorSource::Internal, Retry::Never)
             }

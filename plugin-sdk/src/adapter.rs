@@ -8,9 +8,9 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    HookSet, RequestAction, RequestHead, ResponseAction, ResponseHead,
+    BodyAction, BodyHookSet, HookSet, RequestAction, RequestHead, ResponseAction, ResponseHead,
 };
-use crate::{Action, Filter, Request, Response};
+use crate::{Action, Body, Filter, Request, Response};
 
 thread_local! {
     /// The instance's filter, built by `configure`. A wasm instance has one thread.
@@ -62,6 +62,26 @@ impl<F: Filter> Guest for Adapter<F> {
     fn on_response(request: RequestHead, response: ResponseHead) -> ResponseAction {
         Self::with(|filter| on_response(filter, request, response))
     }
+
+    fn body_hooks() -> BodyHookSet {
+        let wanted = Self::with(|filter| filter.hooks());
+        let mut hooks = BodyHookSet::empty();
+        if wanted.on_request_body {
+            hooks |= BodyHookSet::ON_REQUEST_BODY;
+        }
+        if wanted.on_response_body {
+            hooks |= BodyHookSet::ON_RESPONSE_BODY;
+        }
+        hooks
+    }
+
+    fn on_request_body(request: RequestHead, body: Vec<u8>) -> BodyAction {
+        Self::with(|filter| on_request_body(filter, request, body))
+    }
+
+    fn on_response_body(request: RequestHead, response: ResponseHead, body: Vec<u8>) -> BodyAction {
+        Self::with(|filter| on_response_body(filter, request, response, body))
+    }
 }
 
 // The three steps below are what the host's calls run; `testing` calls them too, so unit
@@ -94,5 +114,35 @@ pub(crate) fn on_response<F: Filter>(
     match filter.on_response(&request, &mut response) {
         Action::Continue => ResponseAction::Continue(response.into_ops()),
         Action::Respond(reply) => ResponseAction::Respond(reply.into_local()),
+    }
+}
+
+/// `on-request-body`: the head and body in, header and body changes or a local response out.
+pub(crate) fn on_request_body<F: Filter>(
+    filter: &F,
+    head: RequestHead,
+    body: Vec<u8>,
+) -> BodyAction {
+    let mut request = Request::new(head);
+    let mut body = Body::new(body);
+    match filter.on_request_body(&mut request, &mut body) {
+        Action::Continue => BodyAction::Continue(body.into_changes(request.into_ops())),
+        Action::Respond(reply) => BodyAction::Respond(reply.into_local()),
+    }
+}
+
+/// `on-response-body`: both heads and the body in, changes or a replacement response out.
+pub(crate) fn on_response_body<F: Filter>(
+    filter: &F,
+    request: RequestHead,
+    response: ResponseHead,
+    body: Vec<u8>,
+) -> BodyAction {
+    let request = Request::new(request);
+    let mut response = Response::new(response);
+    let mut body = Body::new(body);
+    match filter.on_response_body(&request, &mut response, &mut body) {
+        Action::Continue => BodyAction::Continue(body.into_changes(response.into_ops())),
+        Action::Respond(reply) => BodyAction::Respond(reply.into_local()),
     }
 }

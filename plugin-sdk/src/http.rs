@@ -3,7 +3,7 @@
 //! them at once.
 
 use crate::bindings::weir::plugin::types::{
-    HeaderOp, LocalResponse, RequestChanges, RequestHead, ResponseHead,
+    BodyChanges, HeaderOp, LocalResponse, RequestChanges, RequestHead, ResponseHead,
 };
 
 /// What a hook decided.
@@ -37,6 +37,10 @@ impl Request {
             ops: Vec::new(),
             target_changed: false,
         }
+    }
+
+    pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
+        self.ops
     }
 
     pub(crate) fn into_changes(self) -> RequestChanges {
@@ -190,6 +194,64 @@ impl Response {
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
         remove(&mut self.head.headers, &mut self.ops, name);
+    }
+}
+
+/// A whole request or response body, given to the body hooks. Reads see replacements;
+/// weir is sent the body only if it was replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    bytes: Vec<u8>,
+    replaced: bool,
+}
+
+impl Body {
+    /// A body holding `bytes` (as weir passes it in; also for tests).
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Body {
+        Body {
+            bytes: bytes.into(),
+            replaced: false,
+        }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The body as UTF-8 text, if it is.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes).ok()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.bytes)
+    }
+
+    /// Replaces the body.
+    pub fn replace(&mut self, bytes: impl Into<Vec<u8>>) {
+        self.bytes = bytes.into();
+        self.replaced = true;
+    }
+
+    /// Replaces the body with `value` serialised as JSON.
+    pub fn set_json(&mut self, value: &impl serde::Serialize) -> Result<(), serde_json::Error> {
+        let bytes = serde_json::to_vec(value)?;
+        self.replace(bytes);
+        Ok(())
+    }
+
+    /// Whether the body was replaced.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced
+    }
+
+    pub(crate) fn into_changes(self, headers: Vec<HeaderOp>) -> BodyChanges {
+        BodyChanges {
+            headers,
+            body: self.replaced.then_some(self.bytes),
+        }
     }
 }
 

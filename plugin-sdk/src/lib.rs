@@ -67,7 +67,7 @@ mod mock;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::http::{Action, Reply, Request, Response};
+pub use crate::http::{Action, Body, Reply, Request, Response};
 pub use serde::Deserialize;
 
 /// The config of a filter that takes none: an empty `[config]`, or none at all. Unknown
@@ -84,23 +84,35 @@ pub struct Hooks {
     pub on_request: bool,
     /// [`Filter::on_response`] is called.
     pub on_response: bool,
+    /// [`Filter::on_request_body`] is called: weir buffers request bodies for it.
+    pub on_request_body: bool,
+    /// [`Filter::on_response_body`] is called: weir buffers response bodies for it.
+    pub on_response_body: bool,
 }
 
 impl Hooks {
+    /// No hooks; the base for `Hooks { on_request_body: true, ..Hooks::NONE }`.
+    pub const NONE: Hooks = Hooks {
+        on_request: false,
+        on_response: false,
+        on_request_body: false,
+        on_response_body: false,
+    };
     /// Only `on_request`.
     pub const REQUEST: Hooks = Hooks {
         on_request: true,
-        on_response: false,
+        ..Hooks::NONE
     };
     /// Only `on_response`.
     pub const RESPONSE: Hooks = Hooks {
-        on_request: false,
         on_response: true,
+        ..Hooks::NONE
     };
-    /// Both hooks.
+    /// Both head hooks, no body hooks.
     pub const BOTH: Hooks = Hooks {
         on_request: true,
         on_response: true,
+        ..Hooks::NONE
     };
 }
 
@@ -115,9 +127,10 @@ pub trait Filter: Sized + 'static {
     /// rejects the config: weir logs the message and the plugin never sees traffic.
     fn new(config: Self::Config) -> Result<Self, String>;
 
-    /// The hooks weir should call, asked once after [`Filter::new`]. Defaults to both;
-    /// name only the ones this filter (with this config) needs, to save a host crossing per
-    /// request on the others.
+    /// The hooks weir should call, asked once after [`Filter::new`]. Defaults to both head
+    /// hooks; name only the ones this filter (with this config) needs, to save a host
+    /// crossing per request on the others. Body hooks are off unless named here: a body hook
+    /// makes weir buffer whole bodies.
     fn hooks(&self) -> Hooks {
         Hooks::BOTH
     }
@@ -135,6 +148,29 @@ pub trait Filter: Sized + 'static {
     /// [`Action::Respond`].
     fn on_response(&self, request: &Request, response: &mut Response) -> Action {
         let _ = (request, response);
+        Action::Continue
+    }
+
+    /// Called with the whole request body, after every filter's `on_request`, if
+    /// [`Filter::hooks`] names it. Change the body through `body` and headers through
+    /// `request` (path and query changes are not applied in this phase), or answer. weir
+    /// refuses a body larger than the plugin's `max_body_bytes` with 413 before this runs,
+    /// and sets `content-length` to the length of what it sends.
+    fn on_request_body(&self, request: &mut Request, body: &mut Body) -> Action {
+        let _ = (request, body);
+        Action::Continue
+    }
+
+    /// Called with the whole response body, after every filter's `on_response`, in reverse
+    /// chain order, if [`Filter::hooks`] names it. A body larger than `max_body_bytes` is
+    /// sent on untouched without calling this (weir logs a warning).
+    fn on_response_body(
+        &self,
+        request: &Request,
+        response: &mut Response,
+        body: &mut Body,
+    ) -> Action {
+        let _ = (request, response, body);
         Action::Continue
     }
 }

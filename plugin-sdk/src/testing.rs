@@ -29,7 +29,7 @@ use crate::Filter;
 use crate::Reply;
 use crate::adapter;
 use crate::bindings::weir::plugin::types::{
-    HeaderOp, LocalResponse, RequestAction, RequestHead, ResponseAction, ResponseHead,
+    BodyAction, HeaderOp, LocalResponse, RequestAction, RequestHead, ResponseAction, ResponseHead,
 };
 use crate::log::Level;
 use crate::mock;
@@ -106,6 +106,35 @@ impl<F: Filter> Harness<F> {
         }
     }
 
+    /// Runs `on_request_body` with `body`, as weir would after the request phase. On
+    /// [`BodyOutcome::Continued`], the reply holds the request's headers (changes applied,
+    /// `content-length` set if the body was replaced) and the body that goes on; its status
+    /// is 0.
+    pub fn request_body(&self, request: &TestRequest, body: &[u8]) -> BodyOutcome {
+        let action = adapter::on_request_body(&self.filter, request.head(), body.to_vec());
+        body_outcome(0, request.headers.clone(), body, action)
+    }
+
+    /// Runs `on_response_body` for `request` answered with `status`, `headers` and `body`.
+    pub fn response_body(
+        &self,
+        request: &TestRequest,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> BodyOutcome {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .collect();
+        let head = ResponseHead {
+            status,
+            headers: headers.clone(),
+        };
+        let action = adapter::on_response_body(&self.filter, request.head(), head, body.to_vec());
+        body_outcome(status, headers, body, action)
+    }
+
     /// The filter itself.
     pub fn filter(&self) -> &F {
         &self.filter
@@ -167,6 +196,65 @@ impl ResponseOutcome {
         match self {
             ResponseOutcome::Passed(r) | ResponseOutcome::Replaced(r) => r,
         }
+    }
+}
+
+/// What a body hook did.
+#[derive(Debug, Clone)]
+#[must_use]
+pub enum BodyOutcome {
+    /// The message goes on like this: headers and body as weir would send them.
+    Continued(Reply),
+    /// The filter answered (request body) or replaced the response (response body).
+    Responded(Reply),
+}
+
+impl BodyOutcome {
+    /// The message as it goes on; panics if the filter answered instead.
+    #[track_caller]
+    pub fn continued(self) -> Reply {
+        match self {
+            BodyOutcome::Continued(r) => r,
+            BodyOutcome::Responded(reply) => {
+                panic!("the filter answered {} instead of going on", reply.status)
+            }
+        }
+    }
+
+    /// The filter's answer; panics if it went on instead.
+    #[track_caller]
+    pub fn responded(self) -> Reply {
+        match self {
+            BodyOutcome::Responded(r) => r,
+            BodyOutcome::Continued(_) => panic!("the filter went on instead of answering"),
+        }
+    }
+}
+
+fn body_outcome(
+    status: u16,
+    mut headers: Vec<(String, Vec<u8>)>,
+    body: &[u8],
+    action: BodyAction,
+) -> BodyOutcome {
+    match action {
+        BodyAction::Continue(changes) => {
+            apply(&mut headers, changes.headers);
+            let body = match changes.body {
+                Some(new) => {
+                    headers.retain(|(n, _)| n != "content-length");
+                    headers.push(("content-length".into(), new.len().to_string().into_bytes()));
+                    new
+                }
+                None => body.to_vec(),
+            };
+            BodyOutcome::Continued(Reply {
+                status,
+                headers,
+                body,
+            })
+        }
+        BodyAction::Respond(local) => BodyOutcome::Responded(reply(local)),
     }
 }
 

@@ -183,3 +183,128 @@ query_set = { source = "weir" }
     assert_eq!(headers["location"], "/new/a/b?x=1");
     assert_eq!(upstream.requests().len(), 1);
 }
+
+const TRANSFORM: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/transform.wasm"));
+const GUEST_0_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_WASM"));
+
+async fn post(weir: &Weir, path: &str, content_type: &str, body: &str) -> (StatusCode, String) {
+    let request = Request::post(weir.url(path))
+        .header("content-type", content_type)
+        .body(weir_tests::full(body.to_owned()))
+        .expect("request");
+    let response = http1_client().request(request).await.expect("response");
+    let status = response.status();
+    let body = String::from_utf8_lossy(&read_body(response.into_body()).await).into_owned();
+    (status, body)
+}
+
+/// Body hooks (`weir:plugin@0.2.0`) through weir, next to a plugin built against 0.1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn transform_rewrites_json_bodies_both_ways_with_true_content_length() {
+    let upstream = Upstream::start("users").await;
+    let settings = r#"
+[config.request.json]
+set = { "meta.via" = "weir" }
+
+[config.response.headers]
+rename = { "x-upstream" = "x-served-by" }
+
+[config.response.json]
+remove = ["secret"]
+"#;
+    let files: [(&str, &[u8]); 3] = [
+        ("plugins/10-guest.wasm", GUEST_0_1),
+        ("plugins/20-transform.wasm", TRANSFORM),
+        ("plugins/20-transform.toml", settings.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+
+    // The response: a field removed, Content-Length describing what is sent.
+    let (status, headers, body) = send(&weir, "/json/users/7", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["path"], "/json/users/7");
+    assert!(json.get("secret").is_none(), "{body}");
+    assert_eq!(headers["content-length"], body.len().to_string().as_str());
+    // The 0.1.0 guest's response hook ran too.
+    assert_eq!(headers["x-plugin-response"], "1");
+
+    // The request body: changed before it went upstream (the echo returns it).
+    let (status, body) = post(
+        &weir,
+        "/echo",
+        "application/json",
+        r#"{"name": "ann", "secret": "s"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"name": "ann", "meta": {"via": "weir"}})
+    );
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert_eq!(
+        seen.headers["content-length"],
+        r#"{"name":"ann","secret":"s","meta":{"via":"weir"}}"#
+            .len()
+            .to_string()
+            .as_str()
+    );
+
+    // Invalid JSON in a request is refused before the upstream.
+    let before = upstream.requests().len();
+    let (status, _) = post(&weir, "/echo", "application/json", "{nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(upstream.requests().len(), before);
+
+    // Each plugin reports the contract it was built against.
+    let plugins: serde_json::Value = serde_json::from_slice(
+        &read_body(
+            http1_client()
+                .get(weir.admin_url("/plugins").parse().expect("url"))
+                .await
+                .expect("admin")
+                .into_body(),
+        )
+        .await,
+    )
+    .expect("JSON");
+    let contract = |name: &str| {
+        plugins
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == name))
+            .map(|p| p["contract"].clone())
+    };
+    assert_eq!(contract("guest"), Some("0.1.0".into()));
+    assert_eq!(contract("transform"), Some("0.2.0".into()));
+}
+
+/// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a
+/// warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_over_the_limit_get_413_or_pass_untouched() {
+    let upstream = Upstream::start("users").await;
+    let settings = "max_body_bytes = 40\n[config.request.json]\nremove = [\"a\"]\n[config.response.json]\nremove = [\"secret\"]\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/transform.wasm", TRANSFORM),
+        ("plugins/transform.toml", settings.as_bytes()),
+    ];
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+
+    let small = r#"{"a": 1, "b": 2}"#;
+    let (status, body) = post(&weir, "/echo", "application/json", small).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"b":2}"#));
+
+    let large = format!(r#"{{"a": 1, "pad": "{}"}}"#, "x".repeat(100));
+    let (status, _) = post(&weir, "/echo", "application/json", &large).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // The JSON answer (about 90 bytes) is over 40: untouched, secret and all.
+    let (status, headers, body) = send(&weir, "/json/big", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("upstream-only"), "{body}");
+    assert_eq!(headers["content-length"], body.len().to_string().as_str());
+    weir.wait_for_message("response body is larger than a body hook accepts")
+        .await;
+}

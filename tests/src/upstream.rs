@@ -6,6 +6,8 @@
 //! - `/hop` — answers with hop-by-hop headers that a proxy must strip;
 //! - `/slow` — answers only after [`Upstream::release`];
 //! - `/hang` — never answers;
+//! - `/echo` — answers with the request's body and `content-type`;
+//! - `/json/...` — after the delay, answers JSON: `{"upstream", "path", "query", "secret"}`;
 //! - anything else — `200` with body `NAME METHOD PATH`.
 
 use std::convert::Infallible;
@@ -198,6 +200,33 @@ impl State {
             "/hang" => {
                 std::future::pending::<()>().await;
                 unreachable!()
+            }
+            "/echo" => {
+                let content_type = req.headers().get("content-type").cloned();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let mut response =
+                    Response::new(http_body_util::Full::new(body.unwrap_or_default()).boxed());
+                if let Some(value) = content_type {
+                    response.headers_mut().insert("content-type", value);
+                }
+                response
+            }
+            p if p.starts_with("/json/") => {
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let body = serde_json::json!({
+                    "upstream": self.name,
+                    "path": p,
+                    "query": req.uri().query(),
+                    "secret": "upstream-only",
+                });
+                let mut response =
+                    Response::new(http_body_util::Full::new(Bytes::from(body.to_string())).boxed());
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/json".parse().expect("value"));
+                response
             }
             p if p.starts_with("/download/") => {
                 let len: u64 = p["/download/".len()..].parse().unwrap_or(0);

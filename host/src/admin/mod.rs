@@ -164,6 +164,7 @@ fn plugins(generation: &Generation) -> Value {
                 "status": if serving.is_some() { "serving" } else { "failed" },
                 "hash": serving.map(|p| p.hash.clone()),
                 "hooks": serving.map(|p| p.hook_names()),
+                "contract": serving.map(|p| p.contract()),
                 "loaded_at": serving.map(|p| humantime::format_rfc3339_millis(p.loaded_at).to_string()),
                 "compile_ms": serving.map(|p| p.compile_time.as_millis() as u64),
                 "from_cache": serving.map(|p| p.from_cache),
@@ -171,6 +172,7 @@ fn plugins(generation: &Generation) -> Value {
                 "deadline_ms": serving.map(|p| p.settings.deadline.as_millis() as u64),
                 "memory_limit_mb": serving.map(|p| p.settings.memory_limit >> 20),
                 "max_uses": serving.map(|p| p.settings.max_uses),
+                "max_body_bytes": serving.map(|p| p.settings.max_body_bytes),
                 "generation": serving.map(|_| slot.since_generation),
                 "last_error": slot.last_error,
             })

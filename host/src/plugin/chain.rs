@@ -1,4 +1,6 @@
-//! A route's filter chain: runs `on-request` in chain order and `on-response` in reverse.
+//! A route's filter chain: runs `on-request` in chain order and `on-response` in reverse;
+//! then, for plugins that asked for them, `on-request-body` in chain order over the whole
+//! request body and `on-response-body` in reverse over the whole response body.
 //!
 //! Plugins see whole heads (WIT records copied out of hyper's types once per phase) and
 //! return *changes*. Each change is checked for HTTP validity the moment its plugin returns
@@ -18,8 +20,8 @@ use http::uri::PathAndQuery;
 use http::{StatusCode, request, response};
 
 use super::{
-    CallError, HeaderOp, LocalResponse, Plugin, RequestAction, RequestHead, ResponseAction,
-    ResponseHead,
+    BodyAction, CallError, HeaderOp, LocalResponse, Plugin, RequestAction, RequestHead,
+    ResponseAction, ResponseHead,
 };
 
 /// A header list as the WIT records carry it.
@@ -32,6 +34,24 @@ pub struct Chain {
     unavailable: Option<String>,
     any_on_request: bool,
     any_on_response: bool,
+    /// The smallest `max_body_bytes` of the plugins with `on-request-body`, if any.
+    request_body_limit: Option<usize>,
+}
+
+/// What a body hook pass decided.
+#[derive(Debug)]
+pub enum BodyStep {
+    /// Send this body on.
+    Continue(Vec<u8>),
+    /// A plugin answered.
+    Respond {
+        /// The plugin's response head, checked.
+        head: response::Parts,
+        /// The plugin's response body.
+        body: Vec<u8>,
+        /// How many plugins, from the start of the chain, had passed the request on.
+        passed: usize,
+    },
 }
 
 /// What the request phase decided.
@@ -77,7 +97,14 @@ impl Chain {
     pub fn new(plugins: Vec<Arc<Plugin>>) -> Chain {
         Chain {
             any_on_request: plugins.iter().any(|p| p.has_on_request()),
-            any_on_response: plugins.iter().any(|p| p.has_on_response()),
+            any_on_response: plugins
+                .iter()
+                .any(|p| p.has_on_response() || p.has_on_response_body()),
+            request_body_limit: plugins
+                .iter()
+                .filter(|p| p.has_on_request_body())
+                .map(|p| p.settings.max_body_bytes)
+                .min(),
             plugins,
             unavailable: None,
         }
@@ -94,12 +121,105 @@ impl Chain {
     /// Whether requests on this route need the chain at all: it has a hook to call, or it
     /// must refuse them.
     pub fn is_active(&self) -> bool {
-        self.unavailable.is_some() || self.any_on_request || self.any_on_response
+        self.unavailable.is_some()
+            || self.any_on_request
+            || self.any_on_response
+            || self.request_body_limit.is_some()
     }
 
-    /// Whether any plugin has an `on-response` hook.
+    /// Whether any plugin has an `on-response` or `on-response-body` hook.
     pub fn has_response_hooks(&self) -> bool {
         self.any_on_response
+    }
+
+    /// The largest request body the chain's `on-request-body` hooks accept, if any plugin
+    /// has one: a larger body is refused with 413.
+    pub fn request_body_limit(&self) -> Option<usize> {
+        self.request_body_limit
+    }
+
+    /// The largest response body the `on-response-body` hooks of the first `passed`
+    /// plugins accept, if any has one: a larger body passes through untouched.
+    pub fn response_body_limit(&self, passed: usize) -> Option<usize> {
+        self.plugins[..passed.min(self.plugins.len())]
+            .iter()
+            .filter(|p| p.has_on_response_body())
+            .map(|p| p.settings.max_body_bytes)
+            .min()
+    }
+
+    /// Runs `on-request-body` across the chain over the whole request body. Header changes
+    /// go into `parts` and `head`; a replaced body updates `content-length` in both.
+    pub async fn on_request_body(
+        &self,
+        head: &mut RequestHead,
+        parts: &mut request::Parts,
+        mut body: Vec<u8>,
+    ) -> Result<BodyStep, ChainError> {
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if !plugin.has_on_request_body() {
+                continue;
+            }
+            match plugin.on_request_body(head, &body).await {
+                Ok(BodyAction::Continue(changes)) => {
+                    for op in changes.headers {
+                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                    }
+                    if let Some(replacement) = changes.body {
+                        body = replacement;
+                        set_length(body.len(), &mut head.headers, &mut parts.headers);
+                    }
+                }
+                Ok(BodyAction::Respond(local)) => {
+                    let (head, body) = local_response(plugin, local)?;
+                    return Ok(BodyStep::Respond {
+                        head,
+                        body,
+                        passed: i,
+                    });
+                }
+                Err(e) => skip_or_fail(plugin, e, &head.request_id)?,
+            }
+        }
+        Ok(BodyStep::Continue(body))
+    }
+
+    /// Runs `on-response-body` across the first `passed` plugins in reverse over the whole
+    /// response body; returns the body to send. `content-length` is kept true.
+    pub async fn on_response_body(
+        &self,
+        passed: usize,
+        request: &RequestHead,
+        parts: &mut response::Parts,
+        mut body: Vec<u8>,
+    ) -> Result<Vec<u8>, ChainError> {
+        let mut head: Option<ResponseHead> = None;
+        for plugin in self.plugins[..passed.min(self.plugins.len())].iter().rev() {
+            if !plugin.has_on_response_body() {
+                continue;
+            }
+            let head = head.get_or_insert_with(|| response_head(parts));
+            match plugin.on_response_body(request, head, &body).await {
+                Ok(BodyAction::Continue(changes)) => {
+                    for op in changes.headers {
+                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                    }
+                    if let Some(replacement) = changes.body {
+                        body = replacement;
+                    }
+                }
+                Ok(BodyAction::Respond(local)) => {
+                    let (replacement, local_body) = local_response(plugin, local)?;
+                    parts.status = replacement.status;
+                    parts.headers = replacement.headers;
+                    body = local_body;
+                    *head = response_head(parts);
+                }
+                Err(e) => skip_or_fail(plugin, e, &request.request_id)?,
+            }
+            set_length(body.len(), &mut head.headers, &mut parts.headers);
+        }
+        Ok(body)
     }
 
     /// Runs `on-request` across the chain. Each plugin's changes go into `parts` and into
@@ -176,6 +296,14 @@ impl Chain {
         }
         Ok(body)
     }
+}
+
+/// Sets `content-length` to `len` in the map and the plugins' view.
+fn set_length(len: usize, list: &mut HeaderList, map: &mut HeaderMap) {
+    map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    map.remove(http::header::TRANSFER_ENCODING);
+    list.retain(|(n, _)| n != "content-length" && n != "transfer-encoding");
+    list.push(("content-length".to_owned(), len.to_string().into_bytes()));
 }
 
 fn skip_or_fail(plugin: &Plugin, error: CallError, request_id: &str) -> Result<(), ChainError> {

@@ -18,6 +18,7 @@
 
 mod bindings;
 pub mod chain;
+mod compat;
 mod host_api;
 mod state;
 
@@ -34,14 +35,14 @@ use wasmtime::{
     StoreLimitsBuilder,
 };
 
-use self::bindings::{Filter, FilterPre, types};
+use self::bindings::{Filter, FilterPre, types, v0_1};
 use self::host_api::kv::{KvBackend, MemoryKv};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
 pub use self::bindings::types::{
-    HeaderOp, LocalResponse, RequestAction, RequestChanges, RequestHead, ResponseAction,
-    ResponseHead,
+    BodyAction, BodyChanges, HeaderOp, LocalResponse, RequestAction, RequestChanges, RequestHead,
+    ResponseAction, ResponseHead,
 };
 
 /// How often the epoch advances; per-call deadlines are counted in these ticks.
@@ -52,6 +53,8 @@ const MAX_IDLE_INSTANCES: usize = 64;
 const POOL_INSTANCES: u32 = 512;
 /// The largest linear memory a pool slot holds, so the most `memory_limit_mb` may ask for.
 const MAX_MEMORY_LIMIT: usize = MAX_PLUGIN_MEMORY_MB << 20;
+/// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Per-plugin limits and failure policy: the global [`PluginLimits`], overridden by the
 /// plugin's own `NAME.toml`.
@@ -65,6 +68,8 @@ pub struct PluginSettings {
     pub memory_limit: usize,
     /// Hook calls an instance serves before it is replaced by a fresh one.
     pub max_uses: u32,
+    /// The largest body its body hooks are given.
+    pub max_body_bytes: usize,
 }
 
 impl PluginSettings {
@@ -74,6 +79,7 @@ impl PluginSettings {
             deadline: limits.deadline,
             memory_limit: limits.memory_limit_mb << 20,
             max_uses: limits.max_uses,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -141,6 +147,9 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("cannot link WASI")?;
         Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .context("cannot link weir:plugin")?;
+        // Older minors keep loading: their imports are linked under their own versions.
+        v0_1::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .context("cannot link weir:plugin@0.1.0")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
@@ -199,16 +208,25 @@ impl PluginRuntime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .context("the component imports something weir does not grant (only weir:plugin@0.1.0 log and kv, and WASI clocks and random, are available)")
+            .context("the component imports something weir does not grant (only weir:plugin log and kv, and WASI clocks and random, are available)")
             .map_err(fail)?;
-        let pre = FilterPre::new(pre)
-            .context("the component does not export weir:plugin/http-filter@0.1.0")
-            .map_err(fail)?;
+        let pre = match FilterPre::new(pre.clone()) {
+            Ok(current) => Pre::Current(current),
+            Err(current_error) => match v0_1::FilterPre::new(pre) {
+                Ok(old) => Pre::V0_1(old),
+                Err(_) => {
+                    return Err(fail(current_error.context(
+                        "the component does not export weir:plugin/http-filter (0.2.0 or 0.1.0)",
+                    )));
+                }
+            },
+        };
         let mut plugin = Plugin {
             name: plugin_name(&file).into(),
             file: file.clone(),
             hash,
             hooks: types::HookSet::empty(),
+            body_hooks: types::BodyHookSet::empty(),
             settings,
             config_json,
             kv: self.kv.clone(),
@@ -221,13 +239,23 @@ impl PluginRuntime {
         // The first instance answers `hooks` and proves the config is accepted; it then
         // becomes the first idle instance.
         let mut instance = plugin.instantiate().await.map_err(|e| fail(e.into()))?;
-        plugin.hooks = instance
-            .filter
-            .weir_plugin_http_filter()
-            .call_hooks(&mut instance.store)
-            .await
-            .context("hooks() failed")
-            .map_err(fail)?;
+        let store = &mut instance.store;
+        let (hooks, body_hooks) = match &instance.filter {
+            Guest::Current(filter) => {
+                let exports = filter.weir_plugin_http_filter();
+                let hooks = exports.call_hooks(&mut *store).await;
+                let hooks = hooks.context("hooks() failed").map_err(fail)?;
+                let body = exports.call_body_hooks(&mut *store).await;
+                (hooks, body.context("body-hooks() failed").map_err(fail)?)
+            }
+            Guest::V0_1(filter) => {
+                let hooks = filter.weir_plugin_http_filter().call_hooks(store).await;
+                let hooks = hooks.context("hooks() failed").map_err(fail)?;
+                (compat::hook_set(hooks), types::BodyHookSet::empty())
+            }
+        };
+        plugin.hooks = hooks;
+        plugin.body_hooks = body_hooks;
         plugin.checkin(instance);
         Ok(plugin)
     }
@@ -290,6 +318,7 @@ struct SettingsFile {
     deadline: Option<String>,
     memory_limit_mb: Option<usize>,
     max_uses: Option<u32>,
+    max_body_bytes: Option<usize>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -320,6 +349,9 @@ fn read_settings(
     if let Some(n) = file.max_uses {
         settings.max_uses = n.max(1);
     }
+    if let Some(n) = file.max_body_bytes {
+        settings.max_body_bytes = n;
+    }
     Ok((settings, serde_json::to_string(&file.config)?))
 }
 
@@ -332,11 +364,12 @@ pub struct Plugin {
     /// Content hash of the file (first 8 bytes of SHA-256, hex).
     pub hash: String,
     hooks: types::HookSet,
+    body_hooks: types::BodyHookSet,
     /// Limits and failure policy.
     pub settings: PluginSettings,
     config_json: String,
     kv: Arc<dyn KvBackend>,
-    pre: FilterPre<PluginState>,
+    pre: Pre,
     idle: Mutex<Vec<Instance>>,
     /// When this version finished loading.
     pub loaded_at: SystemTime,
@@ -355,9 +388,21 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// A plugin's linked component, by the contract version it was built against.
+enum Pre {
+    Current(FilterPre<PluginState>),
+    V0_1(v0_1::FilterPre<PluginState>),
+}
+
+/// An instance's exports, by contract version.
+enum Guest {
+    Current(Filter),
+    V0_1(v0_1::Filter),
+}
+
 struct Instance {
     store: Store<PluginState>,
-    filter: Filter,
+    filter: Guest,
     uses: u32,
 }
 
@@ -372,16 +417,45 @@ impl Plugin {
         self.hooks.contains(types::HookSet::ON_RESPONSE)
     }
 
+    /// Whether the plugin implements `on-request-body`.
+    pub fn has_on_request_body(&self) -> bool {
+        self.body_hooks
+            .contains(types::BodyHookSet::ON_REQUEST_BODY)
+    }
+
+    /// Whether the plugin implements `on-response-body`.
+    pub fn has_on_response_body(&self) -> bool {
+        self.body_hooks
+            .contains(types::BodyHookSet::ON_RESPONSE_BODY)
+    }
+
     /// The hooks the plugin implements, by their WIT names.
     pub fn hook_names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if self.has_on_request() {
-            names.push("on-request");
+        let hooks = [
+            (self.has_on_request(), "on-request"),
+            (self.has_on_response(), "on-response"),
+            (self.has_on_request_body(), "on-request-body"),
+            (self.has_on_response_body(), "on-response-body"),
+        ];
+        hooks
+            .into_iter()
+            .filter_map(|(has, name)| has.then_some(name))
+            .collect()
+    }
+
+    fn engine(&self) -> &Engine {
+        match &self.pre {
+            Pre::Current(pre) => pre.engine(),
+            Pre::V0_1(pre) => pre.engine(),
         }
-        if self.has_on_response() {
-            names.push("on-response");
+    }
+
+    /// The `weir:plugin` version the plugin was built against.
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::Current(_) => "0.2.0",
+            Pre::V0_1(_) => "0.1.0",
         }
-        names
     }
 
     /// A fresh, configured instance.
@@ -391,21 +465,27 @@ impl Plugin {
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
-            self.pre.engine(),
+            self.engine(),
             PluginState::new(self.name.clone(), self.kv.clone(), limits),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let filter = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.error(format_args!("{e:#}")))?;
-        match filter
-            .weir_plugin_http_filter()
-            .call_configure(&mut store, &self.config_json)
-            .await
-        {
+        let instantiated = match &self.pre {
+            Pre::Current(pre) => pre.instantiate_async(&mut store).await.map(Guest::Current),
+            Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
+        };
+        let filter = instantiated.map_err(|e| self.error(format_args!("{e:#}")))?;
+        let configured = match &filter {
+            Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                exports.call_configure(&mut store, &self.config_json).await
+            }
+            Guest::V0_1(f) => {
+                let exports = f.weir_plugin_http_filter();
+                exports.call_configure(&mut store, &self.config_json).await
+            }
+        };
+        match configured {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 filter,
@@ -468,11 +548,59 @@ impl Plugin {
     /// Calls `on-request` under the plugin's deadline.
     pub async fn on_request(&self, request: &RequestHead) -> Result<RequestAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
-        let result = instance
-            .filter
-            .weir_plugin_http_filter()
-            .call_on_request(&mut instance.store, request)
-            .await;
+        let store = &mut instance.store;
+        let result = match &instance.filter {
+            Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                exports.call_on_request(store, request).await
+            }
+            Guest::V0_1(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let old = compat::request_head(request);
+                let action = exports.call_on_request(store, &old).await;
+                action.map(compat::request_action)
+            }
+        };
+        self.finish(instance, result)
+    }
+
+    /// Calls `on-request-body` under the plugin's deadline. Only plugins that declared it
+    /// (so only current-contract plugins) are called.
+    pub async fn on_request_body(
+        &self,
+        request: &RequestHead,
+        body: &[u8],
+    ) -> Result<BodyAction, CallError> {
+        let mut instance = self.checkout(&request.request_id).await?;
+        let result = match &instance.filter {
+            Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let store = &mut instance.store;
+                exports.call_on_request_body(store, request, body).await
+            }
+            Guest::V0_1(_) => Ok(unchanged_body()),
+        };
+        self.finish(instance, result)
+    }
+
+    /// Calls `on-response-body` under the plugin's deadline.
+    pub async fn on_response_body(
+        &self,
+        request: &RequestHead,
+        response: &ResponseHead,
+        body: &[u8],
+    ) -> Result<BodyAction, CallError> {
+        let mut instance = self.checkout(&request.request_id).await?;
+        let result = match &instance.filter {
+            Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let store = &mut instance.store;
+                exports
+                    .call_on_response_body(store, request, response, body)
+                    .await
+            }
+            Guest::V0_1(_) => Ok(unchanged_body()),
+        };
         self.finish(instance, result)
     }
 
@@ -483,11 +611,29 @@ impl Plugin {
         response: &ResponseHead,
     ) -> Result<ResponseAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
-        let result = instance
-            .filter
-            .weir_plugin_http_filter()
-            .call_on_response(&mut instance.store, request, response)
-            .await;
+        let store = &mut instance.store;
+        let result = match &instance.filter {
+            Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                exports.call_on_response(store, request, response).await
+            }
+            Guest::V0_1(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let (request, response) = (
+                    compat::request_head(request),
+                    compat::response_head(response),
+                );
+                let action = exports.call_on_response(store, &request, &response).await;
+                action.map(compat::response_action)
+            }
+        };
         self.finish(instance, result)
     }
+}
+
+fn unchanged_body() -> BodyAction {
+    BodyAction::Continue(BodyChanges {
+        headers: Vec::new(),
+        body: None,
+    })
 }

@@ -38,8 +38,8 @@ pub(super) struct Exchange<'a> {
     pub(super) cluster: &'a Cluster,
     /// Its head, with upstream headers already applied.
     pub(super) parts: request::Parts,
-    /// Its body, as the client sends it.
-    pub(super) body: Incoming,
+    /// Its body: as the client sends it, or as the body hooks left it.
+    pub(super) body: RequestBody,
     /// Its `consistent_hash` key, hashed.
     pub(super) hash: Option<u64>,
     /// Whether its route lets non-idempotent methods retry.
@@ -226,6 +226,14 @@ async fn attempts(
     }
 }
 
+/// The request body handed to [`send`].
+pub(super) enum RequestBody {
+    /// Streamed from the client.
+    Client(Incoming),
+    /// Read whole (by the body hooks); every attempt can send it.
+    Buffered(Bytes),
+}
+
 /// Why an attempt did not end the exchange.
 enum Failure {
     /// No usable response.
@@ -247,11 +255,16 @@ enum Payload {
 impl Payload {
     /// Holds the body in memory when retries are on and `Content-Length` says it fits.
     async fn new(
-        body: Incoming,
+        body: RequestBody,
         headers: &http::HeaderMap,
         retries: u32,
         limit: usize,
     ) -> Result<Payload, ProxyError> {
+        let body = match body {
+            RequestBody::Buffered(bytes) if bytes.is_empty() => return Ok(Payload::Empty),
+            RequestBody::Buffered(bytes) => return Ok(Payload::Held(bytes)),
+            RequestBody::Client(body) => body,
+        };
         if body.is_end_stream() {
             return Ok(Payload::Empty);
         }

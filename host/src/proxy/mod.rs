@@ -11,6 +11,13 @@
 //! 7. `response_filter`: hop-by-hop headers out of the response, then the chain's
 //!    `on-response` hooks in reverse order. A plugin's local reply (step 3) skips 4–6 and
 //!    goes through the response hooks of the plugins before it.
+//!
+//! Body hooks (`weir:plugin@0.2.0`) are the only reason a body is buffered: after step 3,
+//! if a plugin on the route has `on-request-body`, the request body is read whole (413 if
+//! it is larger than the smallest `max_body_bytes` of those plugins) and passed through
+//! them; after step 7, if a plugin the request passed has `on-response-body`, the response
+//! body is read whole and passed through them in reverse (one larger than the limit is
+//! sent on untouched, with a warning). Either way `content-length` is set to what is sent.
 
 mod attempts;
 mod forward;
@@ -22,15 +29,18 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use http_body_util::BodyExt as _;
+use hyper::body::{Body as _, Incoming};
 
 use crate::balancer::hash;
-use crate::body::{self, ProxyBody};
+use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
-use crate::plugin::chain::{self, Chain, ChainError, RequestStep};
+use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
+
+use self::attempts::RequestBody;
 
 /// The proxy as a hyper-agnostic service: a request in, a response out, never an error.
 #[derive(Debug, Clone)]
@@ -100,8 +110,9 @@ async fn proxy(
     // request_filter (plugins): may change the request or answer it.
     let chain = &generation.chains[route.0];
     let mut response_hooks: Option<(RequestHead, usize)> = None;
+    let (mut parts, incoming) = request.into_parts();
+    let mut body = RequestBody::Client(incoming);
     if chain.is_active() {
-        let (mut parts, body) = request.into_parts();
         let route_name = &generation.config.routes[route.0].name;
         let mut head = chain::request_head(
             &parts,
@@ -122,16 +133,38 @@ async fn proxy(
             } => {
                 return local_reply(chain, passed, &head, reply, body, request_id).await;
             }
-            RequestStep::Continue { passed } if chain.has_response_hooks() => {
-                response_hooks = Some((head, passed));
+            RequestStep::Continue { passed } => {
+                // request_body_filter (plugins): only when a plugin asked for the body.
+                if let Some(limit) = chain.request_body_limit() {
+                    body = match body {
+                        RequestBody::Client(incoming) if !incoming.is_end_stream() => {
+                            let bytes = read_request_body(incoming, &parts.headers, limit).await?;
+                            let step = chain.on_request_body(&mut head, &mut parts, bytes).await;
+                            match step.map_err(plugin_error)? {
+                                BodyStep::Continue(bytes) => RequestBody::Buffered(bytes.into()),
+                                BodyStep::Respond {
+                                    head: reply,
+                                    body,
+                                    passed,
+                                } => {
+                                    return local_reply(
+                                        chain, passed, &head, reply, body, request_id,
+                                    )
+                                    .await;
+                                }
+                            }
+                        }
+                        unread => unread,
+                    };
+                }
+                if chain.has_response_hooks() {
+                    response_hooks = Some((head, passed));
+                }
             }
-            RequestStep::Continue { .. } => {}
         }
-        request = Request::from_parts(parts, body);
     }
 
     // upstream_request_filter: headers once, whichever endpoint is chosen.
-    let (mut parts, body) = request.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     let downstream = forward::Downstream {
         client_ip: ctx.client.ip(),
@@ -196,7 +229,8 @@ async fn local_reply(
     }
 }
 
-/// Runs the chain's `on-response` hooks over a response head; a plugin may replace the body.
+/// Runs the chain's `on-response` hooks over a response head (a plugin may replace the
+/// body), then its `on-response-body` hooks over the whole body if any plugin has one.
 async fn response_filter_plugins(
     chain: &Chain,
     passed: usize,
@@ -216,7 +250,59 @@ async fn response_filter_plugins(
         }
         None => body,
     };
-    Ok(Response::from_parts(parts, body))
+
+    // response_body_filter (plugins)
+    let Some(limit) = chain.response_body_limit(passed) else {
+        return Ok(Response::from_parts(parts, body));
+    };
+    let bodiless = request.method == "HEAD"
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || body.is_end_stream();
+    if bodiless {
+        return Ok(Response::from_parts(parts, body));
+    }
+    let bytes = match body::buffer(body, limit).await {
+        Ok(Buffered::Whole(bytes)) => bytes,
+        Ok(Buffered::TooLarge(body)) => {
+            tracing::warn!(
+                request_id = %request.request_id,
+                max_body_bytes = limit,
+                "response body is larger than a body hook accepts; sent on untouched"
+            );
+            return Ok(Response::from_parts(parts, body));
+        }
+        Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(e)),
+    };
+    let bytes = chain
+        .on_response_body(passed, request, &mut parts, bytes)
+        .await
+        .map_err(plugin_error)?;
+    Ok(Response::from_parts(parts, body::full(bytes)))
+}
+
+/// Reads a request body whole for the body hooks: 413 when `Content-Length` or the bytes
+/// that arrive exceed `limit`.
+async fn read_request_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, ProxyError> {
+    let too_large = || ProxyError::new(ErrorKind::PayloadTooLarge);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().with_cause("content-length is over the body hooks' limit"));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large().with_cause("the body is over the body hooks' limit"))
+        }
+        Err(e) => Err(ProxyError::new(ErrorKind::BadRequest).with_cause(e)),
+    }
 }
 
 fn plugin_error(error: ChainError) -> ProxyError {
@@ -283,6 +369,7 @@ fn bad_request(why: &'static str) -> ProxyError {
 fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Response<ProxyBody> {
     let (status, text) = match error.kind {
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
+        ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         ErrorKind::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
         ErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available\n"),
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n"),

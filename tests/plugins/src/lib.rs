@@ -14,7 +14,8 @@
 //! request's `x-secret` as `on-response` saw it, and `x-plugin-version` with the
 //! config's `version` if it has one. `configure` rejects a config with `"reject": true`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "filter" });
+// Built against the frozen 0.1.0 contract on purpose: it proves older plugins keep loading.
+wit_bindgen::generate!({ path: "../../wit/0.1.0", world: "filter" });
 
 use exports::weir::plugin::http_filter::Guest;
 use weir::plugin::types::{
