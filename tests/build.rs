@@ -56,6 +56,8 @@ fn main() {
         "weir-plugin-rewrite",
         "-p",
         "weir-plugin-transform",
+        "-p",
+        "weir-plugin-aggregate",
     ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
@@ -67,6 +69,7 @@ fn main() {
         "rate_limit",
         "rewrite",
         "transform",
+        "aggregate",
     ] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

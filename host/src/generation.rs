@@ -29,6 +29,9 @@ pub struct Generation {
     pub clusters: Vec<Arc<Cluster>>,
     /// Each route's plugin chain, in the same order as `config.routes`.
     pub chains: Vec<Chain>,
+    /// Each route's handler plugin, for routes answered by a handler instead of a cluster:
+    /// the loaded handler, or why it cannot answer.
+    pub handlers: Vec<Option<Result<Arc<Plugin>, String>>>,
     /// The plugin folder as this generation sees it, in file-name order.
     pub plugins: Vec<PluginSlot>,
 }
@@ -84,6 +87,11 @@ impl Generation {
             .iter()
             .map(|route| chain(route.plugins.as_deref(), &plugins))
             .collect();
+        let handlers = config
+            .routes
+            .iter()
+            .map(|route| route.handler.as_deref().map(|name| handler(name, &plugins)))
+            .collect();
         let router = Router::new(&config.routes);
         let clusters = config
             .clusters
@@ -111,6 +119,7 @@ impl Generation {
             router,
             clusters,
             chains,
+            handlers,
             plugins,
         }
     }
@@ -150,4 +159,24 @@ fn chain(names: Option<&[String]>, plugins: &[PluginSlot]) -> Chain {
         }
     }
     Chain::new(chain)
+}
+
+/// A route's handler: the named plugin, if it is loaded and is a `wasi:http` handler.
+fn handler(name: &str, plugins: &[PluginSlot]) -> Result<Arc<Plugin>, String> {
+    match plugins.iter().find(|s| s.name == name) {
+        Some(PluginSlot {
+            serving: Some(plugin),
+            ..
+        }) if plugin.is_handler() => Ok(plugin.clone()),
+        Some(PluginSlot {
+            serving: Some(_), ..
+        }) => Err(format!(
+            "plugin {name} is a filter, not a wasi:http handler"
+        )),
+        Some(PluginSlot { last_error, .. }) => Err(format!(
+            "handler {name} failed to load: {}",
+            last_error.as_deref().unwrap_or("no version loaded")
+        )),
+        None => Err(format!("handler {name} is not loaded")),
+    }
 }

@@ -308,3 +308,178 @@ async fn bodies_over_the_limit_get_413_or_pass_untouched() {
     weir.wait_for_message("response body is larger than a body hook accepts")
         .await;
 }
+
+const AGGREGATE: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/aggregate.wasm"));
+
+/// A dashboard route answered by the `aggregate` handler over three clusters.
+fn dashboard_config(
+    app: std::net::SocketAddr,
+    users: &[std::net::SocketAddr],
+    extra: &str,
+) -> String {
+    let cluster = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            "[[clusters]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\nconnect_timeout = \"1s\"\n"
+        )
+    };
+    format!(
+        "{}{}{}{}\n[[routes]]\nname = \"dashboard\"\npath_prefix = \"/dashboard/\"\nhandler = \"aggregate\"\nplugins = []\n{extra}",
+        config(&[app], ""),
+        cluster("users", users[0]),
+        cluster("orders", users[1]),
+        cluster("recs", users[2]),
+    )
+}
+
+const AGGREGATE_TOML: &str = r#"
+clusters = ["users", "orders", "recs"]
+deadline = "5s"
+
+[config]
+path = "/dashboard/{id}"
+forward_headers = ["x-consumer-id"]
+
+[[config.calls]]
+name = "profile"
+cluster = "users"
+path = "/json/users/{id}"
+
+[[config.calls]]
+name = "orders"
+cluster = "orders"
+path = "/json/orders?user={id}&page={query.page}"
+required = false
+timeout = "1s"
+
+[[config.calls]]
+name = "recommendations"
+cluster = "recs"
+path = "/json/recs/{id}"
+required = false
+"#;
+
+/// The issue's bars: the merged document from every cluster, and concurrency — three
+/// sub-requests to upstreams that each take 200 ms finish in under 400 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregate_calls_clusters_concurrently_and_merges_their_json() {
+    let app = Upstream::start("app").await;
+    let delay = std::time::Duration::from_millis(200);
+    let users = Upstream::start_with_delay("users", delay).await;
+    let orders = Upstream::start_with_delay("orders", delay).await;
+    let recs = Upstream::start_with_delay("recs", delay).await;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/aggregate.wasm", AGGREGATE),
+        ("plugins/aggregate.toml", AGGREGATE_TOML.as_bytes()),
+    ];
+    let config = dashboard_config(app.addr, &[users.addr, orders.addr, recs.addr], "");
+    let weir = Weir::start_with_files(&config, &files).await;
+
+    // One request to warm the instance path, then the measured one.
+    send(&weir, "/dashboard/1", &[]).await;
+    let started = tokio::time::Instant::now();
+    let (status, headers, body) =
+        send(&weir, "/dashboard/7?page=2", &[("x-consumer-id", "user-7")]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let merged: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(merged["profile"]["upstream"], "users");
+    assert_eq!(merged["profile"]["path"], "/json/users/7");
+    assert_eq!(merged["orders"]["upstream"], "orders");
+    assert_eq!(merged["orders"]["query"], "user=7&page=2");
+    assert_eq!(merged["recommendations"]["path"], "/json/recs/7");
+    assert!(merged.get("errors").is_none(), "{body}");
+    assert!(
+        took < std::time::Duration::from_millis(400),
+        "three 200 ms calls took {took:?}: not concurrent"
+    );
+    let seen = users.requests().pop().expect("users saw the sub-request");
+    assert_eq!(seen.headers["x-consumer-id"], "user-7");
+    assert_eq!(seen.headers["host"], "users");
+    assert!(seen.headers.contains_key("x-request-id"));
+    assert!(
+        app.requests().is_empty(),
+        "the handler route never touches the app cluster"
+    );
+
+    // A path the pattern does not match: the handler's own 404.
+    let (status, _, _) = send(&weir, "/dashboard/7/extra", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// An optional call that fails becomes `null` plus an entry in `errors`; a required one
+/// fails the response with 502; a cluster the plugin is not granted is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregate_failures_are_null_optional_502_required_and_ungranted_is_refused() {
+    let app = Upstream::start("app").await;
+    let users = Upstream::start("users").await;
+    let orders = Upstream::start_with_status("orders", 500).await;
+    // A port with nothing listening.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let settings = r#"
+clusters = ["users", "orders", "recs"]
+deadline = "5s"
+
+[config]
+path = "/dashboard/{id}"
+
+[[config.calls]]
+name = "profile"
+cluster = "users"
+path = "/json/users/{id}"
+
+[[config.calls]]
+name = "orders"
+cluster = "orders"
+path = "/orders/{id}"
+required = false
+
+[[config.calls]]
+name = "secret"
+cluster = "app"
+path = "/json/secret"
+required = false
+"#;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/aggregate.wasm", AGGREGATE),
+        ("plugins/aggregate.toml", settings.as_bytes()),
+    ];
+    let config = dashboard_config(app.addr, &[users.addr, orders.addr, dead], "");
+    let weir = Weir::start_with_files(&config, &files).await;
+    let (status, _, body) = send(&weir, "/dashboard/7", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let merged: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(merged["profile"]["upstream"], "users");
+    assert!(merged["orders"].is_null());
+    assert!(merged["secret"].is_null());
+    let errors = merged["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 2, "{body}");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{body}"
+    );
+    assert!(
+        errors[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Denied")),
+        "{body}"
+    );
+    assert!(
+        app.requests().is_empty(),
+        "an ungranted cluster is never called"
+    );
+
+    // The required call's cluster gone: 502 naming it.
+    drop(users);
+    let (status, _, body) = send(&weir, "/dashboard/7", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body.contains("required call \\\"profile\\\" failed"),
+        "{body}"
+    );
+}

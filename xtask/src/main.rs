@@ -48,13 +48,14 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The bundled plugins: (crate folder under `plugins/`, package, library file stem).
-const BUNDLED: [(&str, &str, &str); 6] = [
+const BUNDLED: [(&str, &str, &str); 7] = [
     ("headers", "weir-plugin-headers", "headers"),
     ("key-auth", "weir-plugin-key-auth", "key_auth"),
     ("jwt-auth", "weir-plugin-jwt-auth", "jwt_auth"),
     ("rate-limit", "weir-plugin-rate-limit", "rate_limit"),
     ("rewrite", "weir-plugin-rewrite", "rewrite"),
     ("transform", "weir-plugin-transform", "transform"),
+    ("aggregate", "weir-plugin-aggregate", "aggregate"),
 ];
 
 /// Builds every bundled plugin and copies each to `target/plugins/NAME.wasm`; returns that

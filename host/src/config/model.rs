@@ -195,7 +195,8 @@ pub(crate) struct RawRoute {
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) path_prefix: Option<Spanned<String>>,
     pub(crate) methods: Option<Vec<Spanned<String>>>,
-    pub(crate) cluster: Spanned<String>,
+    pub(crate) cluster: Option<Spanned<String>>,
+    pub(crate) handler: Option<Spanned<String>>,
     pub(crate) plugins: Option<Vec<Spanned<String>>>,
     pub(crate) retry_non_idempotent: Option<bool>,
 }

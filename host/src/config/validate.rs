@@ -296,8 +296,10 @@ pub struct RouteConfig {
     /// Methods to match; `None` matches any.
     #[serde(serialize_with = "methods")]
     pub methods: Option<Vec<Method>>,
-    /// The cluster that serves the route.
-    pub cluster: String,
+    /// The cluster that serves the route; `None` for a handler route.
+    pub cluster: Option<String>,
+    /// The handler plugin that answers the route instead of a cluster.
+    pub handler: Option<String>,
     /// The route's plugin chain by name, in order; `None` means every plugin in the folder.
     pub plugins: Option<Vec<String>>,
     /// Retry requests whose method is not idempotent (POST, PATCH) after a reset, timeout or
@@ -305,7 +307,7 @@ pub struct RouteConfig {
     pub retry_non_idempotent: bool,
     /// Index of `cluster` in [`Config::clusters`].
     #[serde(skip)]
-    pub cluster_index: usize,
+    pub cluster_index: Option<usize>,
 }
 
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -865,22 +867,48 @@ fn route(
     clusters: &[ClusterConfig],
 ) -> Option<RouteConfig> {
     let name = raw.name.get_ref();
-    let cluster_index = clusters
-        .iter()
-        .position(|c| &c.name == raw.cluster.get_ref());
-    if cluster_index.is_none() {
-        let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        let message = format!(
-            "route \"{name}\" names cluster \"{}\", which is not defined (defined: {})",
-            raw.cluster.get_ref(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
+    // The target: a cluster, or a handler plugin; exactly one.
+    let target = match (&raw.cluster, &raw.handler) {
+        (Some(cluster), None) => {
+            let index = clusters.iter().position(|c| &c.name == cluster.get_ref());
+            if index.is_none() {
+                let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                let message = format!(
+                    "route \"{name}\" names cluster \"{}\", which is not defined (defined: {})",
+                    cluster.get_ref(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+                check.error(cluster, message);
             }
-        );
-        check.error(&raw.cluster, message);
-    }
+            index.map(Some)
+        }
+        (None, Some(handler)) if handler.get_ref().is_empty() => {
+            check.error(
+                handler,
+                format!("route \"{name}\": handler must not be empty"),
+            );
+            None
+        }
+        (None, Some(_)) => Some(None),
+        (Some(_), Some(handler)) => {
+            check.error(
+                handler,
+                format!("route \"{name}\" names both a cluster and a handler; give one"),
+            );
+            None
+        }
+        (None, None) => {
+            check.error(
+                &raw.name,
+                format!("route \"{name}\" needs a cluster (or a handler plugin)"),
+            );
+            None
+        }
+    };
 
     let host = raw.host.as_ref().and_then(|h| {
         let normalized = h.get_ref().trim_end_matches('.').to_ascii_lowercase();
@@ -960,12 +988,13 @@ fn route(
         names.iter().map(|n| n.get_ref().clone()).collect()
     });
 
-    cluster_index.map(|cluster_index| RouteConfig {
+    target.map(|cluster_index| RouteConfig {
         name: name.clone(),
         host,
         path_prefix,
         methods,
-        cluster: raw.cluster.get_ref().clone(),
+        cluster: raw.cluster.as_ref().map(|c| c.get_ref().clone()),
+        handler: raw.handler.as_ref().map(|h| h.get_ref().clone()),
         plugins,
         retry_non_idempotent: raw.retry_non_idempotent.unwrap_or(false),
         cluster_index,
@@ -1089,7 +1118,15 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `plugins`, `retry_non_idempotent`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",
+                "11:11: route \"r\" names both a cluster and a handler; give one",
+            ),
+            (
+                "[[routes]]\nname = \"r\"",
+                "9:8: route \"r\" needs a cluster (or a handler plugin)",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\n[[routes]]\nname = \"r\"\ncluster = \"app\"",

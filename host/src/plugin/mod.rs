@@ -19,6 +19,7 @@
 mod bindings;
 pub mod chain;
 mod compat;
+pub mod handler;
 mod host_api;
 mod state;
 
@@ -36,6 +37,7 @@ use wasmtime::{
 };
 
 use self::bindings::{Filter, FilterPre, types, v0_1};
+use self::handler::{Handler, HandlerBody, HandlerState, Outbound};
 use self::host_api::kv::{KvBackend, MemoryKv};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
@@ -70,6 +72,8 @@ pub struct PluginSettings {
     pub max_uses: u32,
     /// The largest body its body hooks are given.
     pub max_body_bytes: usize,
+    /// For a handler: the clusters its outgoing requests may reach.
+    pub clusters: Vec<String>,
 }
 
 impl PluginSettings {
@@ -80,6 +84,7 @@ impl PluginSettings {
             memory_limit: limits.memory_limit_mb << 20,
             max_uses: limits.max_uses,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            clusters: Vec::new(),
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct PluginSource {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<PluginState>,
+    handler_linker: Linker<HandlerState>,
     kv: Arc<dyn KvBackend>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
@@ -151,6 +157,8 @@ impl PluginRuntime {
         v0_1::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .context("cannot link weir:plugin@0.1.0")?;
 
+        let handler_linker = handler::linker(&engine).context("cannot link wasi:http")?;
+
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -165,6 +173,7 @@ impl PluginRuntime {
         Ok(PluginRuntime {
             engine,
             linker,
+            handler_linker,
             kv: Arc::new(MemoryKv::default()),
             cache,
             ticker_stop,
@@ -205,6 +214,31 @@ impl PluginRuntime {
             _ => false,
         };
         let compile_time = started.elapsed();
+        if handler::is_handler(&component, &self.engine) {
+            let pre = self
+                .handler_linker
+                .instantiate_pre(&component)
+                .context("the handler imports something weir does not grant (wasi:http, and WASI clocks, random and environment, are available)")
+                .map_err(fail)?;
+            let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
+                .context("not a wasi:http proxy component")
+                .map_err(fail)?;
+            return Ok(Plugin {
+                name: plugin_name(&file).into(),
+                file,
+                hash,
+                hooks: types::HookSet::empty(),
+                body_hooks: types::BodyHookSet::empty(),
+                settings,
+                config_json,
+                kv: self.kv.clone(),
+                pre: Pre::Handler(Handler { pre }),
+                idle: Mutex::new(Vec::new()),
+                loaded_at: SystemTime::now(),
+                compile_time,
+                from_cache,
+            });
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -319,6 +353,7 @@ struct SettingsFile {
     memory_limit_mb: Option<usize>,
     max_uses: Option<u32>,
     max_body_bytes: Option<usize>,
+    clusters: Option<Vec<String>>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -351,6 +386,9 @@ fn read_settings(
     }
     if let Some(n) = file.max_body_bytes {
         settings.max_body_bytes = n;
+    }
+    if let Some(clusters) = file.clusters {
+        settings.clusters = clusters;
     }
     Ok((settings, serde_json::to_string(&file.config)?))
 }
@@ -392,6 +430,7 @@ impl std::fmt::Debug for Plugin {
 enum Pre {
     Current(FilterPre<PluginState>),
     V0_1(v0_1::FilterPre<PluginState>),
+    Handler(Handler),
 }
 
 /// An instance's exports, by contract version.
@@ -447,7 +486,34 @@ impl Plugin {
         match &self.pre {
             Pre::Current(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
+            Pre::Handler(handler) => handler.pre.engine(),
         }
+    }
+
+    /// Whether the plugin is a `wasi:http` handler rather than a filter.
+    pub fn is_handler(&self) -> bool {
+        matches!(self.pre, Pre::Handler(_))
+    }
+
+    /// Runs a handler plugin for one request; `outbound` sends its sub-requests.
+    pub async fn handle(
+        &self,
+        request: http::Request<HandlerBody>,
+        outbound: Arc<dyn Outbound>,
+    ) -> Result<http::Response<bytes::Bytes>, CallError> {
+        let Pre::Handler(handler) = &self.pre else {
+            return Err(self.error(format_args!("a filter cannot answer a route by itself")));
+        };
+        let call = handler::CallContext {
+            config_json: &self.config_json,
+            granted: self.settings.clusters.clone().into(),
+            memory_limit: self.settings.memory_limit,
+            deadline: self.settings.deadline,
+            outbound,
+        };
+        handler
+            .handle(request, call, |why| self.error(format_args!("{why}")))
+            .await
     }
 
     /// The `weir:plugin` version the plugin was built against.
@@ -455,6 +521,7 @@ impl Plugin {
         match self.pre {
             Pre::Current(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
+            Pre::Handler(_) => "wasi:http@0.2",
         }
     }
 
@@ -473,6 +540,9 @@ impl Plugin {
         let instantiated = match &self.pre {
             Pre::Current(pre) => pre.instantiate_async(&mut store).await.map(Guest::Current),
             Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
+            Pre::Handler(_) => {
+                return Err(self.error(format_args!("a handler has no filter hooks")));
+            }
         };
         let filter = instantiated.map_err(|e| self.error(format_args!("{e:#}")))?;
         let configured = match &filter {

@@ -7,7 +7,9 @@
 //! 3. `request_filter` (plugins): the route's chain may change the request or answer it;
 //! 4. `upstream_peer`: the cluster's balancer picks an endpoint;
 //! 5. `upstream_request_filter`: hop-by-hop headers out, forwarding headers in;
-//! 6. forward: send upstream, wait for response headers (bodies stream both ways);
+//! 6. forward: send upstream, wait for response headers (bodies stream both ways) — or,
+//!    on a route answered by a handler plugin, run the handler (its sub-requests go to
+//!    clusters through [`ClusterOutbound`]);
 //! 7. `response_filter`: hop-by-hop headers out of the response, then the chain's
 //!    `on-response` hooks in reverse order. A plugin's local reply (step 3) skips 4–6 and
 //!    goes through the response hooks of the plugins before it.
@@ -23,7 +25,9 @@ mod attempts;
 mod forward;
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -39,6 +43,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
 use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
+use crate::plugin::handler::{HandlerBody, Outbound, OutboundError};
 
 use self::attempts::RequestBody;
 
@@ -87,7 +92,7 @@ impl ProxyService {
 }
 
 async fn proxy(
-    generation: &Generation,
+    generation: &Arc<Generation>,
     mut request: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -103,9 +108,7 @@ async fn proxy(
         .route(host.as_deref(), request.uri().path(), request.method())
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute))?;
     ctx.route = Some(route.0);
-    let cluster_index = generation.config.routes[route.0].cluster_index;
-    ctx.cluster = Some(cluster_index);
-    let cluster = &generation.clusters[cluster_index];
+    ctx.cluster = generation.config.routes[route.0].cluster_index;
 
     // request_filter (plugins): may change the request or answer it.
     let chain = &generation.chains[route.0];
@@ -173,37 +176,114 @@ async fn proxy(
         scheme: "http",
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
-    parts.version = Version::HTTP_11;
 
-    // upstream_peer + forward (with retries): see `attempts`.
-    let hash = hash_key(&cluster.config.lb, &parts, ctx.client);
-    let retry_non_idempotent = generation.config.routes[route.0].retry_non_idempotent;
-    let exchange = attempts::Exchange {
-        cluster,
-        parts,
-        body,
-        hash,
-        retry_non_idempotent,
-        request_id: &request_id,
+    let (mut parts, body) = match (ctx.cluster, &generation.handlers[route.0]) {
+        // upstream_peer + forward (with retries): see `attempts`.
+        (Some(cluster_index), _) => {
+            let cluster = &generation.clusters[cluster_index];
+            parts.version = Version::HTTP_11;
+            let hash = hash_key(&cluster.config.lb, &parts, ctx.client);
+            let retry_non_idempotent = generation.config.routes[route.0].retry_non_idempotent;
+            let exchange = attempts::Exchange {
+                cluster,
+                parts,
+                body,
+                hash,
+                retry_non_idempotent,
+                request_id: &request_id,
+            };
+            let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
+            let (mut parts, body) = answer.response.into_parts();
+            if let Some(cookie) = answer.set_cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            (parts, ProxyBody::Left(body))
+        }
+        // handler: the plugin answers; its sub-requests go to clusters.
+        (None, Some(handler)) => {
+            let handler = handler.as_ref().map_err(|why| {
+                ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
+            })?;
+            let body = match body {
+                RequestBody::Client(incoming) => HandlerBody::Stream(incoming),
+                RequestBody::Buffered(bytes) => HandlerBody::Full(bytes),
+            };
+            let outbound = Arc::new(ClusterOutbound {
+                generation: generation.clone(),
+                request_id: request_id.clone(),
+            });
+            let response = handler
+                .handle(Request::from_parts(parts, body), outbound)
+                .await
+                .map_err(|e| ProxyError::new(ErrorKind::PluginFailed).with_cause(e))?;
+            let (parts, bytes) = response.into_parts();
+            (parts, body::full(bytes))
+        }
+        (None, None) => return Err(ProxyError::new(ErrorKind::NoRoute)),
     };
-    let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
-    let response = answer.response;
 
     // response_filter
-    let (mut parts, body) = response.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     parts
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
-    if let Some(cookie) = answer.set_cookie {
-        parts.headers.append(header::SET_COOKIE, cookie);
-    }
-    let response = Response::from_parts(parts, ProxyBody::Left(body));
+    let response = Response::from_parts(parts, body);
 
     // response_filter (plugins), in reverse chain order.
     match response_hooks {
         Some((head, passed)) => response_filter_plugins(chain, passed, &head, response).await,
         None => Ok(response),
+    }
+}
+
+/// Sends a handler's sub-requests to the generation's clusters, with their balancing,
+/// retries and circuit breaking. The handler runtime checks the grant before this is called.
+struct ClusterOutbound {
+    generation: Arc<Generation>,
+    request_id: HeaderValue,
+}
+
+impl Outbound for ClusterOutbound {
+    fn send(
+        &self,
+        cluster: String,
+        request: Request<bytes::Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Incoming>, OutboundError>> + Send>> {
+        let generation = self.generation.clone();
+        let request_id = self.request_id.clone();
+        Box::pin(async move {
+            let index = generation
+                .config
+                .clusters
+                .iter()
+                .position(|c| c.name == cluster)
+                .ok_or(OutboundError::UnknownCluster(cluster))?;
+            let (mut parts, body) = request.into_parts();
+            forward::strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+            parts.version = Version::HTTP_11;
+            let exchange = attempts::Exchange {
+                cluster: &generation.clusters[index],
+                parts,
+                body: RequestBody::Buffered(body),
+                hash: None,
+                retry_non_idempotent: false,
+                request_id: &request_id,
+            };
+            let mut endpoint = None;
+            match attempts::send(exchange, &mut endpoint).await {
+                Ok(answer) => Ok(answer.response),
+                Err(e) => Err(match e.kind {
+                    ErrorKind::UpstreamConnect | ErrorKind::NoEndpoint => {
+                        OutboundError::Connect(format!("{e}"))
+                    }
+                    ErrorKind::UpstreamTimeout => OutboundError::Timeout,
+                    _ => OutboundError::Failed(format!("{e}")),
+                }),
+            }
+        })
     }
 }
 

@@ -525,7 +525,7 @@ fn fingerprint(source: &PluginSource, limits: &PluginLimits) -> [u8; 32] {
 fn missing_plugins(config: &Config, tracked: &[Tracked]) -> Vec<String> {
     let mut missing = Vec::new();
     for route in &config.routes {
-        for name in route.plugins.iter().flatten() {
+        for name in route.plugins.iter().flatten().chain(&route.handler) {
             if tracked.iter().all(|t| t.slot.name != *name) {
                 missing.push(format!(
                     "route \"{}\" names plugin \"{name}\", which is not in {}",

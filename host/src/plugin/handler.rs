@@ -1,0 +1,299 @@
+//! Handler plugins: standard `wasi:http` `proxy`-world components that produce a route's
+//! response themselves. weir runs them with wasmtime-wasi-http, so any component exporting
+//! `wasi:http/incoming-handler` runs unchanged.
+//!
+//! What a handler is granted, beyond what a filter gets:
+//! - `wasi:http/outgoing-handler`, where every request is intercepted: its authority names a
+//!   *cluster* (`http://users/profile/7` goes to cluster `users`), and only clusters listed in
+//!   the plugin's `clusters = [...]` are reachable. The host sends the request with that
+//!   cluster's load balancing, retries and circuit breaking, through [`Outbound`]; anything
+//!   else is refused with `HTTP-request-denied`. Nothing leaves weir any other way.
+//! - its `[config]` as JSON in the environment variable `WEIR_CONFIG` (the proxy world has
+//!   no config interface; environment variables are what every guest language can read).
+//!
+//! Each request gets a fresh instance (wasi:http instances are not reused, as in
+//! `wasmtime serve` and Spin). The handler's `deadline` bounds the whole call, waiting on
+//! sub-requests included; its response body is read whole (at most [`MAX_RESPONSE_BYTES`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{
+    RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::{CallError, EPOCH_TICK};
+
+/// The largest response body a handler may produce.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// The largest request body a handler may send to a cluster.
+const MAX_OUTBOUND_BODY_BYTES: usize = 1 << 20;
+
+/// Sends a handler's outgoing request to a named cluster; implemented by the proxy.
+pub trait Outbound: Send + Sync {
+    /// Sends `request` (its URI holds only the path and query) to `cluster`.
+    fn send(
+        &self,
+        cluster: String,
+        request: http::Request<Bytes>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, OutboundError>> + Send>>;
+}
+
+/// Why an outgoing request failed, as far as the guest is told.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// No cluster has that name.
+    #[error("no cluster named {0:?}")]
+    UnknownCluster(String),
+    /// No endpoint could be reached.
+    #[error("connecting failed: {0}")]
+    Connect(String),
+    /// The response did not come in time.
+    #[error("timed out")]
+    Timeout,
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The request body handed to a handler.
+#[derive(Debug)]
+pub enum HandlerBody {
+    /// Streamed from the client.
+    Stream(Incoming),
+    /// Already read (by body hooks).
+    Full(Bytes),
+}
+
+/// A loaded handler component.
+pub(super) struct Handler {
+    pub(super) pre: ProxyPre<HandlerState>,
+}
+
+/// What a handler instance's `Store` carries.
+pub(super) struct HandlerState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundHooks,
+    pub(super) limits: StoreLimits,
+}
+
+impl WasiView for HandlerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HandlerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Intercepts every outgoing request: granted clusters only, sent through [`Outbound`].
+struct OutboundHooks {
+    granted: Arc<[String]>,
+    outbound: Arc<dyn Outbound>,
+}
+
+type WasiResponse = http::Response<wasmtime_wasi_http::WasiBody>;
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
+        Some(http::uri::Scheme::HTTP)
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<RequestOptions>,
+        _: IoFuture,
+    ) -> Box<dyn Future<Output = Result<(WasiResponse, IoFuture), wasmtime_wasi_http::Error>> + Send>
+    {
+        use wasmtime_wasi_http::Error;
+        let cluster = request
+            .uri()
+            .host()
+            .filter(|host| self.granted.iter().any(|g| g == host))
+            .map(str::to_owned);
+        let outbound = self.outbound.clone();
+        Box::new(async move {
+            let Some(cluster) = cluster else {
+                return Err(Error::HttpRequestDenied);
+            };
+            let (mut parts, body) = request.into_parts();
+            let body = Limited::new(body, MAX_OUTBOUND_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|_| Error::HttpRequestBodySize(None))?
+                .to_bytes();
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            parts.uri = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+            let sent = outbound.send(cluster, http::Request::from_parts(parts, body));
+            let timeout = options.and_then(|o| o.first_byte_timeout);
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, sent)
+                    .await
+                    .map_err(|_| Error::HttpResponseTimeout)?,
+                None => sent.await,
+            };
+            let response = result.map_err(|e| match e {
+                OutboundError::UnknownCluster(_) => Error::DestinationNotFound,
+                OutboundError::Connect(_) => Error::ConnectionRefused,
+                OutboundError::Timeout => Error::HttpResponseTimeout,
+                OutboundError::Failed(why) => Error::InternalError(Some(why)),
+            })?;
+            let response = response.map(|b| b.map_err(Error::from).boxed_unsync());
+            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
+        })
+    }
+}
+
+/// What one handler call needs besides the request.
+pub(super) struct CallContext<'a> {
+    pub(super) config_json: &'a str,
+    pub(super) granted: Arc<[String]>,
+    pub(super) memory_limit: usize,
+    pub(super) deadline: std::time::Duration,
+    pub(super) outbound: Arc<dyn Outbound>,
+}
+
+impl Handler {
+    /// Runs the handler for one request on a fresh instance; returns its whole response.
+    pub(super) async fn handle(
+        &self,
+        request: http::Request<HandlerBody>,
+        call: CallContext<'_>,
+        error: impl Fn(String) -> CallError,
+    ) -> Result<http::Response<Bytes>, CallError> {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .env("WEIR_CONFIG", call.config_json)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(call.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HandlerState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundHooks {
+                granted: call.granted,
+                outbound: call.outbound,
+            },
+            limits,
+        };
+        let mut store = wasmtime::Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        let ticks = (call.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+
+        let (parts, body) = request.into_parts();
+        let body = match body {
+            HandlerBody::Stream(incoming) => incoming
+                .map_err(wasmtime_wasi_http::Error::from)
+                .boxed_unsync(),
+            HandlerBody::Full(bytes) => Full::new(bytes)
+                .map_err(wasmtime_wasi_http::Error::from)
+                .boxed_unsync(),
+        };
+        let request = http::Request::from_parts(parts, body);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(
+                wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+                request,
+            )
+            .map_err(|e| error(format!("{e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| error(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        // The guest may go on writing the body after it has sent the head, so it runs on its
+        // own task; the task ends when the guest returns (or is dropped with the store).
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
+        });
+        let run = async {
+            let response = match receiver.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(code)) => {
+                    return Err(format!("the handler answered with an error: {code:?}"));
+                }
+                Err(_) => {
+                    let why = match task.await {
+                        Ok(Ok(())) => "the handler returned without sending a response".to_owned(),
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(e) => format!("the handler task failed: {e}"),
+                    };
+                    return Err(why);
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the handler's response body: {e}"))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body))
+        };
+        match tokio::time::timeout(call.deadline, run).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(why)) => Err(error(why)),
+            Err(_) => Err(error(format!(
+                "the handler did not finish within its deadline of {}",
+                humantime::format_duration(call.deadline)
+            ))),
+        }
+    }
+}
+
+/// A linker for handlers: WASI as filters get it (nothing granted) plus `wasi:http`.
+pub(super) fn linker(
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<wasmtime::component::Linker<HandlerState>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Whether a component is a `wasi:http` handler (exports `wasi:http/incoming-handler`).
+pub(super) fn is_handler(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
+}
