@@ -6,6 +6,7 @@ mod balancing;
 mod bundled;
 mod cli;
 mod errors;
+mod gateway;
 mod lifecycle;
 mod phases;
 mod plugins;

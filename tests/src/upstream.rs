@@ -7,7 +7,8 @@
 //! - `/slow` — answers only after [`Upstream::release`];
 //! - `/hang` — never answers;
 //! - `/echo` — answers with the request's body and `content-type`;
-//! - `/json/...` — after the delay, answers JSON: `{"upstream", "path", "query", "secret"}`;
+//! - `/json/...` (or any path, for [`Upstream::start_json`]) — after the delay, answers JSON:
+//!   `{"upstream", "path", "query", "consumer" (its x-consumer-id), "secret"}`;
 //! - anything else — `200` with body `NAME METHOD PATH`.
 
 use std::convert::Infallible;
@@ -50,9 +51,20 @@ pub struct Upstream {
     release: Arc<Notify>,
     stop: watch::Sender<bool>,
     status: Arc<std::sync::atomic::AtomicU16>,
+    json: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upstream {
+    /// Like [`Upstream::start`], but the catch-all answers JSON as `/json/...` does: an API
+    /// upstream.
+    pub async fn start_json(name: &str) -> Upstream {
+        let upstream = Upstream::start(name).await;
+        upstream
+            .json
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        upstream
+    }
+
     /// Starts an upstream named `name` (its name appears in response bodies).
     pub async fn start(name: &str) -> Upstream {
         Upstream::start_with_delay(name, std::time::Duration::ZERO).await
@@ -95,6 +107,7 @@ impl Upstream {
             release: Arc::new(Notify::new()),
             stop: watch::channel(false).0,
             status: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            json: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let state = Arc::new(State {
             name: upstream.name.clone(),
@@ -102,6 +115,7 @@ impl Upstream {
             release: upstream.release.clone(),
             delay,
             status: upstream.status.clone(),
+            json: upstream.json.clone(),
         });
         let mut stop = upstream.stop.subscribe();
         tokio::spawn(async move {
@@ -163,6 +177,7 @@ struct State {
     release: Arc<Notify>,
     delay: std::time::Duration,
     status: Arc<std::sync::atomic::AtomicU16>,
+    json: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -211,7 +226,9 @@ impl State {
                 }
                 response
             }
-            p if p.starts_with("/json/") => {
+            p if p.starts_with("/json/")
+                || self.json.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 if !self.delay.is_zero() {
                     tokio::time::sleep(self.delay).await;
                 }
@@ -219,6 +236,7 @@ impl State {
                     "upstream": self.name,
                     "path": p,
                     "query": req.uri().query(),
+                    "consumer": req.headers().get("x-consumer-id").and_then(|v| v.to_str().ok()),
                     "secret": "upstream-only",
                 });
                 let mut response =

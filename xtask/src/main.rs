@@ -4,9 +4,13 @@
 //! - `plugins` — builds every bundled plugin (`plugins/*`) for `wasm32-wasip2` into
 //!   `target/plugins/NAME.wasm`;
 //! - `demo` — builds weir and the plugins, and runs weir in front of two demo upstreams it
-//!   starts itself, with curl lines to try.
+//!   starts itself, with curl lines to try;
+//! - `gateway` — the same for the API-gateway example (`examples/gateway/`), every phase
+//!   plugin in front of a users and an orders upstream;
+//! - `token [SUBJECT] [SECONDS]` — prints a token the gateway example's jwt-auth accepts.
 
 mod demo;
+mod gateway;
 
 use std::process::Command;
 
@@ -17,10 +21,12 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(),
         "demo" => demo::run(),
+        "gateway" => gateway::run(),
+        "token" => gateway::token(std::env::args().nth(2), std::env::args().nth(3)),
         "plugins" => plugins().map(|dir| eprintln!("plugins built into {}", dir.display())),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams"
+                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]"
             );
             if task.is_empty() || task == "help" {
                 Ok(())
