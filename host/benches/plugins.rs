@@ -1,9 +1,10 @@
-//! Plugin call costs: one hook call on a reused instance and on a fresh one, and the chain of
-//! the two bundled plugins (key-auth, then headers) over a whole request and response.
+//! Plugin call costs: one hook call on a reused instance and on a fresh one; the chain of
+//! key-auth and headers over a whole request and response; each phase plugin's hook
+//! (jwt-auth, rate-limit, rewrite, transform); and the three-plugin request chain
+//! jwt-auth → rate-limit → rewrite.
 //!
 //! Needs the bundled plugins: `cargo xtask plugins && cargo bench -p weir-host --bench
-//! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding `headers.wasm` and
-//! `key-auth.wasm`).
+//! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +60,38 @@ fn load(
     Arc::new(plugin)
 }
 
+const JWT_AUTH_TOML: &str = r#"
+[config]
+[[config.keys]]
+algorithm = "HS256"
+secret = "weir-example-secret-of-32-bytes!"
+"#;
+
+/// HS256 over the secret above, `sub` = bench, expiring in 2049 (`cargo xtask token bench
+/// 2500000000`).
+const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJleHAiOjQyOTU4MjE0MTAsImlhdCI6MTc5NTgyMTQxMCwic3ViIjoiYmVuY2gifQ.sxj_sLZNtkhE-cCAdjAyUxbBZly1RVjS4EKCFTiF2_Q";
+
+const RATE_LIMIT_TOML: &str = r#"
+[config]
+key = "consumer"
+[[config.limits]]
+requests = 1000000000
+window = "1s"
+"#;
+
+const REWRITE_TOML: &str = r#"
+[[config.rules]]
+path = '^/api/(orders|users)/(\d+)$'
+rewrite = '/$1/$2'
+"#;
+
+const TRANSFORM_TOML: &str = r#"
+[config.request.headers]
+set = { "x-gateway-route" = "{route}" }
+[config.response.json]
+remove = ["secret"]
+"#;
+
 /// A typical proxied request: a handful of headers, an API key.
 fn request() -> (http::request::Parts, RequestHead) {
     let (parts, ()) = Request::get("/api/orders/42?expand=items")
@@ -67,6 +100,7 @@ fn request() -> (http::request::Parts, RequestHead) {
         .header("accept", "application/json")
         .header("accept-encoding", "gzip, br")
         .header("x-api-key", "alice-key")
+        .header("authorization", format!("Bearer {TOKEN}"))
         .header("x-request-id", "0d6f2a3c-bench")
         .body(())
         .expect("request")
@@ -144,5 +178,73 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(plugin_benches, benches);
+/// Each phase plugin's hook on a reused instance, and the three-plugin request chain.
+fn phase_benches(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let plugins = PluginRuntime::new(None).expect("plugin runtime");
+    let jwt_auth = load(&runtime, &plugins, "jwt-auth", JWT_AUTH_TOML);
+    let rate_limit = load(&runtime, &plugins, "rate-limit", RATE_LIMIT_TOML);
+    let rewrite = load(&runtime, &plugins, "rewrite", REWRITE_TOML);
+    let transform = load(&runtime, &plugins, "transform", TRANSFORM_TOML);
+    let (_, head) = request();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": 42, "status": "shipped", "secret": "upstream-only",
+        "items": (0..10).map(|i| serde_json::json!({"sku": format!("sku-{i}"), "qty": i})).collect::<Vec<_>>(),
+    }))
+    .expect("json");
+    let response_head = weir::plugin::ResponseHead {
+        status: 200,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+    };
+
+    let mut group = c.benchmark_group("phase");
+    group.bench_function("jwt-auth/on_request/hs256", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { jwt_auth.on_request(&head).await.expect("call") })
+    });
+    group.bench_function("rate-limit/on_request", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { rate_limit.on_request(&head).await.expect("call") })
+    });
+    group.bench_function("rewrite/on_request", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { rewrite.on_request(&head).await.expect("call") })
+    });
+    group.bench_function("transform/on_request", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { transform.on_request(&head).await.expect("call") })
+    });
+    group.bench_function("transform/on_response_body/json_300B", |b| {
+        b.to_async(&runtime).iter(|| async {
+            transform
+                .on_response_body(&head, &response_head, &body)
+                .await
+                .expect("call")
+        })
+    });
+    group.finish();
+
+    let chain = Chain::new(vec![jwt_auth, rate_limit, rewrite]);
+    c.bench_function("chain/jwt-auth+rate-limit+rewrite/request", |b| {
+        b.to_async(&runtime).iter_batched(
+            request,
+            |(mut parts, mut head)| {
+                let chain = &chain;
+                async move {
+                    match chain.on_request(&mut head, &mut parts).await {
+                        Ok(RequestStep::Continue { .. }) => {}
+                        other => panic!("the chain did not pass the request: {other:?}"),
+                    }
+                    (parts, head)
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(plugin_benches, benches, phase_benches);
 criterion_main!(plugin_benches);
