@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# weir against nginx and HAProxy, one run, rounds interleaved (direct, nginx, haproxy, weir,
+# weir+2, weir+3, direct, ...), the same load on each:
+#   direct   — the origin itself (nginx `return 200`, 1 KiB);
+#   nginx    — nginx reverse proxy, worker_processes 1, upstream keepalive;
+#   haproxy  — HAProxy, nbthread 1, http-reuse always;
+#   weir     — weir, one worker thread, no plugins;
+#   weir+2   — weir with the two bundled runtime plugins: key-auth → headers;
+#   weir+3   — weir with jwt-auth → rate-limit (never reached) → rewrite.
+# Every proxy: pinned to CPU 0, upstream keep-alive, no access log. Origin and wrk (-t2 -c64)
+# share CPU 1, so the proxy is the bottleneck. Per target: requests/s, p50, p99 and the
+# proxy process's CPU microseconds per request (/proc/PID/stat before and after), medians
+# over the rounds, with ratios to nginx. Then the same with a 64 KiB body (BIG=0 skips it).
+# HTTP/2 (h2load, TLS at the proxy) waits for TLS in weir.
+#
+# Installs nginx, haproxy, wrk, h2load from Debian if missing (needs root). Needs
+# `cargo build --release -p weir-host` and `cargo xtask plugins`.
+# Usage: bench/run.sh  (env: DURATION=10s ROUNDS=3 CONNS=64 BIG=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+BIG=${BIG:-1}
+WEIR=${WEIR:-target/release/weir}
+PLUGINS=${PLUGINS:-target/plugins}
+ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  apt-get install -y -q "${need[@]}" >/dev/null
+fi
+[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --release -p weir-host" >&2; exit 1; }
+for p in key-auth headers jwt-auth rate-limit rewrite; do
+  [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+ticks_per_sec=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+mkdir -p "$tmp/www" "$tmp/plugins"
+head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/www/small"
+head -c 65536 /dev/zero | tr '\0' 'x' > "$tmp/www/big"
+cat > "$tmp/origin.conf" <<CONF
+worker_processes 1; daemon off; pid $tmp/origin.pid; error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000; sendfile on;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    location ~ big\$ { alias $tmp/www/big; default_type application/octet-stream; }
+    location / { default_type text/plain; return 200 "$(cat "$tmp/www/small")"; }
+  }
+}
+CONF
+cat > "$tmp/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+cat > "$tmp/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY
+  default_backend origin
+backend origin
+  server o1 127.0.0.1:$ORIGIN
+CONF
+for p in key-auth headers jwt-auth rate-limit rewrite; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
+cat > "$tmp/plugins/key-auth.toml" <<'CONF'
+[config]
+[[config.consumers]]
+name = "bench"
+keys = ["bench-key"]
+CONF
+cat > "$tmp/plugins/headers.toml" <<'CONF'
+[config.request]
+set = { "x-from" = "weir" }
+[config.response]
+set = { "x-frame-options" = "DENY" }
+CONF
+cat > "$tmp/plugins/jwt-auth.toml" <<'CONF'
+[config]
+[[config.keys]]
+algorithm = "HS256"
+secret = "weir-example-secret-of-32-bytes!"
+CONF
+cat > "$tmp/plugins/rate-limit.toml" <<'CONF'
+[config]
+key = "consumer"
+[[config.limits]]
+requests = 1000000000
+window = "1s"
+CONF
+cat > "$tmp/plugins/rewrite.toml" <<'CONF'
+[[config.rules]]
+path = '^/p3(/.*)$'
+rewrite = '$1'
+CONF
+cat > "$tmp/weir.toml" <<CONF
+[[listeners]]
+address = "127.0.0.1:$WEIRP"
+[server]
+worker_threads = 1
+[plugins]
+cache_dir = "$tmp/cache"
+[[clusters]]
+name = "origin"
+endpoints = ["127.0.0.1:$ORIGIN"]
+[[routes]]
+name = "two"
+path_prefix = "/p2/"
+cluster = "origin"
+plugins = ["key-auth", "headers"]
+[[routes]]
+name = "three"
+path_prefix = "/p3/"
+cluster = "origin"
+plugins = ["jwt-auth", "rate-limit", "rewrite"]
+[[routes]]
+name = "plain"
+cluster = "origin"
+plugins = []
+CONF
+
+taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
+taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pids+=($!); nginx_pid=$!
+taskset -c 0 haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!); haproxy_pid=$!
+RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pids+=($!); weir_pid=$!
+token=$(cargo xtask token bench 3600 2>/dev/null)
+
+# target → "port path-prefix pid"
+spec() {
+  case $1 in
+    direct) echo "$ORIGIN / 0" ;;
+    nginx) echo "$NGINX / $nginx_pid" ;;
+    haproxy) echo "$HAPROXY / $haproxy_pid" ;;
+    weir) echo "$WEIRP / $weir_pid" ;;
+    weir+2) echo "$WEIRP /p2/ $weir_pid" ;;
+    weir+3) echo "$WEIRP /p3/ $weir_pid" ;;
+  esac
+}
+TARGETS="direct nginx haproxy weir weir+2 weir+3"
+url() { read -r port prefix _ <<<"$(spec "$1")"; echo "http://127.0.0.1:$port${prefix}$2"; }
+load() {
+  taskset -c 1 wrk -t2 -c"$CONNS" -d"$2" --latency \
+    -H "x-api-key: bench-key" -H "authorization: Bearer $token" "$1"
+}
+
+for _ in $(seq 300); do
+  ok=1
+  for t in $TARGETS; do curl -sf -o /dev/null -H "x-api-key: bench-key" -H "authorization: Bearer $token" "$(url "$t" small)" || ok=0; done
+  [ $ok = 1 ] && break
+  sleep 0.1
+done
+[ $ok = 1 ] || { echo "a target does not answer 200" >&2; exit 1; }
+
+results="$tmp/results"
+pass() {  # $1 = file name on the origin (small | big)
+  echo "warm-up ($1)..." >&2
+  for t in $TARGETS; do load "$(url "$t" "$1")" 2s >/dev/null; done
+  for round in $(seq "$ROUNDS"); do
+    for t in $TARGETS; do
+      read -r _ _ pid <<<"$(spec "$t")"
+      before=0; [ "$pid" = 0 ] || before=$(cpu_ticks "$pid")
+      out=$(load "$(url "$t" "$1")" "$DURATION")
+      after=0; [ "$pid" = 0 ] || after=$(cpu_ticks "$pid")
+      awk -v t="$t" -v r="$round" -v d=$((after - before)) -v hz="$ticks_per_sec" -v body="$1" '
+        /Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /requests in/ {n=$1}
+        /Non-2xx/ {bad=$4}
+        function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1e6; return v }
+        END { cpu = (d > 0 && n > 0) ? d / hz * 1e6 / n : 0
+              printf "%s %s %s %.0f %.0f %.0f %.2f %d\n", body, t, r, rps, us(p50), us(p99), cpu, bad+0 }' <<<"$out" >> "$results"
+      echo "  $1 round $round $t done" >&2
+    done
+  done
+}
+pass small
+[ "$BIG" = 1 ] && pass big
+
+# Medians per body and target, with ratios to nginx.
+sort -k1,1 -k2,2 -k4,4n "$results" | awk '
+  { key=$1" "$2; n[key]++; rps[key, n[key]]=$4; p50[key, n[key]]=$5; p99[key, n[key]]=$6; cpu[key, n[key]]=$7; bad[key]+=$8; order[key]=1 }
+  function med(a, k, c,   i, v, tmp, j, t) { for (i=1;i<=c;i++) tmp[i]=a[k,i]
+    for (i=1;i<=c;i++) for (j=i+1;j<=c;j++) if (tmp[j]<tmp[i]) {t=tmp[i];tmp[i]=tmp[j];tmp[j]=t}
+    return tmp[int((c+1)/2)] }
+  END {
+    split("direct nginx haproxy weir weir+2 weir+3", targets, " ")
+    split("small big", bodies, " ")
+    for (b=1; b<=2; b++) {
+      body=bodies[b]; if (!((body" nginx") in n)) continue
+      kn=body" nginx"; nrps=med(rps,kn,n[kn]); ncpu=med(cpu,kn,n[kn])
+      printf "\n%s body (%s)\n", body, body=="small" ? "1 KiB" : "64 KiB"
+      printf "%-8s %12s %9s %9s %12s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "rps/nginx", "nginx/cpu", "non-2xx"
+      for (i=1; i<=6; i++) { k=body" "targets[i]; if (!(k in n)) continue
+        r=med(rps,k,n[k]); c=med(cpu,k,n[k])
+        printf "%-8s %12.0f %9.0f %9.0f %12s %10.2f %10s %8d\n", targets[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
+          (c>0 ? sprintf("%.1f", c) : "-"), r/nrps, (c>0 ? sprintf("%.2f", ncpu/c) : "-"), bad[k] }
+    }
+  }'
+echo
+echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c$CONNS; proxies on CPU 0 (one worker each), origin + wrk on CPU 1; medians over rounds"
+echo "nginx/cpu >= 1.00 means the target spends no more CPU per request than nginx"
