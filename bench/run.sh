@@ -52,6 +52,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 mkdir -p "$tmp/www" "$tmp/plugins"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/www/small"
 head -c 65536 /dev/zero | tr '\0' 'x' > "$tmp/www/big"
+# nginx workers run as an unprivileged user when started as root: let them read the files.
+chmod 755 "$tmp" "$tmp/www" && chmod 644 "$tmp/www/"*
 cat > "$tmp/origin.conf" <<CONF
 worker_processes 1; daemon off; pid $tmp/origin.pid; error_log stderr warn;
 events { worker_connections 4096; }
@@ -64,8 +66,9 @@ http {
   }
 }
 CONF
+# One process (no master), so /proc/PID/stat of the process started is the one doing the work.
 cat > "$tmp/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
+master_process off; worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
 events { worker_connections 4096; }
 http {
   access_log off; keepalive_requests 1000000;
@@ -120,8 +123,8 @@ window = "1s"
 CONF
 cat > "$tmp/plugins/rewrite.toml" <<'CONF'
 [[config.rules]]
-path = '^/p3(/.*)$'
-rewrite = '$1'
+path = '^/p3/(.*)$'
+rewrite = '/$1'
 CONF
 cat > "$tmp/weir.toml" <<CONF
 [[listeners]]

@@ -139,8 +139,13 @@ impl Rule {
         if path.is_none() && (has_group_ref(&config.rewrite) || has_group_ref(&config.redirect)) {
             return Err("rewrite and redirect can use $groups only with a path regex".into());
         }
+        // A rewrite may start with a group that holds the slash (`$1` for `^(/.*)$`).
+        if let Some(value) = &config.rewrite
+            && !value.starts_with(['/', '$'])
+        {
+            return Err(format!("rewrite {value:?} must start with / or a $group"));
+        }
         for (key, value) in [
-            ("rewrite", &config.rewrite),
             ("strip_prefix", &config.strip_prefix),
             ("add_prefix", &config.add_prefix),
         ] {
@@ -221,7 +226,10 @@ impl Rule {
     fn apply(&self, request: &mut Request, groups: &Groups) -> Option<Reply> {
         let c = &self.config;
         if let Some(template) = &c.rewrite {
-            request.set_path(expand(template, groups));
+            let path = expand(template, groups);
+            // A group that did not hold the leading slash still gives a valid path.
+            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            request.set_path(path);
         }
         if let Some(prefix) = &c.strip_prefix {
             let path = request.path();
@@ -390,6 +398,10 @@ rewrite = '/${kind}/$2'
         );
         let untouched = r.request(TestRequest::get("/v2/users/7")).forwarded();
         assert_eq!(untouched.path, "/v2/users/7");
+
+        let leading_group = rewrite("[[rules]]\npath = '^/p/(.*)$'\nrewrite = '$1'");
+        let out = leading_group.request(TestRequest::get("/p/a/b")).forwarded();
+        assert_eq!(out.path, "/a/b", "a slash is put in front when the group has none");
     }
 
     #[test]
@@ -483,6 +495,7 @@ redirect = '/elsewhere?from=bare'
             ("[[rules]]\npath = '('", "rules[0]: path"),
             ("[[rules]]\nrewrite = '/$1'", "only with a path regex"),
             ("[[rules]]\nadd_prefix = 'x'", "must start with /"),
+            ("[[rules]]\npath = '(.*)'\nrewrite = 'x$1'", "must start with / or a $group"),
             (
                 "[[rules]]\nredirect = '/a'\nredirect_status = 200",
                 "not a redirect",
