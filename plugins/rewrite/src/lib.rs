@@ -228,7 +228,11 @@ impl Rule {
         if let Some(template) = &c.rewrite {
             let path = expand(template, groups);
             // A group that did not hold the leading slash still gives a valid path.
-            let path = if path.starts_with('/') { path } else { format!("/{path}") };
+            let path = if path.starts_with('/') {
+                path
+            } else {
+                format!("/{path}")
+            };
             request.set_path(path);
         }
         if let Some(prefix) = &c.strip_prefix {
@@ -400,8 +404,13 @@ rewrite = '/${kind}/$2'
         assert_eq!(untouched.path, "/v2/users/7");
 
         let leading_group = rewrite("[[rules]]\npath = '^/p/(.*)$'\nrewrite = '$1'");
-        let out = leading_group.request(TestRequest::get("/p/a/b")).forwarded();
-        assert_eq!(out.path, "/a/b", "a slash is put in front when the group has none");
+        let out = leading_group
+            .request(TestRequest::get("/p/a/b"))
+            .forwarded();
+        assert_eq!(
+            out.path, "/a/b",
+            "a slash is put in front when the group has none"
+        );
     }
 
     #[test]
@@ -495,7 +504,10 @@ redirect = '/elsewhere?from=bare'
             ("[[rules]]\npath = '('", "rules[0]: path"),
             ("[[rules]]\nrewrite = '/$1'", "only with a path regex"),
             ("[[rules]]\nadd_prefix = 'x'", "must start with /"),
-            ("[[rules]]\npath = '(.*)'\nrewrite = 'x$1'", "must start with / or a $group"),
+            (
+                "[[rules]]\npath = '(.*)'\nrewrite = 'x$1'",
+                "must start with / or a $group",
+            ),
             (
                 "[[rules]]\nredirect = '/a'\nredirect_status = 200",
                 "not a redirect",
