@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
-use weir_tests::{DEADLINE, Upstream, Weir, empty, http1_client, read_body};
+use weir_tests::{DEADLINE, Upstream, Weir, http1_client, read_body};
 
 use crate::config;
 
@@ -36,17 +36,7 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut request = Request::get(weir.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = http1_client()
-        .request(request.body(empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = String::from_utf8_lossy(&read_body(body).await).into_owned();
-    (parts.status, parts.headers, body)
+    weir_tests::get_with(&weir.url(path), headers).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

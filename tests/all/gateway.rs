@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::Value;
-use weir_tests::{Upstream, Weir, empty, http1_client, read_body};
+use weir_tests::{Upstream, Weir};
 
 /// The example's HS256 secret (examples/gateway/plugins/jwt-auth.toml).
 const SECRET: &str = "weir-example-secret-of-32-bytes!";
@@ -43,17 +43,12 @@ async fn get(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut request = Request::get(weir.url(path));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = http1_client()
-        .request(request.body(empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = String::from_utf8_lossy(&read_body(body).await).into_owned();
-    (parts.status, parts.headers, body)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    weir_tests::get_with(&weir.url(path), &headers).await
 }
 
 /// Starts the example gateway against `users` and `orders`: the example's own files, with

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use weir_tests::{Upstream, Weir, empty, http1_client, read_body};
+use weir_tests::{Upstream, Weir, http1_client, read_body};
 
 use crate::config;
 
@@ -20,17 +20,7 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut request = Request::get(weir.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = http1_client()
-        .request(request.body(empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = String::from_utf8_lossy(&read_body(body).await).into_owned();
-    (parts.status, parts.headers, body)
+    weir_tests::get_with(&weir.url(path), headers).await
 }
 
 fn unix_now() -> u64 {

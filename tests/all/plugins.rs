@@ -19,16 +19,7 @@ async fn start(upstream: &Upstream, settings: Option<&str>) -> Weir {
 }
 
 async fn get(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
-    let response = http1_client()
-        .request(Request::get(weir.url(path)).body(empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&read_body(body).await).into_owned(),
-    )
+    weir_tests::get_with(&weir.url(path), &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,6 +52,24 @@ pub fn full(bytes: impl Into<Bytes>) -> ClientBody {
     http_body_util::Full::new(bytes.into()).boxed()
 }
 
+/// `GET url` with `headers` over HTTP/1.1: the status, headers and body as text.
+pub async fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let mut request = http::Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = http1_client()
+        .request(request.body(empty()).expect("request"))
+        .await
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = String::from_utf8_lossy(&read_body(body).await).into_owned();
+    (parts.status, parts.headers, body)
+}
+
 /// Reads a whole body into memory (for small bodies).
 pub async fn read_body<B: Body<Data = Bytes>>(body: B) -> Bytes
 where

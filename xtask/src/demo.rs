@@ -97,24 +97,34 @@ fn stage(built: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// A demo upstream: answers every request with JSON describing what it received.
 async fn serve(name: &'static str, listener: TcpListener) {
+    serve_json(listener, move |req| {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        serde_json::json!({
+            "upstream": name,
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "headers": headers,
+        })
+    })
+    .await
+}
+
+/// Serves `listener` forever, answering each request with the JSON `describe` makes of it.
+pub(crate) async fn serve_json(
+    listener: TcpListener,
+    describe: impl Fn(&Request<Incoming>) -> serde_json::Value + Copy + Send + Sync + 'static,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| async move {
-                let headers: serde_json::Map<String, serde_json::Value> = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-                    .collect();
-                let body = serde_json::json!({
-                    "upstream": name,
-                    "method": req.method().as_str(),
-                    "uri": req.uri().to_string(),
-                    "headers": headers,
-                });
-                let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
+                let mut text = serde_json::to_vec_pretty(&describe(&req)).unwrap_or_default();
                 text.push(b'\n');
                 let mut response = Response::new(Full::new(Bytes::from(text)));
                 response.headers_mut().insert(

@@ -3,19 +3,11 @@
 //! example upstreams (users on :9001, orders on :9002), runs weir, and prints what to try.
 //! `cargo xtask token [SUBJECT] [SECONDS]` mints a token the example's jwt-auth accepts.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::{cargo, plugins, root, target_dir};
@@ -109,36 +101,21 @@ fn stage(built: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
 /// An example API upstream: answers JSON about the request, with a field the gateway must
 /// never pass on (`secret`).
 async fn serve(name: &'static str, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+    crate::demo::serve_json(listener, move |req| {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
         };
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| async move {
-                let header = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                };
-                let body = serde_json::json!({
-                    "upstream": name,
-                    "path": req.uri().path(),
-                    "query": req.uri().query(),
-                    "consumer": header("x-consumer-id"),
-                    "gateway_route": header("x-gateway-route"),
-                    "secret": "upstream-only",
-                });
-                let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-                response.headers_mut().insert(
-                    "content-type",
-                    http::HeaderValue::from_static("application/json"),
-                );
-                Ok::<_, Infallible>(response)
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        serde_json::json!({
+            "upstream": name,
+            "path": req.uri().path(),
+            "query": req.uri().query(),
+            "consumer": header("x-consumer-id"),
+            "gateway_route": header("x-gateway-route"),
+            "secret": "upstream-only",
+        })
+    })
+    .await
 }
