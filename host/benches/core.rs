@@ -16,7 +16,13 @@ use weir::router::Router;
 /// balancing algorithm, each with 8 endpoints.
 fn config() -> weir::config::Config {
     let mut text = String::from("[[listeners]]\naddress = \"127.0.0.1:0\"\n");
-    for lb in ["round_robin", "least_request", "random", "consistent_hash", "first"] {
+    for lb in [
+        "round_robin",
+        "least_request",
+        "random",
+        "consistent_hash",
+        "first",
+    ] {
         let endpoints: Vec<String> = (0..8).map(|i| format!("\"10.0.0.{i}:80\"")).collect();
         text.push_str(&format!(
             "[[clusters]]\nname = \"{lb}\"\nlb = \"{lb}\"\nendpoints = [{}]\n",

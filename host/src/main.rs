@@ -93,10 +93,17 @@ fn check(path: &Path) -> anyhow::Result<()> {
 
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = weir::config::load(path)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.server.worker_threads {
-        runtime.worker_threads(n);
-    }
+    // One worker thread means tokio's current-thread scheduler: every task, accept loops
+    // included, on the one thread, with no cross-thread wake-ups (nginx's worker model).
+    let mut runtime = match config.server.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime
         .enable_all()
         .build()

@@ -112,6 +112,37 @@ async fn http2_prior_knowledge_clients_are_proxied_to_http1_upstreams() {
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
 }
 
+/// `worker_threads = 1` runs tokio's current-thread scheduler: concurrent HTTP/1.1 and HTTP/2
+/// clients and plugin hooks all share the one thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_thread_serves_everything_on_one_thread() {
+    let upstream = Upstream::start("one").await;
+    let config =
+        config(&[upstream.addr], "").replace("[server]\n", "[server]\nworker_threads = 1\n");
+    let plugin: &[u8] = include_bytes!(env!("TEST_PLUGIN_WASM"));
+    let weir = Weir::start_with_files(&config, &[("plugins/test.wasm", plugin)]).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let url = weir.url(&format!("/one/{i}"));
+        clients.spawn(async move {
+            let client = if i % 2 == 0 {
+                http1_client()
+            } else {
+                http2_client()
+            };
+            let request = Request::get(url).body(empty()).expect("request");
+            let response = client.request(request).await.expect("response");
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["x-plugin-response"], "1");
+            read_body(response.into_body()).await
+        });
+    }
+    while let Some(body) = clients.join_next().await {
+        assert!(body.expect("client").starts_with(b"one GET /one/"));
+    }
+    assert_eq!(upstream.requests().len(), 20);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_spreads_requests_evenly() {
     let a = Upstream::start("a").await;
