@@ -23,3 +23,21 @@ cpu_per_request() {
 
 # A 1 KiB body for the origins' `return 200`.
 origin_body() { head -c 1024 /dev/zero | tr '\0' 'x'; }
+
+# Settings for jwt-auth (HS256 with the gateway example's secret, which `cargo xtask token`
+# signs with) and rate-limit (per consumer, a limit never reached) in plugin folder $1.
+write_auth_settings() {
+  cat > "$1/jwt-auth.toml" <<'CONF'
+[config]
+[[config.keys]]
+algorithm = "HS256"
+secret = "weir-example-secret-of-32-bytes!"
+CONF
+  cat > "$1/rate-limit.toml" <<'CONF'
+[config]
+key = "consumer"
+[[config.limits]]
+requests = 1000000000
+window = "1s"
+CONF
+}

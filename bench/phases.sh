@@ -54,19 +54,7 @@ CONF
 
 mkdir -p "$tmp/plugins"
 for p in jwt-auth rate-limit rewrite transform aggregate; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
-cat > "$tmp/plugins/jwt-auth.toml" <<'CONF'
-[config]
-[[config.keys]]
-algorithm = "HS256"
-secret = "weir-example-secret-of-32-bytes!"
-CONF
-cat > "$tmp/plugins/rate-limit.toml" <<'CONF'
-[config]
-key = "consumer"
-[[config.limits]]
-requests = 1000000000
-window = "1s"
-CONF
+write_auth_settings "$tmp/plugins"
 cat > "$tmp/plugins/rewrite.toml" <<'CONF'
 [[config.rules]]
 path = '^/v1/(.*)$'

@@ -42,12 +42,11 @@ for p in key-auth headers jwt-auth rate-limit rewrite; do
   [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
 done
 
+. bench/common.sh
 tmp=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
-ticks_per_sec=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 mkdir -p "$tmp/www" "$tmp/plugins"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$tmp/www/small"
@@ -108,19 +107,7 @@ set = { "x-from" = "weir" }
 [config.response]
 set = { "x-frame-options" = "DENY" }
 CONF
-cat > "$tmp/plugins/jwt-auth.toml" <<'CONF'
-[config]
-[[config.keys]]
-algorithm = "HS256"
-secret = "weir-example-secret-of-32-bytes!"
-CONF
-cat > "$tmp/plugins/rate-limit.toml" <<'CONF'
-[config]
-key = "consumer"
-[[config.limits]]
-requests = 1000000000
-window = "1s"
-CONF
+write_auth_settings "$tmp/plugins"
 cat > "$tmp/plugins/rewrite.toml" <<'CONF'
 [[config.rules]]
 path = '^/p3/(.*)$'

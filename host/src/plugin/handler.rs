@@ -76,6 +76,8 @@ pub enum HandlerBody {
 /// A loaded handler component.
 pub(super) struct Handler {
     pub(super) pre: ProxyPre<HandlerState>,
+    /// The clusters its outgoing requests may reach (`clusters` in `NAME.toml`).
+    pub(super) granted: Arc<[String]>,
 }
 
 /// What a handler instance's `Store` carries.
@@ -173,7 +175,6 @@ impl WasiHttpHooks for OutboundHooks {
 /// What one handler call needs besides the request.
 pub(super) struct CallContext<'a> {
     pub(super) config_json: &'a str,
-    pub(super) granted: Arc<[String]>,
     pub(super) memory_limit: usize,
     pub(super) deadline: std::time::Duration,
     pub(super) outbound: Arc<dyn Outbound>,
@@ -199,7 +200,7 @@ impl Handler {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutboundHooks {
-                granted: call.granted,
+                granted: self.granted.clone(),
                 outbound: call.outbound,
             },
             limits,

@@ -223,6 +223,7 @@ impl PluginRuntime {
             let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
                 .context("not a wasi:http proxy component")
                 .map_err(fail)?;
+            let granted = settings.clusters.clone().into();
             return Ok(Plugin {
                 name: plugin_name(&file).into(),
                 file,
@@ -232,7 +233,7 @@ impl PluginRuntime {
                 settings,
                 config_json,
                 kv: self.kv.clone(),
-                pre: Pre::Handler(Handler { pre }),
+                pre: Pre::Handler(Handler { pre, granted }),
                 idle: Mutex::new(Vec::new()),
                 loaded_at: SystemTime::now(),
                 compile_time,
@@ -506,7 +507,6 @@ impl Plugin {
         };
         let call = handler::CallContext {
             config_json: &self.config_json,
-            granted: self.settings.clusters.clone().into(),
             memory_limit: self.settings.memory_limit,
             deadline: self.settings.deadline,
             outbound,
