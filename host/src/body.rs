@@ -76,7 +76,7 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
         other => {
             let bytes = other.collect().await.map_err(BufferError)?.to_bytes();
             return Ok(if bytes.len() <= limit {
-                Buffered::Whole(bytes.to_vec())
+                Buffered::Whole(Vec::from(bytes))
             } else {
                 Buffered::TooLarge(full(bytes))
             });
@@ -95,7 +95,8 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
             }
         }
     }
-    Ok(Buffered::Whole(read.to_vec()))
+    // `BytesMut` gives up its buffer: no copy of the body.
+    Ok(Buffered::Whole(Vec::from(read)))
 }
 
 /// Reading a body failed.

@@ -377,7 +377,7 @@ async fn read_request_body(
         return Err(too_large().with_cause("content-length is over the body hooks' limit"));
     }
     match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Ok(collected) => Ok(Vec::from(collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(too_large().with_cause("the body is over the body hooks' limit"))
         }
