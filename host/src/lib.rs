@@ -20,6 +20,7 @@ mod admin;
 pub mod balancer;
 pub mod body;
 pub mod config;
+pub mod devkit;
 pub mod error;
 pub mod generation;
 pub mod health;

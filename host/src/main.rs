@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weir::devkit::component::BindingsLang;
+use weir::devkit::templates::Lang;
 
 /// A programmable HTTP reverse proxy, load balancer and API gateway.
 #[derive(Debug, Parser)]
@@ -26,6 +28,48 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration file: exit 0 if valid, else print every problem and exit 1.
     Check(ConfigArg),
+    /// Tools for writing plugins: new, test, bindgen, componentize.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Write a ready-to-build plugin project into the folder NAME.
+    New {
+        /// The language of the project.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// The plugin's name, and the folder created for it.
+        name: String,
+    },
+    /// Run a plugin against a case file, outside the proxy, with a mock host; exit 1 if a
+    /// case fails.
+    Test {
+        /// The plugin's `.wasm` file.
+        plugin: PathBuf,
+        /// The case file (see docs/plugins/testing.md).
+        #[arg(long = "case", value_name = "CASES.toml")]
+        cases: PathBuf,
+    },
+    /// Write the filter world's bindings for C (and Zig) or Go into DIR.
+    Bindgen {
+        /// The language to generate for.
+        #[arg(long, value_enum)]
+        lang: BindingsLang,
+        /// The folder to write into.
+        #[arg(default_value = "bindings")]
+        dir: PathBuf,
+    },
+    /// Make a core module (wasm32-wasip1, reactor) that implements the filter world into a
+    /// plugin component.
+    Componentize {
+        /// The core module.
+        core: PathBuf,
+        /// Where to write the component.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -43,10 +87,15 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The plugin tools print their own report; only problems are logged.
+    let level = match cli.command {
+        Some(Command::Plugin(_)) => "warn",
+        _ => "info",
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr);
     match cli.log_format {
@@ -56,6 +105,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
+        Command::Plugin(command) => plugin(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,4 +160,50 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(weir::run(path, config, weir::shutdown::os_signal()))?;
     Ok(())
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New { lang, name } => {
+            let dir = PathBuf::from(&name);
+            weir::devkit::templates::write(lang, &name, &dir)?;
+            println!(
+                "wrote {}: a {} plugin. Build it with `cd {} && {}`; see its README.md",
+                dir.display(),
+                lang.display_name(),
+                dir.display(),
+                lang.build_command()
+            );
+            Ok(())
+        }
+        PluginCommand::Test { plugin, cases } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let mut report = String::new();
+            let passed = runtime.block_on(weir::devkit::cases::run(&plugin, &cases, &mut report));
+            print!("{report}");
+            if !passed? {
+                anyhow::bail!("some cases failed");
+            }
+            Ok(())
+        }
+        PluginCommand::Bindgen { lang, dir } => {
+            for file in weir::devkit::component::bindgen(lang, &dir)? {
+                println!("wrote {}", file.display());
+            }
+            Ok(())
+        }
+        PluginCommand::Componentize { core, output } => {
+            let bytes =
+                std::fs::read(&core).with_context(|| format!("cannot read {}", core.display()))?;
+            let component = weir::devkit::component::componentize(&bytes)
+                .with_context(|| format!("{}", core.display()))?;
+            std::fs::write(&output, component)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub use validate::{
     AdminConfig, ClusterConfig, Config, Endpoint, HashKey, HealthCheck, LbPolicy, ListenerConfig,
     MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PluginLimits, PluginsConfig, RouteConfig,
-    ServerConfig, Sticky,
+    ServerConfig, Sticky, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

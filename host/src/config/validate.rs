@@ -506,7 +506,7 @@ fn plugins(check: &mut Checker<'_>, raw: RawPlugins, base_dir: &Path) -> Plugins
 }
 
 /// `$XDG_CACHE_HOME/weir`, else `$HOME/.cache/weir`; no cache if neither is set.
-fn default_cache_dir() -> Option<PathBuf> {
+pub fn default_cache_dir() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty());
     match xdg {
         Some(dir) => Some(PathBuf::from(dir).join("weir")),

@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use wasmtime::component::ResourceTable;
@@ -44,8 +45,11 @@ pub trait Outbound: Send + Sync {
         &self,
         cluster: String,
         request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, OutboundError>> + Send>>;
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<OutboundBody>, OutboundError>> + Send>>;
 }
+
+/// The body of a cluster's response to a handler's request.
+pub type OutboundBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Why an outgoing request failed, as far as the guest is told.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,7 @@ pub(super) struct CallContext<'a> {
     pub(super) memory_limit: usize,
     pub(super) deadline: std::time::Duration,
     pub(super) outbound: Arc<dyn Outbound>,
+    pub(super) clock: Option<Arc<super::ManualClock>>,
 }
 
 impl Handler {
@@ -188,7 +193,7 @@ impl Handler {
         call: CallContext<'_>,
         error: impl Fn(String) -> CallError,
     ) -> Result<http::Response<Bytes>, CallError> {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+        let wasi = super::wasi_builder(call.clock.as_ref())
             .env("WEIR_CONFIG", call.config_json)
             .build();
         let limits = StoreLimitsBuilder::new()

@@ -24,7 +24,7 @@ mod host_api;
 mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -109,6 +109,7 @@ pub struct PluginRuntime {
     kv: Arc<dyn KvBackend>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
+    clock: Option<Arc<ManualClock>>,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -177,7 +178,33 @@ impl PluginRuntime {
             kv: Arc::new(MemoryKv::default()),
             cache,
             ticker_stop,
+            clock: None,
         })
+    }
+
+    /// Plugins loaded from now on read the wall clock from `clock` instead of the system's
+    /// (`weir plugin test` sets the time per case).
+    pub fn use_clock(&mut self, clock: Arc<ManualClock>) {
+        self.clock = Some(clock);
+    }
+
+    /// Stores `value` at `key` in `plugin`'s namespace of the shared `kv`, as the plugin's
+    /// own `kv.set` would (for seeding a test).
+    pub fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) {
+        if let Err(e) = self
+            .kv
+            .set(host_api::kv::namespaced(plugin, key), value, None)
+        {
+            tracing::warn!(plugin, key, error = ?e, "cannot seed kv");
+        }
+    }
+
+    /// The value at `key` in `plugin`'s namespace of the shared `kv`, if any.
+    pub fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
+        self.kv
+            .get(&host_api::kv::namespaced(plugin, key))
+            .ok()
+            .flatten()
     }
 
     /// Compiles, links and configures a plugin; `limits` are the defaults its `NAME.toml`
@@ -233,6 +260,7 @@ impl PluginRuntime {
                 settings,
                 config_json,
                 kv: self.kv.clone(),
+                clock: self.clock.clone(),
                 pre: Pre::Handler(Handler { pre, granted }),
                 idle: Mutex::new(Vec::new()),
                 loaded_at: SystemTime::now(),
@@ -265,6 +293,7 @@ impl PluginRuntime {
             settings,
             config_json,
             kv: self.kv.clone(),
+            clock: self.clock.clone(),
             pre,
             idle: Mutex::new(Vec::new()),
             loaded_at: SystemTime::now(),
@@ -300,6 +329,54 @@ impl Drop for PluginRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A wall clock set by hand: plugins that read the time see what it was last set to.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    since_epoch_ns: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock showing `at`.
+    pub fn new(at: SystemTime) -> ManualClock {
+        let clock = ManualClock::default();
+        clock.set(at);
+        clock
+    }
+
+    /// Sets the time every plugin using this clock sees.
+    pub fn set(&self, at: SystemTime) {
+        let since = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        self.since_epoch_ns.store(nanos, Ordering::Relaxed);
+    }
+}
+
+/// [`ManualClock`] as WASI's wall clock.
+struct ManualWallClock(Arc<ManualClock>);
+
+impl wasmtime_wasi::HostWallClock for ManualWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.since_epoch_ns.load(Ordering::Relaxed))
+    }
+}
+
+/// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
+fn wasi_builder(clock: Option<&Arc<ManualClock>>) -> wasmtime_wasi::WasiCtxBuilder {
+    // The builder's defaults grant nothing: no preopens, no env, stdio closed, every socket
+    // address denied, no name lookup.
+    let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+    if let Some(clock) = clock {
+        builder.wall_clock(ManualWallClock(clock.clone()));
+    }
+    builder
 }
 
 /// Why a plugin file could not be loaded.
@@ -408,6 +485,7 @@ pub struct Plugin {
     pub settings: PluginSettings,
     config_json: String,
     kv: Arc<dyn KvBackend>,
+    clock: Option<Arc<ManualClock>>,
     pre: Pre,
     idle: Mutex<Vec<Instance>>,
     /// When this version finished loading.
@@ -510,6 +588,7 @@ impl Plugin {
             memory_limit: self.settings.memory_limit,
             deadline: self.settings.deadline,
             outbound,
+            clock: self.clock.clone(),
         };
         handler
             .handle(request, call, |why| self.error(format_args!("{why}")))
@@ -533,7 +612,12 @@ impl Plugin {
             .build();
         let mut store = Store::new(
             self.engine(),
-            PluginState::new(self.name.clone(), self.kv.clone(), limits),
+            PluginState::new(
+                self.name.clone(),
+                self.kv.clone(),
+                limits,
+                self.clock.clone(),
+            ),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks());

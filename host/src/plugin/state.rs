@@ -7,6 +7,7 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::ManualClock;
 use super::host_api::kv::KvBackend;
 
 /// The data of one instance's `Store`.
@@ -30,10 +31,9 @@ impl PluginState {
         plugin: Arc<str>,
         kv: Arc<dyn KvBackend>,
         limits: StoreLimits,
+        clock: Option<Arc<ManualClock>>,
     ) -> PluginState {
-        // The builder's defaults grant nothing: no preopens, no env, stdio closed, every
-        // socket address denied, no name lookup.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        let wasi = super::wasi_builder(clock.as_ref()).build();
         PluginState {
             wasi,
             table: ResourceTable::new(),

@@ -43,7 +43,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
 use crate::plugin::RequestHead;
 use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
-use crate::plugin::handler::{HandlerBody, Outbound, OutboundError};
+use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
 
 use self::attempts::RequestBody;
 
@@ -248,7 +248,7 @@ impl Outbound for ClusterOutbound {
         &self,
         cluster: String,
         request: Request<bytes::Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Incoming>, OutboundError>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<OutboundBody>, OutboundError>> + Send>> {
         let generation = self.generation.clone();
         let request_id = self.request_id.clone();
         Box::pin(async move {
@@ -274,7 +274,7 @@ impl Outbound for ClusterOutbound {
             };
             let mut endpoint = None;
             match attempts::send(exchange, &mut endpoint).await {
-                Ok(answer) => Ok(answer.response),
+                Ok(answer) => Ok(answer.response.map(|body| body.boxed_unsync())),
                 Err(e) => Err(match e.kind {
                     ErrorKind::UpstreamConnect | ErrorKind::NoEndpoint => {
                         OutboundError::Connect(format!("{e}"))

@@ -123,9 +123,14 @@ impl KvBackend for MemoryKv {
     }
 }
 
+/// `key` in `plugin`'s namespace.
+pub(crate) fn namespaced(plugin: &str, key: &str) -> String {
+    format!("{plugin}\u{0}{key}")
+}
+
 impl PluginState {
     fn key(&self, key: &str) -> String {
-        format!("{}\u{0}{key}", self.plugin)
+        namespaced(&self.plugin, key)
     }
 }
 

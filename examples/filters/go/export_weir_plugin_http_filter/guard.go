@@ -1,0 +1,141 @@
+// Package export_weir_plugin_http_filter is guard: it refuses clients from listed networks
+// unless they show the bypass token, and tags every response. The same filter exists in
+// every language under examples/filters/. The generated bindings (`weir plugin bindgen
+// --lang go`) call the exported functions below.
+package export_weir_plugin_http_filter
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	log "wit_component/weir_plugin_log"
+	types "wit_component/weir_plugin_types"
+
+	witTypes "go.bytecodealliance.org/pkg/wit/types"
+)
+
+type config struct {
+	Deny        []string `json:"deny"`
+	Token       string   `json:"token"`
+	TokenHeader string   `json:"token_header"`
+	Tag         string   `json:"tag"`
+}
+
+var (
+	deny        []netip.Prefix
+	token       []byte
+	tokenHeader string
+	tag         []byte
+	calls       int
+)
+
+func init() {
+	// weir reuses an instance for many calls. Go's collector may not run in the middle of
+	// one (it would re-enter the component), so it is switched off and run between calls.
+	debug.SetGCPercent(-1)
+}
+
+// collect runs the collector every 100 calls, at the end of a hook.
+func collect() {
+	calls++
+	if calls%100 == 0 {
+		runtime.GC()
+	}
+}
+
+func Configure(text string) witTypes.Result[witTypes.Unit, string] {
+	fail := func(format string, args ...any) witTypes.Result[witTypes.Unit, string] {
+		return witTypes.Err[witTypes.Unit, string](fmt.Sprintf(format, args...))
+	}
+	c := config{TokenHeader: "x-guard-token", Tag: "go"}
+	if err := json.Unmarshal([]byte(text), &c); err != nil {
+		return fail("the config does not fit: %v", err)
+	}
+	deny = deny[:0]
+	for i, network := range c.Deny {
+		prefix, err := netip.ParsePrefix(network)
+		if err != nil {
+			addr, addrErr := netip.ParseAddr(network)
+			if addrErr != nil {
+				return fail("deny[%d]: %q is not a network (address/prefix)", i, network)
+			}
+			prefix = netip.PrefixFrom(addr, addr.BitLen())
+		}
+		deny = append(deny, prefix.Masked())
+	}
+	if c.Token == "" {
+		return fail("token: required, a non-empty string")
+	}
+	token, tokenHeader, tag = []byte(c.Token), strings.ToLower(c.TokenHeader), []byte(c.Tag)
+	return witTypes.Ok[witTypes.Unit, string](witTypes.Unit{})
+}
+
+func Hooks() types.HookSet {
+	return types.HookSetOnRequest | types.HookSetOnResponse
+}
+
+func BodyHooks() types.BodyHookSet {
+	return 0
+}
+
+// denied says whether the client is in a denied network; an address that cannot be read
+// is not trusted.
+func denied(client string) bool {
+	addr, err := netip.ParseAddrPort(client)
+	if err != nil {
+		return true
+	}
+	ip := addr.Addr().Unmap()
+	for _, network := range deny {
+		if network.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func tokenOk(headers []witTypes.Tuple2[string, []uint8]) bool {
+	for _, h := range headers {
+		if h.F0 == tokenHeader {
+			return subtle.ConstantTimeCompare(h.F1, token) == 1
+		}
+	}
+	return false
+}
+
+func OnRequest(request types.RequestHead) types.RequestAction {
+	defer collect()
+	if denied(request.ClientAddress) && !tokenOk(request.Headers) {
+		log.Log(log.LevelInfo, "refused "+request.ClientAddress)
+		return types.MakeRequestActionRespond(types.LocalResponse{
+			Status:  403,
+			Headers: []witTypes.Tuple2[string, []uint8]{{F0: "content-type", F1: []byte("application/json")}},
+			Body:    []byte(`{"error":"client network not allowed"}`),
+		})
+	}
+	// The token never travels upstream.
+	return types.MakeRequestActionContinue(types.RequestChanges{
+		Headers: []types.HeaderOp{types.MakeHeaderOpRemove(tokenHeader)},
+		Path:    witTypes.None[string](),
+	})
+}
+
+func OnResponse(request types.RequestHead, response types.ResponseHead) types.ResponseAction {
+	defer collect()
+	set := types.MakeHeaderOpSet(witTypes.Tuple2[string, []uint8]{F0: "x-guard", F1: tag})
+	return types.MakeResponseActionContinue([]types.HeaderOp{set})
+}
+
+// Body hooks are not declared in BodyHooks, so weir never calls these.
+func OnRequestBody(request types.RequestHead, body []uint8) types.BodyAction {
+	panic("not declared")
+}
+
+func OnResponseBody(request types.RequestHead, response types.ResponseHead, body []uint8) types.BodyAction {
+	panic("not declared")
+}

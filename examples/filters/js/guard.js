@@ -1,0 +1,116 @@
+// guard: refuses clients from listed networks unless they show the bypass token, and tags
+// every response.
+import { log } from 'weir:plugin/log@0.2.0';
+
+let guard = null;
+
+function parseIPv4(text) {
+  const parts = text.split('.');
+  if (parts.length !== 4) return null;
+  let value = 0n;
+  for (const p of parts) {
+    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return null;
+    value = (value << 8n) | BigInt(p);
+  }
+  return { bits: 32, value };
+}
+
+function parseIPv6(text) {
+  const halves = text.split('::');
+  if (halves.length > 2) return null;
+  const groups = (s) => (s === '' ? [] : s.split(':'));
+  const head = groups(halves[0]);
+  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  const missing = 8 - head.length - tail.length;
+  if ((halves.length === 1 && missing !== 0) || missing < 0) return null;
+  let value = 0n;
+  for (const g of [...head, ...Array(halves.length === 2 ? missing : 0).fill('0'), ...tail]) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+    value = (value << 16n) | BigInt(parseInt(g, 16));
+  }
+  return { bits: 128, value };
+}
+
+const parseAddress = (text) => parseIPv4(text) ?? parseIPv6(text);
+
+function parseNetwork(text, index) {
+  const [addr, prefix, ...rest] = String(text).split('/');
+  const ip = parseAddress(addr);
+  const len = prefix === undefined ? ip?.bits : Number(prefix);
+  if (!ip || rest.length || !Number.isInteger(len) || len < 0 || len > ip.bits) {
+    throw `deny[${index}]: ${JSON.stringify(text)} is not a network (address/prefix)`;
+  }
+  const shift = BigInt(ip.bits - len);
+  return { bits: ip.bits, shift, base: ip.value >> shift };
+}
+
+function clientIp(address) {
+  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  return parseAddress(host);
+}
+
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+const encoder = new TextEncoder();
+
+export const httpFilter = {
+  configure(text) {
+    const config = JSON.parse(text);
+    const deny = config.deny ?? [];
+    if (!Array.isArray(deny)) throw 'deny: expected a list of networks';
+    if (typeof config.token !== 'string' || config.token === '') {
+      throw 'token: required, a non-empty string';
+    }
+    guard = {
+      deny: deny.map(parseNetwork),
+      token: encoder.encode(config.token),
+      tokenHeader: String(config.token_header ?? 'x-guard-token').toLowerCase(),
+      tag: encoder.encode(String(config.tag ?? 'javascript')),
+    };
+  },
+
+  hooks() {
+    return { onRequest: true, onResponse: true };
+  },
+
+  bodyHooks() {
+    return { onRequestBody: false, onResponseBody: false };
+  },
+
+  onRequest(request) {
+    const ip = clientIp(request.clientAddress);
+    // An address we cannot read is not trusted.
+    const denied = !ip || guard.deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
+    const token = request.headers.find(([name]) => name === guard.tokenHeader);
+    if (denied && !(token && sameBytes(token[1], guard.token))) {
+      log('info', `refused ${request.clientAddress}`);
+      return {
+        tag: 'respond',
+        val: {
+          status: 403,
+          headers: [['content-type', encoder.encode('application/json')]],
+          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
+        },
+      };
+    }
+    // The token never travels upstream.
+    return { tag: 'continue', val: { headers: [{ tag: 'remove', val: guard.tokenHeader }] } };
+  },
+
+  onResponse(_request, _response) {
+    return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', guard.tag] }] };
+  },
+
+  onRequestBody() {
+    throw new Error('not implemented');
+  },
+
+  onResponseBody() {
+    throw new Error('not implemented');
+  },
+};

@@ -1,0 +1,7 @@
+//! Tools for plugin authors, behind `weir plugin …`: `new` writes a project from a template,
+//! `test` runs a plugin against a case file outside the proxy, `bindgen` and `componentize`
+//! turn a core module built by any language's compiler into a weir plugin component.
+
+pub mod cases;
+pub mod component;
+pub mod templates;

@@ -1,0 +1,136 @@
+//! `weir plugin new`: ready-to-build plugin projects, one template per language, embedded in
+//! the binary (`host/templates/`). Each project has the contract's WIT files, the filter
+//! source, a `build.sh` that produces `NAME.wasm`, a README, and a `cases.toml` that
+//! `weir plugin test` passes.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::component::WIT;
+
+/// A language `weir plugin new` has a template for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with wit-bindgen, for `wasm32-wasip2`.
+    Rust,
+    /// JavaScript, with componentize-js.
+    Js,
+    /// Python, with componentize-py.
+    Python,
+}
+
+impl Lang {
+    /// The language's name for people.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Js => "JavaScript",
+            Lang::Python => "Python",
+        }
+    }
+
+    /// The command, run in the project folder, that builds `NAME.wasm`.
+    pub fn build_command(self) -> &'static str {
+        "./build.sh"
+    }
+
+    fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Lang::Rust => &[
+                (
+                    "Cargo.toml",
+                    include_str!("../../templates/rust/Cargo.toml"),
+                ),
+                (
+                    "src/lib.rs",
+                    include_str!("../../templates/rust/src/lib.rs"),
+                ),
+                ("build.sh", include_str!("../../templates/rust/build.sh")),
+            ],
+            Lang::Js => &[
+                ("filter.js", include_str!("../../templates/js/filter.js")),
+                (
+                    "package.json",
+                    include_str!("../../templates/js/package.json"),
+                ),
+                ("build.sh", include_str!("../../templates/js/build.sh")),
+            ],
+            Lang::Python => &[
+                ("app.py", include_str!("../../templates/python/app.py")),
+                ("build.sh", include_str!("../../templates/python/build.sh")),
+            ],
+        }
+    }
+}
+
+/// Files every project gets.
+const COMMON: [(&str, &str); 2] = [
+    (
+        "cases.toml",
+        include_str!("../../templates/common-cases.toml"),
+    ),
+    ("README.md", include_str!("../../templates/README.md")),
+];
+
+/// Writes a `lang` project for the plugin `name` into `dir`, which must not exist yet.
+pub fn write(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
+    check_name(name)?;
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let crate_name = name.replace('-', "_");
+    let fill = |text: &str| {
+        text.replace("{{name}}", name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{lang}}", lang.display_name())
+            .replace("{{build}}", lang.build_command())
+    };
+    let wit = WIT
+        .iter()
+        .map(|(file, text)| (format!("wit/{file}"), *text));
+    let own = lang.files().iter().chain(&COMMON);
+    let files = own
+        .map(|(file, text)| ((*file).to_owned(), *text))
+        .chain(wit);
+    for (file, text) in files {
+        let path = dir.join(&file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, fill(text))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if file.ends_with(".sh") {
+            make_executable(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// A plugin name is a file name, a crate name and a URL segment: lower-case letters, digits
+/// and `-`, starting with a letter.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!(
+            "{name:?} is not a plugin name: use lower-case letters, digits and '-', starting with a letter"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}
+
+#[cfg(not(unix))]
+fn make_executable(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
