@@ -7,6 +7,7 @@ mod bundled;
 mod cli;
 mod errors;
 mod gateway;
+mod languages;
 mod lifecycle;
 mod phases;
 mod plugins;
@@ -18,8 +19,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// One compiled-plugin cache for the whole test run, so each test plugin compiles once.
+/// It is `$XDG_CACHE_HOME/weir` for [`cache_home`], so `weir plugin test` shares it.
 pub fn plugin_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("weir-plugin-cache")
+    cache_home().join("weir")
+}
+
+/// The `XDG_CACHE_HOME` the tests give weir's commands.
+pub fn cache_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cache")
 }
 
 /// A config with one proxy listener, an admin listener, and cluster `app` over `endpoints`

@@ -44,6 +44,8 @@ pub struct Weir {
     pub admin: Option<SocketAddr>,
     logs: watch::Receiver<Vec<Value>>,
     dir: tempfile::TempDir,
+    /// How long `wait_for_logs` waits.
+    deadline: std::time::Duration,
 }
 
 impl Weir {
@@ -56,9 +58,21 @@ impl Weir {
     /// Like [`Weir::start`], with `files` (path relative to the config's folder, contents)
     /// written first: plugins and their settings, for example.
     pub async fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
+        Weir::start_within(config, files, DEADLINE).await
+    }
+
+    /// Like [`Weir::start_with_files`], waiting up to `deadline` (for this start and every
+    /// later wait): for plugins that take long to compile in a debug build, such as the
+    /// JavaScript and Python ones.
+    pub async fn start_within(
+        config: &str,
+        files: &[(&str, &[u8])],
+        deadline: std::time::Duration,
+    ) -> Weir {
         let expected =
             config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
         let mut weir = Weir::spawn_with_files(config, files);
+        weir.deadline = deadline;
         let logs = weir
             .wait_for_logs(|logs| listening(logs).len() >= expected)
             .await;
@@ -112,6 +126,7 @@ impl Weir {
             admin: None,
             logs,
             dir,
+            deadline: DEADLINE,
         }
     }
 
@@ -156,7 +171,7 @@ impl Weir {
     /// (or if weir exits first) with the logs in the message.
     pub async fn wait_for_logs(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let mut logs = self.logs.clone();
-        let found = match tokio::time::timeout(DEADLINE, logs.wait_for(|l| done(l))).await {
+        let found = match tokio::time::timeout(self.deadline, logs.wait_for(|l| done(l))).await {
             Ok(Ok(found)) => Some(found.clone()),
             Ok(Err(_)) | Err(_) => None,
         };

@@ -7,7 +7,9 @@
 //!   starts itself, with curl lines to try;
 //! - `gateway` — the same for the API-gateway example (`examples/gateway/`), every phase
 //!   plugin in front of a users and an orders upstream;
-//! - `token [SUBJECT] [SECONDS]` — prints a token the gateway example's jwt-auth accepts.
+//! - `token [SUBJECT] [SECONDS]` — prints a token the gateway example's jwt-auth accepts;
+//! - `examples` — installs the other languages' toolchains (`examples/toolchains.sh`) and
+//!   builds every example filter and handler (`examples/{filters,handlers}/*/build.sh`).
 
 mod demo;
 mod gateway;
@@ -24,9 +26,10 @@ fn main() -> anyhow::Result<()> {
         "gateway" => gateway::run(),
         "token" => gateway::token(std::env::args().nth(2), std::env::args().nth(3)),
         "plugins" => plugins().map(|dir| eprintln!("plugins built into {}", dir.display())),
+        "examples" => examples(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]"
+                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]\n  examples build the example plugins in every language (installs their toolchains)"
             );
             if task.is_empty() || task == "help" {
                 Ok(())
@@ -50,7 +53,77 @@ fn test() -> anyhow::Result<()> {
     // The end-to-end tests run the `weir` binary, so build it first with the same features
     // the test build resolves (the tests crate uses normal dependencies for that reason).
     cargo(&["build", "--workspace", "--bins"])?;
+    // The other languages' examples, which the end-to-end tests load.
+    examples()?;
     cargo(&["test", "--workspace"])
+}
+
+/// Every example in `examples/filters/` and `examples/handlers/`, built by its own
+/// `build.sh` with the pinned toolchains; the C, Zig and Go ones use the debug `weir` for
+/// `plugin bindgen` and `plugin componentize`.
+fn examples() -> anyhow::Result<()> {
+    cargo(&["build", "-p", "weir-host", "--bin", "weir"])?;
+    let path = tools_path()?;
+    let weir = target_dir().join("debug/weir");
+    for example in [
+        "filters/rust",
+        "filters/c",
+        "filters/zig",
+        "filters/go",
+        "filters/python",
+        "filters/js",
+        "handlers/python",
+        "handlers/js",
+    ] {
+        let script = root().join("examples").join(example).join("build.sh");
+        eprintln!("$ {}", script.display());
+        #[expect(
+            clippy::disallowed_types,
+            reason = "a build's wall-clock time, outside any async runtime"
+        )]
+        let started = std::time::Instant::now();
+        let status = Command::new("sh")
+            .arg(&script)
+            .env("PATH", &path)
+            .env("WEIR", &weir)
+            .status()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+        eprintln!(
+            "  built {example} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `PATH` with the pinned toolchains first, installing them if needed.
+fn tools_path() -> anyhow::Result<std::ffi::OsString> {
+    let script = root().join("examples/toolchains.sh");
+    let output = Command::new("sh")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    // The script prints `export PATH="BIN:$PATH"`.
+    let line = String::from_utf8_lossy(&output.stdout);
+    let Some(bin) = line
+        .trim()
+        .strip_prefix("export PATH=\"")
+        .and_then(|rest| rest.strip_suffix(":$PATH\""))
+    else {
+        bail!("{} printed {line:?}, not the PATH line", script.display());
+    };
+    let mut paths = vec![std::path::PathBuf::from(bin)];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(paths).context("PATH")
 }
 
 /// The bundled plugins: (crate folder under `plugins/`, package, library file stem).

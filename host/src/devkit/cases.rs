@@ -26,6 +26,9 @@ use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
 use crate::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
 
+/// The deadline of a plugin whose `[plugin]` sets none.
+const TEST_DEADLINE: &str = "5s";
+
 /// A case file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,7 +232,13 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
     let mut runtime = PluginRuntime::new(cache.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e:#}"))?;
     runtime.use_clock(clock.clone());
-    let settings = toml::to_string(&cases.plugin.settings).context("[plugin]")?;
+    // Cases check decisions, not speed: without a `deadline` of its own, a plugin gets one
+    // that a busy machine's scheduling cannot trip (it still stops a runaway loop).
+    let mut settings = cases.plugin.settings.clone();
+    settings
+        .entry("deadline")
+        .or_insert_with(|| toml::Value::String(TEST_DEADLINE.into()));
+    let settings = toml::to_string(&settings).context("[plugin]")?;
     let source = PluginSource {
         file: plugin_file.to_owned(),
         wasm,
@@ -460,7 +469,13 @@ async fn run_handler(
     stubs: Vec<&Stub>,
     index: usize,
 ) -> anyhow::Result<Outcome> {
-    let parts = request_parts(spec)?;
+    let mut parts = request_parts(spec)?;
+    // wasi:http needs an authority; a client always sends one.
+    if !parts.headers.contains_key(http::header::HOST) {
+        parts
+            .headers
+            .insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
     let id = request_id(&parts, index);
     let mut request = http::Request::from_parts(
         parts,

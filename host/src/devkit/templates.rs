@@ -18,6 +18,12 @@ pub enum Lang {
     Js,
     /// Python, with componentize-py.
     Python,
+    /// Go (`GOOS=wasip1`), with `weir plugin bindgen --lang go`.
+    Go,
+    /// C, compiled with `zig cc` (or clang with wasi-libc), with `weir plugin bindgen`.
+    C,
+    /// Zig, over the C bindings.
+    Zig,
 }
 
 impl Lang {
@@ -27,6 +33,9 @@ impl Lang {
             Lang::Rust => "Rust",
             Lang::Js => "JavaScript",
             Lang::Python => "Python",
+            Lang::Go => "Go",
+            Lang::C => "C",
+            Lang::Zig => "Zig",
         }
     }
 
@@ -59,6 +68,21 @@ impl Lang {
             Lang::Python => &[
                 ("app.py", include_str!("../../templates/python/app.py")),
                 ("build.sh", include_str!("../../templates/python/build.sh")),
+            ],
+            Lang::Go => &[
+                (
+                    "export_weir_plugin_http_filter/filter.go",
+                    include_str!("../../templates/go/export_weir_plugin_http_filter/filter.go"),
+                ),
+                ("build.sh", include_str!("../../templates/go/build.sh")),
+            ],
+            Lang::C => &[
+                ("filter.c", include_str!("../../templates/c/filter.c")),
+                ("build.sh", include_str!("../../templates/c/build.sh")),
+            ],
+            Lang::Zig => &[
+                ("filter.zig", include_str!("../../templates/zig/filter.zig")),
+                ("build.sh", include_str!("../../templates/zig/build.sh")),
             ],
         }
     }
