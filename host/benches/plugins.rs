@@ -1,7 +1,9 @@
 //! Plugin call costs: one hook call on a reused instance and on a fresh one; the chain of
 //! key-auth and headers over a whole request and response; each phase plugin's hook
 //! (jwt-auth, rate-limit, rewrite, transform); and the three-plugin request chain
-//! jwt-auth → rate-limit → rewrite.
+//! jwt-auth → rate-limit → rewrite; and the guard filter of `examples/filters/<lang>` in every
+//! language, on a reused and on a fresh instance (`cargo xtask examples` builds them; a
+//! language whose build is missing is skipped with a message).
 //!
 //! Needs the bundled plugins: `cargo xtask plugins && cargo bench -p weir-host --bench
 //! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
@@ -246,5 +248,52 @@ fn phase_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(plugin_benches, benches, phase_benches);
+/// The guard example in each language: one `on-request` on a reused instance (the client
+/// is outside `deny`, so the answer is "continue, minus the token header") and on a fresh one
+/// (`max_uses = 1`: instantiate, `configure`, then the call).
+fn language_benches(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let plugins = PluginRuntime::new(None).expect("plugin runtime");
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
+    let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
+    let (_, head) = request();
+    let mut group = c.benchmark_group("guard");
+    for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
+        let file = examples.join(lang).join("guard.wasm");
+        let Ok(wasm) = std::fs::read(&file) else {
+            eprintln!(
+                "{}: not built (cargo xtask examples); skipped",
+                file.display()
+            );
+            continue;
+        };
+        let load = |settings: String| {
+            let source = PluginSource {
+                file: file.clone(),
+                wasm: wasm.clone(),
+                settings: Some((file.with_extension("toml"), settings)),
+            };
+            let plugin = runtime
+                .block_on(plugins.load(source, &PluginLimits::default()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            Arc::new(plugin)
+        };
+        let reused = load(format!("deadline = \"1s\"\n{settings}"));
+        let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
+        group.bench_function(format!("{lang}/on_request/reused_instance"), |b| {
+            b.to_async(&runtime)
+                .iter(|| async { reused.on_request(&head).await.expect("call") })
+        });
+        group.bench_function(format!("{lang}/on_request/fresh_instance"), |b| {
+            b.to_async(&runtime)
+                .iter(|| async { fresh.on_request(&head).await.expect("call") })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(plugin_benches, benches, phase_benches, language_benches);
 criterion_main!(plugin_benches);

@@ -13,13 +13,14 @@ use weir_tests::{Upstream, Weir, get_with, weir::weir_bin};
 use crate::config;
 
 /// Each filter example's folder and the tag its `x-guard` header carries.
-const FILTERS: [(&str, &str); 6] = [
+const FILTERS: [(&str, &str); 7] = [
     ("rust", "rust"),
     ("c", "c"),
     ("zig", "zig"),
     ("go", "go"),
     ("python", "python"),
     ("js", "javascript"),
+    ("ts", "typescript"),
 ];
 
 /// Starting weir with the JavaScript and Python plugins: a debug build compiles each in
@@ -242,6 +243,7 @@ fn plugin_test_passes_every_examples_cases() {
         "filters/go/guard.wasm",
         "filters/python/guard.wasm",
         "filters/js/guard.wasm",
+        "filters/ts/guard.wasm",
         "handlers/python/profile.wasm",
         "handlers/js/profile.wasm",
     ];
@@ -329,7 +331,7 @@ fn tools_path() -> std::ffi::OsString {
 #[test]
 fn plugin_new_writes_a_project_that_builds_and_passes_its_cases_in_every_language() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for lang in ["rust", "js", "python", "c", "zig", "go"] {
+    for lang in ["rust", "js", "ts", "python", "c", "zig", "go"] {
         let name = format!("hello-{lang}");
         let out = weir(&["plugin", "new", "--lang", lang, &name], dir.path());
         assert!(out.status.success(), "{lang}: {}", text(&out));

@@ -72,6 +72,7 @@ fn examples() -> anyhow::Result<()> {
         "filters/go",
         "filters/python",
         "filters/js",
+        "filters/ts",
         "handlers/python",
         "handlers/js",
     ] {

@@ -16,6 +16,8 @@ pub enum Lang {
     Rust,
     /// JavaScript, with componentize-js.
     Js,
+    /// TypeScript: `tsc` over the types `jco guest-types` writes, then componentize-js.
+    Ts,
     /// Python, with componentize-py.
     Python,
     /// Go (`GOOS=wasip1`), with `weir plugin bindgen --lang go`.
@@ -32,6 +34,7 @@ impl Lang {
         match self {
             Lang::Rust => "Rust",
             Lang::Js => "JavaScript",
+            Lang::Ts => "TypeScript",
             Lang::Python => "Python",
             Lang::Go => "Go",
             Lang::C => "C",
@@ -64,6 +67,18 @@ impl Lang {
                     include_str!("../../templates/js/package.json"),
                 ),
                 ("build.sh", include_str!("../../templates/js/build.sh")),
+            ],
+            Lang::Ts => &[
+                ("filter.ts", include_str!("../../templates/ts/filter.ts")),
+                (
+                    "tsconfig.json",
+                    include_str!("../../templates/ts/tsconfig.json"),
+                ),
+                (
+                    "package.json",
+                    include_str!("../../templates/ts/package.json"),
+                ),
+                ("build.sh", include_str!("../../templates/ts/build.sh")),
             ],
             Lang::Python => &[
                 ("app.py", include_str!("../../templates/python/app.py")),

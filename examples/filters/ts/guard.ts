@@ -1,0 +1,156 @@
+// guard: refuses clients from listed networks unless they show the bypass token, and tags
+// every response. The same filter exists in every language under examples/filters/; this is
+// the JavaScript one with the contract's types (`jco guest-types`, written by build.sh).
+import { log } from 'weir:plugin/log@0.2.0';
+import type {
+  BodyAction,
+  BodyHookSet,
+  HookSet,
+  RequestAction,
+  RequestHead,
+  ResponseAction,
+  ResponseHead,
+} from 'weir:plugin/types@0.2.0';
+
+type HttpFilter = typeof import('weir:plugin/http-filter@0.2.0');
+
+/** An address as a number of `bits` bits. */
+interface Ip {
+  bits: 32 | 128;
+  value: bigint;
+}
+
+/** A network: addresses whose top bits, shifted down by `shift`, equal `base`. */
+interface Network {
+  bits: 32 | 128;
+  shift: bigint;
+  base: bigint;
+}
+
+interface Guard {
+  deny: Network[];
+  token: Uint8Array;
+  tokenHeader: string;
+  tag: Uint8Array;
+}
+
+let guard: Guard | null = null;
+const encoder = new TextEncoder();
+
+function parseIPv4(text: string): Ip | null {
+  const parts = text.split('.');
+  if (parts.length !== 4) return null;
+  let value = 0n;
+  for (const p of parts) {
+    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return null;
+    value = (value << 8n) | BigInt(p);
+  }
+  return { bits: 32, value };
+}
+
+function parseIPv6(text: string): Ip | null {
+  const halves = text.split('::');
+  if (halves.length > 2) return null;
+  const groups = (s: string): string[] => (s === '' ? [] : s.split(':'));
+  const head = groups(halves[0]);
+  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  const missing = 8 - head.length - tail.length;
+  if ((halves.length === 1 && missing !== 0) || missing < 0) return null;
+  const zeros: string[] = Array(halves.length === 2 ? missing : 0).fill('0');
+  let value = 0n;
+  for (const g of [...head, ...zeros, ...tail]) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
+    value = (value << 16n) | BigInt(parseInt(g, 16));
+  }
+  return { bits: 128, value };
+}
+
+const parseAddress = (text: string): Ip | null => parseIPv4(text) ?? parseIPv6(text);
+
+function parseNetwork(text: unknown, index: number): Network {
+  const [addr, prefix, ...rest] = String(text).split('/');
+  const ip = parseAddress(addr);
+  const len = prefix === undefined ? ip?.bits : Number(prefix);
+  if (!ip || rest.length || len === undefined || !Number.isInteger(len) || len < 0 || len > ip.bits) {
+    throw `deny[${index}]: ${JSON.stringify(text)} is not a network (address/prefix)`;
+  }
+  const shift = BigInt(ip.bits - len);
+  return { bits: ip.bits, shift, base: ip.value >> shift };
+}
+
+function clientIp(address: string): Ip | null {
+  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  return parseAddress(host);
+}
+
+/** Compares without stopping at the first difference, so timing says nothing. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+function configured(): Guard {
+  if (!guard) throw new Error('configure was not called');
+  return guard;
+}
+
+export const httpFilter: HttpFilter = {
+  configure(text: string): void {
+    const config = JSON.parse(text);
+    const deny: unknown = config.deny ?? [];
+    if (!Array.isArray(deny)) throw 'deny: expected a list of networks';
+    if (typeof config.token !== 'string' || config.token === '') {
+      throw 'token: required, a non-empty string';
+    }
+    guard = {
+      deny: deny.map(parseNetwork),
+      token: encoder.encode(config.token),
+      tokenHeader: String(config.token_header ?? 'x-guard-token').toLowerCase(),
+      tag: encoder.encode(String(config.tag ?? 'typescript')),
+    };
+  },
+
+  hooks(): HookSet {
+    return { onRequest: true, onResponse: true };
+  },
+
+  bodyHooks(): BodyHookSet {
+    return { onRequestBody: false, onResponseBody: false };
+  },
+
+  onRequest(request: RequestHead): RequestAction {
+    const { deny, token, tokenHeader } = configured();
+    const ip = clientIp(request.clientAddress);
+    // An address we cannot read is not trusted.
+    const denied = !ip || deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
+    const sent = request.headers.find(([name]) => name === tokenHeader);
+    if (denied && !(sent && sameBytes(sent[1], token))) {
+      log('info', `refused ${request.clientAddress}`);
+      return {
+        tag: 'respond',
+        val: {
+          status: 403,
+          headers: [['content-type', encoder.encode('application/json')]],
+          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
+        },
+      };
+    }
+    // The token never travels upstream.
+    return { tag: 'continue', val: { headers: [{ tag: 'remove', val: tokenHeader }] } };
+  },
+
+  onResponse(_request: RequestHead, _response: ResponseHead): ResponseAction {
+    return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', configured().tag] }] };
+  },
+
+  // Body hooks are not declared in bodyHooks(), so weir never calls these.
+  onRequestBody(): BodyAction {
+    throw new Error('not declared');
+  },
+
+  onResponseBody(): BodyAction {
+    throw new Error('not declared');
+  },
+};
