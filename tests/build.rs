@@ -32,8 +32,16 @@ fn main() {
         "the wasm32-wasip2 target is not installed; run `rustup target add wasm32-wasip2`"
     );
 
-    // A target folder of its own: the outer cargo holds the lock on the workspace's.
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("guest");
+    // A target folder of its own (the outer cargo holds the lock on the workspace's), beside
+    // the workspace's rather than in OUT_DIR: `cargo clippy` and `cargo build` run this script
+    // as two units with two OUT_DIRs, and the second build of the same guests is then a
+    // no-op instead of another few minutes. OUT_DIR is TARGET/PROFILE/build/PKG-HASH/out.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let out = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(&out_dir)
+        .join("wasm-guests");
 
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(&out, &test_plugin, &["--release"], "the guest test plugin");

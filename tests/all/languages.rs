@@ -175,9 +175,13 @@ fn weir_sha(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn handlers_in_javascript_and_python_merge_two_clusters() {
+async fn handlers_in_javascript_and_python_call_two_clusters_at_once_and_merge_the_answers() {
     let users = Upstream::start_json("users").await;
     let orders = Upstream::start_json("orders").await;
+    // Neither answers until both have been asked: a handler that called one after the other
+    // would never get its first answer.
+    users.hold();
+    orders.hold();
     let clusters = format!(
         "\n[[clusters]]\nname = \"users\"\nendpoints = [\"{}\"]\n\n[[clusters]]\nname = \"orders\"\nendpoints = [\"{}\"]\n",
         users.addr, orders.addr
@@ -202,9 +206,14 @@ async fn handlers_in_javascript_and_python_merge_two_clusters() {
         .collect();
     let weir = Weir::start_within(&config(&[users.addr], &extra), &files, SLOW).await;
 
-    for lang in ["js", "python"] {
+    for (asked, lang) in ["js", "python"].into_iter().enumerate() {
         let url = weir.url(&format!("/profile-{lang}/profile/7"));
-        let (status, headers, body) = get_with(&url, &[]).await;
+        let call = tokio::spawn(async move { get_with(&url, &[]).await });
+        users.wait_for_requests(asked + 1).await;
+        orders.wait_for_requests(asked + 1).await;
+        users.release();
+        orders.release();
+        let (status, headers, body) = call.await.expect("request task");
         assert_eq!(status, StatusCode::OK, "{lang}: {body}");
         assert_eq!(headers["content-type"], "application/json", "{lang}");
         let merged: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -369,4 +378,21 @@ fn plugin_new_writes_a_project_that_builds_and_passes_its_cases_in_every_languag
     );
     assert!(!out.status.success(), "an existing folder is refused");
     assert!(text(&out).contains("already exists"), "{}", text(&out));
+
+    // And weir serves what the Python template built, from its plugin folder.
+    let wasm = std::fs::read(dir.path().join("hello-python/hello-python.wasm")).expect("wasm");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let upstream = Upstream::start("app").await;
+        let files: [(&str, &[u8]); 2] = [
+            ("plugins/hello-python.wasm", &wasm),
+            ("plugins/hello-python.toml", b"deadline = \"5s\"\n"),
+        ];
+        let weir = Weir::start_within(&config(&[upstream.addr], ""), &files, SLOW).await;
+        let (status, headers, _) = get_with(&weir.url("/x"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-plugin"], "hello-python");
+        let (status, _, body) = get_with(&weir.url("/hello-python/ping"), &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "pong"));
+    });
 }

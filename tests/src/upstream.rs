@@ -8,7 +8,8 @@
 //! - `/hang` — never answers;
 //! - `/echo` — answers with the request's body and `content-type`;
 //! - `/json/...` (or any path, for [`Upstream::start_json`]) — after the delay, answers JSON:
-//!   `{"upstream", "path", "query", "consumer" (its x-consumer-id), "secret"}`;
+//!   `{"upstream", "path", "query", "consumer" (its x-consumer-id), "secret"}`; after
+//!   [`Upstream::hold`], only once [`Upstream::release`] is called;
 //! - anything else — `200` with body `NAME METHOD PATH`.
 
 use std::convert::Infallible;
@@ -52,9 +53,16 @@ pub struct Upstream {
     stop: watch::Sender<bool>,
     status: Arc<std::sync::atomic::AtomicU16>,
     json: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Upstream {
+    /// From now on, JSON answers wait for [`Upstream::release`]: a test can see several
+    /// requests in flight at once.
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Like [`Upstream::start`], but the catch-all answers JSON as `/json/...` does: an API
     /// upstream.
     pub async fn start_json(name: &str) -> Upstream {
@@ -108,6 +116,7 @@ impl Upstream {
             stop: watch::channel(false).0,
             status: Arc::new(std::sync::atomic::AtomicU16::new(200)),
             json: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            held: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let state = Arc::new(State {
             name: upstream.name.clone(),
@@ -116,6 +125,7 @@ impl Upstream {
             delay,
             status: upstream.status.clone(),
             json: upstream.json.clone(),
+            held: upstream.held.clone(),
         });
         let mut stop = upstream.stop.subscribe();
         tokio::spawn(async move {
@@ -158,7 +168,7 @@ impl Upstream {
             .expect("upstream state dropped");
     }
 
-    /// Lets every waiting `/slow` request answer.
+    /// Lets every waiting `/slow` request (and every held JSON one) answer.
     pub fn release(&self) {
         self.release.notify_waiters();
     }
@@ -178,6 +188,7 @@ struct State {
     delay: std::time::Duration,
     status: Arc<std::sync::atomic::AtomicU16>,
     json: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -231,6 +242,9 @@ impl State {
             {
                 if !self.delay.is_zero() {
                     tokio::time::sleep(self.delay).await;
+                }
+                if self.held.load(std::sync::atomic::Ordering::Relaxed) {
+                    released.await;
                 }
                 let body = serde_json::json!({
                     "upstream": self.name,

@@ -62,7 +62,9 @@ fn test() -> anyhow::Result<()> {
 /// `build.sh` with the pinned toolchains; the C, Zig and Go ones use the debug `weir` for
 /// `plugin bindgen` and `plugin componentize`.
 fn examples() -> anyhow::Result<()> {
-    cargo(&["build", "-p", "weir-host", "--bin", "weir"])?;
+    // The same selection `test` builds, so that after it this is a no-op (`-p weir-host`
+    // alone unifies features differently and rebuilds half the dependencies).
+    cargo(&["build", "--workspace", "--bins"])?;
     let path = tools_path()?;
     let weir = target_dir().join("debug/weir");
     for example in [

@@ -33,7 +33,7 @@ export const httpFilter: HttpFilter = {
       log('debug', 'ping');
       return { tag: 'respond', val: { status: 200, headers: [['content-type', bytes('text/plain')]], body: bytes('pong') } };
     }
-    return { tag: 'continue', val: { headers: [{ tag: 'set', val: ['x-{{name}}', bytes(NAME)] }] } };
+    return { tag: 'continue', val: { headers: [{ tag: 'set', val: ['x-hello', bytes(NAME)] }] } };
   },
   onResponse(_request: RequestHead, _response: ResponseHead): ResponseAction {
     return { tag: 'continue', val: [{ tag: 'set', val: ['x-plugin', bytes(NAME)] }] };
