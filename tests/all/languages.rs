@@ -321,15 +321,11 @@ fn tools_path() -> std::ffi::OsString {
     let script = examples().join("toolchains.sh");
     let out = Command::new("sh")
         .arg(&script)
+        .arg("--bin")
         .output()
         .expect("run toolchains.sh");
     assert!(out.status.success(), "{}", text(&out));
-    let line = String::from_utf8_lossy(&out.stdout);
-    let bin = line
-        .trim()
-        .strip_prefix("export PATH=\"")
-        .and_then(|rest| rest.strip_suffix(":$PATH\""))
-        .unwrap_or_else(|| panic!("toolchains.sh printed {line:?}"));
+    let bin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let mut paths = vec![PathBuf::from(bin)];
     paths.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),

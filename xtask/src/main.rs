@@ -107,21 +107,14 @@ fn tools_path() -> anyhow::Result<std::ffi::OsString> {
     let script = root().join("examples/toolchains.sh");
     let output = Command::new("sh")
         .arg(&script)
+        .arg("--bin")
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !output.status.success() {
         bail!("{} failed ({})", script.display(), output.status);
     }
-    // The script prints `export PATH="BIN:$PATH"`.
-    let line = String::from_utf8_lossy(&output.stdout);
-    let Some(bin) = line
-        .trim()
-        .strip_prefix("export PATH=\"")
-        .and_then(|rest| rest.strip_suffix(":$PATH\""))
-    else {
-        bail!("{} printed {line:?}, not the PATH line", script.display());
-    };
+    let bin = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let mut paths = vec![std::path::PathBuf::from(bin)];
     paths.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),

@@ -42,10 +42,9 @@ impl Lang {
         }
     }
 
-    /// The command, run in the project folder, that builds `NAME.wasm`.
-    pub fn build_command(self) -> &'static str {
-        "./build.sh"
-    }
+    /// The command, run in the project folder, that builds `NAME.wasm` (the same for every
+    /// language).
+    pub const BUILD_COMMAND: &'static str = "./build.sh";
 
     fn files(self) -> &'static [(&'static str, &'static str)] {
         match self {
@@ -123,7 +122,7 @@ pub fn write(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
         text.replace("{{name}}", name)
             .replace("{{crate}}", &crate_name)
             .replace("{{lang}}", lang.display_name())
-            .replace("{{build}}", lang.build_command())
+            .replace("{{build}}", Lang::BUILD_COMMAND)
     };
     let wit = WIT
         .iter()
