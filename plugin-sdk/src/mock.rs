@@ -18,6 +18,8 @@ pub(crate) struct MockHost {
     pub(crate) kv: HashMap<String, (Vec<u8>, Option<SystemTime>)>,
     pub(crate) logs: Vec<(Level, String)>,
     pub(crate) level: Level,
+    /// `kv` operations since the last reset: each is a host crossing in weir.
+    pub(crate) kv_calls: usize,
 }
 
 impl Default for MockHost {
@@ -27,6 +29,7 @@ impl Default for MockHost {
             kv: HashMap::new(),
             logs: Vec::new(),
             level: Level::Trace,
+            kv_calls: 0,
         }
     }
 }
@@ -55,11 +58,15 @@ pub(crate) mod kv {
     }
 
     pub(crate) fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(with(|host| live(host, key)))
+        Ok(with(|host| {
+            host.kv_calls += 1;
+            live(host, key)
+        }))
     }
 
     pub(crate) fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
         with(|host| {
+            host.kv_calls += 1;
             let expires = expiry(host.now, ttl_ms);
             host.kv.insert(key.to_owned(), (value.to_vec(), expires));
         });
@@ -67,13 +74,28 @@ pub(crate) mod kv {
     }
 
     pub(crate) fn delete(key: &str) -> Result<(), KvError> {
-        with(|host| host.kv.remove(key));
+        with(|host| {
+            host.kv_calls += 1;
+            host.kv.remove(key)
+        });
         Ok(())
     }
 
     /// The host's semantics: decimal text, absent or expired counts as 0, TTL set on create.
     pub(crate) fn increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
-        with(|host| match live(host, key) {
+        with(|host| {
+            host.kv_calls += 1;
+            increment_in(host, key, delta, ttl_ms)
+        })
+    }
+
+    fn increment_in(
+        host: &mut MockHost,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, KvError> {
+        match live(host, key) {
             Some(value) => {
                 let current = std::str::from_utf8(&value)
                     .ok()
@@ -93,7 +115,7 @@ pub(crate) mod kv {
                     .insert(key.to_owned(), (delta.to_string().into_bytes(), expires));
                 Ok(delta)
             }
-        })
+        }
     }
 }
 

@@ -377,6 +377,12 @@ pub fn advance(by: Duration) {
     mock::with(|host| host.now += by);
 }
 
+/// How many `kv` operations the filter made on this thread since the last reset. In weir
+/// each one is a call out of the sandbox, so this is the number to keep low on a hot path.
+pub fn kv_calls() -> usize {
+    mock::with(|host| host.kv_calls)
+}
+
 /// Every line logged on this thread since the last reset.
 pub fn logs() -> Vec<(Level, String)> {
     mock::with(|host| host.logs.clone())

@@ -7,8 +7,15 @@
 //!
 //! A refusal says *why* in `WWW-Authenticate` (RFC 6750 `error` and `error_description`),
 //! never which key was tried or what it was.
+//!
+//! Each instance remembers the last `cache_size` tokens whose signature it verified, as
+//! Envoy's `jwt_cache_config` does: a client sends the same token with every request, and
+//! the signature and JSON decoding are most of a check. A remembered token still has its
+//! claims (`exp`, `nbf`, issuer, audience, required claims) checked on every request.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -53,6 +60,9 @@ pub struct Config {
     pub realm: String,
     /// The keys tokens may be signed with.
     pub keys: Vec<KeyConfig>,
+    /// Tokens with a verified signature each instance remembers; 0 verifies every time.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
 }
 
 /// One verification key: exactly one of `secret`, `secret_base64`, `pem` or `jwks`.
@@ -92,6 +102,9 @@ fn default_required() -> Vec<String> {
 fn default_forward() -> BTreeMap<String, String> {
     BTreeMap::from([("sub".to_owned(), "x-consumer-id".to_owned())])
 }
+fn default_cache_size() -> usize {
+    1000
+}
 fn default_realm() -> String {
     "weir".into()
 }
@@ -126,7 +139,12 @@ pub struct JwtAuth {
     strip_token: bool,
     realm: String,
     keys: Vec<Key>,
+    cache_size: usize,
+    /// Tokens whose signature verified, with their claims (see the module docs).
+    verified: RefCell<HashMap<String, Rc<Claims>>>,
 }
+
+type Claims = serde_json::Map<String, Value>;
 
 /// Why a token was refused; the text goes into `error_description`.
 #[derive(Debug, PartialEq, Eq)]
@@ -183,6 +201,8 @@ impl Filter for JwtAuth {
             strip_token: config.strip_token,
             realm: config.realm,
             keys,
+            cache_size: config.cache_size,
+            verified: RefCell::default(),
         })
     }
 
@@ -243,8 +263,28 @@ impl JwtAuth {
         })
     }
 
-    /// Checks the signature, then the claims. Returns the claims.
-    fn verify(&self, token: &str) -> Result<serde_json::Map<String, Value>, Refusal> {
+    /// Checks the signature (unless this instance verified the token before), then the
+    /// claims. Returns the claims.
+    fn verify(&self, token: &str) -> Result<Rc<Claims>, Refusal> {
+        let remembered = self.verified.borrow().get(token).cloned();
+        if let Some(claims) = remembered {
+            self.check_claims(&claims)?;
+            return Ok(claims);
+        }
+        let claims = Rc::new(self.verify_signature(token)?);
+        self.check_claims(&claims)?;
+        if self.cache_size > 0 {
+            let mut verified = self.verified.borrow_mut();
+            if verified.len() >= self.cache_size {
+                verified.clear();
+            }
+            verified.insert(token.to_owned(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// Checks the signature against the keys that may have made it. Returns the claims.
+    fn verify_signature(&self, token: &str) -> Result<Claims, Refusal> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid("malformed token"))?;
         if !self.algorithms.contains(&header.alg) {
@@ -285,9 +325,7 @@ impl JwtAuth {
         if !any_key {
             return Err(Refusal::Invalid("no key for this token"));
         }
-        let claims = claims.ok_or(Refusal::Invalid("signature does not verify"))?;
-        self.check_claims(&claims)?;
-        Ok(claims)
+        claims.ok_or(Refusal::Invalid("signature does not verify"))
     }
 
     fn check_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<(), Refusal> {
@@ -569,6 +607,32 @@ mod tests {
         let early = hs256(json!({"exp": now() + 600, "nbf": now() + 100}));
         let reply = auth.request(bearer(&early)).reply();
         assert!(challenge(&reply).contains("token not yet valid"));
+    }
+
+    /// A remembered token skips only the signature check: its expiry is checked on every
+    /// request, and a token differing in its signature is verified on its own.
+    #[test]
+    fn remembered_tokens_still_have_their_claims_checked() {
+        for extra in ["", "cache_size = 0", "cache_size = 1"] {
+            testing::reset();
+            let auth = hmac_auth(extra);
+            let token = hs256(json!({"sub": "a", "exp": now() + 10}));
+            auth.request(bearer(&token)).forwarded();
+            auth.request(bearer(&token)).forwarded();
+            let mut forged = token.clone().into_bytes();
+            let at = forged.len() - 10;
+            forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+            let forged = String::from_utf8(forged).expect("ASCII");
+            let reply = auth.request(bearer(&forged)).reply();
+            assert!(
+                challenge(&reply).contains("signature does not verify"),
+                "{extra}: {}",
+                challenge(&reply)
+            );
+            testing::advance(Duration::from_secs(11));
+            let reply = auth.request(bearer(&token)).reply();
+            assert!(challenge(&reply).contains("token expired"), "{extra}");
+        }
     }
 
     #[test]

@@ -23,7 +23,18 @@
 //! with 4 clients on a 100-per-10-s key, exactly 100 pass. Unlike a fixed window it does not
 //! let 2× the limit through across a window edge; its only approximation is the oldest
 //! slot's weighting, which is off by at most one slot's count at the window's trailing edge.
+//!
+//! # Fewer store reads: settled slots are remembered
+//!
+//! A slot two or more slots old is *settled*: only the request that computed its time inside
+//! that slot writes it (its increment, or the refund in the same hook call), and such a call
+//! has long finished. Each instance keeps the counts of settled slots it has read, so a
+//! request costs one `increment` and one `get` (the previous slot, which may still see late
+//! writes), and the response hook two `get`s, instead of `slots + 1` store calls each. The
+//! remembered counts are dropped when more than [`MAX_SETTLED`] are held.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use weir_plugin::{Action, Filter, Hooks, Reply, Request, Response};
@@ -41,7 +52,7 @@ pub struct Config {
     /// The header an auth plugin puts the consumer in, for `key = "consumer"`.
     #[serde(default = "default_consumer_header")]
     pub consumer_header: String,
-    /// Slots per window: more is smoother and costs one `kv` read per slot per request.
+    /// Slots per window: more is smoother; each settled slot is read once per instance.
     #[serde(default = "default_slots")]
     pub slots: u32,
     /// Send `RateLimit-*` headers on every response.
@@ -102,7 +113,12 @@ pub struct RateLimit {
     fault_tolerant: bool,
     limits: Vec<Limit>,
     policy: String,
+    /// Counts of settled slots by their store key (see the module docs).
+    settled: RefCell<HashMap<String, u64>>,
 }
+
+/// Settled slot counts one instance remembers before it forgets them all and reads again.
+const MAX_SETTLED: usize = 4096;
 
 /// One limit's state for the current request.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +186,7 @@ impl Filter for RateLimit {
             fault_tolerant: config.fault_tolerant,
             limits,
             policy,
+            settled: RefCell::default(),
         })
     }
 
@@ -292,21 +309,44 @@ impl RateLimit {
     ) -> Result<Usage, weir_plugin::kv::KvError> {
         let slot = now / limit.slot_ms;
         let into_slot = now % limit.slot_ms;
-        let read = |s: u64| -> Result<u64, weir_plugin::kv::KvError> {
-            let value = weir_plugin::kv::get(&format!("{index}:{s}:{key}"))?;
+        let read = |store_key: &str| -> Result<u64, weir_plugin::kv::KvError> {
+            let value = weir_plugin::kv::get(store_key)?;
             Ok(value
                 .and_then(|v| String::from_utf8(v).ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0))
         };
-        let current = if current == 0 { read(slot)? } else { current };
+        let current = if current == 0 {
+            read(&format!("{index}:{slot}:{key}"))?
+        } else {
+            current
+        };
         // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
         let mut counts = vec![current];
         for j in 1..=u64::from(self.slots) {
-            counts.push(match slot.checked_sub(j) {
-                Some(s) => read(s)?,
-                None => 0,
-            });
+            let Some(s) = slot.checked_sub(j) else {
+                counts.push(0);
+                continue;
+            };
+            let store_key = format!("{index}:{s}:{key}");
+            if j == 1 {
+                counts.push(read(&store_key)?);
+                continue;
+            }
+            let remembered = self.settled.borrow().get(&store_key).copied();
+            let count = match remembered {
+                Some(count) => count,
+                None => {
+                    let count = read(&store_key)?;
+                    let mut settled = self.settled.borrow_mut();
+                    if settled.len() >= MAX_SETTLED {
+                        settled.clear();
+                    }
+                    settled.insert(store_key, count);
+                    count
+                }
+            };
+            counts.push(count);
         }
         let oldest_share = 1.0 - into_slot as f64 / limit.slot_ms as f64;
         let full: u64 = counts[..counts.len() - 1].iter().sum();
@@ -452,6 +492,30 @@ mod tests {
         rl.request(TestRequest::get("/")).forwarded();
         rl.request(TestRequest::get("/")).forwarded();
         rl.request(TestRequest::get("/")).reply();
+    }
+
+    /// Settled slots are read from the store once per instance: a request and its response
+    /// cost four store calls, not `2 × (slots + 1)`, and still count every slot.
+    #[test]
+    fn settled_slots_are_read_once_and_still_counted() {
+        let rl = limiter("[[limits]]\nrequests = 1000\nwindow = \"10s\"");
+        align(1000);
+        let exchange = || {
+            let request = TestRequest::get("/");
+            rl.request(request.clone()).forwarded();
+            rl.response(&request, 200, &[]).response()
+        };
+        // One request in each of the window's ten slots, then two in the eleventh.
+        for _ in 0..10 {
+            exchange();
+            testing::advance(Duration::from_secs(1));
+        }
+        exchange();
+        let before = testing::kv_calls();
+        let response = exchange();
+        assert_eq!(testing::kv_calls() - before, 4, "increment + 3 reads");
+        // 2 in the current slot + 9 full slots + the oldest slot (still wholly inside).
+        assert_eq!(response.header_value("ratelimit-remaining"), Some("988"));
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! keys are prefixed with its name, so plugins cannot read each other's keys.
 //!
 //! [`MemoryKv`] is a `DashMap`; expiry is checked on access (an expired entry reads as
-//! absent). Another backend (Redis, say) implements [`KvBackend`]; one that waits on the
+//! absent), and expired entries are swept out once as many keys have been created since the
+//! last sweep as the map holds (at least [`SWEEP_AFTER`]), so a rate limiter that makes a key
+//! per time slot does not grow the map forever, at an amortised constant cost per key. Another backend (Redis, say) implements [`KvBackend`]; one that waits on the
 //! network should also make the `kv` import async in `bindings.rs`, so a slow store parks the
 //! plugin's fiber rather than a worker thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -56,10 +60,29 @@ pub(crate) trait KvBackend: Send + Sync + std::fmt::Debug {
     fn increment(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError>;
 }
 
+/// Keys created before the first sweep of expired entries.
+const SWEEP_AFTER: usize = 1024;
+
 /// The in-memory backend: one `DashMap` per process.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryKv {
     map: DashMap<String, Slot>,
+    /// Keys created since the last sweep.
+    created: AtomicUsize,
+}
+
+impl MemoryKv {
+    /// Counts a created key; sweeps expired entries when enough have been created. Must not
+    /// be called while an entry of the map is held (the sweep locks every shard).
+    fn created_one(&self, now: Instant) {
+        let created = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+        // What the map held at the last sweep: sweep once as many keys have been created.
+        let held = self.map.len().saturating_sub(created);
+        if created >= SWEEP_AFTER.max(held) {
+            self.created.store(0, Ordering::Relaxed);
+            self.map.retain(|_, slot| slot.live(now));
+        }
+    }
 }
 
 fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
@@ -77,13 +100,14 @@ impl KvBackend for MemoryKv {
     }
 
     fn set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvError> {
-        self.map.insert(
-            key,
-            Slot {
-                value,
-                expires: expiry(Instant::now(), ttl_ms),
-            },
-        );
+        let now = Instant::now();
+        let slot = Slot {
+            value,
+            expires: expiry(now, ttl_ms),
+        };
+        if self.map.insert(key, slot).is_none() {
+            self.created_one(now);
+        }
         Ok(())
     }
 
@@ -99,7 +123,7 @@ impl KvBackend for MemoryKv {
             value: delta.to_string().into_bytes(),
             expires: expiry(now, ttl_ms),
         };
-        match self.map.entry(key) {
+        let counted = match self.map.entry(key) {
             Entry::Occupied(mut slot) if slot.get().live(now) => {
                 let current = std::str::from_utf8(&slot.get().value)
                     .ok()
@@ -109,17 +133,22 @@ impl KvBackend for MemoryKv {
                     KvError::Invalid("the counter would overflow a 64-bit integer".into())
                 })?;
                 slot.get_mut().value = next.to_string().into_bytes();
-                Ok(next)
+                return Ok(next);
             }
             Entry::Occupied(mut slot) => {
                 slot.insert(fresh(now));
-                Ok(delta)
+                false
             }
             Entry::Vacant(slot) => {
                 slot.insert(fresh(now));
-                Ok(delta)
+                true
             }
+        };
+        // The entry's shard lock is released here; a sweep may take every shard.
+        if counted {
+            self.created_one(now);
         }
+        Ok(delta)
     }
 }
 
@@ -179,6 +208,28 @@ mod tests {
         assert_eq!(kv.get("s"), Ok(Some(b"v".to_vec())));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(kv.get("s"), Ok(None));
+    }
+
+    /// Keys with a TTL (a rate limiter's slot counters) do not accumulate once expired.
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_are_swept_as_new_ones_arrive() {
+        let kv = MemoryKv::default();
+        for slot in 0..20 {
+            for client in 0..500 {
+                let _ = kv.increment(format!("{slot}:{client}"), 1, Some(1000));
+            }
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        // 10,000 keys were created; those older than a second are gone (a sweep runs after
+        // at least as many creations as the map holds, so at most about twice what is live).
+        assert!(kv.map.len() <= 3 * 500 + SWEEP_AFTER, "{}", kv.map.len());
+        let _ = kv.set("forever".into(), b"1".to_vec(), None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for client in 0..5000 {
+            let _ = kv.increment(format!("late:{client}"), 1, Some(1));
+        }
+        assert_eq!(kv.get("forever"), Ok(Some(b"1".to_vec())), "no TTL: kept");
+        assert!(kv.map.len() <= 5001 + SWEEP_AFTER, "{}", kv.map.len());
     }
 
     #[test]
