@@ -32,8 +32,8 @@ use serde::Deserialize;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context;
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimitsBuilder,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    ProfilingStrategy, Store, StoreLimitsBuilder,
 };
 
 use self::bindings::{Filter, FilterPre, types, v0_1};
@@ -136,6 +136,10 @@ impl PluginRuntime {
         config
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        if perf_map_requested() {
+            // `perf report` names plugin functions from /tmp/perf-PID.map.
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         let cache = cache_dir.and_then(|dir| {
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);
@@ -369,6 +373,12 @@ impl wasmtime_wasi::HostWallClock for ManualWallClock {
 }
 
 /// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
+/// Whether `WEIR_PERF_MAP` asks for a perf map of compiled plugin code (any value but `0`
+/// or empty), so `perf report` can name plugin functions.
+fn perf_map_requested() -> bool {
+    std::env::var_os("WEIR_PERF_MAP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 fn wasi_builder(clock: Option<&Arc<ManualClock>>) -> wasmtime_wasi::WasiCtxBuilder {
     // The builder's defaults grant nothing: no preopens, no env, stdio closed, every socket
     // address denied, no name lookup.

@@ -30,8 +30,9 @@
 //! that slot writes it (its increment, or the refund in the same hook call), and such a call
 //! has long finished. Each instance keeps the counts of settled slots it has read, so a
 //! request costs one `increment` and one `get` (the previous slot, which may still see late
-//! writes), and the response hook two `get`s, instead of `slots + 1` store calls each. The
-//! remembered counts are dropped when more than [`MAX_SETTLED`] are held.
+//! writes), and the response hook two `get`s, instead of `slots + 1` store calls each. Counts
+//! are remembered per limit and key; all are forgotten when more than [`MAX_SETTLED`] keys
+//! are held.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -113,12 +114,13 @@ pub struct RateLimit {
     fault_tolerant: bool,
     limits: Vec<Limit>,
     policy: String,
-    /// Counts of settled slots by their store key (see the module docs).
-    settled: RefCell<HashMap<String, u64>>,
+    /// Counts of settled slots, `(slot, count)`, by limit index and key (see the module
+    /// docs).
+    settled: RefCell<HashMap<(usize, String), Vec<(u64, u64)>>>,
 }
 
-/// Settled slot counts one instance remembers before it forgets them all and reads again.
-const MAX_SETTLED: usize = 4096;
+/// Keys (per limit) whose settled counts one instance remembers before it forgets them all.
+const MAX_SETTLED: usize = 1024;
 
 /// One limit's state for the current request.
 #[derive(Debug, Clone, Copy)]
@@ -323,31 +325,34 @@ impl RateLimit {
         };
         // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
         let mut counts = vec![current];
-        for j in 1..=u64::from(self.slots) {
+        counts.push(match slot.checked_sub(1) {
+            Some(s) => read(&format!("{index}:{s}:{key}"))?,
+            None => 0,
+        });
+        let mut settled = self.settled.borrow_mut();
+        let id = (index, key.to_owned());
+        if settled.len() >= MAX_SETTLED && !settled.contains_key(&id) {
+            settled.clear();
+        }
+        let known = settled.entry(id).or_default();
+        let oldest = slot.saturating_sub(u64::from(self.slots));
+        known.retain(|&(s, _)| s >= oldest);
+        for j in 2..=u64::from(self.slots) {
             let Some(s) = slot.checked_sub(j) else {
                 counts.push(0);
                 continue;
             };
-            let store_key = format!("{index}:{s}:{key}");
-            if j == 1 {
-                counts.push(read(&store_key)?);
-                continue;
-            }
-            let remembered = self.settled.borrow().get(&store_key).copied();
-            let count = match remembered {
-                Some(count) => count,
+            let count = match known.iter().find(|&&(at, _)| at == s) {
+                Some(&(_, count)) => count,
                 None => {
-                    let count = read(&store_key)?;
-                    let mut settled = self.settled.borrow_mut();
-                    if settled.len() >= MAX_SETTLED {
-                        settled.clear();
-                    }
-                    settled.insert(store_key, count);
+                    let count = read(&format!("{index}:{s}:{key}"))?;
+                    known.push((s, count));
                     count
                 }
             };
             counts.push(count);
         }
+        drop(settled);
         let oldest_share = 1.0 - into_slot as f64 / limit.slot_ms as f64;
         let full: u64 = counts[..counts.len() - 1].iter().sum();
         let oldest = counts[counts.len() - 1];
