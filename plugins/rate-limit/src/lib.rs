@@ -114,10 +114,12 @@ pub struct RateLimit {
     fault_tolerant: bool,
     limits: Vec<Limit>,
     policy: String,
-    /// Counts of settled slots, `(slot, count)`, by limit index and key (see the module
-    /// docs).
-    settled: RefCell<HashMap<(usize, String), Vec<(u64, u64)>>>,
+    /// Counts of settled slots by limit index and key (see the module docs).
+    settled: RefCell<HashMap<(usize, String), Settled>>,
 }
+
+/// `(slot, count)` for the settled slots of one limit and key still inside the window.
+type Settled = Vec<(u64, u64)>;
 
 /// Keys (per limit) whose settled counts one instance remembers before it forgets them all.
 const MAX_SETTLED: usize = 1024;
