@@ -82,6 +82,9 @@ pub(super) struct Handler {
     pub(super) pre: ProxyPre<HandlerState>,
     /// The clusters its outgoing requests may reach (`clusters` in `NAME.toml`).
     pub(super) granted: Arc<[String]>,
+    /// Keeps the epoch thread ticking; each call's task holds a clone, so a guest still
+    /// running after its plugin was unloaded is still stopped at its deadline.
+    pub(super) ticking: Arc<()>,
 }
 
 /// What a handler instance's `Store` carries.
@@ -240,9 +243,11 @@ impl Handler {
             .new_response_outparam(sender)
             .map_err(|e| error(format!("{e:#}")))?;
         let pre = self.pre.clone();
+        let ticking = self.ticking.clone();
         // The guest may go on writing the body after it has sent the head, so it runs on its
         // own task; the task ends when the guest returns (or is dropped with the store).
         let task = tokio::spawn(async move {
+            let _ticking = ticking;
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()

@@ -49,6 +49,9 @@ pub use self::bindings::types::{
 
 /// How often the epoch advances; per-call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// How long the epoch thread sleeps at a time while no plugin is loaded (a load wakes it
+/// at once).
+const TICKER_IDLE: Duration = Duration::from_secs(1);
 /// Idle instances kept per plugin; more are dropped when returned.
 const MAX_IDLE_INSTANCES: usize = 64;
 /// Instance slots in the pooling allocator, across all plugins.
@@ -109,6 +112,11 @@ pub struct PluginRuntime {
     kv: Arc<dyn KvBackend>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
+    /// The epoch thread, to wake when a plugin is loaded or the runtime is dropped.
+    ticker: std::thread::Thread,
+    /// Held by every loaded plugin: while only the runtime holds it, nothing can run guest
+    /// code, and the epoch thread sleeps instead of ticking 1000 times a second.
+    loaded: Arc<()>,
     clock: Option<Arc<ManualClock>>,
 }
 
@@ -165,16 +173,25 @@ impl PluginRuntime {
         let handler_linker = handler::linker(&engine).context("cannot link wasi:http")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
+        let loaded = Arc::new(());
         let (ticker_engine, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
+        let plugins = Arc::downgrade(&loaded);
+        let ticker = std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    // Only the runtime's own reference: no plugin, so no deadline to count.
+                    if plugins.strong_count() <= 1 {
+                        std::thread::park_timeout(TICKER_IDLE);
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
                 }
             })
-            .context("cannot start the epoch thread")?;
+            .context("cannot start the epoch thread")?
+            .thread()
+            .clone();
         Ok(PluginRuntime {
             engine,
             linker,
@@ -182,6 +199,8 @@ impl PluginRuntime {
             kv: Arc::new(MemoryKv::default()),
             cache,
             ticker_stop,
+            ticker,
+            loaded,
             clock: None,
         })
     }
@@ -228,6 +247,9 @@ impl PluginRuntime {
             None => (PluginSettings::from_limits(limits), "{}".to_owned()),
         };
         let hash = content_hash(&source.wasm);
+        // From here guest code may run (`configure`, `hooks`): the epoch must advance.
+        let ticking = self.loaded.clone();
+        self.ticker.unpark();
         let started = tokio::time::Instant::now();
         let hits_before = self.cache.as_ref().map(Cache::cache_hits);
         let engine = self.engine.clone();
@@ -265,11 +287,16 @@ impl PluginRuntime {
                 config_json,
                 kv: self.kv.clone(),
                 clock: self.clock.clone(),
-                pre: Pre::Handler(Handler { pre, granted }),
+                pre: Pre::Handler(Handler {
+                    pre,
+                    granted,
+                    ticking: ticking.clone(),
+                }),
                 idle: Mutex::new(Vec::new()),
                 loaded_at: SystemTime::now(),
                 compile_time,
                 from_cache,
+                _ticking: ticking,
             });
         }
         let pre = self
@@ -303,6 +330,7 @@ impl PluginRuntime {
             loaded_at: SystemTime::now(),
             compile_time,
             from_cache,
+            _ticking: ticking,
         };
         // The first instance answers `hooks` and proves the config is accepted; it then
         // becomes the first idle instance.
@@ -332,6 +360,7 @@ impl PluginRuntime {
 impl Drop for PluginRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.unpark();
     }
 }
 
@@ -504,6 +533,8 @@ pub struct Plugin {
     pub compile_time: Duration,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// Keeps the epoch thread ticking while this plugin exists (see `PluginRuntime`).
+    _ticking: Arc<()>,
 }
 
 impl std::fmt::Debug for Plugin {
