@@ -401,13 +401,13 @@ impl wasmtime_wasi::HostWallClock for ManualWallClock {
     }
 }
 
-/// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
 /// Whether `WEIR_PERF_MAP` asks for a perf map of compiled plugin code (any value but `0`
 /// or empty), so `perf report` can name plugin functions.
 fn perf_map_requested() -> bool {
     std::env::var_os("WEIR_PERF_MAP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
 fn wasi_builder(clock: Option<&Arc<ManualClock>>) -> wasmtime_wasi::WasiCtxBuilder {
     // The builder's defaults grant nothing: no preopens, no env, stdio closed, every socket
     // address denied, no name lookup.

@@ -337,8 +337,8 @@ impl RateLimit {
             settled.clear();
         }
         let known = settled.entry(id).or_default();
-        let oldest = slot.saturating_sub(u64::from(self.slots));
-        known.retain(|&(s, _)| s >= oldest);
+        let oldest_slot = slot.saturating_sub(u64::from(self.slots));
+        known.retain(|&(s, _)| s >= oldest_slot);
         for j in 2..=u64::from(self.slots) {
             let Some(s) = slot.checked_sub(j) else {
                 counts.push(0);

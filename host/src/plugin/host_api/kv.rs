@@ -6,9 +6,11 @@
 //!
 //! [`MemoryKv`] is a `DashMap`; expiry is checked on access (an expired entry reads as
 //! absent), and expired entries are swept out once as many keys have been created since the
-//! last sweep as the map holds (at least [`SWEEP_AFTER`]), so a rate limiter that makes a key
-//! per time slot does not grow the map forever, at an amortised constant cost per key. Another backend (Redis, say) implements [`KvBackend`]; one that waits on the
-//! network should also make the `kv` import async in `bindings.rs`, so a slow store parks the
+//! last sweep as the map then held (at least [`SWEEP_AFTER`]), so a rate limiter that makes a
+//! key per time slot does not grow the map forever, at an amortised constant cost per key.
+//!
+//! Another backend (Redis, say) implements [`KvBackend`]; one that waits on the network
+//! should also make the `kv` import async in `bindings.rs`, so a slow store parks the
 //! plugin's fiber rather than a worker thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
