@@ -235,6 +235,12 @@ fn weir(args: &[&str], dir: &Path) -> Output {
         .expect("run weir")
 }
 
+/// `weir plugin test WASM --case cases.toml`, run in `dir`.
+fn plugin_test(wasm: &Path, dir: &Path) -> Output {
+    let wasm = wasm.display().to_string();
+    weir(&["plugin", "test", &wasm, "--case", "cases.toml"], dir)
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -260,16 +266,7 @@ fn plugin_test_passes_every_examples_cases() {
         let wasm = examples().join(example);
         built(example);
         let dir = wasm.parent().expect("folder");
-        let out = weir(
-            &[
-                "plugin",
-                "test",
-                &wasm.display().to_string(),
-                "--case",
-                "cases.toml",
-            ],
-            dir,
-        );
+        let out = plugin_test(&wasm, dir);
         let report = text(&out);
         assert!(out.status.success(), "{example}:\n{report}");
         assert!(report.contains(" 0 failed"), "{example}:\n{report}");
@@ -291,16 +288,7 @@ expect = { status = 200, headers = { "x-guard" = "python" } }
 "#;
     std::fs::write(dir.path().join("cases.toml"), cases).expect("write");
     let wasm = examples().join("filters/python/guard.wasm");
-    let out = weir(
-        &[
-            "plugin",
-            "test",
-            &wasm.display().to_string(),
-            "--case",
-            "cases.toml",
-        ],
-        dir.path(),
-    );
+    let out = plugin_test(&wasm, dir.path());
     let report = text(&out);
     assert!(!out.status.success(), "must fail:\n{report}");
     assert!(

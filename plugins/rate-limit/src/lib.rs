@@ -31,8 +31,8 @@
 //! has long finished. Each instance keeps the counts of settled slots it has read, so a
 //! request costs one `increment` and one `get` (the previous slot, which may still see late
 //! writes), and the response hook two `get`s, instead of `slots + 1` store calls each. Counts
-//! are remembered per limit and key; all are forgotten when more than [`MAX_SETTLED`] keys
-//! are held.
+//! are remembered per key; all are forgotten when more than [`MAX_SETTLED`] keys are
+//! held.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -114,14 +114,15 @@ pub struct RateLimit {
     fault_tolerant: bool,
     limits: Vec<Limit>,
     policy: String,
-    /// Counts of settled slots by limit index and key (see the module docs).
-    settled: RefCell<HashMap<(usize, String), Settled>>,
+    /// Counts of settled slots by key, one list per limit (see the module docs). Keyed by the
+    /// key alone so a lookup needs no allocation.
+    settled: RefCell<HashMap<String, Vec<Settled>>>,
 }
 
 /// `(slot, count)` for the settled slots of one limit and key still inside the window.
 type Settled = Vec<(u64, u64)>;
 
-/// Keys (per limit) whose settled counts one instance remembers before it forgets them all.
+/// Keys whose settled counts one instance remembers before it forgets them all.
 const MAX_SETTLED: usize = 1024;
 
 /// One limit's state for the current request.
@@ -331,12 +332,19 @@ impl RateLimit {
             Some(s) => read(&format!("{index}:{s}:{key}"))?,
             None => 0,
         });
+        let mut unremembered = Settled::new();
         let mut settled = self.settled.borrow_mut();
-        let id = (index, key.to_owned());
-        if settled.len() >= MAX_SETTLED && !settled.contains_key(&id) {
-            settled.clear();
+        if !settled.contains_key(key) {
+            if settled.len() >= MAX_SETTLED {
+                settled.clear();
+            }
+            settled.insert(key.to_owned(), vec![Settled::new(); self.limits.len()]);
         }
-        let known = settled.entry(id).or_default();
+        // Always present (inserted above, a list per limit); if not, read without remembering.
+        let known = settled
+            .get_mut(key)
+            .and_then(|limits| limits.get_mut(index))
+            .unwrap_or(&mut unremembered);
         let oldest_slot = slot.saturating_sub(u64::from(self.slots));
         known.retain(|&(s, _)| s >= oldest_slot);
         for j in 2..=u64::from(self.slots) {

@@ -78,6 +78,9 @@ impl MemoryKv {
     /// be called while an entry of the map is held (the sweep locks every shard).
     fn created_one(&self, now: Instant) {
         let created = self.created.fetch_add(1, Ordering::Relaxed) + 1;
+        if created < SWEEP_AFTER {
+            return; // the common case: no need to count the map (that reads every shard)
+        }
         // What the map held at the last sweep: sweep once as many keys have been created.
         let held = self.map.len().saturating_sub(created);
         if created >= SWEEP_AFTER.max(held) {
