@@ -8,6 +8,7 @@
 //! Needs the bundled plugins: `cargo xtask plugins && cargo bench -p weir-host --bench
 //! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response};
 use weir::config::PluginLimits;
 use weir::plugin::chain::{Chain, RequestStep, request_head};
-use weir::plugin::{Plugin, PluginRuntime, PluginSource, RequestHead};
+use weir::plugin::{Plugin, PluginRuntime, PluginSource, RequestAction, RequestHead};
 
 const HEADERS_TOML: &str = r#"
 [config.request]
@@ -117,6 +118,15 @@ fn request() -> (http::request::Parts, RequestHead) {
     (parts, head)
 }
 
+/// One `on-request` call with the head in `slot`, which is lent to the call (it takes
+/// `&mut`) and put back: no copy per iteration.
+async fn call(plugin: &Plugin, slot: &Cell<Option<RequestHead>>) -> RequestAction {
+    let mut head = slot.take().expect("the head is put back after every call");
+    let action = plugin.on_request(&mut head).await.expect("call");
+    slot.set(Some(head));
+    action
+}
+
 fn response() -> http::response::Parts {
     Response::builder()
         .status(200)
@@ -143,17 +153,17 @@ fn benches(c: &mut Criterion) {
         &format!("max_uses = 1\n{HEADERS_TOML}"),
     );
     let key_auth = load(&runtime, &plugins, "key-auth", KEY_AUTH_TOML);
-    let (_, head) = request();
+    let head = Cell::new(Some(request().1));
 
     let mut hook = c.benchmark_group("hook");
     hook.bench_function("on_request/reused_instance", |b| {
         b.to_async(&runtime)
-            .iter(|| async { headers.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&headers, &head).await })
     });
     // max_uses = 1: every call instantiates and configures a new instance first.
     hook.bench_function("on_request/fresh_instance", |b| {
         b.to_async(&runtime)
-            .iter(|| async { fresh.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&fresh, &head).await })
     });
     hook.finish();
 
@@ -169,7 +179,7 @@ fn benches(c: &mut Criterion) {
                         other => panic!("the chain did not pass the request: {other:?}"),
                     };
                     chain
-                        .on_response(passed, &head, &mut response)
+                        .on_response(passed, &mut head, &mut response)
                         .await
                         .expect("response hooks");
                     (parts, response)
@@ -191,12 +201,13 @@ fn phase_benches(c: &mut Criterion) {
     let rate_limit = load(&runtime, &plugins, "rate-limit", RATE_LIMIT_TOML);
     let rewrite = load(&runtime, &plugins, "rewrite", REWRITE_TOML);
     let transform = load(&runtime, &plugins, "transform", TRANSFORM_TOML);
-    let (_, head) = request();
+    let head = Cell::new(Some(request().1));
     let body = serde_json::to_vec(&serde_json::json!({
         "id": 42, "status": "shipped", "secret": "upstream-only",
         "items": (0..10).map(|i| serde_json::json!({"sku": format!("sku-{i}"), "qty": i})).collect::<Vec<_>>(),
     }))
     .expect("json");
+    let body_request = request().1;
     let response_head = weir::plugin::ResponseHead {
         status: 200,
         headers: vec![("content-type".into(), b"application/json".to_vec())],
@@ -205,24 +216,24 @@ fn phase_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("phase");
     group.bench_function("jwt-auth/on_request/hs256", |b| {
         b.to_async(&runtime)
-            .iter(|| async { jwt_auth.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&jwt_auth, &head).await })
     });
     group.bench_function("rate-limit/on_request", |b| {
         b.to_async(&runtime)
-            .iter(|| async { rate_limit.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&rate_limit, &head).await })
     });
     group.bench_function("rewrite/on_request", |b| {
         b.to_async(&runtime)
-            .iter(|| async { rewrite.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&rewrite, &head).await })
     });
     group.bench_function("transform/on_request", |b| {
         b.to_async(&runtime)
-            .iter(|| async { transform.on_request(&head).await.expect("call") })
+            .iter(|| async { call(&transform, &head).await })
     });
     group.bench_function("transform/on_response_body/json_300B", |b| {
         b.to_async(&runtime).iter(|| async {
             transform
-                .on_response_body(&head, &response_head, &body)
+                .on_response_body(&body_request, &response_head, &body)
                 .await
                 .expect("call")
         })
@@ -259,7 +270,7 @@ fn language_benches(c: &mut Criterion) {
     let plugins = PluginRuntime::new(None).expect("plugin runtime");
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
-    let (_, head) = request();
+    let head = Cell::new(Some(request().1));
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
         let file = examples.join(lang).join("guard.wasm");
@@ -292,11 +303,11 @@ fn language_benches(c: &mut Criterion) {
         let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
         group.bench_function(format!("{lang}/on_request/reused_instance"), |b| {
             b.to_async(&runtime)
-                .iter(|| async { reused.on_request(&head).await.expect("call") })
+                .iter(|| async { call(&reused, &head).await })
         });
         group.bench_function(format!("{lang}/on_request/fresh_instance"), |b| {
             b.to_async(&runtime)
-                .iter(|| async { fresh.on_request(&head).await.expect("call") })
+                .iter(|| async { call(&fresh, &head).await })
         });
     }
     group.finish();

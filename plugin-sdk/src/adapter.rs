@@ -8,7 +8,8 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    BodyAction, BodyHookSet, HookSet, RequestAction, RequestHead, ResponseAction, ResponseHead,
+    BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
+    Response as HostResponse, ResponseAction, ResponseHead,
 };
 use crate::{Action, Body, Filter, Request, Response};
 
@@ -56,11 +57,21 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 
     fn on_request(head: RequestHead) -> RequestAction {
-        Self::with(|filter| on_request(filter, head))
+        Self::with(|filter| on_request(filter, Request::new(head)))
     }
 
     fn on_response(request: RequestHead, response: ResponseHead) -> ResponseAction {
-        Self::with(|filter| on_response(filter, request, response))
+        let (request, response) = (Request::new(request), Response::new(response));
+        Self::with(|filter| on_response(filter, &request, response))
+    }
+
+    fn on_request_lazy(request: &HostRequest) -> RequestAction {
+        Self::with(|filter| on_request(filter, Request::lazy(request)))
+    }
+
+    fn on_response_lazy(request: &HostRequest, response: &HostResponse) -> ResponseAction {
+        let (request, response) = (Request::lazy(request), Response::lazy(response));
+        Self::with(|filter| on_response(filter, &request, response))
     }
 
     fn body_hooks() -> BodyHookSet {
@@ -94,24 +105,21 @@ pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
     F::new(config)
 }
 
-/// `on-request`: the head in, the changes or a local response out.
-pub(crate) fn on_request<F: Filter>(filter: &F, head: RequestHead) -> RequestAction {
-    let mut request = Request::new(head);
+/// `on-request` (either form): the request in, the changes or a local response out.
+pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> RequestAction {
     match filter.on_request(&mut request) {
         Action::Continue => RequestAction::Continue(request.into_changes()),
         Action::Respond(reply) => RequestAction::Respond(reply.into_local()),
     }
 }
 
-/// `on-response`: both heads in, header changes or a replacement response out.
+/// `on-response` (either form): both heads in, header changes or a replacement response out.
 pub(crate) fn on_response<F: Filter>(
     filter: &F,
-    request: RequestHead,
-    response: ResponseHead,
+    request: &Request<'_>,
+    mut response: Response<'_>,
 ) -> ResponseAction {
-    let request = Request::new(request);
-    let mut response = Response::new(response);
-    match filter.on_response(&request, &mut response) {
+    match filter.on_response(request, &mut response) {
         Action::Continue => ResponseAction::Continue(response.into_ops()),
         Action::Respond(reply) => ResponseAction::Respond(reply.into_local()),
     }

@@ -1,9 +1,12 @@
-//! The request, response and local-reply types a filter works with. Changes are recorded as
-//! they are made and sent back to weir in one batch when the hook returns, and reads see
-//! them at once.
+//! The request, response and local-reply types a filter works with. Reads fetch from weir
+//! only what is read; changes are recorded as they are made and sent back to weir in one
+//! batch when the hook returns, and reads see them at once.
+
+use std::cell::OnceCell;
 
 use crate::bindings::weir::plugin::types::{
-    BodyChanges, HeaderOp, LocalResponse, RequestChanges, RequestHead, ResponseHead,
+    BodyChanges, HeaderOp, LocalResponse, Request as HostRequest, RequestChanges, RequestHead,
+    Response as HostResponse, ResponseHead,
 };
 
 /// What a hook decided.
@@ -23,50 +26,95 @@ impl From<Reply> for Action {
 }
 
 /// A request on its way upstream.
+///
+/// weir passes it either whole (body hooks, tests) or as a handle read on demand (head hooks
+/// of a 0.3.0 plugin): then each field and each header is fetched from weir the first time
+/// it is read, and only then. The API is the same either way.
 #[derive(Debug, Clone)]
-pub struct Request {
-    head: RequestHead,
-    ops: Vec<HeaderOp>,
+pub struct Request<'a> {
+    host: Option<&'a HostRequest>,
+    method: OnceCell<String>,
+    path: OnceCell<String>,
+    query: OnceCell<Option<String>>,
+    authority: OnceCell<Option<String>>,
+    client_address: OnceCell<String>,
+    route: OnceCell<String>,
+    request_id: OnceCell<String>,
+    headers: Headers<'a>,
     target_changed: bool,
 }
 
-impl Request {
-    pub(crate) fn new(head: RequestHead) -> Request {
+impl Request<'static> {
+    /// A request passed whole.
+    pub(crate) fn new(head: RequestHead) -> Request<'static> {
         Request {
-            head,
-            ops: Vec::new(),
+            host: None,
+            method: OnceCell::from(head.method),
+            path: OnceCell::from(head.path),
+            query: OnceCell::from(head.query),
+            authority: OnceCell::from(head.authority),
+            client_address: OnceCell::from(head.client_address),
+            route: OnceCell::from(head.route),
+            request_id: OnceCell::from(head.request_id),
+            headers: Headers::whole(head.headers),
+            target_changed: false,
+        }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// A request read from weir on demand.
+    pub(crate) fn lazy(host: &'a HostRequest) -> Request<'a> {
+        Request {
+            host: Some(host),
+            method: OnceCell::new(),
+            path: OnceCell::new(),
+            query: OnceCell::new(),
+            authority: OnceCell::new(),
+            client_address: OnceCell::new(),
+            route: OnceCell::new(),
+            request_id: OnceCell::new(),
+            headers: Headers::lazy(host),
             target_changed: false,
         }
     }
 
     pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
-        self.ops
+        self.headers.ops
     }
 
     pub(crate) fn into_changes(self) -> RequestChanges {
-        let path = self.target_changed.then(|| match &self.head.query {
-            Some(q) => format!("{}?{q}", self.head.path),
-            None => self.head.path.clone(),
+        let path = self.target_changed.then(|| match self.query() {
+            Some(q) => format!("{}?{q}", self.path()),
+            None => self.path().to_owned(),
         });
         RequestChanges {
-            headers: self.ops,
+            headers: self.headers.ops,
             path,
         }
     }
 
+    /// A field of the request: known already, or read from weir now and kept.
+    fn field<'s, T>(&'s self, cell: &'s OnceCell<T>, read: fn(&HostRequest) -> T) -> &'s T
+    where
+        T: Default,
+    {
+        cell.get_or_init(|| self.host.map(read).unwrap_or_default())
+    }
+
     /// The method, like `GET`.
     pub fn method(&self) -> &str {
-        &self.head.method
+        self.field(&self.method, HostRequest::method).as_str()
     }
 
     /// The path, percent-encoded as received, without the query.
     pub fn path(&self) -> &str {
-        &self.head.path
+        self.field(&self.path, HostRequest::path).as_str()
     }
 
     /// The query string without `?`, if there is one.
     pub fn query(&self) -> Option<&str> {
-        self.head.query.as_deref()
+        self.field(&self.query, HostRequest::query).as_deref()
     }
 
     /// The first value of query parameter `name`, `+` and `%XX` decoded. `None` if absent.
@@ -79,121 +127,302 @@ impl Request {
 
     /// The host the client asked for (`Host` or `:authority`), if any.
     pub fn authority(&self) -> Option<&str> {
-        self.head.authority.as_deref()
+        self.field(&self.authority, HostRequest::authority)
+            .as_deref()
     }
 
     /// The client's address, `ip:port`.
     pub fn client_addr(&self) -> &str {
-        &self.head.client_address
+        self.field(&self.client_address, HostRequest::client_address)
+            .as_str()
     }
 
     /// The name of the route that matched.
     pub fn route(&self) -> &str {
-        &self.head.route
+        self.field(&self.route, HostRequest::route).as_str()
     }
 
     /// The request id weir logs and forwards as `x-request-id`.
     pub fn request_id(&self) -> &str {
-        &self.head.request_id
+        self.field(&self.request_id, HostRequest::request_id)
+            .as_str()
     }
 
     /// The first value of header `name` (any case) as text; `None` if absent or not UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.head.headers, name).and_then(|v| std::str::from_utf8(v).ok())
+        self.headers
+            .first(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The first value of header `name` (any case) as bytes.
     pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        header(&self.head.headers, name)
+        self.headers.first(name)
     }
 
-    /// Every header, in order, names in lower case.
+    /// Every header, in order, names in lower case. On a request read on demand this reads
+    /// them all from weir: prefer [`Request::header`] when you know the name.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.head
-            .headers
+        self.headers
+            .all()
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        set(&mut self.head.headers, &mut self.ops, name, value.as_ref());
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .change(HeaderOp::Set((name, value.as_ref().to_vec())));
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        append(&mut self.head.headers, &mut self.ops, name, value.as_ref());
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .change(HeaderOp::Append((name, value.as_ref().to_vec())));
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        remove(&mut self.head.headers, &mut self.ops, name);
+        self.headers
+            .change(HeaderOp::Remove(name.to_ascii_lowercase()));
     }
 
     /// Sends the request upstream with this path (keeping the query). It must start with
     /// `/`; weir checks it and fails the request, naming the plugin, if it is not valid.
     pub fn set_path(&mut self, path: impl Into<String>) {
-        self.head.path = path.into();
+        self.path = OnceCell::from(path.into());
         self.target_changed = true;
     }
 
     /// Sends the request upstream with this query (`None` removes it).
     pub fn set_query(&mut self, query: Option<String>) {
-        self.head.query = query;
+        self.query = OnceCell::from(query);
         self.target_changed = true;
     }
 }
 
-/// A response on its way back to the client.
+/// A response on its way back to the client; passed whole or read on demand, as a
+/// [`Request`] is.
 #[derive(Debug, Clone)]
-pub struct Response {
-    head: ResponseHead,
-    ops: Vec<HeaderOp>,
+pub struct Response<'a> {
+    host: Option<&'a HostResponse>,
+    status: OnceCell<u16>,
+    headers: Headers<'a>,
 }
 
-impl Response {
-    pub(crate) fn new(head: ResponseHead) -> Response {
+impl Response<'static> {
+    /// A response passed whole.
+    pub(crate) fn new(head: ResponseHead) -> Response<'static> {
         Response {
-            head,
-            ops: Vec::new(),
+            host: None,
+            status: OnceCell::from(head.status),
+            headers: Headers::whole(head.headers),
+        }
+    }
+}
+
+impl<'a> Response<'a> {
+    /// A response read from weir on demand.
+    pub(crate) fn lazy(host: &'a HostResponse) -> Response<'a> {
+        Response {
+            host: Some(host),
+            status: OnceCell::new(),
+            headers: Headers::lazy(host),
         }
     }
 
     pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
-        self.ops
+        self.headers.ops
     }
 
     /// The status code.
     pub fn status(&self) -> u16 {
-        self.head.status
+        *self
+            .status
+            .get_or_init(|| self.host.map(HostResponse::status).unwrap_or_default())
     }
 
     /// The first value of header `name` (any case) as text; `None` if absent or not UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.head.headers, name).and_then(|v| std::str::from_utf8(v).ok())
+        self.headers
+            .first(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// Every header, in order, names in lower case.
+    /// Every header, in order, names in lower case (on a response read on demand, this
+    /// reads them all from weir).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.head
-            .headers
+        self.headers
+            .all()
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        set(&mut self.head.headers, &mut self.ops, name, value.as_ref());
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .change(HeaderOp::Set((name, value.as_ref().to_vec())));
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        append(&mut self.head.headers, &mut self.ops, name, value.as_ref());
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .change(HeaderOp::Append((name, value.as_ref().to_vec())));
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        remove(&mut self.head.headers, &mut self.ops, name);
+        self.headers
+            .change(HeaderOp::Remove(name.to_ascii_lowercase()));
+    }
+}
+
+/// Where the headers of a head read on demand come from: weir's `request` or `response`
+/// handle (or, in unit tests, a stand-in).
+pub(crate) trait HeaderSource: std::fmt::Debug {
+    /// The first value of `name`.
+    fn first(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every header, in order.
+    fn every(&self) -> Vec<(String, Vec<u8>)>;
+}
+
+impl HeaderSource for HostRequest {
+    fn first(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(name)
+    }
+
+    fn every(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers()
+    }
+}
+
+impl HeaderSource for HostResponse {
+    fn first(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(name)
+    }
+
+    fn every(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers()
+    }
+}
+
+/// How many single headers a head read on demand remembers before it reads them all.
+const REMEMBERED_HEADERS: usize = 8;
+
+/// A head's headers and the changes made to them. Passed whole, the list is kept with every
+/// change applied. Read on demand, the changes are an overlay: a read looks at the changes
+/// to that name first and asks weir only for what they leave open.
+#[derive(Debug, Clone)]
+struct Headers<'a> {
+    host: Option<&'a dyn HeaderSource>,
+    /// Every header with the changes applied, once known.
+    all: OnceCell<Vec<(String, Vec<u8>)>>,
+    /// Single headers read from weir, before any change: (lower-case name, first value).
+    read: [OnceCell<(String, Option<Vec<u8>>)>; REMEMBERED_HEADERS],
+    /// The changes, in order: what is sent back to weir.
+    ops: Vec<HeaderOp>,
+}
+
+impl<'a> Headers<'a> {
+    fn whole(list: Vec<(String, Vec<u8>)>) -> Headers<'a> {
+        Headers {
+            host: None,
+            all: OnceCell::from(list),
+            read: Default::default(),
+            ops: Vec::new(),
+        }
+    }
+
+    fn lazy(host: &'a dyn HeaderSource) -> Headers<'a> {
+        Headers {
+            host: Some(host),
+            all: OnceCell::new(),
+            read: Default::default(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Every header with the changes applied (read from weir the first time).
+    fn all(&self) -> &Vec<(String, Vec<u8>)> {
+        self.all.get_or_init(|| {
+            let mut list = self.host.map(|h| h.every()).unwrap_or_default();
+            for op in &self.ops {
+                apply(&mut list, op);
+            }
+            list
+        })
+    }
+
+    /// The first value of `name` (any case), changes included.
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        if let Some(all) = self.all.get() {
+            return header(all, name);
+        }
+        // The last `set` or `remove` of the name decides, with what was appended after it.
+        let named = |op: &HeaderOp| match op {
+            HeaderOp::Set((n, _)) | HeaderOp::Remove(n) => n.eq_ignore_ascii_case(name),
+            HeaderOp::Append(_) => false,
+        };
+        if let Some(last) = self.ops.iter().rposition(named) {
+            return match &self.ops[last] {
+                HeaderOp::Set((_, v)) => Some(v),
+                _ => appended(&self.ops[last + 1..], name),
+            };
+        }
+        match self.remembered(name) {
+            Some(original) => original.or_else(|| appended(&self.ops, name)),
+            // Too many names asked for one at a time: read them all once.
+            None => header(self.all(), name),
+        }
+    }
+
+    /// The first value weir has for `name`, read once per name; `None` when every slot is
+    /// taken by other names.
+    fn remembered(&self, name: &str) -> Option<Option<&[u8]>> {
+        let host = self.host?;
+        for slot in &self.read {
+            match slot.get() {
+                Some((n, v)) if n.eq_ignore_ascii_case(name) => return Some(v.as_deref()),
+                Some(_) => continue,
+                None => {
+                    let (_, v) = slot.get_or_init(|| (name.to_ascii_lowercase(), host.first(name)));
+                    return Some(v.as_deref());
+                }
+            }
+        }
+        None
+    }
+
+    /// Records a change (its name already lower case) and applies it to the whole list if
+    /// that is known.
+    fn change(&mut self, op: HeaderOp) {
+        if let Some(all) = self.all.get_mut() {
+            apply(all, &op);
+        }
+        self.ops.push(op);
+    }
+}
+
+/// The first value appended to `name` in `ops`.
+fn appended<'o>(ops: &'o [HeaderOp], name: &str) -> Option<&'o [u8]> {
+    ops.iter().find_map(|op| match op {
+        HeaderOp::Append((n, v)) if n.eq_ignore_ascii_case(name) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+fn apply(list: &mut Vec<(String, Vec<u8>)>, op: &HeaderOp) {
+    match op {
+        HeaderOp::Set((name, value)) => {
+            list.retain(|(n, _)| n != name);
+            list.push((name.clone(), value.clone()));
+        }
+        HeaderOp::Append((name, value)) => list.push((name.clone(), value.clone())),
+        HeaderOp::Remove(name) => list.retain(|(n, _)| n != name),
     }
 }
 
@@ -326,25 +555,6 @@ fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> 
         .map(|(_, v)| v.as_slice())
 }
 
-fn set(headers: &mut Vec<(String, Vec<u8>)>, ops: &mut Vec<HeaderOp>, name: &str, value: &[u8]) {
-    let name = name.to_ascii_lowercase();
-    headers.retain(|(n, _)| *n != name);
-    headers.push((name.clone(), value.to_vec()));
-    ops.push(HeaderOp::Set((name, value.to_vec())));
-}
-
-fn append(headers: &mut Vec<(String, Vec<u8>)>, ops: &mut Vec<HeaderOp>, name: &str, value: &[u8]) {
-    let name = name.to_ascii_lowercase();
-    headers.push((name.clone(), value.to_vec()));
-    ops.push(HeaderOp::Append((name, value.to_vec())));
-}
-
-fn remove(headers: &mut Vec<(String, Vec<u8>)>, ops: &mut Vec<HeaderOp>, name: &str) {
-    let name = name.to_ascii_lowercase();
-    headers.retain(|(n, _)| *n != name);
-    ops.push(HeaderOp::Remove(name));
-}
-
 /// Decodes `+` and `%XX` in a query component; invalid escapes are kept as written.
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -376,7 +586,7 @@ fn decode(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn request(target: &str, headers: &[(&str, &str)]) -> Request {
+    fn request(target: &str, headers: &[(&str, &str)]) -> Request<'static> {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (target.to_owned(), None),
@@ -422,6 +632,84 @@ mod tests {
         ];
         assert_eq!(format!("{:?}", changes.headers), format!("{expected:?}"));
         assert_eq!(changes.path, None, "the target is sent only if changed");
+    }
+
+    /// Headers as weir holds them, counting how often they are asked for.
+    #[derive(Debug, Default)]
+    struct Fake {
+        list: Vec<(String, Vec<u8>)>,
+        single: std::cell::Cell<usize>,
+        every: std::cell::Cell<usize>,
+    }
+
+    impl HeaderSource for Fake {
+        fn first(&self, name: &str) -> Option<Vec<u8>> {
+            self.single.set(self.single.get() + 1);
+            header(&self.list, name).map(<[u8]>::to_vec)
+        }
+
+        fn every(&self) -> Vec<(String, Vec<u8>)> {
+            self.every.set(self.every.get() + 1);
+            self.list.clone()
+        }
+    }
+
+    fn fake(headers: &[(&str, &str)]) -> Fake {
+        Fake {
+            list: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            ..Fake::default()
+        }
+    }
+
+    #[test]
+    fn headers_read_on_demand_ask_once_per_name_and_only_for_what_is_read() {
+        let host = fake(&[("a", "1"), ("b", "2"), ("b", "3")]);
+        let headers = Headers::lazy(&host);
+        assert_eq!(headers.first("B"), Some(&b"2"[..]));
+        assert_eq!(headers.first("b"), Some(&b"2"[..]));
+        assert_eq!(headers.first("missing"), None);
+        assert_eq!(headers.first("missing"), None);
+        assert_eq!((host.single.get(), host.every.get()), (2, 0));
+
+        // Past the remembered names, everything is read once and answers the rest.
+        for i in 0..REMEMBERED_HEADERS {
+            let _ = headers.first(&format!("x-{i}"));
+        }
+        assert_eq!(headers.first("a"), Some(&b"1"[..]));
+        assert_eq!(headers.first("c"), None);
+        assert_eq!(host.every.get(), 1);
+        assert_eq!(host.single.get(), REMEMBERED_HEADERS);
+    }
+
+    #[test]
+    fn changes_overlay_headers_read_on_demand_as_they_do_a_whole_list() {
+        let original = [("a", "1"), ("b", "2"), ("c", "3"), ("c", "4")];
+        let changes = [
+            HeaderOp::Set(("a".into(), b"one".to_vec())),
+            HeaderOp::Remove("b".into()),
+            HeaderOp::Append(("b".into(), b"two".to_vec())),
+            HeaderOp::Append(("c".into(), b"5".to_vec())),
+            HeaderOp::Append(("d".into(), b"new".to_vec())),
+            HeaderOp::Remove("e".into()),
+        ];
+        // After each change, every name reads the same through both, and the whole lists
+        // agree at the end.
+        let host = fake(&original);
+        let mut lazy = Headers::lazy(&host);
+        let mut whole = Headers::whole(fake(&original).list);
+        for op in changes {
+            lazy.change(op.clone());
+            whole.change(op);
+            for name in ["a", "b", "c", "d", "e", "A"] {
+                assert_eq!(lazy.first(name), whole.first(name), "{name}");
+            }
+        }
+        assert_eq!(host.every.get(), 0, "single reads never fetch every header");
+        assert_eq!(lazy.all(), whole.all());
+        assert_eq!(format!("{:?}", lazy.ops), format!("{:?}", whole.ops));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::adapter;
 use crate::bindings::weir::plugin::types::{
     BodyAction, HeaderOp, LocalResponse, RequestAction, RequestHead, ResponseAction, ResponseHead,
 };
+use crate::http::{Request, Response};
 use crate::log::Level;
 use crate::mock;
 
@@ -60,7 +61,7 @@ impl<F: Filter> Harness<F> {
     /// Runs `on_request`, as weir would for `request`.
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
         let head = request.head();
-        match adapter::on_request(&self.filter, head.clone()) {
+        match adapter::on_request(&self.filter, Request::new(head.clone())) {
             RequestAction::Continue(changes) => {
                 let mut forwarded = request;
                 apply(&mut forwarded.headers, changes.headers);
@@ -93,7 +94,8 @@ impl<F: Filter> Harness<F> {
             status,
             headers: headers.clone(),
         };
-        match adapter::on_response(&self.filter, request.head(), head) {
+        let request = Request::new(request.head());
+        match adapter::on_response(&self.filter, &request, Response::new(head)) {
             ResponseAction::Continue(ops) => {
                 apply(&mut headers, ops);
                 ResponseOutcome::Passed(Reply {

@@ -267,7 +267,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.2.0".into()));
+    assert_eq!(contract("transform"), Some("0.3.0".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

@@ -410,7 +410,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         .with_context(|| format!("{}: upstream status {}", context(), upstream.status))?;
     response.headers = header_map(&upstream.headers).with_context(context)?;
     let mut response_body = upstream.body.clone().into_bytes();
-    match chain.on_response(passed, &head, &mut response).await {
+    match chain.on_response(passed, &mut head, &mut response).await {
         Ok(Some(local)) => response_body = local,
         Ok(None) => {}
         Err(e) => {

@@ -11,16 +11,19 @@ use wasi_preview1_component_adapter_provider::{
 };
 use wit_parser::{Resolve, WorldId};
 
-/// The contract `wit/` as weir was built with it: `(file name, contents)`.
+/// The contract new projects in other languages than Rust are built against: `(file name,
+/// contents)`. It is `weir:plugin@0.2.0` (`wit/0.2.0/`), whose hooks take whole heads: the
+/// 0.3.0 lazy hooks need an SDK that reads a head through its handle, which only the Rust
+/// SDK has so far. weir loads both.
 pub const WIT: [(&str, &str); 5] = [
-    ("world.wit", include_str!("../../../wit/world.wit")),
+    ("world.wit", include_str!("../../../wit/0.2.0/world.wit")),
     (
         "http-filter.wit",
-        include_str!("../../../wit/http-filter.wit"),
+        include_str!("../../../wit/0.2.0/http-filter.wit"),
     ),
-    ("types.wit", include_str!("../../../wit/types.wit")),
-    ("log.wit", include_str!("../../../wit/log.wit")),
-    ("kv.wit", include_str!("../../../wit/kv.wit")),
+    ("types.wit", include_str!("../../../wit/0.2.0/types.wit")),
+    ("log.wit", include_str!("../../../wit/0.2.0/log.wit")),
+    ("kv.wit", include_str!("../../../wit/0.2.0/kv.wit")),
 ];
 
 /// `go.bytecodealliance.org/pkg` at the version wit-bindgen-go's bindings ask for (see

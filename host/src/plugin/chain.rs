@@ -267,7 +267,7 @@ impl Chain {
     pub async fn on_response(
         &self,
         passed: usize,
-        request: &RequestHead,
+        request: &mut RequestHead,
         parts: &mut response::Parts,
     ) -> Result<Option<Vec<u8>>, ChainError> {
         let mut body = None;

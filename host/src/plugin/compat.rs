@@ -1,9 +1,10 @@
-//! `weir:plugin@0.1.0` plugins on the current host: their imports forwarded to the current
-//! implementations, and their hook arguments and results converted. 0.1.0's types are
-//! field-for-field the same as the current ones (a minor version only adds), so each
-//! conversion is a plain move.
+//! Older minors on the current host. `weir:plugin@0.1.0` plugins: their imports forwarded to
+//! the current implementations, and their hook arguments and results converted (0.1.0's
+//! types are field-for-field the same as the current ones, so each conversion is a plain
+//! move). `weir:plugin@0.2.0` plugins: their imports forwarded; their hooks take the current
+//! types as they are.
 
-use super::bindings::{kv, log, types, v0_1};
+use super::bindings::{kv, log, types, v0_1, v0_2};
 use super::state::PluginState;
 
 impl v0_1::types::Host for PluginState {}
@@ -134,5 +135,64 @@ pub(super) fn response_action(action: v0_1::types::ResponseAction) -> types::Res
         v0_1::types::ResponseAction::Respond(local) => {
             types::ResponseAction::Respond(local_response(local))
         }
+    }
+}
+
+// `weir:plugin@0.2.0`: the same hook types as the current contract (bindings.rs maps them);
+// its `log` and `kv` imports, linked under 0.2.0's names, are forwarded like 0.1.0's.
+
+impl v0_2::log::Host for PluginState {
+    fn enabled(&mut self, level: v0_2::log::Level) -> bool {
+        log::Host::enabled(self, level_from_v0_2(level))
+    }
+
+    fn log(&mut self, level: v0_2::log::Level, message: String) {
+        log::Host::log(self, level_from_v0_2(level), message);
+    }
+}
+
+fn level_from_v0_2(level: v0_2::log::Level) -> log::Level {
+    match level {
+        v0_2::log::Level::Trace => log::Level::Trace,
+        v0_2::log::Level::Debug => log::Level::Debug,
+        v0_2::log::Level::Info => log::Level::Info,
+        v0_2::log::Level::Warn => log::Level::Warn,
+        v0_2::log::Level::Error => log::Level::Error,
+    }
+}
+
+impl v0_2::kv::Host for PluginState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, v0_2::kv::Error> {
+        kv::Host::get(self, key).map_err(kv_error_v0_2)
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), v0_2::kv::Error> {
+        kv::Host::set(self, key, value, ttl_ms).map_err(kv_error_v0_2)
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), v0_2::kv::Error> {
+        kv::Host::delete(self, key).map_err(kv_error_v0_2)
+    }
+
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, v0_2::kv::Error> {
+        kv::Host::increment(self, key, delta, ttl_ms).map_err(kv_error_v0_2)
+    }
+}
+
+fn kv_error_v0_2(error: kv::Error) -> v0_2::kv::Error {
+    match error {
+        kv::Error::AccessDenied => v0_2::kv::Error::AccessDenied,
+        kv::Error::Unavailable(why) => v0_2::kv::Error::Unavailable(why),
+        kv::Error::Invalid(why) => v0_2::kv::Error::Invalid(why),
     }
 }

@@ -29,16 +29,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::error::Context;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     ProfilingStrategy, Store, StoreLimitsBuilder,
 };
 
-use self::bindings::{Filter, FilterPre, types, v0_1};
+use self::bindings::{Filter, FilterPre, types, v0_1, v0_2};
 use self::handler::{Handler, HandlerBody, HandlerState, Outbound};
 use self::host_api::kv::{KvBackend, MemoryKv};
+use self::host_api::types::{RequestView, ResponseView};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
@@ -167,6 +168,14 @@ impl PluginRuntime {
         Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .context("cannot link weir:plugin")?;
         // Older minors keep loading: their imports are linked under their own versions.
+        // 0.2.0's types are the current ones, so its `types` instance declares nothing new.
+        v0_2::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .context("cannot link weir:plugin/log@0.2.0")?;
+        v0_2::kv::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .context("cannot link weir:plugin/kv@0.2.0")?;
+        linker
+            .instance("weir:plugin/types@0.2.0")
+            .context("cannot link weir:plugin/types@0.2.0")?;
         v0_1::Filter::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .context("cannot link weir:plugin@0.1.0")?;
 
@@ -306,13 +315,16 @@ impl PluginRuntime {
             .map_err(fail)?;
         let pre = match FilterPre::new(pre.clone()) {
             Ok(current) => Pre::Current(current),
-            Err(current_error) => match v0_1::FilterPre::new(pre) {
-                Ok(old) => Pre::V0_1(old),
-                Err(_) => {
-                    return Err(fail(current_error.context(
-                        "the component does not export weir:plugin/http-filter (0.2.0 or 0.1.0)",
-                    )));
-                }
+            Err(current_error) => match v0_2::FilterPre::new(pre.clone()) {
+                Ok(old) => Pre::V0_2(old),
+                Err(_) => match v0_1::FilterPre::new(pre) {
+                    Ok(old) => Pre::V0_1(old),
+                    Err(_) => {
+                        return Err(fail(current_error.context(
+                            "the component does not export weir:plugin/http-filter (0.3.0, 0.2.0 or 0.1.0)",
+                        )));
+                    }
+                },
             },
         };
         let mut plugin = Plugin {
@@ -338,6 +350,13 @@ impl PluginRuntime {
         let store = &mut instance.store;
         let (hooks, body_hooks) = match &instance.filter {
             Guest::Current(filter) => {
+                let exports = filter.weir_plugin_http_filter();
+                let hooks = exports.call_hooks(&mut *store).await;
+                let hooks = hooks.context("hooks() failed").map_err(fail)?;
+                let body = exports.call_body_hooks(&mut *store).await;
+                (hooks, body.context("body-hooks() failed").map_err(fail)?)
+            }
+            Guest::V0_2(filter) => {
                 let exports = filter.weir_plugin_http_filter();
                 let hooks = exports.call_hooks(&mut *store).await;
                 let hooks = hooks.context("hooks() failed").map_err(fail)?;
@@ -549,6 +568,7 @@ impl std::fmt::Debug for Plugin {
 /// A plugin's linked component, by the contract version it was built against.
 enum Pre {
     Current(FilterPre<PluginState>),
+    V0_2(v0_2::FilterPre<PluginState>),
     V0_1(v0_1::FilterPre<PluginState>),
     Handler(Handler),
 }
@@ -556,6 +576,7 @@ enum Pre {
 /// An instance's exports, by contract version.
 enum Guest {
     Current(Filter),
+    V0_2(v0_2::Filter),
     V0_1(v0_1::Filter),
 }
 
@@ -605,6 +626,7 @@ impl Plugin {
     fn engine(&self) -> &Engine {
         match &self.pre {
             Pre::Current(pre) => pre.engine(),
+            Pre::V0_2(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
             Pre::Handler(handler) => handler.pre.engine(),
         }
@@ -639,7 +661,8 @@ impl Plugin {
     /// The `weir:plugin` version the plugin was built against.
     pub fn contract(&self) -> &'static str {
         match self.pre {
-            Pre::Current(_) => "0.2.0",
+            Pre::Current(_) => "0.3.0",
+            Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
             Pre::Handler(_) => "wasi:http@0.2",
         }
@@ -664,6 +687,7 @@ impl Plugin {
         store.set_epoch_deadline(self.deadline_ticks());
         let instantiated = match &self.pre {
             Pre::Current(pre) => pre.instantiate_async(&mut store).await.map(Guest::Current),
+            Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_2),
             Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
             Pre::Handler(_) => {
                 return Err(self.error(format_args!("a handler has no filter hooks")));
@@ -672,6 +696,10 @@ impl Plugin {
         let filter = instantiated.map_err(|e| self.error(format_args!("{e:#}")))?;
         let configured = match &filter {
             Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                exports.call_configure(&mut store, &self.config_json).await
+            }
+            Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
                 exports.call_configure(&mut store, &self.config_json).await
             }
@@ -740,12 +768,22 @@ impl Plugin {
         }
     }
 
-    /// Calls `on-request` under the plugin's deadline.
-    pub async fn on_request(&self, request: &RequestHead) -> Result<RequestAction, CallError> {
+    /// Calls `on-request` under the plugin's deadline. A 0.3.0 plugin reads `request`
+    /// through a handle (`on-request-lazy`); the head is lent to its store for the call and
+    /// is back in `request` when this returns, whatever the call did.
+    pub async fn on_request(&self, request: &mut RequestHead) -> Result<RequestAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let lent = self.lend_request(store, request)?;
+                let borrowed = Resource::new_borrow(lent.rep());
+                let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
+                *request = self.take_back(store, lent)?.0;
+                action
+            }
+            Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
                 exports.call_on_request(store, request).await
             }
@@ -760,17 +798,21 @@ impl Plugin {
     }
 
     /// Calls `on-request-body` under the plugin's deadline. Only plugins that declared it
-    /// (so only current-contract plugins) are called.
+    /// (so only 0.2.0 and later) are called.
     pub async fn on_request_body(
         &self,
         request: &RequestHead,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
+        let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let store = &mut instance.store;
+                exports.call_on_request_body(store, request, body).await
+            }
+            Guest::V0_2(f) => {
+                let exports = f.weir_plugin_http_filter();
                 exports.call_on_request_body(store, request, body).await
             }
             Guest::V0_1(_) => Ok(unchanged_body()),
@@ -786,10 +828,16 @@ impl Plugin {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
+        let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let store = &mut instance.store;
+                exports
+                    .call_on_response_body(store, request, response, body)
+                    .await
+            }
+            Guest::V0_2(f) => {
+                let exports = f.weir_plugin_http_filter();
                 exports
                     .call_on_response_body(store, request, response, body)
                     .await
@@ -799,16 +847,32 @@ impl Plugin {
         self.finish(instance, result)
     }
 
-    /// Calls `on-response` under the plugin's deadline.
+    /// Calls `on-response` under the plugin's deadline; a 0.3.0 plugin reads both heads
+    /// through handles, as in [`Plugin::on_request`].
     pub async fn on_response(
         &self,
-        request: &RequestHead,
-        response: &ResponseHead,
+        request: &mut RequestHead,
+        response: &mut ResponseHead,
     ) -> Result<ResponseAction, CallError> {
         let mut instance = self.checkout(&request.request_id).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
+                let exports = f.weir_plugin_http_filter();
+                let lent_request = self.lend_request(store, request)?;
+                let lent_response = self.lend_response(store, response)?;
+                let action = exports
+                    .call_on_response_lazy(
+                        &mut *store,
+                        Resource::new_borrow(lent_request.rep()),
+                        Resource::new_borrow(lent_response.rep()),
+                    )
+                    .await;
+                *response = self.take_back(store, lent_response)?.0;
+                *request = self.take_back(store, lent_request)?.0;
+                action
+            }
+            Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
                 exports.call_on_response(store, request, response).await
             }
@@ -823,6 +887,44 @@ impl Plugin {
             }
         };
         self.finish(instance, result)
+    }
+
+    /// Moves the request head into the store's resource table for one call.
+    fn lend_request(
+        &self,
+        store: &mut Store<PluginState>,
+        request: &mut RequestHead,
+    ) -> Result<Resource<RequestView>, CallError> {
+        let head = std::mem::replace(request, host_api::types::no_request());
+        let table = &mut store.data_mut().table;
+        table
+            .push(RequestView(head))
+            .map_err(|e| self.error(format_args!("cannot lend the request: {e}")))
+    }
+
+    /// Moves the response head into the store's resource table for one call.
+    fn lend_response(
+        &self,
+        store: &mut Store<PluginState>,
+        response: &mut ResponseHead,
+    ) -> Result<Resource<ResponseView>, CallError> {
+        let head = std::mem::replace(response, host_api::types::no_response());
+        let table = &mut store.data_mut().table;
+        table
+            .push(ResponseView(head))
+            .map_err(|e| self.error(format_args!("cannot lend the response: {e}")))
+    }
+
+    /// Takes a lent head back out of the table after the call.
+    fn take_back<V: Send + 'static>(
+        &self,
+        store: &mut Store<PluginState>,
+        lent: Resource<V>,
+    ) -> Result<V, CallError> {
+        let table = &mut store.data_mut().table;
+        table
+            .delete(lent)
+            .map_err(|e| self.error(format_args!("cannot take back a lent head: {e}")))
     }
 }
 

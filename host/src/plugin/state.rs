@@ -15,7 +15,7 @@ pub(crate) struct PluginState {
     /// WASI with no preopened folders, no environment, no inherited stdio, no sockets: clocks
     /// and random numbers are all a plugin gets from it.
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     /// Memory cap for this instance.
     pub(crate) limits: StoreLimits,
     /// The plugin's name, for log lines.

@@ -134,7 +134,7 @@ async fn proxy(
                 body,
                 passed,
             } => {
-                return local_reply(chain, passed, &head, reply, body, request_id).await;
+                return local_reply(chain, passed, &mut head, reply, body, request_id).await;
             }
             RequestStep::Continue { passed } => {
                 // request_body_filter (plugins): only when a plugin asked for the body.
@@ -151,7 +151,7 @@ async fn proxy(
                                     passed,
                                 } => {
                                     return local_reply(
-                                        chain, passed, &head, reply, body, request_id,
+                                        chain, passed, &mut head, reply, body, request_id,
                                     )
                                     .await;
                                 }
@@ -231,7 +231,9 @@ async fn proxy(
 
     // response_filter (plugins), in reverse chain order.
     match response_hooks {
-        Some((head, passed)) => response_filter_plugins(chain, passed, &head, response).await,
+        Some((mut head, passed)) => {
+            response_filter_plugins(chain, passed, &mut head, response).await
+        }
         None => Ok(response),
     }
 }
@@ -291,7 +293,7 @@ impl Outbound for ClusterOutbound {
 async fn local_reply(
     chain: &Chain,
     passed: usize,
-    request: &RequestHead,
+    request: &mut RequestHead,
     mut parts: http::response::Parts,
     body: Vec<u8>,
     request_id: HeaderValue,
@@ -314,7 +316,7 @@ async fn local_reply(
 async fn response_filter_plugins(
     chain: &Chain,
     passed: usize,
-    request: &RequestHead,
+    request: &mut RequestHead,
     response: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = response.into_parts();

@@ -2,5 +2,4 @@
 
 pub(crate) mod kv;
 pub(crate) mod log;
-
-impl super::bindings::types::Host for super::state::PluginState {}
+pub(crate) mod types;
