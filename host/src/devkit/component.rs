@@ -11,10 +11,11 @@ use wasi_preview1_component_adapter_provider::{
 };
 use wit_parser::{Resolve, WorldId};
 
-/// The contract new projects in other languages than Rust are built against: `(file name,
-/// contents)`. It is `weir:plugin@0.2.0` (`wit/0.2.0/`), whose hooks take whole heads: the
-/// 0.3.0 lazy hooks need an SDK that reads a head through its handle, which only the Rust
-/// SDK has so far. weir loads both.
+/// The contract `weir plugin new` projects are built against: `(file name, contents)`. It is
+/// `weir:plugin@0.2.0` (`wit/0.2.0/`), whose hooks take whole heads: the 0.3.0 lazy hooks
+/// need code that reads a head through its handle, which only the Rust SDK has so far (the
+/// templates, Rust's included, use their language's bindings generator directly). weir
+/// loads both.
 pub const WIT: [(&str, &str); 5] = [
     ("world.wit", include_str!("../../../wit/0.2.0/world.wit")),
     (
