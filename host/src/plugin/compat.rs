@@ -9,61 +9,79 @@ use super::state::PluginState;
 
 impl v0_1::types::Host for PluginState {}
 
-impl v0_1::log::Host for PluginState {
-    fn enabled(&mut self, level: v0_1::log::Level) -> bool {
-        log::Host::enabled(self, level_from(level))
-    }
+/// Forwards an older minor's `log` and `kv` imports (the same functions, under that
+/// version's names and types) to the current implementations.
+macro_rules! forward_imports {
+    ($v:ident) => {
+        impl $v::log::Host for PluginState {
+            fn enabled(&mut self, level: $v::log::Level) -> bool {
+                log::Host::enabled(self, level.into_current())
+            }
 
-    fn log(&mut self, level: v0_1::log::Level, message: String) {
-        log::Host::log(self, level_from(level), message);
-    }
+            fn log(&mut self, level: $v::log::Level, message: String) {
+                log::Host::log(self, level.into_current(), message);
+            }
+        }
+
+        impl IntoCurrent<log::Level> for $v::log::Level {
+            fn into_current(self) -> log::Level {
+                match self {
+                    $v::log::Level::Trace => log::Level::Trace,
+                    $v::log::Level::Debug => log::Level::Debug,
+                    $v::log::Level::Info => log::Level::Info,
+                    $v::log::Level::Warn => log::Level::Warn,
+                    $v::log::Level::Error => log::Level::Error,
+                }
+            }
+        }
+
+        impl $v::kv::Host for PluginState {
+            fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, $v::kv::Error> {
+                kv::Host::get(self, key).map_err(From::from)
+            }
+
+            fn set(
+                &mut self,
+                key: String,
+                value: Vec<u8>,
+                ttl_ms: Option<u64>,
+            ) -> Result<(), $v::kv::Error> {
+                kv::Host::set(self, key, value, ttl_ms).map_err(From::from)
+            }
+
+            fn delete(&mut self, key: String) -> Result<(), $v::kv::Error> {
+                kv::Host::delete(self, key).map_err(From::from)
+            }
+
+            fn increment(
+                &mut self,
+                key: String,
+                delta: i64,
+                ttl_ms: Option<u64>,
+            ) -> Result<i64, $v::kv::Error> {
+                kv::Host::increment(self, key, delta, ttl_ms).map_err(From::from)
+            }
+        }
+
+        impl From<kv::Error> for $v::kv::Error {
+            fn from(error: kv::Error) -> $v::kv::Error {
+                match error {
+                    kv::Error::AccessDenied => $v::kv::Error::AccessDenied,
+                    kv::Error::Unavailable(why) => $v::kv::Error::Unavailable(why),
+                    kv::Error::Invalid(why) => $v::kv::Error::Invalid(why),
+                }
+            }
+        }
+    };
 }
 
-fn level_from(level: v0_1::log::Level) -> log::Level {
-    match level {
-        v0_1::log::Level::Trace => log::Level::Trace,
-        v0_1::log::Level::Debug => log::Level::Debug,
-        v0_1::log::Level::Info => log::Level::Info,
-        v0_1::log::Level::Warn => log::Level::Warn,
-        v0_1::log::Level::Error => log::Level::Error,
-    }
+/// An older minor's value as the current contract's.
+trait IntoCurrent<T> {
+    fn into_current(self) -> T;
 }
 
-impl v0_1::kv::Host for PluginState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, v0_1::kv::Error> {
-        kv::Host::get(self, key).map_err(kv_error)
-    }
-
-    fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), v0_1::kv::Error> {
-        kv::Host::set(self, key, value, ttl_ms).map_err(kv_error)
-    }
-
-    fn delete(&mut self, key: String) -> Result<(), v0_1::kv::Error> {
-        kv::Host::delete(self, key).map_err(kv_error)
-    }
-
-    fn increment(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_ms: Option<u64>,
-    ) -> Result<i64, v0_1::kv::Error> {
-        kv::Host::increment(self, key, delta, ttl_ms).map_err(kv_error)
-    }
-}
-
-fn kv_error(error: kv::Error) -> v0_1::kv::Error {
-    match error {
-        kv::Error::AccessDenied => v0_1::kv::Error::AccessDenied,
-        kv::Error::Unavailable(why) => v0_1::kv::Error::Unavailable(why),
-        kv::Error::Invalid(why) => v0_1::kv::Error::Invalid(why),
-    }
-}
+forward_imports!(v0_1);
+forward_imports!(v0_2);
 
 pub(super) fn request_head(head: &types::RequestHead) -> v0_1::types::RequestHead {
     let head = head.clone();
@@ -135,64 +153,5 @@ pub(super) fn response_action(action: v0_1::types::ResponseAction) -> types::Res
         v0_1::types::ResponseAction::Respond(local) => {
             types::ResponseAction::Respond(local_response(local))
         }
-    }
-}
-
-// `weir:plugin@0.2.0`: the same hook types as the current contract (bindings.rs maps them);
-// its `log` and `kv` imports, linked under 0.2.0's names, are forwarded like 0.1.0's.
-
-impl v0_2::log::Host for PluginState {
-    fn enabled(&mut self, level: v0_2::log::Level) -> bool {
-        log::Host::enabled(self, level_from_v0_2(level))
-    }
-
-    fn log(&mut self, level: v0_2::log::Level, message: String) {
-        log::Host::log(self, level_from_v0_2(level), message);
-    }
-}
-
-fn level_from_v0_2(level: v0_2::log::Level) -> log::Level {
-    match level {
-        v0_2::log::Level::Trace => log::Level::Trace,
-        v0_2::log::Level::Debug => log::Level::Debug,
-        v0_2::log::Level::Info => log::Level::Info,
-        v0_2::log::Level::Warn => log::Level::Warn,
-        v0_2::log::Level::Error => log::Level::Error,
-    }
-}
-
-impl v0_2::kv::Host for PluginState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, v0_2::kv::Error> {
-        kv::Host::get(self, key).map_err(kv_error_v0_2)
-    }
-
-    fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    ) -> Result<(), v0_2::kv::Error> {
-        kv::Host::set(self, key, value, ttl_ms).map_err(kv_error_v0_2)
-    }
-
-    fn delete(&mut self, key: String) -> Result<(), v0_2::kv::Error> {
-        kv::Host::delete(self, key).map_err(kv_error_v0_2)
-    }
-
-    fn increment(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_ms: Option<u64>,
-    ) -> Result<i64, v0_2::kv::Error> {
-        kv::Host::increment(self, key, delta, ttl_ms).map_err(kv_error_v0_2)
-    }
-}
-
-fn kv_error_v0_2(error: kv::Error) -> v0_2::kv::Error {
-    match error {
-        kv::Error::AccessDenied => v0_2::kv::Error::AccessDenied,
-        kv::Error::Unavailable(why) => v0_2::kv::Error::Unavailable(why),
-        kv::Error::Invalid(why) => v0_2::kv::Error::Invalid(why),
     }
 }
