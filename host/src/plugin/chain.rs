@@ -2,8 +2,8 @@
 //! then, for plugins that asked for them, `on-request-body` in chain order over the whole
 //! request body and `on-response-body` in reverse over the whole response body.
 //!
-//! Plugins see whole heads (WIT records copied out of hyper's types once per phase) and
-//! return *changes*. Each change is checked for HTTP validity the moment its plugin returns
+//! Plugins see heads built from hyper's types once per phase (copied into a 0.2.0 or 0.1.0
+//! plugin at each call, lent to a 0.3.0 plugin to read on demand) and return *changes*. Each change is checked for HTTP validity the moment its plugin returns
 //! it, so an invalid one names the plugin that made it, and is then applied twice: to
 //! hyper's parts (what is sent on) and to the head (what the next plugin sees). Nothing is
 //! rebuilt when nothing changes.
@@ -263,7 +263,8 @@ impl Chain {
 
     /// Runs `on-response` across the first `passed` plugins in reverse, applying their
     /// changes to `parts`. Returns the body of a local response that replaced the
-    /// upstream's, if a plugin answered.
+    /// upstream's, if a plugin answered. `request` is `&mut` only to be lent to each call
+    /// (0.3.0 plugins read it through a handle); it is unchanged afterwards.
     pub async fn on_response(
         &self,
         passed: usize,

@@ -860,7 +860,13 @@ impl Plugin {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
                 let lent_request = self.lend_request(store, request)?;
-                let lent_response = self.lend_response(store, response)?;
+                let lent_response = match self.lend_response(store, response) {
+                    Ok(lent) => lent,
+                    Err(e) => {
+                        *request = self.take_back(store, lent_request)?.0;
+                        return Err(e);
+                    }
+                };
                 let action = exports
                     .call_on_response_lazy(
                         &mut *store,
@@ -889,7 +895,8 @@ impl Plugin {
         self.finish(instance, result)
     }
 
-    /// Moves the request head into the store's resource table for one call.
+    /// Moves the request head into the store's resource table for one call. (Pushing fails
+    /// only on a table of 2^32 entries; the head is then lost with the failed call.)
     fn lend_request(
         &self,
         store: &mut Store<PluginState>,
