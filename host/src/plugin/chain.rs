@@ -3,10 +3,11 @@
 //! request body and `on-response-body` in reverse over the whole response body.
 //!
 //! Plugins see heads built from hyper's types once per phase (copied into a 0.2.0 or 0.1.0
-//! plugin at each call, lent to a 0.3.0 plugin to read on demand) and return *changes*. Each change is checked for HTTP validity the moment its plugin returns
-//! it, so an invalid one names the plugin that made it, and is then applied twice: to
-//! hyper's parts (what is sent on) and to the head (what the next plugin sees). Nothing is
-//! rebuilt when nothing changes.
+//! plugin at each call, lent to a 0.3.0 plugin to read on demand) and return *changes*.
+//! Each change is checked for HTTP validity the moment its plugin returns it, so an invalid
+//! one names the plugin that made it, and is then applied twice: to hyper's parts (what is
+//! sent on) and to the head (what the next plugin sees). Nothing is rebuilt when nothing
+//! changes.
 //!
 //! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
 //! `fail_open`, otherwise the chain fails and the proxy answers 500. A chain that names a
