@@ -23,6 +23,7 @@ pub mod handler;
 mod host_api;
 mod state;
 
+use std::mem;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ use wasmtime::{
 use self::bindings::{Filter, FilterPre, types, v0_1, v0_2};
 use self::handler::{Handler, HandlerBody, HandlerState, Outbound};
 use self::host_api::kv::{KvBackend, MemoryKv};
-use self::host_api::types::{RequestView, ResponseView};
+use self::host_api::types::{RequestView, ResponseView, no_request, no_response};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
@@ -777,7 +778,7 @@ impl Plugin {
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let lent = self.lend_request(store, request)?;
+                let lent = self.lend(store, RequestView(mem::replace(request, no_request())))?;
                 let borrowed = Resource::new_borrow(lent.rep());
                 let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
                 *request = self.take_back(store, lent)?.0;
@@ -859,14 +860,16 @@ impl Plugin {
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let lent_request = self.lend_request(store, request)?;
-                let lent_response = match self.lend_response(store, response) {
-                    Ok(lent) => lent,
-                    Err(e) => {
-                        *request = self.take_back(store, lent_request)?.0;
-                        return Err(e);
-                    }
-                };
+                let lent_request =
+                    self.lend(store, RequestView(mem::replace(request, no_request())))?;
+                let lent_response =
+                    match self.lend(store, ResponseView(mem::replace(response, no_response()))) {
+                        Ok(lent) => lent,
+                        Err(e) => {
+                            *request = self.take_back(store, lent_request)?.0;
+                            return Err(e);
+                        }
+                    };
                 let action = exports
                     .call_on_response_lazy(
                         &mut *store,
@@ -895,31 +898,18 @@ impl Plugin {
         self.finish(instance, result)
     }
 
-    /// Moves the request head into the store's resource table for one call. (Pushing fails
-    /// only on a table of 2^32 entries; the head is then lost with the failed call.)
-    fn lend_request(
+    /// Puts a head (moved out of the chain) into the store's resource table for one call.
+    /// (Pushing fails only on a table of 2^32 entries; the head is then lost with the
+    /// failed call.)
+    fn lend<V: Send + 'static>(
         &self,
         store: &mut Store<PluginState>,
-        request: &mut RequestHead,
-    ) -> Result<Resource<RequestView>, CallError> {
-        let head = std::mem::replace(request, host_api::types::no_request());
+        view: V,
+    ) -> Result<Resource<V>, CallError> {
         let table = &mut store.data_mut().table;
         table
-            .push(RequestView(head))
-            .map_err(|e| self.error(format_args!("cannot lend the request: {e}")))
-    }
-
-    /// Moves the response head into the store's resource table for one call.
-    fn lend_response(
-        &self,
-        store: &mut Store<PluginState>,
-        response: &mut ResponseHead,
-    ) -> Result<Resource<ResponseView>, CallError> {
-        let head = std::mem::replace(response, host_api::types::no_response());
-        let table = &mut store.data_mut().table;
-        table
-            .push(ResponseView(head))
-            .map_err(|e| self.error(format_args!("cannot lend the response: {e}")))
+            .push(view)
+            .map_err(|e| self.error(format_args!("cannot lend a head to the call: {e}")))
     }
 
     /// Takes a lent head back out of the table after the call.
