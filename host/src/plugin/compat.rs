@@ -15,17 +15,17 @@ macro_rules! forward_imports {
     ($v:ident) => {
         impl $v::log::Host for PluginState {
             fn enabled(&mut self, level: $v::log::Level) -> bool {
-                log::Host::enabled(self, level.into_current())
+                log::Host::enabled(self, level.into())
             }
 
             fn log(&mut self, level: $v::log::Level, message: String) {
-                log::Host::log(self, level.into_current(), message);
+                log::Host::log(self, level.into(), message);
             }
         }
 
-        impl IntoCurrent<log::Level> for $v::log::Level {
-            fn into_current(self) -> log::Level {
-                match self {
+        impl From<$v::log::Level> for log::Level {
+            fn from(level: $v::log::Level) -> log::Level {
+                match level {
                     $v::log::Level::Trace => log::Level::Trace,
                     $v::log::Level::Debug => log::Level::Debug,
                     $v::log::Level::Info => log::Level::Info,
@@ -73,11 +73,6 @@ macro_rules! forward_imports {
             }
         }
     };
-}
-
-/// An older minor's value as the current contract's.
-trait IntoCurrent<T> {
-    fn into_current(self) -> T;
 }
 
 forward_imports!(v0_1);
