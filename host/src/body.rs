@@ -1,31 +1,89 @@
 //! The body type that flows through the proxy in both directions, and buffering a body
 //! whole for the plugins' body hooks.
 //!
-//! Proxied bodies stay hyper's streaming [`Incoming`]; replies weir makes itself (and bodies
-//! a plugin rewrote) are a [`Full`] buffer; a body that was partly read before it proved too
-//! large for a body hook is [`Prefixed`]: what was read, then the rest of the stream. An
-//! `Either` avoids boxing every body on the request path.
+//! Proxied bodies stream: a client's request body is hyper's [`Incoming`], an upstream's
+//! response body is an [`UpstreamBody`] (which gives its connection back to the pool when it
+//! ends). Replies weir makes itself (and bodies a plugin rewrote) are a [`Full`] buffer; a
+//! response body that was partly read before it proved too large for a body hook is
+//! [`Prefixed`]: what was read, then the rest of the stream. One enum avoids boxing every
+//! body on the request path.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::error::BoxError;
+use crate::upstream::UpstreamBody;
+
 /// A request or response body: streamed from a peer, or made by weir.
-pub type ProxyBody = Either<Incoming, Either<Full<Bytes>, Prefixed>>;
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// A client's request body, streamed.
+    Client(Incoming),
+    /// An upstream's response body, streamed.
+    Upstream(UpstreamBody),
+    /// A body weir made.
+    Full(Full<Bytes>),
+    /// A response body read in part, then the rest of it.
+    Prefixed(Prefixed),
+}
 
 /// A body weir makes itself.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Either::Right(Either::Left(Full::new(bytes.into())))
+    ProxyBody::Full(Full::new(bytes.into()))
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Every variant is `Unpin`.
+        match self.get_mut() {
+            ProxyBody::Client(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Upstream(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Full(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Prefixed(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Client(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Full(body) => body.is_end_stream(),
+            ProxyBody::Prefixed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Client(body) => body.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Full(body) => body.size_hint(),
+            ProxyBody::Prefixed(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A variant's frame with its error boxed.
+fn ready_frame<E: Into<BoxError>>(
+    frame: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    frame.map(|frame| frame.map(|result| result.map_err(Into::into)))
 }
 
 /// Bytes already read from a stream, then the rest of it.
 #[derive(Debug)]
 pub struct Prefixed {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: UpstreamBody,
 }
 
 impl Body for Prefixed {
@@ -72,7 +130,7 @@ pub enum Buffered {
 /// is read whole. An error reading the stream is returned as is.
 pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferError> {
     let mut stream = match body {
-        Either::Left(stream) => stream,
+        ProxyBody::Upstream(stream) => stream,
         other => {
             let bytes = other.collect().await.map_err(BufferError)?.to_bytes();
             return Ok(if bytes.len() <= limit {
@@ -88,10 +146,10 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
         if let Ok(data) = frame.into_data() {
             read.extend_from_slice(&data);
             if read.len() > limit {
-                return Ok(Buffered::TooLarge(Either::Right(Either::Right(Prefixed {
+                return Ok(Buffered::TooLarge(ProxyBody::Prefixed(Prefixed {
                     prefix: Some(read.freeze()),
                     rest: stream,
-                }))));
+                })));
             }
         }
     }

@@ -11,6 +11,7 @@ mod languages;
 mod lifecycle;
 mod phases;
 mod plugins;
+mod pooling;
 mod proxying;
 mod reload;
 mod tidy;

@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
@@ -23,11 +23,12 @@ use crate::balancer::PickContext;
 use crate::body::{self, ProxyBody};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
+use crate::upstream::UpstreamBody;
 
 /// What the caller needs of a finished exchange.
 pub(super) struct Answer {
     /// The upstream's response head and streaming body.
-    pub(super) response: Response<Incoming>,
+    pub(super) response: Response<UpstreamBody>,
     /// A `Set-Cookie` to add for sticky sessions, when the client is (re)stuck.
     pub(super) set_cookie: Option<HeaderValue>,
 }
@@ -121,15 +122,9 @@ async fn attempts(
                 .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?,
         };
         *endpoint_out = Some(endpoint);
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(config.endpoints[endpoint].authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
         let mut request = Request::new(body.next_attempt());
         *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::from(path_and_query.clone());
         *request.version_mut() = parts.version;
         // The headers are copied only while a retry may still need them; the attempt that
         // can be the last (the common case with a streamed body or no retries) takes them.
@@ -141,7 +136,7 @@ async fn attempts(
 
         // Counted until the response head arrives (or the attempt fails), for least_request.
         let in_flight = cluster.endpoints.start(endpoint);
-        let result = cluster.client.send(request).await;
+        let result = cluster.client.send(endpoint, request).await;
         drop(in_flight);
 
         let failure = match result {
@@ -239,7 +234,7 @@ enum Failure {
     /// No usable response.
     Error(ProxyError),
     /// A response whose status is in `retry_on_statuses`.
-    Status(Response<Incoming>),
+    Status(Response<UpstreamBody>),
 }
 
 /// The request body across attempts.
@@ -289,7 +284,7 @@ impl Payload {
             Payload::Empty => body::full(Bytes::new()),
             Payload::Held(bytes) => body::full(bytes.clone()),
             Payload::Stream(body) => match body.take() {
-                Some(body) => ProxyBody::Left(body),
+                Some(body) => ProxyBody::Client(body),
                 None => body::full(Bytes::new()),
             },
         }

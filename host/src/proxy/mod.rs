@@ -197,7 +197,7 @@ async fn proxy(
             if let Some(cookie) = answer.set_cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
-            (parts, ProxyBody::Left(body))
+            (parts, ProxyBody::Upstream(body))
         }
         // handler: the plugin answers; its sub-requests go to clusters.
         (None, Some(handler)) => {

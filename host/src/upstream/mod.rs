@@ -1,22 +1,24 @@
 //! The upstream client: pooled keep-alive HTTP/1.1 connections to a cluster's endpoints.
 //!
 //! One [`UpstreamClient`] per cluster, because connect and response timeouts and connection
-//! caps are per cluster. Its pool is keyed by endpoint authority, so connections are reused
-//! per endpoint.
+//! caps are per cluster. A request takes an idle connection to its endpoint, or opens one
+//! while the cluster has fewer than `max_connections`, or waits (at most `max_pending` wait;
+//! one more fails at once with [`PendingOverflow`], as Envoy's circuit breakers do). Its
+//! response body gives the connection back when read to the end (see [`pool`]).
 
-mod limit;
+mod pool;
 
-pub use limit::PendingOverflow;
+pub use pool::{PendingOverflow, UpstreamBody};
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
-use self::limit::LimitedConnector;
+use self::pool::{Lease, Pool, Sender, Slot};
 use crate::body::ProxyBody;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
@@ -24,71 +26,174 @@ use crate::error::{ErrorKind, ProxyError};
 /// Sends requests to one cluster's endpoints.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<LimitedConnector, ProxyBody>,
-    connector: LimitedConnector,
-    max_connections: usize,
+    pool: Arc<Pool>,
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
+/// A connection ready for a request, and whether it served one before.
+struct Checkout {
+    sender: Sender,
+    reused: bool,
+}
+
 impl UpstreamClient {
-    /// A client with the cluster's timeouts.
+    /// A client with the cluster's timeouts and caps. Inside tokio, a task closes
+    /// connections idle for `idle_timeout`; it ends when the client is dropped.
     pub fn new(cluster: &ClusterConfig) -> UpstreamClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cluster.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let connector =
-            LimitedConnector::new(connector, cluster.max_connections, cluster.max_pending);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cluster.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector.clone());
+        let pool = Arc::new(Pool::new(
+            cluster.endpoints.iter().map(|e| e.authority.clone()),
+            cluster.max_connections,
+            cluster.max_pending,
+        ));
+        pool::spawn_reaper(&pool, cluster.idle_timeout);
         UpstreamClient {
-            client,
-            connector,
-            max_connections: cluster.max_connections,
+            pool,
+            connect_timeout: cluster.connect_timeout,
             response_timeout: cluster.response_timeout,
         }
     }
 
     /// Connections open to the cluster's endpoints now.
     pub fn open_connections(&self) -> usize {
-        self.connector.open(self.max_connections)
+        self.pool.open()
     }
 
     /// Requests waiting for a connection now (all `max_connections` are open).
     pub fn pending(&self) -> usize {
-        self.connector.waiting()
+        self.pool.waiting()
     }
 
-    /// Sends `request` (its URI already names the endpoint) and waits for response headers.
+    /// Sends `request` (its URI in origin form: path and query) to the endpoint at index
+    /// `endpoint` of the cluster, and waits for the response headers.
     pub async fn send(
         &self,
+        endpoint: usize,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() && caused_by_overflow(&e) => {
-                Err(ProxyError::new(ErrorKind::Overloaded).with_cause(e))
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                Err(ProxyError::new(ErrorKind::UpstreamConnect).with_cause(e))
-            }
-            Ok(Err(e)) => Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(e)),
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.exchange(endpoint, request)).await {
+            Ok(result) => result,
             Err(elapsed) => Err(ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(elapsed)),
         }
     }
-}
 
-/// Whether a connect error is [`PendingOverflow`] (the cluster's caps), not the network.
-fn caused_by_overflow(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if err.is::<PendingOverflow>() {
-            return true;
+    async fn exchange(
+        &self,
+        endpoint: usize,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let Some(target) = self.pool.endpoints.get(endpoint) else {
+            return Err(ProxyError::new(ErrorKind::NoEndpoint));
+        };
+        // HTTP/1.1 requires a Host; a request that came without one names the endpoint.
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
         }
-        source = err.source();
+        loop {
+            let Checkout { mut sender, reused } = self.checkout(endpoint).await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender,
+                        pool: self.pool.clone(),
+                        endpoint,
+                    };
+                    return Ok(response.map(|body| UpstreamBody::new(body, lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A kept-alive connection closed before the request went out: nothing
+                    // reached the endpoint, so another connection may send it.
+                    Some(unsent) if reused => request = unsent,
+                    _ => {
+                        let error = e.into_error();
+                        return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(error));
+                    }
+                },
+            }
+        }
     }
-    false
+
+    /// An idle connection to `endpoint`, a new one, or — at `max_connections` — the first of
+    /// either to become available.
+    async fn checkout(&self, endpoint: usize) -> Result<Checkout, ProxyError> {
+        let target = &self.pool.endpoints[endpoint];
+        let mut waiting = None;
+        loop {
+            while let Some(mut sender) = target.pop() {
+                // Ready at once unless hyper is still finishing the previous exchange.
+                if sender.ready().await.is_ok() {
+                    return Ok(Checkout {
+                        sender,
+                        reused: true,
+                    });
+                }
+            }
+            if let Ok(slot) = self.pool.slots.clone().try_acquire_owned() {
+                return self.connect(endpoint, slot).await;
+            }
+            if waiting.is_none() {
+                let guard = self
+                    .pool
+                    .wait()
+                    .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
+                waiting = Some(guard);
+                self.pool.close_one_idle_except(endpoint);
+            }
+            tokio::select! {
+                () = target.returned.notified() => {}
+                slot = self.pool.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => return self.connect(endpoint, slot).await,
+                    Err(closed) => {
+                        return Err(ProxyError::new(ErrorKind::Overloaded).with_cause(closed));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Opens a connection to `endpoint`, driven by a task that holds `slot` until it closes.
+    async fn connect(&self, endpoint: usize, slot: Slot) -> Result<Checkout, ProxyError> {
+        let authority = &self.pool.endpoints[endpoint].authority;
+        let failed = |cause: String| ProxyError::new(ErrorKind::UpstreamConnect).with_cause(cause);
+        // An IPv6 literal comes bracketed in an authority, not in a socket address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(failed(format!("connecting to {authority}: {e}"))),
+            Err(_) => {
+                let limit = self.connect_timeout;
+                return Err(failed(format!(
+                    "connecting to {authority}: timed out after {limit:?}"
+                )));
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %authority, "cannot set TCP_NODELAY");
+        }
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(format!("connecting to {authority}: {e}")))?;
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %authority, "upstream connection ended with an error");
+            }
+            drop(slot);
+        });
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
+    }
 }

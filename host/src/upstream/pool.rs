@@ -1,0 +1,241 @@
+//! The connection pool of one cluster: each endpoint's idle keep-alive connections, the
+//! cluster's connection slots, and the response body that gives its connection back.
+//!
+//! A connection is owned by one request at a time. It goes back to its endpoint's idle list
+//! when the request's response body has been read to its end (or was empty); a body dropped
+//! early, or one that failed, takes its connection with it, and hyper closes it. Idle lists
+//! are last-in first-out, so a quiet period lets the surplus connections idle out.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::body::ProxyBody;
+
+/// The sending half of one HTTP/1.1 connection to an endpoint.
+pub(super) type Sender = SendRequest<ProxyBody>;
+
+/// Too many requests are already waiting for a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} requests already wait for a connection (max_pending)")]
+pub struct PendingOverflow(pub usize);
+
+/// What the requests to one cluster share.
+#[derive(Debug)]
+pub(super) struct Pool {
+    /// One per endpoint, in the cluster's order.
+    pub(super) endpoints: Vec<EndpointPool>,
+    /// One permit per open connection, held by the connection's task until it closes.
+    pub(super) slots: Arc<Semaphore>,
+    /// Requests waiting for a connection now.
+    waiting: AtomicUsize,
+    max_connections: usize,
+    max_pending: usize,
+}
+
+/// One endpoint's idle connections.
+#[derive(Debug)]
+pub(super) struct EndpointPool {
+    /// Where the connections go.
+    pub(super) authority: Authority,
+    idle: Mutex<Vec<Idle>>,
+    /// Signalled when a connection comes back, for requests waiting at `max_connections`.
+    pub(super) returned: Notify,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Pool {
+    pub(super) fn new(
+        authorities: impl Iterator<Item = Authority>,
+        max_connections: usize,
+        max_pending: usize,
+    ) -> Pool {
+        Pool {
+            endpoints: authorities
+                .map(|authority| EndpointPool {
+                    authority,
+                    idle: Mutex::new(Vec::new()),
+                    returned: Notify::new(),
+                })
+                .collect(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            waiting: AtomicUsize::new(0),
+            max_connections,
+            max_pending,
+        }
+    }
+
+    /// Connections open now, idle or in use.
+    pub(super) fn open(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
+    }
+
+    /// Requests waiting for a connection now.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more request waiting for a connection, until the guard is dropped; fails
+    /// when `max_pending` already wait.
+    pub(super) fn wait(&self) -> Result<Waiting<'_>, PendingOverflow> {
+        let before = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let guard = Waiting(&self.waiting);
+        if before >= self.max_pending {
+            return Err(PendingOverflow(before));
+        }
+        Ok(guard)
+    }
+
+    /// Closes one idle connection to an endpoint other than `endpoint`, so its slot can
+    /// serve a request that waits for `endpoint`.
+    pub(super) fn close_one_idle_except(&self, endpoint: usize) {
+        for (i, pool) in self.endpoints.iter().enumerate() {
+            if i != endpoint && lock(&pool.idle).pop().is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Closes the connections idle for `idle_timeout` or longer.
+    fn close_idle(&self, idle_timeout: Duration) {
+        let now = Instant::now();
+        for pool in &self.endpoints {
+            lock(&pool.idle).retain(|idle| now.duration_since(idle.since) < idle_timeout);
+        }
+    }
+}
+
+impl EndpointPool {
+    /// The most recently returned idle connection, if any.
+    pub(super) fn pop(&self) -> Option<Sender> {
+        lock(&self.idle).pop().map(|idle| idle.sender)
+    }
+
+    fn push(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        lock(&self.idle).push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        self.returned.notify_one();
+    }
+}
+
+/// An idle list is never left half-changed, so a panic elsewhere does not poison it.
+fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
+    idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One request counted in [`Pool::waiting`].
+pub(super) struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Closes idle connections every half `idle_timeout` until the pool is dropped.
+pub(super) fn spawn_reaper(pool: &Arc<Pool>, idle_timeout: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let pool: Weak<Pool> = Arc::downgrade(pool);
+    let period = (idle_timeout / 2).max(Duration::from_millis(10));
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            pool.close_idle(idle_timeout);
+        }
+    });
+}
+
+/// A connection in use by one request.
+#[derive(Debug)]
+pub(super) struct Lease {
+    pub(super) sender: Sender,
+    pub(super) pool: Arc<Pool>,
+    pub(super) endpoint: usize,
+}
+
+/// An upstream response body, streamed. Its end gives the connection back to the pool.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            lease: Some(lease),
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.pool.endpoints[lease.endpoint].push(lease.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            // A connection that failed mid-body is not reused.
+            Some(Err(_)) => self.lease = None,
+            _ if self.inner.is_end_stream() => self.give_back(),
+            Some(Ok(_)) => {}
+            None => self.give_back(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Read to its end (or empty: HEAD, 204, 304): the connection can take another
+        // request. Otherwise the lease is dropped with it and hyper closes the connection.
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+/// A connection slot, held by the task that drives the connection.
+pub(super) type Slot = OwnedSemaphorePermit;
