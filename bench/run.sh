@@ -14,7 +14,8 @@
 # HTTP/2 (h2load, TLS at the proxy) waits for TLS in weir.
 #
 # Installs nginx, haproxy, wrk, h2load from Debian if missing (needs root). Needs
-# `cargo build --release -p weir-host` and `cargo xtask plugins`.
+# `cargo build --profile dist -p weir-host` (the production build: thin LTO) and
+# `cargo xtask plugins`; WEIR=target/release/weir measures a plain release build instead.
 # Usage: bench/run.sh  (env: DURATION=10s ROUNDS=3 CONNS=64 BIG=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 BIG=${BIG:-1}
-WEIR=${WEIR:-target/release/weir}
+WEIR=${WEIR:-target/dist/weir}
 PLUGINS=${PLUGINS:-target/plugins}
 ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084
 
@@ -37,7 +38,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   apt-get install -y -q "${need[@]}" >/dev/null
 fi
-[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --release -p weir-host" >&2; exit 1; }
+[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
 for p in key-auth headers jwt-auth rate-limit rewrite; do
   [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
 done

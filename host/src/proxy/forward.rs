@@ -3,8 +3,10 @@
 //!
 //! These are pure functions over header maps so they can be tested without sockets.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -28,6 +30,13 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
 /// every `Proxy-*` header.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, without a lookup per listed name.
+    let any = headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"));
+    if !any {
+        return;
+    }
     // Names listed in Connection must go first, while Connection is still there to read.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -83,9 +92,9 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
         joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
         joined.push_str(", ");
     }
-    joined.push_str(&downstream.client_ip.to_string());
-    let forwarded_for = HeaderValue::from_str(&joined);
-    if let Ok(value) = forwarded_for {
+    // Written in place and handed over without a copy.
+    let _ = write!(joined, "{}", downstream.client_ip);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(

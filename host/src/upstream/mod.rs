@@ -121,14 +121,11 @@ impl UpstreamClient {
         let target = &self.pool.endpoints[endpoint];
         let mut waiting = None;
         loop {
-            while let Some(mut sender) = target.pop() {
-                // Ready at once unless hyper is still finishing the previous exchange.
-                if sender.ready().await.is_ok() {
-                    return Ok(Checkout {
-                        sender,
-                        reused: true,
-                    });
-                }
+            if let Some(sender) = target.pop() {
+                return Ok(Checkout {
+                    sender,
+                    reused: true,
+                });
             }
             if let Ok(slot) = self.pool.slots.clone().try_acquire_owned() {
                 return self.connect(endpoint, slot).await;

@@ -2,8 +2,9 @@
 //! cluster's connection slots, and the response body that gives its connection back.
 //!
 //! A connection is owned by one request at a time. It goes back to its endpoint's idle list
-//! when the request's response body has been read to its end (or was empty); a body dropped
-//! early, or one that failed, takes its connection with it, and hyper closes it. Idle lists
+//! when the request's response body has been read to its end (or was empty) and hyper can
+//! send on it again; a body dropped early, or one that failed, takes its connection with
+//! it, and hyper closes it. Idle lists
 //! are last-in first-out, so a quiet period lets the surplus connections idle out.
 
 use std::pin::Pin;
@@ -117,18 +118,40 @@ impl Pool {
             lock(&pool.idle).retain(|idle| now.duration_since(idle.since) < idle_timeout);
         }
     }
+
+    /// Puts a connection whose exchange is over back in the idle list, once hyper is ready
+    /// to send on it: at once, nearly always; an upstream that answered before the request
+    /// body was all sent is ready only when it has been, so a task waits for that.
+    fn give_back(self: &Arc<Pool>, endpoint: usize, mut sender: Sender) {
+        if sender.is_ready() {
+            self.endpoints[endpoint].push(sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let pool = self.clone();
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.endpoints[endpoint].push(sender);
+                }
+            });
+        }
+    }
 }
 
 impl EndpointPool {
-    /// The most recently returned idle connection, if any.
+    /// The most recently returned idle connection still open, if any.
     pub(super) fn pop(&self) -> Option<Sender> {
-        lock(&self.idle).pop().map(|idle| idle.sender)
+        let mut idle = lock(&self.idle);
+        while let Some(Idle { sender, .. }) = idle.pop() {
+            // Closed by the upstream while idle (its keep-alive timeout, a restart).
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
     }
 
     fn push(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
         lock(&self.idle).push(Idle {
             sender,
             since: Instant::now(),
@@ -194,7 +217,7 @@ impl UpstreamBody {
 
     fn give_back(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.pool.endpoints[lease.endpoint].push(lease.sender);
+            lease.pool.give_back(lease.endpoint, lease.sender);
         }
     }
 }
