@@ -156,6 +156,12 @@ mod tests {
     #[test]
     fn strips_hop_by_hop() {
         let cases: &[(Pairs<'_>, &[&str])] = &[
+            (&[("x-a", "1")], &["x-a: 1"]),
+            (
+                &[("proxy-authorization", "Basic x"), ("x-a", "1")],
+                &["x-a: 1"],
+            ),
+            (&[("keep-alive", "timeout=5")], &[]),
             (&[("connection", "close"), ("x-a", "1")], &["x-a: 1"]),
             (
                 &[
