@@ -147,6 +147,7 @@ async fn malformed_requests_are_400() {
         "GET / HTTP/1.1\r\n\r\n", // HTTP/1.1 without Host
         "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", // two Hosts
         "NOT A REQUEST\r\n\r\n",  // not HTTP at all
+        "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\nConnection: close\r\n\r\n", // no tunnels
     ] {
         let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
         stream.write_all(raw.as_bytes()).await.expect("write");

@@ -99,6 +99,11 @@ async fn proxy(
     // request_filter (downstream)
     let request_id = forward::ensure_request_id(request.headers_mut());
     ctx.request_id = Some(request_id.clone());
+    if request.method() == http::Method::CONNECT {
+        return Err(bad_request(
+            "CONNECT: weir is a reverse proxy and opens no tunnels",
+        ));
+    }
     let host_value = request_host(&request)?;
     let host = host_value.as_ref().map(normalize_host).transpose()?;
 
