@@ -3,9 +3,9 @@
 //!
 //! A connection is owned by one request at a time. It goes back to its endpoint's idle list
 //! when the request's response body has been read to its end (or was empty) and hyper can
-//! send on it again; a body dropped early, or one that failed, takes its connection with
-//! it, and hyper closes it. Idle lists
-//! are last-in first-out, so a quiet period lets the surplus connections idle out.
+//! send on it again; a body dropped early, or one that failed, takes its connection with it,
+//! and hyper closes it. Idle lists are last-in first-out, so a quiet period lets the surplus
+//! connections idle out.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
