@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use http::Request;
-use weir_tests::{Upstream, Weir, empty, http1_client, read_body};
+use weir_tests::{Upstream, Weir, closed_port, empty, http1_client, read_body};
 
 /// weir with one cluster `app` over `endpoints` (TOML values) and a catch-all route.
 fn config(endpoints: &[String], cluster_extra: &str) -> String {
@@ -140,12 +140,6 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
 }
 
 /// A port nothing listens on: bound, then closed.
-fn closed_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 async fn clusters(weir: &Weir) -> serde_json::Value {
     let response = http1_client()
         .get(weir.admin_url("/clusters").parse().expect("uri"))

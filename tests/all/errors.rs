@@ -1,22 +1,16 @@
 //! Errors become short plain-text responses with the right status, and a log line that says
 //! which route, cluster and endpoint failed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use weir_tests::{Upstream, Weir, empty, http1_client, read_body};
+use weir_tests::{Upstream, Weir, closed_port, empty, http1_client, read_body};
 
 use crate::config;
 
 /// An address on 127.0.0.1 where nothing listens: bind port 0, note it, close it.
-fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 async fn get(weir: &Weir, path: &str) -> (StatusCode, String, Duration) {
     let started = tokio::time::Instant::now();
     let response = http1_client()
@@ -55,7 +49,7 @@ async fn missing_route_is_404() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_endpoint_is_502_at_once_and_logged() {
     let dead = closed_port();
-    let mut weir = Weir::start(&config(&[dead], "")).await;
+    let mut weir = Weir::start(&config(&[dead.addr], "")).await;
     let (status, body, elapsed) = get(&weir, "/x").await;
     assert_eq!(
         (status, body.as_str()),

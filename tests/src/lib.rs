@@ -10,6 +10,35 @@ pub mod weir;
 pub use upstream::Upstream;
 pub use weir::Weir;
 
+/// A port on 127.0.0.1 that refuses connections, reserved for as long as the value lives: its
+/// socket is bound but never listens. A port taken from a listener that is then dropped can
+/// be handed to the next server bound to port 0 — weir itself, which then proxies to itself.
+#[derive(Debug)]
+pub struct ClosedPort {
+    /// The address; connecting to it is refused.
+    pub addr: std::net::SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// A new [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    ClosedPort {
+        addr,
+        _socket: socket,
+    }
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
