@@ -140,14 +140,6 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
 }
 
 /// A port nothing listens on: bound, then closed.
-async fn clusters(weir: &Weir) -> serde_json::Value {
-    let response = http1_client()
-        .get(weir.admin_url("/clusters").parse().expect("uri"))
-        .await
-        .expect("admin");
-    serde_json::from_slice(&read_body(response.into_body()).await).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_hides_a_dead_endpoint_unless_the_body_was_streamed() {
     let alive = Upstream::start("alive").await;
@@ -184,7 +176,7 @@ async fn a_retry_hides_a_dead_endpoint_unless_the_body_was_streamed() {
     assert_eq!(counts.get("alive"), Some(&50), "{counts:?}");
     // Outlier detection (on by default: 5 failures in a row) ejected the dead endpoint after
     // the two POSTs and three GETs, so only those three needed their retry.
-    let state = clusters(&weir).await;
+    let state = weir.clusters().await;
     assert_eq!(state[0]["endpoints"][0]["failed_requests"], 5);
     assert!(
         state[0]["endpoints"][0]["ejected_for_ms"]
@@ -210,7 +202,7 @@ async fn retries_zero_turns_retrying_off() {
 /// how long that took.
 async fn until_health(weir: &Weir, i: usize, want: bool) -> Duration {
     let started = tokio::time::Instant::now();
-    while clusters(weir).await[0]["endpoints"][i]["healthy"] != serde_json::Value::Bool(want) {
+    while weir.clusters().await[0]["endpoints"][i]["healthy"] != serde_json::Value::Bool(want) {
         assert!(
             started.elapsed() < weir_tests::DEADLINE,
             "endpoint {i} never became healthy={want}"
@@ -269,7 +261,7 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
         took <= 2 * interval + Duration::from_millis(400),
         "unhealthy after {took:?}"
     );
-    let state = clusters(&weir).await;
+    let state = weir.clusters().await;
     assert!(
         state[0]["endpoints"][1]["last_check_error"]
             .as_str()
@@ -400,7 +392,7 @@ async fn max_requests_answers_503_at_once_and_recovers() {
         read_body(response.into_body()).await,
         "upstream overloaded\n"
     );
-    assert_eq!(clusters(&weir).await[0]["rejected_requests"], 1);
+    assert_eq!(weir.clusters().await[0]["rejected_requests"], 1);
 
     upstream.release();
     for t in slow {
@@ -498,14 +490,14 @@ async fn max_connections_and_max_pending_cap_the_upstream_side() {
     upstream.wait_for_requests(1).await;
     let second = slow("/slow");
     let started = tokio::time::Instant::now();
-    while clusters(&weir).await[0]["pending_requests"] != 1 {
+    while weir.clusters().await[0]["pending_requests"] != 1 {
         assert!(
             started.elapsed() < weir_tests::DEADLINE,
             "the second request never waited"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(clusters(&weir).await[0]["open_connections"], 1);
+    assert_eq!(weir.clusters().await[0]["open_connections"], 1);
     // A third has nowhere to wait: 503 at once.
     let response = http1_client()
         .get(weir.url("/third").parse().expect("uri"))
@@ -524,5 +516,5 @@ async fn max_connections_and_max_pending_cap_the_upstream_side() {
     upstream.release();
     assert!(second.await.expect("second").is_success());
     // Overload is not the endpoint's fault: it was not ejected.
-    assert!(clusters(&weir).await[0]["endpoints"][0]["ejected_for_ms"].is_null());
+    assert!(weir.clusters().await[0]["endpoints"][0]["ejected_for_ms"].is_null());
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use weir_tests::{DEADLINE, Weir, http1_client, read_body};
+use weir_tests::{DEADLINE, Weir, get_with};
 
 /// An HTTP/1.1 upstream that answers every request `200 NAME` and counts connections.
 struct Counting {
@@ -92,22 +92,13 @@ fn config(endpoints: &[SocketAddr], settings: &str) -> String {
 }
 
 async fn get(weir: &Weir) -> String {
-    let response = http1_client()
-        .get(weir.url("/").parse().expect("uri"))
-        .await
-        .expect("response");
-    assert_eq!(response.status(), http::StatusCode::OK);
-    String::from_utf8_lossy(&read_body(response.into_body()).await).into_owned()
+    let (status, _, body) = get_with(&weir.url("/"), &[]).await;
+    assert_eq!(status, http::StatusCode::OK);
+    body
 }
 
 async fn open_connections(weir: &Weir) -> u64 {
-    let response = http1_client()
-        .get(weir.admin_url("/clusters").parse().expect("uri"))
-        .await
-        .expect("admin");
-    let clusters: serde_json::Value =
-        serde_json::from_slice(&read_body(response.into_body()).await).expect("json");
-    clusters[0]["open_connections"]
+    weir.clusters().await[0]["open_connections"]
         .as_u64()
         .expect("open_connections")
 }

@@ -162,6 +162,15 @@ impl Weir {
         )
     }
 
+    /// The admin listener's `/clusters`: every cluster's counters and endpoints.
+    pub async fn clusters(&self) -> Value {
+        let response = crate::http1_client()
+            .get(self.admin_url("/clusters").parse().expect("uri"))
+            .await
+            .expect("admin");
+        serde_json::from_slice(&crate::read_body(response.into_body()).await).expect("json")
+    }
+
     /// The folder holding `weir.toml`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
