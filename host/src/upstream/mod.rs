@@ -24,7 +24,7 @@ use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
 
 /// Sends requests to one cluster's endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UpstreamClient {
     pool: Arc<Pool>,
     connect_timeout: Duration,

@@ -234,9 +234,9 @@ impl Body for UpstreamBody {
         match &frame {
             // A connection that failed mid-body is not reused.
             Some(Err(_)) => self.lease = None,
-            _ if self.inner.is_end_stream() => self.give_back(),
-            Some(Ok(_)) => {}
             None => self.give_back(),
+            Some(Ok(_)) if self.inner.is_end_stream() => self.give_back(),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
