@@ -46,7 +46,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::error::HostError;
 use crate::plugin::PluginRuntime;
-use crate::proxy::ProxyService;
+use crate::proxy::{Client, ProxyService};
 use crate::reload::Reloader;
 
 /// Runs weir with `config`, read from `config_path`, until `shutdown` resolves, then drains
@@ -92,9 +92,11 @@ pub async fn run(
         let proxy = proxy.clone();
         let make_service = move |peer: SocketAddr| {
             let proxy = proxy.clone();
+            let client = Arc::new(Client::new(peer));
             service_fn(move |request| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
             })
         };
         tasks.spawn(server::serve(

@@ -3,16 +3,17 @@
 //!
 //! These are pure functions over header maps so they can be tested without sockets.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const HOP_BY_HOP_COUNT: usize = 6;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// de-facto `Keep-Alive` and `Proxy-Connection`. `Proxy-*` headers are removed separately.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -30,27 +31,46 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
 /// every `Proxy-*` header.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names, without a lookup per listed name.
-    let any = headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"));
-    if !any {
+    // One pass over the names notes which are present; most messages carry none, and most
+    // of the rest only `Connection: keep-alive`, so nothing is looked up that is not there.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut any_proxy = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        } else if name.as_str().starts_with("proxy-") {
+            any_proxy = true;
+        }
+    }
+    if !any_proxy && !present.contains(&true) {
         return;
     }
-    // Names listed in Connection must go first, while Connection is still there to read.
+    // Names listed in Connection go first, while Connection is still there to read; the
+    // fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+        for token in value.split(',').map(str::trim) {
+            let fixed = HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
+            if fixed {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
             }
         }
     }
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
         headers.remove(name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+    for (hop, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(hop);
+        }
+    }
+    if any_proxy {
         let proxy: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
@@ -65,8 +85,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Facts about the downstream request needed to write the forwarding headers.
 #[derive(Debug)]
 pub(crate) struct Downstream<'a> {
-    /// The client's IP address.
-    pub(crate) client_ip: IpAddr,
+    /// The client's IP address as header text: [`client_ip_value`], made once per connection.
+    pub(crate) client_ip: &'a HeaderValue,
     /// The request's host as the client sent it (Host header or `:authority`).
     pub(crate) host: Option<&'a HeaderValue>,
     /// The protocol version the client spoke.
@@ -87,21 +107,33 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
     }
 
     // Earlier hops' values, joined into one field, then ours.
-    let mut joined = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        joined.push_str(", ");
-    }
-    // Written in place and handed over without a copy.
-    let _ = write!(joined, "{}", downstream.client_ip);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if earlier.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), downstream.client_ip.clone());
+    } else {
+        let mut joined = Vec::new();
+        for v in earlier {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(downstream.client_ip.as_bytes());
+        // Written in place and handed over without a copy; the bytes came from valid values.
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(downstream.scheme),
     );
     headers.append(header::VIA, via(downstream.version));
+}
+
+/// A client's IP address as the header text `X-Forwarded-For` ends with.
+pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
+    let text = Bytes::from(ip.to_string());
+    // An address's text is digits, dots, colons and hex letters: always a valid value.
+    HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The `Via` entry for a message received with `version`: `1.1 weir`, `2 weir`.
@@ -165,6 +197,15 @@ mod tests {
             (&[("connection", "close"), ("x-a", "1")], &["x-a: 1"]),
             (
                 &[
+                    ("connection", "Keep-Alive, TE"),
+                    ("keep-alive", "timeout=5"),
+                    ("te", "trailers"),
+                    ("x-a", "1"),
+                ],
+                &["x-a: 1"],
+            ),
+            (
+                &[
                     ("connection", "keep-alive, X-Secret , x-other"),
                     ("x-secret", "s"),
                     ("x-other", "o"),
@@ -206,8 +247,9 @@ mod tests {
     #[test]
     fn forwarding_headers() {
         let host = HeaderValue::from_static("api.example.com");
+        let client_ip = client_ip_value("10.0.0.1".parse().expect("ip"));
         let h2 = Downstream {
-            client_ip: "10.0.0.1".parse().expect("ip"),
+            client_ip: &client_ip,
             host: Some(&host),
             version: Version::HTTP_2,
             scheme: "http",
@@ -249,6 +291,13 @@ mod tests {
             let mut map = headers(input);
             upstream_request_headers(&mut map, downstream);
             assert_eq!(render(&map), *expect, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn client_ip_values() {
+        for ip in ["10.0.0.1", "::1", "2001:db8::7"] {
+            assert_eq!(client_ip_value(ip.parse().expect("ip")), ip);
         }
     }
 

@@ -53,10 +53,29 @@ pub struct ProxyService {
     generation: Arc<ArcSwap<Generation>>,
 }
 
+/// The client end of one downstream connection, shared by the requests on it.
+#[derive(Debug)]
+pub struct Client {
+    addr: SocketAddr,
+    /// The IP as `X-Forwarded-For` text, formatted once per connection rather than per
+    /// request.
+    ip_value: HeaderValue,
+}
+
+impl Client {
+    /// The client connected from `addr`.
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            ip_value: forward::client_ip_value(addr.ip()),
+        }
+    }
+}
+
 /// What is known about a request so far; every log line about it comes from here.
 #[derive(Debug)]
-struct RequestContext {
-    client: SocketAddr,
+struct RequestContext<'c> {
+    client: &'c Client,
     request_id: Option<HeaderValue>,
     route: Option<usize>,
     cluster: Option<usize>,
@@ -70,11 +89,7 @@ impl ProxyService {
     }
 
     /// Proxies one request from `client`. Always produces a response.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
         // One generation for the whole request, even if a reload swaps it meanwhile.
         let generation = self.generation.load_full();
         let mut ctx = RequestContext {
@@ -94,7 +109,7 @@ impl ProxyService {
 async fn proxy(
     generation: &Arc<Generation>,
     mut request: Request<Incoming>,
-    ctx: &mut RequestContext,
+    ctx: &mut RequestContext<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // request_filter (downstream)
     let request_id = forward::ensure_request_id(request.headers_mut());
@@ -125,7 +140,7 @@ async fn proxy(
         let mut head = chain::request_head(
             &parts,
             host_value.as_ref(),
-            ctx.client.to_string(),
+            ctx.client.addr.to_string(),
             route_name,
             &request_id,
         );
@@ -175,7 +190,7 @@ async fn proxy(
     // upstream_request_filter: headers once, whichever endpoint is chosen.
     forward::strip_hop_by_hop(&mut parts.headers);
     let downstream = forward::Downstream {
-        client_ip: ctx.client.ip(),
+        client_ip: &ctx.client.ip_value,
         host: host_value.as_ref(),
         version: parts.version,
         scheme: "http",
@@ -187,7 +202,7 @@ async fn proxy(
         (Some(cluster_index), _) => {
             let cluster = &generation.clusters[cluster_index];
             parts.version = Version::HTTP_11;
-            let hash = hash_key(&cluster.config.lb, &parts, ctx.client);
+            let hash = hash_key(&cluster.config.lb, &parts, ctx.client.addr);
             let retry_non_idempotent = generation.config.routes[route.0].retry_non_idempotent;
             let exchange = attempts::Exchange {
                 cluster,
@@ -453,7 +468,11 @@ fn bad_request(why: &'static str) -> ProxyError {
 
 /// Turns an error into the response the client gets, and logs who failed. The only place
 /// that maps an error to a status code.
-fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Response<ProxyBody> {
+fn fail(
+    generation: &Generation,
+    ctx: &RequestContext<'_>,
+    error: ProxyError,
+) -> Response<ProxyBody> {
     let (status, text) = match error.kind {
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
         ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
@@ -479,7 +498,7 @@ fn fail(generation: &Generation, ctx: &RequestContext, error: ProxyError) -> Res
         status = status.as_u16(),
         kind = ?error.kind,
         source = ?error.source_,
-        client = %ctx.client,
+        client = %ctx.client.addr,
         request_id,
         route,
         cluster = cluster.map(|c| c.name.as_str()),
