@@ -92,6 +92,30 @@ async fn headers_and_key_auth_in_one_chain() {
     assert_eq!(seen.uri, "/items?page=2");
 }
 
+/// The instance pool reserves its address space up front, far more than a process limited
+/// in it (`ulimit -v`, valgrind) may have. weir then allocates instances on demand, says so,
+/// and the plugins run as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_run_when_the_instance_pool_cannot_reserve_its_address_space() {
+    const LIMIT: u64 = 64 << 30; // room for weir and a few instances, not for the pool
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/headers.wasm", HEADERS),
+        ("plugins/headers.toml", HEADERS_TOML.as_bytes()),
+    ];
+    let mut weir =
+        Weir::start_with_address_space_limit(&config(&[upstream.addr], ""), &files, LIMIT).await;
+    weir.wait_for_message("cannot reserve the plugin instance pool")
+        .await;
+
+    let (status, headers, _) = send(&weir, "/hello", &[("x-internal", "1")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert_eq!(seen.headers["x-from"], "weir");
+    assert!(seen.headers.get("x-internal").is_none());
+}
+
 /// Chain order decides which response hooks see a local reply: they run, in reverse, only
 /// for the plugins the request passed before a plugin answered it.
 #[tokio::test(flavor = "multi_thread")]

@@ -69,26 +69,47 @@ impl Weir {
         files: &[(&str, &[u8])],
         deadline: std::time::Duration,
     ) -> Weir {
-        let expected =
-            config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
         let mut weir = Weir::spawn_with_files(config, files);
         weir.deadline = deadline;
-        let logs = weir
+        weir.wait_listening(config).await
+    }
+
+    /// Like [`Weir::start_with_files`], with weir's virtual address space limited to
+    /// `limit_bytes` (`ulimit -v`), as some hosts and valgrind limit it.
+    pub async fn start_with_address_space_limit(
+        config: &str,
+        files: &[(&str, &[u8])],
+        limit_bytes: u64,
+    ) -> Weir {
+        Weir::spawn(config, files, Some(limit_bytes))
+            .wait_listening(config)
+            .await
+    }
+
+    /// Waits until every listener in `config` (proxy and admin) has logged its address.
+    async fn wait_listening(mut self, config: &str) -> Weir {
+        let expected =
+            config.matches("[[listeners]]").count() + usize::from(config.contains("[admin]"));
+        let logs = self
             .wait_for_logs(|logs| listening(logs).len() >= expected)
             .await;
         for (kind, address) in listening(&logs) {
             match kind.as_str() {
-                "admin" => weir.admin = Some(address),
-                _ if weir.proxy.port() == 0 => weir.proxy = address,
+                "admin" => self.admin = Some(address),
+                _ if self.proxy.port() == 0 => self.proxy = address,
                 _ => {}
             }
         }
-        weir
+        self
     }
 
     /// Starts weir like [`Weir::start_with_files`] but returns at once, without waiting for
     /// it to listen: for tests of startup failures.
     pub fn spawn_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
+        Weir::spawn(config, files, None)
+    }
+
+    fn spawn(config: &str, files: &[(&str, &[u8])], address_space_limit: Option<u64>) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).expect("write config");
@@ -97,7 +118,19 @@ impl Weir {
             std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
             std::fs::write(file, contents).expect("write file");
         }
-        let mut child = Command::new(weir_bin())
+        let mut command = match address_space_limit {
+            // The shell sets the limit and becomes weir (`exec`): same pid, same signals.
+            Some(bytes) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", bytes / 1024))
+                    .arg(weir_bin());
+                shell
+            }
+            None => Command::new(weir_bin()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .arg("--log-format")

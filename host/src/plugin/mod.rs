@@ -162,7 +162,18 @@ impl PluginRuntime {
             }
         });
         config.cache(cache.clone());
-        let engine = Engine::new(&config).context("cannot create the wasm engine")?;
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // The pool reserves its address space up front (terabytes of virtual
+                // memory, most never touched); a process limited in that (`ulimit -v`,
+                // valgrind) cannot. Instances are then allocated per instantiation: slower
+                // to create, the same to call, under the same memory limits.
+                tracing::warn!(error = %format!("{e:#}"), "cannot reserve the plugin instance pool; allocating plugin instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).context("cannot create the wasm engine")?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("cannot link WASI")?;
