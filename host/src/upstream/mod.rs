@@ -18,7 +18,7 @@ use http::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use self::pool::{Lease, Pool, Sender, Slot};
+use self::pool::{Acquired, Lease, Pool, Sender, Slot};
 use crate::body::ProxyBody;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
@@ -118,35 +118,12 @@ impl UpstreamClient {
     /// An idle connection to `endpoint`, a new one, or — at `max_connections` — the first of
     /// either to become available.
     async fn checkout(&self, endpoint: usize) -> Result<Checkout, ProxyError> {
-        let target = &self.pool.endpoints[endpoint];
-        let mut waiting = None;
-        loop {
-            if let Some(sender) = target.pop() {
-                return Ok(Checkout {
-                    sender,
-                    reused: true,
-                });
-            }
-            if let Ok(slot) = self.pool.slots.clone().try_acquire_owned() {
-                return self.connect(endpoint, slot).await;
-            }
-            if waiting.is_none() {
-                let guard = self
-                    .pool
-                    .wait()
-                    .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
-                waiting = Some(guard);
-                self.pool.close_one_idle_except(endpoint);
-            }
-            tokio::select! {
-                () = target.returned.notified() => {}
-                slot = self.pool.slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => return self.connect(endpoint, slot).await,
-                    Err(closed) => {
-                        return Err(ProxyError::new(ErrorKind::Overloaded).with_cause(closed));
-                    }
-                },
-            }
+        match self.pool.acquire(endpoint).await? {
+            Acquired::Idle(sender) => Ok(Checkout {
+                sender,
+                reused: true,
+            }),
+            Acquired::Slot(slot) => self.connect(endpoint, slot).await,
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::error::{BoxError, ErrorKind, ProxyError};
 
 /// The sending half of one HTTP/1.1 connection to an endpoint.
 pub(super) type Sender = SendRequest<ProxyBody>;
@@ -30,13 +31,21 @@ pub(super) type Sender = SendRequest<ProxyBody>;
 #[error("{0} requests already wait for a connection (max_pending)")]
 pub struct PendingOverflow(pub usize);
 
+/// What [`Pool::acquire`] gives a request.
+pub(super) enum Acquired {
+    /// An idle connection to the endpoint: it served a request before.
+    Idle(Sender),
+    /// A free slot: the caller opens a new connection with it.
+    Slot(Slot),
+}
+
 /// What the requests to one cluster share.
 #[derive(Debug)]
 pub(super) struct Pool {
     /// One per endpoint, in the cluster's order.
     pub(super) endpoints: Vec<EndpointPool>,
     /// One permit per open connection, held by the connection's task until it closes.
-    pub(super) slots: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     /// Requests waiting for a connection now.
     waiting: AtomicUsize,
     max_connections: usize,
@@ -50,7 +59,7 @@ pub(super) struct EndpointPool {
     pub(super) authority: Authority,
     idle: Mutex<Vec<Idle>>,
     /// Signalled when a connection comes back, for requests waiting at `max_connections`.
-    pub(super) returned: Notify,
+    returned: Notify,
 }
 
 #[derive(Debug)]
@@ -90,9 +99,38 @@ impl Pool {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// An idle connection to `endpoint`, or a slot to open one while the cluster has fewer
+    /// than `max_connections` open. At the cap the request waits, counted against
+    /// `max_pending`, for the first of either; meanwhile an idle connection to another
+    /// endpoint is closed to make room.
+    /// Fails with [`ErrorKind::Overloaded`] when `max_pending` requests already wait.
+    pub(super) async fn acquire(&self, endpoint: usize) -> Result<Acquired, ProxyError> {
+        let target = &self.endpoints[endpoint];
+        let mut waiting = None;
+        loop {
+            if let Some(sender) = target.pop() {
+                return Ok(Acquired::Idle(sender));
+            }
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return Ok(Acquired::Slot(slot));
+            }
+            if waiting.is_none() {
+                waiting = Some(self.wait().map_err(overloaded)?);
+                self.close_one_idle_except(endpoint);
+            }
+            tokio::select! {
+                () = target.returned.notified() => {}
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => return Ok(Acquired::Slot(slot)),
+                    Err(closed) => return Err(overloaded(closed)),
+                },
+            }
+        }
+    }
+
     /// Counts one more request waiting for a connection, until the guard is dropped; fails
     /// when `max_pending` already wait.
-    pub(super) fn wait(&self) -> Result<Waiting<'_>, PendingOverflow> {
+    fn wait(&self) -> Result<Waiting<'_>, PendingOverflow> {
         let before = self.waiting.fetch_add(1, Ordering::Relaxed);
         let guard = Waiting(&self.waiting);
         if before >= self.max_pending {
@@ -103,7 +141,7 @@ impl Pool {
 
     /// Closes one idle connection to an endpoint other than `endpoint`, so its slot can
     /// serve a request that waits for `endpoint`.
-    pub(super) fn close_one_idle_except(&self, endpoint: usize) {
+    fn close_one_idle_except(&self, endpoint: usize) {
         for (i, pool) in self.endpoints.iter().enumerate() {
             if i != endpoint && lock(&pool.idle).pop().is_some() {
                 return;
@@ -140,7 +178,7 @@ impl Pool {
 
 impl EndpointPool {
     /// The most recently returned idle connection still open, if any.
-    pub(super) fn pop(&self) -> Option<Sender> {
+    fn pop(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
         while let Some(Idle { sender, .. }) = idle.pop() {
             // Closed by the upstream while idle (its keep-alive timeout, a restart).
@@ -160,13 +198,17 @@ impl EndpointPool {
     }
 }
 
+fn overloaded(cause: impl Into<BoxError>) -> ProxyError {
+    ProxyError::new(ErrorKind::Overloaded).with_cause(cause)
+}
+
 /// An idle list is never left half-changed, so a panic elsewhere does not poison it.
 fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
     idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One request counted in [`Pool::waiting`].
-pub(super) struct Waiting<'a>(&'a AtomicUsize);
+struct Waiting<'a>(&'a AtomicUsize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
