@@ -26,12 +26,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-cat > "$tmp/origin.conf" <<CONF
-worker_processes 1; daemon off; pid $tmp/origin.pid; error_log stderr warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { default_type text/plain; return 200 "$(origin_body)"; } } }
-CONF
+write_origin_conf "$tmp/origin.conf" "$ORIGIN"
 cat > "$tmp/nginx.conf" <<CONF
 master_process off; worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
 events { worker_connections 4096; }
@@ -46,19 +41,7 @@ targets=("nginx:$!:$NGINX")
 
 port=$FIRST
 for bin in "$@"; do
-  cat > "$tmp/weir-$port.toml" <<CONF
-[[listeners]]
-address = "127.0.0.1:$port"
-[server]
-worker_threads = 1
-[[clusters]]
-name = "origin"
-endpoints = ["127.0.0.1:$ORIGIN"]
-[[routes]]
-name = "plain"
-cluster = "origin"
-plugins = []
-CONF
+  write_plain_weir_conf "$tmp/weir-$port.toml" "$port" "$ORIGIN"
   RUST_LOG=warn taskset -c 0 "$bin" --config "$tmp/weir-$port.toml" & pids+=($!)
   targets+=("$bin:$!:$port")
   port=$((port + 1))

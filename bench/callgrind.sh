@@ -26,25 +26,8 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-cat > "$OUT/origin.conf" <<CONF
-worker_processes 1; daemon off; pid $OUT/origin.pid; error_log stderr warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN; location / { default_type text/plain; return 200 "$(origin_body)"; } } }
-CONF
-cat > "$OUT/weir.toml" <<CONF
-[[listeners]]
-address = "127.0.0.1:$PORT"
-[server]
-worker_threads = 1
-[[clusters]]
-name = "origin"
-endpoints = ["127.0.0.1:$ORIGIN"]
-[[routes]]
-name = "plain"
-cluster = "origin"
-plugins = []
-CONF
+write_origin_conf "$OUT/origin.conf" "$ORIGIN"
+write_plain_weir_conf "$OUT/weir.toml" "$PORT" "$ORIGIN"
 nginx -c "$OUT/origin.conf" -e stderr & pids+=($!)
 RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/weir.toml" 2> "$OUT/valgrind.log" &

@@ -24,6 +24,34 @@ cpu_per_request() {
 # A 1 KiB body for the origins' `return 200`.
 origin_body() { head -c 1024 /dev/zero | tr '\0' 'x'; }
 
+# nginx config for the 1 KiB origin on port $2, written to $1 (its pid file beside it).
+write_origin_conf() {
+  cat > "$1" <<CONF
+worker_processes 1; daemon off; pid $1.pid; error_log stderr warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2; location / { default_type text/plain; return 200 "$(origin_body)"; } } }
+CONF
+}
+
+# weir config for plain proxying (one worker, no plugins) on port $2 to the origin on port
+# $3, written to $1.
+write_plain_weir_conf() {
+  cat > "$1" <<CONF
+[[listeners]]
+address = "127.0.0.1:$2"
+[server]
+worker_threads = 1
+[[clusters]]
+name = "origin"
+endpoints = ["127.0.0.1:$3"]
+[[routes]]
+name = "plain"
+cluster = "origin"
+plugins = []
+CONF
+}
+
 # Settings for jwt-auth (HS256 with the gateway example's secret, which `cargo xtask token`
 # signs with) and rate-limit (per consumer, a limit never reached) in plugin folder $1.
 write_auth_settings() {

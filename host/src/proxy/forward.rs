@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
