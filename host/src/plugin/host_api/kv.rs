@@ -159,7 +159,12 @@ impl KvBackend for MemoryKv {
 
 /// `key` in `plugin`'s namespace.
 pub(crate) fn namespaced(plugin: &str, key: &str) -> String {
-    format!("{plugin}\u{0}{key}")
+    // By hand rather than with `format!`, which costs several times more on every kv call.
+    let mut namespaced = String::with_capacity(plugin.len() + 1 + key.len());
+    namespaced.push_str(plugin);
+    namespaced.push('\0');
+    namespaced.push_str(key);
+    namespaced
 }
 
 impl PluginState {
