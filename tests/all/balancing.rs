@@ -139,7 +139,6 @@ async fn consistent_hash_keeps_each_key_on_one_endpoint() {
     assert_eq!(owner.len(), 30);
 }
 
-/// A port nothing listens on: bound, then closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_hides_a_dead_endpoint_unless_the_body_was_streamed() {
     let alive = Upstream::start("alive").await;

@@ -10,7 +10,6 @@ use weir_tests::{Upstream, Weir, closed_port, empty, http1_client, read_body};
 
 use crate::config;
 
-/// An address on 127.0.0.1 where nothing listens: bind port 0, note it, close it.
 async fn get(weir: &Weir, path: &str) -> (StatusCode, String, Duration) {
     let started = tokio::time::Instant::now();
     let response = http1_client()

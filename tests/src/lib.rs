@@ -10,6 +10,20 @@ pub mod weir;
 pub use upstream::Upstream;
 pub use weir::Weir;
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Body, Frame};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest, Sha256};
+
 /// A port on 127.0.0.1 that refuses connections, reserved for as long as the value lives: its
 /// socket is bound but never listens. A port taken from a listener that is then dropped can
 /// be handed to the next server bound to port 0 — weir itself, which then proxies to itself.
@@ -38,20 +52,6 @@ impl std::fmt::Display for ClosedPort {
         self.addr.fmt(f)
     }
 }
-
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
-use hyper::body::{Body, Frame};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use sha2::{Digest, Sha256};
 
 /// Every wait in a test gives up after this long.
 pub const DEADLINE: Duration = Duration::from_secs(20);

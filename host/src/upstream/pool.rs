@@ -103,6 +103,7 @@ impl Pool {
     /// than `max_connections` open. At the cap the request waits, counted against
     /// `max_pending`, for the first of either; meanwhile an idle connection to another
     /// endpoint is closed to make room.
+    ///
     /// Fails with [`ErrorKind::Overloaded`] when `max_pending` requests already wait.
     pub(super) async fn acquire(&self, endpoint: usize) -> Result<Acquired, ProxyError> {
         let target = &self.endpoints[endpoint];
