@@ -15,8 +15,9 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response};
 use weir::config::PluginLimits;
-use weir::plugin::chain::{Chain, RequestStep, request_head};
-use weir::plugin::{Plugin, PluginRuntime, PluginSource, RequestAction, RequestHead};
+use weir::plugin::chain::{Chain, RequestStep};
+use weir::plugin::view::RequestView;
+use weir::plugin::{Plugin, PluginRuntime, PluginSource, RequestAction};
 
 const HEADERS_TOML: &str = r#"
 [config.request]
@@ -96,7 +97,7 @@ remove = ["secret"]
 "#;
 
 /// A typical proxied request: a handful of headers, an API key.
-fn request() -> (http::request::Parts, RequestHead) {
+fn request() -> RequestView {
     let (parts, ()) = Request::get("/api/orders/42?expand=items")
         .header("host", "api.example.com")
         .header("user-agent", "bench/1.0")
@@ -108,19 +109,19 @@ fn request() -> (http::request::Parts, RequestHead) {
         .body(())
         .expect("request")
         .into_parts();
-    let head = request_head(
-        &parts,
-        parts.headers.get("host"),
-        "10.0.0.7:50412".into(),
-        "api",
-        &HeaderValue::from_static("0d6f2a3c-bench"),
-    );
-    (parts, head)
+    let host = parts.headers.get("host").cloned();
+    RequestView::new(
+        parts,
+        host,
+        Arc::from("10.0.0.7:50412"),
+        Arc::from("api"),
+        HeaderValue::from_static("0d6f2a3c-bench"),
+    )
 }
 
-/// One `on-request` call with the head in `slot`, which is lent to the call (it takes
+/// One `on-request` call with the request in `slot`, which is lent to the call (it takes
 /// `&mut`) and put back: no copy per iteration.
-async fn call(plugin: &Plugin, slot: &Cell<Option<RequestHead>>) -> RequestAction {
+async fn call(plugin: &Plugin, slot: &Cell<Option<RequestView>>) -> RequestAction {
     let mut head = slot.take().expect("the head is put back after every call");
     let action = plugin.on_request(&mut head).await.expect("call");
     slot.set(Some(head));
@@ -153,7 +154,7 @@ fn benches(c: &mut Criterion) {
         &format!("max_uses = 1\n{HEADERS_TOML}"),
     );
     let key_auth = load(&runtime, &plugins, "key-auth", KEY_AUTH_TOML);
-    let head = Cell::new(Some(request().1));
+    let head = Cell::new(Some(request()));
 
     let mut hook = c.benchmark_group("hook");
     hook.bench_function("on_request/reused_instance", |b| {
@@ -171,18 +172,18 @@ fn benches(c: &mut Criterion) {
     c.bench_function("chain/key-auth+headers/request_and_response", |b| {
         b.to_async(&runtime).iter_batched(
             || (request(), response()),
-            |((mut parts, mut head), mut response)| {
+            |(mut request, mut response)| {
                 let chain = &chain;
                 async move {
-                    let passed = match chain.on_request(&mut head, &mut parts).await {
+                    let passed = match chain.on_request(&mut request).await {
                         Ok(RequestStep::Continue { passed }) => passed,
                         other => panic!("the chain did not pass the request: {other:?}"),
                     };
                     chain
-                        .on_response(passed, &mut head, &mut response)
+                        .on_response(passed, &mut request, &mut response)
                         .await
                         .expect("response hooks");
-                    (parts, response)
+                    (request, response)
                 }
             },
             BatchSize::SmallInput,
@@ -201,17 +202,20 @@ fn phase_benches(c: &mut Criterion) {
     let rate_limit = load(&runtime, &plugins, "rate-limit", RATE_LIMIT_TOML);
     let rewrite = load(&runtime, &plugins, "rewrite", REWRITE_TOML);
     let transform = load(&runtime, &plugins, "transform", TRANSFORM_TOML);
-    let head = Cell::new(Some(request().1));
+    let head = Cell::new(Some(request()));
     let body = serde_json::to_vec(&serde_json::json!({
         "id": 42, "status": "shipped", "secret": "upstream-only",
         "items": (0..10).map(|i| serde_json::json!({"sku": format!("sku-{i}"), "qty": i})).collect::<Vec<_>>(),
     }))
     .expect("json");
-    let body_request = request().1;
-    let response_head = weir::plugin::ResponseHead {
-        status: 200,
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
-    };
+    let body_request = request();
+    let response_head = Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(())
+        .expect("response")
+        .into_parts()
+        .0;
 
     let mut group = c.benchmark_group("phase");
     group.bench_function("jwt-auth/on_request/hs256", |b| {
@@ -244,14 +248,14 @@ fn phase_benches(c: &mut Criterion) {
     c.bench_function("chain/jwt-auth+rate-limit+rewrite/request", |b| {
         b.to_async(&runtime).iter_batched(
             request,
-            |(mut parts, mut head)| {
+            |mut request| {
                 let chain = &chain;
                 async move {
-                    match chain.on_request(&mut head, &mut parts).await {
+                    match chain.on_request(&mut request).await {
                         Ok(RequestStep::Continue { .. }) => {}
                         other => panic!("the chain did not pass the request: {other:?}"),
                     }
-                    (parts, head)
+                    request
                 }
             },
             BatchSize::SmallInput,
@@ -270,7 +274,7 @@ fn language_benches(c: &mut Criterion) {
     let plugins = PluginRuntime::new(None).expect("plugin runtime");
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
-    let head = Cell::new(Some(request().1));
+    let head = Cell::new(Some(request()));
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
         let file = examples.join(lang).join("guard.wasm");

@@ -85,7 +85,7 @@ impl Generation {
         let chains = config
             .routes
             .iter()
-            .map(|route| chain(route.plugins.as_deref(), &plugins))
+            .map(|route| chain(route.plugins.as_deref(), &plugins).on_route(&route.name))
             .collect();
         let handlers = config
             .routes

@@ -22,8 +22,9 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 
 use crate::config::PluginLimits;
-use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
+use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
+use crate::plugin::view::RequestView;
 use crate::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
 
 /// The deadline of a plugin whose `[plugin]` sets none.
@@ -363,15 +364,15 @@ fn request_id(parts: &http::request::Parts, index: usize) -> HeaderValue {
 /// same steps, in the same order, as `ProxyService::handle`.
 async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<Outcome> {
     let context = || format!("case {:?}", case.name);
-    let mut parts = request_parts(&case.request).with_context(context)?;
+    let parts = request_parts(&case.request).with_context(context)?;
     let id = request_id(&parts, index);
     let host = parts.headers.get(http::header::HOST).cloned();
-    let mut head = chain::request_head(
-        &parts,
-        host.as_ref(),
-        case.request.client.clone(),
-        &case.request.route,
-        &id,
+    let mut request = RequestView::new(
+        parts,
+        host,
+        Arc::from(case.request.client.as_str()),
+        Arc::from(case.request.route.as_str()),
+        id,
     );
     let mut body = case.request.body.clone().into_bytes();
     let answered = |status: u16, headers: HeaderMap, body: Vec<u8>| Outcome {
@@ -382,7 +383,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         error: None,
         outbound_calls: Vec::new(),
     };
-    let passed = match chain.on_request(&mut head, &mut parts).await {
+    let passed = match chain.on_request(&mut request).await {
         Ok(RequestStep::Continue { passed }) => passed,
         Ok(RequestStep::Respond { head, body, .. }) => {
             return Ok(answered(head.status.as_u16(), head.headers, body));
@@ -393,7 +394,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         if body.len() > limit {
             return Ok(answered(413, HeaderMap::new(), Vec::new()));
         }
-        match chain.on_request_body(&mut head, &mut parts, body).await {
+        match chain.on_request_body(&mut request, body).await {
             Ok(BodyStep::Continue(sent)) => body = sent,
             Ok(BodyStep::Respond { head, body, .. }) => {
                 return Ok(answered(head.status.as_u16(), head.headers, body));
@@ -401,8 +402,9 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
             Err(e) => return Ok(failed(e)),
         }
     }
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let forwarded = Some((target.to_owned(), parts.headers.clone(), Bytes::from(body)));
+    let sent = request.parts();
+    let target = sent.uri.path_and_query().map_or("/", |p| p.as_str());
+    let forwarded = Some((target.to_owned(), sent.headers.clone(), Bytes::from(body)));
 
     let upstream = &case.upstream;
     let (mut response, ()) = http::Response::new(()).into_parts();
@@ -410,7 +412,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         .with_context(|| format!("{}: upstream status {}", context(), upstream.status))?;
     response.headers = header_map(&upstream.headers).with_context(context)?;
     let mut response_body = upstream.body.clone().into_bytes();
-    match chain.on_response(passed, &mut head, &mut response).await {
+    match chain.on_response(passed, &mut request, &mut response).await {
         Ok(Some(local)) => response_body = local,
         Ok(None) => {}
         Err(e) => {
@@ -424,7 +426,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         && response_body.len() <= limit
     {
         match chain
-            .on_response_body(passed, &head, &mut response, response_body)
+            .on_response_body(passed, &request, &mut response, response_body)
             .await
         {
             Ok(sent) => response_body = sent,

@@ -15,8 +15,8 @@ mod generated {
         exports: { default: async },
         // The heads a lazy hook reads live in the store's resource table for the call.
         with: {
-            "weir:plugin/types.request": crate::plugin::host_api::types::RequestView,
-            "weir:plugin/types.response": crate::plugin::host_api::types::ResponseView,
+            "weir:plugin/types.request": crate::plugin::view::RequestView,
+            "weir:plugin/types.response": crate::plugin::view::ResponseView,
         },
         // A handle that is not in the table is a host bug: the call traps.
         imports: { "weir:plugin/types": trappable },

@@ -2,12 +2,11 @@
 //! then, for plugins that asked for them, `on-request-body` in chain order over the whole
 //! request body and `on-response-body` in reverse over the whole response body.
 //!
-//! Plugins see heads built from hyper's types once per phase (copied into a 0.2.0 or 0.1.0
-//! plugin at each call, lent to a 0.3.0 plugin to read on demand) and return *changes*.
+//! Plugins see hyper's own heads (`view`: lent to a 0.3.0 plugin to read on demand, copied
+//! into a WIT record for an older plugin or a body hook at each call) and return *changes*.
 //! Each change is checked for HTTP validity the moment its plugin returns it, so an invalid
-//! one names the plugin that made it, and is then applied twice: to hyper's parts (what is
-//! sent on) and to the head (what the next plugin sees). Nothing is rebuilt when nothing
-//! changes.
+//! one names the plugin that made it, and is then applied to hyper's head, which is both
+//! what is sent on and what the next plugin sees.
 //!
 //! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
 //! `fail_open`, otherwise the chain fails and the proxy answers 500. A chain that names a
@@ -20,18 +19,17 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{StatusCode, request, response};
 
+use super::view::RequestView;
 use super::{
-    BodyAction, CallError, HeaderOp, LocalResponse, Plugin, RequestAction, RequestHead,
-    ResponseAction, ResponseHead,
+    BodyAction, CallError, HeaderOp, LocalResponse, Plugin, RequestAction, ResponseAction,
 };
-
-/// A header list as the WIT records carry it.
-type HeaderList = Vec<(String, Vec<u8>)>;
 
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
 pub struct Chain {
     plugins: Vec<Arc<Plugin>>,
+    /// The route's name, as the plugins are told it.
+    route: Arc<str>,
     unavailable: Option<String>,
     any_on_request: bool,
     any_on_response: bool,
@@ -107,8 +105,22 @@ impl Chain {
                 .map(|p| p.settings.max_body_bytes)
                 .min(),
             plugins,
+            route: Arc::from(""),
             unavailable: None,
         }
+    }
+
+    /// The chain, on the route named `route`.
+    pub fn on_route(self, route: &str) -> Chain {
+        Chain {
+            route: Arc::from(route),
+            ..self
+        }
+    }
+
+    /// The route's name, as the plugins are told it.
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
     }
 
     /// A chain that refuses traffic because a plugin it needs is not loaded.
@@ -150,25 +162,24 @@ impl Chain {
     }
 
     /// Runs `on-request-body` across the chain over the whole request body. Header changes
-    /// go into `parts` and `head`; a replaced body updates `content-length` in both.
+    /// go into the request; a replaced body updates its `content-length`.
     pub async fn on_request_body(
         &self,
-        head: &mut RequestHead,
-        parts: &mut request::Parts,
+        request: &mut RequestView,
         mut body: Vec<u8>,
     ) -> Result<BodyStep, ChainError> {
         for (i, plugin) in self.plugins.iter().enumerate() {
             if !plugin.has_on_request_body() {
                 continue;
             }
-            match plugin.on_request_body(head, &body).await {
+            match plugin.on_request_body(request, &body).await {
                 Ok(BodyAction::Continue(changes)) => {
                     for op in changes.headers {
-                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                        apply_op(plugin, op, &mut request.parts.headers)?;
                     }
                     if let Some(replacement) = changes.body {
                         body = replacement;
-                        set_length(body.len(), &mut head.headers, &mut parts.headers);
+                        set_length(body.len(), &mut request.parts.headers);
                     }
                 }
                 Ok(BodyAction::Respond(local)) => {
@@ -179,7 +190,7 @@ impl Chain {
                         passed: i,
                     });
                 }
-                Err(e) => skip_or_fail(plugin, e, &head.request_id)?,
+                Err(e) => skip_or_fail(plugin, e, request)?,
             }
         }
         Ok(BodyStep::Continue(body))
@@ -190,20 +201,18 @@ impl Chain {
     pub async fn on_response_body(
         &self,
         passed: usize,
-        request: &RequestHead,
+        request: &RequestView,
         parts: &mut response::Parts,
         mut body: Vec<u8>,
     ) -> Result<Vec<u8>, ChainError> {
-        let mut head: Option<ResponseHead> = None;
         for plugin in self.plugins[..passed.min(self.plugins.len())].iter().rev() {
             if !plugin.has_on_response_body() {
                 continue;
             }
-            let head = head.get_or_insert_with(|| response_head(parts));
-            match plugin.on_response_body(request, head, &body).await {
+            match plugin.on_response_body(request, parts, &body).await {
                 Ok(BodyAction::Continue(changes)) => {
                     for op in changes.headers {
-                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                        apply_op(plugin, op, &mut parts.headers)?;
                     }
                     if let Some(replacement) = changes.body {
                         body = replacement;
@@ -214,22 +223,17 @@ impl Chain {
                     parts.status = replacement.status;
                     parts.headers = replacement.headers;
                     body = local_body;
-                    *head = response_head(parts);
                 }
-                Err(e) => skip_or_fail(plugin, e, &request.request_id)?,
+                Err(e) => skip_or_fail(plugin, e, request)?,
             }
-            set_length(body.len(), &mut head.headers, &mut parts.headers);
+            set_length(body.len(), &mut parts.headers);
         }
         Ok(body)
     }
 
-    /// Runs `on-request` across the chain. Each plugin's changes go into `parts` and into
-    /// `head`, so the next plugin sees them.
-    pub async fn on_request(
-        &self,
-        head: &mut RequestHead,
-        parts: &mut request::Parts,
-    ) -> Result<RequestStep, ChainError> {
+    /// Runs `on-request` across the chain. Each plugin's changes go into the request, so the
+    /// next plugin sees them.
+    pub async fn on_request(&self, request: &mut RequestView) -> Result<RequestStep, ChainError> {
         if let Some(reason) = &self.unavailable {
             return Err(ChainError::Unavailable(reason.clone()));
         }
@@ -237,13 +241,13 @@ impl Chain {
             if !plugin.has_on_request() {
                 continue;
             }
-            match plugin.on_request(head).await {
+            match plugin.on_request(request).await {
                 Ok(RequestAction::Continue(changes)) => {
                     for op in changes.headers {
-                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                        apply_op(plugin, op, &mut request.parts.headers)?;
                     }
                     if let Some(target) = changes.path {
-                        apply_path(plugin, target, head, parts)?;
+                        apply_path(plugin, target, &mut request.parts)?;
                     }
                 }
                 Ok(RequestAction::Respond(local)) => {
@@ -254,7 +258,7 @@ impl Chain {
                         passed: i,
                     });
                 }
-                Err(e) => skip_or_fail(plugin, e, &head.request_id)?,
+                Err(e) => skip_or_fail(plugin, e, request)?,
             }
         }
         Ok(RequestStep::Continue {
@@ -269,50 +273,48 @@ impl Chain {
     pub async fn on_response(
         &self,
         passed: usize,
-        request: &mut RequestHead,
+        request: &mut RequestView,
         parts: &mut response::Parts,
     ) -> Result<Option<Vec<u8>>, ChainError> {
         let mut body = None;
-        // Copied out only once a plugin actually wants to see it.
-        let mut head: Option<ResponseHead> = None;
         for plugin in self.plugins[..passed.min(self.plugins.len())].iter().rev() {
             if !plugin.has_on_response() {
                 continue;
             }
-            let head = head.get_or_insert_with(|| response_head(parts));
-            match plugin.on_response(request, head).await {
+            match plugin.on_response(request, parts).await {
                 Ok(ResponseAction::Continue(ops)) => {
                     for op in ops {
-                        apply_op(plugin, op, &mut head.headers, &mut parts.headers)?;
+                        apply_op(plugin, op, &mut parts.headers)?;
                     }
                 }
                 Ok(ResponseAction::Respond(local)) => {
                     let (replacement, local_body) = local_response(plugin, local)?;
                     parts.status = replacement.status;
                     parts.headers = replacement.headers;
-                    *head = response_head(parts);
                     body = Some(local_body);
                 }
-                Err(e) => skip_or_fail(plugin, e, &request.request_id)?,
+                Err(e) => skip_or_fail(plugin, e, request)?,
             }
         }
         Ok(body)
     }
 }
 
-/// Sets `content-length` to `len` in the map and the plugins' view.
-fn set_length(len: usize, list: &mut HeaderList, map: &mut HeaderMap) {
+/// Sets `content-length` to `len`.
+fn set_length(len: usize, map: &mut HeaderMap) {
     map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     map.remove(http::header::TRANSFER_ENCODING);
-    list.retain(|(n, _)| n != "content-length" && n != "transfer-encoding");
-    list.push(("content-length".to_owned(), len.to_string().into_bytes()));
 }
 
-fn skip_or_fail(plugin: &Plugin, error: CallError, request_id: &str) -> Result<(), ChainError> {
+fn skip_or_fail(
+    plugin: &Plugin,
+    error: CallError,
+    request: &RequestView,
+) -> Result<(), ChainError> {
     tracing::warn!(
         plugin = &*plugin.name,
         hash = %plugin.hash,
-        request_id,
+        request_id = &*request.request_id(),
         fail_open = plugin.settings.fail_open,
         error = %error.message,
         "plugin call failed"
@@ -346,39 +348,30 @@ fn header_value(
         .map_err(|_| invalid(plugin, format!("invalid value for header {name}")))
 }
 
-/// Checks one header change and applies it to the map and to the plugins' view.
-fn apply_op(
-    plugin: &Plugin,
-    op: HeaderOp,
-    list: &mut HeaderList,
-    map: &mut HeaderMap,
-) -> Result<(), ChainError> {
+/// Checks one header change and applies it.
+fn apply_op(plugin: &Plugin, op: HeaderOp, map: &mut HeaderMap) -> Result<(), ChainError> {
     match op {
         HeaderOp::Set((name, value)) => {
             let name = header_name(plugin, &name)?;
-            map.insert(name.clone(), header_value(plugin, &name, &value)?);
-            list.retain(|(n, _)| n != name.as_str());
-            list.push((name.as_str().to_owned(), value));
+            let value = header_value(plugin, &name, &value)?;
+            map.insert(name, value);
         }
         HeaderOp::Append((name, value)) => {
             let name = header_name(plugin, &name)?;
-            map.append(name.clone(), header_value(plugin, &name, &value)?);
-            list.push((name.as_str().to_owned(), value));
+            let value = header_value(plugin, &name, &value)?;
+            map.append(name, value);
         }
         HeaderOp::Remove(name) => {
-            let name = header_name(plugin, &name)?;
-            map.remove(&name);
-            list.retain(|(n, _)| n != name.as_str());
+            map.remove(&header_name(plugin, &name)?);
         }
     }
     Ok(())
 }
 
-/// Checks a new request target (`/path?query`) and applies it to the URI and the head.
+/// Checks a new request target (`/path?query`) and applies it to the URI.
 fn apply_path(
     plugin: &Plugin,
     target: String,
-    head: &mut RequestHead,
     parts: &mut request::Parts,
 ) -> Result<(), ChainError> {
     let bad = |e: &dyn std::fmt::Display| invalid(plugin, format!("path {target:?}: {e}"));
@@ -389,8 +382,6 @@ fn apply_path(
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.path_and_query = Some(path_and_query);
     parts.uri = http::Uri::from_parts(uri).map_err(|e| bad(&e))?;
-    head.path = parts.uri.path().to_owned();
-    head.query = parts.uri.query().map(str::to_owned);
     Ok(())
 }
 
@@ -409,38 +400,4 @@ fn local_response(
         parts.headers.append(name, value);
     }
     Ok((parts, local.body))
-}
-
-/// The WIT view of a request head.
-pub fn request_head(
-    parts: &request::Parts,
-    authority: Option<&HeaderValue>,
-    client: String,
-    route: &str,
-    request_id: &HeaderValue,
-) -> RequestHead {
-    RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        authority: authority.and_then(|a| a.to_str().ok()).map(str::to_owned),
-        headers: header_list(&parts.headers),
-        client_address: client,
-        route: route.to_owned(),
-        request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-    }
-}
-
-fn response_head(parts: &response::Parts) -> ResponseHead {
-    ResponseHead {
-        status: parts.status.as_u16(),
-        headers: header_list(&parts.headers),
-    }
-}
-
-fn header_list(headers: &HeaderMap) -> HeaderList {
-    headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect()
 }

@@ -78,8 +78,7 @@ macro_rules! forward_imports {
 forward_imports!(v0_1);
 forward_imports!(v0_2);
 
-pub(super) fn request_head(head: &types::RequestHead) -> v0_1::types::RequestHead {
-    let head = head.clone();
+pub(super) fn request_head(head: types::RequestHead) -> v0_1::types::RequestHead {
     v0_1::types::RequestHead {
         method: head.method,
         path: head.path,
@@ -92,10 +91,10 @@ pub(super) fn request_head(head: &types::RequestHead) -> v0_1::types::RequestHea
     }
 }
 
-pub(super) fn response_head(head: &types::ResponseHead) -> v0_1::types::ResponseHead {
+pub(super) fn response_head(head: types::ResponseHead) -> v0_1::types::ResponseHead {
     v0_1::types::ResponseHead {
         status: head.status,
-        headers: head.headers.clone(),
+        headers: head.headers,
     }
 }
 

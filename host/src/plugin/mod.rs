@@ -22,6 +22,7 @@ mod compat;
 pub mod handler;
 mod host_api;
 mod state;
+pub mod view;
 
 use std::mem;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use http::response;
 use serde::Deserialize;
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::error::Context;
@@ -40,8 +42,8 @@ use wasmtime::{
 use self::bindings::{Filter, FilterPre, types, v0_1, v0_2};
 use self::handler::{Handler, HandlerBody, HandlerState, Outbound};
 use self::host_api::kv::{KvBackend, MemoryKv};
-use self::host_api::types::{RequestView, ResponseView, no_request, no_response};
 use self::state::PluginState;
+use self::view::{RequestView, ResponseView};
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
 pub use self::bindings::types::{
@@ -781,27 +783,28 @@ impl Plugin {
     }
 
     /// Calls `on-request` under the plugin's deadline. A 0.3.0 plugin reads `request`
-    /// through a handle (`on-request-lazy`); the head is lent to its store for the call and
-    /// is back in `request` when this returns, whatever the call did.
-    pub async fn on_request(&self, request: &mut RequestHead) -> Result<RequestAction, CallError> {
-        let mut instance = self.checkout(&request.request_id).await?;
+    /// through a handle (`on-request-lazy`); the view is lent to its store for the call and
+    /// is back in `request` when this returns, whatever the call did. Older plugins are
+    /// given the request's WIT record.
+    pub async fn on_request(&self, request: &mut RequestView) -> Result<RequestAction, CallError> {
+        let mut instance = self.checkout(&request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let lent = self.lend(store, RequestView(mem::replace(request, no_request())))?;
+                let lent = self.lend(store, mem::replace(request, RequestView::placeholder()))?;
                 let borrowed = Resource::new_borrow(lent.rep());
                 let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
-                *request = self.take_back(store, lent)?.0;
+                *request = self.take_back(store, lent)?;
                 action
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
-                exports.call_on_request(store, request).await
+                exports.call_on_request(store, &request.record()).await
             }
             Guest::V0_1(f) => {
                 let exports = f.weir_plugin_http_filter();
-                let old = compat::request_head(request);
+                let old = compat::request_head(request.record());
                 let action = exports.call_on_request(store, &old).await;
                 action.map(compat::request_action)
             }
@@ -810,48 +813,51 @@ impl Plugin {
     }
 
     /// Calls `on-request-body` under the plugin's deadline. Only plugins that declared it
-    /// (so only 0.2.0 and later) are called.
+    /// (so only 0.2.0 and later) are called; they take the request's WIT record.
     pub async fn on_request_body(
         &self,
-        request: &RequestHead,
+        request: &RequestView,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let mut instance = self.checkout(&request.request_id).await?;
+        let mut instance = self.checkout(&request.request_id()).await?;
         let store = &mut instance.store;
+        let head = request.record();
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                exports.call_on_request_body(store, request, body).await
+                exports.call_on_request_body(store, &head, body).await
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
-                exports.call_on_request_body(store, request, body).await
+                exports.call_on_request_body(store, &head, body).await
             }
             Guest::V0_1(_) => Ok(unchanged_body()),
         };
         self.finish(instance, result)
     }
 
-    /// Calls `on-response-body` under the plugin's deadline.
+    /// Calls `on-response-body` under the plugin's deadline, with both WIT records.
     pub async fn on_response_body(
         &self,
-        request: &RequestHead,
-        response: &ResponseHead,
+        request: &RequestView,
+        response: &response::Parts,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let mut instance = self.checkout(&request.request_id).await?;
+        let mut instance = self.checkout(&request.request_id()).await?;
         let store = &mut instance.store;
+        let head = request.record();
+        let response = view::response_record(response.status, &response.headers);
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
                 exports
-                    .call_on_response_body(store, request, response, body)
+                    .call_on_response_body(store, &head, &response, body)
                     .await
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
                 exports
-                    .call_on_response_body(store, request, response, body)
+                    .call_on_response_body(store, &head, &response, body)
                     .await
             }
             Guest::V0_1(_) => Ok(unchanged_body()),
@@ -860,27 +866,31 @@ impl Plugin {
     }
 
     /// Calls `on-response` under the plugin's deadline; a 0.3.0 plugin reads both heads
-    /// through handles, as in [`Plugin::on_request`].
+    /// through handles, as in [`Plugin::on_request`] (the response's headers are moved out
+    /// of `response` for the call and back).
     pub async fn on_response(
         &self,
-        request: &mut RequestHead,
-        response: &mut ResponseHead,
+        request: &mut RequestView,
+        response: &mut response::Parts,
     ) -> Result<ResponseAction, CallError> {
-        let mut instance = self.checkout(&request.request_id).await?;
+        let mut instance = self.checkout(&request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
                 let lent_request =
-                    self.lend(store, RequestView(mem::replace(request, no_request())))?;
-                let lent_response =
-                    match self.lend(store, ResponseView(mem::replace(response, no_response()))) {
-                        Ok(lent) => lent,
-                        Err(e) => {
-                            *request = self.take_back(store, lent_request)?.0;
-                            return Err(e);
-                        }
-                    };
+                    self.lend(store, mem::replace(request, RequestView::placeholder()))?;
+                let view = ResponseView {
+                    status: response.status,
+                    headers: mem::take(&mut response.headers),
+                };
+                let lent_response = match self.lend(store, view) {
+                    Ok(lent) => lent,
+                    Err(e) => {
+                        *request = self.take_back(store, lent_request)?;
+                        return Err(e);
+                    }
+                };
                 let action = exports
                     .call_on_response_lazy(
                         &mut *store,
@@ -888,19 +898,25 @@ impl Plugin {
                         Resource::new_borrow(lent_response.rep()),
                     )
                     .await;
-                *response = self.take_back(store, lent_response)?.0;
-                *request = self.take_back(store, lent_request)?.0;
+                response.headers = self.take_back(store, lent_response)?.headers;
+                *request = self.take_back(store, lent_request)?;
                 action
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
-                exports.call_on_response(store, request, response).await
+                let head = view::response_record(response.status, &response.headers);
+                exports
+                    .call_on_response(store, &request.record(), &head)
+                    .await
             }
             Guest::V0_1(f) => {
                 let exports = f.weir_plugin_http_filter();
                 let (request, response) = (
-                    compat::request_head(request),
-                    compat::response_head(response),
+                    compat::request_head(request.record()),
+                    compat::response_head(view::response_record(
+                        response.status,
+                        &response.headers,
+                    )),
                 );
                 let action = exports.call_on_response(store, &request, &response).await;
                 action.map(compat::response_action)
@@ -909,8 +925,8 @@ impl Plugin {
         self.finish(instance, result)
     }
 
-    /// Puts a head (moved out of the chain) into the store's resource table for one call.
-    /// (Pushing fails only on a table of 2^32 entries; the head is then lost with the
+    /// Puts a view (moved out of the chain) into the store's resource table for one call.
+    /// (Pushing fails only on a table of 2^32 entries; the view is then lost with the
     /// failed call.)
     fn lend<V: Send + 'static>(
         &self,
@@ -920,10 +936,10 @@ impl Plugin {
         let table = &mut store.data_mut().table;
         table
             .push(view)
-            .map_err(|e| self.error(format_args!("cannot lend a head to the call: {e}")))
+            .map_err(|e| self.error(format_args!("cannot lend a view to the call: {e}")))
     }
 
-    /// Takes a lent head back out of the table after the call.
+    /// Takes a lent view back out of the table after the call.
     fn take_back<V: Send + 'static>(
         &self,
         store: &mut Store<PluginState>,
@@ -932,7 +948,7 @@ impl Plugin {
         let table = &mut store.data_mut().table;
         table
             .delete(lent)
-            .map_err(|e| self.error(format_args!("cannot take back a lent head: {e}")))
+            .map_err(|e| self.error(format_args!("cannot take back a lent view: {e}")))
     }
 }
 

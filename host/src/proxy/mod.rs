@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -41,9 +41,9 @@ use crate::body::{self, Buffered, ProxyBody};
 use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::Generation;
-use crate::plugin::RequestHead;
-use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
+use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
+use crate::plugin::view::RequestView;
 
 use self::attempts::RequestBody;
 
@@ -60,6 +60,9 @@ pub struct Client {
     /// The IP as `X-Forwarded-For` text, formatted once per connection rather than per
     /// request.
     ip_value: HeaderValue,
+    /// `ip:port` as the plugins are told it, formatted when the first request on a route
+    /// with plugins asks.
+    addr_text: OnceLock<Arc<str>>,
 }
 
 impl Client {
@@ -68,7 +71,15 @@ impl Client {
         Client {
             addr,
             ip_value: forward::client_ip_value(addr.ip()),
+            addr_text: OnceLock::new(),
         }
+    }
+
+    /// `ip:port`, as the plugins are told it.
+    fn addr_text(&self) -> Arc<str> {
+        self.addr_text
+            .get_or_init(|| Arc::from(self.addr.to_string()))
+            .clone()
     }
 }
 
@@ -132,59 +143,56 @@ async fn proxy(
 
     // request_filter (plugins): may change the request or answer it.
     let chain = &generation.chains[route.0];
-    let mut response_hooks: Option<(RequestHead, usize)> = None;
     let (mut parts, incoming) = request.into_parts();
     let mut body = RequestBody::Client(incoming);
+    let mut response_hooks: Option<(RequestView, usize)> = None;
     if chain.is_active() {
-        let route_name = &generation.config.routes[route.0].name;
-        let mut head = chain::request_head(
-            &parts,
-            host_value.as_ref(),
-            ctx.client.addr.to_string(),
-            route_name,
-            &request_id,
+        let mut view = RequestView::new(
+            parts,
+            host_value.clone(),
+            ctx.client.addr_text(),
+            chain.route().clone(),
+            request_id.clone(),
         );
-        match chain
-            .on_request(&mut head, &mut parts)
-            .await
-            .map_err(plugin_error)?
-        {
+        let passed = match chain.on_request(&mut view).await.map_err(plugin_error)? {
             RequestStep::Respond {
                 head: reply,
                 body,
                 passed,
             } => {
-                return local_reply(chain, passed, &mut head, reply, body, request_id).await;
+                return local_reply(chain, passed, &mut view, reply, body, request_id).await;
             }
-            RequestStep::Continue { passed } => {
-                // request_body_filter (plugins): only when a plugin asked for the body.
-                if let Some(limit) = chain.request_body_limit() {
-                    body = match body {
-                        RequestBody::Client(incoming) if !incoming.is_end_stream() => {
-                            let bytes = read_request_body(incoming, &parts.headers, limit).await?;
-                            let step = chain.on_request_body(&mut head, &mut parts, bytes).await;
-                            match step.map_err(plugin_error)? {
-                                BodyStep::Continue(bytes) => RequestBody::Buffered(bytes.into()),
-                                BodyStep::Respond {
-                                    head: reply,
-                                    body,
-                                    passed,
-                                } => {
-                                    return local_reply(
-                                        chain, passed, &mut head, reply, body, request_id,
-                                    )
-                                    .await;
-                                }
-                            }
+            RequestStep::Continue { passed } => passed,
+        };
+        // request_body_filter (plugins): only when a plugin asked for the body.
+        if let Some(limit) = chain.request_body_limit() {
+            body = match body {
+                RequestBody::Client(incoming) if !incoming.is_end_stream() => {
+                    let bytes = read_request_body(incoming, &view.parts().headers, limit).await?;
+                    let step = chain.on_request_body(&mut view, bytes).await;
+                    match step.map_err(plugin_error)? {
+                        BodyStep::Continue(bytes) => RequestBody::Buffered(bytes.into()),
+                        BodyStep::Respond {
+                            head: reply,
+                            body,
+                            passed,
+                        } => {
+                            return local_reply(chain, passed, &mut view, reply, body, request_id)
+                                .await;
                         }
-                        unread => unread,
-                    };
+                    }
                 }
-                if chain.has_response_hooks() {
-                    response_hooks = Some((head, passed));
-                }
-            }
+                unread => unread,
+            };
         }
+        parts = if chain.has_response_hooks() {
+            // The response hooks see the request as it was sent on.
+            let sent = view.split_off_parts();
+            response_hooks = Some((view, passed));
+            sent
+        } else {
+            view.into_parts()
+        };
     }
 
     // upstream_request_filter: headers once, whichever endpoint is chosen.
@@ -251,8 +259,8 @@ async fn proxy(
 
     // response_filter (plugins), in reverse chain order.
     match response_hooks {
-        Some((mut head, passed)) => {
-            response_filter_plugins(chain, passed, &mut head, response).await
+        Some((mut request, passed)) => {
+            response_filter_plugins(chain, passed, &mut request, response).await
         }
         None => Ok(response),
     }
@@ -313,7 +321,7 @@ impl Outbound for ClusterOutbound {
 async fn local_reply(
     chain: &Chain,
     passed: usize,
-    request: &mut RequestHead,
+    request: &mut RequestView,
     mut parts: http::response::Parts,
     body: Vec<u8>,
     request_id: HeaderValue,
@@ -336,7 +344,7 @@ async fn local_reply(
 async fn response_filter_plugins(
     chain: &Chain,
     passed: usize,
-    request: &mut RequestHead,
+    request: &mut RequestView,
     response: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = response.into_parts();
@@ -357,7 +365,7 @@ async fn response_filter_plugins(
     let Some(limit) = chain.response_body_limit(passed) else {
         return Ok(Response::from_parts(parts, body));
     };
-    let bodiless = request.method == "HEAD"
+    let bodiless = request.parts().method == http::Method::HEAD
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
         || body.is_end_stream();
@@ -368,7 +376,7 @@ async fn response_filter_plugins(
         Ok(Buffered::Whole(bytes)) => bytes,
         Ok(Buffered::TooLarge(body)) => {
             tracing::warn!(
-                request_id = %request.request_id,
+                request_id = &*request.request_id(),
                 max_body_bytes = limit,
                 "response body is larger than a body hook accepts; sent on untouched"
             );

@@ -1,91 +1,56 @@
 //! Implementation of the `weir:plugin/types` resources (since 0.3.0): the `request` and
-//! `response` a lazy hook reads on demand. For one call the chain's heads are moved into
-//! the instance's resource table, answered from there and moved back, never copied whole.
+//! `response` a lazy hook reads on demand. For one call the chain's views (hyper's heads,
+//! `plugin::view`) are moved into the instance's resource table, answered from there and
+//! moved back, never copied whole.
 
+use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use crate::plugin::bindings::types::{
-    Header, Host, HostRequest, HostResponse, RequestHead, ResponseHead,
-};
+use crate::plugin::bindings::types::{Header, Host, HostRequest, HostResponse};
 use crate::plugin::state::PluginState;
-
-/// The request a lazy hook reads: the chain's head, lent for the call. (`pub` because the
-/// generated bindings re-export it; the module keeps it inside the crate.)
-#[derive(Debug)]
-#[allow(unreachable_pub, reason = "re-exported by bindgen's generated module")]
-pub struct RequestView(pub(crate) RequestHead);
-
-/// The response a lazy hook reads: the chain's head, lent for the call.
-#[derive(Debug)]
-#[allow(unreachable_pub, reason = "re-exported by bindgen's generated module")]
-pub struct ResponseView(pub(crate) ResponseHead);
+use crate::plugin::view::{RequestView, ResponseView, header_list};
 
 impl Host for PluginState {}
 
-/// An empty request head: what the chain holds while its head is lent (allocates nothing).
-pub(crate) fn no_request() -> RequestHead {
-    RequestHead {
-        method: String::new(),
-        path: String::new(),
-        query: None,
-        authority: None,
-        headers: Vec::new(),
-        client_address: String::new(),
-        route: String::new(),
-        request_id: String::new(),
-    }
+/// The first value of `name` (any case), if present.
+fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
 }
 
-/// An empty response head, as [`no_request`].
-pub(crate) fn no_response() -> ResponseHead {
-    ResponseHead {
-        status: 0,
-        headers: Vec::new(),
-    }
-}
-
-/// The first value of `name` (any case) in `headers`.
-fn first(headers: &[Header], name: &str) -> Option<Vec<u8>> {
+/// Every value of `name` (any case), in order.
+fn all(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
     headers
+        .get_all(name)
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
-}
-
-/// Every value of `name` (any case) in `headers`, in order.
-fn all(headers: &[Header], name: &str) -> Vec<Vec<u8>> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
+        .map(|v| v.as_bytes().to_vec())
         .collect()
 }
 
 impl PluginState {
-    fn request(&self, handle: &Resource<RequestView>) -> wasmtime::Result<&RequestHead> {
-        Ok(&self.table.get(handle)?.0)
+    fn request(&self, handle: &Resource<RequestView>) -> wasmtime::Result<&RequestView> {
+        Ok(self.table.get(handle)?)
     }
 
-    fn response(&self, handle: &Resource<ResponseView>) -> wasmtime::Result<&ResponseHead> {
-        Ok(&self.table.get(handle)?.0)
+    fn response(&self, handle: &Resource<ResponseView>) -> wasmtime::Result<&ResponseView> {
+        Ok(self.table.get(handle)?)
     }
 }
 
 impl HostRequest for PluginState {
     fn method(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.method.clone())
+        Ok(self.request(&this)?.parts.method.as_str().to_owned())
     }
 
     fn path(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.path.clone())
+        Ok(self.request(&this)?.parts.uri.path().to_owned())
     }
 
     fn query(&mut self, this: Resource<RequestView>) -> wasmtime::Result<Option<String>> {
-        Ok(self.request(&this)?.query.clone())
+        Ok(self.request(&this)?.parts.uri.query().map(str::to_owned))
     }
 
     fn authority(&mut self, this: Resource<RequestView>) -> wasmtime::Result<Option<String>> {
-        Ok(self.request(&this)?.authority.clone())
+        Ok(self.request(&this)?.authority().map(str::to_owned))
     }
 
     fn header(
@@ -93,7 +58,7 @@ impl HostRequest for PluginState {
         this: Resource<RequestView>,
         name: String,
     ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(first(&self.request(&this)?.headers, &name))
+        Ok(first(&self.request(&this)?.parts.headers, &name))
     }
 
     fn header_all(
@@ -101,23 +66,23 @@ impl HostRequest for PluginState {
         this: Resource<RequestView>,
         name: String,
     ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(all(&self.request(&this)?.headers, &name))
+        Ok(all(&self.request(&this)?.parts.headers, &name))
     }
 
     fn headers(&mut self, this: Resource<RequestView>) -> wasmtime::Result<Vec<Header>> {
-        Ok(self.request(&this)?.headers.clone())
+        Ok(header_list(&self.request(&this)?.parts.headers))
     }
 
     fn client_address(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.client_address.clone())
+        Ok(self.request(&this)?.client().to_owned())
     }
 
     fn route(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.route.clone())
+        Ok(self.request(&this)?.route().to_owned())
     }
 
     fn request_id(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.request_id.clone())
+        Ok(self.request(&this)?.request_id().into_owned())
     }
 
     fn drop(&mut self, this: Resource<RequestView>) -> wasmtime::Result<()> {
@@ -129,7 +94,7 @@ impl HostRequest for PluginState {
 
 impl HostResponse for PluginState {
     fn status(&mut self, this: Resource<ResponseView>) -> wasmtime::Result<u16> {
-        Ok(self.response(&this)?.status)
+        Ok(self.response(&this)?.status.as_u16())
     }
 
     fn header(
@@ -149,11 +114,29 @@ impl HostResponse for PluginState {
     }
 
     fn headers(&mut self, this: Resource<ResponseView>) -> wasmtime::Result<Vec<Header>> {
-        Ok(self.response(&this)?.headers.clone())
+        Ok(header_list(&self.response(&this)?.headers))
     }
 
     fn drop(&mut self, this: Resource<ResponseView>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_found_by_name_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-tag", "one".parse().expect("value"));
+        headers.append("x-tag", "two".parse().expect("value"));
+        assert_eq!(first(&headers, "X-Tag"), Some(b"one".to_vec()));
+        assert_eq!(all(&headers, "X-TAG"), [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(first(&headers, "x-missing"), None);
+        // A name that is not a valid header name is simply absent.
+        assert_eq!(first(&headers, "bad name"), None);
+        assert!(all(&headers, "bad name").is_empty());
     }
 }
