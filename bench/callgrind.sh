@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by callgrind: a figure that does not move with
-# this VM's ±20 % CPU-time noise, for comparing builds of weir's request path (plain 1 KiB
-# proxying, no plugins). weir runs under valgrind with instrumentation off; after a warm-up,
+# this VM's ±20 % CPU-time noise, for comparing builds of weir's request path. ROUTE=plain
+# (the default) is 1 KiB proxying without plugins; ROUTE=two and ROUTE=three are bench/run.sh's
+# weir+2 route (key-auth → headers) and weir+3 route (jwt-auth → rate-limit, never reached →
+# rewrite, with a bearer token from `cargo xtask token`), with the same plugin settings. weir runs under valgrind with instrumentation off; after a warm-up,
 # `callgrind_control` zeroes the counters, h2load sends N requests over 8 HTTP/1.1
 # connections, and the dump's total divided by N is printed. Under valgrind the plugin
 # instance pool cannot reserve its address space, so weir logs a warning and allocates
-# instances on demand (no plugin runs here).
+# instances on demand. For the plugin routes the plugins are compiled first by a run outside
+# valgrind with the same engine settings (under `ulimit -v`), into a compile cache the
+# valgrind run then loads, so no compiling is counted or waited for.
 #
 # Needs valgrind, nginx (the origin) and h2load: apt-get install valgrind nginx-light nghttp2-client
-# Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; the profile stays in $OUT, default
+# Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three, PLUGINS
+# (default target/plugins, from `cargo xtask plugins`); the profile stays in $OUT, default
 # a temporary folder, for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,30 +25,72 @@ for tool in valgrind callgrind_control nginx h2load; do
 done
 [ -x "$BIN" ] || { echo "missing $BIN" >&2; exit 1; }
 
+ROUTE=${ROUTE:-plain}
+PLUGINS=${PLUGINS:-target/plugins}
 ORIGIN=18281 PORT=18290
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# Waits until weir (pid $1) answers on the route; $2 is what to show if it does not.
+wait_up() {
+  for _ in $(seq 300); do
+    curl -sf -m 5 -o /dev/null "${auth[@]}" "http://127.0.0.1:$PORT$path" && return 0
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "weir did not start:" >&2; cat "$2" >&2; exit 1
+}
+
 write_origin_conf "$OUT/origin.conf" "$ORIGIN"
 write_plain_weir_conf "$OUT/weir.toml" "$PORT" "$ORIGIN"
 nginx -c "$OUT/origin.conf" -e stderr & pids+=($!)
+path=/ auth=()
+case "$ROUTE" in
+  plain) ;;
+  two|three)
+    if [ "$ROUTE" = two ]; then
+      chain=(key-auth headers) path=/p2/ auth=(-H "x-api-key: bench-key")
+    else
+      chain=(jwt-auth rate-limit rewrite) path=/p3/
+      auth=(-H "authorization: Bearer $(cargo xtask token bench 3600 2>/dev/null)")
+    fi
+    mkdir -p "$OUT/plugins"
+    for p in "${chain[@]}"; do
+      [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
+      cp "$PLUGINS/$p.wasm" "$OUT/plugins/"
+    done
+    write_plugin_settings "$OUT/plugins"
+    names=$(printf '"%s", ' "${chain[@]}")
+    cat >> "$OUT/weir.toml" <<CONF
+[plugins]
+dir = "$OUT/plugins"
+cache_dir = "$OUT/cache"
+[[routes]]
+name = "$ROUTE"
+path_prefix = "$path"
+cluster = "origin"
+plugins = [${names%, }]
+CONF
+    # Compile into the cache with the engine valgrind's run will have (no instance pool).
+    (ulimit -v 67108864; RUST_LOG=error exec "$BIN" --config "$OUT/weir.toml") 2> "$OUT/compile.log" &
+    compiler=$!
+    wait_up "$compiler" "$OUT/compile.log"
+    kill "$compiler"; wait "$compiler" 2>/dev/null || true
+    ;;
+  *) echo "ROUTE must be plain, two or three" >&2; exit 1 ;;
+esac
 RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/weir.toml" 2> "$OUT/valgrind.log" &
 weir=$!
 pids+=($weir)
-up=
-for _ in $(seq 300); do
-  curl -sf -o /dev/null "http://127.0.0.1:$PORT/" && { up=1; break; }
-  kill -0 "$weir" 2>/dev/null || break
-  sleep 0.2
-done
-[ -n "$up" ] || { echo "weir did not start under valgrind:" >&2; cat "$OUT/valgrind.log" >&2; exit 1; }
-h2load --h1 -n 2000 -c 8 "http://127.0.0.1:$PORT/" > /dev/null
+wait_up "$weir" "$OUT/valgrind.log"
+h2load --h1 -n 2000 -c 8 "${auth[@]}" "http://127.0.0.1:$PORT$path" > /dev/null
 callgrind_control -i on "$weir" > /dev/null 2>&1
 callgrind_control -z "$weir" > /dev/null 2>&1
-h2load --h1 -n "$N" -c 8 "http://127.0.0.1:$PORT/" | grep -E '^requests:'
+h2load --h1 -n "$N" -c 8 "${auth[@]}" "http://127.0.0.1:$PORT$path" | grep -E '^(requests|status codes):'
 callgrind_control -d "$weir" > /dev/null 2>&1
 total=$(awk '/^summary:/ {print $2}' "$OUT"/callgrind.out.*)
 awk -v t="$total" -v n="$N" 'BEGIN { printf "instructions per request: %.0f (%d over %d requests)\n", t / n, t, n }'

@@ -69,3 +69,26 @@ requests = 1000000000
 window = "1s"
 CONF
 }
+
+# The settings of every plugin the weir+2 (key-auth → headers) and weir+3 (jwt-auth →
+# rate-limit → rewrite) routes use, in plugin folder $1.
+write_plugin_settings() {
+  cat > "$1/key-auth.toml" <<'CONF'
+[config]
+[[config.consumers]]
+name = "bench"
+keys = ["bench-key"]
+CONF
+  cat > "$1/headers.toml" <<'CONF'
+[config.request]
+set = { "x-from" = "weir" }
+[config.response]
+set = { "x-frame-options" = "DENY" }
+CONF
+  write_auth_settings "$1"
+  cat > "$1/rewrite.toml" <<'CONF'
+[[config.rules]]
+path = '^/p3/(.*)$'
+rewrite = '/$1'
+CONF
+}

@@ -96,24 +96,7 @@ backend origin
   server o1 127.0.0.1:$ORIGIN
 CONF
 for p in key-auth headers jwt-auth rate-limit rewrite; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
-cat > "$tmp/plugins/key-auth.toml" <<'CONF'
-[config]
-[[config.consumers]]
-name = "bench"
-keys = ["bench-key"]
-CONF
-cat > "$tmp/plugins/headers.toml" <<'CONF'
-[config.request]
-set = { "x-from" = "weir" }
-[config.response]
-set = { "x-frame-options" = "DENY" }
-CONF
-write_auth_settings "$tmp/plugins"
-cat > "$tmp/plugins/rewrite.toml" <<'CONF'
-[[config.rules]]
-path = '^/p3/(.*)$'
-rewrite = '/$1'
-CONF
+write_plugin_settings "$tmp/plugins"
 cat > "$tmp/weir.toml" <<CONF
 [[listeners]]
 address = "127.0.0.1:$WEIRP"
