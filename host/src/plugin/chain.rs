@@ -314,7 +314,7 @@ fn skip_or_fail(
     tracing::warn!(
         plugin = &*plugin.name,
         hash = %plugin.hash,
-        request_id = &*request.request_id(),
+        request_id = request.request_id(),
         fail_open = plugin.settings.fail_open,
         error = %error.message,
         "plugin call failed"
@@ -339,12 +339,14 @@ fn header_name(plugin: &Plugin, name: &str) -> Result<HeaderName, ChainError> {
         .map_err(|_| invalid(plugin, format!("invalid header name {name:?}")))
 }
 
+/// The plugin's value as a header value, without a copy (the bytes were lifted out of the
+/// plugin's memory already).
 fn header_value(
     plugin: &Plugin,
     name: &HeaderName,
-    value: &[u8],
+    value: Vec<u8>,
 ) -> Result<HeaderValue, ChainError> {
-    HeaderValue::from_bytes(value)
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         .map_err(|_| invalid(plugin, format!("invalid value for header {name}")))
 }
 
@@ -353,12 +355,12 @@ fn apply_op(plugin: &Plugin, op: HeaderOp, map: &mut HeaderMap) -> Result<(), Ch
     match op {
         HeaderOp::Set((name, value)) => {
             let name = header_name(plugin, &name)?;
-            let value = header_value(plugin, &name, &value)?;
+            let value = header_value(plugin, &name, value)?;
             map.insert(name, value);
         }
         HeaderOp::Append((name, value)) => {
             let name = header_name(plugin, &name)?;
-            let value = header_value(plugin, &name, &value)?;
+            let value = header_value(plugin, &name, value)?;
             map.append(name, value);
         }
         HeaderOp::Remove(name) => {
@@ -394,8 +396,8 @@ fn local_response(
     parts.status = StatusCode::from_u16(local.status)
         .map_err(|_| invalid(plugin, format!("status {}", local.status)))?;
     parts.headers.reserve(local.headers.len());
-    for (name, value) in &local.headers {
-        let name = header_name(plugin, name)?;
+    for (name, value) in local.headers {
+        let name = header_name(plugin, &name)?;
         let value = header_value(plugin, &name, value)?;
         parts.headers.append(name, value);
     }

@@ -787,7 +787,7 @@ impl Plugin {
     /// is back in `request` when this returns, whatever the call did. Older plugins are
     /// given the request's WIT record.
     pub async fn on_request(&self, request: &mut RequestView) -> Result<RequestAction, CallError> {
-        let mut instance = self.checkout(&request.request_id()).await?;
+        let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
@@ -819,7 +819,7 @@ impl Plugin {
         request: &RequestView,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let mut instance = self.checkout(&request.request_id()).await?;
+        let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let head = request.record();
         let result = match &instance.filter {
@@ -843,7 +843,7 @@ impl Plugin {
         response: &response::Parts,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let mut instance = self.checkout(&request.request_id()).await?;
+        let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let head = request.record();
         let response = view::response_record(response.status, &response.headers);
@@ -873,7 +873,7 @@ impl Plugin {
         request: &mut RequestView,
         response: &mut response::Parts,
     ) -> Result<ResponseAction, CallError> {
-        let mut instance = self.checkout(&request.request_id()).await?;
+        let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {

@@ -2,7 +2,6 @@
 //! knows about the request. A 0.3.0 hook is lent a view whole and reads it on demand; the
 //! WIT records that older plugins and body hooks take are made from it for each such call.
 
-use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use http::header::{HeaderMap, HeaderValue};
@@ -21,7 +20,8 @@ pub struct RequestView {
     /// The client's `ip:port`.
     client: Arc<str>,
     route: Arc<str>,
-    request_id: HeaderValue,
+    /// The request id as text (made once: every hook call logs under it).
+    request_id: String,
 }
 
 /// The response through the chain's response hooks. (`pub` as [`RequestView`].)
@@ -45,7 +45,8 @@ impl RequestView {
             authority,
             client,
             route,
-            request_id,
+            // Lossy only for a client-sent id that is not UTF-8.
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         }
     }
 
@@ -56,7 +57,7 @@ impl RequestView {
             authority: None,
             client: empty(),
             route: empty(),
-            request_id: HeaderValue::from_static(""),
+            request_id: String::new(),
         }
     }
 
@@ -96,8 +97,8 @@ impl RequestView {
     }
 
     /// The request id, for logs and for the plugins (lossy if a client sent a non-UTF-8 one).
-    pub(crate) fn request_id(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(self.request_id.as_bytes())
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
     }
 
     /// The WIT record of the request, for a hook that takes it whole.
@@ -110,7 +111,7 @@ impl RequestView {
             headers: header_list(&self.parts.headers),
             client_address: self.client.to_string(),
             route: self.route.to_string(),
-            request_id: self.request_id().into_owned(),
+            request_id: self.request_id.clone(),
         }
     }
 }

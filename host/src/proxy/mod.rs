@@ -376,7 +376,7 @@ async fn response_filter_plugins(
         Ok(Buffered::Whole(bytes)) => bytes,
         Ok(Buffered::TooLarge(body)) => {
             tracing::warn!(
-                request_id = &*request.request_id(),
+                request_id = request.request_id(),
                 max_body_bytes = limit,
                 "response body is larger than a body hook accepts; sent on untouched"
             );

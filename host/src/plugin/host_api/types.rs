@@ -82,7 +82,7 @@ impl HostRequest for PluginState {
     }
 
     fn request_id(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
-        Ok(self.request(&this)?.request_id().into_owned())
+        Ok(self.request(&this)?.request_id().to_owned())
     }
 
     fn drop(&mut self, this: Resource<RequestView>) -> wasmtime::Result<()> {
