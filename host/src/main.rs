@@ -158,7 +158,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(weir::run(path, config, weir::shutdown::os_signal()))?;
+    runtime.block_on(async {
+        // The signal handlers go in before `run` binds anything (and in the runtime's
+        // context, which they need): a SIGTERM from then on drains.
+        let shutdown = weir::shutdown::os_signal();
+        weir::run(path, config, shutdown).await
+    })?;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 //! accepting; each loop then lets its open connections finish their in-flight requests, up to
 //! `server.drain_timeout`, and returns. `run` returns when every loop has.
 
+use std::future::Future;
+
 use tokio::sync::watch;
 
 /// Starts the drain. Dropping it without triggering also counts as a trigger.
@@ -35,15 +37,21 @@ impl Drain {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM (Ctrl-C elsewhere).
-pub async fn os_signal() {
+/// Installs the SIGINT and SIGTERM handlers now and resolves on the first of them (Ctrl-C
+/// elsewhere). Call it before anything is served: until the handlers are installed, a
+/// signal kills the process instead of draining it. Needs the runtime's context.
+pub fn os_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
@@ -55,9 +63,9 @@ pub async fn os_signal() {
                 tracing::warn!(error = %e, "cannot install signal handlers; only Ctrl-C stops weir")
             }
         }
-    }
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No way to be told to stop: run until killed.
-        std::future::pending::<()>().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No way to be told to stop: run until killed.
+            std::future::pending::<()>().await;
+        }
     }
 }

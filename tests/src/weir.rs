@@ -257,16 +257,24 @@ impl Weir {
         self.child.id()
     }
 
-    /// Waits for the process to exit; panics at the deadline.
+    /// Waits for the process to exit and for the last of its logs to be read; panics at the
+    /// deadline.
     pub async fn wait_exit(&mut self) -> ExitStatus {
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+                break status;
             }
             assert!(tokio::time::Instant::now() < deadline, "weir did not exit");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        };
+        // The reader thread ends, dropping the sender, at the end of weir's stderr.
+        let mut logs = self.logs.clone();
+        let read_all = async { while logs.changed().await.is_ok() {} };
+        tokio::time::timeout_at(deadline, read_all)
+            .await
+            .expect("weir's log stream did not end after it exited");
+        status
     }
 }
 
