@@ -70,15 +70,20 @@ window = "1s"
 CONF
 }
 
-# The settings of every plugin the weir+2 (key-auth → headers) and weir+3 (jwt-auth →
-# rate-limit → rewrite) routes use, in plugin folder $1.
-write_plugin_settings() {
+# key-auth's settings in folder $1: one consumer, `bench`, with the key `bench-key`.
+write_key_auth_settings() {
   cat > "$1/key-auth.toml" <<'CONF'
 [config]
 [[config.consumers]]
 name = "bench"
 keys = ["bench-key"]
 CONF
+}
+
+# The settings of every plugin the weir+2 (key-auth → headers) and weir+3 (jwt-auth →
+# rate-limit → rewrite) routes use, in plugin folder $1.
+write_plugin_settings() {
+  write_key_auth_settings "$1"
   cat > "$1/headers.toml" <<'CONF'
 [config.request]
 set = { "x-from" = "weir" }

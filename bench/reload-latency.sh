@@ -16,6 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 weir=${WEIR:-$root/target/release/weir}
 plugins=${PLUGINS:-$root/target/plugins}
 rounds=${ROUNDS:-10}
+. "$root/bench/common.sh"
 [ -x "$weir" ] || { echo "no $weir: cargo build --release -p weir-host" >&2; exit 1; }
 [ -f "$plugins/key-auth.wasm" ] || { echo "no $plugins/key-auth.wasm: cargo xtask plugins" >&2; exit 1; }
 
@@ -35,12 +36,7 @@ connect_timeout = "200ms"
 name = "all"
 cluster = "closed"
 TOML
-cat > "$work/key-auth.toml" <<'TOML'
-[config]
-[[config.consumers]]
-name = "bench"
-keys = ["bench-key"]
-TOML
+write_key_auth_settings "$work"
 
 "$weir" --config "$work/weir.toml" --log-format json 2> "$work/log" &
 pid=$!
