@@ -9,7 +9,8 @@
 //! what is sent on and what the next plugin sees.
 //!
 //! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
-//! `fail_open`, otherwise the chain fails and the proxy answers 500. A chain that names a
+//! `fail_open`, otherwise the chain fails and the proxy answers 500. (A call that lost the
+//! request or response it was lent fails the chain either way: nothing is left to send.) A chain that names a
 //! plugin which is not loaded (missing, or rejected at load) is `unavailable`: the proxy
 //! answers 503 rather than run the route without it.
 
@@ -319,7 +320,7 @@ fn skip_or_fail(
         error = %error.message,
         "plugin call failed"
     );
-    if plugin.settings.fail_open {
+    if plugin.settings.fail_open && !error.lost_view {
         Ok(())
     } else {
         Err(ChainError::Failed(error))

@@ -471,6 +471,9 @@ pub struct CallError {
     pub hash: String,
     /// The trap or limit, with its causes.
     pub message: String,
+    /// The request or response lent to the call could not be taken back: there is nothing
+    /// left to send on, so the chain fails even for a `fail_open` plugin.
+    pub lost_view: bool,
 }
 
 /// `10-auth.wasm` → `auth`: the file stem without a numeric ordering prefix.
@@ -744,6 +747,15 @@ impl Plugin {
             plugin: self.name.clone(),
             hash: self.hash.clone(),
             message: message.to_string(),
+            lost_view: false,
+        }
+    }
+
+    /// A failure that lost a lent view (see [`CallError::lost_view`]).
+    fn lost_view(&self, message: std::fmt::Arguments<'_>) -> CallError {
+        CallError {
+            lost_view: true,
+            ..self.error(message)
         }
     }
 
@@ -927,7 +939,7 @@ impl Plugin {
 
     /// Puts a view (moved out of the chain) into the store's resource table for one call.
     /// (Pushing fails only on a table of 2^32 entries; the view is then lost with the
-    /// failed call.)
+    /// failed call, and the error says so.)
     fn lend<V: Send + 'static>(
         &self,
         store: &mut Store<PluginState>,
@@ -936,7 +948,7 @@ impl Plugin {
         let table = &mut store.data_mut().table;
         table
             .push(view)
-            .map_err(|e| self.error(format_args!("cannot lend a view to the call: {e}")))
+            .map_err(|e| self.lost_view(format_args!("cannot lend a view to the call: {e}")))
     }
 
     /// Takes a lent view back out of the table after the call.
@@ -948,7 +960,7 @@ impl Plugin {
         let table = &mut store.data_mut().table;
         table
             .delete(lent)
-            .map_err(|e| self.error(format_args!("cannot take back a lent view: {e}")))
+            .map_err(|e| self.lost_view(format_args!("cannot take back a lent view: {e}")))
     }
 }
 
