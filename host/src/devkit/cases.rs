@@ -372,7 +372,7 @@ async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<
         host,
         Arc::from(case.request.client.as_str()),
         Arc::from(case.request.route.as_str()),
-        id,
+        &id,
     );
     let mut body = case.request.body.clone().into_bytes();
     let answered = |status: u16, headers: HeaderMap, body: Vec<u8>| Outcome {

@@ -38,7 +38,7 @@ impl RequestView {
         authority: Option<HeaderValue>,
         client: Arc<str>,
         route: Arc<str>,
-        request_id: HeaderValue,
+        request_id: &HeaderValue,
     ) -> RequestView {
         RequestView {
             parts,
@@ -156,7 +156,7 @@ mod tests {
             Some(HeaderValue::from_static("api.example.com")),
             Arc::from("10.0.0.7:50412"),
             Arc::from("api"),
-            HeaderValue::from_static("id-1"),
+            &HeaderValue::from_static("id-1"),
         )
     }
 

@@ -152,7 +152,7 @@ async fn proxy(
             host_value.clone(),
             ctx.client.addr_text(),
             chain.route().clone(),
-            request_id.clone(),
+            &request_id,
         );
         let passed = match chain.on_request(&mut view).await.map_err(plugin_error)? {
             RequestStep::Respond {
