@@ -1,6 +1,7 @@
-//! Builds the guest test plugin (`tests/plugins`) and the bundled plugins (`plugins/*`) for
-//! `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
-//! `BUNDLED_PLUGINS_DIR`). Fails the build, with the fix, if the target is missing.
+//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0`) and the
+//! bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
+//! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
+//! the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,9 +15,15 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
+    for frozen in ["0.1.0", "0.3.0"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            here.join("../wit").join(frozen).display()
+        );
+    }
     println!(
         "cargo:rerun-if-changed={}",
-        here.join("../wit/0.1.0").display()
+        plugin.join("v0_3_0/src").display()
     );
     for dir in ["../plugin-sdk", "../plugins"] {
         println!("cargo:rerun-if-changed={}", here.join(dir).display());
@@ -43,11 +50,22 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
+    // Its workspace also holds the guest built against the frozen 0.3.0 contract.
     let test_plugin = plugin.join("Cargo.toml");
-    build_wasm(&out, &test_plugin, &["--release"], "the guest test plugin");
-    let wasm = out.join("wasm32-wasip2/release/weir_test_plugin.wasm");
-    assert!(wasm.exists(), "{} was not produced", wasm.display());
-    println!("cargo:rustc-env=TEST_PLUGIN_WASM={}", wasm.display());
+    build_wasm(
+        &out,
+        &test_plugin,
+        &["--release", "--workspace"],
+        "the guest test plugins",
+    );
+    for (var, stem) in [
+        ("TEST_PLUGIN_WASM", "weir_test_plugin"),
+        ("TEST_PLUGIN_V0_3_0_WASM", "weir_test_plugin_v0_3_0"),
+    ] {
+        let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
+        assert!(wasm.exists(), "{} was not produced", wasm.display());
+        println!("cargo:rustc-env={var}={}", wasm.display());
+    }
 
     // The bundled plugins, as `cargo xtask plugins` builds them.
     let workspace = here.join("../Cargo.toml");

@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
+    BodyAction, BodyHookSet, HeaderOp, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
 };
 use crate::{Action, Body, Filter, Request, Response};
@@ -57,7 +57,10 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 
     fn on_request(head: RequestHead) -> RequestAction {
-        Self::with(|filter| on_request(filter, Request::new(head)))
+        let (action, left) = Self::with(|filter| on_request(filter, Request::new(head)));
+        // weir calls `on-request-lazy`; this form has no handle to leave changes on.
+        dropped_response_changes(&left, "on-request (whole head)");
+        action
     }
 
     fn on_response(request: RequestHead, response: ResponseHead) -> ResponseAction {
@@ -66,7 +69,11 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 
     fn on_request_lazy(request: &HostRequest) -> RequestAction {
-        Self::with(|filter| on_request(filter, Request::lazy(request)))
+        let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
+        if !left.is_empty() {
+            request.add_response_header_ops(&left);
+        }
+        action
     }
 
     fn on_response_lazy(request: &HostRequest, response: &HostResponse) -> ResponseAction {
@@ -105,11 +112,32 @@ pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
     F::new(config)
 }
 
-/// `on-request` (either form): the request in, the changes or a local response out.
-pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> RequestAction {
+/// `on-request` (either form): the request in, the changes or a local response out, and
+/// the header changes the filter left for the response (none if it answered itself).
+pub(crate) fn on_request<F: Filter>(
+    filter: &F,
+    mut request: Request<'_>,
+) -> (RequestAction, Vec<HeaderOp>) {
     match filter.on_request(&mut request) {
-        Action::Continue => RequestAction::Continue(request.into_changes()),
-        Action::Respond(reply) => RequestAction::Respond(reply.into_local()),
+        Action::Continue => {
+            let (changes, left) = request.into_changes();
+            (RequestAction::Continue(changes), left)
+        }
+        Action::Respond(reply) => (RequestAction::Respond(reply.into_local()), Vec::new()),
+    }
+}
+
+/// Says in weir's log that response header changes made where they cannot be kept were
+/// dropped (rather than dropping them silently).
+fn dropped_response_changes(left: &[HeaderOp], hook: &str) {
+    if !left.is_empty() {
+        crate::log::log(
+            crate::log::Level::Warn,
+            &format!(
+                "{} response header change(s) made in {hook} dropped: only on_request can leave them",
+                left.len()
+            ),
+        );
     }
 }
 
@@ -133,7 +161,9 @@ pub(crate) fn on_request_body<F: Filter>(
 ) -> BodyAction {
     let mut request = Request::new(head);
     let mut body = Body::new(body);
-    match filter.on_request_body(&mut request, &mut body) {
+    let action = filter.on_request_body(&mut request, &mut body);
+    dropped_response_changes(request.response_ops(), "on_request_body");
+    match action {
         Action::Continue => BodyAction::Continue(body.into_changes(request.into_ops())),
         Action::Respond(reply) => BodyAction::Respond(reply.into_local()),
     }

@@ -42,6 +42,8 @@ pub struct Request<'a> {
     request_id: OnceCell<String>,
     headers: Headers<'a>,
     target_changed: bool,
+    /// Header changes for the response, in order (see [`Request::set_response_header`]).
+    response_ops: Vec<HeaderOp>,
 }
 
 impl Request<'static> {
@@ -58,6 +60,7 @@ impl Request<'static> {
             request_id: OnceCell::from(head.request_id),
             headers: Headers::whole(head.headers),
             target_changed: false,
+            response_ops: Vec::new(),
         }
     }
 }
@@ -76,6 +79,7 @@ impl<'a> Request<'a> {
             request_id: OnceCell::new(),
             headers: Headers::lazy(host),
             target_changed: false,
+            response_ops: Vec::new(),
         }
     }
 
@@ -83,15 +87,22 @@ impl<'a> Request<'a> {
         self.headers.ops
     }
 
-    pub(crate) fn into_changes(self) -> RequestChanges {
+    /// The changes to the request, and the header changes left for the response.
+    pub(crate) fn into_changes(self) -> (RequestChanges, Vec<HeaderOp>) {
         let path = self.target_changed.then(|| match self.query() {
             Some(q) => format!("{}?{q}", self.path()),
             None => self.path().to_owned(),
         });
-        RequestChanges {
+        let changes = RequestChanges {
             headers: self.headers.ops,
             path,
-        }
+        };
+        (changes, self.response_ops)
+    }
+
+    /// The header changes left for the response, if any.
+    pub(crate) fn response_ops(&self) -> &[HeaderOp] {
+        &self.response_ops
     }
 
     /// A field of the request: known already, or read from weir now and kept.
@@ -187,6 +198,35 @@ impl<'a> Request<'a> {
     pub fn remove_header(&mut self, name: &str) {
         self.headers
             .change(HeaderOp::Remove(name.to_ascii_lowercase()));
+    }
+
+    /// Sets header `name` to `value` on the response to this request, whichever response
+    /// the client gets: the upstream's, or a local reply from a filter after this one.
+    /// weir applies it in the response phase at this filter's place (before this filter's
+    /// own `on_response`, if it has one), so the filter need not be called again to add a
+    /// header it decided while it saw the request. Not applied if this filter answers the
+    /// request itself (put the header in the [`Reply`]), nor to weir's own error responses
+    /// (502, 504, ...). For `on_request` only: changes made in `on_request_body` are
+    /// dropped, with a warning in weir's log.
+    pub fn set_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let name = name.to_ascii_lowercase();
+        self.response_ops
+            .push(HeaderOp::Set((name, value.as_ref().to_vec())));
+    }
+
+    /// Adds a value to header `name` of the response, keeping those it has; applied as
+    /// [`Request::set_response_header`] is.
+    pub fn append_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let name = name.to_ascii_lowercase();
+        self.response_ops
+            .push(HeaderOp::Append((name, value.as_ref().to_vec())));
+    }
+
+    /// Removes header `name` from the response; applied as [`Request::set_response_header`]
+    /// is.
+    pub fn remove_response_header(&mut self, name: &str) {
+        self.response_ops
+            .push(HeaderOp::Remove(name.to_ascii_lowercase()));
     }
 
     /// Sends the request upstream with this path (keeping the query). It must start with
@@ -624,7 +664,7 @@ mod tests {
         r.remove_header("c");
         assert_eq!(r.header("a"), Some("one"));
         assert_eq!(r.headers().filter(|(n, _)| *n == "b").count(), 2);
-        let changes = r.into_changes();
+        let (changes, _) = r.into_changes();
         let expected = vec![
             HeaderOp::Set(("a".into(), b"one".to_vec())),
             HeaderOp::Append(("b".into(), b"3".to_vec())),
@@ -716,9 +756,9 @@ mod tests {
     fn path_and_query_changes_make_one_target() {
         let mut r = request("/old?x=1", &[]);
         r.set_path("/new");
-        assert_eq!(r.clone().into_changes().path.as_deref(), Some("/new?x=1"));
+        assert_eq!(r.clone().into_changes().0.path.as_deref(), Some("/new?x=1"));
         r.set_query(None);
-        assert_eq!(r.into_changes().path.as_deref(), Some("/new"));
+        assert_eq!(r.into_changes().0.path.as_deref(), Some("/new"));
     }
 
     #[test]

@@ -58,13 +58,19 @@ impl<F: Filter> Harness<F> {
         })
     }
 
-    /// Runs `on_request`, as weir would for `request`.
+    /// Runs `on_request`, as weir would for `request`. The forwarded request carries the
+    /// header changes the filter left for the response (`response_changes`), which
+    /// [`Harness::response`] applies.
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
         let head = request.head();
-        match adapter::on_request(&self.filter, Request::new(head.clone())) {
+        let (action, left) = adapter::on_request(&self.filter, Request::new(head));
+        match action {
             RequestAction::Continue(changes) => {
                 let mut forwarded = request;
                 apply(&mut forwarded.headers, changes.headers);
+                forwarded
+                    .response_changes
+                    .extend(left.into_iter().map(HeaderChange::from));
                 if let Some(target) = changes.path {
                     let (path, query) = match target.split_once('?') {
                         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -79,7 +85,10 @@ impl<F: Filter> Harness<F> {
         }
     }
 
-    /// Runs `on_response` for `request` answered with `status` and `headers`.
+    /// The response phase for `request` answered with `status` and `headers`, as weir
+    /// runs it at this filter's place: the header changes the filter left on `request` in
+    /// `on_request` (pass the forwarded request to see them), then `on_response` if the
+    /// filter asks for it.
     pub fn response(
         &self,
         request: &TestRequest,
@@ -90,6 +99,17 @@ impl<F: Filter> Harness<F> {
             .iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
             .collect();
+        apply(
+            &mut headers,
+            request.response_changes.iter().cloned().map(HeaderOp::from),
+        );
+        if !self.filter.hooks().on_response {
+            return ResponseOutcome::Passed(Reply {
+                status,
+                headers,
+                body: Vec::new(),
+            });
+        }
         let head = ResponseHead {
             status,
             headers: headers.clone(),
@@ -279,6 +299,40 @@ pub struct TestRequest {
     pub route: String,
     /// The request id.
     pub request_id: String,
+    /// The header changes the filter left for the response, in order (filled in on the
+    /// request [`Harness::request`] forwards).
+    pub response_changes: Vec<HeaderChange>,
+}
+
+/// One header change, as a filter makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderChange {
+    /// Replace every value of the header with this one.
+    Set(String, Vec<u8>),
+    /// Add a value.
+    Append(String, Vec<u8>),
+    /// Remove every value.
+    Remove(String),
+}
+
+impl From<HeaderOp> for HeaderChange {
+    fn from(op: HeaderOp) -> HeaderChange {
+        match op {
+            HeaderOp::Set((name, value)) => HeaderChange::Set(name, value),
+            HeaderOp::Append((name, value)) => HeaderChange::Append(name, value),
+            HeaderOp::Remove(name) => HeaderChange::Remove(name),
+        }
+    }
+}
+
+impl From<HeaderChange> for HeaderOp {
+    fn from(change: HeaderChange) -> HeaderOp {
+        match change {
+            HeaderChange::Set(name, value) => HeaderOp::Set((name, value)),
+            HeaderChange::Append(name, value) => HeaderOp::Append((name, value)),
+            HeaderChange::Remove(name) => HeaderOp::Remove(name),
+        }
+    }
 }
 
 impl TestRequest {
@@ -297,6 +351,7 @@ impl TestRequest {
             client_addr: "127.0.0.1:50000".into(),
             route: "default".into(),
             request_id: "test-request".into(),
+            response_changes: Vec::new(),
         }
     }
 
@@ -348,7 +403,7 @@ impl TestRequest {
 
 /// Applies header changes the way weir does: set replaces every value, append adds one,
 /// remove drops all.
-fn apply(headers: &mut Vec<(String, Vec<u8>)>, ops: Vec<HeaderOp>) {
+fn apply(headers: &mut Vec<(String, Vec<u8>)>, ops: impl IntoIterator<Item = HeaderOp>) {
     for op in ops {
         match op {
             HeaderOp::Set((name, value)) => {

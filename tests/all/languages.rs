@@ -111,7 +111,7 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
         assert_eq!(headers["x-guard"], tag, "{lang}");
     }
 
-    // The Rust guard is built with the SDK, against 0.3.0 (heads read on demand); the others
+    // The Rust guard is built with the SDK, against 0.3.1 (heads read on demand); the others
     // against 0.2.0 (whole heads). The same answers above, through both hook forms.
     let (status, _, plugins) = get_with(&weir.admin_url("/plugins"), &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -122,7 +122,7 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
             .as_array()
             .and_then(|l| l.iter().find(|p| p["name"] == name.as_str()))
             .map(|p| p["contract"].clone());
-        let expected = if lang == "rust" { "0.3.0" } else { "0.2.0" };
+        let expected = if lang == "rust" { "0.3.1" } else { "0.2.0" };
         assert_eq!(contract, Some(expected.into()), "{lang}");
     }
 }

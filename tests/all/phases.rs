@@ -188,6 +188,94 @@ async fn post(weir: &Weir, path: &str, content_type: &str, body: &str) -> (Statu
     (status, body)
 }
 
+const HEADERS: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/headers.wasm"));
+const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
+
+/// rate-limit leaves its `RateLimit-*` headers for the response from its request hook
+/// (`add-response-header-ops`, 0.3.1): they are applied at its place in the response phase
+/// (after the response hooks of plugins behind it, before those of plugins ahead of it),
+/// and to a later plugin's local reply too.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_headers_left_by_a_request_hook_apply_at_the_plugins_place() {
+    let upstream = Upstream::start("one").await;
+    let limit = "[config]\nkey = \"route\"\n[[config.limits]]\nrequests = 1000\nwindow = \"1m\"\n";
+    let headers = "[config.response]\nset = { \"ratelimit-policy\" = \"from-headers\" }\n";
+    let keys = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
+    let files: [(&str, &[u8]); 6] = [
+        ("plugins/rate-limit.wasm", RATE_LIMIT),
+        ("plugins/rate-limit.toml", limit.as_bytes()),
+        ("plugins/headers.wasm", HEADERS),
+        ("plugins/headers.toml", headers.as_bytes()),
+        ("plugins/key-auth.wasm", KEY_AUTH),
+        ("plugins/key-auth.toml", keys.as_bytes()),
+    ];
+    let route = |name: &str, plugins: &str| {
+        format!(
+            "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\ncluster = \"app\"\nplugins = [{plugins}]\n"
+        )
+    };
+    let extra = [
+        "plugins = []\n".to_owned(),
+        route("headers-first", "\"headers\", \"rate-limit\""),
+        route("limit-first", "\"rate-limit\", \"headers\""),
+        route("limit-then-auth", "\"rate-limit\", \"key-auth\""),
+        route("auth-then-limit", "\"key-auth\", \"rate-limit\""),
+    ]
+    .concat();
+    let weir = Weir::start_with_files(&config(&[upstream.addr], &extra), &files).await;
+
+    // headers is ahead of rate-limit: its response hook runs after rate-limit's changes.
+    let (status, h, _) = send(&weir, "/headers-first/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["ratelimit-limit"], "1000");
+    assert_eq!(h["ratelimit-policy"], "from-headers");
+    // rate-limit is ahead: its changes come after headers' response hook.
+    let (status, h, _) = send(&weir, "/limit-first/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["ratelimit-policy"], "1000;w=60");
+    assert_eq!(h.get_all("ratelimit-policy").iter().count(), 1);
+    // On a route whose plugins have no response hook at all.
+    let (status, h, _) = send(&weir, "/limit-then-auth/", &[("x-api-key", "alice-key")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["ratelimit-limit"], "1000");
+    // A later plugin's local reply gets them too; one that answers before rate-limit does not.
+    let (status, h, _) = send(&weir, "/limit-then-auth/", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["ratelimit-limit"], "1000");
+    let (status, h, _) = send(&weir, "/auth-then-limit/", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(h.get("ratelimit-limit").is_none());
+    // The upstream never sees them.
+    for seen in upstream.requests() {
+        assert!(seen.headers.get("ratelimit-limit").is_none());
+    }
+}
+
+const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
+
+/// The contract is 0.3.1; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
+/// imports are served by semver-compatible linking, its lazy hooks found and called.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/old.wasm", GUEST_0_3_0)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, headers, _) = send(&weir, "/some/path", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-v030-status"], "200");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert_eq!(seen.headers["x-v030-path"], "/some/path");
+
+    let (_, _, plugins) = send_admin(&weir, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    assert_eq!(plugins[0]["name"], "old");
+    assert_eq!(plugins[0]["contract"], "0.3.0");
+}
+
+async fn send_admin(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    weir_tests::get_with(&weir.admin_url(path), &[]).await
+}
+
 /// Body hooks (`weir:plugin@0.2.0`) through weir, next to a plugin built against 0.1.0.
 #[tokio::test(flavor = "multi_thread")]
 async fn transform_rewrites_json_bodies_both_ways_with_true_content_length() {
@@ -267,7 +355,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.3.0".into()));
+    assert_eq!(contract("transform"), Some("0.3.1".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

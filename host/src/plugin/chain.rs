@@ -6,7 +6,9 @@
 //! into a WIT record for an older plugin or a body hook at each call) and return *changes*.
 //! Each change is checked for HTTP validity the moment its plugin returns it, so an invalid
 //! one names the plugin that made it, and is then applied to hyper's head, which is both
-//! what is sent on and what the next plugin sees.
+//! what is sent on and what the next plugin sees. Response header changes a 0.3.1 request
+//! hook leaves (`add-response-header-ops`) are kept in the view, tagged with the plugin's
+//! place, and applied there in the response phase.
 //!
 //! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
 //! `fail_open`, otherwise the chain fails and the proxy answers 500. (A call that lost the
@@ -146,6 +148,12 @@ impl Chain {
         self.any_on_response
     }
 
+    /// Whether `request` needs the response phase: a plugin has a response hook, or one
+    /// left response header changes in the request phase.
+    pub fn needs_response_phase(&self, request: &RequestView) -> bool {
+        self.any_on_response || request.has_left()
+    }
+
     /// The largest request body the chain's `on-request-body` hooks accept, if any plugin
     /// has one: a larger body is refused with 413.
     pub fn request_body_limit(&self) -> Option<usize> {
@@ -242,7 +250,10 @@ impl Chain {
             if !plugin.has_on_request() {
                 continue;
             }
-            match plugin.on_request(request).await {
+            let action = plugin.on_request(request).await;
+            // Kept only if the call passed the request on.
+            let left = request.take_leaving();
+            match action {
                 Ok(RequestAction::Continue(changes)) => {
                     for op in changes.headers {
                         apply_op(plugin, op, &mut request.parts.headers)?;
@@ -250,6 +261,7 @@ impl Chain {
                     if let Some(target) = changes.path {
                         apply_path(plugin, target, &mut request.parts)?;
                     }
+                    request.keep_left(i, left);
                 }
                 Ok(RequestAction::Respond(local)) => {
                     let (head, body) = local_response(plugin, local)?;
@@ -267,8 +279,9 @@ impl Chain {
         })
     }
 
-    /// Runs `on-response` across the first `passed` plugins in reverse, applying their
-    /// changes to `parts`. Returns the body of a local response that replaced the
+    /// Runs the response phase across the first `passed` plugins in reverse: at each
+    /// plugin's place, the response header changes it left in the request phase, then its
+    /// `on-response`, applying every change to `parts`. Returns the body of a local response that replaced the
     /// upstream's, if a plugin answered. `request` is `&mut` only to be lent to each call
     /// (0.3.0 plugins read it through a handle); it is unchanged afterwards.
     pub async fn on_response(
@@ -278,13 +291,22 @@ impl Chain {
         parts: &mut response::Parts,
     ) -> Result<Option<Vec<u8>>, ChainError> {
         let mut body = None;
-        for plugin in self.plugins[..passed.min(self.plugins.len())].iter().rev() {
+        let passed = passed.min(self.plugins.len());
+        request.drop_left_from(passed);
+        for (i, plugin) in self.plugins[..passed].iter().enumerate().rev() {
+            if let Some(ops) = request.take_left(i) {
+                for op in ops {
+                    apply_op(plugin, op, &mut parts.headers)?;
+                }
+            }
             if !plugin.has_on_response() {
                 continue;
             }
-            match plugin.on_response(request, parts).await {
+            let action = plugin.on_response(request, parts).await;
+            let left = request.take_leaving();
+            match action {
                 Ok(ResponseAction::Continue(ops)) => {
-                    for op in ops {
+                    for op in ops.into_iter().chain(left) {
                         apply_op(plugin, op, &mut parts.headers)?;
                     }
                 }

@@ -328,14 +328,14 @@ impl PluginRuntime {
             .context("the component imports something weir does not grant (only weir:plugin log and kv, and WASI clocks and random, are available)")
             .map_err(fail)?;
         let pre = match FilterPre::new(pre.clone()) {
-            Ok(current) => Pre::Current(current),
+            Ok(current) => Pre::Current(current, current_patch(&component, &self.engine)),
             Err(current_error) => match v0_2::FilterPre::new(pre.clone()) {
                 Ok(old) => Pre::V0_2(old),
                 Err(_) => match v0_1::FilterPre::new(pre) {
                     Ok(old) => Pre::V0_1(old),
                     Err(_) => {
                         return Err(fail(current_error.context(
-                            "the component does not export weir:plugin/http-filter (0.3.0, 0.2.0 or 0.1.0)",
+                            "the component does not export weir:plugin/http-filter (0.3.x, 0.2.0 or 0.1.0)",
                         )));
                     }
                 },
@@ -582,9 +582,21 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// Which 0.3.x `weir:plugin/http-filter` a component exports: "0.3.0" for a plugin built
+/// before 0.3.1, else the current "0.3.1".
+fn current_patch(component: &Component, engine: &wasmtime::Engine) -> &'static str {
+    let old = component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == "weir:plugin/http-filter@0.3.0");
+    if old { "0.3.0" } else { "0.3.1" }
+}
+
 /// A plugin's linked component, by the contract version it was built against.
 enum Pre {
-    Current(FilterPre<PluginState>),
+    /// 0.3.x: the current contract, or a plugin built against an earlier patch of it
+    /// (served by semver-compatible linking); the version it names is kept for reports.
+    Current(FilterPre<PluginState>, &'static str),
     V0_2(v0_2::FilterPre<PluginState>),
     V0_1(v0_1::FilterPre<PluginState>),
     Handler(Handler),
@@ -642,7 +654,7 @@ impl Plugin {
 
     fn engine(&self) -> &Engine {
         match &self.pre {
-            Pre::Current(pre) => pre.engine(),
+            Pre::Current(pre, _) => pre.engine(),
             Pre::V0_2(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
             Pre::Handler(handler) => handler.pre.engine(),
@@ -678,7 +690,7 @@ impl Plugin {
     /// The `weir:plugin` version the plugin was built against.
     pub fn contract(&self) -> &'static str {
         match self.pre {
-            Pre::Current(_) => "0.3.0",
+            Pre::Current(_, version) => version,
             Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
             Pre::Handler(_) => "wasi:http@0.2",
@@ -703,7 +715,7 @@ impl Plugin {
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks());
         let instantiated = match &self.pre {
-            Pre::Current(pre) => pre.instantiate_async(&mut store).await.map(Guest::Current),
+            Pre::Current(pre, _) => pre.instantiate_async(&mut store).await.map(Guest::Current),
             Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_2),
             Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
             Pre::Handler(_) => {

@@ -7,7 +7,11 @@ use std::sync::{Arc, LazyLock};
 use http::header::{HeaderMap, HeaderValue};
 use http::{StatusCode, request};
 
-use super::{RequestHead, ResponseHead};
+use super::{HeaderOp, RequestHead, ResponseHead};
+
+/// The most response header changes one hook call may leave (`add-response-header-ops`);
+/// a call that leaves more traps.
+pub(crate) const MAX_LEFT_PER_CALL: usize = 256;
 
 /// The request through the chain: its head as it will be sent on (every plugin's changes
 /// are applied to `parts` as they are returned), and what the plugins may ask about it.
@@ -22,6 +26,11 @@ pub struct RequestView {
     route: Arc<str>,
     /// The request id as text (made once: every hook call logs under it).
     request_id: String,
+    /// Response header changes the plugin being called has left so far in this call.
+    leaving: Vec<HeaderOp>,
+    /// Response header changes left by the plugins that passed the request on, tagged with
+    /// the plugin's index in the chain, in chain order.
+    left: Vec<(usize, Vec<HeaderOp>)>,
 }
 
 /// The response through the chain's response hooks. (`pub` as [`RequestView`].)
@@ -47,6 +56,8 @@ impl RequestView {
             route,
             // Lossy only for a client-sent id that is not UTF-8.
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            leaving: Vec::new(),
+            left: Vec::new(),
         }
     }
 
@@ -58,6 +69,8 @@ impl RequestView {
             client: empty(),
             route: empty(),
             request_id: String::new(),
+            leaving: Vec::new(),
+            left: Vec::new(),
         }
     }
 
@@ -81,6 +94,63 @@ impl RequestView {
         copy.version = self.parts.version;
         copy.headers = self.parts.headers.clone();
         std::mem::replace(&mut self.parts, copy)
+    }
+
+    /// The request as it is now, to send on, leaving an empty head in the view: for a
+    /// response phase that only applies the changes plugins left (no hook reads the
+    /// request).
+    pub fn take_parts(&mut self) -> request::Parts {
+        std::mem::replace(&mut self.parts, request::Request::new(()).into_parts().0)
+    }
+
+    /// Records response header changes the plugin being called leaves (the resource's
+    /// `add-response-header-ops`). Refuses more than [`MAX_LEFT_PER_CALL`] in one call.
+    pub(crate) fn leave(&mut self, ops: Vec<HeaderOp>) -> Result<(), usize> {
+        let total = self.leaving.len() + ops.len();
+        if total > MAX_LEFT_PER_CALL {
+            return Err(total);
+        }
+        if self.leaving.is_empty() {
+            self.leaving = ops;
+        } else {
+            self.leaving.extend(ops);
+        }
+        Ok(())
+    }
+
+    /// What the call that just returned left for the response (and forgets it).
+    pub(crate) fn take_leaving(&mut self) -> Vec<HeaderOp> {
+        std::mem::take(&mut self.leaving)
+    }
+
+    /// Keeps what plugin `index` left for the response phase (its call passed the request
+    /// on). Plugins are called in chain order, so `left` stays sorted by index.
+    pub(crate) fn keep_left(&mut self, index: usize, ops: Vec<HeaderOp>) {
+        if !ops.is_empty() {
+            self.left.push((index, ops));
+        }
+    }
+
+    /// Whether any plugin left changes for the response.
+    pub fn has_left(&self) -> bool {
+        !self.left.is_empty()
+    }
+
+    /// Drops what plugins from `passed` on left: they did not pass the request on (one
+    /// answered it from a body hook), so the response phase does not reach them.
+    pub(crate) fn drop_left_from(&mut self, passed: usize) {
+        while self.left.last().is_some_and(|(i, _)| *i >= passed) {
+            self.left.pop();
+        }
+    }
+
+    /// What plugin `index` left for the response, if anything: taken in reverse chain order,
+    /// as the response phase reaches each plugin.
+    pub(crate) fn take_left(&mut self, index: usize) -> Option<Vec<HeaderOp>> {
+        match self.left.last() {
+            Some((i, _)) if *i == index => self.left.pop().map(|(_, ops)| ops),
+            _ => None,
+        }
     }
 
     /// The host the client asked for, if it is text.
@@ -188,6 +258,65 @@ mod tests {
         assert_eq!(view.parts().uri, sent.uri);
         assert_eq!(view.parts().headers, sent.headers);
         assert_eq!(view.parts().method, sent.method);
+    }
+
+    fn set(name: &str) -> HeaderOp {
+        HeaderOp::Set((name.into(), b"1".to_vec()))
+    }
+
+    #[test]
+    fn response_changes_are_kept_per_plugin_and_taken_in_reverse() {
+        let mut view = view();
+        // Plugin 0 leaves two changes in two calls of the method, plugin 1 none, plugin 2 one.
+        view.leave(vec![set("a")]).expect("room");
+        view.leave(vec![set("b")]).expect("room");
+        let left = view.take_leaving();
+        view.keep_left(0, left);
+        let nothing = view.take_leaving();
+        view.keep_left(1, nothing);
+        view.leave(vec![set("c")]).expect("room");
+        let left = view.take_leaving();
+        view.keep_left(2, left);
+        assert!(view.has_left());
+
+        assert_eq!(view.take_left(2).map(|ops| ops.len()), Some(1));
+        assert!(view.take_left(1).is_none());
+        assert_eq!(view.take_left(0).map(|ops| ops.len()), Some(2));
+        assert!(!view.has_left());
+    }
+
+    #[test]
+    fn changes_of_plugins_the_response_does_not_reach_are_dropped() {
+        let mut view = view();
+        for plugin in 0..3 {
+            view.keep_left(plugin, vec![set("x")]);
+        }
+        // Plugin 1 answered from a body hook: only plugin 0 sees the response.
+        view.drop_left_from(1);
+        assert!(view.take_left(2).is_none());
+        assert!(view.take_left(1).is_none());
+        assert!(view.take_left(0).is_some());
+    }
+
+    #[test]
+    fn one_call_may_leave_at_most_the_limit() {
+        let mut view = view();
+        view.leave(vec![set("a"); MAX_LEFT_PER_CALL - 1])
+            .expect("room");
+        assert_eq!(view.leave(vec![set("b"); 2]), Err(MAX_LEFT_PER_CALL + 1));
+        view.leave(vec![set("c")]).expect("exactly the limit");
+        assert_eq!(view.take_leaving().len(), MAX_LEFT_PER_CALL);
+        // The next call starts from nothing.
+        view.leave(vec![set("d")]).expect("room");
+    }
+
+    #[test]
+    fn take_parts_leaves_an_empty_head() {
+        let mut view = view();
+        let sent = view.take_parts();
+        assert_eq!(sent.extensions.get::<u32>(), Some(&7));
+        assert_eq!(sent.headers.get_all("x-tag").iter().count(), 2);
+        assert!(view.parts().headers.is_empty());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!    on a route answered by a handler plugin, run the handler (its sub-requests go to
 //!    clusters through [`ClusterOutbound`]);
 //! 7. `response_filter`: hop-by-hop headers out of the response, then the chain's
-//!    `on-response` hooks in reverse order. A plugin's local reply (step 3) skips 4–6 and
+//!    `on-response` hooks in reverse order (with the response header changes plugins left
+//!    in step 3, each at its plugin's place). A plugin's local reply (step 3) skips 4–6 and
 //!    goes through the response hooks of the plugins before it.
 //!
 //! Body hooks (`weir:plugin@0.2.0`) are the only reason a body is buffered: after step 3,
@@ -190,6 +191,11 @@ async fn proxy(
             let sent = view.split_off_parts();
             response_hooks = Some((view, passed));
             sent
+        } else if view.has_left() {
+            // Only the response header changes plugins left: no hook reads the request.
+            let sent = view.take_parts();
+            response_hooks = Some((view, passed));
+            sent
         } else {
             view.into_parts()
         };
@@ -332,7 +338,7 @@ async fn local_reply(
         .headers
         .insert(forward::X_REQUEST_ID.clone(), request_id);
     let response = Response::from_parts(parts, body::full(body));
-    if chain.has_response_hooks() {
+    if chain.needs_response_phase(request) {
         response_filter_plugins(chain, passed, request, response).await
     } else {
         Ok(response)

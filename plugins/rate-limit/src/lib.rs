@@ -30,15 +30,21 @@
 //! that slot writes it (its increment, or the refund in the same hook call), and such a call
 //! has long finished. Each instance keeps the counts of settled slots it has read, so a
 //! request costs one `increment` and one `get` (the previous slot, which may still see late
-//! writes), and the response hook two `get`s, instead of `slots + 1` store calls each. Counts
-//! are remembered per key; all are forgotten when more than [`MAX_SETTLED`] keys are
-//! held.
+//! writes) instead of `slots + 1` store calls. Counts are remembered per key; all are
+//! forgotten when more than [`MAX_SETTLED`] keys are held.
+//!
+//! # Headers without a response hook
+//!
+//! The `RateLimit-*` headers describe the window as this request's admission saw it (this
+//! request included). `on_request` leaves them for the response
+//! (`Request::set_response_header`, weir:plugin 0.3.1), so the filter is called once per
+//! request, not twice (Kong's and Envoy's limiters also compute them when they decide).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use weir_plugin::{Action, Filter, Hooks, Reply, Request, Response};
+use weir_plugin::{Action, Filter, Hooks, Reply, Request};
 
 /// The `[config]` table.
 #[derive(Debug, serde::Deserialize)]
@@ -196,11 +202,8 @@ impl Filter for RateLimit {
     }
 
     fn hooks(&self) -> Hooks {
-        if self.headers {
-            Hooks::BOTH
-        } else {
-            Hooks::REQUEST
-        }
+        // The `RateLimit-*` headers are left for the response by `on_request`.
+        Hooks::REQUEST
     }
 
     fn on_request(&self, request: &mut Request) -> Action {
@@ -224,6 +227,11 @@ impl Filter for RateLimit {
             tightest = Some(pick_tightest(tightest, usage));
         }
         let Some(refused) = refused else {
+            if let Some(usage) = tightest.filter(|_| self.headers) {
+                for (name, value) in self.rate_headers(usage) {
+                    request.set_response_header(name, value);
+                }
+            }
             return Action::Continue;
         };
         give_back(&taken);
@@ -243,27 +251,6 @@ impl Filter for RateLimit {
             }
         }
         reply.into()
-    }
-
-    fn on_response(&self, request: &Request, response: &mut Response) -> Action {
-        if response.header("ratelimit-limit").is_some() {
-            return Action::Continue;
-        }
-        let key = self.key_of(request);
-        let now = now_ms();
-        let mut tightest = None;
-        for (i, limit) in self.limits.iter().enumerate() {
-            match self.usage(i, limit, &key, now, 0) {
-                Ok(usage) => tightest = Some(pick_tightest(tightest, usage)),
-                Err(_) => return Action::Continue,
-            }
-        }
-        if let Some(usage) = tightest {
-            for (name, value) in self.rate_headers(usage) {
-                response.set_header(name, value);
-            }
-        }
-        Action::Continue
     }
 }
 
@@ -468,8 +455,8 @@ mod tests {
         align(1000);
         for left in ["2", "1", "0"] {
             let request = TestRequest::get("/");
-            rl.request(request.clone()).forwarded();
-            let response = rl.response(&request, 200, &[]).response();
+            let forwarded = rl.request(request).forwarded();
+            let response = rl.response(&forwarded, 200, &[]).response();
             assert_eq!(response.header_value("ratelimit-remaining"), Some(left));
             assert_eq!(response.header_value("ratelimit-limit"), Some("3"));
             assert_eq!(response.header_value("ratelimit-policy"), Some("3;w=10"));
@@ -509,16 +496,16 @@ mod tests {
         rl.request(TestRequest::get("/")).reply();
     }
 
-    /// Settled slots are read from the store once per instance: a request and its response
-    /// cost four store calls, not `2 × (slots + 1)`, and still count every slot.
+    /// Settled slots are read from the store once per instance: a request costs two store
+    /// calls, not `slots + 1`, and still counts every slot.
     #[test]
     fn settled_slots_are_read_once_and_still_counted() {
         let rl = limiter("[[limits]]\nrequests = 1000\nwindow = \"10s\"");
         align(1000);
         let exchange = || {
             let request = TestRequest::get("/");
-            rl.request(request.clone()).forwarded();
-            rl.response(&request, 200, &[]).response()
+            let forwarded = rl.request(request).forwarded();
+            rl.response(&forwarded, 200, &[]).response()
         };
         // One request in each of the window's ten slots, then two in the eleventh.
         for _ in 0..10 {
@@ -528,7 +515,7 @@ mod tests {
         exchange();
         let before = testing::kv_calls();
         let response = exchange();
-        assert_eq!(testing::kv_calls() - before, 4, "increment + 3 reads");
+        assert_eq!(testing::kv_calls() - before, 2, "increment + a read");
         // 2 in the current slot + 9 full slots + the oldest slot (still wholly inside).
         assert_eq!(response.header_value("ratelimit-remaining"), Some("988"));
     }
@@ -578,8 +565,8 @@ mod tests {
         // The refused request did not count against the hour: one more fits, then the hour
         // is full.
         let request = TestRequest::get("/");
-        rl.request(request.clone()).forwarded();
-        let response = rl.response(&request, 200, &[]).response();
+        let forwarded = rl.request(request).forwarded();
+        let response = rl.response(&forwarded, 200, &[]).response();
         assert_eq!(response.header_value("ratelimit-limit"), Some("3"));
         assert_eq!(response.header_value("ratelimit-remaining"), Some("0"));
         testing::advance(Duration::from_secs(1));
@@ -592,6 +579,26 @@ mod tests {
                 .expect("seconds")
                 > 3000
         );
+    }
+
+    /// The headers are left by the request hook: weir calls the filter once per request.
+    #[test]
+    fn headers_are_left_for_the_response_by_the_request_hook() {
+        let rl = limiter("[[limits]]\nrequests = 5\nwindow = \"10s\"");
+        assert!(rl.hooks().on_request && !rl.hooks().on_response);
+        let forwarded = rl.request(TestRequest::get("/")).forwarded();
+        assert_eq!(forwarded.response_changes.len(), 4);
+        assert_eq!(
+            forwarded.header_value("ratelimit-limit"),
+            None,
+            "not upstream"
+        );
+
+        let quiet = limiter("headers = false\n[[limits]]\nrequests = 5\nwindow = \"10s\"");
+        let forwarded = quiet.request(TestRequest::get("/")).forwarded();
+        assert!(forwarded.response_changes.is_empty());
+        let response = quiet.response(&forwarded, 200, &[]).response();
+        assert_eq!(response.header_value("ratelimit-limit"), None);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Implementation of the `weir:plugin/types` resources (since 0.3.0): the `request` and
 //! `response` a lazy hook reads on demand. For one call the chain's views (hyper's heads,
 //! `plugin::view`) are moved into the instance's resource table, answered from there and
-//! moved back, never copied whole.
+//! moved back, never copied whole. Since 0.3.1 a hook may also leave response header
+//! changes on its `request` (kept in the view for the chain's response phase).
 
 use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use crate::plugin::bindings::types::{Header, Host, HostRequest, HostResponse};
+use crate::plugin::bindings::types::{Header, HeaderOp, Host, HostRequest, HostResponse};
 use crate::plugin::state::PluginState;
-use crate::plugin::view::{RequestView, ResponseView, header_list};
+use crate::plugin::view::{MAX_LEFT_PER_CALL, RequestView, ResponseView, header_list};
 
 impl Host for PluginState {}
 
@@ -83,6 +84,18 @@ impl HostRequest for PluginState {
 
     fn request_id(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(self.request(&this)?.request_id().to_owned())
+    }
+
+    fn add_response_header_ops(
+        &mut self,
+        this: Resource<RequestView>,
+        ops: Vec<HeaderOp>,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&this)?.leave(ops).map_err(|total| {
+            wasmtime::Error::msg(format!(
+                "add-response-header-ops: {total} changes left in one call (at most {MAX_LEFT_PER_CALL})"
+            ))
+        })
     }
 
     fn drop(&mut self, this: Resource<RequestView>) -> wasmtime::Result<()> {
