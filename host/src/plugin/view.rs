@@ -26,11 +26,19 @@ pub struct RequestView {
     route: Arc<str>,
     /// The request id as text (made once: every hook call logs under it).
     request_id: String,
-    /// Response header changes the plugin being called has left so far in this call.
+    /// Response header changes plugins left, if any did (boxed: most requests have none,
+    /// and the view is moved in and out of each call).
+    left: Option<Box<Left>>,
+}
+
+/// Response header changes left by request hooks (`add-response-header-ops`).
+#[derive(Debug, Default)]
+struct Left {
+    /// What the plugin being called has left so far in this call.
     leaving: Vec<HeaderOp>,
-    /// Response header changes left by the plugins that passed the request on, tagged with
-    /// the plugin's index in the chain, in chain order.
-    left: Vec<(usize, Vec<HeaderOp>)>,
+    /// What the plugins that passed the request on left, tagged with the plugin's index in
+    /// the chain, in chain order.
+    kept: Vec<(usize, Vec<HeaderOp>)>,
 }
 
 /// The response through the chain's response hooks. (`pub` as [`RequestView`].)
@@ -56,8 +64,7 @@ impl RequestView {
             route,
             // Lossy only for a client-sent id that is not UTF-8.
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-            leaving: Vec::new(),
-            left: Vec::new(),
+            left: None,
         }
     }
 
@@ -69,8 +76,7 @@ impl RequestView {
             client: empty(),
             route: empty(),
             request_id: String::new(),
-            leaving: Vec::new(),
-            left: Vec::new(),
+            left: None,
         }
     }
 
@@ -106,49 +112,57 @@ impl RequestView {
     /// Records response header changes the plugin being called leaves (the resource's
     /// `add-response-header-ops`). Refuses more than [`MAX_LEFT_PER_CALL`] in one call.
     pub(crate) fn leave(&mut self, ops: Vec<HeaderOp>) -> Result<(), usize> {
-        let total = self.leaving.len() + ops.len();
+        let left = self.left.get_or_insert_with(Box::default);
+        let total = left.leaving.len() + ops.len();
         if total > MAX_LEFT_PER_CALL {
             return Err(total);
         }
-        if self.leaving.is_empty() {
-            self.leaving = ops;
+        if left.leaving.is_empty() {
+            left.leaving = ops;
         } else {
-            self.leaving.extend(ops);
+            left.leaving.extend(ops);
         }
         Ok(())
     }
 
     /// What the call that just returned left for the response (and forgets it).
     pub(crate) fn take_leaving(&mut self) -> Vec<HeaderOp> {
-        std::mem::take(&mut self.leaving)
+        match &mut self.left {
+            Some(left) => std::mem::take(&mut left.leaving),
+            None => Vec::new(),
+        }
     }
 
     /// Keeps what plugin `index` left for the response phase (its call passed the request
     /// on). Plugins are called in chain order, so `left` stays sorted by index.
     pub(crate) fn keep_left(&mut self, index: usize, ops: Vec<HeaderOp>) {
         if !ops.is_empty() {
-            self.left.push((index, ops));
+            let left = self.left.get_or_insert_with(Box::default);
+            left.kept.push((index, ops));
         }
     }
 
     /// Whether any plugin left changes for the response.
     pub fn has_left(&self) -> bool {
-        !self.left.is_empty()
+        self.left.as_ref().is_some_and(|left| !left.kept.is_empty())
     }
 
     /// Drops what plugins from `passed` on left: they did not pass the request on (one
     /// answered it from a body hook), so the response phase does not reach them.
     pub(crate) fn drop_left_from(&mut self, passed: usize) {
-        while self.left.last().is_some_and(|(i, _)| *i >= passed) {
-            self.left.pop();
+        if let Some(left) = &mut self.left {
+            while left.kept.last().is_some_and(|(i, _)| *i >= passed) {
+                left.kept.pop();
+            }
         }
     }
 
     /// What plugin `index` left for the response, if anything: taken in reverse chain order,
     /// as the response phase reaches each plugin.
     pub(crate) fn take_left(&mut self, index: usize) -> Option<Vec<HeaderOp>> {
-        match self.left.last() {
-            Some((i, _)) if *i == index => self.left.pop().map(|(_, ops)| ops),
+        let kept = &mut self.left.as_mut()?.kept;
+        match kept.last() {
+            Some((i, _)) if *i == index => kept.pop().map(|(_, ops)| ops),
             _ => None,
         }
     }
