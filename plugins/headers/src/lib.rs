@@ -2,10 +2,15 @@
 //!
 //! For each direction the changes apply in a fixed order — `remove`, then `set`, then
 //! `append` — whatever their order in the file. See the README for every key.
+//!
+//! The response changes do not depend on the response, so `on_request` leaves them for it
+//! (`Request::set_response_header`, weir:plugin 0.3.1): weir applies them at this plugin's
+//! place in the response phase, where an `on_response` would have made them, and calls the
+//! plugin once per request instead of twice.
 
 use std::collections::BTreeMap;
 
-use weir_plugin::{Action, Filter, Hooks, Request, Response};
+use weir_plugin::{Action, Filter, Hooks, Request};
 
 /// The `[config]` table.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -95,10 +100,11 @@ impl Filter for Headers {
     }
 
     fn hooks(&self) -> Hooks {
-        Hooks {
-            on_request: !self.request.is_empty(),
-            on_response: !self.response.is_empty(),
-            ..Hooks::NONE
+        // Both directions' changes are made by the request hook (see the module docs).
+        if self.request.is_empty() && self.response.is_empty() {
+            Hooks::NONE
+        } else {
+            Hooks::REQUEST
         }
     }
 
@@ -109,16 +115,16 @@ impl Filter for Headers {
         c.append
             .iter()
             .for_each(|(n, v)| request.append_header(n, v));
-        Action::Continue
-    }
-
-    fn on_response(&self, _request: &Request, response: &mut Response) -> Action {
         let c = &self.response;
-        c.remove.iter().for_each(|n| response.remove_header(n));
-        c.set.iter().for_each(|(n, v)| response.set_header(n, v));
+        c.remove
+            .iter()
+            .for_each(|n| request.remove_response_header(n));
+        c.set
+            .iter()
+            .for_each(|(n, v)| request.set_response_header(n, v));
         c.append
             .iter()
-            .for_each(|(n, v)| response.append_header(n, v));
+            .for_each(|(n, v)| request.append_response_header(n, v));
         Action::Continue
     }
 }
@@ -163,20 +169,27 @@ remove = ["server"]
     }
 
     #[test]
-    fn response_changes_apply() {
+    fn response_changes_are_left_by_the_request_hook_and_apply() {
         let headers = Harness::<Headers>::new(CONFIG).expect("valid config");
+        let forwarded = headers.request(TestRequest::get("/")).forwarded();
+        assert_eq!(forwarded.header_value("x-frame-options"), None, "not upstream");
         let response = headers
-            .response(&TestRequest::get("/"), 200, &[("server", "origin/1.0")])
+            .response(&forwarded, 200, &[("server", "origin/1.0")])
             .response();
         assert_eq!(response.header_value("server"), None);
         assert_eq!(response.header_value("x-frame-options"), Some("DENY"));
     }
 
     #[test]
-    fn only_the_configured_directions_are_hooked() {
+    fn one_hook_for_either_direction_and_none_without_changes() {
         let only_request =
             Harness::<Headers>::new("[request]\nremove = [\"cookie\"]\n").expect("valid config");
         assert_eq!(only_request.hooks(), Hooks::REQUEST);
+        let only_response =
+            Harness::<Headers>::new("[response]\nremove = [\"server\"]\n").expect("valid config");
+        assert_eq!(only_response.hooks(), Hooks::REQUEST);
+        let nothing = Harness::<Headers>::new("").expect("valid config");
+        assert_eq!(nothing.hooks(), Hooks::NONE);
     }
 
     #[test]
