@@ -172,7 +172,11 @@ remove = ["server"]
     fn response_changes_are_left_by_the_request_hook_and_apply() {
         let headers = Harness::<Headers>::new(CONFIG).expect("valid config");
         let forwarded = headers.request(TestRequest::get("/")).forwarded();
-        assert_eq!(forwarded.header_value("x-frame-options"), None, "not upstream");
+        assert_eq!(
+            forwarded.header_value("x-frame-options"),
+            None,
+            "not upstream"
+        );
         let response = headers
             .response(&forwarded, 200, &[("server", "origin/1.0")])
             .response();
