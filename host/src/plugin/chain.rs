@@ -281,9 +281,10 @@ impl Chain {
 
     /// Runs the response phase across the first `passed` plugins in reverse: at each
     /// plugin's place, the response header changes it left in the request phase, then its
-    /// `on-response`, applying every change to `parts`. Returns the body of a local response that replaced the
-    /// upstream's, if a plugin answered. `request` is `&mut` only to be lent to each call
-    /// (0.3.0 plugins read it through a handle); it is unchanged afterwards.
+    /// `on-response`, applying every change to `parts`. Returns the body of a local response
+    /// that replaced the upstream's, if a plugin answered. `request` is `&mut` to be lent to
+    /// each call (0.3.x plugins read it through a handle) and to take the changes left in it;
+    /// its head is unchanged afterwards.
     pub async fn on_response(
         &self,
         passed: usize,
