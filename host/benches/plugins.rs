@@ -169,22 +169,30 @@ fn benches(c: &mut Criterion) {
     hook.finish();
 
     let chain = Chain::new(vec![key_auth, headers]);
-    c.bench_function("chain/key-auth+headers/request_and_response", |b| {
-        b.to_async(&runtime).iter_batched(
+    bench_round(
+        c,
+        "chain/key-auth+headers/request_and_response",
+        &chain,
+        &runtime,
+    );
+}
+
+/// A whole request through `chain`: the request phase, then the response phase over
+/// [`response`] (the plugins' response hooks and the changes they left for it).
+fn bench_round(c: &mut Criterion, name: &str, chain: &Chain, runtime: &tokio::runtime::Runtime) {
+    c.bench_function(name, |b| {
+        b.to_async(runtime).iter_batched(
             || (request(), response()),
-            |(mut request, mut response)| {
-                let chain = &chain;
-                async move {
-                    let passed = match chain.on_request(&mut request).await {
-                        Ok(RequestStep::Continue { passed }) => passed,
-                        other => panic!("the chain did not pass the request: {other:?}"),
-                    };
-                    chain
-                        .on_response(passed, &mut request, &mut response)
-                        .await
-                        .expect("response hooks");
-                    (request, response)
-                }
+            |(mut request, mut response)| async move {
+                let passed = match chain.on_request(&mut request).await {
+                    Ok(RequestStep::Continue { passed }) => passed,
+                    other => panic!("the chain did not pass the request: {other:?}"),
+                };
+                chain
+                    .on_response(passed, &mut request, &mut response)
+                    .await
+                    .expect("response phase");
+                (request, response)
             },
             BatchSize::SmallInput,
         )
@@ -264,28 +272,11 @@ fn phase_benches(c: &mut Criterion) {
     });
     // The whole round: since weir:plugin 0.3.1 rate-limit leaves its RateLimit-* headers
     // from the request hook, so the response phase calls no plugin and only applies them.
-    c.bench_function(
+    bench_round(
+        c,
         "chain/jwt-auth+rate-limit+rewrite/request_and_response",
-        |b| {
-            b.to_async(&runtime).iter_batched(
-                || (request(), response()),
-                |(mut request, mut response)| {
-                    let chain = &chain;
-                    async move {
-                        let passed = match chain.on_request(&mut request).await {
-                            Ok(RequestStep::Continue { passed }) => passed,
-                            other => panic!("the chain did not pass the request: {other:?}"),
-                        };
-                        chain
-                            .on_response(passed, &mut request, &mut response)
-                            .await
-                            .expect("response phase");
-                        (request, response)
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        },
+        &chain,
+        &runtime,
     );
 }
 
