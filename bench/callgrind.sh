@@ -12,7 +12,9 @@
 # valgrind run then loads, so no compiling is counted or waited for.
 #
 # Needs valgrind, nginx (the origin) and h2load: apt-get install valgrind nginx-light nghttp2-client
-# Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three, PLUGINS
+# ROUTE=chain CHAIN="rate-limit" (any of those plugins, in any order) measures another chain
+# on the weir+3 route's path, to attribute a route's cost to its plugins.
+# Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
 # (default target/plugins, from `cargo xtask plugins`); the profile stays in $OUT, default
 # a temporary folder, for callgrind_annotate)
 set -euo pipefail
@@ -50,12 +52,18 @@ nginx -c "$OUT/origin.conf" -e stderr & pids+=($!)
 path=/ auth=()
 case "$ROUTE" in
   plain) ;;
-  two|three)
+  two|three|chain)
     if [ "$ROUTE" = two ]; then
       chain=(key-auth headers) path=/p2/ auth=(-H "x-api-key: bench-key")
-    else
+    elif [ "$ROUTE" = three ]; then
       chain=(jwt-auth rate-limit rewrite) path=/p3/
       auth=(-H "authorization: Bearer $(cargo xtask token bench 3600 2>/dev/null)")
+    else
+      # Any of the plugins above, alone or in another order, with both routes' credentials
+      # and the consumer header rate-limit counts by (set by jwt-auth on the weir+3 route).
+      read -r -a chain <<< "${CHAIN:?ROUTE=chain needs CHAIN=\"plugin ...\"}"
+      path=/p3/ auth=(-H "authorization: Bearer $(cargo xtask token bench 3600 2>/dev/null)"
+        -H "x-api-key: bench-key" -H "x-consumer-id: bench")
     fi
     mkdir -p "$OUT/plugins"
     for p in "${chain[@]}"; do
@@ -80,7 +88,7 @@ CONF
     wait_up "$compiler" "$OUT/compile.log"
     kill "$compiler"; wait "$compiler" 2>/dev/null || true
     ;;
-  *) echo "ROUTE must be plain, two or three" >&2; exit 1 ;;
+  *) echo "ROUTE must be plain, two, three or chain" >&2; exit 1 ;;
 esac
 RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/weir.toml" 2> "$OUT/valgrind.log" &

@@ -213,11 +213,12 @@ impl Filter for RateLimit {
         let mut refused: Option<Usage> = None;
         let mut tightest: Option<Usage> = None;
         for (i, limit) in self.limits.iter().enumerate() {
-            let usage = match self.take(i, limit, &key, now) {
+            let slot = self.slot_key(i, limit, &key, now);
+            let usage = match self.take(i, limit, &slot, &key, now) {
                 Ok(usage) => usage,
                 Err(e) => return self.store_failed(&e, &taken),
             };
-            taken.push(self.slot_key(i, limit, &key, now));
+            taken.push(slot);
             if usage.used > u64::from(usage.limit) {
                 refused = Some(match refused {
                     Some(r) if r.retry_ms >= usage.retry_ms => r,
@@ -276,16 +277,18 @@ impl RateLimit {
         format!("{index}:{}:{key}", now / limit.slot_ms)
     }
 
-    /// Counts this request against limit `index` and returns the usage including it.
+    /// Counts this request against limit `index` (in its current slot's counter `slot`) and
+    /// returns the usage including it.
     fn take(
         &self,
         index: usize,
         limit: &Limit,
+        slot: &str,
         key: &str,
         now: u64,
     ) -> Result<Usage, weir_plugin::kv::KvError> {
         let ttl = Duration::from_millis(limit.window_ms + limit.slot_ms);
-        let n = weir_plugin::kv::increment(&self.slot_key(index, limit, key, now), 1, Some(ttl))?;
+        let n = weir_plugin::kv::increment(slot, 1, Some(ttl))?;
         self.usage(index, limit, key, now, n.max(0) as u64)
     }
 
@@ -314,7 +317,8 @@ impl RateLimit {
             current
         };
         // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
-        let mut counts = vec![current];
+        let mut counts = Vec::with_capacity(self.slots as usize + 1);
+        counts.push(current);
         counts.push(match slot.checked_sub(1) {
             Some(s) => read(&format!("{index}:{s}:{key}"))?,
             None => 0,
