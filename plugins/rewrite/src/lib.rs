@@ -7,9 +7,10 @@
 //! rule the actions apply in a fixed order: `rewrite`, `strip_prefix`, `add_prefix`, `host`,
 //! `query_remove`, `query_set`, then `redirect`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use regex::Regex;
+use regex::{CaptureLocations, Regex};
 use weir_plugin::{Action, Filter, Hooks, Reply, Request};
 
 /// The `[config]` table.
@@ -84,9 +85,18 @@ pub struct Rewrite {
 #[derive(Debug)]
 struct Rule {
     config: RuleConfig,
-    path: Option<Regex>,
+    path: Option<PathRegex>,
     headers: Vec<(String, String)>,
     present: Vec<String>,
+}
+
+/// A rule's path regex, with what matching it needs kept between requests: its group names
+/// and a reusable set of capture locations (an instance runs one hook at a time).
+#[derive(Debug)]
+struct PathRegex {
+    regex: Regex,
+    names: Vec<Option<String>>,
+    locations: RefCell<CaptureLocations>,
 }
 
 impl Filter for Rewrite {
@@ -125,8 +135,28 @@ impl Filter for Rewrite {
     }
 }
 
-/// What a path regex captured, kept as owned text so the request can change meanwhile.
-type Groups = Vec<(Option<String>, Option<String>)>;
+/// What a path regex captured: one owned copy of the path (the request may change
+/// meanwhile) and each group's span in it, with the rule's group names.
+#[derive(Debug, Default)]
+struct Groups<'r> {
+    path: String,
+    spans: Vec<Option<(usize, usize)>>,
+    names: &'r [Option<String>],
+}
+
+impl Groups<'_> {
+    /// The text of group `index`, if it took part in the match.
+    fn get(&self, index: usize) -> Option<&str> {
+        let (start, end) = (*self.spans.get(index)?)?;
+        self.path.get(start..end)
+    }
+
+    /// The text of the group named `name`, if it took part in the match.
+    fn named(&self, name: &str) -> Option<&str> {
+        let index = self.names.iter().position(|n| n.as_deref() == Some(name))?;
+        self.get(index)
+    }
+}
 
 impl Rule {
     fn new(config: RuleConfig) -> Result<Rule, String> {
@@ -135,7 +165,15 @@ impl Rule {
             .as_deref()
             .map(Regex::new)
             .transpose()
-            .map_err(|e| format!("path: {e}"))?;
+            .map_err(|e| format!("path: {e}"))?
+            .map(|regex| PathRegex {
+                names: regex
+                    .capture_names()
+                    .map(|n| n.map(str::to_owned))
+                    .collect(),
+                locations: RefCell::new(regex.capture_locations()),
+                regex,
+            });
         if path.is_none() && (has_group_ref(&config.rewrite) || has_group_ref(&config.redirect)) {
             return Err("rewrite and redirect can use $groups only with a path regex".into());
         }
@@ -190,7 +228,7 @@ impl Rule {
     }
 
     /// The path's groups if every condition holds.
-    fn matches(&self, request: &Request) -> Option<Groups> {
+    fn matches(&self, request: &Request) -> Option<Groups<'_>> {
         let methods = &self.config.methods;
         if !methods.is_empty() && !methods.iter().any(|m| m == request.method()) {
             return None;
@@ -209,21 +247,21 @@ impl Rule {
         {
             return None;
         }
-        let Some(regex) = &self.path else {
-            return Some(Vec::new());
+        let Some(path_regex) = &self.path else {
+            return Some(Groups::default());
         };
-        let captures = regex.captures(request.path())?;
-        let names = regex.capture_names();
-        Some(
-            names
-                .zip(captures.iter())
-                .map(|(name, m)| (name.map(str::to_owned), m.map(|m| m.as_str().to_owned())))
-                .collect(),
-        )
+        let path = request.path();
+        let mut locations = path_regex.locations.borrow_mut();
+        path_regex.regex.captures_read(&mut locations, path)?;
+        Some(Groups {
+            path: path.to_owned(),
+            spans: (0..locations.len()).map(|i| locations.get(i)).collect(),
+            names: &path_regex.names,
+        })
     }
 
     /// Applies the actions; a redirect is returned as the reply.
-    fn apply(&self, request: &mut Request, groups: &Groups) -> Option<Reply> {
+    fn apply(&self, request: &mut Request, groups: &Groups<'_>) -> Option<Reply> {
         let c = &self.config;
         if let Some(template) = &c.rewrite {
             let path = expand(template, groups);
@@ -274,7 +312,7 @@ fn has_group_ref(template: &Option<String>) -> bool {
 
 /// Fills `$1`, `${1}`, `$name` and `${name}` from the groups; `$$` is a literal `$`. A
 /// group that did not take part in the match is empty.
-fn expand(template: &str, groups: &Groups) -> String {
+fn expand(template: &str, groups: &Groups<'_>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(at) = rest.find('$') {
@@ -302,11 +340,8 @@ fn expand(template: &str, groups: &Groups) -> String {
             continue;
         }
         let value = match name.parse::<usize>() {
-            Ok(index) => groups.get(index).and_then(|(_, v)| v.as_deref()),
-            Err(_) => groups
-                .iter()
-                .find(|(n, _)| n.as_deref() == Some(name))
-                .and_then(|(_, v)| v.as_deref()),
+            Ok(index) => groups.get(index),
+            Err(_) => groups.named(name),
         };
         out.push_str(value.unwrap_or(""));
         rest = after;
