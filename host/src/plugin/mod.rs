@@ -816,6 +816,7 @@ impl Plugin {
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
+                request.start_call();
                 let lent = self.lend(store, mem::replace(request, RequestView::placeholder()))?;
                 let borrowed = Resource::new_borrow(lent.rep());
                 let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
@@ -902,6 +903,7 @@ impl Plugin {
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
+                request.start_call();
                 let lent_request =
                     self.lend(store, mem::replace(request, RequestView::placeholder()))?;
                 let view = ResponseView {
