@@ -143,7 +143,7 @@ impl RequestView {
     }
 
     /// Keeps what plugin `index` left for the response phase (its call passed the request
-    /// on). Plugins are called in chain order, so `left` stays sorted by index.
+    /// on). Plugins are called in chain order, so the kept changes stay sorted by index.
     pub(crate) fn keep_left(&mut self, index: usize, ops: Vec<HeaderOp>) {
         if !ops.is_empty() {
             let left = self.left.get_or_insert_with(Box::default);
