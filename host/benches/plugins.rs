@@ -123,7 +123,7 @@ fn request() -> RequestView {
 /// `&mut`) and put back: no copy per iteration.
 async fn call(plugin: &Plugin, slot: &Cell<Option<RequestView>>) -> RequestAction {
     let mut head = slot.take().expect("the head is put back after every call");
-    let action = plugin.on_request(&mut head).await.expect("call");
+    let (action, _left) = plugin.on_request(&mut head).await.expect("call");
     slot.set(Some(head));
     action
 }

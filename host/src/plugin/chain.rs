@@ -250,11 +250,9 @@ impl Chain {
             if !plugin.has_on_request() {
                 continue;
             }
-            let action = plugin.on_request(request).await;
-            // Kept only if the call passed the request on.
-            let left = request.take_leaving();
-            match action {
-                Ok(RequestAction::Continue(changes)) => {
+            match plugin.on_request(request).await {
+                // What the call left for the response is kept only if it passed the request on.
+                Ok((RequestAction::Continue(changes), left)) => {
                     for op in changes.headers {
                         apply_op(plugin, op, &mut request.parts.headers)?;
                     }
@@ -263,7 +261,7 @@ impl Chain {
                     }
                     request.keep_left(i, left);
                 }
-                Ok(RequestAction::Respond(local)) => {
+                Ok((RequestAction::Respond(local), _)) => {
                     let (head, body) = local_response(plugin, local)?;
                     return Ok(RequestStep::Respond {
                         head,
@@ -303,15 +301,13 @@ impl Chain {
             if !plugin.has_on_response() {
                 continue;
             }
-            let action = plugin.on_response(request, parts).await;
-            let left = request.take_leaving();
-            match action {
-                Ok(ResponseAction::Continue(ops)) => {
+            match plugin.on_response(request, parts).await {
+                Ok((ResponseAction::Continue(ops), left)) => {
                     for op in ops.into_iter().chain(left) {
                         apply_op(plugin, op, &mut parts.headers)?;
                     }
                 }
-                Ok(ResponseAction::Respond(local)) => {
+                Ok((ResponseAction::Respond(local), _)) => {
                     let (replacement, local_body) = local_response(plugin, local)?;
                     parts.status = replacement.status;
                     parts.headers = replacement.headers;

@@ -806,32 +806,38 @@ impl Plugin {
         }
     }
 
-    /// Calls `on-request` under the plugin's deadline. A 0.3.0 plugin reads `request`
+    /// Calls `on-request` under the plugin's deadline. A 0.3.x plugin reads `request`
     /// through a handle (`on-request-lazy`); the view is lent to its store for the call and
     /// is back in `request` when this returns, whatever the call did. Older plugins are
-    /// given the request's WIT record.
-    pub async fn on_request(&self, request: &mut RequestView) -> Result<RequestAction, CallError> {
+    /// given the request's WIT record. Returns the action and the response header changes
+    /// the call left (`add-response-header-ops`, 0.3.1): they are taken out of the view
+    /// here, so the view holds none between calls.
+    pub async fn on_request(
+        &self,
+        request: &mut RequestView,
+    ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                request.start_call();
                 let lent = self.lend(store, mem::replace(request, RequestView::placeholder()))?;
                 let borrowed = Resource::new_borrow(lent.rep());
                 let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
                 *request = self.take_back(store, lent)?;
-                action
+                let left = request.take_leaving();
+                action.map(|action| (action, left))
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
-                exports.call_on_request(store, &request.record()).await
+                let action = exports.call_on_request(store, &request.record()).await;
+                action.map(|action| (action, Vec::new()))
             }
             Guest::V0_1(f) => {
                 let exports = f.weir_plugin_http_filter();
                 let old = compat::request_head(request.record());
                 let action = exports.call_on_request(store, &old).await;
-                action.map(compat::request_action)
+                action.map(|action| (compat::request_action(action), Vec::new()))
             }
         };
         self.finish(instance, result)
@@ -890,20 +896,20 @@ impl Plugin {
         self.finish(instance, result)
     }
 
-    /// Calls `on-response` under the plugin's deadline; a 0.3.0 plugin reads both heads
+    /// Calls `on-response` under the plugin's deadline; a 0.3.x plugin reads both heads
     /// through handles, as in [`Plugin::on_request`] (the response's headers are moved out
-    /// of `response` for the call and back).
+    /// of `response` for the call and back). Also returns the response header changes the
+    /// call left through its `request` handle.
     pub async fn on_response(
         &self,
         request: &mut RequestView,
         response: &mut response::Parts,
-    ) -> Result<ResponseAction, CallError> {
+    ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = match &instance.filter {
             Guest::Current(f) => {
                 let exports = f.weir_plugin_http_filter();
-                request.start_call();
                 let lent_request =
                     self.lend(store, mem::replace(request, RequestView::placeholder()))?;
                 let view = ResponseView {
@@ -926,14 +932,16 @@ impl Plugin {
                     .await;
                 response.headers = self.take_back(store, lent_response)?.headers;
                 *request = self.take_back(store, lent_request)?;
-                action
+                let left = request.take_leaving();
+                action.map(|action| (action, left))
             }
             Guest::V0_2(f) => {
                 let exports = f.weir_plugin_http_filter();
                 let head = view::response_record(response.status, &response.headers);
-                exports
+                let action = exports
                     .call_on_response(store, &request.record(), &head)
-                    .await
+                    .await;
+                action.map(|action| (action, Vec::new()))
             }
             Guest::V0_1(f) => {
                 let exports = f.weir_plugin_http_filter();
@@ -945,7 +953,7 @@ impl Plugin {
                     )),
                 );
                 let action = exports.call_on_response(store, &request, &response).await;
-                action.map(compat::response_action)
+                action.map(|action| (compat::response_action(action), Vec::new()))
             }
         };
         self.finish(instance, result)

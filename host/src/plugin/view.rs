@@ -125,16 +125,9 @@ impl RequestView {
         Ok(())
     }
 
-    /// Forgets what an earlier call left and nobody took: each call starts with nothing
-    /// left (and the per-call limit counts from zero). The chain takes what a call left
-    /// right after it; a caller that does not (a benchmark) must not see it pile up.
-    pub(crate) fn start_call(&mut self) {
-        if let Some(left) = &mut self.left {
-            left.leaving.clear();
-        }
-    }
-
-    /// What the call that just returned left for the response (and forgets it).
+    /// What the call that just returned left for the response (and forgets it): the
+    /// lender (`Plugin::on_request`, `on_response`) takes it right after each call, so a
+    /// call always starts with nothing left.
     pub(crate) fn take_leaving(&mut self) -> Vec<HeaderOp> {
         match &mut self.left {
             Some(left) => std::mem::take(&mut left.leaving),
@@ -331,12 +324,6 @@ mod tests {
         assert_eq!(view.take_leaving().len(), MAX_LEFT_PER_CALL);
         // The next call starts from nothing.
         view.leave(vec![set("d")]).expect("room");
-        // Even when nobody took what the last call left.
-        view.leave(vec![set("e"); MAX_LEFT_PER_CALL - 1])
-            .expect("room");
-        view.start_call();
-        view.leave(vec![set("f"); MAX_LEFT_PER_CALL])
-            .expect("a new call");
     }
 
     #[test]
