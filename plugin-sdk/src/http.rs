@@ -182,22 +182,17 @@ impl<'a> Request<'a> {
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .change(HeaderOp::Set((name, value.as_ref().to_vec())));
+        self.headers.change(set_op(name, value.as_ref()));
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .change(HeaderOp::Append((name, value.as_ref().to_vec())));
+        self.headers.change(append_op(name, value.as_ref()));
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        self.headers
-            .change(HeaderOp::Remove(name.to_ascii_lowercase()));
+        self.headers.change(remove_op(name));
     }
 
     /// Sets header `name` to `value` on the response to this request, whichever response
@@ -209,24 +204,19 @@ impl<'a> Request<'a> {
     /// (502, 504, ...). For `on_request` only: changes made in `on_request_body` are
     /// dropped, with a warning in weir's log.
     pub fn set_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.response_ops
-            .push(HeaderOp::Set((name, value.as_ref().to_vec())));
+        self.response_ops.push(set_op(name, value.as_ref()));
     }
 
     /// Adds a value to header `name` of the response, keeping those it has; applied as
     /// [`Request::set_response_header`] is.
     pub fn append_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.response_ops
-            .push(HeaderOp::Append((name, value.as_ref().to_vec())));
+        self.response_ops.push(append_op(name, value.as_ref()));
     }
 
     /// Removes header `name` from the response; applied as [`Request::set_response_header`]
     /// is.
     pub fn remove_response_header(&mut self, name: &str) {
-        self.response_ops
-            .push(HeaderOp::Remove(name.to_ascii_lowercase()));
+        self.response_ops.push(remove_op(name));
     }
 
     /// Sends the request upstream with this path (keeping the query). It must start with
@@ -302,22 +292,17 @@ impl<'a> Response<'a> {
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .change(HeaderOp::Set((name, value.as_ref().to_vec())));
+        self.headers.change(set_op(name, value.as_ref()));
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .change(HeaderOp::Append((name, value.as_ref().to_vec())));
+        self.headers.change(append_op(name, value.as_ref()));
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        self.headers
-            .change(HeaderOp::Remove(name.to_ascii_lowercase()));
+        self.headers.change(remove_op(name));
     }
 }
 
@@ -445,6 +430,21 @@ impl<'a> Headers<'a> {
         }
         self.ops.push(op);
     }
+}
+
+/// A `set` change, its name in lower case as weir's header lists have them.
+fn set_op(name: &str, value: &[u8]) -> HeaderOp {
+    HeaderOp::Set((name.to_ascii_lowercase(), value.to_vec()))
+}
+
+/// An `append` change, its name in lower case.
+fn append_op(name: &str, value: &[u8]) -> HeaderOp {
+    HeaderOp::Append((name.to_ascii_lowercase(), value.to_vec()))
+}
+
+/// A `remove` change, its name in lower case.
+fn remove_op(name: &str) -> HeaderOp {
+    HeaderOp::Remove(name.to_ascii_lowercase())
 }
 
 /// The first value appended to `name` in `ops`.
