@@ -292,8 +292,8 @@ impl RateLimit {
         self.usage(index, limit, key, now, n.max(0) as u64)
     }
 
-    /// The usage of limit `index`, with `current` as the current slot's count (read from the
-    /// store when 0).
+    /// The usage of limit `index`, with `current` as the current slot's count (what this
+    /// request's increment returned).
     fn usage(
         &self,
         index: usize,
@@ -310,11 +310,6 @@ impl RateLimit {
                 .and_then(|v| String::from_utf8(v).ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0))
-        };
-        let current = if current == 0 {
-            read(&format!("{index}:{slot}:{key}"))?
-        } else {
-            current
         };
         // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
         let mut counts = Vec::with_capacity(self.slots as usize + 1);
