@@ -30,6 +30,7 @@ mod reload;
 pub mod router;
 mod server;
 pub mod shutdown;
+mod timer;
 pub mod upstream;
 
 use std::convert::Infallible;

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::config::ServerConfig;
 use crate::error::BoxError;
 use crate::shutdown::Drain;
+use crate::timer::ConnectionTimer;
 
 /// The first pause after a failed accept; doubles up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
@@ -42,10 +43,8 @@ pub(crate) async fn serve<M, S, B>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // A permit per open connection: past the cap, new clients wait in the kernel's accept
     // queue instead of costing memory and file descriptors here.
@@ -79,7 +78,9 @@ pub(crate) async fn serve<M, S, B>(
             tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
         let service = make_service(peer);
-        let builder = builder.clone();
+        // Each connection's header-read timeouts reuse its own sleeps.
+        let mut builder = builder.clone();
+        builder.http1().timer(ConnectionTimer::default());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let connection = builder.serve_connection(TokioIo::new(stream), service);

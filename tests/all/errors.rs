@@ -151,3 +151,133 @@ async fn malformed_requests_are_400() {
     }
     assert!(upstream.requests().is_empty());
 }
+
+/// One downstream connection reuses its timers from request to request (weir keeps a
+/// connection's sleeps): after fast requests on it, a slow one still gets its 504 at the
+/// response timeout, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_response_timeout_holds_on_a_reused_connection() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nresponse_timeout = \"300ms\"",
+    );
+    let weir = Weir::start(&config).await;
+    let stream = TcpStream::connect(weir.proxy).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut send = async |path: &str| {
+        let request = Request::get(path)
+            .header("host", "app.test")
+            .body(empty())
+            .expect("request");
+        sender.ready().await.expect("ready");
+        let started = tokio::time::Instant::now();
+        let response = sender.send_request(request).await.expect("response");
+        let status = response.status();
+        read_body(response.into_body()).await;
+        (status, started.elapsed())
+    };
+    for _ in 0..3 {
+        assert_eq!(send("/x").await.0, StatusCode::OK);
+    }
+    let (status, elapsed) = send("/hang").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "gave up after {elapsed:?}, before the response timeout"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(send("/x").await.0, StatusCode::OK);
+}
+
+/// A client that starts a request head and does not finish it is disconnected at the
+/// header-read timeout: on a new connection, and on a kept-alive one after a request it completed (the
+/// second head's timer is the first one's, reused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_slow_to_send_its_head_is_cut_off() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nheader_read_timeout = \"300ms\"",
+    );
+    let weir = Weir::start(&config).await;
+    let partial = b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-Slow: ";
+
+    // A new connection.
+    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    stream.write_all(partial).await.expect("write");
+    let reply = read_until_closed(&mut stream).await;
+    assert_cut_off(&reply, started.elapsed());
+
+    // A kept-alive connection, after one whole request.
+    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .expect("write");
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    let started = tokio::time::Instant::now();
+    stream.write_all(partial).await.expect("write");
+    let reply = read_until_closed(&mut stream).await;
+    assert_cut_off(&reply, started.elapsed());
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+/// One whole HTTP/1.1 response with a `content-length`, within 5 s.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut reply = Vec::new();
+    let read_more = async |stream: &mut TcpStream, reply: &mut Vec<u8>| {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a response within 5s")
+            .expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(reply));
+        reply.extend_from_slice(&chunk[..n]);
+    };
+    let head_end = loop {
+        if let Some(i) = reply.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(stream, &mut reply).await;
+    };
+    let head = String::from_utf8_lossy(&reply[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    while reply.len() < head_end + length {
+        read_more(stream, &mut reply).await;
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Everything the peer sends until it closes, within 5 s.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("weir closed the connection within 5s")
+        .expect("read");
+    reply
+}
+
+fn assert_cut_off(reply: &[u8], elapsed: Duration) {
+    // hyper closes the connection without a response (as nginx does); a 408 would do too.
+    let reply = String::from_utf8_lossy(reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "got {reply:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "cut off after {elapsed:?}, before the header-read timeout"
+    );
+}

@@ -23,6 +23,7 @@ use crate::balancer::PickContext;
 use crate::body::{self, ProxyBody};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
+use crate::timer::Timers;
 use crate::upstream::UpstreamBody;
 
 /// What the caller needs of a finished exchange.
@@ -47,6 +48,8 @@ pub(super) struct Exchange<'a> {
     pub(super) retry_non_idempotent: bool,
     /// For log lines.
     pub(super) request_id: &'a HeaderValue,
+    /// The downstream connection's response-timeout sleeps.
+    pub(super) timers: &'a Timers,
 }
 
 /// Sends the exchange. `endpoint_out` is kept up to date with the endpoint of the latest
@@ -80,6 +83,7 @@ async fn attempts(
         hash,
         retry_non_idempotent,
         request_id,
+        timers,
     } = exchange;
     let config = &cluster.config;
     let mut pick = PickContext { hash, tried: 0 };
@@ -136,7 +140,7 @@ async fn attempts(
 
         // Counted until the response head arrives (or the attempt fails), for least_request.
         let in_flight = cluster.endpoints.start(endpoint);
-        let result = cluster.client.send(endpoint, request).await;
+        let result = cluster.client.send(endpoint, request, timers).await;
         drop(in_flight);
 
         let failure = match result {

@@ -154,8 +154,11 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         return id.clone();
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    let id = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // One allocation, shared by every copy (the request's, the response's, the log's),
+    // where a copied slice would be moved to a second one at the first clone.
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }

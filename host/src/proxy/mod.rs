@@ -45,6 +45,7 @@ use crate::generation::Generation;
 use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
 use crate::plugin::view::RequestView;
+use crate::timer::Timers;
 
 use self::attempts::RequestBody;
 
@@ -64,6 +65,8 @@ pub struct Client {
     /// `ip:port` as the plugins are told it, formatted when the first request on a route
     /// with plugins asks.
     addr_text: OnceLock<Arc<str>>,
+    /// The connection's sleeps for upstream response timeouts, reused request to request.
+    timers: Timers,
 }
 
 impl Client {
@@ -73,6 +76,7 @@ impl Client {
             addr,
             ip_value: forward::client_ip_value(addr.ip()),
             addr_text: OnceLock::new(),
+            timers: Timers::default(),
         }
     }
 
@@ -225,6 +229,7 @@ async fn proxy(
                 hash,
                 retry_non_idempotent,
                 request_id: &request_id,
+                timers: &ctx.client.timers,
             };
             let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
             let (mut parts, body) = answer.response.into_parts();
@@ -307,6 +312,7 @@ impl Outbound for ClusterOutbound {
                 hash: None,
                 retry_non_idempotent: false,
                 request_id: &request_id,
+                timers: &Timers::default(),
             };
             let mut endpoint = None;
             match attempts::send(exchange, &mut endpoint).await {

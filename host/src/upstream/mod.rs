@@ -22,6 +22,7 @@ use self::pool::{Acquired, Lease, Pool, Sender, Slot};
 use crate::body::ProxyBody;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
+use crate::timer::Timers;
 
 /// Sends requests to one cluster's endpoints.
 #[derive(Debug)]
@@ -65,13 +66,16 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (its URI in origin form: path and query) to the endpoint at index
-    /// `endpoint` of the cluster, and waits for the response headers.
-    pub async fn send(
+    /// `endpoint` of the cluster, and waits for the response headers, timed by one of the
+    /// downstream connection's `timers`.
+    pub(crate) async fn send(
         &self,
         endpoint: usize,
         request: Request<ProxyBody>,
+        timers: &Timers,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(endpoint, request)).await {
+        let exchange = self.exchange(endpoint, request);
+        match timers.timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
             Err(elapsed) => Err(ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(elapsed)),
         }
