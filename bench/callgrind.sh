@@ -14,6 +14,9 @@
 # Needs valgrind, nginx (the origin) and h2load: apt-get install valgrind nginx-light nghttp2-client
 # ROUTE=chain CHAIN="rate-limit" (any of those plugins, in any order) measures another chain
 # on the weir+3 route's path, to attribute a route's cost to its plugins.
+# BIN may also be `nginx` (nginx as the reverse proxy, bench/run.sh's settings) or a
+# `hyper-floor` binary (bench/floor: hyper forwarding unchanged), counted the same way, for
+# what weir costs above the floor it is built on and what that floor costs above nginx.
 # Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
 # (default target/plugins, from `cargo xtask plugins`); the profile stays in $OUT, default
 # a temporary folder, for callgrind_annotate)
@@ -25,6 +28,11 @@ N=${2:-4000}
 for tool in valgrind callgrind_control nginx h2load; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install valgrind nginx-light nghttp2-client" >&2; exit 1; }
 done
+case "$(basename "$BIN")" in
+  nginx) KIND=nginx BIN=$(command -v nginx) ;;
+  hyper-floor) KIND=floor ;;
+  *) KIND=weir ;;
+esac
 [ -x "$BIN" ] || { echo "missing $BIN" >&2; exit 1; }
 
 ROUTE=${ROUTE:-plain}
@@ -36,14 +44,14 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# Waits until weir (pid $1) answers on the route; $2 is what to show if it does not.
+# Waits until the proxy (pid $1) answers on the route; $2 is what to show if it does not.
 wait_up() {
   for _ in $(seq 300); do
     curl -sf -m 5 -o /dev/null "${auth[@]}" "http://127.0.0.1:$PORT$path" && return 0
     kill -0 "$1" 2>/dev/null || break
     sleep 0.2
   done
-  echo "weir did not start:" >&2; cat "$2" >&2; exit 1
+  echo "$KIND did not start:" >&2; cat "$2" >&2; exit 1
 }
 
 write_origin_conf "$OUT/origin.conf" "$ORIGIN"
@@ -90,8 +98,18 @@ CONF
     ;;
   *) echo "ROUTE must be plain, two, three or chain" >&2; exit 1 ;;
 esac
+case $KIND in
+  weir) run=("$BIN" --config "$OUT/weir.toml") ;;
+  nginx)
+    [ "$ROUTE" = plain ] || { echo "nginx measures ROUTE=plain only" >&2; exit 1; }
+    write_nginx_proxy_conf "$OUT/nginx.conf" "$PORT" "$ORIGIN"
+    run=("$BIN" -c "$OUT/nginx.conf" -e stderr) ;;
+  floor)
+    [ "$ROUTE" = plain ] || { echo "hyper-floor measures ROUTE=plain only" >&2; exit 1; }
+    run=("$BIN" "127.0.0.1:$PORT" "127.0.0.1:$ORIGIN") ;;
+esac
 RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$OUT/callgrind.out" "$BIN" --config "$OUT/weir.toml" 2> "$OUT/valgrind.log" &
+  --callgrind-out-file="$OUT/callgrind.out" "${run[@]}" 2> "$OUT/valgrind.log" &
 weir=$!
 pids+=($weir)
 wait_up "$weir" "$OUT/valgrind.log"

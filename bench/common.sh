@@ -34,6 +34,24 @@ http { access_log off; keepalive_requests 1000000;
 CONF
 }
 
+# nginx as the reverse proxy under test on port $2 to the origin on port $3, written to $1:
+# one process (no master, so the process started is the one doing the work), upstream
+# keep-alive, no access log.
+write_nginx_proxy_conf() {
+  cat > "$1" <<CONF
+master_process off; worker_processes 1; daemon off; pid $1.pid; error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$3; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+}
+
 # weir config for plain proxying (one worker, no plugins) on port $2 to the origin on port
 # $3, written to $1.
 write_plain_weir_conf() {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# weir against nginx and HAProxy, one run, rounds interleaved (direct, nginx, haproxy, weir,
-# weir+2, weir+3, direct, ...), the same load on each:
+# weir against nginx and HAProxy, one run, rounds interleaved (direct, nginx, haproxy, floor,
+# weir, weir+2, weir+3, direct, ...), the same load on each:
 #   direct   — the origin itself (nginx `return 200`, 1 KiB);
 #   nginx    — nginx reverse proxy, worker_processes 1, upstream keepalive;
 #   haproxy  — HAProxy, nbthread 1, http-reuse always;
+#   floor    — hyper's floor (bench/floor): hyper's server and client forwarding unchanged,
+#              nothing else — what weir is built on, without weir's features;
 #   weir     — weir, one worker thread, no plugins;
 #   weir+2   — weir with the two bundled runtime plugins: key-auth → headers;
 #   weir+3   — weir with jwt-auth → rate-limit (never reached) → rewrite.
@@ -14,8 +16,9 @@
 # HTTP/2 (h2load, TLS at the proxy) waits for TLS in weir.
 #
 # Installs nginx, haproxy, wrk, h2load from Debian if missing (needs root). Needs
-# `cargo build --profile dist -p weir-host` (the production build: thin LTO) and
-# `cargo xtask plugins`; WEIR=target/release/weir measures a plain release build instead.
+# `cargo build --profile dist -p weir-host -p weir-bench-floor` (the production build: thin
+# LTO) and `cargo xtask plugins`; WEIR=target/release/weir (and FLOOR=target/release/hyper-floor)
+# measure plain release builds instead.
 # Usage: bench/run.sh  (env: DURATION=10s ROUNDS=3 CONNS=64 BIG=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +28,9 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 BIG=${BIG:-1}
 WEIR=${WEIR:-target/dist/weir}
+FLOOR=${FLOOR:-target/dist/hyper-floor}
 PLUGINS=${PLUGINS:-target/plugins}
-ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084
+ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084 FLOORP=18085
 
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -39,6 +43,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -q "${need[@]}" >/dev/null
 fi
 [ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
+[ -x "$FLOOR" ] || { echo "missing $FLOOR: cargo build --profile dist -p weir-bench-floor" >&2; exit 1; }
 for p in key-auth headers jwt-auth rate-limit rewrite; do
   [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
 done
@@ -66,19 +71,7 @@ http {
   }
 }
 CONF
-# One process (no master), so /proc/PID/stat of the process started is the one doing the work.
-cat > "$tmp/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+write_nginx_proxy_conf "$tmp/nginx.conf" "$NGINX" "$ORIGIN"
 cat > "$tmp/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -126,6 +119,7 @@ CONF
 taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
 taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pids+=($!); nginx_pid=$!
 taskset -c 0 haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!); haproxy_pid=$!
+taskset -c 0 "$FLOOR" "127.0.0.1:$FLOORP" "127.0.0.1:$ORIGIN" & pids+=($!); floor_pid=$!
 RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pids+=($!); weir_pid=$!
 token=$(cargo xtask token bench 3600 2>/dev/null)
 
@@ -135,12 +129,13 @@ spec() {
     direct) echo "$ORIGIN / 0" ;;
     nginx) echo "$NGINX / $nginx_pid" ;;
     haproxy) echo "$HAPROXY / $haproxy_pid" ;;
+    floor) echo "$FLOORP / $floor_pid" ;;
     weir) echo "$WEIRP / $weir_pid" ;;
     weir+2) echo "$WEIRP /p2/ $weir_pid" ;;
     weir+3) echo "$WEIRP /p3/ $weir_pid" ;;
   esac
 }
-TARGETS="direct nginx haproxy weir weir+2 weir+3"
+TARGETS="direct nginx haproxy floor weir weir+2 weir+3"
 url() { read -r port prefix _ <<<"$(spec "$1")"; echo "http://127.0.0.1:$port${prefix}$2"; }
 load() {
   taskset -c 1 wrk -t2 -c"$CONNS" -d"$2" --latency \
@@ -185,14 +180,14 @@ sort -k1,1 -k2,2 -k4,4n "$results" | awk '
     for (i=1;i<=c;i++) for (j=i+1;j<=c;j++) if (tmp[j]<tmp[i]) {t=tmp[i];tmp[i]=tmp[j];tmp[j]=t}
     return tmp[int((c+1)/2)] }
   END {
-    split("direct nginx haproxy weir weir+2 weir+3", targets, " ")
+    split("direct nginx haproxy floor weir weir+2 weir+3", targets, " ")
     split("small big", bodies, " ")
     for (b=1; b<=2; b++) {
       body=bodies[b]; if (!((body" nginx") in n)) continue
       kn=body" nginx"; nrps=med(rps,kn,n[kn]); ncpu=med(cpu,kn,n[kn])
       printf "\n%s body (%s)\n", body, body=="small" ? "1 KiB" : "64 KiB"
       printf "%-8s %12s %9s %9s %12s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "rps/nginx", "nginx/cpu", "non-2xx"
-      for (i=1; i<=6; i++) { k=body" "targets[i]; if (!(k in n)) continue
+      for (i=1; i<=7; i++) { k=body" "targets[i]; if (!(k in n)) continue
         r=med(rps,k,n[k]); c=med(cpu,k,n[k])
         printf "%-8s %12.0f %9.0f %9.0f %12s %10.2f %10s %8d\n", targets[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
           (c>0 ? sprintf("%.1f", c) : "-"), r/nrps, (c>0 ? sprintf("%.2f", ncpu/c) : "-"), bad[k] }
