@@ -213,7 +213,7 @@ impl Filter for RateLimit {
         let mut refused: Option<Usage> = None;
         let mut tightest: Option<Usage> = None;
         for (i, limit) in self.limits.iter().enumerate() {
-            let slot = self.slot_key(i, limit, &key, now);
+            let slot = store_key(i, now / limit.slot_ms, &key);
             let usage = match self.take(i, limit, &slot, &key, now) {
                 Ok(usage) => usage,
                 Err(e) => return self.store_failed(&e, &taken),
@@ -229,7 +229,8 @@ impl Filter for RateLimit {
         }
         let Some(refused) = refused else {
             if let Some(usage) = tightest.filter(|_| self.headers) {
-                for (name, value) in self.rate_headers(usage) {
+                let mut digits = Default::default();
+                for (name, value) in self.rate_headers(usage, &mut digits) {
                     request.set_response_header(name, value);
                 }
             }
@@ -247,7 +248,8 @@ impl Filter for RateLimit {
                 used: u64::from(refused.limit),
                 ..refused
             };
-            for (name, value) in self.rate_headers(shown) {
+            let mut digits = Default::default();
+            for (name, value) in self.rate_headers(shown, &mut digits) {
                 reply = reply.header(name, value);
             }
         }
@@ -261,20 +263,16 @@ impl RateLimit {
         let client = || {
             let addr = request.client_addr();
             let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
-            format!("c:{ip}")
+            joined(&["c:", ip])
         };
         match &self.key {
             KeyBy::Client => client(),
-            KeyBy::Route => format!("r:{}", request.route()),
+            KeyBy::Route => joined(&["r:", request.route()]),
             KeyBy::Header(name) | KeyBy::Consumer(name) => match request.header(name) {
-                Some(value) if !value.is_empty() => format!("h:{value}"),
+                Some(value) if !value.is_empty() => joined(&["h:", value]),
                 _ => client(),
             },
         }
-    }
-
-    fn slot_key(&self, index: usize, limit: &Limit, key: &str, now: u64) -> String {
-        format!("{index}:{}:{key}", now / limit.slot_ms)
     }
 
     /// Counts this request against limit `index` (in its current slot's counter `slot`) and
@@ -315,7 +313,7 @@ impl RateLimit {
         let mut counts = Vec::with_capacity(self.slots as usize + 1);
         counts.push(current);
         counts.push(match slot.checked_sub(1) {
-            Some(s) => read(&format!("{index}:{s}:{key}"))?,
+            Some(s) => read(&store_key(index, s, key))?,
             None => 0,
         });
         let mut unremembered = Settled::new();
@@ -341,7 +339,7 @@ impl RateLimit {
             let count = match known.iter().find(|&&(at, _)| at == s) {
                 Some(&(_, count)) => count,
                 None => {
-                    let count = read(&format!("{index}:{s}:{key}"))?;
+                    let count = read(&store_key(index, s, key))?;
                     known.push((s, count));
                     count
                 }
@@ -383,13 +381,22 @@ impl RateLimit {
         })
     }
 
-    fn rate_headers(&self, usage: Usage) -> [(&'static str, String); 4] {
+    /// The `RateLimit-*` headers for `usage`, the numbers written into `digits`.
+    fn rate_headers<'a>(
+        &'a self,
+        usage: Usage,
+        digits: &'a mut [itoa::Buffer; 3],
+    ) -> [(&'static str, &'a str); 4] {
         let remaining = u64::from(usage.limit).saturating_sub(usage.used);
+        let [limit, left, reset] = digits;
         [
-            ("ratelimit-limit", usage.limit.to_string()),
-            ("ratelimit-remaining", remaining.to_string()),
-            ("ratelimit-reset", usage.reset_ms.div_ceil(1000).to_string()),
-            ("ratelimit-policy", self.policy.clone()),
+            ("ratelimit-limit", limit.format(usage.limit)),
+            ("ratelimit-remaining", left.format(remaining)),
+            (
+                "ratelimit-reset",
+                reset.format(usage.reset_ms.div_ceil(1000)),
+            ),
+            ("ratelimit-policy", &self.policy),
         ]
     }
 
@@ -402,6 +409,30 @@ impl RateLimit {
             Reply::text(500, "rate limit store unavailable\n").into()
         }
     }
+}
+
+/// `{index}:{slot}:{key}`: the store key of limit `index`'s counter for `slot`. Built by hand,
+/// as [`joined`] is: this runs on every request, and `format!` costs more than the rest of
+/// the key's work together.
+fn store_key(index: usize, slot: u64, key: &str) -> String {
+    let mut index_text = itoa::Buffer::new();
+    let mut slot_text = itoa::Buffer::new();
+    joined(&[
+        index_text.format(index),
+        ":",
+        slot_text.format(slot),
+        ":",
+        key,
+    ])
+}
+
+/// `parts` in one string, allocated once.
+fn joined(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 /// The usage with the fewest requests left.
