@@ -1,6 +1,7 @@
-//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0`) and the
-//! bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
-//! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
+//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` and
+//! `tests/plugins/v0_3_1`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells
+//! the tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM`,
+//! `TEST_PLUGIN_V0_3_1_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
 //! the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,12 @@ fn main() {
             here.join("../wit").join(frozen).display()
         );
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        plugin.join("v0_3_0/src").display()
-    );
+    for guest in ["v0_3_0", "v0_3_1"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            plugin.join(guest).join("src").display()
+        );
+    }
     for dir in ["../plugin-sdk", "../plugins"] {
         println!("cargo:rerun-if-changed={}", here.join(dir).display());
     }
@@ -50,7 +53,8 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guest built against the frozen 0.3.0 contract.
+    // Its workspace also holds the guest built against the frozen 0.3.0 contract and the one
+    // on raw 0.3.1 bindings.
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -61,6 +65,7 @@ fn main() {
     for (var, stem) in [
         ("TEST_PLUGIN_WASM", "weir_test_plugin"),
         ("TEST_PLUGIN_V0_3_0_WASM", "weir_test_plugin_v0_3_0"),
+        ("TEST_PLUGIN_V0_3_1_WASM", "weir_test_plugin_v0_3_1"),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

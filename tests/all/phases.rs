@@ -251,6 +251,44 @@ async fn response_headers_left_by_a_request_hook_apply_at_the_plugins_place() {
     }
 }
 
+const GUEST_0_3_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
+
+/// Response header changes a plugin leaves through its request handle, from either lazy hook
+/// (raw 0.3.1 bindings: the SDK cannot leave them from a response hook): those left by the
+/// request hook apply before the plugin's response hook (which sees them), its own changes
+/// next, then those it left during that hook. A local reply drops what its call left; more
+/// than 256 in one call fails the request.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_left_from_both_hooks_apply_in_order() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/left.wasm", GUEST_0_3_1)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+
+    let (status, h, _) = send(&weir, "/left-order", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let order: Vec<_> = h.get_all("x-order").iter().collect();
+    assert_eq!(order, ["left-by-request", "own", "left-by-response"]);
+    assert_eq!(h["x-seen"], "left-by-request");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert!(seen.headers.get("x-order").is_none());
+
+    let (status, h, body) = send(&weir, "/left-then-reply", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, "no\n"));
+    assert!(h.get("x-order").is_none(), "{h:?}");
+
+    let (status, h, body) = send(&weir, "/too-many", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n")
+    );
+    assert!(h.get("x-many").is_none());
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the failed requests went nowhere"
+    );
+}
+
 const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
 
 /// The contract is 0.3.1; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
