@@ -149,8 +149,14 @@ type Claims = serde_json::Map<String, Value>;
 /// A token as the key of the verified-token cache. Compared eight bytes at a time: `==` on
 /// strings calls wasi-libc's `memcmp`, which compares a byte per iteration, and a token is a
 /// few hundred bytes compared on every request.
-#[derive(Debug, Hash)]
+#[derive(Debug)]
 struct Token(String);
+
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for Token {
     fn eq(&self, other: &Token) -> bool {
