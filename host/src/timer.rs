@@ -35,7 +35,7 @@ impl fmt::Debug for Timers {
 
 impl Timers {
     /// A deadline `limit` from now, on an idle sleep if there is one.
-    pub(crate) fn deadline(&self, limit: Duration) -> Deadline<&Timers> {
+    fn deadline(&self, limit: Duration) -> Deadline<&Timers> {
         Deadline::new(self, Instant::now() + limit)
     }
 
@@ -71,7 +71,8 @@ impl Timers {
 ///
 /// The sleep is not moved to each new deadline: it stays filed under an earlier one, and
 /// when that comes round and the real deadline is later, it is filed again under the real
-/// one. So a connection's sleep is re-filed about once per limit, not once per request.
+/// one. So a connection's sleep is re-filed about once per limit, not once per request (an
+/// idle one whose old deadline comes round wakes the connection's task once, for nothing).
 pub(crate) struct Deadline<T: Deref<Target = Timers>> {
     home: T,
     at: Instant,
@@ -137,7 +138,7 @@ impl<T: Deref<Target = Timers>> Drop for Deadline<T> {
     }
 }
 
-/// The upstream did not answer within the limit.
+/// A [`Timers::timeout`] ran out: the upstream did not answer within the limit.
 #[derive(Debug)]
 pub(crate) struct TimedOut(Duration);
 
@@ -211,7 +212,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reused_sleep_moved_later_does_not_fire_at_its_old_deadline() {
+    async fn a_reused_sleep_filed_earlier_completes_only_at_the_new_deadline() {
         let timers = Timers::default();
         // Registered in the wheel for t+1s, then put back unfired.
         {

@@ -466,7 +466,15 @@ mod tests {
 
     use weir_plugin::testing::{self, Harness, TestRequest};
 
-    use super::RateLimit;
+    use super::{RateLimit, joined, store_key};
+
+    #[test]
+    fn keys_are_built_as_format_would() {
+        assert_eq!(store_key(0, 177_000_123, "h:alice"), "0:177000123:h:alice");
+        assert_eq!(store_key(12, 0, ""), "12:0:");
+        assert_eq!(joined(&["c:", "10.0.0.1"]), "c:10.0.0.1");
+        assert_eq!(joined(&[]), "");
+    }
 
     fn limiter(config: &str) -> Harness<RateLimit> {
         Harness::new(config).expect("valid config")
