@@ -22,7 +22,7 @@ use self::pool::{Acquired, Lease, Pool, Sender, Slot};
 use crate::body::ProxyBody;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
-use crate::timer::Timers;
+use crate::timer::{TimedOut, Timers};
 
 /// Sends requests to one cluster's endpoints.
 #[derive(Debug)]
@@ -74,10 +74,12 @@ impl UpstreamClient {
         request: Request<ProxyBody>,
         timers: &Timers,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let exchange = self.exchange(endpoint, request);
-        match timers.timeout(self.response_timeout, exchange).await {
-            Ok(result) => result,
-            Err(elapsed) => Err(ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(elapsed)),
+        let deadline = timers.deadline(self.response_timeout);
+        tokio::select! {
+            biased;
+            result = self.exchange(endpoint, request) => result,
+            () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+                .with_cause(TimedOut(self.response_timeout))),
         }
     }
 
