@@ -7,7 +7,7 @@
 //! rule the actions apply in a fixed order: `rewrite`, `strip_prefix`, `add_prefix`, `host`,
 //! `query_remove`, `query_set`, then `redirect`.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::BTreeMap;
 
 use regex::{CaptureLocations, Regex};
@@ -90,12 +90,11 @@ struct Rule {
     present: Vec<String>,
 }
 
-/// A rule's path regex, with what matching it needs kept between requests: its group names
-/// and a reusable set of capture locations (an instance runs one hook at a time).
+/// A rule's path regex, with a set of capture locations reused from request to request (an
+/// instance runs one hook at a time).
 #[derive(Debug)]
 struct PathRegex {
     regex: Regex,
-    names: Vec<Option<String>>,
     locations: RefCell<CaptureLocations>,
 }
 
@@ -136,24 +135,24 @@ impl Filter for Rewrite {
 }
 
 /// What a path regex captured: one owned copy of the path (the request may change
-/// meanwhile) and each group's span in it, with the rule's group names.
+/// meanwhile), and the rule's regex and capture locations, borrowed while the rule applies.
 #[derive(Debug, Default)]
 struct Groups<'r> {
     path: String,
-    spans: Vec<Option<(usize, usize)>>,
-    names: &'r [Option<String>],
+    captured: Option<(&'r Regex, RefMut<'r, CaptureLocations>)>,
 }
 
 impl Groups<'_> {
     /// The text of group `index`, if it took part in the match.
     fn get(&self, index: usize) -> Option<&str> {
-        let (start, end) = (*self.spans.get(index)?)?;
+        let (start, end) = self.captured.as_ref()?.1.get(index)?;
         self.path.get(start..end)
     }
 
     /// The text of the group named `name`, if it took part in the match.
     fn named(&self, name: &str) -> Option<&str> {
-        let index = self.names.iter().position(|n| n.as_deref() == Some(name))?;
+        let (regex, _) = self.captured.as_ref()?;
+        let index = regex.capture_names().position(|n| n == Some(name))?;
         self.get(index)
     }
 }
@@ -167,10 +166,6 @@ impl Rule {
             .transpose()
             .map_err(|e| format!("path: {e}"))?
             .map(|regex| PathRegex {
-                names: regex
-                    .capture_names()
-                    .map(|n| n.map(str::to_owned))
-                    .collect(),
                 locations: RefCell::new(regex.capture_locations()),
                 regex,
             });
@@ -255,8 +250,7 @@ impl Rule {
         path_regex.regex.captures_read(&mut locations, path)?;
         Some(Groups {
             path: path.to_owned(),
-            spans: (0..locations.len()).map(|i| locations.get(i)).collect(),
-            names: &path_regex.names,
+            captured: Some((&path_regex.regex, locations)),
         })
     }
 
