@@ -152,6 +152,11 @@ async fn malformed_requests_are_400() {
     assert!(upstream.requests().is_empty());
 }
 
+/// Time between two deadlines of one kind on one connection (an idle pause, a slow answer),
+/// long enough that a timer firing at the earlier deadline would cut the later request short
+/// by far more than scheduling noise.
+const IDLE_GAP: Duration = Duration::from_millis(200);
+
 /// One downstream connection reuses its timers from request to request (weir keeps a
 /// connection's sleeps): after fast requests on it, a slow one still gets its 504 at the
 /// response timeout, and the connection goes on serving.
@@ -184,6 +189,9 @@ async fn the_response_timeout_holds_on_a_reused_connection() {
     for _ in 0..3 {
         assert_eq!(send("/x").await.0, StatusCode::OK);
     }
+    // Idle between requests: the reused sleep was filed under an earlier request's deadline,
+    // which now comes before this one's.
+    tokio::time::sleep(IDLE_GAP).await;
     let (status, elapsed) = send("/hang").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
@@ -199,7 +207,7 @@ async fn the_response_timeout_holds_on_a_reused_connection() {
 /// second head's timer is the first one's, reused).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_slow_to_send_its_head_is_cut_off() {
-    let upstream = Upstream::start("one").await;
+    let upstream = Upstream::start_with_delay("one", IDLE_GAP).await;
     let config = config(&[upstream.addr], "").replace(
         "drain_timeout = \"10s\"",
         "drain_timeout = \"10s\"\nheader_read_timeout = \"300ms\"",
@@ -222,6 +230,9 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
         .expect("write");
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    // hyper times the next head from the end of the previous response (idle time counts):
+    // the reused sleep is still filed under the first head's deadline, which the slow
+    // upstream put before the second's.
     let started = tokio::time::Instant::now();
     stream.write_all(partial).await.expect("write");
     let reply = read_until_closed(&mut stream).await;
