@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response};
 use weir::config::PluginLimits;
 use weir::plugin::chain::{Chain, RequestStep};
 use weir::plugin::view::RequestView;
-use weir::plugin::{Plugin, PluginRuntime, PluginSource, RequestAction};
+use weir::plugin::{Filter, Plugin, PluginRuntime, PluginSource, RequestAction};
 
 const HEADERS_TOML: &str = r#"
 [config.request]
@@ -45,7 +45,7 @@ fn load(
     plugins: &PluginRuntime,
     name: &str,
     settings: &str,
-) -> Arc<Plugin> {
+) -> Arc<Filter> {
     let file = plugins_dir().join(format!("{name}.wasm"));
     let wasm = std::fs::read(&file).unwrap_or_else(|e| {
         panic!(
@@ -66,7 +66,15 @@ fn load(
     let plugin = runtime
         .block_on(plugins.load(source, &PluginLimits::default()))
         .unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(plugin)
+    filter(plugin)
+}
+
+/// The loaded plugin as a filter; the benchmarks load no handlers.
+fn filter(plugin: Plugin) -> Arc<Filter> {
+    match plugin {
+        Plugin::Filter(filter) => filter,
+        Plugin::Handler(handler) => panic!("{} is a handler, not a filter", handler.info.name),
+    }
 }
 
 const JWT_AUTH_TOML: &str = r#"
@@ -126,7 +134,7 @@ fn request() -> RequestView {
 
 /// One `on-request` call with the request in `slot`, which is lent to the call (it takes
 /// `&mut`) and put back: no copy per iteration.
-async fn call(plugin: &Plugin, slot: &Cell<Option<RequestView>>) -> RequestAction {
+async fn call(plugin: &Filter, slot: &Cell<Option<RequestView>>) -> RequestAction {
     let mut head = slot.take().expect("the head is put back after every call");
     let (action, _left) = plugin
         .on_request(&mut head)
@@ -319,7 +327,7 @@ fn language_benches(c: &mut Criterion) {
             let plugin = runtime
                 .block_on(plugins.load(source, &PluginLimits::default()))
                 .unwrap_or_else(|e| panic!("{e}"));
-            Arc::new(plugin)
+            filter(plugin)
         };
         // A JavaScript engine's heap only grows within an instance: recycle it before the
         // memory cap (docs/plugins/javascript.md).

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::balancer::{self, Balancer, Endpoints};
 use crate::config::{ClusterConfig, Config};
 use crate::health::{self, HealthChecker};
-use crate::plugin::Plugin;
 use crate::plugin::chain::Chain;
+use crate::plugin::{Filter, Handler, Plugin};
 use crate::router::Router;
 use crate::upstream::UpstreamClient;
 
@@ -31,7 +31,7 @@ pub struct Generation {
     pub chains: Vec<Chain>,
     /// Each route's handler plugin, for routes answered by a handler instead of a cluster:
     /// the loaded handler, or why it cannot answer.
-    pub handlers: Vec<Option<Result<Arc<Plugin>, String>>>,
+    pub handlers: Vec<Option<Result<Arc<Handler>, String>>>,
     /// The plugin folder as this generation sees it, in file-name order.
     pub plugins: Vec<PluginSlot>,
 }
@@ -48,7 +48,7 @@ pub struct PluginSlot {
     /// The `.wasm` file.
     pub file: PathBuf,
     /// The version serving traffic.
-    pub serving: Option<Arc<Plugin>>,
+    pub serving: Option<Plugin>,
     /// The generation in which `serving` went live.
     pub since_generation: u64,
     /// Why the file's newest contents were rejected, if they were.
@@ -142,15 +142,20 @@ fn sticky_ids(config: &ClusterConfig) -> Vec<String> {
 /// named one is missing or never loaded, the chain refuses traffic rather than skip it.
 fn chain(names: Option<&[String]>, plugins: &[PluginSlot]) -> Chain {
     let Some(names) = names else {
-        return Chain::new(plugins.iter().filter_map(|s| s.serving.clone()).collect());
+        return Chain::new(plugins.iter().filter_map(serving_filter).collect());
     };
     let mut chain = Vec::with_capacity(names.len());
     for name in names {
         match plugins.iter().find(|s| s.name == *name) {
+            // A handler named in a chain has no hooks to run there.
             Some(PluginSlot {
-                serving: Some(plugin),
+                serving: Some(Plugin::Handler(_)),
                 ..
-            }) => chain.push(plugin.clone()),
+            }) => {}
+            Some(PluginSlot {
+                serving: Some(Plugin::Filter(filter)),
+                ..
+            }) => chain.push(filter.clone()),
             Some(PluginSlot { last_error, .. }) => {
                 let why = last_error.as_deref().unwrap_or("no version loaded");
                 return Chain::unavailable(format!("plugin {name} failed to load: {why}"));
@@ -162,14 +167,15 @@ fn chain(names: Option<&[String]>, plugins: &[PluginSlot]) -> Chain {
 }
 
 /// A route's handler: the named plugin, if it is loaded and is a `wasi:http` handler.
-fn handler(name: &str, plugins: &[PluginSlot]) -> Result<Arc<Plugin>, String> {
+fn handler(name: &str, plugins: &[PluginSlot]) -> Result<Arc<Handler>, String> {
     match plugins.iter().find(|s| s.name == name) {
         Some(PluginSlot {
-            serving: Some(plugin),
+            serving: Some(Plugin::Handler(handler)),
             ..
-        }) if plugin.is_handler() => Ok(plugin.clone()),
+        }) => Ok(handler.clone()),
         Some(PluginSlot {
-            serving: Some(_), ..
+            serving: Some(Plugin::Filter(_)),
+            ..
         }) => Err(format!(
             "plugin {name} is a filter, not a wasi:http handler"
         )),
@@ -178,5 +184,13 @@ fn handler(name: &str, plugins: &[PluginSlot]) -> Result<Arc<Plugin>, String> {
             last_error.as_deref().unwrap_or("no version loaded")
         )),
         None => Err(format!("handler {name} is not loaded")),
+    }
+}
+
+/// The slot's serving version, if it is a filter.
+fn serving_filter(slot: &PluginSlot) -> Option<Arc<Filter>> {
+    match &slot.serving {
+        Some(Plugin::Filter(filter)) => Some(filter.clone()),
+        _ => None,
     }
 }

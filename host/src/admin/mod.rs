@@ -158,21 +158,22 @@ fn plugins(generation: &Generation) -> Value {
         .iter()
         .map(|slot| {
             let serving = slot.serving.as_ref();
+            let info = serving.map(|p| p.info());
             json!({
                 "name": slot.name,
                 "file": slot.file.display().to_string(),
                 "status": if serving.is_some() { "serving" } else { "failed" },
-                "hash": serving.map(|p| p.hash.clone()),
+                "hash": info.map(|p| p.hash.clone()),
                 "hooks": serving.map(|p| p.hook_names()),
-                "contract": serving.map(|p| p.contract()),
-                "loaded_at": serving.map(|p| humantime::format_rfc3339_millis(p.loaded_at).to_string()),
-                "compile_ms": serving.map(|p| p.compile_time.as_millis() as u64),
-                "from_cache": serving.map(|p| p.from_cache),
-                "fail_open": serving.map(|p| p.settings.fail_open),
-                "deadline_ms": serving.map(|p| p.settings.deadline.as_millis() as u64),
-                "memory_limit_mb": serving.map(|p| p.settings.memory_limit >> 20),
-                "max_uses": serving.map(|p| p.settings.max_uses),
-                "max_body_bytes": serving.map(|p| p.settings.max_body_bytes),
+                "contract": info.map(|p| p.contract),
+                "loaded_at": info.map(|p| humantime::format_rfc3339_millis(p.loaded_at).to_string()),
+                "compile_ms": info.map(|p| p.compile_time.as_millis() as u64),
+                "from_cache": info.map(|p| p.from_cache),
+                "fail_open": info.map(|p| p.settings.fail_open),
+                "deadline_ms": info.map(|p| p.settings.deadline.as_millis() as u64),
+                "memory_limit_mb": info.map(|p| p.settings.memory_limit >> 20),
+                "max_uses": info.map(|p| p.settings.max_uses),
+                "max_body_bytes": info.map(|p| p.settings.max_body_bytes),
                 "generation": serving.map(|_| slot.since_generation),
                 "last_error": slot.last_error,
             })

@@ -25,7 +25,7 @@ use crate::config::PluginLimits;
 use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
 use crate::plugin::view::RequestView;
-use crate::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
+use crate::plugin::{Handler, ManualClock, Plugin, PluginRuntime, PluginSource};
 
 /// The deadline of a plugin whose `[plugin]` sets none.
 const TEST_DEADLINE: &str = "5s";
@@ -245,42 +245,42 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
         wasm,
         settings: Some((case_file.to_owned(), settings)),
     };
-    let plugin = runtime
-        .load(source, &PluginLimits::default())
-        .await
-        .map(Arc::new)?;
+    let plugin = runtime.load(source, &PluginLimits::default()).await?;
+    let name = plugin.info().name.clone();
     for (key, value) in &cases.plugin.kv {
-        runtime.kv_set(&plugin.name, key, value.clone().into_bytes());
+        runtime.kv_set(&name, key, value.clone().into_bytes());
     }
-    let kind = if plugin.is_handler() {
-        "handler"
-    } else {
-        "filter"
+    let kind = match &plugin {
+        Plugin::Handler(_) => "handler",
+        Plugin::Filter(_) => "filter",
     };
     let _ = writeln!(
         out,
         "{}: {kind} ({}), {} case(s) from {}",
         plugin_file.display(),
-        plugin.contract(),
+        plugin.info().contract,
         cases.cases.len(),
         case_file.display()
     );
 
-    let chain = Chain::new(vec![plugin.clone()]);
+    let chain = match &plugin {
+        Plugin::Filter(filter) => Chain::new(vec![filter.clone()]),
+        Plugin::Handler(_) => Chain::default(),
+    };
     let (mut passed, mut failed) = (0, 0);
     for (index, case) in cases.cases.iter().enumerate() {
         if let Some(now) = &case.now {
             clock.set(parse_time(now).with_context(|| format!("case {:?}: now", case.name))?);
         }
-        let outcome = if plugin.is_handler() {
+        let outcome = if let Plugin::Handler(handler) = &plugin {
             let stubs = case.outbound.iter().chain(&cases.outbound);
-            run_handler(&plugin, &case.request, stubs.collect(), index).await?
+            run_handler(handler, &case.request, stubs.collect(), index).await?
         } else {
             run_filter(&chain, case, index).await?
         };
         let mut problems = check(&case.expect, &outcome);
         for (key, want) in &case.expect.kv {
-            let got = runtime.kv_get(&plugin.name, key);
+            let got = runtime.kv_get(&name, key);
             if got.as_deref() != Some(want.as_bytes()) {
                 problems.push(format!(
                     "kv {key:?}: expected {want:?}, got {}",
@@ -466,7 +466,7 @@ fn failed(error: ChainError) -> Outcome {
 
 /// One request to a handler, its outgoing requests answered by `stubs`.
 async fn run_handler(
-    plugin: &Plugin,
+    plugin: &Handler,
     spec: &RequestSpec,
     stubs: Vec<&Stub>,
     index: usize,

@@ -24,13 +24,13 @@ use http::{StatusCode, request, response};
 
 use super::view::RequestView;
 use super::{
-    BodyAction, CallError, HeaderOp, LocalResponse, Plugin, RequestAction, ResponseAction,
+    BodyAction, CallError, Filter, HeaderOp, LocalResponse, RequestAction, ResponseAction,
 };
 
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
 pub struct Chain {
-    plugins: Vec<Arc<Plugin>>,
+    plugins: Vec<Arc<Filter>>,
     /// The route's name, as the plugins are told it.
     route: Arc<str>,
     unavailable: Option<String>,
@@ -96,7 +96,7 @@ pub enum ChainError {
 
 impl Chain {
     /// A chain of loaded plugins.
-    pub fn new(plugins: Vec<Arc<Plugin>>) -> Chain {
+    pub fn new(plugins: Vec<Arc<Filter>>) -> Chain {
         Chain {
             any_on_request: plugins.iter().any(|p| p.has_on_request()),
             any_on_response: plugins
@@ -105,7 +105,7 @@ impl Chain {
             request_body_limit: plugins
                 .iter()
                 .filter(|p| p.has_on_request_body())
-                .map(|p| p.settings.max_body_bytes)
+                .map(|p| p.info.settings.max_body_bytes)
                 .min(),
             plugins,
             route: Arc::from(""),
@@ -166,7 +166,7 @@ impl Chain {
         self.plugins[..passed.min(self.plugins.len())]
             .iter()
             .filter(|p| p.has_on_response_body())
-            .map(|p| p.settings.max_body_bytes)
+            .map(|p| p.info.settings.max_body_bytes)
             .min()
     }
 
@@ -327,33 +327,33 @@ fn set_length(len: usize, map: &mut HeaderMap) {
 }
 
 fn skip_or_fail(
-    plugin: &Plugin,
+    plugin: &Filter,
     error: CallError,
     request: &RequestView,
 ) -> Result<(), ChainError> {
     tracing::warn!(
-        plugin = &*plugin.name,
-        hash = %plugin.hash,
+        plugin = &*plugin.info.name,
+        hash = %plugin.info.hash,
         request_id = request.request_id(),
-        fail_open = plugin.settings.fail_open,
+        fail_open = plugin.info.settings.fail_open,
         error = %error.message,
         "plugin call failed"
     );
-    if plugin.settings.fail_open && !error.lost_view {
+    if plugin.info.settings.fail_open && !error.lost_view {
         Ok(())
     } else {
         Err(ChainError::Failed(error))
     }
 }
 
-fn invalid(plugin: &Plugin, what: String) -> ChainError {
+fn invalid(plugin: &Filter, what: String) -> ChainError {
     ChainError::InvalidChange {
-        plugin: plugin.name.clone(),
+        plugin: plugin.info.name.clone(),
         what,
     }
 }
 
-fn header_name(plugin: &Plugin, name: &str) -> Result<HeaderName, ChainError> {
+fn header_name(plugin: &Filter, name: &str) -> Result<HeaderName, ChainError> {
     // from_bytes lower-cases, so `X-Foo` and `x-foo` are one header.
     HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| invalid(plugin, format!("invalid header name {name:?}")))
@@ -362,7 +362,7 @@ fn header_name(plugin: &Plugin, name: &str) -> Result<HeaderName, ChainError> {
 /// The plugin's value as a header value, without a copy (the bytes were lifted out of the
 /// plugin's memory already).
 fn header_value(
-    plugin: &Plugin,
+    plugin: &Filter,
     name: &HeaderName,
     value: Vec<u8>,
 ) -> Result<HeaderValue, ChainError> {
@@ -371,7 +371,7 @@ fn header_value(
 }
 
 /// Checks one header change and applies it.
-fn apply_op(plugin: &Plugin, op: HeaderOp, map: &mut HeaderMap) -> Result<(), ChainError> {
+fn apply_op(plugin: &Filter, op: HeaderOp, map: &mut HeaderMap) -> Result<(), ChainError> {
     match op {
         HeaderOp::Set((name, value)) => {
             let name = header_name(plugin, &name)?;
@@ -392,7 +392,7 @@ fn apply_op(plugin: &Plugin, op: HeaderOp, map: &mut HeaderMap) -> Result<(), Ch
 
 /// Checks a new request target (`/path?query`) and applies it to the URI.
 fn apply_path(
-    plugin: &Plugin,
+    plugin: &Filter,
     target: String,
     parts: &mut request::Parts,
 ) -> Result<(), ChainError> {
@@ -409,7 +409,7 @@ fn apply_path(
 
 /// Checks a plugin's local response and turns it into hyper's parts.
 fn local_response(
-    plugin: &Plugin,
+    plugin: &Filter,
     local: LocalResponse,
 ) -> Result<(response::Parts, Vec<u8>), ChainError> {
     let (mut parts, ()) = response::Response::new(()).into_parts();

@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::{CallError, EPOCH_TICK};
+use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
 
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -77,14 +77,27 @@ pub enum HandlerBody {
     Full(Bytes),
 }
 
-/// A loaded handler component.
-pub(super) struct Handler {
+/// A loaded handler plugin.
+pub struct Handler {
+    /// Name, file, hash, settings and load facts.
+    pub info: PluginInfo,
+    pub(super) config_json: String,
+    pub(super) clock: Option<Arc<ManualClock>>,
     pub(super) pre: ProxyPre<HandlerState>,
     /// The clusters its outgoing requests may reach (`clusters` in `NAME.toml`).
     pub(super) granted: Arc<[String]>,
     /// Keeps the epoch thread ticking; each call's task holds a clone, so a guest still
     /// running after its plugin was unloaded is still stopped at its deadline.
     pub(super) ticking: Arc<()>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("name", &self.info.name)
+            .field("hash", &self.info.hash)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a handler instance's `Store` carries.
@@ -179,28 +192,21 @@ impl WasiHttpHooks for OutboundHooks {
     }
 }
 
-/// What one handler call needs besides the request.
-pub(super) struct CallContext<'a> {
-    pub(super) config_json: &'a str,
-    pub(super) memory_limit: usize,
-    pub(super) deadline: std::time::Duration,
-    pub(super) outbound: Arc<dyn Outbound>,
-    pub(super) clock: Option<Arc<super::ManualClock>>,
-}
-
 impl Handler {
     /// Runs the handler for one request on a fresh instance; returns its whole response.
-    pub(super) async fn handle(
+    /// `outbound` sends its sub-requests.
+    pub async fn handle(
         &self,
         request: http::Request<HandlerBody>,
-        call: CallContext<'_>,
-        error: impl Fn(String) -> CallError,
+        outbound: Arc<dyn Outbound>,
     ) -> Result<http::Response<Bytes>, CallError> {
-        let wasi = super::wasi_builder(call.clock.as_ref())
-            .env("WEIR_CONFIG", call.config_json)
+        let error = |why: String| self.info.error(format_args!("{why}"));
+        let deadline = self.info.settings.deadline;
+        let wasi = super::wasi_builder(self.clock.as_ref())
+            .env("WEIR_CONFIG", &self.config_json)
             .build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(call.memory_limit)
+            .memory_size(self.info.settings.memory_limit)
             .trap_on_grow_failure(true)
             .build();
         let state = HandlerState {
@@ -209,13 +215,13 @@ impl Handler {
             table: ResourceTable::new(),
             hooks: OutboundHooks {
                 granted: self.granted.clone(),
-                outbound: call.outbound,
+                outbound,
             },
             limits,
         };
         let mut store = wasmtime::Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
-        let ticks = (call.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
 
         let (parts, body) = request.into_parts();
@@ -277,12 +283,12 @@ impl Handler {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body))
         };
-        match tokio::time::timeout(call.deadline, run).await {
+        match tokio::time::timeout(deadline, run).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(why)) => Err(error(why)),
             Err(_) => Err(error(format!(
                 "the handler did not finish within its deadline of {}",
-                humantime::format_duration(call.deadline)
+                humantime::format_duration(deadline)
             ))),
         }
     }

@@ -126,7 +126,7 @@ impl RequestView {
     }
 
     /// What the call that just returned left for the response (and forgets it): the
-    /// lender (`Plugin::on_request`, `on_response`) takes it right after each call, so a
+    /// lender (the current contract's `on_request`, `on_response`) takes it right after each call, so a
     /// call always starts with nothing left.
     pub(crate) fn take_leaving(&mut self) -> Vec<HeaderOp> {
         match &mut self.left {

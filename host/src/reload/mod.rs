@@ -332,10 +332,10 @@ impl Reloader {
                 tracing::info!(
                     plugin = name,
                     file = %file.display(),
-                    hash = %plugin.hash,
+                    hash = %plugin.info().hash,
                     hooks = ?plugin.hook_names(),
-                    compile_ms = plugin.compile_time.as_millis() as u64,
-                    from_cache = plugin.from_cache,
+                    compile_ms = plugin.info().compile_time.as_millis() as u64,
+                    from_cache = plugin.info().from_cache,
                     replaced = tracked.slot.serving.is_some(),
                     "plugin loaded"
                 );
@@ -343,7 +343,7 @@ impl Reloader {
                     slot: PluginSlot {
                         name,
                         file,
-                        serving: Some(Arc::new(plugin)),
+                        serving: Some(plugin),
                         since_generation: 0,
                         last_error: None,
                     },

@@ -10,8 +10,9 @@
 //! key per time slot does not grow the map forever, at an amortised constant cost per key.
 //!
 //! Another backend (Redis, say) implements [`KvBackend`]; one that waits on the network
-//! should also make the `kv` import async in `bindings.rs`, so a slow store parks the
-//! plugin's fiber rather than a worker thread.
+//! should also make the `kv` import async in the current contract's `bindgen!`
+//! (`contract/v0_3.rs`), so a slow store parks the plugin's fiber rather than a worker
+//! thread.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,7 +20,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::time::{Duration, Instant};
 
-use crate::plugin::bindings::kv::{Error, Host};
+use crate::plugin::contract::current::kv::{Error, Host};
 use crate::plugin::state::PluginState;
 
 /// A value and when it expires.

@@ -1,6 +1,6 @@
 //! Implementation of the `weir:plugin/log` interface.
 
-use crate::plugin::bindings::log::{Host, Level};
+use crate::plugin::contract::current::log::{Host, Level};
 use crate::plugin::state::PluginState;
 
 impl Host for PluginState {

@@ -7,7 +7,7 @@
 use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use crate::plugin::bindings::types::{Header, HeaderOp, Host, HostRequest, HostResponse};
+use crate::plugin::contract::current::types::{Header, HeaderOp, Host, HostRequest, HostResponse};
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{MAX_LEFT_PER_CALL, RequestView, ResponseView, header_list};
 

@@ -1,0 +1,192 @@
+//! `weir:plugin@0.3.x`, the current contract (`wit/`): the head hooks are given the chain's
+//! views as `request` and `response` resources, lent to the store for the call. A component
+//! built against an earlier 0.3 patch is served by these bindings (wasmtime links `0.x.y`
+//! names semver-compatibly, ignoring the patch).
+
+use std::mem;
+
+use http::response;
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
+
+use super::{Contract, Guest as GuestTrait, HookError, Hooks};
+use crate::plugin::state::PluginState;
+use crate::plugin::view::{self, RequestView, ResponseView};
+
+pub(super) mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "filter",
+        // Hooks run on a fiber and are awaited by the request's task: WASI's host functions
+        // are async, and a synchronous call would have to block the runtime to run them.
+        exports: { default: async },
+        // The heads a lazy hook reads live in the store's resource table for the call.
+        with: {
+            "weir:plugin/types.request": crate::plugin::view::RequestView,
+            "weir:plugin/types.response": crate::plugin::view::ResponseView,
+        },
+        // A handle that is not in the table is a host bug: the call traps.
+        imports: { "weir:plugin/types": trappable },
+    });
+}
+
+pub(crate) use generated::weir::plugin::{kv, log, types};
+use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
+
+/// A linked 0.3.x filter and the patch it was built against.
+pub(crate) struct Pre {
+    pre: generated::FilterPre<PluginState>,
+    patch: &'static str,
+}
+
+/// A 0.3.x instance's exports.
+pub(crate) struct Guest(generated::Filter);
+
+impl Contract for Pre {
+    type Guest = Guest;
+    const NAME: &'static str = "0.3.x";
+    const DEPRECATED: bool = false;
+
+    fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+        generated::Filter::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+    }
+
+    fn link(pre: &InstancePre<PluginState>, component: &Component) -> wasmtime::Result<Pre> {
+        let filter = generated::FilterPre::new(pre.clone())?;
+        // "0.3.0" for a plugin built before 0.3.1, else the current "0.3.1".
+        let old = component
+            .component_type()
+            .exports(pre.engine())
+            .any(|(name, _)| name == "weir:plugin/http-filter@0.3.0");
+        let patch = if old { "0.3.0" } else { "0.3.1" };
+        Ok(Pre { pre: filter, patch })
+    }
+
+    fn version(&self) -> &'static str {
+        self.patch
+    }
+
+    async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Guest> {
+        self.pre.instantiate_async(store).await.map(Guest)
+    }
+}
+
+impl GuestTrait for Guest {
+    async fn configure(
+        &self,
+        store: &mut Store<PluginState>,
+        config_json: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let exports = self.0.weir_plugin_http_filter();
+        exports.call_configure(store, config_json).await
+    }
+
+    async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
+        let exports = self.0.weir_plugin_http_filter();
+        let head = exports.call_hooks(&mut *store).await?;
+        let body = exports.call_body_hooks(&mut *store).await?;
+        Ok(Hooks { head, body })
+    }
+
+    /// Calls `on-request-lazy`: the view is lent to the store for the call and is back in
+    /// `request` when this returns, whatever the call did. The response header changes the
+    /// call left (`add-response-header-ops`, 0.3.1) are taken out of the view here, so the
+    /// view holds none between calls.
+    async fn on_request(
+        &self,
+        store: &mut Store<PluginState>,
+        request: &mut RequestView,
+    ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
+        let exports = self.0.weir_plugin_http_filter();
+        let lent = lend(store, mem::replace(request, RequestView::placeholder()))?;
+        let borrowed = Resource::new_borrow(lent.rep());
+        let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
+        *request = take_back(store, lent)?;
+        let left = request.take_leaving();
+        Ok((action?, left))
+    }
+
+    /// Calls `on-response-lazy`; the response's headers are moved out of `response` for the
+    /// call and back, as the request is in [`Guest::on_request`].
+    async fn on_response(
+        &self,
+        store: &mut Store<PluginState>,
+        request: &mut RequestView,
+        response: &mut response::Parts,
+    ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
+        let exports = self.0.weir_plugin_http_filter();
+        let lent_request = lend(store, mem::replace(request, RequestView::placeholder()))?;
+        let view = ResponseView {
+            status: response.status,
+            headers: mem::take(&mut response.headers),
+        };
+        let lent_response = match lend(store, view) {
+            Ok(lent) => lent,
+            Err(e) => {
+                *request = take_back(store, lent_request)?;
+                return Err(e);
+            }
+        };
+        let action = exports
+            .call_on_response_lazy(
+                &mut *store,
+                Resource::new_borrow(lent_request.rep()),
+                Resource::new_borrow(lent_response.rep()),
+            )
+            .await;
+        response.headers = take_back(store, lent_response)?.headers;
+        *request = take_back(store, lent_request)?;
+        let left = request.take_leaving();
+        Ok((action?, left))
+    }
+
+    async fn on_request_body(
+        &self,
+        store: &mut Store<PluginState>,
+        request: &RequestView,
+        body: &[u8],
+    ) -> wasmtime::Result<BodyAction> {
+        let exports = self.0.weir_plugin_http_filter();
+        exports
+            .call_on_request_body(store, &request.record(), body)
+            .await
+    }
+
+    async fn on_response_body(
+        &self,
+        store: &mut Store<PluginState>,
+        request: &RequestView,
+        response: &response::Parts,
+        body: &[u8],
+    ) -> wasmtime::Result<BodyAction> {
+        let exports = self.0.weir_plugin_http_filter();
+        let head = view::response_record(response.status, &response.headers);
+        exports
+            .call_on_response_body(store, &request.record(), &head, body)
+            .await
+    }
+}
+
+/// Puts a view (moved out of the chain) into the store's resource table for one call.
+/// (Pushing fails only on a table of 2^32 entries; the view is then lost with the failed
+/// call, and the error says so.)
+fn lend<V: Send + 'static>(
+    store: &mut Store<PluginState>,
+    view: V,
+) -> Result<Resource<V>, HookError> {
+    let table = &mut store.data_mut().table;
+    table
+        .push(view)
+        .map_err(|e| HookError::LostView(format!("cannot lend a view to the call: {e}")))
+}
+
+/// Takes a lent view back out of the table after the call.
+fn take_back<V: Send + 'static>(
+    store: &mut Store<PluginState>,
+    lent: Resource<V>,
+) -> Result<V, HookError> {
+    let table = &mut store.data_mut().table;
+    table
+        .delete(lent)
+        .map_err(|e| HookError::LostView(format!("cannot take back a lent view: {e}")))
+}

@@ -1,0 +1,270 @@
+//! A loaded filter plugin: its linked component, its pool of idle instances, and the hook
+//! calls the chain makes, each on an instance checked out of the pool, under the plugin's
+//! deadline and memory cap. Which contract version the component speaks is the
+//! [`contract`](super::contract) seam's business; nothing here asks.
+
+use std::sync::{Arc, Mutex};
+
+use http::response;
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+
+use super::contract::current::types::{
+    BodyAction, BodyHookSet, HeaderOp, HookSet, RequestAction, ResponseAction,
+};
+use super::contract::{AnyGuest, AnyPre, Guest, HookError, Hooks};
+use super::host_api::kv::KvBackend;
+use super::state::PluginState;
+use super::view::RequestView;
+use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
+
+/// Idle instances kept per plugin; more are dropped when returned.
+const MAX_IDLE_INSTANCES: usize = 64;
+
+/// A loaded, configured filter and its pool of idle instances.
+pub struct Filter {
+    /// Name, file, hash, settings and load facts.
+    pub info: PluginInfo,
+    hooks: Hooks,
+    config_json: String,
+    kv: Arc<dyn KvBackend>,
+    clock: Option<Arc<ManualClock>>,
+    engine: Engine,
+    pre: AnyPre,
+    idle: Mutex<Vec<Instance>>,
+    /// Keeps the epoch thread ticking while this plugin exists (see `PluginRuntime`).
+    _ticking: Arc<()>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("name", &self.info.name)
+            .field("hash", &self.info.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Instance {
+    store: Store<PluginState>,
+    guest: AnyGuest,
+    uses: u32,
+}
+
+/// What [`Filter::load`] needs besides the linked component.
+pub(super) struct FilterParts {
+    pub(super) info: PluginInfo,
+    pub(super) config_json: String,
+    pub(super) kv: Arc<dyn KvBackend>,
+    pub(super) clock: Option<Arc<ManualClock>>,
+    pub(super) engine: Engine,
+    pub(super) ticking: Arc<()>,
+}
+
+impl Filter {
+    /// Configures a first instance, which answers `hooks` and proves the config is
+    /// accepted, and keeps it as the first idle instance.
+    pub(super) async fn load(parts: FilterParts, pre: AnyPre) -> wasmtime::Result<Filter> {
+        let mut filter = Filter {
+            info: parts.info,
+            hooks: Hooks {
+                head: HookSet::empty(),
+                body: BodyHookSet::empty(),
+            },
+            config_json: parts.config_json,
+            kv: parts.kv,
+            clock: parts.clock,
+            engine: parts.engine,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            _ticking: parts.ticking,
+        };
+        let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;
+        filter.hooks = instance
+            .guest
+            .hooks(&mut instance.store)
+            .await
+            .map_err(|e| e.context("hooks() failed"))?;
+        filter.checkin(instance);
+        Ok(filter)
+    }
+
+    /// Whether the contract version it was built against is deprecated.
+    pub(super) fn deprecated(&self) -> bool {
+        self.pre.deprecated()
+    }
+
+    /// Whether the plugin implements `on-request`.
+    pub fn has_on_request(&self) -> bool {
+        self.hooks.head.contains(HookSet::ON_REQUEST)
+    }
+
+    /// Whether the plugin implements `on-response`.
+    pub fn has_on_response(&self) -> bool {
+        self.hooks.head.contains(HookSet::ON_RESPONSE)
+    }
+
+    /// Whether the plugin implements `on-request-body`.
+    pub fn has_on_request_body(&self) -> bool {
+        self.hooks.body.contains(BodyHookSet::ON_REQUEST_BODY)
+    }
+
+    /// Whether the plugin implements `on-response-body`.
+    pub fn has_on_response_body(&self) -> bool {
+        self.hooks.body.contains(BodyHookSet::ON_RESPONSE_BODY)
+    }
+
+    /// The hooks the plugin implements, by their WIT names.
+    pub fn hook_names(&self) -> Vec<&'static str> {
+        let hooks = [
+            (self.has_on_request(), "on-request"),
+            (self.has_on_response(), "on-response"),
+            (self.has_on_request_body(), "on-request-body"),
+            (self.has_on_response_body(), "on-response-body"),
+        ];
+        hooks
+            .into_iter()
+            .filter_map(|(has, name)| has.then_some(name))
+            .collect()
+    }
+
+    /// A fresh, configured instance.
+    async fn instantiate(&self) -> Result<Instance, CallError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.info.settings.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            PluginState::new(
+                self.info.name.clone(),
+                self.kv.clone(),
+                limits,
+                self.clock.clone(),
+            ),
+        );
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let guest = self
+            .pre
+            .instantiate(&mut store)
+            .await
+            .map_err(|e| self.error(format_args!("{e:#}")))?;
+        match guest.configure(&mut store, &self.config_json).await {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                guest,
+                uses: 0,
+            }),
+            Ok(Err(rejected)) => {
+                Err(self.error(format_args!("configuration rejected: {rejected}")))
+            }
+            Err(e) => Err(self.error(format_args!("{e:#}"))),
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.info.settings.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    fn error(&self, message: std::fmt::Arguments<'_>) -> CallError {
+        self.info.error(message)
+    }
+
+    /// An instance ready for one hook call for `request_id`: idle if one is, else fresh.
+    async fn checkout(&self, request_id: &str) -> Result<Instance, CallError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate().await?,
+        };
+        instance.uses += 1;
+        let state = instance.store.data_mut();
+        state.request_id.clear();
+        state.request_id.push_str(request_id);
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        Ok(instance)
+    }
+
+    fn checkin(&self, instance: Instance) {
+        if instance.uses < self.info.settings.max_uses
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(instance);
+        }
+    }
+
+    /// Returns a healthy instance to the pool; one whose call failed is dropped instead.
+    fn finish<R>(&self, instance: Instance, result: Result<R, HookError>) -> Result<R, CallError> {
+        match result {
+            Ok(value) => {
+                self.checkin(instance);
+                Ok(value)
+            }
+            Err(HookError::Trap(e)) => Err(self.error(format_args!("{e:#}"))),
+            Err(HookError::LostView(why)) => Err(CallError {
+                lost_view: true,
+                ..self.error(format_args!("{why}"))
+            }),
+        }
+    }
+
+    /// Calls the request hook under the plugin's deadline. Returns the action and the
+    /// response header changes the call left for the response (`add-response-header-ops`).
+    /// `request` is the chain's view again when this returns, unless the error says it was
+    /// lost ([`CallError::lost_view`]).
+    pub async fn on_request(
+        &self,
+        request: &mut RequestView,
+    ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
+        let mut instance = self.checkout(request.request_id()).await?;
+        let result = instance
+            .guest
+            .on_request(&mut instance.store, request)
+            .await;
+        self.finish(instance, result)
+    }
+
+    /// Calls `on-request-body` under the plugin's deadline.
+    pub async fn on_request_body(
+        &self,
+        request: &RequestView,
+        body: &[u8],
+    ) -> Result<BodyAction, CallError> {
+        let mut instance = self.checkout(request.request_id()).await?;
+        let result = instance
+            .guest
+            .on_request_body(&mut instance.store, request, body)
+            .await;
+        self.finish(instance, result.map_err(HookError::Trap))
+    }
+
+    /// Calls `on-response-body` under the plugin's deadline.
+    pub async fn on_response_body(
+        &self,
+        request: &RequestView,
+        response: &response::Parts,
+        body: &[u8],
+    ) -> Result<BodyAction, CallError> {
+        let mut instance = self.checkout(request.request_id()).await?;
+        let result = instance
+            .guest
+            .on_response_body(&mut instance.store, request, response, body)
+            .await;
+        self.finish(instance, result.map_err(HookError::Trap))
+    }
+
+    /// Calls the response hook under the plugin's deadline, as [`Filter::on_request`].
+    pub async fn on_response(
+        &self,
+        request: &mut RequestView,
+        response: &mut response::Parts,
+    ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
+        let mut instance = self.checkout(request.request_id()).await?;
+        let result = instance
+            .guest
+            .on_response(&mut instance.store, request, response)
+            .await;
+        self.finish(instance, result)
+    }
+}

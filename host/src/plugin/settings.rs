@@ -1,0 +1,93 @@
+//! A plugin's settings: the runtime's defaults ([`PluginLimits`]) overridden by the
+//! plugin's own `NAME.toml`, whose `[config]` table is handed to the plugin as JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::error::Context;
+
+use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
+
+/// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Per-plugin limits and failure policy: the global [`PluginLimits`], overridden by the
+/// plugin's own `NAME.toml`.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// On a trap or limit, skip the plugin instead of answering 500.
+    pub fail_open: bool,
+    /// CPU time one hook call may take.
+    pub deadline: Duration,
+    /// Linear memory one instance may grow to, in bytes.
+    pub memory_limit: usize,
+    /// Hook calls an instance serves before it is replaced by a fresh one.
+    pub max_uses: u32,
+    /// The largest body its body hooks are given.
+    pub max_body_bytes: usize,
+    /// For a handler: the clusters its outgoing requests may reach.
+    pub clusters: Vec<String>,
+}
+
+impl PluginSettings {
+    pub(super) fn from_limits(limits: &PluginLimits) -> PluginSettings {
+        PluginSettings {
+            fail_open: false,
+            deadline: limits.deadline,
+            memory_limit: limits.memory_limit_mb << 20,
+            max_uses: limits.max_uses,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            clusters: Vec::new(),
+        }
+    }
+}
+
+/// `NAME.toml`: host settings at the top level, the plugin's own config under `[config]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    fail_open: Option<bool>,
+    deadline: Option<String>,
+    memory_limit_mb: Option<usize>,
+    max_uses: Option<u32>,
+    max_body_bytes: Option<usize>,
+    clusters: Option<Vec<String>>,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+pub(super) fn read_settings(
+    path: &Path,
+    text: &str,
+    limits: &PluginLimits,
+) -> wasmtime::Result<(PluginSettings, String)> {
+    let file: SettingsFile = toml::from_str(text).with_context(|| format!("{}", path.display()))?;
+    let mut settings = PluginSettings::from_limits(limits);
+    if let Some(v) = file.fail_open {
+        settings.fail_open = v;
+    }
+    if let Some(v) = file.deadline {
+        settings.deadline = humantime::parse_duration(&v)
+            .with_context(|| format!("{}: deadline {v:?}", path.display()))?;
+    }
+    if let Some(mb) = file.memory_limit_mb {
+        if !(1..=MAX_PLUGIN_MEMORY_MB).contains(&mb) {
+            wasmtime::bail!(
+                "{}: memory_limit_mb = {mb}: must be between 1 and {MAX_PLUGIN_MEMORY_MB}",
+                path.display(),
+            );
+        }
+        settings.memory_limit = mb << 20;
+    }
+    if let Some(n) = file.max_uses {
+        settings.max_uses = n.max(1);
+    }
+    if let Some(n) = file.max_body_bytes {
+        settings.max_body_bytes = n;
+    }
+    if let Some(clusters) = file.clusters {
+        settings.clusters = clusters;
+    }
+    Ok((settings, serde_json::to_string(&file.config)?))
+}
