@@ -1,7 +1,8 @@
 //! Plugins in other languages, through a real weir: the guard filter of
 //! `examples/filters/<lang>/` and the profile handlers of `examples/handlers/<lang>/` (built
 //! by `cargo xtask examples`), a hot-reload swap to the JavaScript filter, `weir plugin test`
-//! on every example's cases, and `weir plugin new` for every language, built and tested.
+//! on every example's cases, and `weir plugin new` for every language, built and tested, on
+//! the current contract.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -111,19 +112,64 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
         assert_eq!(headers["x-guard"], tag, "{lang}");
     }
 
-    // The Rust guard is built with the SDK, against 0.3.1 (heads read on demand); the others
-    // against 0.2.0 (whole heads). The same answers above, through both hook forms.
+    // Every guard is built against the current contract, so weir calls its lazy hooks (heads
+    // read through handles): the Rust one with the SDK, the others on their own bindings.
     let (status, _, plugins) = get_with(&weir.admin_url("/plugins"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    let current = current_contract();
     for (lang, _) in FILTERS {
         let name = format!("deny-{lang}");
         let contract = plugins
             .as_array()
             .and_then(|l| l.iter().find(|p| p["name"] == name.as_str()))
             .map(|p| p["contract"].clone());
-        let expected = if lang == "rust" { "0.3.1" } else { "0.2.0" };
-        assert_eq!(contract, Some(expected.into()), "{lang}");
+        assert_eq!(contract, Some(current.as_str().into()), "{lang}");
+    }
+}
+
+/// The version of the `weir:plugin` package in `wit/`, from `world.wit`'s `package` line.
+fn current_contract() -> String {
+    let world = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/world.wit");
+    let text = std::fs::read_to_string(&world).expect("wit/world.wit");
+    text.lines()
+        .find_map(|line| line.strip_prefix("package weir:plugin@")?.strip_suffix(';'))
+        .unwrap_or_else(|| panic!("no `package weir:plugin@…;` line in {}", world.display()))
+        .to_owned()
+}
+
+/// Every language `weir plugin new` knows (`weir plugin new --help`).
+const TEMPLATES: [&str; 7] = ["rust", "c", "go", "zig", "python", "js", "ts"];
+
+#[test]
+fn plugin_new_writes_the_current_contract_in_every_language() {
+    let current = current_contract();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for lang in TEMPLATES {
+        let name = format!("x-{lang}");
+        let out = weir(&["plugin", "new", "--lang", lang, &name], dir.path());
+        assert!(out.status.success(), "{lang}: {}", text(&out));
+        let wit = dir.path().join(&name).join("wit");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&wit).expect("wit/ is written") {
+            let path = entry.expect("entry").path();
+            let source = std::fs::read_to_string(&path).expect("a WIT file");
+            let package = source
+                .lines()
+                .find(|line| line.starts_with("package weir:plugin@"));
+            assert_eq!(
+                package,
+                Some(format!("package weir:plugin@{current};").as_str()),
+                "{lang}: {}",
+                path.display()
+            );
+            files += 1;
+        }
+        // world, http-filter, types, log, kv: the whole package, not a part of it.
+        assert_eq!(files, 5, "{lang}: the WIT files in {}", wit.display());
+        // The lazy hooks are there for the template to export.
+        let filter = std::fs::read_to_string(wit.join("http-filter.wit")).expect("http-filter");
+        assert!(filter.contains("on-request-lazy:"), "{lang}");
     }
 }
 

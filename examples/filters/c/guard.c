@@ -1,8 +1,15 @@
 // guard: refuses clients from listed networks unless they show the bypass token, and tags
 // every response. The same filter exists in every language under examples/filters/.
 //
-// Strings and lists the host passes in belong to the filter, which frees them; what a hook
-// returns is allocated with malloc and freed by the generated code once the host has it.
+// weir (weir:plugin@0.3.x) calls the lazy hooks, `on_request_lazy` and `on_response_lazy`:
+// they get handles and read only what the decision needs, the client's address and, for a
+// listed client, the token header. The record forms (`on_request`, `on_response`, given
+// whole heads) must be exported too and share the decision.
+//
+// Strings and lists the host passes in, or a handle's method returns, belong to the filter,
+// which frees them; a handle passed to a hook must be dropped before the hook returns. What
+// a hook returns is allocated with malloc and freed by the generated code once the host has
+// it.
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -25,6 +32,7 @@ static struct {
   int deny_count;
   char *token;
   char *token_header;
+  filter_string_t token_header_name;  // token_header, as the handle's `header` takes it
   char *tag;
 } guard;
 
@@ -176,6 +184,7 @@ bool exports_weir_plugin_http_filter_configure(filter_string_t *config, filter_s
   }
   if (!guard.token_header) guard.token_header = strdup("x-guard-token");
   for (char *c = guard.token_header; *c; c++) *c = (char)tolower((unsigned char)*c);
+  filter_string_set(&guard.token_header_name, guard.token_header);
   if (!guard.tag) guard.tag = strdup("c");
   return true;
 }
@@ -222,17 +231,21 @@ static int denied(const filter_string_t *client) {
 }
 
 // Compares without stopping at the first difference, so timing says nothing.
-static int token_ok(const weir_plugin_types_list_header_t *headers) {
+static int token_ok(const uint8_t *sent, size_t len) {
   size_t want = strlen(guard.token);
+  if (len != want) return 0;
+  unsigned char diff = 0;
+  for (size_t j = 0; j < want; j++) diff |= sent[j] ^ (unsigned char)guard.token[j];
+  return diff == 0;
+}
+
+// The token in a whole head: the first header of that name.
+static int token_ok_in(const weir_plugin_types_list_header_t *headers) {
   for (size_t i = 0; i < headers->len; i++) {
     const weir_plugin_types_header_t *h = &headers->ptr[i];
-    if (h->f0.len != strlen(guard.token_header) ||
-        memcmp(h->f0.ptr, guard.token_header, h->f0.len))
-      continue;
-    if (h->f1.len != want) return 0;
-    unsigned char diff = 0;
-    for (size_t j = 0; j < want; j++) diff |= h->f1.ptr[j] ^ (unsigned char)guard.token[j];
-    return diff == 0;
+    if (h->f0.len == guard.token_header_name.len &&
+        !memcmp(h->f0.ptr, guard.token_header_name.ptr, h->f0.len))
+      return token_ok(h->f1.ptr, h->f1.len);
   }
   return 0;
 }
@@ -243,12 +256,13 @@ static void set_bytes(filter_list_u8_t *list, const char *text) {
   memcpy(list->ptr, text, list->len);
 }
 
-void exports_weir_plugin_http_filter_on_request(exports_weir_plugin_http_filter_request_head_t *request,
-                                                exports_weir_plugin_http_filter_request_action_t *ret) {
-  if (denied(&request->client_address) && !token_ok(&request->headers)) {
+// The answer, once the filter knows whether the request may pass: a 403 for a refused
+// client, else the request goes on without the token.
+static void answer(int pass, const filter_string_t *client,
+                   exports_weir_plugin_http_filter_request_action_t *ret) {
+  if (!pass) {
     char message[96];
-    snprintf(message, sizeof message, "refused %.*s", (int)request->client_address.len,
-             (const char *)request->client_address.ptr);
+    snprintf(message, sizeof message, "refused %.*s", (int)client->len, (const char *)client->ptr);
     filter_string_t line;
     filter_string_set(&line, message);
     weir_plugin_log_log(WEIR_PLUGIN_LOG_LEVEL_INFO, &line);
@@ -271,12 +285,9 @@ void exports_weir_plugin_http_filter_on_request(exports_weir_plugin_http_filter_
     changes->headers.ptr[0].tag = WEIR_PLUGIN_TYPES_HEADER_OP_REMOVE;
     filter_string_dup(&changes->headers.ptr[0].val.remove, guard.token_header);
   }
-  exports_weir_plugin_http_filter_request_head_free(request);
 }
 
-void exports_weir_plugin_http_filter_on_response(exports_weir_plugin_http_filter_request_head_t *request,
-                                                 exports_weir_plugin_http_filter_response_head_t *response,
-                                                 exports_weir_plugin_http_filter_response_action_t *ret) {
+static void tag_response(exports_weir_plugin_http_filter_response_action_t *ret) {
   ret->tag = WEIR_PLUGIN_TYPES_RESPONSE_ACTION_CONTINUE;
   ret->val.continue_.len = 1;
   ret->val.continue_.ptr = malloc(sizeof(weir_plugin_types_header_op_t));
@@ -284,6 +295,44 @@ void exports_weir_plugin_http_filter_on_response(exports_weir_plugin_http_filter
   op->tag = WEIR_PLUGIN_TYPES_HEADER_OP_SET;
   filter_string_dup(&op->val.set.f0, "x-guard");
   set_bytes(&op->val.set.f1, guard.tag);
+}
+
+// What weir calls: the client's address, then the token header only for a listed client.
+void exports_weir_plugin_http_filter_on_request_lazy(exports_weir_plugin_http_filter_borrow_request_t request,
+                                                     exports_weir_plugin_http_filter_request_action_t *ret) {
+  filter_string_t client;
+  weir_plugin_types_method_request_client_address(request, &client);
+  int pass = !denied(&client);
+  filter_list_u8_t sent;
+  if (!pass && weir_plugin_types_method_request_header(request, &guard.token_header_name, &sent)) {
+    pass = token_ok(sent.ptr, sent.len);
+    filter_list_u8_free(&sent);
+  }
+  answer(pass, &client, ret);
+  filter_string_free(&client);
+  weir_plugin_types_request_drop_borrow(request);
+}
+
+void exports_weir_plugin_http_filter_on_response_lazy(exports_weir_plugin_http_filter_borrow_request_t request,
+                                                      exports_weir_plugin_http_filter_borrow_response_t response,
+                                                      exports_weir_plugin_http_filter_response_action_t *ret) {
+  tag_response(ret);
+  weir_plugin_types_request_drop_borrow(request);
+  weir_plugin_types_response_drop_borrow(response);
+}
+
+// The same hooks, given whole heads.
+void exports_weir_plugin_http_filter_on_request(exports_weir_plugin_http_filter_request_head_t *request,
+                                                exports_weir_plugin_http_filter_request_action_t *ret) {
+  int pass = !denied(&request->client_address) || token_ok_in(&request->headers);
+  answer(pass, &request->client_address, ret);
+  exports_weir_plugin_http_filter_request_head_free(request);
+}
+
+void exports_weir_plugin_http_filter_on_response(exports_weir_plugin_http_filter_request_head_t *request,
+                                                 exports_weir_plugin_http_filter_response_head_t *response,
+                                                 exports_weir_plugin_http_filter_response_action_t *ret) {
+  tag_response(ret);
   exports_weir_plugin_http_filter_request_head_free(request);
   exports_weir_plugin_http_filter_response_head_free(response);
 }

@@ -4,5 +4,5 @@
 # `-d http -d fetch-event`: a filter uses no wasi:http, so the component must not import it.
 set -eu
 cd "$(dirname "$0")"
-${JCO:-jco} componentize guard.js --wit ../../../wit/0.2.0 --world-name filter -d http -d fetch-event \
+${JCO:-jco} componentize guard.js --wit ../../../wit --world-name filter -d http -d fetch-event \
     -o guard.wasm

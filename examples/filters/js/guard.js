@@ -1,6 +1,11 @@
 // guard: refuses clients from listed networks unless they show the bypass token, and tags
-// every response.
-import { log } from 'weir:plugin/log@0.2.0';
+// every response. The same filter exists in every language under examples/filters/.
+//
+// weir (weir:plugin@0.3.x) calls the lazy hooks, `onRequestLazy` and `onResponseLazy`: they
+// get handles and read only what the decision needs, the client's address and, for a listed
+// client, the token header. The record forms (`onRequest`, `onResponse`, given whole heads)
+// must be exported too and share the decision.
+import { log } from 'weir:plugin/log@0.3.1';
 
 let guard = null;
 
@@ -58,6 +63,34 @@ function sameBytes(a, b) {
 
 const encoder = new TextEncoder();
 
+// The decision for a request from `clientAddress`. `sentToken()` gives the token header's
+// first value, if any: it is asked for only when the client is listed.
+function decide(clientAddress, sentToken) {
+  const ip = clientIp(clientAddress);
+  // An address we cannot read is not trusted.
+  const denied = !ip || guard.deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
+  if (denied) {
+    const token = sentToken();
+    if (!(token && sameBytes(token, guard.token))) {
+      log('info', `refused ${clientAddress}`);
+      return {
+        tag: 'respond',
+        val: {
+          status: 403,
+          headers: [['content-type', encoder.encode('application/json')]],
+          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
+        },
+      };
+    }
+  }
+  // The token never travels upstream.
+  return { tag: 'continue', val: { headers: [{ tag: 'remove', val: guard.tokenHeader }] } };
+}
+
+function tagged() {
+  return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', guard.tag] }] };
+}
+
 export const httpFilter = {
   configure(text) {
     const config = JSON.parse(text);
@@ -82,28 +115,21 @@ export const httpFilter = {
     return { onRequestBody: false, onResponseBody: false };
   },
 
+  onRequestLazy(request) {
+    return decide(request.clientAddress(), () => request.header(guard.tokenHeader));
+  },
+
+  onResponseLazy(_request, _response) {
+    return tagged();
+  },
+
   onRequest(request) {
-    const ip = clientIp(request.clientAddress);
-    // An address we cannot read is not trusted.
-    const denied = !ip || guard.deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
-    const token = request.headers.find(([name]) => name === guard.tokenHeader);
-    if (denied && !(token && sameBytes(token[1], guard.token))) {
-      log('info', `refused ${request.clientAddress}`);
-      return {
-        tag: 'respond',
-        val: {
-          status: 403,
-          headers: [['content-type', encoder.encode('application/json')]],
-          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
-        },
-      };
-    }
-    // The token never travels upstream.
-    return { tag: 'continue', val: { headers: [{ tag: 'remove', val: guard.tokenHeader }] } };
+    const sent = () => request.headers.find(([name]) => name === guard.tokenHeader)?.[1];
+    return decide(request.clientAddress, sent);
   },
 
   onResponse(_request, _response) {
-    return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', guard.tag] }] };
+    return tagged();
   },
 
   onRequestBody() {

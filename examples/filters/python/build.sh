@@ -2,4 +2,4 @@
 # Builds guard.wasm with componentize-py 0.25 (`pip install componentize-py==0.25.0`).
 set -eu
 cd "$(dirname "$0")"
-componentize-py -d ../../../wit/0.2.0 -w filter componentize guard -o guard.wasm
+componentize-py -d ../../../wit -w filter componentize guard -o guard.wasm

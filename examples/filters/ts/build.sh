@@ -4,7 +4,7 @@
 # (`npm install -g @bytecodealliance/jco@1.34.0 @bytecodealliance/componentize-js@0.23.0 typescript@5.9.3`).
 set -eu
 cd "$(dirname "$0")"
-${JCO:-jco} guest-types ../../../wit/0.2.0 --world-name filter -o types >/dev/null
+${JCO:-jco} guest-types ../../../wit --world-name filter -o types >/dev/null
 ${TSC:-tsc} -p .
-${JCO:-jco} componentize dist/guard.js --wit ../../../wit/0.2.0 --world-name filter -d http -d fetch-event \
+${JCO:-jco} componentize dist/guard.js --wit ../../../wit --world-name filter -d http -d fetch-event \
     -o guard.wasm

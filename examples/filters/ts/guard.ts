@@ -1,18 +1,25 @@
 // guard: refuses clients from listed networks unless they show the bypass token, and tags
 // every response. The same filter exists in every language under examples/filters/; this is
 // the JavaScript one with the contract's types (`jco guest-types`, written by build.sh).
-import { log } from 'weir:plugin/log@0.2.0';
+//
+// weir (weir:plugin@0.3.x) calls the lazy hooks, `onRequestLazy` and `onResponseLazy`: they
+// get handles and read only what the decision needs, the client's address and, for a listed
+// client, the token header. The record forms (`onRequest`, `onResponse`, given whole heads)
+// must be exported too and share the decision.
+import { log } from 'weir:plugin/log@0.3.1';
 import type {
   BodyAction,
   BodyHookSet,
   HookSet,
+  Request,
   RequestAction,
   RequestHead,
+  Response,
   ResponseAction,
   ResponseHead,
-} from 'weir:plugin/types@0.2.0';
+} from 'weir:plugin/types@0.3.1';
 
-type HttpFilter = typeof import('weir:plugin/http-filter@0.2.0');
+type HttpFilter = typeof import('weir:plugin/http-filter@0.3.1');
 
 /** An address as a number of `bits` bits. */
 interface Ip {
@@ -96,6 +103,37 @@ function configured(): Guard {
   return guard;
 }
 
+/**
+ * The decision for a request from `clientAddress`. `sentToken()` gives the token header's
+ * first value, if any: it is asked for only when the client is listed.
+ */
+function decide(clientAddress: string, sentToken: () => Uint8Array | undefined): RequestAction {
+  const { deny, token, tokenHeader } = configured();
+  const ip = clientIp(clientAddress);
+  // An address we cannot read is not trusted.
+  const denied = !ip || deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
+  if (denied) {
+    const sent = sentToken();
+    if (!(sent && sameBytes(sent, token))) {
+      log('info', `refused ${clientAddress}`);
+      return {
+        tag: 'respond',
+        val: {
+          status: 403,
+          headers: [['content-type', encoder.encode('application/json')]],
+          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
+        },
+      };
+    }
+  }
+  // The token never travels upstream.
+  return { tag: 'continue', val: { headers: [{ tag: 'remove', val: tokenHeader }] } };
+}
+
+function tagged(): ResponseAction {
+  return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', configured().tag] }] };
+}
+
 export const httpFilter: HttpFilter = {
   configure(text: string): void {
     const config = JSON.parse(text);
@@ -120,29 +158,22 @@ export const httpFilter: HttpFilter = {
     return { onRequestBody: false, onResponseBody: false };
   },
 
+  onRequestLazy(request: Request): RequestAction {
+    return decide(request.clientAddress(), () => request.header(configured().tokenHeader));
+  },
+
+  onResponseLazy(_request: Request, _response: Response): ResponseAction {
+    return tagged();
+  },
+
   onRequest(request: RequestHead): RequestAction {
-    const { deny, token, tokenHeader } = configured();
-    const ip = clientIp(request.clientAddress);
-    // An address we cannot read is not trusted.
-    const denied = !ip || deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
-    const sent = request.headers.find(([name]) => name === tokenHeader);
-    if (denied && !(sent && sameBytes(sent[1], token))) {
-      log('info', `refused ${request.clientAddress}`);
-      return {
-        tag: 'respond',
-        val: {
-          status: 403,
-          headers: [['content-type', encoder.encode('application/json')]],
-          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
-        },
-      };
-    }
-    // The token never travels upstream.
-    return { tag: 'continue', val: { headers: [{ tag: 'remove', val: tokenHeader }] } };
+    const { tokenHeader } = configured();
+    const sent = () => request.headers.find(([name]) => name === tokenHeader)?.[1];
+    return decide(request.clientAddress, sent);
   },
 
   onResponse(_request: RequestHead, _response: ResponseHead): ResponseAction {
-    return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', configured().tag] }] };
+    return tagged();
   },
 
   // Body hooks are not declared in bodyHooks(), so weir never calls these.

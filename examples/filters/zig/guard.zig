@@ -1,9 +1,15 @@
 //! guard: refuses clients from listed networks unless they show the bypass token, and tags
 //! every response. The same filter exists in every language under examples/filters/.
 //!
+//! weir (weir:plugin@0.3.x) calls the lazy hooks, `on_request_lazy` and `on_response_lazy`:
+//! they get handles and read only what the decision needs, the client's address and, for a
+//! listed client, the token header. The record forms (`on_request`, `on_response`, given
+//! whole heads) must be exported too and share the decision.
+//!
 //! The C bindings (`weir plugin bindgen --lang c`, translated by `zig translate-c`) do the
-//! canonical ABI; this file implements the functions they call. What the host passes in
-//! belongs to the filter, which frees it; what a hook returns is allocated with the C
+//! canonical ABI; this file implements the functions they call. What the host passes in, or
+//! a handle's method returns, belongs to the filter, which frees it; a handle passed to a
+//! hook must be dropped before the hook returns. What a hook returns is allocated with the C
 //! allocator and freed by the bindings once the host has read it.
 
 const std = @import("std");
@@ -111,18 +117,25 @@ fn denied(client: []const u8) bool {
     return false;
 }
 
-fn tokenOk(headers: c.weir_plugin_types_list_header_t) bool {
+/// Compares without stopping at the first difference, so timing says nothing.
+fn tokenOk(sent: []const u8) bool {
     const want = config.?.value.token;
+    if (sent.len != want.len) return false;
+    var diff: u8 = 0;
+    for (sent, want) |a, b| diff |= a ^ b;
+    return diff == 0;
+}
+
+/// The token in a whole head: the first header of that name.
+fn tokenOkIn(headers: c.weir_plugin_types_list_header_t) bool {
     for (headers.ptr[0..headers.len]) |header| {
-        if (!std.mem.eql(u8, slice(header.f0), token_header)) continue;
-        const got = if (header.f1.len == 0) "" else header.f1.ptr[0..header.f1.len];
-        // Compared without stopping at the first difference, so timing says nothing.
-        if (got.len != want.len) return false;
-        var diff: u8 = 0;
-        for (got, want) |a, b| diff |= a ^ b;
-        return diff == 0;
+        if (std.mem.eql(u8, slice(header.f0), token_header)) return tokenOk(bytesOf(header.f1));
     }
     return false;
+}
+
+fn bytesOf(list: c.filter_list_u8_t) []const u8 {
+    return if (list.len == 0) "" else list.ptr[0..list.len];
 }
 
 /// A copy of `text` the bindings free after the call.
@@ -136,13 +149,10 @@ fn string(text: []const u8) c.filter_string_t {
     return .{ .ptr = copy.ptr, .len = copy.len };
 }
 
-export fn exports_weir_plugin_http_filter_on_request(
-    request: *c.exports_weir_plugin_http_filter_request_head_t,
-    ret: *c.exports_weir_plugin_http_filter_request_action_t,
-) void {
-    defer c.exports_weir_plugin_http_filter_request_head_free(request);
-    const client = slice(request.client_address);
-    if (denied(client) and !tokenOk(request.headers)) {
+/// The answer, once the filter knows whether the request may pass: a 403 for a refused
+/// client, else the request goes on without the token.
+fn answer(pass: bool, client: []const u8, ret: *c.exports_weir_plugin_http_filter_request_action_t) void {
+    if (!pass) {
         var buffer: [128]u8 = undefined;
         const line = std.fmt.bufPrint(&buffer, "refused {s}", .{client}) catch "refused";
         var message = c.filter_string_t{ .ptr = @constCast(line.ptr), .len = line.len };
@@ -165,6 +175,55 @@ export fn exports_weir_plugin_http_filter_on_request(
     ret.val.continue_ = .{ .headers = .{ .ptr = ops.ptr, .len = 1 }, .path = .{ .is_some = false } };
 }
 
+fn tagResponse(ret: *c.exports_weir_plugin_http_filter_response_action_t) void {
+    const ops = gpa.alloc(c.weir_plugin_types_header_op_t, 1) catch @panic("out of memory");
+    const tag: c.weir_plugin_types_header_t = .{ .f0 = string("x-guard"), .f1 = bytes(config.?.value.tag) };
+    ops[0] = .{ .tag = c.WEIR_PLUGIN_TYPES_HEADER_OP_SET, .val = .{ .set = tag } };
+    ret.tag = c.WEIR_PLUGIN_TYPES_RESPONSE_ACTION_CONTINUE;
+    ret.val.continue_ = .{ .ptr = ops.ptr, .len = 1 };
+}
+
+/// What weir calls: the client's address, then the token header only for a listed client.
+export fn exports_weir_plugin_http_filter_on_request_lazy(
+    request: c.exports_weir_plugin_http_filter_borrow_request_t,
+    ret: *c.exports_weir_plugin_http_filter_request_action_t,
+) void {
+    defer c.weir_plugin_types_request_drop_borrow(request);
+    var client: c.filter_string_t = undefined;
+    c.weir_plugin_types_method_request_client_address(request, &client);
+    defer c.filter_string_free(&client);
+    var pass = !denied(slice(client));
+    if (!pass) {
+        var name = c.filter_string_t{ .ptr = token_header.ptr, .len = token_header.len };
+        var sent: c.filter_list_u8_t = undefined;
+        if (c.weir_plugin_types_method_request_header(request, &name, &sent)) {
+            defer c.filter_list_u8_free(&sent);
+            pass = tokenOk(bytesOf(sent));
+        }
+    }
+    answer(pass, slice(client), ret);
+}
+
+export fn exports_weir_plugin_http_filter_on_response_lazy(
+    request: c.exports_weir_plugin_http_filter_borrow_request_t,
+    response: c.exports_weir_plugin_http_filter_borrow_response_t,
+    ret: *c.exports_weir_plugin_http_filter_response_action_t,
+) void {
+    defer c.weir_plugin_types_request_drop_borrow(request);
+    defer c.weir_plugin_types_response_drop_borrow(response);
+    tagResponse(ret);
+}
+
+// The same hooks, given whole heads.
+export fn exports_weir_plugin_http_filter_on_request(
+    request: *c.exports_weir_plugin_http_filter_request_head_t,
+    ret: *c.exports_weir_plugin_http_filter_request_action_t,
+) void {
+    defer c.exports_weir_plugin_http_filter_request_head_free(request);
+    const client = slice(request.client_address);
+    answer(!denied(client) or tokenOkIn(request.headers), client, ret);
+}
+
 export fn exports_weir_plugin_http_filter_on_response(
     request: *c.exports_weir_plugin_http_filter_request_head_t,
     response: *c.exports_weir_plugin_http_filter_response_head_t,
@@ -172,11 +231,7 @@ export fn exports_weir_plugin_http_filter_on_response(
 ) void {
     defer c.exports_weir_plugin_http_filter_request_head_free(request);
     defer c.exports_weir_plugin_http_filter_response_head_free(response);
-    const ops = gpa.alloc(c.weir_plugin_types_header_op_t, 1) catch @panic("out of memory");
-    const tag: c.weir_plugin_types_header_t = .{ .f0 = string("x-guard"), .f1 = bytes(config.?.value.tag) };
-    ops[0] = .{ .tag = c.WEIR_PLUGIN_TYPES_HEADER_OP_SET, .val = .{ .set = tag } };
-    ret.tag = c.WEIR_PLUGIN_TYPES_RESPONSE_ACTION_CONTINUE;
-    ret.val.continue_ = .{ .ptr = ops.ptr, .len = 1 };
+    tagResponse(ret);
 }
 
 // Body hooks are not declared in body_hooks(), so weir never calls these.

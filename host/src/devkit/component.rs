@@ -11,20 +11,18 @@ use wasi_preview1_component_adapter_provider::{
 };
 use wit_parser::{Resolve, WorldId};
 
-/// The contract `weir plugin new` projects are built against: `(file name, contents)`. It is
-/// `weir:plugin@0.2.0` (`wit/0.2.0/`), whose hooks take whole heads: the 0.3.0 lazy hooks
-/// need code that reads a head through its handle, which only the Rust SDK has so far (the
-/// templates, Rust's included, use their language's bindings generator directly). weir
-/// loads both.
+/// The contract `weir plugin new` projects and `bindgen` are built against: `(file name,
+/// contents)`. It is the current `weir:plugin` package (`wit/`), so a new plugin gets the
+/// lazy hooks, which read a head through its handle instead of being given a copy.
 pub const WIT: [(&str, &str); 5] = [
-    ("world.wit", include_str!("../../../wit/0.2.0/world.wit")),
+    ("world.wit", include_str!("../../../wit/world.wit")),
     (
         "http-filter.wit",
-        include_str!("../../../wit/0.2.0/http-filter.wit"),
+        include_str!("../../../wit/http-filter.wit"),
     ),
-    ("types.wit", include_str!("../../../wit/0.2.0/types.wit")),
-    ("log.wit", include_str!("../../../wit/0.2.0/log.wit")),
-    ("kv.wit", include_str!("../../../wit/0.2.0/kv.wit")),
+    ("types.wit", include_str!("../../../wit/types.wit")),
+    ("log.wit", include_str!("../../../wit/log.wit")),
+    ("kv.wit", include_str!("../../../wit/kv.wit")),
 ];
 
 /// `go.bytecodealliance.org/pkg` at the version wit-bindgen-go's bindings ask for (see

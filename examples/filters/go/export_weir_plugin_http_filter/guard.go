@@ -2,6 +2,12 @@
 // unless they show the bypass token, and tags every response. The same filter exists in
 // every language under examples/filters/. The generated bindings (`weir plugin bindgen
 // --lang go`) call the exported functions below.
+//
+// weir (weir:plugin@0.3.x) calls the lazy hooks, OnRequestLazy and OnResponseLazy: they get
+// handles and read only what the decision needs, the client's address and, for a listed
+// client, the token header. A handle must be dropped before the hook returns. The record
+// forms (OnRequest, OnResponse, given whole heads) must be exported too and share the
+// decision.
 package export_weir_plugin_http_filter
 
 import (
@@ -99,24 +105,19 @@ func denied(client string) bool {
 	return false
 }
 
-func tokenOk(headers []witTypes.Tuple2[string, []uint8]) bool {
-	for _, h := range headers {
-		if h.F0 == tokenHeader {
-			return subtle.ConstantTimeCompare(h.F1, token) == 1
+// decide is the answer to a request from client. sentToken gives the token header's first
+// value, if any: it is asked for only when the client is listed.
+func decide(client string, sentToken func() witTypes.Option[[]uint8]) types.RequestAction {
+	if denied(client) {
+		sent := sentToken()
+		if sent.IsNone() || subtle.ConstantTimeCompare(sent.Some(), token) != 1 {
+			log.Log(log.LevelInfo, "refused "+client)
+			return types.MakeRequestActionRespond(types.LocalResponse{
+				Status:  403,
+				Headers: []witTypes.Tuple2[string, []uint8]{{F0: "content-type", F1: []byte("application/json")}},
+				Body:    []byte(`{"error":"client network not allowed"}`),
+			})
 		}
-	}
-	return false
-}
-
-func OnRequest(request types.RequestHead) types.RequestAction {
-	defer collect()
-	if denied(request.ClientAddress) && !tokenOk(request.Headers) {
-		log.Log(log.LevelInfo, "refused "+request.ClientAddress)
-		return types.MakeRequestActionRespond(types.LocalResponse{
-			Status:  403,
-			Headers: []witTypes.Tuple2[string, []uint8]{{F0: "content-type", F1: []byte("application/json")}},
-			Body:    []byte(`{"error":"client network not allowed"}`),
-		})
 	}
 	// The token never travels upstream.
 	return types.MakeRequestActionContinue(types.RequestChanges{
@@ -125,10 +126,44 @@ func OnRequest(request types.RequestHead) types.RequestAction {
 	})
 }
 
-func OnResponse(request types.RequestHead, response types.ResponseHead) types.ResponseAction {
-	defer collect()
+func tagged() types.ResponseAction {
 	set := types.MakeHeaderOpSet(witTypes.Tuple2[string, []uint8]{F0: "x-guard", F1: tag})
 	return types.MakeResponseActionContinue([]types.HeaderOp{set})
+}
+
+// OnRequestLazy is what weir calls: the client's address, then the token header only for a
+// listed client.
+func OnRequestLazy(request *types.Request) types.RequestAction {
+	defer collect()
+	defer request.Drop()
+	return decide(request.ClientAddress(), func() witTypes.Option[[]uint8] {
+		return request.Header(tokenHeader)
+	})
+}
+
+func OnResponseLazy(request *types.Request, response *types.Response) types.ResponseAction {
+	defer collect()
+	defer request.Drop()
+	defer response.Drop()
+	return tagged()
+}
+
+// OnRequest and OnResponse are the same hooks, given whole heads.
+func OnRequest(request types.RequestHead) types.RequestAction {
+	defer collect()
+	return decide(request.ClientAddress, func() witTypes.Option[[]uint8] {
+		for _, h := range request.Headers {
+			if h.F0 == tokenHeader {
+				return witTypes.Some(h.F1)
+			}
+		}
+		return witTypes.None[[]uint8]()
+	})
+}
+
+func OnResponse(request types.RequestHead, response types.ResponseHead) types.ResponseAction {
+	defer collect()
+	return tagged()
 }
 
 // Body hooks are not declared in BodyHooks, so weir never calls these.

@@ -2,6 +2,11 @@
 // GET /{{name}}/ping itself, tags every request it passes on with `x-hello`, and every
 // response with `x-plugin`. The bindings (`weir plugin bindgen --lang go .`, which
 // build.sh runs) call the exported functions below.
+//
+// weir calls the lazy hooks (OnRequestLazy, OnResponseLazy): they get handles to the request
+// and response and read only what they ask for, one call into weir each; a handle must be
+// dropped before the hook returns. The record forms (OnRequest, OnResponse, given whole
+// heads) must be exported too; here both forms share the answer.
 package export_weir_plugin_http_filter
 
 import (
@@ -54,9 +59,9 @@ func header(name, value string) witTypes.Tuple2[string, []uint8] {
 	return witTypes.Tuple2[string, []uint8]{F0: name, F1: []byte(value)}
 }
 
-func OnRequest(request types.RequestHead) types.RequestAction {
-	defer collect()
-	if request.Method == "GET" && request.Path == "/"+name+"/ping" {
+// answer is the answer to a request: ping says whether it is GET /{{name}}/ping.
+func answer(ping bool) types.RequestAction {
+	if ping {
 		log.Log(log.LevelDebug, "ping")
 		return types.MakeRequestActionRespond(types.LocalResponse{
 			Status:  200,
@@ -70,9 +75,33 @@ func OnRequest(request types.RequestHead) types.RequestAction {
 	})
 }
 
+func tagged() types.ResponseAction {
+	return types.MakeResponseActionContinue([]types.HeaderOp{types.MakeHeaderOpSet(header("x-plugin", name))})
+}
+
+// OnRequestLazy is what weir calls. The path is read only for a GET.
+func OnRequestLazy(request *types.Request) types.RequestAction {
+	defer collect()
+	defer request.Drop()
+	return answer(request.Method() == "GET" && request.Path() == "/"+name+"/ping")
+}
+
+func OnResponseLazy(request *types.Request, response *types.Response) types.ResponseAction {
+	defer collect()
+	defer request.Drop()
+	defer response.Drop()
+	return tagged()
+}
+
+// OnRequest and OnResponse are the same hooks, given whole heads.
+func OnRequest(request types.RequestHead) types.RequestAction {
+	defer collect()
+	return answer(request.Method == "GET" && request.Path == "/"+name+"/ping")
+}
+
 func OnResponse(request types.RequestHead, response types.ResponseHead) types.ResponseAction {
 	defer collect()
-	return types.MakeResponseActionContinue([]types.HeaderOp{types.MakeHeaderOpSet(header("x-plugin", name))})
+	return tagged()
 }
 
 // Body hooks are not declared in BodyHooks, so weir never calls these.
