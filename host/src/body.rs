@@ -7,11 +7,16 @@
 //! response body that was partly read before it proved too large for a body hook is
 //! [`Prefixed`]: what was read, then the rest of the stream. One enum avoids boxing every
 //! body on the request path.
+//!
+//! The data path is generic over the client's request body ([`DownstreamBody`]): hyper's
+//! `Incoming` from a real connection, taken as it is, or any other body, boxed (tests drive
+//! the proxy with bodies made in memory).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -29,6 +34,27 @@ pub enum ProxyBody {
     Full(Full<Bytes>),
     /// A response body read in part, then the rest of it.
     Prefixed(Prefixed),
+    /// A request body from anything but a hyper connection (see [`DownstreamBody`]).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// A client's request body the proxy can take: hyper's own `Incoming`, unboxed, or any
+/// body boxed as an `UnsyncBoxBody`.
+pub trait DownstreamBody: Body<Data = Bytes> + Send + Unpin + 'static {
+    /// The body as the data path carries it.
+    fn into_proxy_body(self) -> ProxyBody;
+}
+
+impl DownstreamBody for Incoming {
+    fn into_proxy_body(self) -> ProxyBody {
+        ProxyBody::Client(self)
+    }
+}
+
+impl DownstreamBody for UnsyncBoxBody<Bytes, BoxError> {
+    fn into_proxy_body(self) -> ProxyBody {
+        ProxyBody::Boxed(self)
+    }
 }
 
 /// A body weir makes itself.
@@ -50,6 +76,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Full(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Prefixed(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -59,6 +86,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Full(body) => body.is_end_stream(),
             ProxyBody::Prefixed(body) => body.is_end_stream(),
+            ProxyBody::Boxed(body) => body.is_end_stream(),
         }
     }
 
@@ -68,6 +96,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Full(body) => body.size_hint(),
             ProxyBody::Prefixed(body) => body.size_hint(),
+            ProxyBody::Boxed(body) => body.size_hint(),
         }
     }
 }

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::balancer::{self, Balancer, Endpoints};
-use crate::config::{ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, RouteTarget};
 use crate::health::{self, HealthChecker};
 use crate::plugin::chain::Chain;
 use crate::plugin::{Filter, Handler, Plugin};
 use crate::router::Router;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{Connector, UpstreamClient};
 
 /// Config plus what is built from it: the route table, the clusters and the plugin chains.
 #[derive(Debug)]
@@ -27,13 +27,29 @@ pub struct Generation {
     pub router: Router,
     /// Clusters, in the same order as `config.clusters`.
     pub clusters: Vec<Arc<Cluster>>,
-    /// Each route's plugin chain, in the same order as `config.routes`.
-    pub chains: Vec<Chain>,
-    /// Each route's handler plugin, for routes answered by a handler instead of a cluster:
-    /// the loaded handler, or why it cannot answer.
-    pub handlers: Vec<Option<Result<Arc<Handler>, String>>>,
+    /// Each route, in the same order as `config.routes` (the router's indices).
+    pub routes: Vec<Route>,
     /// The plugin folder as this generation sees it, in file-name order.
     pub plugins: Vec<PluginSlot>,
+}
+
+/// A route ready to serve: its chain of filters and what answers it.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's filters, in order.
+    pub chain: Chain,
+    /// What answers the requests the chain passes on.
+    pub target: Target,
+}
+
+/// What answers a route.
+#[derive(Debug)]
+pub enum Target {
+    /// The cluster at this index of [`Generation::clusters`].
+    Cluster(usize),
+    /// A handler plugin: the loaded handler, or why it cannot answer (the route then answers
+    /// 503).
+    Handler(Result<Arc<Handler>, String>),
 }
 
 /// One plugin file: the version serving (if any) and the last load error (if any).
@@ -81,16 +97,18 @@ impl Generation {
         config: Arc<Config>,
         plugins: Vec<PluginSlot>,
         previous: Option<&Generation>,
+        connector: &Arc<dyn Connector>,
     ) -> Generation {
-        let chains = config
+        let routes = config
             .routes
             .iter()
-            .map(|route| chain(route.plugins.as_deref(), &plugins).on_route(&route.name))
-            .collect();
-        let handlers = config
-            .routes
-            .iter()
-            .map(|route| route.handler.as_deref().map(|name| handler(name, &plugins)))
+            .map(|route| Route {
+                chain: chain(route.plugins.as_deref(), &plugins).on_route(&route.name),
+                target: match &route.target {
+                    RouteTarget::Cluster(cluster) => Target::Cluster(cluster.index),
+                    RouteTarget::Handler(name) => Target::Handler(handler(name, &plugins)),
+                },
+            })
             .collect();
         let router = Router::new(&config.routes);
         let clusters = config
@@ -106,9 +124,9 @@ impl Generation {
                         sticky_ids: sticky_ids(c),
                         config: c.clone(),
                         balancer: balancer::build(c),
-                        health: health::spawn(c, &endpoints),
+                        health: health::spawn(c, &endpoints, connector),
                         endpoints,
-                        client: UpstreamClient::new(c),
+                        client: UpstreamClient::new(c, connector.clone()),
                     })
                 })
             })
@@ -118,8 +136,7 @@ impl Generation {
             config,
             router,
             clusters,
-            chains,
-            handlers,
+            routes,
             plugins,
         }
     }

@@ -9,16 +9,18 @@
 //! half-dead pool cannot hide a dead endpoint) expecting `expected_statuses` (any 2xx or 3xx
 //! by default), or, without `path`, a TCP connect.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Request;
 use http::uri::Authority;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::balancer::Endpoints;
 use crate::config::{ClusterConfig, HealthCheck};
+use crate::upstream::Connector;
 
 /// A cluster's running health checks; dropping it stops them.
 #[derive(Debug)]
@@ -33,7 +35,11 @@ impl Drop for HealthChecker {
 }
 
 /// Starts checking `config`'s endpoints if it has a `health_check`. Needs a tokio runtime.
-pub fn spawn(config: &ClusterConfig, endpoints: &Endpoints) -> Option<HealthChecker> {
+pub fn spawn(
+    config: &ClusterConfig,
+    endpoints: &Endpoints,
+    connector: &Arc<dyn Connector>,
+) -> Option<HealthChecker> {
     let check = config.health_check.clone()?;
     let cluster = config.name.clone();
     let targets: Vec<Authority> = config
@@ -42,10 +48,11 @@ pub fn spawn(config: &ClusterConfig, endpoints: &Endpoints) -> Option<HealthChec
         .map(|e| e.authority.clone())
         .collect();
     let endpoints = endpoints.clone();
+    let connector = connector.clone();
     let task = tokio::spawn(async move {
         let mut streaks = vec![Streak::default(); targets.len()];
         loop {
-            let results = probe_all(&targets, &check).await;
+            let results = probe_all(&targets, &check, &connector).await;
             for (i, result) in results.into_iter().enumerate() {
                 let Some(state) = endpoints.get(i) else {
                     continue;
@@ -91,11 +98,15 @@ struct Streak {
 }
 
 /// Probes every target concurrently; results in target order.
-async fn probe_all(targets: &[Authority], check: &HealthCheck) -> Vec<Result<(), String>> {
+async fn probe_all(
+    targets: &[Authority],
+    check: &HealthCheck,
+    connector: &Arc<dyn Connector>,
+) -> Vec<Result<(), String>> {
     let mut probes = JoinSet::new();
     for (i, target) in targets.iter().enumerate() {
-        let (target, check) = (target.clone(), check.clone());
-        probes.spawn(async move { (i, probe(&target, &check).await) });
+        let (target, check, connector) = (target.clone(), check.clone(), connector.clone());
+        probes.spawn(async move { (i, probe(&target, &check, &*connector).await) });
     }
     let mut results = vec![Err("the check did not run".to_owned()); targets.len()];
     while let Some(joined) = probes.join_next().await {
@@ -107,8 +118,12 @@ async fn probe_all(targets: &[Authority], check: &HealthCheck) -> Vec<Result<(),
 }
 
 /// One check of one endpoint, bounded by the check's timeout.
-async fn probe(target: &Authority, check: &HealthCheck) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, probe_unbounded(target, check)).await {
+async fn probe(
+    target: &Authority,
+    check: &HealthCheck,
+    connector: &dyn Connector,
+) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_unbounded(target, check, connector)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "no answer within {}",
@@ -117,8 +132,13 @@ async fn probe(target: &Authority, check: &HealthCheck) -> Result<(), String> {
     }
 }
 
-async fn probe_unbounded(target: &Authority, check: &HealthCheck) -> Result<(), String> {
-    let stream = TcpStream::connect(target.as_str())
+async fn probe_unbounded(
+    target: &Authority,
+    check: &HealthCheck,
+    connector: &dyn Connector,
+) -> Result<(), String> {
+    let stream = connector
+        .connect(target)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let Some(path) = &check.path else {
@@ -179,7 +199,7 @@ mod tests {
             .expect("free port")
             .port();
         let target: Authority = format!("127.0.0.1:{port}").parse().expect("authority");
-        let result = runtime.block_on(probe(&target, &check));
+        let result = runtime.block_on(probe(&target, &check, &crate::upstream::TcpConnector));
         assert!(result.is_err_and(|e| e.starts_with("connect:")));
     }
 }

@@ -21,6 +21,7 @@ pub mod balancer;
 pub mod body;
 pub mod config;
 pub mod devkit;
+pub mod endpoints;
 pub mod error;
 pub mod generation;
 pub mod health;
@@ -33,14 +34,12 @@ pub mod shutdown;
 mod timer;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -49,6 +48,7 @@ use crate::error::HostError;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{Client, ProxyService};
 use crate::reload::Reloader;
+use crate::upstream::{Connector, TcpConnector};
 
 /// Runs weir with `config`, read from `config_path`, until `shutdown` resolves, then drains
 /// and returns.
@@ -69,9 +69,11 @@ pub async fn run(
     let settings = config.server.clone();
     let listener_configs = config.listeners.clone();
     let admin_config = config.admin.clone();
-    let (reloader, first) = Reloader::start(config_path.to_owned(), config, runtime.clone())
-        .await
-        .map_err(HostError::Plugins)?;
+    let connector: Arc<dyn Connector> = Arc::new(TcpConnector);
+    let (reloader, first) =
+        Reloader::start(config_path.to_owned(), config, runtime.clone(), connector)
+            .await
+            .map_err(HostError::Plugins)?;
 
     // Watching starts before `listening`, so no change made after that is missed.
     let generation = Arc::new(ArcSwap::from_pointee(first));
@@ -91,15 +93,7 @@ pub async fn run(
     let proxy = ProxyService::new(generation.clone());
     for listener in proxy_listeners {
         let proxy = proxy.clone();
-        let make_service = move |peer: SocketAddr| {
-            let proxy = proxy.clone();
-            let client = Arc::new(Client::new(peer));
-            service_fn(move |request| {
-                let proxy = proxy.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
-            })
-        };
+        let make_service = move |peer: SocketAddr| proxy.clone().for_connection(Client::new(peer));
         tasks.spawn(server::serve(
             listener,
             settings.clone(),

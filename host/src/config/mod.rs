@@ -12,9 +12,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use validate::{
-    AdminConfig, ClusterConfig, Config, Endpoint, HashKey, HealthCheck, LbPolicy, ListenerConfig,
-    MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PluginLimits, PluginsConfig, RouteConfig,
-    ServerConfig, Sticky, default_cache_dir,
+    AdminConfig, ClusterConfig, ClusterRef, Config, Endpoint, HashKey, HealthCheck, LbPolicy,
+    ListenerConfig, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PluginLimits,
+    PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

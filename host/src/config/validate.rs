@@ -296,18 +296,51 @@ pub struct RouteConfig {
     /// Methods to match; `None` matches any.
     #[serde(serialize_with = "methods")]
     pub methods: Option<Vec<Method>>,
-    /// The cluster that serves the route; `None` for a handler route.
-    pub cluster: Option<String>,
-    /// The handler plugin that answers the route instead of a cluster.
-    pub handler: Option<String>,
+    /// What answers the route: a cluster or a handler plugin.
+    #[serde(flatten)]
+    pub target: RouteTarget,
     /// The route's plugin chain by name, in order; `None` means every plugin in the folder.
     pub plugins: Option<Vec<String>>,
     /// Retry requests whose method is not idempotent (POST, PATCH) after a reset, timeout or
     /// retryable status too. Connect failures are retried for every method regardless.
     pub retry_non_idempotent: bool,
-    /// Index of `cluster` in [`Config::clusters`].
-    #[serde(skip)]
-    pub cluster_index: Option<usize>,
+}
+
+/// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
+/// TOML has it: `"cluster": NAME` or `"handler": NAME`.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum RouteTarget {
+    /// A cluster, by name and by its index in [`Config::clusters`].
+    #[serde(rename = "cluster")]
+    Cluster(ClusterRef),
+    /// A handler plugin, by name.
+    #[serde(rename = "handler")]
+    Handler(String),
+}
+
+impl RouteTarget {
+    /// The handler plugin's name, for a handler route.
+    pub fn handler(&self) -> Option<&String> {
+        match self {
+            RouteTarget::Handler(name) => Some(name),
+            RouteTarget::Cluster(_) => None,
+        }
+    }
+}
+
+/// A cluster a route names, resolved to its place in [`Config::clusters`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRef {
+    /// The cluster's name.
+    pub name: String,
+    /// Its index in [`Config::clusters`].
+    pub index: usize,
+}
+
+impl Serialize for ClusterRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
 }
 
 fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -884,7 +917,12 @@ fn route(
                 );
                 check.error(cluster, message);
             }
-            index.map(Some)
+            index.map(|index| {
+                RouteTarget::Cluster(ClusterRef {
+                    name: cluster.get_ref().clone(),
+                    index,
+                })
+            })
         }
         (None, Some(handler)) if handler.get_ref().is_empty() => {
             check.error(
@@ -893,7 +931,7 @@ fn route(
             );
             None
         }
-        (None, Some(_)) => Some(None),
+        (None, Some(handler)) => Some(RouteTarget::Handler(handler.get_ref().clone())),
         (Some(_), Some(handler)) => {
             check.error(
                 handler,
@@ -988,16 +1026,14 @@ fn route(
         names.iter().map(|n| n.get_ref().clone()).collect()
     });
 
-    target.map(|cluster_index| RouteConfig {
+    target.map(|target| RouteConfig {
         name: name.clone(),
         host,
         path_prefix,
         methods,
-        cluster: raw.cluster.as_ref().map(|c| c.get_ref().clone()),
-        handler: raw.handler.as_ref().map(|h| h.get_ref().clone()),
+        target,
         plugins,
         retry_non_idempotent: raw.retry_non_idempotent.unwrap_or(false),
-        cluster_index,
     })
 }
 

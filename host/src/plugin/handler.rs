@@ -22,7 +22,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -32,6 +31,8 @@ use wasmtime_wasi_http::{
 };
 
 use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
+use crate::body::ProxyBody;
+use crate::error::BoxError;
 
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -72,7 +73,7 @@ pub enum OutboundError {
 #[derive(Debug)]
 pub enum HandlerBody {
     /// Streamed from the client.
-    Stream(Incoming),
+    Stream(ProxyBody),
     /// Already read (by body hooks).
     Full(Bytes),
 }
@@ -226,9 +227,7 @@ impl Handler {
 
         let (parts, body) = request.into_parts();
         let body = match body {
-            HandlerBody::Stream(incoming) => incoming
-                .map_err(wasmtime_wasi_http::Error::from)
-                .boxed_unsync(),
+            HandlerBody::Stream(body) => body.map_err(stream_error).boxed_unsync(),
             HandlerBody::Full(bytes) => Full::new(bytes)
                 .map_err(wasmtime_wasi_http::Error::from)
                 .boxed_unsync(),
@@ -291,6 +290,14 @@ impl Handler {
                 humantime::format_duration(deadline)
             ))),
         }
+    }
+}
+
+/// A client's body failing mid-stream, as wasi:http tells the guest.
+fn stream_error(error: BoxError) -> wasmtime_wasi_http::Error {
+    match error.downcast::<hyper::Error>() {
+        Ok(hyper) => wasmtime_wasi_http::Error::from(*hyper),
+        Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
     }
 }
 

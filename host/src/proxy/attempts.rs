@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, request};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
 use crate::balancer::PickContext;
 use crate::body::{self, ProxyBody};
@@ -228,7 +228,7 @@ async fn attempts(
 /// The request body handed to [`send`].
 pub(super) enum RequestBody {
     /// Streamed from the client.
-    Client(Incoming),
+    Client(ProxyBody),
     /// Read whole (by the body hooks); every attempt can send it.
     Buffered(Bytes),
 }
@@ -248,7 +248,7 @@ enum Payload {
     /// Held in memory: every attempt sends a copy.
     Held(Bytes),
     /// Streamed: the first attempt takes it; no retry can send it again.
-    Stream(Option<Incoming>),
+    Stream(Option<ProxyBody>),
 }
 
 impl Payload {
@@ -288,7 +288,7 @@ impl Payload {
             Payload::Empty => body::full(Bytes::new()),
             Payload::Held(bytes) => body::full(bytes.clone()),
             Payload::Stream(body) => match body.take() {
-                Some(body) => ProxyBody::Client(body),
+                Some(body) => body,
                 None => body::full(Bytes::new()),
             },
         }

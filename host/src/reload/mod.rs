@@ -30,6 +30,7 @@ use crate::config::{self, Config, PluginLimits};
 use crate::generation::{Generation, PluginSlot};
 use crate::plugin::{PluginRuntime, PluginSource, plugin_name};
 use crate::shutdown::Drain;
+use crate::upstream::Connector;
 
 /// Quiet time after the last file event before a rescan starts: long enough for a copy that
 /// arrives in several writes, or an editor's write-then-rename, to settle.
@@ -94,6 +95,8 @@ impl Tracked {
 pub(crate) struct Reloader {
     config_path: PathBuf,
     runtime: Arc<PluginRuntime>,
+    /// How the generations' clusters reach their endpoints.
+    connector: Arc<dyn Connector>,
     config: Arc<Config>,
     tracked: Vec<Tracked>,
     /// Files refused for a plugin name another file has, so each is logged once.
@@ -109,10 +112,12 @@ impl Reloader {
         config_path: PathBuf,
         config: Config,
         runtime: Arc<PluginRuntime>,
+        connector: Arc<dyn Connector>,
     ) -> Result<(Reloader, Generation), Vec<String>> {
         let mut reloader = Reloader {
             config_path,
             runtime,
+            connector,
             config: Arc::new(config),
             tracked: Vec::new(),
             duplicates: Vec::new(),
@@ -127,7 +132,13 @@ impl Reloader {
         for t in &mut reloader.tracked {
             t.slot.since_generation = 1;
         }
-        let generation = Generation::build(1, reloader.config.clone(), reloader.slots(), None);
+        let generation = Generation::build(
+            1,
+            reloader.config.clone(),
+            reloader.slots(),
+            None,
+            &reloader.connector,
+        );
         Ok((reloader, generation))
     }
 
@@ -181,6 +192,7 @@ impl Reloader {
             self.config.clone(),
             self.slots(),
             Some(&previous),
+            &self.connector,
         );
         current.store(Arc::new(next));
         tracing::info!(
@@ -525,7 +537,7 @@ fn fingerprint(source: &PluginSource, limits: &PluginLimits) -> [u8; 32] {
 fn missing_plugins(config: &Config, tracked: &[Tracked]) -> Vec<String> {
     let mut missing = Vec::new();
     for route in &config.routes {
-        for name in route.plugins.iter().flatten().chain(&route.handler) {
+        for name in route.plugins.iter().flatten().chain(route.target.handler()) {
             if tracked.iter().all(|t| t.slot.name != *name) {
                 missing.push(format!(
                     "route \"{}\" names plugin \"{name}\", which is not in {}",

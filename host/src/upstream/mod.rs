@@ -6,8 +6,10 @@
 //! one more fails at once with [`PendingOverflow`], as Envoy's circuit breakers do). Its
 //! response body gives the connection back when read to the end (see [`pool`]).
 
+mod connect;
 mod pool;
 
+pub use connect::{Connecting, Connection, Connector, Io, TcpConnector};
 pub use pool::{PendingOverflow, UpstreamBody};
 
 use std::sync::Arc;
@@ -16,7 +18,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use self::pool::{Acquired, Lease, Pool, Sender, Slot};
 use crate::body::ProxyBody;
@@ -28,6 +29,7 @@ use crate::timer::{TimedOut, Timers};
 #[derive(Debug)]
 pub struct UpstreamClient {
     pool: Arc<Pool>,
+    connector: Arc<dyn Connector>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -39,9 +41,10 @@ struct Checkout {
 }
 
 impl UpstreamClient {
-    /// A client with the cluster's timeouts and caps. Inside tokio, a task closes
-    /// connections idle for `idle_timeout`; it ends when the client is dropped.
-    pub fn new(cluster: &ClusterConfig) -> UpstreamClient {
+    /// A client with the cluster's timeouts and caps, opening connections with
+    /// `connector`. Inside tokio, a task closes connections idle for `idle_timeout`; it ends
+    /// when the client is dropped.
+    pub fn new(cluster: &ClusterConfig, connector: Arc<dyn Connector>) -> UpstreamClient {
         let pool = Arc::new(Pool::new(
             cluster.endpoints.iter().map(|e| e.authority.clone()),
             cluster.max_connections,
@@ -50,6 +53,7 @@ impl UpstreamClient {
         pool::spawn_reaper(&pool, cluster.idle_timeout);
         UpstreamClient {
             pool,
+            connector,
             connect_timeout: cluster.connect_timeout,
             response_timeout: cluster.response_timeout,
         }
@@ -137,30 +141,19 @@ impl UpstreamClient {
     async fn connect(&self, endpoint: usize, slot: Slot) -> Result<Checkout, ProxyError> {
         let authority = &self.pool.endpoints[endpoint].authority;
         let failed = |cause: String| ProxyError::new(ErrorKind::UpstreamConnect).with_cause(cause);
-        // An IPv6 literal comes bracketed in an authority, not in a socket address.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(failed(format!("connecting to {authority}: {e}"))),
-            Err(_) => {
-                let limit = self.connect_timeout;
-                return Err(failed(format!(
-                    "connecting to {authority}: timed out after {limit:?}"
-                )));
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, %authority, "cannot set TCP_NODELAY");
-        }
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, self.connector.connect(authority))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(failed(format!("connecting to {authority}: {e}"))),
+                Err(_) => {
+                    let limit = self.connect_timeout;
+                    return Err(failed(format!(
+                        "connecting to {authority}: timed out after {limit:?}"
+                    )));
+                }
+            };
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| failed(format!("connecting to {authority}: {e}")))?;

@@ -1,0 +1,262 @@
+//! The plugin phases of a request: the route's chain on the request (head hooks, then body
+//! hooks when a plugin asked for the body) and on the response (head hooks in reverse, then
+//! body hooks), and a plugin's local reply passed back through the plugins before it.
+//!
+//! Body hooks are the only reason a body is buffered: if a plugin on the route has
+//! `on-request-body`, the request body is read whole (413 if it is larger than the smallest
+//! `max_body_bytes` of those plugins); if a plugin the request passed has
+//! `on-response-body`, the response body is read whole (one larger than the limit is sent
+//! on untouched, with a warning). Either way `content-length` is set to what is sent.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, request};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+
+use super::attempts::RequestBody;
+use super::{Client, forward};
+use crate::body::{self, Buffered, ProxyBody};
+use crate::error::{ErrorKind, ProxyError};
+use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
+use crate::plugin::view::RequestView;
+
+/// What the request phase decided.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per request on the stack; boxing would allocate per request"
+)]
+pub(super) enum Filtered {
+    /// Send the request on. `response` is what the response phase needs, when it has work.
+    Forward {
+        parts: request::Parts,
+        body: RequestBody,
+        response: Option<ResponsePhase>,
+    },
+    /// A plugin answered; its reply has been through the response phase already.
+    Answered(Response<ProxyBody>),
+}
+
+/// What the response phase needs of the request phase: the request as it was sent on (with
+/// the response header changes plugins left) and how many plugins passed it.
+pub(super) struct ResponsePhase {
+    request: RequestView,
+    passed: usize,
+}
+
+/// The request as the route's chain leaves it: changed and sent on, or answered.
+pub(super) async fn on_request(
+    chain: &Chain,
+    parts: request::Parts,
+    body: RequestBody,
+    host: Option<&HeaderValue>,
+    client: &Client,
+    request_id: &HeaderValue,
+) -> Result<Filtered, ProxyError> {
+    if !chain.is_active() {
+        return Ok(Filtered::Forward {
+            parts,
+            body,
+            response: None,
+        });
+    }
+    let mut view = RequestView::new(
+        parts,
+        host.cloned(),
+        client.addr_text(),
+        chain.route().clone(),
+        request_id,
+    );
+    let passed = match chain.on_request(&mut view).await.map_err(plugin_error)? {
+        RequestStep::Respond {
+            head: reply,
+            body,
+            passed,
+        } => {
+            let reply = local_reply(chain, passed, &mut view, reply, body, request_id).await?;
+            return Ok(Filtered::Answered(reply));
+        }
+        RequestStep::Continue { passed } => passed,
+    };
+    let body = match chain.request_body_limit() {
+        Some(limit) => match on_request_body(chain, &mut view, body, limit, request_id).await? {
+            Ok(body) => body,
+            Err(answered) => return Ok(Filtered::Answered(answered)),
+        },
+        None => body,
+    };
+    let (parts, response) = if chain.has_response_hooks() {
+        // The response hooks see the request as it was sent on.
+        let sent = view.split_off_parts();
+        (
+            sent,
+            Some(ResponsePhase {
+                request: view,
+                passed,
+            }),
+        )
+    } else if view.has_left() {
+        // Only the response header changes plugins left: no hook reads the request.
+        let sent = view.take_parts();
+        (
+            sent,
+            Some(ResponsePhase {
+                request: view,
+                passed,
+            }),
+        )
+    } else {
+        (view.into_parts(), None)
+    };
+    Ok(Filtered::Forward {
+        parts,
+        body,
+        response,
+    })
+}
+
+/// The request body through the body hooks: the body to send on, or a plugin's answer.
+async fn on_request_body(
+    chain: &Chain,
+    view: &mut RequestView,
+    body: RequestBody,
+    limit: usize,
+    request_id: &HeaderValue,
+) -> Result<Result<RequestBody, Response<ProxyBody>>, ProxyError> {
+    let streamed = match body {
+        RequestBody::Client(streamed) if !streamed.is_end_stream() => streamed,
+        unread => return Ok(Ok(unread)),
+    };
+    let bytes = read_request_body(streamed, &view.parts().headers, limit).await?;
+    match chain
+        .on_request_body(view, bytes)
+        .await
+        .map_err(plugin_error)?
+    {
+        BodyStep::Continue(bytes) => Ok(Ok(RequestBody::Buffered(bytes.into()))),
+        BodyStep::Respond {
+            head: reply,
+            body,
+            passed,
+        } => local_reply(chain, passed, view, reply, body, request_id)
+            .await
+            .map(Err),
+    }
+}
+
+/// The response through the response hooks, when the request phase left them work.
+pub(super) async fn on_response(
+    chain: &Chain,
+    phase: Option<ResponsePhase>,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    match phase {
+        Some(mut phase) => response_hooks(chain, phase.passed, &mut phase.request, response).await,
+        None => Ok(response),
+    }
+}
+
+/// A plugin's local reply, passed back through the response hooks of the plugins before it.
+async fn local_reply(
+    chain: &Chain,
+    passed: usize,
+    request: &mut RequestView,
+    mut parts: http::response::Parts,
+    body: Vec<u8>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // hyper frames the body from its real length.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+    let response = Response::from_parts(parts, body::full(body));
+    if chain.needs_response_phase(request) {
+        response_hooks(chain, passed, request, response).await
+    } else {
+        Ok(response)
+    }
+}
+
+/// Runs the chain's `on-response` hooks over a response head (a plugin may replace the
+/// body), then its `on-response-body` hooks over the whole body if any plugin has one.
+async fn response_hooks(
+    chain: &Chain,
+    passed: usize,
+    request: &mut RequestView,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = response.into_parts();
+    let replaced = chain
+        .on_response(passed, request, &mut parts)
+        .await
+        .map_err(plugin_error)?;
+    let body = match replaced {
+        Some(bytes) => {
+            // The upstream's length no longer describes the body.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body::full(bytes)
+        }
+        None => body,
+    };
+
+    // response_body_filter (plugins)
+    let Some(limit) = chain.response_body_limit(passed) else {
+        return Ok(Response::from_parts(parts, body));
+    };
+    let bodiless = request.parts().method == http::Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || body.is_end_stream();
+    if bodiless {
+        return Ok(Response::from_parts(parts, body));
+    }
+    let bytes = match body::buffer(body, limit).await {
+        Ok(Buffered::Whole(bytes)) => bytes,
+        Ok(Buffered::TooLarge(body)) => {
+            tracing::warn!(
+                request_id = request.request_id(),
+                max_body_bytes = limit,
+                "response body is larger than a body hook accepts; sent on untouched"
+            );
+            return Ok(Response::from_parts(parts, body));
+        }
+        Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(e)),
+    };
+    let bytes = chain
+        .on_response_body(passed, request, &mut parts, bytes)
+        .await
+        .map_err(plugin_error)?;
+    Ok(Response::from_parts(parts, body::full(bytes)))
+}
+
+/// Reads a request body whole for the body hooks: 413 when `Content-Length` or the bytes
+/// that arrive exceed `limit`.
+async fn read_request_body(
+    body: ProxyBody,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, ProxyError> {
+    let too_large = || ProxyError::new(ErrorKind::PayloadTooLarge);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().with_cause("content-length is over the body hooks' limit"));
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Vec::from(collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large().with_cause("the body is over the body hooks' limit"))
+        }
+        Err(e) => Err(ProxyError::new(ErrorKind::BadRequest).with_cause(e)),
+    }
+}
+
+fn plugin_error(error: ChainError) -> ProxyError {
+    let kind = match error {
+        ChainError::Unavailable(_) => ErrorKind::PluginUnavailable,
+        ChainError::Failed(_) | ChainError::InvalidChange { .. } => ErrorKind::PluginFailed,
+    };
+    ProxyError::new(kind).with_cause(error)
+}
