@@ -1,6 +1,8 @@
 //! The `weir` binary: parses the command line, sets up logging and the runtime, calls
 //! [`weir::run`]. Everything else lives in the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -52,12 +52,15 @@
 //! host calls, against a mock host: `cargo test` needs no wasm target and no weir.
 
 #![deny(missing_docs)]
+// Only the generated bindings may use `unsafe` (the canonical ABI's glue); see `bindings`.
+#![deny(unsafe_code)]
 
 // Lets the generated bindings name this crate the same way inside and outside it.
 extern crate self as weir_plugin;
 
 mod adapter;
 #[doc(hidden)]
+#[allow(unsafe_code, reason = "wit-bindgen output: the canonical ABI's glue")]
 pub mod bindings;
 pub mod clock;
 mod http;

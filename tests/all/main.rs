@@ -1,6 +1,8 @@
 //! weir's end-to-end tests, one binary so there is one thing to link. Each module covers an
 //! area; every test runs real weir processes against real upstreams on 127.0.0.1.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod balancing;
 mod bundled;

@@ -4,6 +4,8 @@
 //! Nothing here listens on a fixed port or talks beyond 127.0.0.1. Waiting is done on
 //! signals (a log line appearing, a request arriving) with deadlines, never fixed sleeps.
 
+#![forbid(unsafe_code)]
+
 pub mod upstream;
 pub mod weir;
 

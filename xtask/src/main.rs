@@ -11,6 +11,8 @@
 //! - `examples` — installs the other languages' toolchains (`examples/toolchains.sh`) and
 //!   builds every example filter and handler (`examples/{filters,handlers}/*/build.sh`).
 
+#![forbid(unsafe_code)]
+
 mod demo;
 mod gateway;
 

@@ -10,6 +10,8 @@
 //!
 //! Usage: `hyper-floor LISTEN UPSTREAM` (both `ip:port`).
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
