@@ -20,7 +20,6 @@ mod admin;
 pub mod balancer;
 pub mod body;
 pub mod config;
-pub mod devkit;
 pub mod endpoints;
 pub mod error;
 pub mod generation;

@@ -8,8 +8,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use weir::devkit::component::BindingsLang;
-use weir::devkit::templates::Lang;
 
 /// A programmable HTTP reverse proxy, load balancer and API gateway.
 #[derive(Debug, Parser)]
@@ -30,47 +28,13 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration file: exit 0 if valid, else print every problem and exit 1.
     Check(ConfigArg),
-    /// Tools for writing plugins: new, test, bindgen, componentize.
-    #[command(subcommand)]
-    Plugin(PluginCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum PluginCommand {
-    /// Write a ready-to-build plugin project into the folder NAME.
-    New {
-        /// The language of the project.
-        #[arg(long, value_enum)]
-        lang: Lang,
-        /// The plugin's name, and the folder created for it.
-        name: String,
-    },
-    /// Run a plugin against a case file, outside the proxy, with a mock host; exit 1 if a
-    /// case fails.
-    Test {
-        /// The plugin's `.wasm` file.
-        plugin: PathBuf,
-        /// The case file (see docs/plugins/testing.md).
-        #[arg(long = "case", value_name = "CASES.toml")]
-        cases: PathBuf,
-    },
-    /// Write the filter world's bindings for C (and Zig) or Go into DIR.
-    Bindgen {
-        /// The language to generate for.
-        #[arg(long, value_enum)]
-        lang: BindingsLang,
-        /// The folder to write into.
-        #[arg(default_value = "bindings")]
-        dir: PathBuf,
-    },
-    /// Make a core module (wasm32-wasip1, reactor) that implements the filter world into a
-    /// plugin component.
-    Componentize {
-        /// The core module.
-        core: PathBuf,
-        /// Where to write the component.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+    /// Tools for writing plugins (new, test, bindgen, componentize): runs `weir-plugin`,
+    /// the toolkit binary beside this one (or on PATH), with the same arguments.
+    #[command(disable_help_flag = true)]
+    Plugin {
+        /// The toolkit's arguments (`weir plugin --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 
@@ -96,15 +60,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The plugin tools print their own report; only problems are logged.
-    let level = match cli.command {
-        Some(Command::Plugin(_)) => "warn",
-        _ => "info",
-    };
+    if let Some(Command::Plugin { args }) = cli.command {
+        return plugin_toolkit(&args);
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr);
     match cli.log_format {
@@ -114,7 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
-        Command::Plugin(command) => plugin(command),
+        Command::Plugin { args } => return plugin_toolkit(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,48 +138,27 @@ fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin(command: PluginCommand) -> anyhow::Result<()> {
-    match command {
-        PluginCommand::New { lang, name } => {
-            let dir = PathBuf::from(&name);
-            weir::devkit::templates::write(lang, &name, &dir)?;
-            println!(
-                "wrote {}: a {} plugin. Build it with `cd {} && {}`; see its README.md",
-                dir.display(),
-                lang.display_name(),
-                dir.display(),
-                Lang::BUILD_COMMAND
+/// `weir plugin ARGS`: runs the toolkit binary, `weir-plugin`, beside this executable if it is
+/// there (a workspace build puts both in `target/<profile>/`), else from PATH. The production
+/// build (`cargo build --profile dist -p weir-host`) does not include it.
+fn plugin_toolkit(args: &[std::ffi::OsString]) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("weir-plugin"))
+        .filter(|path| path.is_file());
+    let toolkit = beside.unwrap_or_else(|| PathBuf::from("weir-plugin"));
+    match std::process::Command::new(&toolkit).args(args).status() {
+        Ok(status) => match status.code() {
+            Some(0) => ExitCode::SUCCESS,
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            None => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprintln!(
+                "error: cannot run the plugin toolkit ({}): {e}; build it with `cargo build -p weir-devkit` (or `cargo build --workspace`), which puts `weir-plugin` beside `weir`",
+                toolkit.display()
             );
-            Ok(())
-        }
-        PluginCommand::Test { plugin, cases } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let mut report = String::new();
-            let passed = runtime.block_on(weir::devkit::cases::run(&plugin, &cases, &mut report));
-            print!("{report}");
-            if !passed? {
-                anyhow::bail!("some cases failed");
-            }
-            Ok(())
-        }
-        PluginCommand::Bindgen { lang, dir } => {
-            for file in weir::devkit::component::bindgen(lang, &dir)? {
-                println!("wrote {}", file.display());
-            }
-            Ok(())
-        }
-        PluginCommand::Componentize { core, output } => {
-            let bytes =
-                std::fs::read(&core).with_context(|| format!("cannot read {}", core.display()))?;
-            let component = weir::devkit::component::componentize(&bytes)
-                .with_context(|| format!("{}", core.display()))?;
-            std::fs::write(&output, component)
-                .with_context(|| format!("cannot write {}", output.display()))?;
-            println!("wrote {}", output.display());
-            Ok(())
+            ExitCode::FAILURE
         }
     }
 }

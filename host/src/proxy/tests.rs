@@ -2,24 +2,21 @@
 //! answered by an in-memory connector (a duplex pipe per connection, a hyper server on the
 //! far end), and requests made of in-memory bodies. No socket is opened.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper::body::Frame;
 
 use super::{Client, ProxyService};
 use crate::error::BoxError;
 use crate::generation::Generation;
-use crate::upstream::{Connecting, Connection, Connector};
+use crate::upstream::{Answer, Connector, MemoryBody, MemoryConnector};
 
 /// How an in-memory endpoint treats a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,17 +27,9 @@ enum Endpoint {
     Refuse,
     /// Reads the request, then closes the connection without an answer.
     ResetBeforeHead,
-    /// Answers 200 and a 100-byte `Content-Length`, then breaks off after 10 bytes.
+    /// Answers 200 and a 100-byte `Content-Length`, then breaks off after 10 bytes, when
+    /// `break_off` is notified (after its first bytes reached the client).
     ResetMidBody,
-}
-
-/// Endpoints by authority; every request an endpoint received, in order.
-#[derive(Debug, Default)]
-struct MemoryConnector {
-    endpoints: HashMap<String, Endpoint>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Lets a `ResetMidBody` endpoint break off (after its first bytes reached the client).
-    break_off: Arc<tokio::sync::Notify>,
 }
 
 /// A request as an in-memory endpoint received it.
@@ -50,54 +39,47 @@ struct Seen {
     body: Bytes,
 }
 
-impl Connector for MemoryConnector {
-    fn connect<'a>(&'a self, authority: &'a Authority) -> Connecting<'a> {
-        let endpoint = self.endpoints.get(authority.as_str()).copied();
-        let (name, seen) = (authority.to_string(), self.seen.clone());
-        let break_off = self.break_off.clone();
-        Box::pin(async move {
-            let endpoint = match endpoint {
-                None | Some(Endpoint::Refuse) => {
-                    return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
-                }
-                Some(endpoint) => endpoint,
-            };
-            let (near, far) = tokio::io::duplex(64 * 1024);
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (name, seen) = (name.clone(), seen.clone());
-                let break_off = break_off.clone();
-                async move {
-                    let body = match request.into_body().collect().await {
-                        Ok(body) => body.to_bytes(),
-                        Err(e) => return Err(io::Error::other(e)),
-                    };
-                    if let Ok(mut seen) = seen.lock() {
-                        seen.push(Seen {
-                            endpoint: name.clone(),
-                            body,
-                        });
-                    }
-                    answer(endpoint, &name, break_off)
-                }
-            });
-            tokio::spawn(async move {
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(far), service);
-                // An endpoint told to reset ends its connection with an error on purpose.
-                let _ = connection.await;
-            });
-            Ok(Box::new(near) as Connection)
-        })
+/// What the tests watch of their endpoints.
+#[derive(Debug, Clone, Default)]
+struct Watch {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    break_off: Arc<tokio::sync::Notify>,
+}
+
+impl Watch {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
-type EndpointBody = UnsyncBoxBody<Bytes, BoxError>;
+/// A connector whose endpoints behave as `endpoints` say.
+fn connector(endpoints: &[(&str, Endpoint)], watch: &Watch) -> MemoryConnector {
+    let mut connector = MemoryConnector::new();
+    for &(name, endpoint) in endpoints {
+        if endpoint == Endpoint::Refuse {
+            continue;
+        }
+        let (name, watch) = (name.to_owned(), watch.clone());
+        let answer_as = name.clone();
+        connector = connector.endpoint(&answer_as, move |request: Request<Bytes>| -> Answer {
+            if let Ok(mut seen) = watch.seen.lock() {
+                seen.push(Seen {
+                    endpoint: name.clone(),
+                    body: request.body().clone(),
+                });
+            }
+            let (name, break_off) = (name.clone(), watch.break_off.clone());
+            Box::pin(async move { answer(endpoint, &name, break_off) })
+        });
+    }
+    connector
+}
 
 fn answer(
     endpoint: Endpoint,
     name: &str,
     break_off: Arc<tokio::sync::Notify>,
-) -> Result<Response<EndpointBody>, io::Error> {
+) -> Result<Response<MemoryBody>, io::Error> {
     let response = match endpoint {
         Endpoint::Answer(status) => Response::builder()
             .status(status)
@@ -147,16 +129,12 @@ where
 }
 
 /// A proxy over `config` (a whole weir config; its endpoints are answered by `connector`).
-fn proxy(config: &str, connector: MemoryConnector) -> (ProxyService, Arc<Mutex<Vec<Seen>>>) {
+fn proxy(config: &str, connector: MemoryConnector) -> ProxyService {
     let config = crate::config::parse(Path::new("weir.toml"), config)
         .unwrap_or_else(|e| panic!("test config: {e}"));
-    let seen = connector.seen.clone();
     let connector: Arc<dyn Connector> = Arc::new(connector);
     let generation = Generation::build(1, Arc::new(config), Vec::new(), None, &connector);
-    (
-        ProxyService::new(Arc::new(ArcSwap::from_pointee(generation))),
-        seen,
-    )
+    ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)))
 }
 
 /// Two endpoints in the order `lb = "first"` tries them; one retry.
@@ -181,15 +159,15 @@ retry_non_idempotent = {retry_non_idempotent}
     )
 }
 
-fn connector(first: Endpoint) -> MemoryConnector {
-    MemoryConnector {
-        endpoints: HashMap::from([
-            ("127.0.0.1:1".to_owned(), first),
-            ("127.0.0.1:2".to_owned(), Endpoint::Answer(200)),
-        ]),
-        seen: Arc::default(),
-        break_off: Arc::default(),
-    }
+/// The first endpoint failing as `first`, the second answering 200.
+fn first_fails(first: Endpoint, watch: &Watch) -> MemoryConnector {
+    connector(
+        &[
+            ("127.0.0.1:1", first),
+            ("127.0.0.1:2", Endpoint::Answer(200)),
+        ],
+        watch,
+    )
 }
 
 /// How the client sends its body.
@@ -247,11 +225,12 @@ async fn the_proxy_service_retries_only_what_is_safe_and_possible() {
                     (false, Endpoint::Answer(503)) => StatusCode::SERVICE_UNAVAILABLE,
                     (false, _) => StatusCode::BAD_GATEWAY,
                 };
-                let (service, seen) = proxy(&two_endpoints(opt_in), connector(failure));
+                let watch = Watch::default();
+                let service = proxy(&two_endpoints(opt_in), first_fails(failure, &watch));
                 let response = service.handle(request(&method, sent), &client()).await;
                 let case = format!("{method} (opt-in {opt_in}) × {failure:?} × {sent:?}");
                 assert_eq!(response.status(), expect, "{case}");
-                let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+                let seen = watch.seen();
                 let reached_second = seen.iter().any(|s| s.endpoint == "127.0.0.1:2");
                 assert_eq!(reached_second, retried, "{case}: {seen:?}");
                 // Whatever reached an endpoint carried the whole body.
@@ -270,9 +249,11 @@ async fn the_proxy_service_retries_only_what_is_safe_and_possible() {
 /// retried and the client's body ends in an error rather than looking complete.
 #[tokio::test]
 async fn an_upstream_reset_mid_body_reaches_the_client_as_a_broken_body() {
-    let memory = connector(Endpoint::ResetMidBody);
-    let break_off = memory.break_off.clone();
-    let (service, seen) = proxy(&two_endpoints(false), memory);
+    let watch = Watch::default();
+    let service = proxy(
+        &two_endpoints(false),
+        first_fails(Endpoint::ResetMidBody, &watch),
+    );
     let response = service
         .handle(request(&Method::GET, Sent::Nothing), &client())
         .await;
@@ -283,15 +264,18 @@ async fn an_upstream_reset_mid_body_reaches_the_client_as_a_broken_body() {
         matches!(&first, Some(Ok(Some(data))) if &data[..] == b"0123456789"),
         "{first:?}"
     );
-    break_off.notify_one();
+    watch.break_off.notify_one();
     let rest = body.collect().await;
     assert!(
         rest.is_err(),
         "the body must fail, not end early as if complete: {:?}",
         rest.map(|b| b.to_bytes())
     );
-    let seen = seen.lock().map(|s| s.len()).unwrap_or_default();
-    assert_eq!(seen, 1, "no retry once the head went to the client");
+    assert_eq!(
+        watch.seen().len(),
+        1,
+        "no retry once the head went to the client"
+    );
 }
 
 /// Requests no route matches, and a route's cluster that refuses every connection.
@@ -310,11 +294,7 @@ name = "api"
 path_prefix = "/api"
 cluster = "app"
 "#;
-    let mut memory = MemoryConnector::default();
-    memory
-        .endpoints
-        .insert("127.0.0.1:1".into(), Endpoint::Refuse);
-    let (service, _) = proxy(config, memory);
+    let service = proxy(config, MemoryConnector::new());
     let response = service
         .handle(request(&Method::GET, Sent::Nothing), &client())
         .await;

@@ -7,9 +7,11 @@
 //! response body gives the connection back when read to the end (see [`pool`]).
 
 mod connect;
+mod memory;
 mod pool;
 
 pub use connect::{Connecting, Connection, Connector, Io, TcpConnector};
+pub use memory::{Answer, MemoryBody, MemoryConnector};
 pub use pool::{PendingOverflow, UpstreamBody};
 
 use std::sync::Arc;

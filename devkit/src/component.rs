@@ -15,60 +15,57 @@ use wit_parser::{Resolve, WorldId};
 /// contents)`. It is the current `weir:plugin` package (`wit/`), so a new plugin gets the
 /// lazy hooks, which read a head through its handle instead of being given a copy.
 pub const WIT: [(&str, &str); 5] = [
-    ("world.wit", include_str!("../../../wit/world.wit")),
-    (
-        "http-filter.wit",
-        include_str!("../../../wit/http-filter.wit"),
-    ),
-    ("types.wit", include_str!("../../../wit/types.wit")),
-    ("log.wit", include_str!("../../../wit/log.wit")),
-    ("kv.wit", include_str!("../../../wit/kv.wit")),
+    ("world.wit", include_str!("../../wit/world.wit")),
+    ("http-filter.wit", include_str!("../../wit/http-filter.wit")),
+    ("types.wit", include_str!("../../wit/types.wit")),
+    ("log.wit", include_str!("../../wit/log.wit")),
+    ("kv.wit", include_str!("../../wit/kv.wit")),
 ];
 
 /// `go.bytecodealliance.org/pkg` at the version wit-bindgen-go's bindings ask for (see
-/// `host/templates/go-pkg/LICENSE`).
+/// `devkit/templates/go-pkg/LICENSE`).
 const GO_PKG: [(&str, &str); 12] = [
-    ("go.mod", include_str!("../../templates/go-pkg/go.mod")),
-    ("LICENSE", include_str!("../../templates/go-pkg/LICENSE")),
+    ("go.mod", include_str!("../templates/go-pkg/go.mod")),
+    ("LICENSE", include_str!("../templates/go-pkg/LICENSE")),
     (
         "wit/async/async.go",
-        include_str!("../../templates/go-pkg/wit/async/async.go"),
+        include_str!("../templates/go-pkg/wit/async/async.go"),
     ),
     (
         "wit/async/empty.s",
-        include_str!("../../templates/go-pkg/wit/async/empty.s"),
+        include_str!("../templates/go-pkg/wit/async/empty.s"),
     ),
     (
         "wit/runtime/runtime.go",
-        include_str!("../../templates/go-pkg/wit/runtime/runtime.go"),
+        include_str!("../templates/go-pkg/wit/runtime/runtime.go"),
     ),
     (
         "wit/runtime/empty.s",
-        include_str!("../../templates/go-pkg/wit/runtime/empty.s"),
+        include_str!("../templates/go-pkg/wit/runtime/empty.s"),
     ),
     (
         "wit/types/future.go",
-        include_str!("../../templates/go-pkg/wit/types/future.go"),
+        include_str!("../templates/go-pkg/wit/types/future.go"),
     ),
     (
         "wit/types/option.go",
-        include_str!("../../templates/go-pkg/wit/types/option.go"),
+        include_str!("../templates/go-pkg/wit/types/option.go"),
     ),
     (
         "wit/types/result.go",
-        include_str!("../../templates/go-pkg/wit/types/result.go"),
+        include_str!("../templates/go-pkg/wit/types/result.go"),
     ),
     (
         "wit/types/stream.go",
-        include_str!("../../templates/go-pkg/wit/types/stream.go"),
+        include_str!("../templates/go-pkg/wit/types/stream.go"),
     ),
     (
         "wit/types/tuple.go",
-        include_str!("../../templates/go-pkg/wit/types/tuple.go"),
+        include_str!("../templates/go-pkg/wit/types/tuple.go"),
     ),
     (
         "wit/types/unit.go",
-        include_str!("../../templates/go-pkg/wit/types/unit.go"),
+        include_str!("../templates/go-pkg/wit/types/unit.go"),
     ),
 ];
 

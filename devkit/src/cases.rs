@@ -1,17 +1,17 @@
 //! `weir plugin test`: runs one plugin against a case file of recorded requests, with a mock
 //! host around it, and reports every decision that differs from what the case expects.
 //!
-//! The plugin runs exactly as in the proxy — the same runtime, the same chain code that
-//! checks and applies its changes — as a chain of one. What the proxy would get from the
-//! outside world comes from the case file instead: the upstream's response, the responses
-//! of a handler's outgoing calls (`[[outbound]]`), the wall clock (`now`) and `kv` entries
+//! The plugin runs in the proxy itself: each case's request goes through weir's own
+//! `ProxyService` — every phase, the same runtime and chain code, the same error answers —
+//! on a route whose chain is the plugin (a filter) or whose target is the plugin (a
+//! handler). What the proxy would get from the outside world comes from the case file
+//! instead, through an in-memory connector: the upstream's response, the responses of a
+//! handler's outgoing calls (`[[outbound]]`); and the wall clock (`now`) and `kv` entries
 //! present before the first case. Nothing leaves the process.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -21,11 +21,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 
-use crate::config::PluginLimits;
-use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
-use crate::plugin::handler::{HandlerBody, Outbound, OutboundBody, OutboundError};
-use crate::plugin::view::RequestView;
-use crate::plugin::{Handler, ManualClock, Plugin, PluginRuntime, PluginSource};
+use arc_swap::ArcSwap;
+use weir::config::PluginLimits;
+use weir::generation::{Generation, PluginSlot};
+use weir::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
+use weir::proxy::{Client, ProxyService};
+use weir::upstream::{Answer, Connector, MemoryBody, MemoryConnector};
 
 /// The deadline of a plugin whose `[plugin]` sets none.
 const TEST_DEADLINE: &str = "5s";
@@ -229,7 +230,7 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
     };
     let clock = Arc::new(ManualClock::new(start));
     // The proxy's compile cache, so a second run starts at once.
-    let cache = crate::config::default_cache_dir();
+    let cache = weir::config::default_cache_dir();
     let mut runtime = PluginRuntime::new(cache.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e:#}"))?;
     runtime.use_clock(clock.clone());
@@ -263,21 +264,15 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
         case_file.display()
     );
 
-    let chain = match &plugin {
-        Plugin::Filter(filter) => Chain::new(vec![filter.clone()]),
-        Plugin::Handler(_) => Chain::default(),
-    };
     let (mut passed, mut failed) = (0, 0);
     for (index, case) in cases.cases.iter().enumerate() {
         if let Some(now) = &case.now {
             clock.set(parse_time(now).with_context(|| format!("case {:?}: now", case.name))?);
         }
-        let outcome = if let Plugin::Handler(handler) = &plugin {
-            let stubs = case.outbound.iter().chain(&cases.outbound);
-            run_handler(handler, &case.request, stubs.collect(), index).await?
-        } else {
-            run_filter(&chain, case, index).await?
-        };
+        let stubs = case.outbound.iter().chain(&cases.outbound).collect();
+        let outcome = run_case(&plugin, case, stubs, index)
+            .await
+            .with_context(|| format!("case {:?}", case.name))?;
         let mut problems = check(&case.expect, &outcome);
         for (key, want) in &case.expect.kv {
             let got = runtime.kv_get(&name, key);
@@ -360,215 +355,188 @@ fn request_id(parts: &http::request::Parts, index: usize) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(index + 1))
 }
 
-/// One request through a chain of the one filter, with the case's upstream behind it; the
-/// same steps, in the same order, as `ProxyService::handle`.
-async fn run_filter(chain: &Chain, case: &Case, index: usize) -> anyhow::Result<Outcome> {
-    let context = || format!("case {:?}", case.name);
-    let parts = request_parts(&case.request).with_context(context)?;
-    let id = request_id(&parts, index);
-    let host = parts.headers.get(http::header::HOST).cloned();
-    let mut request = RequestView::new(
-        parts,
-        host,
-        Arc::from(case.request.client.as_str()),
-        Arc::from(case.request.route.as_str()),
-        &id,
-    );
-    let mut body = case.request.body.clone().into_bytes();
-    let answered = |status: u16, headers: HeaderMap, body: Vec<u8>| Outcome {
-        status,
-        headers,
-        body: body.into(),
-        forwarded: None,
-        error: None,
-        outbound_calls: Vec::new(),
-    };
-    let passed = match chain.on_request(&mut request).await {
-        Ok(RequestStep::Continue { passed }) => passed,
-        Ok(RequestStep::Respond { head, body, .. }) => {
-            return Ok(answered(head.status.as_u16(), head.headers, body));
-        }
-        Err(e) => return Ok(failed(e)),
-    };
-    if let Some(limit) = chain.request_body_limit() {
-        if body.len() > limit {
-            return Ok(answered(413, HeaderMap::new(), Vec::new()));
-        }
-        match chain.on_request_body(&mut request, body).await {
-            Ok(BodyStep::Continue(sent)) => body = sent,
-            Ok(BodyStep::Respond { head, body, .. }) => {
-                return Ok(answered(head.status.as_u16(), head.headers, body));
-            }
-            Err(e) => return Ok(failed(e)),
-        }
-    }
-    let sent = request.parts();
-    let target = sent.uri.path_and_query().map_or("/", |p| p.as_str());
-    let forwarded = Some((target.to_owned(), sent.headers.clone(), Bytes::from(body)));
-
-    let upstream = &case.upstream;
-    let (mut response, ()) = http::Response::new(()).into_parts();
-    response.status = http::StatusCode::from_u16(upstream.status)
-        .with_context(|| format!("{}: upstream status {}", context(), upstream.status))?;
-    response.headers = header_map(&upstream.headers).with_context(context)?;
-    let mut response_body = upstream.body.clone().into_bytes();
-    match chain.on_response(passed, &mut request, &mut response).await {
-        Ok(Some(local)) => response_body = local,
-        Ok(None) => {}
-        Err(e) => {
-            return Ok(Outcome {
-                forwarded,
-                ..failed(e)
-            });
-        }
-    }
-    if let Some(limit) = chain.response_body_limit(passed)
-        && response_body.len() <= limit
-    {
-        match chain
-            .on_response_body(passed, &request, &mut response, response_body)
-            .await
-        {
-            Ok(sent) => response_body = sent,
-            Err(e) => {
-                return Ok(Outcome {
-                    forwarded,
-                    ..failed(e)
-                });
-            }
-        }
-    }
-    Ok(Outcome {
-        status: response.status.as_u16(),
-        headers: response.headers,
-        body: response_body.into(),
-        forwarded,
-        error: None,
-        outbound_calls: Vec::new(),
-    })
+/// What the in-memory endpoints saw during one case.
+#[derive(Debug, Default)]
+struct Watched {
+    /// The request as it reached the upstream: path and query, headers, body.
+    forwarded: Option<(String, HeaderMap, Bytes)>,
+    /// A handler's outgoing requests: `METHOD cluster path`.
+    calls: Vec<String>,
 }
 
-/// The proxy's answer when the chain fails.
-fn failed(error: ChainError) -> Outcome {
-    let status = match error {
-        ChainError::Unavailable(_) => 503,
-        ChainError::Failed(_) | ChainError::InvalidChange { .. } => 500,
-    };
-    Outcome {
-        status,
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
-        forwarded: None,
-        error: Some(error.to_string()),
-        outbound_calls: Vec::new(),
+/// A response as an in-memory endpoint sends it.
+#[derive(Debug, Clone)]
+struct Canned {
+    status: http::StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Canned {
+    fn of(message: &Message) -> anyhow::Result<Canned> {
+        Ok(Canned {
+            status: http::StatusCode::from_u16(message.status)
+                .with_context(|| format!("status {}", message.status))?,
+            headers: header_map(&message.headers)?,
+            body: Bytes::from(message.body.clone().into_bytes()),
+        })
+    }
+
+    fn answer(&self) -> Answer {
+        let mut response = http::Response::new(boxed(Full::new(self.body.clone())));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        Box::pin(std::future::ready(Ok(response)))
     }
 }
 
-/// One request to a handler, its outgoing requests answered by `stubs`.
-async fn run_handler(
-    plugin: &Handler,
-    spec: &RequestSpec,
+/// One case's request through the proxy, with the plugin on its route and the case's
+/// upstream or `[[outbound]]` answers behind it.
+async fn run_case(
+    plugin: &Plugin,
+    case: &Case,
     stubs: Vec<&Stub>,
     index: usize,
 ) -> anyhow::Result<Outcome> {
-    let mut parts = request_parts(spec)?;
-    // wasi:http needs an authority; a client always sends one.
+    let name = plugin.info().name.to_string();
+    let watched = Arc::new(Mutex::new(Watched::default()));
+    let mut connector = MemoryConnector::new();
+    let mut config = String::from("[[listeners]]\naddress = \"127.0.0.1:0\"\n");
+    let target = match plugin {
+        Plugin::Filter(_) => {
+            let upstream = Canned::of(&case.upstream).context("upstream")?;
+            let watched = watched.clone();
+            connector = connector.endpoint("127.0.0.1:1", move |request| {
+                let (parts, body) = request.into_parts();
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(mut watched) = watched.lock() {
+                    watched.forwarded = Some((target.to_owned(), parts.headers, body));
+                }
+                upstream.answer()
+            });
+            config.push_str(&cluster_section("upstream", "127.0.0.1:1"));
+            format!("cluster = \"upstream\"\nplugins = [{}]", toml_string(&name))
+        }
+        Plugin::Handler(handler) => {
+            // A cluster for every name the grant or the stubs mention, each answered from
+            // the stubs for it, in order.
+            let mut clusters: Vec<&str> = handler
+                .info
+                .settings
+                .clusters
+                .iter()
+                .map(String::as_str)
+                .collect();
+            for stub in &stubs {
+                if !clusters.contains(&stub.cluster.as_str()) {
+                    clusters.push(&stub.cluster);
+                }
+            }
+            for (i, cluster) in clusters.iter().enumerate() {
+                let authority = format!("127.0.0.1:{}", i + 1);
+                let mut answers = Vec::new();
+                for stub in stubs.iter().filter(|s| s.cluster == *cluster) {
+                    let canned = Canned::of(&stub.response)
+                        .with_context(|| format!("[[outbound]] for {}", stub.cluster))?;
+                    answers.push((stub.path.clone(), canned));
+                }
+                let (cluster_name, watched) = ((*cluster).to_owned(), watched.clone());
+                connector = connector.endpoint(&authority, move |request| {
+                    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    if let Ok(mut watched) = watched.lock() {
+                        let call = format!("{} {cluster_name} {target}", request.method());
+                        watched.calls.push(call);
+                    }
+                    let answer = answers
+                        .iter()
+                        .find(|(path, _)| path.as_ref().is_none_or(|p| p == target));
+                    match answer {
+                        Some((_, canned)) => canned.answer(),
+                        // No answer in the case file: the connection is reset, as a dead
+                        // endpoint's would be.
+                        None => Box::pin(std::future::ready(Err(std::io::Error::other(format!(
+                            "no [[outbound]] answer in the case file for {cluster_name} {target}"
+                        ))))),
+                    }
+                });
+                config.push_str(&cluster_section(cluster, &authority));
+            }
+            format!("handler = {}\nplugins = []", toml_string(&name))
+        }
+    };
+    config.push_str(&format!(
+        "\n[[routes]]\nname = {}\n{target}\n",
+        toml_string(&case.request.route)
+    ));
+    let config = weir::config::parse(Path::new("(weir plugin test)"), &config)
+        .map_err(|e| anyhow::anyhow!("the test's proxy config: {e}"))?;
+    let slot = PluginSlot {
+        name,
+        file: plugin.info().file.clone(),
+        serving: Some(plugin.clone()),
+        since_generation: 1,
+        last_error: None,
+    };
+    let connector: Arc<dyn Connector> = Arc::new(connector);
+    let generation = Generation::build(1, Arc::new(config), vec![slot], None, &connector);
+    let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
+
+    let mut parts = request_parts(&case.request)?;
+    // A client always sends a Host (HTTP/1.1 requires one).
     if !parts.headers.contains_key(http::header::HOST) {
         parts
             .headers
             .insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
     let id = request_id(&parts, index);
-    let mut request = http::Request::from_parts(
-        parts,
-        HandlerBody::Full(Bytes::from(spec.body.clone().into_bytes())),
-    );
-    request.headers_mut().insert("x-request-id", id);
-    let mut answers = Vec::new();
-    for stub in stubs {
-        let headers = header_map(&stub.response.headers)?;
-        answers.push((
-            stub.cluster.clone(),
-            stub.path.clone(),
-            stub.response.status,
-            headers,
-            Bytes::from(stub.response.body.clone().into_bytes()),
-        ));
-    }
-    let outbound = Arc::new(StubOutbound {
-        answers,
-        calls: Mutex::default(),
-    });
-    let result = plugin.handle(request, outbound.clone()).await;
-    let outbound_calls = outbound.calls.lock().map(|c| c.clone()).unwrap_or_default();
-    Ok(match result {
-        Ok(response) => {
-            let (parts, body) = response.into_parts();
-            Outcome {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
-                forwarded: None,
-                error: None,
-                outbound_calls,
-            }
-        }
-        Err(e) => Outcome {
-            status: 500,
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            forwarded: None,
-            error: Some(e.to_string()),
-            outbound_calls,
-        },
+    parts.headers.insert("x-request-id", id);
+    let body = boxed(Full::new(Bytes::from(
+        case.request.body.clone().into_bytes(),
+    )));
+    let client: std::net::SocketAddr = case
+        .request
+        .client
+        .parse()
+        .with_context(|| format!("client {:?} is not ip:port", case.request.client))?;
+    let response = proxy
+        .handle(http::Request::from_parts(parts, body), &Client::new(client))
+        .await;
+    let (parts, body) = response.into_parts();
+    let (body, error) = match body.collect().await {
+        Ok(body) => (body.to_bytes(), None),
+        Err(e) => (Bytes::new(), Some(format!("the response body failed: {e}"))),
+    };
+    let watched = std::mem::take(&mut *watched.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(Outcome {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        forwarded: watched.forwarded,
+        error,
+        outbound_calls: watched.calls,
     })
 }
 
-type Answer = (String, Option<String>, u16, HeaderMap, Bytes);
-
-/// Answers a handler's outgoing requests from the case file, and records them.
-struct StubOutbound {
-    answers: Vec<Answer>,
-    calls: Mutex<Vec<String>>,
+/// A cluster of one in-memory endpoint, never retried (each case sees one attempt).
+fn cluster_section(name: &str, authority: &str) -> String {
+    format!(
+        "\n[[clusters]]\nname = {}\nendpoints = [{}]\nretries = 0\n",
+        toml_string(name),
+        toml_string(authority)
+    )
 }
 
-impl Outbound for StubOutbound {
-    fn send(
-        &self,
-        cluster: String,
-        request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<OutboundBody>, OutboundError>> + Send>>
-    {
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(format!("{} {cluster} {target}", request.method()));
-        }
-        let answer = self
-            .answers
-            .iter()
-            .find(|(c, path, ..)| *c == cluster && path.as_ref().is_none_or(|p| *p == target));
-        let result = match answer {
-            Some((_, _, status, headers, body)) => {
-                let mut response = http::Response::new(
-                    Full::new(body.clone())
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                );
-                *response.status_mut() =
-                    http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
-                *response.headers_mut() = headers.clone();
-                Ok(response)
-            }
-            None => Err(OutboundError::Connect(format!(
-                "no [[outbound]] answer in the case file for {cluster} {target}"
-            ))),
-        };
-        Box::pin(std::future::ready(result))
-    }
+/// `text` as a TOML string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn boxed<B>(body: B) -> MemoryBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<weir::error::BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// Every way `outcome` differs from `expect`, as readable lines.

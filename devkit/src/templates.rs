@@ -1,5 +1,5 @@
 //! `weir plugin new`: ready-to-build plugin projects, one template per language, embedded in
-//! the binary (`host/templates/`). Each project has the contract's WIT files, the filter
+//! the binary (`devkit/templates/`). Each project has the contract's WIT files, the filter
 //! source, a `build.sh` that produces `NAME.wasm`, a README, and a `cases.toml` that
 //! `weir plugin test` passes.
 
@@ -49,54 +49,42 @@ impl Lang {
     fn files(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Lang::Rust => &[
-                (
-                    "Cargo.toml",
-                    include_str!("../../templates/rust/Cargo.toml"),
-                ),
-                (
-                    "src/lib.rs",
-                    include_str!("../../templates/rust/src/lib.rs"),
-                ),
-                ("build.sh", include_str!("../../templates/rust/build.sh")),
+                ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+                ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+                ("build.sh", include_str!("../templates/rust/build.sh")),
             ],
             Lang::Js => &[
-                ("filter.js", include_str!("../../templates/js/filter.js")),
-                (
-                    "package.json",
-                    include_str!("../../templates/js/package.json"),
-                ),
-                ("build.sh", include_str!("../../templates/js/build.sh")),
+                ("filter.js", include_str!("../templates/js/filter.js")),
+                ("package.json", include_str!("../templates/js/package.json")),
+                ("build.sh", include_str!("../templates/js/build.sh")),
             ],
             Lang::Ts => &[
-                ("filter.ts", include_str!("../../templates/ts/filter.ts")),
+                ("filter.ts", include_str!("../templates/ts/filter.ts")),
                 (
                     "tsconfig.json",
-                    include_str!("../../templates/ts/tsconfig.json"),
+                    include_str!("../templates/ts/tsconfig.json"),
                 ),
-                (
-                    "package.json",
-                    include_str!("../../templates/ts/package.json"),
-                ),
-                ("build.sh", include_str!("../../templates/ts/build.sh")),
+                ("package.json", include_str!("../templates/ts/package.json")),
+                ("build.sh", include_str!("../templates/ts/build.sh")),
             ],
             Lang::Python => &[
-                ("app.py", include_str!("../../templates/python/app.py")),
-                ("build.sh", include_str!("../../templates/python/build.sh")),
+                ("app.py", include_str!("../templates/python/app.py")),
+                ("build.sh", include_str!("../templates/python/build.sh")),
             ],
             Lang::Go => &[
                 (
                     "export_weir_plugin_http_filter/filter.go",
-                    include_str!("../../templates/go/export_weir_plugin_http_filter/filter.go"),
+                    include_str!("../templates/go/export_weir_plugin_http_filter/filter.go"),
                 ),
-                ("build.sh", include_str!("../../templates/go/build.sh")),
+                ("build.sh", include_str!("../templates/go/build.sh")),
             ],
             Lang::C => &[
-                ("filter.c", include_str!("../../templates/c/filter.c")),
-                ("build.sh", include_str!("../../templates/c/build.sh")),
+                ("filter.c", include_str!("../templates/c/filter.c")),
+                ("build.sh", include_str!("../templates/c/build.sh")),
             ],
             Lang::Zig => &[
-                ("filter.zig", include_str!("../../templates/zig/filter.zig")),
-                ("build.sh", include_str!("../../templates/zig/build.sh")),
+                ("filter.zig", include_str!("../templates/zig/filter.zig")),
+                ("build.sh", include_str!("../templates/zig/build.sh")),
             ],
         }
     }
@@ -104,11 +92,8 @@ impl Lang {
 
 /// Files every project gets.
 const COMMON: [(&str, &str); 2] = [
-    (
-        "cases.toml",
-        include_str!("../../templates/common-cases.toml"),
-    ),
-    ("README.md", include_str!("../../templates/README.md")),
+    ("cases.toml", include_str!("../templates/common-cases.toml")),
+    ("README.md", include_str!("../templates/README.md")),
 ];
 
 /// Writes a `lang` project for the plugin `name` into `dir`, which must not exist yet.
