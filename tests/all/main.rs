@@ -1,5 +1,6 @@
 //! weir's end-to-end tests, one binary so there is one thing to link. Each module covers an
-//! area; every test runs real weir processes against real upstreams on 127.0.0.1.
+//! area; every test runs real weir processes against real upstreams on 127.0.0.1, but
+//! `service`, which drives the proxy's service in memory with real plugins and no socket.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod plugins;
 mod pooling;
 mod proxying;
 mod reload;
+mod service;
 mod tidy;
 
 use std::net::SocketAddr;
