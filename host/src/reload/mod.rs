@@ -146,7 +146,7 @@ impl Reloader {
     /// changed. Whatever is refused is logged and reported; the rest applies.
     pub(crate) async fn reload(&mut self, current: &ArcSwap<Generation>) -> ReloadReport {
         let mut errors = Vec::new();
-        let config = match self.reread_config() {
+        let config = match self.reread_config().await {
             Ok(Some(config)) => config,
             Ok(None) => self.config.clone(),
             Err(why) => {
@@ -217,8 +217,12 @@ impl Reloader {
     }
 
     /// The config file, if it changed and is valid and applicable without a restart.
-    fn reread_config(&self) -> Result<Option<Arc<Config>>, String> {
-        let config = config::load(&self.config_path).map_err(|e| e.to_string())?;
+    async fn reread_config(&self) -> Result<Option<Arc<Config>>, String> {
+        let path = self.config_path.clone();
+        let config = off_runtime(move || config::load(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         let old = &*self.config;
         if config == *old {
             return Ok(None);
@@ -248,7 +252,8 @@ impl Reloader {
                 restart_only.join(", ")
             ));
         }
-        let missing = missing_plugins(&config, &self.tracked_after_listing(&config));
+        let listed = self.tracked_after_listing(&config).await?;
+        let missing = missing_plugins(&config, &listed);
         if !missing.is_empty() {
             return Err(format!(
                 "{}: {}; nothing was applied",
@@ -260,20 +265,34 @@ impl Reloader {
     }
 
     /// Names of plugin files now in the folder, as slots, for checking a new config's routes.
-    fn tracked_after_listing(&self, config: &Config) -> Vec<Tracked> {
-        list_plugin_files(&config.plugins.dir)
+    async fn tracked_after_listing(&self, config: &Config) -> Result<Vec<Tracked>, String> {
+        let dir = config.plugins.dir.clone();
+        let files = off_runtime(move || list_plugin_files(&dir))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(files
             .into_iter()
             .map(|file| Tracked::unloaded(plugin_name(&file).to_owned(), file))
-            .collect()
+            .collect())
     }
 
     /// Brings `tracked` up to date with the folder; returns what was refused.
     async fn rescan_plugins(&mut self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
+        let dir = config.plugins.dir.clone();
+        let files = match off_runtime(move || list_plugin_files(&dir)).await {
+            Ok(files) => files,
+            Err(e) => {
+                // Nothing is known about the folder: keep every plugin as it is.
+                let why = format!("{}: cannot list: {e}", config.plugins.dir.display());
+                tracing::error!(error = %why, "plugin rescan failed");
+                return vec![why];
+            }
+        };
         let mut old = std::mem::take(&mut self.tracked);
         let mut next: Vec<Tracked> = Vec::new();
         let mut duplicates = Vec::new();
-        for file in list_plugin_files(&config.plugins.dir) {
+        for file in files {
             let name = plugin_name(&file).to_owned();
             if let Some(first) = next.iter().find(|t| t.slot.name == name) {
                 let why = format!(
@@ -315,8 +334,17 @@ impl Reloader {
         errors: &mut Vec<String>,
     ) -> Tracked {
         let mut tracked = previous.unwrap_or_else(|| Tracked::unloaded(name.clone(), file.clone()));
-        let source = match read_source(&file) {
-            Ok(source) => source,
+        let (read_file, read_limits) = (file.clone(), limits.clone());
+        let read = off_runtime(move || {
+            read_source(&read_file).map(|source| {
+                let fingerprint = fingerprint(&source, &read_limits);
+                (source, fingerprint)
+            })
+        })
+        .await
+        .and_then(|read| read);
+        let (source, fingerprint) = match read {
+            Ok(read) => read,
             // Deleted between listing and reading: the next event rescans.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return tracked,
             Err(e) => {
@@ -327,7 +355,6 @@ impl Reloader {
                 return tracked;
             }
         };
-        let fingerprint = fingerprint(&source, limits);
         if tracked.serving == Some(fingerprint) && tracked.slot.file == file {
             tracked.slot.last_error = None;
             tracked.failed = None;
@@ -482,6 +509,17 @@ fn start_watch(
             None
         }
     }
+}
+
+/// Runs file I/O and hashing on a blocking thread: with `worker_threads = 1` the runtime's
+/// one thread also serves every request, which must not wait on a disk or a large file's
+/// hash. (A failure here is the blocking task's own: it panicked or was cancelled.)
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)
 }
 
 /// `*.wasm` files in `dir`, in file-name order. A missing folder holds no plugins.

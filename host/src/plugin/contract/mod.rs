@@ -1,5 +1,5 @@
 //! The `weir:plugin` contract versions weir loads, behind one seam. Each version is a module
-//! that owns its `bindgen!` and its conversions and implements [`Contract`] (the linked
+//! that owns its generated bindings and its conversions and implements [`Contract`] (the linked
 //! component) and [`Guest`] (an instance's exports); the `contracts!` list below is the only
 //! place that names them all.
 //!

@@ -10,7 +10,7 @@
 //! key per time slot does not grow the map forever, at an amortised constant cost per key.
 //!
 //! Another backend (Redis, say) implements [`KvBackend`]; one that waits on the network
-//! should also make the `kv` import async in the current contract's `bindgen!`
+//! should also make the `kv` import async in the current contract's bindings macro
 //! (`contract/v0_3.rs`), so a slow store parks the plugin's fiber rather than a worker
 //! thread.
 
