@@ -3,7 +3,10 @@
 //! (jwt-auth, rate-limit, rewrite, transform); and the three-plugin chain jwt-auth →
 //! rate-limit → rewrite, its request phase and the whole round; and the guard filter of `examples/filters/<lang>` in every
 //! language, on a reused and on a fresh instance (`cargo xtask examples` builds them; a
-//! language whose build is missing is skipped with a message).
+//! language whose build is missing is skipped with a message). With `WEIR_GUARD_BEFORE` set
+//! to a folder of other builds of the guard (`<lang>.wasm`, for example copies made before a
+//! change), each language's build there is measured right before the current one, as
+//! `guard/<lang>/before/...`: a before/after comparison in one run.
 //!
 //! Needs the bundled plugins: `cargo xtask plugins && cargo bench -p weir-host --bench
 //! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
@@ -298,7 +301,8 @@ fn phase_benches(c: &mut Criterion) {
 
 /// The guard example in each language: one `on-request` on a reused instance (the client
 /// is outside `deny`, so the answer is "continue, minus the token header") and on a fresh one
-/// (`max_uses = 1`: instantiate, `configure`, then the call).
+/// (`max_uses = 1`: instantiate, `configure`, then the call). With `WEIR_GUARD_BEFORE`, the
+/// build of each language in that folder first, under `<lang>/before/`.
 fn language_benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -306,46 +310,52 @@ fn language_benches(c: &mut Criterion) {
         .expect("tokio runtime");
     let plugins = PluginRuntime::new(None).expect("plugin runtime");
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
+    let before = std::env::var_os("WEIR_GUARD_BEFORE").map(PathBuf::from);
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
     let head = Cell::new(Some(request()));
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
-        let file = examples.join(lang).join("guard.wasm");
-        let Ok(wasm) = std::fs::read(&file) else {
-            eprintln!(
-                "{}: not built (cargo xtask examples); skipped",
-                file.display()
-            );
-            continue;
-        };
-        let load = |settings: String| {
-            let source = PluginSource {
-                file: file.clone(),
-                wasm: wasm.clone(),
-                settings: Some((file.with_extension("toml"), settings)),
+        let builds = before
+            .iter()
+            .map(|dir| (format!("{lang}/before"), dir.join(format!("{lang}.wasm"))))
+            .chain([(lang.to_owned(), examples.join(lang).join("guard.wasm"))]);
+        for (id, file) in builds {
+            let Ok(wasm) = std::fs::read(&file) else {
+                eprintln!(
+                    "{}: not built (cargo xtask examples); skipped",
+                    file.display()
+                );
+                continue;
             };
-            let plugin = runtime
-                .block_on(plugins.load(source, &PluginLimits::default()))
-                .unwrap_or_else(|e| panic!("{e}"));
-            filter(plugin)
-        };
-        // A JavaScript engine's heap only grows within an instance: recycle it before the
-        // memory cap (docs/plugins/javascript.md).
-        let recycle = if matches!(lang, "js" | "ts") {
-            "max_uses = 1000\n"
-        } else {
-            ""
-        };
-        let reused = load(format!("deadline = \"1s\"\n{recycle}{settings}"));
-        let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
-        group.bench_function(format!("{lang}/on_request/reused_instance"), |b| {
-            b.to_async(&runtime)
-                .iter(|| async { call(&reused, &head).await })
-        });
-        group.bench_function(format!("{lang}/on_request/fresh_instance"), |b| {
-            b.to_async(&runtime)
-                .iter(|| async { call(&fresh, &head).await })
-        });
+            let load = |settings: String| {
+                let source = PluginSource {
+                    file: file.clone(),
+                    wasm: wasm.clone(),
+                    settings: Some((file.with_extension("toml"), settings)),
+                };
+                let plugin = runtime
+                    .block_on(plugins.load(source, &PluginLimits::default()))
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                filter(plugin)
+            };
+            // A JavaScript engine's heap only grows within an instance: recycle it before the
+            // memory cap (docs/plugins/javascript.md).
+            let recycle = if matches!(lang, "js" | "ts") {
+                "max_uses = 1000\n"
+            } else {
+                ""
+            };
+            let reused = load(format!("deadline = \"1s\"\n{recycle}{settings}"));
+            let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
+            group.bench_function(format!("{id}/on_request/reused_instance"), |b| {
+                b.to_async(&runtime)
+                    .iter(|| async { call(&reused, &head).await })
+            });
+            group.bench_function(format!("{id}/on_request/fresh_instance"), |b| {
+                b.to_async(&runtime)
+                    .iter(|| async { call(&fresh, &head).await })
+            });
+        }
     }
     group.finish();
 }
