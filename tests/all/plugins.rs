@@ -359,3 +359,37 @@ async fn admin_json(weir: &Weir, path: &str) -> serde_json::Value {
         .expect("admin response");
     serde_json::from_slice(&read_body(response.into_body()).await).expect("json")
 }
+
+/// A plugin built against a deprecated contract (0.1.0 here) loads and serves, with one
+/// warning naming it and its version; a current one gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deprecated_contract_loads_with_a_warning() {
+    const CURRENT: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
+    let upstream = Upstream::start("one").await;
+    let extra = "\n[[routes]]\nname = \"old\"\npath_prefix = \"/old\"\ncluster = \"app\"\nplugins = [\"old\"]\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/old.wasm", PLUGIN),
+        ("plugins/current.wasm", CURRENT),
+    ];
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], extra), &files).await;
+    let warning = weir
+        .wait_for_message("plugin built against a deprecated weir:plugin version")
+        .await;
+    assert_eq!(warning["plugin"], "old");
+    assert_eq!(warning["contract"], "0.1.0");
+    let deprecated: Vec<_> = weir
+        .logs()
+        .into_iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("deprecated"))
+        })
+        .collect();
+    assert_eq!(deprecated.len(), 1, "{deprecated:?}");
+    let (status, _, body) = get(&weir, "/old/hello").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "one GET /old/hello")
+    );
+}
