@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
-use crate::body::ProxyBody;
+use crate::body::ClientBody;
 use crate::error::BoxError;
 
 /// The largest response body a handler may produce.
@@ -73,7 +73,7 @@ pub enum OutboundError {
 #[derive(Debug)]
 pub enum HandlerBody {
     /// Streamed from the client.
-    Stream(ProxyBody),
+    Stream(ClientBody),
     /// Already read (by body hooks).
     Full(Bytes),
 }

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 
 use crate::balancer::PickContext;
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ClientBody, ProxyBody};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
 use crate::timer::Timers;
@@ -228,7 +228,7 @@ async fn attempts(
 /// The request body handed to [`send`].
 pub(super) enum RequestBody {
     /// Streamed from the client.
-    Client(ProxyBody),
+    Client(ClientBody),
     /// Read whole (by the body hooks); every attempt can send it.
     Buffered(Bytes),
 }
@@ -248,7 +248,7 @@ enum Payload {
     /// Held in memory: every attempt sends a copy.
     Held(Bytes),
     /// Streamed: the first attempt takes it; no retry can send it again.
-    Stream(Option<ProxyBody>),
+    Stream(Option<ClientBody>),
 }
 
 impl Payload {
@@ -288,7 +288,7 @@ impl Payload {
             Payload::Empty => body::full(Bytes::new()),
             Payload::Held(bytes) => body::full(bytes.clone()),
             Payload::Stream(body) => match body.take() {
-                Some(body) => body,
+                Some(body) => ProxyBody::Client(body),
                 None => body::full(Bytes::new()),
             },
         }

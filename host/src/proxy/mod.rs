@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version, request, response};
+use http::{Request, Response, StatusCode, Version, request};
 
 use self::attempts::RequestBody;
 use self::filters::Filtered;
@@ -157,30 +157,34 @@ async fn proxy<B: DownstreamBody>(
     let host = downstream::request_host(&request)?;
     let route = route(generation, host.as_ref(), &request, ctx)?;
 
-    let (parts, body) = request.into_parts();
-    let body = RequestBody::Client(body.into_proxy_body());
-    let filtered = filters::on_request(
-        &route.chain,
-        parts,
-        body,
-        host.as_ref(),
-        ctx.client,
-        &request_id,
-    )
-    .await?;
-    let (mut parts, body, response_phase) = match filtered {
-        Filtered::Forward {
-            parts,
-            body,
-            response,
-        } => (parts, body, response),
-        Filtered::Answered(reply) => return Ok(reply),
+    let (mut parts, body) = request.into_parts();
+    let mut body = RequestBody::Client(body.into_client_body());
+    let response_phase = if route.chain.is_active() {
+        let client = ctx.client;
+        let filtered = filters::on_request(
+            &route.chain,
+            &mut parts,
+            &mut body,
+            host.as_ref(),
+            client,
+            &request_id,
+        );
+        match filtered.await? {
+            Filtered::Forward(response_phase) => response_phase,
+            Filtered::Answered(reply) => return Ok(reply),
+        }
+    } else {
+        None
     };
 
     upstream_request(&mut parts, host.as_ref(), ctx.client);
-    let response = match &route.target {
+    let mut response = match &route.target {
         Target::Cluster(cluster) => {
-            upstream(generation, *cluster, parts, body, &request_id, ctx).await?
+            // The exchange's future is awaited here, not inside a helper's: each level of
+            // async nesting moves the whole nested future once more (a memcpy per request).
+            let exchange = exchange(generation, *cluster, parts, body, &request_id, ctx);
+            let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
+            upstream_response(answer)
         }
         Target::Handler(handler) => {
             let handler = handler.as_ref().map_err(|why| {
@@ -189,8 +193,11 @@ async fn proxy<B: DownstreamBody>(
             call_handler(generation, handler, parts, body, &request_id).await?
         }
     };
-    let response = downstream_response(response, request_id);
-    filters::on_response(&route.chain, response_phase, response).await
+    downstream_response(&mut response, request_id);
+    match response_phase {
+        Some(phase) => filters::on_response(&route.chain, phase, response).await,
+        None => Ok(response),
+    }
 }
 
 /// The route for the request's host, path and method.
@@ -226,22 +233,25 @@ fn upstream_request(parts: &mut request::Parts, host: Option<&HeaderValue>, clie
     forward::upstream_request_headers(&mut parts.headers, &downstream);
 }
 
-/// The cluster's answer, with retries (see `attempts`).
-async fn upstream(
-    generation: &Generation,
+/// The request on its way to cluster `cluster_index`, for `attempts::send` (circuit breaker,
+/// endpoint choice, retries). Inlined so the exchange is built where `attempts::send`'s
+/// future keeps it, not built here and copied there (312 bytes per request).
+#[inline(always)]
+fn exchange<'a>(
+    generation: &'a Generation,
     cluster_index: usize,
     mut parts: request::Parts,
     body: RequestBody,
-    request_id: &HeaderValue,
-    ctx: &mut RequestContext<'_>,
-) -> Result<(response::Parts, ProxyBody), ProxyError> {
+    request_id: &'a HeaderValue,
+    ctx: &RequestContext<'a>,
+) -> attempts::Exchange<'a> {
     let cluster = &generation.clusters[cluster_index];
     parts.version = Version::HTTP_11;
     let hash = hash_key(&cluster.config.lb, &parts, ctx.client.addr);
     let retry_non_idempotent = ctx
         .route
         .is_some_and(|i| generation.config.routes[i].retry_non_idempotent);
-    let exchange = attempts::Exchange {
+    attempts::Exchange {
         cluster,
         parts,
         body,
@@ -249,13 +259,16 @@ async fn upstream(
         retry_non_idempotent,
         request_id,
         timers: &ctx.client.timers,
-    };
-    let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
-    let (mut parts, body) = answer.response.into_parts();
-    if let Some(cookie) = answer.set_cookie {
-        parts.headers.append(header::SET_COOKIE, cookie);
     }
-    Ok((parts, ProxyBody::Upstream(body)))
+}
+
+/// The cluster's answer as the client's response (with a sticky cookie, when one is due).
+fn upstream_response(answer: attempts::Answer) -> Response<ProxyBody> {
+    let mut response = answer.response.map(ProxyBody::Upstream);
+    if let Some(cookie) = answer.set_cookie {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 /// A handler plugin's answer; its sub-requests go to the generation's clusters.
@@ -265,7 +278,7 @@ async fn call_handler(
     parts: request::Parts,
     body: RequestBody,
     request_id: &HeaderValue,
-) -> Result<(response::Parts, ProxyBody), ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let body = match body {
         RequestBody::Client(streamed) => HandlerBody::Stream(streamed),
         RequestBody::Buffered(bytes) => HandlerBody::Full(bytes),
@@ -278,20 +291,14 @@ async fn call_handler(
         .handle(Request::from_parts(parts, body), outbound)
         .await
         .map_err(|e| ProxyError::new(ErrorKind::PluginFailed).with_cause(e))?;
-    let (parts, bytes) = response.into_parts();
-    Ok((parts, body::full(bytes)))
+    Ok(response.map(body::full))
 }
 
 /// The response head as the client gets it, before the response hooks.
-fn downstream_response(
-    (mut parts, body): (response::Parts, ProxyBody),
-    request_id: HeaderValue,
-) -> Response<ProxyBody> {
-    forward::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(forward::X_REQUEST_ID.clone(), request_id);
-    Response::from_parts(parts, body)
+fn downstream_response(response: &mut Response<ProxyBody>, request_id: HeaderValue) {
+    let headers = response.headers_mut();
+    forward::strip_hop_by_hop(headers);
+    headers.insert(forward::X_REQUEST_ID.clone(), request_id);
 }
 
 fn bad_request(why: &'static str) -> ProxyError {
