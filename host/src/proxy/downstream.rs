@@ -11,6 +11,7 @@ use crate::error::{ErrorKind, ProxyError};
 
 /// The host the client asked for: the Host header, or the URI authority (HTTP/2, absolute
 /// form). HTTP/1.1 requires exactly one Host header (RFC 9112 §3.2).
+#[inline]
 pub(super) fn request_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -29,6 +30,7 @@ pub(super) fn request_host<B>(request: &Request<B>) -> Result<Option<HeaderValue
 }
 
 /// Lower-cases the host and drops its port and trailing dot, for route matching.
+#[inline]
 pub(super) fn normalize_host(value: &HeaderValue) -> Result<Cow<'_, str>, ProxyError> {
     let text = value
         .to_str()

@@ -14,16 +14,20 @@ use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 
 use super::attempts::RequestBody;
-use super::{Client, forward};
+use super::forward;
 use crate::body::{self, Buffered, ClientBody, ProxyBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::view::RequestView;
 
 /// What the request phase decided.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and matched at once; boxing the reply would allocate"
+)]
 pub(super) enum Filtered {
-    /// Send the (changed) request on; with what the response phase needs, when it has work.
-    Forward(Option<ResponsePhase>),
+    /// Send the (changed) request on; this many plugins, from the chain's start, passed it.
+    Forward(usize),
     /// A plugin answered; its reply has been through the response phase already.
     Answered(Response<ProxyBody>),
 }
@@ -31,70 +35,59 @@ pub(super) enum Filtered {
 /// What the response phase needs of the request phase: the request as it was sent on (with
 /// the response header changes plugins left) and how many plugins passed it.
 pub(super) struct ResponsePhase {
-    request: RequestView,
-    passed: usize,
+    pub(super) request: RequestView,
+    pub(super) passed: usize,
 }
 
-/// The request as the route's chain leaves it: changed in place (`parts`, `body`) and sent
-/// on, or answered. Call it only for a chain that [`Chain::is_active`]. (The request is
-/// changed in place rather than passed by value: a head and a body moved in and out of each
-/// phase are a few hundred bytes copied per request.)
+/// The request as the route's chain leaves it, in `request` and `body`: changed and sent
+/// on, or answered. Call it only for a chain that [`Chain::is_active`]. (The view is the
+/// caller's and borrowed here: a head moved into and out of each phase is a few hundred
+/// bytes copied per request.)
 pub(super) async fn on_request(
     chain: &Chain,
-    parts: &mut request::Parts,
+    request: &mut RequestView,
     body: &mut RequestBody,
-    host: Option<&HeaderValue>,
-    client: &Client,
     request_id: &HeaderValue,
 ) -> Result<Filtered, ProxyError> {
-    let mut view = RequestView::new(
-        std::mem::replace(parts, empty_parts()),
-        host.cloned(),
-        client.addr_text(),
-        chain.route().clone(),
-        request_id,
-    );
-    let passed = match chain.on_request(&mut view).await.map_err(plugin_error)? {
+    let passed = match chain.on_request(request).await.map_err(plugin_error)? {
         RequestStep::Respond {
             head: reply,
             body,
             passed,
         } => {
-            let reply = local_reply(chain, passed, &mut view, reply, body, request_id).await?;
+            let reply = local_reply(chain, passed, request, reply, body, request_id).await?;
             return Ok(Filtered::Answered(reply));
         }
         RequestStep::Continue { passed } => passed,
     };
     if let Some(limit) = chain.request_body_limit() {
         let unread = std::mem::replace(body, RequestBody::Buffered(bytes::Bytes::new()));
-        match on_request_body(chain, &mut view, unread, limit, request_id).await? {
+        match on_request_body(chain, request, unread, limit, request_id).await? {
             Ok(read) => *body = read,
             Err(answered) => return Ok(Filtered::Answered(answered)),
         }
     }
-    Ok(Filtered::Forward(if chain.has_response_hooks() {
-        // The response hooks see the request as it was sent on.
-        *parts = view.split_off_parts();
-        Some(ResponsePhase {
-            request: view,
-            passed,
-        })
-    } else if view.has_left() {
-        // Only the response header changes plugins left: no hook reads the request.
-        *parts = view.take_parts();
-        Some(ResponsePhase {
-            request: view,
-            passed,
-        })
-    } else {
-        *parts = view.into_parts();
-        None
-    }))
+    Ok(Filtered::Forward(passed))
 }
 
-/// A head to leave in the request's place while a view holds it (no allocation).
-fn empty_parts() -> request::Parts {
-    http::Request::new(()).into_parts().0
+/// The head to send on, taken from the view after the request phase, and what the response
+/// phase needs, when it has work: the request as it was sent on, for the response hooks, or
+/// only the response header changes plugins left.
+#[inline(always)]
+pub(super) fn sent(
+    chain: &Chain,
+    mut request: RequestView,
+    passed: usize,
+) -> (request::Parts, Option<ResponsePhase>) {
+    if chain.has_response_hooks() {
+        let sent = request.split_off_parts();
+        (sent, Some(ResponsePhase { request, passed }))
+    } else if request.has_left() {
+        let sent = request.take_parts();
+        (sent, Some(ResponsePhase { request, passed }))
+    } else {
+        (request.into_parts(), None)
+    }
 }
 
 /// The request body through the body hooks: the body to send on, or a plugin's answer.
@@ -126,15 +119,6 @@ async fn on_request_body(
     }
 }
 
-/// The response through the response hooks the request phase left work for.
-pub(super) async fn on_response(
-    chain: &Chain,
-    mut phase: ResponsePhase,
-    response: Response<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    response_hooks(chain, phase.passed, &mut phase.request, response).await
-}
-
 /// A plugin's local reply, passed back through the response hooks of the plugins before it.
 async fn local_reply(
     chain: &Chain,
@@ -151,15 +135,17 @@ async fn local_reply(
         .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
     let response = Response::from_parts(parts, body::full(body));
     if chain.needs_response_phase(request) {
-        response_hooks(chain, passed, request, response).await
+        on_response(chain, passed, request, response).await
     } else {
         Ok(response)
     }
 }
 
-/// Runs the chain's `on-response` hooks over a response head (a plugin may replace the
-/// body), then its `on-response-body` hooks over the whole body if any plugin has one.
-async fn response_hooks(
+/// The response phase: the chain's `on-response` hooks over a response head (a plugin may
+/// replace the body), then its `on-response-body` hooks over the whole body if any plugin
+/// has one; for the plugins that passed the request (`passed`), with the request as it was
+/// sent on.
+pub(super) async fn on_response(
     chain: &Chain,
     passed: usize,
     request: &mut RequestView,

@@ -16,6 +16,12 @@
 //! The service is generic over the client's request body ([`DownstreamBody`]) and reaches
 //! endpoints only through the generation's clusters and their connector, so tests drive it
 //! in memory, without a socket.
+//!
+//! The small phase functions are `#[inline]` (across modules, codegen units would keep them
+//! apart): called once per request from `proxy()`, inlined they cost what the same code
+//! written inside it did. Phases with futures of their own are awaited from `proxy()`
+//! directly, not from a helper's future: each level of nesting moves the nested future
+//! once more.
 
 mod attempts;
 mod downstream;
@@ -41,6 +47,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::generation::{Generation, Route, Target};
 use crate::plugin::Handler;
 use crate::plugin::handler::HandlerBody;
+use crate::plugin::view::RequestView;
 use crate::timer::Timers;
 
 /// The proxy: a request in, a response out, never an error.
@@ -159,23 +166,21 @@ async fn proxy<B: DownstreamBody>(
 
     let (mut parts, body) = request.into_parts();
     let mut body = RequestBody::Client(body.into_client_body());
-    let response_phase = if route.chain.is_active() {
-        let client = ctx.client;
-        let filtered = filters::on_request(
-            &route.chain,
-            &mut parts,
-            &mut body,
-            host.as_ref(),
-            client,
-            &request_id,
-        );
-        match filtered.await? {
-            Filtered::Forward(response_phase) => response_phase,
+    // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
+    // the response phase's view on every request, plugins or not.
+    let mut response_phase = None;
+    if route.chain.is_active() {
+        let chain = &route.chain;
+        let route_name = chain.route().clone();
+        let client = ctx.client.addr_text();
+        let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id);
+        match filters::on_request(chain, &mut view, &mut body, &request_id).await? {
+            Filtered::Forward(passed) => {
+                (parts, response_phase) = filters::sent(chain, view, passed);
+            }
             Filtered::Answered(reply) => return Ok(reply),
         }
-    } else {
-        None
-    };
+    }
 
     upstream_request(&mut parts, host.as_ref(), ctx.client);
     let mut response = match &route.target {
@@ -195,12 +200,16 @@ async fn proxy<B: DownstreamBody>(
     };
     downstream_response(&mut response, request_id);
     match response_phase {
-        Some(phase) => filters::on_response(&route.chain, phase, response).await,
+        Some(mut phase) => {
+            let (passed, request) = (phase.passed, &mut phase.request);
+            filters::on_response(&route.chain, passed, request, response).await
+        }
         None => Ok(response),
     }
 }
 
 /// The route for the request's host, path and method.
+#[inline]
 fn route<'g, B>(
     generation: &'g Generation,
     host: Option<&HeaderValue>,
@@ -222,6 +231,7 @@ fn route<'g, B>(
 }
 
 /// The request's headers for the upstream, once, whichever endpoint is chosen.
+#[inline]
 fn upstream_request(parts: &mut request::Parts, host: Option<&HeaderValue>, client: &Client) {
     forward::strip_hop_by_hop(&mut parts.headers);
     let downstream = forward::Downstream {
@@ -263,6 +273,7 @@ fn exchange<'a>(
 }
 
 /// The cluster's answer as the client's response (with a sticky cookie, when one is due).
+#[inline]
 fn upstream_response(answer: attempts::Answer) -> Response<ProxyBody> {
     let mut response = answer.response.map(ProxyBody::Upstream);
     if let Some(cookie) = answer.set_cookie {
@@ -295,6 +306,7 @@ async fn call_handler(
 }
 
 /// The response head as the client gets it, before the response hooks.
+#[inline]
 fn downstream_response(response: &mut Response<ProxyBody>, request_id: HeaderValue) {
     let headers = response.headers_mut();
     forward::strip_hop_by_hop(headers);
