@@ -11,7 +11,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use super::contract::current::types::{
     BodyAction, BodyHookSet, HeaderOp, HookSet, RequestAction, ResponseAction,
 };
-use super::contract::{AnyGuest, AnyPre, Guest, HookError, Hooks};
+use super::contract::{AnyGuest, AnyPre, Guest as _, HookError, Hooks, on_guest};
 use super::host_api::kv::KvBackend;
 use super::state::PluginState;
 use super::view::RequestView;
@@ -79,10 +79,8 @@ impl Filter {
             _ticking: parts.ticking,
         };
         let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;
-        filter.hooks = instance
-            .guest
-            .hooks(&mut instance.store)
-            .await
+        let store = &mut instance.store;
+        filter.hooks = on_guest!(&instance.guest, g => g.hooks(store).await)
             .map_err(|e| e.context("hooks() failed"))?;
         filter.checkin(instance);
         Ok(filter)
@@ -149,7 +147,8 @@ impl Filter {
             .instantiate(&mut store)
             .await
             .map_err(|e| self.error(format_args!("{e:#}")))?;
-        match guest.configure(&mut store, &self.config_json).await {
+        let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
+        match configured {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 guest,
@@ -218,10 +217,8 @@ impl Filter {
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
-        let result = instance
-            .guest
-            .on_request(&mut instance.store, request)
-            .await;
+        let store = &mut instance.store;
+        let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
         self.finish(instance, result)
     }
 
@@ -232,10 +229,8 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
-        let result = instance
-            .guest
-            .on_request_body(&mut instance.store, request, body)
-            .await;
+        let store = &mut instance.store;
+        let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
         self.finish(instance, result.map_err(HookError::Trap))
     }
 
@@ -247,10 +242,11 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
-        let result = instance
-            .guest
-            .on_response_body(&mut instance.store, request, response, body)
-            .await;
+        let store = &mut instance.store;
+        let result = on_guest!(
+            &instance.guest,
+            g => g.on_response_body(store, request, response, body).await
+        );
         self.finish(instance, result.map_err(HookError::Trap))
     }
 
@@ -261,10 +257,8 @@ impl Filter {
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
         let mut instance = self.checkout(request.request_id()).await?;
-        let result = instance
-            .guest
-            .on_response(&mut instance.store, request, response)
-            .await;
+        let store = &mut instance.store;
+        let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);
         self.finish(instance, result)
     }
 }

@@ -4,7 +4,7 @@
 //! place that names them all.
 //!
 //! The rest of the runtime speaks the current version's types ([`current`]) and calls a
-//! filter through [`AnyPre`] and [`AnyGuest`], never matching on a version. Adding a version
+//! filter through [`AnyPre`] and `on_guest!`, never matching on a version. Adding a version
 //! is a new module and a line in the list; retiring one is deleting both.
 
 use std::future::Future;
@@ -196,10 +196,15 @@ pub(crate) trait Guest: Send + Sync {
     ) -> impl Future<Output = wasmtime::Result<BodyAction>> + Send;
 }
 
-/// The registry: an enum over every version's `Contract` and `Guest`, each method a
-/// delegation. Versions are tried in the order listed, so the current one comes first.
+/// The registry: an enum over every version's `Contract` and `Guest`, and `on_guest!`, which
+/// runs an expression on an instance's guest whatever its version. Versions are tried in the
+/// order listed, so the current one comes first. (`$d` is a literal `$` for the macro this
+/// one defines.)
 macro_rules! contracts {
     ($($variant:ident => $module:ident),+ $(,)?) => {
+        contracts!(@with ($) $($variant => $module),+);
+    };
+    (@with ($d:tt) $($variant:ident => $module:ident),+) => {
         /// A filter's linked component, whatever version it was built against.
         pub(crate) enum AnyPre {
             $($variant($module::Pre),)+
@@ -209,6 +214,19 @@ macro_rules! contracts {
         pub(crate) enum AnyGuest {
             $($variant(<$module::Pre as Contract>::Guest),)+
         }
+
+        /// `on_guest!(guest, g => EXPR)`: `EXPR` with `g` bound to the instance's [`Guest`]
+        /// of its own version. A hook call's future is then awaited by the caller itself:
+        /// a wrapper future over the versions would be one more level to move on every
+        /// call.
+        macro_rules! on_guest {
+            ($d guest:expr, $d g:ident => $d body:expr) => {
+                match $d guest {
+                    $($crate::plugin::contract::AnyGuest::$variant($d g) => $d body,)+
+                }
+            };
+        }
+        pub(crate) use on_guest;
 
         /// Links every version's imports into the filter linker.
         pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
@@ -260,70 +278,6 @@ macro_rules! contracts {
             ) -> wasmtime::Result<AnyGuest> {
                 match self {
                     $(AnyPre::$variant(pre) => pre.instantiate(store).await.map(AnyGuest::$variant),)+
-                }
-            }
-        }
-
-        impl Guest for AnyGuest {
-            async fn configure(
-                &self,
-                store: &mut Store<PluginState>,
-                config_json: &str,
-            ) -> wasmtime::Result<Result<(), String>> {
-                match self {
-                    $(AnyGuest::$variant(guest) => guest.configure(store, config_json).await,)+
-                }
-            }
-
-            async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
-                match self {
-                    $(AnyGuest::$variant(guest) => guest.hooks(store).await,)+
-                }
-            }
-
-            async fn on_request(
-                &self,
-                store: &mut Store<PluginState>,
-                request: &mut RequestView,
-            ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
-                match self {
-                    $(AnyGuest::$variant(guest) => guest.on_request(store, request).await,)+
-                }
-            }
-
-            async fn on_response(
-                &self,
-                store: &mut Store<PluginState>,
-                request: &mut RequestView,
-                response: &mut response::Parts,
-            ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
-                match self {
-                    $(AnyGuest::$variant(guest) => guest.on_response(store, request, response).await,)+
-                }
-            }
-
-            async fn on_request_body(
-                &self,
-                store: &mut Store<PluginState>,
-                request: &RequestView,
-                body: &[u8],
-            ) -> wasmtime::Result<BodyAction> {
-                match self {
-                    $(AnyGuest::$variant(guest) => guest.on_request_body(store, request, body).await,)+
-                }
-            }
-
-            async fn on_response_body(
-                &self,
-                store: &mut Store<PluginState>,
-                request: &RequestView,
-                response: &response::Parts,
-                body: &[u8],
-            ) -> wasmtime::Result<BodyAction> {
-                match self {
-                    $(AnyGuest::$variant(guest) => {
-                        guest.on_response_body(store, request, response, body).await
-                    })+
                 }
             }
         }
