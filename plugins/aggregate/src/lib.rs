@@ -8,6 +8,8 @@
 //! load balancing, and refuses clusters the plugin's `clusters = [...]` does not grant.
 //! Its `[config]` arrives as JSON in the environment variable `WEIR_CONFIG`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

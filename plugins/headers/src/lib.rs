@@ -8,6 +8,8 @@
 //! place in the response phase, where an `on_response` would have made them, and calls the
 //! plugin once per request instead of twice.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use weir_plugin::{Action, Filter, Hooks, Request};

@@ -13,6 +13,8 @@
 //! the signature and JSON decoding are most of a check. A remembered token still has its
 //! claims (`exp`, `nbf`, issuer, audience, required claims) checked on every request.
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;

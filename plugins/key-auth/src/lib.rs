@@ -5,6 +5,8 @@
 //! Keys are kept as SHA-256 digests and looked up by digest, so the lookup's timing says
 //! nothing about how much of a wrong key matched.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};

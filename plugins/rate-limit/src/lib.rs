@@ -40,6 +40,8 @@
 //! (`Request::set_response_header`, weir:plugin 0.3.1), so the filter is called once per
 //! request, not twice (Kong's and Envoy's limiters also compute them when they decide).
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};

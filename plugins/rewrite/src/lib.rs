@@ -7,6 +7,8 @@
 //! rule the actions apply in a fixed order: `rewrite`, `strip_prefix`, `add_prefix`, `host`,
 //! `query_remove`, `query_set`, then `redirect`.
 
+#![forbid(unsafe_code)]
+
 use std::cell::{RefCell, RefMut};
 use std::collections::BTreeMap;
 

@@ -6,6 +6,8 @@
 //! Order, per direction: headers `rename`, `remove`, `set`; then JSON `unwrap`, `remove`,
 //! `rename`, `set`, `add`, `wrap`. weir corrects `Content-Length` after a body changes.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use serde_json::Value;

@@ -2,6 +2,8 @@
 //! every response. The same filter exists in every language under `examples/filters/`; this
 //! one uses weir's Rust SDK, so it is the shortest.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
