@@ -2,6 +2,8 @@
 //! `test` runs a plugin against a case file outside the proxy, `bindgen` and `componentize`
 //! turn a core module built by any language's compiler into a weir plugin component.
 
+#![forbid(unsafe_code)]
+
 pub mod cases;
 pub mod component;
 pub mod templates;
