@@ -344,3 +344,32 @@ async fn admin_lists_plugins_and_post_reload_rescans() {
         .expect("admin");
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// A plugin folder that cannot be read (here: a file where the folder was) is an error for
+/// the rescan, not an empty folder: every plugin keeps serving, so a security filter is
+/// never dropped by a failed listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_plugin_folder_keeps_every_plugin() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace("[plugins]\n", "[plugins]\nwatch = false\n");
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        ("plugins/10-test.toml", b"[config]\nversion = \"v1\"\n"),
+    ];
+    let weir = Weir::start_with_files(&config, &files).await;
+    let url = weir.url("/hello");
+    assert!(has_version("v1")(&fetch(&url).await.expect("response")));
+
+    let dir = weir.dir().join("plugins");
+    std::fs::rename(&dir, weir.dir().join("plugins.moved")).expect("move the folder");
+    std::fs::write(&dir, b"not a folder").expect("a file in its place");
+    let (status, report) = admin(&weir, "POST", "/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{report}");
+    assert_eq!(report["changed"], false, "{report}");
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("cannot list"), "{report}");
+    let seen = fetch(&url).await.expect("response");
+    assert!(has_version("v1")(&seen) && seen.filtered, "{seen:?}");
+    let (_, plugins) = admin(&weir, "GET", "/plugins").await;
+    assert_eq!(plugins[0]["status"], "serving", "{plugins}");
+}

@@ -80,8 +80,7 @@ impl Filter {
         };
         let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;
         let store = &mut instance.store;
-        filter.hooks = on_guest!(&instance.guest, g => g.hooks(store).await)
-            .map_err(|e| e.context("hooks() failed"))?;
+        filter.hooks = on_guest!(&instance.guest, g => g.hooks(store).await)?;
         filter.checkin(instance);
         Ok(filter)
     }

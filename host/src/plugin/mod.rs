@@ -308,6 +308,7 @@ impl PluginRuntime {
             })?
             .context("not a valid wasm component")
             .map_err(fail)?;
+        let compile_time = started.elapsed();
         let from_cache = match (hits_before, self.cache.as_ref()) {
             (Some(before), Some(cache)) => cache.cache_hits() > before,
             _ => false,
@@ -319,7 +320,7 @@ impl PluginRuntime {
             settings: settings.clone(),
             contract,
             loaded_at: SystemTime::now(),
-            compile_time: started.elapsed(),
+            compile_time,
             from_cache,
         };
         if handler::is_handler(&component, &self.engine) {

@@ -269,7 +269,8 @@ impl Reloader {
         let dir = config.plugins.dir.clone();
         let files = off_runtime(move || list_plugin_files(&dir))
             .await
-            .map_err(|e| e.to_string())?;
+            .and_then(|listed| listed)
+            .map_err(|e| format!("{}: cannot list: {e}", config.plugins.dir.display()))?;
         Ok(files
             .into_iter()
             .map(|file| Tracked::unloaded(plugin_name(&file).to_owned(), file))
@@ -280,7 +281,10 @@ impl Reloader {
     async fn rescan_plugins(&mut self, config: &Config) -> Vec<String> {
         let mut errors = Vec::new();
         let dir = config.plugins.dir.clone();
-        let files = match off_runtime(move || list_plugin_files(&dir)).await {
+        let files = match off_runtime(move || list_plugin_files(&dir))
+            .await
+            .and_then(|listed| listed)
+        {
             Ok(files) => files,
             Err(e) => {
                 // Nothing is known about the folder: keep every plugin as it is.
@@ -522,8 +526,10 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(std::io::Error::other)
 }
 
-/// `*.wasm` files in `dir`, in file-name order. A missing folder holds no plugins.
-fn list_plugin_files(dir: &Path) -> Vec<PathBuf> {
+/// `*.wasm` files in `dir`, in file-name order. A missing folder holds no plugins; a folder
+/// that cannot be read is an error (the caller keeps what it has: an unreadable folder must
+/// not unload a security plugin).
+fn list_plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
@@ -531,13 +537,10 @@ fn list_plugin_files(dir: &Path) -> Vec<PathBuf> {
             .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot read the plugin folder");
-            Vec::new()
-        }
+        Err(e) => return Err(e),
     };
     files.sort();
-    files
+    Ok(files)
 }
 
 fn read_source(file: &Path) -> std::io::Result<PluginSource> {

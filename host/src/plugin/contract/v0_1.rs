@@ -6,6 +6,7 @@
 use http::response;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::error::Context as _;
 
 use super::current::types;
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
@@ -63,7 +64,8 @@ impl GuestTrait for Guest {
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
-        let old = self.0.weir_plugin_http_filter().call_hooks(store).await?;
+        let old = self.0.weir_plugin_http_filter().call_hooks(store).await;
+        let old = old.context("hooks() failed")?;
         Ok(Hooks {
             head: hook_set(old),
             body: types::BodyHookSet::empty(),

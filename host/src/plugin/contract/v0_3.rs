@@ -8,6 +8,7 @@ use std::mem;
 use http::response;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
+use wasmtime::error::Context as _;
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::state::PluginState;
@@ -83,8 +84,10 @@ impl GuestTrait for Guest {
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
         let exports = self.0.weir_plugin_http_filter();
-        let head = exports.call_hooks(&mut *store).await?;
-        let body = exports.call_body_hooks(&mut *store).await?;
+        let head = exports.call_hooks(&mut *store).await;
+        let head = head.context("hooks() failed")?;
+        let body = exports.call_body_hooks(&mut *store).await;
+        let body = body.context("body-hooks() failed")?;
         Ok(Hooks { head, body })
     }
 
