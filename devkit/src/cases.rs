@@ -204,16 +204,24 @@ struct Outcome {
     body: Bytes,
     /// The request as it reached the upstream, if it did.
     forwarded: Option<(String, HeaderMap, Bytes)>,
-    /// Why the proxy would have answered with an error, if it would.
+    /// Why the proxy answered with an error (the cause it logs), or what else went wrong.
     error: Option<String>,
-    /// A handler's outgoing requests: `cluster path`.
+    /// A handler's outgoing requests: `METHOD cluster path`.
     outbound_calls: Vec<String>,
 }
 
 /// Runs every case of `case_file` against `plugin_file`, writing a report to `out`; returns
 /// whether every case passed. Fails if either file cannot be used or the plugin does not
 /// load.
-pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyhow::Result<bool> {
+///
+/// `failures` is where the caller's log subscriber puts the causes of the proxy's `request
+/// failed` lines ([`Failures`]), so a case's report can say why the proxy answered an error.
+pub async fn run(
+    plugin_file: &Path,
+    case_file: &Path,
+    out: &mut String,
+    failures: &Failures,
+) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(case_file)
         .with_context(|| format!("cannot read {}", case_file.display()))?;
     let cases: CaseFile =
@@ -270,9 +278,14 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
             clock.set(parse_time(now).with_context(|| format!("case {:?}: now", case.name))?);
         }
         let stubs = case.outbound.iter().chain(&cases.outbound).collect();
-        let outcome = run_case(&plugin, case, stubs, index)
+        failures.take();
+        let mut outcome = run_case(&plugin, case, stubs, index)
             .await
             .with_context(|| format!("case {:?}", case.name))?;
+        let logged = failures.take();
+        if !logged.is_empty() {
+            outcome.error = Some(logged.join("; "));
+        }
         let mut problems = check(&case.expect, &outcome);
         for (key, want) in &case.expect.kv {
             let got = runtime.kv_get(&name, key);
@@ -298,7 +311,7 @@ pub async fn run(plugin_file: &Path, case_file: &Path, out: &mut String) -> anyh
             if let Some(error) = &outcome.error {
                 let _ = writeln!(
                     out,
-                    "        (the proxy would answer {}: {error})",
+                    "        (the proxy answered {}: {error})",
                     outcome.status
                 );
             }
@@ -362,6 +375,8 @@ struct Watched {
     forwarded: Option<(String, HeaderMap, Bytes)>,
     /// A handler's outgoing requests: `METHOD cluster path`.
     calls: Vec<String>,
+    /// Outgoing requests no `[[outbound]]` answered.
+    unanswered: Vec<String>,
 }
 
 /// A response as an in-memory endpoint sends it.
@@ -434,6 +449,12 @@ async fn run_case(
             }
             for (i, cluster) in clusters.iter().enumerate() {
                 let authority = format!("127.0.0.1:{}", i + 1);
+                config.push_str(&cluster_section(cluster, &authority));
+                // A cluster with no answer in the file refuses connections, as one with no
+                // endpoint up would.
+                if !stubs.iter().any(|s| s.cluster == *cluster) {
+                    continue;
+                }
                 let mut answers = Vec::new();
                 for stub in stubs.iter().filter(|s| s.cluster == *cluster) {
                     let canned = Canned::of(&stub.response)
@@ -452,14 +473,19 @@ async fn run_case(
                         .find(|(path, _)| path.as_ref().is_none_or(|p| p == target));
                     match answer {
                         Some((_, canned)) => canned.answer(),
-                        // No answer in the case file: the connection is reset, as a dead
-                        // endpoint's would be.
-                        None => Box::pin(std::future::ready(Err(std::io::Error::other(format!(
-                            "no [[outbound]] answer in the case file for {cluster_name} {target}"
-                        ))))),
+                        // No answer for this path: the connection is reset (the handler sees
+                        // a failed request) and the report says why.
+                        None => {
+                            let why = format!(
+                                "no [[outbound]] answer in the case file for {cluster_name} {target}"
+                            );
+                            if let Ok(mut watched) = watched.lock() {
+                                watched.unanswered.push(why.clone());
+                            }
+                            Box::pin(std::future::ready(Err(std::io::Error::other(why))))
+                        }
                     }
                 });
-                config.push_str(&cluster_section(cluster, &authority));
             }
             format!("handler = {}\nplugins = []", toml_string(&name))
         }
@@ -502,11 +528,14 @@ async fn run_case(
         .handle(http::Request::from_parts(parts, body), &Client::new(client))
         .await;
     let (parts, body) = response.into_parts();
-    let (body, error) = match body.collect().await {
+    let (body, mut error) = match body.collect().await {
         Ok(body) => (body.to_bytes(), None),
         Err(e) => (Bytes::new(), Some(format!("the response body failed: {e}"))),
     };
     let watched = std::mem::take(&mut *watched.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if !watched.unanswered.is_empty() {
+        error = Some(watched.unanswered.join("; "));
+    }
     Ok(Outcome {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -685,5 +714,57 @@ fn quoted(bytes: &[u8]) -> String {
     match text.char_indices().nth(300) {
         Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], bytes.len()),
         None => format!("{text:?}"),
+    }
+}
+
+/// The causes of the `request failed` lines weir logs while a case runs: a layer for the
+/// `weir-plugin` binary's log subscriber, read by [`run`] after each case.
+#[derive(Debug, Clone, Default)]
+pub struct Failures(Arc<Mutex<Vec<String>>>);
+
+impl Failures {
+    /// Everything recorded since the last call.
+    fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Failures {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = FailureFields::default();
+        event.record(&mut fields);
+        if fields.message == "request failed"
+            && let Ok(mut failures) = self.0.lock()
+        {
+            failures.push(fields.cause.unwrap_or_else(|| "no cause given".to_owned()));
+        }
+    }
+}
+
+/// The two fields of a `request failed` line the report needs.
+#[derive(Default)]
+struct FailureFields {
+    message: String,
+    cause: Option<String>,
+}
+
+impl tracing::field::Visit for FailureFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            "cause" => self.cause = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "cause" => self.cause = Some(format!("{value:?}")),
+            _ => {}
+        }
     }
 }

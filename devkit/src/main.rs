@@ -9,6 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use weir_devkit::component::BindingsLang;
 use weir_devkit::templates::Lang;
 
@@ -62,14 +65,19 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The tools print their own report; only problems are logged.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    // `weir plugin test` reads the causes of the proxy's failures from `failures`.
+    let failures = weir_devkit::cases::Failures::default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
         )
-        .with_writer(std::io::stderr)
+        .with(failures.clone())
         .init();
-    match plugin(cli.command) {
+    match plugin(cli.command, &failures) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -78,7 +86,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+fn plugin(command: PluginCommand, failures: &weir_devkit::cases::Failures) -> anyhow::Result<()> {
     match command {
         PluginCommand::New { lang, name } => {
             let dir = PathBuf::from(&name);
@@ -98,7 +106,12 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             let mut report = String::new();
-            let passed = runtime.block_on(weir_devkit::cases::run(&plugin, &cases, &mut report));
+            let passed = runtime.block_on(weir_devkit::cases::run(
+                &plugin,
+                &cases,
+                &mut report,
+                failures,
+            ));
             print!("{report}");
             if !passed? {
                 anyhow::bail!("some cases failed");

@@ -441,3 +441,19 @@ fn plugin_new_writes_a_project_that_builds_and_passes_its_cases_in_every_languag
         assert_eq!((status, body.as_str()), (StatusCode::OK, "pong"));
     });
 }
+
+/// A trap in a case is reported with the cause the proxy logs, not only as a status.
+#[test]
+fn plugin_test_reports_why_the_proxy_failed_a_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("test.wasm");
+    std::fs::write(&wasm, include_bytes!(env!("TEST_PLUGIN_WASM"))).expect("write");
+    let cases = "[[case]]\nname = \"traps\"\nrequest = { path = \"/trap\" }\nexpect = { status = 200 }\n";
+    std::fs::write(dir.path().join("cases.toml"), cases).expect("write");
+    let out = plugin_test(&wasm, dir.path());
+    let report = text(&out);
+    assert!(!out.status.success(), "must fail:\n{report}");
+    assert!(report.contains("status: expected 200, got 500"), "{report}");
+    assert!(report.contains("(the proxy answered 500: plugin test"), "{report}");
+    assert!(report.contains("wasm trap"), "{report}");
+}

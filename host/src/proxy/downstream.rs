@@ -1,5 +1,5 @@
-//! The downstream phase: what weir checks of a client's request before anything else — a
-//! request id, no `CONNECT`, and the host it asked for, normalised for routing.
+//! The host a client's request asks for (Host, or the URI's authority), and its normalised
+//! form for routing: part of the downstream phase, which `proxy()` begins with.
 
 use std::borrow::Cow;
 

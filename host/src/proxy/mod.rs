@@ -2,8 +2,10 @@
 //! top to bottom, and [`fail`] is the one place an error becomes a response.
 //!
 //! Phases, in order, each a function below or a module beside this one:
-//! 1. `downstream`: ensure a request id, refuse `CONNECT`, find the host;
-//! 2. `route`: match host, path and method to a route (its chain and its target);
+//! 1. downstream (in `proxy()` and `downstream`): ensure a request id, refuse `CONNECT`,
+//!    find the host;
+//! 2. `route`: normalise the host, match host, path and method to a route (its chain and
+//!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
 //!    its reply goes back through the plugins before it, and phases 4–6 are skipped);
 //! 4. `upstream_request`: hop-by-hop headers out, forwarding headers in;
