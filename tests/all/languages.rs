@@ -448,12 +448,16 @@ fn plugin_test_reports_why_the_proxy_failed_a_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wasm = dir.path().join("test.wasm");
     std::fs::write(&wasm, include_bytes!(env!("TEST_PLUGIN_WASM"))).expect("write");
-    let cases = "[[case]]\nname = \"traps\"\nrequest = { path = \"/trap\" }\nexpect = { status = 200 }\n";
+    let cases =
+        "[[case]]\nname = \"traps\"\nrequest = { path = \"/trap\" }\nexpect = { status = 200 }\n";
     std::fs::write(dir.path().join("cases.toml"), cases).expect("write");
     let out = plugin_test(&wasm, dir.path());
     let report = text(&out);
     assert!(!out.status.success(), "must fail:\n{report}");
     assert!(report.contains("status: expected 200, got 500"), "{report}");
-    assert!(report.contains("(the proxy answered 500: plugin test"), "{report}");
+    assert!(
+        report.contains("(the proxy answered 500: plugin test"),
+        "{report}"
+    );
     assert!(report.contains("wasm trap"), "{report}");
 }
