@@ -75,7 +75,11 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )
-        .with(failures.clone())
+        // Filtered to weir's own warnings: a layer without a filter would enable every
+        // trace event of every crate (cranelift's included) and slow compiling to a crawl.
+        .with(failures.clone().with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("weir", tracing::Level::WARN),
+        ))
         .init();
     match plugin(cli.command, &failures) {
         Ok(()) => ExitCode::SUCCESS,
