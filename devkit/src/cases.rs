@@ -22,11 +22,12 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 
 use arc_swap::ArcSwap;
+use weir::body::boxed;
 use weir::config::PluginLimits;
 use weir::generation::{Generation, PluginSlot};
 use weir::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
 use weir::proxy::{Client, ProxyService};
-use weir::upstream::{Answer, Connector, MemoryBody, MemoryConnector};
+use weir::upstream::{Answer, Connector, MemoryConnector};
 
 /// The deadline of a plugin whose `[plugin]` sets none.
 const TEST_DEADLINE: &str = "5s";
@@ -558,14 +559,6 @@ fn cluster_section(name: &str, authority: &str) -> String {
 /// `text` as a TOML string.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
-}
-
-fn boxed<B>(body: B) -> MemoryBody
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<weir::error::BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
 }
 
 /// Every way `outcome` differs from `expect`, as readable lines.

@@ -94,6 +94,16 @@ impl Body for ClientBody {
     }
 }
 
+/// Any body as the boxed kind [`DownstreamBody`] takes (and `MemoryConnector`'s endpoints
+/// answer with): for bodies made in memory by tests and `weir plugin test`.
+pub fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
 /// A body weir makes itself.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     ProxyBody::Full(Full::new(bytes.into()))

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
+use weir::body::boxed;
 use weir::config::PluginLimits;
 use weir::generation::{Generation, PluginSlot};
 use weir::plugin::{Plugin, PluginRuntime, PluginSource};
@@ -74,9 +75,7 @@ async fn a_chain_runs_in_order_and_a_refusal_cuts_it_short() {
         if let Ok(mut seen) = upstream_seen.lock() {
             seen.push(values(request.headers(), "x-order"));
         }
-        let body = Full::new(Bytes::from_static(b"upstream"))
-            .map_err(|never| match never {})
-            .boxed_unsync();
+        let body = boxed(Full::new(Bytes::from_static(b"upstream")));
         Box::pin(std::future::ready(Ok(Response::new(body))))
     });
     let config = r#"
@@ -102,13 +101,7 @@ plugins = ["outer", "auth", "inner"]
         if let Some(key) = key {
             builder = builder.header("x-api-key", key);
         }
-        builder
-            .body(
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .expect("request")
+        builder.body(boxed(Empty::<Bytes>::new())).expect("request")
     };
 
     // With a key: request hooks in chain order, response changes in reverse.

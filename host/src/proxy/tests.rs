@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Frame;
 
 use super::{Client, ProxyService};
+use crate::body::boxed;
 use crate::error::BoxError;
 use crate::generation::Generation;
 use crate::upstream::{Answer, Connector, MemoryBody, MemoryConnector};
@@ -118,14 +119,6 @@ impl hyper::body::Body for BreaksOff {
             Poll::Pending => Poll::Pending,
         }
     }
-}
-
-fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
 }
 
 /// A proxy over `config` (a whole weir config; its endpoints are answered by `connector`).
