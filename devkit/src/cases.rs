@@ -27,7 +27,7 @@ use weir::config::PluginLimits;
 use weir::generation::{Generation, PluginSlot};
 use weir::plugin::{ManualClock, Plugin, PluginRuntime, PluginSource};
 use weir::proxy::{Client, ProxyService};
-use weir::upstream::{Answer, Connector, MemoryConnector};
+use weir::upstream::{Answer, Connector, MemoryConnector, Transports};
 
 /// The deadline of a plugin whose `[plugin]` sets none.
 const TEST_DEADLINE: &str = "5s";
@@ -505,7 +505,13 @@ async fn run_case(
         last_error: None,
     };
     let connector: Arc<dyn Connector> = Arc::new(connector);
-    let generation = Generation::build(1, Arc::new(config), vec![slot], None, &connector);
+    let generation = Generation::build(
+        1,
+        Arc::new(config),
+        vec![slot],
+        None,
+        &Transports::plain(connector),
+    );
     let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
 
     let mut parts = request_parts(&case.request)?;

@@ -118,6 +118,9 @@ pub enum HostError {
     /// Plugins failed to load at startup, or routes name plugins that are not there.
     #[error("plugins failed to load:\n  {}", .0.join("\n  "))]
     Plugins(Vec<String>),
+    /// A TLS listener's or cluster's certificates or keys could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A listener could not bind its address.
     #[error("cannot listen on {address}")]
     Bind {

@@ -14,7 +14,7 @@ use crate::health::{self, HealthChecker};
 use crate::plugin::chain::Chain;
 use crate::plugin::{Filter, Handler, Plugin};
 use crate::router::Router;
-use crate::upstream::{Connector, UpstreamClient};
+use crate::upstream::{Transports, UpstreamClient};
 
 /// Config plus what is built from it: the route table, the clusters and the plugin chains.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Generation {
         config: Arc<Config>,
         plugins: Vec<PluginSlot>,
         previous: Option<&Generation>,
-        connector: &Arc<dyn Connector>,
+        transports: &Transports,
     ) -> Generation {
         let routes = config
             .routes
@@ -120,13 +120,14 @@ impl Generation {
                     .cloned();
                 same.unwrap_or_else(|| {
                     let endpoints = Endpoints::new(c);
+                    let transport = transports.for_cluster(c);
                     Arc::new(Cluster {
                         sticky_ids: sticky_ids(c),
                         config: c.clone(),
                         balancer: balancer::build(c),
-                        health: health::spawn(c, &endpoints, connector),
+                        health: health::spawn(c, &endpoints, &transport),
                         endpoints,
-                        client: UpstreamClient::new(c, connector.clone()),
+                        client: UpstreamClient::new(c, transport),
                     })
                 })
             })

@@ -5,22 +5,20 @@
 //! ejection by outlier detection (the active check outranks the passive one, as in Envoy).
 //! The data path only reads the flags.
 //!
-//! A probe is an HTTP/1.1 `GET path` on a fresh connection (never a pooled one, so a
-//! half-dead pool cannot hide a dead endpoint) expecting `expected_statuses` (any 2xx or 3xx
-//! by default), or, without `path`, a TCP connect.
-
-use std::sync::Arc;
+//! A probe is a `GET path` on a fresh connection (never a pooled one, so a half-dead pool
+//! cannot hide a dead endpoint), opened as the cluster's requests' are — TLS and HTTP version
+//! included —, expecting `expected_statuses` (any 2xx or 3xx by default); or, without
+//! `path`, opening that connection.
 
 use bytes::Bytes;
 use http::Request;
 use http::uri::Authority;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::balancer::Endpoints;
 use crate::config::{ClusterConfig, HealthCheck};
-use crate::upstream::Connector;
+use crate::upstream::{Sender, Transport, as_http1, as_http2};
 
 /// A cluster's running health checks; dropping it stops them.
 #[derive(Debug)]
@@ -35,10 +33,10 @@ impl Drop for HealthChecker {
 }
 
 /// Starts checking `config`'s endpoints if it has a `health_check`. Needs a tokio runtime.
-pub fn spawn(
+pub(crate) fn spawn(
     config: &ClusterConfig,
     endpoints: &Endpoints,
-    connector: &Arc<dyn Connector>,
+    transport: &Transport,
 ) -> Option<HealthChecker> {
     let check = config.health_check.clone()?;
     let cluster = config.name.clone();
@@ -48,11 +46,11 @@ pub fn spawn(
         .map(|e| e.authority.clone())
         .collect();
     let endpoints = endpoints.clone();
-    let connector = connector.clone();
+    let transport = transport.clone();
     let task = tokio::spawn(async move {
         let mut streaks = vec![Streak::default(); targets.len()];
         loop {
-            let results = probe_all(&targets, &check, &connector).await;
+            let results = probe_all(&targets, &check, &transport).await;
             for (i, result) in results.into_iter().enumerate() {
                 let Some(state) = endpoints.get(i) else {
                     continue;
@@ -101,12 +99,12 @@ struct Streak {
 async fn probe_all(
     targets: &[Authority],
     check: &HealthCheck,
-    connector: &Arc<dyn Connector>,
+    transport: &Transport,
 ) -> Vec<Result<(), String>> {
     let mut probes = JoinSet::new();
     for (i, target) in targets.iter().enumerate() {
-        let (target, check, connector) = (target.clone(), check.clone(), connector.clone());
-        probes.spawn(async move { (i, probe(&target, &check, &*connector).await) });
+        let (target, check, transport) = (target.clone(), check.clone(), transport.clone());
+        probes.spawn(async move { (i, probe(&target, &check, &transport).await) });
     }
     let mut results = vec![Err("the check did not run".to_owned()); targets.len()];
     while let Some(joined) = probes.join_next().await {
@@ -121,9 +119,9 @@ async fn probe_all(
 async fn probe(
     target: &Authority,
     check: &HealthCheck,
-    connector: &dyn Connector,
+    transport: &Transport,
 ) -> Result<(), String> {
-    match tokio::time::timeout(check.timeout, probe_unbounded(target, check, connector)).await {
+    match tokio::time::timeout(check.timeout, probe_unbounded(target, check, transport)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "no answer within {}",
@@ -135,29 +133,33 @@ async fn probe(
 async fn probe_unbounded(
     target: &Authority,
     check: &HealthCheck,
-    connector: &dyn Connector,
+    transport: &Transport,
 ) -> Result<(), String> {
-    let stream = connector
-        .connect(target)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let (sender, connection) = transport.open::<Empty<Bytes>>(target, false).await?;
     let Some(path) = &check.path else {
         return Ok(());
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
     let connection = tokio::spawn(connection);
-    let request = Request::get(path.as_str())
+    let mut request = Request::get(path.as_str())
         .header(http::header::HOST, target.as_str())
         .header(http::header::USER_AGENT, "weir-health-check")
-        .header(http::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"));
+    let response = match sender {
+        Sender::Http1(mut sender) => {
+            as_http1(&mut request, target);
+            request.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            sender.send_request(request).await
+        }
+        Sender::Http2(mut sender) => {
+            as_http2(&mut request, target, &transport.scheme());
+            sender.send_request(request).await
+        }
+    }
+    .map_err(|e| format!("request: {e}"));
     connection.abort();
     let status = response?.status().as_u16();
     let expected = if check.expected_statuses.is_empty() {
@@ -199,7 +201,12 @@ mod tests {
             .expect("free port")
             .port();
         let target: Authority = format!("127.0.0.1:{port}").parse().expect("authority");
-        let result = runtime.block_on(probe(&target, &check, &crate::upstream::TcpConnector));
-        assert!(result.is_err_and(|e| e.starts_with("connect:")));
+        let cluster =
+            crate::balancer::testing::cluster(&[(1, false)], crate::config::LbPolicy::First);
+        let transport =
+            crate::upstream::Transports::plain(std::sync::Arc::new(crate::upstream::TcpConnector))
+                .for_cluster(&cluster);
+        let result = runtime.block_on(probe(&target, &check, &transport));
+        assert!(result.is_err_and(|e| e.starts_with(&format!("connecting to {target}:"))));
     }
 }

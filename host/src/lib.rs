@@ -26,11 +26,13 @@ pub mod generation;
 pub mod health;
 pub mod plugin;
 pub mod proxy;
+mod redirect;
 mod reload;
 pub mod router;
 mod server;
 pub mod shutdown;
 mod timer;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -46,7 +48,9 @@ use crate::config::Config;
 use crate::error::HostError;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{Client, ProxyService};
-use crate::reload::Reloader;
+use crate::reload::{Reloader, TlsMaterial};
+use crate::server::Accepted;
+use crate::tls::ServerTls;
 use crate::upstream::{Connector, TcpConnector};
 
 /// Runs weir with `config`, read from `config_path`, until `shutdown` resolves, then drains
@@ -69,10 +73,34 @@ pub async fn run(
     let listener_configs = config.listeners.clone();
     let admin_config = config.admin.clone();
     let connector: Arc<dyn Connector> = Arc::new(TcpConnector);
-    let (reloader, first) =
-        Reloader::start(config_path.to_owned(), config, runtime.clone(), connector)
-            .await
-            .map_err(HostError::Plugins)?;
+    let mut listener_tls = Vec::new();
+    for l in &listener_configs {
+        let tls = match &l.tls {
+            Some(tls) => {
+                Some(Arc::new(ServerTls::load(tls).map_err(|e| {
+                    HostError::Tls(format!("listener {}: {e}", l.address))
+                })?))
+            }
+            None => None,
+        };
+        listener_tls.push(tls);
+    }
+    let material = TlsMaterial::with_listeners(
+        listener_configs
+            .iter()
+            .zip(&listener_tls)
+            .filter_map(|(l, tls)| Some((l.address.to_string(), tls.clone()?)))
+            .collect(),
+    );
+    let (reloader, first) = Reloader::start(
+        config_path.to_owned(),
+        config,
+        runtime.clone(),
+        connector,
+        material,
+    )
+    .await
+    .map_err(HostError::Plugins)?;
 
     // Watching starts before `listening`, so no change made after that is missed.
     let generation = Arc::new(ArcSwap::from_pointee(first));
@@ -90,11 +118,27 @@ pub async fn run(
     let mut tasks = JoinSet::new();
 
     let proxy = ProxyService::new(generation.clone());
-    for listener in proxy_listeners {
+    for ((listener, tls), listener_config) in proxy_listeners
+        .into_iter()
+        .zip(listener_tls)
+        .zip(&listener_configs)
+    {
+        if let Some(port) = listener_config.redirect_to_https {
+            tasks.spawn(server::serve(
+                listener,
+                None,
+                settings.clone(),
+                redirect::service(port),
+                drain.clone(),
+            ));
+            continue;
+        }
         let proxy = proxy.clone();
-        let make_service = move |peer: SocketAddr| proxy.clone().for_connection(Client::new(peer));
+        let make_service =
+            move |accepted: Accepted| proxy.clone().for_connection(Client::accepted(accepted));
         tasks.spawn(server::serve(
             listener,
+            tls,
             settings.clone(),
             make_service,
             drain.clone(),
@@ -103,6 +147,7 @@ pub async fn run(
     if let Some(listener) = admin_listener {
         tasks.spawn(server::serve(
             listener,
+            None,
             settings.clone(),
             admin::service(generation.clone(), reload),
             drain.clone(),

@@ -90,6 +90,13 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> anyhow::Result<()> {
     match weir::config::load(path) {
         Ok(c) => {
+            let tls = weir::tls::check(&c);
+            if !tls.is_empty() {
+                for e in &tls {
+                    eprintln!("error: {e}");
+                }
+                anyhow::bail!("{}: {} problem(s) found", path.display(), tls.len())
+            }
             println!(
                 "{}: ok ({} listeners, {} clusters, {} routes)",
                 path.display(),

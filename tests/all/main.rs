@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod bundled;
 mod cli;
+mod edge;
 mod errors;
 mod gateway;
 mod languages;

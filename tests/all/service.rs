@@ -15,7 +15,7 @@ use weir::config::PluginLimits;
 use weir::generation::{Generation, PluginSlot};
 use weir::plugin::{Plugin, PluginRuntime, PluginSource};
 use weir::proxy::{Client, ProxyService};
-use weir::upstream::{Answer, Connector, MemoryConnector};
+use weir::upstream::{Answer, Connector, MemoryConnector, Transports};
 
 /// Loads bundled plugin `stem` as if its file were `file` (the name comes from the file).
 async fn load(runtime: &PluginRuntime, stem: &str, file: &str, settings: &str) -> PluginSlot {
@@ -93,7 +93,13 @@ plugins = ["outer", "auth", "inner"]
 "#;
     let config = weir::config::parse(Path::new("weir.toml"), config).expect("config");
     let connector: Arc<dyn Connector> = Arc::new(connector);
-    let generation = Generation::build(1, Arc::new(config), slots, None, &connector);
+    let generation = Generation::build(
+        1,
+        Arc::new(config),
+        slots,
+        None,
+        &Transports::plain(connector),
+    );
     let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
     let client = Client::new(([127, 0, 0, 1], 40000).into());
     let request = |key: Option<&str>| {

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod upstream;
 pub mod weir;
 

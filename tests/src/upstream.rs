@@ -81,12 +81,20 @@ impl Upstream {
     /// Like [`Upstream::start`], but every catch-all answer waits `delay` first: a slow
     /// endpoint.
     pub async fn start_with_delay(name: &str, delay: std::time::Duration) -> Upstream {
-        Upstream::start_on("127.0.0.1:0".parse().expect("addr"), name, delay).await
+        Upstream::start_on("127.0.0.1:0".parse().expect("addr"), name, delay, None).await
+    }
+
+    /// Like [`Upstream::start`], speaking TLS with `config` (HTTP/1.1 or HTTP/2, as its ALPN
+    /// and the client choose).
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        Upstream::start_on(addr, name, std::time::Duration::ZERO, Some(acceptor)).await
     }
 
     /// Starts an upstream on `addr`: to bring back one that was dropped, on its address.
     pub async fn restart_at(addr: SocketAddr, name: &str) -> Upstream {
-        Upstream::start_on(addr, name, std::time::Duration::ZERO).await
+        Upstream::start_on(addr, name, std::time::Duration::ZERO, None).await
     }
 
     /// Like [`Upstream::start`], but every catch-all answer has status `status`: a failing
@@ -96,6 +104,7 @@ impl Upstream {
             "127.0.0.1:0".parse().expect("addr"),
             name,
             std::time::Duration::ZERO,
+            None,
         )
         .await;
         upstream
@@ -104,7 +113,12 @@ impl Upstream {
         upstream
     }
 
-    async fn start_on(addr: SocketAddr, name: &str, delay: std::time::Duration) -> Upstream {
+    async fn start_on(
+        addr: SocketAddr,
+        name: &str,
+        delay: std::time::Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let (seen, _) = watch::channel(Vec::new());
@@ -136,6 +150,7 @@ impl Upstream {
                 };
                 let state = state.clone();
                 let mut stop = stop.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
@@ -144,9 +159,21 @@ impl Upstream {
                     // Dropped when the upstream is: its open connections close too, as when
                     // a real server process dies.
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    tokio::select! {
-                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
-                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    match tls {
+                        None => tokio::select! {
+                            _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                            _ = stop.wait_for(|stopped| *stopped) => {}
+                        },
+                        Some(tls) => {
+                            // A client that refuses our certificate just goes away.
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                                _ = stop.wait_for(|stopped| *stopped) => {}
+                            }
+                        }
                     }
                 });
             }

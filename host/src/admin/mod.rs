@@ -13,7 +13,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -33,8 +32,8 @@ use crate::reload::ReloadHandle;
 pub(crate) fn service(
     generation: Arc<ArcSwap<Generation>>,
     reload: ReloadHandle,
-) -> impl Fn(SocketAddr) -> AdminService {
-    move |_peer| AdminService {
+) -> impl Fn(crate::server::Accepted) -> AdminService + Send + Sync + 'static {
+    move |_accepted| AdminService {
         generation: generation.clone(),
         reload: reload.clone(),
     }

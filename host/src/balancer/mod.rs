@@ -206,6 +206,9 @@ pub(crate) mod testing {
             connect_timeout: std::time::Duration::from_secs(1),
             response_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
+            protocol: crate::config::Protocol::Auto,
+            max_streams: 100,
+            tls: None,
         }
     }
 

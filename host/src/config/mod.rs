@@ -5,12 +5,14 @@
 //! A running proxy therefore never holds a half-applied configuration.
 
 mod model;
+mod tls;
 mod validate;
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AdminConfig, ClusterConfig, ClusterRef, Config, Endpoint, HashKey, HealthCheck, LbPolicy,
     ListenerConfig, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PluginLimits,

@@ -32,6 +32,52 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
     pub(crate) address: Spanned<String>,
+    pub(crate) tls: Option<Spanned<RawListenerTls>>,
+    pub(crate) redirect_to_https: Option<Spanned<RawRedirect>>,
+}
+
+/// `tls = { certificates = [...], min_version = "1.2", client_auth = {...} }` of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub(crate) certificates: Spanned<Vec<RawCertKey>>,
+    pub(crate) min_version: Option<Spanned<String>>,
+    pub(crate) client_auth: Option<RawClientAuth>,
+}
+
+/// `{ cert = "a.pem", key = "a.key" }`: a certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertKey {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// `client_auth = { ca = "clients.pem", required = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientAuth {
+    pub(crate) ca: PathBuf,
+    pub(crate) required: Option<bool>,
+}
+
+/// `redirect_to_https = { port = 443 }` of a plain listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub(crate) port: Option<u16>,
+}
+
+/// `tls = { sni = "...", ca = "...", verify = true, pinned = "...", client_cert = {...} }` of
+/// a cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) sni: Option<String>,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) verify: Option<bool>,
+    pub(crate) pinned: Option<PathBuf>,
+    pub(crate) client_cert: Option<RawCertKey>,
 }
 
 /// `[admin]`: the admin listener.
@@ -65,6 +111,8 @@ pub(crate) struct RawServer {
     pub(crate) drain_timeout: Option<Duration>,
     pub(crate) max_connections: Option<Spanned<usize>>,
     pub(crate) worker_threads: Option<Spanned<usize>>,
+    #[serde(default, with = "duration")]
+    pub(crate) upgrade_idle_timeout: Option<Duration>,
 }
 
 /// `[[clusters]]`: a named set of upstream endpoints.
@@ -94,6 +142,9 @@ pub(crate) struct RawCluster {
     pub(crate) response_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) max_streams: Option<Spanned<u32>>,
+    pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 /// `health_check = { … }` of a cluster: active checks, HTTP when `path` is set, else TCP.

@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use toml::Spanned;
 
 use super::model::{RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPlugins, RawRoute};
+use super::tls::{self, ListenerTls, Protocol, UpstreamTls};
 use super::{Diagnostic, Locator};
 
 /// The default time to establish a TCP connection to an endpoint (Envoy's default).
@@ -28,6 +29,11 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests before closing their connections.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an upgraded connection (a WebSocket) may pass no bytes either way before weir
+/// closes it (Envoy's stream idle timeout is 5 minutes too).
+const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Requests in flight on one HTTP/2 connection to an endpoint before another is opened.
+const DEFAULT_MAX_STREAMS: u32 = 100;
 /// The most downstream connections served at once; more wait in the kernel's accept queue.
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Further attempts on other endpoints after a safe-to-retry failure (nginx tries the next
@@ -83,6 +89,10 @@ pub struct Config {
 pub struct ListenerConfig {
     /// The socket address to bind; port 0 picks a free port.
     pub address: SocketAddr,
+    /// TLS, if the listener terminates it.
+    pub tls: Option<ListenerTls>,
+    /// A plain listener that answers every request with a redirect to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
 }
 
 /// The admin listener.
@@ -141,6 +151,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Threads of the async runtime; `None` means one per CPU core.
     pub worker_threads: Option<usize>,
+    /// Time an upgraded connection (WebSocket) may be silent both ways before it is closed.
+    #[serde(serialize_with = "human")]
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// A named set of upstream endpoints.
@@ -190,6 +203,12 @@ pub struct ClusterConfig {
     /// Time an idle pooled connection is kept.
     #[serde(serialize_with = "human")]
     pub idle_timeout: Duration,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+    /// Requests in flight on one HTTP/2 connection before another is opened.
+    pub max_streams: u32,
+    /// TLS to the endpoints, if on (`https://` endpoints or a `tls` table).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One upstream endpoint: `host:port`, where host is an IP address or a DNS name.
@@ -364,13 +383,13 @@ fn methods<S: Serializer>(m: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Err
 }
 
 /// Collects diagnostics while validating.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     locate: &'a Locator<'a>,
     found: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn error<T>(&mut self, at: &Spanned<T>, message: String) {
+    pub(super) fn error<T>(&mut self, at: &Spanned<T>, message: String) {
         self.found.push(self.locate.at(Some(at.span()), message));
     }
 
@@ -429,6 +448,20 @@ pub(super) fn validate(
     let mut listeners = Vec::new();
     let mut bound: HashSet<SocketAddr> = HashSet::new();
     for l in &raw.listeners {
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| tls::listener_tls(&mut check, t, base_dir));
+        let redirect_to_https = l
+            .redirect_to_https
+            .as_ref()
+            .map(|r| r.get_ref().port.unwrap_or(443));
+        if let (Some(redirect), Some(_)) = (&l.redirect_to_https, &tls) {
+            check.error(
+                redirect,
+                "redirect_to_https is for a plain listener; this one has tls".into(),
+            );
+        }
         if let Some(address) = check.socket_addr("listener", &l.address) {
             if !bound.insert(address) && address.port() != 0 {
                 check.error(
@@ -436,7 +469,11 @@ pub(super) fn validate(
                     format!("listener address {address} is listed twice"),
                 );
             }
-            listeners.push(ListenerConfig { address });
+            listeners.push(ListenerConfig {
+                address,
+                tls,
+                redirect_to_https,
+            });
         }
     }
     let admin = raw.admin.as_ref().and_then(|a| {
@@ -468,13 +505,17 @@ pub(super) fn validate(
         drain_timeout: raw.server.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         max_connections,
         worker_threads,
+        upgrade_idle_timeout: raw
+            .server
+            .upgrade_idle_timeout
+            .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
     };
 
     check.unique_names("cluster", raw.clusters.iter().map(|c| &c.name));
     let clusters: Vec<ClusterConfig> = raw
         .clusters
         .iter()
-        .map(|c| cluster(&mut check, c))
+        .map(|c| cluster(&mut check, c, base_dir))
         .collect();
 
     check.unique_names("route", raw.routes.iter().map(|r| &r.name));
@@ -549,7 +590,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     }
 }
 
-fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
+fn cluster(check: &mut Checker<'_>, raw: &RawCluster, base_dir: &Path) -> ClusterConfig {
     let name = raw.name.get_ref();
     if raw.endpoints.get_ref().is_empty() {
         check.error(
@@ -558,6 +599,7 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         );
     }
     let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut schemes = HashSet::new();
     for e in raw.endpoints.get_ref() {
         let raw_endpoint = e.get_ref();
         let weight = match raw_endpoint.weight {
@@ -573,17 +615,28 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
             }
         };
         match endpoint(&raw_endpoint.address) {
-            Ok(authority) if endpoints.iter().any(|seen| seen.authority == authority) => {
+            Ok((scheme, _)) if !schemes.is_empty() && !schemes.contains(&scheme) => {
+                check.error(
+                    e,
+                    format!(
+                        "cluster \"{name}\": endpoints mix https:// and plain ones; TLS is the cluster's, so give them all one scheme"
+                    ),
+                );
+            }
+            Ok((_, authority)) if endpoints.iter().any(|seen| seen.authority == authority) => {
                 check.error(
                     e,
                     format!("cluster \"{name}\" lists endpoint {authority} twice"),
                 );
             }
-            Ok(authority) => endpoints.push(Endpoint {
-                authority,
-                weight,
-                backup: raw_endpoint.backup,
-            }),
+            Ok((scheme, authority)) => {
+                schemes.insert(scheme);
+                endpoints.push(Endpoint {
+                    authority,
+                    weight,
+                    backup: raw_endpoint.backup,
+                });
+            }
             Err(why) => check.error(e, format!("cluster \"{name}\": endpoint {why}")),
         }
     }
@@ -695,6 +748,35 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
             );
         }
     }
+    let (protocol, tls) = tls::cluster_transport(
+        check,
+        name,
+        raw.protocol.as_ref(),
+        raw.tls.as_ref(),
+        schemes.contains(&Scheme::Https),
+        base_dir,
+    );
+    if schemes.contains(&Scheme::Http)
+        && let Some(raw_tls) = &raw.tls
+    {
+        check.error(
+            raw_tls,
+            format!(
+                "cluster \"{name}\" has a tls table and http:// endpoints; write them as https:// or host:port"
+            ),
+        );
+    }
+    let max_streams = match &raw.max_streams {
+        Some(n) if *n.get_ref() == 0 => {
+            check.error(
+                n,
+                format!("cluster \"{name}\": max_streams must be at least 1"),
+            );
+            DEFAULT_MAX_STREAMS
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_MAX_STREAMS,
+    };
     ClusterConfig {
         name: name.clone(),
         endpoints,
@@ -714,6 +796,9 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster) -> ClusterConfig {
         connect_timeout: raw.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         response_timeout: raw.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
         idle_timeout: raw.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        protocol,
+        max_streams,
+        tls,
     }
 }
 
@@ -851,13 +936,39 @@ fn lb_policy(check: &mut Checker<'_>, raw: &RawCluster) -> LbPolicy {
     }
 }
 
-/// Parses `host:port`, where host is an IP address (IPv6 in brackets) or a DNS name.
-fn endpoint(text: &str) -> Result<Authority, String> {
-    if text.contains("://") {
+/// How an endpoint was written: `host:port`, `http://host:port` or `https://host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Scheme {
+    Bare,
+    Http,
+    Https,
+}
+
+/// Parses `host:port`, where host is an IP address (IPv6 in brackets) or a DNS name, with an
+/// optional `http://` or `https://` in front.
+fn endpoint(text: &str) -> Result<(Scheme, Authority), String> {
+    let (scheme, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        (Scheme::Bare, text)
+    };
+    if rest.contains("://") {
         return Err(format!(
-            "\"{text}\" has a scheme; write it as host:port, like \"10.0.0.5:8080\""
+            "\"{text}\" has a scheme weir does not speak; write it as host:port, http://host:port or https://host:port"
         ));
     }
+    if rest.contains('/') {
+        return Err(format!(
+            "\"{text}\" has a path; an endpoint is host:port (routes and plugins rewrite paths)"
+        ));
+    }
+    authority(rest).map(|a| (scheme, a))
+}
+
+/// Parses `host:port`, where host is an IP address (IPv6 in brackets) or a DNS name.
+fn authority(text: &str) -> Result<Authority, String> {
     if text.parse::<SocketAddr>().is_ok() {
         return text
             .parse::<Authority>()
@@ -1092,11 +1203,29 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "9:8: duplicate cluster name \"app\" (first defined on line 5)",
             ),
             (
-                "[[clusters]]\nname = \"b\"\nendpoints = [\"127.0.0.1\", \"http://x:1\", \"bad_host:80\", \"h:0\"]",
+                "[[clusters]]\nname = \"b\"\nendpoints = [\"127.0.0.1\", \"ftp://x:1\", \"bad_host:80\", \"h:0\", \"x:1/p\"]",
                 "10:14: cluster \"b\": endpoint \"127.0.0.1\" has no port; write it as host:port\n\
-              10:27: cluster \"b\": endpoint \"http://x:1\" has a scheme; write it as host:port, like \"10.0.0.5:8080\"\n\
-              10:41: cluster \"b\": endpoint \"bad_host:80\": \"bad_host\" is neither an IP address nor a valid host name\n\
-              10:56: cluster \"b\": endpoint \"h:0\" has an invalid port \"0\" (expected 1-65535)",
+              10:27: cluster \"b\": endpoint \"ftp://x:1\" has a scheme weir does not speak; write it as host:port, http://host:port or https://host:port\n\
+              10:40: cluster \"b\": endpoint \"bad_host:80\": \"bad_host\" is neither an IP address nor a valid host name\n\
+              10:55: cluster \"b\": endpoint \"h:0\" has an invalid port \"0\" (expected 1-65535)\n\
+              10:62: cluster \"b\": endpoint \"x:1/p\" has a path; an endpoint is host:port (routes and plugins rewrite paths)",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"https://a:1\", \"b:2\"]",
+                "10:29: cluster \"t\": endpoints mix https:// and plain ones; TLS is the cluster's, so give them all one scheme",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"a:1\"]\nprotocol = \"h2\"",
+                "11:12: cluster \"t\": protocol \"h2\" is HTTP/2 over TLS, and the cluster has no TLS; use \"h2c\" for cleartext HTTP/2, or https:// endpoints",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"https://a:1\"]\nprotocol = \"h3\"\ntls = { verify = false, ca = \"ca.pem\" }",
+                "11:12: cluster \"t\": protocol \"h3\" is not one of \"http1\", \"h2\", \"h2c\", \"auto\"\n\
+              12:7: cluster \"t\": tls.verify = false accepts any certificate, so tls.ca and tls.pinned would be ignored; remove one or the other",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"http://a:1\"]\ntls = { sni = \"a\" }",
+                "11:7: cluster \"t\" has a tls table and http:// endpoints; write them as https:// or host:port",
             ),
             (
                 "[[routes]]\nname = \"r\"\npath_prefix = \"api\"\nmethods = [\"get\", \"\"]\ncluster = \"app\"",
@@ -1115,6 +1244,12 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             (
                 "[[listeners]]\naddress = \"127.0.0.1:8080\"",
                 "9:11: listener address 127.0.0.1:8080 is listed twice",
+            ),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:8443\"\ntls = { certificates = [], min_version = \"1.1\" }\nredirect_to_https = {}",
+                "10:24: listener tls: certificates is empty; give at least one { cert, key }\n\
+              10:42: listener tls: min_version \"1.1\" is not supported; use \"1.2\" or \"1.3\"\n\
+              11:21: redirect_to_https is for a plain listener; this one has tls",
             ),
             (
                 "[server]\nmax_connections = 0",

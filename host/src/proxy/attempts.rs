@@ -19,6 +19,7 @@ use http::{Request, Response, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 
+use super::grpc;
 use crate::balancer::PickContext;
 use crate::body::{self, ClientBody, ProxyBody};
 use crate::error::{ErrorKind, ProxyError, Retry};
@@ -64,7 +65,15 @@ pub(super) async fn send(
         .endpoints
         .admit(cluster.config.max_requests)
         .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
-    match cluster.config.request_timeout {
+    // A gRPC call's own deadline bounds it too.
+    let limit = match (
+        cluster.config.request_timeout,
+        grpc::timeout(&exchange.parts.headers),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match limit {
         Some(limit) => tokio::time::timeout(limit, attempts(exchange, endpoint_out))
             .await
             .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,

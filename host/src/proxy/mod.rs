@@ -3,17 +3,19 @@
 //!
 //! Phases, in order, each a function below or a module beside this one:
 //! 1. downstream (in `proxy()` and `downstream`): ensure a request id, refuse `CONNECT`,
-//!    find the host;
+//!    find the host, note a gRPC call (`grpc`) and an upgrade (`upgrade`);
 //! 2. `route`: normalise the host, match host, path and method to a route (its chain and
 //!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
 //!    its reply goes back through the plugins before it, and phases 4–6 are skipped);
-//! 4. `upstream_request`: hop-by-hop headers out, forwarding headers in;
+//! 4. `upstream_request`: hop-by-hop headers out (an upgrade's and gRPC's `te: trailers`
+//!    kept), forwarding headers in;
 //! 5. the target: a cluster (`attempts`: circuit breaker, endpoint choice, send, retries)
 //!    or a handler plugin (its sub-requests go to clusters through `outbound`);
 //! 6. `downstream_response`: hop-by-hop headers out of the response, the request id in;
 //! 7. `filters::on_response`: the chain's response hooks in reverse order (with the
-//!    response header changes plugins left in phase 3, each at its plugin's place).
+//!    response header changes plugins left in phase 3, each at its plugin's place);
+//! 8. a `101 Switching Protocols` becomes a tunnel (`upgrade`).
 //!
 //! The service is generic over the client's request body ([`DownstreamBody`]) and reaches
 //! endpoints only through the generation's clusters and their connector, so tests drive it
@@ -29,7 +31,9 @@ mod attempts;
 mod downstream;
 mod filters;
 mod forward;
+mod grpc;
 mod outbound;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +42,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version, request};
+use tokio::sync::OwnedSemaphorePermit;
 
 use self::attempts::RequestBody;
 use self::filters::Filtered;
@@ -50,7 +55,9 @@ use crate::generation::{Generation, Route, Target};
 use crate::plugin::Handler;
 use crate::plugin::handler::HandlerBody;
 use crate::plugin::view::RequestView;
+use crate::server::Accepted;
 use crate::timer::Timers;
+use crate::tls::TlsInfo;
 
 /// The proxy: a request in, a response out, never an error.
 #[derive(Debug, Clone)]
@@ -70,17 +77,37 @@ pub struct Client {
     addr_text: OnceLock<Arc<str>>,
     /// The connection's sleeps for upstream response timeouts, reused request to request.
     timers: Timers,
+    /// What the TLS handshake settled, on a TLS listener.
+    tls: Option<TlsInfo>,
+    /// The connection's place under `max_connections`, which a tunnel keeps after an upgrade.
+    slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Client {
-    /// The client connected from `addr`.
+    /// The client connected from `addr`, in plain HTTP.
     pub fn new(addr: SocketAddr) -> Client {
         Client {
             addr,
             ip_value: forward::client_ip_value(addr.ip()),
             addr_text: OnceLock::new(),
             timers: Timers::default(),
+            tls: None,
+            slot: None,
         }
+    }
+
+    /// The client of a connection a listener accepted.
+    pub(crate) fn accepted(accepted: Accepted) -> Client {
+        Client {
+            tls: accepted.tls,
+            slot: Some(accepted.slot),
+            ..Client::new(accepted.peer)
+        }
+    }
+
+    /// What the client's TLS handshake settled, if it spoke TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// `ip:port`, as the plugins are told it.
@@ -99,6 +126,8 @@ struct RequestContext<'c> {
     route: Option<usize>,
     cluster: Option<usize>,
     endpoint: Option<usize>,
+    /// The request is a gRPC call: errors are answered as gRPC statuses.
+    grpc: bool,
 }
 
 impl ProxyService {
@@ -121,6 +150,7 @@ impl ProxyService {
             route: None,
             cluster: None,
             endpoint: None,
+            grpc: false,
         };
         match proxy(&generation, request, &mut ctx).await {
             Ok(response) => response,
@@ -164,9 +194,11 @@ async fn proxy<B: DownstreamBody>(
         ));
     }
     let host = downstream::request_host(&request)?;
+    ctx.grpc = grpc::is_grpc(request.headers());
     let route = route(generation, host.as_ref(), &request, ctx)?;
 
     let (mut parts, body) = request.into_parts();
+    let upgrade = upgrade::requested(&mut parts);
     let mut body = RequestBody::Client(body.into_client_body());
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
     // the response phase's view on every request, plugins or not.
@@ -180,11 +212,15 @@ async fn proxy<B: DownstreamBody>(
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);
             }
+            Filtered::Answered(reply) if ctx.grpc => return Ok(grpc::local_reply(reply)),
             Filtered::Answered(reply) => return Ok(reply),
         }
     }
 
     upstream_request(&mut parts, host.as_ref(), ctx.client);
+    if let Some(upgrade) = &upgrade {
+        upgrade::restore(&mut parts.headers, upgrade);
+    }
     let mut response = match &route.target {
         Target::Cluster(cluster) => {
             // The exchange's future is awaited here, not inside a helper's: each level of
@@ -201,12 +237,20 @@ async fn proxy<B: DownstreamBody>(
         }
     };
     downstream_response(&mut response, request_id);
-    match response_phase {
+    let finished = match response_phase {
         Some(mut phase) => {
             let (passed, request) = (phase.passed, &mut phase.request);
             filters::on_response(&route.chain, passed, request, response).await
         }
         None => Ok(response),
+    };
+    match upgrade {
+        None => finished,
+        Some(upgrade) => finished.map(|mut response| {
+            let idle_timeout = generation.config.server.upgrade_idle_timeout;
+            upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
+            response
+        }),
     }
 }
 
@@ -235,12 +279,26 @@ fn route<'g, B>(
 /// The request's headers for the upstream, once, whichever endpoint is chosen.
 #[inline]
 fn upstream_request(parts: &mut request::Parts, host: Option<&HeaderValue>, client: &Client) {
+    // `te: trailers` is end to end in practice: gRPC servers need it to know trailers work.
+    let trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     forward::strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let downstream = forward::Downstream {
         client_ip: &client.ip_value,
         host,
         version: parts.version,
-        scheme: "http",
+        scheme: if client.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
 }
@@ -258,6 +316,7 @@ fn exchange<'a>(
     ctx: &RequestContext<'a>,
 ) -> attempts::Exchange<'a> {
     let cluster = &generation.clusters[cluster_index];
+    // The upstream client sets the version its connection speaks.
     parts.version = Version::HTTP_11;
     let hash = hash_key(&cluster.config.lb, &parts, ctx.client.addr);
     let retry_non_idempotent = ctx
@@ -360,13 +419,18 @@ fn fail(
         "request failed"
     );
 
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
+    let mut response = if ctx.grpc {
+        grpc::error(grpc::code_for_error(error.kind), text.trim_end())
+    } else {
+        let mut response = Response::new(body::full(text));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     if let Some(id) = &ctx.request_id {
         headers.insert(forward::X_REQUEST_ID.clone(), id.clone());
     }

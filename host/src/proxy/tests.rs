@@ -17,7 +17,7 @@ use super::{Client, ProxyService};
 use crate::body::boxed;
 use crate::error::BoxError;
 use crate::generation::Generation;
-use crate::upstream::{Answer, Connector, MemoryBody, MemoryConnector};
+use crate::upstream::{Answer, Connector, MemoryBody, MemoryConnector, Transports};
 
 /// How an in-memory endpoint treats a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,7 +126,13 @@ fn proxy(config: &str, connector: MemoryConnector) -> ProxyService {
     let config = crate::config::parse(Path::new("weir.toml"), config)
         .unwrap_or_else(|e| panic!("test config: {e}"));
     let connector: Arc<dyn Connector> = Arc::new(connector);
-    let generation = Generation::build(1, Arc::new(config), Vec::new(), None, &connector);
+    let generation = Generation::build(
+        1,
+        Arc::new(config),
+        Vec::new(),
+        None,
+        &Transports::plain(connector),
+    );
     ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)))
 }
 

@@ -15,7 +15,10 @@
 //! Startup is the same rescan with one difference: any failure stops weir from starting, so
 //! it never comes up without a plugin the operator put in the folder.
 
+mod tls;
 mod watch;
+
+pub(crate) use self::tls::TlsMaterial;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use crate::config::{self, Config, PluginLimits};
 use crate::generation::{Generation, PluginSlot};
 use crate::plugin::{PluginRuntime, PluginSource, plugin_name};
 use crate::shutdown::Drain;
-use crate::upstream::Connector;
+use crate::upstream::{Connector, Transports};
 
 /// Quiet time after the last file event before a rescan starts: long enough for a copy that
 /// arrives in several writes, or an editor's write-then-rename, to settle.
@@ -97,6 +100,8 @@ pub(crate) struct Reloader {
     runtime: Arc<PluginRuntime>,
     /// How the generations' clusters reach their endpoints.
     connector: Arc<dyn Connector>,
+    /// The TLS listeners' and clusters' certificates and keys.
+    tls: TlsMaterial,
     config: Arc<Config>,
     tracked: Vec<Tracked>,
     /// Files refused for a plugin name another file has, so each is logged once.
@@ -113,11 +118,15 @@ impl Reloader {
         config: Config,
         runtime: Arc<PluginRuntime>,
         connector: Arc<dyn Connector>,
+        mut tls: TlsMaterial,
     ) -> Result<(Reloader, Generation), Vec<String>> {
+        let clusters = tls.clusters_for(&config).await?;
+        tls.adopt(&clusters);
         let mut reloader = Reloader {
             config_path,
             runtime,
             connector,
+            tls,
             config: Arc::new(config),
             tracked: Vec::new(),
             duplicates: Vec::new(),
@@ -137,7 +146,7 @@ impl Reloader {
             reloader.config.clone(),
             reloader.slots(),
             None,
-            &reloader.connector,
+            &reloader.transports(),
         );
         Ok((reloader, generation))
     }
@@ -147,7 +156,22 @@ impl Reloader {
     pub(crate) async fn reload(&mut self, current: &ArcSwap<Generation>) -> ReloadReport {
         let mut errors = Vec::new();
         let config = match self.reread_config().await {
-            Ok(Some(config)) => config,
+            Ok(Some(config)) => match self.tls.clusters_for(&config).await {
+                Ok(clusters) => {
+                    self.tls.adopt(&clusters);
+                    config
+                }
+                Err(why) => {
+                    let why = format!(
+                        "{}: {}; nothing was applied",
+                        self.config_path.display(),
+                        why.join("; ")
+                    );
+                    tracing::error!(error = %why, "config reload refused; the running config stays");
+                    errors.push(why);
+                    self.config.clone()
+                }
+            },
             Ok(None) => self.config.clone(),
             Err(why) => {
                 tracing::error!(file = %self.config_path.display(), error = %why, "config reload refused; the running config stays");
@@ -155,6 +179,7 @@ impl Reloader {
                 self.config.clone()
             }
         };
+        errors.extend(self.tls.refresh().await);
         let before: Vec<Option<[u8; 32]>> = self.tracked.iter().map(|t| t.serving).collect();
         let names_before: Vec<String> = self.tracked.iter().map(|t| t.slot.name.clone()).collect();
         errors.extend(self.rescan_plugins(&config).await);
@@ -192,7 +217,7 @@ impl Reloader {
             self.config.clone(),
             self.slots(),
             Some(&previous),
-            &self.connector,
+            &self.transports(),
         );
         current.store(Arc::new(next));
         tracing::info!(
@@ -210,6 +235,13 @@ impl Reloader {
             changed: true,
             errors,
         }
+    }
+
+    /// The connector and each TLS cluster's client, for a generation's clusters.
+    fn transports(&self) -> Transports {
+        let mut transports = Transports::plain(self.connector.clone());
+        transports.tls = self.tls.clients();
+        transports
     }
 
     fn slots(&self) -> Vec<PluginSlot> {
@@ -424,7 +456,12 @@ pub(crate) fn spawn(
     let watcher = if config.plugins.watch {
         // One rescan once watching: catches what changed between the first load and now.
         let _ = events_tx.send(());
-        start_watch(&config.plugins.dir, &reloader.config_path, events_tx)
+        start_watch(
+            &config.plugins.dir,
+            &reloader.config_path,
+            &tls::files(&config),
+            events_tx,
+        )
     } else {
         None
     };
@@ -497,13 +534,26 @@ async fn settle(events: &mut mpsc::UnboundedReceiver<()>) {
 fn start_watch(
     plugin_dir: &Path,
     config_path: &Path,
+    tls_files: &[PathBuf],
     events: mpsc::UnboundedSender<()>,
 ) -> Option<watch::Watcher> {
     if let Err(e) = std::fs::create_dir_all(plugin_dir) {
         tracing::warn!(dir = %plugin_dir.display(), error = %e, "cannot create the plugin folder");
     }
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    match watch::watch(&canonical(plugin_dir), &canonical(config_path), events) {
+    // A certificate's own name, in its folder's real path: certbot's live/ names are
+    // symlinks, and events name the link that changed, not its target.
+    let in_real_folder = |p: &Path| match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => canonical(dir).join(name),
+        _ => p.to_owned(),
+    };
+    let tls_files: Vec<PathBuf> = tls_files.iter().map(|p| in_real_folder(p)).collect();
+    match watch::watch(
+        &canonical(plugin_dir),
+        &canonical(config_path),
+        &tls_files,
+        events,
+    ) {
         Ok(watcher) => {
             tracing::info!(dir = %plugin_dir.display(), config = %config_path.display(), "watching for changes");
             Some(watcher)

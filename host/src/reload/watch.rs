@@ -20,22 +20,27 @@ impl std::fmt::Debug for Watcher {
     }
 }
 
-/// Watches `plugin_dir` for `*.wasm` and `*.toml` changes and `config_file` for its own, and
-/// sends `()` on `changed` for each relevant event. Folders, not files, are watched, so an
-/// editor that writes a temporary file and renames it over the original is seen.
+/// Watches `plugin_dir` for `*.wasm` and `*.toml` changes, `config_file` and `tls_files`
+/// (certificates and keys) for their own, and sends `()` on `changed` for each relevant
+/// event. Folders, not files, are watched, so an editor that writes a temporary file and
+/// renames it over the original is seen.
 pub(crate) fn watch(
     plugin_dir: &Path,
     config_file: &Path,
+    tls_files: &[PathBuf],
     changed: mpsc::UnboundedSender<()>,
 ) -> notify::Result<Watcher> {
     let plugin_dir = plugin_dir.to_owned();
     let config_file = config_file.to_owned();
     let config_dir = parent(&config_file);
+    let tls_dirs: Vec<PathBuf> = tls_files.iter().map(|f| parent(f)).collect();
     let relevant = {
         let plugin_dir = plugin_dir.clone();
         let config_file = config_file.clone();
+        let tls_files = tls_files.to_vec();
         move |path: &Path| {
             path == config_file
+                || tls_files.iter().any(|f| f == path)
                 || (parent(path) == plugin_dir
                     && path.extension().is_some_and(|e| e == "wasm" || e == "toml"))
         }
@@ -56,7 +61,10 @@ pub(crate) fn watch(
             }
         }
     })?;
-    let dirs: BTreeSet<PathBuf> = [plugin_dir, config_dir].into_iter().collect();
+    let dirs: BTreeSet<PathBuf> = [plugin_dir, config_dir]
+        .into_iter()
+        .chain(tls_dirs)
+        .collect();
     for dir in dirs {
         inner.watch(&dir, RecursiveMode::NonRecursive)?;
     }

@@ -1,27 +1,32 @@
-//! The upstream client: pooled keep-alive HTTP/1.1 connections to a cluster's endpoints.
+//! The upstream client: pooled connections to a cluster's endpoints, HTTP/1.1 or HTTP/2,
+//! plain or TLS.
 //!
 //! One [`UpstreamClient`] per cluster, because connect and response timeouts and connection
-//! caps are per cluster. A request takes an idle connection to its endpoint, or opens one
-//! while the cluster has fewer than `max_connections`, or waits (at most `max_pending` wait;
-//! one more fails at once with [`PendingOverflow`], as Envoy's circuit breakers do). Its
-//! response body gives the connection back when read to the end (see [`pool`]).
+//! caps are per cluster. A request takes a stream on an open HTTP/2 connection or an idle
+//! HTTP/1.1 connection to its endpoint, or opens one while the cluster has fewer than
+//! `max_connections`, or waits (at most `max_pending` wait; one more fails at once with
+//! [`PendingOverflow`], as Envoy's circuit breakers do). Its response body gives the
+//! connection back when read to the end (see [`pool`]). How a connection is opened — TCP,
+//! TLS, which HTTP — is the cluster's [`Transport`](transport).
 
 mod connect;
 mod memory;
 mod pool;
+mod transport;
 
 pub use connect::{Connecting, Connection, Connector, Io, TcpConnector};
 pub use memory::{Answer, MemoryBody, MemoryConnector};
 pub use pool::{PendingOverflow, UpstreamBody};
+pub use transport::Transports;
+pub(crate) use transport::{Sender, Transport, as_http1, as_http2};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response};
-use hyper_util::rt::TokioIo;
+use http::header;
+use http::{Request, Response, StatusCode};
 
-use self::pool::{Acquired, Lease, Pool, Sender, Slot};
+use self::pool::{Acquired, Lease, Pool, Shared, Slot, Stream};
 use crate::body::ProxyBody;
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
@@ -31,22 +36,30 @@ use crate::timer::{TimedOut, Timers};
 #[derive(Debug)]
 pub struct UpstreamClient {
     pool: Arc<Pool>,
-    connector: Arc<dyn Connector>,
+    transport: Transport,
     connect_timeout: Duration,
     response_timeout: Duration,
+    max_streams: usize,
 }
 
 /// A connection ready for a request, and whether it served one before.
-struct Checkout {
-    sender: Sender,
-    reused: bool,
+enum Checkout {
+    Http1 {
+        sender: pool::Sender,
+        reused: bool,
+    },
+    Http2 {
+        sender: Shared,
+        stream: Stream,
+        reused: bool,
+    },
 }
 
 impl UpstreamClient {
     /// A client with the cluster's timeouts and caps, opening connections with
-    /// `connector`. Inside tokio, a task closes connections idle for `idle_timeout`; it ends
+    /// `transport`. Inside tokio, a task closes connections idle for `idle_timeout`; it ends
     /// when the client is dropped.
-    pub fn new(cluster: &ClusterConfig, connector: Arc<dyn Connector>) -> UpstreamClient {
+    pub(crate) fn new(cluster: &ClusterConfig, transport: Transport) -> UpstreamClient {
         let pool = Arc::new(Pool::new(
             cluster.endpoints.iter().map(|e| e.authority.clone()),
             cluster.max_connections,
@@ -55,9 +68,10 @@ impl UpstreamClient {
         pool::spawn_reaper(&pool, cluster.idle_timeout);
         UpstreamClient {
             pool,
-            connector,
+            transport,
             connect_timeout: cluster.connect_timeout,
             response_timeout: cluster.response_timeout,
+            max_streams: cluster.max_streams as usize,
         }
     }
 
@@ -97,23 +111,45 @@ impl UpstreamClient {
         let Some(target) = self.pool.endpoints.get(endpoint) else {
             return Err(ProxyError::new(ErrorKind::NoEndpoint));
         };
-        // HTTP/1.1 requires a Host; a request that came without one names the endpoint.
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
-        {
-            request.headers_mut().insert(header::HOST, host);
+        // The proxy keeps `Upgrade` only on a request that asks for one.
+        let upgrade = request.headers().contains_key(header::UPGRADE);
+        if upgrade && self.transport.only_h2() {
+            return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(
+                "the request asks for an upgrade, which needs HTTP/1.1, and the cluster speaks only HTTP/2",
+            ));
         }
         loop {
-            let Checkout { mut sender, reused } = self.checkout(endpoint).await?;
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        sender,
-                        pool: self.pool.clone(),
-                        endpoint,
-                    };
-                    return Ok(response.map(|body| UpstreamBody::new(body, lease)));
+            let (result, reused) = match self.checkout(endpoint, upgrade).await? {
+                Checkout::Http1 { mut sender, reused } => {
+                    as_http1(&mut request, &target.authority);
+                    let result = sender.try_send_request(request).await.map(|response| {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // The connection is the tunnel's now, not the pool's.
+                            return response.map(UpstreamBody::unleased);
+                        }
+                        let lease = Lease::Http1 {
+                            sender,
+                            pool: self.pool.clone(),
+                            endpoint,
+                        };
+                        response.map(|body| UpstreamBody::new(body, lease))
+                    });
+                    (result, reused)
                 }
+                Checkout::Http2 {
+                    mut sender,
+                    stream,
+                    reused,
+                } => {
+                    as_http2(&mut request, &target.authority, &self.transport.scheme());
+                    let result = sender.try_send_request(request).await.map(|response| {
+                        response.map(|body| UpstreamBody::new(body, Lease::Http2(stream)))
+                    });
+                    (result, reused)
+                }
+            };
+            match result {
+                Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     // A kept-alive connection closed before the request went out: nothing
                     // reached the endpoint, so another connection may send it.
@@ -127,48 +163,84 @@ impl UpstreamClient {
         }
     }
 
-    /// An idle connection to `endpoint`, a new one, or — at `max_connections` — the first of
-    /// either to become available.
-    async fn checkout(&self, endpoint: usize) -> Result<Checkout, ProxyError> {
-        match self.pool.acquire(endpoint).await? {
-            Acquired::Idle(sender) => Ok(Checkout {
+    /// A stream on an open HTTP/2 connection, an idle HTTP/1.1 connection, a new one, or —
+    /// at `max_connections` — the first of these to become available.
+    async fn checkout(&self, endpoint: usize, upgrade: bool) -> Result<Checkout, ProxyError> {
+        match self
+            .pool
+            .acquire(endpoint, self.max_streams, upgrade)
+            .await?
+        {
+            Acquired::Idle(sender) => Ok(Checkout::Http1 {
                 sender,
                 reused: true,
             }),
-            Acquired::Slot(slot) => self.connect(endpoint, slot).await,
+            Acquired::Shared(sender, stream) => Ok(Checkout::Http2 {
+                sender,
+                stream,
+                reused: true,
+            }),
+            Acquired::Slot(slot) => self.connect(endpoint, slot, upgrade).await,
         }
     }
 
     /// Opens a connection to `endpoint`, driven by a task that holds `slot` until it closes.
-    async fn connect(&self, endpoint: usize, slot: Slot) -> Result<Checkout, ProxyError> {
-        let authority = &self.pool.endpoints[endpoint].authority;
-        let failed = |cause: String| ProxyError::new(ErrorKind::UpstreamConnect).with_cause(cause);
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, self.connector.connect(authority))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(failed(format!("connecting to {authority}: {e}"))),
-                Err(_) => {
-                    let limit = self.connect_timeout;
-                    return Err(failed(format!(
-                        "connecting to {authority}: timed out after {limit:?}"
-                    )));
-                }
-            };
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(format!("connecting to {authority}: {e}")))?;
-        let authority = authority.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, %authority, "upstream connection ended with an error");
+    /// HTTP/2 connections are opened one at a time per endpoint: a request that waited for
+    /// another's takes a stream on it instead.
+    async fn connect(
+        &self,
+        endpoint: usize,
+        slot: Slot,
+        upgrade: bool,
+    ) -> Result<Checkout, ProxyError> {
+        let target = &self.pool.endpoints[endpoint];
+        let _one_at_a_time = if self.transport.may_be_h2() && !upgrade {
+            let guard = target.connecting.lock().await;
+            if let Some((sender, stream)) = target.stream(self.max_streams) {
+                return Ok(Checkout::Http2 {
+                    sender,
+                    stream,
+                    reused: true,
+                });
             }
+            Some(guard)
+        } else {
+            None
+        };
+        let authority = &target.authority;
+        let opened = tokio::time::timeout(
+            self.connect_timeout,
+            self.transport.open::<ProxyBody>(authority, upgrade),
+        )
+        .await;
+        let (sender, connection) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(why)) => {
+                return Err(ProxyError::new(ErrorKind::UpstreamConnect).with_cause(why));
+            }
+            Err(_) => {
+                let limit = self.connect_timeout;
+                return Err(
+                    ProxyError::new(ErrorKind::UpstreamConnect).with_cause(format!(
+                        "connecting to {authority}: timed out after {limit:?}"
+                    )),
+                );
+            }
+        };
+        tokio::spawn(async move {
+            connection.await;
             drop(slot);
         });
-        Ok(Checkout {
-            sender,
-            reused: false,
+        Ok(match sender {
+            Sender::Http1(sender) => Checkout::Http1 {
+                sender,
+                reused: false,
+            },
+            Sender::Http2(sender) => Checkout::Http2 {
+                stream: target.share(sender.clone()),
+                sender,
+                reused: false,
+            },
         })
     }
 }

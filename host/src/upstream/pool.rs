@@ -1,11 +1,17 @@
-//! The connection pool of one cluster: each endpoint's idle keep-alive connections, the
-//! cluster's connection slots, and the response body that gives its connection back.
+//! The connection pool of one cluster: each endpoint's idle keep-alive HTTP/1.1 connections
+//! and shared HTTP/2 connections, the cluster's connection slots, and the response body that
+//! gives its connection back.
 //!
-//! A connection is owned by one request at a time. It goes back to its endpoint's idle list
-//! when the request's response body has been read to its end (or was empty) and hyper can
-//! send on it again; a body dropped early, or one that failed, takes its connection with it,
-//! and hyper closes it. Idle lists are last-in first-out, so a quiet period lets the surplus
-//! connections idle out.
+//! An HTTP/1.1 connection is owned by one request at a time. It goes back to its endpoint's
+//! idle list when the request's response body has been read to its end (or was empty) and
+//! hyper can send on it again; a body dropped early, or one that failed, takes its connection
+//! with it, and hyper closes it. Idle lists are last-in first-out, so a quiet period lets the
+//! surplus connections idle out.
+//!
+//! An HTTP/2 connection carries up to `max_streams` requests at once: a request takes a
+//! stream on the least busy one, and a new connection is opened (one at a time per endpoint)
+//! only when every open one is full. At `max_connections`, requests share the open ones
+//! beyond `max_streams` (HTTP/2's own flow control queues them) rather than wait.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Authority;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -24,7 +30,9 @@ use crate::body::ProxyBody;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 
 /// The sending half of one HTTP/1.1 connection to an endpoint.
-pub(super) type Sender = SendRequest<ProxyBody>;
+pub(super) type Sender = http1::SendRequest<ProxyBody>;
+/// A handle on one HTTP/2 connection to an endpoint (many per connection).
+pub(super) type Shared = http2::SendRequest<ProxyBody>;
 
 /// Too many requests are already waiting for a connection.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,8 @@ pub struct PendingOverflow(pub usize);
 pub(super) enum Acquired {
     /// An idle connection to the endpoint: it served a request before.
     Idle(Sender),
+    /// A stream on an open HTTP/2 connection to the endpoint.
+    Shared(Shared, Stream),
     /// A free slot: the caller opens a new connection with it.
     Slot(Slot),
 }
@@ -60,6 +70,29 @@ pub(super) struct EndpointPool {
     idle: Mutex<Vec<Idle>>,
     /// Signalled when a connection comes back, for requests waiting at `max_connections`.
     returned: Notify,
+    /// Open HTTP/2 connections, each with its streams in use.
+    shared: Mutex<Vec<SharedConnection>>,
+    /// Held while an HTTP/2 connection is being opened, so concurrent requests wait for it
+    /// instead of each opening their own.
+    pub(super) connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct SharedConnection {
+    sender: Shared,
+    streams: Arc<AtomicUsize>,
+    /// When it last had no stream in use (for the idle timeout).
+    since: Instant,
+}
+
+/// A request's stream on a shared HTTP/2 connection, counted until dropped.
+#[derive(Debug)]
+pub(super) struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -80,6 +113,8 @@ impl Pool {
                     authority,
                     idle: Mutex::new(Vec::new()),
                     returned: Notify::new(),
+                    shared: Mutex::new(Vec::new()),
+                    connecting: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
             slots: Arc::new(Semaphore::new(max_connections)),
@@ -104,16 +139,30 @@ impl Pool {
     /// `max_pending`, for the first of either; meanwhile an idle connection to another
     /// endpoint is closed to make room.
     ///
+    /// A stream on an open HTTP/2 connection with fewer than `max_streams` in use comes
+    /// first (unless `http1_only`); at the cap, one past `max_streams` rather than a wait.
+    ///
     /// Fails with [`ErrorKind::Overloaded`] when `max_pending` requests already wait.
-    pub(super) async fn acquire(&self, endpoint: usize) -> Result<Acquired, ProxyError> {
+    pub(super) async fn acquire(
+        &self,
+        endpoint: usize,
+        max_streams: usize,
+        http1_only: bool,
+    ) -> Result<Acquired, ProxyError> {
         let target = &self.endpoints[endpoint];
         let mut waiting = None;
         loop {
+            if !http1_only && let Some((sender, stream)) = target.stream(max_streams) {
+                return Ok(Acquired::Shared(sender, stream));
+            }
             if let Some(sender) = target.pop() {
                 return Ok(Acquired::Idle(sender));
             }
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
                 return Ok(Acquired::Slot(slot));
+            }
+            if !http1_only && let Some((sender, stream)) = target.stream(usize::MAX) {
+                return Ok(Acquired::Shared(sender, stream));
             }
             if waiting.is_none() {
                 waiting = Some(self.wait().map_err(overloaded)?);
@@ -155,6 +204,12 @@ impl Pool {
         let now = Instant::now();
         for pool in &self.endpoints {
             lock(&pool.idle).retain(|idle| now.duration_since(idle.since) < idle_timeout);
+            lock(&pool.shared).retain_mut(|conn| {
+                if conn.streams.load(Ordering::Relaxed) > 0 {
+                    conn.since = now;
+                }
+                !conn.sender.is_closed() && now.duration_since(conn.since) < idle_timeout
+            });
         }
     }
 
@@ -178,6 +233,35 @@ impl Pool {
 }
 
 impl EndpointPool {
+    /// A stream on the open HTTP/2 connection with the fewest in use, if that is fewer than
+    /// `max_streams`.
+    pub(super) fn stream(&self, max_streams: usize) -> Option<(Shared, Stream)> {
+        let mut shared = lock(&self.shared);
+        if shared.is_empty() {
+            return None;
+        }
+        shared.retain(|conn| !conn.sender.is_closed());
+        let conn = shared
+            .iter()
+            .min_by_key(|conn| conn.streams.load(Ordering::Relaxed))?;
+        if conn.streams.load(Ordering::Relaxed) >= max_streams {
+            return None;
+        }
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        Some((conn.sender.clone(), Stream(conn.streams.clone())))
+    }
+
+    /// Adds a new HTTP/2 connection, with one stream in use by the caller.
+    pub(super) fn share(&self, sender: Shared) -> Stream {
+        let streams = Arc::new(AtomicUsize::new(1));
+        lock(&self.shared).push(SharedConnection {
+            sender,
+            streams: streams.clone(),
+            since: Instant::now(),
+        });
+        Stream(streams)
+    }
+
     /// The most recently returned idle connection still open, if any.
     fn pop(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
@@ -203,9 +287,9 @@ fn overloaded(cause: impl Into<BoxError>) -> ProxyError {
     ProxyError::new(ErrorKind::Overloaded).with_cause(cause)
 }
 
-/// An idle list is never left half-changed, so a panic elsewhere does not poison it.
-fn lock(idle: &Mutex<Vec<Idle>>) -> MutexGuard<'_, Vec<Idle>> {
-    idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A connection list is never left half-changed, so a panic elsewhere does not poison it.
+fn lock<T>(list: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One request counted in [`Pool::waiting`].
@@ -235,12 +319,16 @@ pub(super) fn spawn_reaper(pool: &Arc<Pool>, idle_timeout: Duration) {
     });
 }
 
-/// A connection in use by one request.
+/// A connection in use by one request: all of an HTTP/1.1 one, or a stream of an HTTP/2 one.
 #[derive(Debug)]
-pub(super) struct Lease {
-    pub(super) sender: Sender,
-    pub(super) pool: Arc<Pool>,
-    pub(super) endpoint: usize,
+pub(super) enum Lease {
+    Http1 {
+        sender: Sender,
+        pool: Arc<Pool>,
+        endpoint: usize,
+    },
+    /// Counted until the body ends or is dropped.
+    Http2(#[expect(dead_code, reason = "held for its drop: the stream's count")] Stream),
 }
 
 /// An upstream response body, streamed. Its end gives the connection back to the pool.
@@ -258,9 +346,19 @@ impl UpstreamBody {
         }
     }
 
+    /// A body whose connection is no longer the pool's (an upgrade took it).
+    pub(super) fn unleased(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, lease: None }
+    }
+
     fn give_back(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.pool.give_back(lease.endpoint, lease.sender);
+        if let Some(Lease::Http1 {
+            sender,
+            pool,
+            endpoint,
+        }) = self.lease.take()
+        {
+            pool.give_back(endpoint, sender);
         }
     }
 }

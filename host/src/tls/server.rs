@@ -1,0 +1,243 @@
+//! TLS on a listener: the certificate for each handshake chosen by SNI, ALPN (`h2`,
+//! `http/1.1`), the minimum version, client certificates, session resumption, and the
+//! listener's config rebuilt when its files change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::{Files, Serving, TlsError, provider};
+use crate::config::{ListenerTls, TlsVersion};
+
+/// Sessions the listener remembers for resumption by session id (TLS 1.2) and stateful
+/// tickets (TLS 1.3); stateless tickets need no memory.
+const SESSION_CACHE: usize = 4096;
+
+/// A TLS listener's current config and what it needs to build the next one.
+#[derive(Debug)]
+pub struct ServerTls {
+    settings: ListenerTls,
+    current: ArcSwap<ServerConfig>,
+    serving: Serving,
+    /// Kept across rebuilds, so a certificate reload does not end every client's session.
+    sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// What a TLS handshake settled, for the requests on the connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// The server name the client asked for (SNI), lower case.
+    pub server_name: Option<String>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The verified client certificate (DER), when the client sent one.
+    pub client_certificate: Option<Vec<u8>>,
+}
+
+impl ServerTls {
+    /// Reads the listener's certificate files and builds its config.
+    pub fn load(settings: &ListenerTls) -> Result<ServerTls, TlsError> {
+        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| TlsError(format!("cannot make session tickets: {e}")))?;
+        let mut files = Files::default();
+        let config = build(settings, &mut files, &sessions, &ticketer)?;
+        let serving = Serving::default();
+        serving.changed(&files);
+        Ok(ServerTls {
+            settings: settings.clone(),
+            current: ArcSwap::from_pointee(config),
+            serving,
+            sessions,
+            ticketer,
+        })
+    }
+
+    /// Re-reads the files and, if they changed and are valid, serves new handshakes with
+    /// them. `Ok(true)` when something new is serving; an error leaves the old config.
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let mut files = Files::default();
+        let built = build(&self.settings, &mut files, &self.sessions, &self.ticketer);
+        match built {
+            Ok(config) if self.serving.changed(&files) => {
+                self.current.store(Arc::new(config));
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An acceptor with the config serving now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+impl TlsInfo {
+    /// What `stream`'s completed handshake settled.
+    pub fn of<IO>(stream: &TlsStream<IO>) -> TlsInfo {
+        let connection = stream.get_ref().1;
+        TlsInfo {
+            server_name: connection.server_name().map(str::to_ascii_lowercase),
+            version: match connection.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            },
+            client_certificate: connection
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.to_vec()),
+        }
+    }
+}
+
+fn build(
+    settings: &ListenerTls,
+    files: &mut Files,
+    sessions: &Arc<dyn StoresServerSessions>,
+    ticketer: &Arc<dyn ProducesTickets>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let mut store = CertStore::default();
+    for pair in &settings.certificates {
+        let key = Arc::new(files.certified_key(pair, &provider)?);
+        store.add(key, &pair.cert)?;
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError(format!("TLS versions: {e}")))?;
+    let builder = match &settings.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = RootCertStore::empty();
+            for cert in files.certificates(&auth.ca)? {
+                roots.add(cert).map_err(|e| {
+                    TlsError::in_file(&auth.ca, format!("not a CA certificate: {e}"))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth.required {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            };
+            let verifier = verifier.map_err(|e| TlsError::in_file(&auth.ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(store));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = sessions.clone();
+    config.ticketer = ticketer.clone();
+    Ok(config)
+}
+
+/// Certificates by the names in their own SAN lists: exact names first, then wildcards
+/// (`*.example.com` covers one label), then the first certificate for anything else.
+#[derive(Debug, Default)]
+struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By the part after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Adds `key` under its certificate's DNS names; the first certificate added is also the
+    /// default. A name two certificates share goes to the first.
+    fn add(&mut self, key: Arc<CertifiedKey>, file: &std::path::Path) -> Result<(), TlsError> {
+        let leaf = key
+            .end_entity_cert()
+            .map_err(|e| TlsError::in_file(file, e))?;
+        let parsed = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| TlsError::in_file(file, format!("cannot parse the certificate: {e}")))?;
+        for name in parsed.valid_dns_names() {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => self.wildcard.entry(parent.to_owned()),
+                None => self.exact.entry(name),
+            }
+            .or_insert_with(|| key.clone());
+        }
+        self.default.get_or_insert(key);
+        Ok(())
+    }
+
+    fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(key) = self.exact.get(&name) {
+                return Some(key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(key) = self.wildcard.get(parent)
+            {
+                return Some(key.clone());
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(client_hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(names: &[&str]) -> Arc<CertifiedKey> {
+        let cert = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        Arc::new(
+            CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider())
+                .expect("certified key"),
+        )
+    }
+
+    #[test]
+    fn sni_picks_exact_names_then_wildcards_then_the_first_certificate() {
+        let (a, wild, b) = (
+            key(&["a.example.com"]),
+            key(&["*.example.com"]),
+            key(&["B.example.org", "www.example.com"]),
+        );
+        let mut store = CertStore::default();
+        let file = std::path::Path::new("x.pem");
+        store.add(a.clone(), file).expect("a");
+        store.add(wild.clone(), file).expect("wildcard");
+        store.add(b.clone(), file).expect("b");
+        let is = |name: Option<&str>, want: &Arc<CertifiedKey>| {
+            let got = store.find(name).expect("a certificate");
+            assert!(Arc::ptr_eq(&got, want), "{name:?}");
+        };
+        is(Some("a.example.com"), &a);
+        is(Some("A.Example.COM."), &a);
+        is(Some("www.example.com"), &b);
+        is(Some("b.example.org"), &b);
+        is(Some("other.example.com"), &wild);
+        is(Some("deep.other.example.com"), &a);
+        is(Some("example.com"), &a);
+        is(None, &a);
+    }
+}

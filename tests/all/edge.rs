@@ -1,0 +1,498 @@
+//! The edge: TLS listeners (SNI, ALPN, reload, client certificates, the HTTPS redirect),
+//! TLS and HTTP/2 to upstreams, and WebSocket upgrades, with real clients — curl, openssl,
+//! rustls, a WebSocket client — against real weir processes. Certificates are made in the
+//! test by a private CA (`weir_tests::certs`).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{StatusCode, Version};
+use tokio_tungstenite::tungstenite::{self, Message};
+use weir_tests::certs::{self, Ca, Leaf};
+use weir_tests::{DEADLINE, Upstream, Weir};
+
+use crate::plugin_cache;
+
+/// A TLS listener with `certificates` (file stems: `NAME.pem`, `NAME.key`) in front of one
+/// cluster, plus `extra` config.
+fn tls_config(certificates: &[&str], listener_extra: &str, cluster: &str, extra: &str) -> String {
+    let certificates: Vec<String> = certificates
+        .iter()
+        .map(|c| format!("{{ cert = \"{c}.pem\", key = \"{c}.key\" }}"))
+        .collect();
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = {{ certificates = [{}]{listener_extra} }}
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "app"
+{cluster}
+connect_timeout = "2s"
+
+[[routes]]
+name = "default"
+cluster = "app"
+{extra}
+"#,
+        certificates.join(", "),
+        cache = plugin_cache().display()
+    )
+}
+
+fn files<'a>(pairs: &'a [(&'a str, &'a Leaf)]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (stem, leaf) in pairs {
+        files.push((format!("{stem}.pem"), leaf.cert.as_bytes().to_vec()));
+        files.push((format!("{stem}.key"), leaf.key.as_bytes().to_vec()));
+    }
+    files
+}
+
+fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect()
+}
+
+/// Runs a command to completion; its stdout, or a failure with its stderr.
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("run command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_gets_http2_and_http11_over_tls_and_sni_picks_each_name_its_certificate() {
+    let upstream = Upstream::start("app").await;
+    let ca = Ca::new("weir test CA");
+    let (a, b) = (
+        ca.server(&["a.test"], 1),
+        ca.server(&["b.test", "*.b.test"], 2),
+    );
+    let files = files(&[("a", &a), ("b", &b)]);
+    let config = tls_config(
+        &["a", "b"],
+        "",
+        &format!("endpoints = [\"{}\"]", upstream.addr),
+        "",
+    );
+    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let port = weir.proxy.port();
+    let ca_file = weir.dir().join("ca-for-curl.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+
+    for (version, flag) in [("2", "--http2"), ("1.1", "--http1.1")] {
+        for name in ["a.test", "b.test", "x.b.test"] {
+            let out = run(Command::new("curl")
+                .args(["-sS", flag, "--cacert"])
+                .arg(&ca_file)
+                .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+                .args(["-w", "\n%{http_version} %{http_code}"])
+                .arg(format!("https://{name}:{port}/api/x")));
+            assert!(
+                out.ends_with(&format!("\n{version} 200")),
+                "{name} {flag}: {out}"
+            );
+            assert!(out.starts_with("app GET /api/x"), "{out}");
+        }
+    }
+    // The upstream was told the client spoke HTTPS.
+    let seen = upstream.requests();
+    assert!(
+        seen.iter()
+            .all(|r| r.headers["x-forwarded-proto"] == "https"),
+        "{seen:?}"
+    );
+
+    // openssl sees each name's own certificate; no SNI gets the first (the default).
+    for (name, subject) in [
+        (Some("a.test"), "a.test"),
+        (Some("b.test"), "b.test"),
+        (None, "a.test"),
+    ] {
+        let mut s_client = Command::new("sh");
+        let sni = name.map_or("-noservername".to_owned(), |n| format!("-servername {n}"));
+        s_client.arg("-c").arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} {sni} </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ));
+        let out = run(&mut s_client);
+        assert!(
+            out.contains(&format!("CN = {subject}")) || out.contains(&format!("CN={subject}")),
+            "{name:?}: {out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaced_certificates_serve_new_handshakes_without_a_failed_request_and_garbage_changes_nothing()
+ {
+    let upstream = Upstream::start("app").await;
+    let ca = Ca::new("weir test CA");
+    let (first, second) = (
+        ca.server(&["site.test"], 100),
+        ca.server(&["site.test"], 200),
+    );
+    let files = files(&[("site", &first)]);
+    let config = tls_config(
+        &["site"],
+        "",
+        &format!("endpoints = [\"{}\"]", upstream.addr),
+        "",
+    );
+    let mut weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    // Full handshakes every time: a resumed session shows the certificate it began with.
+    let mut client = (*ca.client_config(&[b"http/1.1"])).clone();
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
+    let addr = weir.proxy;
+
+    // A client loop on new connections, counting failures, until it has seen `want`.
+    let looping = |want: Vec<u8>, client: Arc<rustls::ClientConfig>| async move {
+        let started = tokio::time::Instant::now();
+        let mut failures = Vec::new();
+        let mut requests = 0;
+        loop {
+            requests += 1;
+            match certs::https_get(addr, "site.test", client.clone(), "/loop").await {
+                Ok(answer) if answer.status == StatusCode::OK => {
+                    if answer.certificate == want {
+                        return (requests, failures, started.elapsed());
+                    }
+                }
+                Ok(answer) => failures.push(format!("status {}", answer.status)),
+                Err(e) => failures.push(e),
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "never saw the new certificate"
+            );
+        }
+    };
+    let running = tokio::spawn(looping(certs::der(&second.cert), client.clone()));
+    // The key first, then the certificate: between the two the pair does not match, and
+    // that is refused while the old pair keeps serving.
+    weir.write_and_rename("site.key", second.key.as_bytes());
+    weir.write_and_rename("site.pem", second.cert.as_bytes());
+    let (requests, failures, took) = running.await.expect("client loop");
+    assert!(failures.is_empty(), "{failures:?}");
+    eprintln!("the new certificate served after {took:?}, {requests} requests, none failed");
+
+    // Garbage in the certificate file: refused, logged with the file's name; the second
+    // certificate keeps serving.
+    weir.write_and_rename("site.pem", b"-----BEGIN CERTIFICATE-----\ngarbage\n");
+    let refused = weir
+        .wait_for_logs(|logs| {
+            logs.iter().any(|l| {
+                l["fields"]["message"] == "TLS files refused; the previous ones keep serving"
+                    && l["fields"]["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("site.pem"))
+            })
+        })
+        .await;
+    assert!(!refused.is_empty());
+    for _ in 0..5 {
+        let answer = certs::https_get(addr, "site.test", client.clone(), "/after")
+            .await
+            .expect("still serving");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.certificate, certs::der(&second.cert));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_listener_can_send_every_client_to_https() {
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+redirect_to_https = {{ port = 8443 }}
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:9"]
+
+[[routes]]
+name = "default"
+cluster = "app"
+"#,
+        cache = plugin_cache().display()
+    );
+    let weir = Weir::start(&config).await;
+    let (status, headers, _) =
+        weir_tests::get_with(&weir.url("/a/b?c=d"), &[("host", "example.test")]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], "https://example.test:8443/a/b?c=d");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_are_required_when_configured() {
+    let upstream = Upstream::start("app").await;
+    let ca = Ca::new("weir test CA");
+    let clients = Ca::new("client CA");
+    let server = ca.server(&["m.test"], 1);
+    let alice = clients.client("alice");
+    let mut files = files(&[("m", &server), ("alice", &alice)]);
+    files.push(("clients.pem".into(), clients.pem.as_bytes().to_vec()));
+    files.push(("ca.pem".into(), ca.pem.as_bytes().to_vec()));
+    let config = tls_config(
+        &["m"],
+        ", client_auth = { ca = \"clients.pem\", required = true }",
+        &format!("endpoints = [\"{}\"]", upstream.addr),
+        "",
+    );
+    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let port = weir.proxy.port();
+    let curl = |with_cert: bool| {
+        let mut command = Command::new("curl");
+        command
+            .current_dir(weir.dir())
+            .args(["-sS", "--cacert", "ca.pem", "-o", "/dev/null"])
+            .args(["--resolve", &format!("m.test:{port}:127.0.0.1")])
+            .args(["-w", "%{http_code}"]);
+        if with_cert {
+            command.args(["--cert", "alice.pem", "--key", "alice.key"]);
+        }
+        command.arg(format!("https://m.test:{port}/"));
+        command.output().expect("curl")
+    };
+    let refused = curl(false);
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate got through"
+    );
+    let accepted = curl(true);
+    assert_eq!(String::from_utf8_lossy(&accepted.stdout), "200");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_tls_verifies_against_the_cluster_ca_and_negotiates_http2() {
+    let ca = Ca::new("upstream CA");
+    let leaf = ca.server(&["backend.test"], 7);
+    let upstream = Upstream::start_tls("secure", leaf.server_config(&[b"h2", b"http/1.1"])).await;
+    let stranger = Ca::new("someone else");
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "trusted"
+endpoints = ["https://{addr}"]
+tls = {{ ca = "upstream-ca.pem", sni = "backend.test" }}
+
+[[clusters]]
+name = "untrusted"
+endpoints = ["https://{addr}"]
+tls = {{ ca = "other-ca.pem", sni = "backend.test" }}
+retries = 0
+
+[[clusters]]
+name = "pinned"
+endpoints = ["https://{addr}"]
+protocol = "http1"
+tls = {{ pinned = "backend.pem", sni = "backend.test" }}
+
+[[routes]]
+name = "trusted"
+path_prefix = "/trusted"
+cluster = "trusted"
+
+[[routes]]
+name = "untrusted"
+path_prefix = "/untrusted"
+cluster = "untrusted"
+
+[[routes]]
+name = "pinned"
+path_prefix = "/pinned"
+cluster = "pinned"
+"#,
+        addr = upstream.addr,
+        cache = plugin_cache().display()
+    );
+    let files: [(&str, &[u8]); 3] = [
+        ("upstream-ca.pem", ca.pem.as_bytes()),
+        ("other-ca.pem", stranger.pem.as_bytes()),
+        ("backend.pem", leaf.cert.as_bytes()),
+    ];
+    let mut weir = Weir::start_with_files(&config, &files).await;
+
+    let (status, _, body) = weir_tests::get_with(&weir.url("/trusted/a"), &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "secure GET /trusted/a")
+    );
+    let (status, _, body) = weir_tests::get_with(&weir.url("/pinned/b"), &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "secure GET /pinned/b")
+    );
+    let versions: Vec<Version> = upstream.requests().iter().map(|r| r.version).collect();
+    // auto over TLS: ALPN chose HTTP/2; the pinned cluster asked for HTTP/1.1.
+    assert_eq!(versions, [Version::HTTP_2, Version::HTTP_11]);
+
+    let (status, _, _) = weir_tests::get_with(&weir.url("/untrusted/c"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let logs = weir
+        .wait_for_logs(|logs| {
+            logs.iter()
+                .any(|l| l["fields"]["message"] == "request failed")
+        })
+        .await;
+    let failed = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "request failed")
+        .expect("a failure line");
+    let cause = failed["fields"]["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("TLS handshake") && cause.contains("UnknownIssuer"),
+        "{failed}"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_cluster_speaks_http2_over_one_shared_connection() {
+    let upstream = Upstream::start("h2c").await;
+    let config = crate::config(&[upstream.addr], "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nprotocol = \"h2c\"",
+    );
+    let weir = Weir::start(&config).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let url = weir.url(&format!("/many/{i}"));
+        tasks.spawn(async move { weir_tests::get_with(&url, &[]).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, _, body) = done.expect("request");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|r| r.version == Version::HTTP_2));
+    // Every request on streams of few connections, not one connection each.
+    let clusters = weir.clusters().await;
+    let open = clusters[0]["open_connections"].as_u64();
+    assert!(open.is_some_and(|n| n <= 2), "{clusters}");
+}
+
+const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
+
+/// A WebSocket echo server on 127.0.0.1:0 (tungstenite's server side): answers every text
+/// message with `echo: MESSAGE`.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message {
+                        let reply = format!("echo: {text}");
+                        if ws.send(Message::text(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_passes_key_auth_and_echoes_both_ways() {
+    let echo = websocket_echo().await;
+    let key_auth = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/key-auth.wasm", KEY_AUTH),
+        ("plugins/key-auth.toml", key_auth.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&crate::config(&[echo], ""), &files).await;
+    let url = format!("ws://{}/chat", weir.proxy);
+
+    // Without a key, key-auth refuses the handshake like any request.
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(url.as_str()).expect("request");
+    request
+        .headers_mut()
+        .insert("x-api-key", http::HeaderValue::from_static("alice-key"));
+    let (mut ws, response) =
+        tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("in time")
+            .expect("handshake");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "second message", "third"] {
+        ws.send(Message::text(text)).await.expect("send");
+        let reply = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("a message")
+            .expect("no error");
+        assert_eq!(reply, Message::text(format!("echo: {text}")));
+    }
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_websocket_is_closed_after_the_upgrade_idle_timeout() {
+    let echo = websocket_echo().await;
+    let config = crate::config(&[echo], "").replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nupgrade_idle_timeout = \"300ms\"",
+    );
+    let weir = Weir::start(&config).await;
+    let url = format!("ws://{}/idle", weir.proxy);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("handshake");
+    ws.send(Message::text("before")).await.expect("send");
+    let reply = ws.next().await.expect("message").expect("ok");
+    assert_eq!(reply, Message::text("echo: before"));
+    // Silent both ways: weir closes the tunnel, and the client's stream ends.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle tunnel stayed open");
+    let _ = Duration::ZERO;
+}
