@@ -11,6 +11,7 @@ mod cli;
 mod edge;
 mod errors;
 mod gateway;
+mod grpc;
 mod languages;
 mod lifecycle;
 mod phases;

@@ -1,0 +1,178 @@
+//! gRPC through weir with a real gRPC server and client (Python's grpcio, `tests/grpc/peer.py`,
+//! raw-bytes methods, no generated code): unary, server-streaming and bidirectional calls
+//! over HTTP/2 both ways, the upstream's own `grpc-status` passing back in trailers, the
+//! client's deadline (`grpc-timeout`) bounding weir's exchange, and
+//! weir's own failures — no endpoint, a plugin's refusal — answered as gRPC statuses.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use weir_tests::{Weir, closed_port};
+
+const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
+
+fn peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
+}
+
+/// The gRPC server, on 127.0.0.1:0; it stops when its stdin closes (the value is dropped).
+struct GrpcServer {
+    child: Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let mut child = Command::new("python3")
+            .arg(peer_script())
+            .arg("server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (with grpcio: .ci/run installs it) runs tests/grpc/peer.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the server's port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the gRPC server printed {line:?}, not its port"));
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every call of the client through `target`, with `metadata`: call name → its outcome.
+fn calls(target: &str, metadata: &[&str]) -> Vec<Value> {
+    let output = Command::new("python3")
+        .arg(peer_script())
+        .arg("client")
+        .arg(target)
+        .args(metadata)
+        .output()
+        .expect("python3 runs the gRPC client");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn config(endpoint: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "grpc"
+endpoints = ["{endpoint}"]
+protocol = "h2c"
+connect_timeout = "1s"
+retries = 0
+
+[[routes]]
+name = "grpc"
+cluster = "grpc"
+{extra}
+"#,
+        cache = crate::plugin_cache().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unary_streaming_and_bidi_calls_pass_with_the_upstreams_own_status() {
+    let server = GrpcServer::start();
+    let mut weir = Weir::start(&config(
+        &format!("127.0.0.1:{}", server.port),
+        "plugins = []",
+    ))
+    .await;
+    let target = weir.proxy.to_string();
+    let results = tokio::task::spawn_blocking(move || calls(&target, &[]))
+        .await
+        .expect("client");
+    let by_name = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["call"] == name)
+            .unwrap_or_else(|| panic!("no {name} call in {results:?}"))
+            .clone()
+    };
+    assert_eq!(
+        by_name("unary"),
+        serde_json::json!({"call": "unary", "code": 0, "messages": ["unary:hi"]})
+    );
+    assert_eq!(
+        by_name("server-stream")["messages"],
+        serde_json::json!(["part-1:s", "part-2:s", "part-3:s"])
+    );
+    assert_eq!(
+        by_name("bidi")["messages"],
+        serde_json::json!(["bidi:a", "bidi:b", "bidi:c"])
+    );
+    // NOT_FOUND and its details came from the server, in trailers, through weir.
+    assert_eq!(
+        by_name("fail"),
+        serde_json::json!({"call": "fail", "code": 5, "details": "no such thing"})
+    );
+    // The client's 0.5 s deadline travelled as grpc-timeout and bounded weir's exchange too:
+    // weir gave up on the endpoint itself (its log says so), the client saw DEADLINE_EXCEEDED.
+    assert_eq!(by_name("slow")["code"], 4);
+    let failed = weir.wait_for_message("request failed").await;
+    assert_eq!(failed["kind"], "UpstreamTimeout", "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weirs_own_failures_reach_a_grpc_client_as_grpc_statuses() {
+    // Every endpoint down: UNAVAILABLE (14), not an HTTP 503 the client cannot read.
+    let down = closed_port();
+    let weir = Weir::start(&config(&down.addr.to_string(), "plugins = []")).await;
+    let target = weir.proxy.to_string();
+    let results = tokio::task::spawn_blocking(move || calls(&target, &[]))
+        .await
+        .expect("client");
+    for result in &results {
+        assert_eq!(result["code"], 14, "{result}");
+    }
+
+    // A plugin's refusal: key-auth's 401 becomes UNAUTHENTICATED (16); with the key, the
+    // call goes through.
+    let server = GrpcServer::start();
+    let key_auth = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/key-auth.wasm", KEY_AUTH),
+        ("plugins/key-auth.toml", key_auth.as_bytes()),
+    ];
+    let weir =
+        Weir::start_with_files(&config(&format!("127.0.0.1:{}", server.port), ""), &files).await;
+    let target = weir.proxy.to_string();
+    let results = tokio::task::spawn_blocking(move || {
+        (
+            calls(&target, &[]),
+            calls(&target, &["x-api-key=alice-key"]),
+        )
+    })
+    .await
+    .expect("client");
+    let (refused, allowed) = results;
+    assert_eq!(refused[0]["call"], "unary");
+    assert_eq!(refused[0]["code"], 16, "{refused:?}");
+    assert_eq!(allowed[0]["code"], 0, "{allowed:?}");
+}

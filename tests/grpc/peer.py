@@ -1,0 +1,101 @@
+"""A real gRPC server and client (grpcio) for weir's gRPC tests, without generated code:
+methods take and return raw bytes.
+
+    python3 peer.py server          prints its port, then serves until stdin closes
+    python3 peer.py client HOST:PORT [METADATA_KEY=VALUE ...]
+                                    runs each call once, prints one JSON line per call
+
+Service echo.Echo:
+    Unary(bytes) -> b"unary:" + bytes
+    ServerStream(bytes) -> three messages b"part-1:" + bytes ... b"part-3:" + bytes
+    Bidi(stream bytes) -> b"bidi:" + each message, as it arrives
+    Fail(bytes) -> status NOT_FOUND, details "no such thing"
+    Slow(bytes) -> answers after 5 s (the client calls it with a 0.5 s deadline)
+"""
+
+import json
+import sys
+import time
+from concurrent import futures
+
+import grpc
+
+
+def identity(b):
+    return b
+
+
+def unary(request, context):
+    return b"unary:" + request
+
+
+def server_stream(request, context):
+    for i in range(1, 4):
+        yield b"part-%d:" % i + request
+
+
+def bidi(requests, context):
+    for r in requests:
+        yield b"bidi:" + r
+
+
+def fail(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+
+def slow(request, context):
+    time.sleep(5)
+    return request
+
+
+def serve():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary, identity, identity),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, identity, identity),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi, identity, identity),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail, identity, identity),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow, identity, identity),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(0)
+
+
+def outcome(name, call):
+    try:
+        result = call()
+        if isinstance(result, bytes):
+            result = [result]
+        return {"call": name, "code": 0, "messages": [m.decode() for m in result]}
+    except grpc.RpcError as e:
+        return {"call": name, "code": e.code().value[0], "details": e.details()}
+
+
+def client(target, metadata):
+    channel = grpc.insecure_channel(target)
+    md = tuple(metadata)
+    unary_call = channel.unary_unary("/echo.Echo/Unary", identity, identity)
+    stream_call = channel.unary_stream("/echo.Echo/ServerStream", identity, identity)
+    bidi_call = channel.stream_stream("/echo.Echo/Bidi", identity, identity)
+    fail_call = channel.unary_unary("/echo.Echo/Fail", identity, identity)
+    slow_call = channel.unary_unary("/echo.Echo/Slow", identity, identity)
+    results = [
+        outcome("unary", lambda: unary_call(b"hi", metadata=md, timeout=10)),
+        outcome("server-stream", lambda: list(stream_call(b"s", metadata=md, timeout=10))),
+        outcome("bidi", lambda: list(bidi_call(iter([b"a", b"b", b"c"]), metadata=md, timeout=10))),
+        outcome("fail", lambda: fail_call(b"x", metadata=md, timeout=10)),
+        outcome("slow", lambda: slow_call(b"z", metadata=md, timeout=0.5)),
+    ]
+    for r in results:
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve()
+    else:
+        client(sys.argv[2], [tuple(kv.split("=", 1)) for kv in sys.argv[3:]])
