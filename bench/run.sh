@@ -13,7 +13,7 @@
 # share CPU 1, so the proxy is the bottleneck. Per target: requests/s, p50, p99 and the
 # proxy process's CPU microseconds per request (/proc/PID/stat before and after), medians
 # over the rounds, with ratios to nginx. Then the same with a 64 KiB body (BIG=0 skips it).
-# HTTP/2 (h2load, TLS at the proxy) waits for TLS in weir.
+# HTTP/2 with TLS at the proxy (h2load) and new TLS connections per CPU second: bench/tls.sh.
 #
 # Installs nginx, haproxy, wrk, h2load from Debian if missing (needs root). Needs
 # `cargo build --profile dist -p weir-host -p weir-bench-floor` (the production build: thin
