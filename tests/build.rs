@@ -1,7 +1,8 @@
-//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` and
-//! `tests/plugins/v0_3_1`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells
-//! the tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM`,
-//! `TEST_PLUGIN_V0_3_1_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
+//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0`,
+//! `tests/plugins/v0_3_1` and `tests/plugins/v0_3_2`) and the bundled plugins (`plugins/*`)
+//! for `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
+//! `TEST_PLUGIN_V0_3_0_WASM`, `TEST_PLUGIN_V0_3_1_WASM`, `TEST_PLUGIN_V0_3_2_WASM`,
+//! `BUNDLED_PLUGINS_DIR`). Fails the build, with
 //! the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -16,13 +17,13 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
-    for frozen in ["0.1.0", "0.3.0"] {
+    for frozen in ["0.1.0", "0.3.0", "0.3.1"] {
         println!(
             "cargo:rerun-if-changed={}",
             here.join("../wit").join(frozen).display()
         );
     }
-    for guest in ["v0_3_0", "v0_3_1"] {
+    for guest in ["v0_3_0", "v0_3_1", "v0_3_2"] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
@@ -53,8 +54,8 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guest built against the frozen 0.3.0 contract and the one
-    // on raw 0.3.1 bindings.
+    // Its workspace also holds the guests built against the frozen 0.3.0 and 0.3.1 contracts
+    // and the one on raw current (0.3.2) bindings.
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -66,6 +67,7 @@ fn main() {
         ("TEST_PLUGIN_WASM", "weir_test_plugin"),
         ("TEST_PLUGIN_V0_3_0_WASM", "weir_test_plugin_v0_3_0"),
         ("TEST_PLUGIN_V0_3_1_WASM", "weir_test_plugin_v0_3_1"),
+        ("TEST_PLUGIN_V0_3_2_WASM", "weir_test_plugin_v0_3_2"),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -25,6 +25,27 @@ impl From<Reply> for Action {
     }
 }
 
+/// The client connection's TLS, as [`Request::tls`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The server name the client asked for (SNI), lower case.
+    pub server_name: Option<String>,
+    /// The verified client certificate's subject, RFC 4514 (`CN=alice,O=Example`).
+    pub client_subject: Option<String>,
+}
+
+impl From<crate::bindings::weir::plugin::types::TlsInfo> for Tls {
+    fn from(info: crate::bindings::weir::plugin::types::TlsInfo) -> Tls {
+        Tls {
+            version: info.version,
+            server_name: info.server_name,
+            client_subject: info.client_subject,
+        }
+    }
+}
+
 /// A request on its way upstream.
 ///
 /// weir passes it either whole (body hooks, tests) or as a handle read on demand (head hooks
@@ -40,6 +61,7 @@ pub struct Request<'a> {
     client_address: OnceCell<String>,
     route: OnceCell<String>,
     request_id: OnceCell<String>,
+    tls: OnceCell<Option<Tls>>,
     headers: Headers<'a>,
     target_changed: bool,
     /// Header changes for the response, in order (see [`Request::set_response_header`]).
@@ -58,6 +80,7 @@ impl Request<'static> {
             client_address: OnceCell::from(head.client_address),
             route: OnceCell::from(head.route),
             request_id: OnceCell::from(head.request_id),
+            tls: OnceCell::from(None),
             headers: Headers::whole(head.headers),
             target_changed: false,
             response_ops: Vec::new(),
@@ -77,10 +100,18 @@ impl<'a> Request<'a> {
             client_address: OnceCell::new(),
             route: OnceCell::new(),
             request_id: OnceCell::new(),
+            tls: OnceCell::new(),
             headers: Headers::lazy(host),
             target_changed: false,
             response_ops: Vec::new(),
         }
+    }
+
+    /// The request with the client's TLS as a test says it is.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_tls(mut self, tls: Option<Tls>) -> Request<'a> {
+        self.tls = OnceCell::from(tls);
+        self
     }
 
     pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
@@ -157,6 +188,13 @@ impl<'a> Request<'a> {
     pub fn request_id(&self) -> &str {
         self.field(&self.request_id, HostRequest::request_id)
             .as_str()
+    }
+
+    /// What the client's TLS connection to weir settled; `None` for plain HTTP. A listener
+    /// with `client_auth` verified the client certificate whose subject it names.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.field(&self.tls, |host| host.tls().map(Tls::from))
+            .as_ref()
     }
 
     /// The first value of header `name` (any case) as text; `None` if absent or not UTF-8.

@@ -70,7 +70,7 @@ mod mock;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::http::{Action, Body, Reply, Request, Response};
+pub use crate::http::{Action, Body, Reply, Request, Response, Tls};
 pub use serde::Deserialize;
 
 /// The config of a filter that takes none: an empty `[config]`, or none at all. Unknown

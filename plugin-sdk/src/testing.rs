@@ -63,7 +63,8 @@ impl<F: Filter> Harness<F> {
     /// [`Harness::response`] applies.
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
         let head = request.head();
-        let (action, left) = adapter::on_request(&self.filter, Request::new(head));
+        let view = Request::new(head).with_tls(request.tls.clone());
+        let (action, left) = adapter::on_request(&self.filter, view);
         match action {
             RequestAction::Continue(changes) => {
                 let mut forwarded = request;
@@ -114,7 +115,7 @@ impl<F: Filter> Harness<F> {
             status,
             headers: headers.clone(),
         };
-        let request = Request::new(request.head());
+        let request = Request::new(request.head()).with_tls(request.tls.clone());
         match adapter::on_response(&self.filter, &request, Response::new(head)) {
             ResponseAction::Continue(ops) => {
                 apply(&mut headers, ops);
@@ -299,6 +300,8 @@ pub struct TestRequest {
     pub route: String,
     /// The request id.
     pub request_id: String,
+    /// The client connection's TLS; `None` (plain HTTP) unless set with [`TestRequest::tls`].
+    pub tls: Option<crate::Tls>,
     /// The header changes the filter left for the response, in order (filled in on the
     /// request [`Harness::request`] forwards).
     pub response_changes: Vec<HeaderChange>,
@@ -351,8 +354,25 @@ impl TestRequest {
             client_addr: "127.0.0.1:50000".into(),
             route: "default".into(),
             request_id: "test-request".into(),
+            tls: None,
             response_changes: Vec::new(),
         }
+    }
+
+    /// The request as if the client had connected over TLS: `version` (`TLSv1.3`), the
+    /// name it asked for, and the subject of a client certificate weir verified.
+    pub fn tls(
+        mut self,
+        version: &str,
+        server_name: Option<&str>,
+        client_subject: Option<&str>,
+    ) -> TestRequest {
+        self.tls = Some(crate::Tls {
+            version: version.to_owned(),
+            server_name: server_name.map(str::to_owned),
+            client_subject: client_subject.map(str::to_owned),
+        });
+        self
     }
 
     /// A `GET` for `target`.

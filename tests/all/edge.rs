@@ -256,28 +256,37 @@ async fn client_certificates_are_required_when_configured() {
         &format!("endpoints = [\"{}\"]", upstream.addr),
         "",
     );
+    files.push((
+        "plugins/tls.wasm".into(),
+        std::fs::read(env!("TEST_PLUGIN_V0_3_2_WASM")).expect("the 0.3.2 test plugin"),
+    ));
     let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
     let port = weir.proxy.port();
-    let curl = |with_cert: bool| {
+    let curl = |with_cert: bool, path: &str| {
         let mut command = Command::new("curl");
         command
             .current_dir(weir.dir())
-            .args(["-sS", "--cacert", "ca.pem", "-o", "/dev/null"])
-            .args(["--resolve", &format!("m.test:{port}:127.0.0.1")])
-            .args(["-w", "%{http_code}"]);
+            .args(["-sS", "--cacert", "ca.pem"])
+            .args(["--resolve", &format!("m.test:{port}:127.0.0.1")]);
         if with_cert {
             command.args(["--cert", "alice.pem", "--key", "alice.key"]);
         }
-        command.arg(format!("https://m.test:{port}/"));
+        command.arg(format!("https://m.test:{port}{path}"));
         command.output().expect("curl")
     };
-    let refused = curl(false);
+    let refused = curl(false, "/");
     assert!(
         !refused.status.success(),
         "a client without a certificate got through"
     );
-    let accepted = curl(true);
-    assert_eq!(String::from_utf8_lossy(&accepted.stdout), "200");
+    let accepted = curl(true, "/app");
+    assert_eq!(String::from_utf8_lossy(&accepted.stdout), "app GET /app");
+    // A plugin on the 0.3.2 contract is told the verified client's subject.
+    let told = curl(true, "/tls");
+    assert_eq!(
+        String::from_utf8_lossy(&told.stdout),
+        "TLSv1.3 m.test CN=alice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,6 +8,7 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{StatusCode, request};
 
 use super::{HeaderOp, RequestHead, ResponseHead};
+use crate::tls::TlsInfo;
 
 /// The most response header changes one hook call may leave (`add-response-header-ops`);
 /// a call that leaves more traps.
@@ -29,6 +30,8 @@ pub struct RequestView {
     /// Response header changes plugins left, if any did (boxed: most requests have none,
     /// and the view is moved in and out of each call).
     left: Option<Box<Left>>,
+    /// The client connection's TLS, if it spoke TLS.
+    tls: Option<Arc<TlsInfo>>,
 }
 
 /// Response header changes left by request hooks (`add-response-header-ops`).
@@ -65,7 +68,18 @@ impl RequestView {
             // Lossy only for a client-sent id that is not UTF-8.
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
             left: None,
+            tls: None,
         }
+    }
+
+    /// Tells the plugins what the client's TLS handshake settled.
+    pub fn set_tls(&mut self, tls: Arc<TlsInfo>) {
+        self.tls = Some(tls);
+    }
+
+    /// The client connection's TLS, if any.
+    pub(crate) fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_deref()
     }
 
     /// What the chain holds while its view is lent to a call (allocates nothing).
@@ -77,6 +91,7 @@ impl RequestView {
             route: empty(),
             request_id: String::new(),
             left: None,
+            tls: None,
         }
     }
 

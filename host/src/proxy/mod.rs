@@ -78,7 +78,7 @@ pub struct Client {
     /// The connection's sleeps for upstream response timeouts, reused request to request.
     timers: Timers,
     /// What the TLS handshake settled, on a TLS listener.
-    tls: Option<TlsInfo>,
+    tls: Option<Arc<TlsInfo>>,
     /// The connection's place under `max_connections`, which a tunnel keeps after an upgrade.
     slot: Option<Arc<OwnedSemaphorePermit>>,
 }
@@ -99,7 +99,7 @@ impl Client {
     /// The client of a connection a listener accepted.
     pub(crate) fn accepted(accepted: Accepted) -> Client {
         Client {
-            tls: accepted.tls,
+            tls: accepted.tls.map(Arc::new),
             slot: Some(accepted.slot),
             ..Client::new(accepted.peer)
         }
@@ -107,7 +107,7 @@ impl Client {
 
     /// What the client's TLS handshake settled, if it spoke TLS.
     pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.as_ref()
+        self.tls.as_deref()
     }
 
     /// `ip:port`, as the plugins are told it.
@@ -208,6 +208,9 @@ async fn proxy<B: DownstreamBody>(
         let route_name = chain.route().clone();
         let client = ctx.client.addr_text();
         let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id);
+        if let Some(tls) = &ctx.client.tls {
+            view.set_tls(tls.clone());
+        }
         match filters::on_request(chain, &mut view, &mut body, &request_id).await? {
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);

@@ -38,8 +38,9 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     /// `TLSv1.3` or `TLSv1.2`.
     pub version: &'static str,
-    /// The verified client certificate (DER), when the client sent one.
-    pub client_certificate: Option<Vec<u8>>,
+    /// The verified client certificate's subject as RFC 4514 text (`CN=alice,O=Example`),
+    /// when the client sent one.
+    pub client_subject: Option<String>,
 }
 
 impl ServerTls {
@@ -93,12 +94,49 @@ impl TlsInfo {
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
                 _ => "TLS",
             },
-            client_certificate: connection
+            client_subject: connection
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|cert| cert.to_vec()),
+                .and_then(|cert| subject(cert)),
         }
     }
+}
+
+/// A certificate's subject as RFC 4514 text: the most specific name first, `,` between
+/// names, `+` between the attributes of one, special characters escaped.
+fn subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let registry = x509_parser::objects::oid_registry();
+    let mut names = Vec::new();
+    let rdns: Vec<_> = cert.subject().iter_rdn().collect();
+    for rdn in rdns.into_iter().rev() {
+        let mut attributes = Vec::new();
+        for attribute in rdn.iter() {
+            let oid = attribute.attr_type();
+            let name = x509_parser::objects::oid2abbrev(oid, registry)
+                .map_or_else(|_| oid.to_id_string(), str::to_owned);
+            let value = attribute.as_str().ok()?;
+            attributes.push(format!("{name}={}", escape_rfc4514(value)));
+        }
+        names.push(attributes.join("+"));
+    }
+    Some(names.join(","))
+}
+
+/// Escapes an attribute value as RFC 4514 §2.4 asks.
+fn escape_rfc4514(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn build(
@@ -213,6 +251,24 @@ mod tests {
             CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider())
                 .expect("certified key"),
         )
+    }
+
+    #[test]
+    fn a_subject_reads_most_specific_first_with_escapes() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        // rcgen writes CN first in the certificate, so O, the last, reads first.
+        assert_eq!(
+            subject(cert.der()).as_deref(),
+            Some("O=Example\\, Inc.,CN=alice")
+        );
     }
 
     #[test]

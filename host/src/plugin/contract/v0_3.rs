@@ -54,12 +54,16 @@ impl Contract for Pre {
 
     fn link(pre: &InstancePre<PluginState>, component: &Component) -> wasmtime::Result<Pre> {
         let filter = generated::FilterPre::new(pre.clone())?;
-        // "0.3.0" for a plugin built before 0.3.1, else the current "0.3.1".
-        let old = component
+        // The patch the plugin was built against, by the name of its export.
+        let patch = component
             .component_type()
             .exports(pre.engine())
-            .any(|(name, _)| name == "weir:plugin/http-filter@0.3.0");
-        let patch = if old { "0.3.0" } else { "0.3.1" };
+            .find_map(|(name, _)| match name {
+                "weir:plugin/http-filter@0.3.0" => Some("0.3.0"),
+                "weir:plugin/http-filter@0.3.1" => Some("0.3.1"),
+                _ => None,
+            })
+            .unwrap_or("0.3.2");
         Ok(Pre { pre: filter, patch })
     }
 

@@ -2,12 +2,15 @@
 //! `response` a lazy hook reads on demand. For one call the chain's views (hyper's heads,
 //! `plugin::view`) are moved into the instance's resource table, answered from there and
 //! moved back, never copied whole. Since 0.3.1 a hook may also leave response header
-//! changes on its `request` (kept in the view for the chain's response phase).
+//! changes on its `request` (kept in the view for the chain's response phase); since 0.3.2
+//! it may read the client connection's TLS.
 
 use http::HeaderMap;
 use wasmtime::component::Resource;
 
-use crate::plugin::contract::current::types::{Header, HeaderOp, Host, HostRequest, HostResponse};
+use crate::plugin::contract::current::types::{
+    Header, HeaderOp, Host, HostRequest, HostResponse, TlsInfo,
+};
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{MAX_LEFT_PER_CALL, RequestView, ResponseView, header_list};
 
@@ -84,6 +87,14 @@ impl HostRequest for PluginState {
 
     fn request_id(&mut self, this: Resource<RequestView>) -> wasmtime::Result<String> {
         Ok(self.request(&this)?.request_id().to_owned())
+    }
+
+    fn tls(&mut self, this: Resource<RequestView>) -> wasmtime::Result<Option<TlsInfo>> {
+        Ok(self.request(&this)?.tls().map(|tls| TlsInfo {
+            version: tls.version.to_owned(),
+            server_name: tls.server_name.clone(),
+            client_subject: tls.client_subject.clone(),
+        }))
     }
 
     fn add_response_header_ops(

@@ -1,4 +1,4 @@
-//! A guest filter on raw `weir:plugin@0.3.1` bindings (`wit/`), for weir's end-to-end tests of
+//! A guest filter on raw `weir:plugin@0.3.1` bindings (the frozen `wit/0.3.1/`), for weir's end-to-end tests of
 //! `request.add-response-header-ops` where the Rust SDK cannot reach: changes left during
 //! `on-response-lazy` (the SDK's `on_response` gets the request read-only). By path:
 //! - `/left-order` — `on-request-lazy` leaves `x-order: left-by-request`; `on-response-lazy`
@@ -9,7 +9,7 @@
 //!   reply drops what the call left;
 //! - `/too-many` — leaves 257 changes in one call (the limit is 256): the call traps.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "filter" });
+wit_bindgen::generate!({ path: "../../../wit/0.3.1", world: "filter" });
 
 use exports::weir::plugin::http_filter::Guest;
 use weir::plugin::types::{
