@@ -163,9 +163,25 @@ pub async fn run(
     Ok(())
 }
 
+/// Connections the kernel queues for a listener before weir accepts them: a burst of new
+/// clients (TLS handshakes arriving together) waits here rather than being dropped and
+/// retried a second later. nginx's default is 511; the kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(address: SocketAddr, kind: &'static str) -> Result<TcpListener, HostError> {
-    let listener = TcpListener::bind(address)
-        .await
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let listener = socket
+        .and_then(|socket| {
+            // As std and tokio's own bind do: a restarted weir can bind while the previous
+            // one's connections linger in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            socket.listen(LISTEN_BACKLOG)
+        })
         .map_err(|source| HostError::Bind { address, source })?;
     let address = listener
         .local_addr()

@@ -60,7 +60,11 @@ pub(crate) async fn serve<M, S, B>(
     builder
         .http1()
         .header_read_timeout(settings.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // WebSockets over HTTP/2 (RFC 8441) arrive as extended CONNECTs.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     // A permit per open connection: past the cap, new clients wait in the kernel's accept
     // queue instead of costing memory and file descriptors here.

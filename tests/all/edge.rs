@@ -5,7 +5,6 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{StatusCode, Version};
@@ -503,5 +502,56 @@ async fn an_idle_websocket_is_closed_after_the_upgrade_idle_timeout() {
     })
     .await;
     assert!(ended.is_ok(), "the idle tunnel stayed open");
-    let _ = Duration::ZERO;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let echo = websocket_echo().await;
+    let weir = Weir::start(&crate::config(&[echo], "")).await;
+    // An HTTP/2 client (cleartext, prior knowledge) on one connection.
+    let tcp = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    // A first exchange, so weir's SETTINGS (extended CONNECT enabled) have arrived.
+    let _ = sender
+        .send_request(
+            http::Request::get(format!("http://{}/warm", weir.proxy))
+                .body(weir_tests::empty())
+                .expect("request"),
+        )
+        .await;
+
+    // RFC 8441: CONNECT with :protocol websocket; weir asks the endpoint in HTTP/1.1.
+    let mut request = http::Request::connect(format!("http://{}/chat", weir.proxy))
+        .header("sec-websocket-version", "13")
+        .body(weir_tests::empty())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let stream = hyper::upgrade::on(&mut response).await.expect("upgraded");
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    for text in ["over", "http/2"] {
+        ws.send(Message::text(text)).await.expect("send");
+        let reply = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("a message")
+            .expect("no error");
+        assert_eq!(reply, Message::text(format!("echo: {text}")));
+    }
 }

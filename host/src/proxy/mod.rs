@@ -188,6 +188,7 @@ async fn proxy<B: DownstreamBody>(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let request_id = forward::ensure_request_id(request.headers_mut());
     ctx.request_id = Some(request_id.clone());
+    let extended_connect = upgrade::from_extended_connect(&mut request);
     if request.method() == http::Method::CONNECT {
         return Err(bad_request(
             "CONNECT: weir is a reverse proxy and opens no tunnels",
@@ -198,7 +199,7 @@ async fn proxy<B: DownstreamBody>(
     let route = route(generation, host.as_ref(), &request, ctx)?;
 
     let (mut parts, body) = request.into_parts();
-    let upgrade = upgrade::requested(&mut parts);
+    let upgrade = upgrade::requested(&mut parts, extended_connect);
     let mut body = RequestBody::Client(body.into_client_body());
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
     // the response phase's view on every request, plugins or not.

@@ -5,6 +5,10 @@
 //! become one tunnel, copied both ways until either side closes or it carries no byte for
 //! `server.upgrade_idle_timeout`. The tunnel keeps the client connection's place under
 //! `max_connections` and the drain waits for it.
+//!
+//! A WebSocket over HTTP/2 (RFC 8441: an extended `CONNECT` with `:protocol websocket`) is
+//! turned into the HTTP/1.1 handshake endpoints speak, and the endpoint's `101` back into the
+//! `200` an HTTP/2 client expects; the tunnel is the same.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Response, StatusCode, Version, request};
+use http::{Method, Request, Response, StatusCode, Version, request};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,16 +33,78 @@ pub(super) struct Upgrade {
     protocol: HeaderValue,
     /// hyper's handle on the client connection, resolved once the 101 has been sent.
     downstream: OnUpgrade,
+    /// Asked as an HTTP/2 extended CONNECT: answered 200, not 101.
+    h2: bool,
+}
+
+/// Rewrites an HTTP/2 extended `CONNECT` for `websocket` (RFC 8441) in place into the
+/// HTTP/1.1 handshake (RFC 6455) an endpoint expects: `GET` with `Upgrade: websocket`,
+/// `Connection: upgrade` and a fresh `Sec-WebSocket-Key` (the client's other `Sec-WebSocket-*`
+/// headers pass as they are). Returns whether it did.
+#[inline]
+pub(super) fn from_extended_connect<B>(request: &mut Request<B>) -> bool {
+    if request.method() != Method::CONNECT || request.version() != Version::HTTP_2 {
+        return false;
+    }
+    let websocket = request
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return false;
+    }
+    *request.method_mut() = Method::GET;
+    let headers = request.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    if let Ok(key) = HeaderValue::from_str(&base64(&key)) {
+        headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    true
+}
+
+/// Standard base64 with padding, for a WebSocket key.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The upgrade `parts` asks for: HTTP/1.1 with `Upgrade` and `upgrade` among `Connection`'s
 /// tokens. Takes hyper's handle on the connection out of the request.
+///
+/// `h2c` is never an upgrade here: an endpoint that accepted it would speak HTTP/2 straight
+/// to the client through the tunnel, every later request on it past weir's routing and
+/// plugins ("h2c smuggling"). Such a request goes on as a plain request, its `Upgrade`
+/// removed with the other hop-by-hop headers.
 #[inline]
-pub(super) fn requested(parts: &mut request::Parts) -> Option<Upgrade> {
-    if parts.version != Version::HTTP_11 {
+pub(super) fn requested(parts: &mut request::Parts, extended_connect: bool) -> Option<Upgrade> {
+    if parts.version != Version::HTTP_11 && !extended_connect {
         return None;
     }
     let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    let h2c = protocol.to_str().map_or(true, |p| {
+        p.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    if h2c {
+        return None;
+    }
     let asks = parts
         .headers
         .get_all(header::CONNECTION)
@@ -53,6 +119,7 @@ pub(super) fn requested(parts: &mut request::Parts) -> Option<Upgrade> {
     Some(Upgrade {
         protocol,
         downstream,
+        h2: extended_connect,
     })
 }
 
@@ -74,7 +141,13 @@ pub(super) fn tunnel(
         return;
     }
     let upstream = hyper::upgrade::on(&mut *response);
-    restore(response.headers_mut(), &upgrade);
+    if upgrade.h2 {
+        // RFC 8441: the stream is the tunnel once a 2xx answers the CONNECT.
+        *response.status_mut() = StatusCode::OK;
+        response.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+    } else {
+        restore(response.headers_mut(), &upgrade);
+    }
     let slot = client.slot.clone();
     let peer = client.addr;
     tokio::spawn(async move {
@@ -214,8 +287,19 @@ mod tests {
                 .insert(hyper::upgrade::on(http::Request::new(())));
             request.into_parts().0
         };
-        assert!(requested(&mut parts(Version::HTTP_11, "keep-alive, Upgrade")).is_some());
-        assert!(requested(&mut parts(Version::HTTP_11, "keep-alive")).is_none());
-        assert!(requested(&mut parts(Version::HTTP_2, "upgrade")).is_none());
+        assert!(requested(&mut parts(Version::HTTP_11, "keep-alive, Upgrade"), false).is_some());
+        assert!(requested(&mut parts(Version::HTTP_11, "keep-alive"), false).is_none());
+        assert!(requested(&mut parts(Version::HTTP_2, "upgrade"), false).is_none());
+        let mut h2c = parts(Version::HTTP_11, "Upgrade, HTTP2-Settings");
+        h2c.headers
+            .insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(requested(&mut h2c, false).is_none());
+    }
+
+    #[test]
+    fn websocket_keys_are_base64_of_16_bytes() {
+        assert_eq!(base64(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
     }
 }
