@@ -1,11 +1,12 @@
 //! weir: a programmable HTTP reverse proxy, load balancer and API gateway.
 //!
 //! The crate map, in the order a request meets it:
-//! - [`server`](crate::server): accept loop, hyper HTTP/1.1 + HTTP/2 per connection, drain;
+//! - [`server`](crate::server): accept loop, TLS handshake ([`tls`]), hyper HTTP/1.1 +
+//!   HTTP/2 per connection, drain;
 //! - [`proxy`]: [`ProxyService::handle`](proxy::ProxyService::handle) runs the phases of one
 //!   request top-down; `proxy::fail` turns every error into a response;
 //! - [`router`]: host/path/method → route; [`balancer`]: route's cluster → endpoint;
-//! - [`upstream`]: pooled keep-alive client to endpoints;
+//! - [`upstream`]: pooled HTTP/1.1 and HTTP/2 connections to endpoints, plain or TLS;
 //! - [`generation`]: the immutable snapshot (config, router, clusters, plugin chains) the
 //!   data path reads; `reload`: rescans the plugin folder and config file and swaps in the
 //!   next generation; [`plugin`]: the wasm runtime (the only module that knows wasmtime);
