@@ -1,4 +1,4 @@
-//! The command line: `weir check`.
+//! The command line: `weir check`, the config and the TLS files it names.
 
 use std::process::Command;
 
@@ -69,4 +69,65 @@ fn check_accepts_a_valid_config_and_names_syntax_errors() {
     let (ok, _, stderr) = check("[[listeners]]\naddress = 127.0.0.1\n");
     assert!(!ok);
     assert!(stderr.contains("error: weir.toml:2:"), "{stderr}");
+}
+
+#[test]
+fn check_loads_tls_files_and_names_the_broken_one() {
+    let ca = weir_tests::certs::Ca::new("check CA");
+    let (good, other) = (ca.server(&["a.test"], 1), ca.server(&["b.test"], 2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, contents: &str| {
+        std::fs::write(dir.path().join(name), contents).expect("write");
+    };
+    write("a.pem", &good.cert);
+    write("a.key", &good.key);
+    write("b.pem", &other.cert);
+    // A key that is not b.pem's, and a CA file that is not PEM.
+    write("b.key", &good.key);
+    write("ca.pem", "not a certificate");
+    let config = r#"
+[[listeners]]
+address = "127.0.0.1:8443"
+tls = { certificates = [{ cert = "a.pem", key = "a.key" }, { cert = "b.pem", key = "b.key" }] }
+
+[[clusters]]
+name = "secure"
+endpoints = ["https://127.0.0.1:9443"]
+tls = { ca = "ca.pem" }
+"#;
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).expect("write");
+    let out = Command::new(weir_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run weir check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("listener 127.0.0.1:8443:")
+            && stderr.contains("b.pem and ")
+            && stderr.contains("b.key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cluster \"secure\":") && stderr.contains("ca.pem"),
+        "{stderr}"
+    );
+
+    // Fixed, the same config checks clean.
+    write("b.key", &other.key);
+    write("ca.pem", &ca.pem);
+    let out = Command::new(weir_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run weir check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -555,3 +555,76 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
         assert_eq!(reply, Message::text(format!("echo: {text}")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weir_presents_its_client_certificate_and_health_checks_speak_tls() {
+    let ca = Ca::new("upstream CA");
+    let weirs = Ca::new("proxies");
+    let leaf = ca.server(&["mtls.test"], 9);
+    let upstream =
+        Upstream::start_tls("mtls", leaf.server_config_requiring(&weirs, &[b"http/1.1"])).await;
+    let proxy_cert = weirs.client("weir-proxy");
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "with-cert"
+endpoints = ["https://{addr}"]
+tls = {{ ca = "ca.pem", sni = "mtls.test", client_cert = {{ cert = "proxy.pem", key = "proxy.key" }} }}
+health_check = {{ path = "/healthz", interval = "100ms", unhealthy_threshold = 1 }}
+
+[[clusters]]
+name = "without"
+endpoints = ["https://{addr}"]
+tls = {{ ca = "ca.pem", sni = "mtls.test" }}
+retries = 0
+
+[[routes]]
+name = "with"
+path_prefix = "/with"
+cluster = "with-cert"
+
+[[routes]]
+name = "without"
+path_prefix = "/without"
+cluster = "without"
+"#,
+        addr = upstream.addr,
+        cache = plugin_cache().display()
+    );
+    let files: [(&str, &[u8]); 3] = [
+        ("ca.pem", ca.pem.as_bytes()),
+        ("proxy.pem", proxy_cert.cert.as_bytes()),
+        ("proxy.key", proxy_cert.key.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config, &files).await;
+    let (status, _, body) = weir_tests::get_with(&weir.url("/with/x"), &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "mtls GET /with/x")
+    );
+    let (status, _, _) = weir_tests::get_with(&weir.url("/without/y"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    // The health check reached the endpoint through the same TLS, certificate included.
+    let started = tokio::time::Instant::now();
+    while !upstream
+        .requests()
+        .iter()
+        .any(|r| r.uri.path() == "/healthz")
+    {
+        assert!(started.elapsed() < DEADLINE, "no health check arrived");
+        upstream
+            .wait_for_requests(upstream.requests().len() + 1)
+            .await;
+    }
+    let clusters = weir.clusters().await;
+    assert_eq!(clusters[0]["endpoints"][0]["healthy"], true, "{clusters}");
+}

@@ -105,6 +105,39 @@ impl Leaf {
     }
 }
 
+impl Leaf {
+    /// Like [`Leaf::server_config`], requiring a client certificate signed by `clients`.
+    pub fn server_config_requiring(
+        &self,
+        clients: &Ca,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ServerConfig> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).expect("key pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(clients.pem.as_bytes()) {
+            roots.add(cert.expect("ca pem")).expect("ca root");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("client verifier");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
