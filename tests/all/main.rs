@@ -9,6 +9,7 @@ mod balancing;
 mod bundled;
 mod cli;
 mod edge;
+mod edge_attacks;
 mod errors;
 mod gateway;
 mod grpc;

@@ -249,13 +249,24 @@ async fn proxy<B: DownstreamBody>(
         None => Ok(response),
     };
     match upgrade {
-        None => finished,
+        None => finished.and_then(no_unasked_switch),
         Some(upgrade) => finished.map(|mut response| {
             let idle_timeout = generation.config.server.upgrade_idle_timeout;
             upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
             response
         }),
     }
+}
+
+/// A `101 Switching Protocols` to a request that asked for no upgrade (or for `h2c`, which is
+/// never one) would tell the client of a switch that weir does not carry out: no tunnel
+/// follows, and hyper would close the connection after it. The endpoint answered wrongly: 502.
+fn no_unasked_switch(response: Response<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::new(ErrorKind::UpstreamFailed)
+            .with_cause("the endpoint switched protocols, and the request asked for no upgrade"));
+    }
+    Ok(response)
 }
 
 /// The route for the request's host, path and method.

@@ -26,7 +26,10 @@ pub struct ServerTls {
     settings: ListenerTls,
     current: ArcSwap<ServerConfig>,
     serving: Serving,
-    /// Kept across rebuilds, so a certificate reload does not end every client's session.
+    /// Kept across rebuilds, so a certificate reload does not end every client's session —
+    /// but on a listener with `client_auth`: rustls does not verify a resumed session's
+    /// client certificate again, so a session from before a change (a client CA replaced)
+    /// must not resume after it.
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
 }
@@ -46,9 +49,7 @@ pub struct TlsInfo {
 impl ServerTls {
     /// Reads the listener's certificate files and builds its config.
     pub fn load(settings: &ListenerTls) -> Result<ServerTls, TlsError> {
-        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| TlsError(format!("cannot make session tickets: {e}")))?;
+        let (sessions, ticketer) = session_stores()?;
         let mut files = Files::default();
         let config = build(settings, &mut files, &sessions, &ticketer)?;
         let serving = Serving::default();
@@ -66,7 +67,12 @@ impl ServerTls {
     /// them. `Ok(true)` when something new is serving; an error leaves the old config.
     pub fn refresh(&self) -> Result<bool, TlsError> {
         let mut files = Files::default();
-        let built = build(&self.settings, &mut files, &self.sessions, &self.ticketer);
+        let (sessions, ticketer) = if self.settings.client_auth.is_some() {
+            session_stores()?
+        } else {
+            (self.sessions.clone(), self.ticketer.clone())
+        };
+        let built = build(&self.settings, &mut files, &sessions, &ticketer);
         match built {
             Ok(config) if self.serving.changed(&files) => {
                 self.current.store(Arc::new(config));
@@ -137,6 +143,17 @@ fn escape_rfc4514(value: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// A listener's session cache and session-ticket keys.
+type SessionStores = (Arc<dyn StoresServerSessions>, Arc<dyn ProducesTickets>);
+
+/// A new session cache and ticket keys: sessions from any other pair do not resume.
+fn session_stores() -> Result<SessionStores, TlsError> {
+    let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
+    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| TlsError(format!("cannot make session tickets: {e}")))?;
+    Ok((sessions, ticketer))
 }
 
 fn build(
