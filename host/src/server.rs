@@ -3,8 +3,12 @@
 //! HTTP/2) connection per client, and the drain.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -13,8 +17,10 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 
 use crate::config::ServerConfig;
 use crate::error::BoxError;
@@ -111,6 +117,7 @@ pub(crate) async fn serve<M, S, B>(
                     tls: None,
                     slot,
                 });
+                let stream = FirstBytes::new(stream, settings.header_read_timeout);
                 tokio::spawn(async move {
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -142,6 +149,7 @@ pub(crate) async fn serve<M, S, B>(
                         }
                     };
                     let info = TlsInfo::of(&stream);
+                    let stream = FirstBytes::new(stream, handshake_timeout);
                     let service = make_service(Accepted {
                         peer,
                         tls: Some(info),
@@ -170,5 +178,125 @@ pub(crate) async fn serve<M, S, B>(
         .is_err()
     {
         tracing::warn!(drain_timeout = ?settings.drain_timeout, "drain timed out; closing remaining connections");
+    }
+}
+
+/// The bytes that settle a connection's protocol: the HTTP/2 preface is 24 bytes, and an
+/// HTTP/1.1 request line with its first header is longer.
+const FIRST_BYTES: usize = 24;
+
+/// A client connection whose first [`FIRST_BYTES`] must arrive within a time limit. hyper-util
+/// reads them to choose HTTP/1.1 or HTTP/2 with no timeout of its own, and hyper's
+/// `header_read_timeout` starts only after: without this, a client that connects and sends
+/// nothing (or a few bytes of the HTTP/2 preface) would hold its connection slot forever.
+struct FirstBytes<T> {
+    inner: T,
+    /// Until the first bytes are in.
+    deadline: Option<Pin<Box<Sleep>>>,
+    wanted: usize,
+}
+
+impl<T> FirstBytes<T> {
+    fn new(inner: T, limit: Duration) -> FirstBytes<T> {
+        FirstBytes {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            wanted: FIRST_BYTES,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstBytes<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                self.wanted = self.wanted.saturating_sub(read);
+                if self.wanted == 0 {
+                    self.deadline = None;
+                }
+            }
+            Poll::Pending => {
+                if let Some(deadline) = &mut self.deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent too little to start HTTP within header_read_timeout",
+                    )));
+                }
+            }
+            Poll::Ready(Err(_)) => {}
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstBytes<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_must_send_its_first_bytes_in_time_and_then_may_idle() {
+        let limit = Duration::from_secs(5);
+        // Silent: cut at the limit.
+        let (_client, server) = tokio::io::duplex(64);
+        let mut silent = FirstBytes::new(server, limit);
+        let started = tokio::time::Instant::now();
+        let error = silent.read(&mut [0; 8]).await.expect_err("timed out");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), limit);
+
+        // The HTTP/2 preface in time: from then on, no limit.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut talking = FirstBytes::new(server, limit);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let mut preface = [0; FIRST_BYTES];
+        talking.read_exact(&mut preface).await.expect("preface");
+        let later = tokio::time::timeout(limit * 3, talking.read(&mut [0; 8])).await;
+        assert!(
+            later.is_err(),
+            "an idle connection past its first bytes was cut"
+        );
     }
 }

@@ -63,7 +63,7 @@ impl<F: Filter> Harness<F> {
     /// [`Harness::response`] applies.
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
         let head = request.head();
-        let view = Request::new(head).with_tls(request.tls.clone());
+        let view = Request::new(head).with_tls(request.tls.as_deref().cloned());
         let (action, left) = adapter::on_request(&self.filter, view);
         match action {
             RequestAction::Continue(changes) => {
@@ -115,7 +115,7 @@ impl<F: Filter> Harness<F> {
             status,
             headers: headers.clone(),
         };
-        let request = Request::new(request.head()).with_tls(request.tls.clone());
+        let request = Request::new(request.head()).with_tls(request.tls.as_deref().cloned());
         match adapter::on_response(&self.filter, &request, Response::new(head)) {
             ResponseAction::Continue(ops) => {
                 apply(&mut headers, ops);
@@ -301,7 +301,7 @@ pub struct TestRequest {
     /// The request id.
     pub request_id: String,
     /// The client connection's TLS; `None` (plain HTTP) unless set with [`TestRequest::tls`].
-    pub tls: Option<crate::Tls>,
+    pub tls: Option<Box<crate::Tls>>,
     /// The header changes the filter left for the response, in order (filled in on the
     /// request [`Harness::request`] forwards).
     pub response_changes: Vec<HeaderChange>,
@@ -367,11 +367,11 @@ impl TestRequest {
         server_name: Option<&str>,
         client_subject: Option<&str>,
     ) -> TestRequest {
-        self.tls = Some(crate::Tls {
+        self.tls = Some(Box::new(crate::Tls {
             version: version.to_owned(),
             server_name: server_name.map(str::to_owned),
             client_subject: client_subject.map(str::to_owned),
-        });
+        }));
         self
     }
 

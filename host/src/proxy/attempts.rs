@@ -47,6 +47,8 @@ pub(super) struct Exchange<'a> {
     pub(super) hash: Option<u64>,
     /// Whether its route lets non-idempotent methods retry.
     pub(super) retry_non_idempotent: bool,
+    /// A gRPC call: its `grpc-timeout` bounds the exchange.
+    pub(super) grpc: bool,
     /// For log lines.
     pub(super) request_id: &'a HeaderValue,
     /// The downstream connection's response-timeout sleeps.
@@ -66,10 +68,12 @@ pub(super) async fn send(
         .admit(cluster.config.max_requests)
         .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
     // A gRPC call's own deadline bounds it too.
-    let limit = match (
-        cluster.config.request_timeout,
-        grpc::timeout(&exchange.parts.headers),
-    ) {
+    let grpc_timeout = if exchange.grpc {
+        grpc::timeout(&exchange.parts.headers)
+    } else {
+        None
+    };
+    let limit = match (cluster.config.request_timeout, grpc_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -91,6 +95,7 @@ async fn attempts(
         body,
         hash,
         retry_non_idempotent,
+        grpc: _,
         request_id,
         timers,
     } = exchange;

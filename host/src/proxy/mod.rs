@@ -8,8 +8,8 @@
 //!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
 //!    its reply goes back through the plugins before it, and phases 4–6 are skipped);
-//! 4. `upstream_request`: hop-by-hop headers out (an upgrade's and gRPC's `te: trailers`
-//!    kept), forwarding headers in;
+//! 4. `upstream_request`: hop-by-hop headers out (but an upgrade's, and gRPC's
+//!    `te: trailers`), forwarding headers in;
 //! 5. the target: a cluster (`attempts`: circuit breaker, endpoint choice, send, retries)
 //!    or a handler plugin (its sub-requests go to clusters through `outbound`);
 //! 6. `downstream_response`: hop-by-hop headers out of the response, the request id in;
@@ -195,7 +195,8 @@ async fn proxy<B: DownstreamBody>(
         ));
     }
     let host = downstream::request_host(&request)?;
-    ctx.grpc = grpc::is_grpc(request.headers());
+    // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it.
+    ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
     let route = route(generation, host.as_ref(), &request, ctx)?;
 
     let (mut parts, body) = request.into_parts();
@@ -221,7 +222,7 @@ async fn proxy<B: DownstreamBody>(
         }
     }
 
-    upstream_request(&mut parts, host.as_ref(), ctx.client);
+    upstream_request(&mut parts, host.as_ref(), ctx.client, ctx.grpc);
     if let Some(upgrade) = &upgrade {
         upgrade::restore(&mut parts.headers, upgrade);
     }
@@ -249,7 +250,12 @@ async fn proxy<B: DownstreamBody>(
         None => Ok(response),
     };
     match upgrade {
-        None => finished.and_then(no_unasked_switch),
+        None => {
+            if let Ok(response) = &finished {
+                no_unasked_switch(response)?;
+            }
+            finished
+        }
         Some(upgrade) => finished.map(|mut response| {
             let idle_timeout = generation.config.server.upgrade_idle_timeout;
             upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
@@ -261,12 +267,13 @@ async fn proxy<B: DownstreamBody>(
 /// A `101 Switching Protocols` to a request that asked for no upgrade (or for `h2c`, which is
 /// never one) would tell the client of a switch that weir does not carry out: no tunnel
 /// follows, and hyper would close the connection after it. The endpoint answered wrongly: 502.
-fn no_unasked_switch(response: Response<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+#[inline]
+fn no_unasked_switch(response: &Response<ProxyBody>) -> Result<(), ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::new(ErrorKind::UpstreamFailed)
             .with_cause("the endpoint switched protocols, and the request asked for no upgrade"));
     }
-    Ok(response)
+    Ok(())
 }
 
 /// The route for the request's host, path and method.
@@ -293,14 +300,15 @@ fn route<'g, B>(
 
 /// The request's headers for the upstream, once, whichever endpoint is chosen.
 #[inline]
-fn upstream_request(parts: &mut request::Parts, host: Option<&HeaderValue>, client: &Client) {
-    // `te: trailers` is end to end in practice: gRPC servers need it to know trailers work.
-    let trailers = parts
-        .headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+fn upstream_request(
+    parts: &mut request::Parts,
+    host: Option<&HeaderValue>,
+    client: &Client,
+    grpc: bool,
+) {
     forward::strip_hop_by_hop(&mut parts.headers);
-    if trailers {
+    if grpc {
+        // gRPC servers need it to know that trailers (the call's status) get through.
         parts
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
@@ -343,6 +351,7 @@ fn exchange<'a>(
         body,
         hash,
         retry_non_idempotent,
+        grpc: ctx.grpc,
         request_id,
         timers: &ctx.client.timers,
     }

@@ -50,6 +50,7 @@ impl Outbound for ClusterOutbound {
                 body: RequestBody::Buffered(body),
                 hash: None,
                 retry_non_idempotent: false,
+                grpc: false,
                 request_id: &request_id,
                 timers: &Timers::default(),
             };

@@ -3,8 +3,9 @@
 //! handshake), goes upstream on an HTTP/1.1 connection with its `Connection: upgrade` and
 //! `Upgrade` kept, and when the endpoint answers `101 Switching Protocols` both connections
 //! become one tunnel, copied both ways until either side closes or it carries no byte for
-//! `server.upgrade_idle_timeout`. The tunnel keeps the client connection's place under
-//! `max_connections` and the drain waits for it.
+//! `server.upgrade_idle_timeout`. The tunnel keeps the client connection's place under the
+//! server's `max_connections` (and the drain waits for it) and the endpoint connection's
+//! place under its cluster's.
 //!
 //! A WebSocket over HTTP/2 (RFC 8441: an extended `CONNECT` with `:protocol websocket`) is
 //! turned into the HTTP/1.1 handshake endpoints speak, and the endpoint's `101` back into the
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 
 use super::Client;
 use crate::body::ProxyBody;
+use crate::upstream::TunnelSlot;
 
 /// An upgrade a client asked for.
 #[derive(Debug)]
@@ -141,6 +143,8 @@ pub(super) fn tunnel(
         return;
     }
     let upstream = hyper::upgrade::on(&mut *response);
+    // The endpoint connection's place under the cluster's `max_connections`.
+    let upstream_slot = response.extensions_mut().remove::<TunnelSlot>();
     if upgrade.h2 {
         // RFC 8441: the stream is the tunnel once a 2xx answers the CONNECT.
         *response.status_mut() = StatusCode::OK;
@@ -171,7 +175,7 @@ pub(super) fn tunnel(
                 tracing::debug!(%peer, ?idle_timeout, "tunnel closed: idle");
             }
         }
-        drop(slot);
+        drop((slot, upstream_slot));
     });
 }
 

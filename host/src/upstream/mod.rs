@@ -16,7 +16,7 @@ mod transport;
 
 pub use connect::{Connecting, Connection, Connector, Io, TcpConnector};
 pub use memory::{Answer, MemoryBody, MemoryConnector};
-pub use pool::{PendingOverflow, UpstreamBody};
+pub use pool::{PendingOverflow, TunnelSlot, UpstreamBody};
 pub use transport::Transports;
 pub(crate) use transport::{Sender, Transport, as_http1, as_http2};
 
@@ -124,8 +124,13 @@ impl UpstreamClient {
                     as_http1(&mut request, &target.authority);
                     let result = sender.try_send_request(request).await.map(|response| {
                         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            // The connection is the tunnel's now, not the pool's.
-                            return response.map(UpstreamBody::unleased);
+                            // The connection is the tunnel's now, not the pool's; its slot
+                            // goes with it.
+                            let mut response = response.map(UpstreamBody::unleased);
+                            response
+                                .extensions_mut()
+                                .insert(TunnelSlot::new(sender.slot.clone()));
+                            return response;
                         }
                         let lease = Lease::Http1 {
                             sender,
@@ -166,9 +171,10 @@ impl UpstreamClient {
     /// A stream on an open HTTP/2 connection, an idle HTTP/1.1 connection, a new one, or —
     /// at `max_connections` — the first of these to become available.
     async fn checkout(&self, endpoint: usize, upgrade: bool) -> Result<Checkout, ProxyError> {
+        let shared = self.transport.may_be_h2() && !upgrade;
         match self
             .pool
-            .acquire(endpoint, self.max_streams, upgrade)
+            .acquire(endpoint, self.max_streams, shared)
             .await?
         {
             Acquired::Idle(sender) => Ok(Checkout::Http1 {
@@ -194,7 +200,12 @@ impl UpstreamClient {
         upgrade: bool,
     ) -> Result<Checkout, ProxyError> {
         let target = &self.pool.endpoints[endpoint];
-        let _one_at_a_time = if self.transport.may_be_h2() && !upgrade {
+        let may_be_h2 = self.transport.may_be_h2()
+            && !upgrade
+            && !target
+                .speaks_http1
+                .load(std::sync::atomic::Ordering::Relaxed);
+        let _one_at_a_time = if may_be_h2 {
             let guard = target.connecting.lock().await;
             if let Some((sender, stream)) = target.stream(self.max_streams) {
                 return Ok(Checkout::Http2 {
@@ -227,15 +238,26 @@ impl UpstreamClient {
                 );
             }
         };
+        let slot = Arc::new(slot);
+        let held = slot.clone();
         tokio::spawn(async move {
             connection.await;
-            drop(slot);
+            drop(held);
         });
         Ok(match sender {
-            Sender::Http1(sender) => Checkout::Http1 {
-                sender,
-                reused: false,
-            },
+            Sender::Http1(sender) => {
+                let sender = pool::Sender::new(sender, slot);
+                if may_be_h2 {
+                    // ALPN said HTTP/1.1: later connections need not wait for each other.
+                    target
+                        .speaks_http1
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Checkout::Http1 {
+                    sender,
+                    reused: false,
+                }
+            }
             Sender::Http2(sender) => Checkout::Http2 {
                 stream: target.share(sender.clone()),
                 sender,

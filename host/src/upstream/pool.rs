@@ -29,8 +29,54 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 
-/// The sending half of one HTTP/1.1 connection to an endpoint.
-pub(super) type Sender = http1::SendRequest<ProxyBody>;
+/// The sending half of one HTTP/1.1 connection to an endpoint, with the connection's slot
+/// (shared with the task driving it, so an upgrade's tunnel can keep it after that ends).
+#[derive(Debug)]
+pub(super) struct Sender {
+    send: http1::SendRequest<ProxyBody>,
+    pub(super) slot: Arc<Slot>,
+}
+
+impl Sender {
+    pub(super) fn new(send: http1::SendRequest<ProxyBody>, slot: Arc<Slot>) -> Sender {
+        Sender { send, slot }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.send.is_ready()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        self.send.ready().await
+    }
+
+    pub(super) fn try_send_request(
+        &mut self,
+        request: http::Request<ProxyBody>,
+    ) -> impl Future<
+        Output = Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+        >,
+    > {
+        self.send.try_send_request(request)
+    }
+}
+
+/// A connection slot that an upgraded connection's tunnel holds: the tunnel counts against
+/// the cluster's `max_connections` until it closes. Found in a `101` response's extensions.
+#[derive(Debug, Clone)]
+pub struct TunnelSlot(#[expect(dead_code, reason = "held for its drop")] Arc<Slot>);
+
+impl TunnelSlot {
+    pub(super) fn new(slot: Arc<Slot>) -> TunnelSlot {
+        TunnelSlot(slot)
+    }
+}
 /// A handle on one HTTP/2 connection to an endpoint (many per connection).
 pub(super) type Shared = http2::SendRequest<ProxyBody>;
 
@@ -75,6 +121,8 @@ pub(super) struct EndpointPool {
     /// Held while an HTTP/2 connection is being opened, so concurrent requests wait for it
     /// instead of each opening their own.
     pub(super) connecting: tokio::sync::Mutex<()>,
+    /// ALPN chose HTTP/1.1 here before (an `auto` cluster): connections open concurrently.
+    pub(super) speaks_http1: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -115,6 +163,7 @@ impl Pool {
                     returned: Notify::new(),
                     shared: Mutex::new(Vec::new()),
                     connecting: tokio::sync::Mutex::new(()),
+                    speaks_http1: std::sync::atomic::AtomicBool::new(false),
                 })
                 .collect(),
             slots: Arc::new(Semaphore::new(max_connections)),
@@ -139,20 +188,21 @@ impl Pool {
     /// `max_pending`, for the first of either; meanwhile an idle connection to another
     /// endpoint is closed to make room.
     ///
-    /// A stream on an open HTTP/2 connection with fewer than `max_streams` in use comes
-    /// first (unless `http1_only`); at the cap, one past `max_streams` rather than a wait.
+    /// With `shared` (the connection may be HTTP/2 and the request is no upgrade), a stream
+    /// on an open HTTP/2 connection with fewer than `max_streams` in use comes first; at the
+    /// cap, one past `max_streams` rather than a wait.
     ///
     /// Fails with [`ErrorKind::Overloaded`] when `max_pending` requests already wait.
     pub(super) async fn acquire(
         &self,
         endpoint: usize,
         max_streams: usize,
-        http1_only: bool,
+        shared: bool,
     ) -> Result<Acquired, ProxyError> {
         let target = &self.endpoints[endpoint];
         let mut waiting = None;
         loop {
-            if !http1_only && let Some((sender, stream)) = target.stream(max_streams) {
+            if shared && let Some((sender, stream)) = target.stream(max_streams) {
                 return Ok(Acquired::Shared(sender, stream));
             }
             if let Some(sender) = target.pop() {
@@ -161,7 +211,7 @@ impl Pool {
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
                 return Ok(Acquired::Slot(slot));
             }
-            if !http1_only && let Some((sender, stream)) = target.stream(usize::MAX) {
+            if shared && let Some((sender, stream)) = target.stream(usize::MAX) {
                 return Ok(Acquired::Shared(sender, stream));
             }
             if waiting.is_none() {
