@@ -13,9 +13,10 @@
 //! 5. the target: a cluster (`attempts`: circuit breaker, endpoint choice, send, retries)
 //!    or a handler plugin (its sub-requests go to clusters through `outbound`);
 //! 6. `downstream_response`: hop-by-hop headers out of the response, the request id in;
-//! 7. `filters::on_response`: the chain's response hooks in reverse order (with the
-//!    response header changes plugins left in phase 3, each at its plugin's place);
-//! 8. a `101 Switching Protocols` becomes a tunnel (`upgrade`).
+//! 7. an upgrade's `101 Switching Protocols` becomes a tunnel (`upgrade`), which starts once
+//!    the client has it; a `101` nobody asked for is an error;
+//! 8. `filters::on_response`: the chain's response hooks in reverse order (with the
+//!    response header changes plugins left in phase 3, each at its plugin's place).
 //!
 //! The service is generic over the client's request body ([`DownstreamBody`]) and reaches
 //! endpoints only through the generation's clusters and their connector, so tests drive it
@@ -242,25 +243,21 @@ async fn proxy<B: DownstreamBody>(
         }
     };
     downstream_response(&mut response, request_id);
-    let finished = match response_phase {
+    match upgrade {
+        None => no_unasked_switch(&response)?,
+        // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
+        // response filters see the answer as the client will.
+        Some(upgrade) => {
+            let idle_timeout = generation.config.server.upgrade_idle_timeout;
+            upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
+        }
+    }
+    match response_phase {
         Some(mut phase) => {
             let (passed, request) = (phase.passed, &mut phase.request);
             filters::on_response(&route.chain, passed, request, response).await
         }
         None => Ok(response),
-    };
-    match upgrade {
-        None => {
-            if let Ok(response) = &finished {
-                no_unasked_switch(response)?;
-            }
-            finished
-        }
-        Some(upgrade) => finished.map(|mut response| {
-            let idle_timeout = generation.config.server.upgrade_idle_timeout;
-            upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
-            response
-        }),
     }
 }
 
