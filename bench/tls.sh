@@ -19,7 +19,7 @@
 #          connection. h2load -c$BATCH -n$BATCH --h1, started again and again for DURATION:
 #          each run opens BATCH connections at once, each makes one request and closes, and a
 #          new h2load process has no session to resume. BATCH (100) stays under every listen
-#          backlog (weir's is 128, nginx's 511): more connections at once overflow the accept
+#          backlog (nginx's is 511, weir's 4096): more connections at once overflow the accept
 #          queue, and the dropped SYNs are sent again a second later. Per target: handshakes
 #          per second of proxy CPU (the figure to compare) and handshakes/s. The client
 #          (OpenSSL 3.0 in h2load, one thread) spends more CPU per handshake than a proxy

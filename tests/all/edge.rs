@@ -628,3 +628,42 @@ cluster = "without"
     let clusters = weir.clusters().await;
     assert_eq!(clusters[0]["endpoints"][0]["healthy"], true, "{clusters}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_an_open_websocket_and_exits_when_it_closes() {
+    let echo = websocket_echo().await;
+    // The drain timeout is long: weir exiting before it means it saw the tunnel close.
+    let config =
+        crate::config(&[echo], "").replace("drain_timeout = \"10s\"", "drain_timeout = \"60s\"");
+    let mut weir = Weir::start(&config).await;
+    let url = format!("ws://{}/drain", weir.proxy);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("handshake");
+    weir.signal(nix::sys::signal::Signal::SIGTERM);
+    weir.wait_for_message("draining").await;
+    // Draining: no new connections, and the open tunnel still carries messages.
+    ws.send(Message::text("still here")).await.expect("send");
+    let reply = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("a reply in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(reply, Message::text("echo: still here"));
+    assert!(
+        tokio::net::TcpStream::connect(weir.proxy).await.is_err(),
+        "a draining weir accepted a new connection"
+    );
+    // The client closes its WebSocket: the tunnel ends, and weir with it.
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let status = weir.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    let logs = weir.logs();
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l["fields"]["message"] == "drain timed out; closing remaining connections"),
+        "weir waited for the drain timeout instead of the tunnel"
+    );
+}
