@@ -264,7 +264,8 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     assert!(
         state[0]["endpoints"][1]["last_check_error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("connect:"))
+            .is_some_and(|e| e.starts_with(&format!("connecting to {addr}:"))),
+        "{state}"
     );
 
     // Back on the same address: healthy again after two passing checks.

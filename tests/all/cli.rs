@@ -8,10 +8,15 @@ fn check(config: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config).expect("write");
+    check_file(&path)
+}
+
+/// `weir check` on the config at `path`: success, stdout, stderr (the path written `weir.toml`).
+fn check_file(path: &std::path::Path) -> (bool, String, String) {
     let out = Command::new(weir_bin())
         .arg("check")
         .arg("--config")
-        .arg(&path)
+        .arg(path)
         .output()
         .expect("run weir check");
     (
@@ -97,14 +102,8 @@ tls = { ca = "ca.pem" }
 "#;
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config).expect("write");
-    let out = Command::new(weir_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run weir check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, _, stderr) = check_file(&path);
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("listener 127.0.0.1:8443:")
             && stderr.contains("b.pem and ")
@@ -119,15 +118,6 @@ tls = { ca = "ca.pem" }
     // Fixed, the same config checks clean.
     write("b.key", &other.key);
     write("ca.pem", &ca.pem);
-    let out = Command::new(weir_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run weir check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, stderr) = check_file(&path);
+    assert!(ok, "{stderr}");
 }

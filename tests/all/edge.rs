@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{StatusCode, Version};
 use tokio_tungstenite::tungstenite::{self, Message};
-use weir_tests::certs::{self, Ca, Leaf};
+use weir_tests::certs::{self, Ca};
 use weir_tests::{DEADLINE, Upstream, Weir};
 
 use crate::plugin_cache;
@@ -45,22 +45,6 @@ cluster = "app"
     )
 }
 
-fn files<'a>(pairs: &'a [(&'a str, &'a Leaf)]) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for (stem, leaf) in pairs {
-        files.push((format!("{stem}.pem"), leaf.cert.as_bytes().to_vec()));
-        files.push((format!("{stem}.key"), leaf.key.as_bytes().to_vec()));
-    }
-    files
-}
-
-fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
-    files
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_slice()))
-        .collect()
-}
-
 /// Runs a command to completion; its stdout, or a failure with its stderr.
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("run command");
@@ -80,14 +64,14 @@ async fn curl_gets_http2_and_http11_over_tls_and_sni_picks_each_name_its_certifi
         ca.server(&["a.test"], 1),
         ca.server(&["b.test", "*.b.test"], 2),
     );
-    let files = files(&[("a", &a), ("b", &b)]);
+    let files = certs::leaf_files(&[("a", &a), ("b", &b)]);
     let config = tls_config(
         &["a", "b"],
         "",
         &format!("endpoints = [\"{}\"]", upstream.addr),
         "",
     );
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let port = weir.proxy.port();
     let ca_file = weir.dir().join("ca-for-curl.pem");
     std::fs::write(&ca_file, &ca.pem).expect("write ca");
@@ -143,14 +127,14 @@ async fn replaced_certificates_serve_new_handshakes_without_a_failed_request_and
         ca.server(&["site.test"], 100),
         ca.server(&["site.test"], 200),
     );
-    let files = files(&[("site", &first)]);
+    let files = certs::leaf_files(&[("site", &first)]);
     let config = tls_config(
         &["site"],
         "",
         &format!("endpoints = [\"{}\"]", upstream.addr),
         "",
     );
-    let mut weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let mut weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     // Full handshakes every time: a resumed session shows the certificate it began with.
     let mut client = (*ca.client_config(&[b"http/1.1"])).clone();
     client.resumption = rustls::client::Resumption::disabled();
@@ -246,7 +230,7 @@ async fn client_certificates_are_required_when_configured() {
     let clients = Ca::new("client CA");
     let server = ca.server(&["m.test"], 1);
     let alice = clients.client("alice");
-    let mut files = files(&[("m", &server), ("alice", &alice)]);
+    let mut files = certs::leaf_files(&[("m", &server), ("alice", &alice)]);
     files.push(("clients.pem".into(), clients.pem.as_bytes().to_vec()));
     files.push(("ca.pem".into(), ca.pem.as_bytes().to_vec()));
     let config = tls_config(
@@ -259,7 +243,7 @@ async fn client_certificates_are_required_when_configured() {
         "plugins/tls.wasm".into(),
         std::fs::read(env!("TEST_PLUGIN_V0_3_2_WASM")).expect("the 0.3.2 test plugin"),
     ));
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let port = weir.proxy.port();
     let curl = |with_cert: bool, path: &str| {
         let mut command = Command::new("curl");
@@ -433,6 +417,18 @@ async fn websocket_echo() -> std::net::SocketAddr {
     addr
 }
 
+/// The next message on `ws`, within the deadline.
+async fn next_message<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("a message in time")
+        .expect("a message")
+        .expect("no error")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_passes_key_auth_and_echoes_both_ways() {
     let echo = websocket_echo().await;
@@ -466,11 +462,7 @@ async fn a_websocket_passes_key_auth_and_echoes_both_ways() {
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     for text in ["hello", "second message", "third"] {
         ws.send(Message::text(text)).await.expect("send");
-        let reply = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a reply in time")
-            .expect("a message")
-            .expect("no error");
+        let reply = next_message(&mut ws).await;
         assert_eq!(reply, Message::text(format!("echo: {text}")));
     }
     ws.close(None).await.expect("close");
@@ -547,11 +539,7 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
     for text in ["over", "http/2"] {
         ws.send(Message::text(text)).await.expect("send");
-        let reply = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a reply in time")
-            .expect("a message")
-            .expect("no error");
+        let reply = next_message(&mut ws).await;
         assert_eq!(reply, Message::text(format!("echo: {text}")));
     }
 }
@@ -644,11 +632,7 @@ async fn shutdown_waits_for_an_open_websocket_and_exits_when_it_closes() {
     weir.wait_for_message("draining").await;
     // Draining: no new connections, and the open tunnel still carries messages.
     ws.send(Message::text("still here")).await.expect("send");
-    let reply = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .expect("a reply in time")
-        .expect("a message")
-        .expect("no error");
+    let reply = next_message(&mut ws).await;
     assert_eq!(reply, Message::text("echo: still here"));
     assert!(
         tokio::net::TcpStream::connect(weir.proxy).await.is_err(),

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use weir_tests::certs::{Ca, Leaf};
+use weir_tests::certs::{self, Ca, Leaf};
 use weir_tests::{DEADLINE, Upstream, Weir};
 
 use crate::plugin_cache;
@@ -416,23 +416,6 @@ cluster = "app"
     )
 }
 
-/// `NAME.pem` and `NAME.key` for each leaf.
-fn leaf_files(pairs: &[(&str, &Leaf)]) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for (stem, leaf) in pairs {
-        files.push((format!("{stem}.pem"), leaf.cert.as_bytes().to_vec()));
-        files.push((format!("{stem}.key"), leaf.key.as_bytes().to_vec()));
-    }
-    files
-}
-
-fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
-    files
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_slice()))
-        .collect()
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -807,14 +790,14 @@ async fn a_tls_client_stalling_in_its_handshake_is_cut_off() {
     let upstream = Upstream::start("app").await;
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
-    let files = leaf_files(&[("site", &site)]);
+    let files = certs::leaf_files(&[("site", &site)]);
     let config = tls_config(
         upstream.addr,
         &["site"],
         "",
         "header_read_timeout = \"300ms\"",
     );
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
 
     let mut silent = connect(weir.proxy).await;
     let started = tokio::time::Instant::now();
@@ -883,9 +866,9 @@ async fn a_tls_client_that_sends_nothing_after_its_handshake_is_cut_off() {
     let upstream = Upstream::start("app").await;
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
-    let files = leaf_files(&[("site", &site)]);
+    let files = certs::leaf_files(&[("site", &site)]);
     let config = tls_config(upstream.addr, &["site"], "", ONE_SLOT);
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let mut client = (*tls_client(&ca, &[&rustls::version::TLS13], None, false)).clone();
         client.alpn_protocols = vec![alpn.to_vec()];
@@ -1090,9 +1073,9 @@ async fn sni_falls_back_to_the_first_certificate_and_ignores_case_and_a_trailing
     let upstream = Upstream::start("app").await;
     let ca = Ca::new("weir test CA");
     let (a, b) = (ca.server(&["a.test"], 1), ca.server(&["b.test"], 2));
-    let files = leaf_files(&[("a", &a), ("b", &b)]);
+    let files = certs::leaf_files(&[("a", &a), ("b", &b)]);
     let config = tls_config(upstream.addr, &["a", "b"], "", "");
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let port = weir.proxy.port();
     let is = |subject: &str, cn: &str| {
         subject.contains(&format!("CN = {cn}")) || subject.contains(&format!("CN={cn}"))
@@ -1117,9 +1100,9 @@ async fn a_tls12_only_client_is_refused_by_a_tls13_listener() {
     let upstream = Upstream::start("app").await;
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
-    let files = leaf_files(&[("site", &site)]);
+    let files = certs::leaf_files(&[("site", &site)]);
     let config = tls_config(upstream.addr, &["site"], ", min_version = \"1.3\"", "");
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
 
     let old = tls_client(&ca, &[&rustls::version::TLS12], None, false);
     let refused = tls_connect(weir.proxy, "site.test", old).await;
@@ -1153,7 +1136,7 @@ async fn a_client_ca_rotation_is_not_bypassed_by_resuming_an_old_session() {
     let server = ca.server(&["m.test"], 1);
     let (old_clients, new_clients) = (Ca::new("old client CA"), Ca::new("new client CA"));
     let alice = old_clients.client("alice");
-    let mut files = leaf_files(&[("m", &server)]);
+    let mut files = certs::leaf_files(&[("m", &server)]);
     files.push(("clients.pem".into(), old_clients.pem.as_bytes().to_vec()));
     let config = tls_config(
         upstream.addr,
@@ -1161,7 +1144,7 @@ async fn a_client_ca_rotation_is_not_bypassed_by_resuming_an_old_session() {
         ", client_auth = { ca = \"clients.pem\", required = true }",
         "",
     );
-    let weir = Weir::start_with_files(&config, &as_refs(&files)).await;
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let v13 = &[&rustls::version::TLS13];
 
     // Alice connects and gets a session ticket.

@@ -221,6 +221,24 @@ pub async fn https_get(
     })
 }
 
+/// `NAME.pem` and `NAME.key` for each `(NAME, leaf)`, as files to start weir with.
+pub fn leaf_files(pairs: &[(&str, &Leaf)]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (stem, leaf) in pairs {
+        files.push((format!("{stem}.pem"), leaf.cert.as_bytes().to_vec()));
+        files.push((format!("{stem}.key"), leaf.key.as_bytes().to_vec()));
+    }
+    files
+}
+
+/// Owned files as the `(path, contents)` pairs `Weir::start_with_files` takes.
+pub fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect()
+}
+
 /// The DER of the first certificate in `pem`.
 pub fn der(pem: &str) -> Vec<u8> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
