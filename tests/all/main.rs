@@ -13,6 +13,7 @@ mod edge_attacks;
 mod errors;
 mod gateway;
 mod grpc;
+mod hardening;
 mod languages;
 mod lifecycle;
 mod phases;

@@ -113,6 +113,15 @@ pub(crate) struct RawServer {
     pub(crate) worker_threads: Option<Spanned<usize>>,
     #[serde(default, with = "duration")]
     pub(crate) upgrade_idle_timeout: Option<Duration>,
+    pub(crate) path_normalization: Option<RawPathNormalization>,
+}
+
+/// `[server] path_normalization = { merge_slashes = true, encoded_slashes = "reject" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPathNormalization {
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) encoded_slashes: Option<Spanned<String>>,
 }
 
 /// `[[clusters]]`: a named set of upstream endpoints.

@@ -14,7 +14,9 @@ use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
-use super::model::{RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPlugins, RawRoute};
+use super::model::{
+    RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization, RawPlugins, RawRoute,
+};
 use super::tls::{self, ListenerTls, Protocol, UpstreamTls};
 use super::{Diagnostic, Locator};
 
@@ -154,6 +156,38 @@ pub struct ServerConfig {
     /// Time an upgraded connection (WebSocket) may be silent both ways before it is closed.
     #[serde(serialize_with = "human")]
     pub upgrade_idle_timeout: Duration,
+    /// How a request's path is normalised before routing.
+    pub path_normalization: PathNormalization,
+}
+
+/// How a request's path is normalised before routing (`proxy/path.rs` has the steps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathNormalization {
+    /// Runs of slashes become one.
+    pub merge_slashes: bool,
+    /// What an escaped slash or backslash (`%2F`, `%5C`) or a literal backslash gets.
+    pub encoded_slashes: EncodedSlashes,
+}
+
+impl Default for PathNormalization {
+    fn default() -> PathNormalization {
+        PathNormalization {
+            merge_slashes: true,
+            encoded_slashes: EncodedSlashes::Reject,
+        }
+    }
+}
+
+/// `encoded_slashes = "reject" | "decode" | "keep"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400: nothing on either side can read such a path the same way.
+    Reject,
+    /// Decoded to `/` (a separator) before dot segments are removed.
+    Decode,
+    /// Left as they are; not separators.
+    Keep,
 }
 
 /// A named set of upstream endpoints.
@@ -509,6 +543,7 @@ pub(super) fn validate(
             .server
             .upgrade_idle_timeout
             .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
+        path_normalization: path_normalization(&mut check, raw.server.path_normalization.as_ref()),
     };
 
     check.unique_names("cluster", raw.clusters.iter().map(|c| &c.name));
@@ -540,6 +575,36 @@ pub(super) fn validate(
         check.found.sort_by_key(|d| (d.line, d.column));
         Err(check.found)
     }
+}
+
+fn path_normalization(
+    check: &mut Checker<'_>,
+    raw: Option<&RawPathNormalization>,
+) -> PathNormalization {
+    let mut policy = PathNormalization::default();
+    let Some(raw) = raw else {
+        return policy;
+    };
+    if let Some(merge) = raw.merge_slashes {
+        policy.merge_slashes = merge;
+    }
+    if let Some(slashes) = &raw.encoded_slashes {
+        policy.encoded_slashes = match slashes.get_ref().as_str() {
+            "reject" => EncodedSlashes::Reject,
+            "decode" => EncodedSlashes::Decode,
+            "keep" => EncodedSlashes::Keep,
+            other => {
+                check.error(
+                    slashes,
+                    format!(
+                        "server.path_normalization.encoded_slashes \"{other}\" is not one of \"reject\", \"decode\", \"keep\""
+                    ),
+                );
+                EncodedSlashes::Reject
+            }
+        };
+    }
+    policy
 }
 
 fn plugins(check: &mut Checker<'_>, raw: RawPlugins, base_dir: &Path) -> PluginsConfig {

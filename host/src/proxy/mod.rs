@@ -3,7 +3,8 @@
 //!
 //! Phases, in order, each a function below or a module beside this one:
 //! 1. downstream (in `proxy()` and `downstream`): ensure a request id, refuse `CONNECT`,
-//!    find the host, note a gRPC call (`grpc`) and an upgrade (`upgrade`);
+//!    find the host, normalise the path (`path`), note a gRPC call (`grpc`) and an upgrade
+//!    (`upgrade`);
 //! 2. `route`: normalise the host, match host, path and method to a route (its chain and
 //!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
@@ -34,6 +35,7 @@ mod filters;
 mod forward;
 mod grpc;
 mod outbound;
+mod path;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -196,6 +198,8 @@ async fn proxy<B: DownstreamBody>(
         ));
     }
     let host = downstream::request_host(&request)?;
+    // One path from here on, for the router, the plugins and the upstream.
+    path::apply(&mut request, &generation.config.server.path_normalization)?;
     // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it.
     ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
     let route = route(generation, host.as_ref(), &request, ctx)?;
