@@ -40,6 +40,11 @@ pub(crate) struct Accepted {
     pub(crate) slot: Arc<OwnedSemaphorePermit>,
 }
 
+/// How often an HTTP/2 client connection is pinged, and how long its answer may take before
+/// the connection is closed (Envoy's and gRPC's usual keepalive figures).
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The first pause after a failed accept; doubles up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Failed accepts (usually EMFILE: out of file descriptors) retry at least this often.
@@ -70,7 +75,10 @@ pub(crate) async fn serve<M, S, B>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .enable_connect_protocol();
+        .enable_connect_protocol()
+        // A peer that stopped answering (gone behind a NAT) is found and its slot freed.
+        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     let graceful = GracefulShutdown::new();
     // A permit per open connection: past the cap, new clients wait in the kernel's accept
     // queue instead of costing memory and file descriptors here.
@@ -112,6 +120,8 @@ pub(crate) async fn serve<M, S, B>(
         let make_service = make_service.clone();
         match &tls {
             None => {
+                // The task holds the slot too: a service may drop its `Accepted` at once.
+                let held = slot.clone();
                 let service = make_service(Accepted {
                     peer,
                     tls: None,
@@ -119,6 +129,7 @@ pub(crate) async fn serve<M, S, B>(
                 });
                 let stream = FirstBytes::new(stream, settings.header_read_timeout);
                 tokio::spawn(async move {
+                    let _held = held;
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(connection.into_owned()).await {
@@ -132,6 +143,7 @@ pub(crate) async fn serve<M, S, B>(
                 // finishes its headers.
                 let handshake_timeout = settings.header_read_timeout;
                 tokio::spawn(async move {
+                    let _held = slot.clone();
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
                         acceptor.accept(stream),

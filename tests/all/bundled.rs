@@ -72,15 +72,15 @@ async fn headers_and_key_auth_in_one_chain() {
         &[
             ("x-api-key", "alice-key"),
             ("x-internal", "1"),
-            ("x-consumer", "admin"),
+            ("x-consumer-id", "admin"),
         ],
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-frame-options"], "DENY");
     let seen = upstream.requests().pop().expect("upstream saw the request");
-    assert_eq!(seen.headers["x-consumer"], "alice");
-    assert_eq!(seen.headers.get_all("x-consumer").iter().count(), 1);
+    assert_eq!(seen.headers["x-consumer-id"], "alice");
+    assert_eq!(seen.headers.get_all("x-consumer-id").iter().count(), 1);
     assert_eq!(seen.headers["x-from"], "weir");
     assert!(seen.headers.get("x-api-key").is_none());
     assert!(seen.headers.get("x-internal").is_none());

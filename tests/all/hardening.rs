@@ -1,6 +1,7 @@
 //! Hardening (issue 22), what exists of it: no spelling of a path reaches a route other than
 //! the one its normal form names, so a route's auth cannot be walked around, over HTTP/1.1
-//! (written raw, so no client tidies the path first) and HTTP/2.
+//! (written raw, so no client tidies the path first) and HTTP/2; and a client's own identity
+//! headers (`x-consumer-id`) never reach a plugin or an upstream.
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,4 +143,29 @@ async fn no_spelling_of_a_protected_path_reaches_the_open_route_over_http2() {
         );
     }
     assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_pose_as_a_consumer_on_any_route() {
+    let (upstream, weir) = private_and_open().await;
+    // On a route without plugins: the forged identity never reaches the upstream.
+    let (status, _, _) = weir_tests::get_with(
+        &weir.url("/open"),
+        &[("x-consumer-id", "admin"), ("x-consumer", "admin")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.requests().pop().expect("a request");
+    assert!(seen.headers.get("x-consumer-id").is_none(), "{seen:?}");
+    assert!(seen.headers.get("x-consumer").is_none(), "{seen:?}");
+    // Behind key-auth: the consumer is the key's, whatever the client said.
+    let (status, _, _) = weir_tests::get_with(
+        &weir.url("/private/file"),
+        &[("x-consumer-id", "admin"), ("x-api-key", "alice-key")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.requests().pop().expect("a request");
+    let consumers: Vec<_> = seen.headers.get_all("x-consumer-id").iter().collect();
+    assert_eq!(consumers, ["alice"]);
 }

@@ -114,6 +114,7 @@ pub(crate) struct RawServer {
     #[serde(default, with = "duration")]
     pub(crate) upgrade_idle_timeout: Option<Duration>,
     pub(crate) path_normalization: Option<RawPathNormalization>,
+    pub(crate) identity_headers: Option<Vec<Spanned<String>>>,
 }
 
 /// `[server] path_normalization = { merge_slashes = true, encoded_slashes = "reject" }`.

@@ -158,7 +158,15 @@ pub struct ServerConfig {
     pub upgrade_idle_timeout: Duration,
     /// How a request's path is normalised before routing.
     pub path_normalization: PathNormalization,
+    /// Headers that only weir's plugins may set (who the client is): removed from every
+    /// client request before its route's chain runs, so a client cannot pose as a consumer.
+    #[serde(serialize_with = "header_names")]
+    pub identity_headers: Vec<HeaderName>,
 }
+
+/// The identity headers weir's auth plugins set (`x-consumer-id`; `x-consumer` was
+/// key-auth's before).
+const DEFAULT_IDENTITY_HEADERS: [&str; 2] = ["x-consumer-id", "x-consumer"];
 
 /// How a request's path is normalised before routing (`proxy/path.rs` has the steps).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -411,6 +419,10 @@ fn display<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S:
     s.collect_str(v)
 }
 
+fn header_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
 fn methods<S: Serializer>(m: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
     let names: Option<Vec<&str>> = m.as_ref().map(|m| m.iter().map(Method::as_str).collect());
     names.serialize(s)
@@ -531,6 +543,9 @@ pub(super) fn validate(
         }
         n => n.map(Spanned::into_inner),
     };
+    if raw.server.upgrade_idle_timeout == Some(Duration::ZERO) {
+        check.error_nowhere("server.upgrade_idle_timeout must be greater than zero".into());
+    }
     let server = ServerConfig {
         header_read_timeout: raw
             .server
@@ -544,6 +559,7 @@ pub(super) fn validate(
             .upgrade_idle_timeout
             .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
         path_normalization: path_normalization(&mut check, raw.server.path_normalization.as_ref()),
+        identity_headers: identity_headers(&mut check, raw.server.identity_headers.as_deref()),
     };
 
     check.unique_names("cluster", raw.clusters.iter().map(|c| &c.name));
@@ -575,6 +591,30 @@ pub(super) fn validate(
         check.found.sort_by_key(|d| (d.line, d.column));
         Err(check.found)
     }
+}
+
+fn identity_headers(check: &mut Checker<'_>, raw: Option<&[Spanned<String>]>) -> Vec<HeaderName> {
+    let Some(raw) = raw else {
+        return DEFAULT_IDENTITY_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+    };
+    raw.iter()
+        .filter_map(
+            |name| match HeaderName::from_bytes(name.get_ref().as_bytes()) {
+                Ok(header) => Some(header),
+                Err(_) => {
+                    let message = format!(
+                        "server.identity_headers: \"{}\" is not a header name",
+                        name.get_ref()
+                    );
+                    check.error(name, message);
+                    None
+                }
+            },
+        )
+        .collect()
 }
 
 fn path_normalization(

@@ -30,12 +30,15 @@ pub(super) enum Code {
     Unauthenticated = 16,
 }
 
-/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`, …).
+/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc;…`), not gRPC-Web (`application/grpc-web…`, which answers differently).
 #[inline]
 pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+    })
 }
 
 /// The call's `grpc-timeout` (`100m`, `5S`, …: at most 8 digits and a unit), if valid.
@@ -152,6 +155,29 @@ mod tests {
         assert_eq!(parse("9n"), Some(Duration::from_nanos(9)));
         for bad in ["", "S", "123456789S", "1x", "-1S", "1.5S"] {
             assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_is_told_by_its_content_type_and_grpc_web_is_not() {
+        let typed = |t: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
+            is_grpc(&h)
+        };
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=1",
+        ] {
+            assert!(typed(yes), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/grpc-web-text",
+            "application/json",
+        ] {
+            assert!(!typed(no), "{no}");
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Phases, in order, each a function below or a module beside this one:
 //! 1. downstream (in `proxy()` and `downstream`): ensure a request id, refuse `CONNECT`,
-//!    find the host, normalise the path (`path`), note a gRPC call (`grpc`) and an upgrade
-//!    (`upgrade`);
+//!    find the host, normalise the path (`path`), remove the identity headers only plugins
+//!    may set, note a gRPC call (`grpc`) and an upgrade (`upgrade`);
 //! 2. `route`: normalise the host, match host, path and method to a route (its chain and
 //!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
@@ -197,11 +197,17 @@ async fn proxy<B: DownstreamBody>(
             "CONNECT: weir is a reverse proxy and opens no tunnels",
         ));
     }
-    let host = downstream::request_host(&request)?;
-    // One path from here on, for the router, the plugins and the upstream.
-    path::apply(&mut request, &generation.config.server.path_normalization)?;
-    // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it.
+    // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it. Known first,
+    // so every refusal below reaches a gRPC client as a gRPC status.
     ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
+    let host = downstream::request_host(&request)?;
+    let server = &generation.config.server;
+    // One path from here on, for the router, the plugins and the upstream.
+    path::apply(&mut request, &server.path_normalization)?;
+    // Who the client is, only weir's plugins say.
+    for name in &server.identity_headers {
+        request.headers_mut().remove(name);
+    }
     let route = route(generation, host.as_ref(), &request, ctx)?;
 
     let (mut parts, body) = request.into_parts();
@@ -246,14 +252,25 @@ async fn proxy<B: DownstreamBody>(
             call_handler(generation, handler, parts, body, &request_id).await?
         }
     };
-    downstream_response(&mut response, request_id);
     match upgrade {
-        None => no_unasked_switch(&response)?,
+        None => {
+            no_unasked_switch(&response)?;
+            downstream_response(&mut response, request_id);
+        }
         // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
         // response filters see the answer as the client will.
         Some(upgrade) => {
+            upgrade::check(&response, &upgrade)?;
+            let switched_to = response.headers().get(header::UPGRADE).cloned();
+            downstream_response(&mut response, request_id);
             let idle_timeout = generation.config.server.upgrade_idle_timeout;
-            upgrade::tunnel(&mut response, upgrade, ctx.client, idle_timeout);
+            upgrade::tunnel(
+                &mut response,
+                upgrade,
+                switched_to,
+                ctx.client,
+                idle_timeout,
+            );
         }
     }
     match response_phase {

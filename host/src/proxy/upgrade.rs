@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::Client;
 use crate::body::ProxyBody;
+use crate::error::{ErrorKind, ProxyError};
 use crate::upstream::TunnelSlot;
 
 /// An upgrade a client asked for.
@@ -131,16 +132,35 @@ pub(super) fn restore(headers: &mut HeaderMap, upgrade: &Upgrade) {
     headers.insert(header::UPGRADE, upgrade.protocol.clone());
 }
 
-/// If the response switches protocols, gives it its upgrade headers back and starts the
-/// tunnel between the two connections (it runs once hyper has sent the 101).
+/// An endpoint's answer to an upgrade that weir cannot pass on: a `2xx` to a WebSocket over
+/// HTTP/2 is the tunnel's opening for the client (RFC 8441), so only a `101` may become one.
+pub(super) fn check(response: &Response<ProxyBody>, upgrade: &Upgrade) -> Result<(), ProxyError> {
+    let status = response.status();
+    if upgrade.h2 && status.is_success() {
+        return Err(
+            ProxyError::new(ErrorKind::UpstreamFailed).with_cause(format!(
+                "the endpoint answered a WebSocket handshake with {status}, not 101"
+            )),
+        );
+    }
+    Ok(())
+}
+
+/// If the response switches protocols, gives it its upgrade headers back — with the
+/// protocol the endpoint chose, `switched_to` — and starts the tunnel between the two
+/// connections (it runs once hyper has sent the 101).
 pub(super) fn tunnel(
     response: &mut Response<ProxyBody>,
-    upgrade: Upgrade,
+    mut upgrade: Upgrade,
+    switched_to: Option<HeaderValue>,
     client: &Client,
     idle_timeout: Duration,
 ) {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
+    }
+    if let Some(protocol) = switched_to {
+        upgrade.protocol = protocol;
     }
     let upstream = hyper::upgrade::on(&mut *response);
     // The endpoint connection's place under the cluster's `max_connections`.

@@ -20,9 +20,11 @@ impl std::fmt::Debug for Watcher {
     }
 }
 
-/// Watches `plugin_dir` for `*.wasm` and `*.toml` changes, `config_file` and `tls_files`
-/// (certificates and keys) for their own, and sends `()` on `changed` for each relevant
-/// event. Folders, not files, are watched, so an editor that writes a temporary file and
+/// Watches `plugin_dir` for `*.wasm` and `*.toml` changes, `config_file` for its own and
+/// the folders of `tls_files` (certificates and keys) for any change — a secret mounted by
+/// Kubernetes is replaced by swapping a `..data` link, and no event names the file —, and
+/// sends `()` on `changed` for each relevant event (a rescan re-reads only what changed).
+/// A TLS folder that cannot be watched is logged and skipped. Folders, not files, are watched, so an editor that writes a temporary file and
 /// renames it over the original is seen.
 pub(crate) fn watch(
     plugin_dir: &Path,
@@ -33,14 +35,14 @@ pub(crate) fn watch(
     let plugin_dir = plugin_dir.to_owned();
     let config_file = config_file.to_owned();
     let config_dir = parent(&config_file);
-    let tls_dirs: Vec<PathBuf> = tls_files.iter().map(|f| parent(f)).collect();
+    let tls_dirs: BTreeSet<PathBuf> = tls_files.iter().map(|f| parent(f)).collect();
     let relevant = {
         let plugin_dir = plugin_dir.clone();
         let config_file = config_file.clone();
-        let tls_files = tls_files.to_vec();
+        let tls_dirs = tls_dirs.clone();
         move |path: &Path| {
             path == config_file
-                || tls_files.iter().any(|f| f == path)
+                || tls_dirs.contains(&parent(path))
                 || (parent(path) == plugin_dir
                     && path.extension().is_some_and(|e| e == "wasm" || e == "toml"))
         }
@@ -61,12 +63,14 @@ pub(crate) fn watch(
             }
         }
     })?;
-    let dirs: BTreeSet<PathBuf> = [plugin_dir, config_dir]
-        .into_iter()
-        .chain(tls_dirs)
-        .collect();
-    for dir in dirs {
-        inner.watch(&dir, RecursiveMode::NonRecursive)?;
+    let dirs: BTreeSet<PathBuf> = [plugin_dir, config_dir].into_iter().collect();
+    for dir in &dirs {
+        inner.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    for dir in tls_dirs.difference(&dirs) {
+        if let Err(e) = inner.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a TLS folder; its files reload on SIGHUP or POST /reload");
+        }
     }
     Ok(Watcher { _inner: inner })
 }

@@ -121,8 +121,20 @@ fn subject(der: &[u8]) -> Option<String> {
             let oid = attribute.attr_type();
             let name = x509_parser::objects::oid2abbrev(oid, registry)
                 .map_or_else(|_| oid.to_id_string(), str::to_owned);
-            let value = attribute.as_str().ok()?;
-            attributes.push(format!("{name}={}", escape_rfc4514(value)));
+            match attribute.as_str() {
+                Ok(value) => attributes.push(format!("{name}={}", escape_rfc4514(value))),
+                // Not a string type x509-parser reads (BMPString, TeletexString, …): the
+                // value's bytes in hex, as RFC 4514 §2.4 writes what it cannot show as text.
+                Err(_) => {
+                    let hex: String = attribute
+                        .attr_value()
+                        .as_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    attributes.push(format!("{}=#{hex}", oid.to_id_string()));
+                }
+            }
         }
         names.push(attributes.join("+"));
     }

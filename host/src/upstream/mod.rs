@@ -206,7 +206,16 @@ impl UpstreamClient {
                 .speaks_http1
                 .load(std::sync::atomic::Ordering::Relaxed);
         let _one_at_a_time = if may_be_h2 {
-            let guard = target.connecting.lock().await;
+            // Bounded like the connect itself: behind an endpoint that swallows connects,
+            // queued requests fail (and may retry elsewhere) rather than wait in turn.
+            let Ok(guard) =
+                tokio::time::timeout(self.connect_timeout, target.connecting.lock()).await
+            else {
+                let (authority, limit) = (&target.authority, self.connect_timeout);
+                return Err(ProxyError::new(ErrorKind::UpstreamConnect).with_cause(format!(
+                    "connecting to {authority}: another connection still being opened after {limit:?}"
+                )));
+            };
             if let Some((sender, stream)) = target.stream(self.max_streams) {
                 return Ok(Checkout::Http2 {
                     sender,

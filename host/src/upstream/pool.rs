@@ -247,6 +247,19 @@ impl Pool {
                 return;
             }
         }
+        // Else an HTTP/2 connection to another endpoint with no stream in use.
+        for (i, pool) in self.endpoints.iter().enumerate() {
+            let mut shared = lock(&pool.shared);
+            let idle = shared
+                .iter()
+                .position(|conn| conn.streams.load(Ordering::Relaxed) == 0);
+            if i != endpoint
+                && let Some(idle) = idle
+            {
+                shared.swap_remove(idle);
+                return;
+            }
+        }
     }
 
     /// Closes the connections idle for `idle_timeout` or longer.
@@ -292,12 +305,14 @@ impl EndpointPool {
         }
         shared.retain(|conn| !conn.sender.is_closed());
         let conn = shared
-            .iter()
+            .iter_mut()
             .min_by_key(|conn| conn.streams.load(Ordering::Relaxed))?;
         if conn.streams.load(Ordering::Relaxed) >= max_streams {
             return None;
         }
         conn.streams.fetch_add(1, Ordering::Relaxed);
+        // In use now: the reaper counts its idle time from its last use.
+        conn.since = Instant::now();
         Some((conn.sender.clone(), Stream(conn.streams.clone())))
     }
 
@@ -309,6 +324,8 @@ impl EndpointPool {
             streams: streams.clone(),
             since: Instant::now(),
         });
+        // Requests waiting at the cap can take streams on it now.
+        self.returned.notify_waiters();
         Stream(streams)
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Uri, Version, header};
@@ -122,7 +123,13 @@ impl Transport {
         let authority = authority.clone();
         if h2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
+            // A connection that silently died (a NAT, a load balancer) is found by its
+            // unanswered ping, not by every request on it timing out.
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
             let (sender, connection) = builder
                 .handshake(io)
                 .await

@@ -49,7 +49,7 @@ fn default_header() -> String {
     "x-api-key".into()
 }
 fn default_consumer_header() -> String {
-    "x-consumer".into()
+    "x-consumer-id".into()
 }
 fn default_realm() -> String {
     "weir".into()
@@ -194,7 +194,7 @@ keys = ["bob-key"]
         let forwarded = auth()
             .request(TestRequest::get("/").header("X-Api-Key", "alice-key-2"))
             .forwarded();
-        assert_eq!(forwarded.header_value("x-consumer"), Some("alice"));
+        assert_eq!(forwarded.header_value("x-consumer-id"), Some("alice"));
         assert_eq!(forwarded.header_value("x-api-key"), None);
     }
 
@@ -203,7 +203,7 @@ keys = ["bob-key"]
         let forwarded = auth()
             .request(TestRequest::get("/items?page=2&api_key=bob-key&sort=asc"))
             .forwarded();
-        assert_eq!(forwarded.header_value("x-consumer"), Some("bob"));
+        assert_eq!(forwarded.header_value("x-consumer-id"), Some("bob"));
         assert_eq!(forwarded.query.as_deref(), Some("page=2&sort=asc"));
         let only_key = auth()
             .request(TestRequest::get("/items?api_key=bob-key"))
@@ -241,14 +241,14 @@ keys = ["bob-key"]
         let forwarded = auth()
             .request(
                 TestRequest::get("/")
-                    .header("x-consumer", "admin")
+                    .header("x-consumer-id", "admin")
                     .header("x-api-key", "bob-key"),
             )
             .forwarded();
         let consumers: Vec<&str> = forwarded
             .headers
             .iter()
-            .filter(|(n, _)| n == "x-consumer")
+            .filter(|(n, _)| n == "x-consumer-id")
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
             .collect();
         assert_eq!(consumers, ["bob"]);
