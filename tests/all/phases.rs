@@ -488,7 +488,12 @@ async fn aggregate_calls_clusters_concurrently_and_merges_their_json() {
         ("plugins/aggregate.wasm", AGGREGATE),
         ("plugins/aggregate.toml", AGGREGATE_TOML.as_bytes()),
     ];
-    let config = dashboard_config(app.addr, &[users.addr, orders.addr, recs.addr], "");
+    // The client sends x-consumer-id itself, standing in for an auth plugin before the
+    // handler: weir must not remove it as a forged identity here.
+    let config = dashboard_config(app.addr, &[users.addr, orders.addr, recs.addr], "").replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nidentity_headers = []",
+    );
     let weir = Weir::start_with_files(&config, &files).await;
 
     // One request to warm the instance path, then the measured one.

@@ -173,8 +173,13 @@ impl Pool {
         }
     }
 
-    /// Connections open now, idle or in use.
+    /// Connections open now, idle or in use. Idle HTTP/1.1 connections the endpoint closed
+    /// are let go first: each holds its slot (an upgrade may carry it on into a tunnel) until
+    /// it leaves the idle list.
     pub(super) fn open(&self) -> usize {
+        for pool in &self.endpoints {
+            lock(&pool.idle).retain(|idle| !idle.sender.is_closed());
+        }
         self.max_connections - self.slots.available_permits()
     }
 
@@ -266,7 +271,9 @@ impl Pool {
     fn close_idle(&self, idle_timeout: Duration) {
         let now = Instant::now();
         for pool in &self.endpoints {
-            lock(&pool.idle).retain(|idle| now.duration_since(idle.since) < idle_timeout);
+            lock(&pool.idle).retain(|idle| {
+                !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout
+            });
             lock(&pool.shared).retain_mut(|conn| {
                 if conn.streams.load(Ordering::Relaxed) > 0 {
                     conn.since = now;
