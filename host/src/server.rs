@@ -16,7 +16,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -118,63 +118,35 @@ pub(crate) async fn serve<M, S, B>(
         let watcher = graceful.watcher();
         let slot = Arc::new(permit);
         let make_service = make_service.clone();
-        match &tls {
-            None => {
-                // The task holds the slot too: a service may drop its `Accepted` at once.
-                let held = slot.clone();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        // A client gets as long to finish its TLS handshake, and then its first bytes, as
+        // to finish its headers.
+        let limit = settings.header_read_timeout;
+        tokio::spawn(async move {
+            // The task holds the slot too: a service may drop its `Accepted` at once.
+            let _held = slot.clone();
+            let Some(acceptor) = acceptor else {
                 let service = make_service(Accepted {
                     peer,
                     tls: None,
                     slot,
                 });
-                let stream = FirstBytes::new(stream, settings.header_read_timeout);
-                tokio::spawn(async move {
-                    let _held = held;
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-            Some(tls) => {
-                let acceptor = tls.acceptor();
-                // A client that never finishes its handshake gets as long as one that never
-                // finishes its headers.
-                let handshake_timeout = settings.header_read_timeout;
-                tokio::spawn(async move {
-                    let _held = slot.clone();
-                    let stream = match tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let info = TlsInfo::of(&stream);
-                    let stream = FirstBytes::new(stream, handshake_timeout);
-                    let service = make_service(Accepted {
-                        peer,
-                        tls: Some(info),
-                        slot,
-                    });
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection.into_owned()).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-        }
+                let stream = FirstBytes::new(stream, limit);
+                return serve_connection(&builder, stream, service, watcher, peer).await;
+            };
+            let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = make_service(Accepted {
+                peer,
+                tls: Some(TlsInfo::of(&stream)),
+                slot,
+            });
+            let stream = FirstBytes::new(stream, limit);
+            serve_connection(&builder, stream, service, watcher, peer).await;
+        });
     }
 
     // Closing the listener now makes new connection attempts fail fast instead of queueing.
@@ -190,6 +162,27 @@ pub(crate) async fn serve<M, S, B>(
         .is_err()
     {
         tracing::warn!(drain_timeout = ?settings.drain_timeout, "drain timed out; closing remaining connections");
+    }
+}
+
+/// One client connection, plain or TLS, served until it ends (or the drain ends it).
+async fn serve_connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: I,
+    service: S,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 

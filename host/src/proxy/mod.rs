@@ -252,15 +252,12 @@ async fn proxy<B: DownstreamBody>(
             call_handler(generation, handler, parts, body, &request_id).await?
         }
     };
+    upgrade::check(&response, upgrade.as_ref())?;
     match upgrade {
-        None => {
-            no_unasked_switch(&response)?;
-            downstream_response(&mut response, request_id);
-        }
+        None => downstream_response(&mut response, request_id),
         // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
         // response filters see the answer as the client will.
         Some(upgrade) => {
-            upgrade::check(&response, &upgrade)?;
             let switched_to = response.headers().get(header::UPGRADE).cloned();
             downstream_response(&mut response, request_id);
             let idle_timeout = generation.config.server.upgrade_idle_timeout;
@@ -280,18 +277,6 @@ async fn proxy<B: DownstreamBody>(
         }
         None => Ok(response),
     }
-}
-
-/// A `101 Switching Protocols` to a request that asked for no upgrade (or for `h2c`, which is
-/// never one) would tell the client of a switch that weir does not carry out: no tunnel
-/// follows, and hyper would close the connection after it. The endpoint answered wrongly: 502.
-#[inline]
-fn no_unasked_switch(response: &Response<ProxyBody>) -> Result<(), ProxyError> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::new(ErrorKind::UpstreamFailed)
-            .with_cause("the endpoint switched protocols, and the request asked for no upgrade"));
-    }
-    Ok(())
 }
 
 /// The route for the request's host, path and method.

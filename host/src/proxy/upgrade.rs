@@ -132,18 +132,26 @@ pub(super) fn restore(headers: &mut HeaderMap, upgrade: &Upgrade) {
     headers.insert(header::UPGRADE, upgrade.protocol.clone());
 }
 
-/// An endpoint's answer to an upgrade that weir cannot pass on: a `2xx` to a WebSocket over
-/// HTTP/2 is the tunnel's opening for the client (RFC 8441), so only a `101` may become one.
-pub(super) fn check(response: &Response<ProxyBody>, upgrade: &Upgrade) -> Result<(), ProxyError> {
+/// The endpoint's answers weir cannot pass on (502): a `101` to a request that asked for no
+/// upgrade (or for `h2c`, which is never one) would tell the client of a switch weir does
+/// not carry out, and hyper would close the connection after it; a `2xx` other than `101` to
+/// a WebSocket over HTTP/2 would open the client's tunnel (RFC 8441) to nothing.
+#[inline]
+pub(super) fn check(
+    response: &Response<ProxyBody>,
+    upgrade: Option<&Upgrade>,
+) -> Result<(), ProxyError> {
     let status = response.status();
-    if upgrade.h2 && status.is_success() {
-        return Err(
-            ProxyError::new(ErrorKind::UpstreamFailed).with_cause(format!(
-                "the endpoint answered a WebSocket handshake with {status}, not 101"
-            )),
-        );
-    }
-    Ok(())
+    let why = match upgrade {
+        None if status == StatusCode::SWITCHING_PROTOCOLS => {
+            "the endpoint switched protocols, and the request asked for no upgrade".to_owned()
+        }
+        Some(upgrade) if upgrade.h2 && status.is_success() => {
+            format!("the endpoint answered a WebSocket handshake with {status}, not 101")
+        }
+        _ => return Ok(()),
+    };
+    Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(why))
 }
 
 /// If the response switches protocols, gives it its upgrade headers back — with the
