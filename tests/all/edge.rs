@@ -14,37 +14,6 @@ use weir_tests::{DEADLINE, Upstream, Weir};
 
 use crate::plugin_cache;
 
-/// A TLS listener with `certificates` (file stems: `NAME.pem`, `NAME.key`) in front of one
-/// cluster, plus `extra` config.
-fn tls_config(certificates: &[&str], listener_extra: &str, cluster: &str, extra: &str) -> String {
-    let certificates: Vec<String> = certificates
-        .iter()
-        .map(|c| format!("{{ cert = \"{c}.pem\", key = \"{c}.key\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-tls = {{ certificates = [{}]{listener_extra} }}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-{cluster}
-connect_timeout = "2s"
-
-[[routes]]
-name = "default"
-cluster = "app"
-{extra}
-"#,
-        certificates.join(", "),
-        cache = plugin_cache().display()
-    )
-}
-
 /// Runs a command to completion; its stdout, or a failure with its stderr.
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("run command");
@@ -65,12 +34,7 @@ async fn curl_gets_http2_and_http11_over_tls_and_sni_picks_each_name_its_certifi
         ca.server(&["b.test", "*.b.test"], 2),
     );
     let files = certs::leaf_files(&[("a", &a), ("b", &b)]);
-    let config = tls_config(
-        &["a", "b"],
-        "",
-        &format!("endpoints = [\"{}\"]", upstream.addr),
-        "",
-    );
+    let config = crate::tls_config(upstream.addr, &["a", "b"], "", "");
     let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let port = weir.proxy.port();
     let ca_file = weir.dir().join("ca-for-curl.pem");
@@ -128,12 +92,7 @@ async fn replaced_certificates_serve_new_handshakes_without_a_failed_request_and
         ca.server(&["site.test"], 200),
     );
     let files = certs::leaf_files(&[("site", &first)]);
-    let config = tls_config(
-        &["site"],
-        "",
-        &format!("endpoints = [\"{}\"]", upstream.addr),
-        "",
-    );
+    let config = crate::tls_config(upstream.addr, &["site"], "", "");
     let mut weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     // Full handshakes every time: a resumed session shows the certificate it began with.
     let mut client = (*ca.client_config(&[b"http/1.1"])).clone();
@@ -233,10 +192,10 @@ async fn client_certificates_are_required_when_configured() {
     let mut files = certs::leaf_files(&[("m", &server), ("alice", &alice)]);
     files.push(("clients.pem".into(), clients.pem.as_bytes().to_vec()));
     files.push(("ca.pem".into(), ca.pem.as_bytes().to_vec()));
-    let config = tls_config(
+    let config = crate::tls_config(
+        upstream.addr,
         &["m"],
         ", client_auth = { ca = \"clients.pem\", required = true }",
-        &format!("endpoints = [\"{}\"]", upstream.addr),
         "",
     );
     files.push((
@@ -388,8 +347,6 @@ async fn an_h2c_cluster_speaks_http2_over_one_shared_connection() {
     assert!(open.is_some_and(|n| n <= 2), "{clusters}");
 }
 
-const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
-
 /// A WebSocket echo server on 127.0.0.1:0 (tungstenite's server side): answers every text
 /// message with `echo: MESSAGE`.
 async fn websocket_echo() -> std::net::SocketAddr {
@@ -432,11 +389,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_passes_key_auth_and_echoes_both_ways() {
     let echo = websocket_echo().await;
-    let key_auth = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
-    let files: [(&str, &[u8]); 2] = [
-        ("plugins/key-auth.wasm", KEY_AUTH),
-        ("plugins/key-auth.toml", key_auth.as_bytes()),
-    ];
+    let files = crate::key_auth_files();
     let weir = Weir::start_with_files(&crate::config(&[echo], ""), &files).await;
     let url = format!("ws://{}/chat", weir.proxy);
 
@@ -650,4 +603,26 @@ async fn shutdown_waits_for_an_open_websocket_and_exits_when_it_closes() {
             .any(|l| l["fields"]["message"] == "drain timed out; closing remaining connections"),
         "weir waited for the drain timeout instead of the tunnel"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_at_the_connection_cap_share_the_http2_connection_when_it_opens() {
+    // One connection allowed: the first request opens it; the others, arriving meanwhile,
+    // wait at the cap and must be woken to share it, not left to time out.
+    let upstream = Upstream::start_with_delay("h2c", std::time::Duration::from_millis(300)).await;
+    let config = crate::config(&[upstream.addr], "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nprotocol = \"h2c\"\nmax_connections = 1\nresponse_timeout = \"5s\"\nretries = 0",
+    );
+    let weir = Weir::start(&config).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let url = weir.url(&format!("/wait/{i}"));
+        tasks.spawn(async move { weir_tests::get_with(&url, &[]).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, _, body) = done.expect("request");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(weir.clusters().await[0]["open_connections"], 1);
 }

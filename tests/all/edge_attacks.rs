@@ -26,10 +26,6 @@ use tokio::sync::watch;
 use weir_tests::certs::{self, Ca, Leaf};
 use weir_tests::{DEADLINE, Upstream, Weir};
 
-use crate::plugin_cache;
-
-const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
-
 /// The header-read timeout of the tests about stalled clients.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -366,56 +362,6 @@ plugins = ["key-auth"]
     )
 }
 
-/// The key-auth plugin, with consumer `alice` and key `alice-key`.
-fn key_auth_files() -> Vec<(&'static str, &'static [u8])> {
-    vec![
-        ("plugins/key-auth.wasm", KEY_AUTH),
-        (
-            "plugins/key-auth.toml",
-            b"[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n",
-        ),
-    ]
-}
-
-/// A TLS listener with `certificates` (file stems: `NAME.pem`, `NAME.key`) and
-/// `listener_tls` (more of its `tls` table) in front of cluster `app` at `upstream`, with
-/// `server` in `[server]`.
-fn tls_config(
-    upstream: SocketAddr,
-    certificates: &[&str],
-    listener_tls: &str,
-    server: &str,
-) -> String {
-    let certificates: Vec<String> = certificates
-        .iter()
-        .map(|c| format!("{{ cert = \"{c}.pem\", key = \"{c}.key\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-tls = {{ certificates = [{}]{listener_tls} }}
-
-[server]
-{server}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-endpoints = ["{upstream}"]
-connect_timeout = "2s"
-
-[[routes]]
-name = "default"
-cluster = "app"
-"#,
-        certificates.join(", "),
-        cache = plugin_cache().display()
-    )
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -510,7 +456,8 @@ async fn tls_get(
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2c_upgrade_goes_upstream_as_a_plain_request_and_the_connection_stays_http() {
     let upstream = RawUpstream::start(Mode::SwitchWhenAsked).await;
-    let weir = Weir::start_with_files(&guarded(upstream.addr, "", ""), &key_auth_files()).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
     let mut client = connect(weir.proxy).await;
     let mut buf = Vec::new();
 
@@ -560,7 +507,7 @@ async fn an_upstream_switching_protocols_unasked_gets_no_101_to_the_client() {
     let upstream = RawUpstream::start(Mode::SwitchAlways).await;
     let weir = Weir::start_with_files(
         &guarded(upstream.addr, "", "retries = 0"),
-        &key_auth_files(),
+        &crate::key_auth_files(),
     )
     .await;
 
@@ -618,7 +565,8 @@ async fn an_upstream_switching_protocols_unasked_gets_no_101_to_the_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_upgrade_leaves_the_connection_to_weir() {
     let upstream = RawUpstream::start(Mode::Refuse(426)).await;
-    let weir = Weir::start_with_files(&guarded(upstream.addr, "", ""), &key_auth_files()).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
     let mut client = connect(weir.proxy).await;
     let mut buf = Vec::new();
 
@@ -655,7 +603,8 @@ async fn a_refused_upgrade_leaves_the_connection_to_weir() {
 #[tokio::test(flavor = "multi_thread")]
 async fn key_auth_refusing_an_upgrade_keeps_it_from_the_upstream() {
     let upstream = RawUpstream::start(Mode::SwitchWhenAsked).await;
-    let weir = Weir::start_with_files(&guarded(upstream.addr, "", ""), &key_auth_files()).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
     let mut client = connect(weir.proxy).await;
     let mut buf = Vec::new();
 
@@ -727,7 +676,8 @@ fn extended_connect(
 #[tokio::test(flavor = "multi_thread")]
 async fn key_auth_refusing_an_http2_websocket_keeps_it_from_the_upstream() {
     let upstream = RawUpstream::start(Mode::SwitchWhenAsked).await;
-    let weir = Weir::start_with_files(&guarded(upstream.addr, "", ""), &key_auth_files()).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
     let mut sender = h2_connection(weir.proxy).await;
     let warmed = upstream
         .wait("the warm-up request", |s| s.heads.len() == 1)
@@ -766,7 +716,8 @@ async fn key_auth_refusing_an_http2_websocket_keeps_it_from_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extended_connect_for_another_protocol_is_refused() {
     let upstream = RawUpstream::start(Mode::SwitchAlways).await;
-    let weir = Weir::start_with_files(&guarded(upstream.addr, "", ""), &key_auth_files()).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
     let mut sender = h2_connection(weir.proxy).await;
     let before = upstream.seen().heads.len();
     for protocol in ["h2c", "connect-udp", "websocket2"] {
@@ -791,7 +742,7 @@ async fn a_tls_client_stalling_in_its_handshake_is_cut_off() {
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
     let files = certs::leaf_files(&[("site", &site)]);
-    let config = tls_config(
+    let config = crate::tls_config(
         upstream.addr,
         &["site"],
         "",
@@ -867,7 +818,7 @@ async fn a_tls_client_that_sends_nothing_after_its_handshake_is_cut_off() {
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
     let files = certs::leaf_files(&[("site", &site)]);
-    let config = tls_config(upstream.addr, &["site"], "", ONE_SLOT);
+    let config = crate::tls_config(upstream.addr, &["site"], "", ONE_SLOT);
     let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let mut client = (*tls_client(&ca, &[&rustls::version::TLS13], None, false)).clone();
@@ -937,7 +888,7 @@ async fn open_tunnels_hold_their_connection_slots_until_they_close() {
     let upstream = RawUpstream::start(Mode::SwitchWhenAsked).await;
     let weir = Weir::start_with_files(
         &guarded(upstream.addr, "max_connections = 2", ""),
-        &key_auth_files(),
+        &crate::key_auth_files(),
     )
     .await;
     let first = open_tunnel(weir.proxy, "/one").await;
@@ -984,7 +935,7 @@ async fn an_abandoned_tunnel_gives_its_slot_back_after_the_idle_timeout() {
             "max_connections = 1\nupgrade_idle_timeout = \"300ms\"",
             "",
         ),
-        &key_auth_files(),
+        &crate::key_auth_files(),
     )
     .await;
     let mut client = connect(weir.proxy).await;
@@ -1016,7 +967,7 @@ async fn tunnels_count_against_the_clusters_max_connections() {
     let upstream = RawUpstream::start(Mode::SwitchWhenAsked).await;
     let mut weir = Weir::start_with_files(
         &guarded(upstream.addr, "", "max_connections = 1\nmax_pending = 0"),
-        &key_auth_files(),
+        &crate::key_auth_files(),
     )
     .await;
     let mut first = open_tunnel(weir.proxy, "/one").await;
@@ -1074,7 +1025,7 @@ async fn sni_falls_back_to_the_first_certificate_and_ignores_case_and_a_trailing
     let ca = Ca::new("weir test CA");
     let (a, b) = (ca.server(&["a.test"], 1), ca.server(&["b.test"], 2));
     let files = certs::leaf_files(&[("a", &a), ("b", &b)]);
-    let config = tls_config(upstream.addr, &["a", "b"], "", "");
+    let config = crate::tls_config(upstream.addr, &["a", "b"], "", "");
     let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
     let port = weir.proxy.port();
     let is = |subject: &str, cn: &str| {
@@ -1101,7 +1052,7 @@ async fn a_tls12_only_client_is_refused_by_a_tls13_listener() {
     let ca = Ca::new("weir test CA");
     let site = ca.server(&["site.test"], 1);
     let files = certs::leaf_files(&[("site", &site)]);
-    let config = tls_config(upstream.addr, &["site"], ", min_version = \"1.3\"", "");
+    let config = crate::tls_config(upstream.addr, &["site"], ", min_version = \"1.3\"", "");
     let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
 
     let old = tls_client(&ca, &[&rustls::version::TLS12], None, false);
@@ -1138,7 +1089,7 @@ async fn a_client_ca_rotation_is_not_bypassed_by_resuming_an_old_session() {
     let alice = old_clients.client("alice");
     let mut files = certs::leaf_files(&[("m", &server)]);
     files.push(("clients.pem".into(), old_clients.pem.as_bytes().to_vec()));
-    let config = tls_config(
+    let config = crate::tls_config(
         upstream.addr,
         &["m"],
         ", client_auth = { ca = \"clients.pem\", required = true }",
@@ -1204,7 +1155,7 @@ plugins = ["key-auth"]
         "connect_timeout = \"1s\"",
         "connect_timeout = \"1s\"\nprotocol = \"h2c\"",
     );
-    let weir = Weir::start_with_files(&config, &key_auth_files()).await;
+    let weir = Weir::start_with_files(&config, &crate::key_auth_files()).await;
 
     // The admin route needs a key.
     let (status, _, _) =
@@ -1286,4 +1237,121 @@ async fn a_grpc_call_without_a_route_is_unimplemented_trailers_only() {
     assert!(collected.trailers().is_none(), "a status in trailers too");
     assert!(collected.to_bytes().is_empty());
     assert!(upstream.requests().is_empty());
+}
+
+/// An endpoint that answers a WebSocket over HTTP/2 with a plain `200` (no switch): for an
+/// extended CONNECT a `2xx` opens the client's tunnel, so passing it on would open one to
+/// nothing. weir answers 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2xx_that_is_not_a_switch_opens_no_http2_websocket() {
+    let upstream = RawUpstream::start(Mode::Refuse(200)).await;
+    let weir =
+        Weir::start_with_files(&guarded(upstream.addr, "", ""), &crate::key_auth_files()).await;
+    let mut sender = h2_connection(weir.proxy).await;
+    let answer = sender
+        .send_request(extended_connect("websocket", "/ws", &[]))
+        .await
+        .expect("a response");
+    assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+}
+
+/// A listener that serves no proxy (here one that only redirects to HTTPS) still counts its
+/// connections against `max_connections`: with one slot, a second client is not served while
+/// the first keeps its connection open, and is once it closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_listener_counts_its_connections() {
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+redirect_to_https = {{ port = 8443 }}
+
+[server]
+max_connections = 1
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:9"]
+
+[[routes]]
+name = "default"
+cluster = "app"
+"#,
+        cache = crate::plugin_cache().display()
+    );
+    let weir = Weir::start(&config).await;
+    let request = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let mut first = connect(weir.proxy).await;
+    let mut first_buf = Vec::new();
+    send(&mut first, request).await;
+    let answer = read_answer(&mut first, &mut first_buf)
+        .await
+        .expect("first");
+    assert_eq!(answer.status, 308);
+
+    let mut second = connect(weir.proxy).await;
+    let mut second_buf = Vec::new();
+    send(&mut second, request).await;
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        read_answer(&mut second, &mut second_buf),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "served while the first held the one slot: {early:?}"
+    );
+    drop(first);
+    let answer = tokio::time::timeout(DEADLINE, read_answer(&mut second, &mut second_buf))
+        .await
+        .expect("served once the first closed")
+        .expect("an answer");
+    assert_eq!(answer.status, 308);
+}
+
+/// An HTTP/2 endpoint that accepts TCP and never answers the TLS handshake: requests that
+/// queue behind the one opening a connection give up at `connect_timeout` (502, saying so),
+/// rather than each waiting its turn for a whole connect timeout of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_queued_behind_a_stuck_http2_connect_fail_at_the_connect_timeout() {
+    // Accepts and then says nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let cluster = "protocol = \"h2\"\ntls = { verify = false }\nretries = 0";
+    let config = crate::config(&[addr], "")
+        .replace(&format!("\"{addr}\""), &format!("\"https://{addr}\""))
+        .replace(
+            "connect_timeout = \"1s\"",
+            &format!("connect_timeout = \"300ms\"\n{cluster}"),
+        );
+    let mut weir = Weir::start(&config).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let url = weir.url(&format!("/q/{i}"));
+        requests.spawn(async move { weir_tests::get_with(&url, &[]).await.0 });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.expect("request"), StatusCode::BAD_GATEWAY);
+    }
+    let logs = weir
+        .wait_for_logs(|logs| {
+            logs.iter().any(|l| {
+                l["fields"]["cause"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("another connection still being opened"))
+            })
+        })
+        .await;
+    assert!(!logs.is_empty());
 }

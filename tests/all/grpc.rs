@@ -11,8 +11,6 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 use weir_tests::{Weir, closed_port};
 
-const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
-
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
 }
@@ -155,11 +153,7 @@ async fn weirs_own_failures_reach_a_grpc_client_as_grpc_statuses() {
     // A plugin's refusal: key-auth's 401 becomes UNAUTHENTICATED (16); with the key, the
     // call goes through.
     let server = GrpcServer::start();
-    let key_auth = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
-    let files: [(&str, &[u8]); 2] = [
-        ("plugins/key-auth.wasm", KEY_AUTH),
-        ("plugins/key-auth.toml", key_auth.as_bytes()),
-    ];
+    let files = crate::key_auth_files();
     let weir =
         Weir::start_with_files(&config(&format!("127.0.0.1:{}", server.port), ""), &files).await;
     let target = weir.proxy.to_string();

@@ -7,8 +7,6 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::{DEADLINE, Upstream, Weir, http2_client, read_body};
 
-const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
-
 /// `/private` behind key-auth, everything else open, one upstream answering `NAME METHOD PATH`.
 async fn private_and_open() -> (Upstream, Weir) {
     let upstream = Upstream::start("app").await;
@@ -38,11 +36,7 @@ plugins = []
         addr = upstream.addr,
         cache = crate::plugin_cache().display()
     );
-    let key_auth = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
-    let files: [(&str, &[u8]); 2] = [
-        ("plugins/key-auth.wasm", KEY_AUTH),
-        ("plugins/key-auth.toml", key_auth.as_bytes()),
-    ];
+    let files = crate::key_auth_files();
     let weir = Weir::start_with_files(&config, &files).await;
     (upstream, weir)
 }

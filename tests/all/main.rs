@@ -38,6 +38,20 @@ pub fn cache_home() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cache")
 }
 
+/// The bundled key-auth plugin.
+pub const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/key_auth.wasm"));
+
+/// The bundled key-auth plugin in the plugin folder, with consumer `alice` and key `alice-key`.
+pub fn key_auth_files() -> [(&'static str, &'static [u8]); 2] {
+    [
+        ("plugins/key-auth.wasm", KEY_AUTH),
+        (
+            "plugins/key-auth.toml",
+            b"[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n",
+        ),
+    ]
+}
+
 /// A config with one proxy listener, an admin listener, and cluster `app` over `endpoints`
 /// served by a catch-all route; `extra` is appended (more clusters, routes, settings).
 pub fn config(endpoints: &[SocketAddr], extra: &str) -> String {
@@ -67,6 +81,45 @@ cluster = "app"
 {extra}
 "#,
         endpoints.join(", "),
+        cache = plugin_cache().display()
+    )
+}
+
+/// A TLS listener with `certificates` (file stems: `NAME.pem`, `NAME.key`) and
+/// `listener_tls` (more of its `tls` table) in front of cluster `app` at `upstream`, with
+/// `server` in `[server]`.
+pub fn tls_config(
+    upstream: SocketAddr,
+    certificates: &[&str],
+    listener_tls: &str,
+    server: &str,
+) -> String {
+    let certificates: Vec<String> = certificates
+        .iter()
+        .map(|c| format!("{{ cert = \"{c}.pem\", key = \"{c}.key\" }}"))
+        .collect();
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = {{ certificates = [{}]{listener_tls} }}
+
+[server]
+{server}
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "app"
+endpoints = ["{upstream}"]
+connect_timeout = "2s"
+
+[[routes]]
+name = "default"
+cluster = "app"
+"#,
+        certificates.join(", "),
         cache = plugin_cache().display()
     )
 }

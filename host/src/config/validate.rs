@@ -1357,6 +1357,12 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               11:21: redirect_to_https is for a plain listener; this one has tls",
             ),
             (
+                "[server]\nupgrade_idle_timeout = \"0s\"\npath_normalization = { encoded_slashes = \"drop\" }\nidentity_headers = [\"x consumer\"]",
+                "0:0: server.upgrade_idle_timeout must be greater than zero\n\
+              10:42: server.path_normalization.encoded_slashes \"drop\" is not one of \"reject\", \"decode\", \"keep\"\n\
+              11:21: server.identity_headers: \"x consumer\" is not a header name",
+            ),
+            (
                 "[server]\nmax_connections = 0",
                 "9:19: server.max_connections must be at least 1",
             ),
