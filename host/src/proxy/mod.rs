@@ -108,11 +108,6 @@ impl Client {
         }
     }
 
-    /// What the client's TLS handshake settled, if it spoke TLS.
-    pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.as_deref()
-    }
-
     /// `ip:port`, as the plugins are told it.
     fn addr_text(&self) -> Arc<str> {
         self.addr_text
