@@ -8,8 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use std::time::Duration;
+
+use hyper::Request;
 use serde_json::Value;
-use weir_tests::{Weir, closed_port};
+use weir_tests::{Weir, closed_port, full, http2_client};
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
@@ -130,9 +133,33 @@ async fn unary_streaming_and_bidi_calls_pass_with_the_upstreams_own_status() {
         by_name("fail"),
         serde_json::json!({"call": "fail", "code": 5, "details": "no such thing"})
     );
-    // The client's 0.5 s deadline travelled as grpc-timeout and bounded weir's exchange too:
-    // weir gave up on the endpoint itself (its log says so), the client saw DEADLINE_EXCEEDED.
+    // The client gave up at its 0.5 s deadline (whether weir's timer or the client's fired
+    // first is a race; the next test takes the client's timer out).
     assert_eq!(by_name("slow")["code"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calls_grpc_timeout_bounds_weirs_exchange_with_the_endpoint() {
+    let server = GrpcServer::start();
+    let mut weir = Weir::start(&config(
+        &format!("127.0.0.1:{}", server.port),
+        "plugins = []",
+    ))
+    .await;
+    // A raw call with `grpc-timeout: 300m` from a client with no deadline of its own: only
+    // weir can end it, and it must, at 0.3 s rather than the endpoint's 5 s.
+    let request = Request::post(format!("http://{}/echo.Echo/Slow", weir.proxy))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(full(&b"\0\0\0\0\x01z"[..]))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(4), http2_client().request(request))
+        .await
+        .expect("weir ended the call before the endpoint answered")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "4", "{response:?}");
     let failed = weir.wait_for_message("request failed").await;
     assert_eq!(failed["kind"], "UpstreamTimeout", "{failed}");
 }
