@@ -511,6 +511,7 @@ async fn run_case(
         vec![slot],
         None,
         &Transports::plain(connector),
+        None,
     );
     let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
 

@@ -13,6 +13,8 @@
 //! the proxy with bodies made in memory).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -34,6 +36,8 @@ pub enum ProxyBody {
     Full(Full<Bytes>),
     /// A response body read in part, then the rest of it.
     Prefixed(Prefixed),
+    /// A response body whose bytes and end are noted for metrics and the access log.
+    Observed(Box<crate::proxy::Observed>),
 }
 
 /// A client's request body: hyper's own `Incoming` from a connection, or any other body,
@@ -45,6 +49,8 @@ pub enum ClientBody {
     Incoming(Incoming),
     /// Made elsewhere.
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+    /// A body whose bytes are counted as they arrive (for metrics and the access log).
+    Counted(Box<ClientBody>, Arc<AtomicU64>),
 }
 
 /// A client's request body the proxy can take (see [`ClientBody`]).
@@ -76,6 +82,15 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Incoming(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ClientBody::Boxed(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Counted(body, received) => {
+                let frame = Pin::new(body.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            }
         }
     }
 
@@ -83,6 +98,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Incoming(body) => body.is_end_stream(),
             ClientBody::Boxed(body) => body.is_end_stream(),
+            ClientBody::Counted(body, _) => body.is_end_stream(),
         }
     }
 
@@ -90,6 +106,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Incoming(body) => body.size_hint(),
             ClientBody::Boxed(body) => body.size_hint(),
+            ClientBody::Counted(body, _) => body.size_hint(),
         }
     }
 }
@@ -123,6 +140,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Full(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Prefixed(body) => ready_frame(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Observed(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 
@@ -132,6 +150,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Full(body) => body.is_end_stream(),
             ProxyBody::Prefixed(body) => body.is_end_stream(),
+            ProxyBody::Observed(body) => body.is_end_stream(),
         }
     }
 
@@ -141,6 +160,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Full(body) => body.size_hint(),
             ProxyBody::Prefixed(body) => body.size_hint(),
+            ProxyBody::Observed(body) => body.size_hint(),
         }
     }
 }

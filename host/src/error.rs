@@ -121,6 +121,9 @@ pub enum HostError {
     /// A TLS listener's or cluster's certificates or keys could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The access log's file could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(String),
     /// A listener could not bind its address.
     #[error("cannot listen on {address}")]
     Bind {

@@ -8,11 +8,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::balancer::{self, Balancer, Endpoints};
 use crate::config::{ClusterConfig, Config, RouteTarget};
 use crate::health::{self, HealthChecker};
+use crate::metrics::{ClusterMetrics, NO_ROUTE, RouteMetrics, metrics};
 use crate::plugin::chain::Chain;
-use crate::plugin::{Filter, Handler, Plugin};
+use crate::plugin::{Filter, Handler, KvUsage, Plugin};
 use crate::router::Router;
 use crate::upstream::{Transports, UpstreamClient};
 
@@ -31,6 +33,10 @@ pub struct Generation {
     pub routes: Vec<Route>,
     /// The plugin folder as this generation sees it, in file-name order.
     pub plugins: Vec<PluginSlot>,
+    /// The metrics of requests that matched no route.
+    pub no_route: RouteMetrics,
+    /// Where access log records go, if anywhere (the process's one writer).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// A route ready to serve: its chain of filters and what answers it.
@@ -40,6 +46,8 @@ pub struct Route {
     pub chain: Chain,
     /// What answers the requests the chain passes on.
     pub target: Target,
+    /// The route's request counts, durations and bytes.
+    pub metrics: RouteMetrics,
 }
 
 /// What answers a route.
@@ -86,6 +94,8 @@ pub struct Cluster {
     pub sticky_ids: Vec<String>,
     /// Pooled connections to the endpoints.
     pub client: UpstreamClient,
+    /// Retries, circuit-breaker refusals, ejections and upstream durations.
+    pub metrics: ClusterMetrics,
 }
 
 impl Generation {
@@ -98,6 +108,7 @@ impl Generation {
         plugins: Vec<PluginSlot>,
         previous: Option<&Generation>,
         transports: &Transports,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Generation {
         let routes = config
             .routes
@@ -108,6 +119,7 @@ impl Generation {
                     RouteTarget::Cluster(cluster) => Target::Cluster(cluster.index),
                     RouteTarget::Handler(name) => Target::Handler(handler(name, &plugins)),
                 },
+                metrics: metrics().route(&route.name),
             })
             .collect();
         let router = Router::new(&config.routes);
@@ -122,6 +134,8 @@ impl Generation {
                     let endpoints = Endpoints::new(c);
                     let transport = transports.for_cluster(c);
                     Arc::new(Cluster {
+                        metrics: metrics()
+                            .cluster(&c.name, c.endpoints.iter().map(|e| e.authority.as_str())),
                         sticky_ids: sticky_ids(c),
                         config: c.clone(),
                         balancer: balancer::build(c),
@@ -139,7 +153,20 @@ impl Generation {
             clusters,
             routes,
             plugins,
+            no_route: metrics().route(NO_ROUTE),
+            access_log,
         }
+    }
+
+    /// What the plugins' shared `kv` store holds, per plugin namespace.
+    pub fn kv_usage(&self) -> Vec<(String, KvUsage)> {
+        self.plugins
+            .iter()
+            .find_map(|slot| match &slot.serving {
+                Some(Plugin::Filter(filter)) => Some(filter.kv_usage()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 mod admin;
 pub mod balancer;
 pub mod body;
@@ -25,6 +26,7 @@ pub mod endpoints;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 mod redirect;
@@ -45,6 +47,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::error::HostError;
 use crate::plugin::PluginRuntime;
@@ -93,12 +96,24 @@ pub async fn run(
             .filter_map(|(l, tls)| Some((l.address.to_string(), tls.clone()?)))
             .collect(),
     );
+    let access_log = match &config.access_log {
+        Some(log) => {
+            Some(Arc::new(AccessLog::start(log).map_err(|e| {
+                HostError::AccessLog(format!("{:?}: {e}", log.to))
+            })?))
+        }
+        None => None,
+    };
+    if let Some(log) = &access_log {
+        reopen_on_sigusr1(log.clone());
+    }
     let (reloader, first) = Reloader::start(
         config_path.to_owned(),
         config,
         runtime.clone(),
         connector,
         material,
+        access_log,
     )
     .await
     .map_err(HostError::Plugins)?;
@@ -162,6 +177,23 @@ pub async fn run(
     drop(runtime);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reopens the access log's file at every SIGUSR1 (logrotate moves the file, then signals).
+fn reopen_on_sigusr1(log: Arc<AccessLog>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::user_defined1()) {
+        Ok(mut signals) => {
+            tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    log.reopen();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1; the access log will not be reopened")
+        }
+    }
 }
 
 /// Connections the kernel queues for a listener before weir accepts them: a burst of new

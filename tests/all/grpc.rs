@@ -100,7 +100,7 @@ cluster = "grpc"
 #[tokio::test(flavor = "multi_thread")]
 async fn unary_streaming_and_bidi_calls_pass_with_the_upstreams_own_status() {
     let server = GrpcServer::start();
-    let mut weir = Weir::start(&config(
+    let weir = Weir::start(&config(
         &format!("127.0.0.1:{}", server.port),
         "plugins = []",
     ))

@@ -2,6 +2,8 @@
 //! own address, apart from proxy traffic. It binds only where the config says (there is no
 //! default address).
 //!
+//! - `GET /`         — the dashboard (`dashboard.html`, embedded): a page that polls the
+//!   endpoints below;
 //! - `GET /healthz`  — 200 while serving;
 //! - `GET /config`   — the effective configuration as JSON, secrets redacted;
 //! - `GET /clusters` — each cluster's endpoints: health, last check error, requests in
@@ -26,6 +28,7 @@ use hyper::service::Service;
 use serde_json::{Value, json};
 
 use crate::generation::Generation;
+use crate::metrics::metrics;
 use crate::reload::ReloadHandle;
 
 /// The admin service for a connection from `_peer`.
@@ -64,19 +67,41 @@ impl AdminService {
         let method = request.method();
         let read = method == Method::GET || method == Method::HEAD;
         match (request.uri().path(), read) {
+            ("/", true) => dashboard(),
             ("/healthz", true) => text(StatusCode::OK, "ok\n"),
             ("/config", true) => self.config(),
             ("/plugins", true) => json(&plugins(&self.generation.load())),
             ("/clusters", true) => json(&clusters(&self.generation.load())),
+            ("/metrics", true) => self.metrics(),
+            ("/errors", true) => json(&recent_errors()),
             ("/reload", _) if method == Method::POST => self.force_reload().await,
-            ("/healthz" | "/config" | "/plugins" | "/clusters" | "/reload", _) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                "/" | "/healthz" | "/config" | "/plugins" | "/clusters" | "/metrics" | "/errors"
+                | "/reload",
+                _,
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /config, /clusters, /plugins or POST /reload\n",
+                "not found; try / (the dashboard), /healthz, /config, /clusters, /plugins, /metrics, /errors or POST /reload\n",
             ),
         }
+    }
+
+    /// Prometheus text exposition; 404 when `[metrics] enabled = false`.
+    fn metrics(&self) -> AdminResponse {
+        let generation = self.generation.load();
+        if !generation.config.metrics {
+            return text(
+                StatusCode::NOT_FOUND,
+                "metrics are off ([metrics] enabled = false)\n",
+            );
+        }
+        let mut response = Response::new(Full::new(Bytes::from(metrics().render(&generation))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     fn config(&self) -> AdminResponse {
@@ -108,6 +133,27 @@ impl AdminService {
 }
 
 /// `GET /clusters`: each cluster with its algorithm and its endpoints' live state.
+/// The latest failed requests, newest first.
+fn recent_errors() -> Value {
+    let list: Vec<Value> = crate::metrics::recent_errors()
+        .list()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": humantime::format_rfc3339_millis(e.time).to_string(),
+                "status": e.status,
+                "kind": format!("{:?}", e.kind),
+                "route": e.route,
+                "cluster": e.cluster,
+                "endpoint": e.endpoint,
+                "cause": e.cause,
+                "request_id": e.request_id,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
 fn clusters(generation: &Generation) -> Value {
     let list: Vec<Value> = generation
         .clusters
@@ -179,6 +225,29 @@ fn plugins(generation: &Generation) -> Value {
         })
         .collect();
     Value::Array(list)
+}
+
+/// `GET /`: the dashboard, one self-contained page (`dashboard.html`) that polls the JSON
+/// and metrics endpoints above. Its script and style are inline, so the policy allows
+/// inline code and nothing from anywhere but this listener.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        include_str!("dashboard.html").as_bytes(),
+    )));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+             img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
-    AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint, HashKey, HealthCheck,
-    LbPolicy, ListenerConfig, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection,
-    PathNormalization, PluginLimits, PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky,
-    default_cache_dir,
+    AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,
+    HashKey, HealthCheck, LbPolicy, ListenerConfig, LogFormat, LogTarget, MAX_PLUGIN_MEMORY_MB,
+    MAX_WEIGHT, OutlierDetection, PathNormalization, PluginLimits, PluginsConfig, RouteConfig,
+    RouteTarget, ServerConfig, Sticky, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

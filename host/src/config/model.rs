@@ -25,6 +25,26 @@ pub(crate) struct RawConfig {
     pub(crate) clusters: Vec<RawCluster>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
+    pub(crate) access_log: Option<Spanned<RawAccessLog>>,
+    #[serde(default)]
+    pub(crate) metrics: RawMetrics,
+}
+
+/// `[access_log]`: one record per request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub(crate) path: Spanned<String>,
+    pub(crate) format: Option<Spanned<String>>,
+    pub(crate) sample: Option<Spanned<f64>>,
+    pub(crate) queue: Option<Spanned<usize>>,
+}
+
+/// `[metrics]`: Prometheus metrics on the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub(crate) enabled: Option<bool>,
 }
 
 /// `[[listeners]]`: one downstream socket.
@@ -260,6 +280,7 @@ pub(crate) struct RawRoute {
     pub(crate) handler: Option<Spanned<String>>,
     pub(crate) plugins: Option<Vec<Spanned<String>>>,
     pub(crate) retry_non_idempotent: Option<bool>,
+    pub(crate) access_log: Option<bool>,
 }
 
 /// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.

@@ -15,7 +15,8 @@ use serde::{Serialize, Serializer};
 use toml::Spanned;
 
 use super::model::{
-    RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization, RawPlugins, RawRoute,
+    RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization,
+    RawPlugins, RawRoute,
 };
 use super::tls::{self, ListenerTls, Protocol, UpstreamTls};
 use super::{Diagnostic, Locator};
@@ -84,7 +85,50 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     /// Routes in the order written, names unique.
     pub routes: Vec<RouteConfig>,
+    /// The access log, if one is written.
+    pub access_log: Option<AccessLogConfig>,
+    /// Whether request, cluster and plugin metrics are kept (`GET /metrics` on the admin
+    /// listener).
+    pub metrics: bool,
 }
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    /// Where records go.
+    pub to: LogTarget,
+    /// How each record is written.
+    pub format: LogFormat,
+    /// The share of requests logged, 0 to 1.
+    pub sample: f64,
+    /// Records waiting for the writer before new ones are dropped (and counted).
+    pub queue: usize,
+}
+
+/// Where access log records go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A file, appended to and reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// An access log record's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` pairs per line (logfmt).
+    Text,
+}
+
+/// Records the access log queue holds by default.
+const DEFAULT_ACCESS_LOG_QUEUE: usize = 16_384;
 
 /// A downstream listener.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -365,6 +409,8 @@ pub struct RouteConfig {
     /// Retry requests whose method is not idempotent (POST, PATCH) after a reset, timeout or
     /// retryable status too. Connect failures are retried for every method regardless.
     pub retry_non_idempotent: bool,
+    /// Whether the route's requests are written to the access log.
+    pub access_log: bool,
 }
 
 /// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
@@ -577,6 +623,11 @@ pub(super) fn validate(
         .collect();
 
     let plugins = plugins(&mut check, raw.plugins, base_dir);
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .map(|a| access_log(&mut check, a.get_ref(), base_dir));
+    let metrics = raw.metrics.enabled.unwrap_or(true);
 
     if check.found.is_empty() {
         Ok(Config {
@@ -586,10 +637,61 @@ pub(super) fn validate(
             server,
             clusters,
             routes,
+            access_log,
+            metrics,
         })
     } else {
         check.found.sort_by_key(|d| (d.line, d.column));
         Err(check.found)
+    }
+}
+
+fn access_log(check: &mut Checker<'_>, raw: &RawAccessLog, base_dir: &Path) -> AccessLogConfig {
+    let to = match raw.path.get_ref().as_str() {
+        "stdout" => LogTarget::Stdout,
+        "stderr" => LogTarget::Stderr,
+        "" => {
+            check.error(
+                &raw.path,
+                "access_log.path must be a file, \"stdout\" or \"stderr\"".into(),
+            );
+            LogTarget::Stderr
+        }
+        path => LogTarget::File(base_dir.join(path)),
+    };
+    let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+        None | Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        Some(other) => {
+            let span = raw.format.as_ref().expect("matched Some");
+            check.error(
+                span,
+                format!("access_log.format must be \"json\" or \"text\", not {other:?}"),
+            );
+            LogFormat::Json
+        }
+    };
+    let sample = match &raw.sample {
+        Some(s) if !(0.0..=1.0).contains(s.get_ref()) => {
+            check.error(s, "access_log.sample must be between 0 and 1".into());
+            1.0
+        }
+        Some(s) => *s.get_ref(),
+        None => 1.0,
+    };
+    let queue = match &raw.queue {
+        Some(q) if *q.get_ref() == 0 => {
+            check.error(q, "access_log.queue must be at least 1".into());
+            DEFAULT_ACCESS_LOG_QUEUE
+        }
+        Some(q) => *q.get_ref(),
+        None => DEFAULT_ACCESS_LOG_QUEUE,
+    };
+    AccessLogConfig {
+        to,
+        format,
+        sample,
+        queue,
     }
 }
 
@@ -1250,6 +1352,7 @@ fn route(
         target,
         plugins,
         retry_non_idempotent: raw.retry_non_idempotent.unwrap_or(false),
+        access_log: raw.access_log.unwrap_or(true),
     })
 }
 
@@ -1367,6 +1470,17 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "9:19: server.max_connections must be at least 1",
             ),
             (
+                "[access_log]\npath = \"\"\nformat = \"xml\"\nsample = 1.5\nqueue = 0",
+                "9:8: access_log.path must be a file, \"stdout\" or \"stderr\"\n\
+              10:10: access_log.format must be \"json\" or \"text\", not \"xml\"\n\
+              11:10: access_log.sample must be between 0 and 1\n\
+              12:9: access_log.queue must be at least 1",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nformat = \"text\"\nsample = 0.25\n[metrics]\nenabled = false\n[[routes]]\nname = \"quiet\"\ncluster = \"app\"\naccess_log = false",
+                "ok",
+            ),
+            (
                 "[[clusters]]\nname = \"w\"\nendpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]",
                 "10:14: cluster \"w\": endpoint 127.0.0.1:1 has weight 0; weights are 1 to 1000",
             ),
@@ -1400,7 +1514,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",

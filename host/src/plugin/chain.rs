@@ -26,6 +26,7 @@ use super::view::RequestView;
 use super::{
     BodyAction, CallError, Filter, HeaderOp, LocalResponse, RequestAction, ResponseAction,
 };
+use crate::metrics::FailureKind;
 
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
@@ -119,6 +120,11 @@ impl Chain {
             route: Arc::from(route),
             ..self
         }
+    }
+
+    /// The name of the plugin at `index` in the chain.
+    pub fn plugin_name(&self, index: usize) -> Option<&Arc<str>> {
+        self.plugins.get(index).map(|p| &p.info.name)
     }
 
     /// The route's name, as the plugins are told it.
@@ -346,7 +352,9 @@ fn skip_or_fail(
     }
 }
 
+/// A plugin's change that is not valid HTTP, counted against the plugin.
 fn invalid(plugin: &Filter, what: String) -> ChainError {
+    plugin.metrics.failed(FailureKind::InvalidOutput);
     ChainError::InvalidChange {
         plugin: plugin.info.name.clone(),
         what,
@@ -412,6 +420,7 @@ fn local_response(
     plugin: &Filter,
     local: LocalResponse,
 ) -> Result<(response::Parts, Vec<u8>), ChainError> {
+    plugin.metrics.local_replies.inc();
     let (mut parts, ()) = response::Response::new(()).into_parts();
     parts.status = StatusCode::from_u16(local.status)
         .map_err(|_| invalid(plugin, format!("status {}", local.status)))?;

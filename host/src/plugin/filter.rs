@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use http::response;
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use prometheus::{Histogram, IntGauge};
+use tokio::time::Instant as Clock;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
 use super::contract::current::types::{
     BodyAction, BodyHookSet, HeaderOp, HookSet, RequestAction, ResponseAction,
@@ -16,6 +18,7 @@ use super::host_api::kv::KvBackend;
 use super::state::PluginState;
 use super::view::RequestView;
 use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
+use crate::metrics::{FailureKind, PluginMetrics, metrics};
 
 /// Idle instances kept per plugin; more are dropped when returned.
 const MAX_IDLE_INSTANCES: usize = 64;
@@ -31,6 +34,8 @@ pub struct Filter {
     engine: Engine,
     pre: AnyPre,
     idle: Mutex<Vec<Instance>>,
+    /// Calls, durations, failures and instances, as metrics.
+    pub(crate) metrics: PluginMetrics,
     /// Keeps the epoch thread ticking while this plugin exists (see `PluginRuntime`).
     _ticking: Arc<()>,
 }
@@ -48,6 +53,23 @@ struct Instance {
     store: Store<PluginState>,
     guest: AnyGuest,
     uses: u32,
+    _live: Live,
+}
+
+/// Counts an instance in `weir_plugin_instances` while it exists.
+struct Live(IntGauge);
+
+impl Live {
+    fn new(gauge: &IntGauge) -> Live {
+        gauge.inc();
+        Live(gauge.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What [`Filter::load`] needs besides the linked component.
@@ -65,6 +87,7 @@ impl Filter {
     /// accepted, and keeps it as the first idle instance.
     pub(super) async fn load(parts: FilterParts, pre: AnyPre) -> wasmtime::Result<Filter> {
         let mut filter = Filter {
+            metrics: metrics().plugin(&parts.info.name),
             info: parts.info,
             hooks: Hooks {
                 head: HookSet::empty(),
@@ -145,18 +168,22 @@ impl Filter {
             .pre
             .instantiate(&mut store)
             .await
-            .map_err(|e| self.error(format_args!("{e:#}")))?;
+            .map_err(|e| self.error(FailureKind::Instantiate, format_args!("{e:#}")))?;
+        self.metrics.instances_created.inc();
+        let live = Live::new(&self.metrics.instances);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
         match configured {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 guest,
                 uses: 0,
+                _live: live,
             }),
-            Ok(Err(rejected)) => {
-                Err(self.error(format_args!("configuration rejected: {rejected}")))
-            }
-            Err(e) => Err(self.error(format_args!("{e:#}"))),
+            Ok(Err(rejected)) => Err(self.error(
+                FailureKind::Instantiate,
+                format_args!("configuration rejected: {rejected}"),
+            )),
+            Err(e) => Err(self.error(FailureKind::Instantiate, format_args!("{e:#}"))),
         }
     }
 
@@ -164,8 +191,16 @@ impl Filter {
         (self.info.settings.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 
-    fn error(&self, message: std::fmt::Arguments<'_>) -> CallError {
-        self.info.error(message)
+    /// A failed call, counted.
+    fn error(&self, kind: FailureKind, message: std::fmt::Arguments<'_>) -> CallError {
+        self.metrics.failed(kind);
+        self.info.error(kind, message)
+    }
+
+    /// Counts a call of `hook` that started at `started`.
+    fn timed<R>(hook: &Histogram, started: Clock, result: R) -> R {
+        hook.observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// An instance ready for one hook call for `request_id`: idle if one is, else fresh.
@@ -199,10 +234,10 @@ impl Filter {
                 self.checkin(instance);
                 Ok(value)
             }
-            Err(HookError::Trap(e)) => Err(self.error(format_args!("{e:#}"))),
+            Err(HookError::Trap(e)) => Err(self.error(failure_kind(&e), format_args!("{e:#}"))),
             Err(HookError::LostView(why)) => Err(CallError {
                 lost_view: true,
-                ..self.error(format_args!("{why}"))
+                ..self.error(FailureKind::Trap, format_args!("{why}"))
             }),
         }
     }
@@ -215,10 +250,15 @@ impl Filter {
         &self,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
+        let started = Clock::now();
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
-        self.finish(instance, result)
+        Self::timed(
+            &self.metrics.on_request,
+            started,
+            self.finish(instance, result),
+        )
     }
 
     /// Calls `on-request-body` under the plugin's deadline.
@@ -227,10 +267,12 @@ impl Filter {
         request: &RequestView,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
+        let started = Clock::now();
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
-        self.finish(instance, result.map_err(HookError::Trap))
+        let result = self.finish(instance, result.map_err(HookError::Trap));
+        Self::timed(&self.metrics.on_request_body, started, result)
     }
 
     /// Calls `on-response-body` under the plugin's deadline.
@@ -240,13 +282,15 @@ impl Filter {
         response: &response::Parts,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
+        let started = Clock::now();
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = on_guest!(
             &instance.guest,
             g => g.on_response_body(store, request, response, body).await
         );
-        self.finish(instance, result.map_err(HookError::Trap))
+        let result = self.finish(instance, result.map_err(HookError::Trap));
+        Self::timed(&self.metrics.on_response_body, started, result)
     }
 
     /// Calls the response hook under the plugin's deadline, as [`Filter::on_request`].
@@ -255,9 +299,36 @@ impl Filter {
         request: &mut RequestView,
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
+        let started = Clock::now();
         let mut instance = self.checkout(request.request_id()).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);
-        self.finish(instance, result)
+        Self::timed(
+            &self.metrics.on_response,
+            started,
+            self.finish(instance, result),
+        )
+    }
+
+    /// What the shared `kv` store holds, per plugin namespace.
+    pub fn kv_usage(&self) -> Vec<(String, super::KvUsage)> {
+        self.kv.usage()
+    }
+}
+
+/// How a failed call failed: the epoch deadline interrupts it; the memory cap fails a
+/// `memory.grow` with the limiter's error (`trap_on_grow_failure`), which wasmtime reports
+/// by its message only; anything else is a trap.
+fn failure_kind(error: &wasmtime::Error) -> FailureKind {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return FailureKind::Deadline;
+    }
+    let memory = error
+        .chain()
+        .any(|cause| cause.to_string().contains("when growing memory"));
+    if memory {
+        FailureKind::Memory
+    } else {
+        FailureKind::Trap
     }
 }

@@ -33,6 +33,7 @@ use wasmtime_wasi_http::{
 use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
 use crate::body::ClientBody;
 use crate::error::BoxError;
+use crate::metrics::FailureKind;
 
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -201,7 +202,7 @@ impl Handler {
         request: http::Request<HandlerBody>,
         outbound: Arc<dyn Outbound>,
     ) -> Result<http::Response<Bytes>, CallError> {
-        let error = |why: String| self.info.error(format_args!("{why}"));
+        let error = |why: String| self.info.error(FailureKind::Trap, format_args!("{why}"));
         let deadline = self.info.settings.deadline;
         let wasi = super::wasi_builder(self.clock.as_ref())
             .env("WEIR_CONFIG", &self.config_json)

@@ -47,9 +47,11 @@ use wasmtime::{
 use self::contract::AnyPre;
 use self::filter::FilterParts;
 use self::handler::HandlerState;
+pub use self::host_api::kv::KvUsage;
 use self::host_api::kv::{KvBackend, MemoryKv};
 use self::state::PluginState;
 use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
+use crate::metrics::FailureKind;
 
 pub use self::contract::current::types::{
     BodyAction, BodyChanges, HeaderOp, LocalResponse, RequestAction, RequestChanges, RequestHead,
@@ -132,10 +134,11 @@ pub struct PluginInfo {
 
 impl PluginInfo {
     /// A failed call of this plugin.
-    fn error(&self, message: std::fmt::Arguments<'_>) -> CallError {
+    fn error(&self, kind: FailureKind, message: std::fmt::Arguments<'_>) -> CallError {
         CallError {
             plugin: self.name.clone(),
             hash: self.hash.clone(),
+            kind,
             message: message.to_string(),
             lost_view: false,
         }
@@ -446,6 +449,8 @@ pub struct CallError {
     pub plugin: Arc<str>,
     /// The plugin file's content hash.
     pub hash: String,
+    /// How the call failed.
+    pub kind: FailureKind,
     /// The trap or limit, with its causes.
     pub message: String,
     /// The request or response lent to the call could not be taken back: there is nothing

@@ -55,18 +55,21 @@ pub(super) struct Exchange<'a> {
     pub(super) timers: &'a Timers,
 }
 
-/// Sends the exchange. `endpoint_out` is kept up to date with the endpoint of the latest
+/// Sends the exchange. `progress` is kept up to date with the endpoint of the latest
 /// attempt, for the error log line.
 pub(super) async fn send(
     exchange: Exchange<'_>,
-    endpoint_out: &mut Option<usize>,
+    progress: &mut Progress,
 ) -> Result<Answer, ProxyError> {
     let cluster = exchange.cluster;
     // Circuit breaking: over max_requests, fail fast. Held until the response head.
     let _admitted = cluster
         .endpoints
         .admit(cluster.config.max_requests)
-        .map_err(|e| ProxyError::new(ErrorKind::Overloaded).with_cause(e))?;
+        .map_err(|e| {
+            cluster.metrics.overloaded.inc();
+            ProxyError::new(ErrorKind::Overloaded).with_cause(e)
+        })?;
     // A gRPC call's own deadline bounds it too.
     let grpc_timeout = if exchange.grpc {
         grpc::timeout(&exchange.parts.headers)
@@ -78,17 +81,23 @@ pub(super) async fn send(
         (a, b) => a.or(b),
     };
     match limit {
-        Some(limit) => tokio::time::timeout(limit, attempts(exchange, endpoint_out))
+        Some(limit) => tokio::time::timeout(limit, attempts(exchange, progress))
             .await
             .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
-        None => attempts(exchange, endpoint_out).await,
+        None => attempts(exchange, progress).await,
     }
 }
 
-async fn attempts(
-    exchange: Exchange<'_>,
-    endpoint_out: &mut Option<usize>,
-) -> Result<Answer, ProxyError> {
+/// Where a request's exchange with its cluster has got to, for logs and the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Progress {
+    /// The endpoint of the latest attempt.
+    pub(super) endpoint: Option<usize>,
+    /// Attempts sent.
+    pub(super) attempts: u32,
+}
+
+async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Answer, ProxyError> {
     let Exchange {
         cluster,
         mut parts,
@@ -139,7 +148,8 @@ async fn attempts(
                 .pick(&pick, &cluster.endpoints)
                 .ok_or_else(|| ProxyError::new(ErrorKind::NoEndpoint))?,
         };
-        *endpoint_out = Some(endpoint);
+        progress.endpoint = Some(endpoint);
+        progress.attempts += 1;
         let mut request = Request::new(body.next_attempt());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = Uri::from(path_and_query.clone());
@@ -220,6 +230,7 @@ async fn attempts(
             };
         }
         attempt += 1;
+        cluster.metrics.retries.inc();
         pick.mark_tried(endpoint);
         let why = match &failure {
             Failure::Error(e) => e

@@ -28,8 +28,9 @@ use crate::plugin::view::RequestView;
 pub(super) enum Filtered {
     /// Send the (changed) request on; this many plugins, from the chain's start, passed it.
     Forward(usize),
-    /// A plugin answered; its reply has been through the response phase already.
-    Answered(Response<ProxyBody>),
+    /// The plugin at this place in the chain answered; its reply has been through the
+    /// response phase already.
+    Answered(Response<ProxyBody>, usize),
 }
 
 /// What the response phase needs of the request phase: the request as it was sent on (with
@@ -56,7 +57,7 @@ pub(super) async fn on_request(
             passed,
         } => {
             let reply = local_reply(chain, passed, request, reply, body, request_id).await?;
-            return Ok(Filtered::Answered(reply));
+            return Ok(Filtered::Answered(reply, passed));
         }
         RequestStep::Continue { passed } => passed,
     };
@@ -64,7 +65,10 @@ pub(super) async fn on_request(
         let unread = std::mem::replace(body, RequestBody::Buffered(bytes::Bytes::new()));
         match on_request_body(chain, request, unread, limit, request_id).await? {
             Ok(read) => *body = read,
-            Err(answered) => return Ok(Filtered::Answered(answered)),
+            Err(answered) => {
+                let (answered, by) = *answered;
+                return Ok(Filtered::Answered(answered, by));
+            }
         }
     }
     Ok(Filtered::Forward(passed))
@@ -90,14 +94,15 @@ pub(super) fn sent(
     }
 }
 
-/// The request body through the body hooks: the body to send on, or a plugin's answer.
+/// The request body through the body hooks: the body to send on, or a plugin's answer and
+/// the plugin's place in the chain.
 async fn on_request_body(
     chain: &Chain,
     view: &mut RequestView,
     body: RequestBody,
     limit: usize,
     request_id: &HeaderValue,
-) -> Result<Result<RequestBody, Response<ProxyBody>>, ProxyError> {
+) -> Result<Result<RequestBody, Box<(Response<ProxyBody>, usize)>>, ProxyError> {
     let streamed = match body {
         RequestBody::Client(streamed) if !streamed.is_end_stream() => streamed,
         unread => return Ok(Ok(unread)),
@@ -115,7 +120,7 @@ async fn on_request_body(
             passed,
         } => local_reply(chain, passed, view, reply, body, request_id)
             .await
-            .map(Err),
+            .map(|reply| Err(Box::new((reply, passed)))),
     }
 }
 

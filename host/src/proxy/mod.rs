@@ -34,9 +34,12 @@ mod downstream;
 mod filters;
 mod forward;
 mod grpc;
+mod observe;
 mod outbound;
 mod path;
 mod upgrade;
+
+pub use self::observe::Observed;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,11 +50,11 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version, request};
 use tokio::sync::OwnedSemaphorePermit;
 
-use self::attempts::RequestBody;
+use self::attempts::{Progress, RequestBody};
 use self::filters::Filtered;
 use self::outbound::ClusterOutbound;
 use crate::balancer::hash;
-use crate::body::{self, DownstreamBody, ProxyBody};
+use crate::body::{self, ClientBody, DownstreamBody, ProxyBody};
 use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::{Generation, Route, Target};
@@ -123,9 +126,18 @@ struct RequestContext<'c> {
     request_id: Option<HeaderValue>,
     route: Option<usize>,
     cluster: Option<usize>,
-    endpoint: Option<usize>,
+    /// The endpoint of the latest attempt and the number of attempts.
+    upstream: Progress,
     /// The request is a gRPC call: errors are answered as gRPC statuses.
     grpc: bool,
+    /// Metrics or the access log are on: time the exchange with the upstream.
+    observing: bool,
+    /// From the first attempt to the upstream's response head, when observed.
+    upstream_duration: Option<std::time::Duration>,
+    /// The plugin that answered the request itself.
+    answered_by: Option<Arc<str>>,
+    /// The request body's bytes, counted when observed.
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl ProxyService {
@@ -147,12 +159,25 @@ impl ProxyService {
             request_id: None,
             route: None,
             cluster: None,
-            endpoint: None,
+            upstream: Progress::default(),
             grpc: false,
+            observing: false,
+            upstream_duration: None,
+            answered_by: None,
+            received: None,
         };
-        match proxy(&generation, request, &mut ctx).await {
+        let watch = observe::Watch::start(&generation, &request, &ctx);
+        if let Some(watch) = &watch {
+            ctx.observing = true;
+            ctx.received = watch.received.clone();
+        }
+        let response = match proxy(&generation, request, &mut ctx).await {
             Ok(response) => response,
             Err(error) => fail(&generation, &ctx, error),
+        };
+        match watch {
+            None => response,
+            Some(watch) => watch.finish(generation, &ctx, response),
         }
     }
 
@@ -207,7 +232,12 @@ async fn proxy<B: DownstreamBody>(
 
     let (mut parts, body) = request.into_parts();
     let upgrade = upgrade::requested(&mut parts, extended_connect);
-    let mut body = RequestBody::Client(body.into_client_body());
+    let mut body = body.into_client_body();
+    if let Some(received) = ctx.received.take() {
+        body = ClientBody::Counted(Box::new(body), received.clone());
+        ctx.received = Some(received);
+    }
+    let mut body = RequestBody::Client(body);
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
     // the response phase's view on every request, plugins or not.
     let mut response_phase = None;
@@ -223,8 +253,14 @@ async fn proxy<B: DownstreamBody>(
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);
             }
-            Filtered::Answered(reply) if ctx.grpc => return Ok(grpc::local_reply(reply)),
-            Filtered::Answered(reply) => return Ok(reply),
+            Filtered::Answered(reply, by) => {
+                ctx.answered_by = chain.plugin_name(by).cloned();
+                return Ok(if ctx.grpc {
+                    grpc::local_reply(reply)
+                } else {
+                    reply
+                });
+            }
         }
     }
 
@@ -237,8 +273,15 @@ async fn proxy<B: DownstreamBody>(
             // The exchange's future is awaited here, not inside a helper's: each level of
             // async nesting moves the whole nested future once more (a memcpy per request).
             let exchange = exchange(generation, *cluster, parts, body, &request_id, ctx);
-            let answer = attempts::send(exchange, &mut ctx.endpoint).await?;
-            upstream_response(answer)
+            let sent = ctx.observing.then(tokio::time::Instant::now);
+            let answer = attempts::send(exchange, &mut ctx.upstream).await;
+            if let Some(sent) = sent {
+                let took = sent.elapsed();
+                ctx.upstream_duration = Some(took);
+                let metrics = &generation.clusters[*cluster].metrics;
+                metrics.upstream_duration.observe(took.as_secs_f64());
+            }
+            upstream_response(answer?)
         }
         Target::Handler(handler) => {
             let handler = handler.as_ref().map_err(|why| {
@@ -424,10 +467,20 @@ fn fail(
     let route = ctx.route.map(|i| config.routes[i].name.as_str());
     let cluster = ctx.cluster.map(|i| &config.clusters[i]);
     let endpoint = cluster
-        .zip(ctx.endpoint)
+        .zip(ctx.upstream.endpoint)
         .map(|(c, e)| c.endpoints[e].authority.as_str());
     let request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok());
     let cause = error.cause.as_ref().map(|c| error_chain(c.as_ref()));
+    crate::metrics::recent_errors().push(crate::metrics::RecentError {
+        time: std::time::SystemTime::now(),
+        status: status.as_u16(),
+        kind: error.kind,
+        route: route.map(str::to_owned),
+        cluster: cluster.map(|c| c.name.clone()),
+        endpoint: endpoint.map(str::to_owned),
+        cause: cause.clone(),
+        request_id: request_id.map(str::to_owned),
+    });
     tracing::warn!(
         status = status.as_u16(),
         kind = ?error.kind,
@@ -498,6 +551,9 @@ fn outcome(cluster: &crate::generation::Cluster, endpoint: usize, failed: bool) 
         .endpoints
         .record_outcome(endpoint, failed, detection)
     {
+        if let Some(ejections) = cluster.metrics.ejections.get(endpoint) {
+            ejections.inc();
+        }
         tracing::warn!(
             cluster = %cluster.config.name,
             endpoint = %cluster.config.endpoints[endpoint].authority,

@@ -54,8 +54,8 @@ impl Outbound for ClusterOutbound {
                 request_id: &request_id,
                 timers: &Timers::default(),
             };
-            let mut endpoint = None;
-            match attempts::send(exchange, &mut endpoint).await {
+            let mut progress = attempts::Progress::default();
+            match attempts::send(exchange, &mut progress).await {
                 Ok(answer) => Ok(answer.response.map(|body| body.boxed_unsync())),
                 Err(e) => Err(match e.kind {
                     ErrorKind::UpstreamConnect | ErrorKind::NoEndpoint => {

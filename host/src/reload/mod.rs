@@ -29,8 +29,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access_log::AccessLog;
 use crate::config::{self, Config, PluginLimits};
 use crate::generation::{Generation, PluginSlot};
+use crate::metrics::metrics;
 use crate::plugin::{PluginRuntime, PluginSource, plugin_name};
 use crate::shutdown::Drain;
 use crate::upstream::{Connector, Transports};
@@ -107,6 +109,8 @@ pub(crate) struct Reloader {
     /// Files refused for a plugin name another file has, so each is logged once.
     duplicates: Vec<PathBuf>,
     number: u64,
+    /// The process's access log writer, if the config asked for one at startup.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Reloader {
@@ -119,6 +123,7 @@ impl Reloader {
         runtime: Arc<PluginRuntime>,
         connector: Arc<dyn Connector>,
         mut tls: TlsMaterial,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Result<(Reloader, Generation), Vec<String>> {
         let clusters = tls.clusters_for(&config).await?;
         tls.adopt(&clusters);
@@ -131,6 +136,7 @@ impl Reloader {
             tracked: Vec::new(),
             duplicates: Vec::new(),
             number: 0,
+            access_log,
         };
         let mut errors = reloader.rescan_plugins(&reloader.config.clone()).await;
         errors.extend(missing_plugins(&reloader.config, &reloader.tracked));
@@ -147,6 +153,7 @@ impl Reloader {
             reloader.slots(),
             None,
             &reloader.transports(),
+            reloader.access_log.clone(),
         );
         Ok((reloader, generation))
     }
@@ -154,6 +161,12 @@ impl Reloader {
     /// Rescans the config file and plugin folder and stores a new generation if anything
     /// changed. Whatever is refused is logged and reported; the rest applies.
     pub(crate) async fn reload(&mut self, current: &ArcSwap<Generation>) -> ReloadReport {
+        let report = self.rescan(current).await;
+        metrics().reloaded(report.errors.is_empty());
+        report
+    }
+
+    async fn rescan(&mut self, current: &ArcSwap<Generation>) -> ReloadReport {
         let mut errors = Vec::new();
         let config = match self.reread_config().await {
             Ok(Some(config)) => match self.tls.clusters_for(&config).await {
@@ -180,6 +193,13 @@ impl Reloader {
             }
         };
         errors.extend(self.tls.refresh().await);
+        if config.access_log.as_ref() != self.access_log.as_ref().map(|log| &log.config)
+            && config.access_log != self.config.access_log
+        {
+            tracing::warn!(
+                "[access_log] changed: the access log's target and format apply at the next restart"
+            );
+        }
         let before: Vec<Option<[u8; 32]>> = self.tracked.iter().map(|t| t.serving).collect();
         let names_before: Vec<String> = self.tracked.iter().map(|t| t.slot.name.clone()).collect();
         errors.extend(self.rescan_plugins(&config).await);
@@ -218,6 +238,7 @@ impl Reloader {
             self.slots(),
             Some(&previous),
             &self.transports(),
+            self.access_log.clone(),
         );
         current.store(Arc::new(next));
         tracing::info!(
@@ -402,7 +423,9 @@ impl Reloader {
             }
             return tracked;
         }
-        match self.runtime.load(source, limits).await {
+        let loaded = self.runtime.load(source, limits).await;
+        metrics().plugin_loaded(&name, loaded.is_ok());
+        match loaded {
             Ok(plugin) => {
                 tracing::info!(
                     plugin = name,

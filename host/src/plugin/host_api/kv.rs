@@ -61,6 +61,18 @@ pub(crate) trait KvBackend: Send + Sync + std::fmt::Debug {
     /// Adds `delta` to the counter at `key` (absent counts as 0; `ttl_ms` applies when it
     /// is created) and returns the new value.
     fn increment(&self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError>;
+    /// Live keys and their bytes per plugin namespace, for metrics (a scan: called at
+    /// scrape time, not per request). A backend that cannot tell returns nothing.
+    fn usage(&self) -> Vec<(String, KvUsage)>;
+}
+
+/// What one plugin's namespace holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of those keys (without the namespace) and their values.
+    pub bytes: u64,
 }
 
 /// Keys created before the first sweep of expired entries.
@@ -155,6 +167,24 @@ impl KvBackend for MemoryKv {
             self.created_one(now);
         }
         Ok(delta)
+    }
+
+    fn usage(&self) -> Vec<(String, KvUsage)> {
+        let now = Instant::now();
+        let mut by_plugin: std::collections::BTreeMap<String, KvUsage> = Default::default();
+        for entry in self.map.iter() {
+            if !entry.value().live(now) {
+                continue;
+            }
+            let (plugin, key) = entry.key().split_once('\0').unwrap_or(("", entry.key()));
+            let usage = match by_plugin.get_mut(plugin) {
+                Some(usage) => usage,
+                None => by_plugin.entry(plugin.to_owned()).or_default(),
+            };
+            usage.keys += 1;
+            usage.bytes += (key.len() + entry.value().value.len()) as u64;
+        }
+        by_plugin.into_iter().collect()
     }
 }
 

@@ -1,0 +1,416 @@
+//! Observability through a real weir: `GET /metrics` parsed by the Prometheus Python client's
+//! own parser (`tests/observability/parse_metrics.py`) after requests through a plugin that
+//! fails in each way, the recent errors list, and the access log — one JSON record per
+//! request with every field, `mv` + SIGUSR1 starting a new file without losing a record, a
+//! route that opts out, and the text format.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use weir_tests::{DEADLINE, Upstream, Weir, get_with};
+
+use crate::config;
+
+const PLUGIN: &[u8] = include_bytes!(env!("TEST_PLUGIN_WASM"));
+
+/// One parsed sample.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Value,
+    value: f64,
+}
+
+/// The admin listener's `/metrics`, through the Prometheus client's parser (which fails the
+/// test on anything that is not valid exposition text).
+async fn scrape(weir: &Weir) -> Vec<Sample> {
+    let (status, headers, text) = get_with(&weir.admin_url("/metrics"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{headers:?}"
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("observability/parse_metrics.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (with prometheus-client: .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let output = child.wait_with_output().expect("parser ran");
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            Sample {
+                name: v["name"].as_str().expect("name").to_owned(),
+                labels: v["labels"].clone(),
+                value: v["value"].as_f64().expect("value"),
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`, if any.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels[*k] == *v))
+        .map(|s| s.value)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_plugin_failures_by_kind_and_hook_durations() {
+    let upstream = Upstream::start("one").await;
+    let weir = Weir::start_with_files(
+        &config(&[upstream.addr], ""),
+        &[
+            ("plugins/10-test.wasm", PLUGIN),
+            (
+                "plugins/10-test.toml",
+                b"deadline = \"100ms\"\nmemory_limit_mb = 16\n",
+            ),
+        ],
+    )
+    .await;
+    let paths = std::iter::repeat_n("/trap", 100)
+        .chain(["/loop", "/hog", "/bad-header", "/deny", "/count"])
+        .chain(["/ok"; 3]);
+    let mut expected_5xx = 0.0;
+    for path in paths {
+        let (status, _, _) = get_with(&weir.url(path), &[]).await;
+        if status.is_server_error() {
+            expected_5xx += 1.0;
+        }
+    }
+    assert_eq!(expected_5xx, 103.0, "trap ×100, loop, hog, bad-header");
+
+    // A response is counted when its body has gone out, which can be just after the client
+    // has it: scrape until the last one is in.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let samples = loop {
+        let samples = scrape(&weir).await;
+        let all = value(
+            &samples,
+            "weir_request_duration_seconds_count",
+            &[("route", "default")],
+        );
+        if all == Some(108.0) || tokio::time::Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let route = |class| {
+        value(
+            &samples,
+            "weir_requests_total",
+            &[("route", "default"), ("method", "GET"), ("class", class)],
+        )
+    };
+    assert_eq!(route("5xx"), Some(expected_5xx));
+    assert_eq!(route("4xx"), Some(1.0), "the plugin's 403");
+    assert_eq!(route("2xx"), Some(4.0), "/count and /ok ×3");
+    let failures = |kind| {
+        value(
+            &samples,
+            "weir_plugin_failures_total",
+            &[("plugin", "test"), ("kind", kind)],
+        )
+    };
+    assert_eq!(failures("trap"), Some(100.0));
+    assert_eq!(failures("deadline"), Some(1.0));
+    assert_eq!(failures("memory"), Some(1.0));
+    assert_eq!(failures("invalid_output"), Some(1.0));
+    assert_eq!(failures("instantiate"), Some(0.0));
+    let hook = [("plugin", "test"), ("hook", "on-request")];
+    assert_eq!(
+        value(&samples, "weir_plugin_hook_duration_seconds_count", &hook),
+        Some(108.0)
+    );
+    let le = [("plugin", "test"), ("hook", "on-request"), ("le", "+Inf")];
+    assert_eq!(
+        value(&samples, "weir_plugin_hook_duration_seconds_bucket", &le),
+        Some(108.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "weir_plugin_local_replies_total",
+            &[("plugin", "test")]
+        ),
+        Some(2.0),
+        "/deny and /count"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "weir_upstream_duration_seconds_count",
+            &[("cluster", "app")]
+        ),
+        Some(3.0)
+    );
+    let endpoint = upstream.addr.to_string();
+    assert_eq!(
+        value(
+            &samples,
+            "weir_endpoint_healthy",
+            &[("cluster", "app"), ("endpoint", &endpoint)]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "weir_plugin_loads_total",
+            &[("plugin", "test"), ("result", "accepted")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&samples, "weir_generation", &[]), Some(1.0));
+    assert_eq!(value(&samples, "weir_requests_in_flight", &[]), Some(0.0));
+    assert_eq!(
+        value(&samples, "weir_kv_keys", &[("plugin", "test")]),
+        Some(1.0)
+    );
+    // Trapped, timed-out and hogging instances were dropped; the pool is what remains.
+    assert!(
+        value(
+            &samples,
+            "weir_plugin_instances_created_total",
+            &[("plugin", "test")]
+        )
+        .is_some_and(|n| n >= 4.0)
+    );
+    // No label holds request data: the paths clients sent appear nowhere.
+    assert!(
+        samples
+            .iter()
+            .all(|s| !s.labels.to_string().contains("/trap")),
+        "a label carries a request path"
+    );
+
+    // The failures are listed, newest first, with what failed.
+    let (status, _, errors) = get_with(&weir.admin_url("/errors"), &[]).await;
+    assert_eq!(status, 200);
+    let errors: Value = serde_json::from_str(&errors).expect("JSON");
+    let errors = errors.as_array().expect("a list");
+    assert_eq!(errors.len(), 50, "the list keeps the latest 50");
+    assert_eq!(errors[0]["kind"], "PluginFailed", "{:?}", errors[0]);
+    assert_eq!(errors[0]["route"], "default");
+    assert!(
+        errors[0]["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("plugin test")),
+        "{:?}",
+        errors[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_be_turned_off() {
+    let upstream = Upstream::start("one").await;
+    let weir = Weir::start(&config(&[upstream.addr], "[metrics]\nenabled = false\n")).await;
+    assert_eq!(get_with(&weir.url("/"), &[]).await.0, 200);
+    let (status, _, body) = get_with(&weir.admin_url("/metrics"), &[]).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// The JSON records in `path`, if it exists.
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Polls until `count()` reaches `n`, or the deadline.
+async fn until_count(n: usize, count: impl Fn() -> usize) -> usize {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let seen = count();
+        if seen >= n || tokio::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const FIELDS: [&str; 23] = [
+    "time",
+    "request_id",
+    "trace_id",
+    "client",
+    "method",
+    "host",
+    "path",
+    "protocol",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration",
+    "upstream_duration",
+    "route",
+    "cluster",
+    "endpoint",
+    "attempts",
+    "plugin",
+    "incomplete",
+    "generation",
+    "tls_version",
+    "tls_sni",
+    "tls_client",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_writes_every_request_and_reopens_on_sigusr1() {
+    let upstream = Upstream::start("one").await;
+    let extra = r#"
+[[routes]]
+name = "quiet"
+path_prefix = "/quiet"
+cluster = "app"
+access_log = false
+
+[access_log]
+path = "access.log"
+"#;
+    let mut weir = Weir::start(&config(&[upstream.addr], extra)).await;
+    let log = weir.dir().join("access.log");
+    let rotated = weir.dir().join("access.log.1");
+
+    for i in 0..500 {
+        let (status, _, _) = get_with(&weir.url(&format!("/first/{i}?q=1")), &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(until_count(500, || records(&log).len()).await, 500);
+    std::fs::rename(&log, &rotated).expect("mv");
+    weir.signal(Signal::SIGUSR1);
+    weir.wait_for_message("access log reopened").await;
+    for i in 0..500 {
+        let (status, _, _) = get_with(&weir.url(&format!("/second/{i}")), &[]).await;
+        assert_eq!(status, 200);
+        get_with(&weir.url("/quiet"), &[]).await;
+    }
+    let (status, _, _) = get_with(&weir.url("/second/posted"), &[("x-test", "1")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(until_count(501, || records(&log).len()).await, 501);
+
+    let old = records(&rotated);
+    let new = records(&log);
+    assert_eq!(old.len(), 500, "the first 500, all in the moved file");
+    assert_eq!(new.len(), 501, "the rest in the new file; /quiet never");
+    assert!(
+        old.iter()
+            .all(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/first/")))
+    );
+    assert!(new.iter().all(|r| {
+        r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/second/"))
+    }));
+
+    let record = &old[7];
+    let keys: Vec<&str> = record
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = FIELDS.to_vec();
+    expected.sort_unstable();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort_unstable();
+    assert_eq!(keys_sorted, expected, "{record}");
+    assert_eq!(record["path"], "/first/7?q=1");
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["protocol"], "HTTP/1.1");
+    assert_eq!(record["route"], "default");
+    assert_eq!(record["cluster"], "app");
+    assert_eq!(record["endpoint"], upstream.addr.to_string());
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["incomplete"], false);
+    assert_eq!(record["host"], weir.proxy.to_string());
+    assert_eq!(record["plugin"], Value::Null);
+    assert_eq!(record["tls_version"], Value::Null);
+    assert!(
+        record["bytes_out"].as_u64().is_some_and(|n| n > 0),
+        "{record}"
+    );
+    assert!(
+        record["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)
+    );
+    assert!(
+        record["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:"))
+    );
+    assert!(record["duration"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(
+        record["upstream_duration"]
+            .as_f64()
+            .is_some_and(|d| d > 0.0)
+    );
+    assert!(
+        record["time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_text_format_names_each_field_and_counts_body_bytes() {
+    let upstream = Upstream::start("one").await;
+    let extra = "[access_log]\npath = \"access.log\"\nformat = \"text\"\n";
+    let weir = Weir::start(&config(&[upstream.addr], extra)).await;
+    let client = weir_tests::http1_client();
+    let request = http::Request::post(weir.url("/upload"))
+        .body(weir_tests::full(vec![b'x'; 1234]))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    weir_tests::read_body(response.into_body()).await;
+    let log = weir.dir().join("access.log");
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(until_count(1, || lines().len()).await, 1);
+    let line = &lines()[0];
+    for field in [
+        "method=POST",
+        "path=/upload",
+        "status=200",
+        "bytes_in=1234",
+        "route=default",
+        "cluster=app",
+        "plugin=-",
+        "protocol=HTTP/1.1",
+    ] {
+        assert!(line.contains(field), "{field} not in {line}");
+    }
+}
