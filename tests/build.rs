@@ -17,7 +17,7 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
-    for frozen in ["0.1.0", "0.3.0", "0.3.1"] {
+    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2"] {
         println!(
             "cargo:rerun-if-changed={}",
             here.join("../wit").join(frozen).display()
@@ -54,8 +54,8 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guests built against the frozen 0.3.0 and 0.3.1 contracts
-    // and the one on raw current (0.3.2) bindings.
+    // Its workspace also holds the guests built against the frozen 0.3.0, 0.3.1 and 0.3.2
+    // contracts.
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,

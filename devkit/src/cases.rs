@@ -175,6 +175,9 @@ struct Expect {
     /// `kv` entries in the plugin's namespace after the case.
     #[serde(default)]
     kv: BTreeMap<String, String>,
+    /// The plugin's own metrics after the case: `'refusals_total{limit="a"}' = 2`.
+    #[serde(default)]
+    metrics: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +299,10 @@ pub async fn run(
                     got.map_or_else(|| "(absent)".into(), |v| quoted(&v))
                 ));
             }
+        }
+        if !case.expect.metrics.is_empty() {
+            let samples = weir::metrics::metrics().plugin_samples(&name);
+            check_metrics(&case.expect.metrics, &samples, &mut problems);
         }
         if problems.is_empty() {
             passed += 1;
@@ -643,6 +650,93 @@ fn check(expect: &Expect, outcome: &Outcome) -> Vec<String> {
     problems
 }
 
+/// Checks the plugin's metrics against `want`, keyed by series as `/metrics` writes them
+/// without `weir_plugin_<plugin>_` (`refusals_total{limit="a"}`; the full name works too).
+/// A series never updated reads 0.
+fn check_metrics(
+    want: &BTreeMap<String, f64>,
+    samples: &[weir::metrics::PluginSample],
+    problems: &mut Vec<String>,
+) {
+    for (series, value) in want {
+        let (name, labels) = match parse_series(series) {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                problems.push(format!("metric {series}: {why}"));
+                continue;
+            }
+        };
+        let got = samples
+            .iter()
+            .find(|s| {
+                (s.short == name || s.name == name)
+                    && s.labels.len() == labels.len()
+                    && s.labels.iter().all(|pair| labels.contains(pair))
+            })
+            .map(|s| s.value);
+        if got.unwrap_or(0.0) != *value {
+            let got = got.map_or_else(|| "(no such series)".to_owned(), |v| v.to_string());
+            let known: Vec<String> = samples.iter().map(series_text).collect();
+            let known = if known.is_empty() {
+                "the plugin has no metric series".to_owned()
+            } else {
+                format!("series: {}", known.join(", "))
+            };
+            problems.push(format!(
+                "metric {series}: expected {value}, got {got}\n({known})"
+            ));
+        }
+    }
+}
+
+/// `name{a="x",b="y"}` (or a bare `name`) as the name and its label pairs.
+fn parse_series(text: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let text = text.trim();
+    let Some((name, rest)) = text.split_once('{') else {
+        return Ok((text.to_owned(), Vec::new()));
+    };
+    let body = rest
+        .strip_suffix('}')
+        .ok_or("expected name{label=\"value\",...}")?;
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace() || *c == ',').is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let label: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if chars.next() != Some('=') || chars.next() != Some('"') {
+            return Err(format!("label {:?}: expected =\"value\"", label.trim()));
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some('"') => break,
+                Some('\\') => value.extend(chars.next()),
+                Some(c) => value.push(c),
+                None => return Err(format!("label {:?}: the value is not closed", label.trim())),
+            }
+        }
+        labels.push((label.trim().to_owned(), value));
+    }
+    Ok((name.trim().to_owned(), labels))
+}
+
+/// A sample as `short{a="x"} value`, for a failing case's report.
+fn series_text(sample: &weir::metrics::PluginSample) -> String {
+    let labels: Vec<String> = sample
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
+    if labels.is_empty() {
+        format!("{} {}", sample.short, sample.value)
+    } else {
+        format!("{}{{{}}} {}", sample.short, labels.join(","), sample.value)
+    }
+}
+
 fn check_headers(
     what: &str,
     want: &Headers,
@@ -766,5 +860,74 @@ impl tracing::field::Visit for FailureFields {
             "cause" => self.cause = Some(format!("{value:?}")),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_series_is_read_as_prometheus_writes_it() {
+        assert_eq!(
+            parse_series("refusals_total").expect("bare"),
+            ("refusals_total".to_owned(), Vec::new())
+        );
+        assert_eq!(
+            parse_series(r#"refusals_total{limit="10/1s", kind="a \"b\""}"#).expect("labels"),
+            (
+                "refusals_total".to_owned(),
+                pairs(&[("limit", "10/1s"), ("kind", "a \"b\"")])
+            )
+        );
+        assert!(parse_series(r#"x{limit=10}"#).is_err());
+        assert!(parse_series(r#"x{limit="10"#).is_err());
+    }
+
+    #[test]
+    fn metrics_are_compared_by_name_and_label_set_and_absent_reads_zero() {
+        let samples = vec![weir::metrics::PluginSample {
+            name: "weir_plugin_p_refusals_total".into(),
+            short: "refusals_total".into(),
+            labels: pairs(&[("limit", "a"), ("kind", "b")]),
+            value: 2.0,
+        }];
+        let want = |series: &str, value: f64| BTreeMap::from([(series.to_owned(), value)]);
+        let mut problems = Vec::new();
+        check_metrics(
+            &want(r#"refusals_total{kind="b",limit="a"}"#, 2.0),
+            &samples,
+            &mut problems,
+        );
+        check_metrics(
+            &want(r#"weir_plugin_p_refusals_total{limit="a",kind="b"}"#, 2.0),
+            &samples,
+            &mut problems,
+        );
+        check_metrics(
+            &want(r#"refusals_total{limit="z",kind="b"}"#, 0.0),
+            &samples,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        check_metrics(
+            &want(r#"refusals_total{limit="a"}"#, 2.0),
+            &samples,
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 1, "a label set must match whole");
+        assert!(
+            problems[0].contains(r#"expected 2, got (no such series)"#)
+                && problems[0].contains(r#"refusals_total{limit="a",kind="b"} 2"#),
+            "{}",
+            problems[0]
+        );
     }
 }

@@ -14,12 +14,13 @@ use wit_parser::{Resolve, WorldId};
 /// The contract `weir plugin new` projects and `bindgen` are built against: `(file name,
 /// contents)`. It is the current `weir:plugin` package (`wit/`), so a new plugin gets the
 /// lazy hooks, which read a head through its handle instead of being given a copy.
-pub const WIT: [(&str, &str); 5] = [
+pub const WIT: [(&str, &str); 6] = [
     ("world.wit", include_str!("../../wit/world.wit")),
     ("http-filter.wit", include_str!("../../wit/http-filter.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("log.wit", include_str!("../../wit/log.wit")),
     ("kv.wit", include_str!("../../wit/kv.wit")),
+    ("metrics.wit", include_str!("../../wit/metrics.wit")),
 ];
 
 /// `go.bytecodealliance.org/pkg` at the version wit-bindgen-go's bindings ask for (see

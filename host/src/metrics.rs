@@ -9,17 +9,30 @@
 //!
 //! The registry is process-wide (as Prometheus clients are): counters keep counting across
 //! reloads, and a route or plugin that a reload keeps keeps its series.
+//!
+//! The metrics plugins declare themselves (`weir:plugin/metrics`) are bounded differently,
+//! their label values coming from the plugin: `plugin.rs`.
 
-use std::sync::{LazyLock, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 
 use http::Method;
 use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::generation::Generation;
+
+mod plugin;
+
+pub use plugin::PluginSample;
+pub(crate) use plugin::{
+    Kind as PluginMetricKind, PluginMetric, PluginMetricSet, Spec as PluginMetricSpec,
+    Update as PluginMetricUpdate, UpdateError as PluginMetricError,
+};
 
 /// Buckets for request and upstream durations, in seconds: 0.5 ms to 30 s.
 const REQUEST_BUCKETS: &[f64] = &[
@@ -96,6 +109,9 @@ pub struct Metrics {
     generation: IntGauge,
     kv_keys: IntGaugeVec,
     kv_bytes: IntGaugeVec,
+    pub(crate) metric_errors: IntCounterVec,
+    /// The metrics plugins declared.
+    declared: plugin::Declared,
     /// Access log records written, and dropped because the writer fell behind.
     pub access_log_written: IntCounter,
     /// See `access_log_written`.
@@ -133,7 +149,21 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, made: prometheu
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
+    let mut own = OWN_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    own.extend(metric.desc().iter().map(|desc| desc.fq_name.clone()));
     metric
+}
+
+/// The names of weir's own metrics, as they are registered: no plugin's metric may take one.
+static OWN_NAMES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Whether `name`, or a histogram's sample of it, is one of weir's own metrics.
+fn own_name_taken(name: &str) -> bool {
+    let own = OWN_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    own.contains(name)
+        || ["_count", "_sum", "_bucket"]
+            .iter()
+            .any(|suffix| name.strip_suffix(suffix).is_some_and(|n| own.contains(n)))
 }
 
 impl Metrics {
@@ -298,6 +328,13 @@ impl Metrics {
                 "weir_access_log_dropped_total",
                 "Access log records dropped because the writer fell behind.",
             ),
+            metric_errors: counter(
+                &r,
+                "weir_plugin_metric_errors_total",
+                "Updates of a plugin's own metrics weir could not apply as asked: an unknown handle or one of another kind (handle), label values not matching the declared names (labels), a value that is not finite (value), all ignored; a new series past the cap, counted in the _overflow series instead (overflow).",
+                &["plugin", "error"],
+            ),
+            declared: plugin::Declared::default(),
             registry: r,
         }
     }
@@ -345,6 +382,7 @@ impl Metrics {
             local_replies: self.local_replies.with_label_values(&[plugin]),
             instances: self.instances.with_label_values(&[plugin]),
             instances_created: self.instances_created.with_label_values(&[plugin]),
+            declared: Arc::new(PluginMetricSet::new(plugin, &self.metric_errors)),
         }
     }
 
@@ -372,10 +410,18 @@ impl Metrics {
         let mut out = Vec::new();
         // Encoding into a Vec fails only on a metric family the encoder cannot write, which
         // the metric types above never produce.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// weir's metrics and those plugins declared, sorted by name.
+    fn gather(&self) -> Vec<MetricFamily> {
+        let mut families = self.registry.gather();
+        families.extend(self.declared.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
     }
 
     fn refresh(&self, generation: &Generation) {
@@ -583,6 +629,8 @@ pub struct PluginMetrics {
     pub instances: IntGauge,
     /// Instances created.
     pub instances_created: IntCounter,
+    /// The metrics this loaded version of the plugin declared (`weir:plugin/metrics`).
+    pub(crate) declared: Arc<PluginMetricSet>,
 }
 
 impl PluginMetrics {
@@ -609,7 +657,7 @@ mod tests {
         route.duration.observe(0.002);
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&metrics().registry.gather(), &mut out)
+            .encode(&metrics().gather(), &mut out)
             .expect("encodes");
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.contains(

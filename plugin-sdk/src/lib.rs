@@ -44,7 +44,8 @@
 //! weir reuses an instance for many requests (up to the plugin's `max_uses`). The value
 //! [`Filter::new`] returned, and any statics, persist across those requests; nothing the host
 //! passes in (requests, responses) is kept unless your code keeps it. Each instance has its
-//! own memory: state shared by every instance and every worker belongs in [`kv`].
+//! own memory: state shared by every instance and every worker belongs in [`kv`]; counts
+//! for operators to watch belong in [`metrics`], which weir exports on `GET /metrics`.
 //!
 //! # Testing
 //!
@@ -66,6 +67,7 @@ pub mod clock;
 mod http;
 pub mod kv;
 pub mod log;
+pub mod metrics;
 mod mock;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,5 +1,5 @@
-//! The mock host used outside wasm: an in-memory kv with a settable clock, and a log that
-//! keeps its lines. One per thread, so parallel tests do not share state. Driven by
+//! The mock host used outside wasm: an in-memory kv with a settable clock, a log that
+//! keeps its lines, and metrics checked by weir's rules. One per thread, so parallel tests do not share state. Driven by
 //! [`testing`](crate::testing).
 #![cfg_attr(
     target_arch = "wasm32",
@@ -20,6 +20,12 @@ pub(crate) struct MockHost {
     pub(crate) level: Level,
     /// `kv` operations since the last reset: each is a host crossing in weir.
     pub(crate) kv_calls: usize,
+    /// Declared metrics; a handle is an index.
+    pub(crate) metrics: Vec<metrics::MockMetric>,
+    /// Whether the filter is being built (`configure`): metrics are declared only then.
+    pub(crate) configuring: bool,
+    /// Metric updates weir would have ignored.
+    pub(crate) metric_errors: usize,
 }
 
 impl Default for MockHost {
@@ -30,6 +36,9 @@ impl Default for MockHost {
             logs: Vec::new(),
             level: Level::Trace,
             kv_calls: 0,
+            metrics: Vec::new(),
+            configuring: false,
+            metric_errors: 0,
         }
     }
 }
@@ -128,5 +137,224 @@ pub(crate) mod log {
 
     pub(crate) fn log(level: Level, message: &str) {
         with(|host| host.logs.push((level, message.to_owned())));
+    }
+}
+
+/// weir's rules for `weir:plugin/metrics` (`host/src/metrics/plugin.rs`), so a filter that
+/// passes its unit tests declares what weir accepts.
+pub(crate) mod metrics {
+    use std::collections::BTreeMap;
+
+    use super::with;
+    use crate::metrics::Kind;
+
+    const MAX_METRICS: usize = 32;
+    const MAX_LABELS: usize = 4;
+    const MAX_NAME: usize = 64;
+    const MAX_HELP: usize = 256;
+    const MAX_BUCKETS: usize = 32;
+    const MAX_SERIES: usize = 1000;
+    const MAX_LABEL_VALUE: usize = 128;
+    const OVERFLOW: &str = "_overflow";
+
+    /// One update.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Update {
+        Add(f64),
+        Set(f64),
+        Observe(f64),
+    }
+
+    /// A declared metric and its series.
+    #[derive(Debug)]
+    pub(crate) struct MockMetric {
+        /// The exported name without `weir_plugin_<plugin>_`.
+        name: String,
+        kind: Kind,
+        help: String,
+        labels: Vec<String>,
+        buckets: Vec<f64>,
+        series: BTreeMap<Vec<String>, Values>,
+    }
+
+    /// A series: a counter's or gauge's value, a histogram's count and sum.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Values {
+        value: f64,
+        count: u64,
+        sum: f64,
+    }
+
+    fn name_ok(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && name.len() <= MAX_NAME
+    }
+
+    pub(crate) fn declare(
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[&str],
+        buckets: Option<&[f64]>,
+    ) -> Result<u32, String> {
+        if !with(|host| host.configuring) {
+            return Err(format!(
+                "{name}: metrics can be declared only while configure runs"
+            ));
+        }
+        if !name_ok(name) {
+            return Err(format!(
+                "metric name {name:?}: must be [a-z_][a-z0-9_]*, at most {MAX_NAME} characters"
+            ));
+        }
+        if help.is_empty() || help.chars().count() > MAX_HELP {
+            return Err(format!("{name}: help must be 1 to {MAX_HELP} characters"));
+        }
+        if labels.len() > MAX_LABELS {
+            return Err(format!(
+                "{name}: at most {MAX_LABELS} labels, not {}",
+                labels.len()
+            ));
+        }
+        for (i, label) in labels.iter().enumerate() {
+            if !name_ok(label) || label.starts_with("__") {
+                return Err(format!(
+                    "{name}: label name {label:?}: must be [a-z_][a-z0-9_]*, at most {MAX_NAME} characters, not starting with __"
+                ));
+            }
+            if labels[..i].contains(label) {
+                return Err(format!("{name}: label name {label:?} is given twice"));
+            }
+            if kind == Kind::Histogram && *label == "le" {
+                return Err(format!("{name}: a histogram cannot have a label named le"));
+            }
+        }
+        let buckets = match (kind, buckets) {
+            (Kind::Histogram, None) => {
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]
+            }
+            (Kind::Histogram, Some(buckets)) => {
+                let ok = (1..=MAX_BUCKETS).contains(&buckets.len())
+                    && buckets.iter().all(|b| b.is_finite())
+                    && buckets.windows(2).all(|w| w[0] < w[1]);
+                if !ok {
+                    return Err(format!(
+                        "{name}: 1 to {MAX_BUCKETS} buckets, finite and in increasing order"
+                    ));
+                }
+                buckets.to_vec()
+            }
+            (_, None) => Vec::new(),
+            (_, Some(_)) => return Err(format!("{name}: only a histogram has buckets")),
+        };
+        let exported = if kind == Kind::Counter && !name.ends_with("_total") {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        };
+        let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        with(|host| {
+            if let Some(i) = host.metrics.iter().position(|m| m.name == exported) {
+                let m = &host.metrics[i];
+                if m.kind == kind && m.help == help && m.labels == labels && m.buckets == buckets {
+                    return Ok(i as u32);
+                }
+                return Err(format!(
+                    "{exported} is already declared with another kind, help, labels or buckets"
+                ));
+            }
+            if host.metrics.len() >= MAX_METRICS {
+                return Err(format!(
+                    "at most {MAX_METRICS} metrics per plugin; {exported} would be one more"
+                ));
+            }
+            host.metrics.push(MockMetric {
+                name: exported,
+                kind,
+                help: help.to_owned(),
+                labels,
+                buckets,
+                series: BTreeMap::new(),
+            });
+            Ok((host.metrics.len() - 1) as u32)
+        })
+    }
+
+    pub(crate) fn update(metric: u32, labels: &[&str], update: Update, kind: Kind) {
+        with(|host| {
+            let Some(m) = host.metrics.get_mut(metric as usize) else {
+                host.metric_errors += 1;
+                return;
+            };
+            let finite = !matches!(update, Update::Observe(v) if !v.is_finite());
+            if m.kind != kind || labels.len() != m.labels.len() || !finite {
+                host.metric_errors += 1;
+                return;
+            }
+            let mut values: Vec<String> = labels
+                .iter()
+                .map(|value| {
+                    let mut at = value.len().min(MAX_LABEL_VALUE);
+                    while !value.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    value[..at].to_owned()
+                })
+                .collect();
+            if !m.series.contains_key(&values) && m.series.len() >= MAX_SERIES {
+                host.metric_errors += 1;
+                values = vec![OVERFLOW.to_owned(); m.labels.len()];
+            }
+            let series = m.series.entry(values).or_default();
+            match update {
+                Update::Add(delta) => series.value += delta,
+                Update::Set(value) => series.value = value,
+                Update::Observe(value) => {
+                    series.count += 1;
+                    series.sum += value;
+                }
+            }
+        });
+    }
+
+    /// The value weir would export for series `name{labels}`: `NAME_count` and `NAME_sum`
+    /// for a histogram.
+    pub(crate) fn value(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        with(|host| {
+            for m in &host.metrics {
+                let part = if m.name == name {
+                    None
+                } else if m.kind == Kind::Histogram {
+                    match name.strip_prefix(m.name.as_str()) {
+                        Some("_count") => Some(true),
+                        Some("_sum") => Some(false),
+                        _ => continue,
+                    }
+                } else {
+                    continue;
+                };
+                if labels.len() != m.labels.len() {
+                    return None;
+                }
+                let mut values = Vec::with_capacity(labels.len());
+                for label in &m.labels {
+                    let (_, value) = labels.iter().find(|(n, _)| n == label)?;
+                    values.push((*value).to_owned());
+                }
+                let series = m.series.get(&values)?;
+                return Some(match part {
+                    None => series.value,
+                    Some(true) => series.count as f64,
+                    Some(false) => series.sum,
+                });
+            }
+            None
+        })
     }
 }

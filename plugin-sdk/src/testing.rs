@@ -1,5 +1,6 @@
 //! Unit-test a filter natively with `cargo test`, through the same conversions weir's calls
-//! go through, against a mock host (kv, log, clock) that is private to the test's thread.
+//! go through, against a mock host (kv, log, clock, metrics) that is private to the test's
+//! thread.
 //!
 //! ```
 //! use weir_plugin::testing::{Harness, TestRequest};
@@ -53,9 +54,11 @@ impl<F: Filter> Harness<F> {
     /// Configures the filter from the JSON weir would pass. Resets this thread's mock host.
     pub fn from_json(json: &str) -> Result<Harness<F>, String> {
         reset();
-        Ok(Harness {
-            filter: adapter::configure::<F>(json)?,
-        })
+        // Metrics are declared while the filter is built, as in weir's `configure`.
+        mock::with(|host| host.configuring = true);
+        let filter = adapter::configure::<F>(json);
+        mock::with(|host| host.configuring = false);
+        Ok(Harness { filter: filter? })
     }
 
     /// Runs `on_request`, as weir would for `request`. The forwarded request carries the
@@ -468,4 +471,27 @@ pub fn logs() -> Vec<(Level, String)> {
 /// Sets the level below which the mock log drops lines (default: everything is kept).
 pub fn set_log_level(level: Level) {
     mock::with(|host| host.level = level);
+}
+
+/// The value of a metric's series as weir would export it after the calls so far on this
+/// thread ([`metrics`](crate::metrics)): a counter by its exported name (with `_total`), a
+/// gauge by its name, a histogram's `NAME_count` and `NAME_sum`; `labels` are every label's
+/// name and value. `None` if the series was never updated.
+///
+/// ```
+/// # use weir_plugin::testing;
+/// # fn check() {
+/// assert_eq!(testing::metric("refusals_total", &[("limit", "10/1s")]), Some(2.0));
+/// # }
+/// ```
+pub fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    mock::metrics::value(name, labels)
+}
+
+/// Metric updates on this thread that weir would have ignored (and counted in
+/// `weir_plugin_metric_errors_total`): an unknown handle, the wrong number of label values,
+/// a histogram value that is not finite; and those past 1,000 series, which go to the
+/// `_overflow` series.
+pub fn metric_errors() -> usize {
+    mock::with(|host| host.metric_errors)
 }

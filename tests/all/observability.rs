@@ -1,6 +1,7 @@
 //! Observability through a real weir: `GET /metrics` parsed by the Prometheus Python client's
 //! own parser (`tests/observability/parse_metrics.py`) after requests through a plugin that
-//! fails in each way, the recent errors list, and the access log — one JSON record per
+//! fails in each way, a plugin's own metrics (and `weir plugin test` checking them), the
+//! recent errors list, and the access log — one JSON record per
 //! request with every field, `mv` + SIGUSR1 starting a new file without losing a record, a
 //! route that opts out, and the text format.
 
@@ -231,6 +232,116 @@ async fn metrics_can_be_turned_off() {
     assert_eq!(get_with(&weir.url("/"), &[]).await.0, 200);
     let (status, _, body) = get_with(&weir.admin_url("/metrics"), &[]).await;
     assert_eq!(status, 404, "{body}");
+}
+
+const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/rate_limit.wasm"));
+const JWT_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/jwt_auth.wasm"));
+
+/// A plugin's own metrics (`weir:plugin/metrics`, 0.3.3) in `/metrics`: the bundled
+/// rate-limit counts each refusal under the limit that refused it, as
+/// `weir_plugin_rate_limit_refusals_total{limit}` (the plugin's `-` made `_`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_own_metrics_are_exported_with_its_name() {
+    let upstream = Upstream::start("one").await;
+    let settings = r#"
+[config]
+key = "route"
+headers = false
+
+[[config.limits]]
+requests = 3
+window = "1m"
+name = "per-minute"
+
+[[config.limits]]
+requests = 1000
+window = "1h"
+"#;
+    let weir = Weir::start_with_files(
+        &config(&[upstream.addr], ""),
+        &[
+            ("plugins/rate-limit.wasm", RATE_LIMIT),
+            ("plugins/rate-limit.toml", settings.as_bytes()),
+        ],
+    )
+    .await;
+    let mut refused = 0;
+    for _ in 0..10 {
+        let (status, _, _) = get_with(&weir.url("/"), &[]).await;
+        if status == 429 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 7);
+    // The count is made before the plugin's reply leaves: no wait needed.
+    let samples = scrape(&weir).await;
+    let refusals = "weir_plugin_rate_limit_refusals_total";
+    assert_eq!(
+        value(&samples, refusals, &[("limit", "per-minute")]),
+        Some(7.0)
+    );
+    assert_eq!(value(&samples, refusals, &[("limit", "1000/1h")]), None);
+    let errors: Vec<f64> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "weir_plugin_metric_errors_total" && s.labels["plugin"] == "rate-limit"
+        })
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(errors, [0.0; 4], "no update was refused, of any kind");
+}
+
+/// `weir plugin test` checks a case's `metrics`: the bundled jwt-auth's refusals by reason,
+/// a passing and a failing case.
+#[test]
+fn plugin_test_checks_a_plugins_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("jwt-auth.wasm");
+    std::fs::write(&wasm, JWT_AUTH).expect("write");
+    let cases = r#"
+[plugin.config]
+keys = [{ algorithm = "HS256", secret = "a-test-secret-that-is-long-enough!" }]
+
+[[case]]
+name = "no token"
+expect = { status = 401, metrics = { 'refusals_total{reason="missing"}' = 1 } }
+
+[[case]]
+name = "garbage, counted after the first"
+request = { headers = { authorization = "Bearer not.a.token" } }
+expect = { status = 401, metrics = { 'refusals_total{reason="missing"}' = 1, 'weir_plugin_jwt_auth_refusals_total{reason="malformed"}' = 1, 'refusals_total{reason="expired"}' = 0 } }
+
+[[case]]
+name = "expects the wrong count"
+expect = { status = 401, metrics = { 'refusals_total{reason="missing"}' = 5 } }
+"#;
+    std::fs::write(dir.path().join("cases.toml"), cases).expect("write");
+    let out = Command::new(weir_tests::weir::weir_bin())
+        .args(["plugin", "test", "jwt-auth.wasm", "--case", "cases.toml"])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", crate::cache_home())
+        .output()
+        .expect("run weir plugin test");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a case must fail:\n{report}");
+    assert!(report.contains("ok    no token"), "{report}");
+    assert!(
+        report.contains("ok    garbage, counted after the first"),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"metric refusals_total{reason="missing"}: expected 5, got 2"#),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"refusals_total{reason="malformed"} 1"#),
+        "the report lists the series: {report}"
+    );
+    assert!(report.contains("2 passed, 1 failed"), "{report}");
 }
 
 /// The JSON records in `path`, if it exists.

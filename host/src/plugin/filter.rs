@@ -158,6 +158,7 @@ impl Filter {
             PluginState::new(
                 self.info.name.clone(),
                 self.kv.clone(),
+                self.metrics.declared.clone(),
                 limits,
                 self.clock.clone(),
             ),

@@ -347,7 +347,7 @@ impl PluginRuntime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .context("the component imports something weir does not grant (only weir:plugin log and kv, and WASI clocks and random, are available)")
+            .context("the component imports something weir does not grant (only weir:plugin log, kv and metrics, and WASI clocks and random, are available)")
             .map_err(fail)?;
         let pre = AnyPre::link(&pre, &component).map_err(fail)?;
         let parts = FilterParts {

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::ManualClock;
 use super::host_api::kv::KvBackend;
+use crate::metrics::{PluginMetric, PluginMetricSet};
 
 /// The data of one instance's `Store`.
 pub(crate) struct PluginState {
@@ -24,12 +25,19 @@ pub(crate) struct PluginState {
     pub(crate) kv: Arc<dyn KvBackend>,
     /// The request the current call serves, for log lines.
     pub(crate) request_id: String,
+    /// The metrics the loaded version of the plugin declared, shared by its instances.
+    pub(crate) metric_set: Arc<PluginMetricSet>,
+    /// This instance's metric handles: index `i` is handle `i` (`weir:plugin/metrics`).
+    pub(crate) metrics: Vec<Arc<PluginMetric>>,
+    /// Whether `configure` is running: metrics are declared only then.
+    pub(crate) configuring: bool,
 }
 
 impl PluginState {
     pub(crate) fn new(
         plugin: Arc<str>,
         kv: Arc<dyn KvBackend>,
+        metric_set: Arc<PluginMetricSet>,
         limits: StoreLimits,
         clock: Option<Arc<ManualClock>>,
     ) -> PluginState {
@@ -41,6 +49,9 @@ impl PluginState {
             plugin,
             kv,
             request_id: String::new(),
+            metric_set,
+            metrics: Vec::new(),
+            configuring: false,
         }
     }
 }

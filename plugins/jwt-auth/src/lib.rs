@@ -6,7 +6,8 @@
 //! against the host's clock, so the answer can name the reason and unit tests can move time.
 //!
 //! A refusal says *why* in `WWW-Authenticate` (RFC 6750 `error` and `error_description`),
-//! never which key was tried or what it was.
+//! never which key was tried or what it was, and is counted by reason, from a fixed set, in
+//! `weir_plugin_<plugin>_refusals_total{reason="..."}` (weir:plugin 0.3.3).
 //!
 //! Each instance remembers the last `cache_size` tokens whose signature it verified, as
 //! Envoy's `jwt_cache_config` does: a client sends the same token with every request, and
@@ -23,6 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use weir_plugin::metrics::Counter;
 use weir_plugin::{Action, Filter, Hooks, Reply, Request};
 
 /// The `[config]` table.
@@ -144,6 +146,8 @@ pub struct JwtAuth {
     cache_size: usize,
     /// Tokens whose signature verified, with their claims (see the module docs).
     verified: RefCell<HashMap<Token, Rc<Claims>>>,
+    /// Refusals by reason; `None` if weir refused the declaration (logged at configure).
+    refusals: Option<Counter>,
 }
 
 type Claims = serde_json::Map<String, Value>;
@@ -175,13 +179,68 @@ impl PartialEq for Token {
 
 impl Eq for Token {}
 
-/// Why a token was refused; the text goes into `error_description`.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     /// No token at all: RFC 6750 says the challenge carries no error code.
     Missing,
     /// A token that is not valid, and why.
-    Invalid(&'static str),
+    Invalid(Invalid),
+}
+
+/// Why a token is not valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invalid {
+    Malformed,
+    Algorithm,
+    NoKey,
+    BadSignature,
+    MissingClaim,
+    ExpNotNumber,
+    NbfNotNumber,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+}
+
+impl Invalid {
+    /// The text of `error_description` and of the body's message.
+    fn description(self) -> &'static str {
+        match self {
+            Invalid::Malformed => "malformed token",
+            Invalid::Algorithm => "algorithm not accepted",
+            Invalid::NoKey => "no key for this token",
+            Invalid::BadSignature => "signature does not verify",
+            Invalid::MissingClaim => "a required claim is missing",
+            Invalid::ExpNotNumber => "exp is not a number",
+            Invalid::NbfNotNumber => "nbf is not a number",
+            Invalid::Expired => "token expired",
+            Invalid::NotYetValid => "token not yet valid",
+            Invalid::Issuer => "issuer not accepted",
+            Invalid::Audience => "audience not accepted",
+        }
+    }
+}
+
+impl Refusal {
+    /// The `reason` label of the refusals metric: a fixed set.
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Invalid(why) => match why {
+                Invalid::Malformed | Invalid::ExpNotNumber | Invalid::NbfNotNumber => "malformed",
+                Invalid::Algorithm => "algorithm",
+                Invalid::NoKey => "no_key",
+                Invalid::BadSignature => "bad_signature",
+                Invalid::MissingClaim => "missing_claim",
+                Invalid::Expired => "expired",
+                Invalid::NotYetValid => "not_yet_valid",
+                Invalid::Issuer => "issuer",
+                Invalid::Audience => "audience",
+            },
+        }
+    }
 }
 
 impl Filter for JwtAuth {
@@ -218,6 +277,14 @@ impl Filter for JwtAuth {
             }
             forward.push((claim, header.to_ascii_lowercase()));
         }
+        // A metric weir refuses (another plugin's name, say) costs the metric, not the check.
+        let refusals = Counter::declare(
+            "refusals",
+            "Requests refused with 401, by reason: missing, malformed, algorithm, no_key, bad_signature, missing_claim, expired, not_yet_valid, issuer, audience.",
+            &["reason"],
+        )
+        .map_err(|e| weir_plugin::log::warn!("jwt-auth: no refusals metric: {e}"))
+        .ok();
         Ok(JwtAuth {
             header: config.header.to_ascii_lowercase(),
             cookie: config.cookie,
@@ -232,6 +299,7 @@ impl Filter for JwtAuth {
             keys,
             cache_size: config.cache_size,
             verified: RefCell::default(),
+            refusals,
         })
     }
 
@@ -247,8 +315,9 @@ impl Filter for JwtAuth {
             Ok(claims) => claims,
             Err(refusal) => {
                 weir_plugin::log::info!(
-                    "token refused from {}: {refusal:?}",
-                    request.client_addr()
+                    "token refused from {}: {}",
+                    request.client_addr(),
+                    refusal.label()
                 );
                 return self.refuse(refusal);
             }
@@ -316,9 +385,9 @@ impl JwtAuth {
     /// Checks the signature against the keys that may have made it. Returns the claims.
     fn verify_signature(&self, token: &str) -> Result<Claims, Refusal> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid("malformed token"))?;
+            jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid(Invalid::Malformed))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(Refusal::Invalid("algorithm not accepted"));
+            return Err(Refusal::Invalid(Invalid::Algorithm));
         }
         let mut validation = Validation::new(header.alg);
         // Time and audience are checked below, with the host's clock and our own messages.
@@ -348,20 +417,20 @@ impl JwtAuth {
                 }
                 Err(e) => match e.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => continue,
-                    _ => return Err(Refusal::Invalid("malformed token")),
+                    _ => return Err(Refusal::Invalid(Invalid::Malformed)),
                 },
             }
         }
         if !any_key {
-            return Err(Refusal::Invalid("no key for this token"));
+            return Err(Refusal::Invalid(Invalid::NoKey));
         }
-        claims.ok_or(Refusal::Invalid("signature does not verify"))
+        claims.ok_or(Refusal::Invalid(Invalid::BadSignature))
     }
 
     fn check_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<(), Refusal> {
         for claim in &self.required {
             if !claims.contains_key(claim) {
-                return Err(Refusal::Invalid("a required claim is missing"));
+                return Err(Refusal::Invalid(Invalid::MissingClaim));
             }
         }
         let now = weir_plugin::clock::now()
@@ -371,23 +440,23 @@ impl JwtAuth {
         if let Some(exp) = claims.get("exp") {
             let exp = exp
                 .as_u64()
-                .ok_or(Refusal::Invalid("exp is not a number"))?;
+                .ok_or(Refusal::Invalid(Invalid::ExpNotNumber))?;
             if now >= exp.saturating_add(self.leeway) {
-                return Err(Refusal::Invalid("token expired"));
+                return Err(Refusal::Invalid(Invalid::Expired));
             }
         }
         if let Some(nbf) = claims.get("nbf") {
             let nbf = nbf
                 .as_u64()
-                .ok_or(Refusal::Invalid("nbf is not a number"))?;
+                .ok_or(Refusal::Invalid(Invalid::NbfNotNumber))?;
             if now.saturating_add(self.leeway) < nbf {
-                return Err(Refusal::Invalid("token not yet valid"));
+                return Err(Refusal::Invalid(Invalid::NotYetValid));
             }
         }
         if !self.issuers.is_empty() {
             let iss = claims.get("iss").and_then(Value::as_str);
             if !iss.is_some_and(|iss| self.issuers.iter().any(|i| i == iss)) {
-                return Err(Refusal::Invalid("issuer not accepted"));
+                return Err(Refusal::Invalid(Invalid::Issuer));
             }
         }
         if !self.audiences.is_empty() {
@@ -398,13 +467,16 @@ impl JwtAuth {
                 _ => false,
             };
             if !ok {
-                return Err(Refusal::Invalid("audience not accepted"));
+                return Err(Refusal::Invalid(Invalid::Audience));
             }
         }
         Ok(())
     }
 
     fn refuse(&self, refusal: Refusal) -> Action {
+        if let Some(refusals) = &self.refusals {
+            refusals.inc(&[refusal.label()]);
+        }
         let (challenge, message) = match refusal {
             Refusal::Missing => (
                 format!("Bearer realm=\"{}\"", self.realm),
@@ -412,10 +484,11 @@ impl JwtAuth {
             ),
             Refusal::Invalid(why) => (
                 format!(
-                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{why}\"",
-                    self.realm
+                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                    self.realm,
+                    why.description()
                 ),
-                why,
+                why.description(),
             ),
         };
         Reply::json(401, &serde_json::json!({ "message": message }))
@@ -611,6 +684,34 @@ mod tests {
             .header_value("www-authenticate")
             .expect("a challenge")
             .to_owned()
+    }
+
+    /// Each refusal is counted under its reason, from a fixed set.
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let auth = hmac_auth("");
+        auth.request(TestRequest::get("/")).reply();
+        auth.request(TestRequest::get("/")).reply();
+        auth.request(bearer("not.a.token")).reply();
+        let expired = hs256(json!({"sub": "a", "exp": now() - 1}));
+        auth.request(bearer(&expired)).reply();
+        let other = EncodingKey::from_secret(b"another-secret-another-secret-xx");
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"exp": now() + 60}),
+            &other,
+        )
+        .expect("sign");
+        auth.request(bearer(&forged)).reply();
+        auth.request(bearer(&hs256(json!({"sub": "a", "exp": now() + 60}))))
+            .forwarded();
+        let count = |reason| testing::metric("refusals_total", &[("reason", reason)]);
+        assert_eq!(count("missing"), Some(2.0));
+        assert_eq!(count("malformed"), Some(1.0));
+        assert_eq!(count("expired"), Some(1.0));
+        assert_eq!(count("bad_signature"), Some(1.0));
+        assert_eq!(count("issuer"), None);
+        assert_eq!(testing::metric_errors(), 0);
     }
 
     #[test]

@@ -39,6 +39,12 @@
 //! request included). `on_request` leaves them for the response
 //! (`Request::set_response_header`, weir:plugin 0.3.1), so the filter is called once per
 //! request, not twice (Kong's and Envoy's limiters also compute them when they decide).
+//!
+//! # Refusals as a metric
+//!
+//! Each refusal is counted in `weir_plugin_<plugin>_refusals_total{limit="..."}`
+//! (weir:plugin 0.3.3), under the limit that refused it — the one `Retry-After` waits for —
+//! named by its `name` or as `REQUESTS/WINDOW`: one series per configured limit.
 
 #![forbid(unsafe_code)]
 
@@ -46,6 +52,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use weir_plugin::metrics::Counter;
 use weir_plugin::{Action, Filter, Hooks, Reply, Request};
 
 /// The `[config]` table.
@@ -82,6 +89,9 @@ pub struct LimitConfig {
     pub requests: u32,
     /// The window, like `1s`, `10s`, `1h`.
     pub window: String,
+    /// The limit's name in the refusals metric; `REQUESTS/WINDOW` (`10/1s`) if absent.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn default_key() -> String {
@@ -111,6 +121,8 @@ struct Limit {
     requests: u32,
     window_ms: u64,
     slot_ms: u64,
+    /// The `limit` label of the refusals it makes.
+    name: String,
 }
 
 /// The filter.
@@ -122,6 +134,8 @@ pub struct RateLimit {
     fault_tolerant: bool,
     limits: Vec<Limit>,
     policy: String,
+    /// Refusals by limit; `None` if weir refused the declaration (logged at configure).
+    refusals: Option<Counter>,
     /// Counts of settled slots by key, one list per limit (see the module docs). Keyed by the
     /// key alone so a lookup needs no allocation.
     settled: RefCell<HashMap<String, Vec<Settled>>>,
@@ -136,6 +150,8 @@ const MAX_SETTLED: usize = 1024;
 /// One limit's state for the current request.
 #[derive(Debug, Clone, Copy)]
 struct Usage {
+    /// Which limit (its index in the config).
+    index: usize,
     limit: u32,
     used: u64,
     /// Milliseconds until the oldest counted request leaves the window.
@@ -185,6 +201,10 @@ impl Filter for RateLimit {
                 requests: limit.requests,
                 window_ms,
                 slot_ms: window_ms / u64::from(config.slots),
+                name: limit
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/{}", limit.requests, limit.window)),
             });
         }
         let policy = limits
@@ -192,6 +212,14 @@ impl Filter for RateLimit {
             .map(|l| format!("{};w={}", l.requests, l.window_ms.div_ceil(1000)))
             .collect::<Vec<_>>()
             .join(", ");
+        // A metric weir refuses (another plugin's name, say) costs the metric, not the limiter.
+        let refusals = Counter::declare(
+            "refusals",
+            "Requests refused with 429, by the limit that refused them.",
+            &["limit"],
+        )
+        .map_err(|e| weir_plugin::log::warn!("rate-limit: no refusals metric: {e}"))
+        .ok();
         Ok(RateLimit {
             key,
             slots: config.slots,
@@ -199,6 +227,7 @@ impl Filter for RateLimit {
             fault_tolerant: config.fault_tolerant,
             limits,
             policy,
+            refusals,
             settled: RefCell::default(),
         })
     }
@@ -239,6 +268,9 @@ impl Filter for RateLimit {
             return Action::Continue;
         };
         give_back(&taken);
+        if let Some(refusals) = &self.refusals {
+            refusals.inc(&[&self.limits[refused.index].name]);
+        }
         let retry_after = refused.retry_ms.div_ceil(1000).max(1);
         let mut reply = Reply::json(
             429,
@@ -376,6 +408,7 @@ impl RateLimit {
             }
         }
         Ok(Usage {
+            index,
             limit: limit.requests,
             used,
             reset_ms,
@@ -639,6 +672,44 @@ mod tests {
         assert!(forwarded.response_changes.is_empty());
         let response = quiet.response(&forwarded, 200, &[]).response();
         assert_eq!(response.header_value("ratelimit-limit"), None);
+    }
+
+    /// Refusals are counted per limit: by its name, or `REQUESTS/WINDOW`; a request refused
+    /// by both counts once, for the limit it must wait for.
+    #[test]
+    fn refusals_are_counted_by_the_limit_that_refused() {
+        let rl = limiter(
+            "[[limits]]\nrequests = 1\nwindow = \"1s\"\n[[limits]]\nrequests = 5\nwindow = \"1h\"",
+        );
+        align(1000);
+        rl.request(TestRequest::get("/")).forwarded();
+        rl.request(TestRequest::get("/")).reply();
+        rl.request(TestRequest::get("/")).reply();
+        assert_eq!(
+            testing::metric("refusals_total", &[("limit", "1/1s")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            testing::metric("refusals_total", &[("limit", "5/1h")]),
+            None
+        );
+
+        let rl = limiter(
+            "[[limits]]\nrequests = 2\nwindow = \"1s\"\n[[limits]]\nrequests = 2\nwindow = \"1h\"\nname = \"hourly\"",
+        );
+        rl.request(TestRequest::get("/")).forwarded();
+        rl.request(TestRequest::get("/")).forwarded();
+        // Both limits are full; the hour is the longer wait.
+        rl.request(TestRequest::get("/")).reply();
+        assert_eq!(
+            testing::metric("refusals_total", &[("limit", "hourly")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            testing::metric("refusals_total", &[("limit", "2/1s")]),
+            None
+        );
+        assert_eq!(testing::metric_errors(), 0);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(super) mod generated {
     });
 }
 
-pub(crate) use generated::weir::plugin::{kv, log, types};
+pub(crate) use generated::weir::plugin::{kv, log, metrics, types};
 use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 
 /// A linked 0.3.x filter and the patch it was built against.
@@ -61,9 +61,10 @@ impl Contract for Pre {
             .find_map(|(name, _)| match name {
                 "weir:plugin/http-filter@0.3.0" => Some("0.3.0"),
                 "weir:plugin/http-filter@0.3.1" => Some("0.3.1"),
+                "weir:plugin/http-filter@0.3.2" => Some("0.3.2"),
                 _ => None,
             })
-            .unwrap_or("0.3.2");
+            .unwrap_or("0.3.3");
         Ok(Pre { pre: filter, patch })
     }
 
@@ -77,13 +78,17 @@ impl Contract for Pre {
 }
 
 impl GuestTrait for Guest {
+    /// Calls `configure`, during which (only) the plugin may declare metrics (0.3.3).
     async fn configure(
         &self,
         store: &mut Store<PluginState>,
         config_json: &str,
     ) -> wasmtime::Result<Result<(), String>> {
         let exports = self.0.weir_plugin_http_filter();
-        exports.call_configure(store, config_json).await
+        store.data_mut().configuring = true;
+        let configured = exports.call_configure(&mut *store, config_json).await;
+        store.data_mut().configuring = false;
+        configured
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {

@@ -1,9 +1,9 @@
-//! A guest filter on raw `weir:plugin@0.3.2` bindings (`wit/`), for weir's end-to-end test of
+//! A guest filter on raw `weir:plugin@0.3.2` bindings (the frozen `wit/0.3.2/`), for weir's end-to-end test of
 //! `request.tls()`: a request to `/tls` is answered by the plugin with what the call told it,
 //! `VERSION SNI SUBJECT` (`-` for what is absent), or `plain` for a client without TLS;
 //! anything else passes unchanged.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "filter" });
+wit_bindgen::generate!({ path: "../../../wit/0.3.2", world: "filter" });
 
 use exports::weir::plugin::http_filter::Guest;
 use weir::plugin::types::{
