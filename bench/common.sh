@@ -68,6 +68,14 @@ name = "plain"
 cluster = "origin"
 plugins = []
 CONF
+  # OBSERVE: off (no metrics, no access log), metrics (the default config: metrics on), or
+  # all (metrics and a JSON access log beside the config).
+  case "${OBSERVE:-metrics}" in
+    off) printf '[metrics]\nenabled = false\n' >> "$1" ;;
+    metrics) ;;
+    all) printf '[access_log]\npath = "access.log"\n' >> "$1" ;;
+    *) echo "OBSERVE is off, metrics or all" >&2; exit 1 ;;
+  esac
 }
 
 # Settings for jwt-auth (HS256 with the gateway example's secret, which `cargo xtask token`

@@ -518,7 +518,7 @@ async fn run_case(
         vec![slot],
         None,
         &Transports::plain(connector),
-        None,
+        &Default::default(),
     );
     let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
 

@@ -124,6 +124,9 @@ pub enum HostError {
     /// The access log's file could not be opened.
     #[error("access log: {0}")]
     AccessLog(String),
+    /// The tracing exporter could not be set up.
+    #[error("tracing: {0}")]
+    Tracing(String),
     /// A listener could not bind its address.
     #[error("cannot listen on {address}")]
     Bind {

@@ -16,6 +16,7 @@ use crate::metrics::{ClusterMetrics, NO_ROUTE, RouteMetrics, metrics};
 use crate::plugin::chain::Chain;
 use crate::plugin::{Filter, Handler, KvUsage, Plugin};
 use crate::router::Router;
+use crate::trace::Tracing;
 use crate::upstream::{Transports, UpstreamClient};
 
 /// Config plus what is built from it: the route table, the clusters and the plugin chains.
@@ -37,6 +38,17 @@ pub struct Generation {
     pub no_route: RouteMetrics,
     /// Where access log records go, if anywhere (the process's one writer).
     pub access_log: Option<Arc<AccessLog>>,
+    /// Where spans go, if anywhere (the process's one tracer).
+    pub tracing: Option<Arc<Tracing>>,
+}
+
+/// The process's writers of what requests leave behind, the same for every generation.
+#[derive(Debug, Clone, Default)]
+pub struct Observers {
+    /// The access log.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// The tracer.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// A route ready to serve: its chain of filters and what answers it.
@@ -108,7 +120,7 @@ impl Generation {
         plugins: Vec<PluginSlot>,
         previous: Option<&Generation>,
         transports: &Transports,
-        access_log: Option<Arc<AccessLog>>,
+        observers: &Observers,
     ) -> Generation {
         let routes = config
             .routes
@@ -154,7 +166,8 @@ impl Generation {
             routes,
             plugins,
             no_route: metrics().route(NO_ROUTE),
-            access_log,
+            access_log: observers.access_log.clone(),
+            tracing: observers.tracing.clone(),
         }
     }
 

@@ -36,6 +36,7 @@ mod server;
 pub mod shutdown;
 mod timer;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use std::future::Future;
@@ -50,11 +51,13 @@ use tokio::task::JoinSet;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::error::HostError;
+use crate::generation::Observers;
 use crate::plugin::PluginRuntime;
 use crate::proxy::{Client, ProxyService};
 use crate::reload::{Reloader, TlsMaterial};
 use crate::server::Accepted;
 use crate::tls::ServerTls;
+use crate::trace::Tracing;
 use crate::upstream::{Connector, TcpConnector};
 
 /// Runs weir with `config`, read from `config_path`, until `shutdown` resolves, then drains
@@ -107,13 +110,25 @@ pub async fn run(
     if let Some(log) = &access_log {
         reopen_on_sigusr1(log.clone());
     }
+    let tracer = match &config.tracing {
+        Some(tracing) => {
+            Some(Arc::new(Tracing::start(tracing).map_err(|e| {
+                HostError::Tracing(format!("{}: {e}", tracing.endpoint))
+            })?))
+        }
+        None => None,
+    };
+    let observers = Observers {
+        access_log,
+        tracing: tracer.clone(),
+    };
     let (reloader, first) = Reloader::start(
         config_path.to_owned(),
         config,
         runtime.clone(),
         connector,
         material,
-        access_log,
+        observers,
     )
     .await
     .map_err(HostError::Plugins)?;
@@ -174,6 +189,10 @@ pub async fn run(
     tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    if let Some(tracer) = tracer {
+        // The last spans go out before weir exits (the exporter blocks, off the runtime).
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    }
     drop(runtime);
     tracing::info!("stopped");
     Ok(())

@@ -6,6 +6,7 @@
 //! route that opts out, and the text format.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -524,4 +525,231 @@ async fn access_log_text_format_names_each_field_and_counts_body_bytes() {
     ] {
         assert!(line.contains(field), "{field} not in {line}");
     }
+}
+
+/// A test OTLP/HTTP collector: keeps every JSON export body it receives, answers `{}`.
+struct OtlpReceiver {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    async fn start() -> OtlpReceiver {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let kept = kept.clone();
+                            async move {
+                                assert_eq!(request.uri().path(), "/v1/traces");
+                                let body = request.into_body().collect().await?.to_bytes();
+                                let export: Value =
+                                    serde_json::from_slice(&body).expect("OTLP JSON");
+                                kept.lock().expect("lock").push(export);
+                                let mut response = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from_static(b"{}"),
+                                ));
+                                response.headers_mut().insert(
+                                    "content-type",
+                                    http::HeaderValue::from_static("application/json"),
+                                );
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        OtlpReceiver {
+            addr,
+            bodies,
+            _server: server,
+        }
+    }
+
+    /// Every span received so far for trace `trace_id`.
+    fn spans(&self, trace_id: &str) -> Vec<Value> {
+        let bodies = self.bodies.lock().expect("lock");
+        bodies
+            .iter()
+            .flat_map(|b| b["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
+            .filter(|span| span["traceId"].as_str() == Some(trace_id))
+            .collect()
+    }
+}
+
+fn traced_config(endpoints: &str, receiver: SocketAddr, sample: f64) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "app"
+endpoints = [{endpoints}]
+lb = "first"
+retries = 1
+connect_timeout = "1s"
+
+[[routes]]
+name = "default"
+cluster = "app"
+
+[tracing]
+endpoint = "http://{receiver}"
+protocol = "http/json"
+sample = {sample:?}
+flush_interval = "50ms"
+
+[access_log]
+path = "access.log"
+"#,
+        cache = crate::plugin_cache().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_continues_the_clients_with_a_span_per_hook_and_per_upstream_attempt() {
+    let receiver = OtlpReceiver::start().await;
+    let down = weir_tests::closed_port();
+    let upstream = Upstream::start("one").await;
+    let endpoints = format!("\"{}\", \"{}\"", down.addr, upstream.addr);
+    let weir = Weir::start_with_files(
+        &traced_config(&endpoints, receiver.addr, 1.0),
+        &[("plugins/10-test.wasm", PLUGIN)],
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_parent = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{client_parent}-01");
+    let (status, _, _) = get_with(
+        &weir.url("/hello"),
+        &[("traceparent", &traceparent), ("tracestate", "vendor=1")],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The server span, two hook spans (on-request, on-response), two attempts (the first
+    // endpoint refuses the connection, the second answers).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let spans = loop {
+        let spans = receiver.spans(trace_id);
+        if spans.len() >= 5 || tokio::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(spans.len(), 5, "{spans:#?}");
+    let named = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s["name"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let server = &named("GET default")[0];
+    assert_eq!(server["kind"], 2, "SERVER");
+    assert_eq!(server["parentSpanId"], client_parent);
+    let server_id = server["spanId"].as_str().expect("span id");
+    for hook in ["plugin test on-request", "plugin test on-response"] {
+        let hook_span = &named(hook)[0];
+        assert_eq!(hook_span["parentSpanId"], server_id, "{hook}");
+        assert_eq!(hook_span["kind"], 1, "INTERNAL");
+    }
+    let attempts = named("GET app");
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["parentSpanId"] == server_id && a["kind"] == 3)
+    );
+    let failed = attempts
+        .iter()
+        .find(|a| a["status"]["code"] == 2)
+        .expect("the refused attempt's span has an error status");
+    let answered = attempts
+        .iter()
+        .find(|a| a["spanId"] != failed["spanId"])
+        .expect("the second attempt");
+
+    // The endpoint that answered was told the trace and its own attempt's span as parent.
+    let seen = &upstream.requests()[0].headers;
+    assert_eq!(
+        seen["traceparent"],
+        format!(
+            "00-{trace_id}-{}-01",
+            answered["spanId"].as_str().expect("id")
+        )
+    );
+    assert_eq!(seen["tracestate"], "vendor=1");
+
+    // The access log names the trace.
+    let log = weir.dir().join("access.log");
+    assert_eq!(until_count(1, || records(&log).len()).await, 1);
+    assert_eq!(records(&log)[0]["trace_id"], trace_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsampled_request_still_passes_a_trace_upstream() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = Upstream::start("one").await;
+    let weir = Weir::start(&traced_config(
+        &format!("\"{}\"", upstream.addr),
+        receiver.addr,
+        0.0,
+    ))
+    .await;
+    let (status, _, _) = get_with(&weir.url("/"), &[]).await;
+    assert_eq!(status, 200);
+    let seen = upstream.requests()[0].headers["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts.len(), 4, "{seen}");
+    assert_eq!((parts[0], parts[3]), ("00", "00"), "not sampled: {seen}");
+    assert_eq!(parts[1].len(), 32);
+    let log = weir.dir().join("access.log");
+    assert_eq!(until_count(1, || records(&log).len()).await, 1);
+    assert_eq!(records(&log)[0]["trace_id"], parts[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_log_lines_carry_the_trace_id() {
+    let receiver = OtlpReceiver::start().await;
+    let upstream = Upstream::start("one").await;
+    let mut weir = Weir::start_with_files(
+        &traced_config(&format!("\"{}\"", upstream.addr), receiver.addr, 1.0),
+        &crate::key_auth_files(),
+    )
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let (status, _, _) = get_with(
+        &weir.url("/"),
+        &[("traceparent", &traceparent), ("x-api-key", "wrong")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let line = weir.wait_for_message("invalid API key").await;
+    assert_eq!(line["trace_id"], trace_id, "{line}");
 }

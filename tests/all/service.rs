@@ -99,7 +99,7 @@ plugins = ["outer", "auth", "inner"]
         slots,
         None,
         &Transports::plain(connector),
-        None,
+        &Default::default(),
     );
     let proxy = ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)));
     let client = Client::new(([127, 0, 0, 1], 40000).into());

@@ -17,7 +17,7 @@ pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,
     HashKey, HealthCheck, LbPolicy, ListenerConfig, LogFormat, LogTarget, MAX_PLUGIN_MEMORY_MB,
     MAX_WEIGHT, OutlierDetection, PathNormalization, PluginLimits, PluginsConfig, RouteConfig,
-    RouteTarget, ServerConfig, Sticky, default_cache_dir,
+    RouteTarget, ServerConfig, Sticky, TracingConfig, TracingProtocol, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

@@ -28,6 +28,19 @@ pub(crate) struct RawConfig {
     pub(crate) access_log: Option<Spanned<RawAccessLog>>,
     #[serde(default)]
     pub(crate) metrics: RawMetrics,
+    pub(crate) tracing: Option<Spanned<RawTracing>>,
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub(crate) endpoint: Spanned<String>,
+    pub(crate) protocol: Option<Spanned<String>>,
+    pub(crate) sample: Option<Spanned<f64>>,
+    pub(crate) service_name: Option<String>,
+    #[serde(default, with = "duration")]
+    pub(crate) flush_interval: Option<Duration>,
 }
 
 /// `[access_log]`: one record per request.

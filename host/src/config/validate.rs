@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::model::{
     RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization,
-    RawPlugins, RawRoute,
+    RawPlugins, RawRoute, RawTracing,
 };
 use super::tls::{self, ListenerTls, Protocol, UpstreamTls};
 use super::{Diagnostic, Locator};
@@ -90,6 +90,36 @@ pub struct Config {
     /// Whether request, cluster and plugin metrics are kept (`GET /metrics` on the admin
     /// listener).
     pub metrics: bool,
+    /// Where spans are exported, if anywhere.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL (`.../v1/traces`).
+    pub endpoint: String,
+    /// The OTLP encoding.
+    pub protocol: TracingProtocol,
+    /// The share of traces weir starts that are sampled, 0 to 1 (a client's own sampling
+    /// decision is followed).
+    pub sample: f64,
+    /// The `service.name` of weir's spans.
+    pub service_name: String,
+    /// How often queued spans are sent.
+    #[serde(serialize_with = "human")]
+    pub flush_interval: Duration,
+}
+
+/// OTLP over HTTP, in protobuf or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TracingProtocol {
+    /// `http/protobuf`, the OTLP default.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// `http/json`.
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 /// `[access_log]`.
@@ -628,6 +658,10 @@ pub(super) fn validate(
         .as_ref()
         .map(|a| access_log(&mut check, a.get_ref(), base_dir));
     let metrics = raw.metrics.enabled.unwrap_or(true);
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .map(|t| tracing_config(&mut check, t.get_ref()));
 
     if check.found.is_empty() {
         Ok(Config {
@@ -639,6 +673,7 @@ pub(super) fn validate(
             routes,
             access_log,
             metrics,
+            tracing,
         })
     } else {
         check.found.sort_by_key(|d| (d.line, d.column));
@@ -692,6 +727,62 @@ fn access_log(check: &mut Checker<'_>, raw: &RawAccessLog, base_dir: &Path) -> A
         format,
         sample,
         queue,
+    }
+}
+
+fn tracing_config(check: &mut Checker<'_>, raw: &RawTracing) -> TracingConfig {
+    let url = raw.endpoint.get_ref();
+    let endpoint = match url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+            // A bare collector address gets OTLP's traces path, as OTEL_EXPORTER_OTLP_ENDPOINT.
+            if uri.path() == "/" {
+                format!("{}/v1/traces", url.trim_end_matches('/'))
+            } else {
+                url.clone()
+            }
+        }
+        _ => {
+            check.error(
+                &raw.endpoint,
+                format!("tracing.endpoint {url:?} is not an http:// URL (an OTLP/HTTP collector, e.g. \"http://127.0.0.1:4318\")"),
+            );
+            String::new()
+        }
+    };
+    let protocol = match raw.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("http/protobuf") => TracingProtocol::HttpProtobuf,
+        Some("http/json") => TracingProtocol::HttpJson,
+        Some(other) => {
+            let span = raw.protocol.as_ref().expect("matched Some");
+            check.error(
+                span,
+                format!(
+                    "tracing.protocol must be \"http/protobuf\" or \"http/json\", not {other:?}"
+                ),
+            );
+            TracingProtocol::HttpProtobuf
+        }
+    };
+    let sample = match &raw.sample {
+        Some(s) if !(0.0..=1.0).contains(s.get_ref()) => {
+            check.error(s, "tracing.sample must be between 0 and 1".into());
+            1.0
+        }
+        Some(s) => *s.get_ref(),
+        None => 1.0,
+    };
+    if raw.flush_interval == Some(Duration::ZERO) {
+        check.error_nowhere("tracing.flush_interval must be greater than zero".into());
+    }
+    TracingConfig {
+        endpoint,
+        protocol,
+        sample,
+        service_name: raw.service_name.clone().unwrap_or_else(|| "weir".into()),
+        flush_interval: raw
+            .flush_interval
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(1)),
     }
 }
 
@@ -1464,6 +1555,12 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "0:0: server.upgrade_idle_timeout must be greater than zero\n\
               10:42: server.path_normalization.encoded_slashes \"drop\" is not one of \"reject\", \"decode\", \"keep\"\n\
               11:21: server.identity_headers: \"x consumer\" is not a header name",
+            ),
+            (
+                "[tracing]\nendpoint = \"https://collector\"\nprotocol = \"grpc\"\nsample = -1.0",
+                "9:12: tracing.endpoint \"https://collector\" is not an http:// URL (an OTLP/HTTP collector, e.g. \"http://127.0.0.1:4318\")\n\
+              10:12: tracing.protocol must be \"http/protobuf\" or \"http/json\", not \"grpc\"\n\
+              11:10: tracing.sample must be between 0 and 1",
             ),
             (
                 "[server]\nmax_connections = 0",

@@ -27,6 +27,9 @@ use super::{
     BodyAction, CallError, Filter, HeaderOp, LocalResponse, RequestAction, ResponseAction,
 };
 use crate::metrics::FailureKind;
+use crate::trace::Child;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
@@ -187,7 +190,10 @@ impl Chain {
             if !plugin.has_on_request_body() {
                 continue;
             }
-            match plugin.on_request_body(request, &body).await {
+            let span = hook_span(request, plugin, "on-request-body");
+            let result = plugin.on_request_body(request, &body).await;
+            end_span(span, &result);
+            match result {
                 Ok(BodyAction::Continue(changes)) => {
                     for op in changes.headers {
                         apply_op(plugin, op, &mut request.parts.headers)?;
@@ -224,7 +230,10 @@ impl Chain {
             if !plugin.has_on_response_body() {
                 continue;
             }
-            match plugin.on_response_body(request, parts, &body).await {
+            let span = hook_span(request, plugin, "on-response-body");
+            let result = plugin.on_response_body(request, parts, &body).await;
+            end_span(span, &result);
+            match result {
                 Ok(BodyAction::Continue(changes)) => {
                     for op in changes.headers {
                         apply_op(plugin, op, &mut parts.headers)?;
@@ -256,7 +265,10 @@ impl Chain {
             if !plugin.has_on_request() {
                 continue;
             }
-            match plugin.on_request(request).await {
+            let span = hook_span(request, plugin, "on-request");
+            let result = plugin.on_request(request).await;
+            end_span(span, &result);
+            match result {
                 // What the call left for the response is kept only if it passed the request on.
                 Ok((RequestAction::Continue(changes), left)) => {
                     for op in changes.headers {
@@ -307,7 +319,10 @@ impl Chain {
             if !plugin.has_on_response() {
                 continue;
             }
-            match plugin.on_response(request, parts).await {
+            let span = hook_span(request, plugin, "on-response");
+            let result = plugin.on_response(request, parts).await;
+            end_span(span, &result);
+            match result {
                 Ok((ResponseAction::Continue(ops), left)) => {
                     for op in ops.into_iter().chain(left) {
                         apply_op(plugin, op, &mut parts.headers)?;
@@ -323,6 +338,29 @@ impl Chain {
             }
         }
         Ok(body)
+    }
+}
+
+/// The span of one hook call, when the request is traced and sampled.
+fn hook_span(request: &RequestView, plugin: &Filter, hook: &'static str) -> Option<Child> {
+    let child = request.trace()?.child(
+        || format!("plugin {} {hook}", plugin.info.name),
+        SpanKind::Internal,
+    )?;
+    Some(child.with(vec![
+        KeyValue::new("weir.plugin", plugin.info.name.to_string()),
+        KeyValue::new("weir.plugin.hook", hook),
+    ]))
+}
+
+/// Ends a hook call's span with its outcome.
+fn end_span<T>(span: Option<Child>, result: &Result<T, CallError>) {
+    if let Some(span) = span {
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| format!("{}: {}", e.kind.label(), e.message));
+        span.end(Vec::new(), error);
     }
 }
 

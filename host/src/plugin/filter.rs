@@ -204,8 +204,8 @@ impl Filter {
         result
     }
 
-    /// An instance ready for one hook call for `request_id`: idle if one is, else fresh.
-    async fn checkout(&self, request_id: &str) -> Result<Instance, CallError> {
+    /// An instance ready for one hook call for `request`: idle if one is, else fresh.
+    async fn checkout(&self, request: &RequestView) -> Result<Instance, CallError> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut instance = match idle {
             Some(instance) => instance,
@@ -214,7 +214,8 @@ impl Filter {
         instance.uses += 1;
         let state = instance.store.data_mut();
         state.request_id.clear();
-        state.request_id.push_str(request_id);
+        state.request_id.push_str(request.request_id());
+        state.trace_id = request.trace().map(|t| t.id.clone());
         instance.store.set_epoch_deadline(self.deadline_ticks());
         Ok(instance)
     }
@@ -252,7 +253,7 @@ impl Filter {
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request.request_id()).await?;
+        let mut instance = self.checkout(request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
         Self::timed(
@@ -269,7 +270,7 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request.request_id()).await?;
+        let mut instance = self.checkout(request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
         let result = self.finish(instance, result.map_err(HookError::Trap));
@@ -284,7 +285,7 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request.request_id()).await?;
+        let mut instance = self.checkout(request).await?;
         let store = &mut instance.store;
         let result = on_guest!(
             &instance.guest,
@@ -301,7 +302,7 @@ impl Filter {
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request.request_id()).await?;
+        let mut instance = self.checkout(request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);
         Self::timed(

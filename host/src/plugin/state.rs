@@ -25,6 +25,8 @@ pub(crate) struct PluginState {
     pub(crate) kv: Arc<dyn KvBackend>,
     /// The request the current call serves, for log lines.
     pub(crate) request_id: String,
+    /// The request's trace id, when it is traced, for log lines.
+    pub(crate) trace_id: Option<Arc<str>>,
     /// The metrics the loaded version of the plugin declared, shared by its instances.
     pub(crate) metric_set: Arc<PluginMetricSet>,
     /// This instance's metric handles: index `i` is handle `i` (`weir:plugin/metrics`).
@@ -49,6 +51,7 @@ impl PluginState {
             plugin,
             kv,
             request_id: String::new(),
+            trace_id: None,
             metric_set,
             metrics: Vec::new(),
             configuring: false,

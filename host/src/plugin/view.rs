@@ -2,6 +2,7 @@
 //! knows about the request. A 0.3.0 hook is lent a view whole and reads it on demand; the
 //! WIT records that older plugins and body hooks take are made from it for each such call.
 
+use crate::trace::RequestTrace;
 use std::sync::{Arc, LazyLock};
 
 use http::header::{HeaderMap, HeaderValue};
@@ -32,6 +33,8 @@ pub struct RequestView {
     left: Option<Box<Left>>,
     /// The client connection's TLS, if it spoke TLS.
     tls: Option<Arc<TlsInfo>>,
+    /// The request's trace, when tracing is on: each hook call is a span in it.
+    trace: Option<RequestTrace>,
 }
 
 /// Response header changes left by request hooks (`add-response-header-ops`).
@@ -69,7 +72,18 @@ impl RequestView {
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
             left: None,
             tls: None,
+            trace: None,
         }
+    }
+
+    /// Puts the request's hook calls in `trace`.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    /// The request's trace, if it is traced.
+    pub(crate) fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
     }
 
     /// Tells the plugins what the client's TLS handshake settled.
@@ -92,6 +106,7 @@ impl RequestView {
             request_id: String::new(),
             left: None,
             tls: None,
+            trace: None,
         }
     }
 

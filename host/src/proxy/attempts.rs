@@ -25,7 +25,10 @@ use crate::body::{self, ClientBody, ProxyBody};
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
 use crate::timer::Timers;
+use crate::trace::RequestTrace;
 use crate::upstream::UpstreamBody;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// What the caller needs of a finished exchange.
 pub(super) struct Answer {
@@ -53,6 +56,8 @@ pub(super) struct Exchange<'a> {
     pub(super) request_id: &'a HeaderValue,
     /// The downstream connection's response-timeout sleeps.
     pub(super) timers: &'a Timers,
+    /// The request's trace: each attempt is a span, and the upstream gets `traceparent`.
+    pub(super) trace: Option<&'a RequestTrace>,
 }
 
 /// Sends the exchange. `progress` is kept up to date with the endpoint of the latest
@@ -107,6 +112,7 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
         grpc: _,
         request_id,
         timers,
+        trace,
     } = exchange;
     let config = &cluster.config;
     let mut pick = PickContext { hash, tried: 0 };
@@ -162,10 +168,43 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
             parts.headers.clone()
         };
 
+        // Each attempt is a span of the request's trace, and the upstream's parent.
+        let span = trace.and_then(|t| {
+            let span = t.child(
+                || format!("{} {}", parts.method, config.name),
+                SpanKind::Client,
+            )?;
+            Some(span.with(vec![
+                KeyValue::new(
+                    "server.address",
+                    config.endpoints[endpoint].authority.to_string(),
+                ),
+                KeyValue::new("weir.attempt", i64::from(attempt) + 1),
+            ]))
+        });
+        if let Some(trace) = trace {
+            trace.inject(span.as_ref(), request.headers_mut());
+        }
+
         // Counted until the response head arrives (or the attempt fails), for least_request.
         let in_flight = cluster.endpoints.start(endpoint);
         let result = cluster.client.send(endpoint, request, timers).await;
         drop(in_flight);
+        if let Some(span) = span {
+            match &result {
+                Ok(response) => span.end(
+                    vec![KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(response.status().as_u16()),
+                    )],
+                    response
+                        .status()
+                        .is_server_error()
+                        .then(|| response.status().to_string()),
+                ),
+                Err(e) => span.end(Vec::new(), Some(format!("{:?}", e.kind))),
+            }
+        }
 
         let failure = match result {
             Ok(response) => {

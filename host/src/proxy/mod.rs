@@ -64,6 +64,7 @@ use crate::plugin::view::RequestView;
 use crate::server::Accepted;
 use crate::timer::Timers;
 use crate::tls::TlsInfo;
+use crate::trace::RequestTrace;
 
 /// The proxy: a request in, a response out, never an error.
 #[derive(Debug, Clone)]
@@ -138,6 +139,8 @@ struct RequestContext<'c> {
     answered_by: Option<Arc<str>>,
     /// The request body's bytes, counted when observed.
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
 }
 
 impl ProxyService {
@@ -165,11 +168,13 @@ impl ProxyService {
             upstream_duration: None,
             answered_by: None,
             received: None,
+            trace: None,
         };
         let watch = observe::Watch::start(&generation, &request, &ctx);
         if let Some(watch) = &watch {
             ctx.observing = true;
             ctx.received = watch.received.clone();
+            ctx.trace = watch.trace.clone();
         }
         let response = match proxy(&generation, request, &mut ctx).await {
             Ok(response) => response,
@@ -249,6 +254,9 @@ async fn proxy<B: DownstreamBody>(
         if let Some(tls) = &ctx.client.tls {
             view.set_tls(tls.clone());
         }
+        if let Some(trace) = &ctx.trace {
+            view.set_trace(trace.clone());
+        }
         match filters::on_request(chain, &mut view, &mut body, &request_id).await? {
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);
@@ -272,7 +280,16 @@ async fn proxy<B: DownstreamBody>(
         Target::Cluster(cluster) => {
             // The exchange's future is awaited here, not inside a helper's: each level of
             // async nesting moves the whole nested future once more (a memcpy per request).
-            let exchange = exchange(generation, *cluster, parts, body, &request_id, ctx);
+            let trace = ctx.trace.clone();
+            let exchange = exchange(
+                generation,
+                *cluster,
+                parts,
+                body,
+                &request_id,
+                ctx,
+                trace.as_ref(),
+            );
             let sent = ctx.observing.then(tokio::time::Instant::now);
             let answer = attempts::send(exchange, &mut ctx.upstream).await;
             if let Some(sent) = sent {
@@ -378,6 +395,7 @@ fn exchange<'a>(
     body: RequestBody,
     request_id: &'a HeaderValue,
     ctx: &RequestContext<'a>,
+    trace: Option<&'a RequestTrace>,
 ) -> attempts::Exchange<'a> {
     let cluster = &generation.clusters[cluster_index];
     // The upstream client sets the version its connection speaks.
@@ -395,6 +413,7 @@ fn exchange<'a>(
         grpc: ctx.grpc,
         request_id,
         timers: &ctx.client.timers,
+        trace,
     }
 }
 

@@ -23,6 +23,8 @@ use crate::body::ProxyBody;
 use crate::error::BoxError;
 use crate::generation::Generation;
 use crate::metrics::metrics;
+use crate::trace::RequestTrace;
+use opentelemetry::KeyValue;
 
 /// A request being watched, from its head to its response.
 #[derive(Debug)]
@@ -34,6 +36,10 @@ pub(super) struct Watch {
     pub(super) received: Option<Arc<AtomicU64>>,
     /// The access log record, begun when the log samples the request.
     record: Option<Box<Record>>,
+    /// The request's trace, when tracing is on.
+    pub(super) trace: Option<RequestTrace>,
+    /// The path the client asked for, for the trace.
+    path: Option<http::uri::PathAndQuery>,
 }
 
 impl Watch {
@@ -44,9 +50,18 @@ impl Watch {
         ctx: &RequestContext<'_>,
     ) -> Option<Watch> {
         let access_log = generation.access_log.as_ref().filter(|log| log.sampled());
-        if !generation.config.metrics && access_log.is_none() {
+        let tracing = generation.tracing.as_ref();
+        if !generation.config.metrics && access_log.is_none() && tracing.is_none() {
             return None;
         }
+        let trace = tracing.map(|tracing| {
+            let trace = tracing.request(request.headers(), "HTTP", SystemTime::now());
+            RequestTrace {
+                id: trace.trace_id().into(),
+                trace,
+                tracing: tracing.clone(),
+            }
+        });
         metrics().in_flight.inc();
         let received = (!request.body().is_end_stream()).then(Arc::default);
         let record = access_log.map(|_| {
@@ -54,7 +69,7 @@ impl Watch {
                 generation: generation.clone(),
                 time: SystemTime::now(),
                 request_id: None,
-                trace_id: None,
+                trace_id: trace.as_ref().map(|t| t.id.to_string()),
                 client: ctx.client.addr,
                 method: request.method().clone(),
                 host: request
@@ -83,11 +98,16 @@ impl Watch {
                 tls: ctx.client.tls.clone(),
             })
         });
+        let path = trace
+            .as_ref()
+            .and_then(|_| request.uri().path_and_query().cloned());
         Some(Watch {
             started: Instant::now(),
             method: request.method().clone(),
             received,
             record,
+            trace,
+            path,
         })
     }
 
@@ -114,8 +134,10 @@ impl Watch {
             method: self.method,
             status: response.status().as_u16(),
             route: ctx.route,
+            cluster: ctx.cluster,
             received: self.received,
             record,
+            trace: self.trace.map(|t| (t, self.path)),
         };
         if response.body().is_end_stream() {
             settle.settle(0, false);
@@ -139,8 +161,10 @@ struct Settle {
     method: Method,
     status: u16,
     route: Option<usize>,
+    cluster: Option<usize>,
     received: Option<Arc<AtomicU64>>,
     record: Option<Box<Record>>,
+    trace: Option<(RequestTrace, Option<http::uri::PathAndQuery>)>,
 }
 
 impl Settle {
@@ -162,6 +186,33 @@ impl Settle {
             route_metrics.response_bytes.inc_by(sent);
         }
         metrics().in_flight.dec();
+        if let Some((trace, path)) = self.trace {
+            let config = &generation.config;
+            let route = self.route.map(|i| config.routes[i].name.as_str());
+            let name = match route {
+                Some(route) => format!("{} {route}", self.method),
+                None => self.method.to_string(),
+            };
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", self.method.to_string()),
+                KeyValue::new(
+                    "url.path",
+                    path.map_or_else(String::new, |p| p.path().to_owned()),
+                ),
+            ];
+            if let Some(route) = route {
+                attributes.push(KeyValue::new("http.route", route.to_owned()));
+            }
+            if let Some(cluster) = self.cluster {
+                attributes.push(KeyValue::new(
+                    "weir.cluster",
+                    config.clusters[cluster].name.clone(),
+                ));
+            }
+            trace
+                .trace
+                .end(name, self.status, attributes, SystemTime::now());
+        }
         let Some(mut record) = self.record else {
             return;
         };

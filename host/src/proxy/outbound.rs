@@ -53,6 +53,7 @@ impl Outbound for ClusterOutbound {
                 grpc: false,
                 request_id: &request_id,
                 timers: &Timers::default(),
+                trace: None,
             };
             let mut progress = attempts::Progress::default();
             match attempts::send(exchange, &mut progress).await {

@@ -132,7 +132,7 @@ fn proxy(config: &str, connector: MemoryConnector) -> ProxyService {
         Vec::new(),
         None,
         &Transports::plain(connector),
-        None,
+        &Default::default(),
     );
     ProxyService::new(Arc::new(ArcSwap::from_pointee(generation)))
 }

@@ -29,9 +29,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::access_log::AccessLog;
 use crate::config::{self, Config, PluginLimits};
-use crate::generation::{Generation, PluginSlot};
+use crate::generation::{Generation, Observers, PluginSlot};
 use crate::metrics::metrics;
 use crate::plugin::{PluginRuntime, PluginSource, plugin_name};
 use crate::shutdown::Drain;
@@ -109,8 +108,8 @@ pub(crate) struct Reloader {
     /// Files refused for a plugin name another file has, so each is logged once.
     duplicates: Vec<PathBuf>,
     number: u64,
-    /// The process's access log writer, if the config asked for one at startup.
-    access_log: Option<Arc<AccessLog>>,
+    /// The process's access log writer and tracer, if the config asked for them at startup.
+    observers: Observers,
 }
 
 impl Reloader {
@@ -123,7 +122,7 @@ impl Reloader {
         runtime: Arc<PluginRuntime>,
         connector: Arc<dyn Connector>,
         mut tls: TlsMaterial,
-        access_log: Option<Arc<AccessLog>>,
+        observers: Observers,
     ) -> Result<(Reloader, Generation), Vec<String>> {
         let clusters = tls.clusters_for(&config).await?;
         tls.adopt(&clusters);
@@ -136,7 +135,7 @@ impl Reloader {
             tracked: Vec::new(),
             duplicates: Vec::new(),
             number: 0,
-            access_log,
+            observers,
         };
         let mut errors = reloader.rescan_plugins(&reloader.config.clone()).await;
         errors.extend(missing_plugins(&reloader.config, &reloader.tracked));
@@ -153,7 +152,7 @@ impl Reloader {
             reloader.slots(),
             None,
             &reloader.transports(),
-            reloader.access_log.clone(),
+            &reloader.observers,
         );
         Ok((reloader, generation))
     }
@@ -193,12 +192,12 @@ impl Reloader {
             }
         };
         errors.extend(self.tls.refresh().await);
-        if config.access_log.as_ref() != self.access_log.as_ref().map(|log| &log.config)
-            && config.access_log != self.config.access_log
-        {
-            tracing::warn!(
-                "[access_log] changed: the access log's target and format apply at the next restart"
-            );
+        // The access log and the tracer are the process's, started with it.
+        if config.access_log != self.config.access_log {
+            tracing::warn!("[access_log] changed: it applies at the next restart");
+        }
+        if config.tracing != self.config.tracing {
+            tracing::warn!("[tracing] changed: it applies at the next restart");
         }
         let before: Vec<Option<[u8; 32]>> = self.tracked.iter().map(|t| t.serving).collect();
         let names_before: Vec<String> = self.tracked.iter().map(|t| t.slot.name.clone()).collect();
@@ -238,7 +237,7 @@ impl Reloader {
             self.slots(),
             Some(&previous),
             &self.transports(),
-            self.access_log.clone(),
+            &self.observers,
         );
         current.store(Arc::new(next));
         tracing::info!(

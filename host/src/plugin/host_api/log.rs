@@ -16,21 +16,22 @@ impl Host for PluginState {
 
     fn log(&mut self, level: Level, message: String) {
         let (plugin, request_id) = (&*self.plugin, self.request_id.as_str());
+        let trace_id = self.trace_id.as_deref();
         match level {
             Level::Trace => {
-                tracing::trace!(target: "weir::plugin::guest", plugin, request_id, "{message}")
+                tracing::trace!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "weir::plugin::guest", plugin, request_id, "{message}")
+                tracing::debug!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "weir::plugin::guest", plugin, request_id, "{message}")
+                tracing::info!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "weir::plugin::guest", plugin, request_id, "{message}")
+                tracing::warn!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "weir::plugin::guest", plugin, request_id, "{message}")
+                tracing::error!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
             }
         }
     }
