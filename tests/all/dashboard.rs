@@ -74,9 +74,10 @@ plugins = ["headers"]
         &[
             ("plugins/crasher.wasm", PLUGIN),
             ("plugins/headers.wasm", HEADERS),
+            // A deadline no loaded machine misses: this plugin must not fail.
             (
                 "plugins/headers.toml",
-                b"[config.response]\nset = { \"x-frame-options\" = \"DENY\" }\n",
+                b"deadline = \"10s\"\n[config.response]\nset = { \"x-frame-options\" = \"DENY\" }\n",
             ),
         ],
     )
