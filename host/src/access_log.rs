@@ -1,5 +1,6 @@
 //! The access log: one record per request, handed to a writer thread through a bounded queue
-//! (a full queue drops the record and counts it; a request never waits for the log), written
+//! (a full queue drops the record and counts it; a request never waits for the log) and
+//! written in batches every 50 ms,
 //! as a JSON line or a `key=value` line, to a file reopened on SIGUSR1 (for logrotate's
 //! `mv` + signal) or to stdout/stderr.
 //!
@@ -12,7 +13,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
@@ -37,7 +38,12 @@ enum Message {
     Record(Box<Record>),
     /// Wakes the writer to look at the reopen flag.
     Wake,
+    /// Asks the writer to write what is queued before it and say so.
+    Flush(SyncSender<()>),
 }
+
+/// How often the writer writes what has queued.
+const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What one request left for the access log.
 #[derive(Debug)]
@@ -124,10 +130,19 @@ impl AccessLog {
         }
     }
 
+    /// Waits (up to a second) until the writer has written every record queued so far: at
+    /// shutdown, so the last requests' records are not lost. Blocks.
+    pub fn flush(&self) {
+        let (done, wait) = sync_channel(1);
+        if self.queue.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+        }
+    }
+
     /// Asks the writer to reopen its file (after logrotate moved it) before its next record.
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
-        // A full queue wakes the writer anyway.
+        // The writer reopens before the next record; this wakes it when none comes.
         let _ = self.queue.try_send(Message::Wake);
     }
 }
@@ -176,19 +191,25 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes records until every sender is gone; flushes whenever the queue is empty.
+    /// Writes what has queued every [`WRITE_INTERVAL`] (so a busy proxy pays one `write` per
+    /// batch, and senders never wake the writer), until every sender is gone.
     fn run(mut self, queue: Receiver<Message>) {
-        while let Ok(first) = queue.recv() {
-            let mut next = Some(first);
-            while let Some(message) = next {
-                self.take(message);
-                next = queue.try_recv().ok();
-            }
+        loop {
+            let gone = loop {
+                match queue.try_recv() {
+                    Ok(message) => self.take(message),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                }
+            };
             if let Err(e) = self.out.flush() {
                 tracing::error!(error = %e, "access log: cannot write");
             }
+            if gone {
+                return;
+            }
+            std::thread::sleep(WRITE_INTERVAL);
         }
-        let _ = self.out.flush();
     }
 
     fn take(&mut self, message: Message) {
@@ -204,8 +225,14 @@ impl Writer {
                 }
             }
         }
-        let Message::Record(record) = message else {
-            return;
+        let record = match message {
+            Message::Record(record) => record,
+            Message::Wake => return,
+            Message::Flush(done) => {
+                let _ = self.out.flush();
+                let _ = done.send(());
+                return;
+            }
         };
         self.line.clear();
         match self.format {
@@ -363,26 +390,32 @@ fn seconds(d: Duration, out: &mut Vec<u8>) {
     out.extend_from_slice(&fraction.as_bytes()[1..]);
 }
 
-/// A JSON string; bytes that are not UTF-8 (a header may hold them) become U+FFFD.
+/// A JSON string; bytes that are not UTF-8 (a header may hold them) become U+FFFD. Runs of
+/// bytes that need no escape are copied whole.
 fn json_string(bytes: &[u8], out: &mut Vec<u8>) {
     let text = String::from_utf8_lossy(bytes);
+    let bytes = text.as_bytes();
     out.push(b'"');
-    for c in text.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
-            }
-            c => {
-                let mut utf8 = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..0x20 | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
         }
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 

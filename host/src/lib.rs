@@ -119,7 +119,7 @@ pub async fn run(
         None => None,
     };
     let observers = Observers {
-        access_log,
+        access_log: access_log.clone(),
         tracing: tracer.clone(),
     };
     let (reloader, first) = Reloader::start(
@@ -189,6 +189,10 @@ pub async fn run(
     tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    if let Some(log) = access_log {
+        // The last requests' records reach the file before weir exits.
+        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+    }
     if let Some(tracer) = tracer {
         // The last spans go out before weir exits (the exporter blocks, off the runtime).
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;

@@ -497,6 +497,8 @@ pub struct RecentError {
     pub cause: Option<String>,
     /// The request's id.
     pub request_id: Option<String>,
+    /// The plugin that failed, for a plugin failure.
+    pub plugin: Option<String>,
 }
 
 /// The latest failed requests, newest last.

@@ -148,6 +148,7 @@ fn recent_errors() -> Value {
                 "endpoint": e.endpoint,
                 "cause": e.cause,
                 "request_id": e.request_id,
+                "plugin": e.plugin,
             })
         })
         .collect();

@@ -499,6 +499,7 @@ fn fail(
         endpoint: endpoint.map(str::to_owned),
         cause: cause.clone(),
         request_id: request_id.map(str::to_owned),
+        plugin: failed_plugin(&error),
     });
     tracing::warn!(
         status = status.as_u16(),
@@ -529,6 +530,16 @@ fn fail(
         headers.insert(forward::X_REQUEST_ID.clone(), id.clone());
     }
     response
+}
+
+/// The plugin whose call or change failed the request, if one did.
+fn failed_plugin(error: &ProxyError) -> Option<String> {
+    use crate::plugin::chain::ChainError;
+    match error.cause.as_ref()?.downcast_ref::<ChainError>()? {
+        ChainError::Failed(call) => Some(call.plugin.to_string()),
+        ChainError::InvalidChange { plugin, .. } => Some(plugin.to_string()),
+        ChainError::Unavailable(_) => None,
+    }
 }
 
 /// `outer: inner: innermost`, the way people read error causes.
