@@ -564,6 +564,24 @@ impl RouteMetrics {
     }
 }
 
+/// Counts one in `gauge` while it lives (an open connection, a live plugin instance).
+#[derive(Debug)]
+pub struct Held(IntGauge);
+
+impl Held {
+    /// Adds one to `gauge` until the value is dropped.
+    pub fn new(gauge: &IntGauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A cluster's handles.
 #[derive(Debug)]
 pub struct ClusterMetrics {
@@ -638,11 +656,8 @@ pub struct PluginMetrics {
 impl PluginMetrics {
     /// Counts one failed call.
     pub fn failed(&self, kind: FailureKind) {
-        let index = FailureKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0);
-        self.failures[index].inc();
+        // `ALL` lists the kinds in declaration order.
+        self.failures[kind as usize].inc();
     }
 }
 

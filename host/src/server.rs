@@ -50,22 +50,6 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Failed accepts (usually EMFILE: out of file descriptors) retry at least this often.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Counts a connection in `weir_downstream_connections` while its task runs.
-struct Open(prometheus::IntGauge);
-
-impl Open {
-    fn new(gauge: prometheus::IntGauge) -> Open {
-        gauge.inc();
-        Open(gauge)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// Serves `listener` (with TLS, if `tls`) until `drain` fires, then waits up to
 /// `settings.drain_timeout` for open connections to finish their in-flight requests and for
 /// upgraded connections to close.
@@ -142,7 +126,8 @@ pub(crate) async fn serve<M, S, B>(
         // A client gets as long to finish its TLS handshake, and then its first bytes, as
         // to finish its headers.
         let limit = settings.header_read_timeout;
-        let open = open.clone().map(Open::new);
+        // Counted in `weir_downstream_connections` while the task runs.
+        let open = open.as_ref().map(crate::metrics::Held::new);
         tokio::spawn(async move {
             // The task holds the slot too: a service may drop its `Accepted` at once.
             let _held = slot.clone();

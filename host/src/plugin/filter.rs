@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use http::response;
-use prometheus::{Histogram, IntGauge};
+use prometheus::Histogram;
 use tokio::time::Instant as Clock;
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
@@ -18,7 +18,7 @@ use super::host_api::kv::KvBackend;
 use super::state::PluginState;
 use super::view::RequestView;
 use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
-use crate::metrics::{FailureKind, PluginMetrics, metrics};
+use crate::metrics::{FailureKind, Held, PluginMetrics, metrics};
 
 /// Idle instances kept per plugin; more are dropped when returned.
 const MAX_IDLE_INSTANCES: usize = 64;
@@ -53,23 +53,8 @@ struct Instance {
     store: Store<PluginState>,
     guest: AnyGuest,
     uses: u32,
-    _live: Live,
-}
-
-/// Counts an instance in `weir_plugin_instances` while it exists.
-struct Live(IntGauge);
-
-impl Live {
-    fn new(gauge: &IntGauge) -> Live {
-        gauge.inc();
-        Live(gauge.clone())
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    /// Counted in `weir_plugin_instances` while it exists.
+    _live: Held,
 }
 
 /// What [`Filter::load`] needs besides the linked component.
@@ -171,7 +156,7 @@ impl Filter {
             .await
             .map_err(|e| self.error(FailureKind::Instantiate, format_args!("{e:#}")))?;
         self.metrics.instances_created.inc();
-        let live = Live::new(&self.metrics.instances);
+        let live = Held::new(&self.metrics.instances);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
         match configured {
             Ok(Ok(())) => Ok(Instance {

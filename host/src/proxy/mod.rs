@@ -238,9 +238,8 @@ async fn proxy<B: DownstreamBody>(
     let (mut parts, body) = request.into_parts();
     let upgrade = upgrade::requested(&mut parts, extended_connect);
     let mut body = body.into_client_body();
-    if let Some(received) = ctx.received.take() {
+    if let Some(received) = &ctx.received {
         body = ClientBody::Counted(Box::new(body), received.clone());
-        ctx.received = Some(received);
     }
     let mut body = RequestBody::Client(body);
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
