@@ -8,7 +8,9 @@
 #              nothing else — what weir is built on, without weir's features;
 #   weir     — weir, one worker thread, no plugins;
 #   weir+2   — weir with the two bundled runtime plugins: key-auth → headers;
-#   weir+3   — weir with jwt-auth → rate-limit (never reached) → rewrite.
+#   weir+3   — weir with jwt-auth → rate-limit (never reached) → rewrite;
+#   weir-off — weir with metrics off (TARGETS only: the observability cost, issue 21);
+#   weir-log — weir with metrics and a JSON access log to a file (TARGETS only).
 # Every proxy: pinned to CPU 0, upstream keep-alive, no access log. Origin and wrk (-t2 -c64)
 # share CPU 1, so the proxy is the bottleneck. Per target: requests/s, p50, p99 and the
 # proxy process's CPU microseconds per request (/proc/PID/stat before and after), medians
@@ -19,7 +21,8 @@
 # `cargo build --profile dist -p weir-host -p weir-bench-floor` (the production build: thin
 # LTO) and `cargo xtask plugins`; WEIR=target/release/weir (and FLOOR=target/release/hyper-floor)
 # measure plain release builds instead.
-# Usage: bench/run.sh  (env: DURATION=10s ROUNDS=3 CONNS=64 BIG=1)
+# Usage: bench/run.sh  (env: DURATION=10s ROUNDS=3 CONNS=64 BIG=1, TARGETS="direct nginx
+# haproxy floor weir weir+2 weir+3" — a subset, in the order run, e.g. "weir-off weir weir-log")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +33,8 @@ BIG=${BIG:-1}
 WEIR=${WEIR:-target/dist/weir}
 FLOOR=${FLOOR:-target/dist/hyper-floor}
 PLUGINS=${PLUGINS:-target/plugins}
-ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084 FLOORP=18085
+TARGETS=${TARGETS:-direct nginx haproxy floor weir weir+2 weir+3}
+ORIGIN=18081 NGINX=18082 HAPROXY=18083 WEIRP=18084 FLOORP=18085 WEIROFF=18086 WEIRLOG=18087
 
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -121,6 +125,15 @@ taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pids+=($!); nginx_pid=$!
 taskset -c 0 haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!); haproxy_pid=$!
 taskset -c 0 "$FLOOR" "127.0.0.1:$FLOORP" "127.0.0.1:$ORIGIN" & pids+=($!); floor_pid=$!
 RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pids+=($!); weir_pid=$!
+weir_off_pid=0 weir_log_pid=0
+if [[ " $TARGETS " == *" weir-off "* ]]; then
+  mkdir -p "$tmp/off" && OBSERVE=off write_plain_weir_conf "$tmp/off/weir.toml" "$WEIROFF" "$ORIGIN"
+  RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/off/weir.toml" & pids+=($!); weir_off_pid=$!
+fi
+if [[ " $TARGETS " == *" weir-log "* ]]; then
+  mkdir -p "$tmp/log" && OBSERVE=all write_plain_weir_conf "$tmp/log/weir.toml" "$WEIRLOG" "$ORIGIN"
+  RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/log/weir.toml" & pids+=($!); weir_log_pid=$!
+fi
 token=$(cargo xtask token bench 3600 2>/dev/null)
 
 # target → "port path-prefix pid"
@@ -133,9 +146,10 @@ spec() {
     weir) echo "$WEIRP / $weir_pid" ;;
     weir+2) echo "$WEIRP /p2/ $weir_pid" ;;
     weir+3) echo "$WEIRP /p3/ $weir_pid" ;;
+    weir-off) echo "$WEIROFF / $weir_off_pid" ;;
+    weir-log) echo "$WEIRLOG / $weir_log_pid" ;;
   esac
 }
-TARGETS="direct nginx haproxy floor weir weir+2 weir+3"
 url() { read -r port prefix _ <<<"$(spec "$1")"; echo "http://127.0.0.1:$port${prefix}$2"; }
 load() {
   taskset -c 1 wrk -t2 -c"$CONNS" -d"$2" --latency \
@@ -174,25 +188,28 @@ pass small
 [ "$BIG" = 1 ] && pass big
 
 # Medians per body and target, with ratios to nginx.
-sort -k1,1 -k2,2 -k4,4n "$results" | awk '
+sort -k1,1 -k2,2 -k4,4n "$results" | awk -v targets="$TARGETS" '
   { key=$1" "$2; n[key]++; rps[key, n[key]]=$4; p50[key, n[key]]=$5; p99[key, n[key]]=$6; cpu[key, n[key]]=$7; bad[key]+=$8; order[key]=1 }
   function med(a, k, c,   i, v, tmp, j, t) { for (i=1;i<=c;i++) tmp[i]=a[k,i]
     for (i=1;i<=c;i++) for (j=i+1;j<=c;j++) if (tmp[j]<tmp[i]) {t=tmp[i];tmp[i]=tmp[j];tmp[j]=t}
     return tmp[int((c+1)/2)] }
   END {
-    split("direct nginx haproxy floor weir weir+2 weir+3", targets, " ")
+    count=split(targets, names, " ")
     split("small big", bodies, " ")
     for (b=1; b<=2; b++) {
-      body=bodies[b]; if (!((body" nginx") in n)) continue
-      kn=body" nginx"; nrps=med(rps,kn,n[kn]); ncpu=med(cpu,kn,n[kn])
+      body=bodies[b]
+      # Ratios are to nginx when it ran, else to the first target.
+      base="nginx"; if (!((body" nginx") in n)) base=names[1]
+      kn=body" "base; if (!(kn in n)) continue
+      nrps=med(rps,kn,n[kn]); ncpu=med(cpu,kn,n[kn])
       printf "\n%s body (%s)\n", body, body=="small" ? "1 KiB" : "64 KiB"
-      printf "%-8s %12s %9s %9s %12s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "rps/nginx", "nginx/cpu", "non-2xx"
-      for (i=1; i<=7; i++) { k=body" "targets[i]; if (!(k in n)) continue
+      printf "%-8s %12s %9s %9s %12s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "rps/" base, base "/cpu", "non-2xx"
+      for (i=1; i<=count; i++) { k=body" "names[i]; if (!(k in n)) continue
         r=med(rps,k,n[k]); c=med(cpu,k,n[k])
-        printf "%-8s %12.0f %9.0f %9.0f %12s %10.2f %10s %8d\n", targets[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
+        printf "%-8s %12.0f %9.0f %9.0f %12s %10.2f %10s %8d\n", names[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
           (c>0 ? sprintf("%.1f", c) : "-"), r/nrps, (c>0 ? sprintf("%.2f", ncpu/c) : "-"), bad[k] }
     }
   }'
 echo
 echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c$CONNS; proxies on CPU 0 (one worker each), origin + wrk on CPU 1; medians over rounds"
-echo "nginx/cpu >= 1.00 means the target spends no more CPU per request than nginx"
+echo "X/cpu >= 1.00 means the target spends no more CPU per request than X"

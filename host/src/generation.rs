@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Names};
 use crate::balancer::{self, Balancer, Endpoints};
 use crate::config::{ClusterConfig, Config, RouteTarget};
 use crate::health::{self, HealthChecker};
@@ -38,6 +38,8 @@ pub struct Generation {
     pub no_route: RouteMetrics,
     /// Where access log records go, if anywhere (the process's one writer).
     pub access_log: Option<Arc<AccessLog>>,
+    /// Route, cluster and endpoint names formatted for the access log (empty without one).
+    pub log_names: Names,
     /// Where spans go, if anywhere (the process's one tracer).
     pub tracing: Option<Arc<Tracing>>,
 }
@@ -158,6 +160,11 @@ impl Generation {
                 })
             })
             .collect();
+        let log_names = observers
+            .access_log
+            .as_ref()
+            .map(|log| log.names(&config))
+            .unwrap_or_default();
         Generation {
             number,
             config,
@@ -167,6 +174,7 @@ impl Generation {
             plugins,
             no_route: metrics().route(NO_ROUTE),
             access_log: observers.access_log.clone(),
+            log_names,
             tracing: observers.tracing.clone(),
         }
     }

@@ -3,7 +3,8 @@
 //! fails in each way, a plugin's own metrics (and `weir plugin test` checking them), the
 //! recent errors list, and the access log — one JSON record per
 //! request with every field, `mv` + SIGUSR1 starting a new file without losing a record, a
-//! route that opts out, and the text format.
+//! route that opts out, the text format, hostile request bytes kept inside their JSON
+//! strings, and a full log dropping and counting records without failing a request.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -529,6 +530,96 @@ async fn access_log_text_format_names_each_field_and_counts_body_bytes() {
     ] {
         assert!(line.contains(field), "{field} not in {line}");
     }
+}
+
+/// Sends `head` (a whole HTTP/1.1 request head) on a fresh connection; the status line.
+async fn raw_request(addr: SocketAddr, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_request_bytes_stay_inside_their_json_strings() {
+    let upstream = Upstream::start("one").await;
+    let extra = "[access_log]\npath = \"access.log\"\n";
+    let weir = Weir::start(&config(&[upstream.addr], extra)).await;
+    // A request id (passed through as the client sent it) that tries to close its string and
+    // add fields, with a tab, a non-UTF-8 byte and a backslash; a `Host` with a backslash and a
+    // quote; a query with a backslash (hyper refuses a `"` in the target itself).
+    let id: &[u8] = b"x\",\"status\":1,\"a\":\"\t\xff\\";
+    let mut head = b"GET /p?q=\\ HTTP/1.1\r\nhost: h.test\\\"\r\nx-request-id: ".to_vec();
+    head.extend_from_slice(id);
+    head.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
+    let status = raw_request(weir.proxy, &head).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let log = weir.dir().join("access.log");
+    assert_eq!(until_count(1, || records(&log).len()).await, 1);
+    // Each line parses as one JSON object (`records` fails the test otherwise), with the
+    // hostile text inside its own field.
+    let record = &records(&log)[0];
+    assert_eq!(
+        record.as_object().map(|o| o.len()),
+        Some(FIELDS.len()),
+        "{record}"
+    );
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["path"], "/p?q=\\");
+    assert_eq!(record["host"], "h.test\\\"");
+    assert_eq!(
+        record["request_id"],
+        "x\",\"status\":1,\"a\":\"\t\u{fffd}\\"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_access_log_drops_and_counts_records_without_failing_requests() {
+    let upstream = Upstream::start("one").await;
+    // Room for one record between two writes (every 50 ms): a burst overflows it.
+    let extra = "[access_log]\npath = \"access.log\"\nqueue = 1\n";
+    let mut weir = Weir::start(&config(&[upstream.addr], extra)).await;
+    let url = weir.url("/burst");
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    let (status, _, _) = get_with(&url, &[]).await;
+                    assert_eq!(status, 200, "a full log never fails a request");
+                }
+            })
+        })
+        .collect();
+    for task in burst {
+        task.await.expect("client");
+    }
+    let counted = |samples: &[Sample], name| value(samples, name, &[]).unwrap_or(0.0) as usize;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (written, dropped) = loop {
+        let samples = scrape(&weir).await;
+        let written = counted(&samples, "weir_access_log_records_total");
+        let dropped = counted(&samples, "weir_access_log_dropped_total");
+        if written + dropped >= 400 || tokio::time::Instant::now() > deadline {
+            break (written, dropped);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        written + dropped,
+        400,
+        "every record written or counted as dropped"
+    );
+    assert!(dropped > 0, "400 requests in a burst overflow a queue of 1");
+    weir.signal(Signal::SIGTERM);
+    assert!(weir.wait_exit().await.success());
+    assert_eq!(records(&weir.dir().join("access.log")).len(), written);
 }
 
 /// A test OTLP/HTTP collector: keeps every JSON export body it receives, answers `{}`.

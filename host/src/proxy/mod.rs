@@ -113,7 +113,7 @@ impl Client {
     }
 
     /// `ip:port`, as the plugins are told it.
-    fn addr_text(&self) -> Arc<str> {
+    pub(crate) fn addr_text(&self) -> Arc<str> {
         self.addr_text
             .get_or_init(|| Arc::from(self.addr.to_string()))
             .clone()
@@ -173,8 +173,8 @@ impl ProxyService {
         let watch = observe::Watch::start(&generation, &request, &ctx);
         if let Some(watch) = &watch {
             ctx.observing = true;
-            ctx.received = watch.received.clone();
-            ctx.trace = watch.trace.clone();
+            ctx.received = watch.received().cloned();
+            ctx.trace = watch.trace().cloned();
         }
         let response = match proxy(&generation, request, &mut ctx).await {
             Ok(response) => response,
@@ -182,7 +182,7 @@ impl ProxyService {
         };
         match watch {
             None => response,
-            Some(watch) => watch.finish(generation, &ctx, response),
+            Some(watch) => watch.finish(&ctx, response),
         }
     }
 
@@ -289,7 +289,7 @@ async fn proxy<B: DownstreamBody>(
                 ctx,
                 trace.as_ref(),
             );
-            let sent = ctx.observing.then(tokio::time::Instant::now);
+            let sent = ctx.observing.then(quanta::Instant::now);
             let answer = attempts::send(exchange, &mut ctx.upstream).await;
             if let Some(sent) = sent {
                 let took = sent.elapsed();

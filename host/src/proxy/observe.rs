@@ -10,15 +10,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::Instant;
+use quanta::Instant;
 
 use super::RequestContext;
-use crate::access_log::Record;
+use crate::access_log::Entry;
 use crate::body::ProxyBody;
 use crate::error::BoxError;
 use crate::generation::Generation;
@@ -26,21 +27,10 @@ use crate::metrics::metrics;
 use crate::trace::RequestTrace;
 use opentelemetry::KeyValue;
 
-/// A request being watched, from its head to its response.
+/// A request being watched, from its head to its response: the [`Observed`] body its response
+/// will have, allocated when the request starts, so that what it holds is never moved again.
 #[derive(Debug)]
-pub(super) struct Watch {
-    started: Instant,
-    method: Method,
-    /// The request's body bytes, counted as they are read (absent for a request without a
-    /// body).
-    pub(super) received: Option<Arc<AtomicU64>>,
-    /// The access log record, begun when the log samples the request.
-    record: Option<Box<Record>>,
-    /// The request's trace, when tracing is on.
-    pub(super) trace: Option<RequestTrace>,
-    /// The path the client asked for, for the trace.
-    path: Option<http::uri::PathAndQuery>,
-}
+pub(super) struct Watch(Box<Observed>);
 
 impl Watch {
     /// Starts watching `request`, unless the generation keeps no metrics and no access log.
@@ -56,99 +46,91 @@ impl Watch {
         }
         let trace = tracing.map(|tracing| {
             let trace = tracing.request(request.headers(), "HTTP", SystemTime::now());
-            RequestTrace {
+            let trace = RequestTrace {
                 id: trace.trace_id().into(),
                 trace,
                 tracing: tracing.clone(),
-            }
+            };
+            Box::new((trace, request.uri().path_and_query().cloned()))
         });
         metrics().in_flight.inc();
         let received = (!request.body().is_end_stream()).then(Arc::default);
-        let record = access_log.map(|_| {
-            Box::new(Record {
-                generation: generation.clone(),
+        let logged = access_log.map(|_| {
+            Box::new(Logged {
                 time: SystemTime::now(),
-                request_id: None,
-                trace_id: trace.as_ref().map(|t| t.id.to_string()),
-                client: ctx.client.addr,
-                method: request.method().clone(),
+                client: ctx.client.addr_text(),
                 host: request
                     .headers()
                     .get(http::header::HOST)
                     .cloned()
                     .or_else(|| {
-                        request
-                            .uri()
-                            .authority()
-                            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                        let authority = request.uri().authority()?;
+                        http::HeaderValue::from_str(authority.as_str()).ok()
                     }),
                 uri: request.uri().clone(),
                 version: request.version(),
-                status: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                duration: Default::default(),
-                upstream_duration: None,
-                route: None,
-                cluster: None,
+                tls: ctx.client.tls.clone(),
+                request_id: None,
                 endpoint: None,
                 attempts: 0,
+                upstream_duration: None,
                 plugin: None,
-                incomplete: false,
-                tls: ctx.client.tls.clone(),
             })
         });
-        let path = trace
-            .as_ref()
-            .and_then(|_| request.uri().path_and_query().cloned());
-        Some(Watch {
-            started: Instant::now(),
-            method: request.method().clone(),
-            received,
-            record,
-            trace,
-            path,
-        })
+        Some(Watch(Box::new(Observed {
+            body: ProxyBody::Full(Full::default()),
+            sent: 0,
+            settled: false,
+            settle: Settle {
+                generation: generation.clone(),
+                started: Instant::now(),
+                method: request.method().clone(),
+                status: 0,
+                route: None,
+                cluster: None,
+                received,
+                logged,
+                trace,
+            },
+        })))
+    }
+
+    /// The request's body bytes, counted as they are read (absent for a request without a
+    /// body).
+    pub(super) fn received(&self) -> Option<&Arc<AtomicU64>> {
+        self.0.settle.received.as_ref()
+    }
+
+    /// The request's trace, when tracing is on.
+    pub(super) fn trace(&self) -> Option<&RequestTrace> {
+        Some(&self.0.settle.trace.as_ref()?.0)
     }
 
     /// The response, its body wrapped to settle the request when it ends.
     pub(super) fn finish(
         self,
-        generation: Arc<Generation>,
         ctx: &RequestContext<'_>,
         response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        let mut record = self.record;
-        if let Some(record) = &mut record {
-            record.request_id = ctx.request_id.clone();
-            record.route = ctx.route;
-            record.cluster = ctx.cluster;
-            record.endpoint = ctx.upstream.endpoint;
-            record.attempts = ctx.upstream.attempts;
-            record.upstream_duration = ctx.upstream_duration;
-            record.plugin = ctx.answered_by.clone();
+        let mut observed = self.0;
+        let settle = &mut observed.settle;
+        settle.status = response.status().as_u16();
+        settle.route = ctx.route;
+        settle.cluster = ctx.cluster;
+        if let Some(logged) = &mut settle.logged {
+            logged.request_id = ctx.request_id.clone();
+            logged.endpoint = ctx.upstream.endpoint;
+            logged.attempts = ctx.upstream.attempts;
+            logged.upstream_duration = ctx.upstream_duration;
+            logged.plugin = ctx.answered_by.clone();
         }
-        let settle = Settle {
-            generation,
-            started: self.started,
-            method: self.method,
-            status: response.status().as_u16(),
-            route: ctx.route,
-            cluster: ctx.cluster,
-            received: self.received,
-            record,
-            trace: self.trace.map(|t| (t, self.path)),
-        };
         if response.body().is_end_stream() {
-            settle.settle(0, false);
+            observed.settle(false);
             return response;
         }
         response.map(|body| {
-            ProxyBody::Observed(Box::new(Observed {
-                body,
-                sent: 0,
-                settle: Some(settle),
-            }))
+            observed.body = body;
+            ProxyBody::Observed(observed)
         })
     }
 }
@@ -163,12 +145,15 @@ struct Settle {
     route: Option<usize>,
     cluster: Option<usize>,
     received: Option<Arc<AtomicU64>>,
-    record: Option<Box<Record>>,
-    trace: Option<(RequestTrace, Option<http::uri::PathAndQuery>)>,
+    /// Boxed, as the trace is: a request without them copies less.
+    logged: Option<Box<Logged>>,
+    /// The request's trace and the path the client asked for.
+    trace: Option<Box<(RequestTrace, Option<http::uri::PathAndQuery>)>>,
 }
 
 impl Settle {
-    fn settle(self, sent: u64, incomplete: bool) {
+    /// Counts and logs the request; run once, by [`Observed`].
+    fn settle(&mut self, sent: u64, incomplete: bool) {
         let duration = self.started.elapsed();
         let received = self
             .received
@@ -186,7 +171,38 @@ impl Settle {
             route_metrics.response_bytes.inc_by(sent);
         }
         metrics().in_flight.dec();
-        if let Some((trace, path)) = self.trace {
+        if let (Some(logged), Some(log)) = (&self.logged, &generation.access_log) {
+            let route_logs = self
+                .route
+                .is_none_or(|i| generation.config.routes[i].access_log);
+            if route_logs {
+                log.write(&Entry {
+                    generation,
+                    time: logged.time,
+                    request_id: logged.request_id.as_ref(),
+                    trace_id: self.trace.as_ref().map(|t| &*t.0.id),
+                    client: &logged.client,
+                    method: &self.method,
+                    host: logged.host.as_ref().map(http::HeaderValue::as_bytes),
+                    path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    version: logged.version,
+                    status: self.status,
+                    bytes_in: received,
+                    bytes_out: sent,
+                    duration,
+                    upstream_duration: logged.upstream_duration,
+                    route: self.route,
+                    cluster: self.cluster,
+                    endpoint: logged.endpoint,
+                    attempts: logged.attempts,
+                    plugin: logged.plugin.as_deref(),
+                    incomplete,
+                    tls: logged.tls.as_deref(),
+                });
+            }
+        }
+        if let Some(trace) = self.trace.take() {
+            let (trace, path) = *trace;
             let config = &generation.config;
             let route = self.route.map(|i| config.routes[i].name.as_str());
             let name = match route {
@@ -213,21 +229,27 @@ impl Settle {
                 .trace
                 .end(name, self.status, attributes, SystemTime::now());
         }
-        let Some(mut record) = self.record else {
-            return;
-        };
-        let logged = self
-            .route
-            .is_none_or(|i| generation.config.routes[i].access_log);
-        if let (true, Some(log)) = (logged, &generation.access_log) {
-            record.status = self.status;
-            record.bytes_in = received;
-            record.bytes_out = sent;
-            record.duration = duration;
-            record.incomplete = incomplete;
-            log.write(record);
-        }
     }
+}
+
+/// What the access log needs of a request that its response does not carry.
+#[derive(Debug)]
+struct Logged {
+    /// When the request's head arrived.
+    time: SystemTime,
+    /// `ip:port`.
+    client: Arc<str>,
+    /// The `Host` (or HTTP/2 `:authority`).
+    host: Option<http::HeaderValue>,
+    /// The target as the client sent it.
+    uri: http::Uri,
+    version: http::Version,
+    tls: Option<Arc<crate::tls::TlsInfo>>,
+    request_id: Option<http::HeaderValue>,
+    endpoint: Option<usize>,
+    attempts: u32,
+    upstream_duration: Option<Duration>,
+    plugin: Option<Arc<str>>,
 }
 
 /// A response body on its way to the client, counted; settles its request at its end.
@@ -235,13 +257,15 @@ impl Settle {
 pub struct Observed {
     body: ProxyBody,
     sent: u64,
-    settle: Option<Settle>,
+    settle: Settle,
+    /// The request has been counted and logged.
+    settled: bool,
 }
 
 impl Observed {
     fn settle(&mut self, incomplete: bool) {
-        if let Some(settle) = self.settle.take() {
-            settle.settle(self.sent, incomplete);
+        if !std::mem::replace(&mut self.settled, true) {
+            self.settle.settle(self.sent, incomplete);
         }
     }
 }
