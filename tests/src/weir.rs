@@ -74,6 +74,18 @@ impl Weir {
         weir.wait_listening(config).await
     }
 
+    /// Like [`Weir::start_with_files`], with `env` (name, value) added to weir's environment:
+    /// for settings read from environment variables, such as `[admin] token_env`.
+    pub async fn start_with_env(
+        config: &str,
+        files: &[(&str, &[u8])],
+        env: &[(&str, &str)],
+    ) -> Weir {
+        Weir::spawn(config, files, None, env)
+            .wait_listening(config)
+            .await
+    }
+
     /// Like [`Weir::start_with_files`], with weir's virtual address space limited to
     /// `limit_bytes` (`ulimit -v`), as some hosts and valgrind limit it.
     pub async fn start_with_address_space_limit(
@@ -81,7 +93,7 @@ impl Weir {
         files: &[(&str, &[u8])],
         limit_bytes: u64,
     ) -> Weir {
-        Weir::spawn(config, files, Some(limit_bytes))
+        Weir::spawn(config, files, Some(limit_bytes), &[])
             .wait_listening(config)
             .await
     }
@@ -106,10 +118,15 @@ impl Weir {
     /// Starts weir like [`Weir::start_with_files`] but returns at once, without waiting for
     /// it to listen: for tests of startup failures.
     pub fn spawn_with_files(config: &str, files: &[(&str, &[u8])]) -> Weir {
-        Weir::spawn(config, files, None)
+        Weir::spawn(config, files, None, &[])
     }
 
-    fn spawn(config: &str, files: &[(&str, &[u8])], address_space_limit: Option<u64>) -> Weir {
+    fn spawn(
+        config: &str,
+        files: &[(&str, &[u8])],
+        address_space_limit: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Weir {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).expect("write config");
@@ -136,6 +153,7 @@ impl Weir {
             .arg("--log-format")
             .arg("json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

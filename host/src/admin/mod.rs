@@ -9,9 +9,15 @@
 //! - `GET /clusters` — each cluster's endpoints: health, last check error, requests in
 //!   flight, weight, backup, failed requests;
 //! - `GET /plugins`  — the plugin folder: each plugin's file, hash, hooks, load time,
-//!   generation and last error;
+//!   generation, last error and `[config]` (secrets redacted);
 //! - `POST /reload`  — rescans the config file and plugin folder now; 200 with a report, or
 //!   422 if anything was refused (what was valid still applied).
+//!
+//! Every request passes `guard::check` first: the bearer token, the `Host` check against
+//! DNS rebinding and the `Origin` check against cross-site requests (`guard.rs` says which
+//! applies when, and why).
+
+mod guard;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,15 +33,27 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use serde_json::{Value, json};
 
+use crate::config::AdminAuth;
 use crate::generation::Generation;
 use crate::metrics::metrics;
 use crate::reload::ReloadHandle;
 
-/// The admin service for a connection from `_peer`.
+/// The admin service for a connection from `_peer`. Called once, at startup: it warns
+/// there if the admin is open only because no token was configured.
 pub(crate) fn service(
     generation: Arc<ArcSwap<Generation>>,
     reload: ReloadHandle,
 ) -> impl Fn(crate::server::Accepted) -> AdminService + Send + Sync + 'static {
+    if let Some(admin) = &generation.load().config.admin
+        && admin.auth == AdminAuth::OpenByDefault
+    {
+        tracing::warn!(
+            address = %admin.address,
+            "the admin listener has no token: anyone who can connect to it may read the \
+             config and force reloads; set [admin] token_file or token_env, or open = true \
+             to say this is meant"
+        );
+    }
     move |_accepted| AdminService {
         generation: generation.clone(),
         reload: reload.clone(),
@@ -64,6 +82,17 @@ impl Service<Request<Incoming>> for AdminService {
 
 impl AdminService {
     async fn handle(&self, request: &Request<Incoming>) -> AdminResponse {
+        // The admin's settings cannot change while it runs (a reload that changes them is
+        // refused), so the current generation's are the ones it was started with.
+        let Some(admin) = self.generation.load().config.admin.clone() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin is not configured\n",
+            );
+        };
+        if let Err(refusal) = guard::check(&admin, request) {
+            return refused(refusal);
+        }
         let method = request.method();
         let read = method == Method::GET || method == Method::HEAD;
         match (request.uri().path(), read) {
@@ -108,7 +137,7 @@ impl AdminService {
         let generation = self.generation.load();
         match serde_json::to_value(generation.config.as_ref()) {
             Ok(mut value) => {
-                redact(&mut value);
+                redact(&mut value, &[]);
                 json(&value)
             }
             Err(e) => text(
@@ -220,6 +249,7 @@ fn plugins(generation: &Generation) -> Value {
                 "memory_limit_mb": info.map(|p| p.settings.memory_limit >> 20),
                 "max_uses": info.map(|p| p.settings.max_uses),
                 "max_body_bytes": info.map(|p| p.settings.max_body_bytes),
+                "config": info.map(|p| redacted(&p.settings.config, &p.settings.redact)),
                 "generation": serving.map(|_| slot.since_generation),
                 "last_error": slot.last_error,
             })
@@ -272,28 +302,58 @@ fn json(value: &Value) -> Response<Full<Bytes>> {
     response
 }
 
-/// Replaces the value of every key that looks like it holds a secret with `"[redacted]"`.
-fn redact(value: &mut Value) {
-    const SECRET_WORDS: [&str; 6] = [
-        "secret",
-        "password",
-        "token",
-        "credential",
-        "private",
-        "key",
-    ];
+/// A response refusing a request, in the admin's plain-text style.
+fn refused(refusal: guard::Refusal) -> AdminResponse {
+    let (status, challenge, message) = refusal.answer();
+    let mut response = text(status, message);
+    if let Some(challenge) = challenge {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+/// Words that mark a key as holding a secret wherever they appear in its name (`api_key`,
+/// `clientSecret`, `keys`, `db_password`). This errs towards hiding: `key` also hides a
+/// rate limit's `key = "client"` and a hash key, which cost nothing to hide, while a secret
+/// shown once is out.
+const SECRET_WORDS: [&str; 8] = [
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "key",
+    "credential",
+    "private",
+    "authorization",
+];
+
+/// `value` with every secret redacted (see [`redact`]).
+fn redacted(value: &Value, extra: &[String]) -> Value {
+    let mut value = value.clone();
+    redact(&mut value, extra);
+    value
+}
+
+/// Replaces the value of every key, at any depth, that holds a secret with `"[redacted]"`:
+/// a key with one of [`SECRET_WORDS`] in its name, or named (in any case) in `extra` (a
+/// plugin's `redact`). An absent value (`null`) stays, so the page still shows it is unset.
+fn redact(value: &mut Value, extra: &[String]) {
     match value {
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                let k = k.to_ascii_lowercase();
-                if SECRET_WORDS.iter().any(|w| k.contains(w)) && !v.is_null() {
+                let lower = k.to_ascii_lowercase();
+                let secret = SECRET_WORDS.iter().any(|w| lower.contains(w))
+                    || extra.iter().any(|e| e.eq_ignore_ascii_case(k));
+                if secret && !v.is_null() {
                     *v = Value::String("[redacted]".into());
                 } else {
-                    redact(v);
+                    redact(v, extra);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, extra)),
         _ => {}
     }
 }
@@ -309,16 +369,30 @@ mod tests {
         let mut value = json!({
             "name": "api",
             "plugins": [{"api_key": "k1", "config": {"jwt_secret": "s", "Password": "p", "header": "x-api-key"}}],
+            "upstream": {"auth": {"clientSecret": "c", "refresh_token": "r", "keys": ["a", "b"], "realm": "weir"}},
+            "headers": {"Authorization": "Bearer t", "x-trace": "on"},
             "token": null,
         });
-        redact(&mut value);
+        redact(&mut value, &[]);
         assert_eq!(
             value,
             json!({
                 "name": "api",
                 "plugins": [{"api_key": "[redacted]", "config": {"jwt_secret": "[redacted]", "Password": "[redacted]", "header": "x-api-key"}}],
+                "upstream": {"auth": {"clientSecret": "[redacted]", "refresh_token": "[redacted]", "keys": "[redacted]", "realm": "weir"}},
+                "headers": {"Authorization": "[redacted]", "x-trace": "on"},
                 "token": null,
             })
+        );
+    }
+
+    #[test]
+    fn redacts_the_keys_a_plugin_names() {
+        let mut value = json!({"salt": "s", "nested": [{"SALT": "t", "pepper": "p"}], "name": "n"});
+        redact(&mut value, &["salt".to_owned(), "pepper".to_owned()]);
+        assert_eq!(
+            value,
+            json!({"salt": "[redacted]", "nested": [{"SALT": "[redacted]", "pepper": "[redacted]"}], "name": "n"})
         );
     }
 }

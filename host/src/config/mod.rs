@@ -4,6 +4,7 @@
 //! [`Config`], or it gets every [`Diagnostic`] found, each naming the file, line and column.
 //! A running proxy therefore never holds a half-applied configuration.
 
+mod admin;
 mod model;
 mod tls;
 mod validate;
@@ -12,6 +13,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use admin::{AdminAuth, AdminToken, TokenSource};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,

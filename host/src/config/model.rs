@@ -113,11 +113,15 @@ pub(crate) struct RawUpstreamTls {
     pub(crate) client_cert: Option<RawCertKey>,
 }
 
-/// `[admin]`: the admin listener.
+/// `[admin]`: the admin listener and who may use it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub(crate) address: Spanned<String>,
+    pub(crate) token_file: Option<Spanned<PathBuf>>,
+    pub(crate) token_env: Option<Spanned<String>>,
+    pub(crate) open: Option<Spanned<bool>>,
+    pub(crate) hosts: Option<Vec<Spanned<String>>>,
 }
 
 /// `[plugins]`: where plugins live.

@@ -14,6 +14,7 @@ use http::uri::Authority;
 use serde::{Serialize, Serializer};
 use toml::Spanned;
 
+use super::admin::{self, AdminAuth};
 use super::model::{
     RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization,
     RawPlugins, RawRoute, RawTracing,
@@ -171,11 +172,16 @@ pub struct ListenerConfig {
     pub redirect_to_https: Option<u16>,
 }
 
-/// The admin listener.
+/// The admin listener (`config/admin.rs` checks it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminConfig {
     /// The socket address to bind.
     pub address: SocketAddr,
+    /// Who may use it: a bearer token, or anyone who can connect (loopback only).
+    pub auth: AdminAuth,
+    /// Host names, lower-case, that a request's `Host` may carry besides IP addresses and
+    /// `localhost` (`hosts`; against DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 /// Plugin settings: where plugins live, how they are reloaded and cached, and the limits
@@ -599,9 +605,8 @@ pub(super) fn validate(
         }
     }
     let admin = raw.admin.as_ref().and_then(|a| {
-        check
-            .socket_addr("admin", &a.address)
-            .map(|address| AdminConfig { address })
+        let address = check.socket_addr("admin", &a.address)?;
+        Some(admin::admin(&mut check, a, address, base_dir))
     });
 
     let max_connections = match raw.server.max_connections {
@@ -1289,7 +1294,7 @@ fn authority(text: &str) -> Result<Authority, String> {
         .map_err(|e| format!("\"{text}\": {e}"))
 }
 
-fn is_dns_name(host: &str) -> bool {
+pub(super) fn is_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {

@@ -28,6 +28,12 @@ pub struct PluginSettings {
     pub max_body_bytes: usize,
     /// For a handler: the clusters its outgoing requests may reach.
     pub clusters: Vec<String>,
+    /// The `[config]` table, as the plugin is given it; the admin's `/plugins` shows it
+    /// with secrets redacted.
+    pub config: serde_json::Value,
+    /// Keys of `config` the admin redacts besides those named like a secret (`redact`):
+    /// for a plugin whose secrets have names no one would guess.
+    pub redact: Vec<String>,
 }
 
 impl PluginSettings {
@@ -39,6 +45,8 @@ impl PluginSettings {
             max_uses: limits.max_uses,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clusters: Vec::new(),
+            config: serde_json::Value::Object(serde_json::Map::new()),
+            redact: Vec::new(),
         }
     }
 }
@@ -53,6 +61,7 @@ struct SettingsFile {
     max_uses: Option<u32>,
     max_body_bytes: Option<usize>,
     clusters: Option<Vec<String>>,
+    redact: Option<Vec<String>>,
     #[serde(default)]
     config: toml::Table,
 }
@@ -89,5 +98,11 @@ pub(super) fn read_settings(
     if let Some(clusters) = file.clusters {
         settings.clusters = clusters;
     }
+    if let Some(redact) = file.redact {
+        settings.redact = redact;
+    }
+    settings.config = serde_json::to_value(&file.config)?;
+    // Serialised from the table itself, not from `settings.config`, so the plugin is given
+    // its keys in the file's order whatever order a JSON object keeps.
     Ok((settings, serde_json::to_string(&file.config)?))
 }
