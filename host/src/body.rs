@@ -13,16 +13,16 @@
 //! the proxy with bodies made in memory).
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, ErrorKind};
 use crate::upstream::UpstreamBody;
 
 /// A request or response body: streamed from a peer, or made by weir.
@@ -49,8 +49,86 @@ pub enum ClientBody {
     Incoming(Incoming),
     /// Made elsewhere.
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
-    /// A body whose bytes are counted as they arrive (for metrics and the access log).
-    Counted(Box<ClientBody>, Arc<AtomicU64>),
+    /// A body under its route's size limit and read timeout, its bytes counted for metrics
+    /// and the access log, its faults noted (`proxy/client_body.rs`).
+    Guarded(Box<crate::proxy::Guarded>),
+}
+
+/// What a client did wrong with its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BodyFault {
+    /// The framing was invalid (a bad chunk size, a body longer than its `Content-Length`).
+    Malformed = 1,
+    /// The client closed or reset before the body's end.
+    Closed = 2,
+    /// The body grew past the route's `request_body_bytes`.
+    TooLarge = 3,
+    /// The client sent nothing for `body_read_timeout`.
+    Stalled = 4,
+}
+
+impl BodyFault {
+    fn from_u8(value: u8) -> Option<BodyFault> {
+        Some(match value {
+            1 => BodyFault::Malformed,
+            2 => BodyFault::Closed,
+            3 => BodyFault::TooLarge,
+            4 => BodyFault::Stalled,
+            _ => return None,
+        })
+    }
+
+    /// The error the client's request is answered with.
+    pub fn error_kind(self) -> ErrorKind {
+        match self {
+            BodyFault::Malformed => ErrorKind::BadRequest,
+            BodyFault::Closed => ErrorKind::ClientClosed,
+            BodyFault::TooLarge => ErrorKind::PayloadTooLarge,
+            BodyFault::Stalled => ErrorKind::BodyTimeout,
+        }
+    }
+}
+
+/// A request body's fate, shared between the body (which is handed to hyper's client) and the
+/// proxy (which sees only the client's error).
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    fault: AtomicU8,
+    ended: AtomicBool,
+    end: Notify,
+}
+
+impl BodyWatch {
+    /// What the client did wrong, if anything.
+    pub fn fault(&self) -> Option<BodyFault> {
+        BodyFault::from_u8(self.fault.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the body has been read to its end, or has failed.
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.end.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.end.notify_waiters();
+    }
+
+    pub(crate) fn fail(&self, fault: BodyFault) {
+        let _ = self
+            .fault
+            .compare_exchange(0, fault as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.end();
+    }
 }
 
 /// A client's request body the proxy can take (see [`ClientBody`]).
@@ -82,15 +160,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Incoming(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ClientBody::Boxed(body) => Pin::new(body).poll_frame(cx),
-            ClientBody::Counted(body, received) => {
-                let frame = Pin::new(body.as_mut()).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &frame
-                    && let Some(data) = frame.data_ref()
-                {
-                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                frame
-            }
+            ClientBody::Guarded(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 
@@ -98,7 +168,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Incoming(body) => body.is_end_stream(),
             ClientBody::Boxed(body) => body.is_end_stream(),
-            ClientBody::Counted(body, _) => body.is_end_stream(),
+            ClientBody::Guarded(body) => body.is_end_stream(),
         }
     }
 
@@ -106,7 +176,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Incoming(body) => body.size_hint(),
             ClientBody::Boxed(body) => body.size_hint(),
-            ClientBody::Counted(body, _) => body.size_hint(),
+            ClientBody::Guarded(body) => body.size_hint(),
         }
     }
 }

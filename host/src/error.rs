@@ -16,8 +16,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ErrorKind {
     /// The request was malformed (for example an HTTP/1.1 request without `Host`).
     BadRequest,
-    /// The request body is larger than a body hook on its route accepts.
+    /// The request body is larger than its route accepts (`request_body_bytes`, or a body
+    /// hook's `max_body_bytes`).
     PayloadTooLarge,
+    /// A request header is larger than `[server.limits] header_bytes`.
+    HeaderTooLarge,
+    /// The request target is longer than `[server.limits] uri_bytes`.
+    UriTooLong,
+    /// The client stopped sending its request body for `body_read_timeout`.
+    BodyTimeout,
+    /// The client went away (closed or reset) before its request body ended.
+    ClientClosed,
     /// No route matches the request.
     NoRoute,
     /// The route's cluster has no endpoint to take the request.
@@ -77,9 +86,12 @@ impl ProxyError {
     /// An error of `kind` with the source and retry class that kind implies.
     pub fn new(kind: ErrorKind) -> ProxyError {
         let (source_, retry) = match kind {
-            ErrorKind::BadRequest | ErrorKind::PayloadTooLarge => {
-                (ErrorSource::Downstream, Retry::Never)
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeaderTooLarge
+            | ErrorKind::UriTooLong
+            | ErrorKind::BodyTimeout
+            | ErrorKind::ClientClosed => (ErrorSource::Downstream, Retry::Never),
             ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::Overloaded => {
                 (ErrorSource::Internal, Retry::Never)
             }

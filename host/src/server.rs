@@ -67,14 +67,20 @@ pub(crate) async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let limits = &settings.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A head past `head_bytes` or with more than `headers` headers: hyper answers 431.
     builder
         .http1()
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(limits.head_bytes)
+        .max_headers(limits.headers);
     // WebSockets over HTTP/2 (RFC 8441) arrive as extended CONNECTs.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.head_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.h2_max_streams)
         .enable_connect_protocol()
         // A peer that stopped answering (gone behind a NAT) is found and its slot freed.
         .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))

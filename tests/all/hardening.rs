@@ -1,7 +1,10 @@
 //! Hardening (issue 22), what exists of it: no spelling of a path reaches a route other than
 //! the one its normal form names, so a route's auth cannot be walked around, over HTTP/1.1
-//! (written raw, so no client tidies the path first) and HTTP/2; and a client's own identity
-//! headers (`x-consumer-id`) never reach a plugin or an upstream.
+//! (written raw, so no client tidies the path first) and HTTP/2; a client's own identity
+//! headers (`x-consumer-id`) never reach a plugin or an upstream; and forwarding headers
+//! (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are believed only from trusted proxies, so a
+//! client can neither pose as another address to a rate limit nor to the upstream.
+//! (Limits and blame are in `limits.rs`.)
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,4 +165,98 @@ async fn a_client_cannot_pose_as_a_consumer_on_any_route() {
     let seen = upstream.requests().pop().expect("a request");
     let consumers: Vec<_> = seen.headers.get_all("x-consumer-id").iter().collect();
     assert_eq!(consumers, ["alice"]);
+}
+
+const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/rate_limit.wasm"));
+
+/// rate-limit by client address (3 a minute) on every route; `trusted` is the
+/// `trusted_proxies` line, if any.
+async fn limited_by_client(trusted: &str) -> (Upstream, Weir) {
+    let upstream = Upstream::start("app").await;
+    let settings = "[config]\nkey = \"client\"\n[[config.limits]]\nrequests = 3\nwindow = \"1m\"\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/rate-limit.wasm", RATE_LIMIT),
+        ("plugins/rate-limit.toml", settings.as_bytes()),
+    ];
+    let config = crate::config(&[upstream.addr], "")
+        .replace("[server]\n", &format!("[server]\n{trusted}\n"));
+    let weir = Weir::start_with_files(&config, &files).await;
+    (upstream, weir)
+}
+
+/// The statuses of `n` GETs, each with the headers `headers(i)` gives.
+async fn statuses(
+    weir: &Weir,
+    n: usize,
+    headers: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let owned = headers(i);
+        let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, _) = weir_tests::get_with(&weir.url("/"), &pairs).await;
+        statuses.push(status.as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_client_cannot_pose_as_another_address() {
+    let (upstream, weir) = limited_by_client("").await;
+    // A new address in every request's forwarding headers: still one client, limited as one.
+    let forged = statuses(&weir, 5, |i| {
+        vec![
+            ("x-forwarded-for", format!("1.2.3.{i}")),
+            ("x-real-ip", format!("1.2.3.{i}")),
+            ("forwarded", format!("for=1.2.3.{i}")),
+            ("x-forwarded-proto", "https".to_owned()),
+            ("x-forwarded-host", "evil.test".to_owned()),
+        ]
+    })
+    .await;
+    assert_eq!(forged, [200, 200, 200, 429, 429]);
+    // The upstream never sees what the client forged: only weir's own forwarding headers.
+    for seen in upstream.requests() {
+        let xff: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["127.0.0.1"], "{seen:?}");
+        assert!(seen.headers.get("x-real-ip").is_none(), "{seen:?}");
+        assert!(seen.headers.get("forwarded").is_none(), "{seen:?}");
+        assert_eq!(seen.headers["x-forwarded-proto"], "http");
+        assert_eq!(seen.headers["x-forwarded-host"], weir.proxy.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_the_client_is_the_one_it_names() {
+    let (upstream, weir) = limited_by_client("trusted_proxies = [\"127.0.0.1/32\"]").await;
+    // The trusted proxy (this test, from 127.0.0.1) appended the client it saw; what that
+    // client wrote itself (6.6.6.6, left of it) is not believed.
+    let client = |ip: &'static str| {
+        move |_| {
+            vec![
+                ("x-forwarded-for", format!("6.6.6.6, {ip}")),
+                ("x-forwarded-proto", "https".to_owned()),
+            ]
+        }
+    };
+    assert_eq!(
+        statuses(&weir, 4, client("1.1.1.1")).await,
+        [200, 200, 200, 429]
+    );
+    assert_eq!(
+        statuses(&weir, 2, client("2.2.2.2")).await,
+        [200, 200],
+        "another client behind the same proxy has its own budget"
+    );
+    let seen = upstream.requests().pop().expect("a request");
+    let xff: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(
+        xff,
+        ["6.6.6.6, 2.2.2.2, 127.0.0.1"],
+        "extended with the peer"
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "https",
+        "the trusted proxy's scheme stands"
+    );
 }

@@ -17,6 +17,7 @@ mod grpc;
 mod hardening;
 mod languages;
 mod lifecycle;
+mod limits;
 mod observability;
 mod phases;
 mod plugins;

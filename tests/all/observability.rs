@@ -552,10 +552,10 @@ async fn hostile_request_bytes_stay_inside_their_json_strings() {
     let extra = "[access_log]\npath = \"access.log\"\n";
     let weir = Weir::start(&config(&[upstream.addr], extra)).await;
     // A request id (passed through as the client sent it) that tries to close its string and
-    // add fields, with a tab, a non-UTF-8 byte and a backslash; a `Host` with a backslash and a
-    // quote; a query with a backslash (hyper refuses a `"` in the target itself).
+    // add fields, with a tab, a non-UTF-8 byte and a backslash; a query with a backslash
+    // (hyper refuses a `"` in the target itself, and weir a `Host` that is not a host name).
     let id: &[u8] = b"x\",\"status\":1,\"a\":\"\t\xff\\";
-    let mut head = b"GET /p?q=\\ HTTP/1.1\r\nhost: h.test\\\"\r\nx-request-id: ".to_vec();
+    let mut head = b"GET /p?q=\\ HTTP/1.1\r\nhost: h.test\r\nx-request-id: ".to_vec();
     head.extend_from_slice(id);
     head.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
     let status = raw_request(weir.proxy, &head).await;
@@ -572,7 +572,7 @@ async fn hostile_request_bytes_stay_inside_their_json_strings() {
     );
     assert_eq!(record["status"], 200);
     assert_eq!(record["path"], "/p?q=\\");
-    assert_eq!(record["host"], "h.test\\\"");
+    assert_eq!(record["host"], "h.test");
     assert_eq!(
         record["request_id"],
         "x\",\"status\":1,\"a\":\"\t\u{fffd}\\"

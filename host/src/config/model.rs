@@ -152,6 +152,23 @@ pub(crate) struct RawServer {
     pub(crate) upgrade_idle_timeout: Option<Duration>,
     pub(crate) path_normalization: Option<RawPathNormalization>,
     pub(crate) identity_headers: Option<Vec<Spanned<String>>>,
+    pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
+}
+
+/// `[server.limits]`: what one client request may be.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) head_bytes: Option<Spanned<usize>>,
+    pub(crate) header_bytes: Option<Spanned<usize>>,
+    pub(crate) headers: Option<Spanned<usize>>,
+    pub(crate) uri_bytes: Option<Spanned<usize>>,
+    pub(crate) request_body_bytes: Option<Spanned<u64>>,
+    #[serde(default, with = "duration")]
+    pub(crate) body_read_timeout: Option<Duration>,
+    pub(crate) h2_max_streams: Option<Spanned<u32>>,
 }
 
 /// `[server] path_normalization = { merge_slashes = true, encoded_slashes = "reject" }`.
@@ -298,6 +315,7 @@ pub(crate) struct RawRoute {
     pub(crate) plugins: Option<Vec<Spanned<String>>>,
     pub(crate) retry_non_idempotent: Option<bool>,
     pub(crate) access_log: Option<bool>,
+    pub(crate) request_body_bytes: Option<Spanned<u64>>,
 }
 
 /// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.

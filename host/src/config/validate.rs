@@ -16,8 +16,8 @@ use toml::Spanned;
 
 use super::admin::{self, AdminAuth};
 use super::model::{
-    RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawOutlier, RawPathNormalization,
-    RawPlugins, RawRoute, RawTracing,
+    RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawLimits, RawOutlier,
+    RawPathNormalization, RawPlugins, RawRoute, RawTracing,
 };
 use super::tls::{self, ListenerTls, Protocol, UpstreamTls};
 use super::{Diagnostic, Locator};
@@ -242,7 +242,50 @@ pub struct ServerConfig {
     /// client request before its route's chain runs, so a client cannot pose as a consumer.
     #[serde(serialize_with = "header_names")]
     pub identity_headers: Vec<HeaderName>,
+    /// Peers whose `X-Forwarded-For` says who the client is (load balancers in front of
+    /// weir). From any other peer, forwarding headers are removed, not believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// What one client request may be.
+    pub limits: Limits,
 }
+
+/// What one client request may be (`[server.limits]`); past each, a clear 4xx.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// The request head, request line and headers together (HTTP/1.1: hyper's read buffer;
+    /// HTTP/2: the decoded header list): 431 past it.
+    pub head_bytes: usize,
+    /// One header, name and value: 431.
+    pub header_bytes: usize,
+    /// Headers in one request: 431.
+    pub headers: usize,
+    /// The request target (path and query, or the absolute form): 414.
+    pub uri_bytes: usize,
+    /// A request body, on every route without its own limit: 413. `None`: no limit.
+    pub request_body_bytes: Option<u64>,
+    /// A request body that sends nothing for this long is cut off: 408.
+    #[serde(serialize_with = "human")]
+    pub body_read_timeout: Duration,
+    /// Concurrent streams on one client's HTTP/2 connection.
+    pub h2_max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head_bytes: 64 * 1024,
+            header_bytes: 8 * 1024,
+            headers: 100,
+            uri_bytes: 8 * 1024,
+            request_body_bytes: None,
+            body_read_timeout: Duration::from_secs(60),
+            h2_max_streams: 128,
+        }
+    }
+}
+
+/// The smallest head hyper's HTTP/1.1 reader accepts as its buffer limit.
+const MIN_HEAD_BYTES: usize = 8 * 1024;
 
 /// The identity headers weir's auth plugins set (`x-consumer-id`; `x-consumer` was
 /// key-auth's before).
@@ -447,6 +490,8 @@ pub struct RouteConfig {
     pub retry_non_idempotent: bool,
     /// Whether the route's requests are written to the access log.
     pub access_log: bool,
+    /// The largest request body the route takes (its own, or `[server.limits]`'s): 413.
+    pub request_body_bytes: Option<u64>,
 }
 
 /// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
@@ -641,6 +686,8 @@ pub(super) fn validate(
             .unwrap_or(DEFAULT_UPGRADE_IDLE_TIMEOUT),
         path_normalization: path_normalization(&mut check, raw.server.path_normalization.as_ref()),
         identity_headers: identity_headers(&mut check, raw.server.identity_headers.as_deref()),
+        trusted_proxies: trusted_proxies(&mut check, raw.server.trusted_proxies.as_deref()),
+        limits: limits(&mut check, &raw.server.limits),
     };
 
     check.unique_names("cluster", raw.clusters.iter().map(|c| &c.name));
@@ -654,7 +701,7 @@ pub(super) fn validate(
     let routes: Vec<RouteConfig> = raw
         .routes
         .iter()
-        .filter_map(|r| route(&mut check, r, &clusters))
+        .filter_map(|r| route(&mut check, r, &clusters, &server.limits))
         .collect();
 
     let plugins = plugins(&mut check, raw.plugins, base_dir);
@@ -813,6 +860,84 @@ fn identity_headers(check: &mut Checker<'_>, raw: Option<&[Spanned<String>]>) ->
             },
         )
         .collect()
+}
+
+/// `[server] trusted_proxies`: CIDR ranges (`10.0.0.0/8`) or single addresses.
+fn trusted_proxies(check: &mut Checker<'_>, raw: Option<&[Spanned<String>]>) -> Vec<ipnet::IpNet> {
+    raw.unwrap_or_default()
+        .iter()
+        .filter_map(|entry| {
+            let text = entry.get_ref().trim();
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+            if net.is_none() {
+                check.error(
+                    entry,
+                    format!(
+                        "server.trusted_proxies: \"{text}\" is not an address or a CIDR range like \"10.0.0.0/8\""
+                    ),
+                );
+            }
+            net.map(|n| n.trunc())
+        })
+        .collect()
+}
+
+/// `[server.limits]`, each at least what a request needs to be served at all.
+fn limits(check: &mut Checker<'_>, raw: &RawLimits) -> Limits {
+    let defaults = Limits::default();
+    let mut at_least =
+        |value: &Option<Spanned<usize>>, min: usize, name: &str, default: usize| match value {
+            Some(v) if *v.get_ref() < min => {
+                check.error(v, format!("server.limits.{name} must be at least {min}"));
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        };
+    let head_bytes = at_least(
+        &raw.head_bytes,
+        MIN_HEAD_BYTES,
+        "head_bytes",
+        defaults.head_bytes,
+    );
+    let header_bytes = at_least(&raw.header_bytes, 1, "header_bytes", defaults.header_bytes);
+    let headers = at_least(&raw.headers, 1, "headers", defaults.headers);
+    let uri_bytes = at_least(&raw.uri_bytes, 1, "uri_bytes", defaults.uri_bytes);
+    let request_body_bytes = raw.request_body_bytes.as_ref().and_then(|n| {
+        if *n.get_ref() == 0 {
+            check.error(
+                n,
+                "server.limits.request_body_bytes must be at least 1".into(),
+            );
+        }
+        Some(*n.get_ref()).filter(|&n| n > 0)
+    });
+    if raw.body_read_timeout == Some(Duration::ZERO) {
+        check.error_nowhere("server.limits.body_read_timeout must be greater than zero".into());
+    }
+    let h2_max_streams = match &raw.h2_max_streams {
+        Some(n) if *n.get_ref() == 0 => {
+            check.error(n, "server.limits.h2_max_streams must be at least 1".into());
+            defaults.h2_max_streams
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults.h2_max_streams,
+    };
+    Limits {
+        head_bytes,
+        header_bytes,
+        headers,
+        uri_bytes,
+        request_body_bytes,
+        body_read_timeout: raw
+            .body_read_timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(defaults.body_read_timeout),
+        h2_max_streams,
+    }
 }
 
 fn path_normalization(
@@ -1312,6 +1437,7 @@ fn route(
     check: &mut Checker<'_>,
     raw: &RawRoute,
     clusters: &[ClusterConfig],
+    limits: &Limits,
 ) -> Option<RouteConfig> {
     let name = raw.name.get_ref();
     // The target: a cluster, or a handler plugin; exactly one.
@@ -1449,6 +1575,17 @@ fn route(
         plugins,
         retry_non_idempotent: raw.retry_non_idempotent.unwrap_or(false),
         access_log: raw.access_log.unwrap_or(true),
+        request_body_bytes: match &raw.request_body_bytes {
+            Some(n) if *n.get_ref() == 0 => {
+                check.error(
+                    n,
+                    format!("route \"{name}\": request_body_bytes must be at least 1"),
+                );
+                limits.request_body_bytes
+            }
+            Some(n) => Some(*n.get_ref()),
+            None => limits.request_body_bytes,
+        },
     })
 }
 
@@ -1556,10 +1693,20 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               11:21: redirect_to_https is for a plain listener; this one has tls",
             ),
             (
-                "[server]\nupgrade_idle_timeout = \"0s\"\npath_normalization = { encoded_slashes = \"drop\" }\nidentity_headers = [\"x consumer\"]",
+                "[server]\nupgrade_idle_timeout = \"0s\"\npath_normalization = { encoded_slashes = \"drop\" }\nidentity_headers = [\"x consumer\"]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1\", \"10.0.0.0/33\", \"proxy.internal\"]",
                 "0:0: server.upgrade_idle_timeout must be greater than zero\n\
               10:42: server.path_normalization.encoded_slashes \"drop\" is not one of \"reject\", \"decode\", \"keep\"\n\
-              11:21: server.identity_headers: \"x consumer\" is not a header name",
+              11:21: server.identity_headers: \"x consumer\" is not a header name\n\
+              12:46: server.trusted_proxies: \"10.0.0.0/33\" is not an address or a CIDR range like \"10.0.0.0/8\"\n\
+              12:61: server.trusted_proxies: \"proxy.internal\" is not an address or a CIDR range like \"10.0.0.0/8\"",
+            ),
+            (
+                "[server.limits]\nhead_bytes = 100\nheaders = 0\nrequest_body_bytes = 0\nbody_read_timeout = \"0s\"\nh2_max_streams = 0",
+                "0:0: server.limits.body_read_timeout must be greater than zero\n\
+              9:14: server.limits.head_bytes must be at least 8192\n\
+              10:11: server.limits.headers must be at least 1\n\
+              11:22: server.limits.request_body_bytes must be at least 1\n\
+              13:18: server.limits.h2_max_streams must be at least 1",
             ),
             (
                 "[tracing]\nendpoint = \"https://collector\"\nprotocol = \"grpc\"\nsample = -1.0",
@@ -1616,7 +1763,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",

@@ -12,6 +12,8 @@
 //! Nothing is ever retried once the client has seen a byte: retries happen before the
 //! response head is returned.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -19,10 +21,11 @@ use http::{Request, Response, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 
+use super::client_body::client_error;
 use super::grpc;
 use crate::balancer::PickContext;
-use crate::body::{self, ClientBody, ProxyBody};
-use crate::error::{ErrorKind, ProxyError, Retry};
+use crate::body::{self, BodyWatch, ClientBody, ProxyBody};
+use crate::error::{BoxError, ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
 use crate::timer::Timers;
 use crate::trace::RequestTrace;
@@ -58,6 +61,9 @@ pub(super) struct Exchange<'a> {
     pub(super) timers: &'a Timers,
     /// The request's trace: each attempt is a span, and the upstream gets `traceparent`.
     pub(super) trace: Option<&'a RequestTrace>,
+    /// The client's body's fate: its faults are the client's, and the response timeout
+    /// starts when it has been sent.
+    pub(super) body_watch: Option<Arc<BodyWatch>>,
 }
 
 /// Sends the exchange. `progress` is kept up to date with the endpoint of the latest
@@ -113,6 +119,7 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
         request_id,
         timers,
         trace,
+        body_watch,
     } = exchange;
     let config = &cluster.config;
     let mut pick = PickContext { hash, tried: 0 };
@@ -130,7 +137,11 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
         config.retries,
         config.retry_buffer_bytes,
     )
-    .await?;
+    .await
+    .map_err(|e| client_error(e, body_watch.as_deref()))?;
+    // A streamed body is still arriving while the attempt is sent: the response timeout
+    // waits for its end. A held one is sent at once.
+    let uploading = body_watch.as_deref().filter(|_| !body.resendable());
 
     // Sticky sessions: the endpoint the cookie names, while it can take the request.
     let sticky = config.sticky.as_ref();
@@ -188,7 +199,10 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
 
         // Counted until the response head arrives (or the attempt fails), for least_request.
         let in_flight = cluster.endpoints.start(endpoint);
-        let result = cluster.client.send(endpoint, request, timers).await;
+        let result = cluster
+            .client
+            .send(endpoint, request, timers, uploading)
+            .await;
         drop(in_flight);
         if let Some(span) = span {
             match &result {
@@ -229,6 +243,10 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
             }
             // The cluster's own caps say nothing about the endpoint's health.
             Err(e) if e.kind == ErrorKind::Overloaded => return Err(e),
+            // Nor does a client that sent a bad body, stalled, or went away mid-upload.
+            Err(e) if body_watch.as_ref().is_some_and(|w| w.fault().is_some()) => {
+                return Err(client_error(e.into(), body_watch.as_deref()));
+            }
             Err(e) => {
                 if let Some(state) = cluster.endpoints.get(endpoint) {
                     state.record_failure();
@@ -322,7 +340,7 @@ impl Payload {
         headers: &http::HeaderMap,
         retries: u32,
         limit: usize,
-    ) -> Result<Payload, ProxyError> {
+    ) -> Result<Payload, BoxError> {
         let body = match body {
             RequestBody::Buffered(bytes) if bytes.is_empty() => return Ok(Payload::Empty),
             RequestBody::Buffered(bytes) => return Ok(Payload::Held(bytes)),
@@ -337,10 +355,7 @@ impl Payload {
             .and_then(|v| v.parse::<usize>().ok());
         match length {
             Some(n) if retries > 0 && n <= limit => {
-                let held = Limited::new(body, limit)
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::new(ErrorKind::BadRequest).with_cause(e))?;
+                let held = Limited::new(body, limit).collect().await?;
                 Ok(Payload::Held(held.to_bytes()))
             }
             _ => Ok(Payload::Stream(Some(body))),

@@ -220,7 +220,7 @@ async fn read_request_body(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(too_large().with_cause("the body is over the body hooks' limit"))
         }
-        Err(e) => Err(ProxyError::new(ErrorKind::BadRequest).with_cause(e)),
+        Err(e) => Err(super::client_body::client_error(e, None)),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Proxy header semantics, as nginx and Envoy apply them: hop-by-hop headers removed,
-//! `X-Forwarded-*` and `Via` set, `Host` passed through, a request id ensured.
+//! `X-Forwarded-*` and `Via` set, `Host` passed through, a request id ensured; forwarding
+//! headers believed only from trusted proxies (the client behind them read from
+//! `X-Forwarded-For`), removed from anyone else.
 //!
 //! These are pure functions over header maps so they can be tested without sockets.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::Version;
@@ -28,6 +30,62 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether `ip` is among the `trusted` proxies.
+#[inline]
+pub(crate) fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    !trusted.is_empty() && trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client behind trusted proxies: the rightmost `X-Forwarded-For` address that is not
+/// itself a trusted proxy (nginx's recursive `real_ip`, Envoy's trusted hops). What a client
+/// wrote itself sits left of what the first trusted proxy appended, so it is never chosen
+/// while a trusted proxy stands between. `None` without the header, or at an entry that is
+/// not an address before an untrusted one is found (the peer is the client then).
+pub(crate) fn forwarded_client(headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let mut innermost = None;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let text = value.to_str().ok()?;
+        for entry in text.rsplit(',') {
+            let ip = forwarded_ip(entry.trim())?;
+            if !is_trusted(ip, trusted) {
+                return Some(ip);
+            }
+            innermost = Some(ip);
+        }
+    }
+    innermost
+}
+
+/// An `X-Forwarded-For` entry's address: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]`, or with a
+/// port (`1.2.3.4:5678`, `[2001:db8::1]:5678`), as some proxies write them.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            let bare = entry.strip_prefix('[')?.strip_suffix(']')?;
+            bare.parse().ok()
+        })
+}
+
+/// Removes the forwarding headers only a trusted proxy may set (`X-Forwarded-*`,
+/// `Forwarded`, `X-Real-IP`) from a request that came from anyone else: weir then sets its
+/// own, so a client cannot pose as someone else behind weir.
+pub(crate) fn strip_forwarding(headers: &mut HeaderMap) {
+    // One pass over the names; nothing is looked up or allocated when none is there.
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let text = name.as_str();
+        if text.starts_with("x-forwarded-") || text == "forwarded" || text == "x-real-ip" {
+            found.push(name.clone());
+        }
+    }
+    for name in found {
+        headers.remove(name);
+    }
+}
 
 /// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
 /// every `Proxy-*` header.
@@ -94,6 +152,8 @@ pub(crate) struct Downstream<'a> {
     pub(crate) version: Version,
     /// `"http"` or `"https"`.
     pub(crate) scheme: &'static str,
+    /// The peer is a trusted proxy: its `X-Forwarded-Proto` and `X-Forwarded-Host` stand.
+    pub(crate) trusted: bool,
 }
 
 /// Rewrites request headers for the upstream. Call after [`strip_hop_by_hop`].
@@ -104,7 +164,9 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
         if !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, host.clone());
         }
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        if !(downstream.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
     }
 
     // Earlier hops' values, joined into one field, then ours.
@@ -123,10 +185,12 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(downstream.scheme),
-    );
+    if !(downstream.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(downstream.scheme),
+        );
+    }
     headers.append(header::VIA, via(downstream.version));
 }
 
@@ -249,6 +313,71 @@ mod tests {
     }
 
     #[test]
+    fn the_client_is_the_rightmost_untrusted_forwarded_address() {
+        let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "2001:db8::/32"]
+            .iter()
+            .map(|n| n.parse().expect("net"))
+            .collect();
+        let client = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).expect("value"));
+            }
+            forwarded_client(&headers, &trusted).map(|ip| ip.to_string())
+        };
+        // What the client wrote (6.6.6.6) is left of the address the first proxy saw.
+        assert_eq!(
+            client(&["6.6.6.6, 1.2.3.4, 10.0.0.2"]).as_deref(),
+            Some("1.2.3.4")
+        );
+        // Across header lines, the last line is the innermost.
+        assert_eq!(
+            client(&["6.6.6.6", "1.2.3.4", "10.1.1.1"]).as_deref(),
+            Some("1.2.3.4")
+        );
+        // Ports and brackets as some proxies write them.
+        assert_eq!(client(&["1.2.3.4:5678"]).as_deref(), Some("1.2.3.4"));
+        assert_eq!(
+            client(&["[2001:db9::1]:443, 10.0.0.1"]).as_deref(),
+            Some("2001:db9::1")
+        );
+        assert_eq!(client(&["[2001:db9::2]"]).as_deref(), Some("2001:db9::2"));
+        // Only trusted hops: the outermost of them.
+        assert_eq!(client(&["10.0.0.9, 10.0.0.2"]).as_deref(), Some("10.0.0.9"));
+        // Garbage before any untrusted address: the peer is the client.
+        assert_eq!(client(&["1.2.3.4, unknown, 10.0.0.2"]), None);
+        assert_eq!(client(&[]), None);
+    }
+
+    #[test]
+    fn an_untrusted_peers_forwarding_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forward", "kept"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_forwarding(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forward"]);
+        assert!(is_trusted(
+            "10.2.3.4".parse().expect("ip"),
+            &["10.0.0.0/8".parse().expect("net")]
+        ));
+        assert!(!is_trusted("10.2.3.4".parse().expect("ip"), &[]));
+    }
+
+    #[test]
     fn forwarding_headers() {
         let host = HeaderValue::from_static("api.example.com");
         let client_ip = client_ip_value("10.0.0.1".parse().expect("ip"));
@@ -257,6 +386,7 @@ mod tests {
             host: Some(&host),
             version: Version::HTTP_2,
             scheme: "http",
+            trusted: false,
         };
         let cases: &[(Pairs<'_>, &Downstream<'_>, &[&str])] = &[
             (

@@ -20,6 +20,7 @@ static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Code {
+    Cancelled = 1,
     Unknown = 2,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
@@ -64,7 +65,11 @@ pub(super) fn timeout(headers: &HeaderMap) -> Option<Duration> {
 pub(super) fn code_for_error(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::NoRoute => Code::Unimplemented,
-        ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
+        ErrorKind::PayloadTooLarge | ErrorKind::HeaderTooLarge | ErrorKind::UriTooLong => {
+            Code::ResourceExhausted
+        }
+        ErrorKind::BodyTimeout => Code::DeadlineExceeded,
+        ErrorKind::ClientClosed => Code::Cancelled,
         ErrorKind::UpstreamTimeout => Code::DeadlineExceeded,
         ErrorKind::NoEndpoint
         | ErrorKind::Overloaded

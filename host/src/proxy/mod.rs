@@ -30,6 +30,7 @@
 //! once more.
 
 mod attempts;
+mod client_body;
 mod downstream;
 mod filters;
 mod forward;
@@ -39,6 +40,7 @@ mod outbound;
 mod path;
 mod upgrade;
 
+pub use self::client_body::Guarded;
 pub use self::observe::Observed;
 
 use std::convert::Infallible;
@@ -141,6 +143,27 @@ struct RequestContext<'c> {
     received: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The request's trace, when tracing is on.
     trace: Option<RequestTrace>,
+    /// The fate of the request's body, when it has one: a client's fault is answered as one.
+    body: Option<Arc<crate::body::BodyWatch>>,
+    /// The peer is a trusted proxy (`[server] trusted_proxies`).
+    trusted: bool,
+    /// The client behind a trusted proxy, from `X-Forwarded-For` (port 0), and as text.
+    forwarded: Option<(SocketAddr, Arc<str>)>,
+}
+
+impl RequestContext<'_> {
+    /// Who the client is: the peer, or the client a trusted proxy names.
+    fn client_addr(&self) -> SocketAddr {
+        self.forwarded.as_ref().map_or(self.client.addr, |f| f.0)
+    }
+
+    /// [`RequestContext::client_addr`] as `ip:port`.
+    fn client_text(&self) -> Arc<str> {
+        match &self.forwarded {
+            Some((_, text)) => text.clone(),
+            None => self.client.addr_text(),
+        }
+    }
 }
 
 impl ProxyService {
@@ -169,6 +192,9 @@ impl ProxyService {
             answered_by: None,
             received: None,
             trace: None,
+            body: None,
+            trusted: false,
+            forwarded: None,
         };
         let watch = observe::Watch::start(&generation, &request, &ctx);
         if let Some(watch) = &watch {
@@ -225,10 +251,23 @@ async fn proxy<B: DownstreamBody>(
     // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it. Known first,
     // so every refusal below reaches a gRPC client as a gRPC status.
     ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
-    let host = downstream::request_host(&request)?;
     let server = &generation.config.server;
+    downstream::check_limits(&request, &server.limits)?;
+    let host = downstream::request_host(&mut request)?;
     // One path from here on, for the router, the plugins and the upstream.
     path::apply(&mut request, &server.path_normalization)?;
+    // Where the request comes from: the peer, or, behind a trusted proxy, whom it names.
+    // Anyone else's forwarding headers are removed, not believed.
+    ctx.trusted = forward::is_trusted(ctx.client.addr.ip(), &server.trusted_proxies);
+    if ctx.trusted {
+        let client = forward::forwarded_client(request.headers(), &server.trusted_proxies);
+        ctx.forwarded = client.map(|ip| {
+            let addr = SocketAddr::new(ip, 0);
+            (addr, Arc::from(addr.to_string()))
+        });
+    } else {
+        forward::strip_forwarding(request.headers_mut());
+    }
     // Who the client is, only weir's plugins say.
     for name in &server.identity_headers {
         request.headers_mut().remove(name);
@@ -238,8 +277,8 @@ async fn proxy<B: DownstreamBody>(
     let (mut parts, body) = request.into_parts();
     let upgrade = upgrade::requested(&mut parts, extended_connect);
     let mut body = body.into_client_body();
-    if let Some(received) = &ctx.received {
-        body = ClientBody::Counted(Box::new(body), received.clone());
+    if !hyper::body::Body::is_end_stream(&body) {
+        body = guard_body(generation, body, &parts.headers, ctx)?;
     }
     let mut body = RequestBody::Client(body);
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
@@ -248,7 +287,7 @@ async fn proxy<B: DownstreamBody>(
     if route.chain.is_active() {
         let chain = &route.chain;
         let route_name = chain.route().clone();
-        let client = ctx.client.addr_text();
+        let client = ctx.client_text();
         let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id);
         if let Some(tls) = &ctx.client.tls {
             view.set_tls(tls.clone());
@@ -271,7 +310,7 @@ async fn proxy<B: DownstreamBody>(
         }
     }
 
-    upstream_request(&mut parts, host.as_ref(), ctx.client, ctx.grpc);
+    upstream_request(&mut parts, host.as_ref(), ctx);
     if let Some(upgrade) = &upgrade {
         upgrade::restore(&mut parts.headers, upgrade);
     }
@@ -360,11 +399,11 @@ fn route<'g, B>(
 fn upstream_request(
     parts: &mut request::Parts,
     host: Option<&HeaderValue>,
-    client: &Client,
-    grpc: bool,
+    ctx: &RequestContext<'_>,
 ) {
+    let client = ctx.client;
     forward::strip_hop_by_hop(&mut parts.headers);
-    if grpc {
+    if ctx.grpc {
         // gRPC servers need it to know that trailers (the call's status) get through.
         parts
             .headers
@@ -379,6 +418,7 @@ fn upstream_request(
         } else {
             "http"
         },
+        trusted: ctx.trusted,
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
 }
@@ -399,7 +439,7 @@ fn exchange<'a>(
     let cluster = &generation.clusters[cluster_index];
     // The upstream client sets the version its connection speaks.
     parts.version = Version::HTTP_11;
-    let hash = hash_key(&cluster.config.lb, &parts, ctx.client.addr);
+    let hash = hash_key(&cluster.config.lb, &parts, ctx.client_addr());
     let retry_non_idempotent = ctx
         .route
         .is_some_and(|i| generation.config.routes[i].retry_non_idempotent);
@@ -413,7 +453,44 @@ fn exchange<'a>(
         request_id,
         timers: &ctx.client.timers,
         trace,
+        body_watch: ctx.body.clone(),
     }
+}
+
+/// The client's body under its route's size limit (413 at once when `Content-Length` is over
+/// it) and the read timeout, its bytes counted when observed, its fate watched.
+fn guard_body(
+    generation: &Generation,
+    body: ClientBody,
+    headers: &http::HeaderMap,
+    ctx: &mut RequestContext<'_>,
+) -> Result<ClientBody, ProxyError> {
+    let limit = ctx
+        .route
+        .and_then(|i| generation.config.routes[i].request_body_bytes);
+    if let Some(limit) = limit {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(
+                ProxyError::new(ErrorKind::PayloadTooLarge).with_cause(format!(
+                    "content-length is over request_body_bytes = {limit}"
+                )),
+            );
+        }
+    }
+    let watch = Arc::new(crate::body::BodyWatch::default());
+    ctx.body = Some(watch.clone());
+    let idle = generation.config.server.limits.body_read_timeout;
+    Ok(ClientBody::Guarded(Box::new(Guarded::new(
+        body,
+        limit,
+        idle,
+        ctx.received.clone(),
+        watch,
+    ))))
 }
 
 /// The cluster's answer as the client's response (with a sticky cookie, when one is due).
@@ -463,6 +540,13 @@ fn bad_request(why: &'static str) -> ProxyError {
 
 /// Turns an error into the response the client gets, and logs who failed. The only place
 /// that maps an error to a status code.
+/// nginx's status for a request whose client went away before it was answered (access log and
+/// metrics only: the client is gone).
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 fn fail(
     generation: &Generation,
     ctx: &RequestContext<'_>,
@@ -471,6 +555,14 @@ fn fail(
     let (status, text) = match error.kind {
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
         ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ErrorKind::HeaderTooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header too large\n",
+        ),
+        ErrorKind::UriTooLong => (StatusCode::URI_TOO_LONG, "request target too long\n"),
+        ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timeout\n"),
+        // nginx's code for a client that went away; no one reads the answer.
+        ErrorKind::ClientClosed => (CLIENT_CLOSED, "client closed the request\n"),
         ErrorKind::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
         ErrorKind::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available\n"),
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n"),
@@ -504,7 +596,7 @@ fn fail(
         status = status.as_u16(),
         kind = ?error.kind,
         source = ?error.source_,
-        client = %ctx.client.addr,
+        client = %ctx.client_addr(),
         request_id,
         route,
         cluster = cluster.map(|c| c.name.as_str()),

@@ -118,6 +118,9 @@ impl Watch {
         settle.route = ctx.route;
         settle.cluster = ctx.cluster;
         if let Some(logged) = &mut settle.logged {
+            if let Some((_, client)) = &ctx.forwarded {
+                logged.client = client.clone();
+            }
             logged.request_id = ctx.request_id.clone();
             logged.endpoint = ctx.upstream.endpoint;
             logged.attempts = ctx.upstream.attempts;

@@ -54,6 +54,7 @@ impl Outbound for ClusterOutbound {
                 request_id: &request_id,
                 timers: &Timers::default(),
                 trace: None,
+                body_watch: None,
             };
             let mut progress = attempts::Progress::default();
             match attempts::send(exchange, &mut progress).await {

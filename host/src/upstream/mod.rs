@@ -27,7 +27,7 @@ use http::header;
 use http::{Request, Response, StatusCode};
 
 use self::pool::{Acquired, Lease, Pool, Shared, Slot, Stream};
-use crate::body::ProxyBody;
+use crate::body::{BodyWatch, ProxyBody};
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError};
 use crate::timer::{TimedOut, Timers};
@@ -87,19 +87,35 @@ impl UpstreamClient {
 
     /// Sends `request` (its URI in origin form: path and query) to the endpoint at index
     /// `endpoint` of the cluster, and waits for the response headers, timed by one of the
-    /// downstream connection's `timers`.
+    /// downstream connection's `timers` from when the request has been sent: at once, or,
+    /// when its body is still `uploading` from the client, when that body ends (a slow
+    /// upload is the client's, bounded by its read timeout, not the endpoint's).
     pub(crate) async fn send(
         &self,
         endpoint: usize,
         request: Request<ProxyBody>,
         timers: &Timers,
+        uploading: Option<&BodyWatch>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let deadline = timers.deadline(self.response_timeout);
+        let timed_out = || {
+            ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(TimedOut(self.response_timeout))
+        };
+        let Some(upload) = uploading else {
+            let deadline = timers.deadline(self.response_timeout);
+            return tokio::select! {
+                biased;
+                result = self.exchange(endpoint, request) => result,
+                () = deadline => Err(timed_out()),
+            };
+        };
+        let deadline = async {
+            upload.ended().await;
+            timers.deadline(self.response_timeout).await;
+        };
         tokio::select! {
             biased;
             result = self.exchange(endpoint, request) => result,
-            () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
-                .with_cause(TimedOut(self.response_timeout))),
+            () = deadline => Err(timed_out()),
         }
     }
 
