@@ -29,6 +29,7 @@ pub mod health;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
+mod proxy_protocol;
 mod redirect;
 mod reload;
 pub mod router;
@@ -157,7 +158,10 @@ pub async fn run(
         if let Some(port) = listener_config.redirect_to_https {
             tasks.spawn(server::serve(
                 listener,
-                None,
+                server::Accept {
+                    tls: None,
+                    proxy_protocol: listener_config.proxy_protocol,
+                },
                 settings.clone(),
                 redirect::service(port),
                 drain.clone(),
@@ -169,7 +173,10 @@ pub async fn run(
             move |accepted: Accepted| proxy.clone().for_connection(Client::accepted(accepted));
         tasks.spawn(server::serve(
             listener,
-            tls,
+            server::Accept {
+                tls,
+                proxy_protocol: listener_config.proxy_protocol,
+            },
             settings.clone(),
             make_service,
             drain.clone(),
@@ -178,7 +185,7 @@ pub async fn run(
     if let Some(listener) = admin_listener {
         tasks.spawn(server::serve(
             listener,
-            None,
+            server::Accept::default(),
             settings.clone(),
             admin::service(generation.clone(), reload),
             drain.clone(),

@@ -1,6 +1,6 @@
 //! Serving HTTP on one listener: the accept loop with its connection cap and accept backoff,
-//! the TLS handshake when the listener has TLS, hyper's auto (HTTP/1.1 with upgrades, or
-//! HTTP/2) connection per client, and the drain.
+//! the PROXY protocol header and the TLS handshake when the listener has them, hyper's auto
+//! (HTTP/1.1 with upgrades, or HTTP/2) connection per client, and the drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +24,7 @@ use tokio::time::Sleep;
 
 use crate::config::ServerConfig;
 use crate::error::BoxError;
+use crate::proxy_protocol::{self, Rewind};
 use crate::shutdown::Drain;
 use crate::timer::ConnectionTimer;
 use crate::tls::{ServerTls, TlsInfo};
@@ -38,6 +39,15 @@ pub(crate) struct Accepted {
     /// The connection's place under `max_connections`: freed when the last holder drops it
     /// (the connection, or a tunnel an upgrade turned it into).
     pub(crate) slot: Arc<OwnedSemaphorePermit>,
+}
+
+/// What a listener does with a connection before HTTP.
+#[derive(Debug, Default)]
+pub(crate) struct Accept {
+    /// The TLS handshake, on a TLS listener.
+    pub(crate) tls: Option<Arc<ServerTls>>,
+    /// A PROXY protocol header first, naming the client.
+    pub(crate) proxy_protocol: bool,
 }
 
 /// How often an HTTP/2 client connection is pinged, and how long its answer may take before
@@ -55,7 +65,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// upgraded connections to close.
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
-    tls: Option<Arc<ServerTls>>,
+    accept: Accept,
     settings: ServerConfig,
     make_service: M,
     mut drain: Drain,
@@ -128,7 +138,8 @@ pub(crate) async fn serve<M, S, B>(
         let watcher = graceful.watcher();
         let slot = Arc::new(permit);
         let make_service = make_service.clone();
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let acceptor = accept.tls.as_ref().map(|tls| tls.acceptor());
+        let proxy_protocol = accept.proxy_protocol;
         // A client gets as long to finish its TLS handshake, and then its first bytes, as
         // to finish its headers.
         let limit = settings.header_read_timeout;
@@ -138,6 +149,22 @@ pub(crate) async fn serve<M, S, B>(
             // The task holds the slot too: a service may drop its `Accepted` at once.
             let _held = slot.clone();
             let _open = open;
+            // Behind a load balancer speaking the PROXY protocol, the client is whom it names.
+            let (peer, stream) = if proxy_protocol {
+                let mut stream = stream;
+                let header = proxy_protocol::read_header(&mut stream);
+                match tokio::time::timeout(limit, header).await {
+                    Ok(Ok((client, ahead))) => (client.unwrap_or(peer), Rewind::new(stream, ahead)),
+                    Ok(Err(e)) => {
+                        return tracing::debug!(error = %e, %peer, "no valid PROXY protocol header");
+                    }
+                    Err(_) => {
+                        return tracing::debug!(%peer, "PROXY protocol header timed out");
+                    }
+                }
+            } else {
+                (peer, Rewind::new(stream, bytes::Bytes::new()))
+            };
             let Some(acceptor) = acceptor else {
                 let service = make_service(Accepted {
                     peer,

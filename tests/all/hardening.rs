@@ -260,3 +260,47 @@ async fn behind_a_trusted_proxy_the_client_is_the_one_it_names() {
         "the trusted proxy's scheme stands"
     );
 }
+
+/// A listener behind a load balancer that speaks the PROXY protocol: the client is whom the
+/// header names (what the upstream is told, and what a trusted-proxy check would see); a
+/// connection without a header is closed unanswered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
+    let upstream = Upstream::start("app").await;
+    let config = crate::config(&[upstream.addr], "").replace(
+        "address = \"127.0.0.1:0\"\n\n[admin]",
+        "address = \"127.0.0.1:0\"\nproxy_protocol = true\n\n[admin]",
+    );
+    assert!(config.contains("proxy_protocol = true"), "{config}");
+    let weir = Weir::start(&config).await;
+
+    let exchange = |bytes: &'static [u8]| async move {
+        let mut stream = tokio::net::TcpStream::connect(weir.proxy)
+            .await
+            .expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = exchange(
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\nGET / HTTP/1.1\r\nhost: a.test\r\nx-forwarded-for: 6.6.6.6\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.requests().pop().expect("a request");
+    let xff: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(
+        xff,
+        ["203.0.113.7"],
+        "the header's client, not the peer or what it wrote"
+    );
+
+    // No header: not HTTP to this listener.
+    let answer = exchange(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(answer, "", "closed without an answer");
+    assert_eq!(upstream.requests().len(), 1);
+}

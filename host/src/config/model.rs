@@ -67,6 +67,7 @@ pub(crate) struct RawListener {
     pub(crate) address: Spanned<String>,
     pub(crate) tls: Option<Spanned<RawListenerTls>>,
     pub(crate) redirect_to_https: Option<Spanned<RawRedirect>>,
+    pub(crate) proxy_protocol: Option<bool>,
 }
 
 /// `tls = { certificates = [...], min_version = "1.2", client_auth = {...} }` of a listener.

@@ -170,6 +170,9 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTls>,
     /// A plain listener that answers every request with a redirect to HTTPS on this port.
     pub redirect_to_https: Option<u16>,
+    /// Every connection starts with a PROXY protocol header naming the client
+    /// (`proxy_protocol.rs`).
+    pub proxy_protocol: bool,
 }
 
 /// The admin listener (`config/admin.rs` checks it).
@@ -646,6 +649,7 @@ pub(super) fn validate(
                 address,
                 tls,
                 redirect_to_https,
+                proxy_protocol: l.proxy_protocol.unwrap_or(false),
             });
         }
     }
