@@ -95,6 +95,49 @@ async fn infinite_loop_is_stopped_by_the_deadline() {
     assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
 }
 
+/// A plugin in a loop yields its thread at every epoch tick: with one worker thread, while two
+/// requests spin in it (each until its 3 s deadline), the admin listener and another route
+/// still answer. Without the yield, nothing else on the thread runs until both have trapped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_looping_plugin_does_not_stall_its_thread() {
+    let upstream = Upstream::start("one").await;
+    let config =
+        config(&[upstream.addr], "").replace("[server]\n", "[server]\nworker_threads = 1\n");
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        ("plugins/10-test.toml", b"deadline = \"3s\"\n"),
+    ];
+    let weir = Weir::start_with_files(&config, &files).await;
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let url = weir.url("/loop");
+            tokio::spawn(async move { weir_tests::get_with(&url, &[]).await.0 })
+        })
+        .collect();
+    // Both loops are running when the admin says two requests are in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+        if metrics.contains("weir_requests_in_flight 2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the admin did not see both loops running while they ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another request through the proxy is answered while they still spin.
+    assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
+    assert!(
+        loops.iter().all(|l| !l.is_finished()),
+        "the loops ended first"
+    );
+    for l in loops {
+        assert_eq!(l.await.expect("client"), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_hog_hits_the_cap() {
     let upstream = Upstream::start("one").await;

@@ -17,7 +17,7 @@ use super::contract::{AnyGuest, AnyPre, Guest as _, HookError, Hooks, on_guest};
 use super::host_api::kv::KvBackend;
 use super::state::PluginState;
 use super::view::RequestView;
-use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
+use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::metrics::{FailureKind, Held, PluginMetrics, metrics};
 
 /// Idle instances kept per plugin; more are dropped when returned.
@@ -149,7 +149,11 @@ impl Filter {
             ),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_callback(|store| {
+            budget::on_tick(store, |state: &mut PluginState| &mut state.budget)
+        });
+        store.data_mut().budget.reset(self.info.settings.deadline);
+        store.set_epoch_deadline(1);
         let guest = self
             .pre
             .instantiate(&mut store)
@@ -171,10 +175,6 @@ impl Filter {
             )),
             Err(e) => Err(self.error(FailureKind::Instantiate, format_args!("{e:#}"))),
         }
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.info.settings.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 
     /// A failed call, counted.
@@ -201,7 +201,8 @@ impl Filter {
         state.request_id.clear();
         state.request_id.push_str(request.request_id());
         state.trace_id = request.trace().map(|t| t.id.clone());
-        instance.store.set_epoch_deadline(self.deadline_ticks());
+        state.budget.reset(self.info.settings.deadline);
+        instance.store.set_epoch_deadline(1);
         Ok(instance)
     }
 

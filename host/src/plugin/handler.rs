@@ -30,7 +30,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::{CallError, EPOCH_TICK, ManualClock, PluginInfo};
+use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::body::ClientBody;
 use crate::error::BoxError;
 use crate::metrics::FailureKind;
@@ -109,6 +109,8 @@ pub(super) struct HandlerState {
     table: ResourceTable,
     hooks: OutboundHooks,
     pub(super) limits: StoreLimits,
+    /// The call's share of time (`plugin::budget`).
+    budget: budget::CallBudget,
 }
 
 impl WasiView for HandlerState {
@@ -220,11 +222,15 @@ impl Handler {
                 outbound,
             },
             limits,
+            budget: budget::CallBudget::default(),
         };
         let mut store = wasmtime::Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
-        let ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_callback(|store| {
+            budget::on_tick(store, |state: &mut HandlerState| &mut state.budget)
+        });
+        store.data_mut().budget.reset(deadline);
+        store.set_epoch_deadline(1);
 
         let (parts, body) = request.into_parts();
         let body = match body {

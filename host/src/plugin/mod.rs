@@ -23,6 +23,7 @@
 //! `settings.rs` `NAME.toml`; `state.rs` a filter instance's store data; `view.rs` what
 //! hooks see; `host_api/` the current version's imports; `chain.rs` a route's filters.
 
+mod budget;
 pub mod chain;
 mod contract;
 mod filter;

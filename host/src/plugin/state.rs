@@ -33,6 +33,8 @@ pub(crate) struct PluginState {
     pub(crate) metrics: Vec<Arc<PluginMetric>>,
     /// Whether `configure` is running: metrics are declared only then.
     pub(crate) configuring: bool,
+    /// The current call's share of time (`plugin::budget`).
+    pub(crate) budget: super::budget::CallBudget,
 }
 
 impl PluginState {
@@ -55,6 +57,7 @@ impl PluginState {
             metric_set,
             metrics: Vec::new(),
             configuring: false,
+            budget: super::budget::CallBudget::default(),
         }
     }
 }

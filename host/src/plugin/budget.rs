@@ -1,0 +1,82 @@
+//! A plugin call's share of time. Every epoch tick (1 ms) that finds the call running, the
+//! call yields to the async runtime, so a plugin in a loop delays other requests on its
+//! thread by at most a tick at a time instead of its whole deadline; and it is charged that
+//! tick. It traps (`Trap::Interrupt`, a `deadline` failure) once it has been charged its
+//! `deadline` in ticks (its own running time; time yielded to others is not charged), or once
+//! twice its deadline has passed on the wall clock since the call began (a call that waits —
+//! a WASI sleep, a slow host call — is cut off at its next tick after that).
+
+use std::time::Duration;
+
+use wasmtime::{StoreContextMut, UpdateDeadline};
+
+use super::EPOCH_TICK;
+
+/// The current call's budget; reset before each call.
+#[derive(Debug)]
+pub(crate) struct CallBudget {
+    /// Ticks charged so far.
+    charged: u64,
+    /// Ticks the call may be charged.
+    ticks: u64,
+    /// When the call began.
+    started: quanta::Instant,
+    /// The wall-clock bound.
+    wall: Duration,
+}
+
+impl Default for CallBudget {
+    fn default() -> CallBudget {
+        CallBudget {
+            charged: 0,
+            ticks: 1,
+            started: quanta::Instant::now(),
+            wall: EPOCH_TICK,
+        }
+    }
+}
+
+impl CallBudget {
+    /// A fresh budget of `deadline` for the call about to begin.
+    pub(crate) fn reset(&mut self, deadline: Duration) {
+        self.charged = 0;
+        self.ticks = ticks(deadline);
+        self.started = quanta::Instant::now();
+        self.wall = deadline.saturating_mul(2);
+    }
+}
+
+/// `deadline` in epoch ticks, at least one.
+pub(crate) fn ticks(deadline: Duration) -> u64 {
+    u64::try_from(deadline.as_millis() / EPOCH_TICK.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The epoch callback of a plugin's store: charge the tick, then yield or trap.
+pub(crate) fn on_tick<T>(
+    mut store: StoreContextMut<'_, T>,
+    budget: impl Fn(&mut T) -> &mut CallBudget,
+) -> wasmtime::Result<UpdateDeadline> {
+    let budget = budget(store.data_mut());
+    budget.charged += 1;
+    if budget.charged >= budget.ticks || budget.started.elapsed() >= budget.wall {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(tokio::task::yield_now()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_is_at_least_one_tick() {
+        assert_eq!(ticks(Duration::from_micros(10)), 1);
+        assert_eq!(ticks(Duration::from_millis(50)), 50);
+        assert_eq!(ticks(Duration::MAX), u64::MAX);
+    }
+}
