@@ -998,6 +998,17 @@ async fn tunnels_count_against_the_clusters_max_connections() {
     upstream
         .wait("the first tunnel closed", |s| s.open == 0)
         .await;
+    // The upstream sees the close before weir's tunnel task has let its slot go: wait for
+    // weir's own count.
+    let deadline = tokio::time::Instant::now() + weir_tests::DEADLINE;
+    while weir.clusters().await[0]["open_connections"].as_u64() != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed tunnel's slot was never given back: {}",
+            weir.clusters().await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = open_tunnel(weir.proxy, "/three").await;
 }
 
