@@ -1,16 +1,25 @@
 //! A plugin call's share of time. Every epoch tick (1 ms) that finds the call running, the
-//! call yields to the async runtime, so a plugin in a loop delays other requests on its
-//! thread by at most a tick at a time instead of its whole deadline; and it is charged that
-//! tick. It traps (`Trap::Interrupt`, a `deadline` failure) once it has been charged its
-//! `deadline` in ticks (its own running time; time yielded to others is not charged), or once
-//! twice its deadline has passed on the wall clock since the call began (a call that waits —
-//! a WASI sleep, a slow host call — is cut off at its next tick after that).
+//! call is charged that tick and gives its thread to the async runtime's other work: its first
+//! two ticks with a plain yield, later ones by waiting four ticks, so a plugin in a loop delays
+//! other requests on its thread by at most a tick at a time and gets about a fifth of the
+//! thread, instead of holding it for its whole deadline. It traps (`Trap::Interrupt`, a
+//! `deadline` failure) once it has been charged its `deadline` in ticks (its own running time;
+//! time given to others is not charged), or once five times its deadline has passed on the
+//! wall clock since the call began (room for the waits; a call that waits itself — a WASI
+//! sleep, a slow host call — is cut off at its next tick after that).
 
 use std::time::Duration;
 
 use wasmtime::{StoreContextMut, UpdateDeadline};
 
 use super::EPOCH_TICK;
+
+/// Ticks a call runs with only a yield between them.
+const FREE_TICKS: u64 = 2;
+/// Ticks a call that runs longer waits between its slices.
+const BACKOFF: u32 = 4;
+/// The wall-clock bound, in deadlines: room for the backoff's waits.
+const WALL_DEADLINES: u32 = 1 + BACKOFF;
 
 /// The current call's budget; reset before each call.
 #[derive(Debug)]
@@ -42,13 +51,13 @@ impl CallBudget {
         self.charged = 0;
         self.ticks = ticks(deadline);
         self.started = quanta::Instant::now();
-        self.wall = deadline.saturating_mul(2);
+        self.wall = deadline.saturating_mul(WALL_DEADLINES);
     }
 }
 
 /// `deadline` in epoch ticks, at least one.
 pub(crate) fn ticks(deadline: Duration) -> u64 {
-    u64::try_from(deadline.as_millis() / EPOCH_TICK.as_millis())
+    u64::try_from(deadline.as_micros() / EPOCH_TICK.as_micros())
         .unwrap_or(u64::MAX)
         .max(1)
 }
@@ -63,9 +72,17 @@ pub(crate) fn on_tick<T>(
     if budget.charged >= budget.ticks || budget.started.elapsed() >= budget.wall {
         return Ok(UpdateDeadline::Interrupt);
     }
+    // The first ticks only yield; past them, the call waits `BACKOFF` ticks between its
+    // slices, so a plugin that keeps running gets a fifth of its thread, not half of it.
+    if budget.charged <= FREE_TICKS {
+        return Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ));
+    }
     Ok(UpdateDeadline::YieldCustom(
         1,
-        Box::pin(tokio::task::yield_now()),
+        Box::pin(tokio::time::sleep(EPOCH_TICK * BACKOFF)),
     ))
 }
 

@@ -97,25 +97,17 @@ impl UpstreamClient {
         timers: &Timers,
         uploading: Option<&BodyWatch>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let timed_out = || {
-            ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(TimedOut(self.response_timeout))
-        };
-        let Some(upload) = uploading else {
-            let deadline = timers.deadline(self.response_timeout);
-            return tokio::select! {
-                biased;
-                result = self.exchange(endpoint, request) => result,
-                () = deadline => Err(timed_out()),
-            };
-        };
         let deadline = async {
-            upload.ended().await;
+            if let Some(upload) = uploading {
+                upload.ended().await;
+            }
             timers.deadline(self.response_timeout).await;
         };
         tokio::select! {
             biased;
             result = self.exchange(endpoint, request) => result,
-            () = deadline => Err(timed_out()),
+            () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+                .with_cause(TimedOut(self.response_timeout))),
         }
     }
 
