@@ -76,7 +76,8 @@ pub struct Guarded {
     limit: Option<u64>,
     /// Shared with the request's metrics and access log.
     counted: Option<Arc<AtomicU64>>,
-    idle: Duration,
+    /// The read timeout; none for streams that may rightly stay quiet.
+    idle: Option<Duration>,
     /// The read timeout, made at the body's first pause and reset at each later one.
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer is set for the pause in progress.
@@ -89,7 +90,7 @@ impl Guarded {
     pub fn new(
         body: ClientBody,
         limit: Option<u64>,
-        idle: Duration,
+        idle: Option<Duration>,
         counted: Option<Arc<AtomicU64>>,
         watch: Arc<BodyWatch>,
     ) -> Guarded {
@@ -173,10 +174,13 @@ impl Body for Guarded {
             }
             Poll::Ready(Some(Err(e))) => this.fail(fault_of(&e), e),
             Poll::Pending => {
+                let Some(idle) = this.idle else {
+                    return Poll::Pending;
+                };
                 if !std::mem::replace(&mut this.paused, true) {
                     // A pause begins: the client has `idle` to send more.
                     let now = Instant::now();
-                    let deadline = now.checked_add(this.idle).unwrap_or(now + FAR);
+                    let deadline = now.checked_add(idle).unwrap_or(now + FAR);
                     match &mut this.timer {
                         Some(timer) => timer.as_mut().reset(deadline),
                         None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -185,7 +189,7 @@ impl Body for Guarded {
                 if let Some(timer) = &mut this.timer
                     && timer.as_mut().poll(cx).is_ready()
                 {
-                    let cause = format!("nothing for body_read_timeout = {:?}", this.idle);
+                    let cause = format!("nothing for body_read_timeout = {idle:?}");
                     return this.fail(BodyFault::Stalled, cause.into());
                 }
                 Poll::Pending

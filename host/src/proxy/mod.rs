@@ -278,7 +278,10 @@ async fn proxy<B: DownstreamBody>(
     let upgrade = upgrade::requested(&mut parts, extended_connect);
     let mut body = body.into_client_body();
     if !hyper::body::Body::is_end_stream(&body) {
-        body = guard_body(generation, body, &parts.headers, ctx)?;
+        // A gRPC call's or a tunnel's stream may rightly stay quiet: no read timeout there
+        // (grpc-timeout and upgrade_idle_timeout bound them).
+        let streaming = ctx.grpc || upgrade.is_some();
+        body = guard_body(generation, body, &parts.headers, ctx, streaming)?;
     }
     let mut body = RequestBody::Client(body);
     // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
@@ -458,12 +461,14 @@ fn exchange<'a>(
 }
 
 /// The client's body under its route's size limit (413 at once when `Content-Length` is over
-/// it) and the read timeout, its bytes counted when observed, its fate watched.
+/// it) and, unless `streaming`, the read timeout; its bytes counted when observed, its fate
+/// watched.
 fn guard_body(
     generation: &Generation,
     body: ClientBody,
     headers: &http::HeaderMap,
     ctx: &mut RequestContext<'_>,
+    streaming: bool,
 ) -> Result<ClientBody, ProxyError> {
     let limit = ctx
         .route
@@ -483,7 +488,7 @@ fn guard_body(
     }
     let watch = Arc::new(crate::body::BodyWatch::default());
     ctx.body = Some(watch.clone());
-    let idle = generation.config.server.limits.body_read_timeout;
+    let idle = (!streaming).then_some(generation.config.server.limits.body_read_timeout);
     Ok(ClientBody::Guarded(Box::new(Guarded::new(
         body,
         limit,

@@ -315,3 +315,66 @@ fn cookie_values_are_found_across_headers() {
     assert_eq!(super::cookie(&headers, "theme"), Some("dark"));
     assert_eq!(super::cookie(&headers, "sess"), None);
 }
+
+/// A body that sends `hello`, then nothing for two seconds, then ` world` (time is paused in
+/// the test, so the pause costs nothing).
+fn pausing_body() -> UnsyncBoxBody<Bytes, BoxError> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    tokio::spawn(async move {
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+            .await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from_static(b" world"))))
+            .await;
+    });
+    boxed(Channel(receiver))
+}
+
+/// A body fed through a channel.
+struct Channel(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// `body_read_timeout` (here 1 s) ends a request body that pauses longer with 408, never
+/// counted against the endpoint; a gRPC call's stream may pause (its own deadline bounds it).
+#[tokio::test(start_paused = true)]
+async fn a_paused_body_is_408_except_a_grpc_stream() {
+    let config = format!(
+        "{}\n[server.limits]\nbody_read_timeout = \"1s\"\n",
+        two_endpoints(false).replace("retries = 1", "retries = 0")
+    );
+    let watch = Watch::default();
+    let service = proxy(&config, first_fails(Endpoint::Answer(200), &watch));
+    let post = |grpc: bool| {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri("/x")
+            .header(http::header::HOST, "svc.test");
+        if grpc {
+            builder = builder
+                .version(http::Version::HTTP_2)
+                .header(http::header::CONTENT_TYPE, "application/grpc");
+        }
+        builder
+            .body(pausing_body())
+            .unwrap_or_else(|e| panic!("request: {e}"))
+    };
+    let response = service.handle(post(false), &client()).await;
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let response = service.handle(post(true), &client()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = watch.seen();
+    assert_eq!(seen.last().map(|s| &s.body[..]), Some(&b"hello world"[..]));
+}
