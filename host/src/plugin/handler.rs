@@ -161,15 +161,19 @@ impl WasiHttpHooks for OutboundHooks {
             .map(str::to_owned);
         let outbound = self.outbound.clone();
         Box::new(async move {
-            let Some(cluster) = cluster else {
-                return Err(Error::HttpRequestDenied);
-            };
+            // The body is read first, even for a request about to be refused: dropped unread,
+            // it would reach the guest as a reset stream while it still writes it, and the
+            // guest could report that instead of the refusal (a race the runtime's yields
+            // make likely).
             let (mut parts, body) = request.into_parts();
             let body = Limited::new(body, MAX_OUTBOUND_BODY_BYTES)
                 .collect()
                 .await
                 .map_err(|_| Error::HttpRequestBodySize(None))?
                 .to_bytes();
+            let Some(cluster) = cluster else {
+                return Err(Error::HttpRequestDenied);
+            };
             let path = parts
                 .uri
                 .path_and_query()
