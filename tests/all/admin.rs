@@ -8,7 +8,7 @@ use std::process::Command;
 use http::{HeaderMap, Method, StatusCode};
 use weir_tests::certs::Ca;
 use weir_tests::weir::weir_bin;
-use weir_tests::{Upstream, Weir, empty, get_with, http1_client, read_body};
+use weir_tests::{Upstream, Weir, get_with, http1_client, read_body};
 
 use crate::config;
 
@@ -32,17 +32,7 @@ async fn send(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
-    let mut request = http::Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = http1_client()
-        .request(request.body(empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = String::from_utf8_lossy(&read_body(body).await).into_owned();
-    (parts.status, parts.headers, body)
+    weir_tests::send_with(method, url, headers).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,7 +89,16 @@ pub async fn get_with(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (http::StatusCode, http::HeaderMap, String) {
-    let mut request = http::Request::get(url);
+    send_with(http::Method::GET, url, headers).await
+}
+
+/// A bodiless `method` request to `url` with `headers`: status, headers and body as text.
+pub async fn send_with(
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, String) {
+    let mut request = http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
