@@ -1,8 +1,7 @@
-//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0`,
-//! `tests/plugins/v0_3_1` and `tests/plugins/v0_3_2`) and the bundled plugins (`plugins/*`)
-//! for `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
-//! `TEST_PLUGIN_V0_3_0_WASM`, `TEST_PLUGIN_V0_3_1_WASM`, `TEST_PLUGIN_V0_3_2_WASM`,
-//! `BUNDLED_PLUGINS_DIR`). Fails the build, with
+//! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
+//! `tests/plugins/v0_3_3`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and
+//! tells the tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to
+//! `TEST_PLUGIN_V0_3_3_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
 //! the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -17,13 +16,13 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
-    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2"] {
+    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3"] {
         println!(
             "cargo:rerun-if-changed={}",
             here.join("../wit").join(frozen).display()
         );
     }
-    for guest in ["v0_3_0", "v0_3_1", "v0_3_2"] {
+    for guest in ["v0_3_0", "v0_3_1", "v0_3_2", "v0_3_3"] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
@@ -54,8 +53,7 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guests built against the frozen 0.3.0, 0.3.1 and 0.3.2
-    // contracts.
+    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.3 contracts.
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -68,6 +66,7 @@ fn main() {
         ("TEST_PLUGIN_V0_3_0_WASM", "weir_test_plugin_v0_3_0"),
         ("TEST_PLUGIN_V0_3_1_WASM", "weir_test_plugin_v0_3_1"),
         ("TEST_PLUGIN_V0_3_2_WASM", "weir_test_plugin_v0_3_2"),
+        ("TEST_PLUGIN_V0_3_3_WASM", "weir_test_plugin_v0_3_3"),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -261,7 +261,7 @@ pub async fn run(
     let plugin = runtime.load(source, &PluginLimits::default()).await?;
     let name = plugin.info().name.clone();
     for (key, value) in &cases.plugin.kv {
-        runtime.kv_set(&name, key, value.clone().into_bytes());
+        runtime.kv_set(&name, key, value.clone().into_bytes()).await;
     }
     let kind = match &plugin {
         Plugin::Handler(_) => "handler",
@@ -292,7 +292,7 @@ pub async fn run(
         }
         let mut problems = check(&case.expect, &outcome);
         for (key, want) in &case.expect.kv {
-            let got = runtime.kv_get(&name, key);
+            let got = runtime.kv_get(&name, key).await;
             if got.as_deref() != Some(want.as_bytes()) {
                 problems.push(format!(
                     "kv {key:?}: expected {want:?}, got {}",

@@ -26,6 +26,7 @@ pub mod endpoints;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod kv;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
@@ -74,8 +75,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
     // The runtime lives for the whole run: it owns the engine's epoch ticker.
-    let runtime = PluginRuntime::new(config.plugins.cache_dir.as_deref())
+    let mut runtime = PluginRuntime::new(config.plugins.cache_dir.as_deref())
         .map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
+    runtime
+        .use_kv(&config.kv)
+        .map_err(|e| HostError::PluginRuntime(e.into()))?;
     let runtime = Arc::new(runtime);
     let settings = config.server.clone();
     let listener_configs = config.listeners.clone();

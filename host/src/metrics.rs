@@ -109,6 +109,10 @@ pub struct Metrics {
     generation: IntGauge,
     kv_keys: IntGaugeVec,
     kv_bytes: IntGaugeVec,
+    /// Redis `kv` calls that failed, by `reason`: `timeout`, `error`, `breaker_open`.
+    pub(crate) kv_failures: IntCounterVec,
+    /// Whether the Redis `kv` store's circuit breaker is open.
+    pub(crate) kv_breaker_open: IntGauge,
     pub(crate) metric_errors: IntCounterVec,
     /// The metrics plugins declared.
     declared: plugin::Declared,
@@ -319,6 +323,16 @@ impl Metrics {
                 "weir_kv_bytes",
                 "Bytes of keys and values in the plugin's kv namespace (memory backend).",
                 &["plugin"],
+            ),
+            kv_failures: counter(
+                &r,
+                "weir_kv_failures_total",
+                "Calls to the Redis kv store that failed: timeout, error, or breaker_open (failed at once).",
+                &["reason"],
+            ),
+            kv_breaker_open: single(
+                "weir_kv_breaker_open",
+                "1 while the Redis kv store's circuit breaker is open (calls fail at once).",
             ),
             access_log_written: single_counter(
                 "weir_access_log_records_total",

@@ -63,6 +63,56 @@ pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, Kv
     imp::increment(key, delta, ttl_ms(ttl))
 }
 
+/// What [`increment_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded {
+    /// Whether the delta was added.
+    pub applied: bool,
+    /// The counter after the call: with the delta if it was applied, unchanged if not (0 for
+    /// a counter that does not exist).
+    pub value: i64,
+    /// Time until the counter expires, if it exists and expires.
+    pub ttl: Option<Duration>,
+}
+
+/// Adds `delta` to the counter at `key` only if the result is at most `limit`, atomically
+/// across every instance and, with weir's Redis store, every weir process, in one round trip
+/// (weir:plugin 0.3.4). `ttl` sets the expiry when the key is created. A counter that admits
+/// at most `limit`, with nothing to take back when it is full:
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_plugin::kv;
+///
+/// let minute = Some(Duration::from_secs(60));
+/// assert!(kv::increment_within("quota:alice", 1, 2, minute)?.applied);
+/// assert!(kv::increment_within("quota:alice", 1, 2, minute)?.applied);
+/// let full = kv::increment_within("quota:alice", 1, 2, minute)?;
+/// assert!(!full.applied);
+/// assert_eq!(full.value, 2);
+/// # Ok::<(), weir_plugin::kv::KvError>(())
+/// ```
+pub fn increment_within(
+    key: &str,
+    delta: i64,
+    limit: i64,
+    ttl: Option<Duration>,
+) -> Result<Bounded, KvError> {
+    imp::increment_within(key, delta, limit, ttl_ms(ttl))
+}
+
+/// Sets `key` to `value` only if it holds `expected` now (`None`: only if it is absent or
+/// expired), atomically (weir:plugin 0.3.4); returns whether it was set. On `false` another
+/// caller changed the value first: read it again, recompute, and retry.
+pub fn compare_and_set(
+    key: &str,
+    expected: Option<&[u8]>,
+    value: &[u8],
+    ttl: Option<Duration>,
+) -> Result<bool, KvError> {
+    imp::compare_and_set(key, expected, value, ttl_ms(ttl))
+}
+
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::KvError;
@@ -90,6 +140,30 @@ mod imp {
 
     pub(super) fn increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         kv::increment(key, delta, ttl_ms).map_err(error)
+    }
+
+    pub(super) fn increment_within(
+        key: &str,
+        delta: i64,
+        limit: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<super::Bounded, KvError> {
+        kv::increment_within(key, delta, limit, ttl_ms)
+            .map(|b| super::Bounded {
+                applied: b.applied,
+                value: b.value,
+                ttl: b.ttl_ms.map(std::time::Duration::from_millis),
+            })
+            .map_err(error)
+    }
+
+    pub(super) fn compare_and_set(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        kv::compare_and_set(key, expected, value, ttl_ms).map_err(error)
     }
 }
 

@@ -26,6 +26,8 @@ pub(crate) struct MockHost {
     pub(crate) configuring: bool,
     /// Metric updates weir would have ignored.
     pub(crate) metric_errors: usize,
+    /// Set by `testing::fail_kv`: every kv call fails as unavailable with this text.
+    pub(crate) kv_down: Option<String>,
 }
 
 impl Default for MockHost {
@@ -39,6 +41,7 @@ impl Default for MockHost {
             metrics: Vec::new(),
             configuring: false,
             metric_errors: 0,
+            kv_down: None,
         }
     }
 }
@@ -53,7 +56,7 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut MockHost) -> R) -> R {
 
 pub(crate) mod kv {
     use super::*;
-    use crate::kv::KvError;
+    use crate::kv::{Bounded, KvError};
 
     fn live(host: &MockHost, key: &str) -> Option<Vec<u8>> {
         host.kv
@@ -66,65 +69,141 @@ pub(crate) mod kv {
         ttl_ms.map(|ms| now + Duration::from_millis(ms))
     }
 
-    pub(crate) fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(with(|host| {
+    /// One kv call: counted, and failed if the test took the store down. Sizes are checked
+    /// as weir checks them.
+    fn call<R>(
+        key: &str,
+        value: &[u8],
+        op: impl FnOnce(&mut MockHost) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        with(|host| {
             host.kv_calls += 1;
-            live(host, key)
-        }))
+            if let Some(why) = &host.kv_down {
+                return Err(KvError::Unavailable(why.clone()));
+            }
+            if key.len() > 1024 {
+                return Err(KvError::Invalid(format!(
+                    "the key is {} bytes; at most 1024 are allowed",
+                    key.len()
+                )));
+            }
+            if value.len() > 1 << 20 {
+                return Err(KvError::Invalid(format!(
+                    "the value is {} bytes; at most {} are allowed",
+                    value.len(),
+                    1 << 20
+                )));
+            }
+            op(host)
+        })
+    }
+
+    pub(crate) fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        call(key, &[], |host| Ok(live(host, key)))
     }
 
     pub(crate) fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
-        with(|host| {
-            host.kv_calls += 1;
+        call(key, value, |host| {
             let expires = expiry(host.now, ttl_ms);
             host.kv.insert(key.to_owned(), (value.to_vec(), expires));
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     pub(crate) fn delete(key: &str) -> Result<(), KvError> {
-        with(|host| {
-            host.kv_calls += 1;
-            host.kv.remove(key)
-        });
-        Ok(())
+        call(key, &[], |host| {
+            host.kv.remove(key);
+            Ok(())
+        })
     }
 
     /// The host's semantics: decimal text, absent or expired counts as 0, TTL set on create.
     pub(crate) fn increment(key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
-        with(|host| {
-            host.kv_calls += 1;
-            increment_in(host, key, delta, ttl_ms)
+        call(key, &[], |host| {
+            increment_in(host, key, delta, i64::MAX, ttl_ms).map(|bounded| bounded.value)
         })
+    }
+
+    pub(crate) fn increment_within(
+        key: &str,
+        delta: i64,
+        limit: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<Bounded, KvError> {
+        call(key, &[], |host| {
+            increment_in(host, key, delta, limit, ttl_ms)
+        })
+    }
+
+    pub(crate) fn compare_and_set(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        call(key, value, |host| {
+            if live(host, key).as_deref() != expected {
+                return Ok(false);
+            }
+            let expires = expiry(host.now, ttl_ms);
+            host.kv.insert(key.to_owned(), (value.to_vec(), expires));
+            Ok(true)
+        })
+    }
+
+    fn ttl_of(host: &MockHost, key: &str) -> Option<Duration> {
+        let (_, expires) = host.kv.get(key)?;
+        Some(
+            expires
+                .as_ref()?
+                .duration_since(host.now)
+                .unwrap_or_default(),
+        )
     }
 
     fn increment_in(
         host: &mut MockHost,
         key: &str,
         delta: i64,
+        limit: i64,
         ttl_ms: Option<u64>,
-    ) -> Result<i64, KvError> {
-        match live(host, key) {
-            Some(value) => {
-                let current = std::str::from_utf8(&value)
+    ) -> Result<Bounded, KvError> {
+        let current = match live(host, key) {
+            Some(value) => Some(
+                std::str::from_utf8(&value)
                     .ok()
                     .and_then(|t| t.parse::<i64>().ok())
-                    .ok_or_else(|| KvError::Invalid("the value is not a decimal integer".into()))?;
-                let next = current.checked_add(delta).ok_or_else(|| {
-                    KvError::Invalid("the counter would overflow a 64-bit integer".into())
-                })?;
+                    .ok_or_else(|| KvError::Invalid("the value is not a decimal integer".into()))?,
+            ),
+            None => None,
+        };
+        let next = current.unwrap_or(0).checked_add(delta).ok_or_else(|| {
+            KvError::Invalid("the counter would overflow a 64-bit integer".into())
+        })?;
+        if next > limit {
+            return Ok(Bounded {
+                applied: false,
+                value: current.unwrap_or(0),
+                ttl: current.and_then(|_| ttl_of(host, key)),
+            });
+        }
+        match current {
+            Some(_) => {
                 if let Some(slot) = host.kv.get_mut(key) {
                     slot.0 = next.to_string().into_bytes();
                 }
-                Ok(next)
             }
             None => {
                 let expires = expiry(host.now, ttl_ms);
                 host.kv
-                    .insert(key.to_owned(), (delta.to_string().into_bytes(), expires));
-                Ok(delta)
+                    .insert(key.to_owned(), (next.to_string().into_bytes(), expires));
             }
         }
+        Ok(Bounded {
+            applied: true,
+            value: next,
+            ttl: ttl_of(host, key),
+        })
     }
 }
 

@@ -463,6 +463,13 @@ pub fn kv_calls() -> usize {
     mock::with(|host| host.kv_calls)
 }
 
+/// Makes every `kv` operation on this thread fail as the host's do when the store is down
+/// (`KvError::Unavailable(why)`), until `None` or the next reset: for testing what a filter
+/// does without its store (a Redis outage in weir).
+pub fn fail_kv(why: Option<&str>) {
+    mock::with(|host| host.kv_down = why.map(str::to_owned));
+}
+
 /// Every line logged on this thread since the last reset.
 pub fn logs() -> Vec<(Level, String)> {
     mock::with(|host| host.logs.clone())

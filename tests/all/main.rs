@@ -25,6 +25,7 @@ mod pooling;
 mod proxying;
 mod reload;
 mod service;
+mod shared_state;
 mod tidy;
 
 use std::net::SocketAddr;

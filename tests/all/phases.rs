@@ -255,7 +255,7 @@ const GUEST_0_3_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
 
 /// Response header changes a plugin leaves through its request handle, from either lazy hook
 /// (raw bindings on the frozen 0.3.1 contract — the SDK cannot leave them from a response
-/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.3 host): those left by the
+/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.4 host): those left by the
 /// request hook apply before the plugin's response hook (which sees them), its own changes
 /// next, then those it left during that hook. A local reply drops what its call left; more
 /// than 256 in one call fails the request.
@@ -292,7 +292,7 @@ async fn changes_left_from_both_hooks_apply_in_order() {
 
 const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
 
-/// The contract is 0.3.3; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
+/// The contract is 0.3.4; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
 /// imports are served by semver-compatible linking, its lazy hooks found and called.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
@@ -394,7 +394,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.3.3".into()));
+    assert_eq!(contract("transform"), Some("0.3.4".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

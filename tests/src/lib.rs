@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod redis;
 pub mod upstream;
 pub mod weir;
 
+pub use redis::Redis;
 pub use upstream::Upstream;
 pub use weir::Weir;
 

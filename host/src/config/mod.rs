@@ -5,6 +5,7 @@
 //! A running proxy therefore never holds a half-applied configuration.
 
 mod admin;
+pub(crate) mod kv;
 mod model;
 mod tls;
 mod validate;
@@ -14,6 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use admin::{AdminAuth, AdminToken, TokenSource};
+pub use kv::{KvBackendKind, KvConfig, RedisKvConfig};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,

@@ -29,6 +29,30 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) metrics: RawMetrics,
     pub(crate) tracing: Option<Spanned<RawTracing>>,
+    pub(crate) kv: Option<Spanned<RawKv>>,
+}
+
+/// `[kv]`: where the plugins' shared store lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKv {
+    pub(crate) backend: Option<Spanned<String>>,
+    pub(crate) url: Option<Spanned<String>>,
+    pub(crate) ca: Option<Spanned<PathBuf>>,
+    pub(crate) prefix: Option<String>,
+    #[serde(default, with = "duration")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) connections: Option<Spanned<usize>>,
+    pub(crate) breaker: Option<RawKvBreaker>,
+}
+
+/// `breaker = { consecutive_failures = 5, open_for = "1s" }` of `[kv]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKvBreaker {
+    pub(crate) consecutive_failures: Option<u32>,
+    #[serde(default, with = "duration")]
+    pub(crate) open_for: Option<Duration>,
 }
 
 /// `[tracing]`: spans exported over OTLP/HTTP.

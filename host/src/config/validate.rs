@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use toml::Spanned;
 
 use super::admin::{self, AdminAuth};
+use super::kv::KvConfig;
 use super::model::{
     RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawLimits, RawOutlier,
     RawPathNormalization, RawPlugins, RawRoute, RawTracing,
@@ -93,6 +94,8 @@ pub struct Config {
     pub metrics: bool,
     /// Where spans are exported, if anywhere.
     pub tracing: Option<TracingConfig>,
+    /// Where the plugins' shared `kv` store lives.
+    pub kv: KvConfig,
 }
 
 /// `[tracing]`.
@@ -534,7 +537,7 @@ impl Serialize for ClusterRef {
     }
 }
 
-fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn human<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
 }
 
@@ -569,7 +572,7 @@ impl Checker<'_> {
         self.found.push(self.locate.at(Some(at.span()), message));
     }
 
-    fn error_nowhere(&mut self, message: String) {
+    pub(super) fn error_nowhere(&mut self, message: String) {
         self.found.push(self.locate.at(None, message));
     }
 
@@ -718,6 +721,11 @@ pub(super) fn validate(
         .tracing
         .as_ref()
         .map(|t| tracing_config(&mut check, t.get_ref()));
+    let kv = raw
+        .kv
+        .as_ref()
+        .map(|k| super::kv::kv(&mut check, k, base_dir))
+        .unwrap_or_default();
 
     if check.found.is_empty() {
         Ok(Config {
@@ -730,6 +738,7 @@ pub(super) fn validate(
             access_log,
             metrics,
             tracing,
+            kv,
         })
     } else {
         check.found.sort_by_key(|d| (d.line, d.column));
@@ -1728,6 +1737,23 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               10:10: access_log.format must be \"json\" or \"text\", not \"xml\"\n\
               11:10: access_log.sample must be between 0 and 1\n\
               12:9: access_log.queue must be at least 1",
+            ),
+            (
+                "[kv]\nbackend = \"mongo\"",
+                "9:11: kv.backend must be \"memory\" or \"redis\", not \"mongo\"",
+            ),
+            (
+                "[kv]\nbackend = \"redis\"\nurl = \"http://:hunter2@cache:6379\"\nconnections = 0",
+                "10:7: kv.url \"http://…@cache:6379\" must start with redis:// or rediss:// (TLS)\n\
+              11:15: kv.connections must be between 1 and 64",
+            ),
+            (
+                "[kv]\nurl = \"redis://cache\"",
+                "9:7: kv.url is for backend = \"redis\"; the memory store has no address",
+            ),
+            (
+                "[kv]\nbackend = \"redis\"\nurl = \"redis://:pw@127.0.0.1:6379/2\"\ntimeout = \"20ms\"\nbreaker = { consecutive_failures = 3, open_for = \"2s\" }",
+                "ok",
             ),
             (
                 "[access_log]\npath = \"stderr\"\nformat = \"text\"\nsample = 0.25\n[metrics]\nenabled = false\n[[routes]]\nname = \"quiet\"\ncluster = \"app\"\naccess_log = false",

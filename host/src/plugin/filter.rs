@@ -14,10 +14,10 @@ use super::contract::current::types::{
     BodyAction, BodyHookSet, HeaderOp, HookSet, RequestAction, ResponseAction,
 };
 use super::contract::{AnyGuest, AnyPre, Guest as _, HookError, Hooks, on_guest};
-use super::host_api::kv::KvBackend;
 use super::state::PluginState;
 use super::view::RequestView;
 use super::{CallError, ManualClock, PluginInfo, budget};
+use crate::kv::KvStore;
 use crate::metrics::{FailureKind, Held, PluginMetrics, metrics};
 
 /// Idle instances kept per plugin; more are dropped when returned.
@@ -29,7 +29,7 @@ pub struct Filter {
     pub info: PluginInfo,
     hooks: Hooks,
     config_json: String,
-    kv: Arc<dyn KvBackend>,
+    kv: Arc<KvStore>,
     clock: Option<Arc<ManualClock>>,
     engine: Engine,
     pre: AnyPre,
@@ -61,7 +61,7 @@ struct Instance {
 pub(super) struct FilterParts {
     pub(super) info: PluginInfo,
     pub(super) config_json: String,
-    pub(super) kv: Arc<dyn KvBackend>,
+    pub(super) kv: Arc<KvStore>,
     pub(super) clock: Option<Arc<ManualClock>>,
     pub(super) engine: Engine,
     pub(super) ticking: Arc<()>,

@@ -48,10 +48,10 @@ use wasmtime::{
 use self::contract::AnyPre;
 use self::filter::FilterParts;
 use self::handler::HandlerState;
-pub use self::host_api::kv::KvUsage;
-use self::host_api::kv::{KvBackend, MemoryKv};
 use self::state::PluginState;
-use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
+use crate::config::{KvConfig, MAX_PLUGIN_MEMORY_MB, PluginLimits};
+use crate::kv::KvStore;
+pub use crate::kv::KvUsage;
 use crate::metrics::FailureKind;
 
 pub use self::contract::current::types::{
@@ -151,7 +151,7 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<PluginState>,
     handler_linker: Linker<HandlerState>,
-    kv: Arc<dyn KvBackend>,
+    kv: Arc<KvStore>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
     /// The epoch thread, to wake when a plugin is loaded or the runtime is dropped.
@@ -246,7 +246,7 @@ impl PluginRuntime {
             engine,
             linker,
             handler_linker,
-            kv: Arc::new(MemoryKv::default()),
+            kv: Arc::new(KvStore::default()),
             cache,
             ticker_stop,
             ticker,
@@ -261,21 +261,30 @@ impl PluginRuntime {
         self.clock = Some(clock);
     }
 
+    /// Plugins loaded from now on share the store `[kv]` configures instead of the default
+    /// in-memory one. Call before loading any plugin: every plugin must share one store.
+    pub fn use_kv(&mut self, kv: &KvConfig) -> Result<(), String> {
+        self.kv = Arc::new(KvStore::new(kv)?);
+        Ok(())
+    }
+
     /// Stores `value` at `key` in `plugin`'s namespace of the shared `kv`, as the plugin's
     /// own `kv.set` would (for seeding a test).
-    pub fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) {
+    pub async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) {
         if let Err(e) = self
             .kv
             .set(host_api::kv::namespaced(plugin, key), value, None)
+            .await
         {
             tracing::warn!(plugin, key, error = ?e, "cannot seed kv");
         }
     }
 
     /// The value at `key` in `plugin`'s namespace of the shared `kv`, if any.
-    pub fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
+    pub async fn kv_get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
         self.kv
             .get(&host_api::kv::namespaced(plugin, key))
+            .await
             .ok()
             .flatten()
     }

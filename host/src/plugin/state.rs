@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::ManualClock;
-use super::host_api::kv::KvBackend;
+use crate::kv::KvStore;
 use crate::metrics::{PluginMetric, PluginMetricSet};
 
 /// The data of one instance's `Store`.
@@ -22,7 +22,7 @@ pub(crate) struct PluginState {
     /// The plugin's name, for log lines.
     pub(crate) plugin: Arc<str>,
     /// The shared store; keys are prefixed with the plugin's name.
-    pub(crate) kv: Arc<dyn KvBackend>,
+    pub(crate) kv: Arc<KvStore>,
     /// The request the current call serves, for log lines.
     pub(crate) request_id: String,
     /// The request's trace id, when it is traced, for log lines.
@@ -40,7 +40,7 @@ pub(crate) struct PluginState {
 impl PluginState {
     pub(crate) fn new(
         plugin: Arc<str>,
-        kv: Arc<dyn KvBackend>,
+        kv: Arc<KvStore>,
         metric_set: Arc<PluginMetricSet>,
         limits: StoreLimits,
         clock: Option<Arc<ManualClock>>,

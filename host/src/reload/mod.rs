@@ -199,6 +199,9 @@ impl Reloader {
         if config.tracing != self.config.tracing {
             tracing::warn!("[tracing] changed: it applies at the next restart");
         }
+        if config.kv != self.config.kv {
+            tracing::warn!("[kv] changed: it applies at the next restart");
+        }
         let before: Vec<Option<[u8; 32]>> = self.tracked.iter().map(|t| t.serving).collect();
         let names_before: Vec<String> = self.tracked.iter().map(|t| t.slot.name.clone()).collect();
         errors.extend(self.rescan_plugins(&config).await);

@@ -48,7 +48,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -68,7 +68,12 @@ pub struct Config {
     /// The header an auth plugin puts the consumer in, for `key = "consumer"`.
     #[serde(default = "default_consumer_header")]
     pub consumer_header: String,
-    /// Slots per window: more is smoother; each settled slot is read once per instance.
+    /// How requests are counted: `sliding-window` (slot counters) or `gcra` (a theoretical
+    /// arrival time per key, kept with compare-and-set).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Slots per window (`sliding-window`): more is smoother; each settled slot is read once
+    /// per instance.
     #[serde(default = "default_slots")]
     pub slots: u32,
     /// Send `RateLimit-*` headers on every response.
@@ -100,6 +105,9 @@ fn default_key() -> String {
 fn default_consumer_header() -> String {
     "x-consumer-id".into()
 }
+fn default_algorithm() -> String {
+    "sliding-window".into()
+}
 fn default_slots() -> u32 {
     10
 }
@@ -116,6 +124,22 @@ enum KeyBy {
     Route,
 }
 
+/// How requests are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    SlidingWindow,
+    Gcra,
+}
+
+/// A store change a request made, taken back if a later limit refuses it.
+#[derive(Debug)]
+enum Taken {
+    /// A slot counter incremented by one.
+    Slot(String),
+    /// A GCRA arrival time moved forward by `interval_us`.
+    Arrival { key: String, interval_us: u64 },
+}
+
 #[derive(Debug)]
 struct Limit {
     requests: u32,
@@ -129,6 +153,7 @@ struct Limit {
 #[derive(Debug)]
 pub struct RateLimit {
     key: KeyBy,
+    algorithm: Algorithm,
     slots: u32,
     headers: bool,
     fault_tolerant: bool,
@@ -139,6 +164,8 @@ pub struct RateLimit {
     /// Counts of settled slots by key, one list per limit (see the module docs). Keyed by the
     /// key alone so a lookup needs no allocation.
     settled: RefCell<HashMap<String, Vec<Settled>>>,
+    /// Whether the last store call failed (for logging the change, not every failure).
+    store_down: Cell<bool>,
 }
 
 /// `(slot, count)` for the settled slots of one limit and key still inside the window.
@@ -177,6 +204,15 @@ impl Filter for RateLimit {
             other => {
                 return Err(format!(
                     "key {other:?}: must be client, header, consumer or route"
+                ));
+            }
+        };
+        let algorithm = match config.algorithm.as_str() {
+            "sliding-window" => Algorithm::SlidingWindow,
+            "gcra" => Algorithm::Gcra,
+            other => {
+                return Err(format!(
+                    "algorithm {other:?}: must be sliding-window or gcra"
                 ));
             }
         };
@@ -222,6 +258,7 @@ impl Filter for RateLimit {
         .ok();
         Ok(RateLimit {
             key,
+            algorithm,
             slots: config.slots,
             headers: config.headers,
             fault_tolerant: config.fault_tolerant,
@@ -229,6 +266,7 @@ impl Filter for RateLimit {
             policy,
             refusals,
             settled: RefCell::default(),
+            store_down: Cell::new(false),
         })
     }
 
@@ -244,19 +282,30 @@ impl Filter for RateLimit {
         let mut refused: Option<Usage> = None;
         let mut tightest: Option<Usage> = None;
         for (i, limit) in self.limits.iter().enumerate() {
-            let slot = store_key(i, now / limit.slot_ms, &key);
-            let usage = match self.take(i, limit, &slot, &key, now) {
-                Ok(usage) => usage,
+            let took = match self.algorithm {
+                Algorithm::SlidingWindow => {
+                    let slot = store_key(i, now / limit.slot_ms, &key);
+                    self.take(i, limit, &slot, &key, now)
+                        .map(|(usage, counted)| (usage, counted.then_some(Taken::Slot(slot))))
+                }
+                Algorithm::Gcra => take_gcra(i, limit, &key, now_us()),
+            };
+            let (usage, counted) = match took {
+                Ok(took) => took,
                 Err(e) => return self.store_failed(&e, &taken),
             };
-            taken.push(slot);
-            if usage.used > u64::from(usage.limit) {
+            if let Some(counted) = counted {
+                taken.push(counted);
+            } else {
                 refused = Some(match refused {
                     Some(r) if r.retry_ms >= usage.retry_ms => r,
                     _ => usage,
                 });
             }
             tightest = Some(pick_tightest(tightest, usage));
+        }
+        if self.store_down.replace(false) {
+            weir_plugin::log::info!("rate-limit store answers again; limiting");
         }
         let Some(refused) = refused else {
             if let Some(usage) = tightest.filter(|_| self.headers) {
@@ -309,8 +358,12 @@ impl RateLimit {
         }
     }
 
-    /// Counts this request against limit `index` (in its current slot's counter `slot`) and
-    /// returns the usage including it.
+    /// Counts this request against limit `index` (in its current slot's counter `slot`) if
+    /// it fits, and returns the usage including it and whether it was counted. The older
+    /// slots are read first; then one `increment-within` (weir:plugin 0.3.4) adds the request
+    /// to the current slot only if the window stays within the limit, atomically in the
+    /// store, so a refused request leaves nothing to take back and concurrent requests on
+    /// other instances (with a Redis store) never see it counted.
     fn take(
         &self,
         index: usize,
@@ -318,24 +371,33 @@ impl RateLimit {
         slot: &str,
         key: &str,
         now: u64,
-    ) -> Result<Usage, weir_plugin::kv::KvError> {
+    ) -> Result<(Usage, bool), weir_plugin::kv::KvError> {
+        let into_slot = now % limit.slot_ms;
+        // counts[j] is slot `now / slot_ms - j`; counts[0], the current slot, comes last.
+        let mut counts = self.older_counts(index, limit, key, now)?;
+        let oldest_share = 1.0 - into_slot as f64 / limit.slot_ms as f64;
+        let oldest = counts[counts.len() - 1];
+        let older: u64 = counts[1..counts.len() - 1].iter().sum::<u64>()
+            + (oldest as f64 * oldest_share).ceil() as u64;
+        let room = i64::from(limit.requests) - i64::try_from(older).unwrap_or(i64::MAX);
         let ttl = Duration::from_millis(limit.window_ms + limit.slot_ms);
-        let n = weir_plugin::kv::increment(slot, 1, Some(ttl))?;
-        self.usage(index, limit, key, now, n.max(0) as u64)
+        let bounded = weir_plugin::kv::increment_within(slot, 1, room, Some(ttl))?;
+        // A refused request is shown as the one over the limit it would have been.
+        counts[0] = bounded.value.max(0) as u64 + u64::from(!bounded.applied);
+        Ok((self.usage(index, limit, now, &counts), bounded.applied))
     }
 
-    /// The usage of limit `index`, with `current` as the current slot's count (what this
-    /// request's increment returned).
-    fn usage(
+    /// The counts of limit `index`'s slots before the current one, oldest last, after a 0
+    /// for the current slot: the previous slot is read from the store (it may still see
+    /// late writes), settled ones from what this instance remembers or else the store.
+    fn older_counts(
         &self,
         index: usize,
         limit: &Limit,
         key: &str,
         now: u64,
-        current: u64,
-    ) -> Result<Usage, weir_plugin::kv::KvError> {
+    ) -> Result<Vec<u64>, weir_plugin::kv::KvError> {
         let slot = now / limit.slot_ms;
-        let into_slot = now % limit.slot_ms;
         let read = |store_key: &str| -> Result<u64, weir_plugin::kv::KvError> {
             let value = weir_plugin::kv::get(store_key)?;
             Ok(value
@@ -345,7 +407,7 @@ impl RateLimit {
         };
         // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
         let mut counts = Vec::with_capacity(self.slots as usize + 1);
-        counts.push(current);
+        counts.push(0);
         counts.push(match slot.checked_sub(1) {
             Some(s) => read(&store_key(index, s, key))?,
             None => 0,
@@ -380,7 +442,12 @@ impl RateLimit {
             };
             counts.push(count);
         }
-        drop(settled);
+        Ok(counts)
+    }
+
+    /// Limit `index`'s usage from its slot counts (current first, oldest last).
+    fn usage(&self, index: usize, limit: &Limit, now: u64, counts: &[u64]) -> Usage {
+        let into_slot = now % limit.slot_ms;
         let oldest_share = 1.0 - into_slot as f64 / limit.slot_ms as f64;
         let full: u64 = counts[..counts.len() - 1].iter().sum();
         let oldest = counts[counts.len() - 1];
@@ -407,13 +474,13 @@ impl RateLimit {
                 break;
             }
         }
-        Ok(Usage {
+        Usage {
             index,
             limit: limit.requests,
             used,
             reset_ms,
             retry_ms,
-        })
+        }
     }
 
     /// The `RateLimit-*` headers for `usage`, the numbers written into `digits`.
@@ -435,9 +502,19 @@ impl RateLimit {
         ]
     }
 
-    fn store_failed(&self, error: &weir_plugin::kv::KvError, taken: &[String]) -> Action {
+    /// A store call failed: the request passes (`fault_tolerant`) or gets 500. Logged when the
+    /// store starts failing and when it answers again, not per request: a Redis outage would
+    /// otherwise write a line for every request.
+    fn store_failed(&self, error: &weir_plugin::kv::KvError, taken: &[Taken]) -> Action {
         give_back(taken);
-        weir_plugin::log::warn!("rate-limit store failed: {error:?}");
+        if !self.store_down.replace(true) {
+            let outcome = if self.fault_tolerant {
+                "requests pass unlimited (fault_tolerant)"
+            } else {
+                "requests get 500"
+            };
+            weir_plugin::log::warn!("rate-limit store failed: {error}; {outcome} until it answers");
+        }
         if self.fault_tolerant {
             Action::Continue
         } else {
@@ -479,18 +556,122 @@ fn pick_tightest(current: Option<Usage>, next: Usage) -> Usage {
     }
 }
 
-/// Takes back a refused request's increments.
-fn give_back(taken: &[String]) {
-    for key in taken {
-        let _ = weir_plugin::kv::increment(key, -1, None);
+/// Takes back what a refused request counted against the limits before the one that
+/// refused it.
+fn give_back(taken: &[Taken]) {
+    for taken in taken {
+        match taken {
+            Taken::Slot(key) => {
+                let _ = weir_plugin::kv::increment(key, -1, None);
+            }
+            Taken::Arrival { key, interval_us } => {
+                for _ in 0..GCRA_TRIES {
+                    let Ok(stored) = weir_plugin::kv::get(key) else {
+                        return;
+                    };
+                    let Some(tat) = stored.as_deref().and_then(parse_u64) else {
+                        break;
+                    };
+                    let earlier = tat.saturating_sub(*interval_us).to_string();
+                    let ttl = Duration::from_micros(tat.saturating_sub(now_us()));
+                    match weir_plugin::kv::compare_and_set(
+                        key,
+                        stored.as_deref(),
+                        earlier.as_bytes(),
+                        Some(ttl),
+                    ) {
+                        Ok(false) => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
     }
 }
 
+/// Compare-and-set attempts a GCRA admission makes before it gives up on a key other
+/// requests keep changing.
+const GCRA_TRIES: usize = 16;
+
+/// Counts a request against limit `index` by GCRA: the key's stored *theoretical arrival
+/// time* (TAT, in µs) moves forward by one emission interval (`window / requests`) per
+/// admitted request, and a request is admitted while the TAT stays at most one window ahead
+/// of now, so a burst of `requests` passes at once, then one per interval. The TAT is read,
+/// and written back with `compare-and-set` (weir:plugin 0.3.4): a concurrent admission on
+/// any instance makes the set fail, and the request reads and tries again, so no admission
+/// is lost or doubled. Returns the usage and, if admitted, what to take back.
+fn take_gcra(
+    index: usize,
+    limit: &Limit,
+    key: &str,
+    now: u64,
+) -> Result<(Usage, Option<Taken>), weir_plugin::kv::KvError> {
+    let window = limit.window_ms * 1000;
+    let interval = (window / u64::from(limit.requests)).max(1);
+    let mut index_text = itoa::Buffer::new();
+    let store = joined(&["g", index_text.format(index), ":", key]);
+    let usage = |ahead: u64, admitted: bool| {
+        // Requests still "in" the window: how far ahead the TAT is, in intervals.
+        let used = ahead.div_ceil(interval);
+        Usage {
+            index,
+            limit: limit.requests,
+            used: if admitted {
+                used.min(u64::from(limit.requests))
+            } else {
+                u64::from(limit.requests) + 1
+            },
+            reset_ms: ahead.div_ceil(1000),
+            // One more fits once the TAT is within a window of now.
+            retry_ms: if admitted {
+                0
+            } else {
+                (ahead + interval).saturating_sub(window).div_ceil(1000)
+            },
+        }
+    };
+    let mut ahead = 0;
+    for _ in 0..GCRA_TRIES {
+        let stored = weir_plugin::kv::get(&store)?;
+        let tat = stored.as_deref().and_then(parse_u64).unwrap_or(0).max(now);
+        ahead = tat - now;
+        let next = tat + interval;
+        if next - now > window {
+            return Ok((usage(ahead, false), None));
+        }
+        let next_text = next.to_string();
+        let ttl = Duration::from_micros(next - now);
+        if weir_plugin::kv::compare_and_set(
+            &store,
+            stored.as_deref(),
+            next_text.as_bytes(),
+            Some(ttl),
+        )? {
+            let taken = Taken::Arrival {
+                key: store,
+                interval_us: interval,
+            };
+            return Ok((usage(next - now, true), Some(taken)));
+        }
+    }
+    // Every attempt lost to a concurrent admission: the key is at its busiest; refuse this
+    // one rather than spin.
+    Ok((usage(ahead, false), None))
+}
+
+fn parse_u64(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
 fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+fn now_us() -> u64 {
     weir_plugin::clock::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+        .as_micros() as u64
 }
 
 weir_plugin::export_filter!(RateLimit);
@@ -588,7 +769,7 @@ mod tests {
         exchange();
         let before = testing::kv_calls();
         let response = exchange();
-        assert_eq!(testing::kv_calls() - before, 2, "increment + a read");
+        assert_eq!(testing::kv_calls() - before, 2, "a read + increment-within");
         // 2 in the current slot + 9 full slots + the oldest slot (still wholly inside).
         assert_eq!(response.header_value("ratelimit-remaining"), Some("988"));
     }
@@ -710,6 +891,108 @@ mod tests {
             None
         );
         assert_eq!(testing::metric_errors(), 0);
+    }
+
+    #[test]
+    fn a_refused_request_costs_one_store_write_less_and_counts_nothing() {
+        let rl = limiter("[[limits]]\nrequests = 2\nwindow = \"10s\"");
+        align(1000);
+        rl.request(TestRequest::get("/")).forwarded();
+        rl.request(TestRequest::get("/")).forwarded();
+        let before = testing::kv_calls();
+        assert_eq!(rl.request(TestRequest::get("/")).reply().status, 429);
+        assert_eq!(
+            testing::kv_calls() - before,
+            2,
+            "a read and an increment-within that refuses: nothing to give back"
+        );
+    }
+
+    #[test]
+    fn gcra_passes_a_burst_then_one_per_interval() {
+        let rl = limiter("algorithm = \"gcra\"\n[[limits]]\nrequests = 4\nwindow = \"4s\"");
+        align(1000);
+        for left in ["3", "2", "1", "0"] {
+            let request = TestRequest::get("/");
+            let forwarded = rl.request(request).forwarded();
+            let response = rl.response(&forwarded, 200, &[]).response();
+            assert_eq!(response.header_value("ratelimit-remaining"), Some(left));
+        }
+        let reply = rl.request(TestRequest::get("/")).reply();
+        assert_eq!(reply.status, 429);
+        // One interval (1 s) frees one request.
+        assert_eq!(reply.header_value("retry-after"), Some("1"));
+        testing::advance(Duration::from_millis(999));
+        assert_eq!(rl.request(TestRequest::get("/")).reply().status, 429);
+        testing::advance(Duration::from_millis(1));
+        rl.request(TestRequest::get("/")).forwarded();
+        assert_eq!(rl.request(TestRequest::get("/")).reply().status, 429);
+        // After a quiet window the whole burst is back.
+        testing::advance(Duration::from_secs(4));
+        for _ in 0..4 {
+            rl.request(TestRequest::get("/")).forwarded();
+        }
+        assert_eq!(rl.request(TestRequest::get("/")).reply().status, 429);
+    }
+
+    #[test]
+    fn gcra_gives_back_when_a_later_limit_refuses() {
+        let rl = limiter(
+            "algorithm = \"gcra\"\n[[limits]]\nrequests = 10\nwindow = \"10s\"\n[[limits]]\nrequests = 1\nwindow = \"1s\"",
+        );
+        align(1000);
+        rl.request(TestRequest::get("/")).forwarded();
+        for _ in 0..5 {
+            assert_eq!(rl.request(TestRequest::get("/")).reply().status, 429);
+        }
+        // The refusals by the 1/1s limit took nothing from the 10/10s one: 9 seconds of one
+        // request each pass, then the 10/10s limit is the one that is full.
+        for _ in 0..9 {
+            testing::advance(Duration::from_secs(1));
+            rl.request(TestRequest::get("/")).forwarded();
+        }
+        testing::advance(Duration::from_millis(500));
+        let reply = rl.request(TestRequest::get("/")).reply();
+        assert_eq!(reply.status, 429, "10 in 9.5 s");
+    }
+
+    #[test]
+    fn a_failing_store_is_logged_once_and_lets_requests_through_if_tolerant() {
+        for (tolerant, status) in [(true, None), (false, Some(500))] {
+            testing::reset();
+            let rl = limiter(&format!(
+                "fault_tolerant = {tolerant}\n[[limits]]\nrequests = 1\nwindow = \"10s\""
+            ));
+            testing::fail_kv(Some("no answer from Redis within 5ms"));
+            for _ in 0..20 {
+                let outcome = rl.request(TestRequest::get("/"));
+                match status {
+                    None => {
+                        outcome.forwarded();
+                    }
+                    Some(status) => assert_eq!(outcome.reply().status, status),
+                }
+            }
+            let failing = |logs: &[(weir_plugin::log::Level, String)]| {
+                logs.iter()
+                    .filter(|(_, line)| line.contains("store failed"))
+                    .count()
+            };
+            assert_eq!(
+                failing(&testing::logs()),
+                1,
+                "one line, not one per request"
+            );
+            testing::fail_kv(None);
+            rl.request(TestRequest::get("/")).forwarded();
+            assert!(
+                testing::logs()
+                    .iter()
+                    .any(|(_, line)| line.contains("answers again")),
+                "{:?}",
+                testing::logs()
+            );
+        }
     }
 
     #[test]

@@ -48,30 +48,34 @@ macro_rules! forward_imports {
         }
 
         impl old::kv::Host for PluginState {
-            fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, old::kv::Error> {
-                kv::Host::get(self, key).map_err(From::from)
+            async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, old::kv::Error> {
+                kv::Host::get(self, key).await.map_err(From::from)
             }
 
-            fn set(
+            async fn set(
                 &mut self,
                 key: String,
                 value: Vec<u8>,
                 ttl_ms: Option<u64>,
             ) -> Result<(), old::kv::Error> {
-                kv::Host::set(self, key, value, ttl_ms).map_err(From::from)
+                kv::Host::set(self, key, value, ttl_ms)
+                    .await
+                    .map_err(From::from)
             }
 
-            fn delete(&mut self, key: String) -> Result<(), old::kv::Error> {
-                kv::Host::delete(self, key).map_err(From::from)
+            async fn delete(&mut self, key: String) -> Result<(), old::kv::Error> {
+                kv::Host::delete(self, key).await.map_err(From::from)
             }
 
-            fn increment(
+            async fn increment(
                 &mut self,
                 key: String,
                 delta: i64,
                 ttl_ms: Option<u64>,
             ) -> Result<i64, old::kv::Error> {
-                kv::Host::increment(self, key, delta, ttl_ms).map_err(From::from)
+                kv::Host::increment(self, key, delta, ttl_ms)
+                    .await
+                    .map_err(From::from)
             }
         }
 

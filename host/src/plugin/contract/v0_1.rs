@@ -18,6 +18,7 @@ mod generated {
         path: "../wit/0.1.0",
         world: "filter",
         exports: { default: async },
+        imports: { "weir:plugin/kv": async },
     });
 }
 

@@ -18,6 +18,7 @@ mod generated {
         path: "../wit/0.2.0",
         world: "filter",
         exports: { default: async },
+        imports: { "weir:plugin/kv": async },
         // The same types as the current contract's (a minor version only adds), so a 0.2.0
         // hook is passed the chain's heads without a conversion.
         with: { "weir:plugin/types": crate::plugin::contract::v0_3::generated::weir::plugin::types },

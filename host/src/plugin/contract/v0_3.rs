@@ -27,7 +27,8 @@ pub(super) mod generated {
             "weir:plugin/types.response": crate::plugin::view::ResponseView,
         },
         // A handle that is not in the table is a host bug: the call traps.
-        imports: { "weir:plugin/types": trappable },
+        // A `kv` call may wait on Redis: it parks the fiber, not the thread.
+        imports: { "weir:plugin/types": trappable, "weir:plugin/kv": async },
     });
 }
 
@@ -62,9 +63,10 @@ impl Contract for Pre {
                 "weir:plugin/http-filter@0.3.0" => Some("0.3.0"),
                 "weir:plugin/http-filter@0.3.1" => Some("0.3.1"),
                 "weir:plugin/http-filter@0.3.2" => Some("0.3.2"),
+                "weir:plugin/http-filter@0.3.3" => Some("0.3.3"),
                 _ => None,
             })
-            .unwrap_or("0.3.3");
+            .unwrap_or("0.3.4");
         Ok(Pre { pre: filter, patch })
     }
 

@@ -92,13 +92,13 @@ mod tests {
     use wasmtime::StoreLimitsBuilder;
 
     use super::*;
+    use crate::kv::KvStore;
     use crate::metrics::metrics;
-    use crate::plugin::host_api::kv::MemoryKv;
 
     fn state(plugin: &str) -> PluginState {
         PluginState::new(
             plugin.into(),
-            Arc::new(MemoryKv::default()),
+            Arc::new(KvStore::default()),
             metrics().plugin(plugin).declared,
             StoreLimitsBuilder::new().build(),
             None,
@@ -154,7 +154,7 @@ mod tests {
         for _ in 0..2 {
             let mut instance = PluginState::new(
                 "host-api-instances".into(),
-                Arc::new(MemoryKv::default()),
+                Arc::new(KvStore::default()),
                 set.clone(),
                 StoreLimitsBuilder::new().build(),
                 None,

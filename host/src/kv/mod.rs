@@ -1,0 +1,162 @@
+//! The store behind the plugins' `kv` interface: in this process ([`memory`], the default) or
+//! in Redis ([`redis`]), chosen by `[kv]`, so several weir instances share one state.
+//!
+//! Keys arrive here already namespaced per plugin (`host/src/plugin/host_api/kv.rs`). Every
+//! operation is atomic across every caller of the store: across threads for memory, across
+//! weir processes for Redis. Counters are decimal text, as Redis stores them.
+
+mod breaker;
+mod memory;
+mod redis;
+
+use crate::config::{KvBackendKind, KvConfig};
+
+pub use memory::MemoryKv;
+pub use redis::RedisKv;
+
+/// The longest key a plugin may use, in bytes (without weir's namespace).
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
+/// The largest value a plugin may store, in bytes.
+pub(crate) const MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    /// The store could not be reached, did not answer in time, or failed.
+    Unavailable(String),
+    /// The operation does not fit the stored value, or the key or value is too large.
+    Invalid(String),
+}
+
+/// What `increment_within` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded {
+    /// Whether the delta was added.
+    pub applied: bool,
+    /// The counter after the call.
+    pub value: i64,
+    /// Milliseconds until the counter expires, if it expires.
+    pub ttl_ms: Option<u64>,
+}
+
+/// What one plugin's namespace holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Live keys.
+    pub keys: u64,
+    /// Bytes of those keys (without the namespace) and their values.
+    pub bytes: u64,
+}
+
+/// The process's store.
+#[derive(Debug)]
+pub enum KvStore {
+    /// In this process.
+    Memory(MemoryKv),
+    /// In a Redis server.
+    Redis(RedisKv),
+}
+
+impl Default for KvStore {
+    fn default() -> KvStore {
+        KvStore::Memory(MemoryKv::default())
+    }
+}
+
+/// One operation on either backend, awaited only for Redis.
+macro_rules! each {
+    ($store:expr, $op:ident($($arg:expr),*)) => {
+        match $store {
+            KvStore::Memory(memory) => memory.$op($($arg),*),
+            KvStore::Redis(redis) => redis.$op($($arg),*).await,
+        }
+    };
+}
+
+impl KvStore {
+    /// The store `[kv]` asks for. A Redis store connects lazily: weir starts while Redis is
+    /// down, and plugin calls fail (then fail fast, once the breaker opens) until it is up.
+    pub fn new(config: &KvConfig) -> Result<KvStore, String> {
+        match &config.backend {
+            KvBackendKind::Memory => Ok(KvStore::default()),
+            KvBackendKind::Redis(redis) => Ok(KvStore::Redis(RedisKv::new(redis)?)),
+        }
+    }
+
+    /// The value of `key`, if set and not expired.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        each!(self, get(key))
+    }
+
+    /// Sets `key`, expiring after `ttl_ms` if given.
+    pub async fn set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvError> {
+        each!(self, set(key, value, ttl_ms))
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
+        each!(self, delete(key))
+    }
+
+    /// Adds `delta` to the counter at `key` (absent counts as 0; `ttl_ms` applies when it is
+    /// created) and returns the new value.
+    pub async fn increment(
+        &self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, KvError> {
+        each!(self, increment(key, delta, ttl_ms))
+    }
+
+    /// Adds `delta` to the counter at `key` only if the result is at most `limit`.
+    pub async fn increment_within(
+        &self,
+        key: String,
+        delta: i64,
+        limit: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<Bounded, KvError> {
+        each!(self, increment_within(key, delta, limit, ttl_ms))
+    }
+
+    /// Sets `key` to `value` only if it holds `expected` (`None`: only if absent).
+    pub async fn compare_and_set(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, KvError> {
+        each!(self, compare_and_set(key, expected, value, ttl_ms))
+    }
+
+    /// Live keys and bytes per plugin namespace, for metrics (a scan at scrape time). Redis
+    /// is not scanned: its own `INFO keyspace` tells an operator what it holds.
+    pub fn usage(&self) -> Vec<(String, KvUsage)> {
+        match self {
+            KvStore::Memory(memory) => memory.usage(),
+            KvStore::Redis(_) => Vec::new(),
+        }
+    }
+}
+
+/// A counter's text as an integer.
+pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| KvError::Invalid("the value is not a decimal integer".into()))
+}
+
+/// `current + delta`, or why not.
+pub(crate) fn add(current: i64, delta: i64) -> Result<i64, KvError> {
+    current
+        .checked_add(delta)
+        .ok_or_else(|| KvError::Invalid("the counter would overflow a 64-bit integer".into()))
+}
