@@ -90,6 +90,8 @@ fn main() {
         "weir-plugin-transform",
         "-p",
         "weir-plugin-aggregate",
+        "-p",
+        "weir-plugin-ext-authz",
     ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
@@ -102,6 +104,7 @@ fn main() {
         "rewrite",
         "transform",
         "aggregate",
+        "ext_authz",
     ] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

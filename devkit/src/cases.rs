@@ -6,7 +6,7 @@
 //! on a route whose chain is the plugin (a filter) or whose target is the plugin (a
 //! handler). What the proxy would get from the outside world comes from the case file
 //! instead, through an in-memory connector: the upstream's response, the responses of a
-//! handler's outgoing calls (`[[outbound]]`); and the wall clock (`now`) and `kv` entries
+//! handler's or a filter's outgoing calls (`[[outbound]]`); and the wall clock (`now`) and `kv` entries
 //! present before the first case. Nothing leaves the process.
 
 use std::collections::BTreeMap;
@@ -71,7 +71,7 @@ struct Case {
     /// What the upstream answers, if the request gets that far.
     #[serde(default)]
     upstream: Message,
-    /// Answers to a handler's outgoing requests, tried before the file's `[[outbound]]`.
+    /// Answers to a plugin's outgoing requests, tried before the file's `[[outbound]]`.
     #[serde(default)]
     outbound: Vec<Stub>,
     #[serde(default)]
@@ -413,6 +413,65 @@ impl Canned {
     }
 }
 
+/// A cluster for every name the plugin's grant or the stubs mention (on 127.0.0.1 ports 2
+/// and up: 1 is a filter's upstream), each answered from the stubs for it, in order; each
+/// request is noted in `watched`.
+fn stub_clusters(
+    mut connector: MemoryConnector,
+    config: &mut String,
+    granted: &[String],
+    stubs: &[&Stub],
+    watched: &Arc<Mutex<Watched>>,
+) -> anyhow::Result<MemoryConnector> {
+    let mut clusters: Vec<&str> = granted.iter().map(String::as_str).collect();
+    for stub in stubs {
+        if !clusters.contains(&stub.cluster.as_str()) {
+            clusters.push(&stub.cluster);
+        }
+    }
+    for (i, cluster) in clusters.iter().enumerate() {
+        let authority = format!("127.0.0.1:{}", i + 2);
+        config.push_str(&cluster_section(cluster, &authority));
+        // A cluster with no answer in the file refuses connections, as one with no
+        // endpoint up would.
+        if !stubs.iter().any(|s| s.cluster == *cluster) {
+            continue;
+        }
+        let mut answers = Vec::new();
+        for stub in stubs.iter().filter(|s| s.cluster == *cluster) {
+            let canned = Canned::of(&stub.response)
+                .with_context(|| format!("[[outbound]] for {}", stub.cluster))?;
+            answers.push((stub.path.clone(), canned));
+        }
+        let (cluster_name, watched) = ((*cluster).to_owned(), watched.clone());
+        connector = connector.endpoint(&authority, move |request| {
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(mut watched) = watched.lock() {
+                let call = format!("{} {cluster_name} {target}", request.method());
+                watched.calls.push(call);
+            }
+            let answer = answers
+                .iter()
+                .find(|(path, _)| path.as_ref().is_none_or(|p| p == target));
+            match answer {
+                Some((_, canned)) => canned.answer(),
+                // No answer for this path: the connection is reset (the plugin sees a
+                // failed request) and the report says why.
+                None => {
+                    let why = format!(
+                        "no [[outbound]] answer in the case file for {cluster_name} {target}"
+                    );
+                    if let Ok(mut watched) = watched.lock() {
+                        watched.unanswered.push(why.clone());
+                    }
+                    Box::pin(std::future::ready(Err(std::io::Error::other(why))))
+                }
+            }
+        });
+    }
+    Ok(connector)
+}
+
 /// One case's request through the proxy, with the plugin on its route and the case's
 /// upstream or `[[outbound]]` answers behind it.
 async fn run_case(
@@ -428,73 +487,30 @@ async fn run_case(
     let target = match plugin {
         Plugin::Filter(_) => {
             let upstream = Canned::of(&case.upstream).context("upstream")?;
-            let watched = watched.clone();
+            let forwarded = watched.clone();
             connector = connector.endpoint("127.0.0.1:1", move |request| {
                 let (parts, body) = request.into_parts();
                 let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                if let Ok(mut watched) = watched.lock() {
+                if let Ok(mut watched) = forwarded.lock() {
                     watched.forwarded = Some((target.to_owned(), parts.headers, body));
                 }
                 upstream.answer()
             });
             config.push_str(&cluster_section("upstream", "127.0.0.1:1"));
+            // A filter's `outbound` requests (weir:plugin 0.3.4) are answered the same way
+            // as a handler's, on the ports after the upstream's.
+            let granted = &plugin.info().settings.clusters;
+            connector = stub_clusters(connector, &mut config, granted, &stubs, &watched)?;
             format!("cluster = \"upstream\"\nplugins = [{}]", toml_string(&name))
         }
         Plugin::Handler(handler) => {
-            // A cluster for every name the grant or the stubs mention, each answered from
-            // the stubs for it, in order.
-            let mut clusters: Vec<&str> = handler
-                .info
-                .settings
-                .clusters
-                .iter()
-                .map(String::as_str)
-                .collect();
-            for stub in &stubs {
-                if !clusters.contains(&stub.cluster.as_str()) {
-                    clusters.push(&stub.cluster);
-                }
-            }
-            for (i, cluster) in clusters.iter().enumerate() {
-                let authority = format!("127.0.0.1:{}", i + 1);
-                config.push_str(&cluster_section(cluster, &authority));
-                // A cluster with no answer in the file refuses connections, as one with no
-                // endpoint up would.
-                if !stubs.iter().any(|s| s.cluster == *cluster) {
-                    continue;
-                }
-                let mut answers = Vec::new();
-                for stub in stubs.iter().filter(|s| s.cluster == *cluster) {
-                    let canned = Canned::of(&stub.response)
-                        .with_context(|| format!("[[outbound]] for {}", stub.cluster))?;
-                    answers.push((stub.path.clone(), canned));
-                }
-                let (cluster_name, watched) = ((*cluster).to_owned(), watched.clone());
-                connector = connector.endpoint(&authority, move |request| {
-                    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                    if let Ok(mut watched) = watched.lock() {
-                        let call = format!("{} {cluster_name} {target}", request.method());
-                        watched.calls.push(call);
-                    }
-                    let answer = answers
-                        .iter()
-                        .find(|(path, _)| path.as_ref().is_none_or(|p| p == target));
-                    match answer {
-                        Some((_, canned)) => canned.answer(),
-                        // No answer for this path: the connection is reset (the handler sees
-                        // a failed request) and the report says why.
-                        None => {
-                            let why = format!(
-                                "no [[outbound]] answer in the case file for {cluster_name} {target}"
-                            );
-                            if let Ok(mut watched) = watched.lock() {
-                                watched.unanswered.push(why.clone());
-                            }
-                            Box::pin(std::future::ready(Err(std::io::Error::other(why))))
-                        }
-                    }
-                });
-            }
+            connector = stub_clusters(
+                connector,
+                &mut config,
+                &handler.info.settings.clusters,
+                &stubs,
+                &watched,
+            )?;
             format!("handler = {}\nplugins = []", toml_string(&name))
         }
     };

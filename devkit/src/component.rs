@@ -14,13 +14,14 @@ use wit_parser::{Resolve, WorldId};
 /// The contract `weir plugin new` projects and `bindgen` are built against: `(file name,
 /// contents)`. It is the current `weir:plugin` package (`wit/`), so a new plugin gets the
 /// lazy hooks, which read a head through its handle instead of being given a copy.
-pub const WIT: [(&str, &str); 6] = [
+pub const WIT: [(&str, &str); 7] = [
     ("world.wit", include_str!("../../wit/world.wit")),
     ("http-filter.wit", include_str!("../../wit/http-filter.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("log.wit", include_str!("../../wit/log.wit")),
     ("kv.wit", include_str!("../../wit/kv.wit")),
     ("metrics.wit", include_str!("../../wit/metrics.wit")),
+    ("outbound.wit", include_str!("../../wit/outbound.wit")),
 ];
 
 /// `go.bytecodealliance.org/pkg` at the version wit-bindgen-go's bindings ask for (see

@@ -69,6 +69,7 @@ pub mod kv;
 pub mod log;
 pub mod metrics;
 mod mock;
+pub mod outbound;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -28,6 +28,10 @@ pub(crate) struct MockHost {
     pub(crate) metric_errors: usize,
     /// Set by `testing::fail_kv`: every kv call fails as unavailable with this text.
     pub(crate) kv_down: Option<String>,
+    /// Answers to `outbound` calls (`testing::stub_outbound`), tried in order.
+    pub(crate) outbound_stubs: Vec<outbound::Stub>,
+    /// The `outbound` calls made, in order.
+    pub(crate) outbound_calls: Vec<crate::outbound::Call>,
 }
 
 impl Default for MockHost {
@@ -42,6 +46,8 @@ impl Default for MockHost {
             configuring: false,
             metric_errors: 0,
             kv_down: None,
+            outbound_stubs: Vec::new(),
+            outbound_calls: Vec::new(),
         }
     }
 }
@@ -203,6 +209,45 @@ pub(crate) mod kv {
             applied: true,
             value: next,
             ttl: ttl_of(host, key),
+        })
+    }
+}
+
+pub(crate) mod outbound {
+    use super::*;
+    use crate::outbound::{Answer, Call, OutboundError};
+
+    /// A canned answer for calls to `cluster` with `method` and `path` (path without query
+    /// matches any query); `None` as the answer stands for a failure.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Stub {
+        pub(crate) cluster: String,
+        pub(crate) method: String,
+        pub(crate) path: String,
+        pub(crate) answer: Result<Answer, OutboundError>,
+    }
+
+    pub(crate) fn send(call: Call) -> Result<Answer, OutboundError> {
+        with(|host| {
+            let path = call.path.split('?').next().unwrap_or_default().to_owned();
+            // The latest stub for a call wins, so a test can change an answer.
+            let answer = host
+                .outbound_stubs
+                .iter()
+                .rev()
+                .find(|s| {
+                    s.cluster == call.cluster
+                        && s.method.eq_ignore_ascii_case(&call.method)
+                        && (s.path == call.path || s.path == path)
+                })
+                .map(|s| s.answer.clone());
+            let what = format!("{} {} {}", call.method, call.cluster, call.path);
+            host.outbound_calls.push(call);
+            answer.unwrap_or_else(|| {
+                Err(OutboundError::Unavailable(format!(
+                    "no stub answers {what}"
+                )))
+            })
         })
     }
 }

@@ -470,6 +470,60 @@ pub fn fail_kv(why: Option<&str>) {
     mock::with(|host| host.kv_down = why.map(str::to_owned));
 }
 
+/// Answers the filter's `outbound` calls to `cluster` with `method` and `path` (a path
+/// without a query matches any query) with this response, until the next reset; a later
+/// stub for the same call replaces it. A call no stub answers fails as `Unavailable`.
+pub fn stub_outbound(
+    cluster: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let answer = crate::outbound::Answer {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    stub(cluster, method, path, Ok(answer));
+}
+
+/// Makes the filter's `outbound` calls to `cluster` with `method` and `path` fail with
+/// `error` (a timeout, an unreachable service), until the next reset.
+pub fn fail_outbound(
+    cluster: &str,
+    method: &str,
+    path: &str,
+    error: crate::outbound::OutboundError,
+) {
+    stub(cluster, method, path, Err(error));
+}
+
+fn stub(
+    cluster: &str,
+    method: &str,
+    path: &str,
+    answer: Result<crate::outbound::Answer, crate::outbound::OutboundError>,
+) {
+    mock::with(|host| {
+        host.outbound_stubs.push(mock::outbound::Stub {
+            cluster: cluster.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            answer,
+        })
+    });
+}
+
+/// The `outbound` calls the filter made on this thread since the last reset, in order.
+pub fn outbound_calls() -> Vec<crate::outbound::Call> {
+    mock::with(|host| host.outbound_calls.clone())
+}
+
 /// Every line logged on this thread since the last reset.
 pub fn logs() -> Vec<(Level, String)> {
     mock::with(|host| host.logs.clone())

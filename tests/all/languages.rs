@@ -165,8 +165,9 @@ fn plugin_new_writes_the_current_contract_in_every_language() {
             );
             files += 1;
         }
-        // world, http-filter, types, log, kv, metrics: the whole package, not a part of it.
-        assert_eq!(files, 6, "{lang}: the WIT files in {}", wit.display());
+        // world, http-filter, types, log, kv, metrics, outbound: the whole package, not a
+        // part of it.
+        assert_eq!(files, 7, "{lang}: the WIT files in {}", wit.display());
         // The lazy hooks are there for the template to export.
         let filter = std::fs::read_to_string(wit.join("http-filter.wit")).expect("http-filter");
         assert!(filter.contains("on-request-lazy:"), "{lang}");

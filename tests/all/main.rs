@@ -19,6 +19,7 @@ mod languages;
 mod lifecycle;
 mod limits;
 mod observability;
+mod outbound;
 mod phases;
 mod plugins;
 mod pooling;

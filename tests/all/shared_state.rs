@@ -390,3 +390,38 @@ plugins = ["tolerant"]
 fn message(line: &serde_json::Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or_default()
 }
+
+/// `rediss://` with a private CA and a password: the store is reached over TLS, verified
+/// against `[kv] ca`, and authenticated; a wrong password is refused by Redis, so the
+/// plugin's calls fail (it answers so) rather than reaching a store unauthenticated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_redis_with_a_password_is_verified_and_authenticated() {
+    let ca = weir_tests::certs::Ca::new("redis CA");
+    let leaf = ca.server(&["localhost"], 1);
+    let redis = Redis::start_tls(&leaf.cert, &leaf.key, "s3cret-pass").await;
+    let upstream = Upstream::start("app").await;
+    let guest = std::fs::read(env!("TEST_PLUGIN_V0_3_3_WASM")).expect("the 0.3.3 test plugin");
+    let start = |password: &'static str| {
+        let kv = format!(
+            "[kv]\nbackend = \"redis\"\nurl = \"rediss://:{password}@localhost:{}\"\nca = \"redis-ca.pem\"\ntimeout = \"2s\"\n",
+            redis.port
+        );
+        let config = crate::config(&[upstream.addr], &kv);
+        let (guest, ca) = (guest.clone(), ca.pem.clone());
+        async move {
+            let files: [(&str, &[u8]); 2] = [
+                ("plugins/counter.wasm", &guest),
+                ("redis-ca.pem", ca.as_bytes()),
+            ];
+            Weir::start_with_files(&config, &files).await
+        }
+    };
+    let weir = start("s3cret-pass").await;
+    for expected in ["1", "2"] {
+        let (status, _, body) = weir_tests::get_with(&weir.url("/count"), &[]).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, expected));
+    }
+    let intruder = start("wrong").await;
+    let (_, _, body) = weir_tests::get_with(&intruder.url("/count"), &[]).await;
+    assert!(body.starts_with("kv failed"), "{body}");
+}

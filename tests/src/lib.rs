@@ -8,10 +8,12 @@
 
 pub mod certs;
 pub mod redis;
+pub mod scripted;
 pub mod upstream;
 pub mod weir;
 
 pub use redis::Redis;
+pub use scripted::Scripted;
 pub use upstream::Upstream;
 pub use weir::Weir;
 

@@ -18,16 +18,46 @@ pub struct Redis {
     /// The port it listens on, kept across restarts.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Whether the port speaks TLS (then readiness is a connection, not a `PING`).
+    tls: bool,
+    /// More `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl Redis {
     /// Starts a redis-server on a free port and waits until it answers `PING`.
     pub async fn start() -> Redis {
+        Redis::start_with(false, Vec::new(), &[]).await
+    }
+
+    /// Starts a redis-server that speaks only TLS, with the certificate and key `leaf` (PEM)
+    /// and clients authenticated by `password`; waits until its port accepts connections.
+    pub async fn start_tls(cert: &str, key: &str, password: &str) -> Redis {
+        let extra = [
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let files = [("server.pem", cert), ("server.key", key)];
+        Redis::start_with(true, extra.iter().map(|s| s.to_string()).collect(), &files).await
+    }
+
+    async fn start_with(tls: bool, extra: Vec<String>, files: &[(&str, &str)]) -> Redis {
         let mut redis = Redis {
             child: None,
             port: 0,
             dir: tempfile::tempdir().expect("a folder for redis"),
+            tls,
+            extra,
         };
+        for (name, contents) in files {
+            std::fs::write(redis.dir.path().join(name), contents).expect("write a redis file");
+        }
         for _ in 0..5 {
             redis.port = free_port();
             if redis.spawn().await {
@@ -102,9 +132,17 @@ impl Redis {
 
     /// Spawns the server and waits for `PING`; false if it exited (its port was taken).
     async fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let listen: Vec<&str> = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(listen)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
+            .current_dir(self.dir.path())
             .args(["--enable-debug-command", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -119,7 +157,12 @@ impl Redis {
                 self.child = None;
                 return false;
             }
-            if ping(self.port).await {
+            let ready = if self.tls {
+                TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+            } else {
+                ping(self.port).await
+            };
+            if ready {
                 return true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -136,6 +136,11 @@ impl KvStore {
         each!(self, compare_and_set(key, expected, value, ttl_ms))
     }
 
+    /// Whether calls go over the network (and may wait).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, KvStore::Redis(_))
+    }
+
     /// Live keys and bytes per plugin namespace, for metrics (a scan at scrape time). Redis
     /// is not scanned: its own `INFO keyspace` tells an operator what it holds.
     pub fn usage(&self) -> Vec<(String, KvUsage)> {

@@ -46,6 +46,12 @@ impl Default for CallBudget {
 }
 
 impl CallBudget {
+    /// Time the call spent waiting on an `outbound` request is not the plugin's: the wall
+    /// bound moves by it (the request's own timeout bounds that wait).
+    pub(crate) fn waited(&mut self, for_: Duration) {
+        self.started += for_;
+    }
+
     /// A fresh budget of `deadline` for the call about to begin.
     pub(crate) fn reset(&mut self, deadline: Duration) {
         self.charged = 0;

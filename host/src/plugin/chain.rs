@@ -42,6 +42,8 @@ pub struct Chain {
     any_on_response: bool,
     /// The smallest `max_body_bytes` of the plugins with `on-request-body`, if any.
     request_body_limit: Option<usize>,
+    /// Whether a plugin is granted clusters for `outbound` requests.
+    any_outbound: bool,
 }
 
 /// What a body hook pass decided.
@@ -111,6 +113,7 @@ impl Chain {
                 .filter(|p| p.has_on_request_body())
                 .map(|p| p.info.settings.max_body_bytes)
                 .min(),
+            any_outbound: plugins.iter().any(|p| !p.info.settings.clusters.is_empty()),
             plugins,
             route: Arc::from(""),
             unavailable: None,
@@ -150,6 +153,12 @@ impl Chain {
             || self.any_on_request
             || self.any_on_response
             || self.request_body_limit.is_some()
+    }
+
+    /// Whether a plugin may send `outbound` requests: the view needs the proxy's
+    /// [`Outbound`](super::outbound::Outbound).
+    pub fn needs_outbound(&self) -> bool {
+        self.any_outbound
     }
 
     /// Whether any plugin has an `on-response` or `on-response-body` hook.

@@ -149,6 +149,7 @@ impl Filter {
             ),
         );
         store.limiter(|state| &mut state.limits);
+        store.data_mut().granted = self.info.settings.clusters.clone().into();
         store.epoch_deadline_callback(|store| {
             budget::on_tick(store, |state: &mut PluginState| &mut state.budget)
         });
@@ -201,12 +202,17 @@ impl Filter {
         state.request_id.clear();
         state.request_id.push_str(request.request_id());
         state.trace_id = request.trace().map(|t| t.id.clone());
+        if !self.info.settings.clusters.is_empty() {
+            state.outbound = request.outbound().cloned();
+        }
         state.budget.reset(self.info.settings.deadline);
         instance.store.set_epoch_deadline(1);
         Ok(instance)
     }
 
-    fn checkin(&self, instance: Instance) {
+    fn checkin(&self, mut instance: Instance) {
+        // An idle instance keeps no request's generation alive.
+        instance.store.data_mut().outbound = None;
         if instance.uses < self.info.settings.max_uses
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES

@@ -16,11 +16,9 @@
 //! sub-requests included; its response body is read whole (at most [`MAX_RESPONSE_BYTES`]).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -30,6 +28,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use super::outbound::{Outbound, OutboundError};
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::body::ClientBody;
 use crate::error::BoxError;
@@ -39,36 +38,6 @@ use crate::metrics::FailureKind;
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// The largest request body a handler may send to a cluster.
 const MAX_OUTBOUND_BODY_BYTES: usize = 1 << 20;
-
-/// Sends a handler's outgoing request to a named cluster; implemented by the proxy.
-pub trait Outbound: Send + Sync {
-    /// Sends `request` (its URI holds only the path and query) to `cluster`.
-    fn send(
-        &self,
-        cluster: String,
-        request: http::Request<Bytes>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<OutboundBody>, OutboundError>> + Send>>;
-}
-
-/// The body of a cluster's response to a handler's request.
-pub type OutboundBody = UnsyncBoxBody<Bytes, hyper::Error>;
-
-/// Why an outgoing request failed, as far as the guest is told.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboundError {
-    /// No cluster has that name.
-    #[error("no cluster named {0:?}")]
-    UnknownCluster(String),
-    /// No endpoint could be reached.
-    #[error("connecting failed: {0}")]
-    Connect(String),
-    /// The response did not come in time.
-    #[error("timed out")]
-    Timeout,
-    /// Anything else.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// The request body handed to a handler.
 #[derive(Debug)]

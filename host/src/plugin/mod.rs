@@ -29,6 +29,7 @@ mod contract;
 mod filter;
 pub mod handler;
 mod host_api;
+pub mod outbound;
 mod settings;
 mod state;
 pub mod view;
@@ -357,7 +358,7 @@ impl PluginRuntime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .context("the component imports something weir does not grant (only weir:plugin log, kv and metrics, and WASI clocks and random, are available)")
+            .context("the component imports something weir does not grant (only weir:plugin log, kv, metrics and outbound, and WASI clocks and random, are available)")
             .map_err(fail)?;
         let pre = AnyPre::link(&pre, &component).map_err(fail)?;
         let parts = FilterParts {

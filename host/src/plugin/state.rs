@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::ManualClock;
+use super::outbound::Outbound;
 use crate::kv::KvStore;
 use crate::metrics::{PluginMetric, PluginMetricSet};
 
@@ -35,6 +36,11 @@ pub(crate) struct PluginState {
     pub(crate) configuring: bool,
     /// The current call's share of time (`plugin::budget`).
     pub(crate) budget: super::budget::CallBudget,
+    /// The clusters this plugin's `outbound` calls may reach (`NAME.toml` `clusters`).
+    pub(crate) granted: Arc<[String]>,
+    /// Where the current call's `outbound` requests go: set for a call on a request when the
+    /// plugin is granted clusters, `None` otherwise (and in `configure`).
+    pub(crate) outbound: Option<Arc<dyn Outbound>>,
 }
 
 impl PluginState {
@@ -58,6 +64,8 @@ impl PluginState {
             metrics: Vec::new(),
             configuring: false,
             budget: super::budget::CallBudget::default(),
+            granted: Arc::from([]),
+            outbound: None,
         }
     }
 }

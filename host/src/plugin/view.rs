@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use http::header::{HeaderMap, HeaderValue};
 use http::{StatusCode, request};
 
+use super::outbound::Outbound;
 use super::{HeaderOp, RequestHead, ResponseHead};
 use crate::tls::TlsInfo;
 
@@ -35,6 +36,18 @@ pub struct RequestView {
     tls: Option<Arc<TlsInfo>>,
     /// The request's trace, when tracing is on: each hook call is a span in it.
     trace: Option<RequestTrace>,
+    /// Where plugins' `outbound` requests go, when the chain has a plugin granted clusters.
+    outbound: Option<OutboundHandle>,
+}
+
+/// The proxy's [`Outbound`] for one request (a wrapper only for `Debug`).
+#[derive(Clone)]
+struct OutboundHandle(Arc<dyn Outbound>);
+
+impl std::fmt::Debug for OutboundHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbound")
+    }
 }
 
 /// Response header changes left by request hooks (`add-response-header-ops`).
@@ -73,7 +86,18 @@ impl RequestView {
             left: None,
             tls: None,
             trace: None,
+            outbound: None,
         }
+    }
+
+    /// Sends the plugins' `outbound` requests through `outbound`.
+    pub fn set_outbound(&mut self, outbound: Arc<dyn Outbound>) {
+        self.outbound = Some(OutboundHandle(outbound));
+    }
+
+    /// Where the plugins' `outbound` requests go, if anywhere.
+    pub(crate) fn outbound(&self) -> Option<&Arc<dyn Outbound>> {
+        self.outbound.as_ref().map(|handle| &handle.0)
     }
 
     /// Puts the request's hook calls in `trace`.
@@ -107,6 +131,7 @@ impl RequestView {
             left: None,
             tls: None,
             trace: None,
+            outbound: None,
         }
     }
 

@@ -298,6 +298,12 @@ async fn proxy<B: DownstreamBody>(
         if let Some(trace) = &ctx.trace {
             view.set_trace(trace.clone());
         }
+        if chain.needs_outbound() {
+            view.set_outbound(Arc::new(ClusterOutbound {
+                generation: generation.clone(),
+                request_id: request_id.clone(),
+            }));
+        }
         match filters::on_request(chain, &mut view, &mut body, &request_id).await? {
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);

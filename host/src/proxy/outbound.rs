@@ -1,6 +1,7 @@
-//! A handler plugin's sub-requests: sent to the generation's clusters with their balancing,
-//! retries and circuit breaking, through the same [`attempts::send`] the proxy uses. The
-//! handler runtime checks the plugin's grant before a request gets here.
+//! A plugin's requests to clusters (a handler's sub-requests, a filter's `outbound` calls):
+//! sent to the generation's clusters with their balancing, retries and circuit breaking,
+//! through the same [`attempts::send`] the proxy uses. The plugin runtime checks the plugin's
+//! grant before a request gets here.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use super::attempts::{self, RequestBody};
 use super::forward;
 use crate::error::ErrorKind;
 use crate::generation::Generation;
-use crate::plugin::handler::{Outbound, OutboundBody, OutboundError};
+use crate::plugin::outbound::{Outbound, OutboundBody, OutboundError};
 use crate::timer::Timers;
 
 /// Sends one request's handler sub-requests.

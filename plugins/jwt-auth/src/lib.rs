@@ -13,6 +13,18 @@
 //! Envoy's `jwt_cache_config` does: a client sends the same token with every request, and
 //! the signature and JSON decoding are most of a check. A remembered token still has its
 //! claims (`exp`, `nbf`, issuer, audience, required claims) checked on every request.
+//!
+//! # Keys from a JWKS endpoint
+//!
+//! With `jwks_cluster`, keys also come from a JWK set served at `jwks_path` on that cluster
+//! (granted in `NAME.toml`), fetched with an `outbound` request (weir:plugin 0.3.4). The set
+//! is kept in `kv` with the time it was fetched, so one fetch serves every instance (and,
+//! with a Redis store, every weir): an instance reads the shared copy when its own is older
+//! than `jwks_refresh`, and fetches only when the shared copy is that old too. A token whose
+//! `kid` no key has makes the set be fetched again at once (a key rotated in at the issuer),
+//! at most once per [`REFETCH_AFTER`] per instance, so tokens with made-up `kid`s cannot
+//! turn every request into a fetch. A fetch that fails keeps the keys held; with none, tokens
+//! are refused as having no key, and the failure is logged when it starts and when it ends.
 
 #![forbid(unsafe_code)]
 
@@ -62,15 +74,25 @@ pub struct Config {
     /// The realm named in `WWW-Authenticate`.
     #[serde(default = "default_realm")]
     pub realm: String,
-    /// The keys tokens may be signed with.
+    /// The keys tokens may be signed with (besides those from `jwks_cluster`).
+    #[serde(default)]
     pub keys: Vec<KeyConfig>,
     /// Tokens with a verified signature each instance remembers; 0 verifies every time.
     #[serde(default = "default_cache_size")]
     pub cache_size: usize,
+    /// A cluster serving a JWK set to take keys from (granted in `NAME.toml`).
+    #[serde(default)]
+    pub jwks_cluster: Option<String>,
+    /// The JWK set's path on `jwks_cluster`.
+    #[serde(default = "default_jwks_path")]
+    pub jwks_path: String,
+    /// How old the fetched set may grow before it is fetched again, like `5m`.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: String,
 }
 
 /// One verification key: exactly one of `secret`, `secret_base64`, `pem` or `jwks`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Matched against the token's `kid`; a token with a `kid` only tries keys with it.
@@ -105,6 +127,12 @@ fn default_required() -> Vec<String> {
 }
 fn default_forward() -> BTreeMap<String, String> {
     BTreeMap::from([("sub".to_owned(), "x-consumer-id".to_owned())])
+}
+fn default_jwks_path() -> String {
+    "/.well-known/jwks.json".into()
+}
+fn default_jwks_refresh() -> String {
+    "5m".into()
 }
 fn default_cache_size() -> usize {
     1000
@@ -143,6 +171,11 @@ pub struct JwtAuth {
     strip_token: bool,
     realm: String,
     keys: Vec<Key>,
+    /// Whether `algorithms` was configured; if not, any algorithm a key has is accepted
+    /// (keys from a JWKS endpoint are not known at configure).
+    algorithms_given: bool,
+    /// Where keys beyond `keys` come from, if anywhere.
+    jwks: Option<Jwks>,
     cache_size: usize,
     /// Tokens whose signature verified, with their claims (see the module docs).
     verified: RefCell<HashMap<Token, Rc<Claims>>>,
@@ -151,6 +184,39 @@ pub struct JwtAuth {
 }
 
 type Claims = serde_json::Map<String, Value>;
+
+/// A JWKS endpoint and the keys last taken from it (see the module docs).
+#[derive(Debug)]
+struct Jwks {
+    cluster: String,
+    path: String,
+    /// Milliseconds a fetched set serves before it is fetched again.
+    refresh_ms: u64,
+    held: RefCell<HeldKeys>,
+}
+
+/// The keys an instance holds from the JWKS endpoint.
+#[derive(Debug, Default)]
+struct HeldKeys {
+    keys: Rc<Vec<Key>>,
+    /// When the set was fetched (by any instance), in ms since the epoch; 0 if never.
+    fetched_ms: u64,
+    /// The set's text, to tell a changed set from the same one fetched again.
+    text: String,
+    /// When this instance last fetched because of an unknown `kid`.
+    kid_fetch_ms: u64,
+    /// When this instance's last fetch failed.
+    failed_ms: u64,
+    /// Whether the last fetch failed (logged on the change, not per request).
+    failing: bool,
+    /// Whether the set changed since [`Jwks::take_changed`] last asked.
+    changed: bool,
+}
+
+/// The least time between fetches caused by unknown `kid`s, per instance.
+const REFETCH_AFTER: Duration = Duration::from_secs(5);
+/// The `kv` key of the shared copy: `FETCHED_MS\nJSON`.
+const JWKS_KEY: &str = "jwks";
 
 /// A token as the key of the verified-token cache. Compared eight bytes at a time: `==` on
 /// strings calls wasi-libc's `memcmp`, which compares a byte per iteration, and a token is a
@@ -247,13 +313,33 @@ impl Filter for JwtAuth {
     type Config = Config;
 
     fn new(config: Config) -> Result<JwtAuth, String> {
-        if config.keys.is_empty() {
-            return Err("no keys: every token would be refused".into());
+        if config.keys.is_empty() && config.jwks_cluster.is_none() {
+            return Err("no keys and no jwks_cluster: every token would be refused".into());
         }
+        let jwks = match config.jwks_cluster {
+            Some(cluster) => {
+                let refresh = humantime::parse_duration(&config.jwks_refresh)
+                    .map_err(|e| format!("jwks_refresh {:?}: {e}", config.jwks_refresh))?;
+                if !config.jwks_path.starts_with('/') {
+                    return Err(format!(
+                        "jwks_path {:?} must start with /",
+                        config.jwks_path
+                    ));
+                }
+                Some(Jwks {
+                    cluster,
+                    path: config.jwks_path,
+                    refresh_ms: refresh.as_millis() as u64,
+                    held: RefCell::default(),
+                })
+            }
+            None => None,
+        };
         let mut keys = Vec::new();
         for (i, key) in config.keys.iter().enumerate() {
             load_key(key, &mut keys).map_err(|e| format!("keys[{i}]: {e}"))?;
         }
+        let algorithms_given = !config.algorithms.is_empty();
         let algorithms: HashSet<Algorithm> = if config.algorithms.is_empty() {
             keys.iter().map(|k| k.algorithm).collect()
         } else {
@@ -297,6 +383,8 @@ impl Filter for JwtAuth {
             strip_token: config.strip_token,
             realm: config.realm,
             keys,
+            algorithms_given,
+            jwks,
             cache_size: config.cache_size,
             verified: RefCell::default(),
             refusals,
@@ -364,13 +452,25 @@ impl JwtAuth {
     /// Checks the signature (unless this instance verified the token before), then the
     /// claims. Returns the claims.
     fn verify(&self, token: String) -> Result<Rc<Claims>, Refusal> {
+        // Keys from the JWKS endpoint, refreshed when due; a changed set forgets the
+        // tokens remembered as verified.
+        let remote = match &self.jwks {
+            Some(jwks) => {
+                let keys = jwks.keys(now_ms(), None);
+                if jwks.take_changed() {
+                    self.verified.borrow_mut().clear();
+                }
+                keys
+            }
+            None => Rc::default(),
+        };
         let token = Token(token);
         let remembered = self.verified.borrow().get(&token).cloned();
         if let Some(claims) = remembered {
             self.check_claims(&claims)?;
             return Ok(claims);
         }
-        let claims = Rc::new(self.verify_signature(&token.0)?);
+        let claims = Rc::new(self.verify_signature(&token.0, &remote)?);
         self.check_claims(&claims)?;
         if self.cache_size > 0 {
             let mut verified = self.verified.borrow_mut();
@@ -382,11 +482,36 @@ impl JwtAuth {
         Ok(claims)
     }
 
-    /// Checks the signature against the keys that may have made it. Returns the claims.
-    fn verify_signature(&self, token: &str) -> Result<Claims, Refusal> {
+    /// Checks the signature against the keys that may have made it — the configured ones,
+    /// then those from the JWKS endpoint, fetched again first if the token names a `kid`
+    /// none has. Returns the claims.
+    fn verify_signature(&self, token: &str, remote: &Rc<Vec<Key>>) -> Result<Claims, Refusal> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Refusal::Invalid(Invalid::Malformed))?;
-        if !self.algorithms.contains(&header.alg) {
+        let mut remote = remote.clone();
+        if let (Some(jwks), Some(kid)) = (&self.jwks, &header.kid) {
+            let known = |keys: &[Key]| {
+                self.keys
+                    .iter()
+                    .chain(keys)
+                    .any(|k| k.kid.as_ref() == Some(kid))
+            };
+            if !known(&remote) {
+                remote = jwks.keys(now_ms(), Some(kid));
+                if jwks.take_changed() {
+                    self.verified.borrow_mut().clear();
+                }
+            }
+        }
+        let accepted = if self.algorithms_given {
+            self.algorithms.contains(&header.alg)
+        } else {
+            self.keys
+                .iter()
+                .chain(remote.iter())
+                .any(|k| k.algorithm == header.alg)
+        };
+        if !accepted {
             return Err(Refusal::Invalid(Invalid::Algorithm));
         }
         let mut validation = Validation::new(header.alg);
@@ -395,7 +520,7 @@ impl JwtAuth {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::new();
-        let candidates = self.keys.iter().filter(|k| {
+        let candidates = self.keys.iter().chain(remote.iter()).filter(|k| {
             k.algorithm == header.alg
                 && match (&header.kid, &k.kid) {
                     (Some(want), Some(have)) => want == have,
@@ -495,6 +620,130 @@ impl JwtAuth {
             .header("www-authenticate", challenge)
             .into()
     }
+}
+
+impl Jwks {
+    /// The keys to verify with at `now`: the instance's own if fresh; else the shared copy
+    /// in `kv` if another instance fetched one since; else fetched now (and shared). `want`
+    /// is a `kid` a token names and no key has: then a newer shared copy or a fetch is
+    /// looked for even if the held keys are fresh. Unknown kids cause at most one fetch per
+    /// [`REFETCH_AFTER`] per instance, and after a failed fetch the next waits as long.
+    fn keys(&self, now: u64, want: Option<&str>) -> Rc<Vec<Key>> {
+        let mut held = self.held.borrow_mut();
+        let fresh = |fetched: u64| fetched > 0 && now.saturating_sub(fetched) < self.refresh_ms;
+        let has = |keys: &[Key]| {
+            want.is_none_or(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
+        };
+        if want.is_none() && fresh(held.fetched_ms) {
+            return held.keys.clone();
+        }
+        if let Some((fetched, text)) = shared_copy()
+            && fetched > held.fetched_ms
+        {
+            self.take(&mut held, fetched, text);
+            if fresh(fetched) && has(&held.keys) {
+                return held.keys.clone();
+            }
+        }
+        // Unknown kids fetch at most once per REFETCH_AFTER, and so does a failing endpoint.
+        let recent = |at: u64| at > 0 && now.saturating_sub(at) < REFETCH_AFTER.as_millis() as u64;
+        if want.is_some() {
+            if recent(held.kid_fetch_ms) {
+                return held.keys.clone();
+            }
+            held.kid_fetch_ms = now;
+        } else if recent(held.failed_ms) {
+            return held.keys.clone();
+        }
+        match self.fetch() {
+            Ok(text) => {
+                let stored = format!("{now}\n{text}");
+                // Kept well past its refresh, so a failing endpoint leaves the last set.
+                let ttl = Duration::from_millis(self.refresh_ms.saturating_mul(10).max(60_000));
+                if let Err(e) = weir_plugin::kv::set(JWKS_KEY, stored.as_bytes(), Some(ttl)) {
+                    weir_plugin::log::warn!("jwt-auth: cannot share the JWK set in kv: {e}");
+                }
+                self.take(&mut held, now, text);
+                if std::mem::take(&mut held.failing) {
+                    weir_plugin::log::info!(
+                        "jwt-auth: the JWK set is fetched from {} again",
+                        self.cluster
+                    );
+                }
+            }
+            Err(why) => {
+                held.failed_ms = now;
+                if !std::mem::replace(&mut held.failing, true) {
+                    weir_plugin::log::warn!(
+                        "jwt-auth: cannot fetch the JWK set from {} {}: {why}; keeping the {} keys held",
+                        self.cluster,
+                        self.path,
+                        held.keys.len()
+                    );
+                }
+            }
+        }
+        held.keys.clone()
+    }
+
+    /// Makes `text` (fetched at `fetched`) the held set, if it parses.
+    fn take(&self, held: &mut HeldKeys, fetched: u64, text: String) {
+        held.fetched_ms = fetched;
+        if text == held.text {
+            return;
+        }
+        let mut keys = Vec::new();
+        let entry = KeyConfig {
+            jwks: Some(text.clone()),
+            ..KeyConfig::default()
+        };
+        match load_key(&entry, &mut keys) {
+            Ok(()) => {
+                held.keys = Rc::new(keys);
+                held.text = text;
+                held.changed = true;
+            }
+            Err(e) => weir_plugin::log::warn!(
+                "jwt-auth: the JWK set from {} {} is not usable: {e}; keeping the {} keys held",
+                self.cluster,
+                self.path,
+                held.keys.len()
+            ),
+        }
+    }
+
+    /// The set's text from the endpoint.
+    fn fetch(&self) -> Result<String, String> {
+        let answer = weir_plugin::outbound::Call::get(&self.cluster, &self.path)
+            .header("accept", "application/json")
+            .send()
+            .map_err(|e| e.to_string())?;
+        if answer.status != 200 {
+            return Err(format!("status {}", answer.status));
+        }
+        String::from_utf8(answer.body).map_err(|_| "the body is not UTF-8".to_owned())
+    }
+
+    /// Whether the held set changed since the last ask: a key that left the set must not
+    /// keep verifying the tokens remembered as verified with it.
+    fn take_changed(&self) -> bool {
+        std::mem::take(&mut self.held.borrow_mut().changed)
+    }
+}
+
+/// The shared copy of the set in `kv`: when it was fetched, and its text.
+fn shared_copy() -> Option<(u64, String)> {
+    let stored = weir_plugin::kv::get(JWKS_KEY).ok()??;
+    let stored = String::from_utf8(stored).ok()?;
+    let (fetched, text) = stored.split_once('\n')?;
+    Some((fetched.parse().ok()?, text.to_owned()))
+}
+
+fn now_ms() -> u64 {
+    weir_plugin::clock::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }
 
 /// Turns one `keys` entry into verification keys (a JWK set may hold several).
@@ -940,6 +1189,143 @@ pem = """{ed_pub}"""
         assert_eq!(forwarded.header_value("x-admin"), Some("true"));
         assert_eq!(forwarded.header_value("x-missing"), None);
         assert_eq!(forwarded.header_value("cookie"), Some("theme=dark"));
+    }
+
+    /// A JWK set of HS256 keys by `kid`: `k1` is [`SECRET`], `k2` a second secret.
+    fn jwk_set(kids: &[&str]) -> String {
+        let keys: Vec<String> = kids
+            .iter()
+            .map(|kid| {
+                let k = match *kid {
+                    "k1" => "YS10ZXN0LXNlY3JldC10aGF0LWlzLWxvbmctZW5vdWdoIQ",
+                    _ => "YS1zZWNvbmQtc2VjcmV0LXJvdGF0ZWQtaW4tbGF0ZXIhIQ",
+                };
+                format!(r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{k}"}}"#)
+            })
+            .collect();
+        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+    }
+
+    fn signed_by(kid: &str) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        let secret = match kid {
+            "k1" => SECRET,
+            _ => "a-second-secret-rotated-in-later!!",
+        };
+        let claims = json!({"sub": kid, "exp": now() + 600});
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn jwks_auth() -> Harness<JwtAuth> {
+        Harness::new("jwks_cluster = \"idp\"\njwks_path = \"/keys\"\njwks_refresh = \"1m\"\n")
+            .expect("valid config")
+    }
+
+    fn fetches() -> usize {
+        testing::outbound_calls()
+            .iter()
+            .filter(|c| c.cluster == "idp" && c.path == "/keys")
+            .count()
+    }
+
+    #[test]
+    fn keys_come_from_the_jwks_endpoint_and_a_rotated_in_kid_is_fetched_at_once() {
+        // The harness starts from a fresh mock host: stubs come after it.
+        let auth = jwks_auth();
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k1"]).as_bytes());
+        let forwarded = auth.request(bearer(&signed_by("k1"))).forwarded();
+        assert_eq!(forwarded.header_value("x-consumer-id"), Some("k1"));
+        auth.request(bearer(&signed_by("k1"))).forwarded();
+        assert_eq!(fetches(), 1, "fresh keys are not fetched again");
+        // The issuer rotates k2 in: a token naming it makes the set be fetched now.
+        testing::stub_outbound(
+            "idp",
+            "GET",
+            "/keys",
+            200,
+            &[],
+            jwk_set(&["k1", "k2"]).as_bytes(),
+        );
+        let forwarded = auth.request(bearer(&signed_by("k2"))).forwarded();
+        assert_eq!(forwarded.header_value("x-consumer-id"), Some("k2"));
+        assert_eq!(fetches(), 2);
+        // Made-up kids do not turn every request into a fetch.
+        for _ in 0..5 {
+            let reply = auth.request(bearer(&signed_by("k9"))).reply();
+            assert!(challenge(&reply).contains("no key for this token"));
+        }
+        assert_eq!(fetches(), 2, "at most one fetch per 5 s");
+        testing::advance(Duration::from_secs(5));
+        auth.request(bearer(&signed_by("k9"))).reply();
+        assert_eq!(fetches(), 3);
+        let shared = weir_plugin::kv::get("jwks")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&shared).contains("\"k2\""),
+            "the set is shared in kv for the other instances"
+        );
+    }
+
+    #[test]
+    fn a_key_removed_from_the_set_stops_verifying_after_the_refresh() {
+        let auth = jwks_auth();
+        testing::stub_outbound(
+            "idp",
+            "GET",
+            "/keys",
+            200,
+            &[],
+            jwk_set(&["k1", "k2"]).as_bytes(),
+        );
+        let token = signed_by("k1");
+        auth.request(bearer(&token)).forwarded();
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k2"]).as_bytes());
+        testing::advance(Duration::from_secs(61));
+        let reply = auth.request(bearer(&token)).reply();
+        assert_eq!(
+            reply.status, 401,
+            "a remembered token is verified again with the new set"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_that_fails_leaves_the_held_keys_and_logs_once() {
+        let auth = jwks_auth();
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k1"]).as_bytes());
+        auth.request(bearer(&signed_by("k1"))).forwarded();
+        testing::fail_outbound(
+            "idp",
+            "GET",
+            "/keys",
+            weir_plugin::outbound::OutboundError::Timeout,
+        );
+        for _ in 0..3 {
+            testing::advance(Duration::from_secs(61));
+            auth.request(bearer(&signed_by("k1"))).forwarded();
+        }
+        let warnings = testing::logs()
+            .iter()
+            .filter(|(_, line)| line.contains("cannot fetch the JWK set"))
+            .count();
+        assert_eq!(warnings, 1);
+        // With no keys held at all, tokens are refused (not let through).
+        let fresh = jwks_auth();
+        testing::fail_outbound(
+            "idp",
+            "GET",
+            "/keys",
+            weir_plugin::outbound::OutboundError::Timeout,
+        );
+        let reply = fresh.request(bearer(&signed_by("k1"))).reply();
+        assert_eq!(reply.status, 401);
     }
 
     #[test]

@@ -28,11 +28,15 @@ pub(super) mod generated {
         },
         // A handle that is not in the table is a host bug: the call traps.
         // A `kv` call may wait on Redis: it parks the fiber, not the thread.
-        imports: { "weir:plugin/types": trappable, "weir:plugin/kv": async },
+        imports: {
+            "weir:plugin/types": trappable,
+            "weir:plugin/kv": async,
+            "weir:plugin/outbound": async,
+        },
     });
 }
 
-pub(crate) use generated::weir::plugin::{kv, log, metrics, types};
+pub(crate) use generated::weir::plugin::{kv, log, metrics, outbound, types};
 use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 
 /// A linked 0.3.x filter and the patch it was built against.

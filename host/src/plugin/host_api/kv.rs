@@ -3,7 +3,9 @@
 //! other's keys, and sizes are checked before anything reaches the store.
 //!
 //! The functions are async in the bindings (`contract/v0_3.rs`): a call that waits on Redis
-//! parks the plugin's fiber, not a worker thread.
+//! parks the plugin's fiber, not a worker thread, and the wait is taken off the call's
+//! wall-clock budget (`[kv] timeout` bounds it), so a store slower than the plugin's
+//! `deadline` fails the store call, not the plugin.
 
 use crate::kv::{Bounded, KvError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::plugin::contract::current::kv::{self, Error, Host};
@@ -20,6 +22,19 @@ pub(crate) fn namespaced(plugin: &str, key: &str) -> String {
 }
 
 impl PluginState {
+    /// When a call to a networked store began: its wait is not the plugin's running time.
+    fn store_call(&self) -> Option<quanta::Instant> {
+        self.kv.is_remote().then(quanta::Instant::now)
+    }
+
+    /// The wait since `began` is taken off the call's wall-clock budget (the store's own
+    /// timeout bounds it), as an `outbound` request's is.
+    fn store_answered(&mut self, began: Option<quanta::Instant>) {
+        if let Some(began) = began {
+            self.budget.waited(began.elapsed());
+        }
+    }
+
     /// `key` namespaced, or why it may not be used.
     fn key(&self, key: &str) -> Result<String, Error> {
         if key.len() > MAX_KEY_BYTES {
@@ -64,18 +79,27 @@ impl From<Bounded> for kv::Bounded {
 impl Host for PluginState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
         let key = self.key(&key)?;
-        Ok(self.kv.get(&key).await?)
+        let began = self.store_call();
+        let value = self.kv.get(&key).await;
+        self.store_answered(began);
+        Ok(value?)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {
         let key = self.key(&key)?;
         checked_value(&value)?;
-        Ok(self.kv.set(key, value, ttl_ms).await?)
+        let began = self.store_call();
+        let done = self.kv.set(key, value, ttl_ms).await;
+        self.store_answered(began);
+        Ok(done?)
     }
 
     async fn delete(&mut self, key: String) -> Result<(), Error> {
         let key = self.key(&key)?;
-        Ok(self.kv.delete(&key).await?)
+        let began = self.store_call();
+        let done = self.kv.delete(&key).await;
+        self.store_answered(began);
+        Ok(done?)
     }
 
     async fn increment(
@@ -85,7 +109,10 @@ impl Host for PluginState {
         ttl_ms: Option<u64>,
     ) -> Result<i64, Error> {
         let key = self.key(&key)?;
-        Ok(self.kv.increment(key, delta, ttl_ms).await?)
+        let began = self.store_call();
+        let value = self.kv.increment(key, delta, ttl_ms).await;
+        self.store_answered(began);
+        Ok(value?)
     }
 
     async fn increment_within(
@@ -96,11 +123,10 @@ impl Host for PluginState {
         ttl_ms: Option<u64>,
     ) -> Result<kv::Bounded, Error> {
         let key = self.key(&key)?;
-        Ok(self
-            .kv
-            .increment_within(key, delta, limit, ttl_ms)
-            .await?
-            .into())
+        let began = self.store_call();
+        let bounded = self.kv.increment_within(key, delta, limit, ttl_ms).await;
+        self.store_answered(began);
+        Ok(bounded?.into())
     }
 
     async fn compare_and_set(
@@ -112,9 +138,9 @@ impl Host for PluginState {
     ) -> Result<bool, Error> {
         let key = self.key(&key)?;
         checked_value(&value)?;
-        Ok(self
-            .kv
-            .compare_and_set(key, expected, value, ttl_ms)
-            .await?)
+        let began = self.store_call();
+        let set = self.kv.compare_and_set(key, expected, value, ttl_ms).await;
+        self.store_answered(began);
+        Ok(set?)
     }
 }

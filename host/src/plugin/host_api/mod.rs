@@ -3,4 +3,5 @@
 pub(crate) mod kv;
 pub(crate) mod log;
 pub(crate) mod metrics;
+pub(crate) mod outbound;
 pub(crate) mod types;
