@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use weir::config::{KvBackendKind, KvConfig, RedisKvConfig};
 use weir::kv::{Bounded, KvError, KvStore};
-use weir_tests::{DEADLINE, Redis, Upstream, Weir};
+use weir_tests::{DEADLINE, Redis, RedisCluster, Upstream, Weir};
 
 const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/rate_limit.wasm"));
 
@@ -18,6 +18,7 @@ fn redis_config(url: String, timeout: Duration) -> KvConfig {
     KvConfig {
         backend: KvBackendKind::Redis(RedisKvConfig {
             url,
+            cluster: Vec::new(),
             ca: None,
             prefix: "test:".into(),
             timeout,
@@ -28,17 +29,23 @@ fn redis_config(url: String, timeout: Duration) -> KvConfig {
     }
 }
 
-/// Every operation answers the same from Redis as from memory, errors included, so a plugin
-/// tested on one behaves the same on the other.
+/// Every operation answers the same from Redis — one server or a Redis Cluster — as from
+/// memory, errors included, so a plugin tested on one behaves the same on the others.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_redis_store_keeps_the_memory_stores_semantics() {
     let redis = Redis::start().await;
+    let cluster = RedisCluster::start().await;
+    let mut clustered = redis_config(String::new(), Duration::from_secs(2));
+    if let KvBackendKind::Redis(config) = &mut clustered.backend {
+        config.cluster = cluster.urls();
+    }
     let stores = [
         ("memory", KvStore::default()),
         (
             "redis",
             KvStore::new(&redis_config(redis.url(), Duration::from_secs(2))).expect("store"),
         ),
+        ("cluster", KvStore::new(&clustered).expect("cluster store")),
     ];
     for (name, kv) in &stores {
         let key = |k: &str| format!("plugin\0{k}");
@@ -146,6 +153,9 @@ async fn the_redis_store_keeps_the_memory_stores_semantics() {
     }
     // Keys carry the configured prefix, so deployments can share one Redis.
     assert_eq!(redis.cli(r#"GET "test:plugin\x00c""#), "2");
+    // The cluster spread the keys over its nodes by slot.
+    let spread = cluster.keys_per_node();
+    assert!(spread.iter().filter(|&&n| n > 0).count() >= 2, "{spread:?}");
 }
 
 /// `n` weir instances sharing `redis`, each with rate-limit (`settings`) in front of

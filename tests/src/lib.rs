@@ -12,7 +12,7 @@ pub mod scripted;
 pub mod upstream;
 pub mod weir;
 
-pub use redis::Redis;
+pub use redis::{Redis, RedisCluster};
 pub use scripted::Scripted;
 pub use upstream::Upstream;
 pub use weir::Weir;

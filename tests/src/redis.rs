@@ -201,3 +201,68 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// A Redis Cluster of three masters (no replicas) on free ports, each a [`Redis`] in
+/// cluster mode, joined with `redis-cli --cluster create`; ready once every node reports
+/// `cluster_state:ok`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes and makes them one cluster.
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            let extra = extra.iter().map(|s| s.to_string()).collect();
+            nodes.push(Redis::start_with(false, extra, &[]).await);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for node in &nodes {
+            while !node.cli("CLUSTER INFO").contains("cluster_state:ok") {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the cluster never became ok"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Every node's `redis://` URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|n| n.cli("DBSIZE").parse().unwrap_or(0))
+            .collect()
+    }
+}

@@ -42,9 +42,13 @@ pub enum KvBackendKind {
 /// `[kv]` with `backend = "redis"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RedisKvConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS; empty with
+    /// `cluster`.
     #[serde(serialize_with = "without_password")]
     pub url: String,
+    /// A Redis Cluster's seed nodes (URLs as `url`), instead of `url`.
+    #[serde(serialize_with = "without_passwords")]
+    pub cluster: Vec<String>,
     /// A CA certificate (PEM) that signs the server's, instead of the system's roots.
     pub ca: Option<PathBuf>,
     /// Put before every key, so deployments can share one Redis.
@@ -63,6 +67,10 @@ pub struct RedisKvConfig {
 
 fn without_password<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&without_userinfo(url))
+}
+
+fn without_passwords<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|url| without_userinfo(url)))
 }
 
 pub(super) fn kv(check: &mut Checker<'_>, raw: &Spanned<RawKv>, base_dir: &Path) -> KvConfig {
@@ -92,27 +100,42 @@ pub(super) fn kv(check: &mut Checker<'_>, raw: &Spanned<RawKv>, base_dir: &Path)
 
 fn redis(check: &mut Checker<'_>, raw: &Spanned<RawKv>, base_dir: &Path) -> RedisKvConfig {
     let section = raw.get_ref();
-    let url = match &section.url {
-        Some(url) => {
-            let text = url.get_ref();
-            let scheme = text.split_once("://").map(|(scheme, _)| scheme);
-            if !matches!(scheme, Some("redis" | "rediss")) {
-                check.error(
-                    url,
-                    format!(
-                        "kv.url {:?} must start with redis:// or rediss:// (TLS)",
-                        without_userinfo(text)
-                    ),
-                );
-            } else if let Err(e) = redis::Client::open(text.as_str()) {
-                check.error(url, format!("kv.url is not a Redis URL: {e}"));
-            }
-            text.clone()
+    let checked = |check: &mut Checker<'_>, what: &str, url: &Spanned<String>| {
+        let text = url.get_ref();
+        let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("redis" | "rediss")) {
+            check.error(
+                url,
+                format!(
+                    "{what} {:?} must start with redis:// or rediss:// (TLS)",
+                    without_userinfo(text)
+                ),
+            );
+        } else if let Err(e) = redis::Client::open(text.as_str()) {
+            check.error(url, format!("{what} is not a Redis URL: {e}"));
         }
-        None => {
+        text.clone()
+    };
+    let cluster: Vec<String> = section
+        .cluster
+        .iter()
+        .flatten()
+        .map(|node| checked(check, "kv.cluster", node))
+        .collect();
+    let url = match (&section.url, cluster.is_empty()) {
+        (Some(url), true) => checked(check, "kv.url", url),
+        (Some(url), false) => {
+            check.error(
+                url,
+                "kv: give url (one server) or cluster (seed nodes), not both".into(),
+            );
+            String::new()
+        }
+        (None, false) => String::new(),
+        (None, true) => {
             check.error(
                 raw,
-                "kv: backend = \"redis\" needs url = \"redis://host:port\"".into(),
+                "kv: backend = \"redis\" needs url = \"redis://host:port\" or cluster = [\"redis://host:port\", ...]".into(),
             );
             String::new()
         }
@@ -141,6 +164,7 @@ fn redis(check: &mut Checker<'_>, raw: &Spanned<RawKv>, base_dir: &Path) -> Redi
     }
     RedisKvConfig {
         url,
+        cluster,
         ca,
         prefix: section.prefix.clone().unwrap_or_else(|| "weir:".into()),
         timeout: section

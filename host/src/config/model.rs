@@ -38,6 +38,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawKv {
     pub(crate) backend: Option<Spanned<String>>,
     pub(crate) url: Option<Spanned<String>>,
+    pub(crate) cluster: Option<Vec<Spanned<String>>>,
     pub(crate) ca: Option<Spanned<PathBuf>>,
     pub(crate) prefix: Option<String>,
     #[serde(default, with = "duration")]

@@ -1748,6 +1748,15 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               11:15: kv.connections must be between 1 and 64",
             ),
             (
+                "[kv]\nbackend = \"redis\"\nurl = \"redis://a:1\"\ncluster = [\"redis://a:1\", \"http://b:2\"]",
+                "10:7: kv: give url (one server) or cluster (seed nodes), not both\n\
+              11:27: kv.cluster \"http://b:2\" must start with redis:// or rediss:// (TLS)",
+            ),
+            (
+                "[kv]\nbackend = \"redis\"\ncluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]",
+                "ok",
+            ),
+            (
                 "[kv]\nurl = \"redis://cache\"",
                 "9:7: kv.url is for backend = \"redis\"; the memory store has no address",
             ),

@@ -53,8 +53,8 @@ pub struct KvUsage {
 pub enum KvStore {
     /// In this process.
     Memory(MemoryKv),
-    /// In a Redis server.
-    Redis(RedisKv),
+    /// In a Redis server or cluster (boxed: it is large, and there is one per process).
+    Redis(Box<RedisKv>),
 }
 
 impl Default for KvStore {
@@ -79,7 +79,7 @@ impl KvStore {
     pub fn new(config: &KvConfig) -> Result<KvStore, String> {
         match &config.backend {
             KvBackendKind::Memory => Ok(KvStore::default()),
-            KvBackendKind::Redis(redis) => Ok(KvStore::Redis(RedisKv::new(redis)?)),
+            KvBackendKind::Redis(redis) => Ok(KvStore::Redis(Box::new(RedisKv::new(redis)?))),
         }
     }
 

@@ -1,15 +1,16 @@
 //! The Redis store (`[kv] backend = "redis"`): every weir instance pointed at one Redis shares
 //! one state, so a rate limit holds across instances and a revoked key is gone everywhere.
 //!
-//! - **Connections**: `connections` multiplexed connections (redis-rs's `ConnectionManager`,
-//!   which pipelines concurrent calls on one socket and reconnects in the background after a
-//!   failure), taken in turn. A multiplexed connection serves any number of callers at once,
-//!   so there is no checkout to wait for: a few connections are the pool.
-//! - **Atomicity**: `get`, `set` and `delete` are one command each; `increment` is one
-//!   `MULTI` transaction (`SET NX PX` then `INCRBY`, so the TTL applies only to a new key and
-//!   the count stays an exact 64-bit integer); `increment_within` and `compare_and_set` are Lua
-//!   scripts (`EVALSHA`, loaded on first use), which Redis runs without interleaving. Every
-//!   operation is one round trip.
+//! - **Connections**: to one server, `connections` multiplexed connections (redis-rs's
+//!   `ConnectionManager`, which pipelines concurrent calls on one socket and reconnects in the
+//!   background after a failure), taken in turn. A multiplexed connection serves any number
+//!   of callers at once, so there is no checkout to wait for: a few connections are the pool.
+//!   To a Redis Cluster (`cluster = [...]`), redis-rs's cluster connection, which sends each
+//!   key to the node that holds its slot and follows `MOVED`/`ASK` and topology changes.
+//! - **Atomicity**: `get`, `set` and `delete` are one command each; `increment`,
+//!   `increment_within` and `compare_and_set` are Lua scripts (`EVALSHA`, loaded on first
+//!   use), which Redis runs without interleaving, on one key each (so a cluster runs each on
+//!   the key's node). Every operation is one round trip.
 //! - **Time**: each call gets `timeout` (a few milliseconds by default); past it the call fails
 //!   as unavailable and the plugin decides. Failures in a row open the [`Breaker`], so
 //!   requests stop waiting on a dead store.
@@ -19,14 +20,28 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::breaker::{Admit, Breaker};
 use super::{Bounded, KvError};
 use crate::config::RedisKvConfig;
 use crate::config::kv::without_userinfo;
 use crate::metrics::metrics;
+
+/// Adds ARGV[1] to the counter at KEYS[1]; ARGV[2] is the TTL in ms for a new key ('' for
+/// none). Replies the new value as text (exact: Lua's numbers are doubles). Not a `MULTI`,
+/// which Redis Cluster connections do not carry.
+const INCREMENT: &str = r"
+local created = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('INCRBY', KEYS[1], ARGV[1])
+if created and ARGV[2] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('GET', KEYS[1])
+";
 
 /// Adds ARGV[1] to the counter at KEYS[1] if the result stays at most ARGV[2]; ARGV[3] is the
 /// TTL in ms for a new key ('' for none). Replies `{applied, value, pttl}`. Lua numbers are
@@ -67,15 +82,58 @@ end
 return 1
 ";
 
+/// Where calls go: one server's connections, taken in turn, or a cluster's connection (which
+/// routes each key to its node and follows the cluster's changes).
+enum Servers {
+    Single(Vec<ConnectionManager>),
+    Cluster(ClusterConnection),
+}
+
+/// One connection to use for a call.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis backend.
 pub struct RedisKv {
-    connections: Vec<ConnectionManager>,
+    servers: Servers,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
     breaker: Breaker,
     /// The server, for log lines (without credentials).
     name: String,
+    increment: Script,
     increment_within: Script,
     compare_and_set: Script,
 }
@@ -84,7 +142,6 @@ impl std::fmt::Debug for RedisKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisKv")
             .field("server", &self.name)
-            .field("connections", &self.connections.len())
             .finish_non_exhaustive()
     }
 }
@@ -98,57 +155,67 @@ impl RedisKv {
     /// Connections are made lazily (and first tried at once in the background), so weir
     /// starts while Redis is down. Must be called inside the tokio runtime.
     pub(crate) fn new(config: &RedisKvConfig) -> Result<RedisKv, String> {
-        let client = match &config.ca {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca)
-                    .map_err(|e| format!("cannot read kv.ca {}: {e}", ca.display()))?;
-                redis::Client::build_with_tls(
-                    config.url.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root_cert),
-                    },
-                )
+        let certificates = match &config.ca {
+            Some(ca) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(
+                    std::fs::read(ca)
+                        .map_err(|e| format!("cannot read kv.ca {}: {e}", ca.display()))?,
+                ),
+            }),
+            None => None,
+        };
+        let (servers, name) = if config.cluster.is_empty() {
+            let connections = single(config, certificates)?;
+            (Servers::Single(connections), without_userinfo(&config.url))
+        } else {
+            let mut builder = ClusterClientBuilder::new(config.cluster.iter().map(String::as_str))
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(config.timeout.max(Duration::from_secs(1)));
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
             }
-            None => redis::Client::open(config.url.as_str()),
-        }
-        .map_err(|e| format!("kv.url: {e}"))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(config.timeout.max(Duration::from_secs(1))))
-            .set_max_delay(Duration::from_secs(2));
-        let connections = (0..config.connections.max(1))
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-            })
-            .collect::<RedisResult<Vec<_>>>()
-            .map_err(|e| format!("kv.url: {e}"))?;
-        let name = without_userinfo(&config.url);
+            let client = builder.build().map_err(|e| format!("kv.cluster: {e}"))?;
+            let connection = client.get_pending_async_connection_with_config(Default::default());
+            let name = format!("cluster {}", without_userinfo(&config.cluster[0]));
+            (Servers::Cluster(connection), name)
+        };
+        let kv = RedisKv {
+            servers,
+            next: AtomicUsize::new(0),
+            prefix: config.prefix.clone(),
+            timeout: config.timeout,
+            breaker: Breaker::new(config.breaker_failures, config.breaker_open_for),
+            name,
+            increment: Script::new(INCREMENT),
+            increment_within: Script::new(INCREMENT_WITHIN),
+            compare_and_set: Script::new(COMPARE_AND_SET),
+        };
         // Connect now rather than on the first plugin call, whose timeout is a few ms.
-        for connection in &connections {
-            let mut connection = connection.clone();
-            let name = name.clone();
+        let count = match &kv.servers {
+            Servers::Single(connections) => connections.len(),
+            Servers::Cluster(_) => 1,
+        };
+        for _ in 0..count {
+            let mut connection = kv.connection();
+            let name = kv.name.clone();
             tokio::spawn(async move {
                 if let Err(e) = redis::cmd("PING").query_async::<()>(&mut connection).await {
                     tracing::warn!(store = %name, error = %e, "kv store not reachable yet; calls fail until it is");
                 }
             });
         }
-        Ok(RedisKv {
-            connections,
-            next: AtomicUsize::new(0),
-            prefix: config.prefix.clone(),
-            timeout: config.timeout,
-            breaker: Breaker::new(config.breaker_failures, config.breaker_open_for),
-            name,
-            increment_within: Script::new(INCREMENT_WITHIN),
-            compare_and_set: Script::new(COMPARE_AND_SET),
-        })
+        Ok(kv)
     }
 
-    fn connection(&self) -> ConnectionManager {
-        let next = self.next.fetch_add(1, Ordering::Relaxed);
-        self.connections[next % self.connections.len()].clone()
+    fn connection(&self) -> Connection {
+        match &self.servers {
+            Servers::Single(connections) => {
+                let next = self.next.fetch_add(1, Ordering::Relaxed);
+                Connection::Single(connections[next % connections.len()].clone())
+            }
+            Servers::Cluster(connection) => Connection::Cluster(connection.clone()),
+        }
     }
 
     fn key(&self, key: &str) -> Vec<u8> {
@@ -244,26 +311,16 @@ impl RedisKv {
         ttl_ms: Option<u64>,
     ) -> Result<i64, KvError> {
         let mut connection = self.connection();
-        let key = self.key(&key);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some(ms) = ttl_ms {
-            // Creates the key with its TTL only if it is absent; INCRBY then counts from 0.
-            pipe.cmd("SET")
-                .arg(&key)
-                .arg(0)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms.max(1))
-                .ignore();
-        }
-        pipe.cmd("INCRBY").arg(&key).arg(delta);
-        self.call(async move {
-            pipe.query_async::<(i64,)>(&mut connection)
-                .await
-                .map(|(value,)| value)
-        })
-        .await
+        let mut invocation = self.increment.prepare_invoke();
+        invocation
+            .key(self.key(&key))
+            .arg(delta)
+            .arg(ttl_arg(ttl_ms));
+        let text = self
+            .call(async move { invocation.invoke_async::<String>(&mut connection).await })
+            .await?;
+        text.parse()
+            .map_err(|_| KvError::Invalid(format!("Redis answered {text:?} for a counter")))
     }
 
     pub(crate) async fn increment_within(
@@ -320,6 +377,26 @@ impl RedisKv {
             metrics().kv_breaker_open.set(0);
         }
     }
+}
+
+/// `connections` lazy, reconnecting connections to the one server of `config.url`.
+fn single(
+    config: &RedisKvConfig,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<Vec<ConnectionManager>, String> {
+    let client = match certificates {
+        Some(certificates) => redis::Client::build_with_tls(config.url.as_str(), certificates),
+        None => redis::Client::open(config.url.as_str()),
+    }
+    .map_err(|e| format!("kv.url: {e}"))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(config.timeout.max(Duration::from_secs(1))))
+        .set_max_delay(Duration::from_secs(2));
+    (0..config.connections.max(1))
+        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()))
+        .collect::<RedisResult<Vec<_>>>()
+        .map_err(|e| format!("kv.url: {e}"))
 }
 
 /// What the server said, without redis-rs's decoration.
