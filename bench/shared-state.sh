@@ -12,6 +12,9 @@
 # Part 2 (TWO=1, the default): one instance vs two sharing Redis, each instance on its own
 # wrk (-t1 -c$CONNS/2 for two), all processes unpinned (the machine has 2 cores, so this shows
 # what sharing costs, not how it scales); total requests/s.
+# Part 3 (DOWN=1, the default): Redis killed under load — rate-limit with fault_tolerant =
+# true and the default [kv] timeout (5 ms): requests/s, latency percentiles and the maximum,
+# and how many breaker lines weir logged.
 #
 # Needs a release weir (WEIR=target/release/weir: cargo build --release -p weir-host), the
 # bundled plugins (cargo xtask plugins), nginx, wrk, redis-server (apt-get install nginx-light
@@ -23,6 +26,7 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 TWO=${TWO:-1}
+DOWN=${DOWN:-1}
 WEIR=${WEIR:-target/release/weir}
 PLUGINS=${PLUGINS:-target/plugins}
 ORIGIN=18481 REDIS=18482 PORT=18490 PORT2=18491
@@ -58,8 +62,10 @@ endpoints = ["127.0.0.1:$ORIGIN"]
 name = "limited"
 cluster = "origin"
 CONF
-  local algorithm=sliding-window
+  local algorithm=sliding-window tolerant=false
   case "$name" in
+    redis-down) tolerant=true
+      printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\n' "$REDIS" >> "$dir/weir.toml" ;;
     plain) printf 'plugins = []\n' >> "$dir/weir.toml"; return ;;
     memory) ;;
     redis) printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\ntimeout = "50ms"\n' "$REDIS" >> "$dir/weir.toml" ;;
@@ -67,8 +73,8 @@ CONF
       printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\ntimeout = "50ms"\n' "$REDIS" >> "$dir/weir.toml" ;;
   esac
   cp "$PLUGINS/rate-limit.wasm" "$dir/plugins/"
-  printf '[config]\nkey = "client"\nalgorithm = "%s"\nfault_tolerant = false\n[[config.limits]]\nrequests = 1000000000\nwindow = "1h"\n' \
-    "$algorithm" > "$dir/plugins/rate-limit.toml"
+  printf '[config]\nkey = "client"\nalgorithm = "%s"\nfault_tolerant = %s\n[[config.limits]]\nrequests = 1000000000\nwindow = "1h"\n' \
+    "$algorithm" "$tolerant" > "$dir/plugins/rate-limit.toml"
 }
 
 # Starts weir with the config in folder $1 on CPU set $2; waits until port $3 answers.
@@ -112,7 +118,7 @@ for target in plain memory redis redis-gcra; do
     "$(echo "${rcpu[$target]}" | median)"
 done
 
-[ "$TWO" = 1 ] || exit 0
+if [ "$TWO" = 1 ]; then
 echo
 echo "part 2: one weir vs two sharing Redis (unpinned; 2 cores), $DURATION"
 weir_conf redis "$PORT" "$tmp/one"
@@ -129,3 +135,17 @@ wait "$wrk_a"
 two=$(cat "$tmp/a.out" "$tmp/b.out" | awk '/Requests\/sec/ {s += $2} END {printf "%.0f", s}')
 stop_weir "$a_pid"; stop_weir "$b_pid"
 printf 'one instance:  %s req/s\ntwo instances: %s req/s (sum)\n' "$one" "$two"
+fi
+
+[ "$DOWN" = 1 ] || exit 0
+echo
+echo "part 3: Redis killed, rate-limit fault_tolerant = true, [kv] timeout 5 ms (default), $DURATION"
+weir_conf redis-down "$PORT" "$tmp/down"
+(cd "$tmp/down" && RUST_LOG=warn exec taskset -c 0 "$OLDPWD/$WEIR" --config weir.toml 2> weir.log) & weir_pid=$!
+pids+=($weir_pid)
+for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$PORT/")
+echo "$out" | awk '/Requests\/sec/ {print "req/s " $2} $1=="50%" || $1=="99%" {print $1 " " $2} /Latency/ && !/Distribution/ {print "max " $4}'
+echo "breaker lines: $(grep -c 'circuit breaker open' "$tmp/down/weir.log" || true), store-failure lines: $(grep -c 'store failed' "$tmp/down/weir.log" || true)"
+stop_weir "$weir_pid"

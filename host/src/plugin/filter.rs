@@ -36,6 +36,8 @@ pub struct Filter {
     idle: Mutex<Vec<Instance>>,
     /// Calls, durations, failures and instances, as metrics.
     pub(crate) metrics: PluginMetrics,
+    /// Lines the instances logged lately (held back when repeated).
+    log_repeats: Arc<super::host_api::log::Repeats>,
     /// Keeps the epoch thread ticking while this plugin exists (see `PluginRuntime`).
     _ticking: Arc<()>,
 }
@@ -84,6 +86,7 @@ impl Filter {
             engine: parts.engine,
             pre,
             idle: Mutex::new(Vec::new()),
+            log_repeats: Arc::default(),
             _ticking: parts.ticking,
         };
         let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;
@@ -150,6 +153,7 @@ impl Filter {
         );
         store.limiter(|state| &mut state.limits);
         store.data_mut().granted = self.info.settings.clusters.clone().into();
+        store.data_mut().log_repeats = self.log_repeats.clone();
         store.epoch_deadline_callback(|store| {
             budget::on_tick(store, |state: &mut PluginState| &mut state.budget)
         });

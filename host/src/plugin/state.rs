@@ -38,6 +38,8 @@ pub(crate) struct PluginState {
     pub(crate) budget: super::budget::CallBudget,
     /// The clusters this plugin's `outbound` calls may reach (`NAME.toml` `clusters`).
     pub(crate) granted: Arc<[String]>,
+    /// Lines this plugin logged lately, shared by its instances (`host_api::log`).
+    pub(crate) log_repeats: Arc<super::host_api::log::Repeats>,
     /// Where the current call's `outbound` requests go: set for a call on a request when the
     /// plugin is granted clusters, `None` otherwise (and in `configure`).
     pub(crate) outbound: Option<Arc<dyn Outbound>>,
@@ -65,6 +67,7 @@ impl PluginState {
             configuring: false,
             budget: super::budget::CallBudget::default(),
             granted: Arc::from([]),
+            log_repeats: Arc::default(),
             outbound: None,
         }
     }

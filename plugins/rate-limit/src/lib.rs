@@ -79,7 +79,7 @@ pub struct Config {
     /// Send `RateLimit-*` headers on every response.
     #[serde(default = "yes")]
     pub headers: bool,
-    /// Let requests through (and log) when the `kv` store fails, instead of answering 500.
+    /// Let requests through (and log) when the `kv` store fails, instead of answering 503.
     #[serde(default = "yes")]
     pub fault_tolerant: bool,
     /// The limits; a request must fit every one.
@@ -502,7 +502,7 @@ impl RateLimit {
         ]
     }
 
-    /// A store call failed: the request passes (`fault_tolerant`) or gets 500. Logged when the
+    /// A store call failed: the request passes (`fault_tolerant`) or gets 503. Logged when the
     /// store starts failing and when it answers again, not per request: a Redis outage would
     /// otherwise write a line for every request.
     fn store_failed(&self, error: &weir_plugin::kv::KvError, taken: &[Taken]) -> Action {
@@ -511,14 +511,16 @@ impl RateLimit {
             let outcome = if self.fault_tolerant {
                 "requests pass unlimited (fault_tolerant)"
             } else {
-                "requests get 500"
+                "requests get 503"
             };
             weir_plugin::log::warn!("rate-limit store failed: {error}; {outcome} until it answers");
         }
         if self.fault_tolerant {
             Action::Continue
         } else {
-            Reply::text(500, "rate limit store unavailable\n").into()
+            Reply::text(503, "rate limit store unavailable\n")
+                .header("retry-after", "1")
+                .into()
         }
     }
 }
@@ -958,7 +960,7 @@ mod tests {
 
     #[test]
     fn a_failing_store_is_logged_once_and_lets_requests_through_if_tolerant() {
-        for (tolerant, status) in [(true, None), (false, Some(500))] {
+        for (tolerant, status) in [(true, None), (false, Some(503))] {
             testing::reset();
             let rl = limiter(&format!(
                 "fault_tolerant = {tolerant}\n[[limits]]\nrequests = 1\nwindow = \"10s\""

@@ -1,7 +1,56 @@
-//! Implementation of the `weir:plugin/log` interface.
+//! Implementation of the `weir:plugin/log` interface, with a limit on repeats: a plugin's
+//! instances share a [`Repeats`], and the same line (level and text) is written at most once
+//! per [`REPEAT_WINDOW`]; the ones held back are counted and the next one written says how
+//! many (`repeated`). Every instance of a plugin meeting the same condition — its store
+//! down, say — would otherwise write the same line once each, or a plugin logging per
+//! request would flood the log.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::plugin::contract::current::log::{Host, Level};
 use crate::plugin::state::PluginState;
+
+/// How long the same line is held back after it was written.
+const REPEAT_WINDOW: Duration = Duration::from_secs(10);
+/// Distinct lines remembered per plugin before all are forgotten.
+const REMEMBERED_LINES: usize = 1024;
+
+/// Recently written lines of one plugin: a hash of level and text → when it was written and
+/// how many like it were held back since.
+#[derive(Debug, Default)]
+pub(crate) struct Repeats {
+    lines: Mutex<HashMap<u64, (quanta::Instant, u64)>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Repeats {
+    /// Whether to write this line now, and how many like it were held back before it.
+    fn admit(&self, level: Level, message: &str) -> Option<u64> {
+        let mut hasher = self.hasher.build_hasher();
+        (level as u8).hash(&mut hasher);
+        message.hash(&mut hasher);
+        let key = hasher.finish();
+        let now = quanta::Instant::now();
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((written, held)) = lines.get_mut(&key) {
+            if now.duration_since(*written) < REPEAT_WINDOW {
+                *held += 1;
+                return None;
+            }
+            let repeated = std::mem::take(held);
+            *written = now;
+            return Some(repeated);
+        }
+        if lines.len() >= REMEMBERED_LINES {
+            lines.clear();
+        }
+        lines.insert(key, (now, 0));
+        Some(0)
+    }
+}
 
 impl Host for PluginState {
     fn enabled(&mut self, level: Level) -> bool {
@@ -15,24 +64,62 @@ impl Host for PluginState {
     }
 
     fn log(&mut self, level: Level, message: String) {
+        if !self.enabled(level) {
+            return;
+        }
+        let Some(repeated) = self.log_repeats.admit(level, &message) else {
+            return;
+        };
         let (plugin, request_id) = (&*self.plugin, self.request_id.as_str());
         let trace_id = self.trace_id.as_deref();
+        let repeated = (repeated > 0).then_some(repeated);
         match level {
             Level::Trace => {
-                tracing::trace!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
+                tracing::trace!(target: "weir::plugin::guest", plugin, request_id, trace_id, repeated, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
+                tracing::debug!(target: "weir::plugin::guest", plugin, request_id, trace_id, repeated, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
+                tracing::info!(target: "weir::plugin::guest", plugin, request_id, trace_id, repeated, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
+                tracing::warn!(target: "weir::plugin::guest", plugin, request_id, trace_id, repeated, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "weir::plugin::guest", plugin, request_id, trace_id, "{message}")
+                tracing::error!(target: "weir::plugin::guest", plugin, request_id, trace_id, repeated, "{message}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_line_is_written_once_per_window_and_the_rest_counted() {
+        let repeats = Repeats::default();
+        assert_eq!(repeats.admit(Level::Warn, "store down"), Some(0));
+        for _ in 0..5 {
+            assert_eq!(repeats.admit(Level::Warn, "store down"), None);
+        }
+        assert_eq!(
+            repeats.admit(Level::Error, "store down"),
+            Some(0),
+            "another level"
+        );
+        assert_eq!(
+            repeats.admit(Level::Warn, "store back"),
+            Some(0),
+            "another text"
+        );
+        // Past the window the line is written again, saying how many were held back.
+        let mut lines = repeats.lines.lock().unwrap_or_else(|e| e.into_inner());
+        for (written, _) in lines.values_mut() {
+            *written = quanta::Instant::now() - REPEAT_WINDOW;
+        }
+        drop(lines);
+        assert_eq!(repeats.admit(Level::Warn, "store down"), Some(5));
     }
 }
