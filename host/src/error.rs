@@ -17,8 +17,10 @@ pub enum ErrorKind {
     /// The request was malformed (for example an HTTP/1.1 request without `Host`).
     BadRequest,
     /// The request body is larger than its route accepts (`request_body_bytes`, or a body
-    /// hook's `max_body_bytes`).
+    /// hook's `max_body_bytes`, before or after its content coding is undone).
     PayloadTooLarge,
+    /// The request body's `Content-Encoding` is one weir cannot undo for a body hook.
+    UnsupportedEncoding,
     /// A request header is larger than `[server.limits] header_bytes`.
     HeaderTooLarge,
     /// The request target is longer than `[server.limits] uri_bytes`.
@@ -88,6 +90,7 @@ impl ProxyError {
         let (source_, retry) = match kind {
             ErrorKind::BadRequest
             | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedEncoding
             | ErrorKind::HeaderTooLarge
             | ErrorKind::UriTooLong
             | ErrorKind::BodyTimeout

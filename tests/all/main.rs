@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod bundled;
 mod cli;
+mod codings;
 mod dashboard;
 mod edge;
 mod edge_attacks;

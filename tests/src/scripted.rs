@@ -23,7 +23,7 @@ pub struct Answer {
     /// Headers to send.
     pub headers: Vec<(String, String)>,
     /// The body.
-    pub body: String,
+    pub body: Vec<u8>,
     /// How long to wait before answering.
     pub delay: Duration,
 }
@@ -44,7 +44,7 @@ impl Answer {
     }
 
     /// Sets the body.
-    pub fn body(mut self, body: impl Into<String>) -> Answer {
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Answer {
         self.body = body.into();
         self
     }

@@ -44,6 +44,8 @@ pub struct Chain {
     request_body_limit: Option<usize>,
     /// Whether a plugin is granted clusters for `outbound` requests.
     any_outbound: bool,
+    /// Whether a plugin has `on-response-body`.
+    any_on_response_body: bool,
 }
 
 /// What a body hook pass decided.
@@ -114,6 +116,7 @@ impl Chain {
                 .map(|p| p.info.settings.max_body_bytes)
                 .min(),
             any_outbound: plugins.iter().any(|p| !p.info.settings.clusters.is_empty()),
+            any_on_response_body: plugins.iter().any(|p| p.has_on_response_body()),
             plugins,
             route: Arc::from(""),
             unavailable: None,
@@ -159,6 +162,12 @@ impl Chain {
     /// [`Outbound`](super::outbound::Outbound).
     pub fn needs_outbound(&self) -> bool {
         self.any_outbound
+    }
+
+    /// Whether any plugin has an `on-response-body` hook: the response body must reach it
+    /// plain.
+    pub fn has_response_body_hooks(&self) -> bool {
+        self.any_on_response_body
     }
 
     /// Whether any plugin has an `on-response` or `on-response-body` hook.

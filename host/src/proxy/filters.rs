@@ -7,6 +7,13 @@
 //! `max_body_bytes` of those plugins); if a plugin the request passed has
 //! `on-response-body`, the response body is read whole (one larger than the limit is sent
 //! on untouched, with a warning). Either way `content-length` is set to what is sent.
+//!
+//! Body hooks see plain bodies (`crate::coding`). A request body with a `Content-Encoding`
+//! is decoded before them (413 past the limit decoded, 415 for a coding weir cannot undo,
+//! 400 for bytes that are not what they claim) and goes on decoded. On a route with
+//! `on-response-body` the upstream is asked for `Accept-Encoding: identity`, and a response
+//! coded anyway is decoded for the hooks and sent on decoded (one that cannot be decoded
+//! within the limit is sent on untouched, with a warning, as one too large is).
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode, request};
@@ -16,6 +23,7 @@ use hyper::body::Body as _;
 use super::attempts::RequestBody;
 use super::forward;
 use crate::body::{self, Buffered, ClientBody, ProxyBody};
+use crate::coding::{self, DecodeError};
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::view::RequestView;
@@ -84,7 +92,14 @@ pub(super) fn sent(
     passed: usize,
 ) -> (request::Parts, Option<ResponsePhase>) {
     if chain.has_response_hooks() {
-        let sent = request.split_off_parts();
+        let mut sent = request.split_off_parts();
+        if chain.has_response_body_hooks() {
+            // The hooks must see the body plain: ask for it so (it is decoded if coded anyway).
+            sent.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         (sent, Some(ResponsePhase { request, passed }))
     } else if request.has_left() {
         let sent = request.take_parts();
@@ -108,6 +123,7 @@ async fn on_request_body(
         unread => return Ok(Ok(unread)),
     };
     let bytes = read_request_body(streamed, &view.parts().headers, limit).await?;
+    let bytes = decoded_request_body(view, bytes, limit).await?;
     match chain
         .on_request_body(view, bytes)
         .await
@@ -193,11 +209,81 @@ pub(super) async fn on_response(
         }
         Err(e) => return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(e)),
     };
+    let bytes = match decoded_response_body(&mut parts, bytes, limit, request.request_id()).await {
+        Ok(plain) => plain,
+        Err(untouched) => return Ok(Response::from_parts(parts, body::full(untouched))),
+    };
     let bytes = chain
         .on_response_body(passed, request, &mut parts, bytes)
         .await
         .map_err(plugin_error)?;
     Ok(Response::from_parts(parts, body::full(bytes)))
+}
+
+/// A request body with its content coding undone, the head saying so (no
+/// `content-encoding`, the decoded `content-length`).
+async fn decoded_request_body(
+    view: &mut RequestView,
+    bytes: Vec<u8>,
+    limit: usize,
+) -> Result<Vec<u8>, ProxyError> {
+    let coding = match coding::of(&view.parts.headers) {
+        Ok(None) => return Ok(bytes),
+        Ok(Some(coding)) => coding,
+        Err(e) => return Err(ProxyError::new(ErrorKind::UnsupportedEncoding).with_cause(e)),
+    };
+    let decoded = coding::decode(coding, &bytes, limit)
+        .await
+        .map_err(|e| match e {
+            DecodeError::TooLarge(_) => ProxyError::new(ErrorKind::PayloadTooLarge).with_cause(e),
+            DecodeError::Unsupported(_) => {
+                ProxyError::new(ErrorKind::UnsupportedEncoding).with_cause(e)
+            }
+            DecodeError::Corrupt(..) => ProxyError::new(ErrorKind::BadRequest).with_cause(e),
+        })?;
+    let headers = &mut view.parts.headers;
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(decoded.len()));
+    Ok(decoded)
+}
+
+/// A response body with its content coding undone for the body hooks, the head saying so;
+/// `Err` gives the bytes back when they cannot be (a coding weir does not decode, bytes that
+/// are not valid, or more than `limit` decoded), to be sent on untouched.
+async fn decoded_response_body(
+    parts: &mut http::response::Parts,
+    bytes: Vec<u8>,
+    limit: usize,
+    request_id: &str,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let coding = match coding::of(&parts.headers) {
+        Ok(None) => return Ok(bytes),
+        Ok(Some(coding)) => coding,
+        Err(e) => {
+            tracing::warn!(request_id, error = %e, "response body not decoded for the body hooks; sent on untouched");
+            return Err(bytes);
+        }
+    };
+    match coding::decode(coding, &bytes, limit).await {
+        Ok(decoded) => {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(decoded.len()));
+            // The representation changed: a strong validator of the coded one no longer is.
+            if let Some(etag) = parts.headers.get(header::ETAG)
+                && !etag.as_bytes().starts_with(b"W/")
+                && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+            {
+                parts.headers.insert(header::ETAG, weak);
+            }
+            Ok(decoded)
+        }
+        Err(e) => {
+            tracing::warn!(request_id, error = %e, max_body_bytes = limit, "response body not decoded for the body hooks; sent on untouched");
+            Err(bytes)
+        }
+    }
 }
 
 /// Reads a request body whole for the body hooks: 413 when `Content-Length` or the bytes

@@ -77,6 +77,7 @@ pub(super) fn code_for_error(kind: ErrorKind) -> Code {
         | ErrorKind::UpstreamFailed
         | ErrorKind::PluginUnavailable => Code::Unavailable,
         ErrorKind::BadRequest | ErrorKind::PluginFailed => Code::Internal,
+        ErrorKind::UnsupportedEncoding => Code::Unimplemented,
     }
 }
 

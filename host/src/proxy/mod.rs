@@ -566,6 +566,10 @@ fn fail(
     let (status, text) = match error.kind {
         ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
         ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ErrorKind::UnsupportedEncoding => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "request body content-encoding not supported\n",
+        ),
         ErrorKind::HeaderTooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request header too large\n",
