@@ -22,7 +22,7 @@ fn main() {
             here.join("../wit").join(frozen).display()
         );
     }
-    for guest in ["v0_3_0", "v0_3_1", "v0_3_2", "v0_3_3"] {
+    for guest in ["v0_3_0", "v0_3_1", "v0_3_2", "v0_3_3", "hostile_outbound"] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
@@ -67,6 +67,10 @@ fn main() {
         ("TEST_PLUGIN_V0_3_1_WASM", "weir_test_plugin_v0_3_1"),
         ("TEST_PLUGIN_V0_3_2_WASM", "weir_test_plugin_v0_3_2"),
         ("TEST_PLUGIN_V0_3_3_WASM", "weir_test_plugin_v0_3_3"),
+        (
+            "TEST_PLUGIN_HOSTILE_OUTBOUND_WASM",
+            "weir_test_plugin_hostile_outbound",
+        ),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod observability;
 mod outbound;
+mod outbound_attacks;
 mod phases;
 mod plugins;
 mod pooling;

@@ -1,0 +1,294 @@
+//! A hostile guest filter on raw `weir:plugin@0.3.4` bindings, for
+//! `tests/all/outbound_attacks.rs`: each request path is one attempt to abuse `outbound` or
+//! `kv`, and the local reply's body says what the host answered, so the test can check that
+//! every defence held. Parameters come percent-decoded from the query (so a test can pass
+//! CR, LF and NUL bytes); a `/_b` prefix is ignored. Requests to other paths pass unchanged.
+//!
+//! - `/send?cluster=C&method=M&path=P&name=N&value=V&body=B&timeout=MS`: one outbound
+//!   request; replies `ok STATUS LEN BODY` or `err KIND: WHY`.
+//! - `/smuggle-length`: a POST whose `content-length` is shorter than its body, the rest a
+//!   second request.
+//! - `/smuggle-te`: a POST with `transfer-encoding: chunked` and a body that ends the chunked
+//!   stream early and starts a second request.
+//! - `/big-request`: a body of 1 MiB and one byte.
+//! - `/loop?cluster=C&times=N&timeout=MS`: N outbound requests in a row.
+//! - `/configured`: what an outbound request made from `configure` got.
+//! - `/kv-set?key=K&value=V`, `/kv-get?key=K`: the plugin's own namespace.
+//! - `/kv-incr?key=K&delta=D&ttl=T`, `/kv-within?key=K&delta=D&limit=L&ttl=T`,
+//!   `/kv-cas?key=K&expected=E&value=V&ttl=T` (`expected` absent: only if absent).
+
+wit_bindgen::generate!({ path: "../../../wit", world: "filter" });
+
+use std::cell::RefCell;
+
+use exports::weir::plugin::http_filter::Guest;
+use weir::plugin::kv;
+use weir::plugin::outbound::{self, OutboundError, OutboundRequest};
+use weir::plugin::types::{
+    BodyAction, BodyChanges, BodyHookSet, HookSet, LocalResponse, Request, RequestAction,
+    RequestChanges, RequestHead, Response, ResponseAction, ResponseHead,
+};
+
+struct Hostile;
+
+thread_local! {
+    /// What the outbound request made in `configure` got.
+    static CONFIGURED: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn unchanged() -> RequestAction {
+    RequestAction::Continue(RequestChanges {
+        headers: Vec::new(),
+        path: None,
+    })
+}
+
+fn reply(text: String) -> RequestAction {
+    RequestAction::Respond(LocalResponse {
+        status: 200,
+        headers: vec![("content-type".into(), b"text/plain".to_vec())],
+        body: text.into_bytes(),
+    })
+}
+
+fn decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        if let (b'%', Some(b)) = (bytes[i], hex) {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The decoded query parameter `name`.
+fn param(query: &str, name: &str) -> Option<Vec<u8>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| decode(v))
+    })
+}
+
+fn text(query: &str, name: &str) -> Option<String> {
+    param(query, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+fn number<T: std::str::FromStr>(query: &str, name: &str) -> Option<T> {
+    text(query, name).and_then(|v| v.parse().ok())
+}
+
+fn describe(result: Result<outbound::OutboundResponse, OutboundError>) -> String {
+    match result {
+        Ok(answer) => format!(
+            "ok {} {} {}",
+            answer.status,
+            answer.body.len(),
+            String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)])
+        ),
+        Err(OutboundError::Denied(why)) => format!("err denied: {why}"),
+        Err(OutboundError::Unavailable(why)) => format!("err unavailable: {why}"),
+        Err(OutboundError::Timeout) => "err timeout".into(),
+        Err(OutboundError::Invalid(why)) => format!("err invalid: {why}"),
+    }
+}
+
+fn request(cluster: &str, method: &str, path: &str) -> OutboundRequest {
+    OutboundRequest {
+        cluster: cluster.into(),
+        method: method.into(),
+        path: path.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        timeout_ms: None,
+    }
+}
+
+fn kv_error(e: kv::Error) -> String {
+    match e {
+        kv::Error::AccessDenied => "err access-denied".into(),
+        kv::Error::Unavailable(why) => format!("err unavailable: {why}"),
+        kv::Error::Invalid(why) => format!("err invalid: {why}"),
+    }
+}
+
+fn show(value: Option<Vec<u8>>) -> String {
+    match value {
+        Some(v) => format!("some {}", String::from_utf8_lossy(&v)),
+        None => "none".into(),
+    }
+}
+
+fn act(path: &str, query: &str) -> Option<String> {
+    let svc = text(query, "cluster").unwrap_or_else(|| "svc".into());
+    Some(match path {
+        "/send" => {
+            let mut call = request(
+                &svc,
+                &text(query, "method").unwrap_or_else(|| "GET".into()),
+                &text(query, "path").unwrap_or_else(|| "/".into()),
+            );
+            if let (Some(name), Some(value)) = (text(query, "name"), param(query, "value")) {
+                call.headers.push((name, value));
+            }
+            call.body = param(query, "body").unwrap_or_default();
+            call.timeout_ms = number(query, "timeout");
+            describe(outbound::send(&call))
+        }
+        "/smuggle-length" => {
+            let mut call = request(&svc, "POST", "/first");
+            call.headers.push(("content-length".into(), b"5".to_vec()));
+            call.body =
+                b"hello GET /second HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec();
+            describe(outbound::send(&call))
+        }
+        "/smuggle-te" => {
+            let mut call = request(&svc, "POST", "/first");
+            call.headers
+                .push(("transfer-encoding".into(), b"chunked".to_vec()));
+            call.body =
+                b"0\r\n\r\nGET /second HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".to_vec();
+            describe(outbound::send(&call))
+        }
+        "/big-request" => {
+            let mut call = request(&svc, "POST", "/echo");
+            call.body = vec![b'x'; (1 << 20) + 1];
+            describe(outbound::send(&call))
+        }
+        "/loop" => {
+            let times: u32 = number(query, "times").unwrap_or(1);
+            let mut last = String::new();
+            for _ in 0..times {
+                let mut call = request(&svc, "GET", "/");
+                call.timeout_ms = number(query, "timeout");
+                last = describe(outbound::send(&call));
+            }
+            format!("{times} calls, last {last}")
+        }
+        "/configured" => CONFIGURED.with(|c| c.borrow().clone()),
+        "/kv-set" => {
+            let key = text(query, "key").unwrap_or_default();
+            let value = param(query, "value").unwrap_or_default();
+            match kv::set(&key, &value, number(query, "ttl")) {
+                Ok(()) => "ok".into(),
+                Err(e) => kv_error(e),
+            }
+        }
+        "/kv-get" => match kv::get(&text(query, "key").unwrap_or_default()) {
+            Ok(value) => show(value),
+            Err(e) => kv_error(e),
+        },
+        "/kv-incr" => {
+            let key = text(query, "key").unwrap_or_default();
+            match kv::increment(
+                &key,
+                number(query, "delta").unwrap_or(1),
+                number(query, "ttl"),
+            ) {
+                Ok(n) => format!("ok {n}"),
+                Err(e) => kv_error(e),
+            }
+        }
+        "/kv-within" => {
+            let key = text(query, "key").unwrap_or_default();
+            match kv::increment_within(
+                &key,
+                number(query, "delta").unwrap_or(1),
+                number(query, "limit").unwrap_or(0),
+                number(query, "ttl"),
+            ) {
+                Ok(b) => format!("ok {} {} {:?}", b.applied, b.value, b.ttl_ms),
+                Err(e) => kv_error(e),
+            }
+        }
+        "/kv-cas" => {
+            let key = text(query, "key").unwrap_or_default();
+            let value = param(query, "value").unwrap_or_default();
+            match kv::compare_and_set(
+                &key,
+                param(query, "expected").as_deref(),
+                &value,
+                number(query, "ttl"),
+            ) {
+                Ok(set) => format!("ok {set}"),
+                Err(e) => kv_error(e),
+            }
+        }
+        _ => return None,
+    })
+}
+
+impl Guest for Hostile {
+    fn hooks() -> HookSet {
+        HookSet::ON_REQUEST
+    }
+
+    fn configure(config: String) -> Result<(), String> {
+        // `[config] cluster = "..."`: try to reach it before any request is served.
+        let cluster = config
+            .split('"')
+            .skip_while(|part| !part.ends_with("cluster"))
+            .nth(2)
+            .map(str::to_owned);
+        if let Some(cluster) = cluster {
+            let outcome = describe(outbound::send(&request(&cluster, "GET", "/from-configure")));
+            CONFIGURED.with(|c| *c.borrow_mut() = outcome);
+        }
+        Ok(())
+    }
+
+    fn on_request(_request: RequestHead) -> RequestAction {
+        unchanged()
+    }
+
+    fn on_response(_request: RequestHead, _response: ResponseHead) -> ResponseAction {
+        ResponseAction::Continue(Vec::new())
+    }
+
+    fn on_request_lazy(request: &Request) -> RequestAction {
+        let path = request.path();
+        let query = request.query().unwrap_or_default();
+        // The second plugin's route is `/_b`: the same paths below it.
+        match act(path.strip_prefix("/_b").unwrap_or(&path), &query) {
+            Some(text) => reply(text),
+            None => unchanged(),
+        }
+    }
+
+    fn on_response_lazy(_request: &Request, _response: &Response) -> ResponseAction {
+        ResponseAction::Continue(Vec::new())
+    }
+
+    fn body_hooks() -> BodyHookSet {
+        BodyHookSet::empty()
+    }
+
+    fn on_request_body(_request: RequestHead, _body: Vec<u8>) -> BodyAction {
+        BodyAction::Continue(BodyChanges {
+            headers: Vec::new(),
+            body: None,
+        })
+    }
+
+    fn on_response_body(
+        _request: RequestHead,
+        _response: ResponseHead,
+        _body: Vec<u8>,
+    ) -> BodyAction {
+        BodyAction::Continue(BodyChanges {
+            headers: Vec::new(),
+            body: None,
+        })
+    }
+}
+
+export!(Hostile);
