@@ -38,6 +38,8 @@ pub enum ProxyBody {
     Prefixed(Prefixed),
     /// A response body whose bytes and end are noted for metrics and the access log.
     Observed(Box<crate::proxy::Observed>),
+    /// A response body compressed as it streams (`crate::coding::compress`).
+    Coded(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 /// A client's request body: hyper's own `Incoming` from a connection, or any other body,
@@ -211,6 +213,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Prefixed(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Observed(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            ProxyBody::Coded(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -221,6 +224,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(body) => body.is_end_stream(),
             ProxyBody::Prefixed(body) => body.is_end_stream(),
             ProxyBody::Observed(body) => body.is_end_stream(),
+            ProxyBody::Coded(body) => body.is_end_stream(),
         }
     }
 
@@ -231,6 +235,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(body) => body.size_hint(),
             ProxyBody::Prefixed(body) => body.size_hint(),
             ProxyBody::Observed(body) => body.size_hint(),
+            ProxyBody::Coded(body) => body.size_hint(),
         }
     }
 }

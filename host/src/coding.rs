@@ -1,16 +1,37 @@
-//! Content codings (RFC 9110 §8.4) weir undoes so that body hooks see plain bodies: `gzip`,
-//! `deflate` (zlib, or raw deflate as some servers send it), `br` and `zstd`.
+//! Content codings (RFC 9110 §8.4): undone so that body hooks see plain bodies, and applied
+//! to the responses of routes with `compression`.
 //!
-//! A body is decoded only when a plugin on the route has a body hook, and only whole and
-//! bounded: the decoder stops one byte past the hook's `max_body_bytes`, so a small body
-//! that inflates to gigabytes (a "zip bomb") costs that limit and no more.
+//! Decoding (`gzip`, `deflate` — zlib, or raw deflate as some servers send it —, `br`,
+//! `zstd`): only when a plugin on the route has a body hook, and only whole and bounded: the
+//! decoder stops one byte past the hook's `max_body_bytes`, so a small body that inflates to
+//! gigabytes (a "zip bomb") costs that limit and no more.
+//!
+//! Encoding (`zstd`, `br`, `gzip`): the coding is negotiated from the client's
+//! `Accept-Encoding` q-values (ties go to the route's order), and only for responses worth
+//! it (not `HEAD`, 204, 206 or 304; not coded already; no `Cache-Control: no-transform`; a
+//! listed type; not known to be under `min_bytes`). Such a response varies by
+//! `Accept-Encoding` whether or not this client gets it coded, so `Vary` says so. The body is
+//! compressed as it streams, in blocks; a strong `ETag` becomes weak and `Content-Length`
+//! goes (the coded length is not known until the end).
 
+use async_compression::Level;
 use async_compression::tokio::bufread::{
-    BrotliDecoder, DeflateDecoder, GzipDecoder, ZlibDecoder, ZstdDecoder,
+    BrotliDecoder, BrotliEncoder, DeflateDecoder, GzipDecoder, GzipEncoder, ZlibDecoder,
+    ZstdDecoder, ZstdEncoder,
 };
-use http::HeaderMap;
-use http::header::CONTENT_ENCODING;
+use futures_util::TryStreamExt as _;
+use http::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY,
+};
+use http::{HeaderMap, HeaderValue, StatusCode, response};
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::body::ProxyBody;
+use crate::config::{Algorithm, Compression};
+use crate::error::BoxError;
 
 /// A content coding weir decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +138,150 @@ async fn bounded(
     Ok(decoded)
 }
 
+/// The coding to compress with for a client that sent `accept` (its `Accept-Encoding`):
+/// the route's algorithm with the highest q-value, ties to the route's order; `None` when
+/// the client takes none of them.
+pub(crate) fn negotiate(
+    accept: Option<&HeaderValue>,
+    algorithms: &[Algorithm],
+) -> Option<Algorithm> {
+    let accept = accept?.to_str().ok()?;
+    let q_of = |name: &str| -> Option<f32> {
+        let mut any = None;
+        for item in accept.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if coding.eq_ignore_ascii_case(name) {
+                return Some(q);
+            }
+            if coding == "*" {
+                any = Some(q);
+            }
+        }
+        any
+    };
+    let mut best: Option<(Algorithm, f32)> = None;
+    for &algorithm in algorithms {
+        let Some(q) = q_of(algorithm.name()).filter(|q| *q > 0.0) else {
+            continue;
+        };
+        if best.is_none_or(|(_, b)| q > b) {
+            best = Some((algorithm, q));
+        }
+    }
+    best.map(|(algorithm, _)| algorithm)
+}
+
+/// Whether a response (to a `HEAD` request if `head`) may be compressed at all under
+/// `config`, for whichever client.
+pub(crate) fn compressible(head: bool, parts: &response::Parts, config: &Compression) -> bool {
+    let status = parts.status;
+    if head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return false;
+    }
+    let headers = &parts.headers;
+    if !matches!(of(headers), Ok(None)) {
+        return false;
+    }
+    let no_transform = headers.get_all(CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+        })
+    });
+    if no_transform {
+        return false;
+    }
+    let small = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n < config.min_bytes);
+    if small {
+        return false;
+    }
+    let Some(media) = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+    else {
+        return false;
+    };
+    config.types.iter().any(|t| match t.strip_suffix("/*") {
+        Some(kind) => media.split('/').next() == Some(kind),
+        None => *t == media,
+    })
+}
+
+/// Adds `Accept-Encoding` to the response's `Vary`, unless it says so already (or `*`).
+pub(crate) fn vary_on_accept_encoding(headers: &mut HeaderMap) {
+    let named = headers.get_all(VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    });
+    if !named {
+        headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+/// The response compressed with `algorithm` as its body streams.
+pub(crate) fn compress(
+    mut parts: response::Parts,
+    body: ProxyBody,
+    algorithm: Algorithm,
+) -> (response::Parts, ProxyBody) {
+    let headers = &mut parts.headers;
+    headers.insert(CONTENT_ENCODING, HeaderValue::from_static(algorithm.name()));
+    headers.remove(CONTENT_LENGTH);
+    if let Some(etag) = headers.get(ETAG)
+        && !etag.as_bytes().starts_with(b"W/")
+        && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+    {
+        headers.insert(ETAG, weak);
+    }
+    let plain = StreamReader::new(
+        body.into_data_stream()
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    );
+    // Levels: nginx's gzip default (1) is cheap and weak; these are the usual web settings.
+    let coded: ProxyBody = match algorithm {
+        Algorithm::Gzip => stream(GzipEncoder::with_quality(plain, Level::Precise(5))),
+        Algorithm::Brotli => stream(BrotliEncoder::with_quality(plain, Level::Precise(4))),
+        Algorithm::Zstd => stream(ZstdEncoder::with_quality(plain, Level::Precise(3))),
+    };
+    (parts, coded)
+}
+
+/// An encoder's output as a response body.
+fn stream(encoder: impl AsyncRead + Send + 'static) -> ProxyBody {
+    let frames = ReaderStream::new(encoder)
+        .map_ok(Frame::data)
+        .map_err(|e| -> BoxError { Box::new(e) });
+    ProxyBody::Coded(StreamBody::new(frames).boxed_unsync())
+}
+
+/// The `Accept-Encoding` header of a request, kept for the response.
+pub(crate) fn accepted(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(ACCEPT_ENCODING).cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -161,9 +326,9 @@ mod tests {
         let text = br#"{"name":"ann","secret":"s"}"#;
         let decoded = decode(Coding::Gzip, &gzip(text), 1024).await;
         assert_eq!(decoded.ok().as_deref(), Some(&text[..]));
-        // 64 MiB of zeros, about 64 KiB gzipped: stopped after the limit, not inflated.
+        // 64 MiB of zeros in well under 1 MiB gzipped: stopped after the limit, not inflated.
         let bomb = gzip(&vec![0u8; 64 << 20]);
-        assert!(bomb.len() < 128 << 10);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
         assert!(matches!(
             decode(Coding::Gzip, &bomb, 1 << 20).await,
             Err(DecodeError::TooLarge(_))
@@ -189,6 +354,34 @@ mod tests {
         assert_eq!(
             decode(Coding::Deflate, &raw, 64).await.ok().as_deref(),
             Some(&b"raw body"[..])
+        );
+    }
+
+    #[test]
+    fn the_highest_q_value_wins_and_ties_go_to_the_route() {
+        let all = [Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip];
+        let pick = |accept: &str| {
+            negotiate(
+                Some(&HeaderValue::from_str(accept).unwrap_or(HeaderValue::from_static(""))),
+                &all,
+            )
+        };
+        assert_eq!(
+            pick("gzip, br"),
+            Some(Algorithm::Brotli),
+            "a tie: the route prefers br"
+        );
+        assert_eq!(pick("gzip;q=1, br;q=0.5"), Some(Algorithm::Gzip));
+        assert_eq!(pick("zstd;q=0, gzip;q=0.1"), Some(Algorithm::Gzip));
+        assert_eq!(pick("*"), Some(Algorithm::Zstd));
+        assert_eq!(pick("*;q=0.2, br;q=0"), Some(Algorithm::Zstd));
+        assert_eq!(pick("identity"), None);
+        assert_eq!(pick("deflate"), None);
+        assert_eq!(negotiate(None, &all), None);
+        assert_eq!(pick("br"), Some(Algorithm::Brotli));
+        assert_eq!(
+            negotiate(Some(&HeaderValue::from_static("br")), &[Algorithm::Gzip]),
+            None
         );
     }
 }

@@ -62,6 +62,8 @@ pub struct Route {
     pub target: Target,
     /// The route's request counts, durations and bytes.
     pub metrics: RouteMetrics,
+    /// How its responses are compressed, if they are.
+    pub compression: Option<crate::config::Compression>,
 }
 
 /// What answers a route.
@@ -134,6 +136,7 @@ impl Generation {
                     RouteTarget::Handler(name) => Target::Handler(handler(name, &plugins)),
                 },
                 metrics: metrics().route(&route.name),
+                compression: route.compression.clone(),
             })
             .collect();
         let router = Router::new(&config.routes);

@@ -342,6 +342,16 @@ pub(crate) struct RawRoute {
     pub(crate) retry_non_idempotent: Option<bool>,
     pub(crate) access_log: Option<bool>,
     pub(crate) request_body_bytes: Option<Spanned<u64>>,
+    pub(crate) compression: Option<Spanned<RawCompression>>,
+}
+
+/// `compression = { algorithms = ["zstd", "br", "gzip"], min_bytes = 1024, types = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompression {
+    pub(crate) algorithms: Option<Vec<Spanned<String>>>,
+    pub(crate) min_bytes: Option<u64>,
+    pub(crate) types: Option<Vec<String>>,
 }
 
 /// Durations are written the way people say them: `"250ms"`, `"5s"`, `"1m 30s"`.

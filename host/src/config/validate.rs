@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use toml::Spanned;
 
 use super::admin::{self, AdminAuth};
+use super::compression::Compression;
 use super::kv::KvConfig;
 use super::model::{
     RawAccessLog, RawCluster, RawConfig, RawHealthCheck, RawLimits, RawOutlier,
@@ -498,6 +499,8 @@ pub struct RouteConfig {
     pub access_log: bool,
     /// The largest request body the route takes (its own, or `[server.limits]`'s): 413.
     pub request_body_bytes: Option<u64>,
+    /// How its responses are compressed, if they are.
+    pub compression: Option<Compression>,
 }
 
 /// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
@@ -1599,6 +1602,10 @@ fn route(
             Some(n) => Some(*n.get_ref()),
             None => limits.request_body_bytes,
         },
+        compression: raw
+            .compression
+            .as_ref()
+            .map(|c| super::compression::compression(check, name, c)),
     })
 }
 
@@ -1739,6 +1746,15 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               12:9: access_log.queue must be at least 1",
             ),
             (
+                "[[routes]]\nname = \"z\"\ncluster = \"app\"\ncompression = { algorithms = [\"gzip\", \"lz4\"] }\n[[routes]]\nname = \"y\"\ncluster = \"app\"\ncompression = { algorithms = [] }",
+                "11:39: route \"z\": compression algorithm \"lz4\" is not one of zstd, br, gzip\n\
+              15:15: route \"y\": compression.algorithms is empty; remove compression to turn it off",
+            ),
+            (
+                "[[routes]]\nname = \"z\"\ncluster = \"app\"\ncompression = { min_bytes = 256, types = [\"text/*\", \"application/json\"] }",
+                "ok",
+            ),
+            (
                 "[kv]\nbackend = \"mongo\"",
                 "9:11: kv.backend must be \"memory\" or \"redis\", not \"mongo\"",
             ),
@@ -1802,7 +1818,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`, `compression`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",

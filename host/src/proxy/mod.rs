@@ -57,6 +57,7 @@ use self::filters::Filtered;
 use self::outbound::ClusterOutbound;
 use crate::balancer::hash;
 use crate::body::{self, ClientBody, DownstreamBody, ProxyBody};
+use crate::coding;
 use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::{Generation, Route, Target};
@@ -273,6 +274,12 @@ async fn proxy<B: DownstreamBody>(
         request.headers_mut().remove(name);
     }
     let route = route(generation, host.as_ref(), &request, ctx)?;
+    // What compressing the response needs of the request, on a route that compresses.
+    let compression = route.compression.as_ref().map(|config| Compressing {
+        config,
+        accepted: coding::accepted(request.headers()),
+        head: request.method() == http::Method::HEAD,
+    });
 
     let (mut parts, body) = request.into_parts();
     let upgrade = upgrade::requested(&mut parts, extended_connect);
@@ -372,12 +379,43 @@ async fn proxy<B: DownstreamBody>(
             );
         }
     }
-    match response_phase {
+    let response = match response_phase {
         Some(mut phase) => {
             let (passed, request) = (phase.passed, &mut phase.request);
-            filters::on_response(&route.chain, passed, request, response).await
+            filters::on_response(&route.chain, passed, request, response).await?
         }
-        None => Ok(response),
+        None => response,
+    };
+    Ok(match compression {
+        Some(compressing) => compressing.apply(response),
+        None => response,
+    })
+}
+
+/// A route's compression, with what the request said about it.
+struct Compressing<'g> {
+    config: &'g crate::config::Compression,
+    /// The client's `Accept-Encoding`.
+    accepted: Option<HeaderValue>,
+    head: bool,
+}
+
+impl Compressing<'_> {
+    /// The response as this client gets it: compressed if it is worth it and the client
+    /// takes a coding the route allows; `Vary: Accept-Encoding` whenever it is worth it.
+    fn apply(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        if !coding::compressible(self.head, &parts, self.config) {
+            return Response::from_parts(parts, body);
+        }
+        coding::vary_on_accept_encoding(&mut parts.headers);
+        match coding::negotiate(self.accepted.as_ref(), &self.config.algorithms) {
+            Some(algorithm) => {
+                let (parts, body) = coding::compress(parts, body, algorithm);
+                Response::from_parts(parts, body)
+            }
+            None => Response::from_parts(parts, body),
+        }
     }
 }
 
