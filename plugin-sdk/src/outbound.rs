@@ -35,7 +35,8 @@ pub struct Call {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The body (at most 1 MiB).
     pub body: Vec<u8>,
-    /// The whole exchange's limit; weir's default (1 s) if `None`, at most 30 s.
+    /// The whole exchange's limit; weir's default (1 s) if `None`, at most 10 s (and at most
+    /// what is left of the hook call's 10 s of excused waiting).
     pub timeout: Option<Duration>,
 }
 

@@ -293,7 +293,7 @@ async fn the_outbound_timeout_covers_an_answer_whose_body_never_ends() {
         assert_eq!(answer, "err timeout", "{query}");
         assert!(started.elapsed() < most, "{query}: {:?}", started.elapsed());
     }
-    // The largest timeout a plugin may ask for is 30 s, not the u32 it passed.
+    // The largest timeout a plugin may ask for is 10 s, not the u32 it passed.
     let started = Instant::now();
     let client = tokio::time::timeout(
         Duration::from_secs(40),
@@ -301,24 +301,24 @@ async fn the_outbound_timeout_covers_an_answer_whose_body_never_ends() {
     )
     .await;
     assert_eq!(client.as_deref(), Ok("err timeout"));
-    assert!(started.elapsed() < Duration::from_secs(35));
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 /// A hook's deadline (50 ms here, with a wall-clock bound of five deadlines) does not count
-/// the time it waits on `outbound`, and nothing bounds the sum: a hook that calls again and
-/// again holds the client's request, and its instance, for as long as it likes.
+/// the time it waits on `outbound`, but the sum of its waits is bounded (10 s per hook call,
+/// `budget::MAX_EXCUSED`): a hook that calls again and again cannot hold the client's
+/// request, and its instance, for as long as it likes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: no bound on a hook's total outbound wait; budget::waited excuses every call, so a loop of calls holds a request indefinitely"]
 async fn a_hook_cannot_hold_a_request_forever_by_waiting_on_outbound() {
     let peers = peers().await;
     let weir = start(&peers, "").await;
-    // 40 calls of 100 ms each: 4 s, against a 50 ms deadline.
+    // 300 calls of 100 ms each would be 30 s, against a 50 ms deadline.
     let started = Instant::now();
     let (status, _, body) =
-        weir_tests::get_with(&weir.url("/loop?cluster=raw&times=40&timeout=100"), &[]).await;
+        weir_tests::get_with(&weir.url("/loop?cluster=raw&times=300&timeout=100"), &[]).await;
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(13),
         "the hook held the request for {took:?} ({status} {body})"
     );
 }
@@ -440,7 +440,6 @@ async fn kv_edge_cases_answer_the_same_on_memory_and_redis() {
 /// already run `INCRBY`: the counter is changed, and without any expiry, while the plugin
 /// is told the operation failed. The memory store accepts the TTL.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: kv/redis.rs INCREMENT and INCREMENT_WITHIN apply INCRBY before a PEXPIRE that can fail, so a failed call still changes the counter (with no TTL)"]
 async fn a_failed_increment_leaves_the_counter_alone() {
     let ops = [
         "/kv-incr?key=c&ttl=18446744073709551615",
@@ -470,7 +469,6 @@ async fn a_failed_increment_leaves_the_counter_alone() {
 /// Lua doubles, so at 2^53 it adds past the limit (the WIT warns counters there are not
 /// exact, but INCRBY's exact integer reply could be checked instead).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: kv/redis.rs INCREMENT_WITHIN compares in Lua doubles and exceeds the limit at 2^53 (documented as inexact; avoidable)"]
 async fn increment_within_never_passes_its_limit_on_redis() {
     let ops = [
         "/kv-set?key=big&value=9007199254740992",
@@ -525,7 +523,6 @@ plugins = ["ext-authz"]
 /// anyone for as long as the service is unreachable (they are not in weir's default
 /// `server.identity_headers`, which covers only `x-consumer-id` and `x-consumer`).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: ext-authz no_answer() with failure_mode_allow lets the client's own upstream_headers (x-user-id) through to the app"]
 async fn ext_authz_failing_open_does_not_pass_a_forged_identity() {
     let app = Upstream::start("app").await;
     let down = weir_tests::closed_port();
@@ -585,7 +582,6 @@ async fn get_repeated(url: &str, headers: &[(&str, &str)]) -> http::StatusCode {
 /// fields (as HTTP/2 clients send them) are judged by the first alone, and a value the
 /// service never saw reaches the app behind it. Envoy sends them all.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: ext-authz forwards only the first value of each allowlisted header (header_bytes), so the service judges a different request than the app receives"]
 async fn ext_authz_shows_the_service_every_value_the_app_will_get() {
     let app = Upstream::start("app").await;
     let seen: Arc<Mutex<Vec<http::request::Parts>>> = Arc::default();
@@ -799,7 +795,6 @@ async fn jwt_auth_fails_closed_and_is_not_driven_to_fetch_per_request() {
 /// `kv` for every token naming an unknown `kid`: on Redis, each unauthenticated request
 /// with a made-up `kid` is a round trip carrying the whole set.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: jwt-auth Jwks::keys reads the shared set (kv get) for every unknown kid before checking REFETCH_AFTER, so made-up kids cost a Redis read each"]
 async fn made_up_kids_do_not_read_the_shared_key_set_per_request() {
     let app = Upstream::start("app").await;
     let redis = Redis::start().await;
@@ -838,7 +833,6 @@ const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/
 /// `fault_tolerant` (the default) the request passes unlimited, and the log says the store
 /// is failing. A client-made key is not a store failure.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding: rate-limit treats kv `invalid` (a client header making the key > 1 KiB) as a store outage, and fault_tolerant then passes the client unlimited"]
 async fn rate_limit_cannot_be_bypassed_with_a_long_key() {
     let app = Upstream::start("app").await;
     let config = crate::config(&[app.addr], "");

@@ -18,6 +18,8 @@ pub use redis::RedisKv;
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
 /// The largest value a plugin may store, in bytes.
 pub(crate) const MAX_VALUE_BYTES: usize = 1 << 20;
+/// The longest TTL, in milliseconds (100 years); a longer one is cut to it.
+pub(crate) const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,22 +44,37 @@ return redis.call('GET', KEYS[1])
 ";
 
 /// Adds ARGV[1] to the counter at KEYS[1] if the result stays at most ARGV[2]; ARGV[3] is the
-/// TTL in ms for a new key ('' for none). Replies `{applied, value, pttl}`. Lua numbers are
-/// doubles: counters beyond ±2^53 are not exact here (the memory backend's are).
+/// TTL in ms for a new key ('' for none). Replies `{applied, value as text, pttl}`. Exact for
+/// every 64-bit counter: Redis's `INCRBY` does the arithmetic (and refuses a value that is
+/// not an integer, or an overflow, before changing anything), and the result is compared
+/// with the limit as decimal text, never as a Lua number (a double). Over the limit, the
+/// increment is taken back in the same script, so no other client ever sees it.
 const INCREMENT_WITHIN: &str = r"
-local current = redis.call('GET', KEYS[1])
-local n = 0
-if current then
-  if not string.match(current, '^-?%d+$') then
-    return redis.error_reply('ERR the value is not a decimal integer')
+local function compare(a, b)
+  local na, nb = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if na ~= nb then return na and -1 or 1 end
+  local da, db = na and a:sub(2) or a, nb and b:sub(2) or b
+  local c = 0
+  if #da ~= #db then
+    c = (#da < #db) and -1 or 1
+  elseif da ~= db then
+    c = (da < db) and -1 or 1
   end
-  n = tonumber(current)
+  if na then c = -c end
+  return c
 end
-if n + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
-  return {0, n, redis.call('PTTL', KEYS[1])}
+local created = redis.call('EXISTS', KEYS[1]) == 0
+redis.call('INCRBY', KEYS[1], ARGV[1])
+local value = redis.call('GET', KEYS[1])
+if compare(value, ARGV[2]) > 0 then
+  if created then
+    redis.call('DEL', KEYS[1])
+    return {0, '0', -2}
+  end
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  return {0, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 end
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if not current and ARGV[3] ~= '' then
+if created and ARGV[3] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return {1, value, redis.call('PTTL', KEYS[1])}
@@ -340,10 +355,13 @@ impl RedisKv {
         let (applied, value, pttl) = self
             .call(async move {
                 invocation
-                    .invoke_async::<(i64, i64, i64)>(&mut connection)
+                    .invoke_async::<(i64, String, i64)>(&mut connection)
                     .await
             })
             .await?;
+        let value = value
+            .parse()
+            .map_err(|_| KvError::Invalid(format!("Redis answered {value:?} for a counter")))?;
         Ok(Bounded {
             applied: applied == 1,
             value,

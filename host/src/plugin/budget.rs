@@ -20,6 +20,10 @@ const FREE_TICKS: u64 = 2;
 const BACKOFF: u32 = 4;
 /// The wall-clock bound, in deadlines: room for the backoff's waits.
 const WALL_DEADLINES: u32 = 1 + BACKOFF;
+/// The most waiting on the store and on `outbound` requests one call is excused, in all:
+/// past it, waits count against the wall-clock bound again, and `outbound` requests fail at
+/// once, so a hook that calls in a loop cannot hold its request forever.
+pub(crate) const MAX_EXCUSED: Duration = Duration::from_secs(10);
 
 /// The current call's budget; reset before each call.
 #[derive(Debug)]
@@ -32,6 +36,8 @@ pub(crate) struct CallBudget {
     started: quanta::Instant,
     /// The wall-clock bound.
     wall: Duration,
+    /// Waiting excused so far (see [`MAX_EXCUSED`]).
+    excused: Duration,
 }
 
 impl Default for CallBudget {
@@ -41,15 +47,24 @@ impl Default for CallBudget {
             ticks: 1,
             started: quanta::Instant::now(),
             wall: EPOCH_TICK,
+            excused: Duration::ZERO,
         }
     }
 }
 
 impl CallBudget {
-    /// Time the call spent waiting on an `outbound` request is not the plugin's: the wall
-    /// bound moves by it (the request's own timeout bounds that wait).
+    /// Time the call spent waiting on an `outbound` request or the store is not the
+    /// plugin's: the wall bound moves by it (each wait's own timeout bounds it), up to
+    /// [`MAX_EXCUSED`] per call in all.
     pub(crate) fn waited(&mut self, for_: Duration) {
-        self.started += for_;
+        let excused = for_.min(MAX_EXCUSED.saturating_sub(self.excused));
+        self.excused += excused;
+        self.started += excused;
+    }
+
+    /// How much more waiting the call may be excused.
+    pub(crate) fn excusable(&self) -> Duration {
+        MAX_EXCUSED.saturating_sub(self.excused)
     }
 
     /// A fresh budget of `deadline` for the call about to begin.
@@ -58,6 +73,7 @@ impl CallBudget {
         self.ticks = ticks(deadline);
         self.started = quanta::Instant::now();
         self.wall = deadline.saturating_mul(WALL_DEADLINES);
+        self.excused = Duration::ZERO;
     }
 }
 
@@ -95,6 +111,18 @@ pub(crate) fn on_tick<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_is_excused_up_to_a_bound_per_call() {
+        let mut budget = CallBudget::default();
+        budget.reset(Duration::from_millis(50));
+        budget.waited(Duration::from_secs(6));
+        assert_eq!(budget.excusable(), Duration::from_secs(4));
+        budget.waited(Duration::from_secs(6));
+        assert_eq!(budget.excusable(), Duration::ZERO, "10 s in all");
+        budget.reset(Duration::from_millis(50));
+        assert_eq!(budget.excusable(), MAX_EXCUSED, "a new call starts afresh");
+    }
 
     #[test]
     fn a_deadline_is_at_least_one_tick() {

@@ -140,14 +140,20 @@ impl Filter for ExtAuthz {
             target.push_str(query);
         }
         let mut call = Call::new(request.method(), &self.cluster, &target).timeout(self.timeout);
-        for name in &self.headers {
-            if let Some(value) = request.header_bytes(name) {
+        // Every value of an allowlisted header, as the app will get them all (HTTP/2
+        // clients send each cookie as a field of its own).
+        for (name, value) in request.headers() {
+            if self
+                .headers
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+            {
                 call = call.header(name, value);
             }
         }
         let answer = match call.send() {
             Ok(answer) => answer,
-            Err(e) => return self.no_answer(&e),
+            Err(e) => return self.no_answer(request, &e),
         };
         if self.failing.replace(false) {
             weir_plugin::log::info!("ext-authz: {} answers again", self.cluster);
@@ -173,8 +179,10 @@ impl Filter for ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// The service gave no answer: let the request through or refuse it, as configured.
-    fn no_answer(&self, error: &OutboundError) -> Action {
+    /// The service gave no answer: let the request through or refuse it, as configured. A
+    /// request let through carries none of `upstream_headers`: only the service vouches for
+    /// those, and it said nothing.
+    fn no_answer(&self, request: &mut Request, error: &OutboundError) -> Action {
         if !self.failing.replace(true) {
             let outcome = if self.failure_mode_allow {
                 "requests pass unchecked (failure_mode_allow)".to_owned()
@@ -187,6 +195,9 @@ impl ExtAuthz {
             );
         }
         if self.failure_mode_allow {
+            for name in &self.upstream_headers {
+                request.remove_header(name);
+            }
             return Action::Continue;
         }
         Reply::json(

@@ -637,6 +637,15 @@ impl Jwks {
         if want.is_none() && fresh(held.fetched_ms) {
             return held.keys.clone();
         }
+        // Unknown kids look further at most once per REFETCH_AFTER, store read included, so
+        // invented kids cannot cost a store call each; a failing endpoint waits as long.
+        let recent = |at: u64| at > 0 && now.saturating_sub(at) < REFETCH_AFTER.as_millis() as u64;
+        if want.is_some() {
+            if recent(held.kid_fetch_ms) {
+                return held.keys.clone();
+            }
+            held.kid_fetch_ms = now;
+        }
         if let Some((fetched, text)) = shared_copy()
             && fetched > held.fetched_ms
         {
@@ -645,14 +654,7 @@ impl Jwks {
                 return held.keys.clone();
             }
         }
-        // Unknown kids fetch at most once per REFETCH_AFTER, and so does a failing endpoint.
-        let recent = |at: u64| at > 0 && now.saturating_sub(at) < REFETCH_AFTER.as_millis() as u64;
-        if want.is_some() {
-            if recent(held.kid_fetch_ms) {
-                return held.keys.clone();
-            }
-            held.kid_fetch_ms = now;
-        } else if recent(held.failed_ms) {
+        if want.is_none() && recent(held.failed_ms) {
             return held.keys.clone();
         }
         match self.fetch() {

@@ -52,6 +52,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use sha2::Digest as _;
 use weir_plugin::metrics::Counter;
 use weir_plugin::{Action, Filter, Hooks, Reply, Request};
 
@@ -170,6 +171,9 @@ pub struct RateLimit {
 
 /// `(slot, count)` for the settled slots of one limit and key still inside the window.
 type Settled = Vec<(u64, u64)>;
+
+/// The longest header value counted by itself; a longer one counts by its SHA-256.
+const MAX_KEY_VALUE: usize = 256;
 
 /// Keys whose settled counts one instance remembers before it forgets them all.
 const MAX_SETTLED: usize = 1024;
@@ -352,6 +356,14 @@ impl RateLimit {
             KeyBy::Client => client(),
             KeyBy::Route => joined(&["r:", request.route()]),
             KeyBy::Header(name) | KeyBy::Consumer(name) => match request.header(name) {
+                // A long value counts by its digest: the store's keys are at most 1 KiB, and a
+                // key the store refuses must not read as a store outage (which
+                // `fault_tolerant` lets through).
+                Some(value) if value.len() > MAX_KEY_VALUE => {
+                    let digest = sha2::Sha256::digest(value.as_bytes());
+                    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                    joined(&["d:", &hex])
+                }
                 Some(value) if !value.is_empty() => joined(&["h:", value]),
                 _ => client(),
             },

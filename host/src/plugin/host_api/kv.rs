@@ -7,7 +7,7 @@
 //! wall-clock budget (`[kv] timeout` bounds it), so a store slower than the plugin's
 //! `deadline` fails the store call, not the plugin.
 
-use crate::kv::{Bounded, KvError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::kv::{Bounded, KvError, MAX_KEY_BYTES, MAX_TTL_MS, MAX_VALUE_BYTES};
 use crate::plugin::contract::current::kv::{self, Error, Host};
 use crate::plugin::state::PluginState;
 
@@ -45,6 +45,12 @@ impl PluginState {
         }
         Ok(namespaced(&self.plugin, key))
     }
+}
+
+/// A TTL as every store takes it: at most [`MAX_TTL_MS`] (Redis refuses an expiry that does
+/// not fit its clock, and would then have changed a counter without giving it one).
+fn ttl(ttl_ms: Option<u64>) -> Option<u64> {
+    ttl_ms.map(|ms| ms.min(MAX_TTL_MS))
 }
 
 fn checked_value(value: &[u8]) -> Result<(), Error> {
@@ -89,7 +95,7 @@ impl Host for PluginState {
         let key = self.key(&key)?;
         checked_value(&value)?;
         let began = self.store_call();
-        let done = self.kv.set(key, value, ttl_ms).await;
+        let done = self.kv.set(key, value, ttl(ttl_ms)).await;
         self.store_answered(began);
         Ok(done?)
     }
@@ -110,7 +116,7 @@ impl Host for PluginState {
     ) -> Result<i64, Error> {
         let key = self.key(&key)?;
         let began = self.store_call();
-        let value = self.kv.increment(key, delta, ttl_ms).await;
+        let value = self.kv.increment(key, delta, ttl(ttl_ms)).await;
         self.store_answered(began);
         Ok(value?)
     }
@@ -124,7 +130,10 @@ impl Host for PluginState {
     ) -> Result<kv::Bounded, Error> {
         let key = self.key(&key)?;
         let began = self.store_call();
-        let bounded = self.kv.increment_within(key, delta, limit, ttl_ms).await;
+        let bounded = self
+            .kv
+            .increment_within(key, delta, limit, ttl(ttl_ms))
+            .await;
         self.store_answered(began);
         Ok(bounded?.into())
     }
@@ -139,7 +148,10 @@ impl Host for PluginState {
         let key = self.key(&key)?;
         checked_value(&value)?;
         let began = self.store_call();
-        let set = self.kv.compare_and_set(key, expected, value, ttl_ms).await;
+        let set = self
+            .kv
+            .compare_and_set(key, expected, value, ttl(ttl_ms))
+            .await;
         self.store_answered(began);
         Ok(set?)
     }

@@ -21,7 +21,7 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 /// A request's timeout when the plugin names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest timeout a plugin may ask for.
-const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Host for PluginState {
     async fn send(&mut self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
@@ -36,10 +36,17 @@ impl Host for PluginState {
                 "outbound requests are sent only while a request is served".into(),
             ));
         };
+        // A hook's waits are excused up to a bound in all (`budget::MAX_EXCUSED`): a hook
+        // calling in a loop cannot hold its request forever.
+        let excusable = self.budget.excusable();
+        if excusable.is_zero() {
+            return Err(OutboundError::Timeout);
+        }
         let timeout = request
             .timeout_ms
             .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms.into()))
-            .min(MAX_TIMEOUT);
+            .min(MAX_TIMEOUT)
+            .min(excusable);
         let cluster = request.cluster.clone();
         let http_request = build(request)?;
         let started = quanta::Instant::now();
