@@ -241,12 +241,20 @@ pub(crate) fn vary_on_accept_encoding(headers: &mut HeaderMap) {
     }
 }
 
-/// The response compressed with `algorithm` as its body streams.
+/// The response compressed with `algorithm` as its body streams; its bytes before and
+/// after are counted for `route` (`weir_compression_bytes_total`).
 pub(crate) fn compress(
     mut parts: response::Parts,
     body: ProxyBody,
     algorithm: Algorithm,
+    route: &str,
 ) -> (response::Parts, ProxyBody) {
+    let counted = |side| {
+        crate::metrics::metrics()
+            .compression_bytes
+            .with_label_values(&[route, algorithm.name(), side])
+    };
+    let (plain_bytes, coded_bytes) = (counted("plain"), counted("coded"));
     let headers = &mut parts.headers;
     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(algorithm.name()));
     headers.remove(CONTENT_LENGTH);
@@ -258,21 +266,40 @@ pub(crate) fn compress(
     }
     let plain = StreamReader::new(
         body.into_data_stream()
+            .map_ok(move |chunk| {
+                plain_bytes.inc_by(chunk.len() as u64);
+                chunk
+            })
             .map_err(|e| std::io::Error::other(e.to_string())),
     );
     // Levels: nginx's gzip default (1) is cheap and weak; these are the usual web settings.
     let coded: ProxyBody = match algorithm {
-        Algorithm::Gzip => stream(GzipEncoder::with_quality(plain, Level::Precise(5))),
-        Algorithm::Brotli => stream(BrotliEncoder::with_quality(plain, Level::Precise(4))),
-        Algorithm::Zstd => stream(ZstdEncoder::with_quality(plain, Level::Precise(3))),
+        Algorithm::Gzip => stream(
+            GzipEncoder::with_quality(plain, Level::Precise(5)),
+            coded_bytes,
+        ),
+        Algorithm::Brotli => stream(
+            BrotliEncoder::with_quality(plain, Level::Precise(4)),
+            coded_bytes,
+        ),
+        Algorithm::Zstd => stream(
+            ZstdEncoder::with_quality(plain, Level::Precise(3)),
+            coded_bytes,
+        ),
     };
     (parts, coded)
 }
 
-/// An encoder's output as a response body.
-fn stream(encoder: impl AsyncRead + Send + 'static) -> ProxyBody {
+/// An encoder's output as a response body, its bytes counted in `coded_bytes`.
+fn stream(
+    encoder: impl AsyncRead + Send + 'static,
+    coded_bytes: prometheus::IntCounter,
+) -> ProxyBody {
     let frames = ReaderStream::new(encoder)
-        .map_ok(Frame::data)
+        .map_ok(move |chunk| {
+            coded_bytes.inc_by(chunk.len() as u64);
+            Frame::data(chunk)
+        })
         .map_err(|e| -> BoxError { Box::new(e) });
     ProxyBody::Coded(StreamBody::new(frames).boxed_unsync())
 }

@@ -113,6 +113,9 @@ pub struct Metrics {
     pub(crate) kv_failures: IntCounterVec,
     /// Whether the Redis `kv` store's circuit breaker is open.
     pub(crate) kv_breaker_open: IntGauge,
+    /// Bytes of compressed responses, by route, coding and side (`plain` in, `coded` out):
+    /// their ratio is what compression saves.
+    pub(crate) compression_bytes: IntCounterVec,
     pub(crate) metric_errors: IntCounterVec,
     /// The metrics plugins declared.
     declared: plugin::Declared,
@@ -329,6 +332,12 @@ impl Metrics {
                 "weir_kv_failures_total",
                 "Calls to the Redis kv store that failed: timeout, error, or breaker_open (failed at once).",
                 &["reason"],
+            ),
+            compression_bytes: counter(
+                &r,
+                "weir_compression_bytes_total",
+                "Bytes of the responses weir compressed, by route, coding and side: plain (before) and coded (sent).",
+                &["route", "coding", "side"],
             ),
             kv_breaker_open: single(
                 "weir_kv_breaker_open",

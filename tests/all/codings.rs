@@ -247,6 +247,9 @@ async fn compressing(server: &Scripted) -> Weir {
 [[listeners]]
 address = "127.0.0.1:0"
 
+[admin]
+address = "127.0.0.1:0"
+
 [plugins]
 cache_dir = "{cache}"
 
@@ -417,4 +420,22 @@ async fn responses_are_compressed_as_clients_ask_and_decoded_by_real_clients() {
         "HEAD: {:?}",
         response.headers()
     );
+
+    // What compression saved, per route and coding: plain bytes in, coded bytes out.
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    let value = |side: &str| -> f64 {
+        let series = format!(
+            "weir_compression_bytes_total{{coding=\"br\",route=\"content\",side=\"{side}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    assert!(
+        value("plain") >= 2.0 * plain.len() as f64,
+        "two br responses went out"
+    );
+    assert!(value("coded") < value("plain") / 4.0);
 }

@@ -387,7 +387,7 @@ async fn proxy<B: DownstreamBody>(
         None => response,
     };
     Ok(match compression {
-        Some(compressing) => compressing.apply(response),
+        Some(compressing) => compressing.apply(response, route.chain.route()),
         None => response,
     })
 }
@@ -403,7 +403,7 @@ struct Compressing<'g> {
 impl Compressing<'_> {
     /// The response as this client gets it: compressed if it is worth it and the client
     /// takes a coding the route allows; `Vary: Accept-Encoding` whenever it is worth it.
-    fn apply(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    fn apply(self, response: Response<ProxyBody>, route: &str) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         if !coding::compressible(self.head, &parts, self.config) {
             return Response::from_parts(parts, body);
@@ -411,7 +411,7 @@ impl Compressing<'_> {
         coding::vary_on_accept_encoding(&mut parts.headers);
         match coding::negotiate(self.accepted.as_ref(), &self.config.algorithms) {
             Some(algorithm) => {
-                let (parts, body) = coding::compress(parts, body, algorithm);
+                let (parts, body) = coding::compress(parts, body, algorithm, route);
                 Response::from_parts(parts, body)
             }
             None => Response::from_parts(parts, body),
