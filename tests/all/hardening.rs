@@ -299,8 +299,25 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
         "the header's client, not the peer or what it wrote"
     );
 
+    // Version 2 (binary), as AWS NLB and HAProxy send it: TCP over IPv6 from 2001:db8::7.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([0x21, 0x21, 0, 36]); // PROXY command, TCP over IPv6, 36 address bytes
+    v2.extend([0x20, 0x01, 0x0d, 0xb8]);
+    v2.extend([0; 11]);
+    v2.push(7); // source 2001:db8::7
+    v2.extend([0; 15]);
+    v2.push(1); // destination ::1
+    v2.extend(51234_u16.to_be_bytes());
+    v2.extend(80_u16.to_be_bytes());
+    v2.extend(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n");
+    let v2: &'static [u8] = Box::leak(v2.into_boxed_slice());
+    let answer = exchange(v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.requests().pop().expect("a request");
+    assert_eq!(seen.headers["x-forwarded-for"], "2001:db8::7");
+
     // No header: not HTTP to this listener.
     let answer = exchange(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n").await;
     assert_eq!(answer, "", "closed without an answer");
-    assert_eq!(upstream.requests().len(), 1);
+    assert_eq!(upstream.requests().len(), 2);
 }

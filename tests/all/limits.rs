@@ -255,3 +255,76 @@ async fn a_malformed_host_is_400_and_an_absolute_targets_authority_wins() {
         "and the upstream is told that host"
     );
 }
+
+/// HTTP/2's limits, met by a raw h2 client (no hyper client to tidy the request first):
+/// weir advertises `h2_max_streams` as its concurrent-stream limit, refuses a header list
+/// over the head limit, and answers 400 to a `host` that differs from `:authority`; none of
+/// those requests reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_header_lists_and_a_second_host_are_limited() {
+    let app = Upstream::start("app").await;
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[server.limits]\nh2_max_streams = 4\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
+        app.addr
+    );
+    let weir = Weir::start(&config).await;
+    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
+    let (client, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    // A ping's answer comes after weir's SETTINGS, so they have been applied by then.
+    let mut ping_pong = connection.ping_pong().expect("ping-pong");
+    tokio::select! {
+        _ = &mut connection => panic!("the connection ended"),
+        pong = ping_pong.ping(h2::Ping::opaque()) => {
+            pong.expect("pong");
+        }
+    }
+    assert_eq!(connection.max_concurrent_send_streams(), 4);
+    tokio::spawn(connection);
+
+    let send = |request: http::Request<()>| {
+        let mut client = client.clone();
+        async move {
+            client = client.ready().await.map_err(|e| e.to_string())?;
+            let (response, _) = client
+                .send_request(request, true)
+                .map_err(|e| e.to_string())?;
+            let response = tokio::time::timeout(DEADLINE, response)
+                .await
+                .map_err(|_| "no answer".to_owned())?;
+            response
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let ok = send(
+        http::Request::get("http://a.test/ok")
+            .body(())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(ok, Ok(200));
+
+    // 80 KiB of headers, over the 64 KiB head limit: refused, never forwarded.
+    let mut big = http::Request::get("http://a.test/big");
+    for i in 0..10 {
+        big = big.header(format!("x-filler-{i}"), "f".repeat(8 * 1024));
+    }
+    let refused = send(big.body(()).expect("request")).await;
+    assert!(refused != Ok(200), "an 80 KiB header list was accepted");
+    if let Ok(status) = refused {
+        assert_eq!(status, 431);
+    }
+
+    // A `host` header that names another host than `:authority`: which one is meant?
+    let confused = http::Request::get("http://a.test/confused")
+        .header("host", "b.test")
+        .body(())
+        .expect("request");
+    assert_eq!(send(confused).await, Ok(400));
+    let paths: Vec<String> = app.requests().iter().map(|r| r.uri.to_string()).collect();
+    assert_eq!(
+        paths,
+        ["/ok"],
+        "only the plain request reached the upstream"
+    );
+}
