@@ -216,11 +216,17 @@ fn chain(names: Option<&[String]>, plugins: &[PluginSlot]) -> Chain {
     let mut chain = Vec::with_capacity(names.len());
     for name in names {
         match plugins.iter().find(|s| s.name == *name) {
-            // A handler named in a chain has no hooks to run there.
+            // A handler has no hooks to run in a chain. Skipping it would pass requests the
+            // operator meant a plugin to see (a wrong file named like the auth plugin): the
+            // route refuses traffic instead, saying why.
             Some(PluginSlot {
                 serving: Some(Plugin::Handler(_)),
                 ..
-            }) => {}
+            }) => {
+                return Chain::unavailable(format!(
+                    "plugin {name} is a wasi:http handler, not a filter: it cannot run in a route's plugins (name it with handler = \"{name}\")"
+                ));
+            }
             Some(PluginSlot {
                 serving: Some(Plugin::Filter(filter)),
                 ..

@@ -321,3 +321,22 @@ async fn a_proxy_protocol_listener_takes_the_client_from_the_header() {
     assert_eq!(answer, "", "closed without an answer");
     assert_eq!(upstream.requests().len(), 2);
 }
+
+const AGGREGATE: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/aggregate.wasm"));
+
+/// A route whose `plugins` names a handler (a `wasi:http` component, say a wrong file named
+/// like the auth plugin) cannot run it as a filter; it refuses traffic (503) rather than
+/// passing requests the operator meant a plugin to see.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_named_in_a_routes_plugins_is_not_silently_skipped() {
+    let upstream = Upstream::start("app").await;
+    let config = crate::config(&[upstream.addr], "plugins = [\"auth\"]\n");
+    let files: [(&str, &[u8]); 1] = [("plugins/auth.wasm", AGGREGATE)];
+    let weir = Weir::start_with_files(&config, &files).await;
+    let (status, _, body) = weir_tests::get_with(&weir.url("/private"), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        upstream.requests().is_empty(),
+        "the request went through unchecked"
+    );
+}
