@@ -20,9 +20,7 @@ use async_compression::tokio::bufread::{
     ZstdDecoder, ZstdEncoder,
 };
 use futures_util::TryStreamExt as _;
-use http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY,
-};
+use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
 use http::{HeaderMap, HeaderValue, StatusCode, response};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
@@ -32,6 +30,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use crate::body::ProxyBody;
 use crate::config::{Algorithm, Compression};
 use crate::error::BoxError;
+use crate::metrics::Compressed;
 
 /// A content coding weir decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +227,17 @@ pub(crate) fn compressible(head: bool, parts: &response::Parts, config: &Compres
     })
 }
 
+/// Makes a strong `ETag` weak: the body is another representation of the resource now (coded
+/// or decoded by weir), so byte-for-byte equality with the upstream's no longer holds.
+pub(crate) fn weaken_etag(headers: &mut HeaderMap) {
+    if let Some(etag) = headers.get(ETAG)
+        && !etag.as_bytes().starts_with(b"W/")
+        && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
+    {
+        headers.insert(ETAG, weak);
+    }
+}
+
 /// Adds `Accept-Encoding` to the response's `Vary`, unless it says so already (or `*`).
 pub(crate) fn vary_on_accept_encoding(headers: &mut HeaderMap) {
     let named = headers.get_all(VARY).iter().any(|v| {
@@ -242,28 +252,21 @@ pub(crate) fn vary_on_accept_encoding(headers: &mut HeaderMap) {
 }
 
 /// The response compressed with `algorithm` as its body streams; its bytes before and
-/// after are counted for `route` (`weir_compression_bytes_total`).
+/// after are counted in `counted` (the route's `weir_compression_bytes_total`).
 pub(crate) fn compress(
     mut parts: response::Parts,
     body: ProxyBody,
     algorithm: Algorithm,
-    route: &str,
+    counted: &Compressed,
 ) -> (response::Parts, ProxyBody) {
-    let counted = |side| {
-        crate::metrics::metrics()
-            .compression_bytes
-            .with_label_values(&[route, algorithm.name(), side])
-    };
-    let (plain_bytes, coded_bytes) = (counted("plain"), counted("coded"));
+    let Compressed {
+        plain: plain_bytes,
+        coded: coded_bytes,
+    } = counted.clone();
     let headers = &mut parts.headers;
     headers.insert(CONTENT_ENCODING, HeaderValue::from_static(algorithm.name()));
     headers.remove(CONTENT_LENGTH);
-    if let Some(etag) = headers.get(ETAG)
-        && !etag.as_bytes().starts_with(b"W/")
-        && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-    {
-        headers.insert(ETAG, weak);
-    }
+    weaken_etag(headers);
     let plain = StreamReader::new(
         body.into_data_stream()
             .map_ok(move |chunk| {
@@ -302,11 +305,6 @@ fn stream(
         })
         .map_err(|e| -> BoxError { Box::new(e) });
     ProxyBody::Coded(StreamBody::new(frames).boxed_unsync())
-}
-
-/// The `Accept-Encoding` header of a request, kept for the response.
-pub(crate) fn accepted(headers: &HeaderMap) -> Option<HeaderValue> {
-    headers.get(ACCEPT_ENCODING).cloned()
 }
 
 #[cfg(test)]

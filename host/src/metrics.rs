@@ -370,6 +370,7 @@ impl Metrics {
             duration: self.request_duration.with_label_values(&[route]),
             request_bytes: self.request_bytes.with_label_values(&[route]),
             response_bytes: self.response_bytes.with_label_values(&[route]),
+            compressed: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
@@ -566,9 +567,33 @@ pub struct RouteMetrics {
     pub request_bytes: IntCounter,
     /// Response body bytes.
     pub response_bytes: IntCounter,
+    /// Bytes before and after compression, per coding (`Algorithm as usize`), resolved at
+    /// the first response the route compresses with it.
+    compressed: [OnceLock<Compressed>; 3],
+}
+
+/// A route's compression counters for one coding: plain bytes in, coded bytes out.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    /// Bytes before compression.
+    pub plain: IntCounter,
+    /// Bytes sent, compressed.
+    pub coded: IntCounter,
 }
 
 impl RouteMetrics {
+    /// The counters of responses this route compresses with `algorithm`.
+    pub fn compressed(&self, algorithm: crate::config::Algorithm) -> &Compressed {
+        self.compressed[algorithm as usize].get_or_init(|| {
+            let vec = &metrics().compression_bytes;
+            let name = algorithm.name();
+            Compressed {
+                plain: vec.with_label_values(&[&self.name, name, "plain"]),
+                coded: vec.with_label_values(&[&self.name, name, "coded"]),
+            }
+        })
+    }
+
     /// Counts one answered request.
     pub fn count(&self, method: &Method, status: u16) {
         let method_slot = METHODS

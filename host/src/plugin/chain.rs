@@ -383,7 +383,7 @@ fn end_span<T>(span: Option<Child>, result: &Result<T, CallError>) {
 }
 
 /// Sets `content-length` to `len`.
-fn set_length(len: usize, map: &mut HeaderMap) {
+pub(crate) fn set_length(len: usize, map: &mut HeaderMap) {
     map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
     map.remove(http::header::TRANSFER_ENCODING);
 }

@@ -25,7 +25,7 @@ use super::forward;
 use crate::body::{self, Buffered, ClientBody, ProxyBody};
 use crate::coding::{self, DecodeError};
 use crate::error::{ErrorKind, ProxyError};
-use crate::plugin::chain::{BodyStep, Chain, ChainError, RequestStep};
+use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
 use crate::plugin::view::RequestView;
 
 /// What the request phase decided.
@@ -241,9 +241,8 @@ async fn decoded_request_body(
             }
             DecodeError::Corrupt(..) => ProxyError::new(ErrorKind::BadRequest).with_cause(e),
         })?;
-    let headers = &mut view.parts.headers;
-    headers.remove(header::CONTENT_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(decoded.len()));
+    view.parts.headers.remove(header::CONTENT_ENCODING);
+    chain::set_length(decoded.len(), &mut view.parts.headers);
     Ok(decoded)
 }
 
@@ -267,16 +266,8 @@ async fn decoded_response_body(
     match coding::decode(coding, &bytes, limit).await {
         Ok(decoded) => {
             parts.headers.remove(header::CONTENT_ENCODING);
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(decoded.len()));
-            // The representation changed: a strong validator of the coded one no longer is.
-            if let Some(etag) = parts.headers.get(header::ETAG)
-                && !etag.as_bytes().starts_with(b"W/")
-                && let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag.as_bytes()].concat())
-            {
-                parts.headers.insert(header::ETAG, weak);
-            }
+            chain::set_length(decoded.len(), &mut parts.headers);
+            coding::weaken_etag(&mut parts.headers);
             Ok(decoded)
         }
         Err(e) => {

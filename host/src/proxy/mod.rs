@@ -277,7 +277,7 @@ async fn proxy<B: DownstreamBody>(
     // What compressing the response needs of the request, on a route that compresses.
     let compression = route.compression.as_ref().map(|config| Compressing {
         config,
-        accepted: coding::accepted(request.headers()),
+        accepted: request.headers().get(header::ACCEPT_ENCODING).cloned(),
         head: request.method() == http::Method::HEAD,
     });
 
@@ -387,7 +387,7 @@ async fn proxy<B: DownstreamBody>(
         None => response,
     };
     Ok(match compression {
-        Some(compressing) => compressing.apply(response, route.chain.route()),
+        Some(compressing) => compressing.apply(response, &route.metrics),
         None => response,
     })
 }
@@ -403,7 +403,11 @@ struct Compressing<'g> {
 impl Compressing<'_> {
     /// The response as this client gets it: compressed if it is worth it and the client
     /// takes a coding the route allows; `Vary: Accept-Encoding` whenever it is worth it.
-    fn apply(self, response: Response<ProxyBody>, route: &str) -> Response<ProxyBody> {
+    fn apply(
+        self,
+        response: Response<ProxyBody>,
+        metrics: &crate::metrics::RouteMetrics,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         if !coding::compressible(self.head, &parts, self.config) {
             return Response::from_parts(parts, body);
@@ -411,7 +415,8 @@ impl Compressing<'_> {
         coding::vary_on_accept_encoding(&mut parts.headers);
         match coding::negotiate(self.accepted.as_ref(), &self.config.algorithms) {
             Some(algorithm) => {
-                let (parts, body) = coding::compress(parts, body, algorithm, route);
+                let counted = metrics.compressed(algorithm);
+                let (parts, body) = coding::compress(parts, body, algorithm, counted);
                 Response::from_parts(parts, body)
             }
             None => Response::from_parts(parts, body),

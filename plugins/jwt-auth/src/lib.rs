@@ -162,7 +162,9 @@ impl std::fmt::Debug for Key {
 pub struct JwtAuth {
     header: String,
     cookie: Option<String>,
-    algorithms: HashSet<Algorithm>,
+    /// The algorithms configured; `None`: any algorithm a key has (configured or fetched from
+    /// the JWKS endpoint, whose keys are not known at configure).
+    algorithms: Option<HashSet<Algorithm>>,
     leeway: u64,
     issuers: Vec<String>,
     audiences: Vec<String>,
@@ -171,9 +173,6 @@ pub struct JwtAuth {
     strip_token: bool,
     realm: String,
     keys: Vec<Key>,
-    /// Whether `algorithms` was configured; if not, any algorithm a key has is accepted
-    /// (keys from a JWKS endpoint are not known at configure).
-    algorithms_given: bool,
     /// Where keys beyond `keys` come from, if anywhere.
     jwks: Option<Jwks>,
     cache_size: usize,
@@ -339,15 +338,15 @@ impl Filter for JwtAuth {
         for (i, key) in config.keys.iter().enumerate() {
             load_key(key, &mut keys).map_err(|e| format!("keys[{i}]: {e}"))?;
         }
-        let algorithms_given = !config.algorithms.is_empty();
-        let algorithms: HashSet<Algorithm> = if config.algorithms.is_empty() {
-            keys.iter().map(|k| k.algorithm).collect()
-        } else {
-            config
-                .algorithms
-                .iter()
-                .map(|a| parse_algorithm(a))
-                .collect::<Result<_, _>>()?
+        let algorithms = match config.algorithms.is_empty() {
+            true => None,
+            false => Some(
+                config
+                    .algorithms
+                    .iter()
+                    .map(|a| parse_algorithm(a))
+                    .collect::<Result<HashSet<_>, _>>()?,
+            ),
         };
         let leeway = humantime::parse_duration(&config.leeway)
             .map_err(|e| format!("leeway {:?}: {e}", config.leeway))?;
@@ -383,7 +382,6 @@ impl Filter for JwtAuth {
             strip_token: config.strip_token,
             realm: config.realm,
             keys,
-            algorithms_given,
             jwks,
             cache_size: config.cache_size,
             verified: RefCell::default(),
@@ -503,8 +501,8 @@ impl JwtAuth {
                 }
             }
         }
-        let accepted = if self.algorithms_given {
-            self.algorithms.contains(&header.alg)
+        let accepted = if let Some(algorithms) = &self.algorithms {
+            algorithms.contains(&header.alg)
         } else {
             self.keys
                 .iter()
