@@ -144,20 +144,10 @@ plugins = ["ext-authz"]
     );
 }
 
-/// `k1` is one HS256 secret, `k2` another.
-fn jwk_set(kids: &[&str]) -> String {
-    let keys: Vec<String> = kids
-        .iter()
-        .map(|kid| {
-            let k = match *kid {
-                "k1" => "YS10ZXN0LXNlY3JldC10aGF0LWlzLWxvbmctZW5vdWdoIQ",
-                _ => "YS1zZWNvbmQtc2VjcmV0LXJvdGF0ZWQtaW4tbGF0ZXIhIQ",
-            };
-            format!(r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{k}"}}"#)
-        })
-        .collect();
-    format!(r#"{{"keys":[{}]}}"#, keys.join(","))
-}
+/// JWK sets of HS256 keys `k1` and `k2`, as an issuer rotates them (shared with jwt-auth's
+/// unit tests; the secrets are in their README).
+const K1: &str = include_str!("../../plugins/jwt-auth/testdata/rotation/k1.json");
+const K1_K2: &str = include_str!("../../plugins/jwt-auth/testdata/rotation/k1-k2.json");
 
 fn token(kid: &str) -> String {
     let secret = match kid {
@@ -185,7 +175,7 @@ fn token(kid: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_auth_accepts_a_key_rotated_into_the_jwks_without_a_reload() {
     let app = Upstream::start("app").await;
-    let published = Arc::new(Mutex::new(jwk_set(&["k1"])));
+    let published = Arc::new(Mutex::new(K1.to_owned()));
     let fetches = Arc::new(Mutex::new(0_usize));
     let (keys, counted) = (published.clone(), fetches.clone());
     let idp = Scripted::start(move |head| {
@@ -226,7 +216,7 @@ async fn jwt_auth_accepts_a_key_rotated_into_the_jwks_without_a_reload() {
 
     // The issuer publishes k2: weir takes it at the first token naming it (after the
     // refetch pause for unknown kids), no reload.
-    *published.lock().expect("keys") = jwk_set(&["k1", "k2"]);
+    *published.lock().expect("keys") = K1_K2.to_owned();
     let deadline = Instant::now() + weir_tests::DEADLINE;
     loop {
         let (status, _, _) = get(token("k2")).await;

@@ -1191,20 +1191,11 @@ pem = """{ed_pub}"""
         assert_eq!(forwarded.header_value("cookie"), Some("theme=dark"));
     }
 
-    /// A JWK set of HS256 keys by `kid`: `k1` is [`SECRET`], `k2` a second secret.
-    fn jwk_set(kids: &[&str]) -> String {
-        let keys: Vec<String> = kids
-            .iter()
-            .map(|kid| {
-                let k = match *kid {
-                    "k1" => "YS10ZXN0LXNlY3JldC10aGF0LWlzLWxvbmctZW5vdWdoIQ",
-                    _ => "YS1zZWNvbmQtc2VjcmV0LXJvdGF0ZWQtaW4tbGF0ZXIhIQ",
-                };
-                format!(r#"{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{k}"}}"#)
-            })
-            .collect();
-        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
-    }
+    /// JWK sets of HS256 keys `k1` ([`SECRET`]) and `k2` (a second secret), as issuers rotate
+    /// them (`testdata/rotation/`, shared with `tests/all/outbound.rs`).
+    const K1: &str = include_str!("../testdata/rotation/k1.json");
+    const K1_K2: &str = include_str!("../testdata/rotation/k1-k2.json");
+    const K2: &str = include_str!("../testdata/rotation/k2.json");
 
     fn signed_by(kid: &str) -> String {
         let mut header = Header::new(Algorithm::HS256);
@@ -1238,20 +1229,13 @@ pem = """{ed_pub}"""
     fn keys_come_from_the_jwks_endpoint_and_a_rotated_in_kid_is_fetched_at_once() {
         // The harness starts from a fresh mock host: stubs come after it.
         let auth = jwks_auth();
-        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k1"]).as_bytes());
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], K1.as_bytes());
         let forwarded = auth.request(bearer(&signed_by("k1"))).forwarded();
         assert_eq!(forwarded.header_value("x-consumer-id"), Some("k1"));
         auth.request(bearer(&signed_by("k1"))).forwarded();
         assert_eq!(fetches(), 1, "fresh keys are not fetched again");
         // The issuer rotates k2 in: a token naming it makes the set be fetched now.
-        testing::stub_outbound(
-            "idp",
-            "GET",
-            "/keys",
-            200,
-            &[],
-            jwk_set(&["k1", "k2"]).as_bytes(),
-        );
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], K1_K2.as_bytes());
         let forwarded = auth.request(bearer(&signed_by("k2"))).forwarded();
         assert_eq!(forwarded.header_value("x-consumer-id"), Some("k2"));
         assert_eq!(fetches(), 2);
@@ -1277,17 +1261,10 @@ pem = """{ed_pub}"""
     #[test]
     fn a_key_removed_from_the_set_stops_verifying_after_the_refresh() {
         let auth = jwks_auth();
-        testing::stub_outbound(
-            "idp",
-            "GET",
-            "/keys",
-            200,
-            &[],
-            jwk_set(&["k1", "k2"]).as_bytes(),
-        );
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], K1_K2.as_bytes());
         let token = signed_by("k1");
         auth.request(bearer(&token)).forwarded();
-        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k2"]).as_bytes());
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], K2.as_bytes());
         testing::advance(Duration::from_secs(61));
         let reply = auth.request(bearer(&token)).reply();
         assert_eq!(
@@ -1299,7 +1276,7 @@ pem = """{ed_pub}"""
     #[test]
     fn an_endpoint_that_fails_leaves_the_held_keys_and_logs_once() {
         let auth = jwks_auth();
-        testing::stub_outbound("idp", "GET", "/keys", 200, &[], jwk_set(&["k1"]).as_bytes());
+        testing::stub_outbound("idp", "GET", "/keys", 200, &[], K1.as_bytes());
         auth.request(bearer(&signed_by("k1"))).forwarded();
         testing::fail_outbound(
             "idp",
