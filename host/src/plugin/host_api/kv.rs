@@ -156,3 +156,66 @@ impl Host for PluginState {
         Ok(set?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wasmtime::StoreLimitsBuilder;
+
+    use super::*;
+    use crate::kv::KvStore;
+    use crate::metrics::metrics;
+
+    fn state(plugin: &str, store: &Arc<KvStore>) -> PluginState {
+        PluginState::new(
+            plugin.into(),
+            store.clone(),
+            metrics().plugin(plugin).declared,
+            StoreLimitsBuilder::new().build(),
+            None,
+        )
+    }
+
+    /// What reaches the store is bounded: a larger key or value is `invalid` and stores
+    /// nothing, and a TTL past 100 years is cut, not refused.
+    #[tokio::test]
+    async fn keys_values_and_ttls_are_bounded_before_the_store() {
+        let store = Arc::new(KvStore::default());
+        let mut kv = state("bounds", &store);
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(matches!(
+            Host::get(&mut kv, long_key.clone()).await,
+            Err(Error::Invalid(_))
+        ));
+        let big = vec![0u8; MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            Host::set(&mut kv, "v".into(), big.clone(), None).await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            Host::compare_and_set(&mut kv, "v".into(), None, big, None).await,
+            Err(Error::Invalid(_))
+        ));
+        assert_eq!(
+            Host::get(&mut kv, "v".into()).await.ok(),
+            Some(None),
+            "nothing stored"
+        );
+        let fits = vec![0u8; MAX_VALUE_BYTES];
+        assert!(
+            Host::set(&mut kv, "v".into(), fits, Some(u64::MAX))
+                .await
+                .is_ok()
+        );
+        assert_eq!(ttl(Some(u64::MAX)), Some(MAX_TTL_MS));
+        assert!(
+            Host::get(&mut kv, "v".into())
+                .await
+                .is_ok_and(|v| v.is_some())
+        );
+        // Namespaced: in the same store, another plugin's `v` is another key.
+        let mut other = state("bounds-other", &store);
+        assert_eq!(Host::get(&mut other, "v".into()).await.ok(), Some(None));
+    }
+}
