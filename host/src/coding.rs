@@ -208,22 +208,20 @@ pub(crate) fn compressible(head: bool, parts: &response::Parts, config: &Compres
     if small {
         return false;
     }
+    // Compared without a lower-cased copy: the configured types are lower case already.
     let Some(media) = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|v| v.split(';').next().unwrap_or("").trim())
     else {
         return false;
     };
     config.types.iter().any(|t| match t.strip_suffix("/*") {
-        Some(kind) => media.split('/').next() == Some(kind),
-        None => *t == media,
+        Some(kind) => media
+            .split('/')
+            .next()
+            .is_some_and(|m| m.eq_ignore_ascii_case(kind)),
+        None => media.eq_ignore_ascii_case(t),
     })
 }
 
