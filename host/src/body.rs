@@ -288,41 +288,54 @@ impl Body for Prefixed {
 /// A body read whole, or the proof that it is larger than the limit.
 #[derive(Debug)]
 pub enum Buffered {
-    /// The whole body, within the limit.
-    Whole(Vec<u8>),
+    /// The whole body, within the limit; whether it ended with trailers, which were dropped.
+    Whole {
+        bytes: Vec<u8>,
+        trailers_dropped: bool,
+    },
     /// Larger than the limit: the body as it was, to be sent on untouched.
     TooLarge(ProxyBody),
 }
 
 /// Reads `body` whole if it is at most `limit` bytes. Trailers are dropped from a body that
-/// is read whole. An error reading the stream is returned as is.
+/// is read whole (and said to be). An error reading the stream is returned as is.
 pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferError> {
     let mut stream = match body {
         ProxyBody::Upstream(stream) => stream,
         other => {
             let bytes = other.collect().await.map_err(BufferError)?.to_bytes();
             return Ok(if bytes.len() <= limit {
-                Buffered::Whole(Vec::from(bytes))
+                Buffered::Whole {
+                    bytes: Vec::from(bytes),
+                    trailers_dropped: false,
+                }
             } else {
                 Buffered::TooLarge(full(bytes))
             });
         }
     };
     let mut read = BytesMut::new();
+    let mut trailers_dropped = false;
     while let Some(frame) = stream.frame().await {
         let frame = frame.map_err(|e| BufferError(e.into()))?;
-        if let Ok(data) = frame.into_data() {
-            read.extend_from_slice(&data);
-            if read.len() > limit {
-                return Ok(Buffered::TooLarge(ProxyBody::Prefixed(Prefixed {
-                    prefix: Some(read.freeze()),
-                    rest: stream,
-                })));
+        match frame.into_data() {
+            Ok(data) => {
+                read.extend_from_slice(&data);
+                if read.len() > limit {
+                    return Ok(Buffered::TooLarge(ProxyBody::Prefixed(Prefixed {
+                        prefix: Some(read.freeze()),
+                        rest: stream,
+                    })));
+                }
             }
+            Err(_) => trailers_dropped = true,
         }
     }
     // `BytesMut` gives up its buffer: no copy of the body.
-    Ok(Buffered::Whole(Vec::from(read)))
+    Ok(Buffered::Whole {
+        bytes: Vec::from(read),
+        trailers_dropped,
+    })
 }
 
 /// Reading a body failed.

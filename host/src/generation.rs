@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::access_log::{AccessLog, Names};
 use crate::balancer::{self, Balancer, Endpoints};
-use crate::config::{ClusterConfig, Config, RouteTarget};
+use crate::cache::RouteCache;
+use crate::config::{ClusterConfig, Config, RouteConfig, RouteTarget};
 use crate::health::{self, HealthChecker};
 use crate::metrics::{ClusterMetrics, NO_ROUTE, RouteMetrics, metrics};
 use crate::plugin::chain::Chain;
@@ -64,6 +65,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// How its responses are compressed, if they are.
     pub compression: Option<crate::config::Compression>,
+    /// Its stored responses, if it has a cache.
+    pub cache: Option<Arc<RouteCache>>,
 }
 
 /// What answers a route.
@@ -137,6 +140,7 @@ impl Generation {
                 },
                 metrics: metrics().route(&route.name),
                 compression: route.compression.clone(),
+                cache: route_cache(route, &config, previous),
             })
             .collect();
         let router = Router::new(&config.routes);
@@ -192,6 +196,40 @@ impl Generation {
             })
             .unwrap_or_default()
     }
+}
+
+/// A route's cache: the previous generation's, when the route kept its name, its target and
+/// its cache settings (what it stored still answers the same requests the same way), else a
+/// new, empty one.
+fn route_cache(
+    route: &RouteConfig,
+    config: &Config,
+    previous: Option<&Generation>,
+) -> Option<Arc<RouteCache>> {
+    let settings = route.cache.as_ref()?;
+    let target = |route: &RouteConfig, config: &Config| match &route.target {
+        RouteTarget::Cluster(c) => Some(config.clusters[c.index].clone()),
+        RouteTarget::Handler(_) => None,
+    };
+    let kept = previous.and_then(|p| {
+        let (index, old) = p
+            .config
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, old)| old.name == route.name)?;
+        let same = old.cache.as_ref() == Some(settings)
+            && old.host == route.host
+            && old.target.handler() == route.target.handler()
+            && target(old, &p.config) == target(route, config);
+        same.then(|| p.routes[index].cache.clone()).flatten()
+    });
+    Some(kept.unwrap_or_else(|| {
+        Arc::new(RouteCache::new(
+            settings.clone(),
+            metrics().cache(&route.name),
+        ))
+    }))
 }
 
 /// Opaque per-endpoint ids for sticky cookies: a hash of the cluster and the address, so the

@@ -21,6 +21,7 @@ pub mod access_log;
 mod admin;
 pub mod balancer;
 pub mod body;
+pub mod cache;
 mod coding;
 pub mod config;
 pub mod endpoints;

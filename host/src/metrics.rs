@@ -116,6 +116,10 @@ pub struct Metrics {
     /// Bytes of compressed responses, by route, coding and side (`plain` in, `coded` out):
     /// their ratio is what compression saves.
     pub(crate) compression_bytes: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    cache_bytes: IntGaugeVec,
+    cache_entries: IntGaugeVec,
+    cache_evictions: IntCounterVec,
     pub(crate) metric_errors: IntCounterVec,
     /// The metrics plugins declared.
     declared: plugin::Declared,
@@ -339,6 +343,30 @@ impl Metrics {
                 "Bytes of the responses weir compressed, by route, coding and side: plain (before) and coded (sent).",
                 &["route", "coding", "side"],
             ),
+            cache_lookups: counter(
+                &r,
+                "weir_cache_lookups_total",
+                "Requests on routes with a cache, by route and result: hit, miss, stale (served stale), revalidated (refreshed by a 304), collapsed (answered by another request's fetch), bypass (not looked up: a method, Range or the request's own directives).",
+                &["route", "result"],
+            ),
+            cache_bytes: gauge(
+                &r,
+                "weir_cache_stored_bytes",
+                "Bytes a route's cache holds, heads and bodies.",
+                &["route"],
+            ),
+            cache_entries: gauge(
+                &r,
+                "weir_cache_entries",
+                "Responses a route's cache holds (each variant counts).",
+                &["route"],
+            ),
+            cache_evictions: counter(
+                &r,
+                "weir_cache_evictions_total",
+                "Responses a route's cache dropped for room (expired and purged ones are not counted).",
+                &["route"],
+            ),
             kv_breaker_open: single(
                 "weir_kv_breaker_open",
                 "1 while the Redis kv store's circuit breaker is open (calls fail at once).",
@@ -371,6 +399,19 @@ impl Metrics {
             request_bytes: self.request_bytes.with_label_values(&[route]),
             response_bytes: self.response_bytes.with_label_values(&[route]),
             compressed: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// The handles of route `route`'s cache.
+    pub fn cache(&self, route: &str) -> CacheMetrics {
+        CacheMetrics {
+            lookups: std::array::from_fn(|i| {
+                self.cache_lookups
+                    .with_label_values(&[route, CacheLookup::ALL[i].label()])
+            }),
+            bytes: self.cache_bytes.with_label_values(&[route]),
+            entries: self.cache_entries.with_label_values(&[route]),
+            evictions: self.cache_evictions.with_label_values(&[route]),
         }
     }
 
@@ -570,6 +611,64 @@ pub struct RouteMetrics {
     /// Bytes before and after compression, per coding (`Algorithm as usize`), resolved at
     /// the first response the route compresses with it.
     compressed: [OnceLock<Compressed>; 3],
+}
+
+/// How a request on a route with a cache was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// From the store, fresh.
+    Hit,
+    /// From the upstream: nothing usable was stored.
+    Miss,
+    /// From the store, stale (`stale-while-revalidate`, `stale-if-error`).
+    Stale,
+    /// From the store after the upstream's `304`.
+    Revalidated,
+    /// By another request's fetch of the same key.
+    Collapsed,
+    /// Not looked up.
+    Bypass,
+}
+
+impl CacheLookup {
+    const ALL: [CacheLookup; 6] = [
+        CacheLookup::Hit,
+        CacheLookup::Miss,
+        CacheLookup::Stale,
+        CacheLookup::Revalidated,
+        CacheLookup::Collapsed,
+        CacheLookup::Bypass,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CacheLookup::Hit => "hit",
+            CacheLookup::Miss => "miss",
+            CacheLookup::Stale => "stale",
+            CacheLookup::Revalidated => "revalidated",
+            CacheLookup::Collapsed => "collapsed",
+            CacheLookup::Bypass => "bypass",
+        }
+    }
+}
+
+/// A route cache's handles.
+#[derive(Debug)]
+pub struct CacheMetrics {
+    lookups: [IntCounter; 6],
+    /// Bytes held.
+    pub bytes: IntGauge,
+    /// Responses held.
+    pub entries: IntGauge,
+    /// Responses dropped for room.
+    pub evictions: IntCounter,
+}
+
+impl CacheMetrics {
+    /// Counts one lookup's outcome.
+    pub fn count(&self, lookup: CacheLookup) {
+        self.lookups[lookup as usize].inc();
+    }
 }
 
 /// A route's compression counters for one coding: plain bytes in, coded bytes out.

@@ -11,7 +11,9 @@
 //! - `GET /plugins`  — the plugin folder: each plugin's file, hash, hooks, load time,
 //!   generation, last error and `[config]` (secrets redacted);
 //! - `POST /reload`  — rescans the config file and plugin folder now; 200 with a report, or
-//!   422 if anything was refused (what was valid still applied).
+//!   422 if anything was refused (what was valid still applied);
+//! - `POST /cache/purge` — forgets stored responses by key or key prefix, in one route's
+//!   cache or every route's (`{"route": ..., "key": ...}` or `"prefix"`), answering how many.
 //!
 //! Every request passes `guard::check` first: the bearer token, the `Host` check against
 //! DNS rebinding and the `Origin` check against cross-site requests (`guard.rs` says which
@@ -28,7 +30,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use serde_json::{Value, json};
@@ -76,12 +78,12 @@ impl Service<Request<Incoming>> for AdminService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(&request).await) })
+        Box::pin(async move { Ok(this.handle(request).await) })
     }
 }
 
 impl AdminService {
-    async fn handle(&self, request: &Request<Incoming>) -> AdminResponse {
+    async fn handle(&self, request: Request<Incoming>) -> AdminResponse {
         // The admin's settings cannot change while it runs (a reload that changes them is
         // refused), so the current generation's are the ones it was started with.
         let Some(admin) = self.generation.load().config.admin.clone() else {
@@ -90,7 +92,7 @@ impl AdminService {
                 "the admin is not configured\n",
             );
         };
-        if let Err(refusal) = guard::check(&admin, request) {
+        if let Err(refusal) = guard::check(&admin, &request) {
             return refused(refusal);
         }
         let method = request.method();
@@ -104,14 +106,15 @@ impl AdminService {
             ("/metrics", true) => self.metrics(),
             ("/errors", true) => json(&recent_errors()),
             ("/reload", _) if method == Method::POST => self.force_reload().await,
+            ("/cache/purge", _) if method == Method::POST => self.purge(request).await,
             (
                 "/" | "/healthz" | "/config" | "/plugins" | "/clusters" | "/metrics" | "/errors"
-                | "/reload",
+                | "/reload" | "/cache/purge",
                 _,
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try / (the dashboard), /healthz, /config, /clusters, /plugins, /metrics, /errors or POST /reload\n",
+                "not found; try / (the dashboard), /healthz, /config, /clusters, /plugins, /metrics, /errors, POST /reload or POST /cache/purge\n",
             ),
         }
     }
@@ -145,6 +148,77 @@ impl AdminService {
                 &format!("cannot render config: {e}\n"),
             ),
         }
+    }
+
+    /// `POST /cache/purge` with `{"route": NAME, "key": KEY}` or `{"prefix": PREFIX}`: forgets
+    /// stored responses (every variant of a key) in one route's cache, or in every route's
+    /// without `route`; answers how many keys went.
+    async fn purge(&self, request: Request<Incoming>) -> AdminResponse {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Purge {
+            route: Option<String>,
+            key: Option<String>,
+            prefix: Option<String>,
+        }
+        let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}\n"),
+                );
+            }
+        };
+        let purge: Purge = match serde_json::from_slice(&body) {
+            Ok(purge) => purge,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "expected {{\"route\": ..., \"key\": ...}} or {{\"route\": ..., \"prefix\": ...}}: {e}\n"
+                    ),
+                );
+            }
+        };
+        let generation = self.generation.load();
+        let caches: Vec<_> = generation
+            .config
+            .routes
+            .iter()
+            .zip(&generation.routes)
+            .filter(|(config, _)| purge.route.as_ref().is_none_or(|r| *r == config.name))
+            .filter_map(|(_, route)| route.cache.as_ref())
+            .collect();
+        if let Some(route) = &purge.route
+            && caches.is_empty()
+        {
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!("no route {route:?} with a cache\n"),
+            );
+        }
+        let purged: usize = match (&purge.key, &purge.prefix) {
+            (Some(key), None) => caches.iter().filter(|c| c.remove(key)).count(),
+            (None, Some(prefix)) => caches.iter().map(|c| c.remove_prefix(prefix)).sum(),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "give exactly one of key and prefix\n",
+                );
+            }
+        };
+        tracing::info!(
+            route = purge.route,
+            key = purge.key,
+            prefix = purge.prefix,
+            purged,
+            "cache purged"
+        );
+        json(&json!({ "purged": purged }))
     }
 
     async fn force_reload(&self) -> AdminResponse {

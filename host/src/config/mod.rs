@@ -5,6 +5,7 @@
 //! A running proxy therefore never holds a half-applied configuration.
 
 mod admin;
+mod cache;
 mod compression;
 pub(crate) mod kv;
 mod model;
@@ -16,6 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use admin::{AdminAuth, AdminToken, TokenSource};
+pub use cache::Cache;
 pub use compression::{Algorithm, Compression};
 pub use kv::{KvBackendKind, KvConfig, RedisKvConfig};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};

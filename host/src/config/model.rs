@@ -343,6 +343,17 @@ pub(crate) struct RawRoute {
     pub(crate) access_log: Option<bool>,
     pub(crate) request_body_bytes: Option<Spanned<u64>>,
     pub(crate) compression: Option<Spanned<RawCompression>>,
+    pub(crate) cache: Option<Spanned<RawCache>>,
+}
+
+/// `cache = { max_bytes = 67108864, max_object_bytes = 1048576, lock_timeout = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub(crate) max_bytes: Option<Spanned<u64>>,
+    pub(crate) max_object_bytes: Option<Spanned<u64>>,
+    #[serde(default, with = "duration")]
+    pub(crate) lock_timeout: Option<Duration>,
 }
 
 /// `compression = { algorithms = ["zstd", "br", "gzip"], min_bytes = 1024, types = [...] }`.

@@ -501,6 +501,8 @@ pub struct RouteConfig {
     pub request_body_bytes: Option<u64>,
     /// How its responses are compressed, if they are.
     pub compression: Option<Compression>,
+    /// How its upstream's responses are stored and reused, if they are.
+    pub cache: Option<super::cache::Cache>,
 }
 
 /// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
@@ -1606,6 +1608,10 @@ fn route(
             .compression
             .as_ref()
             .map(|c| super::compression::compression(check, name, c)),
+        cache: raw
+            .cache
+            .as_ref()
+            .map(|c| super::cache::cache(check, name, c)),
     })
 }
 
@@ -1818,7 +1824,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`, `compression`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`, `compression`, `cache`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",

@@ -198,7 +198,7 @@ pub(super) async fn on_response(
         return Ok(Response::from_parts(parts, body));
     }
     let bytes = match body::buffer(body, limit).await {
-        Ok(Buffered::Whole(bytes)) => bytes,
+        Ok(Buffered::Whole { bytes, .. }) => bytes,
         Ok(Buffered::TooLarge(body)) => {
             tracing::warn!(
                 request_id = request.request_id(),

@@ -30,6 +30,7 @@
 //! once more.
 
 mod attempts;
+mod caching;
 mod client_body;
 mod downstream;
 mod filters;
@@ -330,37 +331,84 @@ async fn proxy<B: DownstreamBody>(
     if let Some(upgrade) = &upgrade {
         upgrade::restore(&mut parts.headers, upgrade);
     }
-    let mut response = match &route.target {
-        Target::Cluster(cluster) => {
-            // The exchange's future is awaited here, not inside a helper's: each level of
-            // async nesting moves the whole nested future once more (a memcpy per request).
-            let trace = ctx.trace.clone();
-            let exchange = exchange(
-                generation,
-                *cluster,
-                parts,
-                body,
-                &request_id,
-                ctx,
-                trace.as_ref(),
-            );
-            let sent = ctx.observing.then(quanta::Instant::now);
-            let answer = attempts::send(exchange, &mut ctx.upstream).await;
-            if let Some(sent) = sent {
-                let took = sent.elapsed();
-                ctx.upstream_duration = Some(took);
-                let metrics = &generation.clusters[*cluster].metrics;
-                metrics.upstream_duration.observe(took.as_secs_f64());
+    // The route's cache, after the filters (a hit never skips an auth plugin): an answer from
+    // the store, or what the upstream's answer does to it.
+    let (mut stored, mut fill) = (None, None);
+    if let Some(cache) = &route.cache
+        && upgrade.is_none()
+    {
+        let scheme = if ctx.client.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        match caching::before(cache, &mut parts, scheme, host.as_ref()).await {
+            caching::Before::Answer(answer) => stored = Some(answer),
+            caching::Before::AnswerAndRevalidate(answer, revalidation) => {
+                if let Target::Cluster(cluster) = route.target {
+                    let id = request_id.clone();
+                    caching::revalidate_behind(
+                        generation.clone(),
+                        cluster,
+                        &parts,
+                        id,
+                        revalidation,
+                    );
+                }
+                stored = Some(answer);
             }
-            upstream_response(answer?)
+            caching::Before::Forward(filling) => fill = Some(filling),
         }
-        Target::Handler(handler) => {
-            let handler = handler.as_ref().map_err(|why| {
-                ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
-            })?;
-            call_handler(generation, handler, parts, body, &request_id).await?
+    }
+    let mut sticky = None;
+    let mut response = match stored {
+        Some(answer) => answer,
+        None => {
+            let answer = match &route.target {
+                Target::Cluster(cluster) => {
+                    // The exchange's future is awaited here, not inside a helper's: each level
+                    // of async nesting moves the whole nested future once more (a memcpy per
+                    // request).
+                    let trace = ctx.trace.clone();
+                    let exchange = exchange(
+                        generation,
+                        *cluster,
+                        parts,
+                        body,
+                        &request_id,
+                        ctx,
+                        trace.as_ref(),
+                    );
+                    let sent = ctx.observing.then(quanta::Instant::now);
+                    let answer = attempts::send(exchange, &mut ctx.upstream).await;
+                    if let Some(sent) = sent {
+                        let took = sent.elapsed();
+                        ctx.upstream_duration = Some(took);
+                        let metrics = &generation.clusters[*cluster].metrics;
+                        metrics.upstream_duration.observe(took.as_secs_f64());
+                    }
+                    answer.map(|answer| {
+                        sticky = answer.set_cookie;
+                        answer.response.map(ProxyBody::Upstream)
+                    })
+                }
+                Target::Handler(handler) => {
+                    let handler = handler.as_ref().map_err(|why| {
+                        ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
+                    })?;
+                    call_handler(generation, handler, parts, body, &request_id).await
+                }
+            };
+            match fill {
+                Some(fill) => fill.after(answer).await?,
+                None => answer?,
+            }
         }
     };
+    // The sticky cookie is this client's, never stored.
+    if let Some(cookie) = sticky {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     upgrade::check(&response, upgrade.as_ref())?;
     match upgrade {
         None => downstream_response(&mut response, request_id),
@@ -545,16 +593,6 @@ fn guard_body(
         ctx.received.clone(),
         watch,
     ))))
-}
-
-/// The cluster's answer as the client's response (with a sticky cookie, when one is due).
-#[inline]
-fn upstream_response(answer: attempts::Answer) -> Response<ProxyBody> {
-    let mut response = answer.response.map(ProxyBody::Upstream);
-    if let Some(cookie) = answer.set_cookie {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
 }
 
 /// A handler plugin's answer; its sub-requests go to the generation's clusters.
