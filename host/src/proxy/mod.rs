@@ -8,16 +8,19 @@
 //! 2. `route`: normalise the host, match host, path and method to a route (its chain and
 //!    its target);
 //! 3. `filters::on_request`: the route's chain may change the request or answer it (then
-//!    its reply goes back through the plugins before it, and phases 4–6 are skipped);
+//!    its reply goes back through the plugins before it, and phases 4–7 are skipped);
 //! 4. `upstream_request`: hop-by-hop headers out (but an upgrade's, and gRPC's
 //!    `te: trailers`), forwarding headers in;
-//! 5. the target: a cluster (`attempts`: circuit breaker, endpoint choice, send, retries)
+//! 5. on a route with a cache (`caching`): an answer from the store, which skips phase 6,
+//!    or what the target's answer does to the store;
+//! 6. the target: a cluster (`attempts`: circuit breaker, endpoint choice, send, retries)
 //!    or a handler plugin (its sub-requests go to clusters through `outbound`);
-//! 6. `downstream_response`: hop-by-hop headers out of the response, the request id in;
-//! 7. an upgrade's `101 Switching Protocols` becomes a tunnel (`upgrade`), which starts once
+//! 7. `downstream_response`: hop-by-hop headers out of the response, the request id in;
+//! 8. an upgrade's `101 Switching Protocols` becomes a tunnel (`upgrade`), which starts once
 //!    the client has it; a `101` nobody asked for is an error;
-//! 8. `filters::on_response`: the chain's response hooks in reverse order (with the
+//! 9. `filters::on_response`: the chain's response hooks in reverse order (with the
 //!    response header changes plugins left in phase 3, each at its plugin's place).
+//! 10. on a route with `compression`, the response compressed as it streams (`Compressing`).
 //!
 //! The service is generic over the client's request body ([`DownstreamBody`]) and reaches
 //! endpoints only through the generation's clusters and their connector, so tests drive it

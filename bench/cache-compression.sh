@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Response compression: weir's `compression` vs nginx's `gzip on`, the same 64 KiB JSON body
-# from an nginx origin, rounds interleaved (issue 24's benchmark). Each proxy runs one worker
-# pinned to CPU 0 with upstream keep-alive; the origin and wrk (-t1 -c$CONNS, `Accept-Encoding`
-# as the target asks) share CPU 1. Per target: requests/s, p50, p99, the proxy's CPU µs per
-# request and the bytes of one response as sent:
+# Response caching and compression (issue 24's benchmark), one run, rounds interleaved:
+# a cache hit of a 1 KiB JSON body, weir's route `cache` vs nginx's `proxy_cache`; and the
+# compression of a 64 KiB JSON body, weir's `compression` vs nginx's `gzip on`. An nginx
+# origin serves both (`Cache-Control: max-age=3600`). Each proxy runs one worker pinned to
+# CPU 0 with upstream keep-alive; the origin and wrk (-t1 -c$CONNS, `Accept-Encoding` as the
+# target asks) share CPU 1. Per target: requests/s, p50, p99, the proxy's CPU µs per request
+# and the bytes of one response as sent:
+#   nginx-cache — nginx, proxy_cache (keys_zone in memory, the body in a file on $TMPDIR, read
+#                 through the page cache), proxy_cache_valid unset (the origin's max-age rules);
+#   weir-cache  — weir, cache = {} (in memory);
 #   nginx-gzip — nginx, gzip on, gzip_comp_level 5 (weir's gzip level), gzip_types application/json;
 #   weir-gzip  — weir, compression = { algorithms = ["gzip"] };
 #   weir-br    — weir, compression = { algorithms = ["br"] } (level 4);
 #   weir-zstd  — weir, compression = { algorithms = ["zstd"] } (level 3);
 #   weir-plain — weir without compression (what compressing adds).
 # Needs a release weir (WEIR=target/release/weir), nginx, wrk, curl.
-# Usage: bench/compression.sh  (env: DURATION=10s ROUNDS=3 CONNS=32)
+# Usage: bench/cache-compression.sh  (env: DURATION=10s ROUNDS=3 CONNS=32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -28,13 +33,14 @@ trap cleanup EXIT
 mkdir -p "$tmp/www"
 python3 -c 'import json; print(json.dumps([{"id": i, "name": "item %d" % i, "tags": ["a", "b"], "ok": i % 3 == 0} for i in range(1300)]))' \
   | head -c 65536 > "$tmp/www/big.json"
-chmod 755 "$tmp" "$tmp/www" && chmod 644 "$tmp/www/big.json"
+head -c 1024 "$tmp/www/big.json" > "$tmp/www/small.json"
+chmod 755 "$tmp" "$tmp/www" && chmod 644 "$tmp/www/big.json" "$tmp/www/small.json"
 cat > "$tmp/origin.conf" <<CONF
 worker_processes 1; daemon off; pid $tmp/origin.pid; error_log stderr warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000; sendfile on;
   types { application/json json; }
-  server { listen 127.0.0.1:$ORIGIN; root $tmp/www; } }
+  server { listen 127.0.0.1:$ORIGIN; root $tmp/www; add_header Cache-Control "max-age=3600"; } }
 CONF
 cat > "$tmp/nginx.conf" <<CONF
 master_process off; worker_processes 1; daemon off; pid $tmp/nginx.pid; error_log stderr warn;
@@ -42,14 +48,16 @@ events { worker_connections 4096; }
 http {
   access_log off; keepalive_requests 1000000;
   gzip on; gzip_comp_level 5; gzip_types application/json; gzip_min_length 1024; gzip_proxied any;
+  proxy_cache_path $tmp/nginx-cache levels=1:2 keys_zone=responses:10m max_size=64m;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
   server { listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache responses; } }
 }
 CONF
 taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
 
-# weir.toml for algorithm $1 ("" for none).
+# weir.toml with the route's line $1 ("" for none).
 weir_conf() {
   cat > "$tmp/weir.toml" <<CONF
 [[listeners]]
@@ -64,27 +72,35 @@ name = "content"
 cluster = "origin"
 plugins = []
 CONF
-  [ -n "$1" ] && printf 'compression = { algorithms = ["%s"] }\n' "$1" >> "$tmp/weir.toml"
+  [ -n "$1" ] && printf '%s\n' "$1" >> "$tmp/weir.toml"
   return 0
 }
 
+TARGETS="nginx-cache weir-cache nginx-gzip weir-gzip weir-br weir-zstd weir-plain"
 printf '%-11s %10s %9s %9s %13s %13s\n' target "req/s" p50 p99 "CPU µs/req" "bytes/resp"
 declare -A rps p50 p99 cpu size
 for round in $(seq "$ROUNDS"); do
-  for target in nginx-gzip weir-gzip weir-br weir-zstd weir-plain; do
+  for target in $TARGETS; do
+    path=/big.json accept=identity
     case "$target" in
-      nginx-gzip) taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pid=$!; port=$NGINX; coding=gzip ;;
-      *) coding=${target#weir-}; [ "$coding" = plain ] && coding=""
-         weir_conf "$coding"
-         RUST_LOG=error taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pid=$!; port=$PORT ;;
+      nginx-cache) rm -rf "$tmp/nginx-cache"; path=/small.json ;;
+      nginx-gzip) accept=gzip ;;
+      weir-cache) weir_conf 'cache = {}'; path=/small.json ;;
+      weir-plain) weir_conf ""; accept=gzip ;;
+      weir-*) accept=${target#weir-}
+              weir_conf "compression = { algorithms = [\"$accept\"] }" ;;
+    esac
+    case "$target" in
+      nginx-*) taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pid=$!; port=$NGINX ;;
+      *) RUST_LOG=error taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pid=$!; port=$PORT ;;
     esac
     pids+=($pid)
-    for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$port/big.json" && break; sleep 0.1; done
-    accept=${coding:-gzip}
-    bytes=$(curl -s -H "accept-encoding: $accept" -o /dev/null -w '%{size_download}' "http://127.0.0.1:$port/big.json")
-    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "accept-encoding: $accept" "http://127.0.0.1:$port/big.json" >/dev/null
+    url="http://127.0.0.1:$port$path"
+    for _ in $(seq 300); do curl -sf -o /dev/null "$url" && break; sleep 0.1; done
+    bytes=$(curl -s -H "accept-encoding: $accept" -o /dev/null -w '%{size_download}' "$url")
+    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -H "accept-encoding: $accept" "$url" >/dev/null
     before=$(cpu_ticks "$pid")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H "accept-encoding: $accept" "http://127.0.0.1:$port/big.json")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H "accept-encoding: $accept" "$url")
     after=$(cpu_ticks "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     n=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -96,7 +112,7 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-for target in nginx-gzip weir-gzip weir-br weir-zstd weir-plain; do
+for target in $TARGETS; do
   printf '%-11s %10s %9s %9s %13s %13s\n' "$target" \
     "$(echo "${rps[$target]}" | median)" "$(echo "${p50[$target]}" | median)" \
     "$(echo "${p99[$target]}" | median)" "$(echo "${cpu[$target]}" | median)" "${size[$target]}"
