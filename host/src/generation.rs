@@ -198,9 +198,10 @@ impl Generation {
     }
 }
 
-/// A route's cache: the previous generation's, when the route kept its name, its target and
-/// its cache settings (what it stored still answers the same requests the same way), else a
-/// new, empty one.
+/// A route's cache: the previous generation's, when the route kept its name, its cache
+/// settings and the name of what answers it (a cluster whose endpoints or timeouts changed
+/// still serves the same resources, as nginx's cache outlives its reloads), else a new,
+/// empty one.
 fn route_cache(
     route: &RouteConfig,
     config: &Config,
@@ -208,8 +209,8 @@ fn route_cache(
 ) -> Option<Arc<RouteCache>> {
     let settings = route.cache.as_ref()?;
     let target = |route: &RouteConfig, config: &Config| match &route.target {
-        RouteTarget::Cluster(c) => Some(config.clusters[c.index].clone()),
-        RouteTarget::Handler(_) => None,
+        RouteTarget::Cluster(c) => config.clusters[c.index].name.clone(),
+        RouteTarget::Handler(name) => format!("handler {name}"),
     };
     let kept = previous.and_then(|p| {
         let (index, old) = p
@@ -218,10 +219,8 @@ fn route_cache(
             .iter()
             .enumerate()
             .find(|(_, old)| old.name == route.name)?;
-        let same = old.cache.as_ref() == Some(settings)
-            && old.host == route.host
-            && old.target.handler() == route.target.handler()
-            && target(old, &p.config) == target(route, config);
+        let same =
+            old.cache.as_ref() == Some(settings) && target(old, &p.config) == target(route, config);
         same.then(|| p.routes[index].cache.clone()).flatten()
     });
     Some(kept.unwrap_or_else(|| {

@@ -7,6 +7,7 @@
 mod admin;
 mod balancing;
 mod bundled;
+mod cache;
 mod cli;
 mod codings;
 mod dashboard;

@@ -90,8 +90,6 @@ pub(super) struct Fill {
     stale: Option<Arc<Stored>>,
     /// The answer may be stored.
     may_store: bool,
-    /// Another request's fetch was waited for.
-    collapsed: bool,
     /// Held while this request fetches the key; others wait for it.
     _turn: Option<FetchGuard>,
     /// When the request went upstream.
@@ -139,7 +137,6 @@ pub(super) async fn before(
         conditions: Conditions::default(),
         stale: None,
         may_store,
-        collapsed: false,
         _turn: None,
         sent: SystemTime::now(),
     };
@@ -158,7 +155,9 @@ pub(super) async fn before(
     let key = key(parts, scheme, host);
     let asked = Directives::of(&parts.headers);
     let head = parts.method == Method::HEAD;
-    let mut collapsed = false;
+    // Why this request first missed, once it waits for another's fetch: a waiter answered
+    // from that fetch reports the miss, `collapsed` (RFC 9211 §2.6).
+    let mut waited: Option<Forwarded> = None;
     loop {
         let now = Instant::now();
         let (forwarded, stale) = match cache.find(&key, &parts.headers) {
@@ -168,13 +167,19 @@ pub(super) async fn before(
                     .max_age
                     .is_none_or(|limit| stored.age(now).as_secs() <= limit);
                 if fresh && young_enough && !asked.no_cache {
-                    cache.count(if collapsed {
-                        CacheLookup::Collapsed
-                    } else {
-                        CacheLookup::Hit
-                    });
-                    let mut status = CacheStatus::hit(stored.ttl(now));
-                    status.collapsed = collapsed;
+                    let status = match waited {
+                        Some(missed) => {
+                            cache.count(CacheLookup::Collapsed);
+                            let mut status = CacheStatus::forwarded(missed);
+                            status.forward_status = Some(stored.status.as_u16());
+                            status.collapsed = true;
+                            status
+                        }
+                        None => {
+                            cache.count(CacheLookup::Hit);
+                            CacheStatus::hit(stored.ttl(now))
+                        }
+                    };
                     let conditions = Conditions::take(&mut parts.headers);
                     return Before::Answer(serve(&stored, now, head, &conditions, &status));
                 }
@@ -217,11 +222,11 @@ pub(super) async fn before(
         let turn = match cache.turn(&key) {
             // After one wait, the key's fetch did not give this request its answer (another
             // variant, not storable, or the wait timed out): it goes upstream itself.
-            Turn::Wait(_) if collapsed => None,
+            Turn::Wait(_) if waited.is_some() => None,
             Turn::Wait(mut fetched) => {
                 let timeout = cache.config().lock_timeout;
                 let _ = tokio::time::timeout(timeout, fetched.changed()).await;
-                collapsed = true;
+                waited = Some(forwarded);
                 continue;
             }
             Turn::Fetch(turn) => Some(turn),
@@ -230,7 +235,6 @@ pub(super) async fn before(
         cache.count(CacheLookup::Miss);
         let mut fill = fill(cache, key, forwarded, parts, stale);
         fill._turn = turn;
-        fill.collapsed = collapsed;
         fill.may_store = !asked.no_store;
         return Before::Forward(fill);
     }
@@ -271,7 +275,6 @@ fn fill(
         conditions,
         stale,
         may_store: true,
-        collapsed: false,
         _turn: None,
         sent: SystemTime::now(),
     }
@@ -370,7 +373,6 @@ impl Fill {
         let mut status = CacheStatus::forwarded(self.forwarded);
         status.forward_status = Some(stored.status.as_u16());
         status.stored = true;
-        status.collapsed = self.collapsed;
         let answer = serve(&stored, now, self.head, &self.conditions, &status);
         self.cache.insert(&self.key, stored);
         Ok(answer)
@@ -436,7 +438,6 @@ impl Fill {
         self.cache.pass(&self.key);
         let mut status = CacheStatus::forwarded(self.forwarded);
         status.forward_status = Some(response.status().as_u16());
-        status.collapsed = self.collapsed;
         if response.status() == StatusCode::OK && self.conditions.not_modified(response.headers()) {
             let headers = policy::not_modified_headers(response.headers());
             response = Response::new(body::full(Bytes::new()));
