@@ -1,8 +1,9 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
-//! `tests/plugins/v0_3_3`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and
-//! tells the tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to
-//! `TEST_PLUGIN_V0_3_3_WASM`, `BUNDLED_PLUGINS_DIR`). Fails the build, with
-//! the fix, if the target is missing.
+//! `tests/plugins/v0_3_4`, `hostile_outbound` and the SDK-based `cache_key`) and the bundled
+//! plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
+//! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_4_WASM`,
+//! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`, `BUNDLED_PLUGINS_DIR`).
+//! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,13 +17,21 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
-    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3"] {
+    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3", "0.3.4"] {
         println!(
             "cargo:rerun-if-changed={}",
             here.join("../wit").join(frozen).display()
         );
     }
-    for guest in ["v0_3_0", "v0_3_1", "v0_3_2", "v0_3_3", "hostile_outbound"] {
+    for guest in [
+        "v0_3_0",
+        "v0_3_1",
+        "v0_3_2",
+        "v0_3_3",
+        "v0_3_4",
+        "hostile_outbound",
+        "cache_key",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
@@ -53,7 +62,8 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.3 contracts.
+    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.4 contracts,
+    // and those built on the Rust SDK (`cache_key`).
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -67,10 +77,12 @@ fn main() {
         ("TEST_PLUGIN_V0_3_1_WASM", "weir_test_plugin_v0_3_1"),
         ("TEST_PLUGIN_V0_3_2_WASM", "weir_test_plugin_v0_3_2"),
         ("TEST_PLUGIN_V0_3_3_WASM", "weir_test_plugin_v0_3_3"),
+        ("TEST_PLUGIN_V0_3_4_WASM", "weir_test_plugin_v0_3_4"),
         (
             "TEST_PLUGIN_HOSTILE_OUTBOUND_WASM",
             "weir_test_plugin_hostile_outbound",
         ),
+        ("TEST_PLUGIN_CACHE_KEY_WASM", "weir_test_plugin_cache_key"),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -11,6 +11,7 @@ use crate::bindings::weir::plugin::types::{
     BodyAction, BodyHookSet, HeaderOp, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
 };
+use crate::http::{CacheKeyChanges, Left};
 use crate::{Action, Body, Filter, Request, Response};
 
 thread_local! {
@@ -59,7 +60,11 @@ impl<F: Filter> Guest for Adapter<F> {
     fn on_request(head: RequestHead) -> RequestAction {
         let (action, left) = Self::with(|filter| on_request(filter, Request::new(head)));
         // weir calls `on-request-lazy`; this form has no handle to leave changes on.
-        dropped_response_changes(&left, "on-request (whole head)");
+        dropped(
+            &left.response_ops,
+            &left.cache_key,
+            "on-request (whole head)",
+        );
         action
     }
 
@@ -70,8 +75,16 @@ impl<F: Filter> Guest for Adapter<F> {
 
     fn on_request_lazy(request: &HostRequest) -> RequestAction {
         let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
-        if !left.is_empty() {
-            request.add_response_header_ops(&left);
+        if !left.response_ops.is_empty() {
+            request.add_response_header_ops(&left.response_ops);
+        }
+        // A key or part weir refuses (too long, a control character, a 17th part) traps
+        // here, failing the call, as weir's contract says.
+        if let Some(key) = &left.cache_key.replaced {
+            request.set_cache_key(key);
+        }
+        for part in &left.cache_key.added {
+            request.add_cache_key(part);
         }
         action
     }
@@ -113,30 +126,35 @@ pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
 }
 
 /// `on-request` (either form): the request in, the changes or a local response out, and
-/// the header changes the filter left for the response (none if it answered itself).
-pub(crate) fn on_request<F: Filter>(
-    filter: &F,
-    mut request: Request<'_>,
-) -> (RequestAction, Vec<HeaderOp>) {
+/// what the filter left through the request's handle: header changes for the response and
+/// cache key changes (nothing if it answered itself: no response phase reaches it, and
+/// no cache is looked up).
+pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> (RequestAction, Left) {
     match filter.on_request(&mut request) {
         Action::Continue => {
             let (changes, left) = request.into_changes();
             (RequestAction::Continue(changes), left)
         }
-        Action::Respond(reply) => (RequestAction::Respond(reply.into_local()), Vec::new()),
+        Action::Respond(reply) => (RequestAction::Respond(reply.into_local()), Left::default()),
     }
 }
 
-/// Says in weir's log that response header changes made where they cannot be kept were
-/// dropped (rather than dropping them silently).
-fn dropped_response_changes(left: &[HeaderOp], hook: &str) {
-    if !left.is_empty() {
+/// Says in weir's log that response header changes or cache key changes made where they
+/// cannot be kept were dropped (rather than dropping them silently).
+fn dropped(response_ops: &[HeaderOp], cache_key: &CacheKeyChanges, hook: &str) {
+    if !response_ops.is_empty() {
         crate::log::log(
             crate::log::Level::Warn,
             &format!(
                 "{} response header change(s) made in {hook} dropped: only on_request can leave them",
-                left.len()
+                response_ops.len()
             ),
+        );
+    }
+    if !cache_key.is_empty() {
+        crate::log::log(
+            crate::log::Level::Warn,
+            &format!("cache key change(s) made in {hook} dropped: only on_request can make them"),
         );
     }
 }
@@ -162,7 +180,11 @@ pub(crate) fn on_request_body<F: Filter>(
     let mut request = Request::new(head);
     let mut body = Body::new(body);
     let action = filter.on_request_body(&mut request, &mut body);
-    dropped_response_changes(request.response_ops(), "on_request_body");
+    dropped(
+        request.response_ops(),
+        request.cache_key_changes(),
+        "on_request_body",
+    );
     match action {
         Action::Continue => BodyAction::Continue(body.into_changes(request.into_ops())),
         Action::Respond(reply) => BodyAction::Respond(reply.into_local()),

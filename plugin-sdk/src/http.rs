@@ -46,6 +46,33 @@ impl From<crate::bindings::weir::plugin::types::TlsInfo> for Tls {
     }
 }
 
+/// The changes a request hook made to the request's response cache key
+/// ([`Request::set_cache_key`], [`Request::add_cache_key`]; weir:plugin 0.3.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CacheKeyChanges {
+    /// The key instead of weir's, if set (the last one set wins).
+    pub(crate) replaced: Option<String>,
+    /// Parts added after it, in order.
+    pub(crate) added: Vec<String>,
+}
+
+impl CacheKeyChanges {
+    /// Whether the hook changed nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.replaced.is_none() && self.added.is_empty()
+    }
+}
+
+/// What a request hook leaves besides its changes to the request: header changes for the
+/// response and the response cache key, sent to weir through the request's handle.
+#[derive(Debug, Default)]
+pub(crate) struct Left {
+    /// Header changes for the response, in order.
+    pub(crate) response_ops: Vec<HeaderOp>,
+    /// Changes to the response cache key.
+    pub(crate) cache_key: CacheKeyChanges,
+}
+
 /// A request on its way upstream.
 ///
 /// weir passes it either whole (body hooks, tests) or as a handle read on demand (head hooks
@@ -66,6 +93,8 @@ pub struct Request<'a> {
     target_changed: bool,
     /// Header changes for the response, in order (see [`Request::set_response_header`]).
     response_ops: Vec<HeaderOp>,
+    /// Changes to the response cache key (see [`Request::set_cache_key`]).
+    cache_key: CacheKeyChanges,
 }
 
 impl Request<'static> {
@@ -84,6 +113,7 @@ impl Request<'static> {
             headers: Headers::whole(head.headers),
             target_changed: false,
             response_ops: Vec::new(),
+            cache_key: CacheKeyChanges::default(),
         }
     }
 }
@@ -104,6 +134,7 @@ impl<'a> Request<'a> {
             headers: Headers::lazy(host),
             target_changed: false,
             response_ops: Vec::new(),
+            cache_key: CacheKeyChanges::default(),
         }
     }
 
@@ -118,8 +149,9 @@ impl<'a> Request<'a> {
         self.headers.ops
     }
 
-    /// The changes to the request, and the header changes left for the response.
-    pub(crate) fn into_changes(self) -> (RequestChanges, Vec<HeaderOp>) {
+    /// The changes to the request, and what is left for weir through the request's handle:
+    /// header changes for the response and the cache key's changes.
+    pub(crate) fn into_changes(self) -> (RequestChanges, Left) {
         let path = self.target_changed.then(|| match self.query() {
             Some(q) => format!("{}?{q}", self.path()),
             None => self.path().to_owned(),
@@ -128,12 +160,21 @@ impl<'a> Request<'a> {
             headers: self.headers.ops,
             path,
         };
-        (changes, self.response_ops)
+        let left = Left {
+            response_ops: self.response_ops,
+            cache_key: self.cache_key,
+        };
+        (changes, left)
     }
 
     /// The header changes left for the response, if any.
     pub(crate) fn response_ops(&self) -> &[HeaderOp] {
         &self.response_ops
+    }
+
+    /// The changes made to the response cache key.
+    pub(crate) fn cache_key_changes(&self) -> &CacheKeyChanges {
+        &self.cache_key
     }
 
     /// A field of the request: known already, or read from weir now and kept.
@@ -255,6 +296,61 @@ impl<'a> Request<'a> {
     /// is.
     pub fn remove_response_header(&mut self, name: &str) {
         self.response_ops.push(remove_op(name));
+    }
+
+    /// Stores and looks up the response to this request under `key` in the route's response
+    /// cache, instead of weir's own key, `scheme://host/path?query` (the path and query as
+    /// the filters left them): for example the URL without a tracking query parameter, so
+    /// requests that differ only in it share one stored response. Parts added with
+    /// [`Request::add_cache_key`] still follow it; a later call, in this filter or a later
+    /// one, replaces it.
+    ///
+    /// It matters only on a route with `cache`, and only in `on_request` (made in
+    /// `on_request_body` it is dropped, with a warning in weir's log); weir takes it when the
+    /// hook returns, unless the filter answers the request itself. At most 1,024 bytes and
+    /// no control characters (CR, LF, NUL, ...): weir fails the call otherwise (500, or the
+    /// plugin skipped if it is `fail_open`), and the cache key changes of a failed call are
+    /// dropped. Needs weir with `weir:plugin` 0.3.5.
+    ///
+    /// ```
+    /// # use weir_plugin::{Action, Request};
+    /// fn on_request(request: &mut Request) -> Action {
+    ///     // One stored copy whatever the campaign parameter says.
+    ///     if let Some(query) = request.query().filter(|q| q.contains("utm_source=")) {
+    ///         let kept: Vec<&str> =
+    ///             query.split('&').filter(|p| !p.starts_with("utm_source=")).collect();
+    ///         let host = request.authority().unwrap_or_default();
+    ///         let mut key = format!("https://{host}{}", request.path());
+    ///         if !kept.is_empty() {
+    ///             key = format!("{key}?{}", kept.join("&"));
+    ///         }
+    ///         request.set_cache_key(&key);
+    ///     }
+    ///     Action::Continue
+    /// }
+    /// ```
+    pub fn set_cache_key(&mut self, key: &str) {
+        self.cache_key.replaced = Some(key.to_owned());
+    }
+
+    /// Adds `part` to the response cache key of this request, after a space: for example a
+    /// tenant id, so that one URL is stored once per tenant. Parts follow the key (weir's,
+    /// or the one set with [`Request::set_cache_key`]) in the order they are added, the
+    /// filters' in chain order. As [`Request::set_cache_key`]: only on a route with `cache`
+    /// and only in `on_request`; at most 1,024 bytes without control characters, and at
+    /// most 16 parts per request from every filter together, or weir fails the call.
+    ///
+    /// ```
+    /// # use weir_plugin::{Action, Request};
+    /// fn on_request(request: &mut Request) -> Action {
+    ///     if let Some(tenant) = request.header("x-tenant").map(str::to_owned) {
+    ///         request.add_cache_key(&tenant);
+    ///     }
+    ///     Action::Continue
+    /// }
+    /// ```
+    pub fn add_cache_key(&mut self, part: &str) {
+        self.cache_key.added.push(part.to_owned());
     }
 
     /// Sends the request upstream with this path (keeping the query). It must start with

@@ -32,6 +32,8 @@ pub(crate) struct MockHost {
     pub(crate) outbound_stubs: Vec<outbound::Stub>,
     /// The `outbound` calls made, in order.
     pub(crate) outbound_calls: Vec<crate::outbound::Call>,
+    /// The response cache key changes of the last request hook (`testing::cache_key`).
+    pub(crate) cache_key: crate::http::CacheKeyChanges,
 }
 
 impl Default for MockHost {
@@ -48,6 +50,7 @@ impl Default for MockHost {
             kv_down: None,
             outbound_stubs: Vec::new(),
             outbound_calls: Vec::new(),
+            cache_key: crate::http::CacheKeyChanges::default(),
         }
     }
 }
@@ -249,6 +252,48 @@ pub(crate) mod outbound {
                 )))
             })
         })
+    }
+}
+
+/// weir's rules for `request.set-cache-key` and `request.add-cache-key`
+/// (`host/src/plugin/view.rs`), so a filter that passes its unit tests gives keys weir takes.
+pub(crate) mod cache_key {
+    use super::with;
+    use crate::http::CacheKeyChanges;
+
+    const MAX_BYTES: usize = 1024;
+    const MAX_PARTS: usize = 16;
+
+    fn check(call: &str, what: &str, text: &str) -> Result<(), String> {
+        if text.len() > MAX_BYTES {
+            return Err(format!(
+                "{call}: the {what} is {} bytes (at most {MAX_BYTES})",
+                text.len()
+            ));
+        }
+        if let Some(at) = text.find(char::is_control) {
+            return Err(format!(
+                "{call}: the {what} has a control character at byte {at}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a request hook's cache key changes, or says why weir would fail the call.
+    pub(crate) fn record(changes: CacheKeyChanges) -> Result<(), String> {
+        if let Some(key) = &changes.replaced {
+            check("set-cache-key", "key", key)?;
+        }
+        for part in &changes.added {
+            check("add-cache-key", "part", part)?;
+        }
+        if changes.added.len() > MAX_PARTS {
+            return Err(format!(
+                "add-cache-key: the request's cache key has {MAX_PARTS} parts already (at most {MAX_PARTS})"
+            ));
+        }
+        with(|host| host.cache_key = changes);
+        Ok(())
     }
 }
 

@@ -63,18 +63,30 @@ impl<F: Filter> Harness<F> {
 
     /// Runs `on_request`, as weir would for `request`. The forwarded request carries the
     /// header changes the filter left for the response (`response_changes`), which
-    /// [`Harness::response`] applies.
+    /// [`Harness::response`] applies; what it made of the response cache key is
+    /// [`cache_key`] until the next request.
+    ///
+    /// Panics, saying why, if the filter gave a cache key weir refuses (over 1,024 bytes, a
+    /// control character, more than 16 parts): weir fails such a call (500, or the plugin
+    /// skipped if it is `fail_open`).
+    #[track_caller]
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
         let head = request.head();
         let view = Request::new(head).with_tls(request.tls.as_deref().cloned());
+        mock::with(|host| host.cache_key = Default::default());
         let (action, left) = adapter::on_request(&self.filter, view);
         match action {
             RequestAction::Continue(changes) => {
+                if let Err(why) = mock::cache_key::record(left.cache_key) {
+                    panic!(
+                        "weir would fail this call (500, or the plugin skipped if it is fail_open): {why}"
+                    );
+                }
                 let mut forwarded = request;
                 apply(&mut forwarded.headers, changes.headers);
                 forwarded
                     .response_changes
-                    .extend(left.into_iter().map(HeaderChange::from));
+                    .extend(left.response_ops.into_iter().map(HeaderChange::from));
                 if let Some(target) = changes.path {
                     let (path, query) = match target.split_once('?') {
                         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -524,6 +536,54 @@ pub fn outbound_calls() -> Vec<crate::outbound::Call> {
     mock::with(|host| host.outbound_calls.clone())
 }
 
+/// What the filter made of the response cache key of the last request [`Harness::request`]
+/// ran on this thread ([`Request::set_cache_key`](crate::Request::set_cache_key),
+/// [`Request::add_cache_key`](crate::Request::add_cache_key)), as weir would keep it for
+/// the route's cache; empty if it changed nothing or answered the request itself.
+///
+/// ```
+/// # use weir_plugin::testing::{self, CacheKey};
+/// # fn check() {
+/// assert_eq!(
+///     testing::cache_key(),
+///     CacheKey { replaced: None, added: vec!["tenant-a".into()] }
+/// );
+/// assert_eq!(
+///     testing::cache_key().key("http://example.test/a"),
+///     "http://example.test/a tenant-a"
+/// );
+/// # }
+/// ```
+pub fn cache_key() -> CacheKey {
+    mock::with(|host| CacheKey {
+        replaced: host.cache_key.replaced.clone(),
+        added: host.cache_key.added.clone(),
+    })
+}
+
+/// A request's response cache key as a filter left it ([`cache_key`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheKey {
+    /// The key instead of weir's, if the filter set one.
+    pub replaced: Option<String>,
+    /// The parts added after the key, in order.
+    pub added: Vec<String>,
+}
+
+impl CacheKey {
+    /// The whole key the route's cache would use, given weir's own key for the request
+    /// (`scheme://host/path?query`): the key the filter set, or `own`, then each part after
+    /// a space.
+    pub fn key(&self, own: &str) -> String {
+        let mut key = self.replaced.as_deref().unwrap_or(own).to_owned();
+        for part in &self.added {
+            key.push(' ');
+            key.push_str(part);
+        }
+        key
+    }
+}
+
 /// Every line logged on this thread since the last reset.
 pub fn logs() -> Vec<(Level, String)> {
     mock::with(|host| host.logs.clone())
@@ -555,4 +615,120 @@ pub fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// `_overflow` series.
 pub fn metric_errors() -> usize {
     mock::with(|host| host.metric_errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Action, Body, Hooks, NoConfig};
+
+    /// Keys the cache per tenant, drops `utm` from the key, answers `/local` itself, and gives
+    /// a part weir refuses when asked to.
+    struct Keyed;
+
+    impl Filter for Keyed {
+        type Config = NoConfig;
+
+        fn new(_: NoConfig) -> Result<Keyed, String> {
+            Ok(Keyed)
+        }
+
+        fn hooks(&self) -> Hooks {
+            Hooks {
+                on_request_body: true,
+                ..Hooks::REQUEST
+            }
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            if let Some(tenant) = request.header("x-tenant").map(str::to_owned) {
+                request.add_cache_key(&tenant);
+            }
+            if request.query() == Some("utm=x") {
+                request.set_cache_key("first");
+                request.set_cache_key(&format!("http://example.test{}", request.path()));
+            }
+            if let Some(bad) = request.header("x-bad") {
+                let part = match bad {
+                    "long" => "p".repeat(1025),
+                    "newline" => "a\nb".to_owned(),
+                    _ => String::new(),
+                };
+                request.add_cache_key(&part);
+            }
+            if request.path() == "/local" {
+                return Reply::new(204).into();
+            }
+            Action::Continue
+        }
+
+        fn on_request_body(&self, request: &mut Request, _body: &mut Body) -> Action {
+            request.add_cache_key("too-late");
+            Action::Continue
+        }
+    }
+
+    fn keyed() -> Harness<Keyed> {
+        Harness::new("").expect("config")
+    }
+
+    #[test]
+    fn cache_key_changes_are_recorded_per_request() {
+        let filter = keyed();
+        let _ = filter
+            .request(TestRequest::get("/a?utm=x").header("x-tenant", "t1"))
+            .forwarded();
+        let key = cache_key();
+        assert_eq!(
+            key,
+            CacheKey {
+                replaced: Some("http://example.test/a".into()),
+                added: vec!["t1".into()],
+            }
+        );
+        assert_eq!(
+            key.key("http://example.test/a?utm=x"),
+            "http://example.test/a t1"
+        );
+
+        // The next request starts from nothing.
+        let _ = filter.request(TestRequest::get("/b")).forwarded();
+        assert_eq!(cache_key(), CacheKey::default());
+        assert_eq!(
+            cache_key().key("http://example.test/b"),
+            "http://example.test/b"
+        );
+
+        // A filter that answers leaves no key: no cache is looked up.
+        let _ = filter
+            .request(TestRequest::get("/local").header("x-tenant", "t1"))
+            .reply();
+        assert_eq!(cache_key(), CacheKey::default());
+    }
+
+    #[test]
+    #[should_panic(expected = "add-cache-key: the part is 1025 bytes (at most 1024)")]
+    fn a_part_weir_refuses_fails_the_call() {
+        let _ = keyed().request(TestRequest::get("/").header("x-bad", "long"));
+    }
+
+    #[test]
+    #[should_panic(expected = "add-cache-key: the part has a control character at byte 1")]
+    fn a_control_character_fails_the_call() {
+        let _ = keyed().request(TestRequest::get("/").header("x-bad", "newline"));
+    }
+
+    #[test]
+    fn changes_made_in_the_body_hook_are_dropped_with_a_warning() {
+        let filter = keyed();
+        let request = TestRequest::get("/");
+        let _ = filter.request_body(&request, b"body").continued();
+        assert!(
+            logs()
+                .iter()
+                .any(|(level, line)| *level == Level::Warn && line.contains("cache key")),
+            "{:?}",
+            logs()
+        );
+    }
 }

@@ -255,7 +255,7 @@ const GUEST_0_3_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
 
 /// Response header changes a plugin leaves through its request handle, from either lazy hook
 /// (raw bindings on the frozen 0.3.1 contract — the SDK cannot leave them from a response
-/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.4 host): those left by the
+/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.5 host): those left by the
 /// request hook apply before the plugin's response hook (which sees them), its own changes
 /// next, then those it left during that hook. A local reply drops what its call left; more
 /// than 256 in one call fails the request.
@@ -292,7 +292,7 @@ async fn changes_left_from_both_hooks_apply_in_order() {
 
 const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
 
-/// The contract is 0.3.4; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
+/// The contract is 0.3.5; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
 /// imports are served by semver-compatible linking, its lazy hooks found and called.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
@@ -309,6 +309,36 @@ async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
     assert_eq!(plugins[0]["name"], "old");
     assert_eq!(plugins[0]["contract"], "0.3.0");
+}
+
+const GUEST_0_3_4: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_4_WASM"));
+
+/// A plugin built against 0.3.4 (`wit/0.3.4/`, raw bindings) loads unchanged on the 0.3.5
+/// host, which reports the patch it was built against, and its 0.3.4 imports
+/// (`kv.increment-within`, `kv.compare-and-set`) are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_0_3_4_loads_and_runs_unchanged() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/old.wasm", GUEST_0_3_4)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let mut within = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = send(&weir, "/within", &[]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        within.push(body);
+    }
+    assert_eq!(within, ["true 1", "true 2", "false 2"]);
+    let (_, _, first) = send(&weir, "/swap", &[]).await;
+    let (_, _, second) = send(&weir, "/swap", &[]).await;
+    assert_eq!((first.as_str(), second.as_str()), ("true", "false"));
+    // Anything else passes through to the upstream.
+    let (status, _, body) = send(&weir, "/else", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "one GET /else"));
+
+    let (_, _, plugins) = send_admin(&weir, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    assert_eq!(plugins[0]["name"], "old");
+    assert_eq!(plugins[0]["contract"], "0.3.4");
 }
 
 async fn send_admin(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
@@ -394,7 +424,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.3.4".into()));
+    assert_eq!(contract("transform"), Some("0.3.5".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

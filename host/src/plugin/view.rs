@@ -10,11 +10,19 @@ use http::{StatusCode, request};
 
 use super::outbound::Outbound;
 use super::{HeaderOp, RequestHead, ResponseHead};
+use crate::cache::PluginKey;
 use crate::tls::TlsInfo;
 
 /// The most response header changes one hook call may leave (`add-response-header-ops`);
 /// a call that leaves more traps.
 pub(crate) const MAX_LEFT_PER_CALL: usize = 256;
+
+/// The longest cache key or key part a plugin may give (`set-cache-key`, `add-cache-key`).
+pub(crate) const MAX_CACHE_KEY_BYTES: usize = 1024;
+
+/// The most parts the plugins may add to one request's cache key (`add-cache-key`), all
+/// together.
+pub(crate) const MAX_CACHE_KEY_PARTS: usize = 16;
 
 /// The request through the chain: its head as it will be sent on (every plugin's changes
 /// are applied to `parts` as they are returned), and what the plugins may ask about it.
@@ -224,6 +232,55 @@ impl RequestView {
         }
     }
 
+    /// Makes `key` the request's cache key instead of weir's (`set-cache-key`, 0.3.5),
+    /// replacing any a plugin set before. Refuses a key over [`MAX_CACHE_KEY_BYTES`] or with
+    /// a control character, saying why.
+    pub(crate) fn set_cache_key(&mut self, key: String) -> Result<(), String> {
+        check_key_text("key", &key)?;
+        self.plugin_key().replaced = Some(key);
+        Ok(())
+    }
+
+    /// Adds `part` to the request's cache key (`add-cache-key`, 0.3.5). Refuses a part as
+    /// [`RequestView::set_cache_key`] refuses a key, and one more than
+    /// [`MAX_CACHE_KEY_PARTS`] for the request.
+    pub(crate) fn add_cache_key(&mut self, part: String) -> Result<(), String> {
+        check_key_text("part", &part)?;
+        let key = self.plugin_key();
+        if key.added.len() >= MAX_CACHE_KEY_PARTS {
+            return Err(format!(
+                "the request's cache key has {MAX_CACHE_KEY_PARTS} parts already (at most {MAX_CACHE_KEY_PARTS})"
+            ));
+        }
+        key.added.push(part);
+        Ok(())
+    }
+
+    /// What the plugins made of the cache key so far, kept in the request's extensions,
+    /// where the route's cache reads it.
+    fn plugin_key(&mut self) -> &mut PluginKey {
+        self.parts.extensions.get_or_insert_default::<PluginKey>()
+    }
+
+    /// The cache key changes so far, if any, to put back with
+    /// [`RequestView::restore_cache_key`] if the call about to be made fails.
+    pub(crate) fn cache_key(&self) -> Option<PluginKey> {
+        self.parts.extensions.get::<PluginKey>().cloned()
+    }
+
+    /// Puts back the cache key changes as they were before a call that failed: what that
+    /// call set or added is dropped.
+    pub(crate) fn restore_cache_key(&mut self, before: Option<PluginKey>) {
+        match before {
+            Some(key) => {
+                self.parts.extensions.insert(key);
+            }
+            None => {
+                self.parts.extensions.remove::<PluginKey>();
+            }
+        }
+    }
+
     /// The host the client asked for, if it is text.
     pub(crate) fn authority(&self) -> Option<&str> {
         self.authority.as_ref().and_then(|a| a.to_str().ok())
@@ -255,6 +312,21 @@ impl RequestView {
             request_id: self.request_id.clone(),
         }
     }
+}
+
+/// Checks a cache key or key part a plugin gave: at most [`MAX_CACHE_KEY_BYTES`], and no
+/// control characters (a key is text an operator names to purge it).
+fn check_key_text(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_CACHE_KEY_BYTES {
+        return Err(format!(
+            "the {what} is {} bytes (at most {MAX_CACHE_KEY_BYTES})",
+            text.len()
+        ));
+    }
+    if let Some(at) = text.find(char::is_control) {
+        return Err(format!("the {what} has a control character at byte {at}"));
+    }
+    Ok(())
 }
 
 /// An empty text, shared rather than allocated for each placeholder.
@@ -379,6 +451,93 @@ mod tests {
         assert_eq!(view.take_leaving().len(), MAX_LEFT_PER_CALL);
         // The next call starts from nothing.
         view.leave(vec![set("d")]).expect("room");
+    }
+
+    fn plugin_key(view: &RequestView) -> Option<&PluginKey> {
+        view.parts().extensions.get::<PluginKey>()
+    }
+
+    #[test]
+    fn cache_key_changes_go_into_the_extensions_the_cache_reads() {
+        let mut view = view();
+        assert_eq!(plugin_key(&view), None, "no plugin, no key of theirs");
+        view.add_cache_key("tenant-a".into()).expect("a part");
+        view.set_cache_key("http://api.example.com/a/b".into())
+            .expect("a key");
+        view.add_cache_key("gold".into()).expect("a part");
+        // A later set replaces the key; the parts stay, in order.
+        view.set_cache_key("http://api.example.com/c".into())
+            .expect("a key");
+        let expected = PluginKey {
+            replaced: Some("http://api.example.com/c".into()),
+            added: vec!["tenant-a".into(), "gold".into()],
+        };
+        assert_eq!(plugin_key(&view), Some(&expected));
+        // They go upstream with the request, where the cache looks them up.
+        let sent = view.split_off_parts();
+        assert_eq!(sent.extensions.get::<PluginKey>(), Some(&expected));
+    }
+
+    #[test]
+    fn cache_keys_and_parts_are_bounded() {
+        let mut view = view();
+        let longest = "k".repeat(MAX_CACHE_KEY_BYTES);
+        view.set_cache_key(longest.clone())
+            .expect("exactly the limit");
+        view.add_cache_key(longest.clone())
+            .expect("exactly the limit");
+        let longer = format!("{longest}k");
+        let refused = view.set_cache_key(longer.clone()).expect_err("too long");
+        assert!(refused.contains("1025 bytes"), "{refused}");
+        assert!(view.add_cache_key(longer).is_err());
+        // Multi-byte characters count in bytes.
+        assert!(view.add_cache_key("é".repeat(513)).is_err());
+        for control in ["a\rb", "a\nb", "a\0b", "\x7f", "tab\there", "\u{85}"] {
+            assert!(view.set_cache_key(control.into()).is_err(), "{control:?}");
+            assert!(view.add_cache_key(control.into()).is_err(), "{control:?}");
+        }
+        // Nothing refused was kept.
+        let key = plugin_key(&view).expect("a key");
+        assert_eq!(key.replaced.as_deref(), Some(longest.as_str()));
+        assert_eq!(key.added, [longest]);
+    }
+
+    #[test]
+    fn a_request_takes_at_most_the_limit_of_parts_from_every_plugin_together() {
+        let mut view = view();
+        for i in 0..MAX_CACHE_KEY_PARTS {
+            view.add_cache_key(format!("part-{i}")).expect("room");
+        }
+        let refused = view.add_cache_key("one-more".into()).expect_err("full");
+        assert!(refused.contains("16 parts"), "{refused}");
+        assert_eq!(
+            plugin_key(&view).map(|k| k.added.len()),
+            Some(MAX_CACHE_KEY_PARTS)
+        );
+        // Setting the key is not a part: still allowed.
+        view.set_cache_key("k".into()).expect("a key");
+    }
+
+    #[test]
+    fn a_failed_call_s_cache_key_changes_are_put_back() {
+        let mut view = view();
+        // A call that fails after changes, on a request no plugin had keyed: none are left.
+        let before = view.cache_key();
+        view.set_cache_key("dropped".into()).expect("a key");
+        view.add_cache_key("dropped".into()).expect("a part");
+        view.restore_cache_key(before);
+        assert_eq!(plugin_key(&view), None);
+        // After a call that kept its changes, a failing one goes back to them.
+        view.add_cache_key("kept".into()).expect("a part");
+        let before = view.cache_key();
+        view.set_cache_key("dropped".into()).expect("a key");
+        view.add_cache_key("dropped".into()).expect("a part");
+        view.restore_cache_key(before);
+        let key = plugin_key(&view).expect("the kept part");
+        assert_eq!(
+            (key.replaced.as_deref(), key.added.as_slice()),
+            (None, &["kept".to_owned()][..])
+        );
     }
 
     #[test]

@@ -68,9 +68,10 @@ impl Contract for Pre {
                 "weir:plugin/http-filter@0.3.1" => Some("0.3.1"),
                 "weir:plugin/http-filter@0.3.2" => Some("0.3.2"),
                 "weir:plugin/http-filter@0.3.3" => Some("0.3.3"),
+                "weir:plugin/http-filter@0.3.4" => Some("0.3.4"),
                 _ => None,
             })
-            .unwrap_or("0.3.4");
+            .unwrap_or("0.3.5");
         Ok(Pre { pre: filter, patch })
     }
 
@@ -109,18 +110,24 @@ impl GuestTrait for Guest {
     /// Calls `on-request-lazy`: the view is lent to the store for the call and is back in
     /// `request` when this returns, whatever the call did. The response header changes the
     /// call left (`add-response-header-ops`, 0.3.1) are taken out of the view here, so the
-    /// view holds none between calls.
+    /// view holds none between calls. The cache key changes it made (`set-cache-key`,
+    /// `add-cache-key`, 0.3.5) stay in the view's extensions, unless the call failed: then
+    /// the key is put back as it was before the call, as its left changes are dropped.
     async fn on_request(
         &self,
         store: &mut Store<PluginState>,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
+        let key_before = request.cache_key();
         let lent = lend(store, mem::replace(request, RequestView::placeholder()))?;
         let borrowed = Resource::new_borrow(lent.rep());
         let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
         *request = take_back(store, lent)?;
         let left = request.take_leaving();
+        if action.is_err() {
+            request.restore_cache_key(key_before);
+        }
         Ok((action?, left))
     }
 

@@ -3,7 +3,8 @@
 //! `plugin::view`) are moved into the instance's resource table, answered from there and
 //! moved back, never copied whole. Since 0.3.1 a hook may also leave response header
 //! changes on its `request` (kept in the view for the chain's response phase); since 0.3.2
-//! it may read the client connection's TLS.
+//! it may read the client connection's TLS; since 0.3.5 set or extend the request's cache
+//! key (kept in the request's extensions for the route's cache).
 
 use http::HeaderMap;
 use wasmtime::component::Resource;
@@ -107,6 +108,20 @@ impl HostRequest for PluginState {
                 "add-response-header-ops: {total} changes left in one call (at most {MAX_LEFT_PER_CALL})"
             ))
         })
+    }
+
+    fn set_cache_key(&mut self, this: Resource<RequestView>, key: String) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&this)?
+            .set_cache_key(key)
+            .map_err(|why| wasmtime::Error::msg(format!("set-cache-key: {why}")))
+    }
+
+    fn add_cache_key(&mut self, this: Resource<RequestView>, part: String) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&this)?
+            .add_cache_key(part)
+            .map_err(|why| wasmtime::Error::msg(format!("add-cache-key: {why}")))
     }
 
     fn drop(&mut self, this: Resource<RequestView>) -> wasmtime::Result<()> {

@@ -1,4 +1,4 @@
-//! A hostile guest filter on raw `weir:plugin@0.3.4` bindings, for
+//! A hostile guest filter on raw `weir:plugin@0.3.5` bindings, for
 //! `tests/all/outbound_attacks.rs`: each request path is one attempt to abuse `outbound` or
 //! `kv`, and the local reply's body says what the host answered, so the test can check that
 //! every defence held. Parameters come percent-decoded from the query (so a test can pass

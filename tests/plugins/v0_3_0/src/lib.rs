@@ -1,5 +1,5 @@
 //! A guest filter built against the frozen `weir:plugin@0.3.0` contract (`wit/0.3.0/`), for
-//! weir's end-to-end tests: the current contract is 0.3.4, and a 0.3.0 plugin must load and
+//! weir's end-to-end tests: the current contract is 0.3.5, and a 0.3.0 plugin must load and
 //! run unchanged (its imports served, and its exports found, by semver-compatible lookup).
 //!
 //! It reads the request through its handle and tags the request with its path
