@@ -31,8 +31,8 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 
 mkdir -p "$tmp/www"
-python3 -c 'import json; print(json.dumps([{"id": i, "name": "item %d" % i, "tags": ["a", "b"], "ok": i % 3 == 0} for i in range(1300)]))' \
-  | head -c 65536 > "$tmp/www/big.json"
+python3 -c 'import json, sys; sys.stdout.write(json.dumps([{"id": i, "name": "item %d" % i, "tags": ["a", "b"], "ok": i % 3 == 0} for i in range(1300)])[:65536])' \
+  > "$tmp/www/big.json"
 head -c 1024 "$tmp/www/big.json" > "$tmp/www/small.json"
 chmod 755 "$tmp" "$tmp/www" && chmod 644 "$tmp/www/big.json" "$tmp/www/small.json"
 cat > "$tmp/origin.conf" <<CONF
