@@ -41,6 +41,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The exchange with the endpoint failed after connecting (reset, malformed response).
     UpstreamFailed,
+    /// The request needs a protocol the cluster does not speak (gRPC to an HTTP/1.1 cluster).
+    UpstreamProtocol,
     /// A plugin the route needs is not loaded.
     PluginUnavailable,
     /// A fail-closed plugin trapped, hit a limit, or returned an invalid change.
@@ -95,9 +97,10 @@ impl ProxyError {
             | ErrorKind::UriTooLong
             | ErrorKind::BodyTimeout
             | ErrorKind::ClientClosed => (ErrorSource::Downstream, Retry::Never),
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::Overloaded => {
-                (ErrorSource::Internal, Retry::Never)
-            }
+            ErrorKind::NoRoute
+            | ErrorKind::NoEndpoint
+            | ErrorKind::Overloaded
+            | ErrorKind::UpstreamProtocol => (ErrorSource::Internal, Retry::Never),
             ErrorKind::UpstreamConnect => (ErrorSource::Upstream, Retry::Safe),
             ErrorKind::UpstreamTimeout | ErrorKind::UpstreamFailed => {
                 (ErrorSource::Upstream, Retry::Never)

@@ -1,8 +1,9 @@
 //! gRPC through weir with a real gRPC server and client (Python's grpcio, `tests/grpc/peer.py`,
 //! raw-bytes methods, no generated code): unary, server-streaming and bidirectional calls
 //! over HTTP/2 both ways, the upstream's own `grpc-status` passing back in trailers, the
-//! client's deadline (`grpc-timeout`) bounding weir's exchange, and
-//! weir's own failures — no endpoint, a plugin's refusal — answered as gRPC statuses.
+//! client's deadline (`grpc-timeout`) bounding weir's exchange in place of the cluster's
+//! response timeout, and weir's own failures — no endpoint, a plugin's refusal, a cluster
+//! that speaks only HTTP/1.1 — answered as gRPC statuses.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,6 +163,86 @@ async fn a_calls_grpc_timeout_bounds_weirs_exchange_with_the_endpoint() {
     assert_eq!(response.headers()["grpc-status"], "4", "{response:?}");
     let failed = weir.wait_for_message("request failed").await;
     assert_eq!(failed["kind"], "UpstreamTimeout", "{failed}");
+}
+
+/// A raw unary call to `Slow` taking `seconds`, with `grpc-timeout: deadline`: the HTTP
+/// status, `grpc-status` and body.
+async fn slow_call(weir: &Weir, seconds: &str, deadline: &str) -> (u16, String, Vec<u8>) {
+    let mut message = vec![0, 0, 0, 0, u8::try_from(seconds.len()).expect("short")];
+    message.extend_from_slice(seconds.as_bytes());
+    let request = Request::post(format!("http://{}/echo.Echo/Slow", weir.proxy))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", deadline)
+        .body(full(message))
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), http2_client().request(request))
+        .await
+        .expect("an answer within 10 s")
+        .expect("response");
+    let status = response.status().as_u16();
+    let (head, body) = response.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let code = head
+        .headers
+        .get("grpc-status")
+        .or_else(|| trailers.get("grpc-status"))
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    (status, code, collected.to_bytes().to_vec())
+}
+
+/// A call's `grpc-timeout` longer than the cluster's `response_timeout` is the call's own:
+/// a 1 s call with a 5 s deadline succeeds through a cluster whose response timeout is
+/// 300 ms (which still cuts a call with no deadline of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calls_longer_grpc_timeout_replaces_the_response_timeout() {
+    let server = GrpcServer::start();
+    let config = config(&format!("127.0.0.1:{}", server.port), "plugins = []")
+        .replace("retries = 0", "retries = 0\nresponse_timeout = \"300ms\"");
+    let weir = Weir::start(&config).await;
+    let (status, code, body) = slow_call(&weir, "1", "5S").await;
+    assert_eq!((status, code.as_str()), (200, "0"), "{body:?}");
+    assert_eq!(&body[5..], b"1", "the server's answer");
+
+    // Without a deadline of its own, the call has the cluster's.
+    let request = Request::post(format!("http://{}/echo.Echo/Slow", weir.proxy))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(&b"\0\0\0\0\x011"[..]))
+        .expect("request");
+    let response = http2_client().request(request).await.expect("response");
+    assert_eq!(response.headers()["grpc-status"], "4", "{response:?}");
+}
+
+/// A gRPC call routed to a cluster that speaks only HTTP/1.1 is refused at once, with a
+/// status that says so (UNIMPLEMENTED, 12, not a retryable UNAVAILABLE) and a log line
+/// naming the cluster, instead of whatever the endpoint makes of an HTTP/1.1 request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_call_to_an_http1_cluster_is_refused_saying_why() {
+    let server = GrpcServer::start();
+    let config = config(&format!("127.0.0.1:{}", server.port), "plugins = []")
+        .replace("protocol = \"h2c\"", "protocol = \"http1\"");
+    let mut weir = Weir::start(&config).await;
+    let request = Request::post(format!("http://{}/echo.Echo/Unary", weir.proxy))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(&b"\0\0\0\0\x02hi"[..]))
+        .expect("request");
+    let response = http2_client().request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "12", "{response:?}");
+    let message = response.headers()["grpc-message"].to_str().expect("text");
+    assert!(message.contains("HTTP/2"), "{message}");
+    let failed = weir.wait_for_message("request failed").await;
+    assert_eq!(failed["kind"], "UpstreamProtocol", "{failed}");
+    assert!(
+        failed["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("cluster grpc")),
+        "{failed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,7 +44,8 @@ def fail(request, context):
 
 
 def slow(request, context):
-    time.sleep(5)
+    # A message of digits is the seconds to take; anything else takes 5 s.
+    time.sleep(float(request) if request[:1].isdigit() else 5)
     return request
 
 

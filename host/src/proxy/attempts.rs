@@ -81,7 +81,18 @@ pub(super) async fn send(
             cluster.metrics.overloaded.inc();
             ProxyError::new(ErrorKind::Overloaded).with_cause(e)
         })?;
-    // A gRPC call's own deadline bounds it too.
+    // gRPC is HTTP/2 only: a cluster that cannot speak it is a configuration error, said as
+    // one rather than as whatever the endpoint makes of an HTTP/1.1 request.
+    if exchange.grpc && !cluster.client.may_be_h2() {
+        return Err(
+            ProxyError::new(ErrorKind::UpstreamProtocol).with_cause(format!(
+                "a gRPC call needs HTTP/2 and cluster {} speaks HTTP/1.1 (set its protocol to \"h2c\", or \"h2\" or \"auto\" over TLS)",
+                cluster.config.name
+            )),
+        );
+    }
+    // A gRPC call's own deadline bounds it, instead of the cluster's response timeout: the
+    // client said how long the call may take (`request_timeout`, when set, still caps it).
     let grpc_timeout = if exchange.grpc {
         grpc::timeout(&exchange.parts.headers)
     } else {
@@ -92,10 +103,10 @@ pub(super) async fn send(
         (a, b) => a.or(b),
     };
     match limit {
-        Some(limit) => tokio::time::timeout(limit, attempts(exchange, progress))
+        Some(limit) => tokio::time::timeout(limit, attempts(exchange, progress, grpc_timeout))
             .await
             .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
-        None => attempts(exchange, progress).await,
+        None => attempts(exchange, progress, None).await,
     }
 }
 
@@ -108,7 +119,12 @@ pub(super) struct Progress {
     pub(super) attempts: u32,
 }
 
-async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Answer, ProxyError> {
+/// The attempts of one exchange; `response_timeout`, when given, replaces the cluster's.
+async fn attempts(
+    exchange: Exchange<'_>,
+    progress: &mut Progress,
+    response_timeout: Option<std::time::Duration>,
+) -> Result<Answer, ProxyError> {
     let Exchange {
         cluster,
         mut parts,
@@ -201,7 +217,7 @@ async fn attempts(exchange: Exchange<'_>, progress: &mut Progress) -> Result<Ans
         let in_flight = cluster.endpoints.start(endpoint);
         let result = cluster
             .client
-            .send(endpoint, request, timers, uploading)
+            .send(endpoint, request, timers, uploading, response_timeout)
             .await;
         drop(in_flight);
         if let Some(span) = span {

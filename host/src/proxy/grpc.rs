@@ -77,7 +77,8 @@ pub(super) fn code_for_error(kind: ErrorKind) -> Code {
         | ErrorKind::UpstreamFailed
         | ErrorKind::PluginUnavailable => Code::Unavailable,
         ErrorKind::BadRequest | ErrorKind::PluginFailed => Code::Internal,
-        ErrorKind::UnsupportedEncoding => Code::Unimplemented,
+        // Not transient: a configuration error, which a retry would only repeat.
+        ErrorKind::UnsupportedEncoding | ErrorKind::UpstreamProtocol => Code::Unimplemented,
     }
 }
 

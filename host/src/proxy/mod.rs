@@ -667,6 +667,10 @@ fn fail(
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n"),
         ErrorKind::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream connect error\n"),
         ErrorKind::UpstreamFailed => (StatusCode::BAD_GATEWAY, "upstream error\n"),
+        ErrorKind::UpstreamProtocol => (
+            StatusCode::BAD_GATEWAY,
+            "the upstream cluster does not speak HTTP/2, which gRPC needs\n",
+        ),
         ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
         ErrorKind::PluginUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable\n"),
         ErrorKind::PluginFailed => (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n"),

@@ -90,25 +90,36 @@ impl UpstreamClient {
     /// downstream connection's `timers` from when the request has been sent: at once, or,
     /// when its body is still `uploading` from the client, when that body ends (a slow
     /// upload is the client's, bounded by its read timeout, not the endpoint's).
+    ///
+    /// `response_timeout` replaces the cluster's for this request (a gRPC call's own
+    /// `grpc-timeout`).
     pub(crate) async fn send(
         &self,
         endpoint: usize,
         request: Request<ProxyBody>,
         timers: &Timers,
         uploading: Option<&BodyWatch>,
+        response_timeout: Option<Duration>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let limit = response_timeout.unwrap_or(self.response_timeout);
         let deadline = async {
             if let Some(upload) = uploading {
                 upload.ended().await;
             }
-            timers.deadline(self.response_timeout).await;
+            timers.deadline(limit).await;
         };
         tokio::select! {
             biased;
             result = self.exchange(endpoint, request) => result,
             () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
-                .with_cause(TimedOut(self.response_timeout))),
+                .with_cause(TimedOut(limit))),
         }
+    }
+
+    /// Whether requests may go to the endpoints over HTTP/2 (`h2`, `h2c`, or `auto` over
+    /// TLS, where ALPN decides).
+    pub(crate) fn may_be_h2(&self) -> bool {
+        self.transport.may_be_h2()
     }
 
     async fn exchange(
