@@ -232,6 +232,70 @@ async fn client_certificates_are_required_when_configured() {
     );
 }
 
+/// `client_auth.crl`: a client certificate its CA revoked is refused at the handshake while
+/// another from the same CA gets through; a CRL file that is not one fails `weir check`
+/// naming the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_client_certificates_are_refused() {
+    let upstream = Upstream::start("app").await;
+    let ca = Ca::new("weir test CA");
+    let clients = Ca::new("client CA");
+    let server = ca.server(&["m.test"], 1);
+    let alice = clients.client_numbered("alice", 10);
+    let mallory = clients.client_numbered("mallory", 11);
+    let mut files = certs::leaf_files(&[("m", &server), ("alice", &alice), ("mallory", &mallory)]);
+    files.push(("clients.pem".into(), clients.pem.as_bytes().to_vec()));
+    files.push(("ca.pem".into(), ca.pem.as_bytes().to_vec()));
+    files.push(("revoked.pem".into(), clients.crl(&[11]).into_bytes()));
+    let config = crate::tls_config(
+        upstream.addr,
+        &["m"],
+        ", client_auth = { ca = \"clients.pem\", required = true, crl = \"revoked.pem\" }",
+        "",
+    );
+    let weir = Weir::start_with_files(&config, &certs::as_refs(&files)).await;
+    let port = weir.proxy.port();
+    let curl = |who: &str| {
+        Command::new("curl")
+            .current_dir(weir.dir())
+            .args(["-sS", "--cacert", "ca.pem"])
+            .args(["--resolve", &format!("m.test:{port}:127.0.0.1")])
+            .args([
+                "--cert",
+                &format!("{who}.pem"),
+                "--key",
+                &format!("{who}.key"),
+            ])
+            .arg(format!("https://m.test:{port}/app"))
+            .output()
+            .expect("curl")
+    };
+    let alice = curl("alice");
+    assert_eq!(
+        String::from_utf8_lossy(&alice.stdout),
+        "app GET /app",
+        "{}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    let mallory = curl("mallory");
+    assert!(
+        !mallory.status.success() && mallory.stdout.is_empty(),
+        "a revoked certificate got through: {mallory:?}"
+    );
+
+    // A CRL file that holds no CRL is refused by `weir check`, naming the file.
+    std::fs::write(weir.dir().join("revoked.pem"), clients.pem.as_bytes()).expect("write");
+    let check = Command::new(weir_tests::weir::weir_bin())
+        .args(["check", "--config"])
+        .arg(weir.dir().join("weir.toml"))
+        .output()
+        .expect("weir check");
+    let said = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{said}");
+    assert!(said.contains("revoked.pem"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_tls_verifies_against_the_cluster_ca_and_negotiates_http2() {
     let ca = Ca::new("upstream CA");

@@ -55,6 +55,39 @@ impl Ca {
         self.leaf(&[name], 1, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A client certificate with common name `name` and serial number `serial`.
+    pub fn client_numbered(&self, name: &str, serial: u64) -> Leaf {
+        self.leaf(&[name], serial, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A certificate revocation list (PEM) this CA signs, revoking the certificates with
+    /// serial numbers `revoked`.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let now = rcgen::date_time_ymd(2026, 1, 1);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: SerialNumber::from(1),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params
+            .signed_by(&issuer)
+            .expect("crl")
+            .pem()
+            .expect("crl pem")
+    }
+
     fn leaf(&self, names: &[&str], serial: u64, usage: ExtendedKeyUsagePurpose) -> Leaf {
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).expect("leaf params");

@@ -112,12 +112,13 @@ pub(crate) struct RawCertKey {
     pub(crate) key: PathBuf,
 }
 
-/// `client_auth = { ca = "clients.pem", required = true }`.
+/// `client_auth = { ca = "clients.pem", required = true, crl = "revoked.pem" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawClientAuth {
     pub(crate) ca: PathBuf,
     pub(crate) required: Option<bool>,
+    pub(crate) crl: Option<PathBuf>,
 }
 
 /// `redirect_to_https = { port = 443 }` of a plain listener.

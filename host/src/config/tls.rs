@@ -51,6 +51,9 @@ pub struct ClientAuth {
     /// Refuse the handshake without a valid client certificate; `false` asks for one and
     /// verifies it if sent.
     pub required: bool,
+    /// Certificate revocation lists (PEM, one or more): a revoked client certificate is
+    /// refused, and so is one whose issuer has no list in the file.
+    pub crl: Option<PathBuf>,
 }
 
 /// TLS from weir to a cluster's endpoints.
@@ -122,6 +125,7 @@ pub(super) fn listener_tls(
         client_auth: tls.client_auth.as_ref().map(|c| ClientAuth {
             ca: base_dir.join(&c.ca),
             required: c.required.unwrap_or(true),
+            crl: c.crl.as_ref().map(|crl| base_dir.join(crl)),
         }),
     }
 }

@@ -183,6 +183,7 @@ pub(crate) fn files(config: &Config) -> Vec<PathBuf> {
     for listener in &config.listeners {
         if let Some(auth) = listener.tls.as_ref().and_then(|t| t.client_auth.as_ref()) {
             files.push(auth.ca.clone());
+            files.extend(auth.crl.iter().cloned());
         }
     }
     for tls in config.clusters.iter().filter_map(|c| c.tls.as_ref()) {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
@@ -77,6 +77,24 @@ impl Files {
             return Err(TlsError::in_file(path, "no certificate in the file"));
         }
         Ok(certs)
+    }
+
+    /// Every certificate revocation list in the PEM file `path`; at least one.
+    fn crls(
+        &mut self,
+        path: &Path,
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let bytes = self.read(path)?;
+        let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::in_file(path, format!("not a PEM CRL file: {e}")))?;
+        if crls.is_empty() {
+            return Err(TlsError::in_file(
+                path,
+                "no certificate revocation list (-----BEGIN X509 CRL-----) in the file",
+            ));
+        }
+        Ok(crls)
     }
 
     /// The private key in the PEM file `path`.

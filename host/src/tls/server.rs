@@ -196,7 +196,13 @@ fn build(
                     TlsError::in_file(&auth.ca, format!("not a CA certificate: {e}"))
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &auth.crl {
+                // Every certificate in the chain is checked; one whose issuer has no list
+                // here is refused too (nginx's ssl_crl, OpenSSL's CRL_CHECK_ALL).
+                verifier = verifier.with_crls(files.crls(crl)?);
+            }
             let verifier = if auth.required {
                 verifier.build()
             } else {
