@@ -44,11 +44,19 @@ fn benches(c: &mut Criterion) {
     let config = config();
     let router = Router::new(&config.routes);
     let mut group = c.benchmark_group("router");
+    let request = |path: &str| {
+        http::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .body(())
+            .expect("request")
+    };
+    let (hit, miss) = (request("/v7/orders/42"), request("/x"));
     group.bench_function("1000_routes/hit", |b| {
-        b.iter(|| router.route(Some("api57.example.com"), "/v7/orders/42", &Method::GET))
+        b.iter(|| router.route(Some("api57.example.com"), &hit))
     });
     group.bench_function("1000_routes/miss", |b| {
-        b.iter(|| router.route(Some("nowhere.example.com"), "/x", &Method::GET))
+        b.iter(|| router.route(Some("nowhere.example.com"), &miss))
     });
     group.finish();
 

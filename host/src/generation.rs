@@ -77,6 +77,44 @@ pub enum Target {
     /// A handler plugin: the loaded handler, or why it cannot answer (the route then answers
     /// 503).
     Handler(Result<Arc<Handler>, String>),
+    /// Clusters sharing the route's requests by weight.
+    Backends(Split),
+}
+
+/// A route's weighted backends, as the ranges of one line their weights make.
+#[derive(Debug)]
+pub struct Split {
+    /// Each backend's cluster index and the end of its range; ends ascending.
+    ranges: Vec<(usize, u64)>,
+    /// The line's length: the weights' sum.
+    total: u64,
+}
+
+impl Split {
+    fn new(backends: &[crate::config::Backend]) -> Split {
+        let mut end = 0;
+        let ranges = backends
+            .iter()
+            .filter(|b| b.weight > 0)
+            .map(|b| {
+                end += u64::from(b.weight);
+                (b.cluster.index, end)
+            })
+            .collect();
+        Split { ranges, total: end }
+    }
+
+    /// The cluster for a point anywhere on the line (taken modulo its length): a random
+    /// point splits by weight; a client's hash keeps it on one backend while the weights
+    /// stay (a weight change moves only the clients whose point changes range).
+    pub fn pick(&self, point: u64) -> usize {
+        let point = point % self.total.max(1);
+        self.ranges
+            .iter()
+            .find(|(_, end)| point < *end)
+            .or(self.ranges.last())
+            .map_or(0, |(cluster, _)| *cluster)
+    }
 }
 
 /// One plugin file: the version serving (if any) and the last load error (if any).
@@ -137,6 +175,7 @@ impl Generation {
                 target: match &route.target {
                     RouteTarget::Cluster(cluster) => Target::Cluster(cluster.index),
                     RouteTarget::Handler(name) => Target::Handler(handler(name, &plugins)),
+                    RouteTarget::Backends(backends) => Target::Backends(Split::new(backends)),
                 },
                 metrics: metrics().route(&route.name),
                 compression: route.compression.clone(),
@@ -144,6 +183,9 @@ impl Generation {
             })
             .collect();
         let router = Router::new(&config.routes);
+        for warning in router.shadow_warnings(&config.routes) {
+            tracing::warn!("{warning}");
+        }
         let clusters = config
             .clusters
             .iter()
@@ -211,6 +253,11 @@ fn route_cache(
     let target = |route: &RouteConfig, config: &Config| match &route.target {
         RouteTarget::Cluster(c) => config.clusters[c.index].name.clone(),
         RouteTarget::Handler(name) => format!("handler {name}"),
+        RouteTarget::Backends(backends) => backends
+            .iter()
+            .map(|b| config.clusters[b.cluster.index].name.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let kept = previous.and_then(|p| {
         let (index, old) = p

@@ -97,6 +97,9 @@ fn check(path: &Path) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{}: {} problem(s) found", path.display(), tls.len())
             }
+            for warning in weir::router::Router::new(&c.routes).shadow_warnings(&c.routes) {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} listeners, {} clusters, {} routes)",
                 path.display(),

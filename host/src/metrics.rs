@@ -117,6 +117,7 @@ pub struct Metrics {
     /// their ratio is what compression saves.
     pub(crate) compression_bytes: IntCounterVec,
     cache_lookups: IntCounterVec,
+    mirror_requests: IntCounterVec,
     cache_bytes: IntGaugeVec,
     cache_entries: IntGaugeVec,
     cache_evictions: IntCounterVec,
@@ -349,6 +350,12 @@ impl Metrics {
                 "Requests on routes with a cache, by route and result: hit, miss, stale (served stale), revalidated (refreshed by a 304), collapsed (answered by another request's fetch), bypass (not looked up: a method, Range or the request's own directives).",
                 &["route", "result"],
             ),
+            mirror_requests: counter(
+                &r,
+                "weir_mirror_requests_total",
+                "Copies of a route's requests sent to its mirror cluster, by route and result: sent, failed (no answer or a 5xx), skipped (a body too large or of unknown length).",
+                &["route", "result"],
+            ),
             cache_bytes: gauge(
                 &r,
                 "weir_cache_stored_bytes",
@@ -399,6 +406,7 @@ impl Metrics {
             request_bytes: self.request_bytes.with_label_values(&[route]),
             response_bytes: self.response_bytes.with_label_values(&[route]),
             compressed: std::array::from_fn(|_| OnceLock::new()),
+            mirror: OnceLock::new(),
         }
     }
 
@@ -611,6 +619,30 @@ pub struct RouteMetrics {
     /// Bytes before and after compression, per coding (`Algorithm as usize`), resolved at
     /// the first response the route compresses with it.
     compressed: [OnceLock<Compressed>; 3],
+    /// Mirrored requests, resolved at the route's first.
+    mirror: OnceLock<std::sync::Arc<MirrorCounters>>,
+}
+
+/// What became of a mirrored request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// Sent and answered.
+    Sent,
+    /// No answer, or a 5xx.
+    Failed,
+    /// Not copied: its body is too large or of unknown length.
+    Skipped,
+}
+
+/// A route's mirror counters, by [`MirrorResult`].
+#[derive(Debug)]
+pub struct MirrorCounters([IntCounter; 3]);
+
+impl MirrorCounters {
+    /// Counts one mirrored request.
+    pub fn count(&self, result: MirrorResult) {
+        self.0[result as usize].inc();
+    }
 }
 
 /// How a request on a route with a cache was answered.
@@ -691,6 +723,24 @@ impl RouteMetrics {
                 coded: vec.with_label_values(&[&self.name, name, "coded"]),
             }
         })
+    }
+
+    /// The route's mirror counters.
+    pub fn mirror_counters(&self) -> std::sync::Arc<MirrorCounters> {
+        self.mirror
+            .get_or_init(|| {
+                let vec = &metrics().mirror_requests;
+                std::sync::Arc::new(MirrorCounters(
+                    ["sent", "failed", "skipped"]
+                        .map(|result| vec.with_label_values(&[&self.name, result])),
+                ))
+            })
+            .clone()
+    }
+
+    /// Counts one mirrored request.
+    pub fn mirrored(&self, result: MirrorResult) {
+        self.mirror_counters().count(result);
     }
 
     /// Counts one answered request.

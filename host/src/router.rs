@@ -1,19 +1,26 @@
-//! The route table: matches a request's host, path and method to a route. Pure, no I/O.
+//! The route table: matches a request's host, path, method, headers and query to a route.
+//! Pure, no I/O.
 //!
 //! Precedence, the way nginx and Envoy choose a virtual host before a location:
 //! 1. routes whose `host` equals the request host, then routes with a wildcard host
 //!    (`*.example.com`, longest suffix first), then routes with no `host`;
-//! 2. within each group, the longest `path_prefix` (a plain string prefix, as in nginx
+//! 2. within each group, the most specific path first: an exact `path`, then a
+//!    `path_regex`, then the longest `path_prefix` (a plain string prefix, as in nginx
 //!    `location /api` and Envoy `prefix`: `/api` also matches `/apiary`);
-//! 3. among equal prefixes, the route written first in the file.
+//! 3. among equal paths, the route with more conditions (`methods`, each `headers` and
+//!    `query` condition) first;
+//! 4. then the route written first in the file.
 //!
-//! A route matches only if its method list (when it has one) contains the request method.
+//! A route matches only if every condition it has holds. `shadowed` finds the routes that
+//! can never match because one before them in this order takes every request they would.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
-use http::Method;
+use http::{HeaderMap, Method, Request};
 
-use crate::config::RouteConfig;
+use crate::config::{Condition, Pattern, RouteConfig};
 
 /// Index of a route in the configuration's route list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +35,110 @@ pub struct Router {
     any_host: Vec<Entry>,
 }
 
+/// How a route matches the path.
+#[derive(Debug)]
+enum PathSpec {
+    Exact(String),
+    Regex(Pattern),
+    Prefix(String),
+}
+
+impl PathSpec {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathSpec::Exact(exact) => path == exact,
+            PathSpec::Regex(pattern) => pattern.matches(path),
+            PathSpec::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// Sorts more specific first: exact, regex, then longer prefixes.
+    fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
+        match self {
+            PathSpec::Exact(_) => (0, std::cmp::Reverse(0)),
+            PathSpec::Regex(_) => (1, std::cmp::Reverse(0)),
+            PathSpec::Prefix(prefix) => (2, std::cmp::Reverse(prefix.len())),
+        }
+    }
+
+    /// Whether every path `other` matches, this matches too.
+    fn covers(&self, other: &PathSpec) -> bool {
+        match (self, other) {
+            (PathSpec::Prefix(p), PathSpec::Prefix(q) | PathSpec::Exact(q)) => q.starts_with(p),
+            (PathSpec::Exact(a), PathSpec::Exact(b)) => a == b,
+            (PathSpec::Regex(a), PathSpec::Regex(b)) => a == b,
+            (PathSpec::Regex(a), PathSpec::Exact(b)) => a.matches(b),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    prefix: String,
+    path: PathSpec,
     methods: Option<Vec<Method>>,
+    headers: Vec<Condition>,
+    query: Vec<Condition>,
     route: RouteId,
+}
+
+impl Entry {
+    fn conditions(&self) -> usize {
+        usize::from(self.methods.is_some()) + self.headers.len() + self.query.len()
+    }
+
+    /// Whether every request this matches, `other` matches too (so `other`, before it,
+    /// leaves it nothing).
+    fn covered_by(&self, other: &Entry) -> bool {
+        other.path.covers(&self.path)
+            && other.methods.as_ref().is_none_or(|theirs| {
+                self.methods
+                    .as_ref()
+                    .is_some_and(|mine| mine.iter().all(|m| theirs.contains(m)))
+            })
+            && other.headers.iter().all(|c| self.headers.contains(c))
+            && other.query.iter().all(|c| self.query.contains(c))
+    }
+}
+
+/// The parts of a request the table matches, with its query parsed once, when a route asks.
+struct Asked<'r> {
+    path: &'r str,
+    method: &'r Method,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+    params: OnceLock<Vec<(Cow<'r, str>, Cow<'r, str>)>>,
+}
+
+impl Asked<'_> {
+    fn matches(&self, entry: &Entry) -> bool {
+        entry.path.matches(self.path)
+            && entry
+                .methods
+                .as_ref()
+                .is_none_or(|m| m.contains(self.method))
+            && entry.headers.iter().all(|c| {
+                c.test.passes(
+                    self.headers
+                        .get_all(c.name.as_str())
+                        .iter()
+                        .map(|v| v.as_bytes()),
+                )
+            })
+            && (entry.query.is_empty() || {
+                let params = self.params.get_or_init(|| {
+                    form_urlencoded::parse(self.query.unwrap_or("").as_bytes()).collect()
+                });
+                entry.query.iter().all(|c| {
+                    c.test.passes(
+                        params
+                            .iter()
+                            .filter(|(name, _)| *name == c.name.as_str())
+                            .map(|(_, value)| value.as_bytes()),
+                    )
+                })
+            })
+    }
 }
 
 impl Router {
@@ -40,9 +146,16 @@ impl Router {
     pub fn new(routes: &[RouteConfig]) -> Router {
         let mut router = Router::default();
         for (i, r) in routes.iter().enumerate() {
+            let path = match (&r.path_exact, &r.path_regex) {
+                (Some(exact), _) => PathSpec::Exact(exact.clone()),
+                (None, Some(pattern)) => PathSpec::Regex(pattern.clone()),
+                (None, None) => PathSpec::Prefix(r.path_prefix.clone()),
+            };
             let entry = Entry {
-                prefix: r.path_prefix.clone(),
+                path,
                 methods: r.methods.clone(),
+                headers: r.headers.clone(),
+                query: r.query.clone(),
                 route: RouteId(i),
             };
             match r.host.as_deref() {
@@ -57,31 +170,31 @@ impl Router {
             }
         }
         // Stable sorts keep file order among equals.
-        let by_prefix =
-            |entries: &mut Vec<Entry>| entries.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
-        router.exact.values_mut().for_each(by_prefix);
+        let by_specificity = |entries: &mut Vec<Entry>| {
+            entries.sort_by_key(|e| (e.path.rank(), std::cmp::Reverse(e.conditions())));
+        };
+        router.exact.values_mut().for_each(by_specificity);
         router
             .wildcard
             .iter_mut()
-            .for_each(|(_, entries)| by_prefix(entries));
+            .for_each(|(_, entries)| by_specificity(entries));
         router
             .wildcard
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        by_prefix(&mut router.any_host);
+        by_specificity(&mut router.any_host);
         router
     }
 
     /// Finds the route for a request. `host` must be lower-case, without port or trailing dot.
-    pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Option<RouteId> {
-        let pick = |entries: &[Entry]| {
-            entries
-                .iter()
-                .find(|e| {
-                    path.starts_with(&e.prefix)
-                        && e.methods.as_ref().is_none_or(|m| m.contains(method))
-                })
-                .map(|e| e.route)
+    pub fn route<B>(&self, host: Option<&str>, request: &Request<B>) -> Option<RouteId> {
+        let asked = Asked {
+            path: request.uri().path(),
+            method: request.method(),
+            headers: request.headers(),
+            query: request.uri().query(),
+            params: OnceLock::new(),
         };
+        let pick = |entries: &[Entry]| entries.iter().find(|e| asked.matches(e)).map(|e| e.route);
         if let Some(host) = host {
             if let Some(found) = self.exact.get(host).and_then(|entries| pick(entries)) {
                 return Some(found);
@@ -96,6 +209,40 @@ impl Router {
             }
         }
         pick(&self.any_host)
+    }
+
+    /// One line for each route of `routes` that can never match, naming the route that
+    /// takes its requests (`weir check` prints them; a generation logs them).
+    pub fn shadow_warnings(&self, routes: &[RouteConfig]) -> Vec<String> {
+        self.shadowed()
+            .into_iter()
+            .map(|(shadowed, by)| {
+                format!(
+                    "route \"{}\" can never match: route \"{}\", before it in precedence, takes every request it would",
+                    routes[shadowed.0].name, routes[by.0].name
+                )
+            })
+            .collect()
+    }
+
+    /// The routes that can never match, each with the route before it (in precedence order,
+    /// for the same hosts) that takes every request it would: `(shadowed, by)`.
+    pub fn shadowed(&self) -> Vec<(RouteId, RouteId)> {
+        let groups = self
+            .exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, entries)| entries))
+            .chain(std::iter::once(&self.any_host));
+        let mut found = Vec::new();
+        for entries in groups {
+            for (i, entry) in entries.iter().enumerate() {
+                if let Some(by) = entries[..i].iter().find(|e| entry.covered_by(e)) {
+                    found.push((entry.route, by.route));
+                }
+            }
+        }
+        found.sort_by_key(|(shadowed, _)| shadowed.0);
+        found
     }
 }
 
@@ -165,8 +312,9 @@ cluster = "c"
             (None, "GET", "/apiary", "api"),
             (None, "GET", "/api/v2/users", "api-v2"),
             (None, "GET", "/api/v1", "api"),
-            // Equal prefixes: the first written wins, unless its method list excludes the request.
-            (None, "POST", "/api/x", "api"),
+            // Equal prefixes: the one with more conditions (a method list) first.
+            (None, "POST", "/api/x", "api-writes"),
+            (None, "GET", "/api/x", "api"),
             (Some("other.org"), "GET", "/api", "api"),
             (Some("api.example.com"), "GET", "/api", "api-host"),
             (Some("api.example.com"), "GET", "/admin/x", "api-host-admin"),
@@ -180,8 +328,13 @@ cluster = "c"
         ];
         for (host, method, path, expect) in cases {
             let method = Method::from_bytes(method.as_bytes()).expect("method");
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(*path)
+                .body(())
+                .expect("request");
             let got = router
-                .route(*host, path, &method)
+                .route(*host, &request)
                 .map(|id| config.routes[id.0].name.as_str());
             assert_eq!(got, Some(*expect), "{method} {host:?} {path}");
         }
@@ -196,13 +349,133 @@ cluster = "c"
         )
         .expect("valid");
         let router = Router::new(&config.routes);
-        assert_eq!(
-            router.route(Some("a.com"), "/x", &Method::GET),
-            Some(RouteId(0))
-        );
-        assert_eq!(router.route(Some("a.com"), "/y", &Method::GET), None);
-        assert_eq!(router.route(Some("a.com"), "/x", &Method::POST), None);
-        assert_eq!(router.route(Some("b.com"), "/x", &Method::GET), None);
-        assert_eq!(router.route(None, "/x", &Method::GET), None);
+        let route = |host, method: Method, path: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .expect("request");
+            router.route(host, &request)
+        };
+        assert_eq!(route(Some("a.com"), Method::GET, "/x"), Some(RouteId(0)));
+        assert_eq!(route(Some("a.com"), Method::GET, "/y"), None);
+        assert_eq!(route(Some("a.com"), Method::POST, "/x"), None);
+        assert_eq!(route(Some("b.com"), Method::GET, "/x"), None);
+        assert_eq!(route(None, Method::GET, "/x"), None);
+    }
+
+    const CONDITIONS: &str = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[[clusters]]
+name = "c"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+name = "orders-v1"
+path_prefix = "/orders"
+cluster = "c"
+[[routes]]
+name = "orders-v2"
+path_prefix = "/orders"
+headers = [{ name = "API-Version", exact = "2" }]
+cluster = "c"
+[[routes]]
+name = "orders-beta"
+path_prefix = "/orders"
+query = [{ name = "beta", present = true }, { name = "tier", regex = "gold|silver" }]
+cluster = "c"
+[[routes]]
+name = "orders-one"
+path_regex = "/orders/[0-9]+"
+cluster = "c"
+[[routes]]
+name = "orders-exact"
+path = "/orders/42"
+cluster = "c"
+[[routes]]
+name = "mobile"
+path_prefix = "/m"
+headers = [{ name = "user-agent", regex = ".*Mobile.*" }, { name = "x-desktop", present = false }]
+cluster = "c"
+[[routes]]
+name = "orders-again"
+path_prefix = "/orders/"
+headers = [{ name = "api-version", exact = "2" }, { name = "x-debug", present = true }]
+cluster = "c"
+[[routes]]
+name = "never"
+path = "/orders/42"
+cluster = "c"
+"#;
+
+    #[test]
+    fn conditions_and_precedence() {
+        let config = parse(Path::new("t.toml"), CONDITIONS).expect("valid");
+        let router = Router::new(&config.routes);
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case<'_>] = &[
+            ("/orders", &[], Some("orders-v1")),
+            ("/orders", &[("api-version", "2")], Some("orders-v2")),
+            ("/orders", &[("api-version", "3")], Some("orders-v1")),
+            ("/orders?beta&tier=gold", &[], Some("orders-beta")),
+            ("/orders?beta=1&tier=bronze", &[], Some("orders-v1")),
+            ("/orders?tier=silver", &[], Some("orders-v1")),
+            ("/orders?beta=&tier=gol%64", &[], Some("orders-beta")),
+            ("/orders/7", &[("api-version", "2")], Some("orders-one")),
+            ("/orders/7x", &[], Some("orders-v1")),
+            ("/orders/42", &[], Some("orders-exact")),
+            ("/m/x", &[("user-agent", "Foo Mobile Bar")], Some("mobile")),
+            (
+                "/m/x",
+                &[("user-agent", "Foo Mobile"), ("x-desktop", "1")],
+                None,
+            ),
+            ("/m/x", &[], None),
+            (
+                "/orders/x",
+                &[("api-version", "2"), ("x-debug", "")],
+                Some("orders-again"),
+            ),
+        ];
+        for (target, headers, expect) in cases {
+            let mut request = Request::builder().uri(*target);
+            for (name, value) in *headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(()).expect("request");
+            let got = router
+                .route(None, &request)
+                .map(|id| config.routes[id.0].name.as_str());
+            assert_eq!(got, *expect, "{target} {headers:?}");
+        }
+        let shadowed: Vec<(&str, &str)> = router
+            .shadowed()
+            .into_iter()
+            .map(|(a, b)| {
+                (
+                    config.routes[a.0].name.as_str(),
+                    config.routes[b.0].name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(shadowed, [("never", "orders-exact")]);
+    }
+
+    #[test]
+    fn duplicates_and_narrower_methods_after_a_catch_all_are_shadowed() {
+        let config = parse(Path::new("t.toml"), ROUTES).expect("valid");
+        let router = Router::new(&config.routes);
+        let shadowed: Vec<(&str, &str)> = router
+            .shadowed()
+            .into_iter()
+            .map(|(a, b)| {
+                (
+                    config.routes[a.0].name.as_str(),
+                    config.routes[b.0].name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(shadowed, [("api-dup", "api")]);
     }
 }

@@ -29,6 +29,7 @@ mod plugins;
 mod pooling;
 mod proxying;
 mod reload;
+mod routing;
 mod service;
 mod shared_state;
 mod tidy;

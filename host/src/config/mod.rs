@@ -9,6 +9,7 @@ mod cache;
 mod compression;
 pub(crate) mod kv;
 mod model;
+mod routing;
 mod tls;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use admin::{AdminAuth, AdminToken, TokenSource};
 pub use cache::Cache;
 pub use compression::{Algorithm, Compression};
 pub use kv::{KvBackendKind, KvConfig, RedisKvConfig};
+pub use routing::{Backend, Condition, Mirror, Pattern, Test};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,

@@ -336,8 +336,15 @@ pub(crate) struct RawRoute {
     pub(crate) name: Spanned<String>,
     pub(crate) host: Option<Spanned<String>>,
     pub(crate) path_prefix: Option<Spanned<String>>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) path_regex: Option<Spanned<String>>,
     pub(crate) methods: Option<Vec<Spanned<String>>>,
+    pub(crate) headers: Option<Vec<Spanned<RawCondition>>>,
+    pub(crate) query: Option<Vec<Spanned<RawCondition>>>,
     pub(crate) cluster: Option<Spanned<String>>,
+    pub(crate) backends: Option<Spanned<Vec<RawBackend>>>,
+    pub(crate) split_by: Option<Spanned<String>>,
+    pub(crate) mirror: Option<Spanned<RawMirror>>,
     pub(crate) handler: Option<Spanned<String>>,
     pub(crate) plugins: Option<Vec<Spanned<String>>>,
     pub(crate) retry_non_idempotent: Option<bool>,
@@ -345,6 +352,34 @@ pub(crate) struct RawRoute {
     pub(crate) request_body_bytes: Option<Spanned<u64>>,
     pub(crate) compression: Option<Spanned<RawCompression>>,
     pub(crate) cache: Option<Spanned<RawCache>>,
+}
+
+/// `{ name = "api-version", exact = "2" }` (or `regex`, or `present`) in a route's `headers`
+/// or `query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCondition {
+    pub(crate) name: String,
+    pub(crate) exact: Option<String>,
+    pub(crate) regex: Option<String>,
+    pub(crate) present: Option<bool>,
+}
+
+/// `{ cluster = "v1", weight = 95 }` in a route's `backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub(crate) cluster: Spanned<String>,
+    pub(crate) weight: Option<u32>,
+}
+
+/// `mirror = { cluster = "shadow", percent = 10, max_body_bytes = 65536 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMirror {
+    pub(crate) cluster: Spanned<String>,
+    pub(crate) percent: Option<f64>,
+    pub(crate) max_body_bytes: Option<u64>,
 }
 
 /// `cache = { max_bytes = 67108864, max_object_bytes = 1048576, lock_timeout = "5s" }`.

@@ -484,6 +484,14 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Path prefix to match; `/` matches every path.
     pub path_prefix: String,
+    /// The exact path to match instead of a prefix.
+    pub path_exact: Option<String>,
+    /// A regex the whole path must match instead of a prefix.
+    pub path_regex: Option<super::routing::Pattern>,
+    /// Conditions on request headers, all of which must hold.
+    pub headers: Vec<super::routing::Condition>,
+    /// Conditions on query parameters, all of which must hold.
+    pub query: Vec<super::routing::Condition>,
     /// Methods to match; `None` matches any.
     #[serde(serialize_with = "methods")]
     pub methods: Option<Vec<Method>>,
@@ -503,6 +511,11 @@ pub struct RouteConfig {
     pub compression: Option<Compression>,
     /// How its upstream's responses are stored and reused, if they are.
     pub cache: Option<super::cache::Cache>,
+    /// What keeps a client on one of the route's `backends`; `None`: each request is split
+    /// by weight alone.
+    pub split_by: Option<HashKey>,
+    /// A sample of the route's requests copied to another cluster.
+    pub mirror: Option<super::routing::Mirror>,
 }
 
 /// What answers a route: exactly one of a cluster or a handler plugin. (Serialized as the
@@ -515,6 +528,9 @@ pub enum RouteTarget {
     /// A handler plugin, by name.
     #[serde(rename = "handler")]
     Handler(String),
+    /// Clusters sharing the route's requests by weight.
+    #[serde(rename = "backends")]
+    Backends(Vec<super::routing::Backend>),
 }
 
 impl RouteTarget {
@@ -522,7 +538,7 @@ impl RouteTarget {
     pub fn handler(&self) -> Option<&String> {
         match self {
             RouteTarget::Handler(name) => Some(name),
-            RouteTarget::Cluster(_) => None,
+            RouteTarget::Cluster(_) | RouteTarget::Backends(_) => None,
         }
     }
 }
@@ -1458,8 +1474,20 @@ fn route(
     limits: &Limits,
 ) -> Option<RouteConfig> {
     let name = raw.name.get_ref();
-    // The target: a cluster, or a handler plugin; exactly one.
+    // The target: a cluster, weighted backends, or a handler plugin; exactly one.
+    let backends = raw
+        .backends
+        .as_ref()
+        .map(|b| super::routing::backends(check, name, b, clusters));
     let target = match (&raw.cluster, &raw.handler) {
+        _ if backends.is_some() && (raw.cluster.is_some() || raw.handler.is_some()) => {
+            check.error(
+                &raw.name,
+                format!("route \"{name}\" names backends and a cluster or handler; give one"),
+            );
+            None
+        }
+        _ if backends.is_some() => backends.flatten().map(RouteTarget::Backends),
         (Some(cluster), None) => {
             let index = clusters.iter().position(|c| &c.name == cluster.get_ref());
             if index.is_none() {
@@ -1500,7 +1528,7 @@ fn route(
         (None, None) => {
             check.error(
                 &raw.name,
-                format!("route \"{name}\" needs a cluster (or a handler plugin)"),
+                format!("route \"{name}\" needs a cluster (or backends, or a handler plugin)"),
             );
             None
         }
@@ -1547,6 +1575,60 @@ fn route(
         None => "/".to_owned(),
     };
 
+    let path_exact = raw.path.as_ref().and_then(|p| {
+        if p.get_ref().starts_with('/') {
+            Some(p.get_ref().clone())
+        } else {
+            check.error(
+                p,
+                format!(
+                    "route \"{name}\": path \"{}\" must start with \"/\"",
+                    p.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let path_regex =
+        raw.path_regex
+            .as_ref()
+            .and_then(|p| match super::routing::pattern(p.get_ref()) {
+                Ok(pattern) => Some(pattern),
+                Err(why) => {
+                    check.error(
+                        p,
+                        format!("route \"{name}\": path_regex {:?}: {why}", p.get_ref()),
+                    );
+                    None
+                }
+            });
+    let given = [
+        raw.path_prefix.is_some(),
+        raw.path.is_some(),
+        raw.path_regex.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        check.error(
+            &raw.name,
+            format!("route \"{name}\": give one of path_prefix, path and path_regex"),
+        );
+    }
+    let headers = super::routing::conditions(check, name, "headers", raw.headers.as_ref());
+    let query = super::routing::conditions(check, name, "query", raw.query.as_ref());
+    let split_by = raw
+        .split_by
+        .as_ref()
+        .and_then(|s| super::routing::split_by(check, name, s));
+    if let Some(s) = &raw.split_by
+        && raw.backends.is_none()
+    {
+        check.error(s, format!("route \"{name}\": split_by needs backends"));
+    }
+    let mirror = raw
+        .mirror
+        .as_ref()
+        .and_then(|m| super::routing::mirror(check, name, m, clusters));
+
     let methods =
         raw.methods.as_ref().map(|list| {
             let mut methods = Vec::new();
@@ -1588,6 +1670,10 @@ fn route(
         name: name.clone(),
         host,
         path_prefix,
+        path_exact,
+        path_regex,
+        headers,
+        query,
         methods,
         target,
         plugins,
@@ -1612,6 +1698,8 @@ fn route(
             .cache
             .as_ref()
             .map(|c| super::cache::cache(check, name, c)),
+        split_by,
+        mirror,
     })
 }
 
@@ -1824,7 +1912,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nretries = 3",
-                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `methods`, `cluster`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`, `compression`, `cache`",
+                "11:1: unknown field `retries`, expected one of `name`, `host`, `path_prefix`, `path`, `path_regex`, `methods`, `headers`, `query`, `cluster`, `backends`, `split_by`, `mirror`, `handler`, `plugins`, `retry_non_idempotent`, `access_log`, `request_body_bytes`, `compression`, `cache`",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nhandler = \"agg\"",
@@ -1832,11 +1920,27 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[[routes]]\nname = \"r\"",
-                "9:8: route \"r\" needs a cluster (or a handler plugin)",
+                "9:8: route \"r\" needs a cluster (or backends, or a handler plugin)",
             ),
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\n[[routes]]\nname = \"r\"\ncluster = \"app\"",
                 "12:8: duplicate route name \"r\" (first defined on line 9)",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\npath = \"/a\"\npath_prefix = \"/b\"\npath_regex = \"(\"",
+                "9:8: route \"r\": give one of path_prefix, path and path_regex\n13:14: route \"r\": path_regex \"(\": unclosed group",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\nheaders = [{ name = \"v\", exact = \"2\", present = true }, { name = \"bad name\", present = true }]\nquery = [{ name = \"q\", regex = \"a{99999}\" }]",
+                "11:12: route \"r\": headers condition on v needs exactly one of exact, regex or present\n11:57: route \"r\": headers condition name \"bad name\" is not valid\n12:10: route \"r\": query condition on q: regex \"a{99999}\": compiles to more than 1024 KiB",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\nbackends = [{ cluster = \"app\", weight = 0 }]\nsplit_by = \"body\"\nmirror = { cluster = \"nope\", percent = 101 }",
+                "10:12: route \"r\": every backend has weight 0; at least one must take traffic\n11:12: route \"r\": split_by \"body\" is not one of client_address, header:NAME, cookie:NAME\n12:10: route \"r\": mirror.percent must be between 0 and 100\n12:22: route \"r\": mirror names cluster \"nope\", which is not defined",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\nsplit_by = \"client_address\"\nbackends = [{ cluster = \"app\" }, { cluster = \"gone\", weight = 5 }]",
+                "9:8: route \"r\" names backends and a cluster or handler; give one\n12:46: route \"r\": backends names cluster \"gone\", which is not defined",
             ),
         ];
         for (extra, expect) in cases {

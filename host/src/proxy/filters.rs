@@ -279,7 +279,7 @@ async fn decoded_response_body(
 
 /// Reads a request body whole for the body hooks: 413 when `Content-Length` or the bytes
 /// that arrive exceed `limit`.
-async fn read_request_body(
+pub(super) async fn read_request_body(
     body: ClientBody,
     headers: &http::HeaderMap,
     limit: usize,

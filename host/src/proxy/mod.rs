@@ -39,6 +39,7 @@ mod downstream;
 mod filters;
 mod forward;
 mod grpc;
+mod mirror;
 mod observe;
 mod outbound;
 mod path;
@@ -334,6 +335,16 @@ async fn proxy<B: DownstreamBody>(
     if let Some(upgrade) = &upgrade {
         upgrade::restore(&mut parts.headers, upgrade);
     }
+    // A sample of the route's requests, copied as they go upstream; never waited for.
+    let mirror = ctx
+        .route
+        .and_then(|i| generation.config.routes[i].mirror.as_ref());
+    if let Some(mirror) = mirror
+        && upgrade.is_none()
+    {
+        let metrics = &route.metrics;
+        mirror::copy(mirror, generation, &parts, &mut body, &request_id, metrics).await?;
+    }
     // The route's cache, after the filters (a hit never skips an auth plugin): an answer from
     // the store, or what the upstream's answer does to it.
     let (mut stored, mut fill) = (None, None);
@@ -348,7 +359,7 @@ async fn proxy<B: DownstreamBody>(
         match caching::before(cache, &mut parts, scheme, host.as_ref()).await {
             caching::Before::Answer(answer) => stored = Some(answer),
             caching::Before::AnswerAndRevalidate(answer, revalidation) => {
-                if let Target::Cluster(cluster) = route.target {
+                if let Some(cluster) = ctx.cluster {
                     let id = request_id.clone();
                     caching::revalidate_behind(
                         generation.clone(),
@@ -367,15 +378,22 @@ async fn proxy<B: DownstreamBody>(
     let mut response = match stored {
         Some(answer) => answer,
         None => {
-            let answer = match &route.target {
-                Target::Cluster(cluster) => {
+            let answer = match (&route.target, ctx.cluster) {
+                (Target::Handler(handler), _) => {
+                    let handler = handler.as_ref().map_err(|why| {
+                        ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
+                    })?;
+                    call_handler(generation, handler, parts, body, &request_id).await
+                }
+                (_, None) => Err(ProxyError::new(ErrorKind::NoEndpoint)),
+                (_, Some(cluster)) => {
                     // The exchange's future is awaited here, not inside a helper's: each level
                     // of async nesting moves the whole nested future once more (a memcpy per
                     // request).
                     let trace = ctx.trace.clone();
                     let exchange = exchange(
                         generation,
-                        *cluster,
+                        cluster,
                         parts,
                         body,
                         &request_id,
@@ -387,19 +405,13 @@ async fn proxy<B: DownstreamBody>(
                     if let Some(sent) = sent {
                         let took = sent.elapsed();
                         ctx.upstream_duration = Some(took);
-                        let metrics = &generation.clusters[*cluster].metrics;
+                        let metrics = &generation.clusters[cluster].metrics;
                         metrics.upstream_duration.observe(took.as_secs_f64());
                     }
                     answer.map(|answer| {
                         sticky = answer.set_cookie;
                         answer.response.map(ProxyBody::Upstream)
                     })
-                }
-                Target::Handler(handler) => {
-                    let handler = handler.as_ref().map_err(|why| {
-                        ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
-                    })?;
-                    call_handler(generation, handler, parts, body, &request_id).await
                 }
             };
             match fill {
@@ -486,13 +498,24 @@ fn route<'g, B>(
     let host = host.map(downstream::normalize_host).transpose()?;
     let index = generation
         .router
-        .route(host.as_deref(), request.uri().path(), request.method())
+        .route(host.as_deref(), request)
         .ok_or_else(|| ProxyError::new(ErrorKind::NoRoute))?
         .0;
     let route = &generation.routes[index];
     ctx.route = Some(index);
-    if let Target::Cluster(cluster) = route.target {
-        ctx.cluster = Some(cluster);
+    match &route.target {
+        Target::Cluster(cluster) => ctx.cluster = Some(*cluster),
+        // The backend is chosen once, here: by the client's key when the route keeps clients
+        // on one, else at random by weight.
+        Target::Backends(split) => {
+            let config = &generation.config.routes[index];
+            let point = match &config.split_by {
+                Some(key) => key_hash(key, request.headers(), request.uri(), ctx.client_addr()),
+                None => fastrand::u64(..),
+            };
+            ctx.cluster = Some(split.pick(point));
+        }
+        Target::Handler(_) => {}
     }
     Ok(route)
 }
@@ -753,17 +776,17 @@ fn hash_key(lb: &LbPolicy, request: &http::request::Parts, client: SocketAddr) -
     let LbPolicy::ConsistentHash { key } = lb else {
         return None;
     };
-    Some(match key {
+    Some(key_hash(key, &request.headers, &request.uri, client))
+}
+
+/// A request's `key` (its client, path, a header or a cookie), hashed.
+fn key_hash(key: &HashKey, headers: &http::HeaderMap, uri: &http::Uri, client: SocketAddr) -> u64 {
+    match key {
         HashKey::ClientAddress => hash(client.ip()),
-        HashKey::Path => hash(request.uri.path()),
-        HashKey::Header(name) => hash(
-            request
-                .headers
-                .get(name.as_str())
-                .map_or(&[][..], |v| v.as_bytes()),
-        ),
-        HashKey::Cookie(name) => hash(cookie(&request.headers, name).unwrap_or("")),
-    })
+        HashKey::Path => hash(uri.path()),
+        HashKey::Header(name) => hash(headers.get(name.as_str()).map_or(&[][..], |v| v.as_bytes())),
+        HashKey::Cookie(name) => hash(cookie(headers, name).unwrap_or("")),
+    }
 }
 
 /// Feeds one attempt's outcome to the cluster's outlier detection; logs an ejection.

@@ -349,11 +349,12 @@ impl hyper::body::Body for Channel {
 
 /// `body_read_timeout` (here 1 s) ends a request body that pauses longer with 408, never
 /// counted against the endpoint; a gRPC call's stream may pause (its own deadline bounds it).
+/// (The cluster speaks h2c: a gRPC call to an HTTP/1.1 cluster is refused before its body.)
 #[tokio::test(start_paused = true)]
 async fn a_paused_body_is_408_except_a_grpc_stream() {
     let config = format!(
         "{}\n[server.limits]\nbody_read_timeout = \"1s\"\n",
-        two_endpoints(false).replace("retries = 1", "retries = 0")
+        two_endpoints(false).replace("retries = 1", "retries = 0\nprotocol = \"h2c\"")
     );
     let watch = Watch::default();
     let service = proxy(&config, first_fails(Endpoint::Answer(200), &watch));

@@ -82,8 +82,11 @@ impl Connector for MemoryConnector {
                 }
             });
             tokio::spawn(async move {
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(far), service);
+                // HTTP/1.1, or HTTP/2 with prior knowledge for an `h2c` cluster.
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let connection = builder.serve_connection(TokioIo::new(far), service);
                 // An endpoint that answers with an error ends its connection on purpose.
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "in-memory endpoint connection ended");

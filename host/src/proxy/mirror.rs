@@ -1,0 +1,103 @@
+//! A route's `mirror`: a sample of its requests, as they go upstream, copied to another
+//! cluster on a task of their own. The client's answer and latency never wait on the copy:
+//! the copy's answer is read and dropped, its failure counted. Only requests whose whole
+//! body is known and small are copied (none, or a `Content-Length` up to `max_body_bytes`,
+//! read before the request goes on, as a retry's body is); others are counted as skipped.
+//! The copy's `Host` gets `-shadow` appended (as Envoy's), so the shadow service and its
+//! logs can tell copies from real traffic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, request};
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+
+use super::attempts::RequestBody;
+use super::outbound::ClusterOutbound;
+use crate::config::Mirror;
+use crate::error::ProxyError;
+use crate::generation::Generation;
+use crate::metrics::{MirrorResult, RouteMetrics};
+use crate::plugin::outbound::Outbound as _;
+
+/// Copies the request (`parts`, `body`) to the mirror's cluster if this one is in the
+/// sample. A small streamed body is read first (and goes on as read).
+pub(super) async fn copy(
+    mirror: &Mirror,
+    generation: &Arc<Generation>,
+    parts: &request::Parts,
+    body: &mut RequestBody,
+    request_id: &HeaderValue,
+    metrics: &RouteMetrics,
+) -> Result<(), ProxyError> {
+    if fastrand::f64() * 100.0 >= mirror.percent {
+        return Ok(());
+    }
+    let bytes = match body {
+        RequestBody::Buffered(bytes) => bytes.clone(),
+        RequestBody::Client(streamed) if streamed.is_end_stream() => Bytes::new(),
+        RequestBody::Client(_) => {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_none_or(|n| n > mirror.max_body_bytes) {
+                metrics.mirrored(MirrorResult::Skipped);
+                return Ok(());
+            }
+            let RequestBody::Client(streamed) =
+                std::mem::replace(body, RequestBody::Buffered(Bytes::new()))
+            else {
+                return Ok(());
+            };
+            let limit = usize::try_from(mirror.max_body_bytes).unwrap_or(usize::MAX);
+            let read = Bytes::from(
+                super::filters::read_request_body(streamed, &parts.headers, limit).await?,
+            );
+            *body = RequestBody::Buffered(read.clone());
+            read
+        }
+    };
+    let mut copy = Request::new(bytes);
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.headers_mut() = parts.headers.clone();
+    let host = copy
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("{h}-shadow"))
+        .and_then(|h| HeaderValue::from_str(&h).ok());
+    if let Some(host) = host {
+        copy.headers_mut().insert(header::HOST, host);
+    }
+    let outbound = ClusterOutbound {
+        generation: generation.clone(),
+        request_id: request_id.clone(),
+    };
+    let sent = outbound.send(mirror.cluster.name.clone(), copy);
+    let counters = metrics.mirror_counters();
+    tokio::spawn(async move {
+        let result = match sent.await {
+            Ok(response) => {
+                let failed = response.status().is_server_error();
+                // Read to the end, so the connection goes back to the pool.
+                let _ = response.into_body().collect().await;
+                if failed {
+                    MirrorResult::Failed
+                } else {
+                    MirrorResult::Sent
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "mirrored request failed");
+                MirrorResult::Failed
+            }
+        };
+        counters.count(result);
+    });
+    Ok(())
+}
