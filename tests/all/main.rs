@@ -33,6 +33,7 @@ mod routing;
 mod service;
 mod shared_state;
 mod tidy;
+mod xml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,17 +1,31 @@
 //! `transform`: changes requests and responses on their way through. Headers are renamed,
-//! set from templates or removed in the head hooks; JSON bodies are changed by path in the
-//! body hooks, which are asked for only when a direction has JSON changes, so a
-//! headers-only config never makes weir buffer a body. See the README for every key.
+//! set from templates or removed in the head hooks; bodies are converted between XML and
+//! JSON (`xml.rs`) and JSON bodies changed by path (`json.rs`) in the body hooks, which are
+//! asked for only when a direction has body changes, so a headers-only config never makes
+//! weir buffer a body. See the README for every key.
 //!
-//! Order, per direction: headers `rename`, `remove`, `set`; then JSON `unwrap`, `remove`,
-//! `rename`, `set`, `add`, `wrap`. weir corrects `Content-Length` after a body changes.
+//! Order, per direction: headers `rename`, `remove`, `set`; then the body: XML → JSON, JSON
+//! `unwrap`, `remove`, `rename`, `set`, `add`, `wrap`, JSON → XML. Converting first and last
+//! lets the JSON changes work on a converted body, and on a body before it is converted.
+//! weir corrects `Content-Length` after a body changes.
 
 #![forbid(unsafe_code)]
 
+mod json;
+mod xml;
+
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use weir_plugin::{Action, Body, Filter, Hooks, Reply, Request, Response};
+
+pub use json::Json;
+
+/// The `Content-Type` of a body converted to JSON.
+const JSON_TYPE: &str = "application/json";
+/// The `Content-Type` of a body converted to XML.
+const XML_TYPE: &str = "application/xml";
+/// The root element of JSON → XML when the JSON is not an object with one key.
+const DEFAULT_ROOT: &str = "root";
 
 /// The `[config]` table: one section per direction.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -32,9 +46,83 @@ pub struct Direction {
     /// Header changes.
     #[serde(default)]
     pub headers: HeaderChanges,
-    /// JSON body changes; applied only to `application/json` (or `+json`) bodies.
+    /// JSON body changes; applied only to `application/json` (or `+json`) bodies, and to
+    /// XML bodies `xml_to_json` converted.
     #[serde(default)]
     pub json: JsonChanges,
+    /// Convert XML bodies (`application/xml`, `text/xml`, `+xml`) to JSON, before the JSON
+    /// changes.
+    #[serde(default)]
+    pub xml_to_json: bool,
+    /// Convert JSON bodies to XML, after the JSON changes.
+    #[serde(default)]
+    pub json_to_xml: bool,
+    /// The root element `json_to_xml` puts a body in when it is not an object with one key
+    /// (`root` if not set).
+    #[serde(default)]
+    pub xml_root: Option<String>,
+}
+
+impl Direction {
+    fn has_body_changes(&self) -> bool {
+        !self.json.is_empty() || self.xml_to_json || self.json_to_xml
+    }
+
+    /// Runs this direction's body changes on `body`, in order: XML → JSON, the JSON
+    /// changes, JSON → XML. Returns the body's new `Content-Type` if a conversion changed
+    /// it. On an error, the body is as it came.
+    fn change_body(
+        &self,
+        content_type: Option<&str>,
+        body: &mut Body,
+    ) -> Result<Option<&'static str>, Failure> {
+        let (media, charset) = media(content_type);
+        let mut value = match media {
+            Media::Xml if self.xml_to_json => {
+                xml::to_json(body.bytes(), charset).map_err(Failure::FromXml)?
+            }
+            Media::Json if !self.json.is_empty() || self.json_to_xml => {
+                body.json::<Json>().map_err(Failure::Json)?
+            }
+            _ => return Ok(None),
+        };
+        json::apply(&self.json, &mut value);
+        if self.json_to_xml {
+            let root = self.xml_root.as_deref().unwrap_or(DEFAULT_ROOT);
+            let xml = xml::from_json(&value, root, body.bytes().len()).map_err(Failure::ToXml)?;
+            body.replace(xml);
+            return Ok(Some(XML_TYPE));
+        }
+        replace(body, &value);
+        Ok((media == Media::Xml).then_some(JSON_TYPE))
+    }
+}
+
+/// Why a body was not changed.
+#[derive(Debug)]
+enum Failure {
+    Json(serde_json::Error),
+    FromXml(xml::Error),
+    ToXml(xml::Error),
+}
+
+impl Failure {
+    /// What failed, for the client's 400 or the log: "`what` body is not valid JSON".
+    fn summary(&self, what: &str) -> String {
+        match self {
+            Failure::Json(_) => format!("{what} body is not valid JSON"),
+            Failure::FromXml(_) => format!("{what} body cannot be converted from XML"),
+            Failure::ToXml(_) => format!("{what} body cannot be converted to XML"),
+        }
+    }
+
+    /// Why.
+    fn detail(&self) -> String {
+        match self {
+            Failure::Json(e) => e.to_string(),
+            Failure::FromXml(e) | Failure::ToXml(e) => e.to_string(),
+        }
+    }
 }
 
 /// Header changes.
@@ -68,10 +156,10 @@ pub struct JsonChanges {
     pub rename: BTreeMap<String, String>,
     /// Path → value, set whether or not the field exists (parents created).
     #[serde(default)]
-    pub set: BTreeMap<String, Value>,
+    pub set: BTreeMap<String, Json>,
     /// Path → value, set only if the field does not exist.
     #[serde(default)]
-    pub add: BTreeMap<String, Value>,
+    pub add: BTreeMap<String, Json>,
     /// Put the body under this key of a new object (put it in an envelope).
     #[serde(default)]
     pub wrap: Option<String>,
@@ -128,6 +216,19 @@ impl Filter for Transform {
             if json.wrap.as_deref() == Some("") {
                 return Err(format!("{name}.json.wrap must not be empty"));
             }
+            if direction.xml_to_json && direction.json_to_xml {
+                return Err(format!(
+                    "{name}: xml_to_json and json_to_xml cannot both be set"
+                ));
+            }
+            if let Some(root) = &direction.xml_root {
+                if !direction.json_to_xml {
+                    return Err(format!("{name}.xml_root is used only with json_to_xml"));
+                }
+                if !xml::is_name(root) {
+                    return Err(format!("{name}.xml_root: {root:?} is not an XML name"));
+                }
+            }
         }
         Ok(Transform {
             request: config.request,
@@ -143,8 +244,8 @@ impl Filter for Transform {
         Hooks {
             on_request: has_headers(&self.request),
             on_response: has_headers(&self.response),
-            on_request_body: !self.request.json.is_empty(),
-            on_response_body: !self.response.json.is_empty(),
+            on_request_body: self.request.has_body_changes(),
+            on_response_body: self.response.has_body_changes(),
         }
     }
 
@@ -184,49 +285,81 @@ impl Filter for Transform {
         Action::Continue
     }
 
+    /// A request body that cannot be read or converted is refused (400): the upstream
+    /// expects what the conversion would have made.
     fn on_request_body(&self, request: &mut Request, body: &mut Body) -> Action {
-        if !is_json(request.header("content-type")) {
-            return Action::Continue;
+        match self
+            .request
+            .change_body(request.header("content-type"), body)
+        {
+            Ok(Some(content_type)) => request.set_header("content-type", content_type),
+            Ok(None) => {}
+            Err(failure) => {
+                let (summary, detail) = (failure.summary("request"), failure.detail());
+                weir_plugin::log::info!("{summary}, refused with 400: {detail}");
+                let message = serde_json::json!({ "message": summary, "detail": detail });
+                return Reply::json(400, &message).into();
+            }
         }
-        let Ok(mut value) = body.json::<Value>() else {
-            return Reply::json(
-                400,
-                &serde_json::json!({ "message": "request body is not valid JSON" }),
-            )
-            .into();
-        };
-        apply_json(&self.request.json, &mut value);
-        replace(body, &value);
         Action::Continue
     }
 
+    /// A response body that cannot be read or converted goes on as it came, logged: the
+    /// client gets the upstream's answer rather than an error of ours.
     fn on_response_body(&self, _: &Request, response: &mut Response, body: &mut Body) -> Action {
-        if !is_json(response.header("content-type")) {
-            return Action::Continue;
-        }
-        match body.json::<Value>() {
-            Ok(mut value) => {
-                apply_json(&self.response.json, &mut value);
-                replace(body, &value);
+        match self
+            .response
+            .change_body(response.header("content-type"), body)
+        {
+            Ok(Some(content_type)) => response.set_header("content-type", content_type),
+            Ok(None) => {}
+            Err(failure) => {
+                let (summary, detail) = (failure.summary("response"), failure.detail());
+                weir_plugin::log::warn!("{summary}, left as is: {detail}");
             }
-            Err(e) => weir_plugin::log::warn!("response body is not valid JSON, left as is: {e}"),
         }
         Action::Continue
     }
 }
 
-fn replace(body: &mut Body, value: &Value) {
+fn replace(body: &mut Body, value: &Json) {
     if let Err(e) = body.set_json(value) {
         weir_plugin::log::warn!("cannot serialise the transformed body: {e}");
     }
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
-    let Some(media) = content_type.and_then(|c| c.split(';').next()) else {
-        return false;
+/// What a body is, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `application/json`, `application/*+json`.
+    Json,
+    /// `application/xml`, `text/xml`, `application/*+xml`, `text/*+xml`.
+    Xml,
+    Other,
+}
+
+/// The kind of body `content_type` names, and its `charset` parameter if it has one.
+fn media(content_type: Option<&str>) -> (Media, Option<&str>) {
+    let Some(content_type) = content_type else {
+        return (Media::Other, None);
     };
-    let media = media.trim().to_ascii_lowercase();
-    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let charset = parts.find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    });
+    let (kind, subtype) = essence.split_once('/').unwrap_or((&essence, ""));
+    let media = match (kind, subtype) {
+        ("application", "json") => Media::Json,
+        ("application", s) if s.ends_with("+json") => Media::Json,
+        ("application" | "text", "xml") => Media::Xml,
+        ("application" | "text", s) if s.ends_with("+xml") => Media::Xml,
+        _ => Media::Other,
+    };
+    (media, charset)
 }
 
 fn is_token_char(b: u8) -> bool {
@@ -261,104 +394,6 @@ fn fill(template: &str, request: &Request, status: Option<u16>) -> String {
     out
 }
 
-fn apply_json(changes: &JsonChanges, value: &mut Value) {
-    if let Some(path) = &changes.unwrap {
-        *value = lookup(value, path).cloned().unwrap_or(Value::Null);
-    }
-    for path in &changes.remove {
-        take(value, path);
-    }
-    for (path, new_key) in &changes.rename {
-        let (parent, key) = split(path);
-        if let Some(Value::Object(object)) = lookup_mut(value, parent)
-            && let Some(moved) = object.remove(key)
-        {
-            object.insert(new_key.clone(), moved);
-        }
-    }
-    for (path, new) in &changes.set {
-        put(value, path, new.clone(), true);
-    }
-    for (path, new) in &changes.add {
-        put(value, path, new.clone(), false);
-    }
-    if let Some(key) = &changes.wrap {
-        let inner = std::mem::take(value);
-        *value = serde_json::json!({ key.as_str(): inner });
-    }
-}
-
-/// `a.b.c` → (`a.b`, `c`); `c` → (``, `c`).
-fn split(path: &str) -> (&str, &str) {
-    path.rsplit_once('.').unwrap_or(("", path))
-}
-
-fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(value, |v, key| match v {
-        Value::Object(o) => o.get(key),
-        Value::Array(a) => a.get(key.parse::<usize>().ok()?),
-        _ => None,
-    })
-}
-
-fn lookup_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
-    if path.is_empty() {
-        return Some(value);
-    }
-    path.split('.').try_fold(value, |v, key| match v {
-        Value::Object(o) => o.get_mut(key),
-        Value::Array(a) => a.get_mut(key.parse::<usize>().ok()?),
-        _ => None,
-    })
-}
-
-fn take(value: &mut Value, path: &str) -> Option<Value> {
-    let (parent, key) = split(path);
-    match lookup_mut(value, parent)? {
-        Value::Object(o) => o.remove(key),
-        Value::Array(a) => {
-            let i = key.parse::<usize>().ok().filter(|i| *i < a.len())?;
-            Some(a.remove(i))
-        }
-        _ => None,
-    }
-}
-
-/// Sets `path` to `new`, creating missing parent objects; `overwrite = false` keeps an
-/// existing value. A parent that exists but is not an object or array is left alone.
-fn put(value: &mut Value, path: &str, new: Value, overwrite: bool) {
-    let mut keys = path.split('.').peekable();
-    let mut current = value;
-    while let Some(key) = keys.next() {
-        let last = keys.peek().is_none();
-        current = match current {
-            Value::Object(o) => {
-                if last {
-                    if overwrite || !o.contains_key(key) {
-                        o.insert(key.to_owned(), new);
-                    }
-                    return;
-                }
-                o.entry(key.to_owned())
-                    .or_insert_with(|| Value::Object(serde_json::Map::new()))
-            }
-            Value::Array(a) => {
-                let Some(slot) = key.parse::<usize>().ok().and_then(|i| a.get_mut(i)) else {
-                    return;
-                };
-                if last {
-                    if overwrite {
-                        *slot = new;
-                    }
-                    return;
-                }
-                slot
-            }
-            _ => return,
-        };
-    }
-}
-
 weir_plugin::export_filter!(Transform);
 
 #[cfg(test)]
@@ -378,11 +413,20 @@ mod tests {
     }
 
     #[test]
-    fn body_hooks_are_asked_for_only_with_json_changes() {
+    fn body_hooks_are_asked_for_only_with_body_changes() {
         let headers_only = transform("[request.headers]\nremove = [\"x-a\"]");
         assert_eq!(headers_only.hooks(), Hooks::REQUEST);
         let json = transform("[response.json]\nremove = [\"a\"]");
         assert!(json.hooks().on_response_body && !json.hooks().on_request_body);
+        let xml = transform("[request]\nxml_to_json = true\n[response]\njson_to_xml = true");
+        assert_eq!(
+            xml.hooks(),
+            Hooks {
+                on_request_body: true,
+                on_response_body: true,
+                ..Hooks::NONE
+            }
+        );
     }
 
     #[test]
@@ -496,9 +540,280 @@ wrap = "data"
             ("[response.json]\nremove = [\"a..b\"]", "not valid"),
             ("[response.json]\nwrap = \"\"", "must not be empty"),
             ("[response]\nbody = 1", "unknown field"),
+            (
+                "[request]\nxml_to_json = true\njson_to_xml = true",
+                "cannot both be set",
+            ),
+            (
+                "[response]\nxml_root = \"doc\"",
+                "xml_root is used only with json_to_xml",
+            ),
+            (
+                "[response]\njson_to_xml = true\nxml_root = \"1doc\"",
+                "is not an XML name",
+            ),
         ] {
             let err = Harness::<Transform>::new(config).expect_err(config);
             assert!(err.contains(want), "{config}: {err}");
+        }
+    }
+
+    const ORDER_XML: &str = r#"<?xml version="1.0"?>
+<order id="A-17" xmlns="urn:example:orders">
+  <customer>Ann</customer>
+  <card>4111 1111 1111 1111</card>
+  <line sku="X1"><qty>2</qty></line>
+  <line sku="Y2"><qty>1</qty></line>
+</order>"#;
+
+    fn xml_value(reply: &weir_plugin::Reply) -> Value {
+        let json = crate::xml::to_json(&reply.body, None).expect("XML body");
+        serde_json::to_value(&json).expect("JSON")
+    }
+
+    fn content_length_is_right(reply: &weir_plugin::Reply) {
+        let len = reply.body.len().to_string();
+        assert_eq!(reply.header_value("content-length"), Some(len.as_str()));
+    }
+
+    #[test]
+    fn an_xml_request_goes_upstream_as_json_and_the_json_reply_returns_as_xml() {
+        let t = transform("[request]\nxml_to_json = true\n[response]\njson_to_xml = true");
+        let request =
+            TestRequest::new("POST", "/orders").header("content-type", "text/xml; charset=utf-8");
+        let upstream = t.request_body(&request, ORDER_XML.as_bytes()).continued();
+        assert_eq!(
+            upstream.header_value("content-type"),
+            Some("application/json")
+        );
+        content_length_is_right(&upstream);
+        let text = std::str::from_utf8(&upstream.body).expect("UTF-8");
+        assert!(
+            text.starts_with(
+                r#"{"order":{"@id":"A-17","@xmlns":"urn:example:orders","customer":"Ann""#
+            ),
+            "document order: {text}"
+        );
+        assert_eq!(
+            json_body(&upstream)["order"]["line"],
+            json!([{"@sku": "X1", "qty": "2"}, {"@sku": "Y2", "qty": "1"}])
+        );
+
+        let reply = br#"{"status": "accepted", "id": "A-17", "lines": 2}"#;
+        let client = t
+            .response_body(
+                &request,
+                201,
+                &[("content-type", "application/json")],
+                reply,
+            )
+            .continued();
+        assert_eq!(client.status, 201);
+        assert_eq!(client.header_value("content-type"), Some("application/xml"));
+        content_length_is_right(&client);
+        let text = std::str::from_utf8(&client.body).expect("UTF-8");
+        assert_eq!(
+            text,
+            r#"<?xml version="1.0" encoding="UTF-8"?><root><status>accepted</status><id>A-17</id><lines>2</lines></root>"#
+        );
+    }
+
+    #[test]
+    fn a_json_request_goes_upstream_as_xml_and_the_xml_reply_returns_as_json() {
+        let t = transform(
+            "[request]\njson_to_xml = true\nxml_root = \"request\"\n[response]\nxml_to_json = true",
+        );
+        let request = TestRequest::new("POST", "/").header("content-type", "application/json");
+        let upstream = t
+            .request_body(&request, br#"{"user": "ann", "age": 40}"#)
+            .continued();
+        assert_eq!(
+            upstream.header_value("content-type"),
+            Some("application/xml")
+        );
+        content_length_is_right(&upstream);
+        assert_eq!(
+            xml_value(&upstream),
+            json!({"request": {"user": "ann", "age": "40"}})
+        );
+
+        let soap = br#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body><ok/></s:Body></s:Envelope>"#;
+        let client = t
+            .response_body(
+                &request,
+                200,
+                &[("content-type", "application/soap+xml; charset=utf-8")],
+                soap,
+            )
+            .continued();
+        assert_eq!(
+            client.header_value("content-type"),
+            Some("application/json")
+        );
+        content_length_is_right(&client);
+        assert_eq!(
+            json_body(&client),
+            json!({"s:Envelope": {"@xmlns:s": "http://www.w3.org/2003/05/soap-envelope", "s:Body": {"ok": null}}})
+        );
+    }
+
+    #[test]
+    fn json_changes_run_after_xml_to_json_and_before_json_to_xml() {
+        let t = transform(
+            r#"
+[request]
+xml_to_json = true
+[request.json]
+remove = ["order.card"]
+rename = { "order.@id" = "id" }
+set = { "order.via" = "weir" }
+
+[response]
+json_to_xml = true
+xml_root = "orders"
+[response.json]
+wrap = "order"
+"#,
+        );
+        let request = TestRequest::new("POST", "/").header("content-type", "application/xml");
+        let upstream = t.request_body(&request, ORDER_XML.as_bytes()).continued();
+        let order = &json_body(&upstream)["order"];
+        assert!(order.get("card").is_none(), "{order}");
+        assert_eq!(order["id"], "A-17");
+        assert_eq!(order["via"], "weir");
+        let text = std::str::from_utf8(&upstream.body).expect("UTF-8");
+        assert!(
+            text.starts_with(r#"{"order":{"id":"A-17","@xmlns""#),
+            "renamed in place: {text}"
+        );
+
+        // A top-level array has no XML form; wrapped first, it is the repeated element.
+        let reply = br#"[{"id": 1}, {"id": 2}]"#;
+        let client = t
+            .response_body(
+                &request,
+                200,
+                &[("content-type", "application/json")],
+                reply,
+            )
+            .continued();
+        assert_eq!(
+            std::str::from_utf8(&client.body).expect("UTF-8"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><orders><order><id>1</id></order><order><id>2</id></order></orders>"#
+        );
+    }
+
+    #[test]
+    fn only_xml_and_json_content_types_are_converted() {
+        let t = transform("[request]\nxml_to_json = true\n[response]\njson_to_xml = true");
+        for content_type in [
+            "application/xml",
+            "text/xml",
+            "Application/XML; charset=UTF-8",
+            "application/atom+xml",
+            "application/rss+xml",
+            "text/vnd.example+xml",
+        ] {
+            let request = TestRequest::new("POST", "/").header("content-type", content_type);
+            let out = t.request_body(&request, b"<a>1</a>").continued();
+            assert_eq!(json_body(&out), json!({"a": "1"}), "{content_type}");
+        }
+        for content_type in [
+            "text/plain",
+            "application/xml-dtd",
+            "image/svg",
+            "application/json",
+        ] {
+            let request = TestRequest::new("POST", "/").header("content-type", content_type);
+            let out = t.request_body(&request, b"<a>1</a>").continued();
+            assert_eq!(out.body, b"<a>1</a>", "{content_type}");
+            assert_eq!(
+                out.header_value("content-length"),
+                None,
+                "{content_type}: untouched"
+            );
+        }
+        let untyped = t
+            .request_body(&TestRequest::new("POST", "/"), b"<a/>")
+            .continued();
+        assert_eq!(untyped.body, b"<a/>");
+
+        // json_to_xml leaves XML (and anything else that is not JSON) alone.
+        for (content_type, body) in [("application/xml", "<a/>"), ("text/csv", "a,b")] {
+            let out = t
+                .response_body(
+                    &TestRequest::get("/"),
+                    200,
+                    &[("content-type", content_type)],
+                    body.as_bytes(),
+                )
+                .continued();
+            assert_eq!(out.body, body.as_bytes(), "{content_type}");
+            assert_eq!(out.header_value("content-type"), Some(content_type));
+        }
+        let out = t
+            .response_body(
+                &TestRequest::get("/"),
+                200,
+                &[("content-type", "application/problem+json")],
+                br#"{"title": "x"}"#,
+            )
+            .continued();
+        assert_eq!(out.header_value("content-type"), Some("application/xml"));
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_converted_is_refused_and_a_response_goes_on_as_it_came() {
+        let t = transform(
+            "[request]\nxml_to_json = true\n[response]\njson_to_xml = true\n[response.json]\nremove = [\"a\"]",
+        );
+        let request = TestRequest::new("POST", "/").header("content-type", "application/xml");
+        let lol = r#"<!DOCTYPE l [<!ENTITY l "lol">]><l>&l;</l>"#;
+        for (body, detail) in [
+            ("<order><id>1</order>", "not well-formed XML"),
+            (lol, "only the five predefined entities"),
+            (&"<a>".repeat(65), "nest deeper than 64"),
+        ] {
+            let reply = t.request_body(&request, body.as_bytes()).responded();
+            assert_eq!(reply.status, 400);
+            let message = json_body(&reply);
+            assert_eq!(
+                message["message"],
+                "request body cannot be converted from XML"
+            );
+            let got = message["detail"].as_str().unwrap_or_default();
+            assert!(got.contains(detail), "{body}: {got}");
+        }
+        let logs = weir_plugin::testing::logs();
+        assert!(
+            logs.iter().any(|(_, line)| line
+                .starts_with("request body cannot be converted from XML, refused with 400")),
+            "{logs:?}"
+        );
+
+        for (body, want) in [
+            (
+                &b"[1, 2]"[..],
+                "response body cannot be converted to XML, left as is: a top-level array",
+            ),
+            (
+                br#"{"1x": 1}"#,
+                "response body cannot be converted to XML, left as is: \"1x\" is not an XML element name",
+            ),
+            (b"{nope", "response body is not valid JSON, left as is"),
+        ] {
+            let before = weir_plugin::testing::logs().len();
+            let out = t
+                .response_body(&request, 200, &[("content-type", "application/json")], body)
+                .continued();
+            assert_eq!(out.body, body, "untouched");
+            assert_eq!(out.header_value("content-type"), Some("application/json"));
+            assert_eq!(out.header_value("content-length"), None);
+            let logs = weir_plugin::testing::logs();
+            assert_eq!(logs.len(), before + 1, "logged once: {logs:?}");
+            let (level, line) = &logs[before];
+            assert_eq!(*level, weir_plugin::log::Level::Warn);
+            assert!(line.starts_with(want), "{line}");
         }
     }
 }
