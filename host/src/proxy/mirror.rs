@@ -35,6 +35,13 @@ pub(super) async fn copy(
     if fastrand::f64() * 100.0 >= mirror.percent {
         return Ok(());
     }
+    // A mirror cluster at its `max_requests` (a slow shadow) would refuse the copy anyway:
+    // refused here, before anything is copied or spawned, it costs the client nothing.
+    let cluster = &generation.clusters[mirror.cluster.index];
+    if cluster.endpoints.active() >= cluster.config.max_requests {
+        metrics.mirrored(MirrorResult::Failed);
+        return Ok(());
+    }
     let bytes = match body {
         RequestBody::Buffered(bytes) => bytes.clone(),
         RequestBody::Client(streamed) if streamed.is_end_stream() => Bytes::new(),
