@@ -108,6 +108,10 @@ fn main() {
         "weir-plugin-aggregate",
         "-p",
         "weir-plugin-ext-authz",
+        "-p",
+        "weir-plugin-cors",
+        "-p",
+        "weir-plugin-ip-restriction",
     ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
@@ -121,6 +125,8 @@ fn main() {
         "transform",
         "aggregate",
         "ext_authz",
+        "cors",
+        "ip_restriction",
     ] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

@@ -16,6 +16,7 @@ mod edge;
 mod edge_attacks;
 mod errors;
 mod gateway;
+mod gateway_rules;
 mod grpc;
 mod hardening;
 mod languages;

@@ -125,7 +125,7 @@ fn tools_path() -> anyhow::Result<std::ffi::OsString> {
 }
 
 /// The bundled plugins: (crate folder under `plugins/`, package, library file stem).
-const BUNDLED: [(&str, &str, &str); 8] = [
+const BUNDLED: [(&str, &str, &str); 10] = [
     ("headers", "weir-plugin-headers", "headers"),
     ("key-auth", "weir-plugin-key-auth", "key_auth"),
     ("jwt-auth", "weir-plugin-jwt-auth", "jwt_auth"),
@@ -134,6 +134,12 @@ const BUNDLED: [(&str, &str, &str); 8] = [
     ("transform", "weir-plugin-transform", "transform"),
     ("aggregate", "weir-plugin-aggregate", "aggregate"),
     ("ext-authz", "weir-plugin-ext-authz", "ext_authz"),
+    ("cors", "weir-plugin-cors", "cors"),
+    (
+        "ip-restriction",
+        "weir-plugin-ip-restriction",
+        "ip_restriction",
+    ),
 ];
 
 /// Builds every bundled plugin and copies each to `target/plugins/NAME.wasm`; returns that
