@@ -391,37 +391,30 @@ impl Fill {
         policy::freshen(&mut headers, not_modified.headers());
         let mut status = CacheStatus::forwarded(self.forwarded);
         status.forward_status = Some(304);
+        // A head that now forbids storing is sent once, as a response never stored.
+        let storable = policy::storable(&self.request, stale.status, &headers)
+            .ok()
+            .filter(|_| self.may_store);
+        let stored = storable.is_some();
+        let storable = storable.unwrap_or(policy::Storable {
+            directives: Directives::default(),
+            lifetime: std::time::Duration::ZERO,
+            vary: Vec::new(),
+        });
         let age = policy::initial_age(not_modified.headers(), self.sent, received);
-        let refreshed = match policy::storable(&self.request, stale.status, &headers) {
-            Ok(storable) if self.may_store => {
-                status.stored = true;
-                Stored::new(
-                    stale.status,
-                    headers,
-                    stale.body.clone(),
-                    storable,
-                    &self.request,
-                    age,
-                )
-            }
-            _ => {
-                self.cache.remove(&self.key);
-                let storable = policy::Storable {
-                    directives: Directives::default(),
-                    lifetime: std::time::Duration::ZERO,
-                    vary: Vec::new(),
-                };
-                let once = Stored::new(
-                    stale.status,
-                    headers,
-                    stale.body.clone(),
-                    storable,
-                    &self.request,
-                    age,
-                );
-                return serve(&once, now, self.head, &self.conditions, &status);
-            }
-        };
+        let refreshed = Stored::new(
+            stale.status,
+            headers,
+            stale.body.clone(),
+            storable,
+            &self.request,
+            age,
+        );
+        if !stored {
+            self.cache.remove(&self.key);
+            return serve(&refreshed, now, self.head, &self.conditions, &status);
+        }
+        status.stored = true;
         self.cache.count(CacheLookup::Revalidated);
         let answer = serve(&refreshed, now, self.head, &self.conditions, &status);
         self.cache.insert(&self.key, refreshed);
