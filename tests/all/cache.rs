@@ -1121,12 +1121,20 @@ async fn must_revalidate_forbids_stale_while_revalidate() {
 }
 
 /// Auth is never skipped by a hit: with key-auth before the cache, a keyed request fills
-/// it, a request without a key (or with a wrong one) still gets 401, a keyed one a hit.
+/// it, a request without a key (or with a wrong one) still gets 401, a keyed one a hit. What
+/// key-auth vouched for (its consumer header) makes the request authenticated: an answer is
+/// stored only if it says it may be shared (`public` here); one that does not (`/mine`) is
+/// never stored, so alice's answer never reaches bob.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hit_does_not_skip_key_auth() {
     let origin = Origin::start(|head, n| {
+        let shared = if target(head) == "/data" {
+            "public, "
+        } else {
+            ""
+        };
         Answer::status(200)
-            .header("cache-control", "max-age=60")
+            .header("cache-control", &format!("{shared}max-age=60"))
             .body(format!(
                 "private data for {} #{n}",
                 header(head, "x-consumer-id")
@@ -1155,6 +1163,17 @@ async fn a_hit_does_not_skip_key_auth() {
     assert_hit(&hit, 60, "the keyed request");
     assert_eq!(hit.text(), "private data for alice #0");
     assert_eq!(cached.origin.count("/data"), 1);
+
+    for _ in 0..2 {
+        let mine = cached.get("/mine", &keyed).await;
+        assert_eq!(mine.status, StatusCode::OK);
+        assert!(!mine.cache_status().contains("stored"), "{mine:?}");
+    }
+    assert_eq!(
+        cached.origin.count("/mine"),
+        2,
+        "an authenticated answer was stored"
+    );
 }
 
 /// Response filters run on hits, on the upstream's response as stored: `transform` sets a

@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod bundled;
 mod cache;
+mod cache_attacks;
 mod cache_key;
 mod cli;
 mod codings;

@@ -108,7 +108,8 @@ impl Stored {
 
     /// Its current age (RFC 9111 §4.2.3).
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.received)
+        self.initial_age
+            .saturating_add(now.saturating_duration_since(self.received))
     }
 
     /// Freshness left, in seconds: negative once stale.
@@ -126,7 +127,7 @@ impl Stored {
     pub fn stale_within(&self, now: Instant, window: Option<u64>) -> bool {
         let Some(window) = window else { return false };
         !self.directives.revalidate_when_stale()
-            && self.age(now) < self.lifetime + Duration::from_secs(window)
+            && self.age(now) < self.lifetime.saturating_add(Duration::from_secs(window))
     }
 
     /// Its validators, for a conditional revalidation.
@@ -146,9 +147,9 @@ impl Stored {
                 .unwrap_or(0)
                 .max(d.stale_if_error.unwrap_or(0))
         };
-        let mut keep = self.lifetime + Duration::from_secs(stale);
+        let mut keep = self.lifetime.saturating_add(Duration::from_secs(stale));
         if self.has_validator() {
-            keep = keep.max(self.lifetime + KEEP_FOR_REVALIDATION);
+            keep = keep.max(self.lifetime.saturating_add(KEEP_FOR_REVALIDATION));
         }
         keep.saturating_sub(self.age(now))
     }
@@ -293,8 +294,10 @@ impl RouteCache {
                 .build(),
             fetching: DashMap::new(),
             next_fetch: AtomicU64::new(0),
+            // Keys are URLs, as long as a request target may be: bounded by their bytes.
             passing: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(8 << 20)
+                .weigher(|key: &String, _: &()| u32::try_from(key.len()).unwrap_or(u32::MAX))
                 .time_to_live(PASS_FOR)
                 .build(),
             config,

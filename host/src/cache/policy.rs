@@ -14,6 +14,10 @@ const STORABLE: [u16; 13] = [
     200, 203, 204, 300, 301, 302, 307, 308, 404, 405, 410, 414, 501,
 ];
 
+/// The largest delta-seconds a directive or `Age` counts for: a larger one (or one that
+/// overflows) counts as this, 68 years (RFC 9111 §1.2.2's 2^31).
+pub const MAX_SECONDS: u64 = 1 << 31;
+
 /// How long an entry with a validator is kept past going stale, for a revalidation that can
 /// be answered `304` instead of the whole body again.
 pub const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(600);
@@ -48,7 +52,7 @@ impl Directives {
                     }
                     None => (item, None),
                 };
-                let seconds = || argument.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
+                let seconds = || delta_seconds(argument).unwrap_or(0);
                 let least = |slot: &mut Option<u64>, n: u64| {
                     *slot = Some(slot.map_or(n, |old| old.min(n)));
                 };
@@ -80,6 +84,19 @@ impl Directives {
     pub fn revalidate_when_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate
     }
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2): digits, at most [`MAX_SECONDS`] however many;
+/// `None` if it is not digits.
+fn delta_seconds(text: Option<&str>) -> Option<u64> {
+    let text = text?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        text.parse::<u64>()
+            .map_or(MAX_SECONDS, |n| n.min(MAX_SECONDS)),
+    )
 }
 
 /// The items of a comma-separated list, trimmed, empty ones skipped (commas inside quotes
@@ -125,10 +142,14 @@ pub struct Storable {
 }
 
 /// Whether a response to a `GET` with `request`'s headers may be stored by a shared cache,
-/// and if so its freshness and `Vary` (RFC 9111 §3). weir adds one rule of its own: a
-/// response that sets a cookie is not stored.
+/// and if so its freshness and `Vary` (RFC 9111 §3). `authenticated`: the client's request
+/// carried `Authorization` (before any filter removed it) or a plugin vouched for who the
+/// client is (an identity header); such a response is stored only with `public`,
+/// `s-maxage` or `must-revalidate` (§3.5). weir adds one rule of its own: a response that
+/// sets a cookie is not stored.
 pub fn storable(
     request: &HeaderMap,
+    authenticated: bool,
     status: StatusCode,
     response: &HeaderMap,
 ) -> Result<Storable, NotStored> {
@@ -142,7 +163,7 @@ pub fn storable(
     if directives.private {
         return Err(NotStored::Private);
     }
-    if request.contains_key(header::AUTHORIZATION)
+    if (authenticated || request.contains_key(header::AUTHORIZATION))
         && !(directives.public || directives.s_maxage.is_some() || directives.must_revalidate)
     {
         return Err(NotStored::Authorization);
@@ -197,14 +218,19 @@ fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
 /// the response gives none.
 pub fn lifetime(directives: &Directives, response: &HeaderMap) -> Option<Duration> {
     if let Some(seconds) = directives.s_maxage.or(directives.max_age) {
-        return Some(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds.min(MAX_SECONDS)));
     }
     let expires = response.get(header::EXPIRES)?;
     let Some(expires) = date(Some(expires)) else {
         return Some(Duration::ZERO);
     };
     let date = date(response.get(header::DATE)).unwrap_or_else(SystemTime::now);
-    Some(expires.duration_since(date).unwrap_or_default())
+    Some(
+        expires
+            .duration_since(date)
+            .unwrap_or_default()
+            .min(Duration::from_secs(MAX_SECONDS)),
+    )
 }
 
 /// An HTTP date.
@@ -221,10 +247,10 @@ pub fn initial_age(response: &HeaderMap, sent: SystemTime, received: SystemTime)
     let age = response
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| delta_seconds(Some(v)))
         .map_or(Duration::ZERO, Duration::from_secs);
     let delay = received.duration_since(sent).unwrap_or_default();
-    apparent.max(age + delay)
+    apparent.max(age.saturating_add(delay))
 }
 
 /// The values of the `Vary` headers in a request, as the variant it selects: each name with
@@ -359,7 +385,7 @@ mod tests {
     }
 
     fn store(request: &[(&str, &str)], response: &[(&str, &str)]) -> Result<Storable, NotStored> {
-        storable(&headers(request), StatusCode::OK, &headers(response))
+        storable(&headers(request), false, StatusCode::OK, &headers(response))
     }
 
     #[test]
@@ -451,6 +477,7 @@ mod tests {
         assert_eq!(
             storable(
                 &HeaderMap::new(),
+                false,
                 StatusCode::PARTIAL_CONTENT,
                 &headers(&[fresh])
             )
@@ -471,6 +498,31 @@ mod tests {
             Ok(Duration::ZERO),
             "no-cache: revalidate every time"
         );
+    }
+
+    #[test]
+    fn an_authenticated_request_needs_the_responses_permission() {
+        let fresh = headers(&[("cache-control", "max-age=60")]);
+        assert_eq!(
+            storable(&HeaderMap::new(), true, StatusCode::OK, &fresh).unwrap_err(),
+            NotStored::Authorization,
+            "Authorization taken out by a filter, or an identity a plugin set"
+        );
+        let public = headers(&[("cache-control", "public, max-age=60")]);
+        assert!(storable(&HeaderMap::new(), true, StatusCode::OK, &public).is_ok());
+    }
+
+    #[test]
+    fn huge_numbers_count_as_two_to_the_thirty_first() {
+        let d = Directives::of(&headers(&[(
+            "cache-control",
+            "max-age=18446744073709551616, stale-if-error=99999999999999999999999",
+        )]));
+        assert_eq!(d.max_age, Some(MAX_SECONDS));
+        assert_eq!(d.stale_if_error, Some(MAX_SECONDS));
+        let now = SystemTime::now();
+        let age = initial_age(&headers(&[("age", "18446744073709551615")]), now, now);
+        assert_eq!(age.as_secs(), MAX_SECONDS);
     }
 
     #[test]

@@ -88,21 +88,38 @@ pub(super) struct Fill {
     /// The stored response this request revalidates (conditional request sent) or may fall
     /// back on (`stale-if-error`).
     stale: Option<Arc<Stored>>,
-    /// The answer may be stored.
+    /// The answer may be stored (not under the request's own `no-store`).
     may_store: bool,
+    /// The client's request carried `Authorization`, or a plugin said who the client is: an
+    /// answer is stored only if it says it may be shared (`policy::storable`).
+    authenticated: bool,
     /// Held while this request fetches the key; others wait for it.
     _turn: Option<FetchGuard>,
     /// When the request went upstream.
     sent: SystemTime,
 }
 
-/// The request's key: `scheme://host/path?query`, or what plugins made of it.
+/// The request's key: `scheme://host/path?query`, or what plugins made of it. The scheme
+/// and host are those the upstream is told (`X-Forwarded-Proto`, `X-Forwarded-Host`: weir's
+/// own, or a trusted proxy's), and a trusted proxy's `Forwarded` is added to the key: an
+/// upstream that answers by them (a redirect to HTTPS) is answered the same way from the
+/// store.
 fn key(parts: &request::Parts, scheme: &str, host: Option<&HeaderValue>) -> String {
     let plugins = parts.extensions.get::<PluginKey>();
+    let told = |name: &http::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
     let mut key = match plugins.and_then(|p| p.replaced.clone()) {
         Some(key) => key,
         None => {
-            let host = host.and_then(|h| h.to_str().ok()).unwrap_or("");
+            let scheme = told(&forward::X_FORWARDED_PROTO).unwrap_or(scheme);
+            let host = told(&forward::X_FORWARDED_HOST)
+                .or_else(|| host.and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let mut key = String::with_capacity(scheme.len() + 3 + host.len() + target.len());
             key.push_str(scheme);
@@ -112,11 +129,29 @@ fn key(parts: &request::Parts, scheme: &str, host: Option<&HeaderValue>) -> Stri
             key
         }
     };
+    if let Some(forwarded) = told(&header::FORWARDED) {
+        key.push_str(" forwarded=");
+        key.push_str(forwarded);
+    }
     for part in plugins.map(|p| p.added.as_slice()).unwrap_or_default() {
         key.push(' ');
         key.push_str(part);
     }
     key
+}
+
+/// What the lookup needs to know of a request besides its head as it goes upstream.
+pub(super) struct Asked<'a> {
+    /// The scheme the client spoke to weir.
+    pub(super) scheme: &'a str,
+    /// The host it asked for.
+    pub(super) host: Option<&'a HeaderValue>,
+    /// It carried `Authorization` (before any filter removed it) or a plugin said who the
+    /// client is.
+    pub(super) authenticated: bool,
+    /// It has a body: a `GET` with one is not looked up or stored (an origin that reads it
+    /// would answer by it, and the answer must not reach requests without it).
+    pub(super) body: bool,
 }
 
 /// The lookup for a request the filters passed: an answer from the store, or how to forward
@@ -125,9 +160,14 @@ fn key(parts: &request::Parts, scheme: &str, host: Option<&HeaderValue>) -> Stri
 pub(super) async fn before(
     cache: &Arc<RouteCache>,
     parts: &mut request::Parts,
-    scheme: &str,
-    host: Option<&HeaderValue>,
+    request: Asked<'_>,
 ) -> Before {
+    let Asked {
+        scheme,
+        host,
+        authenticated,
+        body,
+    } = request;
     let pass = |forwarded, may_store| Fill {
         cache: cache.clone(),
         key: String::new(),
@@ -137,6 +177,7 @@ pub(super) async fn before(
         conditions: Conditions::default(),
         stale: None,
         may_store,
+        authenticated: false,
         _turn: None,
         sent: SystemTime::now(),
     };
@@ -148,7 +189,7 @@ pub(super) async fn before(
         }
         return Before::Forward(fill);
     }
-    if parts.headers.contains_key(header::RANGE) {
+    if body || parts.headers.contains_key(header::RANGE) {
         cache.count(CacheLookup::Bypass);
         return Before::Forward(pass(Forwarded::Bypass, false));
     }
@@ -236,6 +277,7 @@ pub(super) async fn before(
         let mut fill = fill(cache, key, forwarded, parts, stale);
         fill._turn = turn;
         fill.may_store = !asked.no_store;
+        fill.authenticated = authenticated;
         return Before::Forward(fill);
     }
 }
@@ -275,6 +317,7 @@ fn fill(
         conditions,
         stale,
         may_store: true,
+        authenticated: false,
         _turn: None,
         sent: SystemTime::now(),
     }
@@ -321,7 +364,13 @@ impl Fill {
             return Ok(self.refreshed(&stale, &response, received, now));
         }
         let storable = if self.may_store {
-            policy::storable(&self.request, response.status(), response.headers())
+            let authenticated = self.authenticated;
+            policy::storable(
+                &self.request,
+                authenticated,
+                response.status(),
+                response.headers(),
+            )
         } else {
             Err(policy::NotStored::NoStore)
         };
@@ -345,6 +394,8 @@ impl Fill {
                 trailers_dropped: false,
             }) => Bytes::from(bytes),
             Ok(Buffered::Whole { bytes, .. }) => {
+                // Read whole, its trailers dropped: the head says the length it now has.
+                crate::plugin::chain::set_length(bytes.len(), &mut head.headers);
                 return Ok(self.not_stored(Response::from_parts(head, body::full(bytes))));
             }
             Ok(Buffered::TooLarge(body)) => {
@@ -355,6 +406,9 @@ impl Fill {
             }
         };
         forward::strip_hop_by_hop(&mut head.headers);
+        // What is stored is the body read: a `Content-Length` the upstream sent beside chunks
+        // (which define the body, RFC 9112 §6.3) must not be replayed with it.
+        crate::plugin::chain::set_length(bytes.len(), &mut head.headers);
         if !head.headers.contains_key(header::DATE) {
             let date = httpdate::fmt_http_date(received);
             if let Ok(date) = HeaderValue::from_str(&date) {
@@ -392,7 +446,7 @@ impl Fill {
         let mut status = CacheStatus::forwarded(self.forwarded);
         status.forward_status = Some(304);
         // A head that now forbids storing is sent once, as a response never stored.
-        let storable = policy::storable(&self.request, stale.status, &headers)
+        let storable = policy::storable(&self.request, self.authenticated, stale.status, &headers)
             .ok()
             .filter(|_| self.may_store);
         let stored = storable.is_some();
@@ -423,12 +477,17 @@ impl Fill {
 
     /// An answer that is not stored: sent on as it is (a `200` answered `304` if the client's
     /// conditions say so), and, for a while, requests for the key do not wait for each other.
+    /// A request's own `no-store` leaves the store as it was (RFC 9111 §5.2.1.5: it does not
+    /// apply to what is already stored), so no client can empty a key or stop the collapsing
+    /// of its misses.
     fn not_stored(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-        if self.stale.is_some() && response.status().is_success() {
-            // The stored response was replaced by one that may not be stored.
-            self.cache.remove(&self.key);
+        if self.may_store {
+            if self.stale.is_some() && response.status().is_success() {
+                // The stored response was replaced by one that may not be stored.
+                self.cache.remove(&self.key);
+            }
+            self.cache.pass(&self.key);
         }
-        self.cache.pass(&self.key);
         let mut status = CacheStatus::forwarded(self.forwarded);
         status.forward_status = Some(response.status().as_u16());
         if response.status() == StatusCode::OK && self.conditions.not_modified(response.headers()) {

@@ -279,6 +279,10 @@ async fn proxy<B: DownstreamBody>(
         request.headers_mut().remove(name);
     }
     let route = route(generation, host.as_ref(), &request, ctx)?;
+    // Whether the client sent credentials, before a filter may take them out: the cache
+    // stores an answer to it only if the answer says it may be shared.
+    let authorization =
+        route.cache.is_some() && request.headers().contains_key(header::AUTHORIZATION);
     // What compressing the response needs of the request, on a route that compresses.
     let compression = route.compression.as_ref().map(|config| Compressing {
         config,
@@ -356,7 +360,17 @@ async fn proxy<B: DownstreamBody>(
         } else {
             "http"
         };
-        match caching::before(cache, &mut parts, scheme, host.as_ref()).await {
+        let identity = &generation.config.server.identity_headers;
+        let asked = caching::Asked {
+            scheme,
+            host: host.as_ref(),
+            authenticated: authorization || identity.iter().any(|h| parts.headers.contains_key(h)),
+            body: match &body {
+                RequestBody::Client(streamed) => !hyper::body::Body::is_end_stream(streamed),
+                RequestBody::Buffered(bytes) => !bytes.is_empty(),
+            },
+        };
+        match caching::before(cache, &mut parts, asked).await {
             caching::Before::Answer(answer) => stored = Some(answer),
             caching::Before::AnswerAndRevalidate(answer, revalidation) => {
                 if let Some(cluster) = ctx.cluster {
