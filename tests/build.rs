@@ -112,6 +112,8 @@ fn main() {
         "weir-plugin-cors",
         "-p",
         "weir-plugin-ip-restriction",
+        "-p",
+        "weir-plugin-grpc-json",
     ];
     let args = [&["--profile", "plugin"][..], &packages[..]].concat();
     build_wasm(&out, &workspace, &args, "the bundled plugins");
@@ -127,6 +129,7 @@ fn main() {
         "ext_authz",
         "cors",
         "ip_restriction",
+        "grpc_json",
     ] {
         let wasm = bundled.join(format!("{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

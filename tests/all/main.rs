@@ -19,6 +19,7 @@ mod errors;
 mod gateway;
 mod gateway_rules;
 mod grpc;
+mod grpc_json;
 mod hardening;
 mod languages;
 mod lifecycle;

@@ -2,6 +2,7 @@
 methods take and return raw bytes.
 
     python3 peer.py server          prints its port, then serves until stdin closes
+    python3 peer.py greeter         the same, serving helloworld.Greeter (below)
     python3 peer.py client HOST:PORT [METADATA_KEY=VALUE ...]
                                     runs each call once, prints one JSON line per call
 
@@ -11,6 +12,11 @@ Service echo.Echo:
     Bidi(stream bytes) -> b"bidi:" + each message, as it arrives
     Fail(bytes) -> status NOT_FOUND, details "no such thing"
     Slow(bytes) -> answers after 5 s (the client calls it with a 0.5 s deadline)
+
+Service helloworld.Greeter (proto/helloworld.proto; its tiny messages coded by hand here):
+    SayHello(HelloRequest{name}) -> HelloReply{message: "Hello " + name}; an empty name
+        -> status INVALID_ARGUMENT, details "name is empty"; name "hidden" -> NOT_FOUND
+    SayGoodbye(HelloRequest{name}) -> HelloReply{message: "Goodbye " + name}
 """
 
 import json
@@ -47,6 +53,77 @@ def slow(request, context):
     # A message of digits is the seconds to take; anything else takes 5 s.
     time.sleep(float(request) if request[:1].isdigit() else 5)
     return request
+
+
+def varint(data, i):
+    value, shift = 0, 0
+    while True:
+        b = data[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def string_field(data, number):
+    """The last value of string field `number` in a protobuf message ("" if absent)."""
+    found, i = b"", 0
+    while i < len(data):
+        key, i = varint(data, i)
+        kind = key & 7
+        if kind == 0:
+            _, i = varint(data, i)
+        elif kind == 2:
+            length, i = varint(data, i)
+            if key >> 3 == number:
+                found = data[i:i + length]
+            i += length
+        elif kind == 1:
+            i += 8
+        elif kind == 5:
+            i += 4
+        else:
+            raise ValueError("unsupported wire type %d" % kind)
+    return found.decode()
+
+
+def hello_reply(message):
+    """HelloReply{message}: field 1, length-delimited."""
+    encoded = message.encode()
+    length, out = len(encoded), bytearray([0x0A])
+    while length >= 0x80:
+        out.append((length & 0x7F) | 0x80)
+        length >>= 7
+    out.append(length)
+    return bytes(out) + encoded
+
+
+def say_hello(request, context):
+    name = string_field(request, 1)
+    if name == "":
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is empty")
+    if name == "hidden":
+        context.abort(grpc.StatusCode.NOT_FOUND, "no one called hidden")
+    return hello_reply("Hello " + name)
+
+
+def say_goodbye(request, context):
+    return hello_reply("Goodbye " + string_field(request, 1))
+
+
+def serve_greeter():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handlers = {
+        "SayHello": grpc.unary_unary_rpc_method_handler(say_hello, identity, identity),
+        "SayGoodbye": grpc.unary_unary_rpc_method_handler(say_goodbye, identity, identity),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("helloworld.Greeter", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(0)
 
 
 def serve():
@@ -98,5 +175,7 @@ def client(target, metadata):
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve()
+    elif sys.argv[1] == "greeter":
+        serve_greeter()
     else:
         client(sys.argv[2], [tuple(kv.split("=", 1)) for kv in sys.argv[3:]])

@@ -125,7 +125,7 @@ fn tools_path() -> anyhow::Result<std::ffi::OsString> {
 }
 
 /// The bundled plugins: (crate folder under `plugins/`, package, library file stem).
-const BUNDLED: [(&str, &str, &str); 10] = [
+const BUNDLED: [(&str, &str, &str); 11] = [
     ("headers", "weir-plugin-headers", "headers"),
     ("key-auth", "weir-plugin-key-auth", "key_auth"),
     ("jwt-auth", "weir-plugin-jwt-auth", "jwt_auth"),
@@ -140,6 +140,7 @@ const BUNDLED: [(&str, &str, &str); 10] = [
         "weir-plugin-ip-restriction",
         "ip_restriction",
     ),
+    ("grpc-json", "weir-plugin-grpc-json", "grpc_json"),
 ];
 
 /// Builds every bundled plugin and copies each to `target/plugins/NAME.wasm`; returns that
