@@ -4,7 +4,13 @@
 //! `tests/grpc/proto/helloworld.proto`: the `google.api.http` binding, a path variable and
 //! the default `POST /package.Service/Method` mapping answer JSON; the server's own
 //! statuses (sent trailers-only) become HTTP statuses with a JSON error; a body the input
-//! message cannot take is refused with 400 before the server sees it.
+//! message cannot take is refused with 400 before the server sees it; a GET binding is
+//! answered 501 (a plugin cannot make it a POST). gRPC clients keep a route of their own
+//! beside the transcoding one.
+//!
+//! A plain weir stands between the transcoding weir and the server, for `te: trailers`
+//! (see [`start`]); the ignored `curl_calls_the_grpc_service_directly` is the check for the
+//! day weir sets it on calls a plugin made gRPC.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -252,4 +258,72 @@ async fn a_post_binding_takes_a_field_from_the_path() {
         "{body}"
     );
     assert_eq!(json_of(&body)["code"], 12);
+}
+
+/// gRPC clients share the listener and the service, on a route of their own: body hooks
+/// drop trailers (the call's status), so a gRPC call must not cross a route with
+/// `grpc-json`. A route matching `content-type: application/grpc...` ahead of the
+/// transcoding one keeps them apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_clients_keep_a_route_without_the_plugin() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py");
+    let mut echo = Command::new("python3")
+        .arg(&script)
+        .arg("server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs tests/grpc/peer.py");
+    let mut line = String::new();
+    BufReader::new(echo.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the server's port");
+    let echo = Greeter {
+        child: echo,
+        port: line.trim().parse().expect("a port"),
+    };
+    let settings = format!(
+        "[config]\ndescriptor_set = \"{}\"\nservices = [\"helloworld.Greeter\"]\n",
+        DESCRIPTOR_SET.trim()
+    );
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/grpc-json.wasm", GRPC_JSON),
+        ("plugins/grpc-json.toml", settings.as_bytes()),
+    ];
+    let native = r#"
+[[routes]]
+name = "grpc-clients"
+cluster = "greeter"
+headers = [{ name = "content-type", regex = "application/grpc.*" }]
+plugins = []
+"#;
+    let config = config(&format!("127.0.0.1:{}", echo.port), r#"["grpc-json"]"#);
+    // Among equal paths, weir tries the route with more conditions first.
+    let (head, routes) = config.split_once("[[routes]]").expect("a route");
+    let config = format!("{head}{native}\n[[routes]]{routes}");
+    let weir = Weir::start_with_files(&config, &files).await;
+    let target = weir.proxy.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg("client")
+            .arg(target)
+            .output()
+            .expect("the gRPC client")
+    })
+    .await
+    .expect("client");
+    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+    let call = |name: &str| {
+        lines
+            .lines()
+            .map(json_of)
+            .find(|r| r["call"] == name)
+            .unwrap_or_else(|| panic!("no {name} call in {lines}"))
+    };
+    assert_eq!(
+        call("unary"),
+        json!({"call": "unary", "code": 0, "messages": ["unary:hi"]})
+    );
+    assert_eq!(call("fail")["code"], 5, "{lines}");
 }

@@ -191,3 +191,26 @@ fn annotated(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Segment, Template};
+
+    #[test]
+    fn templates_parse_literals_wildcards_and_one_segment_variables() {
+        let template = Template::parse("/v1/{user.id}/*/items/{item=*}/all:list").expect("valid");
+        assert_eq!(template.variables, ["user.id", "item"]);
+        assert_eq!(template.segments[0], Segment::Literal("v1".into()));
+        assert_eq!(template.segments[2], Segment::Any { variable: false });
+        for bad in [
+            "v1/x",
+            "/v1/**",
+            "/v1/{name=a/*}",
+            "/v1//x",
+            "/v1/{}",
+            "/v1/{name}:verb",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
