@@ -8,9 +8,10 @@
 //! answered 501 (a plugin cannot make it a POST). gRPC clients keep a route of their own
 //! beside the transcoding one.
 //!
-//! A plain weir stands between the transcoding weir and the server, for `te: trailers`
-//! (see [`start`]); the ignored `curl_calls_the_grpc_service_directly` is the check for the
-//! day weir sets it on calls a plugin made gRPC.
+//! Most tests put a plain weir between the transcoding weir and the server (see [`start`]),
+//! so the answers also pass a second proxy as native gRPC; `curl_calls_the_grpc_service_directly`
+//! goes straight to the server, which needs weir to send `te: trailers` on a call a plugin
+//! made gRPC.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -98,14 +99,9 @@ async fn transcoding(endpoint: &str) -> Weir {
     Weir::start_with_files(&config(endpoint, r#"["grpc-json"]"#), &files).await
 }
 
-/// The transcoding weir, and the plain weir between it and the greeter.
-///
-/// The plain weir is there for `te: trailers`, which gRPC servers require (grpcio answers
-/// "Missing :te header" without it): weir removes `te` as a hop-by-hop header and puts
-/// `te: trailers` back only on a call that came in as gRPC (HTTP/2, `application/grpc`), not
-/// on one a plugin made gRPC, so the transcoding weir's call reaches the plain weir without
-/// it, and the plain weir, seeing a gRPC call, adds it. Everything else the server says
-/// passes through the plain weir as it came.
+/// The transcoding weir, and a plain weir between it and the greeter: the transcoded call
+/// reaches the server through a second proxy as a native gRPC call (trailers, `te`), and
+/// everything the server says passes through it as it came.
 struct Chain {
     front: Weir,
     _hop: Weir,
@@ -210,10 +206,9 @@ async fn the_servers_status_becomes_an_http_status_with_a_json_error() {
     );
 }
 
-/// Straight from the transcoding weir to the greeter: waits for weir to send `te: trailers`
-/// on a call a plugin made gRPC (see [`start`]).
+/// The issue's bar, straight from the transcoding weir to the greeter: weir sends
+/// `te: trailers` (which grpcio requires) on the call the plugin made gRPC.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "weir sends te: trailers only on calls that came in as gRPC; grpcio requires it"]
 async fn curl_calls_the_grpc_service_directly() {
     let greeter = Greeter::start();
     let weir = transcoding(&format!("127.0.0.1:{}", greeter.port)).await;

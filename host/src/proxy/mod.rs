@@ -139,6 +139,9 @@ struct RequestContext<'c> {
     upstream: Progress,
     /// The request is a gRPC call: errors are answered as gRPC statuses.
     grpc: bool,
+    /// The request goes upstream as a gRPC call: the client's, or one a plugin made of it
+    /// (`grpc-json`); it gets `te: trailers`, its `grpc-timeout`, an HTTP/2 cluster.
+    grpc_upstream: bool,
     /// Metrics or the access log are on: time the exchange with the upstream.
     observing: bool,
     /// From the first attempt to the upstream's response head, when observed.
@@ -193,6 +196,7 @@ impl ProxyService {
             cluster: None,
             upstream: Progress::default(),
             grpc: false,
+            grpc_upstream: false,
             observing: false,
             upstream_duration: None,
             answered_by: None,
@@ -335,6 +339,8 @@ async fn proxy<B: DownstreamBody>(
         }
     }
 
+    // A plugin may have made the request a gRPC call (a REST client's, transcoded).
+    ctx.grpc_upstream = ctx.grpc || (route.chain.is_active() && grpc::is_grpc(&parts.headers));
     upstream_request(&mut parts, host.as_ref(), ctx);
     if let Some(upgrade) = &upgrade {
         upgrade::restore(&mut parts.headers, upgrade);
@@ -543,7 +549,7 @@ fn upstream_request(
 ) {
     let client = ctx.client;
     forward::strip_hop_by_hop(&mut parts.headers);
-    if ctx.grpc {
+    if ctx.grpc_upstream {
         // gRPC servers need it to know that trailers (the call's status) get through.
         parts
             .headers
@@ -589,7 +595,7 @@ fn exchange<'a>(
         body,
         hash,
         retry_non_idempotent,
-        grpc: ctx.grpc,
+        grpc: ctx.grpc_upstream,
         request_id,
         timers: &ctx.client.timers,
         trace,
