@@ -15,7 +15,7 @@
 #   weir-zstd  — weir, compression = { algorithms = ["zstd"] } (level 3);
 #   weir-plain — weir without compression (what compressing adds).
 # Needs a release weir (WEIR=target/release/weir), nginx, wrk, curl.
-# Usage: bench/cache-compression.sh  (env: DURATION=10s ROUNDS=3 CONNS=32)
+# Usage: bench/cache-compression.sh  (env: DURATION=10s ROUNDS=3 CONNS=32 TARGETS="nginx-cache weir-cache ...")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -76,7 +76,7 @@ CONF
   return 0
 }
 
-TARGETS="nginx-cache weir-cache nginx-gzip weir-gzip weir-br weir-zstd weir-plain"
+TARGETS=${TARGETS:-"nginx-cache weir-cache nginx-gzip weir-gzip weir-br weir-zstd weir-plain"}
 printf '%-11s %10s %9s %9s %13s %13s\n' target "req/s" p50 p99 "CPU µs/req" "bytes/resp"
 declare -A rps p50 p99 cpu size
 for round in $(seq "$ROUNDS"); do
