@@ -68,6 +68,43 @@ async fn trap_is_500_and_the_next_request_succeeds() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A plugin that traps on every request is one "plugin call failed" line per kind of failure
+/// per 10 s, not one per request (weir's own log held back as a plugin's own repeated lines
+/// are), while `weir_plugin_failures_total` counts every failure; a request of another kind
+/// of failure (a deadline) still gets its own line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trapping_plugin_is_one_failure_line_not_one_per_request() {
+    let upstream = Upstream::start("one").await;
+    let mut weir = start(&upstream, Some("fail_open = true\ndeadline = \"100ms\"\n")).await;
+    for _ in 0..50 {
+        let (status, _, _) = get(&weir, "/trap").await;
+        assert_eq!(status, StatusCode::OK, "fail_open passes the request");
+    }
+    let (status, _, _) = get(&weir, "/loop").await;
+    assert_eq!(status, StatusCode::OK);
+    // The deadline's line is written after every trap line that would be written: once it
+    // is read, they all are.
+    let is_deadline = |l: &serde_json::Value| {
+        l["fields"]["message"] == "plugin call failed"
+            && l["fields"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("interrupt") || e.contains("deadline"))
+    };
+    weir.wait_for_logs(|logs| logs.iter().any(is_deadline))
+        .await;
+    let traps = weir
+        .logs()
+        .iter()
+        .filter(|l| l["fields"]["message"] == "plugin call failed" && !is_deadline(l))
+        .count();
+    assert_eq!(traps, 1, "50 traps within 10 s");
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    assert!(
+        metrics.contains("weir_plugin_failures_total{kind=\"trap\",plugin=\"test\"} 50"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fail_open_skips_a_failing_plugin() {
     let upstream = Upstream::start("one").await;

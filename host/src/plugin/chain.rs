@@ -393,14 +393,18 @@ fn skip_or_fail(
     error: CallError,
     request: &RequestView,
 ) -> Result<(), ChainError> {
-    tracing::warn!(
-        plugin = &*plugin.info.name,
-        hash = %plugin.info.hash,
-        request_id = request.request_id(),
-        fail_open = plugin.info.settings.fail_open,
-        error = %error.message,
-        "plugin call failed"
-    );
+    // One line per kind of failure per 10 s, saying how many were held back since.
+    if let Some(repeated) = plugin.failure_lines.admit_host_line(error.kind.label()) {
+        tracing::warn!(
+            plugin = &*plugin.info.name,
+            hash = %plugin.info.hash,
+            request_id = request.request_id(),
+            fail_open = plugin.info.settings.fail_open,
+            error = %error.message,
+            repeated = (repeated > 0).then_some(repeated),
+            "plugin call failed"
+        );
+    }
     if plugin.info.settings.fail_open && !error.lost_view {
         Ok(())
     } else {

@@ -38,6 +38,10 @@ pub struct Filter {
     pub(crate) metrics: PluginMetrics,
     /// Lines the instances logged lately (held back when repeated).
     log_repeats: Arc<super::host_api::log::Repeats>,
+    /// weir's own lines about this plugin's failed calls, held back the same way: a plugin
+    /// that traps on every request is one line per 10 s per kind of failure, not one per
+    /// request (every failure is still counted in `weir_plugin_failures_total`).
+    pub(crate) failure_lines: super::host_api::log::Repeats,
     /// Keeps the epoch thread ticking while this plugin exists (see `PluginRuntime`).
     _ticking: Arc<()>,
 }
@@ -87,6 +91,7 @@ impl Filter {
             pre,
             idle: Mutex::new(Vec::new()),
             log_repeats: Arc::default(),
+            failure_lines: super::host_api::log::Repeats::default(),
             _ticking: parts.ticking,
         };
         let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;

@@ -27,6 +27,12 @@ pub(crate) struct Repeats {
 }
 
 impl Repeats {
+    /// Whether to write weir's own line `message` about the plugin now (a failed call, say),
+    /// and how many like it were held back before it.
+    pub(crate) fn admit_host_line(&self, message: &str) -> Option<u64> {
+        self.admit(Level::Warn, message)
+    }
+
     /// Whether to write this line now, and how many like it were held back before it.
     fn admit(&self, level: Level, message: &str) -> Option<u64> {
         let mut hasher = self.hasher.build_hasher();
