@@ -104,11 +104,12 @@ impl Split {
         Split { ranges, total: end }
     }
 
-    /// The cluster for a point anywhere on the line (taken modulo its length): a random
-    /// point splits by weight; a client's hash keeps it on one backend while the weights
-    /// stay (a weight change moves only the clients whose point changes range).
+    /// The cluster for a point anywhere in `u64`, scaled onto the line: a random point splits
+    /// by weight; a client's hash keeps it on one backend while the weights stay, and a
+    /// weight change moves only the clients whose place on the line changes hands (scaling,
+    /// unlike a modulo, keeps every client's place when the sum changes).
     pub fn pick(&self, point: u64) -> usize {
-        let point = point % self.total.max(1);
+        let point = ((u128::from(point) * u128::from(self.total)) >> 64) as u64;
         self.ranges
             .iter()
             .find(|(_, end)| point < *end)
@@ -351,5 +352,45 @@ fn serving_filter(slot: &PluginSlot) -> Option<Arc<Filter>> {
     match &slot.serving {
         Some(Plugin::Filter(filter)) => Some(filter.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Split;
+    use crate::config::{Backend, ClusterRef};
+
+    fn split(weights: &[u32]) -> Split {
+        let backends: Vec<Backend> = weights
+            .iter()
+            .enumerate()
+            .map(|(index, &weight)| Backend {
+                cluster: ClusterRef {
+                    name: format!("c{index}"),
+                    index,
+                },
+                weight,
+            })
+            .collect();
+        Split::new(&backends)
+    }
+
+    #[test]
+    fn a_weight_change_moves_only_the_points_that_change_hands() {
+        let (even, uneven) = (split(&[1, 1]), split(&[1, 2]));
+        let points: Vec<u64> = (0..10_000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        let moved = points
+            .iter()
+            .filter(|&&p| even.pick(p) != uneven.pick(p))
+            .count();
+        // 1/2 → 1/3 for the first backend: a sixth of the points change hands, no more.
+        assert!((1_500..=1_850).contains(&moved), "{moved} of 10000 moved");
+        let zero = split(&[0, 5]);
+        assert!(
+            points.iter().all(|&p| zero.pick(p) == 1),
+            "weight 0 takes nothing"
+        );
     }
 }

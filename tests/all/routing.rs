@@ -217,6 +217,13 @@ split_by = "header:x-user"
         *seen.entry(backend).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "40 users all on one backend: {seen:?}");
+    // A client without the key is split by weight, not sent where the empty key falls.
+    let keyless = tally(&weir, "/sticky", 40, &[]).await;
+    assert_eq!(
+        keyless.len(),
+        2,
+        "every keyless request on one backend: {keyless:?}"
+    );
 
     // Weights reload with the config: all the weight on v2 moves everyone there.
     weir.write("weir.toml", routes((0, 1)).as_bytes());

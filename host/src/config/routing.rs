@@ -117,6 +117,11 @@ pub(super) fn pattern(source: &str) -> Result<Pattern, String> {
             source.len()
         ));
     }
+    // The pattern must stand on its own: `/a)|(?:/.*` would escape the anchoring below.
+    regex::RegexBuilder::new(source)
+        .size_limit(REGEX_SIZE)
+        .build()
+        .map_err(|e| regex_error(&e))?;
     regex::RegexBuilder::new(&format!("^(?:{source})$"))
         .size_limit(REGEX_SIZE)
         .build()
@@ -124,20 +129,24 @@ pub(super) fn pattern(source: &str) -> Result<Pattern, String> {
             source: source.to_owned(),
             regex,
         })
-        .map_err(|e| match e {
-            // The syntax error's last line says what is wrong; the lines before draw the
-            // anchored pattern weir compiled, not the one written.
-            regex::Error::Syntax(text) => text
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim_start_matches("error: ")
-                .to_owned(),
-            regex::Error::CompiledTooBig(_) => {
-                format!("compiles to more than {} KiB", REGEX_SIZE >> 10)
-            }
-            other => other.to_string(),
-        })
+        .map_err(|e| regex_error(&e))
+}
+
+/// A regex error in one line.
+fn regex_error(e: &regex::Error) -> String {
+    match e {
+        // The syntax error's last line says what is wrong; the lines before draw the pattern.
+        regex::Error::Syntax(text) => text
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_owned(),
+        regex::Error::CompiledTooBig(_) => {
+            format!("compiles to more than {} KiB", REGEX_SIZE >> 10)
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `headers = [...]` or `query = [...]` of route `route`; header names lower-cased.

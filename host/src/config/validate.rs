@@ -1927,6 +1927,10 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "12:8: duplicate route name \"r\" (first defined on line 9)",
             ),
             (
+                "[[routes]]\nname = \"r\"\ncluster = \"app\"\npath_regex = \"/admin)|(?:/.*\"",
+                "11:14: route \"r\": path_regex \"/admin)|(?:/.*\": unopened group",
+            ),
+            (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\npath = \"/a\"\npath_prefix = \"/b\"\npath_regex = \"(\"",
                 "9:8: route \"r\": give one of path_prefix, path and path_regex\n13:14: route \"r\": path_regex \"(\": unclosed group",
             ),

@@ -22,6 +22,20 @@ use crate::generation::Generation;
 use crate::metrics::{MirrorResult, RouteMetrics};
 use crate::plugin::outbound::Outbound as _;
 
+/// How long a mirror's answer is read before it is dropped unread.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The copy's `Host`: `-shadow` after the host name, before a port (`example.com-shadow:8080`,
+/// as Envoy writes it).
+fn shadow_host(host: &str) -> String {
+    let split = match host.rfind(':') {
+        // A port after a name or an IPv4 address, or after an IPv6 literal's `]`.
+        Some(i) if !host[..i].contains(':') || host[..i].ends_with(']') => i,
+        _ => host.len(),
+    };
+    format!("{}-shadow{}", &host[..split], &host[split..])
+}
+
 /// Copies the request (`parts`, `body`) to the mirror's cluster if this one is in the
 /// sample. A small streamed body is read first (and goes on as read).
 pub(super) async fn copy(
@@ -76,7 +90,7 @@ pub(super) async fn copy(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| format!("{h}-shadow"))
+        .map(shadow_host)
         .and_then(|h| HeaderValue::from_str(&h).ok());
     if let Some(host) = host {
         copy.headers_mut().insert(header::HOST, host);
@@ -91,8 +105,12 @@ pub(super) async fn copy(
         let result = match sent.await {
             Ok(response) => {
                 let failed = response.status().is_server_error();
-                // Read to the end, so the connection goes back to the pool.
-                let _ = response.into_body().collect().await;
+                // Read to the end, so the connection goes back to the pool, each frame
+                // dropped as it comes (nothing of a large answer is held), for a minute at
+                // most.
+                let mut body = response.into_body();
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
                 if failed {
                     MirrorResult::Failed
                 } else {
@@ -107,4 +125,17 @@ pub(super) async fn copy(
         counters.count(result);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shadow_host;
+
+    #[test]
+    fn the_shadow_suffix_goes_before_the_port() {
+        assert_eq!(shadow_host("example.com"), "example.com-shadow");
+        assert_eq!(shadow_host("example.com:8080"), "example.com-shadow:8080");
+        assert_eq!(shadow_host("127.0.0.1:80"), "127.0.0.1-shadow:80");
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+    }
 }

@@ -529,10 +529,21 @@ fn route<'g, B>(
         // on one, else at random by weight.
         Target::Backends(split) => {
             let config = &generation.config.routes[index];
-            let point = match &config.split_by {
-                Some(key) => key_hash(key, request.headers(), request.uri(), ctx.client_addr()),
-                None => fastrand::u64(..),
-            };
+            // A client without the key (no session cookie yet) is split by weight at random,
+            // not all sent to wherever the empty key falls. The key is salted, so a backend
+            // that balances by the same key with consistent_hash sees all of its ring.
+            let point = config
+                .split_by
+                .as_ref()
+                .filter(|key| has_key(key, request.headers()))
+                .map_or_else(
+                    || fastrand::u64(..),
+                    |key| {
+                        let hashed =
+                            key_hash(key, request.headers(), request.uri(), ctx.client_addr());
+                        hash(("weir-split", hashed))
+                    },
+                );
             ctx.cluster = Some(split.pick(point));
         }
         Target::Handler(_) => {}
@@ -797,6 +808,15 @@ fn hash_key(lb: &LbPolicy, request: &http::request::Parts, client: SocketAddr) -
         return None;
     };
     Some(key_hash(key, &request.headers, &request.uri, client))
+}
+
+/// Whether the request carries `key` (a client address and a path it always has).
+fn has_key(key: &HashKey, headers: &http::HeaderMap) -> bool {
+    match key {
+        HashKey::ClientAddress | HashKey::Path => true,
+        HashKey::Header(name) => headers.contains_key(name.as_str()),
+        HashKey::Cookie(name) => cookie(headers, name).is_some(),
+    }
 }
 
 /// A request's `key` (its client, path, a header or a cookie), hashed.
