@@ -61,13 +61,13 @@ impl PathSpec {
         }
     }
 
-    /// Whether every path `other` matches, this matches too.
+    /// Whether every path `other` matches, this matches too. (A regex is never asked about an
+    /// exact path: exact paths sort first, so a regex never stands before one.)
     fn covers(&self, other: &PathSpec) -> bool {
         match (self, other) {
             (PathSpec::Prefix(p), PathSpec::Prefix(q) | PathSpec::Exact(q)) => q.starts_with(p),
             (PathSpec::Exact(a), PathSpec::Exact(b)) => a == b,
             (PathSpec::Regex(a), PathSpec::Regex(b)) => a == b,
-            (PathSpec::Regex(a), PathSpec::Exact(b)) => a.matches(b),
             _ => false,
         }
     }

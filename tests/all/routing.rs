@@ -329,3 +329,68 @@ mirror = {{ cluster = "shadow", percent = 0 }}
     }
     assert_eq!(shadow.requests().len(), 5, "percent = 0 copied a request");
 }
+
+/// Only small bodies of known length are mirrored (`max_body_bytes`): a larger one, or one
+/// of unknown length (chunked), reaches the primary whole and is counted `skipped`, never
+/// copied (or read into memory for a copy).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_or_unknown_length_body_is_not_mirrored() {
+    let primary = Upstream::start("primary").await;
+    let shadow = Upstream::start("shadow").await;
+    let config = format!(
+        r#"{preamble}{c1}{c2}
+[[routes]]
+name = "mirrored"
+cluster = "primary"
+mirror = {{ cluster = "shadow", percent = 100, max_body_bytes = 16 }}
+"#,
+        preamble = preamble(),
+        c1 = cluster("primary", &primary),
+        c2 = cluster("shadow", &shadow),
+    );
+    let weir = Weir::start(&config).await;
+    let post = |body: weir_tests::ClientBody| {
+        let request = http::Request::post(weir.url("/up"))
+            .body(body)
+            .expect("request");
+        weir_tests::http1_client().request(request)
+    };
+    let large = post(weir_tests::full(vec![b'x'; 17]))
+        .await
+        .expect("response");
+    assert_eq!(large.status(), StatusCode::OK);
+    // A streamed body: its length is not known when the request goes on.
+    let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        hyper::body::Frame::data(bytes::Bytes::from_static(b"tiny")),
+    )]);
+    let unknown = post(http_body_util::BodyExt::boxed(
+        http_body_util::StreamBody::new(stream),
+    ))
+    .await
+    .expect("response");
+    assert_eq!(unknown.status(), StatusCode::OK);
+    let small = post(weir_tests::full("small")).await.expect("response");
+    assert_eq!(small.status(), StatusCode::OK);
+
+    shadow.wait_for_requests(1).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+        let skipped = metrics.lines().any(|l| {
+            l.contains("result=\"skipped\"")
+                && l.contains("route=\"mirrored\"")
+                && l.ends_with(" 2")
+        });
+        if skipped {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(shadow.requests().len(), 1, "only the small body was copied");
+    assert_eq!(
+        primary.requests().len(),
+        3,
+        "every request reached the primary"
+    );
+}
