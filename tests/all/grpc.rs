@@ -19,17 +19,24 @@ fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py")
 }
 
-/// The gRPC server, on 127.0.0.1:0; it stops when its stdin closes (the value is dropped).
-struct GrpcServer {
+/// A `peer.py` gRPC server, on 127.0.0.1:0; it stops when its stdin closes (the value is
+/// dropped). Also `grpc_json`'s greeter.
+pub(crate) struct GrpcServer {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl GrpcServer {
+    /// The echo service (`peer.py server`).
     fn start() -> GrpcServer {
+        GrpcServer::start_mode("server")
+    }
+
+    /// `peer.py MODE`: `server` (the echo service) or `greeter` (`helloworld.Greeter`).
+    pub(crate) fn start_mode(mode: &str) -> GrpcServer {
         let mut child = Command::new("python3")
             .arg(peer_script())
-            .arg("server")
+            .arg(mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -54,7 +61,7 @@ impl Drop for GrpcServer {
 }
 
 /// Every call of the client through `target`, with `metadata`: call name → its outcome.
-fn calls(target: &str, metadata: &[&str]) -> Vec<Value> {
+pub(crate) fn calls(target: &str, metadata: &[&str]) -> Vec<Value> {
     let output = Command::new("python3")
         .arg(peer_script())
         .arg("client")

@@ -13,9 +13,7 @@
 //! goes straight to the server, which needs weir to send `te: trailers` on a call a plugin
 //! made gRPC.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use weir_tests::Weir;
@@ -25,40 +23,9 @@ const GRPC_JSON: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/g
 /// that file).
 const DESCRIPTOR_SET: &str = include_str!("../grpc/helloworld.pb.b64");
 
-/// `peer.py greeter` on 127.0.0.1:0; it stops when its stdin closes (the value is dropped).
-struct Greeter {
-    child: Child,
-    port: u16,
-}
-
-impl Greeter {
-    fn start() -> Greeter {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("greeter")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 (with grpcio: .ci/run installs it) runs tests/grpc/peer.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the server's port");
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the gRPC server printed {line:?}, not its port"));
-        Greeter { child, port }
-    }
-}
-
-impl Drop for Greeter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// `peer.py greeter` on 127.0.0.1:0 (`grpc::GrpcServer`, the same launcher as the echo
+/// service's).
+type Greeter = crate::grpc::GrpcServer;
 
 /// weir config for one route, `plugins`, to the h2c cluster at `endpoint`.
 fn config(endpoint: &str, plugins: &str) -> String {
@@ -157,7 +124,7 @@ fn json_of(body: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_calls_the_grpc_service_with_json() {
-    let greeter = Greeter::start();
+    let greeter = Greeter::start_mode("greeter");
     let weir = start(&greeter).await;
     // The issue's bar: `curl -d '{"name":"x"}' .../v1/greeter/hello`.
     let (status, content_type, body) = curl(
@@ -185,7 +152,7 @@ async fn curl_calls_the_grpc_service_with_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_servers_status_becomes_an_http_status_with_a_json_error() {
-    let greeter = Greeter::start();
+    let greeter = Greeter::start_mode("greeter");
     let weir = start(&greeter).await;
     let url = weir.url("/v1/greeter/hello");
     let (status, content_type, body) = curl("POST", url.clone(), Some(r#"{"name":""}"#)).await;
@@ -210,7 +177,7 @@ async fn the_servers_status_becomes_an_http_status_with_a_json_error() {
 /// `te: trailers` (which grpcio requires) on the call the plugin made gRPC.
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_calls_the_grpc_service_directly() {
-    let greeter = Greeter::start();
+    let greeter = Greeter::start_mode("greeter");
     let weir = transcoding(&format!("127.0.0.1:{}", greeter.port)).await;
     let (status, _, body) = curl(
         "POST",
@@ -224,7 +191,7 @@ async fn curl_calls_the_grpc_service_directly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_the_message_cannot_take_is_refused_with_400() {
-    let greeter = Greeter::start();
+    let greeter = Greeter::start_mode("greeter");
     let weir = start(&greeter).await;
     let url = weir.url("/v1/greeter/hello");
     for body in ["{not json", r#"{"nam":"x"}"#] {
@@ -240,7 +207,7 @@ async fn a_body_the_message_cannot_take_is_refused_with_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_post_binding_takes_a_field_from_the_path() {
-    let greeter = Greeter::start();
+    let greeter = Greeter::start_mode("greeter");
     let weir = start(&greeter).await;
     let (status, _, body) = curl("POST", weir.url("/v1/greeters/J%C3%BCrgen"), Some("{}")).await;
     assert_eq!(status, 200, "{body}");
@@ -261,22 +228,7 @@ async fn a_post_binding_takes_a_field_from_the_path() {
 /// transcoding one keeps them apart.
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_clients_keep_a_route_without_the_plugin() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grpc/peer.py");
-    let mut echo = Command::new("python3")
-        .arg(&script)
-        .arg("server")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs tests/grpc/peer.py");
-    let mut line = String::new();
-    BufReader::new(echo.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the server's port");
-    let echo = Greeter {
-        child: echo,
-        port: line.trim().parse().expect("a port"),
-    };
+    let echo = Greeter::start_mode("server");
     let settings = format!(
         "[config]\ndescriptor_set = \"{}\"\nservices = [\"helloworld.Greeter\"]\n",
         DESCRIPTOR_SET.trim()
@@ -298,27 +250,19 @@ plugins = []
     let config = format!("{head}{native}\n[[routes]]{routes}");
     let weir = Weir::start_with_files(&config, &files).await;
     let target = weir.proxy.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg("client")
-            .arg(target)
-            .output()
-            .expect("the gRPC client")
-    })
-    .await
-    .expect("client");
-    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+    let results = tokio::task::spawn_blocking(move || crate::grpc::calls(&target, &[]))
+        .await
+        .expect("client");
     let call = |name: &str| {
-        lines
-            .lines()
-            .map(json_of)
+        results
+            .iter()
             .find(|r| r["call"] == name)
-            .unwrap_or_else(|| panic!("no {name} call in {lines}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} call in {results:?}"))
     };
     assert_eq!(
         call("unary"),
         json!({"call": "unary", "code": 0, "messages": ["unary:hi"]})
     );
-    assert_eq!(call("fail")["code"], 5, "{lines}");
+    assert_eq!(call("fail")["code"], 5, "{results:?}");
 }
