@@ -1,8 +1,9 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
-//! `tests/plugins/v0_3_4`, `hostile_outbound` and the SDK-based `cache_key`) and the bundled
-//! plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
-//! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_4_WASM`,
-//! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`, `BUNDLED_PLUGINS_DIR`).
+//! `tests/plugins/v0_3_5`, `hostile_outbound` and the SDK-based `cache_key` and
+//! `method_body`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the
+//! tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to
+//! `TEST_PLUGIN_V0_3_5_WASM`, `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`,
+//! `TEST_PLUGIN_CACHE_KEY_WASM`, `TEST_PLUGIN_METHOD_BODY_WASM`, `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ fn main() {
         plugin.join("Cargo.toml").display()
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
-    for frozen in ["0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3", "0.3.4"] {
+    for frozen in [
+        "0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3", "0.3.4", "0.3.5",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             here.join("../wit").join(frozen).display()
@@ -29,8 +32,10 @@ fn main() {
         "v0_3_2",
         "v0_3_3",
         "v0_3_4",
+        "v0_3_5",
         "hostile_outbound",
         "cache_key",
+        "method_body",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -62,8 +67,8 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.4 contracts,
-    // and those built on the Rust SDK (`cache_key`).
+    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.5 contracts,
+    // and those built on the Rust SDK (`cache_key`, `method_body`).
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -78,11 +83,16 @@ fn main() {
         ("TEST_PLUGIN_V0_3_2_WASM", "weir_test_plugin_v0_3_2"),
         ("TEST_PLUGIN_V0_3_3_WASM", "weir_test_plugin_v0_3_3"),
         ("TEST_PLUGIN_V0_3_4_WASM", "weir_test_plugin_v0_3_4"),
+        ("TEST_PLUGIN_V0_3_5_WASM", "weir_test_plugin_v0_3_5"),
         (
             "TEST_PLUGIN_HOSTILE_OUTBOUND_WASM",
             "weir_test_plugin_hostile_outbound",
         ),
         ("TEST_PLUGIN_CACHE_KEY_WASM", "weir_test_plugin_cache_key"),
+        (
+            "TEST_PLUGIN_METHOD_BODY_WASM",
+            "weir_test_plugin_method_body",
+        ),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

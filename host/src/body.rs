@@ -288,17 +288,18 @@ impl Body for Prefixed {
 /// A body read whole, or the proof that it is larger than the limit.
 #[derive(Debug)]
 pub enum Buffered {
-    /// The whole body, within the limit; whether it ended with trailers, which were dropped.
+    /// The whole body, within the limit, and the trailers it ended with, if any (a body of
+    /// bytes has none).
     Whole {
         bytes: Vec<u8>,
-        trailers_dropped: bool,
+        trailers: Option<http::HeaderMap>,
     },
     /// Larger than the limit: the body as it was, to be sent on untouched.
     TooLarge(ProxyBody),
 }
 
-/// Reads `body` whole if it is at most `limit` bytes. Trailers are dropped from a body that
-/// is read whole (and said to be). An error reading the stream is returned as is.
+/// Reads `body` whole if it is at most `limit` bytes, with its trailers apart (the caller
+/// decides what becomes of them). An error reading the stream is returned as is.
 pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferError> {
     let mut stream = match body {
         ProxyBody::Upstream(stream) => stream,
@@ -307,7 +308,7 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
             return Ok(if bytes.len() <= limit {
                 Buffered::Whole {
                     bytes: Vec::from(bytes),
-                    trailers_dropped: false,
+                    trailers: None,
                 }
             } else {
                 Buffered::TooLarge(full(bytes))
@@ -315,7 +316,7 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
         }
     };
     let mut read = BytesMut::new();
-    let mut trailers_dropped = false;
+    let mut trailers: Option<http::HeaderMap> = None;
     while let Some(frame) = stream.frame().await {
         let frame = frame.map_err(|e| BufferError(e.into()))?;
         match frame.into_data() {
@@ -328,13 +329,20 @@ pub async fn buffer(body: ProxyBody, limit: usize) -> Result<Buffered, BufferErr
                     })));
                 }
             }
-            Err(_) => trailers_dropped = true,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    match &mut trailers {
+                        Some(all) => all.extend(more),
+                        None => trailers = Some(more),
+                    }
+                }
+            }
         }
     }
     // `BytesMut` gives up its buffer: no copy of the body.
     Ok(Buffered::Whole {
         bytes: Vec::from(read),
-        trailers_dropped,
+        trailers,
     })
 }
 

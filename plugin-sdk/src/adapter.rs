@@ -8,10 +8,10 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    BodyAction, BodyHookSet, HeaderOp, HookSet, Request as HostRequest, RequestAction, RequestHead,
+    BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
 };
-use crate::http::{CacheKeyChanges, Left};
+use crate::http::Left;
 use crate::{Action, Body, Filter, Request, Response};
 
 thread_local! {
@@ -60,11 +60,7 @@ impl<F: Filter> Guest for Adapter<F> {
     fn on_request(head: RequestHead) -> RequestAction {
         let (action, left) = Self::with(|filter| on_request(filter, Request::new(head)));
         // weir calls `on-request-lazy`; this form has no handle to leave changes on.
-        dropped(
-            &left.response_ops,
-            &left.cache_key,
-            "on-request (whole head)",
-        );
+        dropped(&left, "on-request (whole head)");
         action
     }
 
@@ -85,6 +81,14 @@ impl<F: Filter> Guest for Adapter<F> {
         }
         for part in &left.cache_key.added {
             request.add_cache_key(part);
+        }
+        // Likewise a method weir refuses or a body over 1 MiB (0.3.6); a body the method
+        // gives no meaning fails the call when it returns.
+        if let Some(body) = &left.body {
+            request.set_body(body);
+        }
+        if let Some(method) = &left.method {
+            request.set_method(method);
         }
         action
     }
@@ -139,22 +143,14 @@ pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> (Re
     }
 }
 
-/// Says in weir's log that response header changes or cache key changes made where they
-/// cannot be kept were dropped (rather than dropping them silently).
-fn dropped(response_ops: &[HeaderOp], cache_key: &CacheKeyChanges, hook: &str) {
-    if !response_ops.is_empty() {
+/// Says in weir's log that changes only `on_request` can make through the request's handle
+/// (response header changes, the cache key, the method, the body), made where they cannot
+/// be kept, were dropped (rather than dropping them silently).
+fn dropped(left: &Left, hook: &str) {
+    for what in left.names() {
         crate::log::log(
             crate::log::Level::Warn,
-            &format!(
-                "{} response header change(s) made in {hook} dropped: only on_request can leave them",
-                response_ops.len()
-            ),
-        );
-    }
-    if !cache_key.is_empty() {
-        crate::log::log(
-            crate::log::Level::Warn,
-            &format!("cache key change(s) made in {hook} dropped: only on_request can make them"),
+            &format!("{what} made in {hook} dropped: only on_request can make them"),
         );
     }
 }
@@ -180,13 +176,10 @@ pub(crate) fn on_request_body<F: Filter>(
     let mut request = Request::new(head);
     let mut body = Body::new(body);
     let action = filter.on_request_body(&mut request, &mut body);
-    dropped(
-        request.response_ops(),
-        request.cache_key_changes(),
-        "on_request_body",
-    );
+    let (ops, left) = request.into_left();
+    dropped(&left, "on_request_body");
     match action {
-        Action::Continue => BodyAction::Continue(body.into_changes(request.into_ops())),
+        Action::Continue => BodyAction::Continue(body.into_changes(ops)),
         Action::Respond(reply) => BodyAction::Respond(reply.into_local()),
     }
 }
@@ -199,7 +192,7 @@ pub(crate) fn on_response_body<F: Filter>(
     body: Vec<u8>,
 ) -> BodyAction {
     let request = Request::new(request);
-    let mut response = Response::new(response);
+    let mut response = Response::with_body(response);
     let mut body = Body::new(body);
     match filter.on_response_body(&request, &mut response, &mut body) {
         Action::Continue => BodyAction::Continue(body.into_changes(response.into_ops())),

@@ -64,13 +64,40 @@ impl CacheKeyChanges {
 }
 
 /// What a request hook leaves besides its changes to the request: header changes for the
-/// response and the response cache key, sent to weir through the request's handle.
+/// response, the response cache key, and the method and body (weir:plugin 0.3.6), sent to
+/// weir through the request's handle.
 #[derive(Debug, Default)]
 pub(crate) struct Left {
     /// Header changes for the response, in order.
     pub(crate) response_ops: Vec<HeaderOp>,
     /// Changes to the response cache key.
     pub(crate) cache_key: CacheKeyChanges,
+    /// The method to send the request with, if the filter set one.
+    pub(crate) method: Option<String>,
+    /// The body to send instead of the client's, if the filter gave one.
+    pub(crate) body: Option<Vec<u8>>,
+}
+
+impl Left {
+    /// Whether the request hook made any change that only `on_request` can make through the
+    /// request's handle (header changes for the response, the cache key, the method, the
+    /// body).
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if !self.response_ops.is_empty() {
+            names.push("response header changes");
+        }
+        if !self.cache_key.is_empty() {
+            names.push("cache key changes");
+        }
+        if self.method.is_some() {
+            names.push("the method (set_method)");
+        }
+        if self.body.is_some() {
+            names.push("the body (set_body)");
+        }
+        names
+    }
 }
 
 /// A request on its way upstream.
@@ -95,6 +122,10 @@ pub struct Request<'a> {
     response_ops: Vec<HeaderOp>,
     /// Changes to the response cache key (see [`Request::set_cache_key`]).
     cache_key: CacheKeyChanges,
+    /// Whether [`Request::set_method`] was called (the new method is in `method`).
+    method_changed: bool,
+    /// The body given with [`Request::set_body`].
+    body: Option<Vec<u8>>,
 }
 
 impl Request<'static> {
@@ -114,6 +145,8 @@ impl Request<'static> {
             target_changed: false,
             response_ops: Vec::new(),
             cache_key: CacheKeyChanges::default(),
+            method_changed: false,
+            body: None,
         }
     }
 }
@@ -135,6 +168,8 @@ impl<'a> Request<'a> {
             target_changed: false,
             response_ops: Vec::new(),
             cache_key: CacheKeyChanges::default(),
+            method_changed: false,
+            body: None,
         }
     }
 
@@ -145,36 +180,28 @@ impl<'a> Request<'a> {
         self
     }
 
-    pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
-        self.headers.ops
-    }
-
     /// The changes to the request, and what is left for weir through the request's handle:
-    /// header changes for the response and the cache key's changes.
+    /// header changes for the response, the cache key's changes, the method and the body.
     pub(crate) fn into_changes(self) -> (RequestChanges, Left) {
         let path = self.target_changed.then(|| match self.query() {
             Some(q) => format!("{}?{q}", self.path()),
             None => self.path().to_owned(),
         });
-        let changes = RequestChanges {
-            headers: self.headers.ops,
-            path,
-        };
+        let (headers, left) = self.into_left();
+        (RequestChanges { headers, path }, left)
+    }
+
+    /// What the filter left through the request's handle, without the request's own changes
+    /// (for a hook that cannot leave them: they are dropped with a warning).
+    pub(crate) fn into_left(self) -> (Vec<HeaderOp>, Left) {
+        let method = self.method_changed.then(|| self.method().to_owned());
         let left = Left {
             response_ops: self.response_ops,
             cache_key: self.cache_key,
+            method,
+            body: self.body,
         };
-        (changes, left)
-    }
-
-    /// The header changes left for the response, if any.
-    pub(crate) fn response_ops(&self) -> &[HeaderOp] {
-        &self.response_ops
-    }
-
-    /// The changes made to the response cache key.
-    pub(crate) fn cache_key_changes(&self) -> &CacheKeyChanges {
-        &self.cache_key
+        (self.headers.ops, left)
     }
 
     /// A field of the request: known already, or read from weir now and kept.
@@ -353,6 +380,53 @@ impl<'a> Request<'a> {
         self.cache_key.added.push(part.to_owned());
     }
 
+    /// Sends the request upstream with `method` instead of the one it has: for example a
+    /// `GET` made the `POST` of a gRPC call. Reads ([`Request::method`]) see it at once;
+    /// weir takes it when `on_request` returns, later filters and the upstream see it, and
+    /// a later call replaces it.
+    ///
+    /// Methods are case-sensitive; weir fails the call (500, or the plugin skipped if it is
+    /// `fail_open`) for one that is not an HTTP token of at most 32 bytes, and for `CONNECT`.
+    /// Only in `on_request`: made in `on_request_body` it is dropped, with a warning in
+    /// weir's log. Needs weir with `weir:plugin` 0.3.6.
+    ///
+    /// ```
+    /// # use weir_plugin::{Action, Request};
+    /// fn on_request(request: &mut Request) -> Action {
+    ///     // A search sent as a GET with a query goes upstream as a POST with a JSON body.
+    ///     if request.method() == "GET" && request.path() == "/search" {
+    ///         let term = request.query_param("q").unwrap_or_default();
+    ///         let body = serde_json::json!({ "query": term }).to_string();
+    ///         request.set_method("POST");
+    ///         request.set_body(body);
+    ///         request.set_header("content-type", "application/json");
+    ///         request.set_query(None);
+    ///     }
+    ///     Action::Continue
+    /// }
+    /// ```
+    pub fn set_method(&mut self, method: &str) {
+        self.method = OnceCell::from(method.to_owned());
+        self.method_changed = true;
+    }
+
+    /// Sends `body` upstream instead of the client's body, as nginx's `proxy_set_body`
+    /// does: for example the message a `GET`'s path and query were turned into. The
+    /// client's body, if it sent one, is neither read nor sent, and the `on_request_body`
+    /// hooks of later filters (and of this one) see this body. weir takes it when
+    /// `on_request` returns and sets `content-length` to its length, removing
+    /// `transfer-encoding` and `content-encoding`; set `content-type` yourself. A later call
+    /// replaces it.
+    ///
+    /// At most 1 MiB. A body that is not empty needs a method that gives content a meaning:
+    /// with `GET`, `HEAD`, `DELETE` or `TRACE` (as the request leaves `on_request`) weir fails
+    /// the call (500, or the plugin skipped if it is `fail_open`); [`Request::set_method`]
+    /// in the same hook. Only in `on_request`, as `set_method`. Needs weir with
+    /// `weir:plugin` 0.3.6. See [`Request::set_method`] for an example.
+    pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
+        self.body = Some(body.into());
+    }
+
     /// Sends the request upstream with this path (keeping the query). It must start with
     /// `/`; weir checks it and fails the request, naming the plugin, if it is not valid.
     pub fn set_path(&mut self, path: impl Into<String>) {
@@ -374,7 +448,13 @@ pub struct Response<'a> {
     host: Option<&'a HostResponse>,
     status: OnceCell<u16>,
     headers: Headers<'a>,
+    /// The trailers, read from weir on first use; `None` where there are none to read (the
+    /// head hooks, which run before the body).
+    trailers: Option<OnceCell<FieldList>>,
 }
+
+/// Header or trailer fields as weir passes them: lower-case names and raw values, in order.
+type FieldList = Vec<(String, Vec<u8>)>;
 
 impl Response<'static> {
     /// A response passed whole.
@@ -383,6 +463,15 @@ impl Response<'static> {
             host: None,
             status: OnceCell::from(head.status),
             headers: Headers::whole(head.headers),
+            trailers: None,
+        }
+    }
+
+    /// A response passed whole to `on_response_body`, whose trailers weir tells on demand.
+    pub(crate) fn with_body(head: ResponseHead) -> Response<'static> {
+        Response {
+            trailers: Some(OnceCell::new()),
+            ..Response::new(head)
         }
     }
 }
@@ -394,6 +483,7 @@ impl<'a> Response<'a> {
             host: Some(host),
             status: OnceCell::new(),
             headers: Headers::lazy(host),
+            trailers: None,
         }
     }
 
@@ -422,6 +512,42 @@ impl<'a> Response<'a> {
             .all()
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+
+    /// The first value of trailer `name` (any case) as text: a field the upstream sent
+    /// after the body, such as a gRPC call's `grpc-status` after its messages. Only in
+    /// `on_response_body`, which sees the whole body and so what came after it; `None` in
+    /// `on_response` (the body has not arrived), for a response without trailers, and for
+    /// one that is absent or not UTF-8. Read from weir the first time a trailer is asked
+    /// for. Needs weir with `weir:plugin` 0.3.6.
+    ///
+    /// A response whose body passed the body hooks goes to the client without its
+    /// trailers: a filter that turns them into something the client sees (a status, a
+    /// header) does so here.
+    ///
+    /// ```
+    /// # use weir_plugin::{Action, Body, Reply, Response};
+    /// fn on_response_body(response: &mut Response, _body: &mut Body) -> Action {
+    ///     match response.trailer("grpc-status") {
+    ///         Some(code) if code != "0" => Reply::text(502, "the call failed\n").into(),
+    ///         _ => Action::Continue,
+    ///     }
+    /// }
+    /// ```
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Every trailer, in order, names in lower case; empty where [`Response::trailer`]
+    /// finds none.
+    pub fn trailers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let all = match &self.trailers {
+            Some(cell) => cell.get_or_init(trailers::read).as_slice(),
+            None => &[],
+        };
+        all.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 
     /// Replaces every value of header `name` with `value`.
@@ -754,6 +880,20 @@ fn decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where `on_response_body` reads the response's trailers from: weir on wasm32, the mock
+/// host natively.
+mod trailers {
+    #[cfg(target_arch = "wasm32")]
+    pub(super) fn read() -> Vec<(String, Vec<u8>)> {
+        crate::bindings::weir::plugin::types::response_trailers()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn read() -> Vec<(String, Vec<u8>)> {
+        crate::mock::with(|host| host.trailers.clone())
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub(crate) struct MockHost {
     pub(crate) outbound_calls: Vec<crate::outbound::Call>,
     /// The response cache key changes of the last request hook (`testing::cache_key`).
     pub(crate) cache_key: crate::http::CacheKeyChanges,
+    /// The trailers of the response the body hook being run holds (`response-trailers`).
+    pub(crate) trailers: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for MockHost {
@@ -51,6 +53,7 @@ impl Default for MockHost {
             outbound_stubs: Vec::new(),
             outbound_calls: Vec::new(),
             cache_key: crate::http::CacheKeyChanges::default(),
+            trailers: Vec::new(),
         }
     }
 }
@@ -293,6 +296,54 @@ pub(crate) mod cache_key {
             ));
         }
         with(|host| host.cache_key = changes);
+        Ok(())
+    }
+}
+
+/// weir's rules for `request.set-method` and `request.set-body` (0.3.6,
+/// `host/src/plugin/view.rs`), so a filter that passes its unit tests makes requests weir
+/// sends.
+pub(crate) mod rewrite {
+    const MAX_METHOD_BYTES: usize = 32;
+    const MAX_BODY_BYTES: usize = 1 << 20;
+
+    /// An HTTP token character (RFC 9110's `tchar`).
+    fn tchar(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+
+    /// Why weir would fail a call that left `method` (the request's method as the call
+    /// leaves it, and whether the filter set it) and `body`, if it would.
+    pub(crate) fn check(method: &str, set: bool, body: Option<&[u8]>) -> Result<(), String> {
+        if set {
+            if method.len() > MAX_METHOD_BYTES {
+                return Err(format!(
+                    "set-method: the method is {} bytes (at most {MAX_METHOD_BYTES})",
+                    method.len()
+                ));
+            }
+            if method.is_empty() || !method.bytes().all(tchar) {
+                return Err(format!(
+                    "set-method: {method:?} is not an HTTP method (a token)"
+                ));
+            }
+            if method == "CONNECT" {
+                return Err("set-method: CONNECT opens a tunnel, and weir opens none".into());
+            }
+        }
+        if let Some(body) = body {
+            if body.len() > MAX_BODY_BYTES {
+                return Err(format!(
+                    "set-body: the body is {} bytes (at most {MAX_BODY_BYTES})",
+                    body.len()
+                ));
+            }
+            if !body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE" | "TRACE") {
+                return Err(format!(
+                    "set-body: a {method} request's content has no meaning (RFC 9110), and an upstream may refuse it; set-method as well"
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -66,8 +66,16 @@ impl<F: Filter> Harness<F> {
     /// [`Harness::response`] applies; what it made of the response cache key is
     /// [`cache_key`] until the next request.
     ///
+    /// The forwarded request also carries the method the filter set
+    /// ([`Request::set_method`](crate::Request::set_method)) and, in
+    /// [`TestRequest::body`], the body it gave ([`Request::set_body`](crate::Request::set_body)),
+    /// with `content-length` set and `transfer-encoding` and `content-encoding` removed, as
+    /// weir sends them.
+    ///
     /// Panics, saying why, if the filter gave a cache key weir refuses (over 1,024 bytes, a
-    /// control character, more than 16 parts): weir fails such a call (500, or the plugin
+    /// control character, more than 16 parts), a method weir refuses (not an HTTP token,
+    /// over 32 bytes, `CONNECT`) or a body weir refuses (over 1 MiB, or not empty on a
+    /// `GET`, `HEAD`, `DELETE` or `TRACE`): weir fails such a call (500, or the plugin
     /// skipped if it is `fail_open`).
     #[track_caller]
     pub fn request(&self, request: TestRequest) -> RequestOutcome {
@@ -77,12 +85,36 @@ impl<F: Filter> Harness<F> {
         let (action, left) = adapter::on_request(&self.filter, view);
         match action {
             RequestAction::Continue(changes) => {
-                if let Err(why) = mock::cache_key::record(left.cache_key) {
+                let method = left.method.as_deref().unwrap_or(&request.method);
+                let checked =
+                    mock::rewrite::check(method, left.method.is_some(), left.body.as_deref())
+                        .and_then(|()| mock::cache_key::record(left.cache_key));
+                if let Err(why) = checked {
                     panic!(
                         "weir would fail this call (500, or the plugin skipped if it is fail_open): {why}"
                     );
                 }
                 let mut forwarded = request;
+                if let Some(method) = left.method {
+                    forwarded.method = method;
+                }
+                if let Some(body) = left.body {
+                    forwarded.headers.retain(|(n, _)| {
+                        !matches!(
+                            n.as_str(),
+                            "content-length" | "transfer-encoding" | "content-encoding"
+                        )
+                    });
+                    let bodiless = matches!(
+                        forwarded.method.as_str(),
+                        "GET" | "HEAD" | "DELETE" | "TRACE"
+                    );
+                    if !(body.is_empty() && bodiless) {
+                        let length = body.len().to_string().into_bytes();
+                        forwarded.headers.push(("content-length".into(), length));
+                    }
+                    forwarded.body = Some(body);
+                }
                 apply(&mut forwarded.headers, changes.headers);
                 forwarded
                     .response_changes
@@ -153,7 +185,8 @@ impl<F: Filter> Harness<F> {
         body_outcome(0, request.headers.clone(), body, action)
     }
 
-    /// Runs `on_response_body` for `request` answered with `status`, `headers` and `body`.
+    /// Runs `on_response_body` for `request` answered with `status`, `headers` and `body`
+    /// (and no trailers).
     pub fn response_body(
         &self,
         request: &TestRequest,
@@ -161,15 +194,51 @@ impl<F: Filter> Harness<F> {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> BodyOutcome {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
-            .collect();
+        self.response_body_with_trailers(request, status, headers, body, &[])
+    }
+
+    /// Runs `on_response_body` as [`Harness::response_body`] does, for a response that
+    /// ended with `trailers` after its body ([`Response::trailer`](crate::Response::trailer)
+    /// reads them).
+    ///
+    /// ```
+    /// # use weir_plugin::testing::{Harness, TestRequest};
+    /// # use weir_plugin::{Action, Body, Filter, Hooks, NoConfig, Reply, Request, Response};
+    /// # struct Status;
+    /// # impl Filter for Status {
+    /// #     type Config = NoConfig;
+    /// #     fn new(_: NoConfig) -> Result<Status, String> { Ok(Status) }
+    /// #     fn hooks(&self) -> Hooks { Hooks { on_response_body: true, ..Hooks::NONE } }
+    /// #     fn on_response_body(&self, _: &Request, response: &mut Response, _: &mut Body) -> Action {
+    /// #         match response.trailer("grpc-status") {
+    /// #             Some(code) if code != "0" => Reply::new(502).into(),
+    /// #             _ => Action::Continue,
+    /// #         }
+    /// #     }
+    /// # }
+    /// let harness = Harness::<Status>::new("").expect("config");
+    /// let request = TestRequest::new("POST", "/echo.Echo/Unary");
+    /// let failed = harness
+    ///     .response_body_with_trailers(&request, 200, &[], b"...", &[("grpc-status", "14")])
+    ///     .responded();
+    /// assert_eq!(failed.status, 502);
+    /// ```
+    pub fn response_body_with_trailers(
+        &self,
+        request: &TestRequest,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        trailers: &[(&str, &str)],
+    ) -> BodyOutcome {
+        let headers = header_list(headers);
         let head = ResponseHead {
             status,
             headers: headers.clone(),
         };
+        mock::with(|host| host.trailers = header_list(trailers));
         let action = adapter::on_response_body(&self.filter, request.head(), head, body.to_vec());
+        mock::with(|host| host.trailers.clear());
         body_outcome(status, headers, body, action)
     }
 
@@ -296,6 +365,14 @@ fn body_outcome(
     }
 }
 
+/// Headers as the WIT records carry them, names in lower case.
+fn header_list(headers: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 /// A request to feed a filter; built like `TestRequest::get("/path?q=1").header("a", "b")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRequest {
@@ -320,6 +397,10 @@ pub struct TestRequest {
     /// The header changes the filter left for the response, in order (filled in on the
     /// request [`Harness::request`] forwards).
     pub response_changes: Vec<HeaderChange>,
+    /// The body the filter gave the request instead of the client's
+    /// ([`Request::set_body`](crate::Request::set_body)), on the request [`Harness::request`]
+    /// forwards; `None` if it gave none.
+    pub body: Option<Vec<u8>>,
 }
 
 /// One header change, as a filter makes it.
@@ -371,6 +452,7 @@ impl TestRequest {
             request_id: "test-request".into(),
             tls: None,
             response_changes: Vec::new(),
+            body: None,
         }
     }
 
@@ -620,7 +702,7 @@ pub fn metric_errors() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, Body, Hooks, NoConfig};
+    use crate::{Action, Body, Hooks, NoConfig, Response};
 
     /// Keys the cache per tenant, drops `utm` from the key, answers `/local` itself, and gives
     /// a part weir refuses when asked to.
@@ -716,6 +798,168 @@ mod tests {
     #[should_panic(expected = "add-cache-key: the part has a control character at byte 1")]
     fn a_control_character_fails_the_call() {
         let _ = keyed().request(TestRequest::get("/").header("x-bad", "newline"));
+    }
+
+    /// Turns `GET /search?q=...` into a POST with a JSON body, gives a body without changing
+    /// the method for `/lazy`, and a method or body weir refuses when asked to; reads its
+    /// trailers in the response body hook.
+    struct Rewriting;
+
+    impl Filter for Rewriting {
+        type Config = NoConfig;
+
+        fn new(_: NoConfig) -> Result<Rewriting, String> {
+            Ok(Rewriting)
+        }
+
+        fn hooks(&self) -> Hooks {
+            Hooks {
+                on_request_body: true,
+                on_response_body: true,
+                ..Hooks::REQUEST
+            }
+        }
+
+        fn on_request(&self, request: &mut Request) -> Action {
+            match request.path() {
+                "/search" => {
+                    let term = request.query_param("q").unwrap_or_default();
+                    request.set_body(format!("{{\"q\":\"{term}\"}}"));
+                    request.set_method("POST");
+                    // Reads see the new method at once.
+                    let seen = request.method().to_owned();
+                    request.set_header("x-seen-method", seen);
+                    request.set_header("content-type", "application/json");
+                }
+                "/lazy" => request.set_body("no method"),
+                "/empty" => request.set_body(""),
+                "/bad-method" => request.set_method("GE T"),
+                "/connect" => request.set_method("CONNECT"),
+                "/huge" => {
+                    request.set_method("PUT");
+                    request.set_body(vec![b'x'; (1 << 20) + 1]);
+                }
+                _ => {}
+            }
+            Action::Continue
+        }
+
+        fn on_request_body(&self, request: &mut Request, _body: &mut Body) -> Action {
+            request.set_method("PATCH");
+            Action::Continue
+        }
+
+        fn on_response_body(&self, _: &Request, response: &mut Response, _: &mut Body) -> Action {
+            let seen: Vec<String> = response
+                .trailers()
+                .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v)))
+                .collect();
+            response.set_header("x-trailers", seen.join(","));
+            match response.trailer("Grpc-Status") {
+                Some(code) if code != "0" => Reply::new(502).into(),
+                _ => Action::Continue,
+            }
+        }
+    }
+
+    fn rewriting() -> Harness<Rewriting> {
+        Harness::new("").expect("config")
+    }
+
+    #[test]
+    fn a_method_and_a_body_set_in_on_request_go_upstream() {
+        let forwarded = rewriting()
+            .request(
+                TestRequest::get("/search?q=weir")
+                    .header("content-length", "0")
+                    .header("content-encoding", "gzip"),
+            )
+            .forwarded();
+        assert_eq!(forwarded.method, "POST");
+        assert_eq!(forwarded.body.as_deref(), Some(&br#"{"q":"weir"}"#[..]));
+        assert_eq!(forwarded.header_value("x-seen-method"), Some("POST"));
+        assert_eq!(forwarded.header_value("content-length"), Some("12"));
+        assert_eq!(forwarded.header_value("content-encoding"), None);
+        assert_eq!(
+            forwarded.header_value("content-type"),
+            Some("application/json")
+        );
+        // An empty body on a GET sends none.
+        let empty = rewriting().request(TestRequest::get("/empty")).forwarded();
+        assert_eq!(empty.body.as_deref(), Some(&b""[..]));
+        assert_eq!(empty.header_value("content-length"), None);
+        // A request the filter leaves alone has no body of the filter's.
+        let other = rewriting().request(TestRequest::get("/other")).forwarded();
+        assert_eq!((other.method.as_str(), other.body), ("GET", None));
+    }
+
+    #[test]
+    #[should_panic(expected = "set-body: a GET request's content has no meaning")]
+    fn a_body_on_a_get_fails_the_call() {
+        let _ = rewriting().request(TestRequest::get("/lazy"));
+    }
+
+    #[test]
+    fn a_body_on_a_method_with_content_is_sent() {
+        let forwarded = rewriting()
+            .request(TestRequest::new("POST", "/lazy"))
+            .forwarded();
+        assert_eq!(forwarded.body.as_deref(), Some(&b"no method"[..]));
+    }
+
+    #[test]
+    #[should_panic(expected = "set-method: \"GE T\" is not an HTTP method")]
+    fn a_method_that_is_not_a_token_fails_the_call() {
+        let _ = rewriting().request(TestRequest::get("/bad-method"));
+    }
+
+    #[test]
+    #[should_panic(expected = "set-method: CONNECT opens a tunnel")]
+    fn connect_fails_the_call() {
+        let _ = rewriting().request(TestRequest::get("/connect"));
+    }
+
+    #[test]
+    #[should_panic(expected = "set-body: the body is 1048577 bytes (at most 1048576)")]
+    fn a_body_over_a_mebibyte_fails_the_call() {
+        let _ = rewriting().request(TestRequest::get("/huge"));
+    }
+
+    #[test]
+    fn a_method_set_in_a_body_hook_is_dropped_with_a_warning() {
+        let _ = rewriting()
+            .request_body(&TestRequest::new("POST", "/"), b"x")
+            .continued();
+        assert!(
+            logs()
+                .iter()
+                .any(|(level, line)| *level == Level::Warn && line.contains("set_method")),
+            "{:?}",
+            logs()
+        );
+    }
+
+    #[test]
+    fn the_response_body_hook_reads_the_trailers() {
+        let harness = rewriting();
+        let request = TestRequest::new("POST", "/");
+        let failed = harness
+            .response_body_with_trailers(
+                &request,
+                200,
+                &[],
+                b"message",
+                &[("grpc-status", "14"), ("grpc-message", "down")],
+            )
+            .responded();
+        assert_eq!(failed.status, 502);
+        let ok = harness
+            .response_body_with_trailers(&request, 200, &[], b"m", &[("grpc-status", "0")])
+            .continued();
+        assert_eq!(ok.header_value("x-trailers"), Some("grpc-status=0"));
+        // None after the call, and none for a response without.
+        let none = harness.response_body(&request, 200, &[], b"m").continued();
+        assert_eq!(none.header_value("x-trailers"), Some(""));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! server (Python's grpcio, `tests/grpc/peer.py greeter`, serving `helloworld.Greeter`) through
 //! weir with the bundled `grpc-json` plugin, configured with the descriptor set of
 //! `tests/grpc/proto/helloworld.proto`: the `google.api.http` binding, a path variable and
-//! the default `POST /package.Service/Method` mapping answer JSON; the server's own
-//! statuses (sent trailers-only) become HTTP statuses with a JSON error; a body the input
-//! message cannot take is refused with 400 before the server sees it; a GET binding is
-//! answered 501 (a plugin cannot make it a POST). gRPC clients keep a route of their own
-//! beside the transcoding one.
+//! the default `POST /package.Service/Method` mapping answer JSON; `get`, `put`, `patch` and
+//! `delete` bindings are made POSTs (weir:plugin 0.3.6's `set-method`), a bodiless one's
+//! message made of its path and query and sent as the request's body (`set-body`); the
+//! server's own statuses become HTTP statuses with a JSON error, whether sent trailers-only
+//! or in the trailers after a message (read by the response body hook, 0.3.6); a body the
+//! input message cannot take is refused with 400 before the server sees it. gRPC clients
+//! keep a route of their own beside the transcoding one.
 //!
 //! Most tests put a plain weir between the transcoding weir and the server (see [`start`]),
 //! so the answers also pass a second proxy as native gRPC; `curl_calls_the_grpc_service_directly`
@@ -212,14 +214,93 @@ async fn a_post_binding_takes_a_field_from_the_path() {
     let (status, _, body) = curl("POST", weir.url("/v1/greeters/J%C3%BCrgen"), Some("{}")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body), json!({"message": "Hello Jürgen"}));
-    // A GET binding needs the call made a POST, which a plugin cannot do yet: 501, said so.
-    let (status, content_type, body) = curl("GET", weir.url("/v1/greeter/ann"), None).await;
+}
+
+/// `get`, `put`, `patch` and `delete` bindings call the service: each request is made a POST
+/// (`set-method`); a GET's and a DELETE's message is made of the path and query in the head
+/// hook and sent as the body (`set-body`), a PUT's of its body as one field and the query
+/// as others, a PATCH's of its body as the whole message.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_put_patch_and_delete_bindings_call_the_service() {
+    let greeter = Greeter::start_mode("greeter");
+    let weir = start(&greeter).await;
+    let call = |method: &'static str, path: &str, body: Option<&'static str>| {
+        let url = weir.url(path);
+        async move { curl(method, url, body).await }
+    };
+    let (status, content_type, body) = call("GET", "/v1/greeter/ann", None).await;
     assert_eq!(
         (status, content_type.as_str()),
-        (501, "application/json"),
+        (200, "application/json"),
         "{body}"
     );
-    assert_eq!(json_of(&body)["code"], 12);
+    assert_eq!(json_of(&body), json!({"message": "Hello ann"}));
+    // The path and the query in one message; a server stream's messages as an array.
+    let (status, _, body) = call("GET", "/v1/greeter/J%C3%BCrgen/hellos?times=2", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!([{"message": "Hello Jürgen #1"}, {"message": "Hello Jürgen #2"}])
+    );
+    let (status, _, body) = call(
+        "PUT",
+        "/v1/greetings/ann?tags=a&tags=b",
+        Some(r#"{"text":"hi","shout":true}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body), json!({"message": "ann: hi! [a,b]"}));
+    // A PUT without a body: the path and query alone.
+    let (status, _, body) = call("PUT", "/v1/greetings/bo?tags=t", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body), json!({"message": "bo:  [t]"}));
+    let (status, _, body) = call(
+        "PATCH",
+        "/v1/greetings/ann",
+        Some(r#"{"greeting":{"text":"yo"},"tags":["x"]}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body), json!({"message": "ann: yo [x]"}));
+    let (status, _, body) = call("DELETE", "/v1/greetings/ann", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body), json!({"message": "Deleted ann"}));
+    let (status, _, body) = call("DELETE", "/v1/greetings/hidden", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!({"code": 5, "message": "no one called hidden"})
+    );
+    // A query parameter the message lacks: 400, the server never called.
+    let (status, _, body) = call("GET", "/v1/greeter/ann?nope=1", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_of(&body)["code"], 3);
+}
+
+/// A status the server sends in the trailers after a message (a stream that broke after its
+/// first message) reaches the REST client as the error it is, not as the message before it
+/// with a 200: through a second proxy, and straight from the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_after_a_message_reaches_the_client_as_an_error() {
+    let greeter = Greeter::start_mode("greeter");
+    let chained = start(&greeter).await;
+    let direct = transcoding(&format!("127.0.0.1:{}", greeter.port)).await;
+    for url in [
+        chained.url("/v1/greeter/broken/hellos"),
+        direct.url("/v1/greeter/broken/hellos"),
+    ] {
+        let (status, content_type, body) = curl("GET", url.clone(), None).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (503, "application/json"),
+            "{url}: {body}"
+        );
+        assert_eq!(
+            json_of(&body),
+            json!({"code": 14, "message": "stream broke"}),
+            "{url}"
+        );
+    }
 }
 
 /// gRPC clients share the listener and the service, on a route of their own: body hooks

@@ -24,6 +24,7 @@ mod hardening;
 mod languages;
 mod lifecycle;
 mod limits;
+mod method_body;
 mod observability;
 mod outbound;
 mod outbound_attacks;

@@ -86,8 +86,7 @@ async fn jwt_auth_admits_valid_tokens_and_names_why_it_refuses_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_admits_the_limit_and_no_more_under_concurrent_clients() {
     let upstream = Upstream::start("one").await;
-    let settings =
-        "[config]\nkey = \"route\"\n[[config.limits]]\nrequests = 100\nwindow = \"10s\"\n";
+    let settings = "kv = true\n[config]\nkey = \"route\"\n[[config.limits]]\nrequests = 100\nwindow = \"10s\"\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/rate-limit.wasm", RATE_LIMIT),
         ("plugins/rate-limit.toml", settings.as_bytes()),
@@ -198,7 +197,7 @@ const KEY_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/ke
 #[tokio::test(flavor = "multi_thread")]
 async fn response_headers_left_by_a_request_hook_apply_at_the_plugins_place() {
     let upstream = Upstream::start("one").await;
-    let limit = "[config]\nkey = \"route\"\n[[config.limits]]\nrequests = 1000\nwindow = \"1m\"\n";
+    let limit = "kv = true\n[config]\nkey = \"route\"\n[[config.limits]]\nrequests = 1000\nwindow = \"1m\"\n";
     let headers = "[config.response]\nset = { \"ratelimit-policy\" = \"from-headers\" }\n";
     let keys = "[config]\n[[config.consumers]]\nname = \"alice\"\nkeys = [\"alice-key\"]\n";
     let files: [(&str, &[u8]); 6] = [
@@ -255,7 +254,7 @@ const GUEST_0_3_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
 
 /// Response header changes a plugin leaves through its request handle, from either lazy hook
 /// (raw bindings on the frozen 0.3.1 contract — the SDK cannot leave them from a response
-/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.5 host): those left by the
+/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.6 host): those left by the
 /// request hook apply before the plugin's response hook (which sees them), its own changes
 /// next, then those it left during that hook. A local reply drops what its call left; more
 /// than 256 in one call fails the request.
@@ -292,7 +291,7 @@ async fn changes_left_from_both_hooks_apply_in_order() {
 
 const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
 
-/// The contract is 0.3.5; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
+/// The contract is 0.3.6; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
 /// imports are served by semver-compatible linking, its lazy hooks found and called.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
@@ -313,13 +312,16 @@ async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
 
 const GUEST_0_3_4: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_4_WASM"));
 
-/// A plugin built against 0.3.4 (`wit/0.3.4/`, raw bindings) loads unchanged on the 0.3.5
+/// A plugin built against 0.3.4 (`wit/0.3.4/`, raw bindings) loads unchanged on the 0.3.6
 /// host, which reports the patch it was built against, and its 0.3.4 imports
 /// (`kv.increment-within`, `kv.compare-and-set`) are served.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_0_3_4_loads_and_runs_unchanged() {
     let upstream = Upstream::start("one").await;
-    let files: [(&str, &[u8]); 1] = [("plugins/old.wasm", GUEST_0_3_4)];
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/old.wasm", GUEST_0_3_4),
+        ("plugins/old.toml", b"kv = true\n"),
+    ];
     let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
     let mut within = Vec::new();
     for _ in 0..3 {
@@ -339,6 +341,28 @@ async fn a_plugin_built_against_0_3_4_loads_and_runs_unchanged() {
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
     assert_eq!(plugins[0]["name"], "old");
     assert_eq!(plugins[0]["contract"], "0.3.4");
+}
+
+const GUEST_0_3_5: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_5_WASM"));
+
+/// A plugin built against 0.3.5 (`wit/0.3.5/`, raw bindings) loads unchanged on the 0.3.6
+/// host, which reports the patch it was built against, and its 0.3.5 imports
+/// (`request.add-cache-key`, `request.set-cache-key`) are served: a part passes, a key over
+/// 1,024 bytes fails the call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_0_3_5_loads_and_runs_unchanged() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/old.wasm", GUEST_0_3_5)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, _, body) = send(&weir, "/part", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "one GET /part"));
+    let (status, _, _) = send(&weir, "/too-long", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    let (_, _, plugins) = send_admin(&weir, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    assert_eq!(plugins[0]["name"], "old");
+    assert_eq!(plugins[0]["contract"], "0.3.5");
 }
 
 async fn send_admin(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
@@ -424,7 +448,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.3.5".into()));
+    assert_eq!(contract("transform"), Some("0.3.6".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

@@ -17,6 +17,13 @@ Service helloworld.Greeter (proto/helloworld.proto; its tiny messages coded by h
     SayHello(HelloRequest{name}) -> HelloReply{message: "Hello " + name}; an empty name
         -> status INVALID_ARGUMENT, details "name is empty"; name "hidden" -> NOT_FOUND
     SayGoodbye(HelloRequest{name}) -> HelloReply{message: "Goodbye " + name}
+    StreamHellos(HelloRequest{name, times}) -> `times` (1 if 0) HelloReply{"Hello NAME #i"};
+        name "broken" -> one message, then status UNAVAILABLE "stream broke" (in trailers,
+        after the message)
+    SetGreeting(SetGreetingRequest{name, greeting{text, shout}, tags}) ->
+        HelloReply{"NAME: TEXT" + "!" if shout + " [TAG,...]" if tags}; an empty name ->
+        INVALID_ARGUMENT
+    DeleteGreeting(HelloRequest{name}) -> HelloReply{"Deleted " + name}; "hidden" -> NOT_FOUND
 """
 
 import json
@@ -66,26 +73,38 @@ def varint(data, i):
         shift += 7
 
 
-def string_field(data, number):
-    """The last value of string field `number` in a protobuf message ("" if absent)."""
-    found, i = b"", 0
+def fields(data):
+    """Every (number, value) of a protobuf message, in order: an int for a varint, bytes for
+    a length-delimited field."""
+    found, i = [], 0
     while i < len(data):
         key, i = varint(data, i)
         kind = key & 7
         if kind == 0:
-            _, i = varint(data, i)
+            value, i = varint(data, i)
         elif kind == 2:
             length, i = varint(data, i)
-            if key >> 3 == number:
-                found = data[i:i + length]
+            value = data[i:i + length]
             i += length
         elif kind == 1:
-            i += 8
+            value, i = data[i:i + 8], i + 8
         elif kind == 5:
-            i += 4
+            value, i = data[i:i + 4], i + 4
         else:
             raise ValueError("unsupported wire type %d" % kind)
-    return found.decode()
+        found.append((key >> 3, value))
+    return found
+
+
+def last(data, number, default):
+    """The last value of field `number` (`default` if absent)."""
+    values = [v for n, v in fields(data) if n == number]
+    return values[-1] if values else default
+
+
+def string_field(data, number):
+    """The last value of string field `number` in a protobuf message ("" if absent)."""
+    return last(data, number, b"").decode()
 
 
 def hello_reply(message):
@@ -112,11 +131,44 @@ def say_goodbye(request, context):
     return hello_reply("Goodbye " + string_field(request, 1))
 
 
+def stream_hellos(request, context):
+    name, times = string_field(request, 1), last(request, 2, 0) or 1
+    if name == "broken":
+        yield hello_reply("Hello broken #1")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "stream broke")
+    for i in range(1, times + 1):
+        yield hello_reply("Hello %s #%d" % (name, i))
+
+
+def set_greeting(request, context):
+    name = string_field(request, 1)
+    if name == "":
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is empty")
+    greeting = last(request, 2, b"")
+    text = string_field(greeting, 1)
+    shout = last(greeting, 2, 0) == 1
+    tags = [v.decode() for n, v in fields(request) if n == 3]
+    message = "%s: %s%s" % (name, text, "!" if shout else "")
+    if tags:
+        message += " [%s]" % ",".join(tags)
+    return hello_reply(message)
+
+
+def delete_greeting(request, context):
+    name = string_field(request, 1)
+    if name == "hidden":
+        context.abort(grpc.StatusCode.NOT_FOUND, "no one called hidden")
+    return hello_reply("Deleted " + name)
+
+
 def serve_greeter():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handlers = {
         "SayHello": grpc.unary_unary_rpc_method_handler(say_hello, identity, identity),
         "SayGoodbye": grpc.unary_unary_rpc_method_handler(say_goodbye, identity, identity),
+        "StreamHellos": grpc.unary_stream_rpc_method_handler(stream_hellos, identity, identity),
+        "SetGreeting": grpc.unary_unary_rpc_method_handler(set_greeting, identity, identity),
+        "DeleteGreeting": grpc.unary_unary_rpc_method_handler(delete_greeting, identity, identity),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("helloworld.Greeter", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")

@@ -43,6 +43,9 @@ pub(crate) struct PluginState {
     /// Where the current call's `outbound` requests go: set for a call on a request when the
     /// plugin is granted clusters, `None` otherwise (and in `configure`).
     pub(crate) outbound: Option<Arc<dyn Outbound>>,
+    /// The trailers of the response the current `on-response-body` call holds, if it had
+    /// any (`response-trailers`, 0.3.6); `None` between calls.
+    pub(crate) trailers: Option<Arc<http::HeaderMap>>,
 }
 
 impl PluginState {
@@ -69,6 +72,7 @@ impl PluginState {
             granted: Arc::from([]),
             log_repeats: Arc::default(),
             outbound: None,
+            trailers: None,
         }
     }
 }

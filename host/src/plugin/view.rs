@@ -1,12 +1,16 @@
 //! The request and response as a route's plugins see them: hyper's own heads and what weir
 //! knows about the request. A 0.3.0 hook is lent a view whole and reads it on demand; the
 //! WIT records that older plugins and body hooks take are made from it for each such call.
+//! Since 0.3.6 a request hook may also change the method and give the request a body of
+//! its own (`set-method`, `set-body`): staged during the call, checked and applied when it
+//! returns, dropped when it fails.
 
 use crate::trace::RequestTrace;
 use std::sync::{Arc, LazyLock};
 
-use http::header::{HeaderMap, HeaderValue};
-use http::{StatusCode, request};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, request};
 
 use super::outbound::Outbound;
 use super::{HeaderOp, RequestHead, ResponseHead};
@@ -23,6 +27,20 @@ pub(crate) const MAX_CACHE_KEY_BYTES: usize = 1024;
 /// The most parts the plugins may add to one request's cache key (`add-cache-key`), all
 /// together.
 pub(crate) const MAX_CACHE_KEY_PARTS: usize = 16;
+
+/// The longest method a plugin may set (`set-method`); the registered ones are at most 17.
+pub(crate) const MAX_METHOD_BYTES: usize = 32;
+
+/// The largest body a request hook may give a request (`set-body`): a body built from a
+/// head (a protobuf from a path and query) is small; rewriting a large one is a body hook's
+/// work.
+pub(crate) const MAX_SUPPLIED_BODY_BYTES: usize = 1 << 20;
+
+/// The trailers of a response whose body the body hooks hold, in the response's
+/// extensions for the one `on-response-body` call at a time that may read them
+/// (`response-trailers`, 0.3.6).
+#[derive(Debug, Clone)]
+pub struct ResponseTrailers(pub Arc<HeaderMap>);
 
 /// The request through the chain: its head as it will be sent on (every plugin's changes
 /// are applied to `parts` as they are returned), and what the plugins may ask about it.
@@ -46,6 +64,20 @@ pub struct RequestView {
     trace: Option<RequestTrace>,
     /// Where plugins' `outbound` requests go, when the chain has a plugin granted clusters.
     outbound: Option<OutboundHandle>,
+    /// The method and body request hooks set (0.3.6), if any did (boxed as `left` is).
+    rewrite: Option<Box<Rewrite>>,
+}
+
+/// What request hooks did to the method and body through the request's handle
+/// (`set-method`, `set-body`, 0.3.6).
+#[derive(Debug, Default)]
+struct Rewrite {
+    /// The method the call being made set, applied when it returns.
+    staged_method: Option<Method>,
+    /// The body the call being made gave, applied when it returns.
+    staged_body: Option<Bytes>,
+    /// The body the request carries instead of the client's, from a call that returned.
+    body: Option<Bytes>,
 }
 
 /// The proxy's [`Outbound`] for one request (a wrapper only for `Debug`).
@@ -95,6 +127,7 @@ impl RequestView {
             tls: None,
             trace: None,
             outbound: None,
+            rewrite: None,
         }
     }
 
@@ -140,6 +173,7 @@ impl RequestView {
             tls: None,
             trace: None,
             outbound: None,
+            rewrite: None,
         }
     }
 
@@ -281,6 +315,101 @@ impl RequestView {
         }
     }
 
+    /// Stages `method` as the request's (`set-method`, 0.3.6), applied by
+    /// [`RequestView::apply_staged`] when the call returns. Refuses a method that is not an
+    /// HTTP token of at most [`MAX_METHOD_BYTES`], and `CONNECT`, saying why.
+    pub(crate) fn set_method(&mut self, method: &str) -> Result<(), String> {
+        if method.len() > MAX_METHOD_BYTES {
+            return Err(format!(
+                "the method is {} bytes (at most {MAX_METHOD_BYTES})",
+                method.len()
+            ));
+        }
+        // `Method::from_bytes` accepts exactly RFC 9110's tokens (and refuses an empty one).
+        let parsed = Method::from_bytes(method.as_bytes())
+            .map_err(|_| format!("{method:?} is not an HTTP method (a token)"))?;
+        if parsed == Method::CONNECT {
+            return Err("CONNECT opens a tunnel, and weir opens none".into());
+        }
+        self.rewrite.get_or_insert_default().staged_method = Some(parsed);
+        Ok(())
+    }
+
+    /// Stages `body` as the request's (`set-body`, 0.3.6), applied by
+    /// [`RequestView::apply_staged`] when the call returns. Refuses one over
+    /// [`MAX_SUPPLIED_BODY_BYTES`].
+    pub(crate) fn set_body(&mut self, body: Vec<u8>) -> Result<(), String> {
+        if body.len() > MAX_SUPPLIED_BODY_BYTES {
+            return Err(format!(
+                "the body is {} bytes (at most {MAX_SUPPLIED_BODY_BYTES})",
+                body.len()
+            ));
+        }
+        self.rewrite.get_or_insert_default().staged_body = Some(Bytes::from(body));
+        Ok(())
+    }
+
+    /// Applies what the call that just returned staged with `set-method` and `set-body`: the
+    /// method goes into the head, the body is kept for the proxy ([`RequestView::take_body`])
+    /// with `content-length` set and `transfer-encoding` and `content-encoding` removed.
+    /// Refuses a non-empty body the request's method gives no meaning (RFC 9110: `GET`,
+    /// `HEAD`, `DELETE`, `TRACE`), changing nothing. The lender calls this only for a call
+    /// that succeeded, and [`RequestView::drop_staged`] for one that failed.
+    pub(crate) fn apply_staged(&mut self) -> Result<(), String> {
+        let Some(rewrite) = &mut self.rewrite else {
+            return Ok(());
+        };
+        let (staged_method, staged_body) =
+            (rewrite.staged_method.take(), rewrite.staged_body.take());
+        if staged_method.is_none() && staged_body.is_none() {
+            return Ok(());
+        }
+        let method = staged_method.as_ref().unwrap_or(&self.parts.method);
+        let body = staged_body.as_ref().or(rewrite.body.as_ref());
+        if let Some(body) = body
+            && !body.is_empty()
+            && !has_content(method)
+        {
+            return Err(format!(
+                "set-body: a {method} request's content has no meaning (RFC 9110), and an upstream may refuse it; set-method as well"
+            ));
+        }
+        if let Some(method) = staged_method {
+            self.parts.method = method;
+        }
+        if let Some(body) = staged_body {
+            rewrite.body = Some(body);
+        }
+        if let Some(body) = &rewrite.body {
+            let headers = &mut self.parts.headers;
+            headers.remove(header::TRANSFER_ENCODING);
+            headers.remove(header::CONTENT_ENCODING);
+            if body.is_empty() && !has_content(&self.parts.method) {
+                headers.remove(header::CONTENT_LENGTH);
+            } else {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what a call that failed staged with `set-method` and `set-body`; what earlier
+    /// calls applied stays.
+    pub(crate) fn drop_staged(&mut self) {
+        if let Some(rewrite) = &mut self.rewrite {
+            rewrite.staged_method = None;
+            rewrite.staged_body = None;
+        }
+    }
+
+    /// The body a request hook gave the request instead of the client's (`set-body`), if one
+    /// did; the view keeps none afterwards.
+    pub fn take_body(&mut self) -> Option<Bytes> {
+        self.rewrite
+            .as_mut()
+            .and_then(|rewrite| rewrite.body.take())
+    }
+
     /// The host the client asked for, if it is text.
     pub(crate) fn authority(&self) -> Option<&str> {
         self.authority.as_ref().and_then(|a| a.to_str().ok())
@@ -312,6 +441,16 @@ impl RequestView {
             request_id: self.request_id.clone(),
         }
     }
+}
+
+/// Whether RFC 9110 gives a request's content a meaning with `method`: not for `GET`,
+/// `HEAD`, `DELETE` ("no generally defined semantics", which "might lead some
+/// implementations to reject the request") and `TRACE` (a client "MUST NOT send content").
+fn has_content(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Checks a cache key or key part a plugin gave: at most [`MAX_CACHE_KEY_BYTES`], and no
@@ -538,6 +677,112 @@ mod tests {
             (key.replaced.as_deref(), key.added.as_slice()),
             (None, &["kept".to_owned()][..])
         );
+    }
+
+    #[test]
+    fn a_staged_method_and_body_apply_when_the_call_returns() {
+        let mut view = view();
+        view.parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        view.parts
+            .headers
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        view.set_body(b"frame".to_vec()).expect("small");
+        view.set_method("POST").expect("a token");
+        // Staged: the call still sees the request as it was.
+        assert_eq!(view.parts().method, Method::GET);
+        view.apply_staged().expect("a POST may carry a body");
+        assert_eq!(view.parts().method, Method::POST);
+        let headers = &view.parts().headers;
+        assert_eq!(
+            headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert!(headers.get(header::TRANSFER_ENCODING).is_none());
+        assert!(headers.get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(view.take_body().as_deref(), Some(&b"frame"[..]));
+        assert_eq!(view.take_body(), None, "taken once");
+    }
+
+    #[test]
+    fn a_failed_call_s_method_and_body_are_dropped() {
+        let mut view = view();
+        view.set_method("PUT").expect("a token");
+        view.set_body(b"kept".to_vec()).expect("small");
+        view.apply_staged().expect("a PUT may carry a body");
+        // The next call fails after staging others: the first call's stay.
+        view.set_method("PATCH").expect("a token");
+        view.set_body(b"dropped".to_vec()).expect("small");
+        view.drop_staged();
+        view.apply_staged().expect("nothing staged");
+        assert_eq!(view.parts().method, Method::PUT);
+        assert_eq!(view.take_body().as_deref(), Some(&b"kept"[..]));
+    }
+
+    #[test]
+    fn methods_and_bodies_are_checked() {
+        let mut request = view();
+        for bad in [
+            "",
+            "GE T",
+            "G\r\nET",
+            "GET/",
+            "CONNECT",
+            &"M".repeat(MAX_METHOD_BYTES + 1),
+        ] {
+            assert!(request.set_method(bad).is_err(), "{bad:?}");
+        }
+        request
+            .set_method(&"M".repeat(MAX_METHOD_BYTES))
+            .expect("exactly the limit");
+        request
+            .set_method("purge")
+            .expect("methods are case-sensitive tokens");
+        request.drop_staged();
+        let refused = request
+            .set_body(vec![0; MAX_SUPPLIED_BODY_BYTES + 1])
+            .expect_err("too large");
+        assert!(refused.contains("1048577 bytes"), "{refused}");
+        request
+            .set_body(vec![0; MAX_SUPPLIED_BODY_BYTES])
+            .expect("exactly the limit");
+        request.drop_staged();
+
+        // A body on a method that gives content no meaning fails the call, changing nothing.
+        for method in ["GET", "HEAD", "DELETE", "TRACE"] {
+            let mut request = view();
+            request.set_method(method).expect("a token");
+            request.set_body(b"x".to_vec()).expect("small");
+            let refused = request.apply_staged().expect_err("no content semantics");
+            assert!(refused.contains(method), "{refused}");
+            assert_eq!(request.parts().method, Method::GET);
+            assert_eq!(request.take_body(), None);
+        }
+        // Nor may a later call make a request that has a plugin's body a GET.
+        let mut request = view();
+        request.set_method("POST").expect("a token");
+        request.set_body(b"x".to_vec()).expect("small");
+        request.apply_staged().expect("a POST");
+        request.set_method("GET").expect("a token");
+        assert!(request.apply_staged().is_err());
+        assert_eq!(request.parts().method, Method::POST);
+        // An empty body is none: a GET sends no content-length, a POST `0`.
+        let mut request = view();
+        request.set_body(Vec::new()).expect("empty");
+        request.apply_staged().expect("an empty body on a GET");
+        assert!(
+            request
+                .parts()
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_none()
+        );
+        request.set_method("POST").expect("a token");
+        request.apply_staged().expect("a POST");
+        let length = request.parts().headers.get(header::CONTENT_LENGTH);
+        assert_eq!(length.map(|v| v.as_bytes()), Some(&b"0"[..]));
     }
 
     #[test]

@@ -391,7 +391,7 @@ impl Fill {
         let bytes = match body::buffer(body, limit).await {
             Ok(Buffered::Whole {
                 bytes,
-                trailers_dropped: false,
+                trailers: None,
             }) => Bytes::from(bytes),
             Ok(Buffered::Whole { bytes, .. }) => {
                 // Read whole, its trailers dropped: the head says the length it now has.

@@ -14,6 +14,11 @@
 //! `on-response-body` the upstream is asked for `Accept-Encoding: identity`, and a response
 //! coded anyway is decoded for the hooks and sent on decoded (one that cannot be decoded
 //! within the limit is sent on untouched, with a warning, as one too large is).
+//!
+//! A request hook may give the request a body of its own (`set-body`, 0.3.6): it replaces
+//! the client's, which is then never read, and is what the body hooks see. A response's
+//! trailers, when its body is read for the body hooks, are lent to them
+//! (`response-trailers`, 0.3.6) and not sent on: the body they send is a whole one.
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode, request};
@@ -22,11 +27,11 @@ use hyper::body::Body as _;
 
 use super::attempts::RequestBody;
 use super::forward;
-use crate::body::{self, Buffered, ClientBody, ProxyBody};
+use crate::body::{self, BodyWatch, Buffered, ClientBody, ProxyBody};
 use crate::coding::{self, DecodeError};
 use crate::error::{ErrorKind, ProxyError};
 use crate::plugin::chain::{self, BodyStep, Chain, ChainError, RequestStep};
-use crate::plugin::view::RequestView;
+use crate::plugin::view::{RequestView, ResponseTrailers};
 
 /// What the request phase decided.
 #[expect(
@@ -56,6 +61,7 @@ pub(super) async fn on_request(
     chain: &Chain,
     request: &mut RequestView,
     body: &mut RequestBody,
+    watch: Option<&BodyWatch>,
     request_id: &HeaderValue,
 ) -> Result<Filtered, ProxyError> {
     let passed = match chain.on_request(request).await.map_err(plugin_error)? {
@@ -69,9 +75,24 @@ pub(super) async fn on_request(
         }
         RequestStep::Continue { passed } => passed,
     };
+    // A body a request hook gave replaces the client's, which is dropped unread.
+    let supplied = request.take_body();
+    let is_supplied = supplied.is_some();
+    if let Some(bytes) = supplied {
+        *body = RequestBody::Buffered(bytes);
+    }
     if let Some(limit) = chain.request_body_limit() {
         let unread = std::mem::replace(body, RequestBody::Buffered(bytes::Bytes::new()));
-        match on_request_body(chain, request, unread, limit, request_id).await? {
+        let read = on_request_body(
+            chain,
+            request,
+            unread,
+            is_supplied,
+            limit,
+            watch,
+            request_id,
+        );
+        match read.await? {
             Ok(read) => *body = read,
             Err(answered) => {
                 let (answered, by) = *answered;
@@ -115,15 +136,29 @@ async fn on_request_body(
     chain: &Chain,
     view: &mut RequestView,
     body: RequestBody,
+    supplied: bool,
     limit: usize,
+    watch: Option<&BodyWatch>,
     request_id: &HeaderValue,
 ) -> Result<Result<RequestBody, Box<(Response<ProxyBody>, usize)>>, ProxyError> {
-    let streamed = match body {
-        RequestBody::Client(streamed) if !streamed.is_end_stream() => streamed,
+    let bytes = match body {
+        RequestBody::Client(streamed) if !streamed.is_end_stream() => {
+            let bytes = read_request_body(streamed, &view.parts().headers, limit, watch).await?;
+            decoded_request_body(view, bytes, limit).await?
+        }
+        // A request hook's body (`set-body`) goes to the body hooks as it is; over their
+        // limit, it is the plugins' inconsistency, not the client's (no 413).
+        RequestBody::Buffered(bytes) if supplied => {
+            if bytes.len() > limit {
+                return Err(ProxyError::new(ErrorKind::PluginFailed).with_cause(format!(
+                    "a request hook's body ({} bytes) is over the body hooks' max_body_bytes = {limit}",
+                    bytes.len()
+                )));
+            }
+            Vec::from(bytes)
+        }
         unread => return Ok(Ok(unread)),
     };
-    let bytes = read_request_body(streamed, &view.parts().headers, limit).await?;
-    let bytes = decoded_request_body(view, bytes, limit).await?;
     match chain
         .on_request_body(view, bytes)
         .await
@@ -197,8 +232,8 @@ pub(super) async fn on_response(
     if bodiless {
         return Ok(Response::from_parts(parts, body));
     }
-    let bytes = match body::buffer(body, limit).await {
-        Ok(Buffered::Whole { bytes, .. }) => bytes,
+    let (bytes, trailers) = match body::buffer(body, limit).await {
+        Ok(Buffered::Whole { bytes, trailers }) => (bytes, trailers),
         Ok(Buffered::TooLarge(body)) => {
             tracing::warn!(
                 request_id = request.request_id(),
@@ -213,10 +248,17 @@ pub(super) async fn on_response(
         Ok(plain) => plain,
         Err(untouched) => return Ok(Response::from_parts(parts, body::full(untouched))),
     };
+    // Lent to the body hooks only: a whole body goes on without them.
+    if let Some(trailers) = trailers {
+        parts
+            .extensions
+            .insert(ResponseTrailers(std::sync::Arc::new(trailers)));
+    }
     let bytes = chain
         .on_response_body(passed, request, &mut parts, bytes)
         .await
         .map_err(plugin_error)?;
+    parts.extensions.remove::<ResponseTrailers>();
     Ok(Response::from_parts(parts, body::full(bytes)))
 }
 
@@ -277,12 +319,15 @@ async fn decoded_response_body(
     }
 }
 
-/// Reads a request body whole for the body hooks: 413 when `Content-Length` or the bytes
-/// that arrive exceed `limit`.
+/// Reads a request body whole (for the body hooks, or a mirror's copy): 413 when
+/// `Content-Length` or the bytes that arrive exceed `limit`. A failure reading it is the
+/// client's, answered as `watch` (the request's `BodyWatch`) says, as when the body fails
+/// on its way upstream.
 pub(super) async fn read_request_body(
     body: ClientBody,
     headers: &http::HeaderMap,
     limit: usize,
+    watch: Option<&BodyWatch>,
 ) -> Result<Vec<u8>, ProxyError> {
     let too_large = || ProxyError::new(ErrorKind::PayloadTooLarge);
     let declared = headers
@@ -297,7 +342,7 @@ pub(super) async fn read_request_body(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(too_large().with_cause("the body is over the body hooks' limit"))
         }
-        Err(e) => Err(super::client_body::client_error(e, None)),
+        Err(e) => Err(super::client_body::client_error(e, watch)),
     }
 }
 

@@ -16,6 +16,7 @@ use hyper::body::Body as _;
 
 use super::attempts::RequestBody;
 use super::outbound::ClusterOutbound;
+use crate::body::BodyWatch;
 use crate::config::Mirror;
 use crate::error::ProxyError;
 use crate::generation::Generation;
@@ -36,16 +37,31 @@ fn shadow_host(host: &str) -> String {
     format!("{}-shadow{}", &host[..split], &host[split..])
 }
 
+/// The request being copied, as it goes upstream.
+pub(super) struct Copying<'a> {
+    pub(super) parts: &'a request::Parts,
+    pub(super) request_id: &'a HeaderValue,
+    /// The fate of the client's body: a failure reading it for the copy is answered as the
+    /// primary path answers one (the client's fault: 400, 408, 413, 499).
+    pub(super) watch: Option<&'a BodyWatch>,
+}
+
 /// Copies the request (`parts`, `body`) to the mirror's cluster if this one is in the
-/// sample. A small streamed body is read first (and goes on as read).
+/// sample. A small streamed body is read first (and goes on as read); a failure reading it
+/// fails the request as the client's, through its `BodyWatch`, as if the upstream were
+/// reading it.
 pub(super) async fn copy(
     mirror: &Mirror,
     generation: &Arc<Generation>,
-    parts: &request::Parts,
+    copying: Copying<'_>,
     body: &mut RequestBody,
-    request_id: &HeaderValue,
     metrics: &RouteMetrics,
 ) -> Result<(), ProxyError> {
+    let Copying {
+        parts,
+        request_id,
+        watch,
+    } = copying;
     if fastrand::f64() * 100.0 >= mirror.percent {
         return Ok(());
     }
@@ -76,7 +92,7 @@ pub(super) async fn copy(
             };
             let limit = usize::try_from(mirror.max_body_bytes).unwrap_or(usize::MAX);
             let read = Bytes::from(
-                super::filters::read_request_body(streamed, &parts.headers, limit).await?,
+                super::filters::read_request_body(streamed, &parts.headers, limit, watch).await?,
             );
             *body = RequestBody::Buffered(read.clone());
             read

@@ -324,7 +324,8 @@ async fn proxy<B: DownstreamBody>(
                 request_id: request_id.clone(),
             }));
         }
-        match filters::on_request(chain, &mut view, &mut body, &request_id).await? {
+        let watch = ctx.body.as_deref();
+        match filters::on_request(chain, &mut view, &mut body, watch, &request_id).await? {
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);
             }
@@ -353,7 +354,12 @@ async fn proxy<B: DownstreamBody>(
         && upgrade.is_none()
     {
         let metrics = &route.metrics;
-        mirror::copy(mirror, generation, &parts, &mut body, &request_id, metrics).await?;
+        let copying = mirror::Copying {
+            parts: &parts,
+            request_id: &request_id,
+            watch: ctx.body.as_deref(),
+        };
+        mirror::copy(mirror, generation, copying, &mut body, metrics).await?;
     }
     // The route's cache, after the filters (a hit never skips an auth plugin): an answer from
     // the store, or what the upstream's answer does to it.

@@ -6,23 +6,27 @@
 //!
 //! The work is split over four hooks, because weir applies a path change only in the head
 //! hook and hands bodies only to the body hooks:
-//! - `on_request` matches the method and path, rewrites the head to a gRPC call (path
-//!   `/package.Service/Method`, `content-type: application/grpc`, `te: trailers`), and leaves
-//!   two notes: a request header for `on_request_body` (which binding, the path variables)
-//!   and a response header for the response hooks (which method), both removed before they
-//!   leave weir;
-//! - `on_request_body` turns the JSON body (and the path variables) into the method's input
-//!   message, framed as one gRPC message, or answers 400;
+//! - `on_request` matches the method and path and rewrites the head to a gRPC call (path
+//!   `/package.Service/Method`, method `POST`, `content-type: application/grpc`,
+//!   `te: trailers`). A binding without a body (`get`, `delete`), or a request without one,
+//!   is turned into the input message here, from the path variables and the query, and
+//!   given to weir as the request's body (`set_body`, weir:plugin 0.3.6). For a request
+//!   whose JSON body makes the message, it leaves a request header for `on_request_body`
+//!   (which binding, the path variables, the query). Either way it leaves a response header
+//!   for the response hooks (which method). Both notes are removed before they leave weir;
+//! - `on_request_body` turns the JSON body (and the path variables and query) into the
+//!   method's input message, framed as one gRPC message, or answers 400;
 //! - `on_response` reads `grpc-status` if the upstream put it in the head (a trailers-only
 //!   answer: the call failed before any message) and answers with its HTTP status and a JSON
 //!   error; otherwise it marks the response JSON;
-//! - `on_response_body` turns the gRPC message into JSON. Body hooks do not see trailers, so
-//!   a status sent after a message is not read: a message is taken as success.
+//! - `on_response_body` reads the call's status from the trailers (weir:plugin 0.3.6), so a
+//!   status sent after a message is an error too, and turns the gRPC message into JSON.
 
 #![forbid(unsafe_code)]
 
 mod bindings;
 mod frame;
+mod query;
 
 use base64::Engine as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
@@ -32,7 +36,8 @@ use weir_plugin::{Action, Body, Filter, Hooks, Reply, Request, Response};
 use bindings::{Binding, Template};
 
 /// The request header `on_request` leaves for `on_request_body`: the binding's index, then
-/// the raw path variables, `/`-separated. Removed before the request goes upstream.
+/// the raw path variables, `/`-separated, then `?` and the query when the body fills one
+/// field (the query fills others). Removed before the request goes upstream.
 const BINDING_NOTE: &str = "x-weir-grpc-json-binding";
 /// The response header `on_request` leaves for the response hooks: the method's full name.
 /// Removed before the response goes to the client.
@@ -110,29 +115,42 @@ impl Filter for GrpcJson {
         let Some((index, binding, variables)) = found else {
             return Action::Continue;
         };
-        if binding.http_method != "POST" {
-            // A gRPC call is a POST, and a plugin cannot change a request's method (weir:plugin
-            // 0.3.5 has no `set-method`): say so rather than send a call the server refuses.
-            return error_reply(
-                12,
-                &format!(
-                    "grpc-json: {} bindings are not served yet (weir cannot make this {} a POST)",
-                    binding.http_method, binding.http_method
-                ),
-            );
-        }
-        let mut note = index.to_string();
-        for raw in variables {
-            note.push('/');
-            note.push_str(raw);
-        }
-        request.set_header(BINDING_NOTE, note);
+        // Owned: the head is rewritten below.
+        let variables: Vec<String> = variables.into_iter().map(str::to_owned).collect();
+        let variables: Vec<&str> = variables.iter().map(String::as_str).collect();
+        let query = request.query().map(str::to_owned);
         request.set_response_header(METHOD_NOTE, binding.method.full_name());
         request.set_path(grpc_path(&binding.method));
         request.set_query(None);
         request.set_header("content-type", "application/grpc");
         request.set_header("te", "trailers");
         request.remove_header("content-encoding");
+        // A gRPC call is a POST: a GET, PUT, DELETE or PATCH binding's request is made one.
+        if request.method() != "POST" {
+            request.set_method("POST");
+        }
+        if binding.body.is_none() || declares_no_body(request) {
+            // Nothing for `on_request_body` to read: the message is made here, from the path
+            // and query, and sent as the request's body (any body the client sent replaced,
+            // as grpc-gateway ignores a body a binding does not take).
+            return match input_message(binding, &variables, query.as_deref(), b"") {
+                Ok(message) => {
+                    request.set_body(frame::encode(&prost::Message::encode_to_vec(&message)));
+                    Action::Continue
+                }
+                Err(why) => error_reply(3, &why),
+            };
+        }
+        let mut note = index.to_string();
+        for raw in variables {
+            note.push('/');
+            note.push_str(raw);
+        }
+        if let Some(query) = query.filter(|_| takes_query(binding)) {
+            note.push('?');
+            note.push_str(&query);
+        }
+        request.set_header(BINDING_NOTE, note);
         Action::Continue
     }
 
@@ -143,6 +161,10 @@ impl Filter for GrpcJson {
             return Action::Continue;
         };
         request.remove_header(BINDING_NOTE);
+        let (note, query) = match note.split_once('?') {
+            Some((note, query)) => (note, Some(query)),
+            None => (note.as_str(), None),
+        };
         let mut parts = note.split('/');
         let binding = parts
             .next()
@@ -152,7 +174,7 @@ impl Filter for GrpcJson {
             return error_reply(13, "grpc-json: lost track of the request's binding");
         };
         let variables: Vec<&str> = parts.collect();
-        match input_message(binding, &variables, body.bytes()) {
+        match input_message(binding, &variables, query, body.bytes()) {
             Ok(message) => {
                 body.replace(frame::encode(&prost::Message::encode_to_vec(&message)));
                 Action::Continue
@@ -197,6 +219,23 @@ impl Filter for GrpcJson {
         let Some(method) = self.method(&name) else {
             return error_reply(13, "grpc-json: lost track of the response's method");
         };
+        // The call's status: in the trailers, after the messages, unless the server sent a
+        // trailers-only answer (its status in the head, read by `on_response` if not OK).
+        let status = response
+            .trailer("grpc-status")
+            .map(|code| (code.to_owned(), response.trailer("grpc-message")))
+            .or_else(|| {
+                let code = response.header("grpc-status")?;
+                Some((code.to_owned(), response.header("grpc-message")))
+            });
+        let Some((code, message)) = status else {
+            return bad_gateway("the call ended without a grpc-status (cut off?)");
+        };
+        let code: u32 = code.trim().parse().unwrap_or(2);
+        if code != 0 {
+            let message = message.map(percent_decode).unwrap_or_default();
+            return error_reply(code, &message);
+        }
         let output = method.output();
         let messages = match frame::decode_all(body.bytes()) {
             Ok(messages) => messages,
@@ -247,12 +286,30 @@ fn grpc_path(method: &MethodDescriptor) -> String {
     format!("/{}/{}", method.parent_service().full_name(), method.name())
 }
 
-/// The method's input message from the request body and the path variables (raw, still
-/// percent-encoded, in the template's order), by the protobuf JSON mapping; an unknown field
-/// is an error.
+/// Whether the request says it has no body: `content-length: 0`, or neither
+/// `content-length` nor `transfer-encoding` (HTTP/1.1's rule for a request, RFC 9112 §6.3;
+/// over HTTP/2 a client sending a body without `content-length` is taken as bodiless, which
+/// curl and browsers never are).
+fn declares_no_body(request: &Request) -> bool {
+    match request.header("content-length") {
+        Some(length) => length.trim() == "0",
+        None => request.header("transfer-encoding").is_none(),
+    }
+}
+
+/// Whether the query fills fields of the message: when the body is not the whole message
+/// (`google.api.http`: the fields neither the path nor the body binds).
+fn takes_query(binding: &Binding) -> bool {
+    binding.body.as_deref() != Some("*")
+}
+
+/// The method's input message from the request body, the query (when the binding takes
+/// it) and the path variables (raw, still percent-encoded, in the template's order), by the
+/// protobuf JSON mapping; the path wins over the query. An unknown field is an error.
 fn input_message(
     binding: &Binding,
     variables: &[&str],
+    query: Option<&str>,
     body: &[u8],
 ) -> Result<DynamicMessage, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
@@ -275,6 +332,9 @@ fn input_message(
             }
         }
     };
+    if let Some(query) = query.filter(|_| takes_query(binding)) {
+        query::fill(&mut root, &binding.method.input(), query)?;
+    }
     let Template {
         variables: names, ..
     } = &binding.template;

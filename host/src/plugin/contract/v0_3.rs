@@ -12,7 +12,7 @@ use wasmtime::error::Context as _;
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::state::PluginState;
-use crate::plugin::view::{self, RequestView, ResponseView};
+use crate::plugin::view::{self, RequestView, ResponseTrailers, ResponseView};
 
 pub(super) mod generated {
     wasmtime::component::bindgen!({
@@ -69,9 +69,10 @@ impl Contract for Pre {
                 "weir:plugin/http-filter@0.3.2" => Some("0.3.2"),
                 "weir:plugin/http-filter@0.3.3" => Some("0.3.3"),
                 "weir:plugin/http-filter@0.3.4" => Some("0.3.4"),
+                "weir:plugin/http-filter@0.3.5" => Some("0.3.5"),
                 _ => None,
             })
-            .unwrap_or("0.3.5");
+            .unwrap_or("0.3.6");
         Ok(Pre { pre: filter, patch })
     }
 
@@ -111,8 +112,11 @@ impl GuestTrait for Guest {
     /// `request` when this returns, whatever the call did. The response header changes the
     /// call left (`add-response-header-ops`, 0.3.1) are taken out of the view here, so the
     /// view holds none between calls. The cache key changes it made (`set-cache-key`,
-    /// `add-cache-key`, 0.3.5) stay in the view's extensions, unless the call failed: then
-    /// the key is put back as it was before the call, as its left changes are dropped.
+    /// `add-cache-key`, 0.3.5) stay in the view's extensions, and the method and body it
+    /// staged (`set-method`, `set-body`, 0.3.6) are applied to the view, unless the call
+    /// failed: then the key is put back as it was before the call and the staged changes
+    /// are dropped, as its left changes are. A method and body that do not go together (a
+    /// `GET` with a body) fail the call here.
     async fn on_request(
         &self,
         store: &mut Store<PluginState>,
@@ -125,8 +129,13 @@ impl GuestTrait for Guest {
         let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
         *request = take_back(store, lent)?;
         let left = request.take_leaving();
+        let action = action.and_then(|action| {
+            request.apply_staged().map_err(wasmtime::Error::msg)?;
+            Ok(action)
+        });
         if action.is_err() {
             request.restore_cache_key(key_before);
+            request.drop_staged();
         }
         Ok((action?, left))
     }
@@ -162,6 +171,8 @@ impl GuestTrait for Guest {
         response.headers = take_back(store, lent_response)?.headers;
         *request = take_back(store, lent_request)?;
         let left = request.take_leaving();
+        // The request has gone upstream: a method or body set now changes nothing.
+        request.drop_staged();
         Ok((action?, left))
     }
 
@@ -186,9 +197,15 @@ impl GuestTrait for Guest {
     ) -> wasmtime::Result<BodyAction> {
         let exports = self.0.weir_plugin_http_filter();
         let head = view::response_record(response.status, &response.headers);
-        exports
-            .call_on_response_body(store, &request.record(), &head, body)
-            .await
+        // The response's trailers, if it had any, are the store's for the call
+        // (`response-trailers`, 0.3.6).
+        let trailers = response.extensions.get::<ResponseTrailers>();
+        store.data_mut().trailers = trailers.map(|t| t.0.clone());
+        let action = exports
+            .call_on_response_body(&mut *store, &request.record(), &head, body)
+            .await;
+        store.data_mut().trailers = None;
+        action
     }
 }
 

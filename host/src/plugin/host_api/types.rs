@@ -4,7 +4,9 @@
 //! moved back, never copied whole. Since 0.3.1 a hook may also leave response header
 //! changes on its `request` (kept in the view for the chain's response phase); since 0.3.2
 //! it may read the client connection's TLS; since 0.3.5 set or extend the request's cache
-//! key (kept in the request's extensions for the route's cache).
+//! key (kept in the request's extensions for the route's cache); since 0.3.6 set the
+//! request's method and body (staged in the view, applied when the call returns), and a
+//! response body hook may read the response's trailers (`response-trailers`).
 
 use http::HeaderMap;
 use wasmtime::component::Resource;
@@ -15,7 +17,15 @@ use crate::plugin::contract::current::types::{
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{MAX_LEFT_PER_CALL, RequestView, ResponseView, header_list};
 
-impl Host for PluginState {}
+impl Host for PluginState {
+    fn response_trailers(&mut self) -> wasmtime::Result<Vec<Header>> {
+        Ok(self
+            .trailers
+            .as_deref()
+            .map(header_list)
+            .unwrap_or_default())
+    }
+}
 
 /// The first value of `name` (any case), if present.
 fn first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
@@ -122,6 +132,20 @@ impl HostRequest for PluginState {
             .get_mut(&this)?
             .add_cache_key(part)
             .map_err(|why| wasmtime::Error::msg(format!("add-cache-key: {why}")))
+    }
+
+    fn set_method(&mut self, this: Resource<RequestView>, method: String) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&this)?
+            .set_method(&method)
+            .map_err(|why| wasmtime::Error::msg(format!("set-method: {why}")))
+    }
+
+    fn set_body(&mut self, this: Resource<RequestView>, body: Vec<u8>) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&this)?
+            .set_body(body)
+            .map_err(|why| wasmtime::Error::msg(format!("set-body: {why}")))
     }
 
     fn drop(&mut self, this: Resource<RequestView>) -> wasmtime::Result<()> {
