@@ -12,9 +12,15 @@
 //! 4. then the route written first in the file.
 //!
 //! A route matches only if every condition it has holds. `shadowed` finds the routes that
-//! can never match because one before them in this order takes every request they would.
+//! can never match: because one before them in this order takes every request they would
+//! (for a `path_regex` before them, decided on automata by `cover`: only where certain), or
+//! because their `methods` name none weir routes (`[]`, or only `CONNECT`, which weir
+//! answers itself before routing: it opens no tunnels).
+
+mod cover;
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -61,16 +67,51 @@ impl PathSpec {
         }
     }
 
-    /// Whether every path `other` matches, this matches too. (A regex is never asked about an
-    /// exact path: exact paths sort first, so a regex never stands before one.)
-    fn covers(&self, other: &PathSpec) -> bool {
+    /// Whether every path `other` matches, this matches too; for a regex, decided on the
+    /// automata `dfas` gives (this path's, then `other`'s), and `false` where that is not
+    /// certain. (A regex is never asked about an exact path: exact paths sort first, so a
+    /// regex never stands before one.)
+    fn covers<'d>(
+        &self,
+        other: &PathSpec,
+        dfas: impl FnOnce() -> (Option<&'d cover::Dfa>, Option<&'d cover::Dfa>),
+    ) -> bool {
         match (self, other) {
             (PathSpec::Prefix(p), PathSpec::Prefix(q) | PathSpec::Exact(q)) => q.starts_with(p),
             (PathSpec::Exact(a), PathSpec::Exact(b)) => a == b,
-            (PathSpec::Regex(a), PathSpec::Regex(b)) => a == b,
+            (PathSpec::Regex(a), PathSpec::Regex(b)) if a == b => true,
+            (PathSpec::Regex(_), _) => match dfas() {
+                (Some(mine), Some(theirs)) => cover::covers(mine, theirs),
+                _ => false,
+            },
             _ => false,
         }
     }
+
+    /// This path as an automaton, for [`PathSpec::covers`]; `None` if it cannot be built
+    /// within `cover`'s bounds.
+    fn dfa(&self) -> Option<cover::Dfa> {
+        cover::Dfa::new(match self {
+            PathSpec::Exact(exact) => cover::Path::Exact(exact),
+            PathSpec::Regex(pattern) => cover::Path::Regex(pattern.source()),
+            PathSpec::Prefix(prefix) => cover::Path::Prefix(prefix),
+        })
+    }
+}
+
+/// Why a route can never match (`Router::shadowed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// This route, before it in precedence (for the same hosts), takes every request it
+    /// would.
+    ShadowedBy(RouteId),
+    /// `methods = []`: it names no method, so no request matches (leaving `methods` out is
+    /// what matches every method).
+    NoMethod,
+    /// Its `methods` name only `CONNECT`, which weir answers itself (400: a reverse proxy
+    /// opens no tunnels) before any route is chosen. (An HTTP/2 WebSocket's extended
+    /// CONNECT is routed as the `GET` it stands for.)
+    OnlyConnect,
 }
 
 #[derive(Debug)]
@@ -87,17 +128,35 @@ impl Entry {
         usize::from(self.methods.is_some()) + self.headers.len() + self.query.len()
     }
 
+    /// Whether no request can match this whatever comes before it: its `methods` leave no
+    /// method weir routes.
+    fn unreachable(&self) -> Option<Unreachable> {
+        match self.methods.as_deref() {
+            Some([]) => Some(Unreachable::NoMethod),
+            Some(methods) if methods.iter().all(|m| *m == Method::CONNECT) => {
+                Some(Unreachable::OnlyConnect)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether every request this matches, `other` matches too (so `other`, before it,
-    /// leaves it nothing).
-    fn covered_by(&self, other: &Entry) -> bool {
-        other.path.covers(&self.path)
-            && other.methods.as_ref().is_none_or(|theirs| {
-                self.methods
-                    .as_ref()
-                    .is_some_and(|mine| mine.iter().all(|m| theirs.contains(m)))
-            })
-            && other.headers.iter().all(|c| self.headers.contains(c))
+    /// leaves it nothing); `dfas` gives `other`'s path automaton and this one's, asked for
+    /// only when the rest holds and the answer needs them. `CONNECT` in a `methods` list
+    /// counts for nothing: no CONNECT request reaches the router.
+    fn covered_by<'d>(
+        &self,
+        other: &Entry,
+        dfas: impl FnOnce() -> (Option<&'d cover::Dfa>, Option<&'d cover::Dfa>),
+    ) -> bool {
+        let routed = |m: &&Method| **m != Method::CONNECT;
+        other.methods.as_ref().is_none_or(|theirs| {
+            self.methods
+                .as_ref()
+                .is_some_and(|mine| mine.iter().filter(routed).all(|m| theirs.contains(m)))
+        }) && other.headers.iter().all(|c| self.headers.contains(c))
             && other.query.iter().all(|c| self.query.contains(c))
+            && other.path.covers(&self.path, dfas)
     }
 }
 
@@ -211,23 +270,33 @@ impl Router {
         pick(&self.any_host)
     }
 
-    /// One line for each route of `routes` that can never match, naming the route that
-    /// takes its requests (`weir check` prints them; a generation logs them).
+    /// One line for each route of `routes` that can never match, saying why: the route that
+    /// takes its requests, or its `methods` (`weir check` prints them; a generation logs
+    /// them).
     pub fn shadow_warnings(&self, routes: &[RouteConfig]) -> Vec<String> {
         self.shadowed()
             .into_iter()
-            .map(|(shadowed, by)| {
-                format!(
-                    "route \"{}\" can never match: route \"{}\", before it in precedence, takes every request it would",
-                    routes[shadowed.0].name, routes[by.0].name
-                )
+            .map(|(route, why)| {
+                let name = &routes[route.0].name;
+                match why {
+                    Unreachable::ShadowedBy(by) => format!(
+                        "route \"{name}\" can never match: route \"{}\", before it in precedence, takes every request it would",
+                        routes[by.0].name
+                    ),
+                    Unreachable::NoMethod => format!(
+                        "route \"{name}\" can never match: `methods = []` names no method (leave `methods` out to match every method)"
+                    ),
+                    Unreachable::OnlyConnect => format!(
+                        "route \"{name}\" can never match: weir answers CONNECT itself (400: it opens no tunnels) before choosing a route"
+                    ),
+                }
             })
             .collect()
     }
 
-    /// The routes that can never match, each with the route before it (in precedence order,
-    /// for the same hosts) that takes every request it would: `(shadowed, by)`.
-    pub fn shadowed(&self) -> Vec<(RouteId, RouteId)> {
+    /// The routes that can never match, each with why: a route before it (in precedence
+    /// order, for the same hosts) that takes every request it would, or its `methods`.
+    pub fn shadowed(&self) -> Vec<(RouteId, Unreachable)> {
         let groups = self
             .exact
             .values()
@@ -235,13 +304,25 @@ impl Router {
             .chain(std::iter::once(&self.any_host));
         let mut found = Vec::new();
         for entries in groups {
+            // Each path's automaton, built the first time a regex before it asks.
+            let dfas: Vec<OnceCell<Option<cover::Dfa>>> =
+                entries.iter().map(|_| OnceCell::new()).collect();
+            let dfa = |i: usize| dfas[i].get_or_init(|| entries[i].path.dfa()).as_ref();
             for (i, entry) in entries.iter().enumerate() {
-                if let Some(by) = entries[..i].iter().find(|e| entry.covered_by(e)) {
-                    found.push((entry.route, by.route));
+                if let Some(why) = entry.unreachable() {
+                    found.push((entry.route, why));
+                    continue;
+                }
+                let by = entries[..i].iter().enumerate().find(|(j, earlier)| {
+                    earlier.unreachable().is_none()
+                        && entry.covered_by(earlier, || (dfa(*j), dfa(i)))
+                });
+                if let Some((_, by)) = by {
+                    found.push((entry.route, Unreachable::ShadowedBy(by.route)));
                 }
             }
         }
-        found.sort_by_key(|(shadowed, _)| shadowed.0);
+        found.sort_by_key(|(route, _)| route.0);
         found
     }
 }
@@ -449,33 +530,155 @@ cluster = "c"
                 .map(|id| config.routes[id.0].name.as_str());
             assert_eq!(got, *expect, "{target} {headers:?}");
         }
-        let shadowed: Vec<(&str, &str)> = router
-            .shadowed()
-            .into_iter()
-            .map(|(a, b)| {
-                (
-                    config.routes[a.0].name.as_str(),
-                    config.routes[b.0].name.as_str(),
-                )
-            })
-            .collect();
-        assert_eq!(shadowed, [("never", "orders-exact")]);
+        assert_eq!(shadowed(&config), [("never", "orders-exact".into())]);
     }
 
     #[test]
     fn duplicates_and_narrower_methods_after_a_catch_all_are_shadowed() {
         let config = parse(Path::new("t.toml"), ROUTES).expect("valid");
-        let router = Router::new(&config.routes);
-        let shadowed: Vec<(&str, &str)> = router
+        assert_eq!(shadowed(&config), [("api-dup", "api".into())]);
+    }
+
+    /// Each unreachable route of `config`, with the route that shadows it or why.
+    fn shadowed(config: &crate::config::Config) -> Vec<(&str, String)> {
+        Router::new(&config.routes)
             .shadowed()
             .into_iter()
-            .map(|(a, b)| {
-                (
-                    config.routes[a.0].name.as_str(),
-                    config.routes[b.0].name.as_str(),
-                )
+            .map(|(route, why)| {
+                let why = match why {
+                    Unreachable::ShadowedBy(by) => config.routes[by.0].name.clone(),
+                    other => format!("{other:?}"),
+                };
+                (config.routes[route.0].name.as_str(), why)
             })
-            .collect();
-        assert_eq!(shadowed, [("api-dup", "api")]);
+            .collect()
+    }
+
+    /// The config of `routes` (TOML `[[routes]]` tables, cluster `c`).
+    fn with_routes(routes: &str) -> crate::config::Config {
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[clusters]]\nname = \"c\"\nendpoints = [\"127.0.0.1:1\"]\n{routes}"
+        );
+        parse(Path::new("t.toml"), &text).expect("valid")
+    }
+
+    #[test]
+    fn a_regex_shadows_a_later_route_only_where_it_takes_every_path() {
+        let config = with_routes(
+            r#"
+[[routes]]
+name = "api-regex"
+path_regex = "/api/.*"
+cluster = "c"
+
+[[routes]]
+name = "api-prefix"
+path_prefix = "/api/"
+cluster = "c"
+
+[[routes]]
+name = "v1-regex"
+path_regex = "/api/v[0-9]+/.*"
+cluster = "c"
+
+[[routes]]
+name = "ap"
+path_prefix = "/ap"
+cluster = "c"
+
+[[routes]]
+name = "letters"
+path_regex = "/web/[a-z]*"
+cluster = "c"
+
+[[routes]]
+name = "web"
+path_prefix = "/web/"
+cluster = "c"
+
+[[routes]]
+name = "api-get"
+path_regex = "/api/.*"
+methods = ["GET"]
+cluster = "c"
+
+[[routes]]
+name = "api-post"
+path_prefix = "/api/"
+methods = ["POST"]
+cluster = "c"
+"#,
+        );
+        // `/api/.*` takes every `/api/...` path: the later prefix and regex under it. Not
+        // `/ap` (`/apple`), and `/web/[a-z]*` not `/web/` (`/web/1`). `api-get`, a regex
+        // with a condition, is tried before the regexes without (equal paths, more
+        // conditions first), so it takes only GETs from `api-regex`; the POST prefix after
+        // them both is `api-regex`'s.
+        assert_eq!(
+            shadowed(&config),
+            [
+                ("api-prefix", "api-regex".into()),
+                ("v1-regex", "api-regex".into()),
+                ("api-post", "api-regex".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_whose_methods_weir_never_routes_can_never_match() {
+        let config = with_routes(
+            r#"
+[[routes]]
+name = "none"
+path_prefix = "/a"
+methods = []
+cluster = "c"
+
+[[routes]]
+name = "tunnel"
+path_prefix = "/a"
+methods = ["CONNECT"]
+cluster = "c"
+
+[[routes]]
+name = "get-and-connect"
+path_prefix = "/a"
+methods = ["GET", "CONNECT"]
+cluster = "c"
+
+[[routes]]
+name = "get"
+path_prefix = "/a"
+methods = ["GET"]
+cluster = "c"
+
+[[routes]]
+name = "rest"
+path_prefix = "/a"
+cluster = "c"
+"#,
+        );
+        // Neither `none` nor `tunnel` takes anything from the routes after them; CONNECT in
+        // a list counts for nothing, so `get` is `get-and-connect`'s duplicate.
+        assert_eq!(
+            shadowed(&config),
+            [
+                ("none", "NoMethod".into()),
+                ("tunnel", "OnlyConnect".into()),
+                ("get", "get-and-connect".into()),
+            ]
+        );
+        // What each means: no request the router is asked about matches either (a CONNECT
+        // never is: `proxy` answers it 400 first).
+        let router = Router::new(&config.routes);
+        for method in [Method::GET, Method::POST, Method::PUT] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri("/a")
+                .body(())
+                .expect("request");
+            let got = router.route(None, &request).map(|id| id.0);
+            assert!(got.is_none_or(|i| i >= 2), "{method}: {got:?}");
+        }
     }
 }
