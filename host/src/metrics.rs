@@ -103,6 +103,9 @@ pub struct Metrics {
     local_replies: IntCounterVec,
     instances: IntGaugeVec,
     instances_created: IntCounterVec,
+    breaker_open: IntGaugeVec,
+    /// Linear memory held by all plugin instances (`[plugins] memory_budget_mb` bounds it).
+    pub(crate) plugin_memory: IntGauge,
     plugin_loads: IntCounterVec,
     plugin_serving: IntGaugeVec,
     reloads: IntCounterVec,
@@ -280,7 +283,7 @@ impl Metrics {
             plugin_failures: counter(
                 &r,
                 "weir_plugin_failures_total",
-                "Failed plugin calls by kind: trap, deadline, memory, invalid_output, instantiate.",
+                "Failed plugin calls by kind: trap, deadline, memory, invalid_output, instantiate, overloaded, breaker_open.",
                 &["plugin", "kind"],
             ),
             local_replies: counter(
@@ -300,6 +303,19 @@ impl Metrics {
                 "weir_plugin_instances_created_total",
                 "Instances of the plugin created.",
                 &["plugin"],
+            ),
+            breaker_open: gauge(
+                &r,
+                "weir_plugin_breaker_open",
+                "Hooks of the plugin whose breaker is open (not called until a probe succeeds).",
+                &["plugin"],
+            ),
+            plugin_memory: register(
+                &r,
+                IntGauge::new(
+                    "weir_plugin_memory_bytes",
+                    "Linear memory held by all plugin instances.",
+                ),
             ),
             plugin_loads: counter(
                 &r,
@@ -455,6 +471,7 @@ impl Metrics {
             local_replies: self.local_replies.with_label_values(&[plugin]),
             instances: self.instances.with_label_values(&[plugin]),
             instances_created: self.instances_created.with_label_values(&[plugin]),
+            breaker_open: self.breaker_open.with_label_values(&[plugin]),
             declared: Arc::new(PluginMetricSet::new(plugin, &self.metric_errors)),
         }
     }
@@ -805,15 +822,21 @@ pub enum FailureKind {
     InvalidOutput,
     /// A fresh instance could not be made (its `configure` failed).
     Instantiate,
+    /// No instance was free within the deadline: the plugin has `max_instances` busy.
+    Overloaded,
+    /// Not called: the plugin's breaker is open after failures in a row.
+    BreakerOpen,
 }
 
 impl FailureKind {
-    const ALL: [FailureKind; 5] = [
+    const ALL: [FailureKind; 7] = [
         FailureKind::Trap,
         FailureKind::Deadline,
         FailureKind::Memory,
         FailureKind::InvalidOutput,
         FailureKind::Instantiate,
+        FailureKind::Overloaded,
+        FailureKind::BreakerOpen,
     ];
 
     /// The label value.
@@ -824,6 +847,8 @@ impl FailureKind {
             FailureKind::Memory => "memory",
             FailureKind::InvalidOutput => "invalid_output",
             FailureKind::Instantiate => "instantiate",
+            FailureKind::Overloaded => "overloaded",
+            FailureKind::BreakerOpen => "breaker_open",
         }
     }
 }
@@ -839,13 +864,15 @@ pub struct PluginMetrics {
     pub on_request_body: Histogram,
     /// See `on_request`.
     pub on_response_body: Histogram,
-    failures: [IntCounter; 5],
+    failures: [IntCounter; 7],
     /// Requests the plugin answered itself.
     pub local_replies: IntCounter,
     /// Live instances.
     pub instances: IntGauge,
     /// Instances created.
     pub instances_created: IntCounter,
+    /// Hooks of the plugin whose breaker is open.
+    pub breaker_open: IntGauge,
     /// The metrics this loaded version of the plugin declared (`weir:plugin/metrics`).
     pub(crate) declared: Arc<PluginMetricSet>,
 }

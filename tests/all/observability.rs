@@ -89,7 +89,8 @@ async fn metrics_count_requests_plugin_failures_by_kind_and_hook_durations() {
             ("plugins/10-test.wasm", PLUGIN),
             (
                 "plugins/10-test.toml",
-                b"deadline = \"100ms\"\nmemory_limit_mb = 16\n",
+                // No breaker, so each of the 100 traps is a call (`plugins::` tests it).
+                b"deadline = \"100ms\"\nmemory_limit_mb = 16\nbreaker = { failures = 0 }\n",
             ),
         ],
     )

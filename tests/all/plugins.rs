@@ -75,7 +75,9 @@ async fn trap_is_500_and_the_next_request_succeeds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trapping_plugin_is_one_failure_line_not_one_per_request() {
     let upstream = Upstream::start("one").await;
-    let mut weir = start(&upstream, Some("fail_open = true\ndeadline = \"100ms\"\n")).await;
+    // No breaker: every request calls the plugin.
+    let settings = "fail_open = true\ndeadline = \"100ms\"\nbreaker = { failures = 0 }\n";
+    let mut weir = start(&upstream, Some(settings)).await;
     for _ in 0..50 {
         let (status, _, _) = get(&weir, "/trap").await;
         assert_eq!(status, StatusCode::OK, "fail_open passes the request");
@@ -128,6 +130,32 @@ async fn infinite_loop_is_stopped_by_the_deadline() {
     assert!(
         elapsed < Duration::from_secs(2),
         "answered after {elapsed:?}"
+    );
+    assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
+}
+
+/// A plugin waiting in WASI (a 30 s sleep) is never found running by an epoch tick: a timer
+/// cuts it off at its deadline, as a `deadline` failure, and its instance is not reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleeping_plugin_is_cut_off_at_its_deadline() {
+    let upstream = Upstream::start("one").await;
+    let weir = start(&upstream, Some("deadline = \"200ms\"\n")).await;
+    let started = tokio::time::Instant::now();
+    let (status, _, _) = get(&weir, "/sleep").await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        elapsed >= Duration::from_millis(200),
+        "answered after {elapsed:?}, before the deadline"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "answered after {elapsed:?}"
+    );
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    assert!(
+        metrics.contains(r#"weir_plugin_failures_total{kind="deadline",plugin="test"} 1"#),
+        "{metrics}"
     );
     assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
 }
@@ -471,5 +499,179 @@ async fn a_deprecated_contract_loads_with_a_warning() {
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::OK, "one GET /old/hello")
+    );
+}
+
+/// Polls the admin's `/metrics` until it contains `wanted`, for up to 5 s.
+async fn wait_for_metric(weir: &Weir, wanted: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+        if metrics.contains(wanted) {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {wanted:?} in {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three traps in a row open the plugin's breaker: its route answers 503 at once without
+/// calling it, until after the cooldown a probe call succeeds and closes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_keeps_failing_is_not_called_until_a_probe_succeeds() {
+    let upstream = Upstream::start("one").await;
+    let weir = start(
+        &upstream,
+        Some("breaker = { failures = 3, cooldown = \"500ms\" }\n"),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&weir, "/trap").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    wait_for_metric(&weir, r#"weir_plugin_breaker_open{plugin="test"} 1"#).await;
+    let (status, _, body) = get(&weir, "/ok").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "plugin unavailable\n")
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing passed the open breaker"
+    );
+    // Past the cooldown one call is let through; it succeeds, and the breaker closes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while get(&weir, "/ok").await.0 != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.requests()[0].headers["x-plugin"], "seen");
+    let metrics = wait_for_metric(&weir, r#"weir_plugin_breaker_open{plugin="test"} 0"#).await;
+    assert!(
+        metrics.contains(r#"weir_plugin_failures_total{kind="breaker_open",plugin="test"} "#),
+        "{metrics}"
+    );
+}
+
+/// A fail-open plugin whose breaker is open is skipped: the request goes on without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fail_open_plugin_with_an_open_breaker_is_skipped() {
+    let upstream = Upstream::start("one").await;
+    let weir = start(
+        &upstream,
+        Some("fail_open = true\nbreaker = { failures = 2, cooldown = \"1h\" }\n"),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(get(&weir, "/trap").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&weir, "/deny").await.0,
+        StatusCode::OK,
+        "not called, so not denied"
+    );
+    let deny = upstream.requests().pop().expect("the request went on");
+    assert!(!deny.headers.contains_key("x-plugin"));
+}
+
+/// One plugin with all its instances busy (`max_instances = 1`, held by a loop) makes its
+/// next request wait for an instance and then answer 503, while another plugin on another
+/// route is served at once: one plugin cannot take the pool from the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_with_all_its_instances_busy_does_not_hold_up_another() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "plugins = [\"other\"]\n").replace(
+        "[[routes]]\nname = \"default\"",
+        "[[routes]]\nname = \"busy\"\nmethods = [\"POST\"]\ncluster = \"app\"\nplugins = [\"test\"]\n\n[[routes]]\nname = \"default\"",
+    );
+    let files: [(&str, &[u8]); 3] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        (
+            "plugins/10-test.toml",
+            b"max_instances = 1\ndeadline = \"1s\"\n",
+        ),
+        ("plugins/20-other.wasm", PLUGIN),
+    ];
+    let weir = Weir::start_with_files(&config, &files).await;
+    let post = |path: &str| {
+        let url = weir.url(path);
+        async move {
+            let request = Request::post(url).body(empty()).expect("request");
+            let response = http1_client().request(request).await.expect("answer");
+            response.status()
+        }
+    };
+    let looping = tokio::spawn(post("/loop"));
+    wait_for_metric(&weir, "weir_requests_in_flight 1\n").await;
+    assert_eq!(
+        post("/ok").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no instance of test was free within its deadline"
+    );
+    let (status, _, _) = get(&weir, "/ok").await;
+    assert_eq!(status, StatusCode::OK, "other has instances of its own");
+    assert!(
+        !looping.is_finished(),
+        "the loop still holds test's instance"
+    );
+    assert_eq!(
+        looping.await.expect("client"),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    wait_for_metric(
+        &weir,
+        r#"weir_plugin_failures_total{kind="overloaded",plugin="test"} 1"#,
+    )
+    .await;
+    assert_eq!(
+        post("/ok").await,
+        StatusCode::OK,
+        "a fresh instance once it is free"
+    );
+}
+
+/// All instances draw on one memory budget: a plugin allowed 64 MiB of its own is stopped
+/// at the 24 MiB weir has for all of them, and gives the memory back when it is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_budget_bounds_all_instances_together() {
+    let upstream = Upstream::start("one").await;
+    let config = config(&[upstream.addr], "").replace(
+        "[plugins]\n",
+        "[plugins]\nmemory_limit_mb = 16\nmemory_budget_mb = 24\n",
+    );
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/10-test.wasm", PLUGIN),
+        ("plugins/10-test.toml", b"memory_limit_mb = 64\n"),
+    ];
+    let mut weir = Weir::start_with_files(&config, &files).await;
+    assert_eq!(
+        get(&weir, "/hog").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let line = weir.wait_for_message("plugin call failed").await;
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("memory budget for plugins (24 MiB)")),
+        "{line}"
+    );
+    assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_plugin_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no weir_plugin_memory_bytes in {metrics}"));
+    assert!(
+        held > 0 && held < 24 << 20,
+        "{held} bytes held after the hog"
     );
 }

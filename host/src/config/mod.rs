@@ -26,9 +26,9 @@ pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, Upstr
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,
     HashKey, HealthCheck, LbPolicy, Limits, ListenerConfig, LogFormat, LogTarget,
-    MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PathNormalization, PluginLimits,
-    PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky, TracingConfig, TracingProtocol,
-    default_cache_dir,
+    MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PathNormalization,
+    PluginLimits, PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky, TracingConfig,
+    TracingProtocol, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

@@ -163,6 +163,8 @@ pub(crate) struct RawPlugins {
     pub(crate) deadline: Option<Duration>,
     pub(crate) memory_limit_mb: Option<Spanned<usize>>,
     pub(crate) max_uses: Option<Spanned<u32>>,
+    pub(crate) max_instances: Option<Spanned<usize>>,
+    pub(crate) memory_budget_mb: Option<Spanned<usize>>,
 }
 
 /// `[server]`: downstream connection handling.

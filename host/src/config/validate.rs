@@ -72,6 +72,11 @@ const DEFAULT_PLUGIN_MEMORY_MB: usize = 64;
 pub const MAX_PLUGIN_MEMORY_MB: usize = 256;
 /// Hook calls one instance serves before a fresh one replaces it.
 const DEFAULT_PLUGIN_MAX_USES: u32 = 10_000;
+/// The most instances one plugin may have: half the instance pool, so one plugin never
+/// holds all of it.
+pub const MAX_PLUGIN_INSTANCES: usize = 256;
+const DEFAULT_PLUGIN_INSTANCES: usize = 64;
+const DEFAULT_PLUGIN_MEMORY_BUDGET_MB: usize = 4096;
 
 /// A complete, validated configuration. Immutable once built.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -203,6 +208,8 @@ pub struct PluginsConfig {
     pub cache_dir: Option<PathBuf>,
     /// Default limits for every plugin.
     pub limits: PluginLimits,
+    /// Linear memory all plugin instances together may hold, in MiB.
+    pub memory_budget_mb: usize,
 }
 
 /// Per-instance limits of a plugin: the global defaults, or a plugin's own.
@@ -215,6 +222,8 @@ pub struct PluginLimits {
     pub memory_limit_mb: usize,
     /// Hook calls an instance serves before a fresh one replaces it.
     pub max_uses: u32,
+    /// Instances one plugin may have at once (1 to [`MAX_PLUGIN_INSTANCES`]).
+    pub max_instances: usize,
 }
 
 impl Default for PluginLimits {
@@ -223,6 +232,7 @@ impl Default for PluginLimits {
             deadline: DEFAULT_PLUGIN_DEADLINE,
             memory_limit_mb: DEFAULT_PLUGIN_MEMORY_MB,
             max_uses: DEFAULT_PLUGIN_MAX_USES,
+            max_instances: DEFAULT_PLUGIN_INSTANCES,
         }
     }
 }
@@ -1028,6 +1038,30 @@ fn plugins(check: &mut Checker<'_>, raw: RawPlugins, base_dir: &Path) -> Plugins
         }
         limits.max_uses = n.into_inner();
     }
+    if let Some(n) = raw.max_instances {
+        if !(1..=MAX_PLUGIN_INSTANCES).contains(n.get_ref()) {
+            let message = format!(
+                "plugins.max_instances = {}: must be between 1 and {MAX_PLUGIN_INSTANCES}",
+                n.get_ref()
+            );
+            check.error(&n, message);
+        }
+        limits.max_instances = n.into_inner();
+    }
+    let memory_budget_mb = match raw.memory_budget_mb {
+        Some(mb) => {
+            if *mb.get_ref() < limits.memory_limit_mb {
+                let message = format!(
+                    "plugins.memory_budget_mb = {}: must be at least plugins.memory_limit_mb ({})",
+                    mb.get_ref(),
+                    limits.memory_limit_mb
+                );
+                check.error(&mb, message);
+            }
+            mb.into_inner()
+        }
+        None => DEFAULT_PLUGIN_MEMORY_BUDGET_MB,
+    };
     let cache_dir = match (raw.cache, raw.cache_dir) {
         (Some(false), _) => None,
         (_, Some(dir)) => Some(base_dir.join(dir)),
@@ -1038,6 +1072,7 @@ fn plugins(check: &mut Checker<'_>, raw: RawPlugins, base_dir: &Path) -> Plugins
         watch: raw.watch.unwrap_or(true),
         cache_dir,
         limits,
+        memory_budget_mb,
     }
 }
 

@@ -3,17 +3,20 @@
 //! deadline and memory cap. Which contract version the component speaks is the
 //! [`contract`](super::contract) seam's business; nothing here asks.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use http::response;
 use prometheus::Histogram;
 use tokio::time::Instant as Clock;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, Trap};
 
+use super::breaker::{Admit, Breaker};
 use super::contract::current::types::{
     BodyAction, BodyHookSet, HeaderOp, HookSet, RequestAction, ResponseAction,
 };
 use super::contract::{AnyGuest, AnyPre, Guest as _, HookError, Hooks, on_guest};
+use super::memory::{Limits, MemoryBudget};
 use super::state::PluginState;
 use super::view::RequestView;
 use super::{CallError, ManualClock, PluginInfo, budget};
@@ -34,6 +37,13 @@ pub struct Filter {
     engine: Engine,
     pre: AnyPre,
     idle: Mutex<Vec<Instance>>,
+    /// Its share of the instance pool: `max_instances` at once, idle or in a call.
+    slots: Arc<Slots>,
+    /// The memory all plugins' instances draw from.
+    memory: Arc<MemoryBudget>,
+    /// Per hook, stops calling it after failures in a row: a plugin failing in one hook is
+    /// still called in the others.
+    breakers: [Breaker; 4],
     /// Calls, durations, failures and instances, as metrics.
     pub(crate) metrics: PluginMetrics,
     /// Lines the instances logged lately (held back when repeated).
@@ -59,8 +69,70 @@ struct Instance {
     store: Store<PluginState>,
     guest: AnyGuest,
     uses: u32,
+    /// The hook of the current call, and whether the call is its breaker's probe.
+    hook: Hook,
+    probe: bool,
     /// Counted in `weir_plugin_instances` while it exists.
     _live: Held,
+    /// Its place in the plugin's share of the pool, freed when it is dropped.
+    _slot: Slot,
+}
+
+/// A hook, as the index of its breaker.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Request,
+    RequestBody,
+    ResponseBody,
+    Response,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Request => "on-request",
+            Hook::RequestBody => "on-request-body",
+            Hook::ResponseBody => "on-response-body",
+            Hook::Response => "on-response",
+        }
+    }
+}
+
+/// The instances a plugin may have at once, and the wait for one when all are taken.
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    live: AtomicUsize,
+    /// Calls waiting for an instance: only then is returning one worth a wake-up.
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// One instance's place in [`Slots`].
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    fn take(self: &Arc<Slots>) -> Option<Slot> {
+        self.live
+            .fetch_update(SeqCst, SeqCst, |live| (live < self.max).then_some(live + 1))
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// An instance went idle or away: wakes a call waiting for one, if any.
+    fn freed(&self) {
+        if self.waiting.load(SeqCst) != 0 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, SeqCst);
+        self.0.freed();
+    }
 }
 
 /// What [`Filter::load`] needs besides the linked component.
@@ -70,6 +142,7 @@ pub(super) struct FilterParts {
     pub(super) kv: Arc<KvStore>,
     pub(super) clock: Option<Arc<ManualClock>>,
     pub(super) engine: Engine,
+    pub(super) memory: Arc<MemoryBudget>,
     pub(super) ticking: Arc<()>,
 }
 
@@ -79,6 +152,14 @@ impl Filter {
     pub(super) async fn load(parts: FilterParts, pre: AnyPre) -> wasmtime::Result<Filter> {
         let mut filter = Filter {
             metrics: metrics().plugin(&parts.info.name),
+            slots: Arc::new(Slots {
+                max: parts.info.settings.max_instances,
+                live: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                freed: tokio::sync::Notify::new(),
+            }),
+            memory: parts.memory,
+            breakers: [(); 4].map(|()| Breaker::new(parts.info.settings.breaker)),
             info: parts.info,
             hooks: Hooks {
                 head: HookSet::empty(),
@@ -94,7 +175,14 @@ impl Filter {
             failure_lines: super::host_api::log::Repeats::default(),
             _ticking: parts.ticking,
         };
-        let mut instance = filter.instantiate().await.map_err(wasmtime::Error::from)?;
+        let slot = filter
+            .slots
+            .take()
+            .ok_or_else(|| wasmtime::Error::msg("no instance slot for a new plugin"))?;
+        let mut instance = filter
+            .instantiate(slot)
+            .await
+            .map_err(wasmtime::Error::from)?;
         let store = &mut instance.store;
         filter.hooks = on_guest!(&instance.guest, g => g.hooks(store).await)?;
         filter.checkin(instance);
@@ -140,12 +228,9 @@ impl Filter {
             .collect()
     }
 
-    /// A fresh, configured instance.
-    async fn instantiate(&self) -> Result<Instance, CallError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.info.settings.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+    /// A fresh, configured instance in `slot`.
+    async fn instantiate(&self, slot: Slot) -> Result<Instance, CallError> {
+        let limits = Limits::new(self.info.settings.memory_limit, self.memory.clone());
         let mut store = Store::new(
             &self.engine,
             PluginState::new(
@@ -164,9 +249,8 @@ impl Filter {
         });
         store.data_mut().budget.reset(self.info.settings.deadline);
         store.set_epoch_deadline(1);
-        let guest = self
-            .pre
-            .instantiate(&mut store)
+        let bound = store.data().budget.bound();
+        let guest = budget::cut_off(bound, self.pre.instantiate(&mut store))
             .await
             .map_err(|e| self.error(FailureKind::Instantiate, format_args!("{e:#}")))?;
         self.metrics.instances_created.inc();
@@ -177,7 +261,10 @@ impl Filter {
                 store,
                 guest,
                 uses: 0,
+                hook: Hook::Request,
+                probe: false,
                 _live: live,
+                _slot: slot,
             }),
             Ok(Err(rejected)) => Err(self.error(
                 FailureKind::Instantiate,
@@ -199,13 +286,39 @@ impl Filter {
         result
     }
 
-    /// An instance ready for one hook call for `request`: idle if one is, else fresh.
-    async fn checkout(&self, request: &RequestView) -> Result<Instance, CallError> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let mut instance = match idle {
-            Some(instance) => instance,
-            None => self.instantiate().await?,
+    /// An instance ready for one hook call for `request`: idle if one is, else fresh if the
+    /// plugin's share of the pool has room, else the first one freed within its deadline.
+    /// Refused at once while the hook's breaker is open.
+    async fn checkout(&self, request: &RequestView, hook: Hook) -> Result<Instance, CallError> {
+        let probe = match self.breakers[hook as usize].admit() {
+            Admit::Call => false,
+            Admit::Probe => true,
+            Admit::Refuse => {
+                return Err(self.error(
+                    FailureKind::BreakerOpen,
+                    format_args!(
+                        "{} not called: its breaker is open after {} failed calls in a row",
+                        hook.name(),
+                        self.info.settings.breaker.failures
+                    ),
+                ));
+            }
         };
+        let instance = match self.idle() {
+            Some(instance) => Ok(instance),
+            None => self.fresh_or_freed().await,
+        };
+        let mut instance = match instance {
+            Ok(instance) => instance,
+            Err(e) => {
+                if e.kind != FailureKind::Overloaded {
+                    self.breaker_failed(hook, probe);
+                }
+                return Err(e);
+            }
+        };
+        instance.hook = hook;
+        instance.probe = probe;
         instance.uses += 1;
         let state = instance.store.data_mut();
         state.request_id.clear();
@@ -219,6 +332,44 @@ impl Filter {
         Ok(instance)
     }
 
+    fn idle(&self) -> Option<Instance> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    /// A fresh instance if the plugin's share has room; else waits, up to the plugin's
+    /// deadline, for an instance to go idle or away.
+    async fn fresh_or_freed(&self) -> Result<Instance, CallError> {
+        if let Some(slot) = self.slots.take() {
+            return self.instantiate(slot).await;
+        }
+        let until = Clock::now() + self.info.settings.deadline;
+        self.slots.waiting.fetch_add(1, SeqCst);
+        let waited = async {
+            loop {
+                let freed = self.slots.freed.notified();
+                if let Some(instance) = self.idle() {
+                    return Ok(instance);
+                }
+                if let Some(slot) = self.slots.take() {
+                    return self.instantiate(slot).await;
+                }
+                if tokio::time::timeout_at(until, freed).await.is_err() {
+                    return Err(self.error(
+                        FailureKind::Overloaded,
+                        format_args!(
+                            "all {} of its instances (max_instances) stayed busy for {}",
+                            self.slots.max,
+                            humantime::format_duration(self.info.settings.deadline)
+                        ),
+                    ));
+                }
+            }
+        }
+        .await;
+        self.slots.waiting.fetch_sub(1, SeqCst);
+        waited
+    }
+
     fn checkin(&self, mut instance: Instance) {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
@@ -227,21 +378,56 @@ impl Filter {
             && idle.len() < MAX_IDLE_INSTANCES
         {
             idle.push(instance);
+            drop(idle);
+            self.slots.freed();
         }
     }
 
     /// Returns a healthy instance to the pool; one whose call failed is dropped instead.
+    /// Either way the breaker hears of it.
     fn finish<R>(&self, instance: Instance, result: Result<R, HookError>) -> Result<R, CallError> {
+        let (hook, probe) = (instance.hook, instance.probe);
         match result {
             Ok(value) => {
                 self.checkin(instance);
+                if self.breakers[hook as usize].succeeded() {
+                    self.metrics.breaker_open.dec();
+                    tracing::info!(
+                        plugin = &*self.info.name,
+                        hook = hook.name(),
+                        "plugin breaker closed: a probe call succeeded"
+                    );
+                }
                 Ok(value)
             }
-            Err(HookError::Trap(e)) => Err(self.error(failure_kind(&e), format_args!("{e:#}"))),
-            Err(HookError::LostView(why)) => Err(CallError {
-                lost_view: true,
-                ..self.error(FailureKind::Trap, format_args!("{why}"))
-            }),
+            Err(HookError::Trap(e)) => {
+                drop(instance);
+                self.breaker_failed(hook, probe);
+                Err(self.error(failure_kind(&e), format_args!("{e:#}")))
+            }
+            Err(HookError::LostView(why)) => {
+                drop(instance);
+                self.breaker_failed(hook, probe);
+                Err(CallError {
+                    lost_view: true,
+                    ..self.error(FailureKind::Trap, format_args!("{why}"))
+                })
+            }
+        }
+    }
+
+    /// A call of `hook` failed: counts it towards opening the hook's breaker.
+    fn breaker_failed(&self, hook: Hook, probe: bool) {
+        if self.breakers[hook as usize].failed(probe) {
+            self.metrics.breaker_open.inc();
+            let settings = self.info.settings.breaker;
+            tracing::warn!(
+                plugin = &*self.info.name,
+                hook = hook.name(),
+                failures = settings.failures,
+                cooldown = %humantime::format_duration(settings.cooldown),
+                "plugin breaker opened: its calls failed in a row; its routes answer without calling it until a probe call succeeds"
+            );
         }
     }
 
@@ -254,7 +440,7 @@ impl Filter {
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request).await?;
+        let mut instance = self.checkout(request, Hook::Request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
         Self::timed(
@@ -271,7 +457,7 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request).await?;
+        let mut instance = self.checkout(request, Hook::RequestBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
         let result = self.finish(instance, result.map_err(HookError::Trap));
@@ -286,7 +472,7 @@ impl Filter {
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request).await?;
+        let mut instance = self.checkout(request, Hook::ResponseBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(
             &instance.guest,
@@ -303,7 +489,7 @@ impl Filter {
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
         let started = Clock::now();
-        let mut instance = self.checkout(request).await?;
+        let mut instance = self.checkout(request, Hook::Response).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);
         Self::timed(

@@ -21,13 +21,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use super::breaker::{Admit, Breaker};
+use super::memory::{Limits, MemoryBudget};
 use super::outbound::{Outbound, OutboundError};
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::body::ClientBody;
@@ -57,6 +58,12 @@ pub struct Handler {
     pub(super) pre: ProxyPre<HandlerState>,
     /// The clusters its outgoing requests may reach (`clusters` in `NAME.toml`).
     pub(super) granted: Arc<[String]>,
+    /// The memory all plugins' instances draw from.
+    pub(super) memory: Arc<MemoryBudget>,
+    /// Its share of the instance pool: one permit per running instance (`max_instances`).
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// Stops calling it after failures in a row.
+    pub(super) breaker: Breaker,
     /// Keeps the epoch thread ticking; each call's task holds a clone, so a guest still
     /// running after its plugin was unloaded is still stopped at its deadline.
     pub(super) ticking: Arc<()>,
@@ -77,7 +84,7 @@ pub(super) struct HandlerState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limits,
     /// The call's share of time (`plugin::budget`).
     budget: budget::CallBudget,
 }
@@ -177,15 +184,66 @@ impl Handler {
         request: http::Request<HandlerBody>,
         outbound: Arc<dyn Outbound>,
     ) -> Result<http::Response<Bytes>, CallError> {
+        let deadline = self.info.settings.deadline;
+        let probe = match self.breaker.admit() {
+            Admit::Call => false,
+            Admit::Probe => true,
+            Admit::Refuse => {
+                return Err(self.info.error(
+                    FailureKind::BreakerOpen,
+                    format_args!(
+                        "not called: its breaker is open after {} failed calls in a row",
+                        self.info.settings.breaker.failures
+                    ),
+                ));
+            }
+        };
+        let Ok(Ok(slot)) = tokio::time::timeout(deadline, self.slots.clone().acquire_owned()).await
+        else {
+            return Err(self.info.error(
+                FailureKind::Overloaded,
+                format_args!(
+                    "all {} of its instances (max_instances) stayed busy for {}",
+                    self.info.settings.max_instances,
+                    humantime::format_duration(deadline)
+                ),
+            ));
+        };
+        let outcome = self.run(request, outbound, slot).await;
+        match &outcome {
+            Ok(_) => {
+                if self.breaker.succeeded() {
+                    tracing::info!(
+                        plugin = &*self.info.name,
+                        "plugin breaker closed: a probe call succeeded"
+                    );
+                }
+            }
+            Err(_) => {
+                if self.breaker.failed(probe) {
+                    tracing::warn!(
+                        plugin = &*self.info.name,
+                        "plugin breaker opened: its calls failed in a row; its routes answer without calling it until a probe call succeeds"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+
+    /// One request on a fresh instance, which holds `slot` until the guest returns.
+    async fn run(
+        &self,
+        request: http::Request<HandlerBody>,
+        outbound: Arc<dyn Outbound>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<http::Response<Bytes>, CallError> {
         let error = |why: String| self.info.error(FailureKind::Trap, format_args!("{why}"));
         let deadline = self.info.settings.deadline;
         let wasi = super::wasi_builder(self.clock.as_ref())
             .env("WEIR_CONFIG", &self.config_json)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.info.settings.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = Limits::new(self.info.settings.memory_limit, self.memory.clone());
         let state = HandlerState {
             wasi,
             http: WasiHttpCtx::new(),
@@ -233,12 +291,14 @@ impl Handler {
         // own task; the task ends when the guest returns (or is dropped with the store).
         let task = tokio::spawn(async move {
             let _ticking = ticking;
+            let _slot = slot;
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, incoming, out)
                 .await
         });
+        let abort = task.abort_handle();
         let run = async {
             let response = match receiver.await {
                 Ok(Ok(response)) => response,
@@ -265,10 +325,14 @@ impl Handler {
         match tokio::time::timeout(deadline, run).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(why)) => Err(error(why)),
-            Err(_) => Err(error(format!(
-                "the handler did not finish within its deadline of {}",
-                humantime::format_duration(deadline)
-            ))),
+            Err(_) => {
+                // The guest may be waiting (a WASI sleep): it ends now, not when it wakes.
+                abort.abort();
+                Err(error(format!(
+                    "the handler did not finish within its deadline of {}",
+                    humantime::format_duration(deadline)
+                )))
+            }
         }
     }
 }

@@ -23,12 +23,14 @@
 //! `settings.rs` `NAME.toml`; `state.rs` a filter instance's store data; `view.rs` what
 //! hooks see; `host_api/` the current version's imports; `chain.rs` a route's filters.
 
+mod breaker;
 mod budget;
 pub mod chain;
 mod contract;
 mod filter;
 pub mod handler;
 mod host_api;
+mod memory;
 pub mod outbound;
 mod settings;
 mod state;
@@ -55,12 +57,14 @@ use crate::kv::KvStore;
 pub use crate::kv::KvUsage;
 use crate::metrics::FailureKind;
 
+pub use self::breaker::BreakerSettings;
 pub use self::contract::current::types::{
     BodyAction, BodyChanges, HeaderOp, LocalResponse, RequestAction, RequestChanges, RequestHead,
     ResponseAction, ResponseHead,
 };
 pub use self::filter::Filter;
 pub use self::handler::Handler;
+pub use self::memory::MemoryBudget;
 pub use self::settings::{DEFAULT_MAX_BODY_BYTES, PluginSettings};
 
 /// How often the epoch advances; per-call deadlines are counted in these ticks.
@@ -153,6 +157,8 @@ pub struct PluginRuntime {
     linker: Linker<PluginState>,
     handler_linker: Linker<HandlerState>,
     kv: Arc<KvStore>,
+    /// The memory all instances draw from (`[plugins] memory_budget_mb`).
+    memory: Arc<MemoryBudget>,
     cache: Option<Cache>,
     ticker_stop: Arc<AtomicBool>,
     /// The epoch thread, to wake when a plugin is loaded or the runtime is dropped.
@@ -248,6 +254,7 @@ impl PluginRuntime {
             linker,
             handler_linker,
             kv: Arc::new(KvStore::default()),
+            memory: Arc::new(MemoryBudget::new(usize::MAX)),
             cache,
             ticker_stop,
             ticker,
@@ -260,6 +267,12 @@ impl PluginRuntime {
     /// (`weir plugin test` sets the time per case).
     pub fn use_clock(&mut self, clock: Arc<ManualClock>) {
         self.clock = Some(clock);
+    }
+
+    /// Sets the memory all plugin instances together may hold, in MiB (at startup and on
+    /// each reload).
+    pub fn set_memory_budget(&self, mb: usize) {
+        self.memory.set_limit(mb.saturating_mul(1 << 20));
     }
 
     /// Plugins loaded from now on share the store `[kv]` configures instead of the default
@@ -352,6 +365,9 @@ impl PluginRuntime {
                 config_json,
                 clock: self.clock.clone(),
                 pre,
+                memory: self.memory.clone(),
+                slots: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
+                breaker: breaker::Breaker::new(settings.breaker),
                 ticking,
             })));
         }
@@ -367,6 +383,7 @@ impl PluginRuntime {
             kv: self.kv.clone(),
             clock: self.clock.clone(),
             engine: self.engine.clone(),
+            memory: self.memory.clone(),
             ticking,
         };
         let filter = Filter::load(parts, pre).await.map_err(fail)?;
@@ -467,6 +484,17 @@ pub struct CallError {
     /// The request or response lent to the call could not be taken back: there is nothing
     /// left to send on, so the chain fails even for a `fail_open` plugin.
     pub lost_view: bool,
+}
+
+impl CallError {
+    /// Whether the plugin was not called for want of room (all its instances busy, or its
+    /// breaker open): the route is unavailable (503), not failed (500).
+    pub fn unavailable(&self) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::Overloaded | FailureKind::BreakerOpen
+        )
+    }
 }
 
 /// `10-auth.wasm` → `auth`: the file stem without a numeric ordering prefix.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use wasmtime::error::Context;
 
-use crate::config::{MAX_PLUGIN_MEMORY_MB, PluginLimits};
+use super::breaker::BreakerSettings;
+use crate::config::{MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, PluginLimits};
 
 /// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -24,6 +25,10 @@ pub struct PluginSettings {
     pub memory_limit: usize,
     /// Hook calls an instance serves before it is replaced by a fresh one.
     pub max_uses: u32,
+    /// Instances it may have at once (idle or in a call): its share of the instance pool.
+    pub max_instances: usize,
+    /// When its breaker opens, and for how long.
+    pub breaker: BreakerSettings,
     /// The largest body its body hooks are given.
     pub max_body_bytes: usize,
     /// For a handler: the clusters its outgoing requests may reach.
@@ -43,6 +48,8 @@ impl PluginSettings {
             deadline: limits.deadline,
             memory_limit: limits.memory_limit_mb << 20,
             max_uses: limits.max_uses,
+            max_instances: limits.max_instances,
+            breaker: BreakerSettings::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clusters: Vec::new(),
             config: serde_json::Value::Object(serde_json::Map::new()),
@@ -59,11 +66,21 @@ struct SettingsFile {
     deadline: Option<String>,
     memory_limit_mb: Option<usize>,
     max_uses: Option<u32>,
+    max_instances: Option<usize>,
+    breaker: Option<BreakerFile>,
     max_body_bytes: Option<usize>,
     clusters: Option<Vec<String>>,
     redact: Option<Vec<String>>,
     #[serde(default)]
     config: toml::Table,
+}
+
+/// `breaker = { failures = 5, cooldown = "10s" }` in `NAME.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerFile {
+    failures: Option<u32>,
+    cooldown: Option<String>,
 }
 
 pub(super) fn read_settings(
@@ -91,6 +108,31 @@ pub(super) fn read_settings(
     }
     if let Some(n) = file.max_uses {
         settings.max_uses = n.max(1);
+    }
+    if let Some(n) = file.max_instances {
+        if !(1..=MAX_PLUGIN_INSTANCES).contains(&n) {
+            wasmtime::bail!(
+                "{}: max_instances = {n}: must be between 1 and {MAX_PLUGIN_INSTANCES}",
+                path.display(),
+            );
+        }
+        settings.max_instances = n;
+    }
+    if let Some(breaker) = file.breaker {
+        if let Some(n) = breaker.failures {
+            settings.breaker.failures = n;
+        }
+        if let Some(v) = breaker.cooldown {
+            let cooldown = humantime::parse_duration(&v)
+                .with_context(|| format!("{}: breaker.cooldown {v:?}", path.display()))?;
+            if cooldown.is_zero() {
+                wasmtime::bail!(
+                    "{}: breaker.cooldown must be greater than zero",
+                    path.display()
+                );
+            }
+            settings.breaker.cooldown = cooldown;
+        }
     }
     if let Some(n) = file.max_body_bytes {
         settings.max_body_bytes = n;

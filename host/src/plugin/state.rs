@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::ManualClock;
+use super::memory::Limits;
 use super::outbound::Outbound;
 use crate::kv::KvStore;
 use crate::metrics::{PluginMetric, PluginMetricSet};
@@ -18,8 +18,8 @@ pub(crate) struct PluginState {
     /// and random numbers are all a plugin gets from it.
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    /// Memory cap for this instance.
-    pub(crate) limits: StoreLimits,
+    /// Memory cap for this instance, and its draw on weir's budget for all of them.
+    pub(crate) limits: Limits,
     /// The plugin's name, for log lines.
     pub(crate) plugin: Arc<str>,
     /// The shared store; keys are prefixed with the plugin's name.
@@ -53,7 +53,7 @@ impl PluginState {
         plugin: Arc<str>,
         kv: Arc<KvStore>,
         metric_set: Arc<PluginMetricSet>,
-        limits: StoreLimits,
+        limits: Limits,
         clock: Option<Arc<ManualClock>>,
     ) -> PluginState {
         let wasi = super::wasi_builder(clock.as_ref()).build();

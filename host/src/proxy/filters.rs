@@ -347,8 +347,9 @@ pub(super) async fn read_request_body(
 }
 
 fn plugin_error(error: ChainError) -> ProxyError {
-    let kind = match error {
+    let kind = match &error {
         ChainError::Unavailable(_) => ErrorKind::PluginUnavailable,
+        ChainError::Failed(call) if call.unavailable() => ErrorKind::PluginUnavailable,
         ChainError::Failed(_) | ChainError::InvalidChange { .. } => ErrorKind::PluginFailed,
     };
     ProxyError::new(kind).with_cause(error)

@@ -677,7 +677,14 @@ async fn call_handler(
     let response = handler
         .handle(Request::from_parts(parts, body), outbound)
         .await
-        .map_err(|e| ProxyError::new(ErrorKind::PluginFailed).with_cause(e))?;
+        .map_err(|e| {
+            let kind = if e.unavailable() {
+                ErrorKind::PluginUnavailable
+            } else {
+                ErrorKind::PluginFailed
+            };
+            ProxyError::new(kind).with_cause(e)
+        })?;
     Ok(response.map(body::full))
 }
 

@@ -334,6 +334,8 @@ impl Reloader {
 
     /// Brings `tracked` up to date with the folder; returns what was refused.
     async fn rescan_plugins(&mut self, config: &Config) -> Vec<String> {
+        self.runtime
+            .set_memory_budget(config.plugins.memory_budget_mb);
         let mut errors = Vec::new();
         let dir = config.plugins.dir.clone();
         let files = match off_runtime(move || list_plugin_files(&dir))

@@ -3,6 +3,7 @@
 //! - `/trap` — panics (a trap);
 //! - `/loop` — never returns (stopped by the deadline);
 //! - `/hog` — allocates until the memory cap stops it;
+//! - `/sleep` — sleeps 30 s in WASI (cut off at its deadline), then answers 200;
 //! - `/sandbox` — answers with what it could read of the host's environment and files;
 //! - `/count` — increments a shared kv counter and answers its value;
 //! - `/bad-header` — sets a header whose name is not valid HTTP;
@@ -70,6 +71,10 @@ impl Guest for TestFilter {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "/sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                reply(200, "slept\n".into())
             }
             "/sandbox" => {
                 let env = std::env::var("HOME").map_or_else(|e| format!("denied ({e})"), |v| format!("READ {v}"));

@@ -10,6 +10,7 @@ use wasmtime::error::Context as _;
 
 use super::current::types;
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
+use crate::plugin::budget::cut_off;
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{self, RequestView};
 
@@ -61,11 +62,13 @@ impl GuestTrait for Guest {
         config_json: &str,
     ) -> wasmtime::Result<Result<(), String>> {
         let exports = self.0.weir_plugin_http_filter();
-        exports.call_configure(store, config_json).await
+        let bound = store.data().budget.bound();
+        cut_off(bound, exports.call_configure(store, config_json)).await
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
-        let old = self.0.weir_plugin_http_filter().call_hooks(store).await;
+        let bound = store.data().budget.bound();
+        let old = cut_off(bound, self.0.weir_plugin_http_filter().call_hooks(store)).await;
         let old = old.context("hooks() failed")?;
         Ok(Hooks {
             head: hook_set(old),
@@ -80,7 +83,8 @@ impl GuestTrait for Guest {
     ) -> Result<(types::RequestAction, Vec<types::HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
         let head = request_head(request.record());
-        let action = exports.call_on_request(store, &head).await?;
+        let bound = store.data().budget.bound();
+        let action = cut_off(bound, exports.call_on_request(store, &head)).await?;
         Ok((request_action(action), Vec::new()))
     }
 
@@ -93,7 +97,8 @@ impl GuestTrait for Guest {
         let exports = self.0.weir_plugin_http_filter();
         let request = request_head(request.record());
         let response = response_head(view::response_record(response.status, &response.headers));
-        let action = exports.call_on_response(store, &request, &response).await?;
+        let bound = store.data().budget.bound();
+        let action = cut_off(bound, exports.call_on_response(store, &request, &response)).await?;
         Ok((response_action(action), Vec::new()))
     }
 

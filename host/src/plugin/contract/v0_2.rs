@@ -10,6 +10,7 @@ use wasmtime::error::Context as _;
 
 use super::current::types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
+use crate::plugin::budget::cut_off;
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{self, RequestView};
 
@@ -66,14 +67,17 @@ impl GuestTrait for Guest {
         config_json: &str,
     ) -> wasmtime::Result<Result<(), String>> {
         let exports = self.0.weir_plugin_http_filter();
-        exports.call_configure(store, config_json).await
+        let bound = store.data().budget.bound();
+        cut_off(bound, exports.call_configure(store, config_json)).await
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
         let exports = self.0.weir_plugin_http_filter();
-        let head = exports.call_hooks(&mut *store).await;
+        let bound = store.data().budget.bound();
+        let head = cut_off(bound, exports.call_hooks(&mut *store)).await;
         let head = head.context("hooks() failed")?;
-        let body = exports.call_body_hooks(&mut *store).await;
+        let bound = store.data().budget.bound();
+        let body = cut_off(bound, exports.call_body_hooks(&mut *store)).await;
         let body = body.context("body-hooks() failed")?;
         Ok(Hooks { head, body })
     }
@@ -84,7 +88,8 @@ impl GuestTrait for Guest {
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
-        let action = exports.call_on_request(store, &request.record()).await?;
+        let bound = store.data().budget.bound();
+        let action = cut_off(bound, exports.call_on_request(store, &request.record())).await?;
         Ok((action, Vec::new()))
     }
 
@@ -96,9 +101,12 @@ impl GuestTrait for Guest {
     ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
         let head = view::response_record(response.status, &response.headers);
-        let action = exports
-            .call_on_response(store, &request.record(), &head)
-            .await?;
+        let bound = store.data().budget.bound();
+        let action = cut_off(
+            bound,
+            exports.call_on_response(store, &request.record(), &head),
+        )
+        .await?;
         Ok((action, Vec::new()))
     }
 
@@ -109,9 +117,12 @@ impl GuestTrait for Guest {
         body: &[u8],
     ) -> wasmtime::Result<BodyAction> {
         let exports = self.0.weir_plugin_http_filter();
-        exports
-            .call_on_request_body(store, &request.record(), body)
-            .await
+        let bound = store.data().budget.bound();
+        cut_off(
+            bound,
+            exports.call_on_request_body(store, &request.record(), body),
+        )
+        .await
     }
 
     async fn on_response_body(
@@ -123,8 +134,11 @@ impl GuestTrait for Guest {
     ) -> wasmtime::Result<BodyAction> {
         let exports = self.0.weir_plugin_http_filter();
         let head = view::response_record(response.status, &response.headers);
-        exports
-            .call_on_response_body(store, &request.record(), &head, body)
-            .await
+        let bound = store.data().budget.bound();
+        cut_off(
+            bound,
+            exports.call_on_response_body(store, &request.record(), &head, body),
+        )
+        .await
     }
 }

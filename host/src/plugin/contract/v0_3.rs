@@ -11,6 +11,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
 use wasmtime::error::Context as _;
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
+use crate::plugin::budget::cut_off;
 use crate::plugin::state::PluginState;
 use crate::plugin::view::{self, RequestView, ResponseTrailers, ResponseView};
 
@@ -94,16 +95,18 @@ impl GuestTrait for Guest {
     ) -> wasmtime::Result<Result<(), String>> {
         let exports = self.0.weir_plugin_http_filter();
         store.data_mut().configuring = true;
-        let configured = exports.call_configure(&mut *store, config_json).await;
+        let bound = store.data().budget.bound();
+        let configured = cut_off(bound, exports.call_configure(&mut *store, config_json)).await;
         store.data_mut().configuring = false;
         configured
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
         let exports = self.0.weir_plugin_http_filter();
-        let head = exports.call_hooks(&mut *store).await;
+        let head = cut_off(store.data().budget.bound(), exports.call_hooks(&mut *store)).await;
         let head = head.context("hooks() failed")?;
-        let body = exports.call_body_hooks(&mut *store).await;
+        let bound = store.data().budget.bound();
+        let body = cut_off(bound, exports.call_body_hooks(&mut *store)).await;
         let body = body.context("body-hooks() failed")?;
         Ok(Hooks { head, body })
     }
@@ -126,7 +129,8 @@ impl GuestTrait for Guest {
         let key_before = request.cache_key();
         let lent = lend(store, mem::replace(request, RequestView::placeholder()))?;
         let borrowed = Resource::new_borrow(lent.rep());
-        let action = exports.call_on_request_lazy(&mut *store, borrowed).await;
+        let bound = store.data().budget.bound();
+        let action = cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed)).await;
         *request = take_back(store, lent)?;
         let left = request.take_leaving();
         let action = action.and_then(|action| {
@@ -149,6 +153,7 @@ impl GuestTrait for Guest {
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
+        let bound = store.data().budget.bound();
         let lent_request = lend(store, mem::replace(request, RequestView::placeholder()))?;
         let view = ResponseView {
             status: response.status,
@@ -161,13 +166,12 @@ impl GuestTrait for Guest {
                 return Err(e);
             }
         };
-        let action = exports
-            .call_on_response_lazy(
-                &mut *store,
-                Resource::new_borrow(lent_request.rep()),
-                Resource::new_borrow(lent_response.rep()),
-            )
-            .await;
+        let action = exports.call_on_response_lazy(
+            &mut *store,
+            Resource::new_borrow(lent_request.rep()),
+            Resource::new_borrow(lent_response.rep()),
+        );
+        let action = cut_off(bound, action).await;
         response.headers = take_back(store, lent_response)?.headers;
         *request = take_back(store, lent_request)?;
         let left = request.take_leaving();
@@ -183,9 +187,9 @@ impl GuestTrait for Guest {
         body: &[u8],
     ) -> wasmtime::Result<BodyAction> {
         let exports = self.0.weir_plugin_http_filter();
-        exports
-            .call_on_request_body(store, &request.record(), body)
-            .await
+        let bound = store.data().budget.bound();
+        let record = request.record();
+        cut_off(bound, exports.call_on_request_body(store, &record, body)).await
     }
 
     async fn on_response_body(
@@ -197,13 +201,14 @@ impl GuestTrait for Guest {
     ) -> wasmtime::Result<BodyAction> {
         let exports = self.0.weir_plugin_http_filter();
         let head = view::response_record(response.status, &response.headers);
+        let bound = store.data().budget.bound();
+        let record = request.record();
         // The response's trailers, if it had any, are the store's for the call
         // (`response-trailers`, 0.3.6).
         let trailers = response.extensions.get::<ResponseTrailers>();
         store.data_mut().trailers = trailers.map(|t| t.0.clone());
-        let action = exports
-            .call_on_response_body(&mut *store, &request.record(), &head, body)
-            .await;
+        let call = exports.call_on_response_body(&mut *store, &record, &head, body);
+        let action = cut_off(bound, call).await;
         store.data_mut().trailers = None;
         action
     }

@@ -24,14 +24,14 @@ pub(crate) fn namespaced(plugin: &str, key: &str) -> String {
 impl PluginState {
     /// When a call to a networked store began: its wait is not the plugin's running time.
     fn store_call(&self) -> Option<quanta::Instant> {
-        self.kv.is_remote().then(quanta::Instant::now)
+        self.kv.is_remote().then(|| self.budget.waiting())
     }
 
     /// The wait since `began` is taken off the call's wall-clock budget (the store's own
     /// timeout bounds it), as an `outbound` request's is.
     fn store_answered(&mut self, began: Option<quanta::Instant>) {
         if let Some(began) = began {
-            self.budget.waited(began.elapsed());
+            self.budget.waited(began);
         }
     }
 
@@ -161,7 +161,7 @@ impl Host for PluginState {
 mod tests {
     use std::sync::Arc;
 
-    use wasmtime::StoreLimitsBuilder;
+    use crate::plugin::memory::{Limits, MemoryBudget};
 
     use super::*;
     use crate::kv::KvStore;
@@ -172,7 +172,7 @@ mod tests {
             plugin.into(),
             store.clone(),
             metrics().plugin(plugin).declared,
-            StoreLimitsBuilder::new().build(),
+            Limits::new(usize::MAX, Arc::new(MemoryBudget::new(usize::MAX))),
             None,
         )
     }

@@ -89,7 +89,7 @@ fn update(
 mod tests {
     use std::sync::Arc;
 
-    use wasmtime::StoreLimitsBuilder;
+    use crate::plugin::memory::{Limits, MemoryBudget};
 
     use super::*;
     use crate::kv::KvStore;
@@ -100,7 +100,7 @@ mod tests {
             plugin.into(),
             Arc::new(KvStore::default()),
             metrics().plugin(plugin).declared,
-            StoreLimitsBuilder::new().build(),
+            Limits::new(usize::MAX, Arc::new(MemoryBudget::new(usize::MAX))),
             None,
         )
     }
@@ -156,7 +156,7 @@ mod tests {
                 "host-api-instances".into(),
                 Arc::new(KvStore::default()),
                 set.clone(),
-                StoreLimitsBuilder::new().build(),
+                Limits::new(usize::MAX, Arc::new(MemoryBudget::new(usize::MAX))),
                 None,
             );
             instance.configuring = true;

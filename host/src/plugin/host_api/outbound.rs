@@ -49,7 +49,7 @@ impl Host for PluginState {
             .min(excusable);
         let cluster = request.cluster.clone();
         let http_request = build(request)?;
-        let started = quanta::Instant::now();
+        let started = self.budget.waiting();
         let answer = tokio::time::timeout(timeout, async move {
             let response = outbound
                 .send(cluster, http_request)
@@ -89,7 +89,7 @@ impl Host for PluginState {
         })
         .await
         .unwrap_or(Err(OutboundError::Timeout));
-        self.budget.waited(started.elapsed());
+        self.budget.waited(started);
         answer
     }
 }
