@@ -394,3 +394,63 @@ mirror = {{ cluster = "shadow", percent = 100, max_body_bytes = 16 }}
         "every request reached the primary"
     );
 }
+
+/// A client's body that fails while weir reads it for a mirror's copy is answered as the
+/// primary path answers one, from the request's body watch: a stalled upload is 408
+/// (`body_read_timeout`), a client gone mid-body 499 — the client's fault, never a 400 for
+/// weir's own read nor a 5xx — and neither the primary nor the shadow is sent anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_fails_while_it_is_read_for_a_mirror_is_the_clients_fault() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let primary = Upstream::start("primary").await;
+    let shadow = Upstream::start("shadow").await;
+    let config = format!(
+        r#"{preamble}[server.limits]
+body_read_timeout = "300ms"
+
+{c1}{c2}
+[[routes]]
+name = "mirrored"
+cluster = "primary"
+mirror = {{ cluster = "shadow", percent = 100, max_body_bytes = 1000 }}
+"#,
+        preamble = preamble(),
+        c1 = cluster("primary", &primary),
+        c2 = cluster("shadow", &shadow),
+    );
+    let mut weir = Weir::start(&config).await;
+    let head = "POST /up HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\n0123456789";
+
+    // 10 of 100 bytes, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(weir_tests::DEADLINE, stalled.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+
+    // 10 of 100 bytes, then the client goes away.
+    let mut gone = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    gone.write_all(head.as_bytes()).await.expect("head");
+    drop(gone);
+
+    let failed = |l: &serde_json::Value| l["fields"]["message"] == "request failed";
+    let logs = weir
+        .wait_for_logs(|logs| logs.iter().filter(|l| failed(l)).count() == 2)
+        .await;
+    let statuses: Vec<&serde_json::Value> = logs
+        .iter()
+        .filter(|l| failed(l))
+        .map(|l| &l["fields"]["status"])
+        .collect();
+    assert_eq!(statuses, [408, 499], "{logs:#?}");
+    assert!(primary.requests().is_empty(), "the primary got nothing");
+    assert!(shadow.requests().is_empty(), "the shadow got nothing");
+}

@@ -354,3 +354,39 @@ fn plugin_error(error: ChainError) -> ProxyError {
     };
     ProxyError::new(kind).with_cause(error)
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::read_request_body;
+    use crate::body::{BodyFault, BodyWatch, ClientBody};
+    use crate::error::ErrorKind;
+
+    /// A body that fails with an error that says nothing of the client.
+    fn failing() -> ClientBody {
+        let stream = futures_util::stream::iter([Err::<hyper::body::Frame<bytes::Bytes>, _>(
+            crate::error::BoxError::from("connection reset"),
+        )]);
+        ClientBody::Boxed(http_body_util::StreamBody::new(stream).boxed_unsync())
+    }
+
+    /// A failed read is answered as the request's body watch says the client failed (as
+    /// `attempts` answers a body that fails on its way upstream), whoever reads it: the
+    /// body hooks, or a mirror's copy.
+    #[tokio::test]
+    async fn a_failed_read_is_the_fault_the_watch_holds() {
+        let headers = http::HeaderMap::new();
+        let watch = BodyWatch::default();
+        watch.fail(BodyFault::Stalled);
+        let error = read_request_body(failing(), &headers, 100, Some(&watch))
+            .await
+            .expect_err("fails");
+        assert_eq!(error.kind, ErrorKind::BodyTimeout);
+        // Without a watch, only what the error itself says: a bad request.
+        let error = read_request_body(failing(), &headers, 100, None)
+            .await
+            .expect_err("fails");
+        assert_eq!(error.kind, ErrorKind::BadRequest);
+    }
+}
