@@ -17,6 +17,7 @@ import (
 	log "wit_component/weir_plugin_log"
 	types "wit_component/weir_plugin_types"
 
+	witRuntime "go.bytecodealliance.org/pkg/wit/runtime"
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
@@ -30,8 +31,15 @@ func init() {
 	debug.SetGCPercent(-1)
 }
 
-// collect runs the collector every 100 calls, at the end of a hook.
+// collect ends every hook. It releases the buffers weir wrote this call's answers into
+// (`request.ClientAddress()`, `request.Header(…)`): the bindings pin each one in a global
+// runtime.Pinner, which only the record hooks, whose arguments weir writes, release on
+// entry. weir calls the lazy hooks, so without this every answer stays pinned for the
+// instance's life: its heap grows, and each collection takes longer. The Go values read
+// from them (strings, slices) keep what they still need alive. Every 100 calls it also
+// runs the collector.
 func collect() {
+	witRuntime.Unpin()
 	calls++
 	if calls%100 == 0 {
 		runtime.GC()
