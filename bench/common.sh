@@ -88,6 +88,7 @@ algorithm = "HS256"
 secret = "weir-example-secret-of-32-bytes!"
 CONF
   cat > "$1/rate-limit.toml" <<'CONF'
+kv = true
 [config]
 key = "consumer"
 [[config.limits]]

@@ -73,7 +73,7 @@ CONF
       printf '[kv]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s"\ntimeout = "50ms"\n' "$REDIS" >> "$dir/weir.toml" ;;
   esac
   cp "$PLUGINS/rate-limit.wasm" "$dir/plugins/"
-  printf '[config]\nkey = "client"\nalgorithm = "%s"\nfault_tolerant = %s\n[[config.limits]]\nrequests = 1000000000\nwindow = "1h"\n' \
+  printf 'kv = true\n[config]\nkey = "client"\nalgorithm = "%s"\nfault_tolerant = %s\n[[config.limits]]\nrequests = 1000000000\nwindow = "1h"\n' \
     "$algorithm" "$tolerant" > "$dir/plugins/rate-limit.toml"
 }
 

@@ -7,7 +7,7 @@
 //! handler). What the proxy would get from the outside world comes from the case file
 //! instead, through an in-memory connector: the upstream's response, the responses of a
 //! handler's or a filter's outgoing calls (`[[outbound]]`); and the wall clock (`now`) and `kv` entries
-//! present before the first case. Nothing leaves the process.
+//! present before the first case (`kv_entries`). Nothing leaves the process.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,15 +46,16 @@ struct CaseFile {
     cases: Vec<Case>,
 }
 
-/// `[plugin]`: `NAME.toml`'s keys (`config`, `max_body_bytes`, `clusters`, …), plus `now` and
-/// `kv`.
+/// `[plugin]`: `NAME.toml`'s keys (`config`, `max_body_bytes`, `clusters`, `kv`, …), plus
+/// `now` and `kv_entries`.
 #[derive(Debug, Default, Deserialize)]
 struct PluginSection {
     /// The wall clock the plugin sees (RFC 3339); the real time if absent.
     now: Option<String>,
-    /// `kv` entries in the plugin's namespace before the first case.
+    /// `kv` entries in the plugin's namespace before the first case (the plugin still needs
+    /// `kv = true` to reach them, as in its `NAME.toml`).
     #[serde(default)]
-    kv: BTreeMap<String, String>,
+    kv_entries: BTreeMap<String, String>,
     /// Everything else is `NAME.toml`.
     #[serde(flatten)]
     settings: toml::Table,
@@ -260,7 +261,7 @@ pub async fn run(
     };
     let plugin = runtime.load(source, &PluginLimits::default()).await?;
     let name = plugin.info().name.clone();
-    for (key, value) in &cases.plugin.kv {
+    for (key, value) in &cases.plugin.kv_entries {
         runtime.kv_set(&name, key, value.clone().into_bytes()).await;
     }
     let kind = match &plugin {

@@ -14,7 +14,7 @@ use crate::cache::RouteCache;
 use crate::config::{ClusterConfig, Config, RouteConfig, RouteTarget};
 use crate::health::{self, HealthChecker};
 use crate::metrics::{ClusterMetrics, NO_ROUTE, RouteMetrics, metrics};
-use crate::plugin::chain::Chain;
+use crate::plugin::chain::{Chain, OutputLimits};
 use crate::plugin::{Filter, Handler, KvUsage, Plugin};
 use crate::router::Router;
 use crate::trace::Tracing;
@@ -168,11 +168,14 @@ impl Generation {
         transports: &Transports,
         observers: &Observers,
     ) -> Generation {
+        let output_limits = OutputLimits::from_limits(&config.server.limits);
         let routes = config
             .routes
             .iter()
             .map(|route| Route {
-                chain: chain(route.plugins.as_deref(), &plugins).on_route(&route.name),
+                chain: chain(route.plugins.as_deref(), &plugins)
+                    .on_route(&route.name)
+                    .limited(output_limits),
                 target: match &route.target {
                     RouteTarget::Cluster(cluster) => Target::Cluster(cluster.index),
                     RouteTarget::Handler(name) => Target::Handler(handler(name, &plugins)),

@@ -11,6 +11,11 @@
 //! # Ok::<(), weir_plugin::kv::KvError>(())
 //! ```
 //!
+//! The store is a grant: weir lets a plugin use it only if its `NAME.toml` says `kv = true`
+//! (or `kv = { max_keys = …, max_bytes = …, max_value_bytes = …, max_ttl = "…" }`, its
+//! quota); otherwise every call is [`KvError::AccessDenied`]. A write past the quota changes
+//! nothing and is [`KvError::Invalid`], its text naming the limit.
+//!
 //! Outside wasm (in `cargo test`) these functions use the SDK's in-memory mock host.
 
 use std::time::Duration;
@@ -18,11 +23,12 @@ use std::time::Duration;
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvError {
-    /// This plugin may not use the store.
+    /// This plugin may not use the store: its `NAME.toml` does not grant `kv`.
     AccessDenied,
     /// The store could not be reached or failed.
     Unavailable(String),
-    /// The operation does not fit the stored value (increment of a non-integer).
+    /// The operation does not fit the stored value (increment of a non-integer), a size
+    /// bound, or the plugin's quota; the text says which.
     Invalid(String),
 }
 

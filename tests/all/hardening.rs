@@ -173,7 +173,8 @@ const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/
 /// `trusted_proxies` line, if any.
 async fn limited_by_client(trusted: &str) -> (Upstream, Weir) {
     let upstream = Upstream::start("app").await;
-    let settings = "[config]\nkey = \"client\"\n[[config.limits]]\nrequests = 3\nwindow = \"1m\"\n";
+    let settings =
+        "kv = true\n[config]\nkey = \"client\"\n[[config.limits]]\nrequests = 3\nwindow = \"1m\"\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/rate-limit.wasm", RATE_LIMIT),
         ("plugins/rate-limit.toml", settings.as_bytes()),

@@ -90,7 +90,7 @@ async fn metrics_count_requests_plugin_failures_by_kind_and_hook_durations() {
             (
                 "plugins/10-test.toml",
                 // No breaker, so each of the 100 traps is a call (`plugins::` tests it).
-                b"deadline = \"100ms\"\nmemory_limit_mb = 16\nbreaker = { failures = 0 }\n",
+                b"deadline = \"100ms\"\nmemory_limit_mb = 16\nkv = true\nbreaker = { failures = 0 }\n",
             ),
         ],
     )
@@ -248,6 +248,8 @@ const JWT_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/jw
 async fn a_plugins_own_metrics_are_exported_with_its_name() {
     let upstream = Upstream::start("one").await;
     let settings = r#"
+kv = true
+
 [config]
 key = "route"
 headers = false

@@ -192,7 +192,7 @@ async fn jwt_auth_accepts_a_key_rotated_into_the_jwks_without_a_reload() {
     })
     .await;
     let routes = "\n[[routes]]\nname = \"api\"\ncluster = \"app\"\nplugins = [\"jwt-auth\"]\n";
-    let settings = "clusters = [\"service\"]\n[config]\njwks_cluster = \"service\"\njwks_path = \"/jwks\"\njwks_refresh = \"10m\"\n";
+    let settings = "clusters = [\"service\"]\nkv = true\n[config]\njwks_cluster = \"service\"\njwks_path = \"/jwks\"\njwks_refresh = \"10m\"\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/jwt-auth.wasm", JWT_AUTH),
         ("plugins/jwt-auth.toml", settings.as_bytes()),

@@ -107,9 +107,8 @@ plugins = ["hostile"]
         other = other.addr,
     );
     let wasm = hostile_wasm();
-    let granted =
-        "clusters = [\"svc\", \"raw\"]\ndeadline = \"50ms\"\n[config]\ncluster = \"svc\"\n";
-    let granted_b = "clusters = [\"other\"]\n";
+    let granted = "clusters = [\"svc\", \"raw\"]\ndeadline = \"50ms\"\nkv = true\n[config]\ncluster = \"svc\"\n";
+    let granted_b = "clusters = [\"other\"]\nkv = true\n";
     let files: [(&str, &[u8]); 4] = [
         ("plugins/hostile.wasm", &wasm),
         ("plugins/hostile.toml", granted.as_bytes()),
@@ -734,7 +733,7 @@ plugins = ["jwt-auth"]
         app = app.addr,
         idp = idp.addr,
     );
-    let settings = "clusters = [\"idp\"]\n[config]\njwks_cluster = \"idp\"\njwks_path = \"/jwks\"\njwks_refresh = \"10m\"\n";
+    let settings = "clusters = [\"idp\"]\nkv = true\n[config]\njwks_cluster = \"idp\"\njwks_path = \"/jwks\"\njwks_refresh = \"10m\"\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/jwt-auth.wasm", JWT_AUTH),
         ("plugins/jwt-auth.toml", settings.as_bytes()),
@@ -836,7 +835,7 @@ const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/
 async fn rate_limit_cannot_be_bypassed_with_a_long_key() {
     let app = Upstream::start("app").await;
     let config = crate::config(&[app.addr], "");
-    let settings = "[config]\nkey = \"header\"\nheader = \"x-api-key\"\n[[config.limits]]\nrequests = 2\nwindow = \"1m\"\n";
+    let settings = "kv = true\n[config]\nkey = \"header\"\nheader = \"x-api-key\"\n[[config.limits]]\nrequests = 2\nwindow = \"1m\"\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/rate-limit.wasm", RATE_LIMIT),
         ("plugins/rate-limit.toml", settings.as_bytes()),

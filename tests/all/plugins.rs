@@ -280,7 +280,7 @@ async fn plugin_cannot_read_host_files_or_environment() {
 async fn kv_counter_is_shared_across_instances_and_requests() {
     let upstream = Upstream::start("one").await;
     // max_uses = 1: every call gets a fresh instance, so 20 instances share one counter.
-    let weir = start(&upstream, Some("max_uses = 1\n")).await;
+    let weir = start(&upstream, Some("max_uses = 1\nkv = true\n")).await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let url = weir.url("/count");

@@ -166,6 +166,8 @@ async fn instances(n: usize, redis: &Redis, upstream: &Upstream, settings: &str)
         redis.url()
     );
     let config = crate::config(&[upstream.addr], &kv);
+    // rate-limit counts in kv, which its NAME.toml must grant.
+    let settings = format!("kv = true\n{settings}");
     let files: [(&str, &[u8]); 2] = [
         ("plugins/rate-limit.wasm", RATE_LIMIT),
         ("plugins/rate-limit.toml", settings.as_bytes()),
@@ -259,7 +261,10 @@ async fn a_key_written_through_one_instance_is_read_through_another() {
     );
     let config = crate::config(&[upstream.addr], &kv);
     let guest = std::fs::read(env!("TEST_PLUGIN_V0_3_3_WASM")).expect("the 0.3.3 test plugin");
-    let files: [(&str, &[u8]); 1] = [("plugins/counter.wasm", &guest)];
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/counter.wasm", &guest),
+        ("plugins/counter.toml", b"kv = true\n"),
+    ];
     let a = Weir::start_with_files(&config, &files).await;
     let b = Weir::start_with_files(&config, &files).await;
     let mut seen = Vec::new();
@@ -315,8 +320,8 @@ plugins = ["tolerant"]
         addr = upstream.addr,
     );
     let limits = "[[config.limits]]\nrequests = 1000\nwindow = \"1m\"\n";
-    let tolerant = format!("[config]\nfault_tolerant = true\n{limits}");
-    let strict = format!("[config]\nfault_tolerant = false\n{limits}");
+    let tolerant = format!("kv = true\n[config]\nfault_tolerant = true\n{limits}");
+    let strict = format!("kv = true\n[config]\nfault_tolerant = false\n{limits}");
     let files: [(&str, &[u8]); 4] = [
         ("plugins/tolerant.wasm", RATE_LIMIT),
         ("plugins/tolerant.toml", tolerant.as_bytes()),
@@ -427,8 +432,9 @@ async fn a_tls_redis_with_a_password_is_verified_and_authenticated() {
         let config = crate::config(&[upstream.addr], &kv);
         let (guest, ca) = (guest.clone(), ca.pem.clone());
         async move {
-            let files: [(&str, &[u8]); 2] = [
+            let files: [(&str, &[u8]); 3] = [
                 ("plugins/counter.wasm", &guest),
+                ("plugins/counter.toml", b"kv = true\n"),
                 ("redis-ca.pem", ca.as_bytes()),
             ];
             Weir::start_with_files(&config, &files).await

@@ -6,15 +6,23 @@
 //! (at least [`SWEEP_AFTER`]), so a rate limiter that makes a key per time slot does not grow
 //! the map forever, at an amortised constant cost per key. The read-modify-write operations
 //! run under the entry's shard lock, so they are atomic across threads.
+//!
+//! Quotas are exact: each namespace's [`Usage`] (keys, and bytes of keys and values) is
+//! changed under the entry's lock by every write, removal and sweep, and a write takes its
+//! growth with a compare-and-swap that never lets a counter pass its quota, so concurrent
+//! writers cannot overshoot it together. An expired entry not yet swept out still holds its
+//! memory and is counted; a write that might not fit sweeps first (at most once a second per
+//! namespace, so a plugin hammering a full quota does not make every call a sweep).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::time::{Duration, Instant};
 
-use super::{Bounded, KvError, KvUsage, add, parse_counter};
+use super::{Bounded, Exceeded, KvError, KvQuota, KvUsage, add, parse_counter, split};
 
 /// A value and when it expires.
 #[derive(Debug)]
@@ -37,6 +45,80 @@ impl Slot {
 
 /// Keys created before the first sweep of expired entries.
 const SWEEP_AFTER: usize = 1024;
+/// The least time between two sweeps a full quota asks for, per namespace.
+const QUOTA_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The longest counter, as decimal text (`-9223372036854775808`).
+const MAX_COUNTER_BYTES: u64 = 20;
+
+/// What one namespace holds, changed with every write.
+#[derive(Debug, Default)]
+struct Usage {
+    keys: AtomicU64,
+    bytes: AtomicU64,
+    /// When a write last swept because the quota looked full.
+    swept: Mutex<Option<Instant>>,
+}
+
+/// Adds `delta` to `counter` unless the sum would pass `max` (a decrease always applies).
+fn adjust(counter: &AtomicU64, delta: i64, max: u64) -> bool {
+    let step = delta.unsigned_abs();
+    if delta <= 0 {
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            Some(n.saturating_sub(step))
+        });
+        return true;
+    }
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            n.checked_add(step).filter(|&sum| sum <= max)
+        })
+        .is_ok()
+}
+
+impl Usage {
+    /// Takes `keys` more keys and `bytes` more bytes (either may be negative), or nothing
+    /// and which part of `quota` that would pass.
+    fn take(&self, keys: i64, bytes: i64, quota: &KvQuota) -> Result<(), Exceeded> {
+        if !adjust(&self.keys, keys, quota.max_keys) {
+            return Err(Exceeded::Keys);
+        }
+        if !adjust(&self.bytes, bytes, quota.max_bytes) {
+            adjust(&self.keys, -keys, u64::MAX);
+            return Err(Exceeded::Bytes);
+        }
+        Ok(())
+    }
+
+    /// Gives back what an entry of `bytes` held.
+    fn release(&self, bytes: u64) {
+        adjust(&self.keys, -1, u64::MAX);
+        adjust(
+            &self.bytes,
+            -i64::try_from(bytes).unwrap_or(i64::MAX),
+            u64::MAX,
+        );
+    }
+
+    /// Whether one more key of `bytes` would fit now.
+    fn fits(&self, bytes: u64, quota: &KvQuota) -> bool {
+        self.keys.load(Ordering::Acquire) < quota.max_keys
+            && self
+                .bytes
+                .load(Ordering::Acquire)
+                .checked_add(bytes)
+                .is_some_and(|sum| sum <= quota.max_bytes)
+    }
+}
+
+/// What an entry counts against its namespace: its key (without the namespace) and value.
+fn charge(key: &str, value: &[u8]) -> u64 {
+    (split(key).1.len() + value.len()) as u64
+}
+
+/// The change from `old` bytes to `new`, as a signed delta.
+fn delta(old: u64, new: u64) -> i64 {
+    i64::try_from(new).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(i64::MAX)
+}
 
 /// The in-memory backend.
 #[derive(Debug, Default)]
@@ -44,6 +126,9 @@ pub struct MemoryKv {
     map: DashMap<String, Slot>,
     /// Keys created since the last sweep.
     created: AtomicUsize,
+    /// Each namespace's usage, kept for the life of the process (a reloaded plugin keeps its
+    /// keys, so it keeps its usage).
+    namespaces: DashMap<String, Arc<Usage>>,
 }
 
 fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
@@ -51,6 +136,50 @@ fn expiry(now: Instant, ttl_ms: Option<u64>) -> Option<Instant> {
 }
 
 impl MemoryKv {
+    /// The usage of `key`'s namespace. Must not be called while an entry of the map is held
+    /// by this thread in a way that a sweep could wait on (it takes no map lock itself).
+    fn usage_of(&self, key: &str) -> Arc<Usage> {
+        let namespace = split(key).0;
+        if let Some(usage) = self.namespaces.get(namespace) {
+            return usage.clone();
+        }
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Removes expired entries, giving back what they held. Must not be called while an
+    /// entry of the map is held (it locks every shard).
+    fn sweep(&self, now: Instant) {
+        self.map.retain(|key, slot| {
+            if slot.live(now) {
+                return true;
+            }
+            if let Some(usage) = self.namespaces.get(split(key).0) {
+                usage.release(charge(key, &slot.value));
+            }
+            false
+        });
+    }
+
+    /// Before a write of up to `bytes` that might not fit `quota`: sweeps expired entries
+    /// out, unless this namespace did less than [`QUOTA_SWEEP_EVERY`] ago. Must not be called
+    /// while an entry of the map is held.
+    fn make_room(&self, usage: &Usage, bytes: u64, quota: &KvQuota, now: Instant) {
+        if usage.fits(bytes, quota) {
+            return;
+        }
+        {
+            let mut swept = usage.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.is_some_and(|at| now.saturating_duration_since(at) < QUOTA_SWEEP_EVERY) {
+                return;
+            }
+            *swept = Some(now);
+        }
+        self.sweep(now);
+    }
+
     /// Counts a created key; sweeps expired entries when enough have been created. Must not
     /// be called while an entry of the map is held (the sweep locks every shard).
     fn created_one(&self, now: Instant) {
@@ -62,7 +191,7 @@ impl MemoryKv {
         let held = self.map.len().saturating_sub(created);
         if created >= SWEEP_AFTER.max(held) {
             self.created.store(0, Ordering::Relaxed);
-            self.map.retain(|_, slot| slot.live(now));
+            self.sweep(now);
         }
     }
 
@@ -80,20 +209,43 @@ impl MemoryKv {
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
+        quota: &KvQuota,
     ) -> Result<(), KvError> {
         let now = Instant::now();
+        let usage = self.usage_of(&key);
+        let new = charge(&key, &value);
+        self.make_room(&usage, new, quota, now);
         let slot = Slot {
             value,
             expires: expiry(now, ttl_ms),
         };
-        if self.map.insert(key, slot).is_none() {
+        let created = match self.map.entry(key) {
+            Entry::Occupied(mut held) => {
+                let old = charge(held.key(), &held.get().value);
+                usage
+                    .take(0, delta(old, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
+                held.insert(slot);
+                false
+            }
+            Entry::Vacant(vacant) => {
+                usage
+                    .take(1, delta(0, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
+                vacant.insert(slot);
+                true
+            }
+        };
+        if created {
             self.created_one(now);
         }
         Ok(())
     }
 
     pub(crate) fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.map.remove(key);
+        if let Some((key, slot)) = self.map.remove(key) {
+            self.usage_of(&key).release(charge(&key, &slot.value));
+        }
         Ok(())
     }
 
@@ -103,8 +255,9 @@ impl MemoryKv {
         key: String,
         delta: i64,
         ttl_ms: Option<u64>,
+        quota: &KvQuota,
     ) -> Result<i64, KvError> {
-        self.increment_within(key, delta, i64::MAX, ttl_ms)
+        self.increment_within(key, delta, i64::MAX, ttl_ms, quota)
             .map(|bounded| bounded.value)
     }
 
@@ -112,18 +265,24 @@ impl MemoryKv {
     pub(crate) fn increment_within(
         &self,
         key: String,
-        delta: i64,
+        step: i64,
         limit: i64,
         ttl_ms: Option<u64>,
+        quota: &KvQuota,
     ) -> Result<Bounded, KvError> {
         let now = Instant::now();
+        let usage = self.usage_of(&key);
+        self.make_room(&usage, charge(&key, &[]) + MAX_COUNTER_BYTES, quota, now);
         let (bounded, created) = match self.map.entry(key) {
             Entry::Occupied(mut slot) if slot.get().live(now) => {
                 let current = parse_counter(&slot.get().value)?;
-                let next = add(current, delta)?;
+                let next = add(current, step)?;
                 let applied = next <= limit;
                 if applied {
-                    slot.get_mut().value = next.to_string().into_bytes();
+                    let value = next.to_string().into_bytes();
+                    let grown = delta(slot.get().value.len() as u64, value.len() as u64);
+                    usage.take(0, grown, quota).map_err(|e| quota.exceeded(e))?;
+                    slot.get_mut().value = value;
                 }
                 let value = if applied { next } else { current };
                 let ttl_ms = slot.get().ttl_ms(now);
@@ -134,7 +293,7 @@ impl MemoryKv {
                 });
             }
             // Absent or expired: the counter starts from 0.
-            entry if delta > limit => {
+            entry if step > limit => {
                 drop(entry);
                 return Ok(Bounded {
                     applied: false,
@@ -143,18 +302,28 @@ impl MemoryKv {
                 });
             }
             Entry::Occupied(mut slot) => {
+                let value = step.to_string().into_bytes();
+                let old = charge(slot.key(), &slot.get().value);
+                let new = charge(slot.key(), &value);
+                usage
+                    .take(0, delta(old, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
                 slot.insert(Slot {
-                    value: delta.to_string().into_bytes(),
+                    value,
                     expires: expiry(now, ttl_ms),
                 });
-                (delta, false)
+                (step, false)
             }
             Entry::Vacant(slot) => {
+                let value = step.to_string().into_bytes();
+                usage
+                    .take(1, delta(0, charge(slot.key(), &value)), quota)
+                    .map_err(|e| quota.exceeded(e))?;
                 slot.insert(Slot {
-                    value: delta.to_string().into_bytes(),
+                    value,
                     expires: expiry(now, ttl_ms),
                 });
-                (delta, true)
+                (step, true)
             }
         };
         // The entry's shard lock is released here; a sweep may take every shard.
@@ -175,8 +344,12 @@ impl MemoryKv {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
+        quota: &KvQuota,
     ) -> Result<bool, KvError> {
         let now = Instant::now();
+        let usage = self.usage_of(&key);
+        let new = charge(&key, &value);
+        self.make_room(&usage, new, quota, now);
         let slot = Slot {
             value,
             expires: expiry(now, ttl_ms),
@@ -185,14 +358,25 @@ impl MemoryKv {
             (Entry::Occupied(mut held), Some(expected))
                 if held.get().live(now) && held.get().value == expected =>
             {
+                let old = charge(held.key(), &held.get().value);
+                usage
+                    .take(0, delta(old, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
                 held.insert(slot);
                 false
             }
             (Entry::Occupied(mut held), None) if !held.get().live(now) => {
+                let old = charge(held.key(), &held.get().value);
+                usage
+                    .take(0, delta(old, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
                 held.insert(slot);
                 false
             }
             (Entry::Vacant(vacant), None) => {
+                usage
+                    .take(1, delta(0, new), quota)
+                    .map_err(|e| quota.exceeded(e))?;
                 vacant.insert(slot);
                 true
             }
@@ -204,6 +388,8 @@ impl MemoryKv {
         Ok(true)
     }
 
+    /// Live keys and their bytes per namespace (a scan: expired entries not yet swept out
+    /// are left out, though they still count against the quota until they are).
     pub(crate) fn usage(&self) -> Vec<(String, KvUsage)> {
         let now = Instant::now();
         let mut by_plugin: BTreeMap<String, KvUsage> = BTreeMap::new();
@@ -211,7 +397,7 @@ impl MemoryKv {
             if !entry.value().live(now) {
                 continue;
             }
-            let (plugin, key) = entry.key().split_once('\0').unwrap_or(("", entry.key()));
+            let (plugin, key) = split(entry.key());
             let usage = match by_plugin.get_mut(plugin) {
                 Some(usage) => usage,
                 None => by_plugin.entry(plugin.to_owned()).or_default(),
@@ -227,17 +413,19 @@ impl MemoryKv {
 mod tests {
     use super::*;
 
+    const Q: &KvQuota = &KvQuota::UNLIMITED;
+
     #[tokio::test(start_paused = true)]
     async fn increment_counts_and_expires() {
         let kv = MemoryKv::default();
-        assert_eq!(kv.increment("k".into(), 1, Some(1000)).ok(), Some(1));
-        assert_eq!(kv.increment("k".into(), 2, Some(1000)).ok(), Some(3));
+        assert_eq!(kv.increment("k".into(), 1, Some(1000), Q).ok(), Some(1));
+        assert_eq!(kv.increment("k".into(), 2, Some(1000), Q).ok(), Some(3));
         // Stored as decimal text, the way Redis stores counters.
         assert_eq!(kv.get("k"), Ok(Some(b"3".to_vec())));
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(kv.get("k"), Ok(None));
-        assert_eq!(kv.increment("k".into(), 5, None).ok(), Some(5));
-        let _ = kv.set("s".into(), b"v".to_vec(), Some(10));
+        assert_eq!(kv.increment("k".into(), 5, None, Q).ok(), Some(5));
+        let _ = kv.set("s".into(), b"v".to_vec(), Some(10), Q);
         assert_eq!(kv.get("s"), Ok(Some(b"v".to_vec())));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(kv.get("s"), Ok(None));
@@ -249,17 +437,17 @@ mod tests {
         let kv = MemoryKv::default();
         for slot in 0..20 {
             for client in 0..500 {
-                let _ = kv.increment(format!("{slot}:{client}"), 1, Some(1000));
+                let _ = kv.increment(format!("{slot}:{client}"), 1, Some(1000), Q);
             }
             tokio::time::advance(Duration::from_millis(500)).await;
         }
         // 10,000 keys were created; those older than a second are gone (a sweep runs after
         // at least as many creations as the map holds, so at most about twice what is live).
         assert!(kv.map.len() <= 3 * 500 + SWEEP_AFTER, "{}", kv.map.len());
-        let _ = kv.set("forever".into(), b"1".to_vec(), None);
+        let _ = kv.set("forever".into(), b"1".to_vec(), None, Q);
         tokio::time::advance(Duration::from_secs(3600)).await;
         for client in 0..5000 {
-            let _ = kv.increment(format!("late:{client}"), 1, Some(1));
+            let _ = kv.increment(format!("late:{client}"), 1, Some(1), Q);
         }
         assert_eq!(kv.get("forever"), Ok(Some(b"1".to_vec())), "no TTL: kept");
         assert!(kv.map.len() <= 5001 + SWEEP_AFTER, "{}", kv.map.len());
@@ -268,9 +456,9 @@ mod tests {
     #[test]
     fn increment_refuses_values_that_are_not_integers() {
         let kv = MemoryKv::default();
-        let _ = kv.set("word".into(), b"hello".to_vec(), None);
+        let _ = kv.set("word".into(), b"hello".to_vec(), None, Q);
         assert!(matches!(
-            kv.increment("word".into(), 1, None),
+            kv.increment("word".into(), 1, None, Q),
             Err(KvError::Invalid(_))
         ));
         assert_eq!(
@@ -278,19 +466,19 @@ mod tests {
             Ok(Some(b"hello".to_vec())),
             "the value must be left alone"
         );
-        let _ = kv.set("max".into(), i64::MAX.to_string().into_bytes(), None);
+        let _ = kv.set("max".into(), i64::MAX.to_string().into_bytes(), None, Q);
         assert!(matches!(
-            kv.increment("max".into(), 1, None),
+            kv.increment("max".into(), 1, None, Q),
             Err(KvError::Invalid(_))
         ));
-        let _ = kv.set("n".into(), b"41".to_vec(), None);
-        assert_eq!(kv.increment("n".into(), 1, None).ok(), Some(42));
+        let _ = kv.set("n".into(), b"41".to_vec(), None, Q);
+        assert_eq!(kv.increment("n".into(), 1, None, Q).ok(), Some(42));
     }
 
     #[tokio::test(start_paused = true)]
     async fn increment_within_stops_at_the_limit_and_reports_the_ttl() {
         let kv = MemoryKv::default();
-        let first = kv.increment_within("w".into(), 2, 3, Some(1000));
+        let first = kv.increment_within("w".into(), 2, 3, Some(1000), Q);
         assert_eq!(
             first,
             Ok(Bounded {
@@ -300,7 +488,7 @@ mod tests {
             })
         );
         tokio::time::advance(Duration::from_millis(400)).await;
-        let over = kv.increment_within("w".into(), 2, 3, Some(1000));
+        let over = kv.increment_within("w".into(), 2, 3, Some(1000), Q);
         assert_eq!(
             over,
             Ok(Bounded {
@@ -310,9 +498,9 @@ mod tests {
             }),
             "2 + 2 > 3: left alone"
         );
-        let fits = kv.increment_within("w".into(), 1, 3, Some(1000));
+        let fits = kv.increment_within("w".into(), 1, 3, Some(1000), Q);
         assert_eq!(fits.map(|b| (b.applied, b.value)), Ok((true, 3)));
-        let fresh = kv.increment_within("x".into(), 5, 3, None);
+        let fresh = kv.increment_within("x".into(), 5, 3, None, Q);
         assert_eq!(fresh.map(|b| (b.applied, b.value)), Ok((false, 0)));
         assert_eq!(
             kv.get("x"),
@@ -325,31 +513,148 @@ mod tests {
     async fn compare_and_set_sets_only_over_the_expected_value() {
         let kv = MemoryKv::default();
         assert_eq!(
-            kv.compare_and_set("c".into(), None, b"1".to_vec(), Some(100)),
+            kv.compare_and_set("c".into(), None, b"1".to_vec(), Some(100), Q),
             Ok(true)
         );
         assert_eq!(
-            kv.compare_and_set("c".into(), None, b"2".to_vec(), None),
+            kv.compare_and_set("c".into(), None, b"2".to_vec(), None, Q),
             Ok(false)
         );
         assert_eq!(
-            kv.compare_and_set("c".into(), Some(b"0".to_vec()), b"2".to_vec(), None),
+            kv.compare_and_set("c".into(), Some(b"0".to_vec()), b"2".to_vec(), None, Q),
             Ok(false)
         );
         assert_eq!(
-            kv.compare_and_set("c".into(), Some(b"1".to_vec()), b"2".to_vec(), Some(100)),
+            kv.compare_and_set("c".into(), Some(b"1".to_vec()), b"2".to_vec(), Some(100), Q),
             Ok(true)
         );
         assert_eq!(kv.get("c"), Ok(Some(b"2".to_vec())));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(
-            kv.compare_and_set("c".into(), Some(b"2".to_vec()), b"3".to_vec(), None),
+            kv.compare_and_set("c".into(), Some(b"2".to_vec()), b"3".to_vec(), None, Q),
             Ok(false),
             "expired: absent"
         );
         assert_eq!(
-            kv.compare_and_set("c".into(), None, b"3".to_vec(), None),
+            kv.compare_and_set("c".into(), None, b"3".to_vec(), None, Q),
             Ok(true)
         );
+    }
+
+    fn quota(max_keys: u64, max_bytes: u64) -> KvQuota {
+        KvQuota {
+            max_keys,
+            max_bytes,
+            ..KvQuota::DEFAULT
+        }
+    }
+
+    fn held(kv: &MemoryKv, namespace: &str) -> (u64, u64) {
+        let usage = kv.usage_of(&format!("{namespace}\0"));
+        (
+            usage.keys.load(Ordering::Relaxed),
+            usage.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A namespace holds at most its quota's keys and bytes, whatever the write; a refused
+    /// write changes nothing; overwrites, deletes and shrinking values give room back; and
+    /// another namespace in the same store is not affected.
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_holds_at_most_its_quota() {
+        let kv = MemoryKv::default();
+        let q = quota(3, 100);
+        for i in 0..3 {
+            assert_eq!(
+                kv.set(format!("p\0k{i}"), b"0123456789".to_vec(), None, &q),
+                Ok(())
+            );
+        }
+        assert_eq!(held(&kv, "p"), (3, 3 * 12));
+        let full = |r: Result<(), KvError>| matches!(r, Err(KvError::Invalid(why)) if why.contains("max_keys"));
+        assert!(full(kv.set("p\0k3".into(), b"x".to_vec(), None, &q)));
+        assert!(matches!(
+            kv.increment("p\0n".into(), 1, None, &q),
+            Err(KvError::Invalid(_))
+        ));
+        assert!(matches!(
+            kv.increment_within("p\0n".into(), 1, 5, None, &q),
+            Err(KvError::Invalid(_))
+        ));
+        assert!(matches!(
+            kv.compare_and_set("p\0c".into(), None, b"x".to_vec(), None, &q),
+            Err(KvError::Invalid(_))
+        ));
+        assert_eq!(kv.get("p\0k3"), Ok(None), "a refused write stores nothing");
+        assert_eq!(held(&kv, "p"), (3, 36), "and takes nothing");
+        // Overwriting a key is not a new key; bytes are checked on the growth only.
+        assert_eq!(kv.set("p\0k0".into(), vec![b'x'; 60], None, &q), Ok(()));
+        assert_eq!(held(&kv, "p"), (3, 36 - 10 + 60));
+        let over = kv.set("p\0k1".into(), vec![b'x'; 60], None, &q);
+        assert!(
+            matches!(&over, Err(KvError::Invalid(why)) if why.contains("max_bytes")),
+            "{over:?}"
+        );
+        assert_eq!(
+            kv.get("p\0k1"),
+            Ok(Some(b"0123456789".to_vec())),
+            "left as it was"
+        );
+        // Room given back.
+        assert_eq!(kv.delete("p\0k0"), Ok(()));
+        assert_eq!(held(&kv, "p"), (2, 24));
+        assert_eq!(kv.increment("p\0n".into(), 41, None, &q), Ok(41));
+        assert_eq!(held(&kv, "p"), (3, 24 + 1 + 2));
+        // Another plugin's namespace has its own quota.
+        assert_eq!(kv.set("other\0k".into(), vec![b'x'; 90], None, &q), Ok(()));
+        assert_eq!(held(&kv, "other"), (1, 91));
+    }
+
+    /// Expired keys hold memory until swept, so they count; a write that finds the quota full
+    /// sweeps them out first and fits.
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_make_room_when_the_quota_is_full() {
+        let kv = MemoryKv::default();
+        let q = quota(10, u64::MAX);
+        for i in 0..10 {
+            let _ = kv.increment(format!("p\0slot{i}"), 1, Some(1000), &q);
+        }
+        assert!(matches!(
+            kv.increment("p\0late".into(), 1, Some(1000), &q),
+            Err(KvError::Invalid(_))
+        ));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(kv.increment("p\0late".into(), 1, Some(1000), &q), Ok(1));
+        assert_eq!(held(&kv, "p"), (1, 5));
+    }
+
+    /// Many threads racing for the last keys of a quota never take more than it.
+    #[test]
+    fn concurrent_writers_never_pass_the_quota() {
+        let kv = Arc::new(MemoryKv::default());
+        let q = quota(1000, u64::MAX);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build();
+                    let Ok(rt) = rt else { return 0 };
+                    rt.block_on(async {
+                        (0..1000)
+                            .filter(|i| {
+                                kv.set(format!("p\0{t}:{i}"), b"v".to_vec(), None, &q)
+                                    .is_ok()
+                            })
+                            .count()
+                    })
+                })
+            })
+            .collect();
+        let stored: usize = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        assert_eq!(stored, 1000);
+        assert_eq!(kv.map.len(), 1000);
+        assert_eq!(held(&kv, "p").0, 1000);
     }
 }

@@ -1,9 +1,15 @@
 //! The store behind the plugins' `kv` interface: in this process ([`memory`], the default) or
 //! in Redis ([`redis`]), chosen by `[kv]`, so several weir instances share one state.
 //!
-//! Keys arrive here already namespaced per plugin (`host/src/plugin/host_api/kv.rs`). Every
-//! operation is atomic across every caller of the store: across threads for memory, across
-//! weir processes for Redis. Counters are decimal text, as Redis stores them.
+//! Keys arrive here already namespaced per plugin (`host/src/plugin/host_api/kv.rs`): the
+//! plugin's name, a NUL, the plugin's key (names never hold a NUL, so the first one splits
+//! them). Every operation is atomic across every caller of the store: across threads for
+//! memory, across weir processes for Redis. Counters are decimal text, as Redis stores them.
+//!
+//! Each namespace is held to a [`KvQuota`] (keys and bytes): every write says what its
+//! plugin may hold, and a write that would take the namespace past it changes nothing and
+//! fails as `invalid`. Both stores keep each namespace's usage as writes happen rather than
+//! count it (`memory.rs` exactly; `redis.rs` in Lua beside the keys, with its limits).
 
 mod breaker;
 mod memory;
@@ -20,6 +26,67 @@ pub(crate) const MAX_KEY_BYTES: usize = 1024;
 pub(crate) const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The longest TTL, in milliseconds (100 years); a longer one is cut to it.
 pub(crate) const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// What one plugin's namespace may hold: the `kv` grant in its `NAME.toml`. The key and value
+/// sizes and the TTL are checked before the store (`host_api/kv.rs`); keys and bytes by the
+/// store, atomically with the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KvQuota {
+    /// Live keys (and expired ones not yet swept out, which still hold memory).
+    pub max_keys: u64,
+    /// Bytes of those keys (without the namespace) and their values.
+    pub max_bytes: u64,
+    /// The largest value one write may store (at most [`MAX_VALUE_BYTES`]).
+    pub max_value_bytes: usize,
+    /// The longest TTL, in milliseconds; a longer one is cut to it (at most [`MAX_TTL_MS`]).
+    pub max_ttl_ms: u64,
+}
+
+impl KvQuota {
+    /// What `kv = true` grants: room for a rate limiter's counters for some tens of
+    /// thousands of clients, or a cache of a few thousand small documents, in a bounded
+    /// share of memory (about 100 bytes of bookkeeping per key come on top of `max_bytes`).
+    pub const DEFAULT: KvQuota = KvQuota {
+        max_keys: 100_000,
+        max_bytes: 64 << 20,
+        max_value_bytes: MAX_VALUE_BYTES,
+        max_ttl_ms: MAX_TTL_MS,
+    };
+
+    /// No limit but the fixed bounds: for writes that are not a plugin's (seeding a test).
+    pub const UNLIMITED: KvQuota = KvQuota {
+        max_keys: u64::MAX,
+        max_bytes: u64::MAX,
+        max_value_bytes: MAX_VALUE_BYTES,
+        max_ttl_ms: MAX_TTL_MS,
+    };
+
+    /// The error a write that would pass `what` gets.
+    pub(crate) fn exceeded(&self, what: Exceeded) -> KvError {
+        KvError::Invalid(match what {
+            Exceeded::Keys => format!(
+                "quota: the plugin's kv holds {} keys, its max_keys; delete keys or let them expire",
+                self.max_keys
+            ),
+            Exceeded::Bytes => format!(
+                "quota: the write would take the plugin's kv past its max_bytes ({} bytes of keys and values)",
+                self.max_bytes
+            ),
+        })
+    }
+}
+
+/// Which part of a [`KvQuota`] a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    Keys,
+    Bytes,
+}
+
+/// `(namespace, key)` of a namespaced key; the namespace is empty for a key without one.
+pub(crate) fn split(key: &str) -> (&str, &str) {
+    key.split_once('\0').unwrap_or(("", key))
+}
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +164,19 @@ impl KvStore {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), KvError> {
-        each!(self, set(key, value, ttl_ms))
+        self.set_quota(key, value, ttl_ms, &KvQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`KvStore::set`], unless the namespace would then hold more than `quota`.
+    pub async fn set_quota(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        quota: &KvQuota,
+    ) -> Result<(), KvError> {
+        each!(self, set(key, value, ttl_ms, quota))
     }
 
     /// Removes `key`.
@@ -113,7 +192,19 @@ impl KvStore {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, KvError> {
-        each!(self, increment(key, delta, ttl_ms))
+        self.increment_quota(key, delta, ttl_ms, &KvQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`KvStore::increment`], unless the namespace would then hold more than `quota`.
+    pub async fn increment_quota(
+        &self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+        quota: &KvQuota,
+    ) -> Result<i64, KvError> {
+        each!(self, increment(key, delta, ttl_ms, quota))
     }
 
     /// Adds `delta` to the counter at `key` only if the result is at most `limit`.
@@ -124,7 +215,21 @@ impl KvStore {
         limit: i64,
         ttl_ms: Option<u64>,
     ) -> Result<Bounded, KvError> {
-        each!(self, increment_within(key, delta, limit, ttl_ms))
+        self.increment_within_quota(key, delta, limit, ttl_ms, &KvQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`KvStore::increment_within`], unless the namespace would then hold more than
+    /// `quota`.
+    pub async fn increment_within_quota(
+        &self,
+        key: String,
+        delta: i64,
+        limit: i64,
+        ttl_ms: Option<u64>,
+        quota: &KvQuota,
+    ) -> Result<Bounded, KvError> {
+        each!(self, increment_within(key, delta, limit, ttl_ms, quota))
     }
 
     /// Sets `key` to `value` only if it holds `expected` (`None`: only if absent).
@@ -135,7 +240,20 @@ impl KvStore {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool, KvError> {
-        each!(self, compare_and_set(key, expected, value, ttl_ms))
+        self.compare_and_set_quota(key, expected, value, ttl_ms, &KvQuota::UNLIMITED)
+            .await
+    }
+
+    /// [`KvStore::compare_and_set`], unless the namespace would then hold more than `quota`.
+    pub async fn compare_and_set_quota(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        quota: &KvQuota,
+    ) -> Result<bool, KvError> {
+        each!(self, compare_and_set(key, expected, value, ttl_ms, quota))
     }
 
     /// Whether calls go over the network (and may wait).

@@ -10,8 +10,18 @@
 //! hook leaves (`add-response-header-ops`) are kept in the view, tagged with the plugin's
 //! place, and applied there in the response phase.
 //!
-//! Failure policy: a plugin whose call traps or hits a limit is skipped if it is
-//! `fail_open`, otherwise the chain fails and the proxy answers 500. (A call that lost the
+//! What a plugin returns is bounded before any of it is used ([`OutputLimits`]): a local or
+//! replacing response's status must be 200 to 599 (a 1xx would be an interim or a
+//! protocol switch weir never asked for, and 999 is no status at all); a call may return
+//! at most `[server.limits] headers` header changes (or local-reply headers), each header at
+//! most `header_bytes`, name and value: a plugin cannot make a head weir would refuse from a
+//! client; and a local reply's body or a body hook's replacement is at most the plugin's
+//! `max_body_bytes`, the size it is trusted with one way and so the other. A refused output
+//! is used not at all (no change of it is applied), counted as `invalid_output` and logged
+//! like a failed call.
+//!
+//! Failure policy: a plugin whose call traps, hits a limit or returns refused output is
+//! skipped if it is `fail_open`, otherwise the chain fails and the proxy answers 500. (A call that lost the
 //! request or response it was lent fails the chain either way: nothing is left to send.) A chain that names a
 //! plugin which is not loaded (missing, or rejected at load) is `unavailable`: the proxy
 //! answers 503 rather than run the route without it.
@@ -20,7 +30,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{StatusCode, request, response};
+use http::{StatusCode, response};
 
 use super::view::RequestView;
 use super::{
@@ -30,6 +40,32 @@ use crate::metrics::FailureKind;
 use crate::trace::Child;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+
+/// What weir takes from a plugin's output: a client's request head's bounds
+/// (`[server.limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// One header, name and value, in bytes.
+    pub header_bytes: usize,
+    /// Header changes one call may return, or headers a local reply may have.
+    pub headers: usize,
+}
+
+impl OutputLimits {
+    /// The bounds `[server.limits]` sets for a client's request.
+    pub fn from_limits(limits: &crate::config::Limits) -> OutputLimits {
+        OutputLimits {
+            header_bytes: limits.header_bytes,
+            headers: limits.headers,
+        }
+    }
+}
+
+impl Default for OutputLimits {
+    fn default() -> OutputLimits {
+        OutputLimits::from_limits(&crate::config::Limits::default())
+    }
+}
 
 /// The plugins of one route, in order.
 #[derive(Debug, Default)]
@@ -46,6 +82,8 @@ pub struct Chain {
     any_outbound: bool,
     /// Whether a plugin has `on-response-body`.
     any_on_response_body: bool,
+    /// What the plugins' output may be.
+    limits: OutputLimits,
 }
 
 /// What a body hook pass decided.
@@ -120,7 +158,13 @@ impl Chain {
             plugins,
             route: Arc::from(""),
             unavailable: None,
+            limits: OutputLimits::default(),
         }
+    }
+
+    /// The chain, taking plugins' output within `limits`.
+    pub fn limited(self, limits: OutputLimits) -> Chain {
+        Chain { limits, ..self }
     }
 
     /// The chain, on the route named `route`.
@@ -213,21 +257,31 @@ impl Chain {
             end_span(span, &result);
             match result {
                 Ok(BodyAction::Continue(changes)) => {
-                    for op in changes.headers {
-                        apply_op(plugin, op, &mut request.parts.headers)?;
-                    }
-                    if let Some(replacement) = changes.body {
-                        body = replacement;
-                        set_length(body.len(), &mut request.parts.headers);
+                    let checked = checked_ops(changes.headers, &self.limits)
+                        .and_then(|ops| Ok((ops, checked_body(plugin, changes.body)?)));
+                    match checked.and_then(|(ops, replacement)| {
+                        apply(ops, &mut request.parts.headers)?;
+                        Ok(replacement)
+                    }) {
+                        Ok(Some(replacement)) => {
+                            body = replacement;
+                            set_length(body.len(), &mut request.parts.headers);
+                        }
+                        Ok(None) => {}
+                        Err(what) => refuse(plugin, what, request)?,
                     }
                 }
                 Ok(BodyAction::Respond(local)) => {
-                    let (head, body) = local_response(plugin, local)?;
-                    return Ok(BodyStep::Respond {
-                        head,
-                        body,
-                        passed: i,
-                    });
+                    match local_response(plugin, local, &self.limits) {
+                        Ok((head, body)) => {
+                            return Ok(BodyStep::Respond {
+                                head,
+                                body,
+                                passed: i,
+                            });
+                        }
+                        Err(what) => refuse(plugin, what, request)?,
+                    }
                 }
                 Err(e) => skip_or_fail(plugin, e, request)?,
             }
@@ -253,18 +307,26 @@ impl Chain {
             end_span(span, &result);
             match result {
                 Ok(BodyAction::Continue(changes)) => {
-                    for op in changes.headers {
-                        apply_op(plugin, op, &mut parts.headers)?;
-                    }
-                    if let Some(replacement) = changes.body {
-                        body = replacement;
+                    let checked = checked_ops(changes.headers, &self.limits)
+                        .and_then(|ops| Ok((ops, checked_body(plugin, changes.body)?)));
+                    match checked.and_then(|(ops, replacement)| {
+                        apply(ops, &mut parts.headers)?;
+                        Ok(replacement)
+                    }) {
+                        Ok(Some(replacement)) => body = replacement,
+                        Ok(None) => {}
+                        Err(what) => refuse(plugin, what, request)?,
                     }
                 }
                 Ok(BodyAction::Respond(local)) => {
-                    let (replacement, local_body) = local_response(plugin, local)?;
-                    parts.status = replacement.status;
-                    parts.headers = replacement.headers;
-                    body = local_body;
+                    match local_response(plugin, local, &self.limits) {
+                        Ok((replacement, local_body)) => {
+                            parts.status = replacement.status;
+                            parts.headers = replacement.headers;
+                            body = local_body;
+                        }
+                        Err(what) => refuse(plugin, what, request)?,
+                    }
                 }
                 Err(e) => skip_or_fail(plugin, e, request)?,
             }
@@ -289,21 +351,36 @@ impl Chain {
             match result {
                 // What the call left for the response is kept only if it passed the request on.
                 Ok((RequestAction::Continue(changes), left)) => {
-                    for op in changes.headers {
-                        apply_op(plugin, op, &mut request.parts.headers)?;
+                    let checked = checked_ops(changes.headers, &self.limits).and_then(|ops| {
+                        let uri = match changes.path {
+                            Some(target) => Some(checked_path(target, &request.parts.uri)?),
+                            None => None,
+                        };
+                        Ok((ops, uri))
+                    });
+                    let applied = checked.and_then(|(ops, uri)| {
+                        apply(ops, &mut request.parts.headers)?;
+                        if let Some(uri) = uri {
+                            request.parts.uri = uri;
+                        }
+                        Ok(())
+                    });
+                    match applied {
+                        Ok(()) => request.keep_left(i, left),
+                        Err(what) => refuse(plugin, what, request)?,
                     }
-                    if let Some(target) = changes.path {
-                        apply_path(plugin, target, &mut request.parts)?;
-                    }
-                    request.keep_left(i, left);
                 }
                 Ok((RequestAction::Respond(local), _)) => {
-                    let (head, body) = local_response(plugin, local)?;
-                    return Ok(RequestStep::Respond {
-                        head,
-                        body,
-                        passed: i,
-                    });
+                    match local_response(plugin, local, &self.limits) {
+                        Ok((head, body)) => {
+                            return Ok(RequestStep::Respond {
+                                head,
+                                body,
+                                passed: i,
+                            });
+                        }
+                        Err(what) => refuse(plugin, what, request)?,
+                    }
                 }
                 Err(e) => skip_or_fail(plugin, e, request)?,
             }
@@ -329,10 +406,11 @@ impl Chain {
         let passed = passed.min(self.plugins.len());
         request.drop_left_from(passed);
         for (i, plugin) in self.plugins[..passed].iter().enumerate().rev() {
-            if let Some(ops) = request.take_left(i) {
-                for op in ops {
-                    apply_op(plugin, op, &mut parts.headers)?;
-                }
+            if let Some(ops) = request.take_left(i)
+                && let Err(what) =
+                    checked_ops(ops, &self.limits).and_then(|ops| apply(ops, &mut parts.headers))
+            {
+                refuse(plugin, what, request)?;
             }
             if !plugin.has_on_response() {
                 continue;
@@ -341,16 +419,23 @@ impl Chain {
             let result = plugin.on_response(request, parts).await;
             end_span(span, &result);
             match result {
-                Ok((ResponseAction::Continue(ops), left)) => {
-                    for op in ops.into_iter().chain(left) {
-                        apply_op(plugin, op, &mut parts.headers)?;
+                Ok((ResponseAction::Continue(mut ops), left)) => {
+                    ops.extend(left);
+                    if let Err(what) = checked_ops(ops, &self.limits)
+                        .and_then(|ops| apply(ops, &mut parts.headers))
+                    {
+                        refuse(plugin, what, request)?;
                     }
                 }
                 Ok((ResponseAction::Respond(local), _)) => {
-                    let (replacement, local_body) = local_response(plugin, local)?;
-                    parts.status = replacement.status;
-                    parts.headers = replacement.headers;
-                    body = Some(local_body);
+                    match local_response(plugin, local, &self.limits) {
+                        Ok((replacement, local_body)) => {
+                            parts.status = replacement.status;
+                            parts.headers = replacement.headers;
+                            body = Some(local_body);
+                        }
+                        Err(what) => refuse(plugin, what, request)?,
+                    }
                 }
                 Err(e) => skip_or_fail(plugin, e, request)?,
             }
@@ -412,83 +497,171 @@ fn skip_or_fail(
     }
 }
 
-/// A plugin's change that is not valid HTTP, counted against the plugin.
-fn invalid(plugin: &Filter, what: String) -> ChainError {
+/// A plugin's output that weir will not use: counted against the plugin and logged (one
+/// line per plugin per 10 s, as a failed call's); then the plugin is skipped if it is
+/// `fail_open` (none of the output is used), else the chain fails.
+fn refuse(plugin: &Filter, what: String, request: &RequestView) -> Result<(), ChainError> {
     plugin.metrics.failed(FailureKind::InvalidOutput);
-    ChainError::InvalidChange {
-        plugin: plugin.info.name.clone(),
-        what,
+    if let Some(repeated) = plugin
+        .failure_lines
+        .admit_host_line(FailureKind::InvalidOutput.label())
+    {
+        tracing::warn!(
+            plugin = &*plugin.info.name,
+            hash = %plugin.info.hash,
+            request_id = request.request_id(),
+            fail_open = plugin.info.settings.fail_open,
+            error = %format_args!("invalid output: {what}"),
+            repeated = (repeated > 0).then_some(repeated),
+            "plugin call failed"
+        );
+    }
+    if plugin.info.settings.fail_open {
+        Ok(())
+    } else {
+        Err(ChainError::InvalidChange {
+            plugin: plugin.info.name.clone(),
+            what,
+        })
     }
 }
 
-fn header_name(plugin: &Filter, name: &str) -> Result<HeaderName, ChainError> {
+/// A header change, checked.
+enum Change {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
     // from_bytes lower-cases, so `X-Foo` and `x-foo` are one header.
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(plugin, format!("invalid header name {name:?}")))
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
 }
 
-/// The plugin's value as a header value, without a copy (the bytes were lifted out of the
-/// plugin's memory already).
-fn header_value(
-    plugin: &Filter,
-    name: &HeaderName,
+/// The plugin's header as hyper's, without a copy of the value (the bytes were lifted out of
+/// the plugin's memory already), if it is valid and within `header_bytes`.
+fn header(
+    name: &str,
     value: Vec<u8>,
-) -> Result<HeaderValue, ChainError> {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
-        .map_err(|_| invalid(plugin, format!("invalid value for header {name}")))
+    limits: &OutputLimits,
+) -> Result<(HeaderName, HeaderValue), String> {
+    let name = header_name(name)?;
+    let size = name.as_str().len() + value.len();
+    if size > limits.header_bytes {
+        return Err(format!(
+            "header {name} is {size} bytes; at most {} are taken ([server.limits] header_bytes)",
+            limits.header_bytes
+        ));
+    }
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((name, value))
 }
 
-/// Checks one header change and applies it.
-fn apply_op(plugin: &Filter, op: HeaderOp, map: &mut HeaderMap) -> Result<(), ChainError> {
-    match op {
-        HeaderOp::Set((name, value)) => {
-            let name = header_name(plugin, &name)?;
-            let value = header_value(plugin, &name, value)?;
-            map.insert(name, value);
-        }
-        HeaderOp::Append((name, value)) => {
-            let name = header_name(plugin, &name)?;
-            let value = header_value(plugin, &name, value)?;
-            map.append(name, value);
-        }
-        HeaderOp::Remove(name) => {
-            map.remove(&header_name(plugin, &name)?);
+/// At most `headers` of a call's headers or header changes.
+fn counted(count: usize, limits: &OutputLimits) -> Result<(), String> {
+    if count > limits.headers {
+        return Err(format!(
+            "{count} header changes; at most {} are taken in one call ([server.limits] headers)",
+            limits.headers
+        ));
+    }
+    Ok(())
+}
+
+/// A call's header changes, each checked, before any is applied.
+fn checked_ops(ops: Vec<HeaderOp>, limits: &OutputLimits) -> Result<Vec<Change>, String> {
+    counted(ops.len(), limits)?;
+    ops.into_iter()
+        .map(|op| match op {
+            HeaderOp::Set((name, value)) => {
+                header(&name, value, limits).map(|(n, v)| Change::Set(n, v))
+            }
+            HeaderOp::Append((name, value)) => {
+                header(&name, value, limits).map(|(n, v)| Change::Append(n, v))
+            }
+            HeaderOp::Remove(name) => header_name(&name).map(Change::Remove),
+        })
+        .collect()
+}
+
+/// Applies checked changes. `HeaderMap` refuses (rather than panics) only past its own
+/// capacity (32,768), which `[server.limits] headers` would have to be set near to reach.
+fn apply(changes: Vec<Change>, map: &mut HeaderMap) -> Result<(), String> {
+    let full = |_| "the head would pass the most headers a head can hold".to_owned();
+    for change in changes {
+        match change {
+            Change::Set(name, value) => {
+                map.try_insert(name, value).map_err(full)?;
+            }
+            Change::Append(name, value) => {
+                map.try_append(name, value).map_err(full)?;
+            }
+            Change::Remove(name) => {
+                map.remove(&name);
+            }
         }
     }
     Ok(())
 }
 
-/// Checks a new request target (`/path?query`) and applies it to the URI.
-fn apply_path(
-    plugin: &Filter,
-    target: String,
-    parts: &mut request::Parts,
-) -> Result<(), ChainError> {
-    let bad = |e: &dyn std::fmt::Display| invalid(plugin, format!("path {target:?}: {e}"));
+/// A body hook's replacement body, if it is at most the plugin's `max_body_bytes`.
+fn checked_body(plugin: &Filter, body: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, String> {
+    let limit = plugin.info.settings.max_body_bytes;
+    match body {
+        Some(body) if body.len() > limit => Err(format!(
+            "a body of {} bytes; at most {limit} are taken (max_body_bytes)",
+            body.len()
+        )),
+        body => Ok(body),
+    }
+}
+
+/// A new request target (`/path?query`), checked, as the whole URI.
+fn checked_path(target: String, uri: &http::Uri) -> Result<http::Uri, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("path {target:?}: {e}");
     if !target.starts_with('/') {
         return Err(bad(&"must start with /"));
     }
     let path_and_query = PathAndQuery::try_from(target.as_str()).map_err(|e| bad(&e))?;
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = http::Uri::from_parts(uri).map_err(|e| bad(&e))?;
-    Ok(())
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).map_err(|e| bad(&e))
 }
 
 /// Checks a plugin's local response and turns it into hyper's parts.
 fn local_response(
     plugin: &Filter,
     local: LocalResponse,
-) -> Result<(response::Parts, Vec<u8>), ChainError> {
-    plugin.metrics.local_replies.inc();
-    let (mut parts, ()) = response::Response::new(()).into_parts();
-    parts.status = StatusCode::from_u16(local.status)
-        .map_err(|_| invalid(plugin, format!("status {}", local.status)))?;
-    parts.headers.reserve(local.headers.len());
-    for (name, value) in local.headers {
-        let name = header_name(plugin, &name)?;
-        let value = header_value(plugin, &name, value)?;
-        parts.headers.append(name, value);
+    limits: &OutputLimits,
+) -> Result<(response::Parts, Vec<u8>), String> {
+    // 1xx are interim answers (101 a protocol switch) that weir never asked for: a client
+    // would wait for the real one, or take the connection for a tunnel.
+    if !(200..=599).contains(&local.status) {
+        return Err(format!(
+            "status {}: a plugin's response must be 200 to 599",
+            local.status
+        ));
     }
+    let status = StatusCode::from_u16(local.status).map_err(|e| format!("status: {e}"))?;
+    counted(local.headers.len(), limits)?;
+    let limit = plugin.info.settings.max_body_bytes;
+    if local.body.len() > limit {
+        return Err(format!(
+            "a response body of {} bytes; at most {limit} are taken (max_body_bytes)",
+            local.body.len()
+        ));
+    }
+    let (mut parts, ()) = response::Response::new(()).into_parts();
+    parts.status = status;
+    let _ = parts.headers.try_reserve(local.headers.len());
+    for (name, value) in local.headers {
+        let (name, value) = header(&name, value, limits)?;
+        parts
+            .headers
+            .try_append(name, value)
+            .map_err(|_| "the head would pass the most headers a head can hold".to_owned())?;
+    }
+    plugin.metrics.local_replies.inc();
     Ok((parts, local.body))
 }

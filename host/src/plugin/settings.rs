@@ -9,6 +9,7 @@ use wasmtime::error::Context;
 
 use super::breaker::BreakerSettings;
 use crate::config::{MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, PluginLimits};
+use crate::kv::{KvQuota, MAX_VALUE_BYTES};
 
 /// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -27,12 +28,18 @@ pub struct PluginSettings {
     pub max_uses: u32,
     /// Instances it may have at once (idle or in a call): its share of the instance pool.
     pub max_instances: usize,
+    /// For a handler: serve requests on pooled instances (up to `max_uses` each) instead of
+    /// a fresh instance per request.
+    pub reuse: bool,
     /// When its breaker opens, and for how long.
     pub breaker: BreakerSettings,
     /// The largest body its body hooks are given.
     pub max_body_bytes: usize,
     /// For a handler: the clusters its outgoing requests may reach.
     pub clusters: Vec<String>,
+    /// The `kv` store, if granted (`kv = true` or `kv = { … }`), and what the plugin's
+    /// namespace may hold; `None`: every `kv` call is `access-denied`.
+    pub kv: Option<KvQuota>,
     /// The `[config]` table, as the plugin is given it; the admin's `/plugins` shows it
     /// with secrets redacted.
     pub config: serde_json::Value,
@@ -49,9 +56,11 @@ impl PluginSettings {
             memory_limit: limits.memory_limit_mb << 20,
             max_uses: limits.max_uses,
             max_instances: limits.max_instances,
+            reuse: false,
             breaker: BreakerSettings::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clusters: Vec::new(),
+            kv: None,
             config: serde_json::Value::Object(serde_json::Map::new()),
             redact: Vec::new(),
         }
@@ -67,12 +76,73 @@ struct SettingsFile {
     memory_limit_mb: Option<usize>,
     max_uses: Option<u32>,
     max_instances: Option<usize>,
+    reuse: Option<bool>,
     breaker: Option<BreakerFile>,
     max_body_bytes: Option<usize>,
     clusters: Option<Vec<String>>,
+    kv: Option<toml::Value>,
     redact: Option<Vec<String>>,
     #[serde(default)]
     config: toml::Table,
+}
+
+/// `kv = { … }`: each key overrides [`KvQuota::DEFAULT`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvQuotaFile {
+    max_keys: Option<u64>,
+    max_bytes: Option<u64>,
+    max_value_bytes: Option<usize>,
+    max_ttl: Option<String>,
+}
+
+/// The grant `kv` asks for, checked: `kv = true` (the default quota), `kv = false`, or
+/// `kv = { max_keys = …, … }`.
+fn kv_grant(path: &Path, grant: toml::Value) -> wasmtime::Result<Option<KvQuota>> {
+    let file: KvQuotaFile = match grant {
+        toml::Value::Boolean(false) => return Ok(None),
+        toml::Value::Boolean(true) => KvQuotaFile::default(),
+        toml::Value::Table(table) => table
+            .try_into()
+            .with_context(|| format!("{}: kv", path.display()))?,
+        other => wasmtime::bail!(
+            "{}: kv must be true, false or a table of max_keys, max_bytes, max_value_bytes and max_ttl, not {}",
+            path.display(),
+            other.type_str()
+        ),
+    };
+    let mut quota = KvQuota::DEFAULT;
+    let at_least_one = |what: &str, n: u64| {
+        if n == 0 {
+            wasmtime::bail!("{}: kv.{what} must be at least 1", path.display());
+        }
+        Ok(n)
+    };
+    if let Some(n) = file.max_keys {
+        quota.max_keys = at_least_one("max_keys", n)?;
+    }
+    if let Some(n) = file.max_bytes {
+        quota.max_bytes = at_least_one("max_bytes", n)?;
+    }
+    if let Some(n) = file.max_value_bytes {
+        if !(1..=MAX_VALUE_BYTES).contains(&n) {
+            wasmtime::bail!(
+                "{}: kv.max_value_bytes = {n}: must be between 1 and {MAX_VALUE_BYTES}",
+                path.display()
+            );
+        }
+        quota.max_value_bytes = n;
+    }
+    if let Some(ttl) = file.max_ttl {
+        let ms = humantime::parse_duration(&ttl)
+            .with_context(|| format!("{}: kv.max_ttl {ttl:?}", path.display()))?
+            .as_millis();
+        if ms == 0 {
+            wasmtime::bail!("{}: kv.max_ttl must be at least 1ms", path.display());
+        }
+        quota.max_ttl_ms = u64::try_from(ms).unwrap_or(u64::MAX).min(quota.max_ttl_ms);
+    }
+    Ok(Some(quota))
 }
 
 /// `breaker = { failures = 5, cooldown = "10s" }` in `NAME.toml`.
@@ -118,6 +188,9 @@ pub(super) fn read_settings(
         }
         settings.max_instances = n;
     }
+    if let Some(reuse) = file.reuse {
+        settings.reuse = reuse;
+    }
     if let Some(breaker) = file.breaker {
         if let Some(n) = breaker.failures {
             settings.breaker.failures = n;
@@ -139,6 +212,9 @@ pub(super) fn read_settings(
     }
     if let Some(clusters) = file.clusters {
         settings.clusters = clusters;
+    }
+    if let Some(grant) = file.kv {
+        settings.kv = kv_grant(path, grant)?;
     }
     if let Some(redact) = file.redact {
         settings.redact = redact;

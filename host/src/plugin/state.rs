@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::ManualClock;
 use super::memory::Limits;
 use super::outbound::Outbound;
-use crate::kv::KvStore;
+use crate::kv::{KvQuota, KvStore};
 use crate::metrics::{PluginMetric, PluginMetricSet};
 
 /// The data of one instance's `Store`.
@@ -24,6 +24,8 @@ pub(crate) struct PluginState {
     pub(crate) plugin: Arc<str>,
     /// The shared store; keys are prefixed with the plugin's name.
     pub(crate) kv: Arc<KvStore>,
+    /// What its `NAME.toml` grants of `kv`: `None` denies every call (`host_api::kv`).
+    pub(crate) kv_quota: Option<KvQuota>,
     /// The request the current call serves, for log lines.
     pub(crate) request_id: String,
     /// The request's trace id, when it is traced, for log lines.
@@ -63,6 +65,7 @@ impl PluginState {
             limits,
             plugin,
             kv,
+            kv_quota: None,
             request_id: String::new(),
             trace_id: None,
             metric_set,

@@ -24,9 +24,23 @@ const REMEMBERED_LINES: usize = 1024;
 pub(crate) struct Repeats {
     lines: Mutex<HashMap<u64, (quanta::Instant, u64)>>,
     hasher: std::hash::RandomState,
+    /// weir's lines written once per loaded plugin (`first_time`).
+    once: Mutex<Vec<&'static str>>,
 }
 
 impl Repeats {
+    /// Whether weir's line `what` about the plugin has not been written yet: true once per
+    /// loaded version of the plugin (a denied capability, say, which a plugin may ask for on
+    /// every request but whose fix is the same).
+    pub(crate) fn first_time(&self, what: &'static str) -> bool {
+        let mut once = self.once.lock().unwrap_or_else(|e| e.into_inner());
+        if once.contains(&what) {
+            return false;
+        }
+        once.push(what);
+        true
+    }
+
     /// Whether to write weir's own line `message` about the plugin now (a failed call, say),
     /// and how many like it were held back before it.
     pub(crate) fn admit_host_line(&self, message: &str) -> Option<u64> {

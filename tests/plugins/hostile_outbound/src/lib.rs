@@ -1,7 +1,8 @@
-//! A hostile guest filter on raw `weir:plugin@0.3.5` bindings, for
-//! `tests/all/outbound_attacks.rs`: each request path is one attempt to abuse `outbound` or
-//! `kv`, and the local reply's body says what the host answered, so the test can check that
-//! every defence held. Parameters come percent-decoded from the query (so a test can pass
+//! A hostile guest filter on raw `weir:plugin` bindings (the current contract), for
+//! `tests/all/outbound_attacks.rs` and `tests/all/plugin_output.rs`: each request path is
+//! one attempt to abuse `outbound` or `kv`, or to return output weir must refuse, and the
+//! local reply's body says what the host answered, so the test can check that every defence
+//! held. Parameters come percent-decoded from the query (so a test can pass
 //! CR, LF and NUL bytes); a `/_b` prefix is ignored. Requests to other paths pass unchanged.
 //!
 //! - `/send?cluster=C&method=M&path=P&name=N&value=V&body=B&timeout=MS`: one outbound
@@ -16,6 +17,19 @@
 //! - `/kv-set?key=K&value=V`, `/kv-get?key=K`: the plugin's own namespace.
 //! - `/kv-incr?key=K&delta=D&ttl=T`, `/kv-within?key=K&delta=D&limit=L&ttl=T`,
 //!   `/kv-cas?key=K&expected=E&value=V&ttl=T` (`expected` absent: only if absent).
+//! - `/kv-fill?from=F&count=N&bytes=B&ttl=T`: sets keys `fF` to `f(F+N-1)` to B-byte
+//!   values, stopping at the first error; replies `stored S, then ERR` or `stored S`.
+//!
+//! Output weir must refuse (`N` from the query), with `[config] output = true`, which also
+//! turns on `on-response` and both body hooks:
+//! - `/out-status?code=N` answers with status N; `/out-header?bytes=N` with a header of N
+//!   bytes; `/out-headers?count=N` with N headers; `/out-body?bytes=N` with an N-byte body;
+//! - `/req-header?bytes=N`, `/req-headers?count=N`: the request goes on with that header
+//!   set, or N headers appended;
+//! - `/resp-status?code=N`, `/resp-header?bytes=N`, `/resp-headers?count=N`: the same done
+//!   to the upstream's response by `on-response` (a status replaces the response);
+//! - `/body-req?bytes=N`, `/body-resp?bytes=N`: a body hook replaces the request's or the
+//!   response's body with N bytes; `/body-status?code=N`: `on-request-body` answers with N.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "filter" });
 
@@ -25,7 +39,7 @@ use exports::weir::plugin::http_filter::Guest;
 use weir::plugin::kv;
 use weir::plugin::outbound::{self, OutboundError, OutboundRequest};
 use weir::plugin::types::{
-    BodyAction, BodyChanges, BodyHookSet, HookSet, LocalResponse, Request, RequestAction,
+    BodyAction, BodyChanges, BodyHookSet, HeaderOp, HookSet, LocalResponse, Request, RequestAction,
     RequestChanges, RequestHead, Response, ResponseAction, ResponseHead,
 };
 
@@ -34,6 +48,52 @@ struct Hostile;
 thread_local! {
     /// What the outbound request made in `configure` got.
     static CONFIGURED: RefCell<String> = const { RefCell::new(String::new()) };
+    /// `[config] output = true`: the output hooks are on.
+    static OUTPUT: RefCell<bool> = const { RefCell::new(false) };
+}
+
+fn local(status: u16, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> LocalResponse {
+    LocalResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `count` distinct headers `x-h-I: v`.
+fn many(count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("x-h-{i}"), b"v".to_vec()))
+        .collect()
+}
+
+/// What `path` asks the request hook to return, if it is an output path.
+fn output(path: &str, query: &str) -> Option<RequestAction> {
+    let n: usize = number(query, "bytes")
+        .or_else(|| number(query, "count"))
+        .unwrap_or(0);
+    let code: u16 = number(query, "code").unwrap_or(200);
+    let ops = |ops: Vec<HeaderOp>| {
+        RequestAction::Continue(RequestChanges {
+            headers: ops,
+            path: None,
+        })
+    };
+    Some(match path {
+        "/out-status" => {
+            RequestAction::Respond(local(code, Vec::new(), b"from the plugin".to_vec()))
+        }
+        "/out-header" => RequestAction::Respond(local(
+            200,
+            vec![("x-big".into(), vec![b'a'; n])],
+            Vec::new(),
+        )),
+        "/out-headers" => RequestAction::Respond(local(200, many(n), Vec::new())),
+        "/out-body" => RequestAction::Respond(local(200, Vec::new(), vec![b'b'; n])),
+        "/req-header" => ops(vec![HeaderOp::Set(("x-big".into(), vec![b'a'; n]))]),
+        "/req-headers" => ops(many(n).into_iter().map(HeaderOp::Append).collect()),
+        _ => return None,
+    })
 }
 
 fn unchanged() -> RequestAction {
@@ -183,6 +243,20 @@ fn act(path: &str, query: &str) -> Option<String> {
                 Err(e) => kv_error(e),
             }
         }
+        "/kv-fill" => {
+            let from: u64 = number(query, "from").unwrap_or(0);
+            let count: u64 = number(query, "count").unwrap_or(0);
+            let value = vec![b'v'; number(query, "bytes").unwrap_or(1)];
+            let ttl = number(query, "ttl");
+            let mut stored = 0;
+            for i in from..from + count {
+                if let Err(e) = kv::set(&format!("f{i}"), &value, ttl) {
+                    return Some(format!("stored {stored}, then {}", kv_error(e)));
+                }
+                stored += 1;
+            }
+            format!("stored {stored}")
+        }
         "/kv-get" => match kv::get(&text(query, "key").unwrap_or_default()) {
             Ok(value) => show(value),
             Err(e) => kv_error(e),
@@ -229,10 +303,17 @@ fn act(path: &str, query: &str) -> Option<String> {
 
 impl Guest for Hostile {
     fn hooks() -> HookSet {
-        HookSet::ON_REQUEST
+        if OUTPUT.with(|o| *o.borrow()) {
+            HookSet::ON_REQUEST | HookSet::ON_RESPONSE
+        } else {
+            HookSet::ON_REQUEST
+        }
     }
 
     fn configure(config: String) -> Result<(), String> {
+        if config.replace(' ', "").contains("\"output\":true") {
+            OUTPUT.with(|o| *o.borrow_mut() = true);
+        }
         // `[config] cluster = "..."`: try to reach it before any request is served.
         let cluster = config
             .split('"')
@@ -258,35 +339,75 @@ impl Guest for Hostile {
         let path = request.path();
         let query = request.query().unwrap_or_default();
         // The second plugin's route is `/_b`: the same paths below it.
-        match act(path.strip_prefix("/_b").unwrap_or(&path), &query) {
+        let path = path.strip_prefix("/_b").unwrap_or(&path);
+        if let Some(action) = output(path, &query) {
+            return action;
+        }
+        match act(path, &query) {
             Some(text) => reply(text),
             None => unchanged(),
         }
     }
 
-    fn on_response_lazy(_request: &Request, _response: &Response) -> ResponseAction {
-        ResponseAction::Continue(Vec::new())
+    fn on_response_lazy(request: &Request, _response: &Response) -> ResponseAction {
+        let query = request.query().unwrap_or_default();
+        let n: usize = number(&query, "bytes")
+            .or_else(|| number(&query, "count"))
+            .unwrap_or(0);
+        match request.path().as_str() {
+            "/resp-status" => ResponseAction::Respond(local(
+                number(&query, "code").unwrap_or(200),
+                Vec::new(),
+                b"replaced".to_vec(),
+            )),
+            "/resp-header" => {
+                ResponseAction::Continue(vec![HeaderOp::Set(("x-big".into(), vec![b'a'; n]))])
+            }
+            "/resp-headers" => {
+                ResponseAction::Continue(many(n).into_iter().map(HeaderOp::Append).collect())
+            }
+            _ => ResponseAction::Continue(Vec::new()),
+        }
     }
 
     fn body_hooks() -> BodyHookSet {
-        BodyHookSet::empty()
+        if OUTPUT.with(|o| *o.borrow()) {
+            BodyHookSet::ON_REQUEST_BODY | BodyHookSet::ON_RESPONSE_BODY
+        } else {
+            BodyHookSet::empty()
+        }
     }
 
-    fn on_request_body(_request: RequestHead, _body: Vec<u8>) -> BodyAction {
-        BodyAction::Continue(BodyChanges {
-            headers: Vec::new(),
-            body: None,
-        })
+    fn on_request_body(request: RequestHead, _body: Vec<u8>) -> BodyAction {
+        let query = request.query.unwrap_or_default();
+        let n: usize = number(&query, "bytes").unwrap_or(0);
+        match request.path.as_str() {
+            "/body-req" => BodyAction::Continue(BodyChanges {
+                headers: Vec::new(),
+                body: Some(vec![b'r'; n]),
+            }),
+            "/body-status" => BodyAction::Respond(local(
+                number(&query, "code").unwrap_or(200),
+                Vec::new(),
+                Vec::new(),
+            )),
+            _ => BodyAction::Continue(BodyChanges {
+                headers: Vec::new(),
+                body: None,
+            }),
+        }
     }
 
     fn on_response_body(
-        _request: RequestHead,
+        request: RequestHead,
         _response: ResponseHead,
         _body: Vec<u8>,
     ) -> BodyAction {
+        let query = request.query.unwrap_or_default();
+        let n: usize = number(&query, "bytes").unwrap_or(0);
         BodyAction::Continue(BodyChanges {
             headers: Vec::new(),
-            body: None,
+            body: (request.path == "/body-resp").then(|| vec![b's'; n]),
         })
     }
 }
