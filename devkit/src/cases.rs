@@ -191,6 +191,8 @@ enum Forwarded {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ForwardedRequest {
+    /// The method as sent upstream (a plugin may change it: `set-method`, weir:plugin 0.3.6).
+    method: Option<String>,
     /// Path and query as sent upstream.
     path: Option<String>,
     #[serde(default)]
@@ -208,7 +210,7 @@ struct Outcome {
     headers: HeaderMap,
     body: Bytes,
     /// The request as it reached the upstream, if it did.
-    forwarded: Option<(String, HeaderMap, Bytes)>,
+    forwarded: Option<Forwarding>,
     /// Why the proxy answered with an error (the cause it logs), or what else went wrong.
     error: Option<String>,
     /// A handler's outgoing requests: `METHOD cluster path`.
@@ -380,12 +382,21 @@ fn request_id(parts: &http::request::Parts, index: usize) -> HeaderValue {
 /// What the in-memory endpoints saw during one case.
 #[derive(Debug, Default)]
 struct Watched {
-    /// The request as it reached the upstream: path and query, headers, body.
-    forwarded: Option<(String, HeaderMap, Bytes)>,
+    /// The request as it reached the upstream.
+    forwarded: Option<Forwarding>,
     /// A handler's outgoing requests: `METHOD cluster path`.
     calls: Vec<String>,
     /// Outgoing requests no `[[outbound]]` answered.
     unanswered: Vec<String>,
+}
+
+/// The request as it reached the upstream: method, path and query, headers, body.
+#[derive(Debug)]
+struct Forwarding {
+    method: http::Method,
+    target: String,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 /// A response as an in-memory endpoint sends it.
@@ -493,7 +504,12 @@ async fn run_case(
                 let (parts, body) = request.into_parts();
                 let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 if let Ok(mut watched) = forwarded.lock() {
-                    watched.forwarded = Some((target.to_owned(), parts.headers, body));
+                    watched.forwarded = Some(Forwarding {
+                        method: parts.method,
+                        target: target.to_owned(),
+                        headers: parts.headers,
+                        body,
+                    });
                 }
                 upstream.answer()
             });
@@ -626,9 +642,10 @@ fn check(expect: &Expect, outcome: &Outcome) -> Vec<String> {
         (None, _)
         | (Some(Forwarded::Flag(false)), None)
         | (Some(Forwarded::Flag(true)), Some(_)) => {}
-        (Some(Forwarded::Flag(false)), Some((target, ..))) => {
+        (Some(Forwarded::Flag(false)), Some(sent)) => {
             problems.push(format!(
-                "forwarded: expected no upstream request, but {target} was sent"
+                "forwarded: expected no upstream request, but {} was sent",
+                sent.target
             ));
         }
         (Some(_), None) => {
@@ -642,7 +659,21 @@ fn check(expect: &Expect, outcome: &Outcome) -> Vec<String> {
                 outcome.status
             ));
         }
-        (Some(Forwarded::Like(want)), Some((target, headers, body))) => {
+        (Some(Forwarded::Like(want)), Some(sent)) => {
+            let Forwarding {
+                method,
+                target,
+                headers,
+                body,
+            } = sent;
+            if let Some(expected) = &want.method
+                && expected != method.as_str()
+            {
+                problems.push(format!(
+                    "forwarded method: expected {expected:?}, got {:?}",
+                    method.as_str()
+                ));
+            }
             if let Some(path) = &want.path
                 && path != target
             {

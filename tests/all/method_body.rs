@@ -116,3 +116,42 @@ async fn bodies_weir_refuses_fail_the_call() {
     }
     assert!(upstream.requests().is_empty());
 }
+
+/// `weir plugin test` checks the method and body a case's request reaches the upstream with
+/// (`expect.forwarded.method`, `.body`): one case passes, one expecting the old method fails
+/// saying what it got.
+#[test]
+fn plugin_test_checks_the_method_and_body_sent_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("method-body.wasm"), METHOD_BODY).expect("write");
+    let cases = r#"
+[[case]]
+name = "a GET made a POST"
+request = { method = "GET", path = "/as-post?q=x" }
+expect = { status = 200, forwarded = { method = "POST", path = "/echo", body = "made of q=x", headers = { "content-length" = "11" } } }
+
+[[case]]
+name = "expects the old method"
+request = { method = "GET", path = "/as-post?q=x" }
+expect = { forwarded = { method = "GET" } }
+"#;
+    std::fs::write(dir.path().join("cases.toml"), cases).expect("write");
+    let out = std::process::Command::new(weir_tests::weir::weir_bin())
+        .args(["plugin", "test", "method-body.wasm", "--case", "cases.toml"])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", crate::cache_home())
+        .output()
+        .expect("run weir plugin test");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "a case must fail:\n{report}");
+    assert!(report.contains("ok    a GET made a POST"), "{report}");
+    assert!(
+        report.contains(r#"forwarded method: expected "GET", got "POST""#),
+        "{report}"
+    );
+    assert!(report.contains("1 passed, 1 failed"), "{report}");
+}
