@@ -62,12 +62,17 @@ pub enum ErrorSource {
     Plugin,
 }
 
-/// Whether the request may be retried on another endpoint.
+/// Whether the request may be sent again, whatever its method, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// Nothing reached the upstream; another endpoint may succeed.
+    /// Nothing reached the upstream (the connection was refused or dropped): another
+    /// endpoint may succeed, and so may the same one, on a new connection.
     Safe,
-    /// The upstream may have acted on the request, or retrying cannot help.
+    /// Nothing reached the upstream, which did not answer in time (a connect timeout):
+    /// another endpoint may succeed; the same one would likely cost the same wait again.
+    Elsewhere,
+    /// The upstream may have acted on the request, or retrying cannot help (only an
+    /// idempotent request is sent again, after a reset or a timeout).
     Never,
 }
 
@@ -120,6 +125,12 @@ impl ProxyError {
     /// Attaches the underlying cause.
     pub fn with_cause(mut self, cause: impl Into<BoxError>) -> ProxyError {
         self.cause = Some(cause.into());
+        self
+    }
+
+    /// Replaces the retry class the kind implies.
+    pub fn with_retry(mut self, retry: Retry) -> ProxyError {
+        self.retry = retry;
         self
     }
 }

@@ -90,6 +90,7 @@ pub struct Metrics {
     /// Requests between their head arriving and their response body ending.
     pub in_flight: IntGauge,
     connections: IntGaugeVec,
+    h2_floods: IntCounterVec,
     upstream_duration: HistogramVec,
     retries: IntCounterVec,
     overloaded: IntCounterVec,
@@ -223,6 +224,12 @@ impl Metrics {
                 "weir_downstream_connections",
                 "Open client connections, by listener address.",
                 &["listener"],
+            ),
+            h2_floods: counter(
+                &r,
+                "weir_downstream_h2_floods_total",
+                "Client HTTP/2 connections closed for a control-frame flood, by listener address and the frame type over its budget.",
+                &["listener", "frame"],
             ),
             upstream_duration: histogram(
                 &r,
@@ -479,6 +486,11 @@ impl Metrics {
     /// The open-connections gauge of the listener on `address`.
     pub fn listener(&self, address: &str) -> IntGauge {
         self.connections.with_label_values(&[address])
+    }
+
+    /// The flood counter of listener `address` for HTTP/2 frames of type `frame`.
+    pub(crate) fn h2_flood(&self, address: &str, frame: &str) -> IntCounter {
+        self.h2_floods.with_label_values(&[address, frame])
     }
 
     /// Counts one load of plugin `plugin`, accepted or refused.

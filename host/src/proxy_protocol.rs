@@ -108,7 +108,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
 }
 
 /// `AsyncWrite` for a read-side wrapper `$ty<T>` whose writes go straight to its `inner`
-/// stream (`Rewind` here, `server::FirstBytes`).
+/// stream (`Rewind`).
 macro_rules! write_through {
     ($ty:ident) => {
         impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<T> {
@@ -148,7 +148,6 @@ macro_rules! write_through {
         }
     };
 }
-pub(crate) use write_through;
 
 write_through!(Rewind);
 

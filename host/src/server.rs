@@ -1,14 +1,18 @@
 //! Serving HTTP on one listener: the accept loop with its connection cap and accept backoff,
 //! the PROXY protocol header and the TLS handshake when the listener has them, hyper's auto
-//! (HTTP/1.1 with upgrades, or HTTP/2) connection per client, and the drain.
+//! (HTTP/1.1 with upgrades, or HTTP/2) connection per client, its timeouts, and the drain.
+//!
+//! Each connection's task serves it with hyper and keeps its timeouts (`timeouts`: the
+//! header-read and idle timeouts, on one sleep); its bytes go through `io::ClientIo`, which
+//! tells HTTP/2 from HTTP/1.1 and counts HTTP/2 frames against floods (`frames`).
+
+mod frames;
+mod io;
+mod timeouts;
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,17 +20,16 @@ use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
 
+use self::io::{ClientIo, FloodCounts};
+use self::timeouts::{Clock, Counted, Due};
 use crate::config::ServerConfig;
 use crate::error::BoxError;
 use crate::proxy_protocol::{self, Rewind};
 use crate::shutdown::Drain;
-use crate::timer::ConnectionTimer;
 use crate::tls::{ServerTls, TlsInfo};
 
 /// A client connection, accepted and (on a TLS listener) past its handshake.
@@ -68,7 +71,7 @@ pub(crate) async fn serve<M, S, B>(
     accept: Accept,
     settings: ServerConfig,
     make_service: M,
-    mut drain: Drain,
+    drain: Drain,
 ) where
     M: Fn(Accepted) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -80,9 +83,11 @@ pub(crate) async fn serve<M, S, B>(
     let limits = &settings.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A head past `head_bytes` or with more than `headers` headers: hyper answers 431.
+    // hyper's header-read timeout would count a kept-alive connection's idle time against
+    // its next head: the connection's `Clock` times heads instead.
     builder
         .http1()
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.head_bytes)
         .max_headers(limits.headers);
     // WebSockets over HTTP/2 (RFC 8441) arrive as extended CONNECTs.
@@ -95,27 +100,30 @@ pub(crate) async fn serve<M, S, B>(
         // A peer that stopped answering (gone behind a NAT) is found and its slot freed.
         .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
         .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
     // A permit per open connection: past the cap, new clients wait in the kernel's accept
     // queue instead of costing memory and file descriptors here.
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let mut backoff = MIN_ACCEPT_BACKOFF;
     let make_service = Arc::new(make_service);
-    let open = listener
-        .local_addr()
-        .map(|a| crate::metrics::metrics().listener(&a.to_string()))
-        .ok();
+    let address = listener.local_addr().map(|a| a.to_string()).ok();
+    let open = address
+        .as_deref()
+        .map(|a| crate::metrics::metrics().listener(a));
+    let floods = address.as_deref().map(|a| Arc::new(FloodCounts::of(a)));
+    let timeouts = (settings.header_read_timeout, settings.idle_timeout);
 
+    let mut accepting = drain.clone();
     loop {
         let permit = tokio::select! {
-            _ = drain.signaled() => break,
+            _ = accepting.signaled() => break,
             permit = connections.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_closed) => break,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = drain.signaled() => break,
+            _ = accepting.signaled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     backoff = MIN_ACCEPT_BACKOFF;
@@ -132,10 +140,9 @@ pub(crate) async fn serve<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
         }
-        // Each connection's header-read timeouts reuse its own sleeps.
-        let mut builder = builder.clone();
-        builder.http1().timer(ConnectionTimer::default());
-        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let drain = drain.clone();
+        let floods = floods.clone();
         let slot = Arc::new(permit);
         let make_service = make_service.clone();
         let acceptor = accept.tls.as_ref().map(|tls| tls.acceptor());
@@ -165,14 +172,21 @@ pub(crate) async fn serve<M, S, B>(
             } else {
                 (peer, Rewind::new(stream, bytes::Bytes::new()))
             };
+            let connection = Connection {
+                builder: &builder,
+                drain,
+                peer,
+                slot: &_held,
+            };
             let Some(acceptor) = acceptor else {
                 let service = make_service(Accepted {
                     peer,
                     tls: None,
                     slot,
                 });
-                let stream = FirstBytes::new(stream, limit);
-                return serve_connection(&builder, stream, service, watcher, peer).await;
+                let clock = Arc::new(Clock::new(timeouts.0, timeouts.1));
+                let stream = ClientIo::new(stream, clock.clone(), floods);
+                return connection.serve(stream, service, clock).await;
             };
             let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -184,16 +198,18 @@ pub(crate) async fn serve<M, S, B>(
                 tls: Some(TlsInfo::of(&stream)),
                 slot,
             });
-            let stream = FirstBytes::new(stream, limit);
-            serve_connection(&builder, stream, service, watcher, peer).await;
+            let clock = Arc::new(Clock::new(timeouts.0, timeouts.1));
+            let stream = ClientIo::new(stream, clock.clone(), floods);
+            connection.serve(stream, service, clock).await;
         });
     }
 
     // Closing the listener now makes new connection attempts fail fast instead of queueing.
     drop(listener);
+    // Every slot back: each connection's task holds its own (its drain signal lets the
+    // requests in progress finish), and upgraded connections (tunnels) theirs until they
+    // close.
     let drained = async {
-        graceful.shutdown().await;
-        // Every slot back: upgraded connections (tunnels) hold theirs until they close.
         let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
         let _ = connections.acquire_many(all).await;
     };
@@ -205,115 +221,93 @@ pub(crate) async fn serve<M, S, B>(
     }
 }
 
-/// One client connection, plain or TLS, served until it ends (or the drain ends it).
-async fn serve_connection<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
-    stream: I,
-    service: S,
-    watcher: Watcher,
+/// One client connection's task, after its TLS handshake.
+struct Connection<'a> {
+    builder: &'a auto::Builder<TokioExecutor>,
+    /// Draining: requests in progress finish, then the connection closes.
+    drain: Drain,
     peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
-    }
+    /// The connection's place under `max_connections`, which tunnels hold too.
+    slot: &'a Arc<OwnedSemaphorePermit>,
 }
 
-/// The bytes that settle a connection's protocol: the HTTP/2 preface is 24 bytes, and an
-/// HTTP/1.1 request line with its first header is longer.
-const FIRST_BYTES: usize = 24;
-
-/// A client connection whose first [`FIRST_BYTES`] must arrive within a time limit. hyper-util
-/// reads them to choose HTTP/1.1 or HTTP/2 with no timeout of its own, and hyper's
-/// `header_read_timeout` starts only after: without this, a client that connects and sends
-/// nothing (or a few bytes of the HTTP/2 preface) would hold its connection slot forever.
-struct FirstBytes<T> {
-    inner: T,
-    /// Until the first bytes are in.
-    deadline: Option<Pin<Box<Sleep>>>,
-    wanted: usize,
-}
-
-impl<T> FirstBytes<T> {
-    fn new(inner: T, limit: Duration) -> FirstBytes<T> {
-        FirstBytes {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep(limit))),
-            wanted: FIRST_BYTES,
+impl Connection<'_> {
+    /// Serves `stream` until it ends, or its timeouts, or the drain, end it.
+    async fn serve<I, S, B>(mut self, stream: I, service: S, clock: Arc<Clock>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let peer = self.peer;
+        let tunnels = Tunnels::new(self.slot);
+        let service = Counted::new(service, clock.clone());
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let sleep = tokio::time::sleep_until(clock.first_check());
+        let mut sleep = std::pin::pin!(sleep);
+        // Shut down gracefully (idle, or draining): the next idle check closes it outright.
+        let mut closing = false;
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                ended = connection.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.drain.signaled(), if !draining => {
+                    draining = true;
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = sleep.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    match clock.check(now, tunnels.open()) {
+                        Due::Wait(at) => sleep.as_mut().reset(at),
+                        Due::Idle if !closing => {
+                            tracing::debug!(%peer, "connection idle; closing");
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                            // Still idle at the next check (a client that never answers
+                            // the GOAWAY): closed then.
+                            sleep.as_mut().reset(now + clock.step());
+                        }
+                        Due::Idle => return tracing::debug!(%peer, "idle connection closed"),
+                        Due::Head => {
+                            return tracing::debug!(%peer, "request head not in within header_read_timeout");
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for FirstBytes<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) => {
-                let read = buf.filled().len() - before;
-                self.wanted = self.wanted.saturating_sub(read);
-                if self.wanted == 0 {
-                    self.deadline = None;
-                }
-            }
-            Poll::Pending => {
-                if let Some(deadline) = &mut self.deadline
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client sent too little to start HTTP within header_read_timeout",
-                    )));
-                }
-            }
-            Poll::Ready(Err(_)) => {}
-        }
-        polled
-    }
+/// Whether the connection carries an open HTTP/2 tunnel (RFC 8441): each holds a clone of
+/// the connection's slot (`Accepted::slot`) until it closes, past the request that opened
+/// it, so more holders than the connection had when its service was made are tunnels.
+struct Tunnels<'a> {
+    slot: &'a Arc<OwnedSemaphorePermit>,
+    own: usize,
 }
 
-proxy_protocol::write_through!(FirstBytes);
+impl Tunnels<'_> {
+    /// Counts the holders of `slot` now, after the service was made and before any request.
+    fn new(slot: &Arc<OwnedSemaphorePermit>) -> Tunnels<'_> {
+        Tunnels {
+            slot,
+            own: Arc::strong_count(slot),
+        }
+    }
 
-#[cfg(test)]
-mod tests {
-    use tokio::io::AsyncReadExt;
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_client_must_send_its_first_bytes_in_time_and_then_may_idle() {
-        let limit = Duration::from_secs(5);
-        // Silent: cut at the limit.
-        let (_client, server) = tokio::io::duplex(64);
-        let mut silent = FirstBytes::new(server, limit);
-        let started = tokio::time::Instant::now();
-        let error = silent.read(&mut [0; 8]).await.expect_err("timed out");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(started.elapsed(), limit);
-
-        // The HTTP/2 preface in time: from then on, no limit.
-        let (mut client, server) = tokio::io::duplex(64);
-        let mut talking = FirstBytes::new(server, limit);
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .expect("write");
-        let mut preface = [0; FIRST_BYTES];
-        talking.read_exact(&mut preface).await.expect("preface");
-        let later = tokio::time::timeout(limit * 3, talking.read(&mut [0; 8])).await;
-        assert!(
-            later.is_err(),
-            "an idle connection past its first bytes was cut"
-        );
+    fn open(&self) -> bool {
+        Arc::strong_count(self.slot) > self.own
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! A new tokio [`Sleep`] per request costs an allocation, an insertion into the runtime's
 //! timer wheel and a removal when the request ends. So each connection keeps its idle
-//! sleeps, one set per kind of deadline, and every request takes one back: the header-read
-//! timeout through [`ConnectionTimer`] (hyper's timer for the connection) and the upstream
+//! sleeps, one set per kind of deadline, and every request takes one back: the upstream
 //! response timeout through [`Timers::deadline`]. A kind's deadlines only move later, so a
 //! reused sleep is left filed under its old deadline and filed again only when that comes
-//! round (see [`Deadline`]).
+//! round (see [`Deadline`]). (A connection's own timeouts, header read and idle, share one
+//! sleep in its task: `server::timeouts`.)
 
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -85,15 +85,6 @@ impl<T: Deref<Target = Timers>> Deadline<T> {
             sleep: Some(sleep),
         }
     }
-
-    fn reset(&mut self, at: Instant) {
-        self.at = at;
-        if let Some(sleep) = &mut self.sleep
-            && sleep.deadline() > at
-        {
-            sleep.as_mut().reset(at);
-        }
-    }
 }
 
 // The sleep is pinned in its own box; nothing else is pinned.
@@ -138,52 +129,8 @@ impl fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-/// hyper's timer for one connection: its header-read timeouts reuse the connection's sleeps.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ConnectionTimer(Arc<Timers>);
-
-/// A [`Deadline`] as hyper holds it.
-struct HyperSleep(Deadline<Arc<Timers>>);
-
-impl Future for HyperSleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for HyperSleep {}
-
-#[allow(
-    clippy::disallowed_types,
-    reason = "hyper's trait speaks std's Instant; each becomes tokio's at once, so paused time applies"
-)]
-impl hyper::rt::Timer for ConnectionTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(self.now() + duration)
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(Deadline::new(self.0.clone(), deadline.into())))
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
-        match sleep.as_mut().downcast_mut_pin::<HyperSleep>() {
-            Some(mut ours) => ours.0.reset(new_deadline.into()),
-            None => *sleep = self.sleep_until(new_deadline),
-        }
-    }
-
-    fn now(&self) -> std::time::Instant {
-        Instant::now().into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use hyper::rt::Timer as _;
-
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -264,16 +211,6 @@ mod tests {
             .collect();
         drop(held);
         assert_eq!(timers.idle.lock().map(|v| v.len()).ok(), Some(MAX_IDLE));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn hyper_sleeps_fire_and_reset() {
-        let timer = ConnectionTimer::default();
-        let mut sleep = timer.sleep_until(timer.now() + Duration::from_secs(2));
-        timer.reset(&mut sleep, timer.now() + Duration::from_secs(4));
-        let fired_at = Instant::now();
-        sleep.await;
-        assert_eq!(fired_at.elapsed(), Duration::from_secs(4));
     }
 
     /// `future`, or `TimedOut` at `limit`, as the upstream client races them.

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use weir_tests::scripted::Answer;
-use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, read_body};
+use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric, read_body};
 
 const TRANSFORM: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/transform.wasm"));
 const HEADERS: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/headers.wasm"));
@@ -441,28 +441,6 @@ fn http_date(t: SystemTime) -> String {
 /// A `Last-Modified` a day ago.
 fn a_day_ago() -> String {
     http_date(SystemTime::now() - Duration::from_secs(86_400))
-}
-
-/// The value of the Prometheus series `name` whose labels include `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, set) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let pairs: Vec<&str> = set.split(',').collect();
-            labels
-                .iter()
-                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
-                .then(|| value.trim().parse().ok())
-                .flatten()
-        })
 }
 
 /// Waits until `done` holds, checking every 20 ms; panics with `what` at the deadline.

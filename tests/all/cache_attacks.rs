@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use weir_tests::scripted::Answer;
-use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, read_body};
+use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric, read_body};
 
 /// The `Host` every request sends unless it names one.
 const HOST: &str = "cache.test";
@@ -276,28 +276,6 @@ async fn metrics(weir: &Weir) -> String {
         .expect("request");
     let response = client.request(request).await.expect("metrics");
     String::from_utf8_lossy(&read_body(response.into_body()).await).into_owned()
-}
-
-/// The value of the Prometheus series `name` whose labels include `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, set) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let pairs: Vec<&str> = set.split(',').collect();
-            labels
-                .iter()
-                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
-                .then(|| value.trim().parse().ok())
-                .flatten()
-        })
 }
 
 /// weir's panics, from its log: each `panicked at` line, the message after it, and the first

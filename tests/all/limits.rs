@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use weir_tests::http2::{self, Raw, kind};
 use weir_tests::{DEADLINE, Upstream, Weir};
 
 /// Upstream `app` behind the catch-all route and a `small.test` route that takes bodies up
@@ -269,33 +270,11 @@ async fn http2_streams_header_lists_and_a_second_host_are_limited() {
     );
     let weir = Weir::start(&config).await;
     let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
-    let (client, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    // A ping's answer comes after weir's SETTINGS, so they have been applied by then.
-    let mut ping_pong = connection.ping_pong().expect("ping-pong");
-    tokio::select! {
-        _ = &mut connection => panic!("the connection ended"),
-        pong = ping_pong.ping(h2::Ping::opaque()) => {
-            pong.expect("pong");
-        }
-    }
+    let (client, connection) = http2::handshake(tcp).await;
     assert_eq!(connection.max_concurrent_send_streams(), 4);
     tokio::spawn(connection);
+    let send = |request| http2::send(&client, request);
 
-    let send = |request: http::Request<()>| {
-        let mut client = client.clone();
-        async move {
-            client = client.ready().await.map_err(|e| e.to_string())?;
-            let (response, _) = client
-                .send_request(request, true)
-                .map_err(|e| e.to_string())?;
-            let response = tokio::time::timeout(DEADLINE, response)
-                .await
-                .map_err(|_| "no answer".to_owned())?;
-            response
-                .map(|r| r.status().as_u16())
-                .map_err(|e| e.to_string())
-        }
-    };
     let ok = send(
         http::Request::get("http://a.test/ok")
             .body(())
@@ -327,4 +306,314 @@ async fn http2_streams_header_lists_and_a_second_host_are_limited() {
         ["/ok"],
         "only the plain request reached the upstream"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection timeouts and HTTP/2 floods
+
+/// Frames on `raw` up to the end of stream 1's response: its frames, and whether a GOAWAY
+/// came before that end.
+async fn answer_on_stream_1<S>(raw: &mut Raw<S>) -> (Vec<http2::Frame>, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut frames = Vec::new();
+    let mut go_away_first = false;
+    loop {
+        let frame = raw
+            .next()
+            .await
+            .expect("the answer, before the connection closed");
+        go_away_first |= frame.kind == kind::GOAWAY;
+        let end = frame.stream == 1
+            && frame.flags & http2::END_STREAM != 0
+            && matches!(frame.kind, kind::DATA | kind::HEADERS);
+        frames.push(frame);
+        if end {
+            return (frames, go_away_first);
+        }
+    }
+}
+
+/// A `200` HEADERS frame on stream 1 (HPACK: `:status 200` is static-table index 8).
+fn answered_200(frames: &[http2::Frame]) -> bool {
+    frames
+        .iter()
+        .any(|f| f.kind == kind::HEADERS && f.stream == 1 && f.payload.first() == Some(&0x88))
+}
+
+/// The idle timeout on one HTTP/2 listener (`connect` opens a connection to it): a
+/// connection whose only stream waits on a slow answer is neither sent GOAWAY nor cut while
+/// it waits, longer than `idle_timeout`; a connection that made a request and then went
+/// quiet is sent GOAWAY (`NO_ERROR`) and closed, no sooner than `idle_timeout`.
+async fn idle_http2_connections_are_closed<S, C>(app: &Upstream, connect: impl Fn() -> C)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    C: std::future::Future<Output = S>,
+{
+    let seen = app.requests().len();
+    let mut busy = Raw::start(connect().await).await;
+    busy.get(1, "a.test", "/slow").await.expect("request");
+    app.wait_for_requests(seen + 1).await;
+
+    let mut idle = Raw::start(connect().await).await;
+    idle.get(1, "a.test", "/ok").await.expect("request");
+    let (frames, _) = answer_on_stream_1(&mut idle).await;
+    assert!(answered_200(&frames), "{frames:?}");
+    let quiet_since = tokio::time::Instant::now();
+    let rest = idle.until_closed().await;
+    let quiet_for = quiet_since.elapsed();
+    assert!(
+        rest.iter()
+            .any(|f| f.go_away_code() == Some(http2::NO_ERROR)),
+        "closed without a GOAWAY: {rest:?}"
+    );
+    // weir's idle time began as the answer left, a little before it arrived here.
+    assert!(
+        quiet_for >= Duration::from_millis(250),
+        "closed after {quiet_for:?} of a 300 ms idle timeout"
+    );
+
+    // The busy connection's stream has been open longer than the idle timeout by now.
+    app.release();
+    let (frames, go_away_first) = answer_on_stream_1(&mut busy).await;
+    assert!(!go_away_first, "GOAWAY while a stream was open: {frames:?}");
+    assert!(answered_200(&frames), "{frames:?}");
+    // And once its stream ended, it is idle too.
+    let rest = busy.until_closed().await;
+    assert!(
+        rest.iter()
+            .any(|f| f.go_away_code() == Some(http2::NO_ERROR)),
+        "{rest:?}"
+    );
+}
+
+/// `[server] idle_timeout` on HTTP/2 (issue 22: an idle h2c connection stayed open for ever),
+/// over h2c and over TLS with ALPN `h2`.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_http2_connections_get_goaway_and_open_streams_are_not_cut() {
+    let app = Upstream::start("app").await;
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[server]\nidle_timeout = \"300ms\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
+        app.addr
+    );
+    let weir = Weir::start(&config).await;
+    let addr = weir.proxy;
+    idle_http2_connections_are_closed(&app, || async move {
+        TcpStream::connect(addr).await.expect("connect")
+    })
+    .await;
+
+    let ca = weir_tests::certs::Ca::new("weir test CA");
+    let leaf = ca.server(&["site.test"], 1);
+    let files = weir_tests::certs::leaf_files(&[("site", &leaf)]);
+    let config = crate::tls_config(app.addr, &["site"], "", "idle_timeout = \"300ms\"");
+    let weir = Weir::start_with_files(&config, &weir_tests::certs::as_refs(&files)).await;
+    let (addr, tls) = (weir.proxy, ca.client_config(&[b"h2"]));
+    idle_http2_connections_are_closed(&app, || {
+        let tls = tokio_rustls::TlsConnector::from(tls.clone());
+        async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("site.test").expect("name");
+            let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            stream
+        }
+    })
+    .await;
+}
+
+/// `[server] idle_timeout` and `header_read_timeout` on HTTP/1.1: a kept-alive connection
+/// waits for its next request for `idle_timeout`, however much longer that is than the head
+/// timeout, and is closed after it; a head has `header_read_timeout` from its first byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
+    let app = Upstream::start("app").await;
+    let config = |server: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[server]\n{server}\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
+            app.addr
+        )
+    };
+    let get = b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n";
+
+    // Idle shorter than the head timeout: the kept-alive connection is closed at it.
+    let weir = Weir::start(&config(
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"20s\"",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
+    stream.write_all(get).await.expect("request");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("app GET /") {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let quiet_since = tokio::time::Instant::now();
+    let (status, rest) = read_answer(stream).await;
+    assert_eq!(
+        (status, rest.as_str()),
+        (0, ""),
+        "closed, nothing more said"
+    );
+    let quiet_for = quiet_since.elapsed();
+    assert!(
+        quiet_for >= Duration::from_millis(250),
+        "closed after {quiet_for:?}"
+    );
+
+    // Idle longer than the head timeout: a kept-alive connection outlives a head that is
+    // cut off at it.
+    let weir = Weir::start(&config(
+        "idle_timeout = \"20s\"\nheader_read_timeout = \"300ms\"",
+    ))
+    .await;
+    let mut kept = TcpStream::connect(weir.proxy).await.expect("connect");
+    kept.write_all(get).await.expect("request");
+    let n = tokio::time::timeout(DEADLINE, kept.read(&mut chunk))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&chunk[..n]).starts_with("HTTP/1.1 200"));
+    // A head begun and never finished, on another connection, after that answer.
+    let mut slow = TcpStream::connect(weir.proxy).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nx-slow: ")
+        .await
+        .expect("half a head");
+    let began = tokio::time::Instant::now();
+    let (status, _) = read_answer(slow).await;
+    assert_eq!(status, 0, "cut off without an answer");
+    assert!(began.elapsed() >= Duration::from_millis(250));
+    // The kept-alive connection has been idle longer than the head timeout: still served.
+    kept.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("second request");
+    let (status, text) = read_answer(kept).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// HTTP/2 control-frame floods (issue 22: one h2c connection flooding WINDOW_UPDATE or
+/// PRIORITY kept a core busy): 10,000 WINDOW_UPDATE, PRIORITY, PING or SETTINGS frames on
+/// one connection get it a GOAWAY (`ENHANCE_YOUR_CALM`) and closed at once, each counted in
+/// `weir_downstream_h2_floods_total`; a client on another connection is served throughout;
+/// and curl downloading 64 MiB over h2c, granting window as it reads, is never cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_control_frame_floods_close_only_the_flooding_connection() {
+    let app = Upstream::start("app").await;
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
+        app.addr
+    );
+    let weir = Weir::start(&config).await;
+    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
+    let (client, connection) = http2::handshake(tcp).await;
+    tokio::spawn(connection);
+    let get = || {
+        http::Request::get("http://a.test/ok")
+            .body(())
+            .expect("request")
+    };
+    assert_eq!(http2::send(&client, get()).await, Ok(200));
+    let listener = weir.proxy.to_string();
+
+    let floods = [
+        // +1 to the connection's window, each.
+        (
+            "window_update",
+            http2::encode(kind::WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1]),
+        ),
+        // Stream 1 (idle) depends on stream 0, weight 16.
+        (
+            "priority",
+            http2::encode(kind::PRIORITY, 0, 1, &[0, 0, 0, 0, 15]),
+        ),
+        ("ping", http2::encode(kind::PING, 0, 0, &[7; 8])),
+        ("settings", http2::encode(kind::SETTINGS, 0, 0, &[])),
+    ];
+    for (name, frame) in floods {
+        let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
+        let mut raw = Raw::start(tcp).await;
+        // Written while weir answers and then closes: a failed write is the point.
+        let _ = raw.write(&frame.repeat(10_000)).await;
+        let frames = raw.until_closed().await;
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.go_away_code() == Some(http2::ENHANCE_YOUR_CALM)),
+            "{name}: closed without GOAWAY(ENHANCE_YOUR_CALM): {:?}",
+            frames.iter().map(|f| f.kind).collect::<Vec<_>>()
+        );
+        let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+        let counted = weir_tests::metric(
+            &metrics,
+            "weir_downstream_h2_floods_total",
+            &[("listener", &listener), ("frame", name)],
+        );
+        assert_eq!(counted, Some(1.0), "{name}");
+        assert_eq!(http2::send(&client, get()).await, Ok(200), "after {name}");
+    }
+
+    // curl's HTTP/2 (nghttp2) grants window as it reads: thousands of WINDOW_UPDATEs.
+    let url = weir.url("/download/67108864");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "--max-time", "60"])
+            .args([
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code} %{size_download}",
+            ])
+            .arg(url)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200 67108864",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    let floods: f64 = [
+        "window_update",
+        "priority",
+        "ping",
+        "settings",
+        "rst_stream",
+        "other",
+    ]
+    .iter()
+    .filter_map(|f| {
+        let labels = [("listener", listener.as_str()), ("frame", f)];
+        weir_tests::metric(&metrics, "weir_downstream_h2_floods_total", &labels)
+    })
+    .sum();
+    assert_eq!(floods, 4.0, "curl's connection was counted as a flood");
+}
+
+/// A one-endpoint cluster (issue 22: a hanging endpoint took 2 × `response_timeout`): a
+/// timeout is not retried on the endpoint that gave it, so the client gets its 504 after
+/// one attempt, which is all the endpoint sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_single_endpoint_is_tried_once() {
+    let app = Upstream::start("app").await;
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\nretries = 1\nresponse_timeout = \"300ms\"\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
+        app.addr
+    );
+    let weir = Weir::start(&config).await;
+    let head = "GET /hang HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n";
+    let (status, text) = exchange(&weir, head, b"", false).await;
+    assert_eq!(status, 504, "{text}");
+    // Any retry would have been sent before the 504.
+    let hangs = app.requests().iter().filter(|r| r.uri == "/hang").count();
+    assert_eq!(hangs, 1, "the endpoint was tried {hangs} times");
 }

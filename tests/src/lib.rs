@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod http2;
 pub mod redis;
 pub mod scripted;
 pub mod upstream;
@@ -137,6 +138,29 @@ where
         }
     }
     (len, hex(&hasher.finalize()))
+}
+
+/// The value of the Prometheus series `name` whose labels include `labels`, in `text` (a
+/// `/metrics` page).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, set) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let pairs: Vec<&str> = set.split(',').collect();
+            labels
+                .iter()
+                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -107,6 +107,12 @@ impl Endpoints {
         };
         Candidates { tier, avoid, now }
     }
+
+    /// Whether a pick with `ctx` can still avoid every endpoint it tried (false once all
+    /// have been: then any primary is picked again).
+    pub fn untried_left(&self, ctx: &PickContext) -> bool {
+        self.candidates(ctx).avoid == ctx.tried
+    }
 }
 
 /// Which endpoints may take a request now.
@@ -297,8 +303,18 @@ mod tests {
         // Both primaries tried: the backup, though primaries are healthy.
         ctx.mark_tried(1);
         assert_eq!(balancer.pick(&ctx, &endpoints), Some(2));
+        assert!(endpoints.untried_left(&ctx));
         // Everything tried: any primary again rather than nothing.
         ctx.mark_tried(2);
+        assert!(!endpoints.untried_left(&ctx));
         assert!(matches!(balancer.pick(&ctx, &endpoints), Some(0 | 1)));
+
+        // One endpoint: tried once is all tried.
+        let config = cluster(&[(1, false)], LbPolicy::RoundRobin);
+        let endpoints = Endpoints::new(&config);
+        let mut ctx = PickContext::default();
+        assert!(endpoints.untried_left(&ctx));
+        ctx.mark_tried(0);
+        assert!(!endpoints.untried_left(&ctx));
     }
 }

@@ -174,6 +174,8 @@ pub(crate) struct RawServer {
     #[serde(default, with = "duration")]
     pub(crate) header_read_timeout: Option<Duration>,
     #[serde(default, with = "duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+    #[serde(default, with = "duration")]
     pub(crate) drain_timeout: Option<Duration>,
     pub(crate) max_connections: Option<Spanned<usize>>,
     pub(crate) worker_threads: Option<Spanned<usize>>,

@@ -31,8 +31,12 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle pooled upstream connection is kept.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a downstream client may take to send request headers (hyper's default).
+/// How long a downstream client may take to send a request head, from its first byte
+/// (hyper's default; nginx's `client_header_timeout` is 60 s).
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a downstream connection may wait for its next request (Kong's
+/// `keepalive_timeout`; nginx's is 75 s, Envoy's `idle_timeout` an hour).
+const DEFAULT_IDLE_TIMEOUT_DOWNSTREAM: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight requests before closing their connections.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an upgraded connection (a WebSocket) may pass no bytes either way before weir
@@ -240,9 +244,15 @@ impl Default for PluginLimits {
 /// Downstream connection handling.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerConfig {
-    /// Time a client has to send the request headers (HTTP/1).
+    /// Time a client has to send a request head (HTTP/1.1), from its first byte; a new
+    /// connection's first head (or, for HTTP/2, its preface), from the accept or the TLS
+    /// handshake.
     #[serde(serialize_with = "human")]
     pub header_read_timeout: Duration,
+    /// Time a connection may wait for its next request with none in progress: an HTTP/1.1
+    /// keep-alive connection is closed, an HTTP/2 one sent GOAWAY and closed.
+    #[serde(serialize_with = "human")]
+    pub idle_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     #[serde(serialize_with = "human")]
     pub drain_timeout: Duration,
@@ -710,11 +720,23 @@ pub(super) fn validate(
     if raw.server.upgrade_idle_timeout == Some(Duration::ZERO) {
         check.error_nowhere("server.upgrade_idle_timeout must be greater than zero".into());
     }
+    if raw.server.idle_timeout == Some(Duration::ZERO) {
+        check.error_nowhere("server.idle_timeout must be greater than zero".into());
+    }
+    if raw.server.header_read_timeout == Some(Duration::ZERO) {
+        check.error_nowhere("server.header_read_timeout must be greater than zero".into());
+    }
     let server = ServerConfig {
         header_read_timeout: raw
             .server
             .header_read_timeout
+            .filter(|t| !t.is_zero())
             .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        idle_timeout: raw
+            .server
+            .idle_timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_DOWNSTREAM),
         drain_timeout: raw.server.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
         max_connections,
         worker_threads,
@@ -1848,6 +1870,11 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               11:21: server.identity_headers: \"x consumer\" is not a header name\n\
               12:46: server.trusted_proxies: \"10.0.0.0/33\" is not an address or a CIDR range like \"10.0.0.0/8\"\n\
               12:61: server.trusted_proxies: \"proxy.internal\" is not an address or a CIDR range like \"10.0.0.0/8\"",
+            ),
+            (
+                "[server]\nidle_timeout = \"0s\"\nheader_read_timeout = \"0ms\"",
+                "0:0: server.idle_timeout must be greater than zero\n\
+              0:0: server.header_read_timeout must be greater than zero",
             ),
             (
                 "[server.limits]\nhead_bytes = 100\nheaders = 0\nrequest_body_bytes = 0\nbody_read_timeout = \"0s\"\nh2_max_streams = 0",

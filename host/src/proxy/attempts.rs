@@ -9,6 +9,13 @@
 //!   (or the route opts in with `retry_non_idempotent`) and the endpoint reset the exchange,
 //!   timed out before response headers, or answered a status in `retry_on_statuses`.
 //!
+//! A retry goes to an endpoint the request has not tried while one is left. After that
+//! (always, in a one-endpoint cluster) it goes back to one it tried only after a failure that
+//! cost no wait: a refused or dropped connection, or a reset. A timeout (connecting or
+//! waiting for the response) or a status in `retry_on_statuses` is not retried on an
+//! endpoint that gave it already: a hanging endpoint costs one `response_timeout`, not one
+//! per attempt (nginx's `proxy_next_upstream` never tries a server twice).
+//!
 //! Nothing is ever retried once the client has seen a byte: retries happen before the
 //! response head is returned.
 
@@ -274,7 +281,7 @@ async fn attempts(
 
         // Retry, or give up with this attempt's answer.
         let safe = match &failure {
-            Failure::Error(e) if e.retry == Retry::Safe => true,
+            Failure::Error(e) if matches!(e.retry, Retry::Safe | Retry::Elsewhere) => true,
             Failure::Error(e) => {
                 idempotent
                     && matches!(
@@ -284,7 +291,15 @@ async fn attempts(
             }
             Failure::Status(_) => idempotent,
         };
-        let retry = safe && attempt < config.retries && body.resendable();
+        pick.mark_tried(endpoint);
+        // Somewhere to go: an endpoint not tried yet, or, after a failure that cost no wait,
+        // one tried again.
+        let fresh = cluster.endpoints.untried_left(&pick);
+        let quick = match &failure {
+            Failure::Error(e) => e.retry == Retry::Safe || e.kind == ErrorKind::UpstreamFailed,
+            Failure::Status(_) => false,
+        };
+        let retry = safe && (fresh || quick) && attempt < config.retries && body.resendable();
         _retrying = if retry {
             cluster.endpoints.start_retry(config.retry_budget_percent)
         } else {
@@ -304,7 +319,6 @@ async fn attempts(
         }
         attempt += 1;
         cluster.metrics.retries.inc();
-        pick.mark_tried(endpoint);
         let why = match &failure {
             Failure::Error(e) => e
                 .cause
@@ -312,14 +326,13 @@ async fn attempts(
                 .map_or_else(|| format!("{:?}", e.kind), |c| c.to_string()),
             Failure::Status(r) => format!("status {}", r.status()),
         };
-        tracing::warn!(
-            request_id = %String::from_utf8_lossy(request_id.as_bytes()),
-            cluster = %config.name,
-            endpoint = %config.endpoints[endpoint].authority,
-            attempt,
-            error = %why,
-            "retrying on another endpoint"
-        );
+        let request_id = String::from_utf8_lossy(request_id.as_bytes());
+        let endpoint = &config.endpoints[endpoint].authority;
+        if fresh {
+            tracing::warn!(%request_id, cluster = %config.name, %endpoint, attempt, error = %why, "retrying on another endpoint");
+        } else {
+            tracing::warn!(%request_id, cluster = %config.name, %endpoint, attempt, error = %why, "retrying on an endpoint already tried");
+        }
     }
 }
 

@@ -31,6 +31,8 @@ enum Endpoint {
     /// Answers 200 and a 100-byte `Content-Length`, then breaks off after 10 bytes, when
     /// `break_off` is notified (after its first bytes reached the client).
     ResetMidBody,
+    /// Reads the request and never answers.
+    Hang,
 }
 
 /// A request as an in-memory endpoint received it.
@@ -70,7 +72,12 @@ fn connector(endpoints: &[(&str, Endpoint)], watch: &Watch) -> MemoryConnector {
                 });
             }
             let (name, break_off) = (name.clone(), watch.break_off.clone());
-            Box::pin(async move { answer(endpoint, &name, break_off) })
+            Box::pin(async move {
+                if endpoint == Endpoint::Hang {
+                    std::future::pending::<()>().await;
+                }
+                answer(endpoint, &name, break_off)
+            })
         });
     }
     connector
@@ -86,6 +93,7 @@ fn answer(
             .status(status)
             .body(boxed(Full::new(Bytes::from(format!("from {name}"))))),
         Endpoint::ResetBeforeHead | Endpoint::Refuse => return Err(io::Error::other("reset")),
+        Endpoint::Hang => unreachable!("a hanging endpoint never answers"),
         Endpoint::ResetMidBody => Response::builder()
             .header(http::header::CONTENT_LENGTH, "100")
             .body(UnsyncBoxBody::new(BreaksOff {
@@ -122,7 +130,7 @@ impl hyper::body::Body for BreaksOff {
 }
 
 /// A proxy over `config` (a whole weir config; its endpoints are answered by `connector`).
-fn proxy(config: &str, connector: MemoryConnector) -> ProxyService {
+fn proxy(config: &str, connector: impl Connector) -> ProxyService {
     let config = crate::config::parse(Path::new("weir.toml"), config)
         .unwrap_or_else(|e| panic!("test config: {e}"));
     let connector: Arc<dyn Connector> = Arc::new(connector);
@@ -243,6 +251,104 @@ async fn the_proxy_service_retries_only_what_is_safe_and_possible() {
         }
     }
     assert_eq!(checked, 36);
+}
+
+/// A connector that counts connection attempts, and whose connections never open when it
+/// `stalls` (an endpoint that swallows connects).
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryConnector,
+    stalls: bool,
+    connects: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Connector for Counting {
+    fn connect<'a>(
+        &'a self,
+        authority: &'a http::uri::Authority,
+    ) -> crate::upstream::Connecting<'a> {
+        self.connects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.stalls {
+            return Box::pin(std::future::pending());
+        }
+        self.inner.connect(authority)
+    }
+}
+
+/// A one-endpoint cluster with one retry: a retry goes back to its only endpoint after a
+/// refused connection or a reset, never after a timeout or a `retry_on_statuses` answer, so
+/// a hanging endpoint costs one `response_timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_one_endpoint_cluster_retries_only_failures_that_cost_no_wait() {
+    let config = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+retries = 1
+retry_on_statuses = [503]
+connect_timeout = "500ms"
+response_timeout = "1s"
+
+[[routes]]
+name = "all"
+cluster = "app"
+"#;
+    // (the endpoint, whether connects stall, connection attempts, requests it saw, status)
+    let table = [
+        (Endpoint::Refuse, false, 2, 0, StatusCode::BAD_GATEWAY),
+        (Endpoint::Answer(200), true, 1, 0, StatusCode::BAD_GATEWAY),
+        (
+            Endpoint::ResetBeforeHead,
+            false,
+            2,
+            2,
+            StatusCode::BAD_GATEWAY,
+        ),
+        (Endpoint::Hang, false, 1, 1, StatusCode::GATEWAY_TIMEOUT),
+        (
+            Endpoint::Answer(503),
+            false,
+            1,
+            1,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ];
+    for (endpoint, stalls, connects, seen, status) in table {
+        let watch = Watch::default();
+        let counting = Counting {
+            inner: connector(&[("127.0.0.1:1", endpoint)], &watch),
+            stalls,
+            connects: Arc::default(),
+        };
+        let count = counting.connects.clone();
+        let service = proxy(config, counting);
+        let started = tokio::time::Instant::now();
+        let response = service
+            .handle(request(&Method::GET, Sent::Nothing), &client())
+            .await;
+        let case = format!("{endpoint:?} (connects stall: {stalls})");
+        assert_eq!(response.status(), status, "{case}");
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            connects,
+            "{case}: connection attempts"
+        );
+        assert_eq!(
+            watch.seen().len(),
+            seen,
+            "{case}: requests the endpoint saw"
+        );
+        // Paused time: only the timeouts advance the clock.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{case}: took {:?}, a timeout more than once",
+            started.elapsed()
+        );
+    }
 }
 
 /// An endpoint that breaks off mid-body: the client already has the head, so nothing is

@@ -29,7 +29,7 @@ use http::{Request, Response, StatusCode};
 use self::pool::{Acquired, Lease, Pool, Shared, Slot, Stream};
 use crate::body::{BodyWatch, ProxyBody};
 use crate::config::ClusterConfig;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::timer::{TimedOut, Timers};
 
 /// Sends requests to one cluster's endpoints.
@@ -231,9 +231,11 @@ impl UpstreamClient {
                 tokio::time::timeout(self.connect_timeout, target.connecting.lock()).await
             else {
                 let (authority, limit) = (&target.authority, self.connect_timeout);
-                return Err(ProxyError::new(ErrorKind::UpstreamConnect).with_cause(format!(
-                    "connecting to {authority}: another connection still being opened after {limit:?}"
-                )));
+                return Err(ProxyError::new(ErrorKind::UpstreamConnect)
+                    .with_cause(format!(
+                        "connecting to {authority}: another connection still being opened after {limit:?}"
+                    ))
+                    .with_retry(Retry::Elsewhere));
             };
             if let Some((sender, stream)) = target.stream(self.max_streams) {
                 return Ok(Checkout::Http2 {
@@ -259,11 +261,11 @@ impl UpstreamClient {
             }
             Err(_) => {
                 let limit = self.connect_timeout;
-                return Err(
-                    ProxyError::new(ErrorKind::UpstreamConnect).with_cause(format!(
+                return Err(ProxyError::new(ErrorKind::UpstreamConnect)
+                    .with_cause(format!(
                         "connecting to {authority}: timed out after {limit:?}"
-                    )),
-                );
+                    ))
+                    .with_retry(Retry::Elsewhere));
             }
         };
         let slot = Arc::new(slot);
