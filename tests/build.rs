@@ -1,9 +1,10 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
-//! `tests/plugins/v0_3_5`, `hostile_outbound` and the SDK-based `cache_key` and
-//! `method_body`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the
-//! tests where they are (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to
-//! `TEST_PLUGIN_V0_3_5_WASM`, `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`,
-//! `TEST_PLUGIN_CACHE_KEY_WASM`, `TEST_PLUGIN_METHOD_BODY_WASM`, `BUNDLED_PLUGINS_DIR`).
+//! `tests/plugins/v0_3_5`, `hostile_outbound`, the SDK-based `cache_key` and
+//! `method_body`, and the wasi:http handler `handler_reuse`) and the bundled plugins
+//! (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
+//! `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_5_WASM`,
+//! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
+//! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -36,12 +37,18 @@ fn main() {
         "hostile_outbound",
         "cache_key",
         "method_body",
+        "handler_reuse",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
         );
     }
+    // The WASI 0.2 WIT the handler_reuse guest is built against.
+    println!(
+        "cargo:rerun-if-changed={}",
+        here.join("../examples/handlers/wit").display()
+    );
     for dir in ["../plugin-sdk", "../plugins"] {
         println!("cargo:rerun-if-changed={}", here.join(dir).display());
     }
@@ -92,6 +99,10 @@ fn main() {
         (
             "TEST_PLUGIN_METHOD_BODY_WASM",
             "weir_test_plugin_method_body",
+        ),
+        (
+            "TEST_PLUGIN_HANDLER_REUSE_WASM",
+            "weir_test_plugin_handler_reuse",
         ),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));

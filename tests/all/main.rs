@@ -20,6 +20,7 @@ mod gateway;
 mod gateway_rules;
 mod grpc;
 mod grpc_json;
+mod handler_reuse;
 mod hardening;
 mod kv_quotas;
 mod languages;

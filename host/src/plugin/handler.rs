@@ -11,18 +11,34 @@
 //! - its `[config]` as JSON in the environment variable `WEIR_CONFIG` (the proxy world has
 //!   no config interface; environment variables are what every guest language can read).
 //!
-//! Each request gets a fresh instance (wasi:http instances are not reused, as in
-//! `wasmtime serve` and Spin). The handler's `deadline` bounds the whole call, waiting on
-//! sub-requests included; its response body is read whole (at most [`MAX_RESPONSE_BYTES`]).
+//! Each request gets a fresh instance by default, as in `wasmtime serve` and Spin for
+//! wasi:http 0.2. With `reuse = true` in `NAME.toml`, instances are pooled as filters' are:
+//! one request at a time on an instance, up to `max_uses` requests, at most `max_instances`
+//! idle or busy. wasi:http 0.2 says nothing against calling `incoming-handler.handle` again
+//! on an instance (wasmtime's own `ProxyHandler` does it); whether the guest's toolchain
+//! copes is the guest's business, which is why it is opt-in. What belongs to one request is
+//! host resources in the store's table — the incoming request and its body, the response
+//! outparam, the response body, sub-requests' futures — which the guest must have dropped or
+//! finished by the time `handle` returns: an instance that still holds any is discarded (so
+//! a body the guest kept open ends there, as it does when a fresh instance's store is
+//! dropped, and no later request's call can write into it). The same for a trap, a
+//! deadline, an error response or a response not read to its end. `WasiHttpCtx` holds no
+//! per-request state; the `Outbound` a request's sub-requests go through is set per call
+//! and cleared when the instance goes idle.
+//!
+//! The handler's `deadline` bounds the whole call, waiting on sub-requests included; its
+//! response body is read whole (at most [`MAX_RESPONSE_BYTES`]).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{
     RequestOptions, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -64,6 +80,8 @@ pub struct Handler {
     pub(super) slots: Arc<tokio::sync::Semaphore>,
     /// Stops calling it after failures in a row.
     pub(super) breaker: Breaker,
+    /// Idle instances, when it reuses them (`reuse = true`).
+    pub(super) pool: Arc<Pool>,
     /// Keeps the epoch thread ticking; each call's task holds a clone, so a guest still
     /// running after its plugin was unloaded is still stopped at its deadline.
     pub(super) ticking: Arc<()>,
@@ -75,6 +93,145 @@ impl std::fmt::Debug for Handler {
             .field("name", &self.info.name)
             .field("hash", &self.info.hash)
             .finish_non_exhaustive()
+    }
+}
+
+/// A handler's idle instances (`reuse = true`; always empty otherwise).
+#[derive(Default)]
+pub(super) struct Pool {
+    /// Whether instances go back to the pool after a request.
+    reuse: bool,
+    /// Requests an instance serves before it is dropped.
+    max_uses: u32,
+    idle: Mutex<Vec<Instance>>,
+    /// Wakes a request waiting for an instance when one goes idle.
+    returned: Notify,
+}
+
+impl Pool {
+    pub(super) fn new(reuse: bool, max_uses: u32) -> Pool {
+        Pool {
+            reuse,
+            max_uses,
+            ..Pool::default()
+        }
+    }
+
+    fn take(&self) -> Option<Instance> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    /// Keeps an instance that served a request well, unless it has served its `max_uses`.
+    fn put_back(&self, mut instance: Instance) {
+        if instance.uses >= self.max_uses {
+            return;
+        }
+        // An idle instance keeps no request's generation alive.
+        instance.store.data_mut().hooks.outbound = None;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(instance);
+        }
+        self.returned.notify_one();
+    }
+}
+
+/// An instance kept between requests.
+struct Instance {
+    store: Store<HandlerState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    uses: u32,
+    /// Its place among the handler's `max_instances`, freed when it is dropped.
+    slot: OwnedSemaphorePermit,
+}
+
+/// What a request runs on: an idle instance, or a slot for a fresh one.
+enum Ready {
+    Idle(Instance),
+    Fresh(OwnedSemaphorePermit),
+}
+
+/// The most host resources an idle instance may keep handles to. A garbage-collected guest
+/// drops a request's handles at its next collection, not when `handle` returns (the Python
+/// and JavaScript examples keep 3 and 18 after each request); one that never does is
+/// replaced before its table grows without end.
+const MAX_KEPT_RESOURCES: usize = 1024;
+
+/// Whether an instance whose `handle` returned may serve another request: it holds no
+/// response or response body it has not finished (its own, or a sub-request's it is still
+/// writing), and not too many other handles. What else a request left in the table — its
+/// head, its sub-requests' answers — the guest may only read, and their bodies were cut
+/// ([`Lent`]).
+fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
+    use wasmtime_wasi_http::p2::body::HostOutgoingBody;
+    use wasmtime_wasi_http::p2::types::{HostOutgoingResponse, HostResponseOutparam};
+    let mut kept = 0;
+    for entry in store.data_mut().table.iter_mut() {
+        let entry: &dyn std::any::Any = entry;
+        if entry.is::<HostOutgoingBody>() {
+            return Err("it kept a body open (its response's or a sub-request's)");
+        }
+        if entry.is::<HostOutgoingResponse>() || entry.is::<HostResponseOutparam>() {
+            return Err("it kept a response it did not send");
+        }
+        kept += 1;
+    }
+    if kept > MAX_KEPT_RESOURCES {
+        return Err("it keeps too many handles");
+    }
+    Ok(())
+}
+
+/// A body behind a switch the host keeps: cut, it ends with an error for whoever holds it.
+type Switch = Arc<Mutex<Option<WasiBody>>>;
+
+/// The bodies one request lent a reused instance — the client's, and its sub-requests'
+/// answers —, cut when the request ends. A guest may still hold handles to them (see
+/// [`MAX_KEPT_RESOURCES`]): cut, they hold no client or upstream connection, and a later
+/// request's call reads nothing from them.
+#[derive(Clone, Default)]
+struct Lent(Arc<Mutex<Vec<Switch>>>);
+
+impl Lent {
+    fn lend(&self, body: WasiBody) -> WasiBody {
+        let switch = Arc::new(Mutex::new(Some(body)));
+        if let Ok(mut lent) = self.0.lock() {
+            lent.push(switch.clone());
+        }
+        LentBody(switch).boxed_unsync()
+    }
+
+    /// Cuts every body lent so far.
+    fn cut(&self) {
+        let lent = self.0.lock().map(|mut lent| std::mem::take(&mut *lent));
+        for switch in lent.unwrap_or_default() {
+            if let Ok(mut body) = switch.lock() {
+                body.take();
+            }
+        }
+    }
+}
+
+/// A lent body as the guest reads it.
+struct LentBody(Switch);
+
+impl hyper::body::Body for LentBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let Ok(mut body) = self.0.lock() else {
+            return std::task::Poll::Ready(None);
+        };
+        match body.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(
+                Some("the request this body belonged to is over".to_owned()),
+            )))),
+        }
     }
 }
 
@@ -111,10 +268,15 @@ impl WasiHttpView for HandlerState {
 /// Intercepts every outgoing request: granted clusters only, sent through [`Outbound`].
 struct OutboundHooks {
     granted: Arc<[String]>,
-    outbound: Arc<dyn Outbound>,
+    /// The current request's way to the clusters; `None` while the instance is idle.
+    outbound: Option<Arc<dyn Outbound>>,
+    /// Where a reused instance's sub-requests' answers are lent (`None`: a fresh instance,
+    /// dropped with its answers).
+    lent: Option<Lent>,
 }
 
-type WasiResponse = http::Response<wasmtime_wasi_http::WasiBody>;
+type WasiBody = wasmtime_wasi_http::WasiBody;
+type WasiResponse = http::Response<WasiBody>;
 type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
@@ -136,6 +298,7 @@ impl WasiHttpHooks for OutboundHooks {
             .filter(|host| self.granted.iter().any(|g| g == host))
             .map(str::to_owned);
         let outbound = self.outbound.clone();
+        let lent = self.lent.clone();
         Box::new(async move {
             // The body is read first, even for a request about to be refused: dropped unread,
             // it would reach the guest as a reset stream while it still writes it, and the
@@ -147,7 +310,7 @@ impl WasiHttpHooks for OutboundHooks {
                 .await
                 .map_err(|_| Error::HttpRequestBodySize(None))?
                 .to_bytes();
-            let Some(cluster) = cluster else {
+            let (Some(cluster), Some(outbound)) = (cluster, outbound) else {
                 return Err(Error::HttpRequestDenied);
             };
             let path = parts
@@ -170,21 +333,26 @@ impl WasiHttpHooks for OutboundHooks {
                 OutboundError::Timeout => Error::HttpResponseTimeout,
                 OutboundError::Failed(why) => Error::InternalError(Some(why)),
             })?;
-            let response = response.map(|b| b.map_err(Error::from).boxed_unsync());
+            let response = response.map(|b| {
+                let body = b.map_err(Error::from).boxed_unsync();
+                match &lent {
+                    Some(lent) => lent.lend(body),
+                    None => body,
+                }
+            });
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
 
 impl Handler {
-    /// Runs the handler for one request on a fresh instance; returns its whole response.
-    /// `outbound` sends its sub-requests.
+    /// Runs the handler for one request; returns its whole response. `outbound` sends its
+    /// sub-requests.
     pub async fn handle(
         &self,
         request: http::Request<HandlerBody>,
         outbound: Arc<dyn Outbound>,
     ) -> Result<http::Response<Bytes>, CallError> {
-        let deadline = self.info.settings.deadline;
         let probe = match self.breaker.admit() {
             Admit::Call => false,
             Admit::Probe => true,
@@ -198,18 +366,8 @@ impl Handler {
                 ));
             }
         };
-        let Ok(Ok(slot)) = tokio::time::timeout(deadline, self.slots.clone().acquire_owned()).await
-        else {
-            return Err(self.info.error(
-                FailureKind::Overloaded,
-                format_args!(
-                    "all {} of its instances (max_instances) stayed busy for {}",
-                    self.info.settings.max_instances,
-                    humantime::format_duration(deadline)
-                ),
-            ));
-        };
-        let outcome = self.run(request, outbound, slot).await;
+        let ready = self.checkout().await?;
+        let outcome = self.run(request, outbound, ready).await;
         match &outcome {
             Ok(_) => {
                 if self.breaker.succeeded() {
@@ -231,15 +389,41 @@ impl Handler {
         outcome
     }
 
-    /// One request on a fresh instance, which holds `slot` until the guest returns.
-    async fn run(
-        &self,
-        request: http::Request<HandlerBody>,
-        outbound: Arc<dyn Outbound>,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<http::Response<Bytes>, CallError> {
-        let error = |why: String| self.info.error(FailureKind::Trap, format_args!("{why}"));
+    /// An idle instance if there is one, else a slot for a fresh one; when all
+    /// `max_instances` are busy, the first one freed or returned within the deadline.
+    async fn checkout(&self) -> Result<Ready, CallError> {
         let deadline = self.info.settings.deadline;
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            // Registered before looking, so an instance returned in between still wakes us.
+            let returned = self.pool.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(instance) = self.pool.take() {
+                return Ok(Ready::Idle(instance));
+            }
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => {
+                    if let Ok(slot) = slot {
+                        return Ok(Ready::Fresh(slot));
+                    }
+                }
+                () = &mut returned => continue,
+                () = tokio::time::sleep_until(until) => {}
+            }
+            return Err(self.info.error(
+                FailureKind::Overloaded,
+                format_args!(
+                    "all {} of its instances (max_instances) stayed busy for {}",
+                    self.info.settings.max_instances,
+                    humantime::format_duration(deadline)
+                ),
+            ));
+        }
+    }
+
+    /// A store for a fresh instance.
+    fn new_store(&self) -> Store<HandlerState> {
         let wasi = super::wasi_builder(self.clock.as_ref())
             .env("WEIR_CONFIG", &self.config_json)
             .build();
@@ -250,16 +434,41 @@ impl Handler {
             table: ResourceTable::new(),
             hooks: OutboundHooks {
                 granted: self.granted.clone(),
-                outbound,
+                outbound: None,
+                lent: self.pool.reuse.then(Lent::default),
             },
             limits,
             budget: budget::CallBudget::default(),
         };
-        let mut store = wasmtime::Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|store| {
             budget::on_tick(store, |state: &mut HandlerState| &mut state.budget)
         });
+        store
+    }
+
+    /// One request on `ready`'s instance (a fresh one for a slot), which is busy until the
+    /// guest returns, then goes back to the pool if the handler reuses instances and the
+    /// request went well.
+    async fn run(
+        &self,
+        request: http::Request<HandlerBody>,
+        outbound: Arc<dyn Outbound>,
+        ready: Ready,
+    ) -> Result<http::Response<Bytes>, CallError> {
+        let error = |why: String| self.info.error(FailureKind::Trap, format_args!("{why}"));
+        let deadline = self.info.settings.deadline;
+        let (mut store, proxy, uses, slot) = match ready {
+            Ready::Idle(instance) => (
+                instance.store,
+                Some(instance.proxy),
+                instance.uses,
+                instance.slot,
+            ),
+            Ready::Fresh(slot) => (self.new_store(), None, 0, slot),
+        };
+        store.data_mut().hooks.outbound = Some(outbound);
         store.data_mut().budget.reset(deadline);
         store.set_epoch_deadline(1);
 
@@ -270,8 +479,13 @@ impl Handler {
                 .map_err(wasmtime_wasi_http::Error::from)
                 .boxed_unsync(),
         };
+        let lent = store.data().hooks.lent.clone();
+        let body = match &lent {
+            Some(lent) => lent.lend(body),
+            None => body,
+        };
         let request = http::Request::from_parts(parts, body);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, receiver) = oneshot::channel();
         let incoming = store
             .data_mut()
             .http()
@@ -285,18 +499,48 @@ impl Handler {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| error(format!("{e:#}")))?;
+        // Sent once the response was read whole: only then may the instance serve again.
+        let (served, verdict) = oneshot::channel::<()>();
+        let pool = self.pool.reuse.then(|| self.pool.clone());
         let pre = self.pre.clone();
         let ticking = self.ticking.clone();
+        let name = self.info.name.clone();
+        let bound = store.data().budget.bound();
         // The guest may go on writing the body after it has sent the head, so it runs on its
         // own task; the task ends when the guest returns (or is dropped with the store).
         let task = tokio::spawn(async move {
             let _ticking = ticking;
-            let _slot = slot;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, out)
-                .await
+            let call = async {
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, out)
+                    .await?;
+                Ok(proxy)
+            };
+            // A guest waiting (a WASI sleep) after it answered is stopped at its deadline
+            // too, rather than holding its slot.
+            let proxy = budget::cut_off(bound, call).await?;
+            // Dropping the store (here, or where the task is aborted) ends any body the guest
+            // kept open; an instance is kept only if it holds nothing of this request.
+            let (Some(pool), Some(lent)) = (pool, lent) else {
+                return Ok(());
+            };
+            lent.cut();
+            if let Err(why) = reusable(&mut store) {
+                tracing::debug!(plugin = &*name, why, "handler instance not reused");
+            } else if verdict.await.is_ok() {
+                pool.put_back(Instance {
+                    store,
+                    proxy,
+                    uses: uses + 1,
+                    slot,
+                });
+            }
+            Ok::<(), wasmtime::Error>(())
         });
         let abort = task.abort_handle();
         let run = async {
@@ -306,6 +550,8 @@ impl Handler {
                     return Err(format!("the handler answered with an error: {code:?}"));
                 }
                 Err(_) => {
+                    // The task waits for this verdict before it returns: refuse it first.
+                    drop(served);
                     let why = match task.await {
                         Ok(Ok(())) => "the handler returned without sending a response".to_owned(),
                         Ok(Err(e)) => format!("{e:#}"),
@@ -320,6 +566,8 @@ impl Handler {
                 .await
                 .map_err(|e| format!("reading the handler's response body: {e}"))?
                 .to_bytes();
+            // Failing to send only means the instance is not being kept.
+            let _ = served.send(());
             Ok(http::Response::from_parts(parts, body))
         };
         match tokio::time::timeout(deadline, run).await {

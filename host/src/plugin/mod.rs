@@ -17,9 +17,13 @@
 //! a plugin's own globals (statics, heap) live on between the calls that instance serves.
 //! Everything the host passes — request and response heads — is passed per call and never
 //! kept. An instance that traps, hits its deadline or its memory cap is dropped, never reused.
+//! A handler gets a fresh instance per request, unless its `NAME.toml` says `reuse = true`:
+//! then its instances are pooled the same way (`handler.rs` says what is reset between
+//! requests).
 //!
 //! Code map: `contract/` holds one module per contract version behind one seam;
-//! `filter.rs` the loaded filter and its instance pool; `handler.rs` the loaded handler;
+//! `filter.rs` the loaded filter and its instance pool; `handler.rs` the loaded handler and,
+//! with `reuse`, its instance pool;
 //! `settings.rs` `NAME.toml`; `state.rs` a filter instance's store data; `view.rs` what
 //! hooks see; `host_api/` the current version's imports; `chain.rs` a route's filters.
 
@@ -368,8 +372,14 @@ impl PluginRuntime {
                 memory: self.memory.clone(),
                 slots: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
                 breaker: breaker::Breaker::new(settings.breaker),
+                pool: Arc::new(handler::Pool::new(settings.reuse, settings.max_uses)),
                 ticking,
             })));
+        }
+        if settings.reuse {
+            return Err(fail(wasmtime::Error::msg(
+                "reuse is a handler setting: a filter's instances are always reused (max_uses bounds how often)",
+            )));
         }
         let pre = self
             .linker

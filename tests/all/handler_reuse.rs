@@ -1,0 +1,208 @@
+//! Handler instance reuse (`reuse = true` in `NAME.toml`) through a real weir: a reused
+//! instance serves request after request, one at a time, until `max_uses`; a trap replaces
+//! it; an instance that keeps a request's response body open is not given the next request,
+//! and a request body it keeps is cut when its request ends. The guest is
+//! `tests/plugins/handler_reuse`, which answers `instance=ID uses=N`.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use weir_tests::{Upstream, Weir, full, http1_client, read_body};
+
+use crate::config;
+
+const HANDLER: &[u8] = include_bytes!(env!("TEST_PLUGIN_HANDLER_REUSE_WASM"));
+
+/// weir with the guest as handler `counter` on `/c/`, its `NAME.toml` being `settings`.
+async fn start(settings: &str) -> (Weir, Upstream) {
+    let upstream = Upstream::start("app").await;
+    let route = "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/counter.wasm", HANDLER),
+        ("plugins/counter.toml", settings.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], route), &files).await;
+    (weir, upstream)
+}
+
+/// Which instance answered and how many requests it had begun, from `instance=ID uses=N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    instance: u64,
+    uses: u32,
+}
+
+/// `GET /c/{what}`: the status, and who served it when the guest answered.
+async fn call(weir: &Weir, what: &str) -> (StatusCode, Option<Served>, String) {
+    let (status, headers, body) = weir_tests::get_with(&weir.url(&format!("/c/{what}")), &[]).await;
+    let number = |name: &str| headers.get(name)?.to_str().ok()?.parse().ok();
+    let served = number("x-instance").zip(number("x-uses"));
+    let served = served.map(|(instance, uses)| Served {
+        instance,
+        uses: u32::try_from(uses).expect("a small count"),
+    });
+    (status, served, body)
+}
+
+/// `GET /c/count`, which must succeed.
+async fn count(weir: &Weir) -> Served {
+    let (status, served, body) = call(weir, "count").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    served.expect("the guest answered")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_serves_request_after_request() {
+    // One instance at most: the second request takes the first one's instance, or waits for
+    // it, and never races it for a fresh one.
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\n").await;
+    let first = count(&weir).await;
+    let second = count(&weir).await;
+    let third = count(&weir).await;
+    assert_eq!(first.uses, 1);
+    assert_eq!(
+        (second, third),
+        (Served { uses: 2, ..first }, Served { uses: 3, ..first }),
+        "one instance, its counter kept between requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_reuse_every_request_gets_a_fresh_instance() {
+    let (weir, _upstream) = start("max_instances = 1\n").await;
+    let first = count(&weir).await;
+    let second = count(&weir).await;
+    assert_eq!((first.uses, second.uses), (1, 1));
+    assert_ne!(first.instance, second.instance);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_recycles_the_instance_and_the_next_request_succeeds() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\n").await;
+    let before = count(&weir).await;
+    assert_eq!(count(&weir).await, Served { uses: 2, ..before });
+    let (status, _, _) = call(&weir, "trap").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let after = count(&weir).await;
+    assert_ne!(
+        after.instance, before.instance,
+        "the trapped instance is gone"
+    );
+    assert_eq!(after.uses, 1, "on a fresh instance");
+    assert_eq!(count(&weir).await, Served { uses: 2, ..after });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_uses_replaces_an_instance() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\nmax_uses = 2\n").await;
+    let first = count(&weir).await;
+    assert_eq!(count(&weir).await, Served { uses: 2, ..first });
+    let third = count(&weir).await;
+    assert_ne!(third.instance, first.instance);
+    assert_eq!(third.uses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_concurrent_requests_never_share_an_instance() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 2\ndeadline = \"10s\"\n").await;
+    let weir = &weir;
+    // Each waits 300 ms inside the guest, so the two overlap.
+    let (a, b) = tokio::join!(call(weir, "slow?ms=300"), call(weir, "slow?ms=300"));
+    let (a, b) = (a.1.expect("answered"), b.1.expect("answered"));
+    assert_ne!(
+        a.instance, b.instance,
+        "two requests at once, two instances"
+    );
+    assert_eq!((a.uses, b.uses), (1, 1));
+    // Both went back to the pool: two more at once are served by those two again.
+    let (c, d) = tokio::join!(call(weir, "slow?ms=300"), call(weir, "slow?ms=300"));
+    let mut again = [c.1.expect("answered"), d.1.expect("answered")];
+    again.sort_by_key(|s| s.instance);
+    let mut first = [a, b];
+    first.sort_by_key(|s| s.instance);
+    assert_eq!(
+        again,
+        first.map(|s| Served { uses: 2, ..s }),
+        "each reused once, neither shared"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_waits_for_the_busy_instance_rather_than_sharing_it() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\ndeadline = \"10s\"\n").await;
+    let weir = &weir;
+    let (a, b) = tokio::join!(call(weir, "slow?ms=300"), call(weir, "slow?ms=300"));
+    let mut uses = [a.1.expect("answered"), b.1.expect("answered")];
+    uses.sort_by_key(|s| s.uses);
+    assert_eq!(
+        uses[1],
+        Served { uses: 2, ..uses[0] },
+        "the second ran on the one instance after the first had finished"
+    );
+}
+
+/// The attack: a handler keeps its response body open in a global, so that the next request
+/// on the same instance writes into it. weir gives that instance no further request: the
+/// kept body ends where the guest left it, and the next request runs on a fresh instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_body_left_open_is_never_written_by_the_next_request() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\ndeadline = \"5s\"\n").await;
+    let weir = &weir;
+    let started = tokio::time::Instant::now();
+    // Both at once: `leak` waits for the one instance `keep` holds.
+    let (kept, leak) = tokio::join!(call(weir, "keep"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call(weir, "leak").await
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the kept body ended when the guest returned, not at the deadline"
+    );
+    assert_eq!(kept.0, StatusCode::OK);
+    assert!(!kept.2.contains("LEAKED"), "{:?}", kept.2);
+    assert_eq!(leak.0, StatusCode::OK, "{}", leak.2);
+    let leak_served = leak.1.expect("answered");
+    assert!(!leak.2.contains("leaked"), "{}", leak.2);
+    assert_ne!(Some(leak_served.instance), kept.1.map(|s| s.instance));
+    assert_eq!(leak_served.uses, 1, "a fresh instance");
+}
+
+/// A handler that keeps a request's body unread in a global cannot read it in a later
+/// request: the body is cut when its request ends, so the handle holds no client
+/// connection either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_kept_by_the_handler_is_cut_when_its_request_ends() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\n").await;
+    let request = Request::post(weir.url("/c/hold-body"))
+        .body(full("secret-1"))
+        .expect("request");
+    let response = http1_client().request(request).await.expect("answer");
+    let held_by = response.headers()["x-instance"].clone();
+    assert_eq!(response.status(), StatusCode::OK);
+    read_body(response.into_body()).await;
+    let (status, served, body) = call(&weir, "read-held").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        served.map(|s| s.instance.to_string()),
+        held_by.to_str().ok().map(str::to_owned),
+        "the same instance"
+    );
+    assert_eq!(body, "error", "the kept body was cut, not read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_in_a_filter_settings_stops_startup() {
+    let upstream = Upstream::start("app").await;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/test.wasm", crate::KEY_AUTH),
+        ("plugins/test.toml", b"reuse = true\n"),
+    ];
+    let mut weir = Weir::spawn_with_files(&config(&[upstream.addr], ""), &files);
+    assert!(!weir.wait_exit().await.success(), "weir started");
+    let said = weir.logs().iter().any(|line| {
+        line["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reuse is a handler setting"))
+    });
+    assert!(said, "{:#?}", weir.logs());
+}

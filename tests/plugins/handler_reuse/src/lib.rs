@@ -1,0 +1,139 @@
+//! A `wasi:http` handler on raw bindings (the examples' WASI 0.2.12 WIT), for
+//! `tests/all/handler_reuse.rs`. Every answer is `instance=ID uses=N` (and the same in the
+//! `x-instance` and `x-uses` headers): `ID` is drawn once per instance, `N` counts the
+//! requests this instance has begun, so a test sees which instance served it and how often
+//! that instance was reused. What it does is chosen by the path's last segment (so any
+//! route prefix works):
+//!
+//! - `…/count`: just that;
+//! - `…/trap`: traps (a Rust panic is `unreachable`);
+//! - `…/slow?ms=N`: waits N ms (a WASI clock) before answering;
+//! - `…/keep`: sends its head and some of its body, keeps the body open in a global and
+//!   returns; a later `…/leak` on the same instance would write into it;
+//! - `…/leak`: writes `LEAKED` into a kept body, if it has one, and finishes it;
+//! - `…/hold-body`: keeps the request's body stream, unread, in a global;
+//! - `…/read-held`: answers what reading a held body gives now: `read BYTES`, `error`, or
+//!   `none held`.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+wit_bindgen::generate!({
+    path: "../../../examples/handlers/wit",
+    world: "weir:examples/handler",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::{InputStream, OutputStream, StreamError};
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+static USES: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// A response body `/keep` left open, and its stream.
+    static KEPT: RefCell<Option<(OutputStream, OutgoingBody)>> = const { RefCell::new(None) };
+    /// A request body `/hold-body` did not read.
+    static HELD: RefCell<Option<(InputStream, IncomingBody)>> = const { RefCell::new(None) };
+}
+
+struct Handler;
+
+impl Guest for Handler {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        if INSTANCE.load(Relaxed) == 0 {
+            INSTANCE.store(wasi::random::random::get_random_u64() | 1, Relaxed);
+        }
+        let uses = USES.fetch_add(1, Relaxed) + 1;
+        let whoami = format!("instance={} uses={uses}", INSTANCE.load(Relaxed));
+        let target = request.path_with_query().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let mut text = whoami.clone();
+        match path.rsplit('/').next().unwrap_or_default() {
+            "trap" => panic!("asked to trap"),
+            "slow" => {
+                let ms: u64 = query
+                    .strip_prefix("ms=")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(100);
+                wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            }
+            "keep" => {
+                let (stream, body) = respond_head(out, &whoami);
+                write(&stream, b"partial ");
+                KEPT.with(|kept| *kept.borrow_mut() = Some((stream, body)));
+                return;
+            }
+            "leak" => {
+                if let Some((stream, body)) = KEPT.with(|kept| kept.borrow_mut().take()) {
+                    write(&stream, b"LEAKED");
+                    drop(stream);
+                    let _ = OutgoingBody::finish(body, None);
+                    text.push_str(" leaked");
+                }
+            }
+            "hold-body" => {
+                if let Ok(body) = request.consume()
+                    && let Ok(stream) = body.stream()
+                {
+                    HELD.with(|held| *held.borrow_mut() = Some((stream, body)));
+                }
+            }
+            "read-held" => {
+                let held = HELD.with(|held| held.borrow_mut().take());
+                text = match held {
+                    None => "none held".to_owned(),
+                    Some((stream, body)) => {
+                        let read = read_all(&stream);
+                        // A stream goes before the body it is a child of.
+                        drop(stream);
+                        drop(body);
+                        read
+                    }
+                };
+            }
+            _ => {}
+        }
+        let (stream, body) = respond_head(out, &whoami);
+        write(&stream, text.as_bytes());
+        drop(stream);
+        let _ = OutgoingBody::finish(body, None);
+    }
+}
+
+/// Sends a 200 head with `x-instance` and `x-uses`; returns the body and its stream.
+fn respond_head(out: ResponseOutparam, whoami: &str) -> (OutputStream, OutgoingBody) {
+    let mut headers = vec![("content-type".to_owned(), b"text/plain".to_vec())];
+    for part in whoami.split(' ') {
+        if let Some((name, value)) = part.split_once('=') {
+            headers.push((format!("x-{name}"), value.as_bytes().to_vec()));
+        }
+    }
+    let fields = Fields::from_list(&headers).expect("valid headers");
+    let response = OutgoingResponse::new(fields);
+    let body = response.body().expect("a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("a body stream");
+    (stream, body)
+}
+
+fn write(stream: &OutputStream, bytes: &[u8]) {
+    let _ = stream.blocking_write_and_flush(bytes);
+}
+
+/// Everything a held body gives now.
+fn read_all(stream: &InputStream) -> String {
+    let mut read = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => read.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => return format!("read {}", String::from_utf8_lossy(&read)),
+            Err(StreamError::LastOperationFailed(_)) => return "error".to_owned(),
+        }
+    }
+}
+
+export!(Handler);
