@@ -26,6 +26,8 @@ mod coding;
 pub mod config;
 pub mod endpoints;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod health;
 pub mod kv;

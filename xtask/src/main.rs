@@ -1,6 +1,9 @@
 //! The task runner shared by developers and CI: `cargo xtask <task>`. Needs nothing but cargo.
 //!
-//! - `test` — every check CI runs: formatting, clippy, the build, unit and end-to-end tests;
+//! - `test` — every check CI runs: formatting, clippy, the build, unit and end-to-end tests,
+//!   then every fuzz target for a bounded time (`fuzz`);
+//! - `fuzz [--release] [SECONDS] [TARGET…]` — builds the fuzz targets (`fuzz/`, libFuzzer)
+//!   and runs each for SECONDS (60) on its committed corpus;
 //! - `plugins` — builds every bundled plugin (`plugins/*`) for `wasm32-wasip2` into
 //!   `target/plugins/NAME.wasm`;
 //! - `demo` — builds weir and the plugins, and runs weir in front of two demo upstreams it
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod fuzz;
 mod gateway;
 
 use std::process::Command;
@@ -21,6 +25,10 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 fn main() -> anyhow::Result<()> {
+    // Run by cargo in place of rustc for the fuzz build (`fuzz::build`).
+    if let Some(code) = fuzz::wrap_rustc() {
+        std::process::exit(code);
+    }
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => test(),
@@ -29,9 +37,10 @@ fn main() -> anyhow::Result<()> {
         "token" => gateway::token(std::env::args().nth(2), std::env::args().nth(3)),
         "plugins" => plugins().map(|dir| eprintln!("plugins built into {}", dir.display())),
         "examples" => examples(),
+        "fuzz" => fuzz::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]\n  examples build the example plugins in every language (installs their toolchains)"
+                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]\n  examples build the example plugins in every language (installs their toolchains)\n  fuzz     build the fuzz targets and run each: fuzz [--release] [SECONDS] [TARGET...] (libFuzzer)"
             );
             if task.is_empty() || task == "help" {
                 Ok(())
@@ -57,7 +66,9 @@ fn test() -> anyhow::Result<()> {
     cargo(&["build", "--workspace", "--bins"])?;
     // The other languages' examples, which the end-to-end tests load.
     examples()?;
-    cargo(&["test", "--workspace"])
+    cargo(&["test", "--workspace"])?;
+    // Last: a minute per fuzz target on its corpus (WEIR_FUZZ_SECONDS shortens it).
+    fuzz::run(&[])
 }
 
 /// Every example in `examples/filters/` and `examples/handlers/`, built by its own

@@ -1,15 +1,17 @@
 //! Proxy header semantics, as nginx and Envoy apply them: hop-by-hop headers removed,
 //! `X-Forwarded-*` and `Via` set, `Host` passed through, a request id ensured; forwarding
 //! headers believed only from trusted proxies (the client behind them read from
-//! `X-Forwarded-For`), removed from anyone else.
+//! `X-Forwarded-For`), removed from anyone else; a message's framing (`Content-Length`)
+//! taken from its body, never from a plugin's header change.
 //!
 //! These are pure functions over header maps so they can be tested without sockets.
 
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use hyper::body::SizeHint;
 
 /// How many names [`HOP_BY_HOP`] holds.
 const HOP_BY_HOP_COUNT: usize = 6;
@@ -85,6 +87,34 @@ pub(crate) fn strip_forwarding(headers: &mut HeaderMap) {
     for name in found {
         headers.remove(name);
     }
+}
+
+/// Sets a message's framing from its body (`hint`), whatever plugins did to its headers:
+/// `content-length` is the body's exact length when it has one (left out for an empty body
+/// that had none, as a `GET` has), and absent otherwise, so hyper chunks it;
+/// `transfer-encoding` is hyper's to write. A plugin's `content-length` that is not the
+/// body's would make the peer wait for bytes that never come, or read the rest of the body
+/// as the next message.
+pub(crate) fn frame(headers: &mut HeaderMap, hint: &SizeHint) {
+    headers.remove(header::TRANSFER_ENCODING);
+    match hint.exact() {
+        Some(0) if !headers.contains_key(header::CONTENT_LENGTH) => {}
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
+/// Whether a response's `content-length` describes its body: not for a `HEAD` request's,
+/// nor a 1xx, 204 or 304, whose length is that of a body they do not carry.
+pub(crate) fn framed_by_body(method: &Method, status: StatusCode) -> bool {
+    method != Method::HEAD
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
 }
 
 /// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
@@ -251,6 +281,42 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn framing_is_the_bodys_whatever_the_headers_said() {
+        let cases: [(Pairs<'_>, SizeHint, &[&str]); 6] = [
+            // A plugin's length that is not the body's is replaced.
+            (
+                &[("content-length", "99")],
+                SizeHint::with_exact(14),
+                &["content-length: 14"],
+            ),
+            (
+                &[("content-length", "1"), ("transfer-encoding", "chunked")],
+                SizeHint::with_exact(3),
+                &["content-length: 3"],
+            ),
+            // A body of unknown length has none: hyper chunks it.
+            (&[("content-length", "5")], SizeHint::new(), &[]),
+            (&[("transfer-encoding", "chunked")], SizeHint::new(), &[]),
+            // An empty body that had no length gets none (a GET); one that had keeps 0.
+            (&[("x-a", "1")], SizeHint::with_exact(0), &["x-a: 1"]),
+            (
+                &[("content-length", "7")],
+                SizeHint::with_exact(0),
+                &["content-length: 0"],
+            ),
+        ];
+        for (pairs, hint, expected) in cases {
+            let mut map = headers(pairs);
+            frame(&mut map, &hint);
+            assert_eq!(render(&map), expected, "{pairs:?}");
+        }
+        assert!(framed_by_body(&Method::GET, StatusCode::OK));
+        assert!(!framed_by_body(&Method::HEAD, StatusCode::OK));
+        assert!(!framed_by_body(&Method::GET, StatusCode::NOT_MODIFIED));
+        assert!(!framed_by_body(&Method::GET, StatusCode::NO_CONTENT));
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod grpc;
 mod mirror;
 mod observe;
 mod outbound;
-mod path;
+pub(crate) mod path;
 mod upgrade;
 
 pub use self::client_body::Guarded;
@@ -55,6 +55,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version, request};
+use hyper::body::SizeHint;
 use tokio::sync::OwnedSemaphorePermit;
 
 use self::attempts::{Progress, RequestBody};
@@ -295,6 +296,8 @@ async fn proxy<B: DownstreamBody>(
     });
 
     let (mut parts, body) = request.into_parts();
+    // The method as the client sent it: a response to HEAD is framed by its headers.
+    let method = parts.method.clone();
     let upgrade = upgrade::requested(&mut parts, extended_connect);
     let mut body = body.into_client_body();
     if !hyper::body::Body::is_end_stream(&body) {
@@ -329,8 +332,12 @@ async fn proxy<B: DownstreamBody>(
             Filtered::Forward(passed) => {
                 (parts, response_phase) = filters::sent(chain, view, passed);
             }
-            Filtered::Answered(reply, by) => {
+            Filtered::Answered(mut reply, by) => {
                 ctx.answered_by = chain.plugin_name(by).cloned();
+                if forward::framed_by_body(&method, reply.status()) {
+                    let hint = hyper::body::Body::size_hint(reply.body());
+                    forward::frame(reply.headers_mut(), &hint);
+                }
                 return Ok(if ctx.grpc {
                     grpc::local_reply(reply)
                 } else {
@@ -340,6 +347,14 @@ async fn proxy<B: DownstreamBody>(
         }
     }
 
+    if route.chain.is_active() {
+        // Plugins change headers, never framing: the upstream's is the body's own.
+        let hint = match &body {
+            RequestBody::Client(streamed) => hyper::body::Body::size_hint(streamed),
+            RequestBody::Buffered(bytes) => SizeHint::with_exact(bytes.len() as u64),
+        };
+        forward::frame(&mut parts.headers, &hint);
+    }
     // A plugin may have made the request a gRPC call (a REST client's, transcoded).
     ctx.grpc_upstream = ctx.grpc || (route.chain.is_active() && grpc::is_grpc(&parts.headers));
     upstream_request(&mut parts, host.as_ref(), ctx);
@@ -471,7 +486,14 @@ async fn proxy<B: DownstreamBody>(
     let response = match response_phase {
         Some(mut phase) => {
             let (passed, request) = (phase.passed, &mut phase.request);
-            filters::on_response(&route.chain, passed, request, response).await?
+            let mut response =
+                filters::on_response(&route.chain, passed, request, response).await?;
+            // Plugins change headers, never framing: the client's is the body's own.
+            if forward::framed_by_body(&method, response.status()) {
+                let hint = hyper::body::Body::size_hint(response.body());
+                forward::frame(response.headers_mut(), &hint);
+            }
+            response
         }
         None => response,
     };

@@ -23,7 +23,7 @@ use crate::error::{ErrorKind, ProxyError};
 
 /// Normalises the request's path in place; a path that cannot be is a 400.
 #[inline]
-pub(super) fn apply<B>(
+pub(crate) fn apply<B>(
     request: &mut Request<B>,
     policy: &PathNormalization,
 ) -> Result<(), ProxyError> {
