@@ -562,6 +562,84 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
     }
 }
 
+/// A WebSocket over HTTP/2 is a stream kept open: its connection outlives `idle_timeout`
+/// while the tunnel is open (other connections, idle meanwhile, are closed), and is sent
+/// GOAWAY and closed once the tunnel has closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_tunnel_keeps_its_connection_past_the_idle_timeout() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let echo = websocket_echo().await;
+    let config = crate::config(&[echo], "").replace(
+        "drain_timeout = \"10s\"",
+        "drain_timeout = \"10s\"\nidle_timeout = \"300ms\"",
+    );
+    let weir = Weir::start(&config).await;
+    let tcp = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let warm = http::Request::get(format!("http://{}/warm", weir.proxy))
+        .body(weir_tests::empty())
+        .expect("request");
+    let _ = sender.send_request(warm).await;
+    let mut request = http::Request::connect(format!("http://{}/chat", weir.proxy))
+        .header("sec-websocket-version", "13")
+        .body(weir_tests::empty())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let stream = hyper::upgrade::on(&mut response).await.expect("upgraded");
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    ws.send(Message::text("before")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Message::text("echo: before"));
+
+    // Two connections that say nothing after their preface, closed in turn at the idle
+    // timeout: the tunnel's connection has been quiet twice that long.
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(weir.proxy)
+            .await
+            .expect("connect");
+        let frames = weir_tests::http2::Raw::start(tcp)
+            .await
+            .until_closed()
+            .await;
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.go_away_code() == Some(weir_tests::http2::NO_ERROR)),
+            "{frames:?}"
+        );
+    }
+    ws.send(Message::text("after")).await.expect("send");
+    assert_eq!(next_message(&mut ws).await, Message::text("echo: after"));
+    assert!(!sender.is_closed(), "the tunnel's connection was closed");
+
+    // The tunnel closed, the connection is idle: closed in its turn.
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let started = tokio::time::Instant::now();
+    while !sender.is_closed() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "still open after the tunnel closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn weir_presents_its_client_certificate_and_health_checks_speak_tls() {
     let ca = Ca::new("upstream CA");
