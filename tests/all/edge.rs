@@ -514,15 +514,18 @@ async fn an_idle_websocket_is_closed_after_the_upgrade_idle_timeout() {
     assert!(ended.is_ok(), "the idle tunnel stayed open");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
+/// A WebSocket over HTTP/2 through `weir`: an HTTP/2 client (cleartext, prior knowledge) on
+/// one connection, and the RFC 8441 extended CONNECT it opened on it.
+async fn websocket_over_http2(
+    weir: &Weir,
+) -> (
+    hyper::client::conn::http2::SendRequest<weir_tests::ClientBody>,
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    let echo = websocket_echo().await;
-    let weir = Weir::start(&crate::config(&[echo], "")).await;
-    // An HTTP/2 client (cleartext, prior knowledge) on one connection.
     let tcp = tokio::net::TcpStream::connect(weir.proxy)
         .await
         .expect("connect");
@@ -554,7 +557,15 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
         .expect("response");
     assert_eq!(response.status(), StatusCode::OK);
     let stream = hyper::upgrade::on(&mut response).await.expect("upgraded");
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    (sender, ws)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
+    let echo = websocket_echo().await;
+    let weir = Weir::start(&crate::config(&[echo], "")).await;
+    let (_sender, mut ws) = websocket_over_http2(&weir).await;
     for text in ["over", "http/2"] {
         ws.send(Message::text(text)).await.expect("send");
         let reply = next_message(&mut ws).await;
@@ -567,42 +578,13 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
 /// GOAWAY and closed once the tunnel has closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_tunnel_keeps_its_connection_past_the_idle_timeout() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tokio_tungstenite::WebSocketStream;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-
     let echo = websocket_echo().await;
     let config = crate::config(&[echo], "").replace(
         "drain_timeout = \"10s\"",
         "drain_timeout = \"10s\"\nidle_timeout = \"300ms\"",
     );
     let weir = Weir::start(&config).await;
-    let tcp = tokio::net::TcpStream::connect(weir.proxy)
-        .await
-        .expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
-    let warm = http::Request::get(format!("http://{}/warm", weir.proxy))
-        .body(weir_tests::empty())
-        .expect("request");
-    let _ = sender.send_request(warm).await;
-    let mut request = http::Request::connect(format!("http://{}/chat", weir.proxy))
-        .header("sec-websocket-version", "13")
-        .body(weir_tests::empty())
-        .expect("request");
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
-        .await
-        .expect("in time")
-        .expect("response");
-    assert_eq!(response.status(), StatusCode::OK);
-    let stream = hyper::upgrade::on(&mut response).await.expect("upgraded");
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(stream), Role::Client, None).await;
+    let (sender, mut ws) = websocket_over_http2(&weir).await;
     ws.send(Message::text("before")).await.expect("send");
     assert_eq!(next_message(&mut ws).await, Message::text("echo: before"));
 

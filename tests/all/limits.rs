@@ -89,6 +89,20 @@ async fn read_answer(mut stream: TcpStream) -> (u16, String) {
     (status, text)
 }
 
+/// `crate::config` (a listener, an admin, cluster `app` at `app` behind the catch-all route)
+/// with `server` lines in `[server]` and `cluster` lines in the cluster.
+fn one_cluster(app: &Upstream, server: &str, cluster: &str) -> String {
+    crate::config(&[app.addr], "")
+        .replace(
+            "drain_timeout = \"10s\"",
+            &format!("drain_timeout = \"10s\"\n{server}"),
+        )
+        .replace(
+            "connect_timeout = \"1s\"",
+            &format!("connect_timeout = \"1s\"\n{cluster}"),
+        )
+}
+
 /// Whether every endpoint of every cluster is healthy and not ejected.
 async fn all_healthy(weir: &Weir) -> bool {
     let clusters = weir.clusters().await;
@@ -393,11 +407,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_http2_connections_get_goaway_and_open_streams_are_not_cut() {
     let app = Upstream::start("app").await;
-    let config = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[server]\nidle_timeout = \"300ms\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
-        app.addr
-    );
-    let weir = Weir::start(&config).await;
+    let weir = Weir::start(&one_cluster(&app, "idle_timeout = \"300ms\"", "")).await;
     let addr = weir.proxy;
     idle_http2_connections_are_closed(&app, || async move {
         TcpStream::connect(addr).await.expect("connect")
@@ -429,12 +439,7 @@ async fn idle_http2_connections_get_goaway_and_open_streams_are_not_cut() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
     let app = Upstream::start("app").await;
-    let config = |server: &str| {
-        format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[server]\n{server}\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
-            app.addr
-        )
-    };
+    let config = |server: &str| one_cluster(&app, server, "");
     let get = b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n";
 
     // Idle shorter than the head timeout: the kept-alive connection is closed at it.
@@ -509,11 +514,7 @@ async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_control_frame_floods_close_only_the_flooding_connection() {
     let app = Upstream::start("app").await;
-    let config = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
-        app.addr
-    );
-    let weir = Weir::start(&config).await;
+    let weir = Weir::start(&one_cluster(&app, "", "")).await;
     let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
     let (client, connection) = http2::handshake(tcp).await;
     tokio::spawn(connection);
@@ -609,11 +610,8 @@ async fn http2_control_frame_floods_close_only_the_flooding_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_single_endpoint_is_tried_once() {
     let app = Upstream::start("app").await;
-    let config = format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[[clusters]]\nname = \"app\"\nendpoints = [\"{}\"]\nretries = 1\nresponse_timeout = \"300ms\"\n\n[[routes]]\nname = \"default\"\ncluster = \"app\"\n",
-        app.addr
-    );
-    let weir = Weir::start(&config).await;
+    let cluster = "retries = 1\nresponse_timeout = \"300ms\"";
+    let weir = Weir::start(&one_cluster(&app, "", cluster)).await;
     let head = "GET /hang HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n";
     let (status, text) = exchange(&weir, head, b"", false).await;
     assert_eq!(status, 504, "{text}");

@@ -373,37 +373,25 @@ mod tests {
 
     #[test]
     fn data_headers_and_continuations_are_not_limited_here() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut counts = Frames::new();
-            let bulk: Vec<u8> = (0..10_000)
-                .flat_map(|i| {
-                    let mut f = frame(HEADERS, 0, 2 * i + 1, 10);
-                    f.extend(frame(CONTINUATION, 0x4, 2 * i + 1, 10));
-                    f.extend(frame(DATA, 0x1, 2 * i + 1, 300));
-                    f
-                })
-                .collect();
-            assert_eq!(counts.received(&bulk), Ok(()));
-        });
+        let mut counts = Frames::new();
+        let bulk: Vec<u8> = (0..10_000)
+            .flat_map(|i| {
+                let mut f = frame(HEADERS, 0, 2 * i + 1, 10);
+                f.extend(frame(CONTINUATION, 0x4, 2 * i + 1, 10));
+                f.extend(frame(DATA, 0x1, 2 * i + 1, 300));
+                f
+            })
+            .collect();
+        assert_eq!(counts.received(&bulk), Ok(()));
     }
 
     #[test]
     fn a_go_away_names_the_last_stream_and_enhance_your_calm() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut counts = Frames::new();
-            assert_eq!(counts.received(&frame(HEADERS, 0x5, 7, 3)), Ok(()));
-            assert_eq!(
-                counts.go_away(),
-                [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0xb]
-            );
-        });
+        let mut counts = Frames::new();
+        assert_eq!(counts.received(&frame(HEADERS, 0x5, 7, 3)), Ok(()));
+        assert_eq!(
+            counts.go_away(),
+            [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0xb]
+        );
     }
 }
