@@ -5,11 +5,12 @@
 //! thread, instead of holding it for its whole deadline.
 //!
 //! A call ends with `Trap::Interrupt` (a `deadline` failure) once it has been charged its
-//! `deadline` in ticks, or once its wall-clock time passes its deadline plus the time it was
-//! excused: the waits it gave to others, and its waits on the store and on `outbound`
-//! requests (up to [`MAX_EXCUSED`] in all; each wait has its own timeout). A call that waits
-//! on anything else — a WASI sleep — is cut off by a timer at that bound ([`cut_off`]), not at
-//! its next tick, which would never come.
+//! `deadline` in ticks. Its wall clock is bounded too, less the time it was excused — the
+//! waits it gave to others, and its waits on the store and on `outbound` requests (up to
+//! [`MAX_EXCUSED`] in all; each wait has its own timeout): a call that waits on anything else
+//! — a WASI sleep — is cut off by a timer once that clock passes its deadline ([`cut_off`]),
+//! not at its next tick, which would never come; a running call only at five deadlines, as a
+//! backstop, since time the OS kept its thread from running is not the plugin's doing.
 
 use std::future::Future;
 use std::pin::pin;
@@ -26,6 +27,8 @@ use super::EPOCH_TICK;
 const FREE_TICKS: u64 = 2;
 /// Ticks a call that runs longer waits between its slices.
 const BACKOFF: u32 = 4;
+/// The wall-clock backstop of a running call, in deadlines.
+const RUNNING_DEADLINES: u32 = 1 + BACKOFF;
 /// The most waiting on the store and on `outbound` requests one call is excused, in all:
 /// past it, waits count against the call's bound again, and `outbound` requests fail at
 /// once, so a hook that calls in a loop cannot hold its request forever.
@@ -131,12 +134,14 @@ impl Bound {
         self.slack.paused.store(at | kind, Relaxed);
     }
 
-    /// How long the call may still take, or `None` once it is out of time.
-    fn left(&self) -> Option<Duration> {
+    /// How long the call may still take, or `None` once it is out of time, given
+    /// `deadlines` of its deadline besides what it was excused.
+    fn left(&self, deadlines: u32) -> Option<Duration> {
         let slack = &self.slack;
         let used = self.started.elapsed();
         let mut allowed = self
             .deadline
+            .saturating_mul(deadlines)
             .saturating_add(Duration::from_nanos(slack.given.load(Relaxed)));
         let paused = slack.paused.load(Relaxed);
         if paused & YIELDING != 0 {
@@ -171,7 +176,10 @@ pub(crate) fn on_tick<T>(
 ) -> wasmtime::Result<UpdateDeadline> {
     let budget = budget(store.data_mut());
     budget.charged += 1;
-    if budget.charged >= budget.ticks || budget.bound.left().is_none() {
+    // A running call is held to its charged ticks; the wall clock is only a backstop here, at
+    // five deadlines: a thread the OS kept from running (a starved machine) is not the
+    // plugin's doing. A call that waits is held to one deadline, by `cut_off`.
+    if budget.charged >= budget.ticks || budget.bound.left(RUNNING_DEADLINES).is_none() {
         return Ok(UpdateDeadline::Interrupt);
     }
     // The first ticks only yield; past them, the call waits `BACKOFF` ticks between its
@@ -211,7 +219,7 @@ pub(crate) async fn cut_off<T>(
             return Poll::Ready(done);
         }
         loop {
-            let Some(left) = bound.left() else {
+            let Some(left) = bound.left(1) else {
                 let cut = wasmtime::Error::from(Trap::Interrupt)
                     .context("cut off at its deadline while it waited");
                 return Poll::Ready(Err(cut));
@@ -242,7 +250,7 @@ mod tests {
             let since = budget.waiting();
             mock.increment(Duration::from_secs(6));
             assert!(
-                budget.bound.left().is_some(),
+                budget.bound.left(1).is_some(),
                 "a wait in progress is excused"
             );
             budget.waited(since);
@@ -252,7 +260,7 @@ mod tests {
             budget.waited(since);
             assert_eq!(budget.excusable(), Duration::ZERO, "10 s in all");
             assert_eq!(
-                budget.bound.left(),
+                budget.bound.left(1),
                 None,
                 "the 2 s not excused spent the deadline"
             );
@@ -268,12 +276,12 @@ mod tests {
             let mut budget = CallBudget::default();
             budget.reset(50 * MS);
             mock.increment(30 * MS);
-            assert_eq!(budget.bound.left(), Some(20 * MS));
+            assert_eq!(budget.bound.left(1), Some(20 * MS));
             mock.increment(20 * MS);
-            assert_eq!(budget.bound.left(), None, "a sleeping call is out of time");
+            assert_eq!(budget.bound.left(1), None, "a sleeping call is out of time");
             budget.bound.pause(YIELDING);
             assert!(
-                budget.bound.left().is_some(),
+                budget.bound.left(1).is_some(),
                 "a call giving its slice away is not"
             );
         });
