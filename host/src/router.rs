@@ -67,28 +67,15 @@ impl PathSpec {
         }
     }
 
-    /// Whether every path `other` matches, this matches too; for a regex, decided on the
-    /// automata `dfas` gives (this path's, then `other`'s), and `false` where that is not
-    /// certain. (A regex is never asked about an exact path: exact paths sort first, so a
-    /// regex never stands before one.)
-    fn covers<'d>(
-        &self,
-        other: &PathSpec,
-        dfas: impl FnOnce() -> (Option<&'d cover::Dfa>, Option<&'d cover::Dfa>),
-    ) -> bool {
-        match (self, other) {
-            (PathSpec::Prefix(p), PathSpec::Prefix(q) | PathSpec::Exact(q)) => q.starts_with(p),
-            (PathSpec::Exact(a), PathSpec::Exact(b)) => a == b,
-            (PathSpec::Regex(a), PathSpec::Regex(b)) if a == b => true,
-            (PathSpec::Regex(_), _) => match dfas() {
-                (Some(mine), Some(theirs)) => cover::covers(mine, theirs),
-                _ => false,
-            },
-            _ => false,
+    /// A path this matches, known without an automaton: a prefix or an exact path is one.
+    fn literal(&self) -> Option<&str> {
+        match self {
+            PathSpec::Exact(path) | PathSpec::Prefix(path) => Some(path),
+            PathSpec::Regex(_) => None,
         }
     }
 
-    /// This path as an automaton, for [`PathSpec::covers`]; `None` if it cannot be built
+    /// This path as an automaton, for [`Known::path_covers`]; `None` if it cannot be built
     /// within `cover`'s bounds.
     fn dfa(&self) -> Option<cover::Dfa> {
         cover::Dfa::new(match self {
@@ -96,6 +83,65 @@ impl PathSpec {
             PathSpec::Regex(pattern) => cover::Path::Regex(pattern.source()),
             PathSpec::Prefix(prefix) => cover::Path::Prefix(prefix),
         })
+    }
+}
+
+/// What `shadowed` learns of one host group's paths, each worked out the first time a pair
+/// needs it: a path's automaton and one path it matches.
+struct Known<'e> {
+    entries: &'e [Entry],
+    dfas: Vec<OnceCell<Option<cover::Dfa>>>,
+    witnesses: Vec<OnceCell<Option<String>>>,
+}
+
+impl<'e> Known<'e> {
+    fn new(entries: &'e [Entry]) -> Known<'e> {
+        Known {
+            entries,
+            dfas: entries.iter().map(|_| OnceCell::new()).collect(),
+            witnesses: entries.iter().map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    fn dfa(&self, i: usize) -> Option<&cover::Dfa> {
+        self.dfas[i]
+            .get_or_init(|| self.entries[i].path.dfa())
+            .as_ref()
+    }
+
+    fn witness(&self, i: usize) -> Option<&str> {
+        if let Some(literal) = self.entries[i].path.literal() {
+            return Some(literal);
+        }
+        self.witnesses[i]
+            .get_or_init(|| self.dfa(i)?.witness())
+            .as_deref()
+    }
+
+    /// Whether every path entry `later` matches, entry `earlier` matches too. For a regex
+    /// this is decided on the automata (`cover`), and is `false` where that is not certain;
+    /// a path of the later one's that the regex does not match answers first, cheaply (most
+    /// pairs of routes have nothing to do with each other). (A regex is never asked about
+    /// an exact path: exact paths sort first, so a regex never stands before one.)
+    fn path_covers(&self, earlier: usize, later: usize) -> bool {
+        match (&self.entries[earlier].path, &self.entries[later].path) {
+            (PathSpec::Prefix(p), PathSpec::Prefix(q) | PathSpec::Exact(q)) => q.starts_with(p),
+            (PathSpec::Exact(a), PathSpec::Exact(b)) => a == b,
+            (PathSpec::Regex(a), PathSpec::Regex(b)) if a == b => true,
+            (PathSpec::Regex(pattern), _) => {
+                if self
+                    .witness(later)
+                    .is_some_and(|path| !pattern.matches(path))
+                {
+                    return false;
+                }
+                match (self.dfa(earlier), self.dfa(later)) {
+                    (Some(mine), Some(theirs)) => cover::covers(mine, theirs),
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
     }
 }
 
@@ -140,15 +186,10 @@ impl Entry {
         }
     }
 
-    /// Whether every request this matches, `other` matches too (so `other`, before it,
-    /// leaves it nothing); `dfas` gives `other`'s path automaton and this one's, asked for
-    /// only when the rest holds and the answer needs them. `CONNECT` in a `methods` list
-    /// counts for nothing: no CONNECT request reaches the router.
-    fn covered_by<'d>(
-        &self,
-        other: &Entry,
-        dfas: impl FnOnce() -> (Option<&'d cover::Dfa>, Option<&'d cover::Dfa>),
-    ) -> bool {
+    /// Whether every request this matches, `other` meets `other`'s conditions too: its
+    /// methods, headers and query (the path is [`Known::path_covers`]'s). `CONNECT` in a
+    /// `methods` list counts for nothing: no CONNECT request reaches the router.
+    fn conditions_covered_by(&self, other: &Entry) -> bool {
         let routed = |m: &&Method| **m != Method::CONNECT;
         other.methods.as_ref().is_none_or(|theirs| {
             self.methods
@@ -156,7 +197,6 @@ impl Entry {
                 .is_some_and(|mine| mine.iter().filter(routed).all(|m| theirs.contains(m)))
         }) && other.headers.iter().all(|c| self.headers.contains(c))
             && other.query.iter().all(|c| self.query.contains(c))
-            && other.path.covers(&self.path, dfas)
     }
 }
 
@@ -304,10 +344,7 @@ impl Router {
             .chain(std::iter::once(&self.any_host));
         let mut found = Vec::new();
         for entries in groups {
-            // Each path's automaton, built the first time a regex before it asks.
-            let dfas: Vec<OnceCell<Option<cover::Dfa>>> =
-                entries.iter().map(|_| OnceCell::new()).collect();
-            let dfa = |i: usize| dfas[i].get_or_init(|| entries[i].path.dfa()).as_ref();
+            let known = Known::new(entries);
             for (i, entry) in entries.iter().enumerate() {
                 if let Some(why) = entry.unreachable() {
                     found.push((entry.route, why));
@@ -315,7 +352,8 @@ impl Router {
                 }
                 let by = entries[..i].iter().enumerate().find(|(j, earlier)| {
                     earlier.unreachable().is_none()
-                        && entry.covered_by(earlier, || (dfa(*j), dfa(i)))
+                        && entry.conditions_covered_by(earlier)
+                        && known.path_covers(*j, i)
                 });
                 if let Some((_, by)) = by {
                     found.push((entry.route, Unreachable::ShadowedBy(by.route)));

@@ -2,27 +2,29 @@
 //! `path_regex`: decided on their automata, so `weir check` warns about a regex that shadows
 //! a later route only when it certainly does.
 //!
-//! Both paths become anchored DFAs (regex-automata, the engine under `regex`, with the same
-//! syntax and Unicode defaults as the router's own regexes; a later prefix `P` is the regex
-//! `P(?s:.*)`, an exact path itself). Their product is then walked over every path that
-//! can follow: the visible ASCII bytes a request target's path may hold (not `?`, `#`,
-//! spaces or controls) and whole UTF-8 characters (the `http` crate lets a path carry
-//! them), each character's bytes in order. The earlier route covers the later one if, at
-//! every character boundary where the later one would match, the earlier one matches too.
-//! The walk sees a superset of the paths weir can route, so a "covers" answer is certain;
-//! whatever cannot be decided within the bounds (a DFA too large to build, a pattern the
-//! DFA cannot run, too many states to visit) answers "no": no warning rather than a wrong
-//! one.
+//! Both paths become anchored lazy DFAs (regex-automata's `hybrid`, the engine under
+//! `regex`, with the same syntax and Unicode defaults as the router's own regexes; a later
+//! prefix `P` is the regex `P(?s:.*)`, an exact path itself), whose states are made only as
+//! the walk reaches them. Their product is walked over every path that can follow: the
+//! visible ASCII bytes a request target's path may hold (not `?`, `#`, spaces or controls)
+//! and whole UTF-8 characters (the `http` crate lets a path carry them), each character's
+//! bytes in order. The earlier route covers the later one if, at every character boundary
+//! where the later one would match, the earlier one matches too. The walk sees a superset
+//! of the paths weir can route, so a "covers" answer is certain; whatever cannot be decided
+//! within the bounds (a pattern the DFA cannot run, a cache that would have to be cleared,
+//! too many states to visit) answers "no": no warning rather than a wrong one.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 
-use regex_automata::dfa::{Automaton, StartKind, dense};
-use regex_automata::util::primitives::StateID;
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::util::start;
 use regex_automata::{Anchored, Input};
 
-/// The most memory one DFA may take to build, and to keep.
-const DFA_BYTES: usize = 1 << 20;
+/// The most memory one lazy DFA's state cache may take; filling it gives up (a cleared
+/// cache would invalidate the states the walk holds).
+const CACHE_BYTES: usize = 1 << 20;
 
 /// The most states of the product the walk visits before it gives up.
 const MAX_VISITED: usize = 20_000;
@@ -38,10 +40,11 @@ pub(super) enum Path<'a> {
     Exact(&'a str),
 }
 
-/// A path pattern as an anchored DFA.
+/// A path pattern as an anchored lazy DFA, with its state cache.
 pub(super) struct Dfa {
-    dfa: dense::DFA<Vec<u32>>,
-    start: StateID,
+    dfa: DFA,
+    cache: RefCell<Cache>,
+    start: LazyStateID,
 }
 
 impl std::fmt::Debug for Dfa {
@@ -50,42 +53,111 @@ impl std::fmt::Debug for Dfa {
     }
 }
 
+/// A lazy DFA step that could not be taken without clearing the cache, or was refused.
+struct GaveUp;
+
 impl Dfa {
     /// The DFA of `path`, anchored at both ends as the router matches it; `None` if it cannot
-    /// be built within the bounds.
+    /// be built, or run on a path.
     pub(super) fn new(path: Path<'_>) -> Option<Dfa> {
         let pattern = match path {
             Path::Regex(source) => format!("^(?:{source})$"),
             Path::Prefix(prefix) => format!("^{}(?s:.*)$", regex::escape(prefix)),
             Path::Exact(exact) => format!("^{}$", regex::escape(exact)),
         };
-        let config = dense::Config::new()
-            .start_kind(StartKind::Anchored)
-            .dfa_size_limit(Some(DFA_BYTES))
-            .determinize_size_limit(Some(DFA_BYTES));
-        let dfa = dense::Builder::new()
-            .configure(config)
-            .build(&pattern)
+        let config = DFA::config()
+            .cache_capacity(CACHE_BYTES)
+            .skip_cache_capacity_check(true);
+        let dfa = DFA::builder().configure(config).build(&pattern).ok()?;
+        let mut cache = dfa.create_cache();
+        // Only to be sure the DFA runs on a path at all (no quit bytes on ASCII).
+        dfa.try_search_fwd(&mut cache, &Input::new("/").anchored(Anchored::Yes))
             .ok()?;
         let start = dfa
-            .start_state(&start::Config::new().anchored(Anchored::Yes))
+            .start_state(&mut cache, &start::Config::new().anchored(Anchored::Yes))
             .ok()?;
-        // Only to be sure the DFA runs on a path at all (no quit bytes on ASCII).
-        dfa.try_search_fwd(&Input::new("/").anchored(Anchored::Yes))
-            .ok()?;
-        Some(Dfa { dfa, start })
+        Some(Dfa {
+            dfa,
+            cache: RefCell::new(cache),
+            start,
+        })
+    }
+
+    /// The state after `byte`, unless the cache would have to be cleared (which would
+    /// invalidate every state the caller holds).
+    fn next(&self, cache: &mut Cache, state: LazyStateID, byte: u8) -> Result<LazyStateID, GaveUp> {
+        let clears = cache.clear_count();
+        let next = self
+            .dfa
+            .next_state(cache, state, byte)
+            .map_err(|_| GaveUp)?;
+        if cache.clear_count() != clears || next.is_quit() {
+            return Err(GaveUp);
+        }
+        Ok(next)
     }
 
     /// Whether the path read so far, ending here, matches.
-    fn accepts(&self, state: StateID) -> bool {
-        self.dfa.is_match_state(self.dfa.next_eoi_state(state))
+    fn accepts(&self, cache: &mut Cache, state: LazyStateID) -> Result<bool, GaveUp> {
+        let clears = cache.clear_count();
+        let end = self.dfa.next_eoi_state(cache, state).map_err(|_| GaveUp)?;
+        if cache.clear_count() != clears {
+            return Err(GaveUp);
+        }
+        Ok(end.is_match())
+    }
+
+    /// One of the shortest paths this matches, if it matches any within the bounds: a cheap
+    /// first test of a pair (an earlier regex that does not match it covers nothing here).
+    pub(super) fn witness(&self) -> Option<String> {
+        let mut cache = self.cache.try_borrow_mut().ok()?;
+        let cache = &mut *cache;
+        let mut seen = HashSet::from([(self.start, Utf8::Boundary)]);
+        let mut level = vec![(self.start, Utf8::Boundary, Vec::new())];
+        while !level.is_empty() {
+            let mut deeper = Vec::new();
+            for (state, at, path) in level {
+                if at == Utf8::Boundary && self.accepts(cache, state).ok()? {
+                    return String::from_utf8(path).ok();
+                }
+                let mut gave_up = false;
+                at.each_next(|byte, to| match self.next(cache, state, byte) {
+                    Ok(next) if !next.is_dead() && seen.insert((next, to)) => {
+                        let mut longer = path.clone();
+                        longer.push(byte);
+                        deeper.push((next, to, longer));
+                    }
+                    Ok(_) => {}
+                    Err(GaveUp) => gave_up = true,
+                });
+                if gave_up || seen.len() > MAX_VISITED {
+                    return None;
+                }
+            }
+            level = deeper;
+        }
+        None
     }
 }
 
 /// Whether every path `later` matches, `earlier` matches too; `false` when that cannot be
 /// decided within the bounds.
 pub(super) fn covers(earlier: &Dfa, later: &Dfa) -> bool {
-    let (a, b) = (&earlier.dfa, &later.dfa);
+    let (Ok(mut a_cache), Ok(mut b_cache)) =
+        (earlier.cache.try_borrow_mut(), later.cache.try_borrow_mut())
+    else {
+        return false;
+    };
+    walk(earlier, &mut a_cache, later, &mut b_cache).unwrap_or(false)
+}
+
+/// The walk over the product of `earlier` and `later` behind [`covers`].
+fn walk(
+    earlier: &Dfa,
+    a_cache: &mut Cache,
+    later: &Dfa,
+    b_cache: &mut Cache,
+) -> Result<bool, GaveUp> {
     let mut visited = HashSet::new();
     let mut next = vec![(earlier.start, later.start, Utf8::Boundary)];
     while let Some(node) = next.pop() {
@@ -93,24 +165,33 @@ pub(super) fn covers(earlier: &Dfa, later: &Dfa) -> bool {
             continue;
         }
         if visited.len() > MAX_VISITED {
-            return false;
+            return Err(GaveUp);
         }
         let (sa, sb, at) = node;
-        if b.is_dead_state(sb) {
-            // No path of the later route's goes on this way.
-            continue;
+        if sa.is_dead() {
+            // The earlier route can match nothing more while the later one may: not certain.
+            return Ok(false);
         }
-        if a.is_quit_state(sa) || b.is_quit_state(sb) || a.is_dead_state(sa) {
-            // Undecidable here, or the earlier route can match nothing more while the later
-            // one may: not certain.
-            return false;
+        if at == Utf8::Boundary && later.accepts(b_cache, sb)? && !earlier.accepts(a_cache, sa)? {
+            return Ok(false);
         }
-        if at == Utf8::Boundary && later.accepts(sb) && !earlier.accepts(sa) {
-            return false;
-        }
-        at.each_next(|byte, to| next.push((a.next_state(sa, byte), b.next_state(sb, byte), to)));
+        let mut step = Ok(());
+        at.each_next(|byte, to| {
+            if step.is_err() {
+                return;
+            }
+            step = (|| {
+                let nb = later.next(b_cache, sb, byte)?;
+                // A byte no path of the later route's goes on with leaves nothing to check.
+                if !nb.is_dead() {
+                    next.push((earlier.next(a_cache, sa, byte)?, nb, to));
+                }
+                Ok(())
+            })();
+        });
+        step?;
     }
-    true
+    Ok(true)
 }
 
 /// Where a path's bytes stand within UTF-8 (RFC 3629's table of well-formed sequences).
@@ -202,10 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn a_witness_is_a_shortest_path_the_pattern_matches() {
+        let witness = |path| Dfa::new(path).expect("builds").witness();
+        assert_eq!(
+            witness(Path::Regex("/api/v[0-9]+/.*")).as_deref(),
+            Some("/api/v0/")
+        );
+        assert_eq!(witness(Path::Prefix("/svc/")).as_deref(), Some("/svc/"));
+        assert_eq!(witness(Path::Regex("/é+")).as_deref(), Some("/é"));
+        // Nothing a path can hold: no witness.
+        assert_eq!(witness(Path::Regex("/a b")), None);
+    }
+
+    #[test]
     fn a_regex_the_dfa_cannot_decide_covers_nothing() {
         // Unicode word boundaries: the DFA cannot run them, so no answer is certain.
         assert!(Dfa::new(Path::Regex("/api/\\b.*")).is_none());
-        // Too large to build within the bound.
-        assert!(Dfa::new(Path::Regex("/(\\w{50}){50}")).is_none());
     }
 }
