@@ -341,25 +341,15 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) {
 /// plugins) for everything, route `secret` (`/secret`, key-auth) beside it; `server` goes
 /// in `[server]`, `cluster` in the cluster's table.
 fn guarded(upstream: SocketAddr, server: &str, cluster: &str) -> String {
-    crate::config(
-        &[upstream],
-        r#"plugins = []
+    let secret = r#"plugins = []
 
 [[routes]]
 name = "secret"
 path_prefix = "/secret"
 cluster = "app"
 plugins = ["key-auth"]
-"#,
-    )
-    .replace(
-        "drain_timeout = \"10s\"",
-        &format!("drain_timeout = \"10s\"\n{server}"),
-    )
-    .replace(
-        "connect_timeout = \"1s\"",
-        &format!("connect_timeout = \"1s\"\n{cluster}"),
-    )
+"#;
+    crate::config_with(&[upstream], secret, server, cluster)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -92,15 +92,7 @@ async fn read_answer(mut stream: TcpStream) -> (u16, String) {
 /// `crate::config` (a listener, an admin, cluster `app` at `app` behind the catch-all route)
 /// with `server` lines in `[server]` and `cluster` lines in the cluster.
 fn one_cluster(app: &Upstream, server: &str, cluster: &str) -> String {
-    crate::config(&[app.addr], "")
-        .replace(
-            "drain_timeout = \"10s\"",
-            &format!("drain_timeout = \"10s\"\n{server}"),
-        )
-        .replace(
-            "connect_timeout = \"1s\"",
-            &format!("connect_timeout = \"1s\"\n{cluster}"),
-        )
+    crate::config_with(&[app.addr], "", server, cluster)
 }
 
 /// Whether every endpoint of every cluster is healthy and not ejected.

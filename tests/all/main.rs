@@ -103,6 +103,20 @@ cluster = "app"
     )
 }
 
+/// [`config`] with `server` lines added to its `[server]` and `cluster` lines to cluster
+/// `app`.
+pub fn config_with(endpoints: &[SocketAddr], extra: &str, server: &str, cluster: &str) -> String {
+    config(endpoints, extra)
+        .replace(
+            "drain_timeout = \"10s\"",
+            &format!("drain_timeout = \"10s\"\n{server}"),
+        )
+        .replace(
+            "connect_timeout = \"1s\"",
+            &format!("connect_timeout = \"1s\"\n{cluster}"),
+        )
+}
+
 /// A TLS listener with `certificates` (file stems: `NAME.pem`, `NAME.key`) and
 /// `listener_tls` (more of its `tls` table) in front of cluster `app` at `upstream`, with
 /// `server` in `[server]`.
