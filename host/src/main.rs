@@ -135,7 +135,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // The blocking pool (file reads and hashing at a reload, DNS) lets an idle thread go
+    // after a second, not tokio's ten: a thread's allocator gives back what it freed when the
+    // thread exits, and the buffers of a plugin load would otherwise stay resident ten
+    // seconds longer (BENCHMARKS.md, memory per plugin).
     let runtime = runtime
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -147,9 +147,14 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
 /// workspace is selected, as `test` builds it, so features resolve the same way and the
 /// dependencies already built are reused; only the fuzz binaries are built.
 fn build(profile: &str) -> anyhow::Result<()> {
-    // A copy of this binary is the wrapper: cargo may rebuild the original meanwhile.
+    // A copy of this binary is the wrapper: cargo may rebuild the original meanwhile (the
+    // workspace build before this step does, with its own feature set), and then its path
+    // names a deleted file. /proc/self/exe still opens the running binary.
     let wrapper = target_dir().join("fuzz/rustc-wrapper");
-    let me = std::env::current_exe().context("this binary's path")?;
+    let me = match Path::new("/proc/self/exe") {
+        running if running.exists() => running.to_path_buf(),
+        _ => std::env::current_exe().context("this binary's path")?,
+    };
     copy(&me, &wrapper)?;
     let mut args = vec!["build", "--workspace", "--features", "weir-fuzz/libfuzzer"];
     if profile == "release" {

@@ -308,7 +308,7 @@ impl PluginRuntime {
     }
 
     /// Compiles, links and, for a filter, configures a plugin; `limits` are the defaults its
-    /// `NAME.toml` may override. Compiling runs on a blocking thread, off the request path.
+    /// `NAME.toml` may override. Compiling runs on a thread of its own, off the request path.
     pub async fn load(
         &self,
         source: PluginSource,
@@ -329,14 +329,9 @@ impl PluginRuntime {
         self.ticker.unpark();
         let started = tokio::time::Instant::now();
         let hits_before = self.cache.as_ref().map(Cache::cache_hits);
-        let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &source.wasm))
+        let component = compile(self.engine.clone(), source.wasm)
             .await
-            .map_err(|e| {
-                fail(wasmtime::Error::msg(format!(
-                    "the compiler thread failed: {e}"
-                )))
-            })?
+            .map_err(fail)?
             .context("not a valid wasm component")
             .map_err(fail)?;
         let compile_time = started.elapsed();
@@ -505,6 +500,24 @@ impl CallError {
             FailureKind::Overloaded | FailureKind::BreakerOpen
         )
     }
+}
+
+/// Compiles `wasm` (or reads it from the cache) on a thread of its own that ends with the
+/// work, off the request path. Not tokio's blocking pool: the allocator (mimalloc) gives back
+/// what a thread freed when the thread exits or allocates again, and a pooled thread would sit
+/// idle holding the compiler's freed buffers, megabytes per plugin (BENCHMARKS.md, memory per
+/// plugin). A thread costs tens of microseconds against milliseconds of compiling.
+async fn compile(engine: Engine, wasm: Vec<u8>) -> wasmtime::Result<wasmtime::Result<Component>> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("weir-compile".into())
+        .spawn(move || {
+            let _ = sender.send(Component::new(&engine, &wasm));
+        })
+        .context("cannot start a compiler thread")?;
+    receiver
+        .await
+        .map_err(|_| wasmtime::Error::msg("the compiler thread failed"))
 }
 
 /// `10-auth.wasm` → `auth`: the file stem without a numeric ordering prefix.
