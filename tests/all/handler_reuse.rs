@@ -1,7 +1,8 @@
 //! Handler instance reuse (`reuse = true` in `NAME.toml`) through a real weir: a reused
 //! instance serves request after request, one at a time, until `max_uses`; a trap replaces
 //! it; an instance that keeps a request's response body open is not given the next request,
-//! and a request body it keeps is cut when its request ends. The guest is
+//! and a request body it keeps is cut when its request ends. An answer weir would not send
+//! (a 1xx or a status past 599, a head past `[server.limits]`) is refused. The guest is
 //! `tests/plugins/handler_reuse`, which answers `instance=ID uses=N`.
 
 use std::time::Duration;
@@ -205,4 +206,28 @@ async fn reuse_in_a_filter_settings_stops_startup() {
             .is_some_and(|m| m.contains("reuse is a handler setting"))
     });
     assert!(said, "{:#?}", weir.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_answer_weir_would_not_send_is_refused() {
+    // Five refusals in a row would open the handler's breaker: off, to see each refusal.
+    let (weir, _upstream) = start("reuse = true\nbreaker = { failures = 0 }\n").await;
+    // A 101 would hand the client's connection to a tunnel that is not there; a 103 leave it
+    // waiting for an answer; 999 is no HTTP status.
+    for code in [101, 103, 999] {
+        let (status, _, body) = call(&weir, &format!("status?code={code}")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{code}: {body}");
+    }
+    // The default [server.limits]: 100 headers, 8 KiB each.
+    for query in ["n=1000&bytes=1", "n=1&bytes=20000"] {
+        let (status, _, body) = call(&weir, &format!("headers?{query}")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{query}: {body}");
+    }
+    // Within them, the same answers go through.
+    let (status, _, _) = call(&weir, "status?code=201").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, headers, _) =
+        weir_tests::get_with(&weir.url("/c/headers?n=3&bytes=100"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("x-h-2").map(|v| v.len()), Some(100));
 }

@@ -33,6 +33,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 use wasmtime::Store;
@@ -44,6 +45,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::breaker::{Admit, Breaker};
+use super::chain::OutputLimits;
 use super::memory::{Limits, MemoryBudget};
 use super::outbound::{Outbound, OutboundError};
 use super::{CallError, ManualClock, PluginInfo, budget};
@@ -348,10 +350,13 @@ impl WasiHttpHooks for OutboundHooks {
 impl Handler {
     /// Runs the handler for one request; returns its whole response. `outbound` sends its
     /// sub-requests.
+    /// Its answer is refused (a failed call, `invalid_output`) if weir would not send it:
+    /// a status outside 200–599, or a head past `limits`, as a filter's local reply.
     pub async fn handle(
         &self,
         request: http::Request<HandlerBody>,
         outbound: Arc<dyn Outbound>,
+        limits: OutputLimits,
     ) -> Result<http::Response<Bytes>, CallError> {
         let probe = match self.breaker.admit() {
             Admit::Call => false,
@@ -367,7 +372,16 @@ impl Handler {
             }
         };
         let ready = self.checkout().await?;
-        let outcome = self.run(request, outbound, ready).await;
+        let outcome = self
+            .run(request, outbound, ready)
+            .await
+            .and_then(|response| {
+                let why = checked(&response, limits).err();
+                why.map_or(Ok(response), |why| {
+                    let error = format_args!("invalid output: {why}");
+                    Err(self.info.error(FailureKind::InvalidOutput, error))
+                })
+            });
         match &outcome {
             Ok(_) => {
                 if self.breaker.succeeded() {
@@ -583,6 +597,37 @@ impl Handler {
             }
         }
     }
+}
+
+/// Whether weir sends a handler's answer with this head. A 1xx is an interim answer weir
+/// never asked for (a client would wait for the real one, or, after a 101, take the
+/// connection for a tunnel to nothing); wasi:http lets a guest write any status up to 999.
+fn checked(response: &http::Response<Bytes>, limits: OutputLimits) -> Result<(), String> {
+    let status = response.status().as_u16();
+    if !(200..=599).contains(&status) {
+        return Err(format!(
+            "status {status}: a plugin's response must be 200 to 599"
+        ));
+    }
+    let headers = response.headers();
+    if headers.len() > limits.headers {
+        return Err(format!(
+            "{} headers; at most {} are taken ([server.limits] headers)",
+            headers.len(),
+            limits.headers
+        ));
+    }
+    let too_large = |(name, value): &(&HeaderName, &HeaderValue)| {
+        name.as_str().len() + value.len() > limits.header_bytes
+    };
+    if let Some((name, value)) = headers.iter().find(too_large) {
+        return Err(format!(
+            "header {name} is {} bytes; at most {} are taken ([server.limits] header_bytes)",
+            name.as_str().len() + value.len(),
+            limits.header_bytes
+        ));
+    }
+    Ok(())
 }
 
 /// A client's body failing mid-stream, as wasi:http tells the guest.

@@ -68,6 +68,7 @@ use crate::config::{HashKey, LbPolicy};
 use crate::error::{ErrorKind, ProxyError};
 use crate::generation::{Generation, Route, Target};
 use crate::plugin::Handler;
+use crate::plugin::chain::OutputLimits;
 use crate::plugin::handler::HandlerBody;
 use crate::plugin::view::RequestView;
 use crate::server::Accepted;
@@ -697,7 +698,11 @@ async fn call_handler(
         request_id: request_id.clone(),
     });
     let response = handler
-        .handle(Request::from_parts(parts, body), outbound)
+        .handle(
+            Request::from_parts(parts, body),
+            outbound,
+            OutputLimits::from_limits(&generation.config.server.limits),
+        )
         .await
         .map_err(|e| {
             let kind = if e.unavailable() {

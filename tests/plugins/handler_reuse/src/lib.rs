@@ -13,7 +13,9 @@
 //! - `…/leak`: writes `LEAKED` into a kept body, if it has one, and finishes it;
 //! - `…/hold-body`: keeps the request's body stream, unread, in a global;
 //! - `…/read-held`: answers what reading a held body gives now: `read BYTES`, `error`, or
-//!   `none held`.
+//!   `none held`;
+//! - `…/status?code=N`: answers with status N (any wasi:http accepts, up to 999);
+//! - `…/headers?n=N&bytes=B`: answers with N more headers `x-h-I`, each value B bytes.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -95,6 +97,27 @@ impl Guest for Handler {
                     }
                 };
             }
+            "status" => {
+                let code = number(query, "code").unwrap_or(200);
+                let response = OutgoingResponse::new(Fields::new());
+                let _ = response.set_status_code(u16::try_from(code).unwrap_or(200));
+                let body = response.body().expect("a body");
+                ResponseOutparam::set(out, Ok(response));
+                let _ = OutgoingBody::finish(body, None);
+                return;
+            }
+            "headers" => {
+                let value = vec![b'v'; number(query, "bytes").unwrap_or(1)];
+                let headers: Vec<(String, Vec<u8>)> = (0..number(query, "n").unwrap_or(1))
+                    .map(|i| (format!("x-h-{i}"), value.clone()))
+                    .collect();
+                let fields = Fields::from_list(&headers).expect("valid headers");
+                let response = OutgoingResponse::new(fields);
+                let body = response.body().expect("a body");
+                ResponseOutparam::set(out, Ok(response));
+                let _ = OutgoingBody::finish(body, None);
+                return;
+            }
             _ => {}
         }
         let (stream, body) = respond_head(out, &whoami);
@@ -118,6 +141,15 @@ fn respond_head(out: ResponseOutparam, whoami: &str) -> (OutputStream, OutgoingB
     ResponseOutparam::set(out, Ok(response));
     let stream = body.write().expect("a body stream");
     (stream, body)
+}
+
+/// The number after `name=` in a query.
+fn number(query: &str, name: &str) -> Option<usize> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?
+        .parse()
+        .ok()
 }
 
 fn write(stream: &OutputStream, bytes: &[u8]) {
