@@ -6,8 +6,9 @@
 # VmHWM, RssAnon) and from the admin's /metrics the plugins' linear memory
 # (weir_plugin_memory_bytes), live and created instances per plugin and failed plugin calls.
 # One row per chunk, then the verdicts:
-#   - memory: levelled off when the last rows' RSS (the last five of ten) stay within TOLERANCE
-#     percent (or SLACK_MIB, whichever is more) of each other and do not rise row after row;
+#   - memory: levelled off when a least-squares line through the RSS of every row after the
+#     first chunk rises by less than TOLERANCE percent of their mean (or SLACK_MIB, whichever
+#     is more) over the run: a trend, not the spread, since RSS moves with the live instances;
 #   - the chain: every chunk raised each plugin's on-request calls by CHUNK (every request ran
 #     all four), and how many answers were not 2xx;
 #   - Go's GC workaround: the Go guard switches Go's collector off and runs it every 100th hook
@@ -224,16 +225,22 @@ awk -v tol="$TOLERANCE" -v slack="$SLACK_MIB" -v chunk="$CHUNK" '
   /^#/ { next }
   { n++; req[n] = $1; rss[n] = $2; gomem[n] = $3; calls[n] = $4; bad += $5 }
   END {
-    # The tail: the last five rows of ten, or the last half of fewer (at least two).
-    rows = n - 1; t = int(rows / 2); if (t > 5) t = 5; if (t < 2) t = 2; if (t > rows) t = rows
-    lo = hi = rss[n]; rising = 1
-    for (i = n - t + 1; i <= n; i++) { if (rss[i] < lo) lo = rss[i]; if (rss[i] > hi) hi = rss[i]; if (i > n - t + 1 && rss[i] <= rss[i-1]) rising = 0 }
-    spread = (hi - lo) * 100 / lo
-    slope = (rss[n] - rss[n-t+1]) / 1024 / (t - 1)
-    printf "memory: RSS over the last %d rows %.1f–%.1f MiB (spread %.1f %%, %+.2f MiB per %d requests): ", t, lo/1024, hi/1024, spread, slope, chunk
-    if ((spread <= tol || hi - lo <= slack * 1024) && !rising) print "LEVELLED OFF"
-    else if (rising) print "STILL GROWING (rises every row)"
-    else printf "NOT LEVELLED (spread over %s %% and %s MiB)\n", tol, slack
+    # A trend, not the spread: RSS moves with how many instances are alive (each JavaScript
+    # or Python one holds tens of MiB, and they are replaced every max_uses calls), so rows
+    # differ by more than any tolerance without growing. Levelled off when the least-squares
+    # line through the rows after the first chunk (the warm-up) rises less than TOLERANCE
+    # percent of their mean (or SLACK_MIB, whichever is more) from first to last.
+    m = 0; sx = sy = sxx = sxy = 0; lo = hi = rss[2]
+    for (i = 2; i <= n; i++) {
+      m++; sx += i; sy += rss[i]; sxx += i * i; sxy += i * rss[i]
+      if (rss[i] < lo) lo = rss[i]; if (rss[i] > hi) hi = rss[i]
+    }
+    slope = (m > 1) ? (m * sxy - sx * sy) / (m * sxx - sx * sx) : 0
+    mean = sy / m; rise = slope * (m - 1); allowed = mean * tol / 100
+    if (allowed < slack * 1024) allowed = slack * 1024
+    printf "memory: RSS after the first chunk %.1f–%.1f MiB (mean %.1f); fitted trend %+.2f MiB per %d requests, %+.1f MiB over the run: ", lo/1024, hi/1024, mean/1024, slope/1024, chunk, rise/1024
+    if (rise <= allowed) print "LEVELLED OFF"
+    else printf "STILL GROWING (more than %s %% or %s MiB)\n", tol, slack
     full = 0; for (i = 2; i <= n; i++) full += calls[i]
     printf "chain: every guard'"'"'s on-request calls = the requests sent in %d of %d chunks%s; %d answers not 2xx\n",
       full, n - 1, (full < n - 1 ? " (a failed call stops the chain: see fails)" : ""), bad
