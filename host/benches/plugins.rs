@@ -11,16 +11,21 @@
 //! Needs the bundled plugins: `cargo xtask plugins && cargo bench -p weir-host --bench
 //! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use http::{HeaderValue, Request, Response};
 use weir::config::PluginLimits;
 use weir::plugin::chain::{Chain, RequestStep};
 use weir::plugin::view::RequestView;
 use weir::plugin::{Filter, Plugin, PluginRuntime, PluginSource, RequestAction};
+
+/// The allocator the `weir` binary uses (`host/src/main.rs`), so that what the host allocates
+/// per call costs here what it costs a request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const HEADERS_TOML: &str = r#"
 [config.request]
@@ -135,15 +140,18 @@ fn request() -> RequestView {
     )
 }
 
-/// One `on-request` call with the request in `slot`, which is lent to the call (it takes
-/// `&mut`) and put back: no copy per iteration.
-async fn call(plugin: &Filter, slot: &Cell<Option<RequestView>>) -> RequestAction {
-    let mut head = slot.take().expect("the head is put back after every call");
+/// One `on-request` call with the request in `slot`, lent to the call in place (it takes
+/// `&mut`): neither copied nor moved per iteration, so what is measured is the call.
+#[expect(
+    clippy::await_holding_refcell_ref,
+    reason = "one call at a time on a current-thread runtime: nothing else borrows the slot"
+)]
+async fn call(plugin: &Filter, slot: &RefCell<RequestView>) -> RequestAction {
+    let mut head = slot.borrow_mut();
     let (action, _left) = plugin
         .on_request(&mut head)
         .await
         .unwrap_or_else(|e| panic!("the plugin call failed: {e}"));
-    slot.set(Some(head));
     action
 }
 
@@ -173,7 +181,7 @@ fn benches(c: &mut Criterion) {
         &format!("max_uses = 1\n{HEADERS_TOML}"),
     );
     let key_auth = load(&runtime, &plugins, "key-auth", KEY_AUTH_TOML);
-    let head = Cell::new(Some(request()));
+    let head = RefCell::new(request());
 
     let mut hook = c.benchmark_group("hook");
     hook.bench_function("on_request/reused_instance", |b| {
@@ -230,7 +238,7 @@ fn phase_benches(c: &mut Criterion) {
     let rate_limit = load(&runtime, &plugins, "rate-limit", RATE_LIMIT_TOML);
     let rewrite = load(&runtime, &plugins, "rewrite", REWRITE_TOML);
     let transform = load(&runtime, &plugins, "transform", TRANSFORM_TOML);
-    let head = Cell::new(Some(request()));
+    let head = RefCell::new(request());
     let body = serde_json::to_vec(&serde_json::json!({
         "id": 42, "status": "shipped", "secret": "upstream-only",
         "items": (0..10).map(|i| serde_json::json!({"sku": format!("sku-{i}"), "qty": i})).collect::<Vec<_>>(),
@@ -312,7 +320,7 @@ fn language_benches(c: &mut Criterion) {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
     let before = std::env::var_os("WEIR_GUARD_BEFORE").map(PathBuf::from);
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
-    let head = Cell::new(Some(request()));
+    let head = RefCell::new(request());
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
         let builds = before
@@ -360,5 +368,41 @@ fn language_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// `WEIR_COUNT_CALLS=N`: instead of the benchmarks, `N` calls of the
+/// `hook/on_request/reused_instance` benchmark's hook (after 1,000 unmeasured ones), for
+/// counting instructions with callgrind: run it with two values of `N` and divide the
+/// difference of the totals by the difference of the counts, which leaves out loading and
+/// warm-up. `WEIR_PLUGIN_CACHE` is the compile cache to use (fill it with a run outside
+/// valgrind under the same `ulimit -v`, so the engine's settings match and valgrind's run
+/// compiles nothing).
+fn count_calls(calls: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let cache = std::env::var_os("WEIR_PLUGIN_CACHE").map(PathBuf::from);
+    let plugins = PluginRuntime::new(cache.as_deref()).expect("plugin runtime");
+    let headers = load(&runtime, &plugins, "headers", HEADERS_TOML);
+    let head = RefCell::new(request());
+    runtime.block_on(async {
+        for _ in 0..1_000 {
+            call(&headers, &head).await;
+        }
+        for _ in 0..calls {
+            std::hint::black_box(call(&headers, &head).await);
+        }
+    });
+    println!("{calls} calls");
+}
+
 criterion_group!(plugin_benches, benches, phase_benches, language_benches);
-criterion_main!(plugin_benches);
+
+fn main() {
+    let counted = std::env::var("WEIR_COUNT_CALLS").ok();
+    if let Some(calls) = counted.and_then(|n| n.parse().ok()) {
+        count_calls(calls);
+        return;
+    }
+    plugin_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -36,7 +36,12 @@ pub struct Filter {
     clock: Option<Arc<ManualClock>>,
     engine: Engine,
     pre: AnyPre,
-    idle: Mutex<Vec<Instance>>,
+    /// Boxed, so a checkout and a checkin move a pointer, not the instance.
+    #[expect(
+        clippy::vec_box,
+        reason = "a call holds its instance by the box it was made in: popped, pushed and passed around without moving the instance"
+    )]
+    idle: Mutex<Vec<Box<Instance>>>,
     /// Its share of the instance pool: `max_instances` at once, idle or in a call.
     slots: Arc<Slots>,
     /// The memory all plugins' instances draw from.
@@ -229,7 +234,7 @@ impl Filter {
     }
 
     /// A fresh, configured instance in `slot`.
-    async fn instantiate(&self, slot: Slot) -> Result<Instance, CallError> {
+    async fn instantiate(&self, slot: Slot) -> Result<Box<Instance>, CallError> {
         let limits = Limits::new(self.info.settings.memory_limit, self.memory.clone());
         let mut store = Store::new(
             &self.engine,
@@ -258,7 +263,7 @@ impl Filter {
         let live = Held::new(&self.metrics.instances);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
         match configured {
-            Ok(Ok(())) => Ok(Instance {
+            Ok(Ok(())) => Ok(Box::new(Instance {
                 store,
                 guest,
                 uses: 0,
@@ -266,7 +271,7 @@ impl Filter {
                 probe: false,
                 _live: live,
                 _slot: slot,
-            }),
+            })),
             Ok(Err(rejected)) => Err(self.error(
                 FailureKind::Instantiate,
                 format_args!("configuration rejected: {rejected}"),
@@ -281,8 +286,9 @@ impl Filter {
         self.info.error(kind, message)
     }
 
-    /// Counts a call of `hook` that started at `started`.
-    fn timed<R>(hook: &Histogram, started: Clock, result: R) -> R {
+    /// Counts a call of `hook` that started at `started` (read from the TSC: a few
+    /// instructions, where the system clock is a call).
+    fn timed<R>(hook: &Histogram, started: quanta::Instant, result: R) -> R {
         hook.observe(started.elapsed().as_secs_f64());
         result
     }
@@ -290,7 +296,11 @@ impl Filter {
     /// An instance ready for one hook call for `request`: idle if one is, else fresh if the
     /// plugin's share of the pool has room, else the first one freed within its deadline.
     /// Refused at once while the hook's breaker is open.
-    async fn checkout(&self, request: &RequestView, hook: Hook) -> Result<Instance, CallError> {
+    async fn checkout(
+        &self,
+        request: &RequestView,
+        hook: Hook,
+    ) -> Result<Box<Instance>, CallError> {
         let probe = match self.breakers[hook as usize].admit() {
             Admit::Call => false,
             Admit::Probe => true,
@@ -333,13 +343,13 @@ impl Filter {
         Ok(instance)
     }
 
-    fn idle(&self) -> Option<Instance> {
+    fn idle(&self) -> Option<Box<Instance>> {
         self.idle.lock().ok().and_then(|mut idle| idle.pop())
     }
 
     /// A fresh instance if the plugin's share has room; else waits, up to the plugin's
     /// deadline, for an instance to go idle or away.
-    async fn fresh_or_freed(&self) -> Result<Instance, CallError> {
+    async fn fresh_or_freed(&self) -> Result<Box<Instance>, CallError> {
         if let Some(slot) = self.slots.take() {
             return self.instantiate(slot).await;
         }
@@ -371,7 +381,7 @@ impl Filter {
         waited
     }
 
-    fn checkin(&self, mut instance: Instance) {
+    fn checkin(&self, mut instance: Box<Instance>) {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
         if instance.uses < self.info.settings.max_uses
@@ -386,7 +396,11 @@ impl Filter {
 
     /// Returns a healthy instance to the pool; one whose call failed is dropped instead.
     /// Either way the breaker hears of it.
-    fn finish<R>(&self, instance: Instance, result: Result<R, HookError>) -> Result<R, CallError> {
+    fn finish<R>(
+        &self,
+        instance: Box<Instance>,
+        result: Result<R, HookError>,
+    ) -> Result<R, CallError> {
         let (hook, probe) = (instance.hook, instance.probe);
         match result {
             Ok(value) => {
@@ -440,7 +454,7 @@ impl Filter {
         &self,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
-        let started = Clock::now();
+        let started = quanta::Instant::now();
         let mut instance = self.checkout(request, Hook::Request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
@@ -457,7 +471,7 @@ impl Filter {
         request: &RequestView,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let started = Clock::now();
+        let started = quanta::Instant::now();
         let mut instance = self.checkout(request, Hook::RequestBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
@@ -472,7 +486,7 @@ impl Filter {
         response: &response::Parts,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let started = Clock::now();
+        let started = quanta::Instant::now();
         let mut instance = self.checkout(request, Hook::ResponseBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(
@@ -489,7 +503,7 @@ impl Filter {
         request: &mut RequestView,
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
-        let started = Clock::now();
+        let started = quanta::Instant::now();
         let mut instance = self.checkout(request, Hook::Response).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);

@@ -18,6 +18,8 @@ pub(crate) struct PluginState {
     /// and random numbers are all a plugin gets from it.
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
+    /// Where in `table` the lazy hooks' views are lent (`contract::v0_3`).
+    pub(crate) lent: LentSlots,
     /// Memory cap for this instance, and its draw on weir's budget for all of them.
     pub(crate) limits: Limits,
     /// The plugin's name, for log lines.
@@ -62,6 +64,7 @@ impl PluginState {
         PluginState {
             wasi,
             table: ResourceTable::new(),
+            lent: LentSlots::default(),
             limits,
             plugin,
             kv,
@@ -78,6 +81,17 @@ impl PluginState {
             trailers: None,
         }
     }
+}
+
+/// The entries of an instance's resource table that the lazy hooks' `request` and `response`
+/// are lent in: made by the instance's first call that lends one, kept for its life, empty
+/// between calls.
+#[derive(Debug, Default)]
+pub(crate) struct LentSlots {
+    /// The `request` entry's index, once made.
+    pub(crate) request: Option<u32>,
+    /// The `response` entry's index, once made.
+    pub(crate) response: Option<u32>,
 }
 
 impl WasiView for PluginState {

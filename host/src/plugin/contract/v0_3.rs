@@ -127,11 +127,12 @@ impl GuestTrait for Guest {
     ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
         let key_before = request.cache_key();
-        let lent = lend(store, mem::replace(request, RequestView::placeholder()))?;
+        let lent = lent_request(store)?;
+        swap(store, &lent, request)?;
         let borrowed = Resource::new_borrow(lent.rep());
         let bound = store.data().budget.bound();
         let action = cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed)).await;
-        *request = take_back(store, lent)?;
+        swap(store, &lent, request)?;
         let left = request.take_leaving();
         let action = action.and_then(|action| {
             request.apply_staged().map_err(wasmtime::Error::msg)?;
@@ -154,26 +155,27 @@ impl GuestTrait for Guest {
     ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
         let bound = store.data().budget.bound();
-        let lent_request = lend(store, mem::replace(request, RequestView::placeholder()))?;
-        let view = ResponseView {
+        let (lent_request, lent_response) = (lent_request(store)?, lent_response(store)?);
+        swap(store, &lent_request, request)?;
+        let mut view = ResponseView {
             status: response.status,
             headers: mem::take(&mut response.headers),
         };
-        let lent_response = match lend(store, view) {
-            Ok(lent) => lent,
-            Err(e) => {
-                *request = take_back(store, lent_request)?;
-                return Err(e);
-            }
-        };
+        if let Err(e) = swap(store, &lent_response, &mut view) {
+            swap(store, &lent_request, request)?;
+            return Err(e);
+        }
         let action = exports.call_on_response_lazy(
             &mut *store,
             Resource::new_borrow(lent_request.rep()),
             Resource::new_borrow(lent_response.rep()),
         );
         let action = cut_off(bound, action).await;
-        response.headers = take_back(store, lent_response)?.headers;
-        *request = take_back(store, lent_request)?;
+        // Back out of the table, whatever the call did: the view there is the chain's.
+        let taken_back = swap(store, &lent_response, &mut view);
+        response.headers = view.headers;
+        swap(store, &lent_request, request)?;
+        taken_back?;
         let left = request.take_leaving();
         // The request has gone upstream: a method or body set now changes nothing.
         request.drop_staged();
@@ -214,26 +216,60 @@ impl GuestTrait for Guest {
     }
 }
 
-/// Puts a view (moved out of the chain) into the store's resource table for one call.
-/// (Pushing fails only on a table of 2^32 entries; the view is then lost with the failed
-/// call, and the error says so.)
-fn lend<V: Send + 'static>(
-    store: &mut Store<PluginState>,
-    view: V,
-) -> Result<Resource<V>, HookError> {
-    let table = &mut store.data_mut().table;
-    table
-        .push(view)
-        .map_err(|e| HookError::LostView(format!("cannot lend a view to the call: {e}")))
+/// The instance's `request` slot in its resource table: made (empty) by its first lazy
+/// call and kept for the instance's life, so that lending a view to a call is two swaps
+/// rather than a boxed table entry made and freed per call. Between calls it holds an
+/// empty view: an instance in the pool keeps nothing of a request.
+fn lent_request(store: &mut Store<PluginState>) -> Result<Resource<RequestView>, HookError> {
+    let state = store.data_mut();
+    let rep = match state.lent.request {
+        Some(rep) => rep,
+        None => {
+            let rep = state
+                .table
+                .push(RequestView::placeholder())
+                .map_err(|e| HookError::LostView(format!("cannot lend a view to the call: {e}")))?
+                .rep();
+            *state.lent.request.insert(rep)
+        }
+    };
+    Ok(Resource::new_own(rep))
 }
 
-/// Takes a lent view back out of the table after the call.
-fn take_back<V: Send + 'static>(
+/// The instance's `response` slot, as [`lent_request`].
+fn lent_response(store: &mut Store<PluginState>) -> Result<Resource<ResponseView>, HookError> {
+    let state = store.data_mut();
+    let rep = match state.lent.response {
+        Some(rep) => rep,
+        None => {
+            let empty = ResponseView {
+                status: http::StatusCode::OK,
+                headers: http::HeaderMap::new(),
+            };
+            let rep = state
+                .table
+                .push(empty)
+                .map_err(|e| HookError::LostView(format!("cannot lend a view to the call: {e}")))?
+                .rep();
+            *state.lent.response.insert(rep)
+        }
+    };
+    Ok(Resource::new_own(rep))
+}
+
+/// Swaps `view` with what the table holds at `slot`: before a call the chain's view goes
+/// in (the slot's empty one comes out), after it the two go back. (Fails only if the slot
+/// is not there, a host bug: the view is then lost with the failed call, and the error says
+/// so.)
+fn swap<V: Send + 'static>(
     store: &mut Store<PluginState>,
-    lent: Resource<V>,
-) -> Result<V, HookError> {
+    slot: &Resource<V>,
+    view: &mut V,
+) -> Result<(), HookError> {
     let table = &mut store.data_mut().table;
-    table
-        .delete(lent)
-        .map_err(|e| HookError::LostView(format!("cannot take back a lent view: {e}")))
+    let lent = table
+        .get_mut(slot)
+        .map_err(|e| HookError::LostView(format!("cannot swap a lent view: {e}")))?;
+    mem::swap(lent, view);
+    Ok(())
 }
