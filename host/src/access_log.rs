@@ -20,7 +20,7 @@ use http::{Method, Version};
 
 use crate::config::{AccessLogConfig, Config, LogFormat, LogTarget};
 use crate::generation::Generation;
-use crate::metrics::metrics;
+use crate::metrics::{Tick, metrics};
 use crate::tls::TlsInfo;
 
 /// The process's access log.
@@ -48,7 +48,7 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Batch {
-    text: Vec<u8>,
+    lines: Lines,
     records: u64,
 }
 
@@ -56,8 +56,55 @@ struct Batch {
 struct Writer {
     out: Output,
     target: LogTarget,
-    /// Swapped with the batch's buffer, so formatting goes on while this one is written.
-    spare: Vec<u8>,
+    /// Swapped with the batch's lines, so formatting goes on while these are written.
+    spare: Lines,
+}
+
+/// Formatted lines, in a buffer kept at its full length: the room a line is written into is
+/// zeroed once, when the buffer grows, not for every line (a `Vec` would have to be resized
+/// to the room, then truncated, for each).
+#[derive(Debug, Default)]
+struct Lines {
+    buf: Vec<u8>,
+    /// The bytes of `buf` that hold lines; the rest is room (zeroes, or bytes of lines
+    /// already written).
+    len: usize,
+}
+
+impl Lines {
+    /// Appends what `write` writes, given room for at most `room` bytes.
+    fn push(&mut self, room: usize, write: impl FnOnce(&mut Cursor<'_>)) {
+        let end = self.len + room;
+        if self.buf.len() < end {
+            // Doubling: a busy interval zeroes its room a few times, not once a line.
+            self.buf.resize(end.max(2 * self.buf.len()), 0);
+        }
+        let mut cursor = Cursor {
+            room: &mut self.buf[self.len..end],
+            len: 0,
+        };
+        write(&mut cursor);
+        self.len += cursor.len;
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Forgets the lines; gives back a buffer that grew past [`KEEP_BYTES`] in a burst.
+    fn clear(&mut self) {
+        self.len = 0;
+        if self.buf.len() > KEEP_BYTES {
+            self.buf.truncate(KEEP_BYTES);
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    /// The lines, as an owned buffer of their length.
+    fn into_vec(mut self) -> Vec<u8> {
+        self.buf.truncate(self.len);
+        self.buf
+    }
 }
 
 /// How often the writer writes what has queued.
@@ -71,10 +118,13 @@ const KEEP_BYTES: usize = 1 << 20;
 pub struct Entry<'a> {
     /// The generation the request was served by (for route, cluster and endpoint names).
     pub generation: &'a Generation,
-    /// When the request's head arrived.
-    pub time: SystemTime,
+    /// When the request's head arrived: the reading the request's duration is timed from
+    /// (the record's wall-clock time is derived from it).
+    pub time: Tick,
     /// `x-request-id`.
     pub request_id: Option<&'a HeaderValue>,
+    /// weir made the request id (a UUID: nothing in it needs escaping).
+    pub request_id_is_ours: bool,
     /// The W3C trace id, when the request is traced.
     pub trace_id: Option<&'a str>,
     /// The client's address, `ip:port`.
@@ -122,7 +172,7 @@ impl AccessLog {
             out: Mutex::new(Writer {
                 out: Output::open(&config.to)?,
                 target: config.to.clone(),
-                spare: Vec::new(),
+                spare: Lines::default(),
             }),
             reopen: AtomicBool::new(false),
             format: config.format,
@@ -155,7 +205,7 @@ impl AccessLog {
         }
         batch.records += 1;
         let format = shared.format;
-        Cursor::write(&mut batch.text, entry.room(), |out| match format {
+        batch.lines.push(entry.room(), |out| match format {
             LogFormat::Json => entry.write(&mut Json(out)),
             LogFormat::Text => entry.write(&mut Text(out)),
         });
@@ -199,20 +249,19 @@ impl Shared {
         let writer = &mut *writer;
         let records = {
             let mut batch = lock(&self.batch);
-            std::mem::swap(&mut batch.text, &mut writer.spare);
+            std::mem::swap(&mut batch.lines, &mut writer.spare);
             std::mem::take(&mut batch.records)
         };
-        if !writer.spare.is_empty() {
+        if records > 0 {
             match writer
                 .out
-                .write_all(&writer.spare)
+                .write_all(writer.spare.text())
                 .and_then(|()| writer.out.flush())
             {
                 Ok(()) => metrics().access_log_written.inc_by(records),
                 Err(e) => tracing::error!(error = %e, "access log: cannot write"),
             }
             writer.spare.clear();
-            writer.spare.shrink_to(KEEP_BYTES);
         }
         if self.reopen.swap(false, Ordering::AcqRel) {
             match Output::open(&writer.target) {
@@ -264,42 +313,105 @@ impl Output {
     }
 }
 
-/// Route, cluster and endpoint names as a generation's records write them: escaped and
-/// quoted once, when the generation is built, not per request.
+/// The pieces of a generation's records that are the same from one request to the next,
+/// formatted once, when the generation is built, by the same code that writes any record's
+/// fields (so they read the same): each route's field, each cluster's and endpoint's, and
+/// the end of a record in the usual case. A record is then a few copies where it was a field
+/// at a time.
 #[derive(Debug, Default)]
 pub struct Names {
+    /// Per route: `,"route":"name"`.
     routes: Vec<Box<[u8]>>,
-    clusters: Vec<Box<[u8]>>,
-    /// Per cluster, per endpoint.
-    endpoints: Vec<Vec<Box<[u8]>>>,
+    /// `,"route":null`.
+    no_route: Box<[u8]>,
+    /// Per cluster: per endpoint `,"cluster":"name","endpoint":"host:port"`, then the
+    /// cluster's with no endpoint.
+    clusters: Vec<Vec<Box<[u8]>>>,
+    /// `,"cluster":null,"endpoint":null`.
+    no_cluster: Box<[u8]>,
+    /// From `plugin` to the end of the line, for a record no plugin answered, whose response
+    /// ended, on a connection without TLS (empty when there is no access log).
+    tail: Box<[u8]>,
+    /// The longest route piece, the longest cluster piece and the tail, together.
+    room: usize,
+}
+
+impl Names {
+    fn route(&self, route: Option<usize>) -> &[u8] {
+        route
+            .and_then(|i| self.routes.get(i))
+            .unwrap_or(&self.no_route)
+    }
+
+    fn cluster(&self, cluster: Option<usize>, endpoint: Option<usize>) -> &[u8] {
+        let Some(endpoints) = cluster.and_then(|c| self.clusters.get(c)) else {
+            return &self.no_cluster;
+        };
+        // The last is the cluster's piece without an endpoint.
+        let i = endpoint.map_or(endpoints.len() - 1, |e| e.min(endpoints.len() - 1));
+        &endpoints[i]
+    }
 }
 
 impl AccessLog {
-    /// The names of `config`'s routes, clusters and endpoints, formatted for this log.
-    pub fn names(&self, config: &Config) -> Names {
-        let format = |name: &str| {
-            let mut text = Vec::new();
-            Cursor::write(&mut text, escaped_room(name.len()), |out| {
-                match self.shared.format {
-                    LogFormat::Json => json_string(name.as_bytes(), out),
-                    LogFormat::Text => text_value(name.as_bytes(), out),
-                }
+    /// The pieces of generation `generation`'s records (of `config`), formatted for this log.
+    pub fn names(&self, config: &Config, generation: u64) -> Names {
+        let format = self.shared.format;
+        let piece = |room: usize, write: &dyn Fn(&mut dyn Line)| -> Box<[u8]> {
+            let mut text = Lines::default();
+            text.push(FIXED_ROOM + room, |out| match format {
+                LogFormat::Json => write(&mut Json(out)),
+                LogFormat::Text => write(&mut Text(out)),
             });
-            text.into_boxed_slice()
+            text.into_vec().into_boxed_slice()
         };
+        let route = |name: Option<&str>| {
+            let room = escaped_room(name.map_or(0, str::len));
+            piece(room, &|line| route_field(line, name.map(str::as_bytes)))
+        };
+        let cluster = |cluster: Option<&str>, endpoint: Option<&str>| {
+            let room = escaped_room(cluster.map_or(0, str::len))
+                + escaped_room(endpoint.map_or(0, str::len));
+            piece(room, &|line| {
+                cluster_fields(
+                    line,
+                    cluster.map(str::as_bytes),
+                    endpoint.map(str::as_bytes),
+                );
+            })
+        };
+        let routes: Vec<_> = config.routes.iter().map(|r| route(Some(&r.name))).collect();
+        let clusters: Vec<Vec<_>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let endpoints = c.endpoints.iter().map(|e| e.authority.as_str());
+                endpoints
+                    .map(Some)
+                    .chain([None])
+                    .map(|e| cluster(Some(&c.name), e))
+                    .collect()
+            })
+            .collect();
+        let tail = piece(0, &|line| {
+            tail_fields(line, None, false, generation, None);
+            line.end();
+        });
+        let longest = |pieces: &mut dyn Iterator<Item = &Box<[u8]>>| {
+            pieces.map(|p| p.len()).max().unwrap_or(0)
+        };
+        let no_route = route(None);
+        let no_cluster = cluster(None, None);
+        let room = longest(&mut routes.iter().chain([&no_route]))
+            + longest(&mut clusters.iter().flatten().chain([&no_cluster]))
+            + tail.len();
         Names {
-            routes: config.routes.iter().map(|r| format(&r.name)).collect(),
-            clusters: config.clusters.iter().map(|c| format(&c.name)).collect(),
-            endpoints: config
-                .clusters
-                .iter()
-                .map(|c| {
-                    c.endpoints
-                        .iter()
-                        .map(|e| format(e.authority.as_str()))
-                        .collect()
-                })
-                .collect(),
+            routes,
+            no_route,
+            clusters,
+            no_cluster,
+            tail,
+            room,
         }
     }
 }
@@ -321,10 +433,6 @@ impl<'a> Value<'a> {
     fn text(text: Option<&'a [u8]>) -> Value<'a> {
         text.map_or(Value::Null, Value::Text)
     }
-
-    fn bare(bare: Option<&'a [u8]>) -> Value<'a> {
-        bare.map_or(Value::Null, Value::Bare)
-    }
 }
 
 /// A line format. Each field comes with what precedes its value in either format (its name,
@@ -333,6 +441,8 @@ trait Line {
     fn field(&mut self, json: &'static str, text: &'static str, value: Value<'_>);
     /// Seconds with microsecond precision: `0.001234`.
     fn seconds(&mut self, json: &'static str, text: &'static str, value: Option<Duration>);
+    /// Fields already formatted for this format (`Names`' pieces).
+    fn piece(&mut self, piece: &[u8]);
     fn end(&mut self);
 }
 
@@ -358,7 +468,8 @@ fn escaped_room(len: usize) -> usize {
 
 impl Entry<'_> {
     /// Room enough for the record in either format: its names, numbers and punctuation fit in
-    /// [`FIXED_ROOM`]; its texts take at most [`escaped_room`].
+    /// [`FIXED_ROOM`], its generation's pieces in `Names::room`; its texts take at most
+    /// [`escaped_room`].
     fn room(&self) -> usize {
         let texts = [
             self.request_id.map_or(0, |v| v.len()),
@@ -367,109 +478,122 @@ impl Entry<'_> {
             self.method.as_str().len(),
             self.host.map_or(0, <[u8]>::len),
             self.path.len(),
-            self.plugin.map_or(0, str::len),
-            self.tls.map_or(0, |t| {
-                t.version.len()
-                    + t.server_name.as_deref().map_or(0, str::len)
-                    + t.client_subject.as_deref().map_or(0, str::len)
-            }),
         ];
-        let names = &self.generation.log_names;
-        let name = |names: &[Box<[u8]>], i: Option<usize>| {
-            i.and_then(|i| names.get(i)).map_or(0, |n| n.len())
-        };
-        let endpoint = self
-            .cluster
-            .and_then(|c| names.endpoints.get(c))
-            .map_or(0, |e| name(e, self.endpoint));
-        FIXED_ROOM
-            + texts.iter().map(|&len| escaped_room(len)).sum::<usize>()
-            + name(&names.routes, self.route)
-            + name(&names.clusters, self.cluster)
-            + endpoint
+        let mut room = FIXED_ROOM + self.generation.log_names.room;
+        for len in texts {
+            room += escaped_room(len);
+        }
+        if !self.usual_tail() {
+            let tls = self.tls.map_or(0, |t| {
+                escaped_room(t.version.len())
+                    + escaped_room(t.server_name.as_deref().map_or(0, str::len))
+                    + escaped_room(t.client_subject.as_deref().map_or(0, str::len))
+            });
+            room += escaped_room(self.plugin.map_or(0, str::len)) + tls;
+        }
+        room
+    }
+
+    /// The record ends as most do, with the generation's `Names::tail`.
+    fn usual_tail(&self) -> bool {
+        self.plugin.is_none() && !self.incomplete && self.tls.is_none()
     }
 
     /// The record's fields, in order.
+    #[inline(always)]
     fn write(&self, line: &mut impl Line) {
         let names = &self.generation.log_names;
-        fn name(names: &[Box<[u8]>], i: Option<usize>) -> Option<&[u8]> {
-            names.get(i?).map(|n| &n[..])
-        }
-        let endpoints = self.cluster.and_then(|c| names.endpoints.get(c));
-        let tls = self.tls;
         let mut digits = itoa::Buffer::new();
-        let mut time = [0; 24];
-        field!(line.field(first "time", Value::Safe(time_text(self.time, &mut time))));
-        field!(line.field(
-            "request_id",
-            Value::text(self.request_id.map(HeaderValue::as_bytes))
-        ));
-        field!(
-            line.field(
-                "trace_id",
-                self.trace_id
-                    .map_or(Value::Null, |id| Value::Safe(id.as_bytes()))
-            )
-        );
+        let time = record_time(self.time);
+        field!(line.field(first "time", Value::Safe(&time)));
+        let request_id = match self.request_id {
+            Some(id) if self.request_id_is_ours => Value::Safe(id.as_bytes()),
+            id => Value::text(id.map(HeaderValue::as_bytes)),
+        };
+        field!(line.field("request_id", request_id));
+        let trace_id = self.trace_id.map(str::as_bytes);
+        field!(line.field("trace_id", trace_id.map_or(Value::Null, Value::Safe)));
         field!(line.field("client", Value::Safe(self.client.as_bytes())));
         // A method is a token: letters, digits and !#$%&'*+-.^_`|~
         field!(line.field("method", Value::Safe(self.method.as_str().as_bytes())));
         field!(line.field("host", Value::text(self.host)));
         field!(line.field("path", Value::Text(self.path.as_bytes())));
         field!(line.field("protocol", Value::Safe(protocol(self.version).as_bytes())));
-        field!(line.field("status", Value::Bare(digits.format(self.status).as_bytes())));
-        field!(line.field(
-            "bytes_in",
-            Value::Bare(digits.format(self.bytes_in).as_bytes())
-        ));
+        // Three digits (a status is 100-999; 0 for a request that never had a response).
+        let s = self.status;
+        let status = [s / 100 % 10, s / 10 % 10, s % 10].map(|d| b'0' + d as u8);
+        let status = match s {
+            100..=999 => &status[..],
+            _ => digits.format(s).as_bytes(),
+        };
+        field!(line.field("status", Value::Bare(status)));
+        field!(line.field("bytes_in", Value::Bare(number(self.bytes_in, &mut digits))));
         field!(line.field(
             "bytes_out",
-            Value::Bare(digits.format(self.bytes_out).as_bytes())
+            Value::Bare(number(self.bytes_out, &mut digits))
         ));
         field!(line.seconds("duration", Some(self.duration)));
         field!(line.seconds("upstream_duration", self.upstream_duration));
-        field!(line.field("route", Value::bare(name(&names.routes, self.route))));
-        field!(line.field("cluster", Value::bare(name(&names.clusters, self.cluster))));
-        field!(line.field(
-            "endpoint",
-            Value::bare(endpoints.and_then(|e| name(e, self.endpoint)))
-        ));
-        field!(line.field(
-            "attempts",
-            Value::Bare(digits.format(self.attempts).as_bytes())
-        ));
-        field!(line.field("plugin", Value::text(self.plugin.map(str::as_bytes))));
-        field!(line.field(
-            "incomplete",
-            Value::Bare(if self.incomplete { b"true" } else { b"false" })
-        ));
-        field!(line.field(
-            "generation",
-            Value::Bare(digits.format(self.generation.number).as_bytes())
-        ));
-        field!(line.field(
-            "tls_version",
-            Value::text(tls.map(|t| t.version.as_bytes()))
-        ));
-        field!(
-            line.field(
-                "tls_sni",
-                Value::text(
-                    tls.and_then(|t| t.server_name.as_deref())
-                        .map(str::as_bytes)
-                )
-            )
-        );
-        field!(
-            line.field(
-                "tls_client",
-                Value::text(
-                    tls.and_then(|t| t.client_subject.as_deref())
-                        .map(str::as_bytes)
-                )
-            )
-        );
-        line.end();
+        line.piece(names.route(self.route));
+        line.piece(names.cluster(self.cluster, self.endpoint));
+        let attempts = number(u64::from(self.attempts), &mut digits);
+        field!(line.field("attempts", Value::Bare(attempts)));
+        if self.usual_tail() && !names.tail.is_empty() {
+            line.piece(&names.tail);
+        } else {
+            let number = self.generation.number;
+            tail_fields(line, self.plugin, self.incomplete, number, self.tls);
+            line.end();
+        }
+    }
+}
+
+/// `route`'s field.
+#[inline(always)]
+fn route_field<L: Line + ?Sized>(line: &mut L, route: Option<&[u8]>) {
+    field!(line.field("route", Value::text(route)));
+}
+
+/// `cluster`'s and `endpoint`'s fields.
+#[inline(always)]
+fn cluster_fields<L: Line + ?Sized>(line: &mut L, cluster: Option<&[u8]>, endpoint: Option<&[u8]>) {
+    field!(line.field("cluster", Value::text(cluster)));
+    field!(line.field("endpoint", Value::text(endpoint)));
+}
+
+/// The fields from `plugin` on.
+#[inline(always)]
+fn tail_fields<L: Line + ?Sized>(
+    line: &mut L,
+    plugin: Option<&str>,
+    incomplete: bool,
+    generation: u64,
+    tls: Option<&TlsInfo>,
+) {
+    field!(line.field("plugin", Value::text(plugin.map(str::as_bytes))));
+    field!(line.field(
+        "incomplete",
+        Value::Bare(if incomplete { b"true" } else { b"false" })
+    ));
+    let mut digits = itoa::Buffer::new();
+    field!(line.field(
+        "generation",
+        Value::Bare(digits.format(generation).as_bytes())
+    ));
+    let version = tls.map(|t| t.version.as_bytes());
+    field!(line.field("tls_version", Value::text(version)));
+    let sni = tls.and_then(|t| t.server_name.as_deref());
+    field!(line.field("tls_sni", Value::text(sni.map(str::as_bytes))));
+    let subject = tls.and_then(|t| t.client_subject.as_deref());
+    field!(line.field("tls_client", Value::text(subject.map(str::as_bytes))));
+}
+
+/// `n` in decimal; a single digit without `itoa`.
+fn number(n: u64, digits: &mut itoa::Buffer) -> &[u8] {
+    const DIGITS: &[u8; 10] = b"0123456789";
+    match usize::try_from(n) {
+        Ok(n @ 0..10) => &DIGITS[n..=n],
+        _ => digits.format(n).as_bytes(),
     }
 }
 
@@ -486,19 +610,6 @@ struct Cursor<'b> {
 }
 
 impl Cursor<'_> {
-    /// Appends what `write` writes to `out`, given room for at most `room` bytes.
-    fn write(out: &mut Vec<u8>, room: usize, write: impl FnOnce(&mut Cursor<'_>)) {
-        let start = out.len();
-        out.resize(start + room, 0);
-        let mut cursor = Cursor {
-            room: &mut out[start..],
-            len: 0,
-        };
-        write(&mut cursor);
-        let len = cursor.len;
-        out.truncate(start + len);
-    }
-
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
@@ -543,6 +654,12 @@ impl Line for Json<'_, '_> {
         }
     }
 
+    #[inline(always)]
+    fn piece(&mut self, piece: &[u8]) {
+        self.0.put(piece);
+    }
+
+    #[inline(always)]
     fn end(&mut self) {
         self.0.put(b"}\n");
     }
@@ -573,6 +690,12 @@ impl Line for Text<'_, '_> {
         }
     }
 
+    #[inline(always)]
+    fn piece(&mut self, piece: &[u8]) {
+        self.0.put(piece);
+    }
+
+    #[inline(always)]
     fn end(&mut self) {
         self.0.put(b"\n");
     }
@@ -589,44 +712,91 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-thread_local! {
-    /// The latest second formatted on this thread, as `2026-12-02T20:51:37.`: a busy thread
-    /// formats a date once a second.
-    static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+/// How long a thread's reading of the system clock stands for it, in nanoseconds: a record's
+/// time is derived from the counter reading its request's duration is timed from, the system
+/// clock read about once a second per thread (as nginx caches its time).
+const CLOCK_READ_EVERY: u64 = 1_000_000_000;
+
+/// A thread's clock for records, and the latest time it formatted.
+#[derive(Debug, Clone, Copy)]
+struct RecordClock {
+    /// A counter reading, and the Unix time then in nanoseconds: the latest system clock
+    /// reading on this thread.
+    read: Tick,
+    unix: u64,
+    /// The latest millisecond formatted, and its text: a busy thread formats each
+    /// millisecond's time once, and a date once a second.
+    millis: u64,
+    text: [u8; 24],
 }
 
-/// RFC 3339 in UTC with milliseconds: `2026-12-02T20:51:37.123Z`.
-fn time_text(time: SystemTime, text: &mut [u8; 24]) -> &[u8] {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let second = since.as_secs();
-    let prefix = SECOND.with(|cached| {
-        let (at, prefix) = cached.get();
-        if at == second {
-            return prefix;
+thread_local! {
+    static CLOCK: Cell<Option<RecordClock>> = const { Cell::new(None) };
+}
+
+/// The time of the counter reading `at` (taken on any thread, about now), as RFC 3339 in
+/// UTC with milliseconds: `2026-12-02T20:51:37.123Z`.
+fn record_time(at: Tick) -> [u8; 24] {
+    CLOCK.with(|cell| {
+        let mut clock = match cell.get() {
+            Some(clock)
+                if clock.read.nanos_until(at).max(at.nanos_until(clock.read))
+                    < CLOCK_READ_EVERY =>
+            {
+                clock
+            }
+            last => {
+                let since = SystemTime::now().duration_since(UNIX_EPOCH);
+                let unix = u64::try_from(since.unwrap_or_default().as_nanos()).unwrap_or(0);
+                let (millis, text) = last.map_or((u64::MAX, [0; 24]), |l| (l.millis, l.text));
+                let clock = RecordClock {
+                    read: Tick::now(),
+                    unix,
+                    millis,
+                    text,
+                };
+                cell.set(Some(clock));
+                clock
+            }
+        };
+        let nanos = if at >= clock.read {
+            clock.unix + clock.read.nanos_until(at)
+        } else {
+            clock.unix.saturating_sub(at.nanos_until(clock.read))
+        };
+        let millis = nanos / 1_000_000;
+        if millis != clock.millis {
+            time_text(millis, clock.millis, &mut clock.text);
+            clock.millis = millis;
+            cell.set(Some(clock));
         }
-        let mut prefix = [0; 20];
-        let full =
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second)).to_string();
+        clock.text
+    })
+}
+
+/// Makes `text`, the time `last` (Unix milliseconds) as RFC 3339, the time `millis`: only its
+/// milliseconds when both are in the same second.
+fn time_text(millis: u64, last: u64, text: &mut [u8; 24]) {
+    let second = millis / 1000;
+    if second != last / 1000 {
+        let date = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second));
         // `2026-12-02T20:51:37Z`: the date and time, then `.` for the milliseconds.
-        if let Some(date) = full.as_bytes().get(..19) {
-            prefix[..19].copy_from_slice(date);
+        if let Some(date) = date.to_string().as_bytes().get(..19) {
+            text[..19].copy_from_slice(date);
         }
-        prefix[19] = b'.';
-        cached.set((second, prefix));
-        prefix
-    });
-    let ms = since.subsec_millis();
-    text[..20].copy_from_slice(&prefix);
+        text[19] = b'.';
+    }
+    let ms = (millis % 1000) as u16;
     text[20..].copy_from_slice(&[
         b'0' + (ms / 100) as u8,
         b'0' + (ms / 10 % 10) as u8,
         b'0' + (ms % 10) as u8,
         b'Z',
     ]);
-    &text[..]
 }
 
 /// Seconds with microsecond precision: `0.001234`.
+#[inline(always)]
 fn seconds(d: Duration, out: &mut Cursor<'_>) {
     let secs = d.as_secs();
     if secs < 10 {
@@ -646,73 +816,77 @@ fn seconds(d: Duration, out: &mut Cursor<'_>) {
 
 /// Whether any byte needs escaping in a JSON string (a control, `"`, `\\`) or is not ASCII:
 /// eight bytes at a time (each test is true when some byte of the word matches; SWAR, "Bit
-/// Twiddling Hacks").
+/// Twiddling Hacks"), the last word overlapping the one before it.
 fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
+    let word_needs = |word: &[u8]| {
         let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
         let control = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
         let not_ascii = x & HIGH;
         let special = has_zero(x ^ (0x7f * ONES))
             | has_zero(x ^ (u64::from(b'"') * ONES))
             | has_zero(x ^ (u64::from(b'\\') * ONES));
-        if control | not_ascii | special != 0 {
-            return true;
-        }
+        control | not_ascii | special != 0
+    };
+    if bytes.len() < 8 {
+        return bytes
+            .iter()
+            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\');
     }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+    let mut words = bytes.chunks_exact(8);
+    if words.any(word_needs) {
+        return true;
+    }
+    !bytes.len().is_multiple_of(8) && word_needs(&bytes[bytes.len() - 8..])
 }
 
 /// A JSON string; bytes that are not UTF-8 (a header may hold them) become U+FFFD.
+///
+/// Inlined, as everything that writes to a [`Cursor`] is: a cursor no call takes stays in
+/// registers, where one whose address a call takes is stored and reloaded around every byte
+/// written (bytes may alias anything).
+#[inline(always)]
 fn json_string(bytes: &[u8], out: &mut Cursor<'_>) {
     // The common case: printable ASCII with nothing to escape, copied at once.
-    if !needs_escape(bytes) {
+    if needs_escape(bytes) {
+        out.put(&escaped_json(bytes));
+    } else {
         out.put(b"\"");
         out.put(bytes);
         out.put(b"\"");
-        return;
     }
+}
+
+/// [`json_string`] for text that needs escaping.
+#[cold]
+fn escaped_json(bytes: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(bytes);
-    let bytes = text.as_bytes();
-    out.put(b"\"");
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..0x20 | 0x7f => b"",
-            _ => continue,
-        };
-        out.put(&bytes[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.put(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
-        } else {
-            out.put(escape);
+    let mut out = Vec::with_capacity(escaped_room(text.len()));
+    out.push(b'"');
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..0x20 | 0x7f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&hex);
+            }
+            _ => out.push(b),
         }
-        start = i + 1;
     }
-    out.put(&bytes[start..]);
-    out.put(b"\"");
+    out.push(b'"');
+    out
 }
 
 /// A logfmt value: bare when it is safe, else a JSON-style quoted string.
+#[inline(always)]
 fn text_value(bytes: &[u8], out: &mut Cursor<'_>) {
     let bare = !bytes.is_empty()
         && bytes
@@ -731,9 +905,9 @@ mod tests {
 
     /// What `write` writes, given room for the longest escape of 64 bytes.
     fn written(write: impl FnOnce(&mut Cursor<'_>)) -> String {
-        let mut out = Vec::new();
-        Cursor::write(&mut out, escaped_room(64), write);
-        String::from_utf8(out).expect("utf-8")
+        let mut out = Lines::default();
+        out.push(escaped_room(64), write);
+        String::from_utf8(out.into_vec()).expect("utf-8")
     }
 
     #[test]
@@ -759,29 +933,79 @@ mod tests {
     #[test]
     fn times_are_rfc3339_with_milliseconds_across_seconds() {
         let mut text = [0; 24];
-        let at = |ms| UNIX_EPOCH + Duration::from_millis(ms);
-        assert_eq!(
-            time_text(at(1_796_331_097_005), &mut text),
-            b"2026-12-03T20:51:37.005Z"
-        );
-        // A second later on the same thread: the cached date is not reused.
-        assert_eq!(
-            time_text(at(1_796_331_098_999), &mut text),
-            b"2026-12-03T20:51:38.999Z"
-        );
-        assert_eq!(time_text(at(0), &mut text), b"1970-01-01T00:00:00.000Z");
+        let mut last = u64::MAX;
+        let mut time = |millis| {
+            time_text(millis, last, &mut text);
+            last = millis;
+            String::from_utf8(text.to_vec()).expect("utf-8")
+        };
+        assert_eq!(time(1_796_331_097_005), "2026-12-03T20:51:37.005Z");
+        // In the same second: the date is kept, the milliseconds change.
+        assert_eq!(time(1_796_331_097_999), "2026-12-03T20:51:37.999Z");
+        // A second later: the date is made again.
+        assert_eq!(time(1_796_331_098_000), "2026-12-03T20:51:38.000Z");
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn record_times_follow_the_system_clock() {
+        let system = || {
+            let since = SystemTime::now().duration_since(UNIX_EPOCH);
+            since.expect("after 1970").as_millis() as u64
+        };
+        let unix_millis = |at: Tick| {
+            let text = String::from_utf8(record_time(at).to_vec()).expect("utf-8");
+            let time = humantime::parse_rfc3339(&text).expect("RFC 3339");
+            let since = time.duration_since(UNIX_EPOCH).expect("after 1970");
+            since.as_millis() as u64
+        };
+        // A reading with the system time just before and after it: the record's time is
+        // between them, within a few ms (the counter and the system clock are scaled apart).
+        let read = || (system(), Tick::now(), system());
+        let near = |(from, _, to): (u64, Tick, u64), time: u64| {
+            assert!(
+                from - 5 <= time && time <= to + 5,
+                "{time} not in {from}..={to}"
+            );
+        };
+        let first = read();
+        near(first, unix_millis(first.1));
+        // A second on: the clock is read again; then a reading from before that, placed
+        // back from it.
+        std::thread::sleep(Duration::from_nanos(CLOCK_READ_EVERY));
+        let before = read();
+        std::thread::sleep(Duration::from_millis(30));
+        let now = read();
+        near(now, unix_millis(now.1));
+        near(before, unix_millis(before.1));
+        // And the first reading, seconds before the clock's.
+        near(first, unix_millis(first.1));
+    }
+
+    #[test]
+    fn lines_reuse_their_room() {
+        let mut lines = Lines::default();
+        lines.push(16, |out| out.put(b"first line\n"));
+        lines.push(16, |out| out.put(b"second\n"));
+        assert_eq!(lines.text(), b"first line\nsecond\n");
+        lines.clear();
+        lines.push(16, |out| out.put(b"third\n"));
+        assert_eq!(lines.text(), b"third\n");
     }
 
     #[test]
     fn escapes_are_found_for_every_byte_at_every_position() {
-        let mut text = [b'a'; 19];
-        assert!(!needs_escape(&text));
-        for byte in 0..=255u8 {
-            let expected = !(0x20..0x7f).contains(&byte) || byte == b'"' || byte == b'\\';
-            for at in 0..text.len() {
-                text[at] = byte;
-                assert_eq!(needs_escape(&text), expected, "{byte:#x} at {at}");
-                text[at] = b'a';
+        // Shorter than a word, words only, and words with an overlapping last one.
+        for len in [1, 7, 8, 16, 19] {
+            let mut text = vec![b'a'; len];
+            assert!(!needs_escape(&text));
+            for byte in 0..=255u8 {
+                let expected = !(0x20..0x7f).contains(&byte) || byte == b'"' || byte == b'\\';
+                for at in 0..text.len() {
+                    text[at] = byte;
+                    assert_eq!(needs_escape(&text), expected, "{byte:#x} at {at} of {len}");
+                    text[at] = b'a';
+                }
             }
         }
     }

@@ -216,7 +216,7 @@ impl Generation {
         let log_names = observers
             .access_log
             .as_ref()
-            .map(|log| log.names(&config))
+            .map(|log| log.names(&config, number))
             .unwrap_or_default();
         Generation {
             number,

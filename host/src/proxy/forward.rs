@@ -242,10 +242,11 @@ fn via(version: Version) -> HeaderValue {
     })
 }
 
-/// Returns the request's id, generating and inserting one if the client sent none.
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// Returns the request's id, generating and inserting one if the client sent none, and
+/// whether weir made it (a UUID: text the access log need not check for escapes).
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
     if let Some(id) = headers.get(&X_REQUEST_ID) {
-        return id.clone();
+        return (id.clone(), false);
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
@@ -254,7 +255,7 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let id = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
+    (id, true)
 }
 
 #[cfg(test)]
@@ -504,11 +505,20 @@ mod tests {
     #[test]
     fn request_id_is_kept_or_generated() {
         let mut map = headers(&[("x-request-id", "abc")]);
-        assert_eq!(ensure_request_id(&mut map), "abc");
+        assert_eq!(
+            ensure_request_id(&mut map),
+            ("abc".parse().expect("id"), false)
+        );
         let mut map = HeaderMap::new();
-        let id = ensure_request_id(&mut map);
+        let (id, ours) = ensure_request_id(&mut map);
+        assert!(ours);
         assert_eq!(id.len(), 36);
+        assert!(
+            id.as_bytes()
+                .iter()
+                .all(|&b| b == b'-' || b.is_ascii_hexdigit())
+        );
         assert_eq!(map.get("x-request-id"), Some(&id));
-        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()).0, id);
     }
 }

@@ -135,6 +135,8 @@ impl Client {
 struct RequestContext<'c> {
     client: &'c Client,
     request_id: Option<HeaderValue>,
+    /// weir made the request id.
+    request_id_is_ours: bool,
     route: Option<usize>,
     cluster: Option<usize>,
     /// The endpoint of the latest attempt and the number of attempts.
@@ -146,6 +148,11 @@ struct RequestContext<'c> {
     grpc_upstream: bool,
     /// Metrics or the access log are on: time the exchange with the upstream.
     observing: bool,
+    /// The access log records the request.
+    logging: bool,
+    /// The request's `Host` for its access log record (when `logging`): the one it is
+    /// routed by, or the client's if it is refused before that is known.
+    host: Option<HeaderValue>,
     /// From the first attempt to the upstream's response head, when observed.
     upstream_duration: Option<std::time::Duration>,
     /// The plugin that answered the request itself.
@@ -194,12 +201,15 @@ impl ProxyService {
         let mut ctx = RequestContext {
             client,
             request_id: None,
+            request_id_is_ours: false,
             route: None,
             cluster: None,
             upstream: Progress::default(),
             grpc: false,
             grpc_upstream: false,
             observing: false,
+            logging: false,
+            host: None,
             upstream_duration: None,
             answered_by: None,
             received: None,
@@ -211,6 +221,7 @@ impl ProxyService {
         let watch = observe::Watch::start(&generation, &request, &ctx);
         if let Some(watch) = &watch {
             ctx.observing = true;
+            ctx.logging = watch.logs();
             ctx.received = watch.received().cloned();
             ctx.trace = watch.trace().cloned();
         }
@@ -220,7 +231,7 @@ impl ProxyService {
         };
         match watch {
             None => response,
-            Some(watch) => watch.finish(&ctx, response),
+            Some(watch) => watch.finish(&mut ctx, response),
         }
     }
 
@@ -252,20 +263,34 @@ async fn proxy<B: DownstreamBody>(
     mut request: Request<B>,
     ctx: &mut RequestContext<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let request_id = forward::ensure_request_id(request.headers_mut());
+    let (request_id, ours) = forward::ensure_request_id(request.headers_mut());
     ctx.request_id = Some(request_id.clone());
+    ctx.request_id_is_ours = ours;
     let extended_connect = upgrade::from_extended_connect(&mut request);
+    // A request refused before its Host is known is logged with the client's.
+    let refuse = |request: &Request<B>, ctx: &mut RequestContext<'_>, error| {
+        if ctx.logging {
+            ctx.host = request.headers().get(header::HOST).cloned();
+        }
+        Err(error)
+    };
     if request.method() == http::Method::CONNECT {
-        return Err(bad_request(
-            "CONNECT: weir is a reverse proxy and opens no tunnels",
-        ));
+        let error = bad_request("CONNECT: weir is a reverse proxy and opens no tunnels");
+        return refuse(&request, ctx, error);
     }
     // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it. Known first,
     // so every refusal below reaches a gRPC client as a gRPC status.
     ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
     let server = &generation.config.server;
-    downstream::check_limits(&request, &server.limits)?;
-    let host = downstream::request_host(&mut request)?;
+    let host = match downstream::check_limits(&request, &server.limits)
+        .and_then(|()| downstream::request_host(&mut request))
+    {
+        Ok(host) => host,
+        Err(error) => return refuse(&request, ctx, error),
+    };
+    if ctx.logging {
+        ctx.host = host.clone();
+    }
     // One path from here on, for the router, the plugins and the upstream.
     path::apply(&mut request, &server.path_normalization)?;
     // Where the request comes from: the peer, or, behind a trusted proxy, whom it names.
@@ -442,7 +467,7 @@ async fn proxy<B: DownstreamBody>(
                         ctx,
                         trace.as_ref(),
                     );
-                    let sent = ctx.observing.then(quanta::Instant::now);
+                    let sent = ctx.observing.then(crate::metrics::Tick::now);
                     let answer = attempts::send(exchange, &mut ctx.upstream).await;
                     if let Some(sent) = sent {
                         let took = sent.elapsed();

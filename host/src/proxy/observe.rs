@@ -16,14 +16,13 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
-use quanta::Instant;
 
 use super::RequestContext;
 use crate::access_log::Entry;
 use crate::body::ProxyBody;
 use crate::error::BoxError;
 use crate::generation::Generation;
-use crate::metrics::metrics;
+use crate::metrics::{Tick, metrics};
 use crate::trace::RequestTrace;
 use opentelemetry::KeyValue;
 
@@ -55,27 +54,19 @@ impl Watch {
         });
         metrics().in_flight.inc();
         let received = (!request.body().is_end_stream()).then(Arc::default);
-        let logged = access_log.map(|_| {
-            Box::new(Logged {
-                time: SystemTime::now(),
-                client: ctx.client.addr_text(),
-                host: request
-                    .headers()
-                    .get(http::header::HOST)
-                    .cloned()
-                    .or_else(|| {
-                        let authority = request.uri().authority()?;
-                        http::HeaderValue::from_str(authority.as_str()).ok()
-                    }),
-                uri: request.uri().clone(),
-                version: request.version(),
-                tls: ctx.client.tls.clone(),
-                request_id: None,
-                endpoint: None,
-                attempts: 0,
-                upstream_duration: None,
-                plugin: None,
-            })
+        // The Host is not looked up here: the proxy does, to route (`RequestContext::host`).
+        let logged = access_log.map(|_| Logged {
+            client: ctx.client.addr_text(),
+            host: None,
+            path: request.uri().path_and_query().cloned(),
+            version: request.version(),
+            tls: ctx.client.tls.clone(),
+            request_id: None,
+            request_id_is_ours: false,
+            endpoint: None,
+            attempts: 0,
+            upstream_duration: None,
+            plugin: None,
         });
         Some(Watch(Box::new(Observed {
             body: ProxyBody::Full(Full::default()),
@@ -83,7 +74,7 @@ impl Watch {
             settled: false,
             settle: Settle {
                 generation: generation.clone(),
-                started: Instant::now(),
+                started: Tick::now(),
                 method: request.method().clone(),
                 status: 0,
                 route: None,
@@ -101,6 +92,11 @@ impl Watch {
         self.0.settle.received.as_ref()
     }
 
+    /// The access log records this request.
+    pub(super) fn logs(&self) -> bool {
+        self.0.settle.logged.is_some()
+    }
+
     /// The request's trace, when tracing is on.
     pub(super) fn trace(&self) -> Option<&RequestTrace> {
         Some(&self.0.settle.trace.as_ref()?.0)
@@ -109,8 +105,8 @@ impl Watch {
     /// The response, its body wrapped to settle the request when it ends.
     pub(super) fn finish(
         self,
-        ctx: &RequestContext<'_>,
-        response: Response<ProxyBody>,
+        ctx: &mut RequestContext<'_>,
+        mut response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
         let mut observed = self.0;
         let settle = &mut observed.settle;
@@ -121,20 +117,23 @@ impl Watch {
             if let Some((_, client)) = &ctx.forwarded {
                 logged.client = client.clone();
             }
-            logged.request_id = ctx.request_id.clone();
+            // The request is over: what its context holds is taken, not copied.
+            logged.host = ctx.host.take();
+            logged.request_id = ctx.request_id.take();
+            logged.request_id_is_ours = ctx.request_id_is_ours;
             logged.endpoint = ctx.upstream.endpoint;
             logged.attempts = ctx.upstream.attempts;
             logged.upstream_duration = ctx.upstream_duration;
-            logged.plugin = ctx.answered_by.clone();
+            logged.plugin = ctx.answered_by.take();
         }
         if response.body().is_end_stream() {
             observed.settle(false);
             return response;
         }
-        response.map(|body| {
-            observed.body = body;
-            ProxyBody::Observed(observed)
-        })
+        // The body is swapped in place: the response's head is not moved.
+        std::mem::swap(&mut observed.body, response.body_mut());
+        *response.body_mut() = ProxyBody::Observed(observed);
+        response
     }
 }
 
@@ -142,14 +141,14 @@ impl Watch {
 #[derive(Debug)]
 struct Settle {
     generation: Arc<Generation>,
-    started: Instant,
+    started: Tick,
     method: Method,
     status: u16,
     route: Option<usize>,
     cluster: Option<usize>,
     received: Option<Arc<AtomicU64>>,
-    /// Boxed, as the trace is: a request without them copies less.
-    logged: Option<Box<Logged>>,
+    /// In the same allocation as the rest (a request logged allocates once).
+    logged: Option<Logged>,
     /// The request's trace and the path the client asked for.
     trace: Option<Box<(RequestTrace, Option<http::uri::PathAndQuery>)>>,
 }
@@ -181,13 +180,14 @@ impl Settle {
             if route_logs {
                 log.write(&Entry {
                     generation,
-                    time: logged.time,
+                    time: self.started,
                     request_id: logged.request_id.as_ref(),
+                    request_id_is_ours: logged.request_id_is_ours,
                     trace_id: self.trace.as_ref().map(|t| &*t.0.id),
                     client: &logged.client,
                     method: &self.method,
                     host: logged.host.as_ref().map(http::HeaderValue::as_bytes),
-                    path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
+                    path: logged.path.as_ref().map_or("/", |p| p.as_str()),
                     version: logged.version,
                     status: self.status,
                     bytes_in: received,
@@ -238,17 +238,17 @@ impl Settle {
 /// What the access log needs of a request that its response does not carry.
 #[derive(Debug)]
 struct Logged {
-    /// When the request's head arrived.
-    time: SystemTime,
     /// `ip:port`.
     client: Arc<str>,
-    /// The `Host` (or HTTP/2 `:authority`).
+    /// The `Host` (or HTTP/2 `:authority`) the request was routed by, or the client's `Host`
+    /// if it was refused before.
     host: Option<http::HeaderValue>,
-    /// The target as the client sent it.
-    uri: http::Uri,
+    /// The target's path and query as the client sent them.
+    path: Option<http::uri::PathAndQuery>,
     version: http::Version,
     tls: Option<Arc<crate::tls::TlsInfo>>,
     request_id: Option<http::HeaderValue>,
+    request_id_is_ours: bool,
     endpoint: Option<usize>,
     attempts: u32,
     upstream_duration: Option<Duration>,
