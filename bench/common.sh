@@ -26,11 +26,19 @@ origin_body() { head -c 1024 /dev/zero | tr '\0' 'x'; }
 
 # nginx config for the 1 KiB origin on port $2, written to $1 (its pid file beside it).
 write_origin_conf() {
+  write_nginx_origin "$1" "$2" "location / { default_type text/plain; return 200 \"$(origin_body)\"; }"
+}
+
+# An nginx origin on port $2 written to $1: one worker, long keep-alive, no access log, and
+# the server's location blocks given as $3 (nginx syntax).
+write_nginx_origin() {
   cat > "$1" <<CONF
 worker_processes 1; daemon off; pid $1.pid; error_log stderr warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$2; location / { default_type text/plain; return 200 "$(origin_body)"; } } }
+  server { listen 127.0.0.1:$2;
+    $3
+  } }
 CONF
 }
 

@@ -33,23 +33,9 @@ tmp=$(mktemp -d)
 cleanup() { kill "${weir_pid:-}" "${nginx_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-cat > "$tmp/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx.pid;
-error_log stderr warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    default_type application/json;
-    location /users/ { return 200 '{"id":7,"name":"Ada Lovelace","email":"ada@example.com"}'; }
-    location /orders { return 200 '[{"id":1,"total":12.5},{"id":2,"total":99.0}]'; }
-  }
-}
-CONF
+write_nginx_origin "$tmp/nginx.conf" "$ORIGIN_PORT" "default_type application/json;
+    location /users/ { return 200 '{\"id\":7,\"name\":\"Ada Lovelace\",\"email\":\"ada@example.com\"}'; }
+    location /orders { return 200 '[{\"id\":1,\"total\":12.5},{\"id\":2,\"total\":99.0}]'; }"
 
 mkdir -p "$tmp/plugins"
 routes=""
