@@ -489,10 +489,7 @@ async fn a_websocket_passes_key_auth_and_echoes_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_websocket_is_closed_after_the_upgrade_idle_timeout() {
     let echo = websocket_echo().await;
-    let config = crate::config(&[echo], "").replace(
-        "drain_timeout = \"10s\"",
-        "drain_timeout = \"10s\"\nupgrade_idle_timeout = \"300ms\"",
-    );
+    let config = crate::config_with(&[echo], "", "upgrade_idle_timeout = \"300ms\"", "");
     let weir = Weir::start(&config).await;
     let url = format!("ws://{}/idle", weir.proxy);
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -579,10 +576,7 @@ async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_tunnel_keeps_its_connection_past_the_idle_timeout() {
     let echo = websocket_echo().await;
-    let config = crate::config(&[echo], "").replace(
-        "drain_timeout = \"10s\"",
-        "drain_timeout = \"10s\"\nidle_timeout = \"300ms\"",
-    );
+    let config = crate::config_with(&[echo], "", "idle_timeout = \"300ms\"", "");
     let weir = Weir::start(&config).await;
     let (sender, mut ws) = websocket_over_http2(&weir).await;
     ws.send(Message::text("before")).await.expect("send");
