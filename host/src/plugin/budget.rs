@@ -1,34 +1,51 @@
-//! A plugin call's share of time. Every epoch tick (1 ms) that finds the call running, the
-//! call is charged that tick and gives its thread to the async runtime's other work: its first
-//! two ticks with a plain yield, later ones by waiting four ticks, so a plugin in a loop delays
-//! other requests on its thread by at most a tick at a time and gets about a fifth of the
-//! thread, instead of holding it for its whole deadline.
+//! A plugin call's share of time. The epoch advances every [`TICK`]; every epoch change that
+//! finds a call running charges it the time it ran since the last one (at most a tick) and
+//! gives its thread to the async runtime's other work: with a plain yield until it has run
+//! [`FREE`], later by waiting [`BACKOFF`] between its slices, so a plugin in a loop gets about
+//! a fifth of its thread instead of holding it for its whole deadline. While a call runs
+//! past [`LONG`] the epoch advances every [`FINE_TICK`] instead, so the requests that share
+//! its thread wait at most that long for it at a time; a proxy whose calls are all short
+//! keeps the coarse tick, and its epoch thread wakes a thousand times a second, not four.
+//! The epoch thread asks the kernel for a short time slice (`weir-sched`), so that it
+//! preempts a worker thread busy in a plugin as soon as it wakes, not milliseconds later.
 //!
 //! A call ends with `Trap::Interrupt` (a `deadline` failure) once it has been charged its
-//! `deadline` in ticks. Its wall clock is bounded too, less the time it was excused — the
+//! `deadline`. Its wall clock is bounded too, less the time it was excused — the
 //! waits it gave to others, and its waits on the store and on `outbound` requests (up to
 //! [`MAX_EXCUSED`] in all; each wait has its own timeout): a call that waits on anything else
 //! — a WASI sleep — is cut off by a timer once that clock passes its deadline ([`cut_off`]),
 //! not at its next tick, which would never come; a running call only at five deadlines, as a
-//! backstop, since time the OS kept its thread from running is not the plugin's doing.
+//! backstop, since time the OS kept its thread from running is not the plugin's doing (nor
+//! is it charged: one epoch change charges at most a tick, however long the thread was away).
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 use std::time::Duration;
 
 use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
 
-use super::EPOCH_TICK;
-
-/// Ticks a call runs with only a yield between them.
-const FREE_TICKS: u64 = 2;
-/// Ticks a call that runs longer waits between its slices.
-const BACKOFF: u32 = 4;
+/// How often the epoch advances while no call runs long.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// How often it advances while one does: the longest a call that keeps running holds its
+/// thread at a time.
+const FINE_TICK: Duration = Duration::from_micros(250);
+/// An epoch change that finds a call running for less than this since it last resumed
+/// lets it run on: it has not had its slice yet.
+const MIN_SLICE: Duration = Duration::from_micros(50);
+/// A call that has run this long makes the epoch advance every [`FINE_TICK`]: longer than
+/// any hook of a well-behaved plugin (a JavaScript guard takes about 0.65 ms).
+const LONG: Duration = Duration::from_millis(1);
+/// How long the fine tick lasts after the last epoch change that found a long call running.
+const FINE_FOR: Duration = Duration::from_millis(5);
+/// Running time a call spends with only a yield between its slices.
+const FREE: Duration = Duration::from_millis(2);
+/// What a call that has run past [`FREE`] waits between its slices.
+const BACKOFF: Duration = Duration::from_millis(1);
 /// The wall-clock backstop of a running call, in deadlines.
-const RUNNING_DEADLINES: u32 = 1 + BACKOFF;
+const RUNNING_DEADLINES: u32 = 5;
 /// The most waiting on the store and on `outbound` requests one call is excused, in all:
 /// past it, waits count against the call's bound again, and `outbound` requests fail at
 /// once, so a hook that calls in a loop cannot hold its request forever.
@@ -36,6 +53,26 @@ pub(crate) const MAX_EXCUSED: Duration = Duration::from_secs(10);
 /// In [`Slack::paused`]: the call is giving its slice to others (unbounded: the wait is
 /// the budget's own), not waiting on the store or `outbound`.
 const YIELDING: u64 = 1 << 63;
+
+/// Until when (nanoseconds since [`SINCE`]) the epoch advances every [`FINE_TICK`].
+static FINE_UNTIL: AtomicU64 = AtomicU64::new(0);
+static SINCE: LazyLock<quanta::Instant> = LazyLock::new(quanta::Instant::now);
+
+/// How long the epoch thread waits before it next advances the epoch.
+pub(crate) fn epoch_period() -> Duration {
+    let now = nanos(SINCE.elapsed());
+    if now < FINE_UNTIL.load(Relaxed) {
+        FINE_TICK
+    } else {
+        TICK
+    }
+}
+
+/// A call is running long: the epoch advances every [`FINE_TICK`] for a while.
+fn long_call_running() {
+    let until = nanos(SINCE.elapsed() + FINE_FOR);
+    FINE_UNTIL.fetch_max(until, Relaxed);
+}
 
 /// Time a call is excused from its wall-clock bound. Shared (`Arc`) between the store, whose
 /// tick callback and host calls add to it, and the timer of [`cut_off`], which reads it while
@@ -54,10 +91,11 @@ struct Slack {
 /// The current call's budget; reset before each call.
 #[derive(Debug)]
 pub(crate) struct CallBudget {
-    /// Ticks charged so far.
-    charged: u64,
-    /// Ticks the call may be charged.
-    ticks: u64,
+    /// Running time charged so far.
+    charged: Duration,
+    /// The call's running time (its wall clock less what it gave away or was excused) at
+    /// the last epoch change that found it running.
+    seen: Duration,
     /// When the call began and how long it may take besides what it is excused.
     bound: Bound,
 }
@@ -73,11 +111,11 @@ pub(crate) struct Bound {
 impl Default for CallBudget {
     fn default() -> CallBudget {
         CallBudget {
-            charged: 0,
-            ticks: 1,
+            charged: Duration::ZERO,
+            seen: Duration::ZERO,
             bound: Bound {
                 started: quanta::Instant::now(),
-                deadline: EPOCH_TICK,
+                deadline: TICK,
                 slack: Arc::default(),
             },
         }
@@ -87,8 +125,8 @@ impl Default for CallBudget {
 impl CallBudget {
     /// A fresh budget of `deadline` for the call about to begin.
     pub(crate) fn reset(&mut self, deadline: Duration) {
-        self.charged = 0;
-        self.ticks = ticks(deadline);
+        self.charged = Duration::ZERO;
+        self.seen = Duration::ZERO;
         self.bound.started = quanta::Instant::now();
         self.bound.deadline = deadline;
         let slack = &self.bound.slack;
@@ -134,6 +172,12 @@ impl Bound {
         self.slack.paused.store(at | kind, Relaxed);
     }
 
+    /// The call's wall clock less what it gave away or was excused.
+    fn running(&self) -> Duration {
+        let given = Duration::from_nanos(self.slack.given.load(Relaxed));
+        self.started.elapsed().saturating_sub(given)
+    }
+
     /// How long the call may still take, or `None` once it is out of time, given
     /// `deadlines` of its deadline besides what it was excused.
     fn left(&self, deadlines: u32) -> Option<Duration> {
@@ -146,7 +190,7 @@ impl Bound {
         let paused = slack.paused.load(Relaxed);
         if paused & YIELDING != 0 {
             // Giving its slice away is never held against the call; the wait is short.
-            return Some(EPOCH_TICK);
+            return Some(TICK);
         }
         if paused != 0 {
             let began = Duration::from_nanos(paused - 1);
@@ -162,31 +206,35 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// `deadline` in epoch ticks, at least one.
-pub(crate) fn ticks(deadline: Duration) -> u64 {
-    u64::try_from(deadline.as_micros() / EPOCH_TICK.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-/// The epoch callback of a plugin's store: charge the tick, then yield or trap.
+/// The epoch callback of a plugin's store: charge the time the call ran, then yield or trap.
 pub(crate) fn on_tick<T>(
     mut store: StoreContextMut<'_, T>,
     budget: impl Fn(&mut T) -> &mut CallBudget,
 ) -> wasmtime::Result<UpdateDeadline> {
     let budget = budget(store.data_mut());
-    budget.charged += 1;
-    // A running call is held to its charged ticks; the wall clock is only a backstop here, at
-    // five deadlines: a thread the OS kept from running (a starved machine) is not the
-    // plugin's doing. A call that waits is held to one deadline, by `cut_off`.
-    if budget.charged >= budget.ticks || budget.bound.left(RUNNING_DEADLINES).is_none() {
+    // At most a tick per epoch change: a thread the OS kept from running (a starved machine)
+    // is not the plugin's doing. Time it waited unexcused (a WASI sleep) is `cut_off`'s.
+    let running = budget.bound.running();
+    let ran = running.saturating_sub(budget.seen);
+    budget.charged += ran.min(TICK);
+    budget.seen = running;
+    // A running call is held to its charged time; the wall clock is only a backstop here.
+    if budget.charged >= budget.bound.deadline || budget.bound.left(RUNNING_DEADLINES).is_none() {
         return Ok(UpdateDeadline::Interrupt);
     }
-    // The first ticks only yield; past them, the call waits `BACKOFF` ticks between its
-    // slices, so a plugin that keeps running gets a fifth of its thread, not half of it.
-    // Either way the time given is excused from the call's bound.
+    // The epoch moved on while the call waited its turn, so the first check after it resumes
+    // lands here at once: it runs on until the next epoch change, its slice.
+    if ran < MIN_SLICE {
+        return Ok(UpdateDeadline::Continue(1));
+    }
+    if budget.charged >= LONG {
+        long_call_running();
+    }
+    // Until it has run `FREE` the call only yields; past that it waits between its slices,
+    // so a plugin that keeps running gets a fifth of its thread, not half of it. Either way
+    // the time given is excused from the call's bound.
     let bound = budget.bound.clone();
-    let backoff = (budget.charged > FREE_TICKS).then_some(EPOCH_TICK * BACKOFF);
+    let backoff = (budget.charged > FREE).then_some(BACKOFF);
     bound.pause(YIELDING);
     Ok(UpdateDeadline::YieldCustom(
         1,
@@ -287,11 +335,49 @@ mod tests {
         });
     }
 
+    /// What an epoch change did to the call: 'c'ontinued it, 'y'ielded it or 'i'nterrupted it.
+    fn tick(store: &mut wasmtime::Store<CallBudget>) -> char {
+        use wasmtime::AsContextMut as _;
+        match on_tick(store.as_context_mut(), |budget| budget) {
+            Ok(UpdateDeadline::Continue(_)) => 'c',
+            Ok(UpdateDeadline::Yield(_) | UpdateDeadline::YieldCustom(..)) => 'y',
+            Ok(UpdateDeadline::Interrupt) => 'i',
+            Ok(_) | Err(_) => '?',
+        }
+    }
+
     #[test]
-    fn a_deadline_is_at_least_one_tick() {
-        assert_eq!(ticks(Duration::from_micros(10)), 1);
-        assert_eq!(ticks(Duration::from_millis(50)), 50);
-        assert_eq!(ticks(Duration::MAX), u64::MAX);
+    fn a_call_is_charged_what_it_ran_at_most_a_tick_at_a_time_and_gets_its_slice() {
+        let (clock, mock) = quanta::Clock::mock();
+        quanta::with_clock(&clock, || {
+            let mut store =
+                wasmtime::Store::new(&wasmtime::Engine::default(), CallBudget::default());
+            store.data_mut().reset(10 * MS);
+            mock.increment(Duration::from_micros(10));
+            assert_eq!(tick(&mut store), 'c', "a call that has barely run runs on");
+            mock.increment(MS);
+            assert_eq!(
+                tick(&mut store),
+                'y',
+                "one that ran its slice gives the thread away"
+            );
+            assert_eq!(store.data().charged, MS + Duration::from_micros(10));
+            // The thread was away for 100 ms (the OS ran something else): one tick charged.
+            mock.increment(100 * MS);
+            assert_eq!(tick(&mut store), 'y');
+            assert_eq!(store.data().charged, 2 * MS + Duration::from_micros(10));
+            assert_eq!(
+                epoch_period(),
+                FINE_TICK,
+                "a call past `LONG` makes the epoch tick finer"
+            );
+            for _ in 0..7 {
+                mock.increment(MS);
+                assert_eq!(tick(&mut store), 'y');
+            }
+            mock.increment(MS);
+            assert_eq!(tick(&mut store), 'i', "charged its 10 ms deadline");
+        });
     }
 
     #[tokio::test]

@@ -71,8 +71,9 @@ pub use self::handler::Handler;
 pub use self::memory::MemoryBudget;
 pub use self::settings::{DEFAULT_MAX_BODY_BYTES, PluginSettings};
 
-/// How often the epoch advances; per-call deadlines are counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The time slice the epoch thread asks the kernel for: the shortest there is, so that it
+/// wakes on time even while a worker thread is busy on its core.
+const EPOCH_SLICE: Duration = Duration::from_micros(100);
 /// How long the epoch thread sleeps at a time while no plugin is loaded (a load wakes it
 /// at once).
 const TICKER_IDLE: Duration = Duration::from_secs(1);
@@ -240,13 +241,17 @@ impl PluginRuntime {
         let ticker = std::thread::Builder::new()
             .name("weir-epoch".into())
             .spawn(move || {
+                // A tick that comes late lets a plugin call hold its thread that much longer.
+                if let Err(e) = weir_sched::request_slice(EPOCH_SLICE) {
+                    tracing::debug!(error = %e, "the epoch thread keeps the default time slice");
+                }
                 while !stop.load(Ordering::Relaxed) {
                     // Only the runtime's own reference: no plugin, so no deadline to count.
                     if plugins.strong_count() <= 1 {
                         std::thread::park_timeout(TICKER_IDLE);
                         continue;
                     }
-                    std::thread::sleep(EPOCH_TICK);
+                    std::thread::sleep(budget::epoch_period());
                     ticker_engine.increment_epoch();
                 }
             })
