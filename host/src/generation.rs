@@ -14,6 +14,7 @@ use crate::cache::RouteCache;
 use crate::config::{ClusterConfig, Config, RouteConfig, RouteTarget};
 use crate::health::{self, HealthChecker};
 use crate::metrics::{ClusterMetrics, NO_ROUTE, RouteMetrics, metrics};
+use crate::pace::Pace;
 use crate::plugin::chain::{Chain, OutputLimits};
 use crate::plugin::{Filter, Handler, KvUsage, Plugin};
 use crate::router::Router;
@@ -67,6 +68,8 @@ pub struct Route {
     pub compression: Option<crate::config::Compression>,
     /// Its stored responses, if it has a cache.
     pub cache: Option<Arc<RouteCache>>,
+    /// Spaces out its mirror's copies, if it has a mirror.
+    pub mirror_pace: Option<Pace>,
 }
 
 /// What answers a route.
@@ -184,6 +187,7 @@ impl Generation {
                 metrics: metrics().route(&route.name),
                 compression: route.compression.clone(),
                 cache: route_cache(route, &config, previous),
+                mirror_pace: route.mirror.as_ref().map(|_| crate::proxy::mirror_pace()),
             })
             .collect();
         let router = Router::new(&config.routes);

@@ -32,6 +32,7 @@ pub mod generation;
 pub mod health;
 pub mod kv;
 pub mod metrics;
+pub mod pace;
 pub mod plugin;
 pub mod proxy;
 mod proxy_protocol;

@@ -3,6 +3,8 @@
 //! the copy's answer is read and dropped, its failure counted. Only requests whose whole
 //! body is known and small are copied (none, or a `Content-Length` up to `max_body_bytes`,
 //! read before the request goes on, as a retry's body is); others are counted as skipped.
+//! Copies are refused, and counted as failed, while the mirror cluster is at its
+//! `max_requests` or past the route's pace ([`COPIES_PER_SECOND`], [`BURST`] at once).
 //! The copy's `Host` gets `-shadow` appended (as Envoy's), so the shadow service and its
 //! logs can tell copies from real traffic.
 
@@ -21,7 +23,19 @@ use crate::config::Mirror;
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::metrics::{MirrorResult, RouteMetrics};
+use crate::pace::Pace;
 use crate::plugin::outbound::Outbound as _;
+
+/// The most copies a route's mirror starts a second, and at once. A slow mirror cluster
+/// frees its `max_requests` all together when its answers come; without a pace, the copies
+/// that fill it again would be made in one burst on the client's thread.
+const COPIES_PER_SECOND: u64 = 10_000;
+const BURST: u64 = 16;
+
+/// A pace for a route's mirror.
+pub(crate) fn pace() -> Pace {
+    Pace::new(COPIES_PER_SECOND, BURST)
+}
 
 /// How long a mirror's answer is read before it is dropped unread.
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -39,6 +53,8 @@ fn shadow_host(host: &str) -> String {
 
 /// The request being copied, as it goes upstream.
 pub(super) struct Copying<'a> {
+    /// The route's pace of copies.
+    pub(super) pace: Option<&'a Pace>,
     pub(super) parts: &'a request::Parts,
     pub(super) request_id: &'a HeaderValue,
     /// The fate of the client's body: a failure reading it for the copy is answered as the
@@ -58,6 +74,7 @@ pub(super) async fn copy(
     metrics: &RouteMetrics,
 ) -> Result<(), ProxyError> {
     let Copying {
+        pace,
         parts,
         request_id,
         watch,
@@ -68,7 +85,10 @@ pub(super) async fn copy(
     // A mirror cluster at its `max_requests` (a slow shadow) would refuse the copy anyway:
     // refused here, before anything is copied or spawned, it costs the client nothing.
     let cluster = &generation.clusters[mirror.cluster.index];
-    if cluster.endpoints.active() >= cluster.config.max_requests {
+    // So would one past the route's pace, spacing out the copies that refill the cluster.
+    if cluster.endpoints.active() >= cluster.config.max_requests
+        || pace.is_some_and(|pace| !pace.admit())
+    {
         metrics.mirrored(MirrorResult::Failed);
         return Ok(());
     }

@@ -40,6 +40,7 @@ mod filters;
 mod forward;
 mod grpc;
 mod mirror;
+pub(crate) use mirror::pace as mirror_pace;
 mod observe;
 mod outbound;
 pub(crate) mod path;
@@ -396,6 +397,7 @@ async fn proxy<B: DownstreamBody>(
     {
         let metrics = &route.metrics;
         let copying = mirror::Copying {
+            pace: route.mirror_pace.as_ref(),
             parts: &parts,
             request_id: &request_id,
             watch: ctx.body.as_deref(),
