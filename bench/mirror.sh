@@ -77,4 +77,4 @@ for route in plain mirrored; do
   printf '%-9s %10s %9s %9s\n' "$route" "$(echo "${rps[$route]}" | median)" \
     "$(echo "${p50[$route]}" | median)" "$(echo "${p99[$route]}" | median)"
 done
-curl -s "http://127.0.0.1:$ADMIN/metrics" | grep '^weir_mirror_requests_total' || true
+curl -s "http://127.0.0.1:$ADMIN/metrics" | grep -E "^weir_mirror_requests_total|^weir_cluster_connections_open" || true
