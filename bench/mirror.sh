@@ -9,7 +9,7 @@
 # and counted `failed`.
 # Needs release builds of weir and bench/floor (`cargo build --release -p weir-host -p
 # weir-bench-floor`), nginx, wrk.
-# Usage: bench/mirror.sh  (env: DURATION=10s ROUNDS=3 CONNS=32 PERCENT=100 SHADOW_MAX=1024
+# Usage: bench/mirror.sh  (env: DURATION=10s ROUNDS=3 CONNS=32 PERCENT=100 SHADOW_MAX=1024 DELAY_MS=2000
 #   WEIR=target/release/weir SLOW=target/release/slow-origin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ trap cleanup EXIT
 write_origin_conf "$tmp/origin.conf" "$ORIGIN"
 taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
 # The mirror: answers every request after 2 s, as many at once as come.
-taskset -c 1 "$SLOW" "127.0.0.1:$SLEEPER" 2000 & pids+=($!)
+taskset -c 1 "$SLOW" "127.0.0.1:$SLEEPER" "${DELAY_MS:-2000}" & pids+=($!)
 cat > "$tmp/weir.toml" <<CONF
 [[listeners]]
 address = "127.0.0.1:$PORT"
