@@ -1,16 +1,14 @@
 //! A lock-free rate gate: at most a rate of events a second, a few at once (the generic cell
 //! rate algorithm, one atomic). It spaces out work that would otherwise come in bursts.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-static SINCE: LazyLock<quanta::Instant> = LazyLock::new(quanta::Instant::now);
+use crate::metrics::Tick;
 
 /// Admits events at `per_second`, up to `burst` at once after a quiet spell.
 #[derive(Debug)]
 pub struct Pace {
-    /// Nanoseconds (since [`SINCE`]) at which the gate is next free.
+    /// When the gate is next free ([`Tick::since_start`]).
     next: AtomicU64,
     /// Nanoseconds between events.
     spacing: u64,
@@ -31,7 +29,7 @@ impl Pace {
 
     /// Whether an event may happen now; if so, it is counted.
     pub fn admit(&self) -> bool {
-        self.admit_at(nanos(SINCE.elapsed()))
+        self.admit_at(Tick::now().since_start())
     }
 
     fn admit_at(&self, now: u64) -> bool {
@@ -51,10 +49,6 @@ impl Pace {
             }
         }
     }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use std::time::Duration;
 /// clock of the process) at the first reading.
 static CLOCK: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
 
+/// The process's first reading asked for by [`Tick::since_start`].
+static START: LazyLock<Tick> = LazyLock::new(Tick::now);
+
 /// A reading of the counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tick(u64);
@@ -41,6 +44,13 @@ impl Tick {
     pub fn nanos_until(self, later: Tick) -> u64 {
         CLOCK.delta_as_nanos(self.0, later.0)
     }
+
+    /// Nanoseconds from the process's first such reading to this one: a plain number that
+    /// grows with time, to keep in an atomic (a rate gate's next free moment, a deadline).
+    #[inline]
+    pub fn since_start(self) -> u64 {
+        START.nanos_until(self)
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +69,6 @@ mod tests {
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert_eq!(end.until(start), Duration::ZERO);
         assert!(start.elapsed() >= took);
+        assert!(end.since_start() >= start.since_start());
     }
 }

@@ -20,12 +20,14 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 use std::time::Duration;
 
 use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
+
+use crate::metrics::Tick;
 
 /// How often the epoch advances while no call runs long.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -54,13 +56,12 @@ pub(crate) const MAX_EXCUSED: Duration = Duration::from_secs(10);
 /// the budget's own), not waiting on the store or `outbound`.
 const YIELDING: u64 = 1 << 63;
 
-/// Until when (nanoseconds since [`SINCE`]) the epoch advances every [`FINE_TICK`].
+/// Until when ([`Tick::since_start`]) the epoch advances every [`FINE_TICK`].
 static FINE_UNTIL: AtomicU64 = AtomicU64::new(0);
-static SINCE: LazyLock<quanta::Instant> = LazyLock::new(quanta::Instant::now);
 
 /// How long the epoch thread waits before it next advances the epoch.
 pub(crate) fn epoch_period() -> Duration {
-    let now = nanos(SINCE.elapsed());
+    let now = Tick::now().since_start();
     if now < FINE_UNTIL.load(Relaxed) {
         FINE_TICK
     } else {
@@ -70,7 +71,7 @@ pub(crate) fn epoch_period() -> Duration {
 
 /// A call is running long: the epoch advances every [`FINE_TICK`] for a while.
 fn long_call_running() {
-    let until = nanos(SINCE.elapsed() + FINE_FOR);
+    let until = Tick::now().since_start().saturating_add(nanos(FINE_FOR));
     FINE_UNTIL.fetch_max(until, Relaxed);
 }
 
@@ -364,11 +365,12 @@ mod tests {
             assert_eq!(store.data().charged, MS + Duration::from_micros(10));
             // The thread was away for 100 ms (the OS ran something else): one tick charged.
             mock.increment(100 * MS);
+            let before = Tick::now().since_start();
             assert_eq!(tick(&mut store), 'y');
             assert_eq!(store.data().charged, 2 * MS + Duration::from_micros(10));
-            assert_eq!(
-                epoch_period(),
-                FINE_TICK,
+            // Read from the real clock (the TSC): the fine tick lasts from now for `FINE_FOR`.
+            assert!(
+                FINE_UNTIL.load(Relaxed) >= before + nanos(FINE_FOR),
                 "a call past `LONG` makes the epoch tick finer"
             );
             for _ in 0..7 {

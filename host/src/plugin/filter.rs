@@ -21,7 +21,7 @@ use super::state::PluginState;
 use super::view::RequestView;
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::kv::KvStore;
-use crate::metrics::{FailureKind, Held, PluginMetrics, metrics};
+use crate::metrics::{FailureKind, Held, PluginMetrics, Tick, metrics};
 
 /// Idle instances kept per plugin; more are dropped when returned.
 const MAX_IDLE_INSTANCES: usize = 64;
@@ -288,7 +288,7 @@ impl Filter {
 
     /// Counts a call of `hook` that started at `started` (read from the TSC: a few
     /// instructions, where the system clock is a call).
-    fn timed<R>(hook: &Histogram, started: quanta::Instant, result: R) -> R {
+    fn timed<R>(hook: &Histogram, started: Tick, result: R) -> R {
         hook.observe(started.elapsed().as_secs_f64());
         result
     }
@@ -454,7 +454,7 @@ impl Filter {
         &self,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), CallError> {
-        let started = quanta::Instant::now();
+        let started = Tick::now();
         let mut instance = self.checkout(request, Hook::Request).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request(store, request).await);
@@ -471,7 +471,7 @@ impl Filter {
         request: &RequestView,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let started = quanta::Instant::now();
+        let started = Tick::now();
         let mut instance = self.checkout(request, Hook::RequestBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_request_body(store, request, body).await);
@@ -486,7 +486,7 @@ impl Filter {
         response: &response::Parts,
         body: &[u8],
     ) -> Result<BodyAction, CallError> {
-        let started = quanta::Instant::now();
+        let started = Tick::now();
         let mut instance = self.checkout(request, Hook::ResponseBody).await?;
         let store = &mut instance.store;
         let result = on_guest!(
@@ -503,7 +503,7 @@ impl Filter {
         request: &mut RequestView,
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), CallError> {
-        let started = quanta::Instant::now();
+        let started = Tick::now();
         let mut instance = self.checkout(request, Hook::Response).await?;
         let store = &mut instance.store;
         let result = on_guest!(&instance.guest, g => g.on_response(store, request, response).await);
