@@ -68,8 +68,8 @@ pub struct Route {
     pub compression: Option<crate::config::Compression>,
     /// Its stored responses, if it has a cache.
     pub cache: Option<Arc<RouteCache>>,
-    /// Spaces out its mirror's copies, if it has a mirror.
-    pub mirror_pace: Option<Pace>,
+    /// Spaces out its mirror's copies (unused by a route without a mirror).
+    pub mirror_pace: Pace,
 }
 
 /// What answers a route.
@@ -187,7 +187,7 @@ impl Generation {
                 metrics: metrics().route(&route.name),
                 compression: route.compression.clone(),
                 cache: route_cache(route, &config, previous),
-                mirror_pace: route.mirror.as_ref().map(|_| crate::proxy::mirror_pace()),
+                mirror_pace: crate::proxy::mirror_pace(),
             })
             .collect();
         let router = Router::new(&config.routes);

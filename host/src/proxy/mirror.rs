@@ -54,7 +54,7 @@ fn shadow_host(host: &str) -> String {
 /// The request being copied, as it goes upstream.
 pub(super) struct Copying<'a> {
     /// The route's pace of copies.
-    pub(super) pace: Option<&'a Pace>,
+    pub(super) pace: &'a Pace,
     pub(super) parts: &'a request::Parts,
     pub(super) request_id: &'a HeaderValue,
     /// The fate of the client's body: a failure reading it for the copy is answered as the
@@ -87,7 +87,7 @@ pub(super) async fn copy(
     let cluster = &generation.clusters[mirror.cluster.index];
     // So would one past the route's pace, spacing out the copies that refill the cluster.
     if cluster.endpoints.active() >= cluster.config.max_requests
-        || pace.is_some_and(|pace| !pace.admit())
+        || !pace.admit()
     {
         metrics.mirrored(MirrorResult::Failed);
         return Ok(());

@@ -397,7 +397,7 @@ async fn proxy<B: DownstreamBody>(
     {
         let metrics = &route.metrics;
         let copying = mirror::Copying {
-            pace: route.mirror_pace.as_ref(),
+            pace: &route.mirror_pace,
             parts: &parts,
             request_id: &request_id,
             watch: ctx.body.as_deref(),
