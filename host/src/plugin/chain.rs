@@ -59,6 +59,40 @@ impl OutputLimits {
             headers: limits.headers,
         }
     }
+
+    /// A plugin's response status, if weir sends it: 200 to 599. A 1xx is an interim answer
+    /// (101 a protocol switch) that weir never asked for: a client would wait for the real
+    /// one, or take the connection for a tunnel to nothing.
+    pub(crate) fn status(status: u16) -> Result<StatusCode, String> {
+        if !(200..=599).contains(&status) {
+            return Err(format!(
+                "status {status}: a plugin's response must be 200 to 599"
+            ));
+        }
+        StatusCode::from_u16(status).map_err(|e| format!("status: {e}"))
+    }
+
+    /// At most `headers` of `what` (a call's header changes, a response's headers).
+    pub(crate) fn count(&self, count: usize, what: &str) -> Result<(), String> {
+        if count > self.headers {
+            return Err(format!(
+                "{count} {what}; at most {} are taken ([server.limits] headers)",
+                self.headers
+            ));
+        }
+        Ok(())
+    }
+
+    /// A header of `size` bytes, name and value, if within `header_bytes`.
+    pub(crate) fn header_size(&self, name: &HeaderName, size: usize) -> Result<(), String> {
+        if size > self.header_bytes {
+            return Err(format!(
+                "header {name} is {size} bytes; at most {} are taken ([server.limits] header_bytes)",
+                self.header_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for OutputLimits {
@@ -546,32 +580,15 @@ fn header(
     limits: &OutputLimits,
 ) -> Result<(HeaderName, HeaderValue), String> {
     let name = header_name(name)?;
-    let size = name.as_str().len() + value.len();
-    if size > limits.header_bytes {
-        return Err(format!(
-            "header {name} is {size} bytes; at most {} are taken ([server.limits] header_bytes)",
-            limits.header_bytes
-        ));
-    }
+    limits.header_size(&name, name.as_str().len() + value.len())?;
     let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         .map_err(|_| format!("invalid value for header {name}"))?;
     Ok((name, value))
 }
 
-/// At most `headers` of a call's headers or header changes.
-fn counted(count: usize, limits: &OutputLimits) -> Result<(), String> {
-    if count > limits.headers {
-        return Err(format!(
-            "{count} header changes; at most {} are taken in one call ([server.limits] headers)",
-            limits.headers
-        ));
-    }
-    Ok(())
-}
-
 /// A call's header changes, each checked, before any is applied.
 fn checked_ops(ops: Vec<HeaderOp>, limits: &OutputLimits) -> Result<Vec<Change>, String> {
-    counted(ops.len(), limits)?;
+    limits.count(ops.len(), "header changes in one call")?;
     ops.into_iter()
         .map(|op| match op {
             HeaderOp::Set((name, value)) => {
@@ -635,16 +652,8 @@ fn local_response(
     local: LocalResponse,
     limits: &OutputLimits,
 ) -> Result<(response::Parts, Vec<u8>), String> {
-    // 1xx are interim answers (101 a protocol switch) that weir never asked for: a client
-    // would wait for the real one, or take the connection for a tunnel.
-    if !(200..=599).contains(&local.status) {
-        return Err(format!(
-            "status {}: a plugin's response must be 200 to 599",
-            local.status
-        ));
-    }
-    let status = StatusCode::from_u16(local.status).map_err(|e| format!("status: {e}"))?;
-    counted(local.headers.len(), limits)?;
+    let status = OutputLimits::status(local.status)?;
+    limits.count(local.headers.len(), "headers")?;
     let limit = plugin.info.settings.max_body_bytes;
     if local.body.len() > limit {
         return Err(format!(

@@ -33,7 +33,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 use wasmtime::Store;
@@ -599,35 +598,15 @@ impl Handler {
     }
 }
 
-/// Whether weir sends a handler's answer with this head. A 1xx is an interim answer weir
-/// never asked for (a client would wait for the real one, or, after a 101, take the
-/// connection for a tunnel to nothing); wasi:http lets a guest write any status up to 999.
+/// Whether weir sends a handler's answer with this head: held to a filter's local reply's
+/// rules (wasi:http lets a guest write any status up to 999, and any number of headers).
 fn checked(response: &http::Response<Bytes>, limits: OutputLimits) -> Result<(), String> {
-    let status = response.status().as_u16();
-    if !(200..=599).contains(&status) {
-        return Err(format!(
-            "status {status}: a plugin's response must be 200 to 599"
-        ));
-    }
+    OutputLimits::status(response.status().as_u16())?;
     let headers = response.headers();
-    if headers.len() > limits.headers {
-        return Err(format!(
-            "{} headers; at most {} are taken ([server.limits] headers)",
-            headers.len(),
-            limits.headers
-        ));
-    }
-    let too_large = |(name, value): &(&HeaderName, &HeaderValue)| {
-        name.as_str().len() + value.len() > limits.header_bytes
-    };
-    if let Some((name, value)) = headers.iter().find(too_large) {
-        return Err(format!(
-            "header {name} is {} bytes; at most {} are taken ([server.limits] header_bytes)",
-            name.as_str().len() + value.len(),
-            limits.header_bytes
-        ));
-    }
-    Ok(())
+    limits.count(headers.len(), "headers")?;
+    headers
+        .iter()
+        .try_for_each(|(name, value)| limits.header_size(name, name.as_str().len() + value.len()))
 }
 
 /// A client's body failing mid-stream, as wasi:http tells the guest.

@@ -86,9 +86,7 @@ pub(super) async fn copy(
     // refused here, before anything is copied or spawned, it costs the client nothing.
     let cluster = &generation.clusters[mirror.cluster.index];
     // So would one past the route's pace, spacing out the copies that refill the cluster.
-    if cluster.endpoints.active() >= cluster.config.max_requests
-        || !pace.admit()
-    {
+    if cluster.endpoints.active() >= cluster.config.max_requests || !pace.admit() {
         metrics.mirrored(MirrorResult::Failed);
         return Ok(());
     }
