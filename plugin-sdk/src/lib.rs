@@ -64,6 +64,8 @@ mod adapter;
 #[allow(unsafe_code, reason = "wit-bindgen output: the canonical ABI's glue")]
 pub mod bindings;
 pub mod clock;
+#[cfg(feature = "allocator")]
+mod heap;
 mod http;
 pub mod kv;
 pub mod log;
@@ -72,6 +74,16 @@ mod mock;
 pub mod outbound;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The plugin's heap (see `heap`). Off with the `allocator` feature (on by default), for a
+/// plugin that sets its own `#[global_allocator]`.
+#[cfg(all(
+    feature = "allocator",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: heap::PluginHeap = heap::PluginHeap::new();
 
 pub use crate::http::{Action, Body, Reply, Request, Response, Tls};
 pub use serde::Deserialize;
