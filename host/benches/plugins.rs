@@ -310,19 +310,30 @@ fn phase_benches(c: &mut Criterion) {
 /// The guard example in each language: one `on-request` on a reused instance (the client
 /// is outside `deny`, so the answer is "continue, minus the token header") and on a fresh one
 /// (`max_uses = 1`: instantiate, `configure`, then the call). With `WEIR_GUARD_BEFORE`, the
-/// build of each language in that folder first, under `<lang>/before/`.
+/// build of each language in that folder first, under `<lang>/before/`. `WEIR_GUARDS=python,go`
+/// loads only those languages (each load compiles two instances' worth of code, which a
+/// profile of one language's calls need not sample), and `WEIR_PLUGIN_CACHE` is a compile
+/// cache to load them from.
 fn language_benches(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let plugins = PluginRuntime::new(None).expect("plugin runtime");
+    let cache = std::env::var_os("WEIR_PLUGIN_CACHE").map(PathBuf::from);
+    let plugins = PluginRuntime::new(cache.as_deref()).expect("plugin runtime");
+    let wanted = std::env::var("WEIR_GUARDS").ok();
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
     let before = std::env::var_os("WEIR_GUARD_BEFORE").map(PathBuf::from);
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
     let head = RefCell::new(request());
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
+        if wanted
+            .as_deref()
+            .is_some_and(|w| !w.split(',').any(|l| l == lang))
+        {
+            continue;
+        }
         let builds = before
             .iter()
             .map(|dir| (format!("{lang}/before"), dir.join(format!("{lang}.wasm"))))
