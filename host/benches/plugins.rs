@@ -327,7 +327,7 @@ fn language_benches(c: &mut Criterion) {
     let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
     let head = RefCell::new(request());
     let mut group = c.benchmark_group("guard");
-    for lang in ["rust", "c", "zig", "go", "python", "js", "ts"] {
+    for lang in ["rust", "c", "zig", "go", "python", "js", "js-quickjs", "ts"] {
         if wanted
             .as_deref()
             .is_some_and(|w| !w.split(',').any(|l| l == lang))

@@ -14,15 +14,27 @@ use weir_tests::{Upstream, Weir, get_with, weir::weir_bin};
 use crate::config;
 
 /// Each filter example's folder and the tag its `x-guard` header carries.
-const FILTERS: [(&str, &str); 7] = [
+const FILTERS: [(&str, &str); 8] = [
     ("rust", "rust"),
     ("c", "c"),
     ("zig", "zig"),
     ("go", "go"),
     ("python", "python"),
     ("js", "javascript"),
+    ("js-quickjs", "quickjs"),
     ("ts", "typescript"),
 ];
+
+/// The guard built on QuickJS is on weir:plugin@0.2.0 (its toolchain cannot yet release the
+/// handle a lazy hook is lent: `examples/filters/js-quickjs/guard.js`); every other is on the
+/// current contract.
+fn guard_contract(lang: &str) -> String {
+    if lang == "js-quickjs" {
+        "0.2.0".to_owned()
+    } else {
+        current_contract()
+    }
+}
 
 /// Starting weir with the JavaScript and Python plugins: a debug build compiles each in
 /// seconds, and the tests share two cores.
@@ -112,19 +124,19 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
         assert_eq!(headers["x-guard"], tag, "{lang}");
     }
 
-    // Every guard is built against the current contract, so weir calls its lazy hooks (heads
-    // read through handles): the Rust one with the SDK, the others on their own bindings.
+    // Every guard but QuickJS's is built against the current contract, so weir calls its lazy
+    // hooks (heads read through handles): the Rust one with the SDK, the others on their own
+    // bindings.
     let (status, _, plugins) = get_with(&weir.admin_url("/plugins"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
-    let current = current_contract();
     for (lang, _) in FILTERS {
         let name = format!("deny-{lang}");
         let contract = plugins
             .as_array()
             .and_then(|l| l.iter().find(|p| p["name"] == name.as_str()))
             .map(|p| p["contract"].clone());
-        assert_eq!(contract, Some(current.as_str().into()), "{lang}");
+        assert_eq!(contract, Some(guard_contract(lang).into()), "{lang}");
     }
 }
 
@@ -320,6 +332,7 @@ fn plugin_test_passes_every_examples_cases() {
         "filters/go/guard.wasm",
         "filters/python/guard.wasm",
         "filters/js/guard.wasm",
+        "filters/js-quickjs/guard.wasm",
         "filters/ts/guard.wasm",
         "handlers/python/profile.wasm",
         "handlers/js/profile.wasm",

@@ -87,6 +87,7 @@ fn examples() -> anyhow::Result<()> {
         "filters/go",
         "filters/python",
         "filters/js",
+        "filters/js-quickjs",
         "filters/ts",
         "handlers/python",
         "handlers/js",
