@@ -75,10 +75,12 @@ fn class(layout: Layout) -> Option<usize> {
     Some((shift - SMALLEST_SHIFT) as usize)
 }
 
-/// The layout talc is asked for when a class's list is empty.
+/// The layout talc is asked for when a class's list is empty; `class` is one [`class`] gave.
 #[inline(always)]
 fn class_layout(class: usize) -> Layout {
-    // SAFETY: a power of two from 16 to `LARGEST`, aligned to 16: always a valid layout.
+    debug_assert!(class < CLASSES, "class {class} out of range");
+    // SAFETY: `class` < `CLASSES`, so the size is a power of two from 16 to `LARGEST`,
+    // aligned to 16: a valid layout.
     unsafe { Layout::from_size_align_unchecked(1 << (class + SMALLEST_SHIFT as usize), ALIGN) }
 }
 
