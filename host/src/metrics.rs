@@ -674,6 +674,12 @@ impl MirrorCounters {
     pub fn count(&self, result: MirrorResult) {
         self.0[result as usize].inc();
     }
+
+    /// The mirrored requests counted as `result`.
+    #[cfg(test)]
+    pub(crate) fn get(&self, result: MirrorResult) -> u64 {
+        self.0[result as usize].get()
+    }
 }
 
 /// How a request on a route with a cache was answered.

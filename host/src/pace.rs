@@ -32,6 +32,12 @@ impl Pace {
         self.admit_at(Tick::now().since_start())
     }
 
+    /// Admits nothing from now on: for tests of what a gate's refusal does.
+    #[cfg(test)]
+    pub(crate) fn close(&self) {
+        self.next.store(u64::MAX / 2, Relaxed);
+    }
+
     fn admit_at(&self, now: u64) -> bool {
         let floor = now.saturating_sub(self.credit);
         let mut next = self.next.load(Relaxed);

@@ -253,6 +253,58 @@ async fn the_proxy_service_retries_only_what_is_safe_and_possible() {
     assert_eq!(checked, 36);
 }
 
+/// A route's mirror copies no faster than its pace: with the pace spent, the client's
+/// requests are answered as ever, no copy is made, and each is counted as a failed copy.
+#[tokio::test]
+async fn a_mirror_past_its_pace_makes_no_copy() {
+    let config = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[clusters]]
+name = "shadow"
+endpoints = ["127.0.0.1:2"]
+
+[[routes]]
+name = "paced-mirror"
+cluster = "app"
+mirror = { cluster = "shadow", percent = 100 }
+"#;
+    let watch = Watch::default();
+    let service = proxy(
+        config,
+        connector(
+            &[
+                ("127.0.0.1:1", Endpoint::Answer(200)),
+                ("127.0.0.1:2", Endpoint::Answer(200)),
+            ],
+            &watch,
+        ),
+    );
+    let generation = service.generation.load_full();
+    generation.routes[0].mirror_pace.close();
+    let counters = generation.routes[0].metrics.mirror_counters();
+    for _ in 0..3 {
+        let response = service
+            .handle(request(&Method::GET, Sent::Nothing), &client())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    use crate::metrics::MirrorResult;
+    assert_eq!(
+        counters.get(MirrorResult::Failed),
+        3,
+        "each refused copy is counted"
+    );
+    assert_eq!(counters.get(MirrorResult::Sent), 0);
+    let seen = watch.seen();
+    assert!(seen.iter().all(|s| s.endpoint == "127.0.0.1:1"), "{seen:?}");
+}
+
 /// A connector that counts connection attempts, and whose connections never open when it
 /// `stalls` (an endpoint that swallows connects).
 #[derive(Debug)]
