@@ -206,7 +206,7 @@ impl AccessLog {
         batch.records += 1;
         let format = shared.format;
         batch.lines.push(entry.room(), |out| match format {
-            LogFormat::Json => entry.write(&mut Json(out)),
+            LogFormat::Json => entry.write_json(out),
             LogFormat::Text => entry.write(&mut Text(out)),
         });
     }
@@ -479,10 +479,10 @@ impl Entry<'_> {
             self.host.map_or(0, <[u8]>::len),
             self.path.len(),
         ];
-        let mut room = FIXED_ROOM + self.generation.log_names.room;
-        for len in texts {
-            room += escaped_room(len);
-        }
+        let room = FIXED_ROOM + self.generation.log_names.room;
+        let mut room = room + escaped_room(texts.iter().sum());
+        // `escaped_room` of each text, for the quotes of each.
+        room += 2 * (texts.len() - 1);
         if !self.usual_tail() {
             let tls = self.tls.map_or(0, |t| {
                 escaped_room(t.version.len())
@@ -503,7 +503,7 @@ impl Entry<'_> {
     #[inline(always)]
     fn write(&self, line: &mut impl Line) {
         let names = &self.generation.log_names;
-        let mut digits = itoa::Buffer::new();
+        let mut digits = Digits::default();
         let time = record_time(self.time);
         field!(line.field(first "time", Value::Safe(&time)));
         let request_id = match self.request_id {
@@ -519,13 +519,7 @@ impl Entry<'_> {
         field!(line.field("host", Value::text(self.host)));
         field!(line.field("path", Value::Text(self.path.as_bytes())));
         field!(line.field("protocol", Value::Safe(protocol(self.version).as_bytes())));
-        // Three digits (a status is 100-999; 0 for a request that never had a response).
-        let s = self.status;
-        let status = [s / 100 % 10, s / 10 % 10, s % 10].map(|d| b'0' + d as u8);
-        let status = match s {
-            100..=999 => &status[..],
-            _ => digits.format(s).as_bytes(),
-        };
+        let status = number(u64::from(self.status), &mut digits);
         field!(line.field("status", Value::Bare(status)));
         field!(line.field("bytes_in", Value::Bare(number(self.bytes_in, &mut digits))));
         field!(line.field(
@@ -541,6 +535,74 @@ impl Entry<'_> {
         if self.usual_tail() && !names.tail.is_empty() {
             line.piece(&names.tail);
         } else {
+            let number = self.generation.number;
+            tail_fields(line, self.plugin, self.incomplete, number, self.tls);
+            line.end();
+        }
+    }
+    /// [`Entry::write`] in JSON, the same bytes in fewer copies: each run of constants between
+    /// two values (a closing quote, the next name, an opening quote) is one. The test
+    /// `json_records_are_the_fields_in_json` holds the two equal.
+    #[inline(always)]
+    fn write_json(&self, out: &mut Cursor<'_>) {
+        let names = &self.generation.log_names;
+        let mut digits = Digits::default();
+        out.put(b"{\"time\":\"");
+        out.put(&record_time(self.time));
+        match self.request_id {
+            Some(id) if self.request_id_is_ours => {
+                out.put(b"\",\"request_id\":\"");
+                out.put(id.as_bytes());
+                out.put(b"\",\"trace_id\":");
+            }
+            Some(id) => {
+                out.put(b"\",\"request_id\":");
+                json_string(id.as_bytes(), out);
+                out.put(b",\"trace_id\":");
+            }
+            None => out.put(b"\",\"request_id\":null,\"trace_id\":"),
+        }
+        match self.trace_id {
+            Some(id) => {
+                out.put(b"\"");
+                out.put(id.as_bytes());
+                out.put(b"\",\"client\":\"");
+            }
+            None => out.put(b"null,\"client\":\""),
+        }
+        out.put(self.client.as_bytes());
+        out.put(b"\",\"method\":\"");
+        out.put(self.method.as_str().as_bytes());
+        out.put(b"\",\"host\":");
+        match self.host {
+            Some(host) => json_string(host, out),
+            None => out.put(b"null"),
+        }
+        out.put(b",\"path\":");
+        json_string(self.path.as_bytes(), out);
+        out.put(json_protocol(self.version).as_bytes());
+        out.put(number(u64::from(self.status), &mut digits));
+        out.put(b",\"bytes_in\":");
+        out.put(number(self.bytes_in, &mut digits));
+        out.put(b",\"bytes_out\":");
+        out.put(number(self.bytes_out, &mut digits));
+        out.put(b",\"duration\":");
+        seconds(self.duration, out);
+        match self.upstream_duration {
+            Some(d) => {
+                out.put(b",\"upstream_duration\":");
+                seconds(d, out);
+            }
+            None => out.put(b",\"upstream_duration\":null"),
+        }
+        out.put(names.route(self.route));
+        out.put(names.cluster(self.cluster, self.endpoint));
+        out.put(b",\"attempts\":");
+        out.put(number(u64::from(self.attempts), &mut digits));
+        if self.usual_tail() && !names.tail.is_empty() {
+            out.put(&names.tail);
+        } else {
+            let line = &mut Json(out);
             let number = self.generation.number;
             tail_fields(line, self.plugin, self.incomplete, number, self.tls);
             line.end();
@@ -588,12 +650,36 @@ fn tail_fields<L: Line + ?Sized>(
     field!(line.field("tls_client", Value::text(subject.map(str::as_bytes))));
 }
 
-/// `n` in decimal; a single digit without `itoa`.
-fn number(n: u64, digits: &mut itoa::Buffer) -> &[u8] {
-    const DIGITS: &[u8; 10] = b"0123456789";
-    match usize::try_from(n) {
-        Ok(n @ 0..10) => &DIGITS[n..=n],
-        _ => digits.format(n).as_bytes(),
+/// Room for a number's digits: up to four from [`PAIRS`], more from `itoa`.
+#[derive(Default)]
+struct Digits {
+    short: [u8; 4],
+    long: itoa::Buffer,
+}
+
+/// `n` in decimal (a status, a byte count, attempts): up to four digits two at a time from
+/// [`PAIRS`], longer with `itoa`.
+#[inline(always)]
+fn number(n: u64, digits: &mut Digits) -> &[u8] {
+    match n {
+        0..10 => {
+            digits.short[0] = b'0' + n as u8;
+            &digits.short[..1]
+        }
+        10..10_000 => {
+            let n = n as u32;
+            let [a, b] = pair(n / 100);
+            let [c, d] = pair(n);
+            digits.short = [a, b, c, d];
+            // Without the leading zeros.
+            let zeros = match n {
+                0..100 => 2,
+                100..1000 => 1,
+                _ => 0,
+            };
+            &digits.short[zeros..]
+        }
+        _ => digits.long.format(n).as_bytes(),
     }
 }
 
@@ -701,6 +787,23 @@ impl Line for Text<'_, '_> {
     }
 }
 
+/// `protocol`'s field and the name of `status` after it, in JSON.
+fn json_protocol(version: Version) -> &'static str {
+    macro_rules! between {
+        ($protocol:literal) => {
+            concat!(",\"protocol\":\"", $protocol, "\",\"status\":")
+        };
+    }
+    match version {
+        Version::HTTP_09 => between!("HTTP/0.9"),
+        Version::HTTP_10 => between!("HTTP/1.0"),
+        Version::HTTP_11 => between!("HTTP/1.1"),
+        Version::HTTP_2 => between!("HTTP/2"),
+        Version::HTTP_3 => between!("HTTP/3"),
+        _ => between!("HTTP"),
+    }
+}
+
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -717,61 +820,75 @@ fn protocol(version: Version) -> &'static str {
 /// clock read about once a second per thread (as nginx caches its time).
 const CLOCK_READ_EVERY: u64 = 1_000_000_000;
 
-/// A thread's clock for records, and the latest time it formatted.
-#[derive(Debug, Clone, Copy)]
+/// A thread's clock for records, and the latest time it formatted: cells a record reads
+/// one at a time (a `Cell` of the whole would copy it in and out for each record).
 struct RecordClock {
     /// A counter reading, and the Unix time then in nanoseconds: the latest system clock
-    /// reading on this thread.
-    read: Tick,
-    unix: u64,
+    /// reading on this thread (none yet: `None`).
+    read: Cell<Option<Tick>>,
+    unix: Cell<u64>,
     /// The latest millisecond formatted, and its text: a busy thread formats each
     /// millisecond's time once, and a date once a second.
-    millis: u64,
-    text: [u8; 24],
+    millis: Cell<u64>,
+    text: Cell<[u8; 24]>,
 }
 
 thread_local! {
-    static CLOCK: Cell<Option<RecordClock>> = const { Cell::new(None) };
+    static CLOCK: RecordClock = const {
+        RecordClock {
+            read: Cell::new(None),
+            unix: Cell::new(0),
+            millis: Cell::new(u64::MAX),
+            text: Cell::new([0; 24]),
+        }
+    };
 }
 
 /// The time of the counter reading `at` (taken on any thread, about now), as RFC 3339 in
 /// UTC with milliseconds: `2026-12-02T20:51:37.123Z`.
+#[inline]
 fn record_time(at: Tick) -> [u8; 24] {
-    CLOCK.with(|cell| {
-        let mut clock = match cell.get() {
-            Some(clock)
-                if clock.read.nanos_until(at).max(at.nanos_until(clock.read))
-                    < CLOCK_READ_EVERY =>
-            {
-                clock
+    CLOCK.with(|clock| {
+        // The usual case: a request that started after this thread last read the system
+        // clock, less than a second after, in the millisecond formatted last.
+        let nanos = match clock.read.get() {
+            Some(read) if at >= read && read.nanos_until(at) < CLOCK_READ_EVERY => {
+                clock.unix.get() + read.nanos_until(at)
             }
-            last => {
-                let since = SystemTime::now().duration_since(UNIX_EPOCH);
-                let unix = u64::try_from(since.unwrap_or_default().as_nanos()).unwrap_or(0);
-                let (millis, text) = last.map_or((u64::MAX, [0; 24]), |l| (l.millis, l.text));
-                let clock = RecordClock {
-                    read: Tick::now(),
-                    unix,
-                    millis,
-                    text,
-                };
-                cell.set(Some(clock));
-                clock
-            }
-        };
-        let nanos = if at >= clock.read {
-            clock.unix + clock.read.nanos_until(at)
-        } else {
-            clock.unix.saturating_sub(at.nanos_until(clock.read))
+            _ => unix_nanos(clock, at),
         };
         let millis = nanos / 1_000_000;
-        if millis != clock.millis {
-            time_text(millis, clock.millis, &mut clock.text);
-            clock.millis = millis;
-            cell.set(Some(clock));
+        if millis != clock.millis.get() {
+            let mut text = clock.text.get();
+            time_text(millis, clock.millis.get(), &mut text);
+            clock.text.set(text);
+            clock.millis.set(millis);
         }
-        clock.text
+        clock.text.get()
     })
+}
+
+/// The Unix time of `at` in nanoseconds, for a reading before the thread's latest system
+/// clock reading, or a second or more from it (reading the system clock again).
+#[cold]
+fn unix_nanos(clock: &RecordClock, at: Tick) -> u64 {
+    let read = match clock.read.get() {
+        Some(read) if read.nanos_until(at).max(at.nanos_until(read)) < CLOCK_READ_EVERY => read,
+        _ => {
+            let since = SystemTime::now().duration_since(UNIX_EPOCH);
+            let unix = u64::try_from(since.unwrap_or_default().as_nanos()).unwrap_or(0);
+            let read = Tick::now();
+            clock.read.set(Some(read));
+            clock.unix.set(unix);
+            read
+        }
+    };
+    let unix = clock.unix.get();
+    if at >= read {
+        unix + read.nanos_until(at)
+    } else {
+        unix.saturating_sub(at.nanos_until(read))
+    }
 }
 
 /// Makes `text`, the time `last` (Unix milliseconds) as RFC 3339, the time `millis`: only its
@@ -795,6 +912,23 @@ fn time_text(millis: u64, last: u64, text: &mut [u8; 24]) {
     ]);
 }
 
+/// The numbers 0 to 99 as two digits each.
+const PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        pairs[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    pairs
+};
+
+/// `n % 100` as two digits.
+#[inline(always)]
+fn pair(n: u32) -> [u8; 2] {
+    PAIRS[(n % 100) as usize]
+}
+
 /// Seconds with microsecond precision: `0.001234`.
 #[inline(always)]
 fn seconds(d: Duration, out: &mut Cursor<'_>) {
@@ -804,14 +938,11 @@ fn seconds(d: Duration, out: &mut Cursor<'_>) {
     } else {
         out.put(itoa::Buffer::new().format(secs).as_bytes());
     }
-    let mut micros = d.subsec_micros();
-    let mut fraction = [b'.', 0, 0, 0, 0, 0, 0];
-    for pair in fraction[1..].rchunks_exact_mut(2) {
-        let two = (micros % 100) as u8;
-        micros /= 100;
-        pair.copy_from_slice(&[b'0' + two / 10, b'0' + two % 10]);
-    }
-    out.put(&fraction);
+    let micros = d.subsec_micros();
+    let [a, b] = pair(micros / 10_000);
+    let [c, d] = pair(micros / 100);
+    let [e, f] = pair(micros);
+    out.put(&[b'.', a, b, c, d, e, f]);
 }
 
 /// Whether any byte needs escaping in a JSON string (a control, `"`, `\\`) or is not ASCII:
@@ -911,6 +1042,127 @@ mod tests {
     }
 
     #[test]
+    fn json_records_are_the_fields_in_json() {
+        use crate::generation::{Generation, Observers};
+        use crate::tls::TlsInfo;
+        use crate::upstream::{TcpConnector, Transports};
+        let config = crate::config::parse(
+            std::path::Path::new("weir.toml"),
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[access_log]
+path = "stderr"
+[[clusters]]
+name = "app"
+endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+[[routes]]
+name = "all"
+cluster = "app"
+"#,
+        )
+        .expect("config");
+        let log = AccessLog::start(config.access_log.as_ref().expect("a log")).expect("log");
+        let observers = Observers {
+            access_log: Some(Arc::new(log)),
+            tracing: None,
+        };
+        let transports = Transports::plain(Arc::new(TcpConnector));
+        let generation = Generation::build(
+            7,
+            Arc::new(config),
+            Vec::new(),
+            None,
+            &transports,
+            &observers,
+        );
+        let ours = HeaderValue::from_static("0b6f0c5e-8a3c-4c5e-9b1e-2f3a4b5c6d7e");
+        let theirs = HeaderValue::from_bytes(b"id \"with\" quotes\t\xff").expect("header");
+        let tls = TlsInfo {
+            server_name: Some("a.example".into()),
+            version: "TLSv1.3",
+            client_subject: Some("CN=alice,O=\"Example\"".into()),
+        };
+        let usual = Entry {
+            generation: &generation,
+            time: Tick::now(),
+            request_id: Some(&ours),
+            request_id_is_ours: true,
+            trace_id: None,
+            client: "127.0.0.1:50000",
+            method: &Method::GET,
+            host: Some(b"example.com"),
+            path: "/a/b?c=d",
+            version: Version::HTTP_11,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 1024,
+            duration: Duration::from_micros(1_234),
+            upstream_duration: Some(Duration::from_micros(987)),
+            route: Some(0),
+            cluster: Some(0),
+            endpoint: Some(1),
+            attempts: 1,
+            plugin: None,
+            incomplete: false,
+            tls: None,
+        };
+        let post = Method::POST;
+        let entries = [
+            Entry { ..usual },
+            Entry {
+                request_id: Some(&theirs),
+                request_id_is_ours: false,
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+                method: &post,
+                host: Some(b"caf\xc3\xa9\"\xff"),
+                path: "/\u{e9}\\\"x\ny",
+                version: Version::HTTP_2,
+                status: 0,
+                bytes_in: 12_345_678_901,
+                bytes_out: 7,
+                duration: Duration::from_secs(12),
+                upstream_duration: None,
+                route: None,
+                cluster: None,
+                endpoint: None,
+                attempts: 12,
+                plugin: Some("jwt-\"auth"),
+                incomplete: true,
+                tls: Some(&tls),
+                ..usual
+            },
+            Entry {
+                request_id: None,
+                host: None,
+                version: Version::HTTP_10,
+                status: 1000,
+                endpoint: None,
+                tls: Some(&tls),
+                ..usual
+            },
+            Entry {
+                version: Version::HTTP_09,
+                cluster: Some(0),
+                endpoint: Some(99),
+                status: 503,
+                ..usual
+            },
+        ];
+        for entry in &entries {
+            let mut fields = Lines::default();
+            fields.push(entry.room(), |out| entry.write(&mut Json(out)));
+            let mut fast = Lines::default();
+            fast.push(entry.room(), |out| entry.write_json(out));
+            let fields = String::from_utf8(fields.into_vec()).expect("utf-8");
+            let fast = String::from_utf8(fast.into_vec()).expect("utf-8");
+            assert_eq!(fast, fields);
+            let record: serde_json::Value = serde_json::from_str(&fast).expect("JSON");
+            assert_eq!(record.as_object().map(|o| o.len()), Some(23), "{fast}");
+        }
+    }
+
+    #[test]
     fn json_strings_escape_quotes_controls_and_invalid_utf8() {
         assert_eq!(
             written(|out| json_string(b"a\"b\\c\nd\x01\xff", out)),
@@ -980,6 +1232,15 @@ mod tests {
         near(before, unix_millis(before.1));
         // And the first reading, seconds before the clock's.
         near(first, unix_millis(first.1));
+    }
+
+    #[test]
+    fn numbers_are_their_decimal_digits() {
+        let mut digits = Digits::default();
+        let cases = [9999, 10_000, 65_535, 12_345_678_901, u64::MAX];
+        for n in cases.into_iter().chain(0..2000) {
+            assert_eq!(number(n, &mut digits), n.to_string().as_bytes(), "{n}");
+        }
     }
 
     #[test]

@@ -36,8 +36,6 @@ pub enum ProxyBody {
     Full(Full<Bytes>),
     /// A response body read in part, then the rest of it.
     Prefixed(Prefixed),
-    /// A response body whose bytes and end are noted for metrics and the access log.
-    Observed(Box<crate::proxy::Observed>),
     /// A response body compressed as it streams (`crate::coding::compress`).
     Coded(UnsyncBoxBody<Bytes, BoxError>),
 }
@@ -212,7 +210,6 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Full(body) => ready_frame(Pin::new(body).poll_frame(cx)),
             ProxyBody::Prefixed(body) => ready_frame(Pin::new(body).poll_frame(cx)),
-            ProxyBody::Observed(body) => Pin::new(body.as_mut()).poll_frame(cx),
             ProxyBody::Coded(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -223,7 +220,6 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Full(body) => body.is_end_stream(),
             ProxyBody::Prefixed(body) => body.is_end_stream(),
-            ProxyBody::Observed(body) => body.is_end_stream(),
             ProxyBody::Coded(body) => body.is_end_stream(),
         }
     }
@@ -234,7 +230,6 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Full(body) => body.size_hint(),
             ProxyBody::Prefixed(body) => body.size_hint(),
-            ProxyBody::Observed(body) => body.size_hint(),
             ProxyBody::Coded(body) => body.size_hint(),
         }
     }

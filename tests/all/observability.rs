@@ -4,7 +4,8 @@
 //! recent errors list, and the access log — one JSON record per
 //! request with every field, `mv` + SIGUSR1 starting a new file without losing a record, a
 //! route that opts out, the text format, hostile request bytes kept inside their JSON
-//! strings, and a full log dropping and counting records without failing a request.
+//! strings, a full log dropping and counting records without failing a request, and responses
+//! without a body logged once, complete.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -532,6 +533,62 @@ async fn access_log_text_format_names_each_field_and_counts_body_bytes() {
         "protocol=HTTP/1.1",
     ] {
         assert!(line.contains(field), "{field} not in {line}");
+    }
+}
+
+/// A response with no body is over when its head is written: hyper drops such a body without
+/// polling it, and the request is settled then — logged once, complete, with no bytes out.
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_without_a_body_are_logged_once_and_complete() {
+    let upstream = Upstream::start("one").await;
+    let empty = Upstream::start_with_status("empty", 204).await;
+    let extra = format!(
+        r#"
+[[clusters]]
+name = "empty"
+endpoints = ["{}"]
+
+[[routes]]
+name = "empty"
+path_prefix = "/empty"
+cluster = "empty"
+
+[access_log]
+path = "access.log"
+"#,
+        empty.addr
+    );
+    let mut weir = Weir::start(&config(&[upstream.addr], &extra)).await;
+    let (status, _, body) =
+        weir_tests::send_with(http::Method::HEAD, &weir.url("/head"), &[]).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, ""));
+    let (status, _, body) = get_with(&weir.url("/empty"), &[]).await;
+    assert_eq!((status.as_u16(), body.as_str()), (204, ""));
+    // Shutdown writes what is queued before weir exits.
+    weir.signal(Signal::SIGTERM);
+    assert!(weir.wait_exit().await.success());
+    let records = records(&weir.dir().join("access.log"));
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str(),
+                r["path"].as_str(),
+                r["status"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("HEAD"), Some("/head"), Some(200)),
+            (Some("GET"), Some("/empty"), Some(204))
+        ]
+    );
+    for record in &records {
+        assert_eq!(record["incomplete"], false, "{record}");
+        assert_eq!(record["bytes_out"], 0, "{record}");
+        assert!(record["duration"].as_f64().is_some_and(|d| d > 0.0));
     }
 }
 

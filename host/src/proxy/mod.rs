@@ -47,7 +47,7 @@ pub(crate) mod path;
 mod upgrade;
 
 pub use self::client_body::Guarded;
-pub use self::observe::Observed;
+pub use self::observe::ResponseBody;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -196,7 +196,7 @@ impl ProxyService {
         &self,
         request: Request<B>,
         client: &Client,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ResponseBody> {
         // One generation for the whole request, even if a reload swaps it meanwhile.
         let generation = self.generation.load_full();
         let mut ctx = RequestContext {
@@ -231,7 +231,7 @@ impl ProxyService {
             Err(error) => fail(&generation, &ctx, error),
         };
         match watch {
-            None => response,
+            None => response.map(ResponseBody::unwatched),
             Some(watch) => watch.finish(&mut ctx, response),
         }
     }
@@ -242,9 +242,9 @@ impl ProxyService {
         client: Client,
     ) -> impl hyper::service::Service<
         Request<B>,
-        Response = Response<ProxyBody>,
+        Response = Response<ResponseBody>,
         Error = Infallible,
-        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+        Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
     > + Clone
     + Send
     + 'static {

@@ -1,10 +1,11 @@
 //! What a request leaves behind when its response ends: its route's metrics (count, duration,
 //! bytes) and, when the access log samples it, its record. [`Watch::start`] notes the
-//! request's start; [`Watch::finish`] wraps the response body in an [`Observed`] that counts
-//! the bytes sent and settles the request at the body's end, or when the body is dropped
-//! unfinished (the client went away).
+//! request's start; [`Watch::finish`] hands the watch to the [`ResponseBody`] every response
+//! leaves in, which counts the bytes sent and settles the request at the body's end, or when
+//! the body is dropped unfinished (the client went away).
 //!
-//! With metrics off and no access log, nothing here runs: `start` returns `None`.
+//! With metrics off and no access log, nothing here runs: `start` returns `None`, and the
+//! response body is the proxy's, with one branch per frame.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::RequestContext;
@@ -26,8 +26,8 @@ use crate::metrics::{Tick, metrics};
 use crate::trace::RequestTrace;
 use opentelemetry::KeyValue;
 
-/// A request being watched, from its head to its response: the [`Observed`] body its response
-/// will have, allocated when the request starts, so that what it holds is never moved again.
+/// A request being watched, from its head to its response: what its [`ResponseBody`] will
+/// settle, allocated when the request starts, so that what it holds is never moved again.
 #[derive(Debug)]
 pub(super) struct Watch(Box<Observed>);
 
@@ -54,36 +54,39 @@ impl Watch {
         });
         metrics().in_flight.inc();
         let received = (!request.body().is_end_stream()).then(Arc::default);
-        // The Host is not looked up here: the proxy does, to route (`RequestContext::host`).
-        let logged = access_log.map(|_| Logged {
-            client: ctx.client.addr_text(),
-            host: None,
-            path: request.uri().path_and_query().cloned(),
-            version: request.version(),
-            tls: ctx.client.tls.clone(),
-            request_id: None,
-            request_id_is_ours: false,
-            endpoint: None,
-            attempts: 0,
-            upstream_duration: None,
-            plugin: None,
-        });
-        Some(Watch(Box::new(Observed {
-            body: ProxyBody::Full(Full::default()),
-            sent: 0,
-            settled: false,
-            settle: Settle {
-                generation: generation.clone(),
-                started: Tick::now(),
-                method: request.method().clone(),
-                status: 0,
-                route: None,
-                cluster: None,
-                received,
-                logged,
-                trace,
+        // Allocated first and written in place, not built on the stack and copied in.
+        let slot = Box::new_uninit();
+        Some(Watch(Box::write(
+            slot,
+            Observed {
+                sent: 0,
+                settle: Settle {
+                    generation: generation.clone(),
+                    started: Tick::now(),
+                    method: request.method().clone(),
+                    status: 0,
+                    route: None,
+                    cluster: None,
+                    received,
+                    // Built here, in place. The Host is not looked up: the proxy does, to route
+                    // (`RequestContext::host`).
+                    logged: access_log.map(|_| Logged {
+                        client: ctx.client.addr_text(),
+                        host: None,
+                        path: request.uri().path_and_query().cloned(),
+                        version: request.version(),
+                        tls: ctx.client.tls.clone(),
+                        request_id: None,
+                        request_id_is_ours: false,
+                        endpoint: None,
+                        attempts: 0,
+                        upstream_duration: None,
+                        plugin: None,
+                    }),
+                    trace,
+                },
             },
-        })))
+        )))
     }
 
     /// The request's body bytes, counted as they are read (absent for a request without a
@@ -102,12 +105,12 @@ impl Watch {
         Some(&self.0.settle.trace.as_ref()?.0)
     }
 
-    /// The response, its body wrapped to settle the request when it ends.
+    /// The response, its body to settle the request when it ends.
     pub(super) fn finish(
         self,
         ctx: &mut RequestContext<'_>,
-        mut response: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
+        response: Response<ProxyBody>,
+    ) -> Response<ResponseBody> {
         let mut observed = self.0;
         let settle = &mut observed.settle;
         settle.status = response.status().as_u16();
@@ -126,14 +129,12 @@ impl Watch {
             logged.upstream_duration = ctx.upstream_duration;
             logged.plugin = ctx.answered_by.take();
         }
-        if response.body().is_end_stream() {
-            observed.settle(false);
-            return response;
-        }
-        // The body is swapped in place: the response's head is not moved.
-        std::mem::swap(&mut observed.body, response.body_mut());
-        *response.body_mut() = ProxyBody::Observed(observed);
-        response
+        // A body that is over already (no content) is dropped as soon as the head is
+        // written, and settled then.
+        response.map(|body| ResponseBody {
+            body,
+            watch: Some(observed),
+        })
     }
 }
 
@@ -255,42 +256,59 @@ struct Logged {
     plugin: Option<Arc<str>>,
 }
 
-/// A response body on its way to the client, counted; settles its request at its end.
+/// What a watched request's response body keeps: the bytes sent so far and what settling
+/// the request needs.
 #[derive(Debug)]
-pub struct Observed {
-    body: ProxyBody,
+pub(super) struct Observed {
     sent: u64,
     settle: Settle,
-    /// The request has been counted and logged.
-    settled: bool,
 }
 
-impl Observed {
+/// Every response's body on its way to the client: the proxy's body and, when the request is
+/// watched, its watch, which counts the bytes sent and settles the request at the body's end
+/// (or when the body is dropped unfinished). One struct, not a variant of [`ProxyBody`]
+/// around another: a frame goes through one `match` of the proxy's body, not two.
+#[derive(Debug)]
+pub struct ResponseBody {
+    body: ProxyBody,
+    /// Until the request is settled.
+    watch: Option<Box<Observed>>,
+}
+
+impl ResponseBody {
+    /// A body whose request is not watched.
+    pub fn unwatched(body: ProxyBody) -> ResponseBody {
+        ResponseBody { body, watch: None }
+    }
+
+    /// Settles the request, once.
     fn settle(&mut self, incomplete: bool) {
-        if !std::mem::replace(&mut self.settled, true) {
-            self.settle.settle(self.sent, incomplete);
+        if let Some(mut watch) = self.watch.take() {
+            watch.settle.settle(watch.sent, incomplete);
         }
     }
 }
 
-impl Body for Observed {
+impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let Some(watch) = &mut this.watch else {
+            return frame;
+        };
         match &frame {
+            // A body that says it has ended after this frame is not polled again: hyper
+            // drops it at once, and `drop` settles the request then.
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.sent += data.len() as u64;
-                }
-                // hyper stops polling a body that says it has ended.
-                if this.body.is_end_stream() {
-                    this.settle(false);
+                    watch.sent += data.len() as u64;
                 }
             }
             Poll::Ready(None) => this.settle(false),
@@ -300,6 +318,7 @@ impl Body for Observed {
         frame
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }
@@ -309,9 +328,13 @@ impl Body for Observed {
     }
 }
 
-impl Drop for Observed {
+impl Drop for ResponseBody {
+    /// Settles a request whose body said it had ended (hyper drops such a body without
+    /// polling it again), or whose client went away before the end (incomplete).
     fn drop(&mut self) {
-        let incomplete = !self.body.is_end_stream();
-        self.settle(incomplete);
+        if self.watch.is_some() {
+            let incomplete = !self.body.is_end_stream();
+            self.settle(incomplete);
+        }
     }
 }
