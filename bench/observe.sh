@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What observability costs in CPU per request, user and system time apart, against what
-# nginx's own access log costs on the same load (issue 21). Six proxies of 1 KiB, each pinned
+# nginx's own access log costs on the same load (issue 21). Seven proxies of 1 KiB, each pinned
 # to CPU 0 with one worker, the origin and wrk (-t2 -c64) on CPU 1, rounds interleaved:
 #   weir-off     — metrics off, no access log;
 #   weir         — metrics on (the default), no access log;
 #   weir-log     — metrics and the JSON access log (23 fields) to a file;
+#   weir-null    — the same log to /dev/null: formatted and written, never copied into the
+#                  page cache (the log's user-space cost apart from the kernel's);
 #   nginx-off    — nginx, `access_log off` (bench/run.sh's nginx);
 #   nginx-log    — nginx's default access log: `combined`, one write(2) per request;
 #   nginx-json   — nginx with a JSON log of 13 of weir's fields, buffered (64 KiB, 1 s).
@@ -14,14 +16,14 @@
 #
 # Needs nginx and wrk (apt-get install nginx-light wrk) and a weir build.
 # Usage: bench/observe.sh   (env: WEIR=target/release/weir ROUNDS=3 DURATION=8s
-# TARGETS="weir-off weir weir-log nginx-off nginx-log nginx-json")
+# TARGETS="weir-off weir weir-log weir-null nginx-off nginx-log nginx-json")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 WEIR=${WEIR:-target/release/weir}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
-TARGETS=${TARGETS:-weir-off weir weir-log nginx-off nginx-log nginx-json}
+TARGETS=${TARGETS:-weir-off weir weir-log weir-null nginx-off nginx-log nginx-json}
 require_tools
 
 tmp=$(mktemp -d)
@@ -31,7 +33,7 @@ trap cleanup EXIT
 
 ORIGIN=18481
 declare -A PORT=([weir-off]=18482 [weir]=18483 [weir-log]=18484 [nginx-off]=18485
-  [nginx-log]=18486 [nginx-json]=18487)
+  [nginx-log]=18486 [nginx-json]=18487 [weir-null]=18488)
 declare -A PID
 
 write_origin_conf "$tmp/origin.conf" "$ORIGIN"
@@ -59,6 +61,7 @@ for t in $TARGETS; do
     weir-off) start_weir "$t" off ;;
     weir) start_weir "$t" metrics ;;
     weir-log) start_weir "$t" all ;;
+    weir-null) start_weir "$t" null ;;
     nginx-off) start_nginx "$t" "access_log off;" ;;
     nginx-log) start_nginx "$t" "access_log $tmp/nginx-log.log;" ;;
     nginx-json)
