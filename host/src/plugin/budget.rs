@@ -87,6 +87,10 @@ struct Slack {
     /// 0 while the call runs; while it waits, when the wait began (nanoseconds since the
     /// call began, plus one), with [`YIELDING`] set if it gives its slice to others.
     paused: AtomicU64,
+    /// Nanoseconds the call was suspended in all (its future pending, whatever it waited
+    /// on: a yield, the store, `outbound`, or a handler's own `wasi:io` poll of its
+    /// outgoing requests), as [`cut_off`] sees it: what is not running time.
+    suspended: AtomicU64,
 }
 
 /// The current call's budget; reset before each call.
@@ -94,8 +98,8 @@ struct Slack {
 pub(crate) struct CallBudget {
     /// Running time charged so far.
     charged: Duration,
-    /// The call's running time (its wall clock less what it gave away or was excused) at
-    /// the last epoch change that found it running.
+    /// The call's running time (its wall clock less the time it was suspended) at the last
+    /// epoch change that found it running.
     seen: Duration,
     /// When the call began and how long it may take besides what it is excused.
     bound: Bound,
@@ -134,6 +138,7 @@ impl CallBudget {
         slack.given.store(0, Relaxed);
         slack.excused.store(0, Relaxed);
         slack.paused.store(0, Relaxed);
+        slack.suspended.store(0, Relaxed);
     }
 
     /// The current call's bound, for [`cut_off`].
@@ -173,10 +178,12 @@ impl Bound {
         self.slack.paused.store(at | kind, Relaxed);
     }
 
-    /// The call's wall clock less what it gave away or was excused.
+    /// The call's wall clock less the time it was suspended: its running time, which is
+    /// what a tick charges. Not what it was excused: a handler's wait on its own outgoing
+    /// requests counts against its wall-clock bound, never as running.
     fn running(&self) -> Duration {
-        let given = Duration::from_nanos(self.slack.given.load(Relaxed));
-        self.started.elapsed().saturating_sub(given)
+        let suspended = Duration::from_nanos(self.slack.suspended.load(Relaxed));
+        self.started.elapsed().saturating_sub(suspended)
     }
 
     /// How long the call may still take, or `None` once it is out of time, given
@@ -255,18 +262,28 @@ pub(crate) fn on_tick<T>(
 /// Runs `call`, cutting it off once it has waited past its bound: while the call is
 /// suspended the epoch never finds it running, so a timer ends it instead. The call's
 /// future is dropped, which unwinds the guest (its instance must not be used again); the
-/// error is a `Trap::Interrupt`, a `deadline` failure like the tick's. Costs nothing for a
-/// call that never waits: the timer is armed the first time the call is pending.
+/// error is a `Trap::Interrupt`, a `deadline` failure like the tick's. Each suspension is
+/// timed, from the poll that left the call pending to the next, so a tick charges running
+/// time only. Costs nothing for a call that never waits: the timer is armed, and the clock
+/// read, the first time the call is pending.
 pub(crate) async fn cut_off<T>(
     bound: Bound,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
     let mut call = pin!(call);
     let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut suspended_at: Option<quanta::Instant> = None;
     std::future::poll_fn(|cx| {
+        if let Some(at) = suspended_at.take() {
+            bound
+                .slack
+                .suspended
+                .fetch_add(nanos(at.elapsed()), Relaxed);
+        }
         if let Poll::Ready(done) = call.as_mut().poll(cx) {
             return Poll::Ready(done);
         }
+        suspended_at = Some(quanta::Instant::now());
         loop {
             let Some(left) = bound.left(1) else {
                 let cut = wasmtime::Error::from(Trap::Interrupt)
@@ -289,6 +306,47 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// A call is charged the time it ran, not the time it was suspended on anything (a
+    /// handler's own `wasi:io` poll of its outgoing requests is excused from nothing, but it
+    /// is not running either).
+    #[tokio::test(start_paused = true)]
+    async fn a_suspended_call_is_not_running() {
+        let (clock, mock) = quanta::Clock::mock();
+        quanta::with_clock(&clock, || {
+            let mut budget = CallBudget::default();
+            budget.reset(50 * MS);
+            let mut polls = 0;
+            let ran = mock.clone();
+            // Runs 2 ms, waits, runs 3 ms.
+            let call = std::future::poll_fn(move |_| {
+                polls += 1;
+                if polls == 1 {
+                    ran.increment(2 * MS);
+                    Poll::Pending
+                } else {
+                    ran.increment(3 * MS);
+                    Poll::Ready(Ok(()))
+                }
+            });
+            let mut call = pin!(cut_off(budget.bound(), call));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            mock.increment(30 * MS);
+            assert!(matches!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+            assert_eq!(
+                budget.bound.running(),
+                5 * MS,
+                "2 ms and 3 ms, not the 30 between"
+            );
+            budget.reset(50 * MS);
+            assert_eq!(
+                budget.bound.running(),
+                Duration::ZERO,
+                "a new call starts afresh"
+            );
+        });
+    }
 
     #[test]
     fn waiting_is_excused_up_to_a_bound_per_call() {

@@ -482,8 +482,6 @@ impl Handler {
             Ready::Fresh(slot) => (self.new_store(), None, 0, slot),
         };
         store.data_mut().hooks.outbound = Some(outbound);
-        store.data_mut().budget.reset(deadline);
-        store.set_epoch_deadline(1);
 
         let (parts, body) = request.into_parts();
         let body = match body {
@@ -518,11 +516,16 @@ impl Handler {
         let pre = self.pre.clone();
         let ticking = self.ticking.clone();
         let name = self.info.name.clone();
-        let bound = store.data().budget.bound();
         // The guest may go on writing the body after it has sent the head, so it runs on its
         // own task; the task ends when the guest returns (or is dropped with the store).
         let task = tokio::spawn(async move {
             let _ticking = ticking;
+            // The call's time begins when its task first runs, not when it was queued: on a
+            // busy thread a task waits its turn for milliseconds, which would be charged as
+            // running (a long call: the fine tick, and waits between its slices).
+            store.data_mut().budget.reset(deadline);
+            store.set_epoch_deadline(1);
+            let bound = store.data().budget.bound();
             let call = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
