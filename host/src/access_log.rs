@@ -479,10 +479,8 @@ impl Entry<'_> {
             self.host.map_or(0, <[u8]>::len),
             self.path.len(),
         ];
-        let room = FIXED_ROOM + self.generation.log_names.room;
-        let mut room = room + escaped_room(texts.iter().sum());
-        // `escaped_room` of each text, for the quotes of each.
-        room += 2 * (texts.len() - 1);
+        let texts: usize = texts.into_iter().map(escaped_room).sum();
+        let mut room = FIXED_ROOM + self.generation.log_names.room + texts;
         if !self.usual_tail() {
             let tls = self.tls.map_or(0, |t| {
                 escaped_room(t.version.len())
@@ -637,11 +635,9 @@ fn tail_fields<L: Line + ?Sized>(
         "incomplete",
         Value::Bare(if incomplete { b"true" } else { b"false" })
     ));
-    let mut digits = itoa::Buffer::new();
-    field!(line.field(
-        "generation",
-        Value::Bare(digits.format(generation).as_bytes())
-    ));
+    let mut digits = Digits::default();
+    let generation = number(generation, &mut digits);
+    field!(line.field("generation", Value::Bare(generation)));
     let version = tls.map(|t| t.version.as_bytes());
     field!(line.field("tls_version", Value::text(version)));
     let sni = tls.and_then(|t| t.server_name.as_deref());
@@ -787,32 +783,33 @@ impl Line for Text<'_, '_> {
     }
 }
 
-/// `protocol`'s field and the name of `status` after it, in JSON.
-fn json_protocol(version: Version) -> &'static str {
-    macro_rules! between {
-        ($protocol:literal) => {
-            concat!(",\"protocol\":\"", $protocol, "\",\"status\":")
-        };
-    }
-    match version {
-        Version::HTTP_09 => between!("HTTP/0.9"),
-        Version::HTTP_10 => between!("HTTP/1.0"),
-        Version::HTTP_11 => between!("HTTP/1.1"),
-        Version::HTTP_2 => between!("HTTP/2"),
-        Version::HTTP_3 => between!("HTTP/3"),
-        _ => between!("HTTP"),
-    }
+/// A protocol's name, and in JSON its field with the name of `status` after it (one copy
+/// in [`Entry::write_json`]): both from one list.
+macro_rules! protocols {
+    ($($version:ident => $name:literal,)* _ => $other:literal) => {
+        fn protocol(version: Version) -> &'static str {
+            match version {
+                $(Version::$version => $name,)*
+                _ => $other,
+            }
+        }
+
+        fn json_protocol(version: Version) -> &'static str {
+            match version {
+                $(Version::$version => concat!(",\"protocol\":\"", $name, "\",\"status\":"),)*
+                _ => concat!(",\"protocol\":\"", $other, "\",\"status\":"),
+            }
+        }
+    };
 }
 
-fn protocol(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP",
-    }
+protocols! {
+    HTTP_09 => "HTTP/0.9",
+    HTTP_10 => "HTTP/1.0",
+    HTTP_11 => "HTTP/1.1",
+    HTTP_2 => "HTTP/2",
+    HTTP_3 => "HTTP/3",
+    _ => "HTTP"
 }
 
 /// How long a thread's reading of the system clock stands for it, in nanoseconds: a record's
@@ -851,10 +848,9 @@ fn record_time(at: Tick) -> [u8; 24] {
     CLOCK.with(|clock| {
         // The usual case: a request that started after this thread last read the system
         // clock, less than a second after, in the millisecond formatted last.
-        let nanos = match clock.read.get() {
-            Some(read) if at >= read && read.nanos_until(at) < CLOCK_READ_EVERY => {
-                clock.unix.get() + read.nanos_until(at)
-            }
+        let since_read = clock.read.get().filter(|&read| at >= read);
+        let nanos = match since_read.map(|read| read.nanos_until(at)) {
+            Some(since) if since < CLOCK_READ_EVERY => clock.unix.get() + since,
             _ => unix_nanos(clock, at),
         };
         let millis = nanos / 1_000_000;
@@ -932,12 +928,7 @@ fn pair(n: u32) -> [u8; 2] {
 /// Seconds with microsecond precision: `0.001234`.
 #[inline(always)]
 fn seconds(d: Duration, out: &mut Cursor<'_>) {
-    let secs = d.as_secs();
-    if secs < 10 {
-        out.put(&[b'0' + secs as u8]);
-    } else {
-        out.put(itoa::Buffer::new().format(secs).as_bytes());
-    }
+    out.put(number(d.as_secs(), &mut Digits::default()));
     let micros = d.subsec_micros();
     let [a, b] = pair(micros / 10_000);
     let [c, d] = pair(micros / 100);
