@@ -60,31 +60,29 @@ impl Watch {
             slot,
             Observed {
                 sent: 0,
-                settle: Settle {
-                    generation: generation.clone(),
-                    started: Tick::now(),
-                    method: request.method().clone(),
-                    status: 0,
-                    route: None,
-                    cluster: None,
-                    received,
-                    // Built here, in place. The Host is not looked up: the proxy does, to route
-                    // (`RequestContext::host`).
-                    logged: access_log.map(|_| Logged {
-                        client: ctx.client.addr_text(),
-                        host: None,
-                        path: request.uri().path_and_query().cloned(),
-                        version: request.version(),
-                        tls: ctx.client.tls.clone(),
-                        request_id: None,
-                        request_id_is_ours: false,
-                        endpoint: None,
-                        attempts: 0,
-                        upstream_duration: None,
-                        plugin: None,
-                    }),
-                    trace,
-                },
+                generation: generation.clone(),
+                started: Tick::now(),
+                method: request.method().clone(),
+                status: 0,
+                route: None,
+                cluster: None,
+                received,
+                // Built here, in place. The Host is not looked up: the proxy does, to route
+                // (`RequestContext::host`).
+                logged: access_log.map(|_| Logged {
+                    client: ctx.client.addr_text(),
+                    host: None,
+                    path: request.uri().path_and_query().cloned(),
+                    version: request.version(),
+                    tls: ctx.client.tls.clone(),
+                    request_id: None,
+                    request_id_is_ours: false,
+                    endpoint: None,
+                    attempts: 0,
+                    upstream_duration: None,
+                    plugin: None,
+                }),
+                trace,
             },
         )))
     }
@@ -92,17 +90,17 @@ impl Watch {
     /// The request's body bytes, counted as they are read (absent for a request without a
     /// body).
     pub(super) fn received(&self) -> Option<&Arc<AtomicU64>> {
-        self.0.settle.received.as_ref()
+        self.0.received.as_ref()
     }
 
     /// The access log records this request.
     pub(super) fn logs(&self) -> bool {
-        self.0.settle.logged.is_some()
+        self.0.logged.is_some()
     }
 
     /// The request's trace, when tracing is on.
     pub(super) fn trace(&self) -> Option<&RequestTrace> {
-        Some(&self.0.settle.trace.as_ref()?.0)
+        Some(&self.0.trace.as_ref()?.0)
     }
 
     /// The response, its body to settle the request when it ends.
@@ -112,11 +110,10 @@ impl Watch {
         response: Response<ProxyBody>,
     ) -> Response<ResponseBody> {
         let mut observed = self.0;
-        let settle = &mut observed.settle;
-        settle.status = response.status().as_u16();
-        settle.route = ctx.route;
-        settle.cluster = ctx.cluster;
-        if let Some(logged) = &mut settle.logged {
+        observed.status = response.status().as_u16();
+        observed.route = ctx.route;
+        observed.cluster = ctx.cluster;
+        if let Some(logged) = &mut observed.logged {
             if let Some((_, client)) = &ctx.forwarded {
                 logged.client = client.clone();
             }
@@ -138,9 +135,11 @@ impl Watch {
     }
 }
 
-/// What settling a request needs once its response has ended.
+/// A watched request: what its response body keeps (the bytes sent so far) and what settling
+/// the request needs once the response has ended.
 #[derive(Debug)]
-struct Settle {
+pub(super) struct Observed {
+    sent: u64,
     generation: Arc<Generation>,
     started: Tick,
     method: Method,
@@ -154,9 +153,10 @@ struct Settle {
     trace: Option<Box<(RequestTrace, Option<http::uri::PathAndQuery>)>>,
 }
 
-impl Settle {
-    /// Counts and logs the request; run once, by [`Observed`].
-    fn settle(&mut self, sent: u64, incomplete: bool) {
+impl Observed {
+    /// Counts and logs the request; run once, by [`ResponseBody`].
+    fn settle(&mut self, incomplete: bool) {
+        let sent = self.sent;
         let duration = self.started.elapsed();
         let received = self
             .received
@@ -256,14 +256,6 @@ struct Logged {
     plugin: Option<Arc<str>>,
 }
 
-/// What a watched request's response body keeps: the bytes sent so far and what settling
-/// the request needs.
-#[derive(Debug)]
-pub(super) struct Observed {
-    sent: u64,
-    settle: Settle,
-}
-
 /// Every response's body on its way to the client: the proxy's body and, when the request is
 /// watched, its watch, which counts the bytes sent and settles the request at the body's end
 /// (or when the body is dropped unfinished). One struct, not a variant of [`ProxyBody`]
@@ -284,7 +276,7 @@ impl ResponseBody {
     /// Settles the request, once.
     fn settle(&mut self, incomplete: bool) {
         if let Some(mut watch) = self.watch.take() {
-            watch.settle.settle(watch.sent, incomplete);
+            watch.settle(incomplete);
         }
     }
 }
