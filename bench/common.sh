@@ -11,6 +11,8 @@ require_tools() {
 
 # utime + stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime and stime of a process apart, in clock ticks: "user system".
+cpu_ticks_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 ticks_per_sec=$(getconf CLK_TCK)
 
 # wrk on CPU 1 with $CONNS connections for $1 against URL $2.

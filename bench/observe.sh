@@ -82,9 +82,9 @@ results="$tmp/results"
 for t in $TARGETS; do taskset -c 1 wrk -t2 -c64 -d2s "http://127.0.0.1:${PORT[$t]}/" > /dev/null; done
 for round in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
-    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/${PID[$t]}/stat")
+    read -r u0 s0 < <(cpu_ticks_split "${PID[$t]}")
     n=$(taskset -c 1 wrk -t2 -c64 -d"$DURATION" "http://127.0.0.1:${PORT[$t]}/" | awk '/requests in/ {print $1}')
-    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/${PID[$t]}/stat")
+    read -r u1 s1 < <(cpu_ticks_split "${PID[$t]}")
     awk -v t="$t" -v r="$round" -v n="$n" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$ticks_per_sec" \
       'BEGIN { printf "%s %d %d %.2f %.2f %.2f\n", t, r, n, u / hz * 1e6 / n, s / hz * 1e6 / n, (u + s) / hz * 1e6 / n }' \
       | tee -a "$results" >&2
