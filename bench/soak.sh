@@ -92,7 +92,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The plugins: each guard as <lang>.wasm, with its example's host settings (the lines of its
-# guard.toml above [config], e.g. JavaScript's max_uses = 1000) and a [config] of our own.
+# guard.toml above [config]) and a [config] of our own.
 mkdir -p "$tmp/plugins"
 token_header() { echo "x-guard-$1"; }
 token() { echo "soak-token-$1"; }

@@ -25,15 +25,17 @@ if [ "$(cat "$TOOLS/installed" 2>/dev/null)" != "$STAMP" ]; then
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check $PIP_PACKAGES >&2
     # shellcheck disable=SC2086
     npm install --prefix "$TOOLS/node" --no-audit --no-fund --loglevel=error $NPM_PACKAGES >&2
-    ln -sf "$TOOLS/venv/bin/componentize-py" "$TOOLS/bin/componentize-py"
-    ln -sf "$TOOLS/venv/bin/go" "$TOOLS/bin/go"
-    ln -sf "$TOOLS/node/node_modules/.bin/jco" "$TOOLS/bin/jco"
-    ln -sf "$TOOLS/node/node_modules/.bin/tsc" "$TOOLS/bin/tsc"
-    ln -sf "$TOOLS/node/node_modules/.bin/componentize-qjs" "$TOOLS/bin/componentize-qjs"
-    printf '#!/bin/sh\nexec "%s/venv/bin/python" -m ziglang "$@"\n' "$TOOLS" > "$TOOLS/bin/zig"
-    chmod +x "$TOOLS/bin/zig"
     echo "$STAMP" > "$TOOLS/installed"
 fi
+# The commands, linked on every run: a tools folder installed before a command was added gets it.
+ln -sf "$TOOLS/venv/bin/componentize-py" "$TOOLS/bin/componentize-py"
+ln -sf "$TOOLS/venv/bin/go" "$TOOLS/bin/go"
+ln -sf "$TOOLS/node/node_modules/.bin/jco" "$TOOLS/bin/jco"
+ln -sf "$TOOLS/node/node_modules/.bin/componentize-js" "$TOOLS/bin/componentize-js"
+ln -sf "$TOOLS/node/node_modules/.bin/tsc" "$TOOLS/bin/tsc"
+ln -sf "$TOOLS/node/node_modules/.bin/componentize-qjs" "$TOOLS/bin/componentize-qjs"
+printf '#!/bin/sh\nexec "%s/venv/bin/python" -m ziglang "$@"\n' "$TOOLS" > "$TOOLS/bin/zig"
+chmod +x "$TOOLS/bin/zig"
 if [ "${1:-}" = "--bin" ]; then
     echo "$TOOLS/bin"
 else

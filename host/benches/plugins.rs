@@ -357,14 +357,7 @@ fn language_benches(c: &mut Criterion) {
                     .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                 filter(plugin)
             };
-            // A JavaScript engine's heap only grows within an instance: recycle it before the
-            // memory cap (docs/plugins/javascript.md).
-            let recycle = if matches!(lang, "js" | "ts") {
-                "max_uses = 1000\n"
-            } else {
-                ""
-            };
-            let reused = load(format!("deadline = \"1s\"\n{recycle}{settings}"));
+            let reused = load(format!("deadline = \"1s\"\n{settings}"));
             let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
             group.bench_function(format!("{id}/on_request/reused_instance"), |b| {
                 b.to_async(&runtime)

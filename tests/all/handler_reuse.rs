@@ -104,6 +104,20 @@ async fn max_uses_replaces_an_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_instance_whose_heap_keeps_growing_is_replaced_before_its_cap() {
+    // Each request keeps 1 MiB for good: the instance would reach its 16 MiB cap in about a
+    // dozen requests and fail one; it is retired between requests before that.
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\nmemory_limit_mb = 16\n").await;
+    let mut instances = std::collections::HashSet::new();
+    for i in 0..40 {
+        let (status, served, body) = call(&weir, "hoard").await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        instances.insert(served.expect("the guest answered").instance);
+    }
+    assert!(instances.len() > 1, "the instance was replaced");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_concurrent_requests_never_share_an_instance() {
     let (weir, _upstream) = start("reuse = true\nmax_instances = 2\ndeadline = \"10s\"\n").await;
     let weir = &weir;

@@ -212,6 +212,19 @@ async fn memory_hog_hits_the_cap() {
     assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_whose_heap_keeps_growing_is_replaced_before_its_cap() {
+    // Each call keeps 1 MiB for good: an instance reaches its 16 MiB cap in about a dozen
+    // calls. weir retires it between calls once its memory is most of the way there, so no
+    // call fails (with no `max_uses` set: the default 10,000 would be far too late).
+    let upstream = Upstream::start("one").await;
+    let weir = start(&upstream, Some("memory_limit_mb = 16\n")).await;
+    for i in 0..40 {
+        let (status, _, body) = get(&weir, "/leak").await;
+        assert_eq!(status, StatusCode::OK, "call {i}: {body}");
+    }
+}
+
 /// Starts weir on `files` expecting startup to fail; returns the error it logged.
 async fn startup_error(files: &[(&str, &[u8])]) -> String {
     let upstream = Upstream::start("one").await;

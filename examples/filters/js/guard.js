@@ -9,15 +9,21 @@ import { log } from 'weir:plugin/log@0.3.6';
 
 let guard = null;
 
+// One regular expression for the whole address, and plain numbers: the engine interprets
+// every regular expression test and every BigInt step, so fewer per request is faster
+// (docs/plugins/javascript.md).
+const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
 function parseIPv4(text) {
-  const parts = text.split('.');
-  if (parts.length !== 4) return null;
-  let value = 0n;
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return null;
-    value = (value << 8n) | BigInt(p);
+  const octets = IPV4.exec(text);
+  if (!octets) return null;
+  let value = 0;
+  for (let i = 1; i <= 4; i++) {
+    const octet = Number(octets[i]);
+    if (octet > 255) return null;
+    value = value * 256 + octet;
   }
-  return { bits: 32, value };
+  return { bits: 32, value: BigInt(value) };
 }
 
 function parseIPv6(text) {
@@ -50,7 +56,8 @@ function parseNetwork(text, index) {
 }
 
 function clientIp(address) {
-  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  let host = address.slice(0, address.lastIndexOf(':'));
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
   return parseAddress(host);
 }
 

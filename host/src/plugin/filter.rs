@@ -262,6 +262,7 @@ impl Filter {
         self.metrics.instances_created.inc();
         let live = Held::new(&self.metrics.instances);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
+        store.data_mut().limits.settle();
         match configured {
             Ok(Ok(())) => Ok(Box::new(Instance {
                 store,
@@ -384,7 +385,9 @@ impl Filter {
     fn checkin(&self, mut instance: Box<Instance>) {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
+        // An instance whose memory keeps growing is replaced before it reaches its cap.
         if instance.uses < self.info.settings.max_uses
+            && !instance.store.data().limits.outgrown()
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES
         {

@@ -122,9 +122,10 @@ impl Pool {
         self.idle.lock().ok()?.pop()
     }
 
-    /// Keeps an instance that served a request well, unless it has served its `max_uses`.
+    /// Keeps an instance that served a request well, unless it has served its `max_uses` or
+    /// its memory has grown most of the way to its cap.
     fn put_back(&self, mut instance: Instance) {
-        if instance.uses >= self.max_uses {
+        if instance.uses >= self.max_uses || instance.store.data().limits.outgrown() {
             return;
         }
         // An idle instance keeps no request's generation alive.
@@ -529,7 +530,11 @@ impl Handler {
             let call = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
+                    None => {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        store.data_mut().limits.settle();
+                        proxy
+                    }
                 };
                 proxy
                     .wasi_http_incoming_handler()

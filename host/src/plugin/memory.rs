@@ -1,7 +1,8 @@
 //! The linear memory plugin instances may hold: each instance's own cap (`memory_limit_mb`)
 //! and weir's budget for all of them together (`[plugins] memory_budget_mb`), both checked
 //! whenever a memory is created or grows. An instance gives back what it drew when its store
-//! is dropped.
+//! is dropped. An instance whose memory keeps growing (a garbage-collected guest's heap) is
+//! retired between calls, before it reaches its cap and fails one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -68,6 +69,12 @@ pub(crate) struct Limits {
     budget: Arc<MemoryBudget>,
     /// What this instance drew from the budget.
     drawn: usize,
+    /// The instance's cap per memory.
+    cap: usize,
+    /// The size of its largest memory (memories only grow, so the largest size granted).
+    largest: usize,
+    /// Past this size its largest memory has outgrown the instance ([`Limits::outgrown`]).
+    retire_above: usize,
 }
 
 impl Limits {
@@ -82,7 +89,25 @@ impl Limits {
             own,
             budget,
             drawn: 0,
+            cap: memory_limit,
+            largest: 0,
+            retire_above: usize::MAX,
         }
+    }
+
+    /// Marks the instance ready to serve: what its largest memory holds now is its own, and
+    /// it has outgrown itself once that memory has grown three quarters of the way from here
+    /// to the cap. Call once, after instantiation (and `configure`).
+    pub(crate) fn settle(&mut self) {
+        let room = self.cap.saturating_sub(self.largest);
+        self.retire_above = self.largest + room / 4 * 3;
+    }
+
+    /// Whether the instance's memory has grown so far since [`Limits::settle`] that it should
+    /// not serve again: a guest whose heap only grows (a JavaScript engine's) would otherwise
+    /// reach the cap in the middle of a call and fail it.
+    pub(crate) fn outgrown(&self) -> bool {
+        self.largest > self.retire_above
     }
 }
 
@@ -105,6 +130,7 @@ impl ResourceLimiter for Limits {
             );
         }
         self.drawn += more;
+        self.largest = self.largest.max(desired);
         Ok(true)
     }
 
@@ -170,5 +196,30 @@ mod tests {
         assert!(b.memory_growing(4 << 20, 8 << 20, None).expect("b grows"));
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn an_instance_has_outgrown_itself_three_quarters_of_the_way_to_its_cap() {
+        let budget = Arc::new(MemoryBudget::new(usize::MAX));
+        let mut limits = Limits::new(64 << 20, budget);
+        // Instantiation and configure: 16 MiB is the instance's own.
+        assert!(limits.memory_growing(0, 16 << 20, None).expect("fits"));
+        limits.settle();
+        assert!(!limits.outgrown());
+        // A small second memory (an adapter's) changes nothing.
+        assert!(limits.memory_growing(0, 1 << 20, None).expect("fits"));
+        // The heap grows call after call: three quarters of the 48 MiB left is 36 MiB.
+        assert!(
+            limits
+                .memory_growing(16 << 20, 52 << 20, None)
+                .expect("fits")
+        );
+        assert!(!limits.outgrown(), "at the mark, not past it");
+        assert!(
+            limits
+                .memory_growing(52 << 20, 53 << 20, None)
+                .expect("fits")
+        );
+        assert!(limits.outgrown());
     }
 }

@@ -72,6 +72,11 @@ impl Guest for TestFilter {
                     std::hint::black_box(&hoard);
                 }
             }
+            // A heap that only grows: 1 MiB kept for good on every call.
+            "/leak" => {
+                std::hint::black_box(Box::leak(vec![1u8; 1 << 20].into_boxed_slice()));
+                reply(200, "leaked\n".into())
+            }
             "/sleep" => {
                 std::thread::sleep(std::time::Duration::from_secs(30));
                 reply(200, "slept\n".into())

@@ -77,6 +77,10 @@ impl Guest for Handler {
                     text.push_str(" leaked");
                 }
             }
+            // A heap that only grows: 1 MiB kept for good on every request.
+            "hoard" => {
+                std::hint::black_box(Box::leak(vec![1u8; 1 << 20].into_boxed_slice()));
+            }
             "hold-body" => {
                 if let Ok(body) = request.consume()
                     && let Ok(stream) = body.stream()
