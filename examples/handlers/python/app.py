@@ -9,8 +9,10 @@ the plugin is not granted (`clusters = [...]` in profile.toml).
 
 Both requests are sent before either answer is waited for, so they are in flight at the
 same time; waiting is a plain blocking wait on each answer in turn, not an asyncio event
-loop, which would cost more than the rest of the request. Every handle is closed with
-`with` as soon as it is done, so an instance weir reuses (`reuse = true`) keeps none.
+loop, which would cost more than the rest of the request. An answer's body is read to its
+`Content-Length`: reading past its end is answered by an exception, which costs CPython more
+than the header's lookup (BENCHMARKS.md, session 23). Every handle is closed with `with` as
+soon as it is done, so an instance weir reuses (`reuse = true`) keeps none.
 """
 
 import gc
@@ -99,16 +101,24 @@ def receive_json(cluster: str, future: FutureIncomingResponse) -> object:
         raise RuntimeError(f"{cluster} could not be reached: {reason}")
     with answer.value.value as response:
         status = response.status()
+        with response.headers() as headers:
+            length = headers.get("content-length")
         body = response.consume()
+    # With a Content-Length, reading that many bytes ends the body: no read past its end,
+    # whose "closed" answer would be an exception.
+    left = int(length[0]) if len(length) == 1 and length[0].isdigit() else None
     chunks = []
     with body.stream() as stream:
-        while True:
+        while left is None or left > 0:
             try:
-                chunks.append(stream.blocking_read(64 * 1024))
+                chunk = stream.blocking_read(64 * 1024 if left is None else min(left, 64 * 1024))
             except Err as e:
                 if isinstance(e.value, StreamError_Closed):
                     break
                 raise
+            chunks.append(chunk)
+            if left is not None:
+                left -= len(chunk)
     # Dropped rather than finished: the trailers are of no interest.
     body.__exit__(None, None, None)
     if status != 200:
