@@ -9,6 +9,7 @@
 mod frames;
 mod io;
 mod timeouts;
+mod woken;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::io::{ClientIo, FloodCounts};
 use self::timeouts::{Clock, Counted, Due};
+use self::woken::Woken;
 use crate::config::ServerConfig;
 use crate::error::BoxError;
 use crate::proxy_protocol::{self, Rewind};
@@ -249,8 +251,11 @@ impl Connection<'_> {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
-        let sleep = tokio::time::sleep_until(clock.first_check());
+        // Polled only when their own wake-up comes, not at each of the connection's.
+        let sleep = Woken::new(tokio::time::sleep_until(clock.first_check()));
         let mut sleep = std::pin::pin!(sleep);
+        let drained = Woken::new(self.drain.signaled());
+        let mut drained = std::pin::pin!(drained);
         // Shut down gracefully (idle, or draining): the next idle check closes it outright.
         let mut closing = false;
         let mut draining = false;
@@ -262,7 +267,7 @@ impl Connection<'_> {
                     }
                     return;
                 }
-                () = self.drain.signaled(), if !draining => {
+                () = drained.as_mut(), if !draining => {
                     draining = true;
                     closing = true;
                     connection.as_mut().graceful_shutdown();
@@ -270,14 +275,14 @@ impl Connection<'_> {
                 () = sleep.as_mut() => {
                     let now = tokio::time::Instant::now();
                     match clock.check(now, tunnels.open()) {
-                        Due::Wait(at) => sleep.as_mut().reset(at),
+                        Due::Wait(at) => sleep.as_mut().inner_mut().reset(at),
                         Due::Idle if !closing => {
                             tracing::debug!(%peer, "connection idle; closing");
                             closing = true;
                             connection.as_mut().graceful_shutdown();
                             // Still idle at the next check (a client that never answers
                             // the GOAWAY): closed then.
-                            sleep.as_mut().reset(now + clock.step());
+                            sleep.as_mut().inner_mut().reset(now + clock.step());
                         }
                         Due::Idle => return tracing::debug!(%peer, "idle connection closed"),
                         Due::Head => {
