@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::SizeHint;
 
@@ -199,20 +199,23 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
         }
     }
 
-    // Earlier hops' values, joined into one field, then ours.
-    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if earlier.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), downstream.client_ip.clone());
-    } else {
-        let mut joined = Vec::new();
-        for v in earlier {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
+    // Earlier hops' values, joined into one field, then ours (the name hashed once).
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(downstream.client_ip.clone());
         }
-        joined.extend_from_slice(downstream.client_ip.as_bytes());
-        // Written in place and handed over without a copy; the bytes came from valid values.
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Occupied(mut earlier) => {
+            let mut joined = Vec::new();
+            for v in earlier.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(downstream.client_ip.as_bytes());
+            // Written in place and handed over without a copy; the bytes came from valid
+            // values.
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                earlier.insert(value);
+            }
         }
     }
     if !(downstream.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -245,16 +248,18 @@ fn via(version: Version) -> HeaderValue {
 /// Returns the request's id, generating and inserting one if the client sent none, and
 /// whether weir made it (a UUID: text the access log need not check for escapes).
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
-        return (id.clone(), false);
-    }
+    // One look-up (the name hashed once) whether the client sent one or not.
+    let vacant = match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(sent) => return (sent.get().clone(), false),
+        Entry::Vacant(vacant) => vacant,
+    };
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // One allocation, shared by every copy (the request's, the response's, the log's),
     // where a copied slice would be moved to a second one at the first clone.
     let id = HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    vacant.insert(id.clone());
     (id, true)
 }
 
