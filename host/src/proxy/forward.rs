@@ -18,6 +18,7 @@ const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// de-facto `Keep-Alive` and `Proxy-Connection`. `Proxy-*` headers are removed separately.
+/// `Connection` is first: [`strip_hop_by_hop`] takes it out on its own.
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     header::TE,
@@ -134,12 +135,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any_proxy && !present.contains(&true) {
         return;
     }
-    // Names listed in Connection go first, while Connection is still there to read; the
-    // fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
+    // Connection is taken out with its values in one look-up; the names it lists go next.
+    // The fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
     let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
+    let connection = match headers.entry(header::CONNECTION) {
+        Entry::Occupied(entry) => Some(entry.remove_entry_mult().1),
+        Entry::Vacant(_) => None,
+    };
+    present[0] = false;
+    for value in connection.into_iter().flatten() {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
+            // The usual values first: `keep-alive` is removed below, and `close` is an option,
+            // not a header's name.
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
             let fixed = HOP_BY_HOP
                 .iter()
                 .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
