@@ -40,6 +40,11 @@ impl EndpointState {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
+    /// Whether it has been ejected since it was configured (its ejection may have ended).
+    pub(crate) fn ever_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// Healthy and not ejected at `now_ms`.
     pub(crate) fn is_up(&self, now_ms: u64) -> bool {
         self.is_healthy() && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms

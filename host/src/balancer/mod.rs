@@ -77,7 +77,13 @@ impl Endpoints {
     /// The set every algorithm chooses from (see the module docs), leaving out what `ctx`
     /// already tried unless nothing else is left.
     pub fn candidates(&self, ctx: &PickContext) -> Candidates {
-        let now = self.now_ms();
+        // The clock is read only when an endpoint has been ejected: an ejection is the only
+        // thing `now` is compared with, and one never made (0) has always ended.
+        let now = if self.iter().any(|e| e.ever_ejected()) {
+            self.now_ms()
+        } else {
+            0
+        };
         let untried = |i: usize| !ctx.has_tried(i);
         let any = |pred: &dyn Fn(&EndpointState) -> bool, tried: &dyn Fn(usize) -> bool| {
             self.iter().enumerate().any(|(i, e)| tried(i) && pred(e))
