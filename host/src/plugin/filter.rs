@@ -262,7 +262,6 @@ impl Filter {
         self.metrics.instances_created.inc();
         let live = Held::new(&self.metrics.instances);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
-        store.data_mut().limits.settle();
         match configured {
             Ok(Ok(())) => Ok(Box::new(Instance {
                 store,
@@ -385,9 +384,19 @@ impl Filter {
     fn checkin(&self, mut instance: Box<Instance>) {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
-        // An instance whose memory keeps growing is replaced before it reaches its cap.
+        // What its first call left (a guest's lazy set-up included) is the instance's own size;
+        // one whose memory keeps growing past that is replaced before it reaches its cap.
+        let limits = &mut instance.store.data_mut().limits;
+        if instance.uses == 1 {
+            limits.settle();
+        } else if limits.outgrown() {
+            tracing::debug!(
+                plugin = &*self.info.name,
+                "instance retired: its memory keeps growing"
+            );
+            return;
+        }
         if instance.uses < self.info.settings.max_uses
-            && !instance.store.data().limits.outgrown()
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES
         {

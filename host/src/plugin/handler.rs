@@ -123,9 +123,17 @@ impl Pool {
     }
 
     /// Keeps an instance that served a request well, unless it has served its `max_uses` or
-    /// its memory has grown most of the way to its cap.
+    /// its memory has grown most of the way to its cap since its first request.
     fn put_back(&self, mut instance: Instance) {
-        if instance.uses >= self.max_uses || instance.store.data().limits.outgrown() {
+        // What its first request left is the instance's own size (see `Limits::settle`).
+        let limits = &mut instance.store.data_mut().limits;
+        if instance.uses == 1 {
+            limits.settle();
+        } else if limits.outgrown() {
+            tracing::debug!("handler instance retired: its memory keeps growing");
+            return;
+        }
+        if instance.uses >= self.max_uses {
             return;
         }
         // An idle instance keeps no request's generation alive.
@@ -530,11 +538,7 @@ impl Handler {
             let call = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
-                    None => {
-                        let proxy = pre.instantiate_async(&mut store).await?;
-                        store.data_mut().limits.settle();
-                        proxy
-                    }
+                    None => pre.instantiate_async(&mut store).await?,
                 };
                 proxy
                     .wasi_http_incoming_handler()

@@ -1,8 +1,9 @@
 //! The linear memory plugin instances may hold: each instance's own cap (`memory_limit_mb`)
 //! and weir's budget for all of them together (`[plugins] memory_budget_mb`), both checked
 //! whenever a memory is created or grows. An instance gives back what it drew when its store
-//! is dropped. An instance whose memory keeps growing (a garbage-collected guest's heap) is
-//! retired between calls, before it reaches its cap and fails one.
+//! is dropped. An instance whose memory keeps growing after its first call (a
+//! garbage-collected guest's heap) is retired between calls, before it reaches its cap and
+//! fails one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -95,9 +96,11 @@ impl Limits {
         }
     }
 
-    /// Marks the instance ready to serve: what its largest memory holds now is its own, and
-    /// it has outgrown itself once that memory has grown three quarters of the way from here
-    /// to the cap. Call once, after instantiation (and `configure`).
+    /// Marks the instance's own size: what its largest memory holds now, and it has outgrown
+    /// itself once that memory has grown three quarters of the way from here to the cap.
+    /// Called once, after its first call, so that what a guest sets up lazily on its first
+    /// call (a runtime's heap, a table) counts as its size, not as growth. A second memory
+    /// (an adapter's) is measured against the largest one's mark: retired no sooner.
     pub(crate) fn settle(&mut self) {
         let room = self.cap.saturating_sub(self.largest);
         self.retire_above = self.largest + room / 4 * 3;
@@ -202,7 +205,7 @@ mod tests {
     fn an_instance_has_outgrown_itself_three_quarters_of_the_way_to_its_cap() {
         let budget = Arc::new(MemoryBudget::new(usize::MAX));
         let mut limits = Limits::new(64 << 20, budget);
-        // Instantiation and configure: 16 MiB is the instance's own.
+        // Instantiation, configure and the first call: 16 MiB is the instance's own.
         assert!(limits.memory_growing(0, 16 << 20, None).expect("fits"));
         limits.settle();
         assert!(!limits.outgrown());

@@ -135,7 +135,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any_proxy && !present.contains(&true) {
         return;
     }
-    // Connection is taken out with its values in one look-up; the names it lists go next.
+    // Connection is taken out with its values in one look-up; the names it lists go next
+    // (`close` too, should a field have that name: RFC 9110 §7.6.1).
     // The fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
     let mut named: Vec<HeaderName> = Vec::new();
     let connection = match headers.entry(header::CONNECTION) {
@@ -146,9 +147,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for value in connection.into_iter().flatten() {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
-            // The usual values first: `keep-alive` is removed below, and `close` is an option,
-            // not a header's name.
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            // The usual value first: `keep-alive` is removed below anyway.
+            if token.eq_ignore_ascii_case("keep-alive") {
                 continue;
             }
             let fixed = HOP_BY_HOP
