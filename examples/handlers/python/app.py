@@ -142,9 +142,13 @@ def respond_bytes(response_out: ResponseOutparam, status: int, data: bytes) -> N
     body = response.body()
     ResponseOutparam.set(response_out, Ok(response))
     with body.write() as stream:
-        # blocking-write-and-flush takes at most 4096 bytes at a time.
-        for start in range(0, len(data), 4096):
-            stream.blocking_write_and_flush(data[start : start + 4096])
+        if len(data) <= stream.check_write():
+            # Room for all of it: written without waiting for the flush.
+            stream.write(data)
+        else:
+            # blocking-write-and-flush takes at most 4096 bytes at a time.
+            for start in range(0, len(data), 4096):
+                stream.blocking_write_and_flush(data[start : start + 4096])
     OutgoingBody.finish(body, None)
     # The response has gone: the time a collection takes is no one's wait.
     global _answered
