@@ -40,11 +40,6 @@ impl EndpointState {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
-    /// Whether it has been ejected since it was configured (its ejection may have ended).
-    pub(crate) fn ever_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) != 0
-    }
-
     /// Healthy and not ejected at `now_ms`.
     pub(crate) fn is_up(&self, now_ms: u64) -> bool {
         self.is_healthy() && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
@@ -96,6 +91,9 @@ struct ClusterState {
     retrying: AtomicUsize,
     /// `panic_threshold`: below this share of primaries up, balance across all primaries.
     panic_percent: u32,
+    /// An endpoint has been ejected since the cluster was configured: until one is, no
+    /// ejection deadline needs the clock.
+    ejected_once: AtomicBool,
 }
 
 impl std::ops::Deref for ClusterState {
@@ -159,6 +157,7 @@ impl Endpoints {
             rejected: AtomicU64::new(0),
             retrying: AtomicUsize::new(0),
             panic_percent: config.panic_threshold,
+            ejected_once: AtomicBool::new(false),
         }))
     }
 
@@ -260,6 +259,7 @@ impl Endpoints {
         let times = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let ejection = detection.base_ejection_time * times.min(10);
         let until = now.saturating_add(u64::try_from(ejection.as_millis()).unwrap_or(u64::MAX));
+        self.0.ejected_once.store(true, Ordering::Relaxed);
         state.ejected_until_ms.store(until, Ordering::Relaxed);
         state.consecutive_failures.store(0, Ordering::Relaxed);
         Some(ejection)
@@ -284,6 +284,12 @@ impl Endpoints {
     /// `panic_threshold`: below this share of primaries up, balance across all primaries.
     pub(crate) fn panic_percent(&self) -> u32 {
         self.0.panic_percent
+    }
+
+    /// Whether an endpoint has been ejected since these endpoints were configured (its
+    /// ejection may have ended): until then every ejection deadline is 0, already past.
+    pub(crate) fn ever_ejected(&self) -> bool {
+        self.0.ejected_once.load(Ordering::Relaxed)
     }
 
     /// Milliseconds since these endpoints were configured: the clock ejections are kept in.

@@ -77,9 +77,9 @@ impl Endpoints {
     /// The set every algorithm chooses from (see the module docs), leaving out what `ctx`
     /// already tried unless nothing else is left.
     pub fn candidates(&self, ctx: &PickContext) -> Candidates {
-        // The clock is read only when an endpoint has been ejected: an ejection is the only
-        // thing `now` is compared with, and one never made (0) has always ended.
-        let now = if self.iter().any(|e| e.ever_ejected()) {
+        // The clock is read only once an endpoint has been ejected: an ejection deadline is
+        // the only thing `now` is compared with, and one never set (0) has always passed.
+        let now = if self.ever_ejected() {
             self.now_ms()
         } else {
             0

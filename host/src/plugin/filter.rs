@@ -384,12 +384,8 @@ impl Filter {
     fn checkin(&self, mut instance: Box<Instance>) {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
-        // What its first call left (a guest's lazy set-up included) is the instance's own size;
-        // one whose memory keeps growing past that is replaced before it reaches its cap.
-        let limits = &mut instance.store.data_mut().limits;
-        if instance.uses == 1 {
-            limits.settle();
-        } else if limits.outgrown() {
+        // One whose memory keeps growing is replaced before it reaches its cap.
+        if !instance.store.data_mut().limits.keeps_after(instance.uses) {
             tracing::debug!(
                 plugin = &*self.info.name,
                 "instance retired: its memory keeps growing"

@@ -125,11 +125,7 @@ impl Pool {
     /// Keeps an instance that served a request well, unless it has served its `max_uses` or
     /// its memory has grown most of the way to its cap since its first request.
     fn put_back(&self, mut instance: Instance) {
-        // What its first request left is the instance's own size (see `Limits::settle`).
-        let limits = &mut instance.store.data_mut().limits;
-        if instance.uses == 1 {
-            limits.settle();
-        } else if limits.outgrown() {
+        if !instance.store.data_mut().limits.keeps_after(instance.uses) {
             tracing::debug!("handler instance retired: its memory keeps growing");
             return;
         }

@@ -101,7 +101,7 @@ impl Limits {
     /// Called once, after its first call, so that what a guest sets up lazily on its first
     /// call (a runtime's heap, a table) counts as its size, not as growth. A second memory
     /// (an adapter's) is measured against the largest one's mark: retired no sooner.
-    pub(crate) fn settle(&mut self) {
+    fn settle(&mut self) {
         let room = self.cap.saturating_sub(self.largest);
         self.retire_above = self.largest + room / 4 * 3;
     }
@@ -109,8 +109,19 @@ impl Limits {
     /// Whether the instance's memory has grown so far since [`Limits::settle`] that it should
     /// not serve again: a guest whose heap only grows (a JavaScript engine's) would otherwise
     /// reach the cap in the middle of a call and fail it.
-    pub(crate) fn outgrown(&self) -> bool {
+    fn outgrown(&self) -> bool {
         self.largest > self.retire_above
+    }
+
+    /// After an instance's `uses`-th call that went well: whether it may serve again as far
+    /// as its memory goes. The first call settles its size ([`Limits::settle`]); after that,
+    /// an instance that has outgrown itself is not kept.
+    pub(crate) fn keeps_after(&mut self, uses: u32) -> bool {
+        if uses == 1 {
+            self.settle();
+            return true;
+        }
+        !self.outgrown()
     }
 }
 

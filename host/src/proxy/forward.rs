@@ -18,7 +18,7 @@ const HOP_BY_HOP_COUNT: usize = 6;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// de-facto `Keep-Alive` and `Proxy-Connection`. `Proxy-*` headers are removed separately.
-/// `Connection` is first: [`strip_hop_by_hop`] takes it out on its own.
+/// `Connection` (at [`CONNECTION_AT`]) is taken out on its own by [`strip_hop_by_hop`].
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     header::TE,
@@ -27,6 +27,9 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
 ];
+
+/// Where `Connection` is in [`HOP_BY_HOP`] (a unit test holds it there).
+const CONNECTION_AT: usize = 0;
 
 /// The request id header, generated when the client sent none.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -139,11 +142,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // (`close` too, should a field have that name: RFC 9110 §7.6.1).
     // The fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
     let mut named: Vec<HeaderName> = Vec::new();
-    let connection = match headers.entry(header::CONNECTION) {
-        Entry::Occupied(entry) => Some(entry.remove_entry_mult().1),
-        Entry::Vacant(_) => None,
+    // Looked up only when there: `entry` makes room for an insert even when it finds none.
+    let connection = match present[CONNECTION_AT] {
+        true => match headers.entry(header::CONNECTION) {
+            Entry::Occupied(entry) => Some(entry.remove_entry_mult().1),
+            Entry::Vacant(_) => None,
+        },
+        false => None,
     };
-    present[0] = false;
+    present[CONNECTION_AT] = false;
     for value in connection.into_iter().flatten() {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',').map(str::trim) {
@@ -337,6 +344,11 @@ mod tests {
     }
 
     #[test]
+    fn connection_is_where_strip_hop_by_hop_looks_for_it() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+    }
+
+    #[test]
     fn strips_hop_by_hop() {
         let cases: &[(Pairs<'_>, &[&str])] = &[
             (&[("x-a", "1")], &["x-a: 1"]),
@@ -346,6 +358,11 @@ mod tests {
             ),
             (&[("keep-alive", "timeout=5")], &[]),
             (&[("connection", "close"), ("x-a", "1")], &["x-a: 1"]),
+            // A field named by a connection option is removed, `close` too (RFC 9110 §7.6.1).
+            (
+                &[("connection", "close"), ("close", "x"), ("x-a", "1")],
+                &["x-a: 1"],
+            ),
             (
                 &[
                     ("connection", "Keep-Alive, TE"),
