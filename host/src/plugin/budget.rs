@@ -1,11 +1,14 @@
-//! A plugin call's share of time. The epoch advances every [`TICK`]; every epoch change that
-//! finds a call running charges it the time it ran since the last one (at most a tick) and
-//! gives its thread to the async runtime's other work: with a plain yield until it has run
-//! [`FREE`], later by waiting [`BACKOFF`] between its slices, so a plugin in a loop gets about
-//! a fifth of its thread instead of holding it for its whole deadline. While a call runs
-//! past [`LONG`] the epoch advances every [`FINE_TICK`] instead, so the requests that share
-//! its thread wait at most that long for it at a time; a proxy whose calls are all short
-//! keeps the coarse tick, and its epoch thread wakes a thousand times a second, not four.
+//! A plugin call's share of time. The epoch advances every [`TICK`] to [`MAX_TICK`]; every
+//! epoch change that finds a call running charges it the time it ran since the last one (at
+//! most the epoch thread's period) and gives its thread to the async runtime's other work:
+//! with a plain yield until it has run [`FREE`], later by waiting [`BACKOFF`] between its
+//! slices, so a plugin in a loop gets about a fifth of its thread instead of holding it for
+//! its whole deadline. While a call runs past [`LONG`] the epoch advances every
+//! [`FINE_TICK`], so the requests that share its thread wait at most that long for it at a
+//! time. While none does, the period doubles from [`TICK`] up to [`MAX_TICK`]: a proxy whose
+//! calls are all short wakes its epoch thread 250 times a second, not a thousand (each
+//! wake-up preempts a busy worker: about 4 % of a core under load, 2 % idle, BENCHMARKS.md),
+//! and the first slice of a call that then starts looping runs up to [`MAX_TICK`].
 //! The epoch thread asks the kernel for a short time slice (`weir-sched`), so that it
 //! preempts a worker thread busy in a plugin as soon as it wakes, not milliseconds later.
 //!
@@ -29,8 +32,12 @@ use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
 
 use crate::metrics::Tick;
 
-/// How often the epoch advances while no call runs long.
+/// How often the epoch advances once a call has stopped running long; the period then
+/// doubles up to [`MAX_TICK`].
 pub(crate) const TICK: Duration = Duration::from_millis(1);
+/// The longest the epoch thread waits between two epoch changes: the longest a call that
+/// starts looping while no other runs long holds its thread before its first yield.
+const MAX_TICK: Duration = Duration::from_millis(4);
 /// How often it advances while one does: the longest a call that keeps running holds its
 /// thread at a time.
 const FINE_TICK: Duration = Duration::from_micros(250);
@@ -59,14 +66,23 @@ const YIELDING: u64 = 1 << 63;
 /// Until when ([`Tick::since_start`]) the epoch advances every [`FINE_TICK`].
 static FINE_UNTIL: AtomicU64 = AtomicU64::new(0);
 
-/// How long the epoch thread waits before it next advances the epoch.
-pub(crate) fn epoch_period() -> Duration {
+/// The most one epoch change charges a call, in nanoseconds: the longer of the epoch thread's
+/// current and previous periods (a tick may find a call the period after the one that
+/// brought it).
+static CHARGE_CAP: AtomicU64 = AtomicU64::new(TICK.as_nanos() as u64);
+
+/// How long the epoch thread waits before it next advances the epoch, having waited `last`
+/// before: [`FINE_TICK`] while a call runs long, else twice `last`, from [`TICK`] up to
+/// [`MAX_TICK`].
+pub(crate) fn epoch_period(last: Duration) -> Duration {
     let now = Tick::now().since_start();
-    if now < FINE_UNTIL.load(Relaxed) {
+    let next = if now < FINE_UNTIL.load(Relaxed) {
         FINE_TICK
     } else {
-        TICK
-    }
+        last.saturating_mul(2).clamp(TICK, MAX_TICK)
+    };
+    CHARGE_CAP.store(nanos(next.max(last)), Relaxed);
+    next
 }
 
 /// A call is running long: the epoch advances every [`FINE_TICK`] for a while.
@@ -220,11 +236,12 @@ pub(crate) fn on_tick<T>(
     budget: impl Fn(&mut T) -> &mut CallBudget,
 ) -> wasmtime::Result<UpdateDeadline> {
     let budget = budget(store.data_mut());
-    // At most a tick per epoch change: a thread the OS kept from running (a starved machine)
-    // is not the plugin's doing. Time it waited unexcused (a WASI sleep) is `cut_off`'s.
+    // At most a period per epoch change: a thread the OS kept from running (a starved
+    // machine) is not the plugin's doing. Time it waited unexcused (a WASI sleep) is
+    // `cut_off`'s.
     let running = budget.bound.running();
     let ran = running.saturating_sub(budget.seen);
-    budget.charged += ran.min(TICK);
+    budget.charged += ran.min(Duration::from_nanos(CHARGE_CAP.load(Relaxed)));
     budget.seen = running;
     // A running call is held to its charged time; the wall clock is only a backstop here.
     if budget.charged >= budget.bound.deadline || budget.bound.left(RUNNING_DEADLINES).is_none() {
@@ -421,23 +438,49 @@ mod tests {
                 "one that ran its slice gives the thread away"
             );
             assert_eq!(store.data().charged, MS + Duration::from_micros(10));
-            // The thread was away for 100 ms (the OS ran something else): one tick charged.
+            // The thread was away for 100 ms (the OS ran something else): one period charged
+            // (the epoch thread's, which another test's plugins may have lengthened).
             mock.increment(100 * MS);
             let before = Tick::now().since_start();
             assert_eq!(tick(&mut store), 'y');
-            assert_eq!(store.data().charged, 2 * MS + Duration::from_micros(10));
+            let charged = store.data().charged - MS - Duration::from_micros(10);
+            assert!(
+                charged >= MS && charged <= MAX_TICK,
+                "charged {charged:?} for 100 ms away"
+            );
             // Read from the real clock (the TSC): the fine tick lasts from now for `FINE_FOR`.
             assert!(
                 FINE_UNTIL.load(Relaxed) >= before + nanos(FINE_FOR),
                 "a call past `LONG` makes the epoch tick finer"
             );
-            for _ in 0..7 {
+            while store.data().charged + MS < 10 * MS {
                 mock.increment(MS);
                 assert_eq!(tick(&mut store), 'y');
             }
             mock.increment(MS);
             assert_eq!(tick(&mut store), 'i', "charged its 10 ms deadline");
         });
+    }
+
+    #[test]
+    fn the_epoch_period_doubles_to_its_longest_while_no_call_runs_long() {
+        let quiet = || FINE_UNTIL.load(Relaxed) <= Tick::now().since_start();
+        // Another test's call may run long meanwhile, which makes it `FINE_TICK` again.
+        if quiet() {
+            let mut periods = vec![FINE_TICK];
+            for _ in 0..4 {
+                periods.push(epoch_period(periods[periods.len() - 1]));
+            }
+            if quiet() {
+                assert_eq!(periods, [FINE_TICK, TICK, 2 * MS, MAX_TICK, MAX_TICK]);
+            }
+        }
+        long_call_running();
+        assert_eq!(
+            epoch_period(MAX_TICK),
+            FINE_TICK,
+            "a long call makes it fine at once"
+        );
     }
 
     #[tokio::test]

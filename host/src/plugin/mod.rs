@@ -245,13 +245,15 @@ impl PluginRuntime {
                 if let Err(e) = weir_sched::request_slice(EPOCH_SLICE) {
                     tracing::debug!(error = %e, "the epoch thread keeps the default time slice");
                 }
+                let mut period = budget::TICK;
                 while !stop.load(Ordering::Relaxed) {
                     // Only the runtime's own reference: no plugin, so no deadline to count.
                     if plugins.strong_count() <= 1 {
                         std::thread::park_timeout(TICKER_IDLE);
                         continue;
                     }
-                    std::thread::sleep(budget::epoch_period());
+                    period = budget::epoch_period(period);
+                    std::thread::sleep(period);
                     ticker_engine.increment_epoch();
                 }
             })
