@@ -68,7 +68,7 @@ static FINE_UNTIL: AtomicU64 = AtomicU64::new(0);
 
 /// The most one epoch change charges a call, in nanoseconds: the longer of the epoch thread's
 /// current and previous periods (a tick may find a call the period after the one that
-/// brought it).
+/// brought it), and at least [`TICK`] (a fine tick that comes late is charged in full).
 static CHARGE_CAP: AtomicU64 = AtomicU64::new(TICK.as_nanos() as u64);
 
 /// How long the epoch thread waits before it next advances the epoch, having waited `last`
@@ -81,7 +81,7 @@ pub(crate) fn epoch_period(last: Duration) -> Duration {
     } else {
         last.saturating_mul(2).clamp(TICK, MAX_TICK)
     };
-    CHARGE_CAP.store(nanos(next.max(last)), Relaxed);
+    CHARGE_CAP.store(nanos(next.max(last).max(TICK)), Relaxed);
     next
 }
 
