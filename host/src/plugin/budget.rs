@@ -75,14 +75,20 @@ static CHARGE_CAP: AtomicU64 = AtomicU64::new(TICK.as_nanos() as u64);
 /// before: [`FINE_TICK`] while a call runs long, else twice `last`, from [`TICK`] up to
 /// [`MAX_TICK`].
 pub(crate) fn epoch_period(last: Duration) -> Duration {
-    let now = Tick::now().since_start();
-    let next = if now < FINE_UNTIL.load(Relaxed) {
+    let fine = Tick::now().since_start() < FINE_UNTIL.load(Relaxed);
+    let next = next_period(last, fine);
+    CHARGE_CAP.store(nanos(next.max(last).max(TICK)), Relaxed);
+    next
+}
+
+/// The period after `last`: [`FINE_TICK`] if a call runs long, else twice `last` within
+/// [`TICK`] and [`MAX_TICK`].
+fn next_period(last: Duration, fine: bool) -> Duration {
+    if fine {
         FINE_TICK
     } else {
         last.saturating_mul(2).clamp(TICK, MAX_TICK)
-    };
-    CHARGE_CAP.store(nanos(next.max(last).max(TICK)), Relaxed);
-    next
+    }
 }
 
 /// A call is running long: the epoch advances every [`FINE_TICK`] for a while.
@@ -423,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_is_charged_what_it_ran_at_most_a_tick_at_a_time_and_gets_its_slice() {
+    fn a_call_is_charged_what_it_ran_at_most_a_period_at_a_time_and_gets_its_slice() {
         let (clock, mock) = quanta::Clock::mock();
         quanta::with_clock(&clock, || {
             let mut store =
@@ -464,17 +470,13 @@ mod tests {
 
     #[test]
     fn the_epoch_period_doubles_to_its_longest_while_no_call_runs_long() {
-        let quiet = || FINE_UNTIL.load(Relaxed) <= Tick::now().since_start();
-        // Another test's call may run long meanwhile, which makes it `FINE_TICK` again.
-        if quiet() {
-            let mut periods = vec![FINE_TICK];
-            for _ in 0..4 {
-                periods.push(epoch_period(periods[periods.len() - 1]));
-            }
-            if quiet() {
-                assert_eq!(periods, [FINE_TICK, TICK, 2 * MS, MAX_TICK, MAX_TICK]);
-            }
+        let mut periods = vec![FINE_TICK];
+        for _ in 0..4 {
+            periods.push(next_period(periods[periods.len() - 1], false));
         }
+        assert_eq!(periods, [FINE_TICK, TICK, 2 * MS, MAX_TICK, MAX_TICK]);
+        assert_eq!(next_period(MAX_TICK, true), FINE_TICK);
+        // Through the shared state the epoch thread reads.
         long_call_running();
         assert_eq!(
             epoch_period(MAX_TICK),
