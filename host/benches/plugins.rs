@@ -12,7 +12,7 @@
 //! plugins` (or point `WEIR_PLUGINS_DIR` at a folder holding them).
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group};
@@ -324,7 +324,6 @@ fn language_benches(c: &mut Criterion) {
     let wanted = std::env::var("WEIR_GUARDS").ok();
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/filters");
     let before = std::env::var_os("WEIR_GUARD_BEFORE").map(PathBuf::from);
-    let settings = "[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n";
     let head = RefCell::new(request());
     let mut group = c.benchmark_group("guard");
     for lang in ["rust", "c", "zig", "go", "python", "js", "js-quickjs", "ts"] {
@@ -339,26 +338,15 @@ fn language_benches(c: &mut Criterion) {
             .map(|dir| (format!("{lang}/before"), dir.join(format!("{lang}.wasm"))))
             .chain([(lang.to_owned(), examples.join(lang).join("guard.wasm"))]);
         for (id, file) in builds {
-            let Ok(wasm) = std::fs::read(&file) else {
+            if !file.exists() {
                 eprintln!(
                     "{}: not built (cargo xtask examples); skipped",
                     file.display()
                 );
                 continue;
-            };
-            let load = |settings: String| {
-                let source = PluginSource {
-                    file: file.clone(),
-                    wasm: wasm.clone(),
-                    settings: Some((file.with_extension("toml"), settings)),
-                };
-                let plugin = runtime
-                    .block_on(plugins.load(source, &PluginLimits::default()))
-                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-                filter(plugin)
-            };
-            let reused = load(format!("deadline = \"1s\"\n{settings}"));
-            let fresh = load(format!("deadline = \"1s\"\nmax_uses = 1\n{settings}"));
+            }
+            let reused = load_guard(&runtime, &plugins, &file, "");
+            let fresh = load_guard(&runtime, &plugins, &file, "max_uses = 1\n");
             group.bench_function(format!("{id}/on_request/reused_instance"), |b| {
                 b.to_async(&runtime)
                     .iter(|| async { call(&reused, &head).await })
@@ -372,8 +360,32 @@ fn language_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The guard example built into `file`, outside `deny` for the bench's request, with `extra`
+/// settings (`max_uses = 1\n` for a fresh instance per call).
+fn load_guard(
+    runtime: &tokio::runtime::Runtime,
+    plugins: &PluginRuntime,
+    file: &Path,
+    extra: &str,
+) -> Arc<Filter> {
+    let wasm = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let settings = format!(
+        "deadline = \"1s\"\n{extra}[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n"
+    );
+    let source = PluginSource {
+        file: file.to_path_buf(),
+        wasm,
+        settings: Some((file.with_extension("toml"), settings)),
+    };
+    let plugin = runtime
+        .block_on(plugins.load(source, &PluginLimits::default()))
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    filter(plugin)
+}
+
 /// `WEIR_COUNT_CALLS=N`: instead of the benchmarks, `N` calls of the
-/// `hook/on_request/reused_instance` benchmark's hook (after 1,000 unmeasured ones), for
+/// `hook/on_request/reused_instance` benchmark's hook, or with `WEIR_COUNT_GUARD=FILE` of that
+/// guard build's `on-request` as the `guard/` benchmarks call it (after 1,000 unmeasured ones), for
 /// counting instructions with callgrind: run it with two values of `N` and divide the
 /// difference of the totals by the difference of the counts, which leaves out loading and
 /// warm-up. `WEIR_PLUGIN_CACHE` is the compile cache to use (fill it with a run outside
@@ -386,14 +398,17 @@ fn count_calls(calls: u64) {
         .expect("tokio runtime");
     let cache = std::env::var_os("WEIR_PLUGIN_CACHE").map(PathBuf::from);
     let plugins = PluginRuntime::new(cache.as_deref()).expect("plugin runtime");
-    let headers = load(&runtime, &plugins, "headers", HEADERS_TOML);
+    let plugin = match std::env::var_os("WEIR_COUNT_GUARD") {
+        Some(file) => load_guard(&runtime, &plugins, Path::new(&file), ""),
+        None => load(&runtime, &plugins, "headers", HEADERS_TOML),
+    };
     let head = RefCell::new(request());
     runtime.block_on(async {
         for _ in 0..1_000 {
-            call(&headers, &head).await;
+            call(&plugin, &head).await;
         }
         for _ in 0..calls {
-            std::hint::black_box(call(&headers, &head).await);
+            std::hint::black_box(call(&plugin, &head).await);
         }
     });
     println!("{calls} calls");
