@@ -91,11 +91,14 @@ impl Lines {
         &self.buf[..self.len]
     }
 
-    /// Forgets the lines; gives back a buffer that grew past [`KEEP_BYTES`] in a burst.
+    /// Forgets the lines. A buffer past [`KEEP_BYTES`] is given back, down to twice what its
+    /// lines took, only once they took less than a quarter of it (a burst has passed): a log
+    /// that fills more than [`KEEP_BYTES`] in every interval keeps its buffer, instead of
+    /// growing it again, zeroing the new room and faulting its pages in, every interval.
     fn clear(&mut self) {
-        self.len = 0;
-        if self.buf.len() > KEEP_BYTES {
-            self.buf.truncate(KEEP_BYTES);
+        let used = std::mem::take(&mut self.len);
+        if self.buf.len() > KEEP_BYTES && used < self.buf.len() / 4 {
+            self.buf.truncate((2 * used).max(KEEP_BYTES));
             self.buf.shrink_to_fit();
         }
     }
@@ -110,7 +113,8 @@ impl Lines {
 /// How often the writer writes what has queued.
 const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A buffer that grew past this during a burst is given back after it is written.
+/// A buffer is kept at least this long; one that grew past it is given back once a burst is over
+/// ([`Lines::clear`]).
 const KEEP_BYTES: usize = 1 << 20;
 
 /// One request's record, borrowed from what the request path holds when its response ends.
@@ -1243,6 +1247,31 @@ cluster = "app"
         lines.clear();
         lines.push(16, |out| out.put(b"third\n"));
         assert_eq!(lines.text(), b"third\n");
+    }
+
+    #[test]
+    fn a_busy_log_keeps_its_buffer_and_gives_it_back_after_a_burst() {
+        let line = [b'x'; 1000];
+        let fill = |lines: &mut Lines, bytes: usize| {
+            for _ in 0..bytes / line.len() {
+                lines.push(line.len(), |out| out.put(&line));
+            }
+        };
+        let mut lines = Lines::default();
+        // Every interval fills more than KEEP_BYTES: the buffer grows once, then stays.
+        fill(&mut lines, 3 * KEEP_BYTES / 2);
+        let grown = lines.buf.len();
+        assert!(grown > KEEP_BYTES);
+        lines.clear();
+        assert_eq!(lines.buf.len(), grown);
+        fill(&mut lines, 3 * KEEP_BYTES / 2);
+        lines.clear();
+        assert_eq!(lines.buf.len(), grown, "regrown for the same load");
+        // The burst is over: a quiet interval gives the buffer back.
+        fill(&mut lines, 10_000);
+        lines.clear();
+        assert_eq!(lines.buf.len(), KEEP_BYTES);
+        assert_eq!(lines.text(), b"");
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub struct Metrics {
     local_replies: IntCounterVec,
     instances: IntGaugeVec,
     instances_created: IntCounterVec,
+    instances_retired: IntCounterVec,
     breaker_open: IntGaugeVec,
     /// Linear memory held by all plugin instances (`[plugins] memory_budget_mb` bounds it).
     pub(crate) plugin_memory: IntGauge,
@@ -313,6 +314,12 @@ impl Metrics {
                 "Instances of the plugin created.",
                 &["plugin"],
             ),
+            instances_retired: counter(
+                &r,
+                "weir_plugin_instances_retired_total",
+                "Healthy instances of the plugin dropped after a call, by reason: max_uses (it served its share) or memory_growth (its memory grew three quarters of the way from its size after its first call to its cap).",
+                &["plugin", "reason"],
+            ),
             breaker_open: gauge(
                 &r,
                 "weir_plugin_breaker_open",
@@ -480,8 +487,18 @@ impl Metrics {
             local_replies: self.local_replies.with_label_values(&[plugin]),
             instances: self.instances.with_label_values(&[plugin]),
             instances_created: self.instances_created.with_label_values(&[plugin]),
+            retired: self.retirements(plugin),
             breaker_open: self.breaker_open.with_label_values(&[plugin]),
             declared: Arc::new(PluginMetricSet::new(plugin, &self.metric_errors)),
+        }
+    }
+
+    /// The counters of plugin `plugin`'s instances retired between calls.
+    pub fn retirements(&self, plugin: &str) -> Retirements {
+        let reason = |reason: &str| self.instances_retired.with_label_values(&[plugin, reason]);
+        Retirements {
+            used_up: reason("max_uses"),
+            outgrown: reason("memory_growth"),
         }
     }
 
@@ -896,10 +913,22 @@ pub struct PluginMetrics {
     pub instances: IntGauge,
     /// Instances created.
     pub instances_created: IntCounter,
+    /// Healthy instances dropped between calls.
+    pub retired: Retirements,
     /// Hooks of the plugin whose breaker is open.
     pub breaker_open: IntGauge,
     /// The metrics this loaded version of the plugin declared (`weir:plugin/metrics`).
     pub(crate) declared: Arc<PluginMetricSet>,
+}
+
+/// Why a plugin's healthy instances were dropped between calls (a failed call's instance is
+/// counted among the failures instead).
+#[derive(Debug, Clone)]
+pub struct Retirements {
+    /// It had served `max_uses` calls (or requests, for a handler).
+    pub used_up: IntCounter,
+    /// Its memory had grown most of the way to its cap since its first call.
+    pub outgrown: IntCounter,
 }
 
 impl PluginMetrics {

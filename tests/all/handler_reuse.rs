@@ -101,6 +101,21 @@ async fn max_uses_replaces_an_instance() {
     let third = count(&weir).await;
     assert_ne!(third.instance, first.instance);
     assert_eq!(third.uses, 1);
+    // The first instance was retired, and counted, before the third request could have
+    // the only slot.
+    assert_eq!(retired(&weir, "max_uses").await, 1.0);
+    assert_eq!(retired(&weir, "memory_growth").await, 0.0);
+}
+
+/// `weir_plugin_instances_retired_total` of the handler for `reason`.
+async fn retired(weir: &Weir, reason: &str) -> f64 {
+    let labels = [("plugin", "counter"), ("reason", reason)];
+    weir_tests::metric(
+        &weir.metrics().await,
+        "weir_plugin_instances_retired_total",
+        &labels,
+    )
+    .expect("the series")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,6 +130,14 @@ async fn an_instance_whose_heap_keeps_growing_is_replaced_before_its_cap() {
         instances.insert(served.expect("the guest answered").instance);
     }
     assert!(instances.len() > 1, "the instance was replaced");
+    // Each replaced instance was retired for its growth, and counted.
+    let grown = retired(&weir, "memory_growth").await;
+    assert!(
+        grown >= (instances.len() - 1) as f64,
+        "{grown} of {}",
+        instances.len()
+    );
+    assert_eq!(retired(&weir, "max_uses").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

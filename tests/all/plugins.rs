@@ -223,6 +223,19 @@ async fn an_instance_whose_heap_keeps_growing_is_replaced_before_its_cap() {
         let (status, _, body) = get(&weir, "/leak").await;
         assert_eq!(status, StatusCode::OK, "call {i}: {body}");
     }
+    // What an operator sees of it.
+    assert!(retired(&weir, "memory_growth").await >= 1.0);
+}
+
+/// `weir_plugin_instances_retired_total` of the test plugin for `reason`.
+async fn retired(weir: &Weir, reason: &str) -> f64 {
+    let labels = [("plugin", "test"), ("reason", reason)];
+    weir_tests::metric(
+        &weir.metrics().await,
+        "weir_plugin_instances_retired_total",
+        &labels,
+    )
+    .expect("the series")
 }
 
 /// Starts weir on `files` expecting startup to fail; returns the error it logged.
@@ -435,6 +448,9 @@ async fn globals_persist_on_a_reused_instance_and_not_with_max_uses_1() {
             "previous: \n"
         );
     }
+    // Each call's instance was retired after it: at least one a request.
+    assert!(retired(&weir, "max_uses").await >= 3.0);
+    assert_eq!(retired(&weir, "memory_growth").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -222,6 +222,15 @@ impl Weir {
         serde_json::from_slice(&crate::read_body(response.into_body()).await).expect("json")
     }
 
+    /// The admin listener's `/metrics`, as Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = crate::http1_client()
+            .get(self.admin_url("/metrics").parse().expect("uri"))
+            .await
+            .expect("admin");
+        String::from_utf8_lossy(&crate::read_body(response.into_body()).await).into_owned()
+    }
+
     /// The folder holding `weir.toml`.
     pub fn dir(&self) -> &Path {
         self.dir.path()

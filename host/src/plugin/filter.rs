@@ -390,10 +390,14 @@ impl Filter {
                 plugin = &*self.info.name,
                 "instance retired: its memory keeps growing"
             );
+            self.metrics.retired.outgrown.inc();
             return;
         }
-        if instance.uses < self.info.settings.max_uses
-            && let Ok(mut idle) = self.idle.lock()
+        if instance.uses >= self.info.settings.max_uses {
+            self.metrics.retired.used_up.inc();
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES
         {
             idle.push(instance);

@@ -50,7 +50,7 @@ use super::outbound::{Outbound, OutboundError};
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::body::ClientBody;
 use crate::error::BoxError;
-use crate::metrics::FailureKind;
+use crate::metrics::{FailureKind, Retirements, metrics};
 
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -98,7 +98,6 @@ impl std::fmt::Debug for Handler {
 }
 
 /// A handler's idle instances (`reuse = true`; always empty otherwise).
-#[derive(Default)]
 pub(super) struct Pool {
     /// Whether instances go back to the pool after a request.
     reuse: bool,
@@ -107,14 +106,19 @@ pub(super) struct Pool {
     idle: Mutex<Vec<Instance>>,
     /// Wakes a request waiting for an instance when one goes idle.
     returned: Notify,
+    /// Instances dropped after serving well, by reason.
+    retired: Retirements,
 }
 
 impl Pool {
-    pub(super) fn new(reuse: bool, max_uses: u32) -> Pool {
+    /// The pool of handler `plugin`.
+    pub(super) fn new(plugin: &str, reuse: bool, max_uses: u32) -> Pool {
         Pool {
             reuse,
             max_uses,
-            ..Pool::default()
+            idle: Mutex::default(),
+            returned: Notify::new(),
+            retired: metrics().retirements(plugin),
         }
     }
 
@@ -127,9 +131,11 @@ impl Pool {
     fn put_back(&self, mut instance: Instance) {
         if !instance.store.data_mut().limits.keeps_after(instance.uses) {
             tracing::debug!("handler instance retired: its memory keeps growing");
+            self.retired.outgrown.inc();
             return;
         }
         if instance.uses >= self.max_uses {
+            self.retired.used_up.inc();
             return;
         }
         // An idle instance keeps no request's generation alive.

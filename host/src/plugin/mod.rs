@@ -374,7 +374,11 @@ impl PluginRuntime {
                 memory: self.memory.clone(),
                 slots: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
                 breaker: breaker::Breaker::new(settings.breaker),
-                pool: Arc::new(handler::Pool::new(settings.reuse, settings.max_uses)),
+                pool: Arc::new(handler::Pool::new(
+                    plugin_name(&file),
+                    settings.reuse,
+                    settings.max_uses,
+                )),
                 ticking,
             })));
         }
