@@ -17,6 +17,8 @@
 # Needs nginx and wrk (apt-get install nginx-light wrk) and a weir build.
 # Usage: bench/observe.sh   (env: WEIR=target/release/weir ROUNDS=3 DURATION=8s
 # TARGETS="weir-off weir weir-log weir-null nginx-off nginx-log nginx-json")
+# A weir target with `-b` after its name (weir-off-b, weir-log-b, ...) runs WEIR_B instead, so
+# two builds are compared in one run, their rounds interleaved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -33,7 +35,8 @@ trap cleanup EXIT
 
 ORIGIN=18481
 declare -A PORT=([weir-off]=18482 [weir]=18483 [weir-log]=18484 [nginx-off]=18485
-  [nginx-log]=18486 [nginx-json]=18487 [weir-null]=18488)
+  [nginx-log]=18486 [nginx-json]=18487 [weir-null]=18488
+  [weir-off-b]=18489 [weir-b]=18490 [weir-log-b]=18491 [weir-null-b]=18492)
 declare -A PID
 
 write_origin_conf "$tmp/origin.conf" "$ORIGIN"
@@ -42,8 +45,10 @@ taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
 # weir, `OBSERVE` as bench/common.sh reads it; the access log lands in the target's folder.
 start_weir() {  # $1 = target, $2 = OBSERVE
   mkdir -p "$tmp/$1"
+  local bin=$WEIR
+  [[ $1 == *-b ]] && bin=${WEIR_B:?"$1 needs WEIR_B, a second weir build"}
   OBSERVE=$2 write_plain_weir_conf "$tmp/$1/weir.toml" "${PORT[$1]}" "$ORIGIN"
-  (cd "$tmp/$1" && RUST_LOG=warn exec taskset -c 0 "$WEIR" --config weir.toml) & pids+=($!)
+  (cd "$tmp/$1" && RUST_LOG=warn exec taskset -c 0 "$bin" --config weir.toml) & pids+=($!)
   PID[$1]=$!
 }
 
@@ -58,10 +63,10 @@ start_nginx() {  # $1 = target, $2 = the access_log directives
 
 for t in $TARGETS; do
   case $t in
-    weir-off) start_weir "$t" off ;;
-    weir) start_weir "$t" metrics ;;
-    weir-log) start_weir "$t" all ;;
-    weir-null) start_weir "$t" null ;;
+    weir-off|weir-off-b) start_weir "$t" off ;;
+    weir|weir-b) start_weir "$t" metrics ;;
+    weir-log|weir-log-b) start_weir "$t" all ;;
+    weir-null|weir-null-b) start_weir "$t" null ;;
     nginx-off) start_nginx "$t" "access_log off;" ;;
     nginx-log) start_nginx "$t" "access_log $tmp/nginx-log.log;" ;;
     nginx-json)
@@ -99,7 +104,7 @@ for t in $TARGETS; do
     { n[NR]=$3; u[NR]=$4; s[NR]=$5; c[NR]=$6 } END { m=int((NR+1)/2); printf "%s %.0f %.2f %.2f %.2f\n", t, n[m]/secs, u[m], s[m], c[m] }'
 done | awk '
   { cpu[$1]=$5 }
-  { base = ($1 ~ /^nginx/) ? cpu["nginx-off"] : cpu["weir-off"]
+  { base = ($1 ~ /^nginx/) ? cpu["nginx-off"] : ($1 ~ /-b$/) ? cpu["weir-off-b"] : cpu["weir-off"]
     vs = (base > 0) ? sprintf("%+.1f %%", ($5 / base - 1) * 100) : "-"
     printf "%-11s %10s %12s %12s %12s %9s\n", $1, $2, $3, $4, $5, vs }'
 echo
