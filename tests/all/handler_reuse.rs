@@ -110,12 +110,8 @@ async fn max_uses_replaces_an_instance() {
 /// `weir_plugin_instances_retired_total` of the handler for `reason`.
 async fn retired(weir: &Weir, reason: &str) -> f64 {
     let labels = [("plugin", "counter"), ("reason", reason)];
-    weir_tests::metric(
-        &weir.metrics().await,
-        "weir_plugin_instances_retired_total",
-        &labels,
-    )
-    .expect("the series")
+    let retired = weir.metric("weir_plugin_instances_retired_total", &labels);
+    retired.await.expect("the series")
 }
 
 #[tokio::test(flavor = "multi_thread")]

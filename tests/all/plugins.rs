@@ -230,12 +230,8 @@ async fn an_instance_whose_heap_keeps_growing_is_replaced_before_its_cap() {
 /// `weir_plugin_instances_retired_total` of the test plugin for `reason`.
 async fn retired(weir: &Weir, reason: &str) -> f64 {
     let labels = [("plugin", "test"), ("reason", reason)];
-    weir_tests::metric(
-        &weir.metrics().await,
-        "weir_plugin_instances_retired_total",
-        &labels,
-    )
-    .expect("the series")
+    let retired = weir.metric("weir_plugin_instances_retired_total", &labels);
+    retired.await.expect("the series")
 }
 
 /// Starts weir on `files` expecting startup to fail; returns the error it logged.

@@ -231,6 +231,11 @@ impl Weir {
         String::from_utf8_lossy(&crate::read_body(response.into_body()).await).into_owned()
     }
 
+    /// The value of the series `name` whose labels include `labels` on `/metrics`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        crate::metric(&self.metrics().await, name, labels)
+    }
+
     /// The folder holding `weir.toml`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
