@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What observability costs in CPU per request, user and system time apart, against what
-# nginx's own access log costs on the same load (issue 21). Seven proxies of 1 KiB, each pinned
+# nginx's own access log costs on the same load (issue 21). Proxies of 1 KiB, each pinned
 # to CPU 0 with one worker, the origin and wrk (-t2 -c64) on CPU 1, rounds interleaved:
 #   weir-off     — metrics off, no access log;
 #   weir         — metrics on (the default), no access log;
@@ -18,11 +18,17 @@
 # Usage: bench/observe.sh   (env: WEIR=target/release/weir ROUNDS=3 DURATION=8s
 # TARGETS="weir-off weir weir-log weir-null nginx-off nginx-log nginx-json")
 # A weir target with `-b` after its name (weir-off-b, weir-log-b, ...) runs WEIR_B instead, so
-# two builds are compared in one run, their rounds interleaved.
+# two builds are compared in one run, their rounds interleaved; "vs off" compares each with
+# its own build's off target, which TARGETS must list first (weir-off-b before weir-log-b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
-WEIR=${WEIR:-target/release/weir}
+WEIR=$(realpath "${WEIR:-target/release/weir}")
+[ -x "$WEIR" ] || { echo "missing $WEIR" >&2; exit 1; }
+if [[ " ${TARGETS:-} " == *-b\ * ]]; then
+  WEIR_B=$(realpath "${WEIR_B:?a -b target needs WEIR_B, a second weir build}")
+  [ -x "$WEIR_B" ] || { echo "missing $WEIR_B" >&2; exit 1; }
+fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 TARGETS=${TARGETS:-weir-off weir weir-log weir-null nginx-off nginx-log nginx-json}

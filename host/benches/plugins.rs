@@ -388,9 +388,10 @@ fn load_guard(
 /// guard build's `on-request` as the `guard/` benchmarks call it (after 1,000 unmeasured ones), for
 /// counting instructions with callgrind: run it with two values of `N` and divide the
 /// difference of the totals by the difference of the counts, which leaves out loading and
-/// warm-up. `WEIR_PLUGIN_CACHE` is the compile cache to use (fill it with a run outside
-/// valgrind under the same `ulimit -v`, so the engine's settings match and valgrind's run
-/// compiles nothing).
+/// warm-up. `WEIR_PLUGIN_CACHE` is the compile cache to use. Fill it with a short run first so
+/// the counted runs compile nothing: outside valgrind under the same `ulimit -v` served the
+/// bundled plugins (session 21), but for a guard build only a run under valgrind itself did
+/// (session 25: valgrind's CPU reports other features, which the cache's key holds).
 fn count_calls(calls: u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -113,8 +113,8 @@ impl Lines {
 /// How often the writer writes what has queued.
 const WRITE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A buffer is kept at least this long; one that grew past it is given back once a burst is over
-/// ([`Lines::clear`]).
+/// A buffer is kept at least this large; one that grew past it is given back once a burst is
+/// over ([`Lines::clear`]).
 const KEEP_BYTES: usize = 1 << 20;
 
 /// One request's record, borrowed from what the request path holds when its response ends.
@@ -265,8 +265,10 @@ impl Shared {
                 Ok(()) => metrics().access_log_written.inc_by(records),
                 Err(e) => tracing::error!(error = %e, "access log: cannot write"),
             }
-            writer.spare.clear();
         }
+        // Even after an interval without records: a buffer grown in a burst is given back
+        // once traffic stops, not kept at its peak while the log is idle.
+        writer.spare.clear();
         if self.reopen.swap(false, Ordering::AcqRel) {
             match Output::open(&writer.target) {
                 Ok(out) => {
@@ -1267,8 +1269,20 @@ cluster = "app"
         fill(&mut lines, 3 * KEEP_BYTES / 2);
         lines.clear();
         assert_eq!(lines.buf.len(), grown, "regrown for the same load");
-        // The burst is over: a quiet interval gives the buffer back.
+        // Traffic falls from a bigger burst: an interval that fills less than a quarter
+        // gives back all but twice what it used.
+        fill(&mut lines, 6 * KEEP_BYTES);
+        lines.clear();
+        fill(&mut lines, 1_000_000);
+        lines.clear();
+        assert_eq!(lines.buf.len(), 2_000_000);
+        // The burst is over: a quiet interval, or one with no records at all, gives the
+        // buffer back.
         fill(&mut lines, 10_000);
+        lines.clear();
+        assert_eq!(lines.buf.len(), KEEP_BYTES);
+        fill(&mut lines, 3 * KEEP_BYTES / 2);
+        lines.clear();
         lines.clear();
         assert_eq!(lines.buf.len(), KEEP_BYTES);
         assert_eq!(lines.text(), b"");

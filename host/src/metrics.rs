@@ -317,7 +317,7 @@ impl Metrics {
             instances_retired: counter(
                 &r,
                 "weir_plugin_instances_retired_total",
-                "Healthy instances of the plugin dropped after a call, by reason: max_uses (it served its share) or memory_growth (its memory grew three quarters of the way from its size after its first call to its cap).",
+                "Instances of the plugin dropped after a call that did not fail, by reason: max_uses (it served its share), memory_growth (its memory grew three quarters of the way from its size after its first call to its cap) or held_resources (a reused handler kept something of its request).",
                 &["plugin", "reason"],
             ),
             breaker_open: gauge(
@@ -499,6 +499,7 @@ impl Metrics {
         Retirements {
             used_up: reason("max_uses"),
             outgrown: reason("memory_growth"),
+            held: reason("held_resources"),
         }
     }
 
@@ -913,7 +914,7 @@ pub struct PluginMetrics {
     pub instances: IntGauge,
     /// Instances created.
     pub instances_created: IntCounter,
-    /// Healthy instances dropped between calls.
+    /// Instances dropped after calls that did not fail.
     pub retired: Retirements,
     /// Hooks of the plugin whose breaker is open.
     pub breaker_open: IntGauge,
@@ -921,14 +922,17 @@ pub struct PluginMetrics {
     pub(crate) declared: Arc<PluginMetricSet>,
 }
 
-/// Why a plugin's healthy instances were dropped between calls (a failed call's instance is
-/// counted among the failures instead).
+/// Why a plugin's instances were dropped after a call that did not fail. An instance whose
+/// call trapped, ran out of time or memory is dropped too, and counted among the failures.
 #[derive(Debug, Clone)]
 pub struct Retirements {
     /// It had served `max_uses` calls (or requests, for a handler).
     pub used_up: IntCounter,
     /// Its memory had grown most of the way to its cap since its first call.
     pub outgrown: IntCounter,
+    /// A reused handler's instance kept a body of its request open, or more handles than
+    /// an instance may keep between requests.
+    pub held: IntCounter,
 }
 
 impl PluginMetrics {

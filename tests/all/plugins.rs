@@ -444,8 +444,10 @@ async fn globals_persist_on_a_reused_instance_and_not_with_max_uses_1() {
             "previous: \n"
         );
     }
-    // Each call's instance was retired after it: at least one a request.
-    assert!(retired(&weir, "max_uses").await >= 3.0);
+    // Each call's instance was retired after it: one for each hook the request called
+    // (on-request, and on-response on its way back).
+    let used_up = retired(&weir, "max_uses").await;
+    assert!((3.0..=6.0).contains(&used_up), "{used_up}");
     assert_eq!(retired(&weir, "memory_growth").await, 0.0);
 }
 

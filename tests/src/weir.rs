@@ -228,6 +228,7 @@ impl Weir {
             .get(self.admin_url("/metrics").parse().expect("uri"))
             .await
             .expect("admin");
+        assert_eq!(response.status(), http::StatusCode::OK, "/metrics");
         String::from_utf8_lossy(&crate::read_body(response.into_body()).await).into_owned()
     }
 

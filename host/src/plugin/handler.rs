@@ -106,7 +106,7 @@ pub(super) struct Pool {
     idle: Mutex<Vec<Instance>>,
     /// Wakes a request waiting for an instance when one goes idle.
     returned: Notify,
-    /// Instances dropped after serving well, by reason.
+    /// Instances dropped after requests that did not fail, by reason.
     retired: Retirements,
 }
 
@@ -559,6 +559,7 @@ impl Handler {
             lent.cut();
             if let Err(why) = reusable(&mut store) {
                 tracing::debug!(plugin = &*name, why, "handler instance not reused");
+                pool.retired.held.inc();
             } else if verdict.await.is_ok() {
                 pool.put_back(Instance {
                     store,
