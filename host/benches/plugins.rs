@@ -55,16 +55,27 @@ fn load(
     settings: &str,
 ) -> Arc<Filter> {
     let file = plugins_dir().join(format!("{name}.wasm"));
-    let wasm = std::fs::read(&file).unwrap_or_else(|e| {
+    if !file.exists() {
         panic!(
-            "{}: {e}; build the bundled plugins first: cargo xtask plugins",
+            "{}: build the bundled plugins first: cargo xtask plugins",
             file.display()
-        )
-    });
-    // A deadline of a second, not the default 50 ms: a stall of this VM must not fail a
-    // benchmark (the deadline is not what is measured).
+        );
+    }
+    load_file(runtime, plugins, &file, settings)
+}
+
+/// The filter in `file` with `settings` (its `NAME.toml`) and a deadline of a second, not the
+/// default 50 ms: a stall of this VM must not fail a benchmark (the deadline is not what is
+/// measured).
+fn load_file(
+    runtime: &tokio::runtime::Runtime,
+    plugins: &PluginRuntime,
+    file: &Path,
+    settings: &str,
+) -> Arc<Filter> {
+    let wasm = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let source = PluginSource {
-        file: file.clone(),
+        file: file.to_path_buf(),
         wasm,
         settings: Some((
             file.with_extension("toml"),
@@ -73,7 +84,7 @@ fn load(
     };
     let plugin = runtime
         .block_on(plugins.load(source, &PluginLimits::default()))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     filter(plugin)
 }
 
@@ -368,19 +379,9 @@ fn load_guard(
     file: &Path,
     extra: &str,
 ) -> Arc<Filter> {
-    let wasm = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let settings = format!(
-        "deadline = \"1s\"\n{extra}[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n"
-    );
-    let source = PluginSource {
-        file: file.to_path_buf(),
-        wasm,
-        settings: Some((file.with_extension("toml"), settings)),
-    };
-    let plugin = runtime
-        .block_on(plugins.load(source, &PluginLimits::default()))
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    filter(plugin)
+    let settings =
+        format!("{extra}[config]\ndeny = [\"192.168.0.0/16\"]\ntoken = \"open-sesame\"\n");
+    load_file(runtime, plugins, file, &settings)
 }
 
 /// `WEIR_COUNT_CALLS=N`: instead of the benchmarks, `N` calls of the

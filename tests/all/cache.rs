@@ -309,16 +309,7 @@ impl Cached {
 
     /// `/metrics` of the admin listener.
     async fn metrics(&self) -> String {
-        let admin = self.weir.admin.expect("admin").to_string();
-        let reply = request(
-            &self.client,
-            Method::GET,
-            &self.weir.admin_url("/metrics"),
-            &[("host", admin.as_str())],
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::OK);
-        reply.text()
+        self.weir.metrics().await
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use weir_tests::scripted::Answer;
-use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric, read_body};
+use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric};
 
 /// The `Host` every request sends unless it names one.
 const HOST: &str = "cache.test";
@@ -264,18 +264,6 @@ async fn get_once_stale(weir: &Weir, path: &str, headers: &[(&str, &str)]) -> Re
         assert!(Instant::now() < deadline, "{path} never went stale");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The admin listener's `/metrics`.
-async fn metrics(weir: &Weir) -> String {
-    let admin = weir.admin.expect("admin").to_string();
-    let client = http1_client();
-    let request = Request::get(weir.admin_url("/metrics"))
-        .header("host", admin)
-        .body(weir_tests::empty())
-        .expect("request");
-    let response = client.request(request).await.expect("metrics");
-    String::from_utf8_lossy(&read_body(response.into_body()).await).into_owned()
 }
 
 /// weir's panics, from its log: each `panicked at` line, the message after it, and the first
@@ -1742,7 +1730,7 @@ async fn entries_with_the_largest_max_age_stay_within_max_bytes() {
             hits.push(path);
         }
     }
-    let text = metrics(&weir).await;
+    let text = weir.metrics().await;
     let stored = metric(&text, "weir_cache_stored_bytes", &[("route", "cached")]);
     assert!(
         hits.len() <= 5,
@@ -1799,7 +1787,7 @@ async fn distinct_keys_never_hold_more_than_max_bytes() {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let _ = get(&weir, "/bust?n=poke", &[]).await;
-        let text = metrics(&weir).await;
+        let text = weir.metrics().await;
         let stored = metric(&text, "weir_cache_stored_bytes", &[("route", "cached")])
             .unwrap_or_else(|| panic!("no stored bytes: {text}"));
         if stored <= MAX {
@@ -1931,7 +1919,7 @@ async fn at_most_eight_variants_are_kept_and_each_answers_its_own() {
     // The gauge follows the store's own bookkeeping: each look comes after another request.
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let text = metrics(&weir).await;
+        let text = weir.metrics().await;
         let entries = metric(&text, "weir_cache_entries", &[("route", "cached")])
             .unwrap_or_else(|| panic!("no entries: {text}"));
         if entries <= 8.0 {

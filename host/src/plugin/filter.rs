@@ -385,16 +385,15 @@ impl Filter {
         // An idle instance keeps no request's generation alive.
         instance.store.data_mut().outbound = None;
         // One whose memory keeps growing is replaced before it reaches its cap.
-        if !instance.store.data_mut().limits.keeps_after(instance.uses) {
-            tracing::debug!(
-                plugin = &*self.info.name,
-                "instance retired: its memory keeps growing"
-            );
-            self.metrics.retired.outgrown.inc();
-            return;
-        }
-        if instance.uses >= self.info.settings.max_uses {
-            self.metrics.retired.used_up.inc();
+        let limits = &mut instance.store.data_mut().limits;
+        let max_uses = self.info.settings.max_uses;
+        if !super::serves_again(
+            limits,
+            instance.uses,
+            max_uses,
+            &self.metrics.retired,
+            &self.info.name,
+        ) {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()

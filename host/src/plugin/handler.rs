@@ -108,6 +108,8 @@ pub(super) struct Pool {
     returned: Notify,
     /// Instances dropped after requests that did not fail, by reason.
     retired: Retirements,
+    /// The handler's name, for logs.
+    plugin: Arc<str>,
 }
 
 impl Pool {
@@ -119,6 +121,7 @@ impl Pool {
             idle: Mutex::default(),
             returned: Notify::new(),
             retired: metrics().retirements(plugin),
+            plugin: plugin.into(),
         }
     }
 
@@ -129,13 +132,14 @@ impl Pool {
     /// Keeps an instance that served a request well, unless it has served its `max_uses` or
     /// its memory has grown most of the way to its cap since its first request.
     fn put_back(&self, mut instance: Instance) {
-        if !instance.store.data_mut().limits.keeps_after(instance.uses) {
-            tracing::debug!("handler instance retired: its memory keeps growing");
-            self.retired.outgrown.inc();
-            return;
-        }
-        if instance.uses >= self.max_uses {
-            self.retired.used_up.inc();
+        let limits = &mut instance.store.data_mut().limits;
+        if !super::serves_again(
+            limits,
+            instance.uses,
+            self.max_uses,
+            &self.retired,
+            &self.plugin,
+        ) {
             return;
         }
         // An idle instance keeps no request's generation alive.

@@ -531,6 +531,29 @@ async fn compile(engine: Engine, wasm: Vec<u8>) -> wasmtime::Result<wasmtime::Re
         .map_err(|_| wasmtime::Error::msg("the compiler thread failed"))
 }
 
+/// Whether an instance that has served its `uses`-th call (or request) well may serve again:
+/// not once it has served `max_uses`, nor once its memory has outgrown it
+/// ([`memory::Limits::keeps_after`]). Why it may not is counted in `retired`. Filters and
+/// reused handlers alike decide here.
+fn serves_again(
+    limits: &mut memory::Limits,
+    uses: u32,
+    max_uses: u32,
+    retired: &crate::metrics::Retirements,
+    plugin: &str,
+) -> bool {
+    if !limits.keeps_after(uses) {
+        tracing::debug!(plugin, "instance retired: its memory keeps growing");
+        retired.outgrown.inc();
+        return false;
+    }
+    if uses >= max_uses {
+        retired.used_up.inc();
+        return false;
+    }
+    true
+}
+
 /// `10-auth.wasm` → `auth`: the file stem without a numeric ordering prefix.
 pub fn plugin_name(file: &Path) -> &str {
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
