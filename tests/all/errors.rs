@@ -215,9 +215,11 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
     let weir = Weir::start(&config).await;
     let partial = b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-Slow: ";
 
-    // A new connection.
-    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
+    // A new connection. hyper's clock starts once it has accepted the connection, which
+    // can come before this client's `connect` returns (once 1.5 ms before, under load):
+    // this clock starts before the connection exists.
     let started = tokio::time::Instant::now();
+    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
     stream.write_all(partial).await.expect("write");
     let reply = read_until_closed(&mut stream).await;
     assert_cut_off(&reply, started.elapsed(), Duration::from_millis(300));
