@@ -257,7 +257,7 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     drop(victim);
     let took = until_health(&weir, 1, false).await;
     assert!(
-        took <= 2 * interval + Duration::from_millis(400),
+        took <= 2 * interval + Duration::from_secs(1),
         "unhealthy after {took:?}"
     );
     let state = weir.clusters().await;
@@ -272,7 +272,7 @@ async fn a_killed_endpoint_is_ejected_without_client_errors_and_readmitted() {
     let back = Upstream::restart_at(addr, "b").await;
     let took = until_health(&weir, 1, true).await;
     assert!(
-        took <= 3 * interval + Duration::from_millis(400),
+        took <= 3 * interval + Duration::from_secs(1),
         "healthy after {took:?}"
     );
     // And it takes traffic again at once: a passing check ended any ejection by outlier

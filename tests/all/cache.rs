@@ -542,12 +542,12 @@ async fn vary_keeps_one_variant_per_accept_encoding() {
 /// answers after a delay); all 100 get the body, the waiters marked `collapsed`.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_misses_collapse_into_one_upstream_request() {
-    // A second: long enough that all 100 requests are in weir before the answer.
+    // Long enough that all 100 requests are in weir before the answer, on a loaded machine.
     let origin = Origin::start(|_, _| {
         Answer::status(200)
             .header("cache-control", "max-age=60")
             .body("worth the wait")
-            .after(Duration::from_secs(1))
+            .after(Duration::from_secs(3))
     })
     .await;
     let cached = Cached::start(origin, &route("cached", "cache = {}"), &[]).await;

@@ -224,7 +224,8 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
     let reply = read_until_closed(&mut stream).await;
     assert_cut_off(&reply, started.elapsed(), Duration::from_millis(300));
 
-    // A kept-alive connection, after one whole request.
+    // A kept-alive connection, after one whole request, timed from before it exists.
+    let connected = tokio::time::Instant::now();
     let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
     stream
         .write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -234,14 +235,18 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
     // hyper times the next head from the end of the previous response (idle time counts):
     // the reused sleep is still filed under the first head's deadline, which the slow
-    // upstream put before the second's.
-    // hyper's clock for this head started when it finished the response, a little before
-    // this client had read it and started its clock (3.4 ms once, under load): 50 ms of
-    // slack. A sleep firing at its old deadline would cut it ~200 ms short (IDLE_GAP).
-    let started = tokio::time::Instant::now();
+    // upstream put before the second's. The response ended at least IDLE_GAP after the
+    // connection began, so the second head is cut off no sooner than IDLE_GAP + 300 ms
+    // after it; a sleep firing at its old deadline would cut it ~200 ms (IDLE_GAP) short.
+    // (This client's own clock, started after it read the response, would run behind
+    // hyper's: 3.4 ms once, under load.)
     stream.write_all(partial).await.expect("write");
     let reply = read_until_closed(&mut stream).await;
-    assert_cut_off(&reply, started.elapsed(), Duration::from_millis(250));
+    assert_cut_off(
+        &reply,
+        connected.elapsed(),
+        IDLE_GAP + Duration::from_millis(300),
+    );
     assert_eq!(upstream.requests().len(), 1);
 }
 

@@ -185,11 +185,26 @@ async fn a_response_body_left_open_is_never_written_by_the_next_request() {
     let (weir, _upstream) = start("reuse = true\nmax_instances = 1\ndeadline = \"5s\"\n").await;
     let weir = &weir;
     let started = tokio::time::Instant::now();
-    // Both at once: `leak` waits for the one instance `keep` holds.
-    let (kept, leak) = tokio::join!(call(weir, "keep"), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        call(weir, "leak").await
-    });
+    // `leak` goes once `keep` is in weir (or done), and waits for the one instance `keep`
+    // holds.
+    let keep_done = std::sync::atomic::AtomicBool::new(false);
+    let (kept, leak) = tokio::join!(
+        async {
+            let kept = call(weir, "keep").await;
+            keep_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            kept
+        },
+        async {
+            let deadline = tokio::time::Instant::now() + weir_tests::DEADLINE;
+            while !keep_done.load(std::sync::atomic::Ordering::Relaxed)
+                && weir.metric("weir_requests_in_flight", &[]).await < Some(1.0)
+            {
+                assert!(tokio::time::Instant::now() < deadline, "keep never arrived");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            call(weir, "leak").await
+        }
+    );
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "the kept body ended when the guest returned, not at the deadline"

@@ -196,7 +196,7 @@ async fn expired_keys_give_their_room_back_in_redis() {
         redis.url()
     );
     let weir = two_plugins(&app, "kv = { max_keys = 100 }\n", "kv = true\n", &kv).await;
-    let filled = ask(&weir, "/kv-fill?from=0&count=150&ttl=300").await;
+    let filled = ask(&weir, "/kv-fill?from=0&count=150&ttl=3000").await;
     assert!(
         filled.starts_with("stored 100, then err invalid"),
         "{filled}"

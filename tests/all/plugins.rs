@@ -127,8 +127,10 @@ async fn infinite_loop_is_stopped_by_the_deadline() {
         elapsed >= Duration::from_millis(100),
         "answered after {elapsed:?}, before the deadline"
     );
+    // Loose: past its first slices a loop runs in short slices with pauses between them,
+    // which a loaded machine stretches (the lower bound is the check that matters).
     assert!(
-        elapsed < Duration::from_secs(2),
+        elapsed < Duration::from_secs(10),
         "answered after {elapsed:?}"
     );
     assert_eq!(get(&weir, "/ok").await.0, StatusCode::OK);
@@ -179,8 +181,9 @@ async fn a_looping_plugin_does_not_stall_its_thread() {
             tokio::spawn(async move { weir_tests::get_with(&url, &[]).await.0 })
         })
         .collect();
-    // Both loops are running when the admin says two requests are in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    // Both loops are running when the admin says two requests are in flight. A stalled
+    // thread would answer only once both had trapped, with none in flight any more.
+    let deadline = tokio::time::Instant::now() + weir_tests::DEADLINE;
     loop {
         let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
         if metrics.contains("weir_requests_in_flight 2") {
@@ -552,7 +555,7 @@ async fn a_plugin_that_keeps_failing_is_not_called_until_a_probe_succeeds() {
     let upstream = Upstream::start("one").await;
     let weir = start(
         &upstream,
-        Some("breaker = { failures = 3, cooldown = \"500ms\" }\n"),
+        Some("breaker = { failures = 3, cooldown = \"3s\" }\n"),
     )
     .await;
     for _ in 0..3 {
@@ -572,7 +575,7 @@ async fn a_plugin_that_keeps_failing_is_not_called_until_a_probe_succeeds() {
         "nothing passed the open breaker"
     );
     // Past the cooldown one call is let through; it succeeds, and the breaker closes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + weir_tests::DEADLINE;
     while get(&weir, "/ok").await.0 != StatusCode::OK {
         assert!(
             tokio::time::Instant::now() < deadline,

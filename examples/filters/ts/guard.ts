@@ -21,47 +21,42 @@ import type {
 
 type HttpFilter = typeof import('weir:plugin/http-filter@0.3.6');
 
-/** An address as a number of `bits` bits. */
-interface Ip {
-  bits: 32 | 128;
-  value: bigint;
-}
-
-/** A network: addresses whose top bits, shifted down by `shift`, equal `base`. */
-interface Network {
-  bits: 32 | 128;
-  shift: bigint;
-  base: bigint;
-}
+/**
+ * A network: IPv4 addresses whose bits under `mask` equal `base`, or IPv6 addresses whose top
+ * bits, shifted down by `shift`, equal `base`.
+ */
+type Network = { v4: true; mask: number; base: number } | { v4: false; shift: bigint; base: bigint };
 
 interface Guard {
   deny: Network[];
   token: Uint8Array;
   tokenHeader: string;
-  tag: Uint8Array;
+  /** The two answers that do not depend on the request, built once. */
+  passed: RequestAction;
+  tagged: ResponseAction;
 }
 
 let guard: Guard | null = null;
 const encoder = new TextEncoder();
 
-// One regular expression for the whole address, and plain numbers: the engine interprets
-// every regular expression test and every BigInt step, so fewer per request is faster
+// SpiderMonkey inside a component has no JIT: every step of a hook is interpreted. So the
+// per-request path takes few steps: one regular expression over the whole address, plain
+// numbers for IPv4 (BigInt only for IPv6), no allocation for the usual answer
 // (docs/plugins/javascript.md).
+
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
 
-function parseIPv4(text: string): Ip | null {
-  const octets = IPV4.exec(text);
-  if (!octets) return null;
-  let value = 0;
-  for (let i = 1; i <= 4; i++) {
-    const octet = Number(octets[i]);
-    if (octet > 255) return null;
-    value = value * 256 + octet;
-  }
-  return { bits: 32, value: BigInt(value) };
+/** An IPv4 address as a number below 2^32, from a match of IPV4. */
+function ipv4(octets: RegExpExecArray): number | null {
+  const a = +octets[1];
+  const b = +octets[2];
+  const c = +octets[3];
+  const d = +octets[4];
+  if ((a | b | c | d) > 255) return null;
+  return ((a << 24) | (b << 16) | (c << 8) | d) >>> 0;
 }
 
-function parseIPv6(text: string): Ip | null {
+function parseIPv6(text: string): bigint | null {
   const halves = text.split('::');
   if (halves.length > 2) return null;
   const groups = (s: string): string[] => (s === '' ? [] : s.split(':'));
@@ -75,26 +70,57 @@ function parseIPv6(text: string): Ip | null {
     if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
     value = (value << 16n) | BigInt(parseInt(g, 16));
   }
-  return { bits: 128, value };
+  return value;
 }
 
-const parseAddress = (text: string): Ip | null => parseIPv4(text) ?? parseIPv6(text);
+/** A number (IPv4), a bigint (IPv6), or null. */
+function parseAddress(text: string): number | bigint | null {
+  const octets = IPV4.exec(text);
+  return octets ? ipv4(octets) : parseIPv6(text);
+}
 
 function parseNetwork(text: unknown, index: number): Network {
   const [addr, prefix, ...rest] = String(text).split('/');
   const ip = parseAddress(addr);
-  const len = prefix === undefined ? ip?.bits : Number(prefix);
-  if (!ip || rest.length || len === undefined || !Number.isInteger(len) || len < 0 || len > ip.bits) {
+  const bits = typeof ip === 'number' ? 32 : 128;
+  const len = prefix === undefined ? bits : Number(prefix);
+  if (ip === null || rest.length || !Number.isInteger(len) || len < 0 || len > bits) {
     throw `deny[${index}]: ${JSON.stringify(text)} is not a network (address/prefix)`;
   }
-  const shift = BigInt(ip.bits - len);
-  return { bits: ip.bits, shift, base: ip.value >> shift };
+  if (typeof ip === 'number') {
+    // `<< 32` shifts by nothing in JavaScript: a /0's mask is 0, every address matches.
+    const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+    return { v4: true, mask, base: (ip & mask) >>> 0 };
+  }
+  const shift = BigInt(128 - len);
+  return { v4: false, shift, base: ip >> shift };
 }
 
-function clientIp(address: string): Ip | null {
+/** `address` (`ip:port`, IPv6 in brackets) as parseAddress gives it. */
+function clientIp(address: string): number | bigint | null {
   let host = address.slice(0, address.lastIndexOf(':'));
   if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
   return parseAddress(host);
+}
+
+function configured(): Guard {
+  if (!guard) throw new Error('configure was not called');
+  return guard;
+}
+
+/** The client is in a listed network, or its address cannot be read (not trusted). */
+function listed(address: string): boolean {
+  const ip = clientIp(address);
+  if (ip === null) return true;
+  const deny = configured().deny;
+  for (let i = 0; i < deny.length; i++) {
+    const n = deny[i];
+    if (n.v4 ? typeof ip === 'number' && ((ip & n.mask) >>> 0) === n.base
+             : typeof ip === 'bigint' && ip >> n.shift === n.base) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** Compares without stopping at the first difference, so timing says nothing. */
@@ -105,40 +131,19 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return diff === 0;
 }
 
-function configured(): Guard {
-  if (!guard) throw new Error('configure was not called');
-  return guard;
-}
-
-/**
- * The decision for a request from `clientAddress`. `sentToken()` gives the token header's
- * first value, if any: it is asked for only when the client is listed.
- */
-function decide(clientAddress: string, sentToken: () => Uint8Array | undefined): RequestAction {
-  const { deny, token, tokenHeader } = configured();
-  const ip = clientIp(clientAddress);
-  // An address we cannot read is not trusted.
-  const denied = !ip || deny.some((n) => n.bits === ip.bits && ip.value >> n.shift === n.base);
-  if (denied) {
-    const sent = sentToken();
-    if (!(sent && sameBytes(sent, token))) {
-      log('info', `refused ${clientAddress}`);
-      return {
-        tag: 'respond',
-        val: {
-          status: 403,
-          headers: [['content-type', encoder.encode('application/json')]],
-          body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
-        },
-      };
-    }
-  }
-  // The token never travels upstream.
-  return { tag: 'continue', val: { headers: [{ tag: 'remove', val: tokenHeader }] } };
-}
-
-function tagged(): ResponseAction {
-  return { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', configured().tag] }] };
+/** The answer for a listed client that sent `token` (the header's first value, if any). */
+function admit(address: string, token: Uint8Array | undefined): RequestAction {
+  const { token: wanted, passed } = configured();
+  if (token && sameBytes(token, wanted)) return passed;
+  log('info', `refused ${address}`);
+  return {
+    tag: 'respond',
+    val: {
+      status: 403,
+      headers: [['content-type', encoder.encode('application/json')]],
+      body: encoder.encode(JSON.stringify({ error: 'client network not allowed' })),
+    },
+  };
 }
 
 export const httpFilter: HttpFilter = {
@@ -149,11 +154,15 @@ export const httpFilter: HttpFilter = {
     if (typeof config.token !== 'string' || config.token === '') {
       throw 'token: required, a non-empty string';
     }
+    const tokenHeader = String(config.token_header ?? 'x-guard-token').toLowerCase();
+    const tag = encoder.encode(String(config.tag ?? 'typescript'));
     guard = {
       deny: deny.map(parseNetwork),
       token: encoder.encode(config.token),
-      tokenHeader: String(config.token_header ?? 'x-guard-token').toLowerCase(),
-      tag: encoder.encode(String(config.tag ?? 'typescript')),
+      tokenHeader,
+      // The token never travels upstream.
+      passed: { tag: 'continue', val: { headers: [{ tag: 'remove', val: tokenHeader }] } },
+      tagged: { tag: 'continue', val: [{ tag: 'set', val: ['x-guard', tag] }] },
     };
   },
 
@@ -165,22 +174,27 @@ export const httpFilter: HttpFilter = {
     return { onRequestBody: false, onResponseBody: false };
   },
 
+  // The token header is read only for a listed client.
   onRequestLazy(request: Request): RequestAction {
-    return decide(request.clientAddress(), () => request.header(configured().tokenHeader));
+    const address = request.clientAddress();
+    if (!listed(address)) return configured().passed;
+    return admit(address, request.header(configured().tokenHeader));
   },
 
   onResponseLazy(_request: Request, _response: Response): ResponseAction {
-    return tagged();
+    return configured().tagged;
   },
 
   onRequest(request: RequestHead): RequestAction {
+    const address = request.clientAddress;
+    if (!listed(address)) return configured().passed;
     const { tokenHeader } = configured();
-    const sent = () => request.headers.find(([name]) => name === tokenHeader)?.[1];
-    return decide(request.clientAddress, sent);
+    const sent = request.headers.find(([name]) => name === tokenHeader);
+    return admit(address, sent?.[1]);
   },
 
   onResponse(_request: RequestHead, _response: ResponseHead): ResponseAction {
-    return tagged();
+    return configured().tagged;
   },
 
   // Body hooks are not declared in bodyHooks(), so weir never calls these.
