@@ -215,9 +215,9 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
     let weir = Weir::start(&config).await;
     let partial = b"GET /x HTTP/1.1\r\nHost: app.test\r\nX-Slow: ";
 
-    // A new connection. hyper's clock starts once it has accepted the connection, which
-    // can come before this client's `connect` returns (once 1.5 ms before, under load):
-    // this clock starts before the connection exists.
+    // A new connection. weir's head timer (`server::timeouts::Clock`) starts once it has
+    // accepted the connection, which can come before this client's `connect` returns (1.5 ms
+    // before, once, under load): this clock starts before the connection exists.
     let started = tokio::time::Instant::now();
     let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
     stream.write_all(partial).await.expect("write");
@@ -233,13 +233,12 @@ async fn a_client_slow_to_send_its_head_is_cut_off() {
         .expect("write");
     let response = read_response(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
-    // hyper times the next head from the end of the previous response (idle time counts):
-    // the reused sleep is still filed under the first head's deadline, which the slow
-    // upstream put before the second's. The response ended at least IDLE_GAP after the
-    // connection began, so the second head is cut off no sooner than IDLE_GAP + 300 ms
-    // after it; a sleep firing at its old deadline would cut it ~200 ms (IDLE_GAP) short.
-    // (This client's own clock, started after it read the response, would run behind
-    // hyper's: 3.4 ms once, under load.)
+    // weir times the next head from its first byte, which comes after the response, at least
+    // IDLE_GAP after the connection began (the slow upstream): so it is cut off no sooner
+    // than IDLE_GAP + 300 ms after that. The connection's one sleep is still filed under the
+    // first head's deadline; firing at it would cut the second head ~200 ms (IDLE_GAP) short.
+    // (A clock started here, after reading the response, could run behind weir's: 3.4 ms
+    // once, under load.)
     stream.write_all(partial).await.expect("write");
     let reply = read_until_closed(&mut stream).await;
     assert_cut_off(

@@ -36,13 +36,17 @@ struct Served {
 /// `GET /c/{what}`: the status, and who served it when the guest answered.
 async fn call(weir: &Weir, what: &str) -> (StatusCode, Option<Served>, String) {
     let (status, headers, body) = weir_tests::get_with(&weir.url(&format!("/c/{what}")), &[]).await;
+    (status, served(&headers), body)
+}
+
+/// The instance that answered, from the guest's `x-instance` and `x-uses`.
+fn served(headers: &http::HeaderMap) -> Option<Served> {
     let number = |name: &str| headers.get(name)?.to_str().ok()?.parse().ok();
     let served = number("x-instance").zip(number("x-uses"));
-    let served = served.map(|(instance, uses)| Served {
+    served.map(|(instance, uses)| Served {
         instance,
         uses: u32::try_from(uses).expect("a small count"),
-    });
-    (status, served, body)
+    })
 }
 
 /// `GET /c/count`, which must succeed.
@@ -185,23 +189,23 @@ async fn a_response_body_left_open_is_never_written_by_the_next_request() {
     let (weir, _upstream) = start("reuse = true\nmax_instances = 1\ndeadline = \"5s\"\n").await;
     let weir = &weir;
     let started = tokio::time::Instant::now();
-    // `leak` goes once `keep` is in weir (or done), and waits for the one instance `keep`
-    // holds.
-    let keep_done = std::sync::atomic::AtomicBool::new(false);
+    // `leak` goes once `keep`'s response head has come: the guest sends it before it
+    // returns, so `keep` holds the one instance then (or has given it back), and `leak`
+    // waits for it.
+    let (head_came, go) = tokio::sync::oneshot::channel();
     let (kept, leak) = tokio::join!(
         async {
-            let kept = call(weir, "keep").await;
-            keep_done.store(true, std::sync::atomic::Ordering::Relaxed);
-            kept
+            let response = weir_tests::http1_client()
+                .get(weir.url("/c/keep").parse().expect("uri"))
+                .await
+                .expect("keep's response head");
+            let _ = head_came.send(());
+            let (status, served) = (response.status(), served(response.headers()));
+            let body = weir_tests::read_body(response.into_body()).await;
+            (status, served, String::from_utf8_lossy(&body).into_owned())
         },
         async {
-            let deadline = tokio::time::Instant::now() + weir_tests::DEADLINE;
-            while !keep_done.load(std::sync::atomic::Ordering::Relaxed)
-                && weir.metric("weir_requests_in_flight", &[]).await < Some(1.0)
-            {
-                assert!(tokio::time::Instant::now() < deadline, "keep never arrived");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let _ = go.await;
             call(weir, "leak").await
         }
     );
