@@ -534,7 +534,8 @@ async fn compile(engine: Engine, wasm: Vec<u8>) -> wasmtime::Result<wasmtime::Re
 /// Whether an instance that has served its `uses`-th call (or request) well may serve again:
 /// not once it has served `max_uses`, nor once its memory has outgrown it
 /// ([`memory::Limits::keeps_after`]). Why it may not is counted in `retired`. Filters and
-/// reused handlers alike decide here.
+/// reused handlers alike decide here; a reused handler is first checked for what it kept of
+/// its request (`handler::reusable`, counted as `held_resources` there).
 fn serves_again(
     limits: &mut memory::Limits,
     uses: u32,
