@@ -9,7 +9,9 @@
 #                  page cache (the log's user-space cost apart from the kernel's);
 #   nginx-off    — nginx, `access_log off` (bench/run.sh's nginx);
 #   nginx-log    — nginx's default access log: `combined`, one write(2) per request;
-#   nginx-json   — nginx with a JSON log of 13 of weir's fields, buffered (64 KiB, 1 s).
+#   nginx-json   — nginx with a JSON log of 13 of weir's fields, buffered (64 KiB, 1 s);
+#   floor        — hyper's floor (bench/floor, `FLOOR=target/release/hyper-floor`): where
+#                  weir's user and system time stand against the code it is built on (issue 26).
 # Per target and round: requests, user µs/request, system µs/request, total; then medians.
 # The system time is where a log's bytes are copied into the page cache: it grows with the
 # record's length, whoever writes it.
@@ -42,7 +44,7 @@ trap cleanup EXIT
 ORIGIN=18481
 declare -A PORT=([weir-off]=18482 [weir]=18483 [weir-log]=18484 [nginx-off]=18485
   [nginx-log]=18486 [nginx-json]=18487 [weir-null]=18488
-  [weir-off-b]=18489 [weir-b]=18490 [weir-log-b]=18491 [weir-null-b]=18492)
+  [weir-off-b]=18489 [weir-b]=18490 [weir-log-b]=18491 [weir-null-b]=18492 [floor]=18493)
 declare -A PID
 
 write_origin_conf "$tmp/origin.conf" "$ORIGIN"
@@ -74,6 +76,11 @@ for t in $TARGETS; do
     weir-log|weir-log-b) start_weir "$t" all ;;
     weir-null|weir-null-b) start_weir "$t" null ;;
     nginx-off) start_nginx "$t" "access_log off;" ;;
+    floor)
+      floor=${FLOOR:-target/release/hyper-floor}
+      [ -x "$floor" ] || { echo "missing $floor: cargo build --release -p weir-bench-floor" >&2; exit 1; }
+      taskset -c 0 "$floor" "127.0.0.1:${PORT[$t]}" "127.0.0.1:$ORIGIN" & pids+=($!)
+      PID[$t]=$! ;;
     nginx-log) start_nginx "$t" "access_log $tmp/nginx-log.log;" ;;
     nginx-json)
       start_nginx "$t" "log_format weir escape=json '{\"time\":\"\$time_iso8601\",\"request_id\":\"\$request_id\",\"client\":\"\$remote_addr:\$remote_port\",\"method\":\"\$request_method\",\"host\":\"\$host\",\"path\":\"\$request_uri\",\"protocol\":\"\$server_protocol\",\"status\":\$status,\"bytes_in\":\$request_length,\"bytes_out\":\$body_bytes_sent,\"duration\":\$request_time,\"upstream_duration\":\"\$upstream_response_time\",\"endpoint\":\"\$upstream_addr\"}'; access_log $tmp/nginx-json.log weir buffer=64k flush=1s;" ;;
