@@ -16,6 +16,9 @@ pub enum Lang {
     Rust,
     /// JavaScript, with componentize-js.
     Js,
+    /// JavaScript on QuickJS, with componentize-qjs: lighter than componentize-js, and
+    /// called with whole heads (`whole_heads = true`).
+    JsQuickjs,
     /// TypeScript: `tsc` over the types `jco guest-types` writes, then componentize-js.
     Ts,
     /// Python, with componentize-py.
@@ -34,11 +37,31 @@ impl Lang {
         match self {
             Lang::Rust => "Rust",
             Lang::Js => "JavaScript",
+            Lang::JsQuickjs => "JavaScript (QuickJS)",
             Lang::Ts => "TypeScript",
             Lang::Python => "Python",
             Lang::Go => "Go",
             Lang::C => "C",
             Lang::Zig => "Zig",
+        }
+    }
+
+    /// What the project's settings must say besides `[config]`, in `cases.toml`'s `[plugin]`
+    /// and in `NAME.toml` beside the plugin.
+    fn settings(self) -> &'static str {
+        match self {
+            Lang::JsQuickjs => "whole_heads = true\n",
+            _ => "",
+        }
+    }
+
+    /// What the README says of those settings.
+    fn settings_note(self) -> &'static str {
+        match self {
+            Lang::JsQuickjs => {
+                "\n\nIts settings must say `whole_heads = true`: componentize-qjs 0.4.5 cannot give\nback the handle a lazy hook is lent, so weir calls the record forms instead (they\ncannot leave header changes for the response: set them in `on-response`)."
+            }
+            _ => "",
         }
     }
 
@@ -57,6 +80,17 @@ impl Lang {
                 ("filter.js", include_str!("../templates/js/filter.js")),
                 ("package.json", include_str!("../templates/js/package.json")),
                 ("build.sh", include_str!("../templates/js/build.sh")),
+            ],
+            Lang::JsQuickjs => &[
+                (
+                    "filter.js",
+                    include_str!("../templates/js-quickjs/filter.js"),
+                ),
+                (
+                    "package.json",
+                    include_str!("../templates/js-quickjs/package.json"),
+                ),
+                ("build.sh", include_str!("../templates/js-quickjs/build.sh")),
             ],
             Lang::Ts => &[
                 ("filter.ts", include_str!("../templates/ts/filter.ts")),
@@ -108,6 +142,8 @@ pub fn write(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
             .replace("{{crate}}", &crate_name)
             .replace("{{lang}}", lang.display_name())
             .replace("{{build}}", Lang::BUILD_COMMAND)
+            .replace("{{settings}}", lang.settings())
+            .replace("{{settings_note}}", lang.settings_note())
     };
     let wit = WIT
         .iter()

@@ -356,8 +356,14 @@ fn language_benches(c: &mut Criterion) {
                 );
                 continue;
             }
-            let reused = load_guard(&runtime, &plugins, &file, "");
-            let fresh = load_guard(&runtime, &plugins, &file, "max_uses = 1\n");
+            // The QuickJS guard asks for whole heads, as its guard.toml does.
+            let whole = if lang == "js-quickjs" {
+                "whole_heads = true\n"
+            } else {
+                ""
+            };
+            let reused = load_guard(&runtime, &plugins, &file, whole);
+            let fresh = load_guard(&runtime, &plugins, &file, &format!("{whole}max_uses = 1\n"));
             group.bench_function(format!("{id}/on_request/reused_instance"), |b| {
                 b.to_async(&runtime)
                     .iter(|| async { call(&reused, &head).await })

@@ -261,3 +261,64 @@ async fn a_restart_loads_unchanged_plugins_from_the_cache() {
     let second = Weir::start_with_files(&config, &files).await;
     assert_eq!(plugins(&second).await[0]["from_cache"], true);
 }
+
+/// `whole_heads = true`: weir calls a 0.3.x filter's record forms, given whole heads, instead
+/// of its lazy hooks (for a toolchain that cannot give a lent handle back). Its changes to
+/// the request apply; what only the request's handle can carry, header changes left for the
+/// response, cannot be made, and the SDK says so in weir's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_heads_calls_the_record_forms_which_leave_nothing_for_the_response() {
+    let upstream = Upstream::start("one").await;
+    let whole = format!("whole_heads = true\n{HEADERS_TOML}");
+    let files: [(&str, &[u8]); 4] = [
+        ("plugins/lazy.wasm", HEADERS),
+        ("plugins/lazy.toml", HEADERS_TOML.as_bytes()),
+        ("plugins/whole.wasm", HEADERS),
+        ("plugins/whole.toml", whole.as_bytes()),
+    ];
+    let routes = r#"
+[[routes]]
+name = "lazy"
+path_prefix = "/lazy/"
+cluster = "app"
+plugins = ["lazy"]
+
+[[routes]]
+name = "whole"
+path_prefix = "/whole/"
+cluster = "app"
+plugins = ["whole"]
+"#;
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], routes), &files).await;
+
+    for route in ["lazy", "whole"] {
+        let path = format!("/{route}/x");
+        let (status, headers, _) = send(&weir, &path, &[("x-internal", "1")]).await;
+        assert_eq!(status, StatusCode::OK, "{route}");
+        let seen = upstream.requests().pop().expect("upstream saw the request");
+        assert_eq!(seen.headers["x-from"], "weir", "{route}");
+        assert!(seen.headers.get("x-internal").is_none(), "{route}");
+        // The response header is left through the request's handle, which a record form
+        // does not have.
+        let left = headers.get("x-frame-options").map(|v| v.as_bytes());
+        let expected: Option<&[u8]> = (route == "lazy").then_some(b"DENY");
+        assert_eq!(left, expected, "{route}");
+    }
+    weir.wait_for_message("response header changes made in on-request (whole head) dropped")
+        .await;
+
+    let response = http1_client()
+        .get(weir.admin_url("/plugins").parse().expect("uri"))
+        .await
+        .expect("admin response");
+    let plugins: Value =
+        serde_json::from_slice(&read_body(response.into_body()).await).expect("json");
+    let whole_heads = |name: &str| {
+        plugins
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == name))
+            .map(|p| p["whole_heads"].clone())
+    };
+    assert_eq!(whole_heads("lazy"), Some(Value::Bool(false)));
+    assert_eq!(whole_heads("whole"), Some(Value::Bool(true)));
+}

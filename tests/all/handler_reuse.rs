@@ -264,6 +264,24 @@ async fn reuse_in_a_filter_settings_stops_startup() {
     assert!(said, "{:#?}", weir.logs());
 }
 
+/// `whole_heads` chooses how a filter's head hooks are called; a handler has none.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_heads_in_a_handler_settings_stops_startup() {
+    let upstream = Upstream::start("app").await;
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/test.wasm", HANDLER),
+        ("plugins/test.toml", b"whole_heads = true\n"),
+    ];
+    let mut weir = Weir::spawn_with_files(&config(&[upstream.addr], ""), &files);
+    assert!(!weir.wait_exit().await.success(), "weir started");
+    let said = weir.logs().iter().any(|line| {
+        line["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("whole_heads is a filter setting"))
+    });
+    assert!(said, "{:#?}", weir.logs());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_answer_weir_would_not_send_is_refused() {
     // Five refusals in a row would open the handler's breaker: off, to see each refusal.

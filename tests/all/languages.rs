@@ -25,15 +25,11 @@ const FILTERS: [(&str, &str); 8] = [
     ("ts", "typescript"),
 ];
 
-/// The guard built on QuickJS is on weir:plugin@0.2.0 (its toolchain cannot yet release the
-/// handle a lazy hook is lent: `examples/filters/js-quickjs/guard.js`); every other is on the
-/// current contract.
-fn guard_contract(lang: &str) -> String {
-    if lang == "js-quickjs" {
-        "0.2.0".to_owned()
-    } else {
-        current_contract()
-    }
+/// The guard built on QuickJS cannot give back the handle a lazy hook is lent
+/// (componentize-qjs 0.4.5: `examples/filters/js-quickjs/guard.js`): its settings ask for
+/// whole heads, as its `guard.toml` does.
+fn whole_heads(lang: &str) -> bool {
+    lang == "js-quickjs"
 }
 
 /// Starting weir with the JavaScript and Python plugins: a debug build compiles each in
@@ -57,9 +53,9 @@ fn built(relative: &str) -> Vec<u8> {
 
 /// The guard's settings. The deadline is generous: a debug weir sharing two cores with
 /// other tests is slow to make a Python or JavaScript instance.
-fn guard_settings(deny: &str, tag: &str) -> Vec<u8> {
+fn guard_settings(deny: &str, tag: &str, whole_heads: bool) -> Vec<u8> {
     format!(
-        "deadline = \"5s\"\n[config]\ndeny = [\"{deny}\"]\ntoken = \"open-sesame\"\ntag = \"{tag}\"\n"
+        "deadline = \"5s\"\nwhole_heads = {whole_heads}\n[config]\ndeny = [\"{deny}\"]\ntoken = \"open-sesame\"\ntag = \"{tag}\"\n"
     )
     .into_bytes()
 }
@@ -81,11 +77,22 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
             (format!("open-{lang}"), "10.0.0.0/8"),
         ] {
             files.push((format!("plugins/{name}.wasm"), wasm.clone()));
-            files.push((format!("plugins/{name}.toml"), guard_settings(deny, tag)));
+            files.push((
+                format!("plugins/{name}.toml"),
+                guard_settings(deny, tag, whole_heads(lang)),
+            ));
             let target = format!("cluster = \"app\"\nplugins = [\"{name}\"]");
             routes.push_str(&route(&name, &target));
         }
     }
+    // The QuickJS guard without `whole_heads`: weir calls its lazy hook, which cannot be
+    // answered (the guard's throws), and the request fails closed.
+    let wasm = built("filters/js-quickjs/guard.wasm");
+    files.push(("plugins/lazy-js-quickjs.wasm".to_owned(), wasm));
+    let settings = guard_settings("10.0.0.0/8", "quickjs", false);
+    files.push(("plugins/lazy-js-quickjs.toml".to_owned(), settings));
+    let target = "cluster = \"app\"\nplugins = [\"lazy-js-quickjs\"]";
+    routes.push_str(&route("lazy-js-quickjs", target));
     let files: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
@@ -124,19 +131,23 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
         assert_eq!(headers["x-guard"], tag, "{lang}");
     }
 
-    // Every guard but QuickJS's is built against the current contract, so weir calls its lazy
-    // hooks (heads read through handles): the Rust one with the SDK, the others on their own
-    // bindings.
+    let (status, _, _) = get_with(&weir.url("/lazy-js-quickjs/orders"), &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "quickjs, lazy");
+
+    // Every guard is built against the current contract. weir calls the lazy hooks (heads
+    // read through handles) of all but QuickJS's, whose settings ask for whole heads.
     let (status, _, plugins) = get_with(&weir.admin_url("/plugins"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
     for (lang, _) in FILTERS {
         let name = format!("deny-{lang}");
-        let contract = plugins
+        let plugin = plugins
             .as_array()
-            .and_then(|l| l.iter().find(|p| p["name"] == name.as_str()))
-            .map(|p| p["contract"].clone());
-        assert_eq!(contract, Some(guard_contract(lang).into()), "{lang}");
+            .and_then(|l| l.iter().find(|p| p["name"] == name.as_str()));
+        let contract = plugin.map(|p| p["contract"].clone());
+        assert_eq!(contract, Some(current_contract().into()), "{lang}");
+        let whole = plugin.map(|p| p["whole_heads"].clone());
+        assert_eq!(whole, Some(whole_heads(lang).into()), "{lang}");
     }
 }
 
@@ -151,7 +162,7 @@ fn current_contract() -> String {
 }
 
 /// Every language `weir plugin new` knows (`weir plugin new --help`).
-const TEMPLATES: [&str; 7] = ["rust", "c", "go", "zig", "python", "js", "ts"];
+const TEMPLATES: [&str; 8] = ["rust", "c", "go", "zig", "python", "js", "js-quickjs", "ts"];
 
 #[test]
 fn plugin_new_writes_the_current_contract_in_every_language() {
@@ -195,7 +206,7 @@ async fn a_javascript_filter_replaces_another_by_hot_reload_without_failing_a_re
         ("plugins/guard.wasm", &rust),
         (
             "plugins/guard.toml",
-            &guard_settings("127.0.0.0/8", "before"),
+            &guard_settings("127.0.0.0/8", "before", false),
         ),
     ];
     let extra = "plugins = [\"guard\"]";
@@ -209,7 +220,7 @@ async fn a_javascript_filter_replaces_another_by_hot_reload_without_failing_a_re
     // in between must be answered by a complete plugin, old or new.
     weir.write_and_rename(
         "plugins/guard.toml",
-        &guard_settings("127.0.0.0/8", "after"),
+        &guard_settings("127.0.0.0/8", "after", false),
     );
     weir.write_and_rename("plugins/guard.wasm", &javascript);
     let deadline = tokio::time::Instant::now() + SLOW;
@@ -399,7 +410,7 @@ fn tools_path() -> std::ffi::OsString {
 #[test]
 fn plugin_new_writes_a_project_that_builds_and_passes_its_cases_in_every_language() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for lang in ["rust", "js", "ts", "python", "c", "zig", "go"] {
+    for lang in ["rust", "js", "js-quickjs", "ts", "python", "c", "zig", "go"] {
         let name = format!("hello-{lang}");
         let out = weir(&["plugin", "new", "--lang", lang, &name], dir.path());
         assert!(out.status.success(), "{lang}: {}", text(&out));

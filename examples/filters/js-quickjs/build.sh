@@ -3,4 +3,4 @@
 # QuickJS. `--sync`: weir's engine runs components without the component model's async ABI.
 set -eu
 cd "$(dirname "$0")"
-componentize-qjs --wit ../../../wit/0.2.0 --world filter --js guard.js --sync -o guard.wasm
+componentize-qjs --wit ../../../wit --world filter --js guard.js --sync -o guard.wasm

@@ -2,11 +2,12 @@
 // every response. The same filter exists in every language under examples/filters/; this is
 // the JavaScript one built with QuickJS (componentize-qjs) instead of SpiderMonkey.
 //
-// It is built against weir:plugin@0.2.0, whose hooks are given the whole request and response
-// heads as records: componentize-qjs 0.4.5 does not release the `request` handle a 0.3.x
-// lazy hook is lent, and weir fails such a call ("borrow handles still remain at the end of
-// the call"). QuickJS has no `TextEncoder` either: `utf8` below does its work.
-import { log } from 'weir:plugin/log@0.2.0';
+// componentize-qjs 0.4.5 does not give back the `request` handle a lazy hook is lent, and
+// weir fails such a call ("borrow handles still remain at the end of the call"). So
+// guard.toml says `whole_heads = true`: weir calls the record forms, `onRequest` and
+// `onResponse`, with whole heads, and never the lazy hooks, which throw here. QuickJS has no
+// `TextEncoder` either: `utf8` below does its work.
+import { log } from 'weir:plugin/log@0.3.6';
 
 let guard = null;
 
@@ -129,6 +130,15 @@ export const httpFilter = {
 
   onResponse(_request, _response) {
     return tagged();
+  },
+
+  // Never called: guard.toml asks for whole heads (`whole_heads = true`).
+  onRequestLazy() {
+    throw new Error('onRequestLazy: set whole_heads = true in guard.toml');
+  },
+
+  onResponseLazy() {
+    throw new Error('onResponseLazy: set whole_heads = true in guard.toml');
   },
 
   onRequestBody() {

@@ -323,6 +323,7 @@ fn plugins(generation: &Generation) -> Value {
                 "memory_limit_mb": info.map(|p| p.settings.memory_limit >> 20),
                 "max_uses": info.map(|p| p.settings.max_uses),
                 "max_body_bytes": info.map(|p| p.settings.max_body_bytes),
+                "whole_heads": info.map(|p| p.settings.whole_heads),
                 "config": info.map(|p| redacted(&p.settings.config, &p.settings.redact)),
                 "generation": serving.map(|_| slot.since_generation),
                 "last_error": slot.last_error,

@@ -249,6 +249,7 @@ impl Filter {
         store.limiter(|state| &mut state.limits);
         store.data_mut().granted = self.info.settings.clusters.clone().into();
         store.data_mut().kv_quota = self.info.settings.kv;
+        store.data_mut().whole_heads = self.info.settings.whole_heads;
         store.data_mut().log_repeats = self.log_repeats.clone();
         store.epoch_deadline_callback(|store| {
             budget::on_tick(store, |state: &mut PluginState| &mut state.budget)

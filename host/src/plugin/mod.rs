@@ -357,6 +357,11 @@ impl PluginRuntime {
             from_cache,
         };
         if handler::is_handler(&component, &self.engine) {
+            if settings.whole_heads {
+                return Err(fail(wasmtime::Error::msg(
+                    "whole_heads is a filter setting: a handler is given its request by wasi:http",
+                )));
+            }
             let pre = self
                 .handler_linker
                 .instantiate_pre(&component)

@@ -31,6 +31,11 @@ pub struct PluginSettings {
     /// For a handler: serve requests on pooled instances (up to `max_uses` each) instead of
     /// a fresh instance per request.
     pub reuse: bool,
+    /// For a filter on weir:plugin 0.3.x: call the record forms, `on-request` and
+    /// `on-response`, with whole heads, instead of the lazy hooks and their handles
+    /// (`whole_heads = true`): for a toolchain that cannot give a lent handle back
+    /// (componentize-qjs 0.4.5). Earlier versions are always given whole heads.
+    pub whole_heads: bool,
     /// When its breaker opens, and for how long.
     pub breaker: BreakerSettings,
     /// The largest body its body hooks are given.
@@ -57,6 +62,7 @@ impl PluginSettings {
             max_uses: limits.max_uses,
             max_instances: limits.max_instances,
             reuse: false,
+            whole_heads: false,
             breaker: BreakerSettings::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             clusters: Vec::new(),
@@ -77,6 +83,7 @@ struct SettingsFile {
     max_uses: Option<u32>,
     max_instances: Option<usize>,
     reuse: Option<bool>,
+    whole_heads: Option<bool>,
     breaker: Option<BreakerFile>,
     max_body_bytes: Option<usize>,
     clusters: Option<Vec<String>>,
@@ -190,6 +197,9 @@ pub(super) fn read_settings(
     }
     if let Some(reuse) = file.reuse {
         settings.reuse = reuse;
+    }
+    if let Some(whole) = file.whole_heads {
+        settings.whole_heads = whole;
     }
     if let Some(breaker) = file.breaker {
         if let Some(n) = breaker.failures {

@@ -20,6 +20,9 @@ pub(crate) struct PluginState {
     pub(crate) table: ResourceTable,
     /// Where in `table` the lazy hooks' views are lent (`contract::v0_3`).
     pub(crate) lent: LentSlots,
+    /// Call a 0.3.x filter's record forms with whole heads instead of its lazy hooks
+    /// (`NAME.toml` `whole_heads`).
+    pub(crate) whole_heads: bool,
     /// Memory cap for this instance, and its draw on weir's budget for all of them.
     pub(crate) limits: Limits,
     /// The plugin's name, for log lines.
@@ -65,6 +68,7 @@ impl PluginState {
             wasi,
             table: ResourceTable::new(),
             lent: LentSlots::default(),
+            whole_heads: false,
             limits,
             plugin,
             kv,

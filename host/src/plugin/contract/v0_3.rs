@@ -119,13 +119,21 @@ impl GuestTrait for Guest {
     /// staged (`set-method`, `set-body`, 0.3.6) are applied to the view, unless the call
     /// failed: then the key is put back as it was before the call and the staged changes
     /// are dropped, as its left changes are. A method and body that do not go together (a
-    /// `GET` with a body) fail the call here.
+    /// `GET` with a body) fail the call here. With `whole_heads` set, calls `on-request` with
+    /// the whole head instead: nothing is lent, so nothing can be left.
     async fn on_request(
         &self,
         store: &mut Store<PluginState>,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
+        if store.data().whole_heads {
+            // `whole_heads`: the record form, with no handle to leave changes through.
+            let bound = store.data().budget.bound();
+            let record = request.record();
+            let call = exports.call_on_request(&mut *store, &record);
+            return Ok((cut_off(bound, call).await?, Vec::new()));
+        }
         let key_before = request.cache_key();
         let lent = lent_request(store)?;
         swap(store, &lent, request)?;
@@ -146,7 +154,8 @@ impl GuestTrait for Guest {
     }
 
     /// Calls `on-response-lazy`; the response's headers are moved out of `response` for the
-    /// call and back, as the request is in [`Guest::on_request`].
+    /// call and back, as the request is in [`Guest::on_request`]; `on-response`, with whole
+    /// heads, when `whole_heads` is set.
     async fn on_response(
         &self,
         store: &mut Store<PluginState>,
@@ -155,6 +164,12 @@ impl GuestTrait for Guest {
     ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
         let exports = self.0.weir_plugin_http_filter();
         let bound = store.data().budget.bound();
+        if store.data().whole_heads {
+            let head = view::response_record(response.status, &response.headers);
+            let record = request.record();
+            let call = exports.call_on_response(&mut *store, &record, &head);
+            return Ok((cut_off(bound, call).await?, Vec::new()));
+        }
         let (lent_request, lent_response) = (lent_request(store)?, lent_response(store)?);
         swap(store, &lent_request, request)?;
         let mut view = ResponseView {
