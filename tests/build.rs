@@ -1,10 +1,11 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
 //! `tests/plugins/v0_3_5`, `hostile_outbound`, the SDK-based `cache_key` and
-//! `method_body`, and the wasi:http handler `handler_reuse`) and the bundled plugins
+//! `method_body`, the wasi:http handler `handler_reuse`, and `forms`) and the bundled plugins
 //! (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
 //! `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_5_WASM`,
 //! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
-//! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `BUNDLED_PLUGINS_DIR`).
+//! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
+//! `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ fn main() {
         "cache_key",
         "method_body",
         "handler_reuse",
+        "forms",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -104,6 +106,7 @@ fn main() {
             "TEST_PLUGIN_HANDLER_REUSE_WASM",
             "weir_test_plugin_handler_reuse",
         ),
+        ("TEST_PLUGIN_FORMS_WASM", "weir_test_plugin_forms"),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

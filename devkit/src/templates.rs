@@ -55,13 +55,15 @@ impl Lang {
         }
     }
 
-    /// What the README says of those settings.
-    fn settings_note(self) -> &'static str {
+    /// What the README says of the hooks weir calls.
+    fn hooks(self) -> &'static str {
         match self {
             Lang::JsQuickjs => {
-                "\n\nIts settings must say `whole_heads = true`: componentize-qjs 0.4.5 cannot give\nback the handle a lazy hook is lent, so weir calls the record forms instead (they\ncannot leave header changes for the response: set them in `on-response`)."
+                "componentize-qjs 0.4.5 cannot give back the handle a lazy hook is\nlent, so the settings say `whole_heads = true` (in `cases.toml`'s `[plugin]`, and in\n`{{name}}.toml` beside the plugin): weir calls the record forms, `on-request` and\n`on-response`, given whole heads. They have no handle, so the request hook cannot leave\nheader changes for the response (the response hook makes them). The lazy hooks,\n`on-request-lazy` and `on-response-lazy`, are exported too and never called."
             }
-            _ => "",
+            _ => {
+                "weir calls the lazy hooks,\n`on-request-lazy` and `on-response-lazy`, which read the request and response through\nhandles, so the filter pays only for what it reads; the record forms, `on-request` and\n`on-response`, are exported too and answer the same way."
+            }
         }
     }
 
@@ -137,13 +139,14 @@ pub fn write(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
         bail!("{} already exists", dir.display());
     }
     let crate_name = name.replace('-', "_");
+    // The language's own pieces first: they may name the plugin.
     let fill = |text: &str| {
-        text.replace("{{name}}", name)
+        text.replace("{{settings}}", lang.settings())
+            .replace("{{hooks}}", lang.hooks())
+            .replace("{{name}}", name)
             .replace("{{crate}}", &crate_name)
             .replace("{{lang}}", lang.display_name())
             .replace("{{build}}", Lang::BUILD_COMMAND)
-            .replace("{{settings}}", lang.settings())
-            .replace("{{settings_note}}", lang.settings_note())
     };
     let wit = WIT
         .iter()

@@ -59,7 +59,8 @@ impl<F: Filter> Guest for Adapter<F> {
 
     fn on_request(head: RequestHead) -> RequestAction {
         let (action, left) = Self::with(|filter| on_request(filter, Request::new(head)));
-        // weir calls `on-request-lazy`; this form has no handle to leave changes on.
+        // weir calls `on-request-lazy` unless the plugin's settings ask for whole heads
+        // (`whole_heads`); this form has no handle to leave changes on.
         dropped(&left, "on-request (whole head)");
         action
     }
@@ -150,7 +151,9 @@ fn dropped(left: &Left, hook: &str) {
     for what in left.names() {
         crate::log::log(
             crate::log::Level::Warn,
-            &format!("{what} made in {hook} dropped: only on_request can make them"),
+            &format!(
+                "{what} made in {hook} dropped: only on_request lent the request's handle (on-request-lazy) can make them"
+            ),
         );
     }
 }

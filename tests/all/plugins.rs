@@ -705,3 +705,44 @@ async fn the_memory_budget_bounds_all_instances_together() {
         "{held} bytes held after the hog"
     );
 }
+
+/// `whole_heads = true` makes weir call a 0.3.x filter's record forms, given whole heads,
+/// for both head hooks; without it, the lazy hooks. The guest says which form ran, on the
+/// request sent upstream and on the response. On an older plugin the setting changes
+/// nothing, and weir says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_heads_chooses_the_record_forms_for_both_head_hooks() {
+    const FORMS: &[u8] = include_bytes!(env!("TEST_PLUGIN_FORMS_WASM"));
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 5] = [
+        ("plugins/lazy.wasm", FORMS),
+        ("plugins/whole.wasm", FORMS),
+        ("plugins/whole.toml", b"whole_heads = true\n"),
+        // 0.1.0: always given whole heads, so the setting is said to do nothing.
+        ("plugins/old.wasm", PLUGIN),
+        ("plugins/old.toml", b"whole_heads = true\n"),
+    ];
+    let routes = r#"
+[[routes]]
+name = "lazy"
+path_prefix = "/lazy/"
+cluster = "app"
+plugins = ["lazy"]
+
+[[routes]]
+name = "whole"
+path_prefix = "/whole/"
+cluster = "app"
+plugins = ["whole"]
+"#;
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], routes), &files).await;
+    let warning = weir.wait_for_message("whole_heads has no effect").await;
+    assert_eq!(warning["plugin"], "old");
+    for (route, form) in [("lazy", "lazy"), ("whole", "record")] {
+        let (status, headers, _) = get(&weir, &format!("/{route}/x")).await;
+        assert_eq!(status, StatusCode::OK, "{route}");
+        assert_eq!(headers["x-form"], form, "{route}: the response hook");
+        let seen = upstream.requests().pop().expect("upstream saw the request");
+        assert_eq!(seen.headers["x-form"], form, "{route}: the request hook");
+    }
+}

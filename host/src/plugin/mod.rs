@@ -408,6 +408,20 @@ impl PluginRuntime {
             ticking,
         };
         let filter = Filter::load(parts, pre).await.map_err(fail)?;
+        if settings.whole_heads {
+            if filter.deprecated() {
+                tracing::warn!(
+                    plugin = &*filter.info.name,
+                    contract = filter.info.contract,
+                    "whole_heads has no effect: a plugin built against this weir:plugin version is always given whole heads"
+                );
+            } else {
+                tracing::info!(
+                    plugin = &*filter.info.name,
+                    "whole_heads: calling on-request and on-response with whole heads, not the lazy hooks"
+                );
+            }
+        }
         if filter.deprecated() {
             tracing::warn!(
                 plugin = &*filter.info.name,
