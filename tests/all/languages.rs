@@ -85,8 +85,8 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
             routes.push_str(&route(&name, &target));
         }
     }
-    // The QuickJS guard without `whole_heads`: weir calls its lazy hook, which cannot be
-    // answered (the guard's throws), and the request fails closed.
+    // The QuickJS guard without `whole_heads`: weir calls its lazy hook, which returns still
+    // holding the handle it was lent (componentize-qjs 0.4.5), and the request fails closed.
     let wasm = built("filters/js-quickjs/guard.wasm");
     files.push(("plugins/lazy-js-quickjs.wasm".to_owned(), wasm));
     let settings = guard_settings("10.0.0.0/8", "quickjs", false);
@@ -97,7 +97,7 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
         .collect();
-    let weir = Weir::start_within(&config(&[upstream.addr], &routes), &files, SLOW).await;
+    let mut weir = Weir::start_within(&config(&[upstream.addr], &routes), &files, SLOW).await;
 
     for (lang, tag) in FILTERS {
         let deny = format!("/deny-{lang}/orders");
@@ -133,6 +133,14 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
 
     let (status, _, _) = get_with(&weir.url("/lazy-js-quickjs/orders"), &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "quickjs, lazy");
+    // weir's line says what the failure was and the setting that avoids it.
+    let failed = weir.wait_for_message("plugin call failed").await;
+    assert_eq!(failed["plugin"], "lazy-js-quickjs");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("borrow handles still remain") && error.contains("whole_heads = true"),
+        "{failed}"
+    );
 
     // Every guard is built against the current contract. weir calls the lazy hooks (heads
     // read through handles) of all but QuickJS's, whose settings ask for whole heads.

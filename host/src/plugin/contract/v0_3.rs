@@ -150,7 +150,7 @@ impl GuestTrait for Guest {
             request.restore_cache_key(key_before);
             request.drop_staged();
         }
-        Ok((action?, left))
+        Ok((action.map_err(handle_kept)?, left))
     }
 
     /// Calls `on-response-lazy`; the response's headers are moved out of `response` for the
@@ -194,7 +194,7 @@ impl GuestTrait for Guest {
         let left = request.take_leaving();
         // The request has gone upstream: a method or body set now changes nothing.
         request.drop_staged();
-        Ok((action?, left))
+        Ok((action.map_err(handle_kept)?, left))
     }
 
     async fn on_request_body(
@@ -228,6 +228,17 @@ impl GuestTrait for Guest {
         let action = cut_off(bound, call).await;
         store.data_mut().trailers = None;
         action
+    }
+}
+
+/// A lazy hook's failure, with the way out when the guest returned still holding the handle
+/// it was lent: some toolchains never give it back (componentize-qjs 0.4.5), and
+/// `whole_heads` calls the record forms instead.
+fn handle_kept(e: wasmtime::Error) -> wasmtime::Error {
+    if format!("{e:#}").contains("borrow handles still remain") {
+        e.context("the hook returned holding the handle it was lent; if the plugin's toolchain cannot give it back, set whole_heads = true in its NAME.toml")
+    } else {
+        e
     }
 }
 
