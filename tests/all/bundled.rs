@@ -276,20 +276,8 @@ async fn whole_heads_calls_the_record_forms_which_leave_nothing_for_the_response
         ("plugins/whole.wasm", HEADERS),
         ("plugins/whole.toml", whole.as_bytes()),
     ];
-    let routes = r#"
-[[routes]]
-name = "lazy"
-path_prefix = "/lazy/"
-cluster = "app"
-plugins = ["lazy"]
-
-[[routes]]
-name = "whole"
-path_prefix = "/whole/"
-cluster = "app"
-plugins = ["whole"]
-"#;
-    let mut weir = Weir::start_with_files(&config(&[upstream.addr], routes), &files).await;
+    let routes = crate::routes_through_plugins(&["lazy", "whole"]);
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], &routes), &files).await;
 
     for route in ["lazy", "whole"] {
         let path = format!("/{route}/x");

@@ -103,6 +103,19 @@ cluster = "app"
     )
 }
 
+/// Routes `/NAME/…` to cluster `app` through the one plugin of the same name, for each name:
+/// routes to append to [`config`].
+pub fn routes_through_plugins(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\ncluster = \"app\"\nplugins = [\"{name}\"]\n"
+            )
+        })
+        .collect()
+}
+
 /// [`config`] with `server` lines added to its `[server]` and `cluster` lines to cluster
 /// `app`.
 pub fn config_with(endpoints: &[SocketAddr], extra: &str, server: &str, cluster: &str) -> String {

@@ -722,20 +722,8 @@ async fn whole_heads_chooses_the_record_forms_for_both_head_hooks() {
         ("plugins/old.wasm", PLUGIN),
         ("plugins/old.toml", b"whole_heads = true\n"),
     ];
-    let routes = r#"
-[[routes]]
-name = "lazy"
-path_prefix = "/lazy/"
-cluster = "app"
-plugins = ["lazy"]
-
-[[routes]]
-name = "whole"
-path_prefix = "/whole/"
-cluster = "app"
-plugins = ["whole"]
-"#;
-    let mut weir = Weir::start_with_files(&config(&[upstream.addr], routes), &files).await;
+    let routes = crate::routes_through_plugins(&["lazy", "whole"]);
+    let mut weir = Weir::start_with_files(&config(&[upstream.addr], &routes), &files).await;
     let warning = weir.wait_for_message("whole_heads has no effect").await;
     assert_eq!(warning["plugin"], "old");
     for (route, form) in [("lazy", "lazy"), ("whole", "record")] {
