@@ -295,12 +295,7 @@ async fn whole_heads_calls_the_record_forms_which_leave_nothing_for_the_response
     weir.wait_for_message("response header changes made in on-request (whole head) dropped")
         .await;
 
-    let response = http1_client()
-        .get(weir.admin_url("/plugins").parse().expect("uri"))
-        .await
-        .expect("admin response");
-    let plugins: Value =
-        serde_json::from_slice(&read_body(response.into_body()).await).expect("json");
+    let plugins = plugins(&weir).await;
     let whole_heads = |name: &str| {
         plugins
             .as_array()

@@ -81,8 +81,7 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
                 format!("plugins/{name}.toml"),
                 guard_settings(deny, tag, whole_heads(lang)),
             ));
-            let target = format!("cluster = \"app\"\nplugins = [\"{name}\"]");
-            routes.push_str(&route(&name, &target));
+            routes.push_str(&crate::routes_through_plugins(&[&name]));
         }
     }
     // The QuickJS guard without `whole_heads`: weir calls its lazy hook, which returns still
@@ -91,8 +90,7 @@ async fn the_guard_filter_behaves_the_same_in_every_language() {
     files.push(("plugins/lazy-js-quickjs.wasm".to_owned(), wasm));
     let settings = guard_settings("10.0.0.0/8", "quickjs", false);
     files.push(("plugins/lazy-js-quickjs.toml".to_owned(), settings));
-    let target = "cluster = \"app\"\nplugins = [\"lazy-js-quickjs\"]";
-    routes.push_str(&route("lazy-js-quickjs", target));
+    routes.push_str(&crate::routes_through_plugins(&["lazy-js-quickjs"]));
     let files: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))

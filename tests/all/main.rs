@@ -103,6 +103,20 @@ cluster = "app"
     )
 }
 
+/// Starts weir on `files` expecting startup to fail; returns the error it logged.
+pub async fn startup_error(files: &[(&str, &[u8])]) -> String {
+    let upstream = weir_tests::Upstream::start("one").await;
+    let mut weir = weir_tests::Weir::spawn_with_files(&config(&[upstream.addr], ""), files);
+    let status = weir.wait_exit().await;
+    assert!(!status.success(), "weir started with a broken plugin");
+    weir.logs()
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .find(|m| m.starts_with("plugins failed to load"))
+        .unwrap_or_else(|| panic!("no startup error in {:#?}", weir.logs()))
+        .to_owned()
+}
+
 /// Routes `/NAME/…` to cluster `app` through the one plugin of the same name, for each name:
 /// routes to append to [`config`].
 pub fn routes_through_plugins(names: &[&str]) -> String {

@@ -237,23 +237,9 @@ async fn retired(weir: &Weir, reason: &str) -> f64 {
     retired.await.expect("the series")
 }
 
-/// Starts weir on `files` expecting startup to fail; returns the error it logged.
-async fn startup_error(files: &[(&str, &[u8])]) -> String {
-    let upstream = Upstream::start("one").await;
-    let mut weir = Weir::spawn_with_files(&config(&[upstream.addr], ""), files);
-    let status = weir.wait_exit().await;
-    assert!(!status.success(), "weir started with a broken plugin");
-    weir.logs()
-        .iter()
-        .filter_map(|l| l["fields"]["message"].as_str())
-        .find(|m| m.starts_with("plugins failed to load"))
-        .unwrap_or_else(|| panic!("no startup error in {:#?}", weir.logs()))
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_that_rejects_its_config_stops_startup() {
-    let error = startup_error(&[
+    let error = crate::startup_error(&[
         ("plugins/10-test.wasm", PLUGIN),
         ("plugins/10-test.toml", b"[config]\nreject = true\n"),
     ])
@@ -266,7 +252,7 @@ async fn plugin_that_rejects_its_config_stops_startup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_file_stops_startup_with_its_reason() {
-    let error = startup_error(&[("plugins/broken.wasm", b"not wasm at all")]).await;
+    let error = crate::startup_error(&[("plugins/broken.wasm", b"not wasm at all")]).await;
     assert!(
         error.contains("broken.wasm") && error.contains("not a valid wasm component"),
         "{error}"
@@ -356,7 +342,7 @@ async fn invalid_change_is_500_naming_the_plugin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_files_with_one_plugin_name_stop_startup() {
-    let error = startup_error(&[
+    let error = crate::startup_error(&[
         ("plugins/10-test.wasm", PLUGIN),
         ("plugins/20-test.wasm", PLUGIN),
     ])
@@ -371,7 +357,7 @@ async fn two_files_with_one_plugin_name_stop_startup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_above_the_pool_slot_is_rejected_at_load() {
-    let error = startup_error(&[
+    let error = crate::startup_error(&[
         ("plugins/10-test.wasm", PLUGIN),
         ("plugins/10-test.toml", b"memory_limit_mb = 1024\n"),
     ])
