@@ -324,7 +324,7 @@ async fn cors_any_origin_is_a_star_but_never_with_credentials() {
     drop(weir);
 
     let credentialed = "[config]\nallow_origins = [\"*\"]\nallow_credentials = true\n";
-    let error = startup_error(
+    let error = crate::startup_error_with(
         &config(&[upstream.addr], ""),
         &[
             ("plugins/cors.wasm", CORS),
@@ -338,22 +338,6 @@ async fn cors_any_origin_is_a_star_but_never_with_credentials() {
             && error.contains("the Fetch standard forbids"),
         "{error}"
     );
-}
-
-/// Starts weir expecting startup to fail; returns the error it logged.
-async fn startup_error(config: &str, files: &[(&str, &[u8])]) -> String {
-    let mut weir = Weir::spawn_with_files(config, files);
-    let status = weir.wait_exit().await;
-    assert!(
-        !status.success(),
-        "weir started with a config it should refuse"
-    );
-    weir.logs()
-        .iter()
-        .filter_map(|l| l["fields"]["message"].as_str())
-        .find(|m| m.starts_with("plugins failed to load"))
-        .unwrap_or_else(|| panic!("no startup error in {:#?}", weir.logs()))
-        .to_owned()
 }
 
 const IP_RULES_TOML: &str = r#"
@@ -538,7 +522,7 @@ fn ipv6_listener(weir: &Weir) -> SocketAddr {
 async fn invalid_cidrs_are_refused_at_load() {
     let upstream = Upstream::start("app").await;
     let broken = "[config]\nallow = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n";
-    let error = startup_error(
+    let error = crate::startup_error_with(
         &config(&[upstream.addr], ""),
         &[
             ("plugins/ip-restriction.wasm", IP_RESTRICTION),

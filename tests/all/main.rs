@@ -103,12 +103,18 @@ cluster = "app"
     )
 }
 
-/// Starts weir on `files` expecting startup to fail; returns the error it logged.
+/// Starts weir on `files` (and the catch-all [`config`]) expecting startup to fail; returns
+/// the error it logged.
 pub async fn startup_error(files: &[(&str, &[u8])]) -> String {
     let upstream = weir_tests::Upstream::start("one").await;
-    let mut weir = weir_tests::Weir::spawn_with_files(&config(&[upstream.addr], ""), files);
+    startup_error_with(&config(&[upstream.addr], ""), files).await
+}
+
+/// [`startup_error`] with a config of the test's own.
+pub async fn startup_error_with(config: &str, files: &[(&str, &[u8])]) -> String {
+    let mut weir = weir_tests::Weir::spawn_with_files(config, files);
     let status = weir.wait_exit().await;
-    assert!(!status.success(), "weir started with a broken plugin");
+    assert!(!status.success(), "weir started with what it should refuse");
     weir.logs()
         .iter()
         .filter_map(|l| l["fields"]["message"].as_str())
