@@ -568,8 +568,61 @@ enum Change {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
+    // A plugin sets the same few names on every request: each thread keeps the names it
+    // made last, so a repeated one is a look-up and a reference count, not a validation,
+    // a lower-casing and (for a name hyper does not know) an allocation.
+    let slot = name_slot(name);
+    let cached = NAMES.with_borrow(|names| match &names[slot] {
+        Some((made_from, made)) if **made_from == *name => Some(made.clone()),
+        _ => None,
+    });
+    if let Some(made) = cached {
+        return Ok(made);
+    }
     // from_bytes lower-cases, so `X-Foo` and `x-foo` are one header.
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
+    let made = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    if name.len() <= MAX_CACHED_NAME {
+        NAMES.with_borrow_mut(|names| names[slot] = Some((name.into(), made.clone())));
+    }
+    Ok(made)
+}
+
+/// The header names plugins made last on this thread, each under a slot its text hashes
+/// to (a name that hashes to a taken slot replaces the one there).
+type NameCache = [Option<(Box<str>, HeaderName)>; NAME_SLOTS];
+
+/// A power of two ([`name_slot`] takes the top bits of a product).
+const NAME_SLOTS: usize = 64;
+
+/// Longer names are made every time: a plugin making long names cannot make each thread
+/// hold more than a few kilobytes of them.
+const MAX_CACHED_NAME: usize = 64;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<NameCache> =
+        const { std::cell::RefCell::new([const { None }; NAME_SLOTS]) };
+}
+
+/// The slot `name` is kept in: its length and its first and last eight bytes, mixed by one
+/// multiplication (a name's bytes one by one cost more than the look-up saves), so names
+/// that share a start (`x-ratelimit-limit`, `x-ratelimit-reset`) land apart.
+fn name_slot(name: &str) -> usize {
+    let bytes = name.as_bytes();
+    let word = |part: &[u8]| {
+        part.try_into()
+            .map(u64::from_le_bytes)
+            .unwrap_or_else(|_| part.iter().fold(0, |w, &b| (w << 8) | u64::from(b)))
+    };
+    let head = word(bytes.get(..8).unwrap_or(bytes));
+    let tail = word(
+        bytes
+            .get(bytes.len().saturating_sub(8)..)
+            .unwrap_or_default(),
+    );
+    let mixed =
+        (head ^ tail.rotate_left(29) ^ bytes.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> (64 - NAME_SLOTS.trailing_zeros())) as usize
 }
 
 /// The plugin's header as hyper's, without a copy of the value (the bytes were lifted out of
@@ -673,4 +726,46 @@ fn local_response(
     }
     plugin.metrics.local_replies.inc();
     Ok((parts, local.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_made_once_per_thread_and_checked_every_time() {
+        let first = header_name("X-RateLimit-Limit").unwrap();
+        assert_eq!(first.as_str(), "x-ratelimit-limit");
+        // Made again from the cache: the same name, sharing its bytes.
+        let again = header_name("X-RateLimit-Limit").unwrap();
+        assert_eq!(again, first);
+        assert_eq!(again.as_str().as_ptr(), first.as_str().as_ptr());
+        // Another spelling is another entry, for the same header.
+        assert_eq!(header_name("x-ratelimit-limit").unwrap(), first);
+        // Invalid names are refused every time, and never cached.
+        for _ in 0..2 {
+            assert!(header_name("bad name").is_err());
+            assert!(header_name("").is_err());
+        }
+        // Every slot taken and taken again: each look-up still answers its own name.
+        for round in 0..2 {
+            for i in 0..(3 * NAME_SLOTS) {
+                let name = format!("x-name-{i}");
+                assert_eq!(header_name(&name).unwrap().as_str(), name, "round {round}");
+            }
+        }
+        assert_ne!(
+            name_slot("x-ratelimit-limit"),
+            name_slot("x-ratelimit-reset")
+        );
+        // A long name is made, not kept.
+        let long = "x-".repeat(MAX_CACHED_NAME);
+        assert_eq!(header_name(&long).unwrap().as_str(), long);
+        let slot = name_slot(&long);
+        assert!(NAMES.with_borrow(|names| {
+            names[slot]
+                .as_ref()
+                .is_none_or(|(made_from, _)| **made_from != *long)
+        }));
+    }
 }

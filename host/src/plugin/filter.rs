@@ -333,8 +333,7 @@ impl Filter {
         instance.probe = probe;
         instance.uses += 1;
         let state = instance.store.data_mut();
-        state.request_id.clear();
-        state.request_id.push_str(request.request_id());
+        state.request_id.clone_from(request.request_id_handle());
         state.trace_id = request.trace().map(|t| t.id.clone());
         if !self.info.settings.clusters.is_empty() {
             state.outbound = request.outbound().cloned();

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::ManualClock;
 use super::memory::Limits;
 use super::outbound::Outbound;
+use super::view::RequestId;
 use crate::kv::{KvQuota, KvStore};
 use crate::metrics::{PluginMetric, PluginMetricSet};
 
@@ -32,7 +33,7 @@ pub(crate) struct PluginState {
     /// What its `NAME.toml` grants of `kv`: `None` denies every call (`host_api::kv`).
     pub(crate) kv_quota: Option<KvQuota>,
     /// The request the current call serves, for log lines.
-    pub(crate) request_id: String,
+    pub(crate) request_id: RequestId,
     /// The request's trace id, when it is traced, for log lines.
     pub(crate) trace_id: Option<Arc<str>>,
     /// The metrics the loaded version of the plugin declared, shared by its instances.
@@ -73,7 +74,7 @@ impl PluginState {
             plugin,
             kv,
             kv_quota: None,
-            request_id: String::new(),
+            request_id: RequestId::default(),
             trace_id: None,
             metric_set,
             metrics: Vec::new(),

@@ -53,8 +53,8 @@ pub struct RequestView {
     /// The client's `ip:port`.
     client: Arc<str>,
     route: Arc<str>,
-    /// The request id as text (made once: every hook call logs under it).
-    request_id: String,
+    /// The request id (every hook call logs under it).
+    request_id: RequestId,
     /// Response header changes plugins left, if any did (boxed: most requests have none,
     /// and the view is moved in and out of each call).
     left: Option<Box<Left>>,
@@ -66,6 +66,38 @@ pub struct RequestView {
     outbound: Option<OutboundHandle>,
     /// The method and body request hooks set (0.3.6), if any did (boxed as `left` is).
     rewrite: Option<Box<Rewrite>>,
+}
+
+/// A request's id, cheap to copy into each hook call's state: the header itself when it is
+/// UTF-8 (weir's own ids and nearly every client's), else a lossy copy. Read as text only
+/// when something is logged under it.
+#[derive(Debug, Clone)]
+pub(crate) enum RequestId {
+    Header(HeaderValue),
+    Copied(Arc<str>),
+}
+
+impl RequestId {
+    fn new(id: &HeaderValue) -> RequestId {
+        match std::str::from_utf8(id.as_bytes()) {
+            Ok(_) => RequestId::Header(id.clone()),
+            Err(_) => RequestId::Copied(String::from_utf8_lossy(id.as_bytes()).into()),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Checked in `new`; a header's bytes do not change.
+            RequestId::Header(id) => std::str::from_utf8(id.as_bytes()).unwrap_or_default(),
+            RequestId::Copied(id) => id,
+        }
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId::Header(HeaderValue::from_static(""))
+    }
 }
 
 /// What request hooks did to the method and body through the request's handle
@@ -121,8 +153,7 @@ impl RequestView {
             authority,
             client,
             route,
-            // Lossy only for a client-sent id that is not UTF-8.
-            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            request_id: RequestId::new(request_id),
             left: None,
             tls: None,
             trace: None,
@@ -168,7 +199,7 @@ impl RequestView {
             authority: None,
             client: empty(),
             route: empty(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             left: None,
             tls: None,
             trace: None,
@@ -425,6 +456,11 @@ impl RequestView {
 
     /// The request id, for logs and for the plugins (lossy if a client sent a non-UTF-8 one).
     pub(crate) fn request_id(&self) -> &str {
+        self.request_id.as_str()
+    }
+
+    /// The request id, to be kept by what logs under it.
+    pub(crate) fn request_id_handle(&self) -> &RequestId {
         &self.request_id
     }
 
@@ -438,7 +474,7 @@ impl RequestView {
             headers: header_list(&self.parts.headers),
             client_address: self.client.to_string(),
             route: self.route.to_string(),
-            request_id: self.request_id.clone(),
+            request_id: self.request_id().to_owned(),
         }
     }
 }
@@ -529,6 +565,17 @@ mod tests {
             .map(|(_, v)| v.as_slice())
             .collect();
         assert_eq!(tags, [b"one".as_slice(), b"two".as_slice()]);
+    }
+
+    #[test]
+    fn request_ids_are_text_and_a_client_id_that_is_not_utf8_is_made_lossy() {
+        assert_eq!(view().request_id(), "id-1");
+        let (parts, ()) = request::Request::new(()).into_parts();
+        let sent = HeaderValue::from_bytes(b"id-\xff-\xc3\xa9").expect("obs-text is allowed");
+        let lossy = RequestView::new(parts, None, Arc::from(""), Arc::from(""), &sent);
+        assert_eq!(lossy.request_id(), "id-\u{fffd}-\u{e9}");
+        assert_eq!(lossy.record().request_id, "id-\u{fffd}-\u{e9}");
+        assert_eq!(RequestView::placeholder().request_id(), "");
     }
 
     #[test]

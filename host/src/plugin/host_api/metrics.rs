@@ -81,7 +81,9 @@ fn update(
     };
     if let Err(error) = result {
         let name = metric.map(|m| m.name());
-        state.metric_set.failed(error, name, &state.request_id);
+        state
+            .metric_set
+            .failed(error, name, state.request_id.as_str());
     }
 }
 
