@@ -5,8 +5,9 @@
 //! response body is an [`UpstreamBody`] (which gives its connection back to the pool when it
 //! ends). Replies weir makes itself (and bodies a plugin rewrote) are a [`Full`] buffer; a
 //! response body that was partly read before it proved too large for a body hook is
-//! [`Prefixed`]: what was read, then the rest of the stream. One enum avoids boxing every
-//! body on the request path.
+//! [`Prefixed`]: what was read, then the rest of the stream; a response compressed on its
+//! way out is `Coded` (boxed: it is the rare one). One enum avoids boxing every body on the
+//! request path.
 //!
 //! The data path is generic over the client's request body ([`DownstreamBody`]): hyper's
 //! `Incoming` from a real connection, taken as it is, or any other body, boxed (tests drive

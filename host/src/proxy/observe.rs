@@ -1,10 +1,10 @@
 //! What a request leaves behind when its response ends: its route's metrics (count, duration,
-//! bytes) and, when the access log samples it, its record. [`Watch::start`] notes the
+//! bytes), when the access log samples it, its record, and when it is traced, its span. [`Watch::start`] notes the
 //! request's start; [`Watch::finish`] hands the watch to the [`ResponseBody`] every response
 //! leaves in, which counts the bytes sent and settles the request at the body's end, or when
 //! the body is dropped unfinished (the client went away).
 //!
-//! With metrics off and no access log, nothing here runs: `start` returns `None`, and the
+//! With metrics off, no access log and no tracing, nothing here runs: `start` returns `None`, and the
 //! response body is the proxy's, with one branch per frame.
 
 use std::pin::Pin;
@@ -32,7 +32,8 @@ use opentelemetry::KeyValue;
 pub(super) struct Watch(Box<Observed>);
 
 impl Watch {
-    /// Starts watching `request`, unless the generation keeps no metrics and no access log.
+    /// Starts watching `request`, unless the generation keeps no metrics, no access log and
+    /// no traces.
     pub(super) fn start<B: Body>(
         generation: &Arc<Generation>,
         request: &Request<B>,

@@ -1,5 +1,6 @@
 //! File watching: the only module that knows `notify`. It turns file-system events on the
-//! plugin folder and the config file into a bare "something changed" signal; what changed is
+//! plugin folder, the config file and the folders of the TLS certificates and keys into a
+//! bare "something changed" signal; what changed is
 //! worked out by the rescan, never from the events themselves (they coalesce, reorder and
 //! differ between platforms).
 

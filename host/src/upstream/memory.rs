@@ -1,5 +1,5 @@
-//! An in-memory [`Connector`]: each connection is a duplex pipe with a hyper HTTP/1.1 server
-//! on the far end, answering every request with a function of it. What the data path's
+//! An in-memory [`Connector`]: each connection is a duplex pipe with a hyper server on the
+//! far end (HTTP/1.1, or HTTP/2 with prior knowledge for an `h2c` cluster), answering every request with a function of it. What the data path's
 //! tests and `weir plugin test` put behind a cluster, so that nothing leaves the process.
 
 use std::collections::HashMap;
