@@ -426,17 +426,15 @@ impl RateLimit {
         });
         let mut unremembered = Settled::new();
         let mut settled = self.settled.borrow_mut();
-        if !settled.contains_key(key) {
-            if settled.len() >= MAX_SETTLED {
-                settled.clear();
-            }
-            settled.insert(key.to_owned(), vec![Settled::new(); self.limits.len()]);
+        if settled.len() >= MAX_SETTLED && !settled.contains_key(key) {
+            settled.clear();
         }
-        // Always present (inserted above, a list per limit); if not, read without remembering.
-        let known = settled
-            .get_mut(key)
-            .and_then(|limits| limits.get_mut(index))
-            .unwrap_or(&mut unremembered);
+        // One look-up a request: the key is copied, which costs less than hashing it twice.
+        let limits = settled
+            .entry(key.to_owned())
+            .or_insert_with(|| vec![Settled::new(); self.limits.len()]);
+        // A list per limit; if not, read without remembering.
+        let known = limits.get_mut(index).unwrap_or(&mut unremembered);
         let oldest_slot = slot.saturating_sub(u64::from(self.slots));
         known.retain(|&(s, _)| s >= oldest_slot);
         for j in 2..=u64::from(self.slots) {
