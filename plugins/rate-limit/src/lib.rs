@@ -6,32 +6,32 @@
 //!
 //! Each window is cut into `slots` slots (10 by default; a 10 s window has 1 s slots), and
 //! each slot is one `kv` counter, created with a TTL of one window plus one slot. A request
-//! atomically increments the current slot's counter, which gives it a unique position `n`,
-//! then reads the older slots of the window. The count is
+//! reads the older slots of the window, then one `increment-within` (weir:plugin 0.3.4) adds
+//! it to the current slot only if
 //!
 //! ```text
-//! used = n + (the full slots before the current one) + (the oldest slot, weighted by how
-//!        much of it is still inside the window)
+//! used = (the current slot, this request included) + (the full slots before it) + (the
+//!        oldest slot, weighted by how much of it is still inside the window)
 //! ```
 //!
-//! and the request is admitted if `used <= requests`. A refused request takes its increment
-//! back, so refusals do not consume the quota (Envoy's and Kong's behaviour).
+//! stays within `requests`, atomically in the store. A refused request is counted nowhere,
+//! so refusals do not consume the quota (Envoy's and Kong's behaviour), and there is nothing
+//! to take back (except the increments of earlier limits when a later one refuses).
 //!
-//! Why this one: it needs only `increment` and `get`, which the host's `kv` makes atomic;
-//! GCRA and token buckets need compare-and-set, which it does not have. The increment hands
-//! out unique positions, so concurrent requests on one key never overshoot within a slot:
-//! with 4 clients on a 100-per-10-s key, exactly 100 pass. Unlike a fixed window it does not
-//! let 2× the limit through across a window edge; its only approximation is the oldest
-//! slot's weighting, which is off by at most one slot's count at the window's trailing edge.
+//! Why this one: the store makes `increment-within` atomic, so concurrent requests on one
+//! key never overshoot within a slot, on one weir or many sharing Redis: with 4 clients on a
+//! 100-per-10-s key, exactly 100 pass. Unlike a fixed window it does not let 2× the limit
+//! through across a window edge; its only approximation is the oldest slot's weighting, which
+//! is off by at most one slot's count at the window's trailing edge. `algorithm = "gcra"`
+//! (with `compare-and-set`) is the other choice: a burst, then one request per interval.
 //!
 //! # Fewer store reads: settled slots are remembered
 //!
-//! A slot two or more slots old is *settled*: only the request that computed its time inside
-//! that slot writes it (its increment, or the refund in the same hook call), and such a call
-//! has long finished. Each instance keeps the counts of settled slots it has read, so a
-//! request costs one `increment` and one `get` (the previous slot, which may still see late
-//! writes) instead of `slots + 1` store calls. Counts are remembered per key; all are
-//! forgotten when more than [`MAX_SETTLED`] keys are held.
+//! A slot two or more slots old is *settled*: only requests that computed their time inside
+//! it write it, and those calls have long finished. Each instance keeps the counts of settled
+//! slots it has read, so a request costs one `get` (the previous slot, which may still see
+//! late writes) and one `increment-within` instead of `slots + 1` store calls. Counts are
+//! remembered per key; all are forgotten when more than [`MAX_SETTLED`] keys are held.
 //!
 //! # Headers without a response hook
 //!
