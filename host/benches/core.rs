@@ -91,6 +91,7 @@ fn benches(c: &mut Criterion) {
         Arc::from("10.0.0.7:50412"),
         Arc::from("api"),
         &HeaderValue::from_static("0d6f2a3c-bench"),
+        true,
     );
     // What a hook that takes the request whole (0.2.0, 0.1.0, body hooks) is given per call;
     // a 0.3.0 hook reads hyper's head through a handle instead.

@@ -148,6 +148,7 @@ fn request() -> RequestView {
         Arc::from("10.0.0.7:50412"),
         Arc::from("api"),
         &HeaderValue::from_static("0d6f2a3c-bench"),
+        true,
     )
 }
 

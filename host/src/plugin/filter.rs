@@ -18,7 +18,7 @@ use super::contract::current::types::{
 use super::contract::{AnyGuest, AnyPre, Guest as _, HookError, Hooks, on_guest};
 use super::memory::{Limits, MemoryBudget};
 use super::state::PluginState;
-use super::view::RequestView;
+use super::view::{RequestId, RequestView};
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::kv::KvStore;
 use crate::metrics::{FailureKind, Held, PluginMetrics, Tick, metrics};
@@ -382,8 +382,10 @@ impl Filter {
     }
 
     fn checkin(&self, mut instance: Box<Instance>) {
-        // An idle instance keeps no request's generation alive.
-        instance.store.data_mut().outbound = None;
+        // An idle instance keeps no request's generation, nor its id, alive.
+        let state = instance.store.data_mut();
+        state.outbound = None;
+        state.request_id = RequestId::default();
         // One whose memory keeps growing is replaced before it reaches its cap.
         let limits = &mut instance.store.data_mut().limits;
         let max_uses = self.info.settings.max_uses;

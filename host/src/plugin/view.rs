@@ -68,9 +68,10 @@ pub struct RequestView {
     rewrite: Option<Box<Rewrite>>,
 }
 
-/// A request's id, cheap to copy into each hook call's state: the header itself when it is
-/// UTF-8 (weir's own ids and nearly every client's), else a lossy copy. Read as text only
-/// when something is logged under it.
+/// A request's id, cheap to copy into each hook call's state, read as text only when
+/// something is logged under it. weir's own id is the header itself (an allocation of its
+/// own); a client's is copied (lossy if it is not UTF-8): hyper's header values are slices
+/// of the connection's read buffer, which a plugin instance must not keep alive.
 #[derive(Debug, Clone)]
 pub(crate) enum RequestId {
     Header(HeaderValue),
@@ -78,10 +79,10 @@ pub(crate) enum RequestId {
 }
 
 impl RequestId {
-    fn new(id: &HeaderValue) -> RequestId {
+    fn new(id: &HeaderValue, ours: bool) -> RequestId {
         match std::str::from_utf8(id.as_bytes()) {
-            Ok(_) => RequestId::Header(id.clone()),
-            Err(_) => RequestId::Copied(String::from_utf8_lossy(id.as_bytes()).into()),
+            Ok(_) if ours => RequestId::Header(id.clone()),
+            _ => RequestId::Copied(String::from_utf8_lossy(id.as_bytes()).into()),
         }
     }
 
@@ -140,20 +141,21 @@ pub struct ResponseView {
 }
 
 impl RequestView {
-    /// The view of a routed request.
+    /// The view of a routed request; `request_id_is_ours` when weir made the id.
     pub fn new(
         parts: request::Parts,
         authority: Option<HeaderValue>,
         client: Arc<str>,
         route: Arc<str>,
         request_id: &HeaderValue,
+        request_id_is_ours: bool,
     ) -> RequestView {
         RequestView {
             parts,
             authority,
             client,
             route,
-            request_id: RequestId::new(request_id),
+            request_id: RequestId::new(request_id, request_id_is_ours),
             left: None,
             tls: None,
             trace: None,
@@ -545,6 +547,7 @@ mod tests {
             Arc::from("10.0.0.7:50412"),
             Arc::from("api"),
             &HeaderValue::from_static("id-1"),
+            true,
         )
     }
 
@@ -572,10 +575,27 @@ mod tests {
         assert_eq!(view().request_id(), "id-1");
         let (parts, ()) = request::Request::new(()).into_parts();
         let sent = HeaderValue::from_bytes(b"id-\xff-\xc3\xa9").expect("obs-text is allowed");
-        let lossy = RequestView::new(parts, None, Arc::from(""), Arc::from(""), &sent);
+        let lossy = RequestView::new(parts, None, Arc::from(""), Arc::from(""), &sent, false);
         assert_eq!(lossy.request_id(), "id-\u{fffd}-\u{e9}");
         assert_eq!(lossy.record().request_id, "id-\u{fffd}-\u{e9}");
         assert_eq!(RequestView::placeholder().request_id(), "");
+    }
+
+    #[test]
+    fn a_client_request_id_is_copied_and_weirs_own_is_shared() {
+        // A client's id, a slice of what hyper read from the connection.
+        let read = bytes::Bytes::from(b"GET / HTTP/1.1\r\nx-request-id: abc-123\r\n".to_vec());
+        let sent = HeaderValue::from_maybe_shared(read.slice(30..37)).expect("header value");
+        let view = |ours| {
+            let (parts, ()) = request::Request::new(()).into_parts();
+            RequestView::new(parts, None, Arc::from(""), Arc::from(""), &sent, ours)
+        };
+        let client = view(false);
+        assert_eq!(client.request_id(), "abc-123");
+        assert_ne!(client.request_id().as_ptr(), sent.as_bytes().as_ptr());
+        let ours = view(true);
+        assert_eq!(ours.request_id(), "abc-123");
+        assert_eq!(ours.request_id().as_ptr(), sent.as_bytes().as_ptr());
     }
 
     #[test]

@@ -341,7 +341,8 @@ async fn proxy<B: DownstreamBody>(
         let chain = &route.chain;
         let route_name = chain.route().clone();
         let client = ctx.client_text();
-        let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id);
+        let ours = ctx.request_id_is_ours;
+        let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id, ours);
         if let Some(tls) = &ctx.client.tls {
             view.set_tls(tls.clone());
         }

@@ -787,6 +787,33 @@ mod tests {
     }
 
     #[test]
+    fn remembered_counts_are_forgotten_all_at_once_past_the_most_keys() {
+        let rl = limiter("key = \"consumer\"\n[[limits]]\nrequests = 1000\nwindow = \"10s\"");
+        align(1000);
+        let from = |user: &str| {
+            let request = TestRequest::get("/").header("x-consumer-id", user);
+            rl.request(request).forwarded();
+        };
+        let calls = |user: &str| {
+            let before = testing::kv_calls();
+            from(user);
+            testing::kv_calls() - before
+        };
+        // A fresh key reads its nine settled slots, the previous one, and increments.
+        testing::advance(Duration::from_secs(20));
+        assert_eq!(calls("alice"), 11);
+        assert_eq!(calls("alice"), 2, "settled slots remembered");
+        // Keys up to the most remembered keep alice's counts ...
+        for i in 1..super::MAX_SETTLED {
+            from(&format!("user-{i}"));
+        }
+        assert_eq!(calls("alice"), 2);
+        // ... and one more forgets every key's, which are read again.
+        from("one-too-many");
+        assert_eq!(calls("alice"), 11);
+    }
+
+    #[test]
     fn keys_separate_clients_headers_consumers_and_routes() {
         let by_client = limiter("[[limits]]\nrequests = 1\nwindow = \"1m\"");
         by_client
