@@ -387,7 +387,7 @@ impl Filter {
         state.outbound = None;
         state.request_id = RequestId::default();
         // One whose memory keeps growing is replaced before it reaches its cap.
-        let limits = &mut instance.store.data_mut().limits;
+        let limits = &mut state.limits;
         let max_uses = self.info.settings.max_uses;
         if !super::serves_again(
             limits,

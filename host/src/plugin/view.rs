@@ -80,9 +80,11 @@ pub(crate) enum RequestId {
 
 impl RequestId {
     fn new(id: &HeaderValue, ours: bool) -> RequestId {
-        match std::str::from_utf8(id.as_bytes()) {
-            Ok(_) if ours => RequestId::Header(id.clone()),
-            _ => RequestId::Copied(String::from_utf8_lossy(id.as_bytes()).into()),
+        if ours && std::str::from_utf8(id.as_bytes()).is_ok() {
+            RequestId::Header(id.clone())
+        } else {
+            // A client's id is checked once, by the lossy copy.
+            RequestId::Copied(String::from_utf8_lossy(id.as_bytes()).into())
         }
     }
 
