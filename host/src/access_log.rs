@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::HeaderValue;
 use http::{Method, Version};
 
-use crate::config::{AccessLogConfig, Config, LogFormat, LogTarget};
+use crate::config::{AccessLogConfig, Config, LogField, LogFormat, LogTarget};
 use crate::generation::Generation;
 use crate::metrics::{Tick, metrics};
 use crate::tls::TlsInfo;
@@ -42,8 +42,57 @@ struct Shared {
     /// SIGUSR1 came: reopen the file after writing what is queued.
     reopen: AtomicBool,
     format: LogFormat,
+    /// The fields `fields` chose, each with what precedes it; `None`: every field (the fast
+    /// paths, [`Entry::write_json`] and [`Entry::write`]).
+    fields: Option<Box<[Chosen]>>,
     /// The most records a batch holds.
     limit: usize,
+}
+
+/// A field of a record whose fields were chosen, and what precedes its value in either
+/// format: `{"name":` (the first) or `,"name":` in JSON, `name=` or ` name=` in text.
+#[derive(Debug)]
+struct Chosen {
+    field: LogField,
+    json: Prefix,
+    text: Prefix,
+}
+
+impl Chosen {
+    fn list(fields: &[LogField]) -> Box<[Chosen]> {
+        let chosen = fields.iter().enumerate().map(|(i, &field)| {
+            let name = field.name();
+            let (json, text) = if i == 0 {
+                (format!("{{\"{name}\":"), format!("{name}="))
+            } else {
+                (format!(",\"{name}\":"), format!(" {name}="))
+            };
+            Chosen {
+                field,
+                json: Prefix::new(&json),
+                text: Prefix::new(&text),
+            }
+        });
+        chosen.collect()
+    }
+}
+
+/// What precedes a chosen field's value, in a block of fixed size: copied whole (a few
+/// moves, where a copy of its own length is a `memcpy` call), then the line goes on after
+/// its length. The longest, `,"upstream_duration":`, is 22 bytes.
+#[derive(Debug)]
+struct Prefix {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Prefix {
+    fn new(text: &str) -> Prefix {
+        let mut bytes = [0; 32];
+        let len = text.len().min(32);
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Prefix { bytes, len }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +229,7 @@ impl AccessLog {
             }),
             reopen: AtomicBool::new(false),
             format: config.format,
+            fields: config.fields.as_deref().map(Chosen::list),
             limit: config.queue,
         });
         let writer = Arc::downgrade(&shared);
@@ -209,10 +259,16 @@ impl AccessLog {
         }
         batch.records += 1;
         let format = shared.format;
-        batch.lines.push(entry.room(), |out| match format {
-            LogFormat::Json => entry.write_json(out),
-            LogFormat::Text => entry.write(&mut Text(out)),
-        });
+        match &shared.fields {
+            None => batch.lines.push(entry.room(), |out| match format {
+                LogFormat::Json => entry.write_json(out),
+                LogFormat::Text => entry.write(&mut Text(out)),
+            }),
+            Some(fields) => batch.lines.push(entry.room(), |out| match format {
+                LogFormat::Json => entry.write_chosen(fields, &mut Json(out)),
+                LogFormat::Text => entry.write_chosen(fields, &mut Text(out)),
+            }),
+        }
     }
 
     /// Writes every record formatted so far: at shutdown, so the last requests' records are
@@ -444,9 +500,13 @@ impl<'a> Value<'a> {
 /// A line format. Each field comes with what precedes its value in either format (its name,
 /// and the separator before it), as constants, so each is a few stores.
 trait Line {
-    fn field(&mut self, json: &'static str, text: &'static str, value: Value<'_>);
+    fn field(&mut self, json: &str, text: &str, value: Value<'_>);
     /// Seconds with microsecond precision: `0.001234`.
-    fn seconds(&mut self, json: &'static str, text: &'static str, value: Option<Duration>);
+    fn seconds(&mut self, json: &str, text: &str, value: Option<Duration>);
+    /// A chosen field ([`Entry::write_chosen`]).
+    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>);
+    /// A chosen field in seconds.
+    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>);
     /// Fields already formatted for this format (`Names`' pieces).
     fn piece(&mut self, piece: &[u8]);
     fn end(&mut self);
@@ -544,6 +604,76 @@ impl Entry<'_> {
             line.end();
         }
     }
+    /// The record's `fields`, in their order: what `fields` in `[access_log]` chose. Each
+    /// field's value is what [`Entry::write`] writes for it (the test
+    /// `chosen_fields_are_written_as_in_the_full_record` holds them equal).
+    fn write_chosen(&self, fields: &[Chosen], line: &mut impl Line) {
+        let mut digits = Digits::default();
+        let config = &self.generation.config;
+        let cluster = self.cluster.and_then(|c| config.clusters.get(c));
+        let tls = self.tls;
+        for chosen in fields {
+            let value = match chosen.field {
+                LogField::Time => {
+                    line.chosen(chosen, Value::Safe(&record_time(self.time)));
+                    continue;
+                }
+                LogField::RequestId => match self.request_id {
+                    Some(id) if self.request_id_is_ours => Value::Safe(id.as_bytes()),
+                    id => Value::text(id.map(HeaderValue::as_bytes)),
+                },
+                LogField::TraceId => self
+                    .trace_id
+                    .map_or(Value::Null, |id| Value::Safe(id.as_bytes())),
+                LogField::Client => Value::Safe(self.client.as_bytes()),
+                LogField::Method => Value::Safe(self.method.as_str().as_bytes()),
+                LogField::Host => Value::text(self.host),
+                LogField::Path => Value::Text(self.path.as_bytes()),
+                LogField::Protocol => Value::Safe(protocol(self.version).as_bytes()),
+                LogField::Status => Value::Bare(number(u64::from(self.status), &mut digits)),
+                LogField::BytesIn => Value::Bare(number(self.bytes_in, &mut digits)),
+                LogField::BytesOut => Value::Bare(number(self.bytes_out, &mut digits)),
+                LogField::Duration => {
+                    line.chosen_seconds(chosen, Some(self.duration));
+                    continue;
+                }
+                LogField::UpstreamDuration => {
+                    line.chosen_seconds(chosen, self.upstream_duration);
+                    continue;
+                }
+                LogField::Route => Value::text(
+                    self.route
+                        .and_then(|r| config.routes.get(r))
+                        .map(|r| r.name.as_bytes()),
+                ),
+                LogField::Cluster => Value::text(cluster.map(|c| c.name.as_bytes())),
+                LogField::Endpoint => Value::text(
+                    cluster
+                        .zip(self.endpoint)
+                        .and_then(|(c, e)| c.endpoints.get(e))
+                        .map(|e| e.authority.as_str().as_bytes()),
+                ),
+                LogField::Attempts => Value::Bare(number(u64::from(self.attempts), &mut digits)),
+                LogField::Plugin => Value::text(self.plugin.map(str::as_bytes)),
+                LogField::Incomplete => {
+                    Value::Bare(if self.incomplete { b"true" } else { b"false" })
+                }
+                LogField::Generation => Value::Bare(number(self.generation.number, &mut digits)),
+                LogField::TlsVersion => Value::text(tls.map(|t| t.version.as_bytes())),
+                LogField::TlsSni => Value::text(
+                    tls.and_then(|t| t.server_name.as_deref())
+                        .map(str::as_bytes),
+                ),
+                LogField::TlsClient => Value::text(
+                    tls.and_then(|t| t.client_subject.as_deref())
+                        .map(str::as_bytes),
+                ),
+            };
+            line.chosen(chosen, value);
+        }
+        line.end();
+    }
+
     /// [`Entry::write`] in JSON, the same bytes in fewer copies: each run of constants between
     /// two values (a closing quote, the next name, an opening quote) is one. The test
     /// `json_records_are_the_fields_in_json` holds the two equal.
@@ -698,6 +828,19 @@ struct Cursor<'b> {
 }
 
 impl Cursor<'_> {
+    /// `prefix`, its whole block copied when the room has space for it (it always has: a
+    /// record's room is at least [`FIXED_ROOM`] more than its texts).
+    #[inline(always)]
+    fn put_prefix(&mut self, prefix: &Prefix) {
+        match self.room.get_mut(self.len..self.len + prefix.bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(&prefix.bytes);
+                self.len += prefix.len;
+            }
+            None => self.put(&prefix.bytes[..prefix.len]),
+        }
+    }
+
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
@@ -718,28 +861,27 @@ struct Json<'o, 'b>(&'o mut Cursor<'b>);
 
 impl Line for Json<'_, '_> {
     #[inline(always)]
-    fn field(&mut self, json: &'static str, _: &'static str, value: Value<'_>) {
-        let out = &mut *self.0;
-        out.put(json.as_bytes());
-        match value {
-            Value::Text(text) => json_string(text, out),
-            Value::Safe(text) => {
-                out.put(b"\"");
-                out.put(text);
-                out.put(b"\"");
-            }
-            Value::Bare(bare) => out.put(bare),
-            Value::Null => out.put(b"null"),
-        }
+    fn field(&mut self, json: &str, _: &str, value: Value<'_>) {
+        self.0.put(json.as_bytes());
+        self.value(value);
     }
 
     #[inline(always)]
-    fn seconds(&mut self, json: &'static str, _: &'static str, value: Option<Duration>) {
+    fn seconds(&mut self, json: &str, _: &str, value: Option<Duration>) {
         self.0.put(json.as_bytes());
-        match value {
-            Some(d) => seconds(d, self.0),
-            None => self.0.put(b"null"),
-        }
+        self.seconds_value(value);
+    }
+
+    #[inline(always)]
+    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>) {
+        self.0.put_prefix(&chosen.json);
+        self.value(value);
+    }
+
+    #[inline(always)]
+    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>) {
+        self.0.put_prefix(&chosen.json);
+        self.seconds_value(value);
     }
 
     #[inline(always)]
@@ -753,15 +895,39 @@ impl Line for Json<'_, '_> {
     }
 }
 
+impl Json<'_, '_> {
+    #[inline(always)]
+    fn value(&mut self, value: Value<'_>) {
+        let out = &mut *self.0;
+        match value {
+            Value::Text(text) => json_string(text, out),
+            Value::Safe(text) => {
+                out.put(b"\"");
+                out.put(text);
+                out.put(b"\"");
+            }
+            Value::Bare(bare) => out.put(bare),
+            Value::Null => out.put(b"null"),
+        }
+    }
+
+    #[inline(always)]
+    fn seconds_value(&mut self, value: Option<Duration>) {
+        match value {
+            Some(d) => seconds(d, self.0),
+            None => self.0.put(b"null"),
+        }
+    }
+}
+
 /// `key=value` pairs separated by spaces; values with spaces, quotes or `=` are quoted; an
 /// absent value is `-`.
 struct Text<'o, 'b>(&'o mut Cursor<'b>);
 
-impl Line for Text<'_, '_> {
+impl Text<'_, '_> {
     #[inline(always)]
-    fn field(&mut self, _: &'static str, text: &'static str, value: Value<'_>) {
+    fn value(&mut self, value: Value<'_>) {
         let out = &mut *self.0;
-        out.put(text.as_bytes());
         match value {
             Value::Text(text) => text_value(text, out),
             Value::Safe(bare) | Value::Bare(bare) => out.put(bare),
@@ -770,12 +936,37 @@ impl Line for Text<'_, '_> {
     }
 
     #[inline(always)]
-    fn seconds(&mut self, _: &'static str, text: &'static str, value: Option<Duration>) {
-        self.0.put(text.as_bytes());
+    fn seconds_value(&mut self, value: Option<Duration>) {
         match value {
             Some(d) => seconds(d, self.0),
             None => self.0.put(b"-"),
         }
+    }
+}
+
+impl Line for Text<'_, '_> {
+    #[inline(always)]
+    fn field(&mut self, _: &str, text: &str, value: Value<'_>) {
+        self.0.put(text.as_bytes());
+        self.value(value);
+    }
+
+    #[inline(always)]
+    fn seconds(&mut self, _: &str, text: &str, value: Option<Duration>) {
+        self.0.put(text.as_bytes());
+        self.seconds_value(value);
+    }
+
+    #[inline(always)]
+    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>) {
+        self.0.put_prefix(&chosen.text);
+        self.value(value);
+    }
+
+    #[inline(always)]
+    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>) {
+        self.0.put_prefix(&chosen.text);
+        self.seconds_value(value);
     }
 
     #[inline(always)]
@@ -1038,25 +1229,31 @@ mod tests {
         String::from_utf8(out.into_vec()).expect("utf-8")
     }
 
-    #[test]
-    fn json_records_are_the_fields_in_json() {
+    /// Calls `check` with records of every kind: weir's request id and a client's, escapes,
+    /// HTTP/0.9 to HTTP/2, TLS, no route, an endpoint the cluster does not have.
+    /// The log is in `format` (the generation's pieces are written for it).
+    fn each_sample_entry(format: &str, check: impl Fn(&Entry<'_>)) {
         use crate::generation::{Generation, Observers};
         use crate::tls::TlsInfo;
         use crate::upstream::{TcpConnector, Transports};
         let config = crate::config::parse(
             std::path::Path::new("weir.toml"),
-            r#"
+            &(r#"
 [[listeners]]
 address = "127.0.0.1:0"
 [access_log]
 path = "stderr"
+format = ""#
+                .to_owned()
+                + format
+                + r#""
 [[clusters]]
 name = "app"
 endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
 [[routes]]
 name = "all"
 cluster = "app"
-"#,
+"#),
         )
         .expect("config");
         let log = AccessLog::start(config.access_log.as_ref().expect("a log")).expect("log");
@@ -1146,17 +1343,80 @@ cluster = "app"
                 ..usual
             },
         ];
-        for entry in &entries {
-            let mut fields = Lines::default();
-            fields.push(entry.room(), |out| entry.write(&mut Json(out)));
-            let mut fast = Lines::default();
-            fast.push(entry.room(), |out| entry.write_json(out));
-            let fields = String::from_utf8(fields.into_vec()).expect("utf-8");
-            let fast = String::from_utf8(fast.into_vec()).expect("utf-8");
+        entries.iter().for_each(check);
+    }
+
+    /// What `write` writes for `entry`, given its room.
+    fn record(entry: &Entry<'_>, write: impl FnOnce(&mut Cursor<'_>)) -> String {
+        let mut line = Lines::default();
+        line.push(entry.room(), write);
+        String::from_utf8(line.into_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn json_records_are_the_fields_in_json() {
+        each_sample_entry("json", |entry| {
+            let fields = record(entry, |out| entry.write(&mut Json(out)));
+            let fast = record(entry, |out| entry.write_json(out));
             assert_eq!(fast, fields);
             let record: serde_json::Value = serde_json::from_str(&fast).expect("JSON");
             assert_eq!(record.as_object().map(|o| o.len()), Some(23), "{fast}");
-        }
+        });
+    }
+
+    #[test]
+    fn chosen_fields_are_written_as_in_the_full_record() {
+        let all = Chosen::list(&LogField::ALL);
+        let some = Chosen::list(&[
+            LogField::Status,
+            LogField::Path,
+            LogField::Endpoint,
+            LogField::Time,
+            LogField::TlsSni,
+            LogField::UpstreamDuration,
+        ]);
+        each_sample_entry("text", |entry| {
+            // Every field, in the usual order: the full record's bytes.
+            let full = record(entry, |out| entry.write(&mut Text(out)));
+            let chosen = record(entry, |out| entry.write_chosen(&all, &mut Text(out)));
+            assert_eq!(chosen, full);
+            // A few, in another order.
+            let text = record(entry, |out| entry.write_chosen(&some, &mut Text(out)));
+            let status = format!("status={} path=", entry.status);
+            assert!(text.starts_with(&status), "{text}");
+            assert!(
+                text.ends_with('\n') && text.contains(" upstream_duration="),
+                "{text}"
+            );
+            assert_eq!(
+                text.matches('=').count() - entry.path.matches('=').count(),
+                6
+            );
+        });
+        each_sample_entry("json", |entry| {
+            let full = record(entry, |out| entry.write(&mut Json(out)));
+            let chosen = record(entry, |out| entry.write_chosen(&all, &mut Json(out)));
+            assert_eq!(chosen, full);
+
+            // A few, in another order: those, in that order, each as the full record has it.
+            let full: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&full).expect("JSON");
+            let line = record(entry, |out| entry.write_chosen(&some, &mut Json(out)));
+            assert!(line.ends_with("}\n"), "{line}");
+            let chosen: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&line).expect("JSON");
+            let names: Vec<_> = some.iter().map(|c| c.field.name()).collect();
+            let order: Vec<_> = names
+                .iter()
+                .map(|n| line.find(&format!("\"{n}\":")))
+                .collect();
+            assert!(order.iter().all(Option::is_some), "{line}");
+            assert!(order.is_sorted(), "{line}");
+            assert_eq!(chosen.keys().count(), names.len(), "{line}");
+            for name in names {
+                assert_eq!(chosen.get(name), full.get(name), "{name} in {line}");
+            }
+        });
     }
 
     #[test]

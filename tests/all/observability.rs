@@ -536,6 +536,69 @@ async fn access_log_text_format_names_each_field_and_counts_body_bytes() {
     }
 }
 
+/// `fields` chooses a record's fields and their order, in either format: a JSON record has
+/// those keys and no others (no client address, no query string where the operator left
+/// them out), a text line those `key=value` pairs in that order.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_fields_choose_what_each_record_holds() {
+    let upstream = Upstream::start("one").await;
+    for format in ["json", "text"] {
+        let extra = format!(
+            "[access_log]\npath = \"access.log\"\nformat = \"{format}\"\n\
+             fields = [\"status\", \"method\", \"route\", \"bytes_out\", \"duration\"]\n"
+        );
+        let mut weir = Weir::start(&config(&[upstream.addr], &extra)).await;
+        let (status, _, _) = get_with(&weir.url("/private?token=secret"), &[]).await;
+        assert_eq!(status, 200);
+        // Shutdown writes what is queued before weir exits.
+        weir.signal(Signal::SIGTERM);
+        assert!(weir.wait_exit().await.success());
+        let log = weir.dir().join("access.log");
+        let text = std::fs::read_to_string(&log).expect("access log");
+        assert!(
+            !text.contains("secret") && !text.contains("127.0.0.1"),
+            "{text}"
+        );
+        if format == "json" {
+            let records = records(&log);
+            assert_eq!(records.len(), 1, "{text}");
+            let record = records[0].as_object().expect("an object");
+            // serde_json's map is sorted by key: the order is read off the line itself.
+            let fields = ["status", "method", "route", "bytes_out", "duration"];
+            assert_eq!(record.len(), fields.len(), "{text}");
+            let at: Vec<_> = fields
+                .iter()
+                .map(|f| text.find(&format!("\"{f}\":")).expect("the field"))
+                .collect();
+            assert!(at.is_sorted(), "{text}");
+            assert_eq!(record["status"], 200);
+            assert_eq!(record["method"], "GET");
+            assert_eq!(record["route"], "default");
+            assert!(
+                record["bytes_out"].as_u64().is_some_and(|n| n > 0),
+                "{text}"
+            );
+            assert!(record["duration"].as_f64().is_some(), "{text}");
+        } else {
+            let line = text.lines().next().expect("a line");
+            assert_eq!(text.lines().count(), 1, "{text}");
+            let keys: Vec<_> = line
+                .split(' ')
+                .map(|pair| pair.split_once('=').expect("key=value").0)
+                .collect();
+            assert_eq!(
+                keys,
+                ["status", "method", "route", "bytes_out", "duration"],
+                "{line}"
+            );
+            assert!(
+                line.starts_with("status=200 method=GET route=default "),
+                "{line}"
+            );
+        }
+    }
+}
+
 /// A response with no body is over when its head is written: hyper drops such a body without
 /// polling it, and the request is settled then — logged once, complete, with no bytes out.
 #[tokio::test(flavor = "multi_thread")]

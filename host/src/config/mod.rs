@@ -25,7 +25,7 @@ pub use routing::{Backend, Condition, Mirror, Pattern, Test};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,
-    HashKey, HealthCheck, LbPolicy, Limits, ListenerConfig, LogFormat, LogTarget,
+    HashKey, HealthCheck, LbPolicy, Limits, ListenerConfig, LogField, LogFormat, LogTarget,
     MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PathNormalization,
     PluginLimits, PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky, TracingConfig,
     TracingProtocol, default_cache_dir,

@@ -76,6 +76,7 @@ pub(crate) struct RawAccessLog {
     pub(crate) format: Option<Spanned<String>>,
     pub(crate) sample: Option<Spanned<f64>>,
     pub(crate) queue: Option<Spanned<usize>>,
+    pub(crate) fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[metrics]`: Prometheus metrics on the admin listener.

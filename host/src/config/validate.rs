@@ -147,6 +147,96 @@ pub struct AccessLogConfig {
     pub sample: f64,
     /// Records waiting for the writer before new ones are dropped (and counted).
     pub queue: usize,
+    /// The fields each record has, in this order; `None`: all of them, in
+    /// [`LogField::ALL`]'s order.
+    pub fields: Option<Vec<LogField>>,
+}
+
+/// One field of an access log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogField {
+    Time,
+    RequestId,
+    TraceId,
+    Client,
+    Method,
+    Host,
+    Path,
+    Protocol,
+    Status,
+    BytesIn,
+    BytesOut,
+    Duration,
+    UpstreamDuration,
+    Route,
+    Cluster,
+    Endpoint,
+    Attempts,
+    Plugin,
+    Incomplete,
+    Generation,
+    TlsVersion,
+    TlsSni,
+    TlsClient,
+}
+
+impl LogField {
+    /// Every field, in the order a record without `fields` has them.
+    pub const ALL: [LogField; 23] = [
+        LogField::Time,
+        LogField::RequestId,
+        LogField::TraceId,
+        LogField::Client,
+        LogField::Method,
+        LogField::Host,
+        LogField::Path,
+        LogField::Protocol,
+        LogField::Status,
+        LogField::BytesIn,
+        LogField::BytesOut,
+        LogField::Duration,
+        LogField::UpstreamDuration,
+        LogField::Route,
+        LogField::Cluster,
+        LogField::Endpoint,
+        LogField::Attempts,
+        LogField::Plugin,
+        LogField::Incomplete,
+        LogField::Generation,
+        LogField::TlsVersion,
+        LogField::TlsSni,
+        LogField::TlsClient,
+    ];
+
+    /// The field's name in a record (and in `fields`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogField::Time => "time",
+            LogField::RequestId => "request_id",
+            LogField::TraceId => "trace_id",
+            LogField::Client => "client",
+            LogField::Method => "method",
+            LogField::Host => "host",
+            LogField::Path => "path",
+            LogField::Protocol => "protocol",
+            LogField::Status => "status",
+            LogField::BytesIn => "bytes_in",
+            LogField::BytesOut => "bytes_out",
+            LogField::Duration => "duration",
+            LogField::UpstreamDuration => "upstream_duration",
+            LogField::Route => "route",
+            LogField::Cluster => "cluster",
+            LogField::Endpoint => "endpoint",
+            LogField::Attempts => "attempts",
+            LogField::Plugin => "plugin",
+            LogField::Incomplete => "incomplete",
+            LogField::Generation => "generation",
+            LogField::TlsVersion => "tls_version",
+            LogField::TlsSni => "tls_sni",
+            LogField::TlsClient => "tls_client",
+        }
+    }
 }
 
 /// Where access log records go.
@@ -840,12 +930,51 @@ fn access_log(check: &mut Checker<'_>, raw: &RawAccessLog, base_dir: &Path) -> A
         Some(q) => *q.get_ref(),
         None => DEFAULT_ACCESS_LOG_QUEUE,
     };
+    let fields = raw.fields.as_ref().map(|names| log_fields(check, names));
     AccessLogConfig {
         to,
         format,
         sample,
         queue,
+        fields,
     }
+}
+
+/// `access_log.fields`: known names, each once, at least one.
+fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) -> Vec<LogField> {
+    if names.get_ref().is_empty() {
+        check.error(
+            names,
+            "access_log.fields must name at least one field (leave it out for all of them)".into(),
+        );
+    }
+    let mut fields = Vec::with_capacity(names.get_ref().len());
+    for name in names.get_ref() {
+        let Some(field) = LogField::ALL
+            .into_iter()
+            .find(|f| f.name() == name.get_ref())
+        else {
+            let known: Vec<_> = LogField::ALL.iter().map(|f| f.name()).collect();
+            check.error(
+                name,
+                format!(
+                    "access_log.fields: no field {:?}; the fields are {}",
+                    name.get_ref(),
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        if fields.contains(&field) {
+            check.error(
+                name,
+                format!("access_log.fields names {:?} twice", name.get_ref()),
+            );
+            continue;
+        }
+        fields.push(field);
+    }
+    fields
 }
 
 fn tracing_config(check: &mut Checker<'_>, raw: &RawTracing) -> TracingConfig {
@@ -1900,6 +2029,19 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
               10:10: access_log.format must be \"json\" or \"text\", not \"xml\"\n\
               11:10: access_log.sample must be between 0 and 1\n\
               12:9: access_log.queue must be at least 1",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nfields = [\"status\", \"referer\", \"status\"]",
+                "10:21: access_log.fields: no field \"referer\"; the fields are time, request_id, trace_id, client, method, host, path, protocol, status, bytes_in, bytes_out, duration, upstream_duration, route, cluster, endpoint, attempts, plugin, incomplete, generation, tls_version, tls_sni, tls_client\n\
+              10:32: access_log.fields names \"status\" twice",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nfields = []",
+                "10:10: access_log.fields must name at least one field (leave it out for all of them)",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nformat = \"text\"\nfields = [\"time\", \"client\", \"status\"]",
+                "ok",
             ),
             (
                 "[[routes]]\nname = \"z\"\ncluster = \"app\"\ncompression = { algorithms = [\"gzip\", \"lz4\"] }\n[[routes]]\nname = \"y\"\ncluster = \"app\"\ncompression = { algorithms = [] }",
