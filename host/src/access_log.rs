@@ -59,7 +59,20 @@ struct Chosen {
 }
 
 impl Chosen {
+    /// The fields `fields` chose, or `None` for every field in the usual order (the same
+    /// bytes, by the full record's faster path).
+    fn unless_all(fields: &[LogField]) -> Option<Box<[Chosen]>> {
+        (!fields.is_empty() && fields != LogField::ALL).then(|| Chosen::list(fields))
+    }
+
     fn list(fields: &[LogField]) -> Box<[Chosen]> {
+        debug_assert!(
+            fields
+                .iter()
+                .enumerate()
+                .all(|(i, f)| !fields[..i].contains(f)),
+            "a field chosen twice would overrun the record's room"
+        );
         let chosen = fields.iter().enumerate().map(|(i, &field)| {
             let name = field.name();
             let (json, text) = if i == 0 {
@@ -79,7 +92,7 @@ impl Chosen {
 
 /// What precedes a chosen field's value, in a block of fixed size: copied whole (a few
 /// moves, where a copy of its own length is a `memcpy` call), then the line goes on after
-/// its length. The longest, `,"upstream_duration":`, is 22 bytes.
+/// its length. The longest, `,"upstream_duration":`, is 21 bytes.
 #[derive(Debug)]
 struct Prefix {
     bytes: [u8; 32],
@@ -88,6 +101,7 @@ struct Prefix {
 
 impl Prefix {
     fn new(text: &str) -> Prefix {
+        debug_assert!(text.len() <= 32, "a field's prefix longer than its block");
         let mut bytes = [0; 32];
         let len = text.len().min(32);
         bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
@@ -229,7 +243,7 @@ impl AccessLog {
             }),
             reopen: AtomicBool::new(false),
             format: config.format,
-            fields: config.fields.as_deref().map(Chosen::list),
+            fields: config.fields.as_deref().and_then(Chosen::unless_all),
             limit: config.queue,
         });
         let writer = Arc::downgrade(&shared);
@@ -500,9 +514,9 @@ impl<'a> Value<'a> {
 /// A line format. Each field comes with what precedes its value in either format (its name,
 /// and the separator before it), as constants, so each is a few stores.
 trait Line {
-    fn field(&mut self, json: &str, text: &str, value: Value<'_>);
+    fn field(&mut self, json: &'static str, text: &'static str, value: Value<'_>);
     /// Seconds with microsecond precision: `0.001234`.
-    fn seconds(&mut self, json: &str, text: &str, value: Option<Duration>);
+    fn seconds(&mut self, json: &'static str, text: &'static str, value: Option<Duration>);
     /// A chosen field ([`Entry::write_chosen`]).
     fn chosen(&mut self, chosen: &Chosen, value: Value<'_>);
     /// A chosen field in seconds.
@@ -604,6 +618,7 @@ impl Entry<'_> {
             line.end();
         }
     }
+
     /// The record's `fields`, in their order: what `fields` in `[access_log]` chose. Each
     /// field's value is what [`Entry::write`] writes for it (the test
     /// `chosen_fields_are_written_as_in_the_full_record` holds them equal).
@@ -861,13 +876,13 @@ struct Json<'o, 'b>(&'o mut Cursor<'b>);
 
 impl Line for Json<'_, '_> {
     #[inline(always)]
-    fn field(&mut self, json: &str, _: &str, value: Value<'_>) {
+    fn field(&mut self, json: &'static str, _: &'static str, value: Value<'_>) {
         self.0.put(json.as_bytes());
         self.value(value);
     }
 
     #[inline(always)]
-    fn seconds(&mut self, json: &str, _: &str, value: Option<Duration>) {
+    fn seconds(&mut self, json: &'static str, _: &'static str, value: Option<Duration>) {
         self.0.put(json.as_bytes());
         self.seconds_value(value);
     }
@@ -946,13 +961,13 @@ impl Text<'_, '_> {
 
 impl Line for Text<'_, '_> {
     #[inline(always)]
-    fn field(&mut self, _: &str, text: &str, value: Value<'_>) {
+    fn field(&mut self, _: &'static str, text: &'static str, value: Value<'_>) {
         self.0.put(text.as_bytes());
         self.value(value);
     }
 
     #[inline(always)]
-    fn seconds(&mut self, _: &str, text: &str, value: Option<Duration>) {
+    fn seconds(&mut self, _: &'static str, text: &'static str, value: Option<Duration>) {
         self.0.put(text.as_bytes());
         self.seconds_value(value);
     }
@@ -1365,6 +1380,40 @@ cluster = "app"
     }
 
     #[test]
+    fn every_field_in_the_usual_order_takes_the_full_records_path() {
+        assert!(Chosen::unless_all(&LogField::ALL).is_none());
+        assert!(Chosen::unless_all(&LogField::ALL[..22]).is_some());
+        let mut reversed = LogField::ALL;
+        reversed.reverse();
+        assert!(Chosen::unless_all(&reversed).is_some());
+        // The names `fields` takes are the names records have, and the config's own.
+        for field in LogField::ALL {
+            let serialized = serde_json::to_value(field).expect("a name");
+            assert_eq!(serialized.as_str(), Some(field.name()));
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_copied_by_its_length_when_the_room_is_short() {
+        let prefix = Prefix::new(",\"upstream_duration\":");
+        let mut room = [0u8; 25];
+        let mut cursor = Cursor {
+            room: &mut room,
+            len: 0,
+        };
+        cursor.put_prefix(&prefix);
+        assert_eq!(&cursor.room[..cursor.len], b",\"upstream_duration\":");
+        let mut room = [b'x'; 64];
+        let mut cursor = Cursor {
+            room: &mut room,
+            len: 3,
+        };
+        cursor.put_prefix(&prefix);
+        assert_eq!(cursor.len, 3 + 21);
+        assert_eq!(&cursor.room[3..cursor.len], b",\"upstream_duration\":");
+    }
+
+    #[test]
     fn chosen_fields_are_written_as_in_the_full_record() {
         let all = Chosen::list(&LogField::ALL);
         let some = Chosen::list(&[
@@ -1383,15 +1432,14 @@ cluster = "app"
             // A few, in another order.
             let text = record(entry, |out| entry.write_chosen(&some, &mut Text(out)));
             let status = format!("status={} path=", entry.status);
-            assert!(text.starts_with(&status), "{text}");
-            assert!(
-                text.ends_with('\n') && text.contains(" upstream_duration="),
-                "{text}"
-            );
-            assert_eq!(
-                text.matches('=').count() - entry.path.matches('=').count(),
-                6
-            );
+            assert!(text.starts_with(&status) && text.ends_with('\n'), "{text}");
+            let at: Vec<_> = [" endpoint=", " time=", " tls_sni=", " upstream_duration="]
+                .iter()
+                .map(|name| text.find(name))
+                .collect();
+            assert!(at.iter().all(Option::is_some) && at.is_sorted(), "{text}");
+            let names = text.matches('=').count() - entry.path.matches('=').count();
+            assert_eq!(names, 6, "{text}");
         });
         each_sample_entry("json", |entry| {
             let full = record(entry, |out| entry.write(&mut Json(out)));

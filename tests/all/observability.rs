@@ -599,6 +599,48 @@ async fn access_log_fields_choose_what_each_record_holds() {
     }
 }
 
+/// `[access_log]` applies at restart: a reload that changes it says so, and one that puts
+/// back what weir started with does not (the log is compared with what it was started with,
+/// not with the last config read).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_log_change_put_back_is_not_reported() {
+    let upstream = Upstream::start("one").await;
+    let started = config(&[upstream.addr], "[access_log]\npath = \"access.log\"\n")
+        .replace("[plugins]\n", "[plugins]\nwatch = false\n");
+    let changed = started.replace(
+        "path = \"access.log\"\n",
+        "path = \"access.log\"\nfields = [\"status\"]\n",
+    );
+    assert_ne!(started, changed);
+    let mut weir = Weir::start(&started).await;
+    let is = |prefix: &'static str| {
+        move |l: &Value| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+        }
+    };
+    let reported = is("[access_log] changed");
+    let requested = is("reload requested");
+
+    weir.write("weir.toml", changed.as_bytes());
+    weir.signal(Signal::SIGHUP);
+    weir.wait_for_message("[access_log] changed").await;
+
+    // Put back, then reloaded twice: the second reload starts only once the first is done,
+    // so when it is requested, whatever the first said has been logged.
+    weir.write("weir.toml", started.as_bytes());
+    weir.signal(Signal::SIGHUP);
+    weir.wait_for_logs(|logs| logs.iter().filter(|l| requested(l)).count() >= 2)
+        .await;
+    weir.signal(Signal::SIGHUP);
+    let logs = weir
+        .wait_for_logs(|logs| logs.iter().filter(|l| requested(l)).count() >= 3)
+        .await;
+    let reports = logs.iter().filter(|l| reported(l)).count();
+    assert_eq!(reports, 1, "{logs:#?}");
+}
+
 /// A response with no body is over when its head is written: hyper drops such a body without
 /// polling it, and the request is settled then — logged once, complete, with no bytes out.
 #[tokio::test(flavor = "multi_thread")]

@@ -152,7 +152,8 @@ pub struct AccessLogConfig {
     pub fields: Option<Vec<LogField>>,
 }
 
-/// One field of an access log record.
+/// One field of an access log record, named in `fields` and in records as
+/// [`LogField::name`] gives (README.md, "Access log", says what each holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogField {
@@ -958,7 +959,7 @@ fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) ->
             check.error(
                 name,
                 format!(
-                    "access_log.fields: no field {:?}; the fields are {}",
+                    "access_log.fields: {:?} is not one of {}",
                     name.get_ref(),
                     known.join(", ")
                 ),
@@ -2032,7 +2033,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[access_log]\npath = \"stderr\"\nfields = [\"status\", \"referer\", \"status\"]",
-                "10:21: access_log.fields: no field \"referer\"; the fields are time, request_id, trace_id, client, method, host, path, protocol, status, bytes_in, bytes_out, duration, upstream_duration, route, cluster, endpoint, attempts, plugin, incomplete, generation, tls_version, tls_sni, tls_client\n\
+                "10:21: access_log.fields: \"referer\" is not one of time, request_id, trace_id, client, method, host, path, protocol, status, bytes_in, bytes_out, duration, upstream_duration, route, cluster, endpoint, attempts, plugin, incomplete, generation, tls_version, tls_sni, tls_client\n\
               10:32: access_log.fields names \"status\" twice",
             ),
             (

@@ -192,13 +192,17 @@ impl Reloader {
             }
         };
         errors.extend(self.tls.refresh().await);
-        // The access log and the tracer are the process's, started with it.
-        if config.access_log != self.config.access_log {
+        // The access log and the tracer are the process's, started with it: compared with
+        // what they were started with, not with the last config read (a change put back is
+        // no change).
+        let running = current.load();
+        if config.access_log.as_ref() != running.access_log.as_ref().map(|l| &l.config) {
             tracing::warn!("[access_log] changed: it applies at the next restart");
         }
-        if config.tracing != self.config.tracing {
+        if config.tracing.as_ref() != running.tracing.as_ref().map(|t| &t.config) {
             tracing::warn!("[tracing] changed: it applies at the next restart");
         }
+        drop(running);
         if config.kv != self.config.kv {
             tracing::warn!("[kv] changed: it applies at the next restart");
         }
