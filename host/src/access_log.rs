@@ -433,7 +433,7 @@ impl AccessLog {
     /// The pieces of generation `generation`'s records (of `config`), formatted for this log.
     pub fn names(&self, config: &Config, generation: u64) -> Names {
         let format = self.shared.format;
-        let piece = |room: usize, write: &dyn Fn(&mut dyn Line)| -> Box<[u8]> {
+        let piece = |room: usize, write: &dyn Fn(&mut dyn Line<'_>)| -> Box<[u8]> {
             let mut text = Lines::default();
             text.push(FIXED_ROOM + room, |out| match format {
                 LogFormat::Json => write(&mut Json(out)),
@@ -511,19 +511,62 @@ impl<'a> Value<'a> {
     }
 }
 
-/// A line format. Each field comes with what precedes its value in either format (its name,
-/// and the separator before it), as constants, so each is a few stores.
-trait Line {
-    fn field(&mut self, json: &'static str, text: &'static str, value: Value<'_>);
+/// A line format: where it writes, whether it is JSON, how it writes a value and how it ends
+/// a line. Each field comes with what precedes its value in either format (its name, and the
+/// separator before it), as constants, so each is a few stores; the format picks its own.
+/// (`'b`: the room's.)
+trait Line<'b> {
+    fn out(&mut self) -> &mut Cursor<'b>;
+    /// JSON, or else text: constant for each format, so the choice is compiled away.
+    fn is_json(&self) -> bool;
+    fn value(&mut self, value: Value<'_>);
     /// Seconds with microsecond precision: `0.001234`.
-    fn seconds(&mut self, json: &'static str, text: &'static str, value: Option<Duration>);
-    /// A chosen field ([`Entry::write_chosen`]).
-    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>);
-    /// A chosen field in seconds.
-    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>);
-    /// Fields already formatted for this format (`Names`' pieces).
-    fn piece(&mut self, piece: &[u8]);
+    fn seconds_value(&mut self, value: Option<Duration>);
     fn end(&mut self);
+
+    #[inline(always)]
+    fn field(&mut self, json: &'static str, text: &'static str, value: Value<'_>) {
+        let name = if self.is_json() { json } else { text };
+        self.out().put(name.as_bytes());
+        self.value(value);
+    }
+
+    #[inline(always)]
+    fn seconds(&mut self, json: &'static str, text: &'static str, value: Option<Duration>) {
+        let name = if self.is_json() { json } else { text };
+        self.out().put(name.as_bytes());
+        self.seconds_value(value);
+    }
+
+    /// A chosen field ([`Entry::write_chosen`]).
+    #[inline(always)]
+    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>) {
+        let name = if self.is_json() {
+            &chosen.json
+        } else {
+            &chosen.text
+        };
+        self.out().put_prefix(name);
+        self.value(value);
+    }
+
+    /// A chosen field in seconds.
+    #[inline(always)]
+    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>) {
+        let name = if self.is_json() {
+            &chosen.json
+        } else {
+            &chosen.text
+        };
+        self.out().put_prefix(name);
+        self.seconds_value(value);
+    }
+
+    /// Fields already formatted for this format (`Names`' pieces).
+    #[inline(always)]
+    fn piece(&mut self, piece: &[u8]) {
+        self.out().put(piece);
+    }
 }
 
 /// `line.field` with the name's two prefixes: `{"name":` (the first) or `,"name":` in JSON,
@@ -579,7 +622,7 @@ impl Entry<'_> {
 
     /// The record's fields, in order.
     #[inline(always)]
-    fn write(&self, line: &mut impl Line) {
+    fn write<'b>(&self, line: &mut impl Line<'b>) {
         let names = &self.generation.log_names;
         let mut digits = Digits::default();
         let time = record_time(self.time);
@@ -622,7 +665,7 @@ impl Entry<'_> {
     /// The record's `fields`, in their order: what `fields` in `[access_log]` chose. Each
     /// field's value is what [`Entry::write`] writes for it (the test
     /// `chosen_fields_are_written_as_in_the_full_record` holds them equal).
-    fn write_chosen(&self, fields: &[Chosen], line: &mut impl Line) {
+    fn write_chosen<'b>(&self, fields: &[Chosen], line: &mut impl Line<'b>) {
         let mut digits = Digits::default();
         let config = &self.generation.config;
         let cluster = self.cluster.and_then(|c| config.clusters.get(c));
@@ -761,20 +804,24 @@ impl Entry<'_> {
 
 /// `route`'s field.
 #[inline(always)]
-fn route_field<L: Line + ?Sized>(line: &mut L, route: Option<&[u8]>) {
+fn route_field<'b, L: Line<'b> + ?Sized>(line: &mut L, route: Option<&[u8]>) {
     field!(line.field("route", Value::text(route)));
 }
 
 /// `cluster`'s and `endpoint`'s fields.
 #[inline(always)]
-fn cluster_fields<L: Line + ?Sized>(line: &mut L, cluster: Option<&[u8]>, endpoint: Option<&[u8]>) {
+fn cluster_fields<'b, L: Line<'b> + ?Sized>(
+    line: &mut L,
+    cluster: Option<&[u8]>,
+    endpoint: Option<&[u8]>,
+) {
     field!(line.field("cluster", Value::text(cluster)));
     field!(line.field("endpoint", Value::text(endpoint)));
 }
 
 /// The fields from `plugin` on.
 #[inline(always)]
-fn tail_fields<L: Line + ?Sized>(
+fn tail_fields<'b, L: Line<'b> + ?Sized>(
     line: &mut L,
     plugin: Option<&str>,
     incomplete: bool,
@@ -874,43 +921,17 @@ impl Cursor<'_> {
 /// One JSON object per line.
 struct Json<'o, 'b>(&'o mut Cursor<'b>);
 
-impl Line for Json<'_, '_> {
+impl<'b> Line<'b> for Json<'_, 'b> {
     #[inline(always)]
-    fn field(&mut self, json: &'static str, _: &'static str, value: Value<'_>) {
-        self.0.put(json.as_bytes());
-        self.value(value);
+    fn out(&mut self) -> &mut Cursor<'b> {
+        self.0
     }
 
     #[inline(always)]
-    fn seconds(&mut self, json: &'static str, _: &'static str, value: Option<Duration>) {
-        self.0.put(json.as_bytes());
-        self.seconds_value(value);
+    fn is_json(&self) -> bool {
+        true
     }
 
-    #[inline(always)]
-    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>) {
-        self.0.put_prefix(&chosen.json);
-        self.value(value);
-    }
-
-    #[inline(always)]
-    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>) {
-        self.0.put_prefix(&chosen.json);
-        self.seconds_value(value);
-    }
-
-    #[inline(always)]
-    fn piece(&mut self, piece: &[u8]) {
-        self.0.put(piece);
-    }
-
-    #[inline(always)]
-    fn end(&mut self) {
-        self.0.put(b"}\n");
-    }
-}
-
-impl Json<'_, '_> {
     #[inline(always)]
     fn value(&mut self, value: Value<'_>) {
         let out = &mut *self.0;
@@ -933,13 +954,28 @@ impl Json<'_, '_> {
             None => self.0.put(b"null"),
         }
     }
+
+    #[inline(always)]
+    fn end(&mut self) {
+        self.0.put(b"}\n");
+    }
 }
 
 /// `key=value` pairs separated by spaces; values with spaces, quotes or `=` are quoted; an
 /// absent value is `-`.
 struct Text<'o, 'b>(&'o mut Cursor<'b>);
 
-impl Text<'_, '_> {
+impl<'b> Line<'b> for Text<'_, 'b> {
+    #[inline(always)]
+    fn out(&mut self) -> &mut Cursor<'b> {
+        self.0
+    }
+
+    #[inline(always)]
+    fn is_json(&self) -> bool {
+        false
+    }
+
     #[inline(always)]
     fn value(&mut self, value: Value<'_>) {
         let out = &mut *self.0;
@@ -956,37 +992,6 @@ impl Text<'_, '_> {
             Some(d) => seconds(d, self.0),
             None => self.0.put(b"-"),
         }
-    }
-}
-
-impl Line for Text<'_, '_> {
-    #[inline(always)]
-    fn field(&mut self, _: &'static str, text: &'static str, value: Value<'_>) {
-        self.0.put(text.as_bytes());
-        self.value(value);
-    }
-
-    #[inline(always)]
-    fn seconds(&mut self, _: &'static str, text: &'static str, value: Option<Duration>) {
-        self.0.put(text.as_bytes());
-        self.seconds_value(value);
-    }
-
-    #[inline(always)]
-    fn chosen(&mut self, chosen: &Chosen, value: Value<'_>) {
-        self.0.put_prefix(&chosen.text);
-        self.value(value);
-    }
-
-    #[inline(always)]
-    fn chosen_seconds(&mut self, chosen: &Chosen, value: Option<Duration>) {
-        self.0.put_prefix(&chosen.text);
-        self.seconds_value(value);
-    }
-
-    #[inline(always)]
-    fn piece(&mut self, piece: &[u8]) {
-        self.0.put(piece);
     }
 
     #[inline(always)]
