@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Method, Version};
 
-use crate::config::{AccessLogConfig, Config, LogField, LogFormat, LogTarget};
+use crate::config::{AccessLogConfig, Config, LogField, LogFormat, LogItem, LogTarget};
 use crate::generation::Generation;
 use crate::metrics::{Tick, metrics};
 use crate::tls::TlsInfo;
@@ -45,6 +46,11 @@ struct Shared {
     /// The fields `fields` chose, each with what precedes it; `None`: every field (the fast
     /// paths, [`Entry::write_json`] and [`Entry::write`]).
     fields: Option<Box<[Chosen]>>,
+    /// The request headers `fields` chose, in their order: what each request keeps a copy of.
+    request_headers: Box<[http::HeaderName]>,
+    /// The chosen fields' prefixes together: room a chosen record needs beyond
+    /// [`Entry::room`] (a header's name can be longer than [`FIXED_ROOM`] allows for).
+    prefixes_room: usize,
     /// The most records a batch holds.
     limit: usize,
 }
@@ -53,19 +59,28 @@ struct Shared {
 /// format: `{"name":` (the first) or `,"name":` in JSON, `name=` or ` name=` in text.
 #[derive(Debug)]
 struct Chosen {
-    field: LogField,
+    field: ChosenField,
     json: Prefix,
     text: Prefix,
+}
+
+/// What a chosen field writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChosenField {
+    Field(LogField),
+    /// The request header at this index of [`Entry::request_headers`].
+    RequestHeader(usize),
 }
 
 impl Chosen {
     /// The fields `fields` chose, or `None` for every field in the usual order (the same
     /// bytes, by the full record's faster path).
-    fn unless_all(fields: &[LogField]) -> Option<Box<[Chosen]>> {
-        (!fields.is_empty() && fields != LogField::ALL).then(|| Chosen::list(fields))
+    fn unless_all(fields: &[LogItem]) -> Option<Box<[Chosen]>> {
+        let all = LogField::ALL.map(LogItem::Field);
+        (!fields.is_empty() && fields != all).then(|| Chosen::list(fields))
     }
 
-    fn list(fields: &[LogField]) -> Box<[Chosen]> {
+    fn list(fields: &[LogItem]) -> Box<[Chosen]> {
         debug_assert!(
             fields
                 .iter()
@@ -73,12 +88,20 @@ impl Chosen {
                 .all(|(i, f)| !fields[..i].contains(f)),
             "a field chosen twice would overrun the record's room"
         );
-        let chosen = fields.iter().enumerate().map(|(i, &field)| {
-            let name = field.name();
+        let mut headers = 0;
+        let chosen = fields.iter().enumerate().map(|(i, item)| {
+            let name = item.name();
             let (json, text) = if i == 0 {
                 (format!("{{\"{name}\":"), format!("{name}="))
             } else {
                 (format!(",\"{name}\":"), format!(" {name}="))
+            };
+            let field = match item {
+                LogItem::Field(field) => ChosenField::Field(*field),
+                LogItem::RequestHeader(_) => {
+                    headers += 1;
+                    ChosenField::RequestHeader(headers - 1)
+                }
             };
             Chosen {
                 field,
@@ -90,22 +113,27 @@ impl Chosen {
     }
 }
 
-/// What precedes a chosen field's value, in a block of fixed size: copied whole (a few
+/// What precedes a chosen field's value. Most (every field's: the longest,
+/// `,"upstream_duration":`, is 21 bytes) fit a block of fixed size, copied whole (a few
 /// moves, where a copy of its own length is a `memcpy` call), then the line goes on after
-/// its length. The longest, `,"upstream_duration":`, is 21 bytes.
+/// its length; a longer one (a request header's) is copied by its length.
 #[derive(Debug)]
 struct Prefix {
-    bytes: [u8; 32],
-    len: usize,
+    block: [u8; PREFIX_BLOCK],
+    text: Box<[u8]>,
 }
+
+const PREFIX_BLOCK: usize = 32;
 
 impl Prefix {
     fn new(text: &str) -> Prefix {
-        debug_assert!(text.len() <= 32, "a field's prefix longer than its block");
-        let mut bytes = [0; 32];
-        let len = text.len().min(32);
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        Prefix { bytes, len }
+        let mut block = [0; PREFIX_BLOCK];
+        let len = text.len().min(PREFIX_BLOCK);
+        block[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Prefix {
+            block,
+            text: text.as_bytes().into(),
+        }
     }
 }
 
@@ -229,11 +257,14 @@ pub struct Entry<'a> {
     pub incomplete: bool,
     /// The TLS session, on a TLS listener.
     pub tls: Option<&'a TlsInfo>,
+    /// The request headers `fields` chose, in their order ([`AccessLog::request_headers`]).
+    pub request_headers: &'a [Option<Bytes>],
 }
 
 impl AccessLog {
     /// Opens the target and starts the writer thread.
     pub fn start(config: &AccessLogConfig) -> io::Result<AccessLog> {
+        let fields = config.fields.as_deref().unwrap_or_default();
         let shared = Arc::new(Shared {
             batch: Mutex::default(),
             out: Mutex::new(Writer {
@@ -244,6 +275,14 @@ impl AccessLog {
             reopen: AtomicBool::new(false),
             format: config.format,
             fields: config.fields.as_deref().and_then(Chosen::unless_all),
+            request_headers: fields
+                .iter()
+                .filter_map(|item| match item {
+                    LogItem::RequestHeader(name) => Some(name.clone()),
+                    LogItem::Field(_) => None,
+                })
+                .collect(),
+            prefixes_room: fields.iter().map(|item| item.name().len() + 4).sum(),
             limit: config.queue,
         });
         let writer = Arc::downgrade(&shared);
@@ -254,6 +293,20 @@ impl AccessLog {
             shared,
             config: config.clone(),
         })
+    }
+
+    /// Copies of the request headers `fields` chose, in their order (none when it chose
+    /// none): copied, not kept as hyper's values, which would keep the connection's read
+    /// buffer from being reused until the response ends.
+    pub fn request_headers(&self, headers: &http::HeaderMap) -> Vec<Option<Bytes>> {
+        let names = &self.shared.request_headers;
+        names
+            .iter()
+            .map(|name| {
+                let value = headers.get(name)?;
+                Some(Bytes::copy_from_slice(value.as_bytes()))
+            })
+            .collect()
     }
 
     /// Whether this request is one of the sampled share.
@@ -278,10 +331,14 @@ impl AccessLog {
                 LogFormat::Json => entry.write_json(out),
                 LogFormat::Text => entry.write(&mut Text(out)),
             }),
-            Some(fields) => batch.lines.push(entry.room(), |out| match format {
-                LogFormat::Json => entry.write_chosen(fields, &mut Json(out)),
-                LogFormat::Text => entry.write_chosen(fields, &mut Text(out)),
-            }),
+            Some(fields) => {
+                batch
+                    .lines
+                    .push(entry.room() + shared.prefixes_room, |out| match format {
+                        LogFormat::Json => entry.write_chosen(fields, &mut Json(out)),
+                        LogFormat::Text => entry.write_chosen(fields, &mut Text(out)),
+                    })
+            }
         }
     }
 
@@ -602,7 +659,8 @@ impl Entry<'_> {
             self.host.map_or(0, <[u8]>::len),
             self.path.len(),
         ];
-        let texts: usize = texts.into_iter().map(escaped_room).sum();
+        let headers = self.request_headers.iter().flatten().map(|v| v.len());
+        let texts: usize = texts.into_iter().chain(headers).map(escaped_room).sum();
         let mut room = FIXED_ROOM + self.generation.log_names.room + texts;
         if !self.usual_tail() {
             let tls = self.tls.map_or(0, |t| {
@@ -671,7 +729,15 @@ impl Entry<'_> {
         let cluster = self.cluster.and_then(|c| config.clusters.get(c));
         let tls = self.tls;
         for chosen in fields {
-            let value = match chosen.field {
+            let field = match chosen.field {
+                ChosenField::Field(field) => field,
+                ChosenField::RequestHeader(i) => {
+                    let value = self.request_headers.get(i).and_then(Option::as_deref);
+                    line.chosen(chosen, Value::text(value));
+                    continue;
+                }
+            };
+            let value = match field {
                 LogField::Time => {
                     line.chosen(chosen, Value::Safe(&record_time(self.time)));
                     continue;
@@ -894,12 +960,13 @@ impl Cursor<'_> {
     /// record's room is at least [`FIXED_ROOM`] more than its texts).
     #[inline(always)]
     fn put_prefix(&mut self, prefix: &Prefix) {
-        match self.room.get_mut(self.len..self.len + prefix.bytes.len()) {
-            Some(room) => {
-                room.copy_from_slice(&prefix.bytes);
-                self.len += prefix.len;
+        let len = prefix.text.len();
+        match self.room.get_mut(self.len..self.len + PREFIX_BLOCK) {
+            Some(room) if len <= PREFIX_BLOCK => {
+                room.copy_from_slice(&prefix.block);
+                self.len += len;
             }
-            None => self.put(&prefix.bytes[..prefix.len]),
+            _ => self.put(&prefix.text),
         }
     }
 
@@ -1320,6 +1387,7 @@ cluster = "app"
             plugin: None,
             incomplete: false,
             tls: None,
+            request_headers: &[],
         };
         let post = Method::POST;
         let entries = [
@@ -1384,18 +1452,58 @@ cluster = "app"
         });
     }
 
+    fn items(fields: &[LogField]) -> Vec<LogItem> {
+        fields.iter().copied().map(LogItem::Field).collect()
+    }
+
     #[test]
     fn every_field_in_the_usual_order_takes_the_full_records_path() {
-        assert!(Chosen::unless_all(&LogField::ALL).is_none());
-        assert!(Chosen::unless_all(&LogField::ALL[..22]).is_some());
+        assert!(Chosen::unless_all(&items(&LogField::ALL)).is_none());
+        assert!(Chosen::unless_all(&items(&LogField::ALL[..22])).is_some());
         let mut reversed = LogField::ALL;
         reversed.reverse();
-        assert!(Chosen::unless_all(&reversed).is_some());
-        // The names `fields` takes are the names records have, and the config's own.
-        for field in LogField::ALL {
-            let serialized = serde_json::to_value(field).expect("a name");
-            assert_eq!(serialized.as_str(), Some(field.name()));
+        assert!(Chosen::unless_all(&items(&reversed)).is_some());
+        let mut and_a_header = items(&LogField::ALL);
+        and_a_header.push(LogItem::RequestHeader(http::header::USER_AGENT));
+        assert!(Chosen::unless_all(&and_a_header).is_some());
+        // `/config` shows each as `fields` names it.
+        for item in and_a_header {
+            let serialized = serde_json::to_value(&item).expect("a name");
+            assert_eq!(serialized.as_str(), Some(&*item.name()));
         }
+    }
+
+    #[test]
+    fn chosen_request_headers_are_written_escaped_or_null() {
+        let long = http::HeaderName::from_static("x-a-header-name-longer-than-a-prefix-block");
+        let chosen = Chosen::list(&[
+            LogItem::Field(LogField::Status),
+            LogItem::RequestHeader(http::header::USER_AGENT),
+            LogItem::RequestHeader(http::header::REFERER),
+            LogItem::RequestHeader(long.clone()),
+        ]);
+        let prefixes: usize = chosen.iter().map(|c| c.json.text.len()).sum();
+        let agent = Bytes::from_static(b"curl/8 \"quoted\" \xff");
+        let values = [Some(agent), None, Some(Bytes::from_static(b"v"))];
+        each_sample_entry("json", |entry| {
+            let entry = Entry {
+                request_headers: &values,
+                ..*entry
+            };
+            let mut line = Lines::default();
+            line.push(entry.room() + prefixes, |out| {
+                entry.write_chosen(&chosen, &mut Json(out));
+            });
+            let line = String::from_utf8(line.into_vec()).expect("utf-8");
+            let record: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            assert_eq!(
+                record["request_header:user-agent"], "curl/8 \"quoted\" \u{fffd}",
+                "{line}"
+            );
+            assert!(record["request_header:referer"].is_null(), "{line}");
+            assert_eq!(record[format!("request_header:{long}")], "v", "{line}");
+            assert_eq!(record.as_object().map(|o| o.len()), Some(4), "{line}");
+        });
     }
 
     #[test]
@@ -1420,15 +1528,16 @@ cluster = "app"
 
     #[test]
     fn chosen_fields_are_written_as_in_the_full_record() {
-        let all = Chosen::list(&LogField::ALL);
-        let some = Chosen::list(&[
+        let all = Chosen::list(&items(&LogField::ALL));
+        let some_fields = [
             LogField::Status,
             LogField::Path,
             LogField::Endpoint,
             LogField::Time,
             LogField::TlsSni,
             LogField::UpstreamDuration,
-        ]);
+        ];
+        let some = Chosen::list(&items(&some_fields));
         each_sample_entry("text", |entry| {
             // Every field, in the usual order: the full record's bytes.
             let full = record(entry, |out| entry.write(&mut Text(out)));
@@ -1458,7 +1567,7 @@ cluster = "app"
             assert!(line.ends_with("}\n"), "{line}");
             let chosen: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&line).expect("JSON");
-            let names: Vec<_> = some.iter().map(|c| c.field.name()).collect();
+            let names: Vec<_> = some_fields.iter().map(|f| f.name()).collect();
             let order: Vec<_> = names
                 .iter()
                 .map(|n| line.find(&format!("\"{n}\":")))

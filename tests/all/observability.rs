@@ -599,6 +599,40 @@ async fn access_log_fields_choose_what_each_record_holds() {
     }
 }
 
+/// `request_header:NAME` in `fields` logs that header as the client sent it, escaped where
+/// it needs to be, and `null` (text: `-`) when the client sent none.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_records_the_request_headers_fields_chose() {
+    let upstream = Upstream::start("one").await;
+    let agent = r#"weir-test/1.0 (say "hi")"#;
+    for format in ["json", "text"] {
+        let extra = format!(
+            "[access_log]\npath = \"access.log\"\nformat = \"{format}\"\n\
+             fields = [\"status\", \"request_header:user-agent\", \"request_header:referer\"]\n"
+        );
+        let mut weir = Weir::start(&config(&[upstream.addr], &extra)).await;
+        let (status, _, _) = get_with(&weir.url("/"), &[("user-agent", agent)]).await;
+        assert_eq!(status, 200);
+        weir.signal(Signal::SIGTERM);
+        assert!(weir.wait_exit().await.success());
+        let log = weir.dir().join("access.log");
+        let text = std::fs::read_to_string(&log).expect("access log");
+        if format == "json" {
+            let records = records(&log);
+            assert_eq!(records.len(), 1, "{text}");
+            assert_eq!(records[0]["request_header:user-agent"], agent, "{text}");
+            assert!(records[0]["request_header:referer"].is_null(), "{text}");
+            assert_eq!(records[0].as_object().map(|o| o.len()), Some(3), "{text}");
+        } else {
+            assert_eq!(
+                text,
+                "status=200 request_header:user-agent=\"weir-test/1.0 (say \\\"hi\\\")\" \
+                 request_header:referer=-\n"
+            );
+        }
+    }
+}
+
 /// `[access_log]` applies at restart: a reload that changes it says so, and one that puts
 /// back what weir started with does not (the log is compared with what it was started with,
 /// not with the last config read).

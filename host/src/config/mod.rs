@@ -25,10 +25,10 @@ pub use routing::{Backend, Condition, Mirror, Pattern, Test};
 pub use tls::{CertKeyFiles, ClientAuth, ListenerTls, Protocol, TlsVersion, UpstreamTls};
 pub use validate::{
     AccessLogConfig, AdminConfig, ClusterConfig, ClusterRef, Config, EncodedSlashes, Endpoint,
-    HashKey, HealthCheck, LbPolicy, Limits, ListenerConfig, LogField, LogFormat, LogTarget,
-    MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection, PathNormalization,
-    PluginLimits, PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky, TracingConfig,
-    TracingProtocol, default_cache_dir,
+    HashKey, HealthCheck, LbPolicy, Limits, ListenerConfig, LogField, LogFormat, LogItem,
+    LogTarget, MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, MAX_WEIGHT, OutlierDetection,
+    PathNormalization, PluginLimits, PluginsConfig, RouteConfig, RouteTarget, ServerConfig, Sticky,
+    TracingConfig, TracingProtocol, default_cache_dir,
 };
 
 /// One problem found in a configuration file, with where it is.

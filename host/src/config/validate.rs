@@ -149,13 +149,48 @@ pub struct AccessLogConfig {
     pub queue: usize,
     /// The fields each record has, in this order; `None`: all of them, in
     /// [`LogField::ALL`]'s order.
-    pub fields: Option<Vec<LogField>>,
+    pub fields: Option<Vec<LogItem>>,
+}
+
+/// One item of `access_log.fields`: a field of the record, or a header of the client's
+/// request (`request_header:NAME`), named in records as in `fields`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogItem {
+    Field(LogField),
+    /// A request header, as the client sent it (the first value if it sent several).
+    RequestHeader(http::HeaderName),
+}
+
+/// What `request_header:` is followed by in `fields`.
+const REQUEST_HEADER: &str = "request_header:";
+
+/// Headers `fields` refuses: credentials, which an access log must not keep.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+impl LogItem {
+    /// The item's name in records and in `fields`.
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            LogItem::Field(field) => field.name().into(),
+            LogItem::RequestHeader(name) => format!("{REQUEST_HEADER}{name}").into(),
+        }
+    }
+}
+
+impl Serialize for LogItem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
 }
 
 /// One field of an access log record, named in `fields` and in records as
 /// [`LogField::name`] gives (README.md, "Access log", says what each holds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogField {
     Time,
     RequestId,
@@ -941,8 +976,9 @@ fn access_log(check: &mut Checker<'_>, raw: &RawAccessLog, base_dir: &Path) -> A
     }
 }
 
-/// `access_log.fields`: known names, each once, at least one.
-fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) -> Vec<LogField> {
+/// `access_log.fields`: known names and request headers that are not credentials, each once,
+/// at least one.
+fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) -> Vec<LogItem> {
     if names.get_ref().is_empty() {
         check.error(
             names,
@@ -951,16 +987,33 @@ fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) ->
     }
     let mut fields = Vec::with_capacity(names.get_ref().len());
     for name in names.get_ref() {
-        let Some(field) = LogField::ALL
-            .into_iter()
-            .find(|f| f.name() == name.get_ref())
-        else {
+        let text = name.get_ref();
+        let field = if let Some(header) = text.strip_prefix(REQUEST_HEADER) {
+            match http::HeaderName::from_bytes(header.as_bytes()) {
+                Ok(header) if CREDENTIAL_HEADERS.contains(&header.as_str()) => {
+                    check.error(
+                        name,
+                        format!("access_log.fields: {text:?} would write credentials into the log"),
+                    );
+                    continue;
+                }
+                Ok(header) => LogItem::RequestHeader(header),
+                Err(_) => {
+                    check.error(
+                        name,
+                        format!("access_log.fields: {header:?} in {text:?} is not a header name"),
+                    );
+                    continue;
+                }
+            }
+        } else if let Some(field) = LogField::ALL.into_iter().find(|f| f.name() == text) {
+            LogItem::Field(field)
+        } else {
             let known: Vec<_> = LogField::ALL.iter().map(|f| f.name()).collect();
             check.error(
                 name,
                 format!(
-                    "access_log.fields: {:?} is not one of {}",
-                    name.get_ref(),
+                    "access_log.fields: {text:?} is not one of {}, or {REQUEST_HEADER}NAME",
                     known.join(", ")
                 ),
             );
@@ -2033,7 +2086,7 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[access_log]\npath = \"stderr\"\nfields = [\"status\", \"referer\", \"status\"]",
-                "10:21: access_log.fields: \"referer\" is not one of time, request_id, trace_id, client, method, host, path, protocol, status, bytes_in, bytes_out, duration, upstream_duration, route, cluster, endpoint, attempts, plugin, incomplete, generation, tls_version, tls_sni, tls_client\n\
+                "10:21: access_log.fields: \"referer\" is not one of time, request_id, trace_id, client, method, host, path, protocol, status, bytes_in, bytes_out, duration, upstream_duration, route, cluster, endpoint, attempts, plugin, incomplete, generation, tls_version, tls_sni, tls_client, or request_header:NAME\n\
               10:32: access_log.fields names \"status\" twice",
             ),
             (
@@ -2042,6 +2095,16 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             ),
             (
                 "[access_log]\npath = \"stderr\"\nformat = \"text\"\nfields = [\"time\", \"client\", \"status\"]",
+                "ok",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nfields = [\"request_header:Authorization\", \"request_header:bad name\", \"request_header:user-agent\", \"request_header:User-Agent\"]",
+                "10:11: access_log.fields: \"request_header:Authorization\" would write credentials into the log\n\
+              10:43: access_log.fields: \"bad name\" in \"request_header:bad name\" is not a header name\n\
+              10:99: access_log.fields names \"request_header:User-Agent\" twice",
+            ),
+            (
+                "[access_log]\npath = \"stderr\"\nfields = [\"status\", \"request_header:user-agent\", \"request_header:x-forwarded-for\"]",
                 "ok",
             ),
             (

@@ -70,7 +70,7 @@ impl Watch {
                 received,
                 // Built here, in place. The Host is not looked up: the proxy does, to route
                 // (`RequestContext::host`).
-                logged: access_log.map(|_| Logged {
+                logged: access_log.map(|log| Logged {
                     client: ctx.client.addr_text(),
                     host: None,
                     path: request.uri().path_and_query().cloned(),
@@ -82,6 +82,7 @@ impl Watch {
                     attempts: 0,
                     upstream_duration: None,
                     plugin: None,
+                    request_headers: log.request_headers(request.headers()),
                 }),
                 trace,
             },
@@ -203,6 +204,7 @@ impl Observed {
                     plugin: logged.plugin.as_deref(),
                     incomplete,
                     tls: logged.tls.as_deref(),
+                    request_headers: &logged.request_headers,
                 });
             }
         }
@@ -255,6 +257,8 @@ struct Logged {
     attempts: u32,
     upstream_duration: Option<Duration>,
     plugin: Option<Arc<str>>,
+    /// The request headers `[access_log] fields` chose, copied (empty if it chose none).
+    request_headers: Vec<Option<Bytes>>,
 }
 
 /// Every response's body on its way to the client: the proxy's body and, when the request is
