@@ -48,9 +48,8 @@ struct Shared {
     fields: Option<Box<[Chosen]>>,
     /// The request headers `fields` chose, in their order: what each request keeps a copy of.
     request_headers: Box<[http::HeaderName]>,
-    /// The chosen fields' prefixes together: room a chosen record needs beyond
-    /// [`Entry::room`] (a header's name can be longer than [`FIXED_ROOM`] allows for).
-    prefixes_room: usize,
+    /// Room a chosen record needs beyond [`Entry::room`] ([`Chosen::room`]).
+    chosen_room: usize,
     /// The most records a batch holds.
     limit: usize,
 }
@@ -110,6 +109,18 @@ impl Chosen {
             }
         });
         chosen.collect()
+    }
+
+    /// Room a record of `chosen` needs beyond [`Entry::room`] (whose [`FIXED_ROOM`] is for
+    /// the record's own fields, not for headers): each field's prefix, in the format with
+    /// the longer one (a header's name has no bound), and room for `null` (text: `-`), the
+    /// value of a header the client did not send, which [`Entry::room`] does not count.
+    fn room(chosen: &[Chosen]) -> usize {
+        let absent = b"null".len();
+        chosen
+            .iter()
+            .map(|c| c.json.text.len().max(c.text.text.len()) + absent)
+            .sum()
     }
 }
 
@@ -265,6 +276,7 @@ impl AccessLog {
     /// Opens the target and starts the writer thread.
     pub fn start(config: &AccessLogConfig) -> io::Result<AccessLog> {
         let fields = config.fields.as_deref().unwrap_or_default();
+        let chosen = config.fields.as_deref().and_then(Chosen::unless_all);
         let shared = Arc::new(Shared {
             batch: Mutex::default(),
             out: Mutex::new(Writer {
@@ -274,7 +286,8 @@ impl AccessLog {
             }),
             reopen: AtomicBool::new(false),
             format: config.format,
-            fields: config.fields.as_deref().and_then(Chosen::unless_all),
+            chosen_room: chosen.as_deref().map_or(0, Chosen::room),
+            fields: chosen,
             request_headers: fields
                 .iter()
                 .filter_map(|item| match item {
@@ -282,7 +295,6 @@ impl AccessLog {
                     LogItem::Field(_) => None,
                 })
                 .collect(),
-            prefixes_room: fields.iter().map(|item| item.name().len() + 4).sum(),
             limit: config.queue,
         });
         let writer = Arc::downgrade(&shared);
@@ -334,7 +346,7 @@ impl AccessLog {
             Some(fields) => {
                 batch
                     .lines
-                    .push(entry.room() + shared.prefixes_room, |out| match format {
+                    .push(entry.room() + shared.chosen_room, |out| match format {
                         LogFormat::Json => entry.write_chosen(fields, &mut Json(out)),
                         LogFormat::Text => entry.write_chosen(fields, &mut Text(out)),
                     })
@@ -1482,7 +1494,6 @@ cluster = "app"
             LogItem::RequestHeader(http::header::REFERER),
             LogItem::RequestHeader(long.clone()),
         ]);
-        let prefixes: usize = chosen.iter().map(|c| c.json.text.len()).sum();
         let agent = Bytes::from_static(b"curl/8 \"quoted\" \xff");
         let values = [Some(agent), None, Some(Bytes::from_static(b"v"))];
         each_sample_entry("json", |entry| {
@@ -1491,7 +1502,7 @@ cluster = "app"
                 ..*entry
             };
             let mut line = Lines::default();
-            line.push(entry.room() + prefixes, |out| {
+            line.push(entry.room() + Chosen::room(&chosen), |out| {
                 entry.write_chosen(&chosen, &mut Json(out));
             });
             let line = String::from_utf8(line.into_vec()).expect("utf-8");
@@ -1504,6 +1515,219 @@ cluster = "app"
             assert_eq!(record[format!("request_header:{long}")], "v", "{line}");
             assert_eq!(record.as_object().map(|o| o.len()), Some(4), "{line}");
         });
+    }
+
+    /// An access log of `entry`'s format that chose `fields`.
+    fn log_of(entry: &Entry<'_>, fields: Vec<LogItem>) -> AccessLog {
+        let config = entry.generation.config.access_log.as_ref();
+        let mut config = config.expect("a log").clone();
+        config.fields = Some(fields);
+        AccessLog::start(&config).expect("log")
+    }
+
+    /// What `log` makes of `entry` through [`AccessLog::write`]: the room it reserves, the
+    /// path it takes. Taken from the batch before the writer thread can write it.
+    fn logged(log: &AccessLog, entry: &Entry<'_>) -> String {
+        // The writer takes `out` before the batch: while it is held, the batch stays.
+        let _writer = lock(&log.shared.out);
+        log.write(entry);
+        let mut batch = lock(&log.shared.batch);
+        let text = String::from_utf8(batch.lines.text().to_vec()).expect("utf-8");
+        batch.lines.clear();
+        batch.records = 0;
+        text
+    }
+
+    /// A text line's `key=value` pairs, read strictly: a bare value runs to the next space,
+    /// a quoted one is a JSON string; `-` is `None`. Panics on anything else, or on a line
+    /// that is not one line.
+    fn logfmt(line: &str) -> Vec<(String, Option<String>)> {
+        let body = line.strip_suffix('\n').expect("a line ends with a newline");
+        assert!(!body.contains('\n'), "one line: {line:?}");
+        let mut pairs = Vec::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').expect("key=value");
+            assert!(!key.contains([' ', '"']), "a key: {key:?} in {line:?}");
+            let (value, after) = if after.starts_with('"') {
+                let mut end = 1;
+                let bytes = after.as_bytes();
+                while bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                let value: String = serde_json::from_str(&after[..=end]).expect("JSON string");
+                (Some(value), &after[end + 1..])
+            } else {
+                let end = after.find(' ').unwrap_or(after.len());
+                let value = &after[..end];
+                assert!(
+                    !value.is_empty() && !value.contains(['"', '=', '\\']),
+                    "{value:?} in {line:?}"
+                );
+                ((value != "-").then(|| value.to_owned()), &after[end..])
+            };
+            pairs.push((key.to_owned(), value));
+            assert!(after.is_empty() || after.starts_with(' '), "{line:?}");
+            rest = after.strip_prefix(' ').unwrap_or(after);
+            assert!(!rest.starts_with(' '), "one space between pairs: {line:?}");
+        }
+        pairs
+    }
+
+    /// Without a chosen header a request copies nothing: an empty `Vec`, which allocates
+    /// nothing (the cost `fields` adds to a log that chose no header).
+    #[test]
+    fn request_headers_are_copied_only_when_chosen() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("curl/8.5.0"),
+        );
+        each_sample_entry("json", |entry| {
+            let every = entry.generation.access_log.as_deref().expect("a log");
+            assert!(every.config.fields.is_none());
+            let some = log_of(entry, items(&[LogField::Status, LogField::Path]));
+            for log in [every, &some] {
+                let copies = log.request_headers(&headers);
+                assert_eq!(copies.capacity(), 0, "nothing allocated");
+            }
+            let chosen = [LogItem::RequestHeader(http::header::USER_AGENT)];
+            let copies = log_of(entry, chosen.to_vec()).request_headers(&headers);
+            assert_eq!(copies, [Some(Bytes::from_static(b"curl/8.5.0"))]);
+        });
+    }
+
+    /// Whatever bytes a client's header holds, its value stays inside its own field: one
+    /// JSON object, or one line of exactly the chosen `key=value` pairs, the value read back
+    /// as the client sent it (bytes that are not UTF-8 as U+FFFD).
+    #[test]
+    fn request_header_values_cannot_forge_fields_or_lines() {
+        let fields = vec![
+            LogItem::RequestHeader(http::header::USER_AGENT),
+            LogItem::Field(LogField::Status),
+            LogItem::RequestHeader(http::header::REFERER),
+        ];
+        let mut values: Vec<Vec<u8>> = (0..=255u8)
+            .map(|b| [b"a".as_slice(), &[b], b" status=500 ", &[b], b"z"].concat())
+            .collect();
+        values.extend([
+            b"".to_vec(),
+            b"Mozilla/5.0 (X11; Linux x86_64) status".to_vec(),
+            b"\" status=500 request_header:referer=\"x".to_vec(),
+            b"\"}\n{\"status\":500,\"x\":\"".to_vec(),
+            b"a\r\nstatus=500".to_vec(),
+            b"\\".to_vec(),
+            b"=".to_vec(),
+            b"\t".to_vec(),
+            b"caf\xc3\xa9 \xff\xfe".to_vec(),
+        ]);
+        for format in ["json", "text"] {
+            each_sample_entry(format, |entry| {
+                let log = log_of(entry, fields.clone());
+                for value in &values {
+                    let headers = [Some(Bytes::from(value.clone())), None];
+                    let entry = Entry {
+                        request_headers: &headers,
+                        ..*entry
+                    };
+                    let line = logged(&log, &entry);
+                    let sent = String::from_utf8_lossy(value).into_owned();
+                    if format == "json" {
+                        assert!(line.ends_with("}\n"), "{line:?}");
+                        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+                        let record: serde_json::Map<String, serde_json::Value> =
+                            serde_json::from_str(&line).expect("JSON");
+                        let keys: Vec<_> = record.keys().map(String::as_str).collect();
+                        assert_eq!(
+                            keys,
+                            [
+                                "request_header:referer",
+                                "request_header:user-agent",
+                                "status"
+                            ],
+                            "{line:?}"
+                        );
+                        assert_eq!(record["request_header:user-agent"], sent.as_str());
+                        assert!(record["request_header:referer"].is_null(), "{line:?}");
+                        assert_eq!(record["status"], u64::from(entry.status), "{line:?}");
+                    } else {
+                        let status = entry.status.to_string();
+                        assert_eq!(
+                            logfmt(&line),
+                            [
+                                ("request_header:user-agent".to_owned(), Some(sent)),
+                                ("status".to_owned(), Some(status)),
+                                ("request_header:referer".to_owned(), None),
+                            ],
+                            "{line:?}"
+                        );
+                    }
+                }
+            });
+        }
+    }
+
+    /// A long header value, escaped at its longest (a control byte is six), fits the room
+    /// the record reserves ([`Entry::room`] counts each value the request carries).
+    #[test]
+    fn a_long_request_header_fits_its_records_room() {
+        let fields = vec![
+            LogItem::RequestHeader(http::header::USER_AGENT),
+            LogItem::Field(LogField::Status),
+        ];
+        let long = Bytes::from(vec![0x01; 20_000]);
+        for format in ["json", "text"] {
+            each_sample_entry(format, |entry| {
+                let log = log_of(entry, fields.clone());
+                let headers = [Some(long.clone())];
+                let entry = Entry {
+                    request_headers: &headers,
+                    ..*entry
+                };
+                let line = logged(&log, &entry);
+                assert!(line.len() > 6 * long.len(), "{}", line.len());
+                assert!(line.ends_with('\n'), "the whole line");
+                if format == "json" {
+                    let record: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+                    let value = record["request_header:user-agent"].as_str();
+                    assert_eq!(value.map(str::len), Some(long.len()));
+                } else {
+                    let pairs = logfmt(&line);
+                    assert_eq!(pairs[0].1.as_ref().map(String::len), Some(long.len()));
+                }
+            });
+        }
+    }
+
+    /// Every chosen header the client did not send still takes room (`null`, `-`): a record
+    /// of many, all absent, fits the room it reserves, in either format.
+    #[test]
+    fn many_absent_request_headers_fit_their_records_room() {
+        let names: Vec<_> = (0..1000)
+            .map(|i| http::HeaderName::try_from(format!("h{i}")).expect("a name"))
+            .collect();
+        let fields: Vec<_> = names.iter().cloned().map(LogItem::RequestHeader).collect();
+        let headers = vec![None; names.len()];
+        for format in ["json", "text"] {
+            each_sample_entry(format, |entry| {
+                let log = log_of(entry, fields.clone());
+                let entry = Entry {
+                    request_headers: &headers,
+                    ..*entry
+                };
+                let line = logged(&log, &entry);
+                if format == "json" {
+                    let record: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(&line).expect("JSON");
+                    assert_eq!(record.len(), names.len(), "{line}");
+                    assert!(record.values().all(serde_json::Value::is_null), "{line}");
+                } else {
+                    let pairs = logfmt(&line);
+                    assert_eq!(pairs.len(), names.len(), "{line}");
+                    assert!(pairs.iter().all(|(_, v)| v.is_none()), "{line}");
+                }
+            });
+        }
     }
 
     #[test]

@@ -633,6 +633,123 @@ async fn access_log_records_the_request_headers_fields_chose() {
     }
 }
 
+/// A client's header stays inside its own field whatever it holds, over HTTP/1.1 and
+/// HTTP/2: quotes, a backslash, a tab, bytes that are not UTF-8, `key=value` text trying to
+/// add a field, an empty value, a header sent twice (its first value is the one logged), a
+/// name longer than a prefix's block, and a value near the head limit that triples when
+/// escaped (it fits the room its record reserves; past it, weir's debug build panics on the
+/// record and a release build cuts it).
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_request_headers_stay_in_their_fields_whatever_a_client_sends() {
+    let upstream = Upstream::start("one").await;
+    let long_name = "x-a-header-name-longer-than-a-prefix-block";
+    let names = [
+        "user-agent",
+        "x-dup",
+        "x-empty",
+        "x-long",
+        long_name,
+        "referer",
+    ];
+    let agent: &[u8] = b"a\" status=500 x=\"\t\xff\\";
+    let long = vec![0xff; 60 * 1024];
+    // What each record holds, in the order of `names` (`None`: absent).
+    let lossy = |v: &[u8]| Some(String::from_utf8_lossy(v).into_owned());
+    let h1 = [
+        lossy(agent),
+        lossy(b"first"),
+        lossy(b""),
+        lossy(&long),
+        lossy(b"v"),
+        None,
+    ];
+    // Spaces and `=` alone, which a bare text value would let through as a field.
+    let h2_agent: &[u8] = b"h2 client status=500";
+    let h2_long: &[u8] = b"\xfe\"q\"";
+    let h2 = [
+        lossy(h2_agent),
+        lossy(b"one"),
+        None,
+        lossy(h2_long),
+        None,
+        None,
+    ];
+    for format in ["json", "text"] {
+        let fields: Vec<_> = names
+            .iter()
+            .map(|n| format!("\"request_header:{n}\""))
+            .collect();
+        let extra = format!(
+            "[access_log]\npath = \"access.log\"\nformat = \"{format}\"\n\
+             fields = [\"status\", {}]\n",
+            fields.join(", ")
+        );
+        // One header may take the whole head (`head_bytes`, 64 KiB).
+        let limits = "[server.limits]\nheader_bytes = 65536";
+        let toml = crate::config_with(&[upstream.addr], &extra, limits, "");
+        let mut weir = Weir::start(&toml).await;
+
+        let mut head = b"GET / HTTP/1.1\r\nhost: h.test\r\nuser-agent: ".to_vec();
+        head.extend_from_slice(agent);
+        head.extend_from_slice(b"\r\nx-dup: first\r\nx-dup: second\r\nx-empty:\r\nx-long: ");
+        head.extend_from_slice(&long);
+        head.extend_from_slice(
+            format!("\r\n{long_name}: v\r\nconnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = raw_request(weir.proxy, &head).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+        let mut request = http::Request::get(weir.url("/h2"));
+        let headers = request.headers_mut().expect("headers");
+        let value = http::HeaderValue::from_bytes(h2_agent).expect("a value");
+        headers.insert(http::header::USER_AGENT, value);
+        headers.append("x-dup", http::HeaderValue::from_static("one"));
+        headers.append("x-dup", http::HeaderValue::from_static("two"));
+        let value = http::HeaderValue::from_bytes(h2_long).expect("a value");
+        headers.insert("x-long", value);
+        let request = request.body(weir_tests::empty()).expect("request");
+        let response = weir_tests::http2_client().request(request).await;
+        let response = response.expect("an HTTP/2 response");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        weir_tests::read_body(response.into_body()).await;
+
+        // Shutdown writes what is queued before weir exits.
+        weir.signal(Signal::SIGTERM);
+        assert!(weir.wait_exit().await.success());
+        let log = weir.dir().join("access.log");
+        let text = std::fs::read_to_string(&log).expect("access log");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        if format == "json" {
+            let records = records(&log);
+            for (record, expected) in records.iter().zip([&h1, &h2]) {
+                let record = record.as_object().expect("an object");
+                assert_eq!(record.len(), 1 + names.len(), "{record:?}");
+                assert_eq!(record["status"], 200);
+                for (name, value) in names.iter().zip(expected) {
+                    let logged = &record[&format!("request_header:{name}")];
+                    let value = value.as_deref().map_or(Value::Null, Value::from);
+                    assert_eq!(*logged, value, "{name}");
+                }
+            }
+        } else {
+            // The exact lines: each value bare, `-`, or one JSON string.
+            for (line, expected) in text.lines().zip([&h1, &h2]) {
+                let mut want = "status=200".to_owned();
+                for (name, value) in names.iter().zip(expected) {
+                    let value = match value {
+                        None => "-".to_owned(),
+                        Some(v) if v == "first" || v == "one" || v == "v" => v.clone(),
+                        Some(v) => serde_json::to_string(v).expect("JSON"),
+                    };
+                    want += &format!(" request_header:{name}={value}");
+                }
+                assert!(line == want, "{line}\nis not\n{want}");
+            }
+        }
+    }
+}
+
 /// `[access_log]` applies at restart: a reload that changes it says so, and one that puts
 /// back what weir started with does not (the log is compared with what it was started with,
 /// not with the last config read).

@@ -153,7 +153,8 @@ pub struct AccessLogConfig {
 }
 
 /// One item of `access_log.fields`: a field of the record, or a header of the client's
-/// request (`request_header:NAME`), named in records as in `fields`.
+/// request (`request_header:NAME`), named in records as in `fields` (a header's name in
+/// lower case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogItem {
     Field(LogField),
@@ -164,13 +165,32 @@ pub enum LogItem {
 /// What `request_header:` is followed by in `fields`.
 const REQUEST_HEADER: &str = "request_header:";
 
-/// Headers `fields` refuses: credentials, which an access log must not keep.
-const CREDENTIAL_HEADERS: [&str; 4] = [
+/// Words that mark a request header as carrying credentials, which an access log must not
+/// keep, wherever they appear in its name: `authorization` and `proxy-authorization`,
+/// `x-forwarded-authorization`; `cookie`; `x-api-key`, `api-key`, `apikey` (Kong's),
+/// `x-goog-api-key`; `x-auth-token`, `x-amz-security-token`, `x-forwarded-access-token`,
+/// `private-token`; and so on. A name is read in lower case with `_` as `-`: servers that
+/// hand headers on as CGI variables (`HTTP_X_API_KEY`) read `x_api_key` as `x-api-key`.
+/// This errs towards refusing, as the admin's redaction does: a header refused for its
+/// name costs a field in the log, a credential written once is out.
+const CREDENTIAL_WORDS: [&str; 9] = [
     "authorization",
-    "proxy-authorization",
     "cookie",
-    "x-api-key",
+    "api-key",
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "credential",
 ];
+
+/// Whether the request header `name` (lower case, as [`http::HeaderName`] keeps it) may
+/// carry credentials ([`CREDENTIAL_WORDS`]).
+fn is_credential_header(name: &http::HeaderName) -> bool {
+    let name = name.as_str().replace('_', "-");
+    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
+}
 
 impl LogItem {
     /// The item's name in records and in `fields`.
@@ -990,7 +1010,7 @@ fn log_fields(check: &mut Checker<'_>, names: &Spanned<Vec<Spanned<String>>>) ->
         let text = name.get_ref();
         let field = if let Some(header) = text.strip_prefix(REQUEST_HEADER) {
             match http::HeaderName::from_bytes(header.as_bytes()) {
-                Ok(header) if CREDENTIAL_HEADERS.contains(&header.as_str()) => {
+                Ok(header) if is_credential_header(&header) => {
                     check.error(
                         name,
                         format!("access_log.fields: {text:?} would write credentials into the log"),
@@ -2102,6 +2122,20 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
                 "10:11: access_log.fields: \"request_header:Authorization\" would write credentials into the log\n\
               10:43: access_log.fields: \"bad name\" in \"request_header:bad name\" is not a header name\n\
               10:99: access_log.fields names \"request_header:User-Agent\" twice",
+            ),
+            // Credentials are refused however their header is spelled: in any case, with `_`
+            // for `-` (read as `-` by servers that hand headers on as CGI variables), or with
+            // a credential word inside a longer name.
+            (
+                "[access_log]\npath = \"stderr\"\nfields = [\"request_header:COOKIE\", \"request_header:Proxy-Authorization\", \"request_header:x_api_key\", \"request_header:X-Auth-Token\", \"request_header:x-forwarded-authorization\", \"request_header:apikey\", \"request_header:cookie2\", \"request_header:x-client-secret\", \"request_header:user_agent\"]",
+                "10:11: access_log.fields: \"request_header:COOKIE\" would write credentials into the log\n\
+              10:36: access_log.fields: \"request_header:Proxy-Authorization\" would write credentials into the log\n\
+              10:74: access_log.fields: \"request_header:x_api_key\" would write credentials into the log\n\
+              10:102: access_log.fields: \"request_header:X-Auth-Token\" would write credentials into the log\n\
+              10:133: access_log.fields: \"request_header:x-forwarded-authorization\" would write credentials into the log\n\
+              10:177: access_log.fields: \"request_header:apikey\" would write credentials into the log\n\
+              10:202: access_log.fields: \"request_header:cookie2\" would write credentials into the log\n\
+              10:228: access_log.fields: \"request_header:x-client-secret\" would write credentials into the log",
             ),
             (
                 "[access_log]\npath = \"stderr\"\nfields = [\"status\", \"request_header:user-agent\", \"request_header:x-forwarded-for\"]",
