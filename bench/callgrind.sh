@@ -17,9 +17,9 @@
 # BIN may also be `nginx` (nginx as the reverse proxy, bench/run.sh's settings) or a
 # `hyper-floor` binary (bench/floor: hyper forwarding unchanged), counted the same way, for
 # what weir costs above the floor it is built on and what that floor costs above nginx.
-# OBSERVE=off|metrics|all|few|null (bench/common.sh) measures the plain route with metrics
-# off, on (the default config), on with a JSON access log, with seven of its fields, or with
-# the full log to /dev/null (BENCHMARKS.md, issue 21).
+# OBSERVE=off|metrics|all|few|sampled|null (bench/common.sh) measures the plain route with
+# metrics off, on (the default config), on with a JSON access log, with seven of its fields,
+# with one request in ten logged, or with the full log to /dev/null (BENCHMARKS.md, issue 21).
 # Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
 # (default target/plugins, from `cargo xtask plugins`); the profile stays in $OUT, default
 # a temporary folder, for callgrind_annotate)

@@ -80,15 +80,17 @@ plugins = []
 CONF
   # OBSERVE: off (no metrics, no access log), metrics (the default config: metrics on), all
   # (metrics and a JSON access log beside the config), few (the same log with seven of its
-  # fields, about what nginx's `combined` format holds) or null (the full log to /dev/null:
-  # every record formatted and written, none copied into the page cache).
+  # fields, about what nginx's `combined` format holds), sampled (the full log of one request
+  # in ten: `sample = 0.1`) or null (the full log to /dev/null: every record formatted and
+  # written, none copied into the page cache).
   case "${OBSERVE:-metrics}" in
     off) printf '[metrics]\nenabled = false\n' >> "$1" ;;
     metrics) ;;
     all) printf '[access_log]\npath = "access.log"\n' >> "$1" ;;
     few) printf '[access_log]\npath = "access.log"\nfields = ["time", "client", "method", "path", "status", "bytes_out", "duration"]\n' >> "$1" ;;
+    sampled) printf '[access_log]\npath = "access.log"\nsample = 0.1\n' >> "$1" ;;
     null) printf '[access_log]\npath = "/dev/null"\n' >> "$1" ;;
-    *) echo "OBSERVE is off, metrics, all, few or null" >&2; exit 1 ;;
+    *) echo "OBSERVE is off, metrics, all, few, sampled or null" >&2; exit 1 ;;
   esac
 }
 

@@ -10,7 +10,8 @@
 #   weir+2   — weir with the two bundled runtime plugins: key-auth → headers;
 #   weir+3   — weir with jwt-auth → rate-limit (never reached) → rewrite;
 #   weir-off — weir with metrics off (TARGETS only: the observability cost, issue 21);
-#   weir-log — weir with metrics and a JSON access log to a file (TARGETS only).
+#   weir-log — weir with metrics and a JSON access log to a file (TARGETS only; LOG=few or
+#              LOG=sampled logs seven fields, or one request in ten: bench/common.sh).
 # Every proxy: pinned to CPU 0, upstream keep-alive, no access log. Origin and wrk (-t2 -c64)
 # share CPU 1, so the proxy is the bottleneck. Per target: requests/s, p50, p99 and the
 # proxy process's CPU microseconds per request (/proc/PID/stat before and after), medians
@@ -131,7 +132,7 @@ if [[ " $TARGETS " == *" weir-off "* ]]; then
   RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/off/weir.toml" & pids+=($!); weir_off_pid=$!
 fi
 if [[ " $TARGETS " == *" weir-log "* ]]; then
-  mkdir -p "$tmp/log" && OBSERVE=all write_plain_weir_conf "$tmp/log/weir.toml" "$WEIRLOG" "$ORIGIN"
+  mkdir -p "$tmp/log" && OBSERVE=${LOG:-all} write_plain_weir_conf "$tmp/log/weir.toml" "$WEIRLOG" "$ORIGIN"
   RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/log/weir.toml" & pids+=($!); weir_log_pid=$!
 fi
 token=$(cargo xtask token bench 3600 2>/dev/null)
