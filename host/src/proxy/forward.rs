@@ -138,39 +138,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any_proxy && !present.contains(&true) {
         return;
     }
-    // Connection is taken out with its values in one look-up; the names it lists go next
-    // (`close` too, should a field have that name: RFC 9110 §7.6.1).
-    // The fixed names among them (`keep-alive`, `upgrade`, …) are removed below anyway.
-    let mut named: Vec<HeaderName> = Vec::new();
-    // Looked up only when there: `entry` makes room for an insert even when it finds none.
-    let connection = match present[CONNECTION_AT] {
-        true => match headers.entry(header::CONNECTION) {
-            Entry::Occupied(entry) => Some(entry.remove_entry_mult().1),
-            Entry::Vacant(_) => None,
-        },
-        false => None,
-    };
-    present[CONNECTION_AT] = false;
-    for value in connection.into_iter().flatten() {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            // The usual value first: `keep-alive` is removed below anyway.
-            if token.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
-            let fixed = HOP_BY_HOP
-                .iter()
-                .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
-            if fixed {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
-        }
-    }
-    for name in named {
-        headers.remove(name);
+    if std::mem::take(&mut present[CONNECTION_AT]) {
+        remove_connection(headers);
     }
     for (hop, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
@@ -187,6 +156,48 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Removes `Connection` and the headers it names (`close` too, should a field have that
+/// name: RFC 9110 §7.6.1). The fixed names among them (`keep-alive`, `upgrade`, …) are left
+/// to [`strip_hop_by_hop`], which removes them anyway.
+fn remove_connection(headers: &mut HeaderMap) {
+    // Taken out with its values in one look-up.
+    let Entry::Occupied(entry) = headers.entry(header::CONNECTION) else {
+        return;
+    };
+    // The usual field, `Connection: keep-alive` alone (what nginx, Apache and Node send on
+    // every keep-alive response, and browsers on every HTTP/1.1 request), names no other
+    // header: it goes without its value being split into options.
+    if only_keep_alive(entry.iter()) {
+        entry.remove();
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in entry.remove_entry_mult().1 {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let fixed = HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token));
+            if fixed {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// `Connection`'s values are one, `keep-alive` in any case, with no space around it.
+fn only_keep_alive<'a>(mut values: impl Iterator<Item = &'a HeaderValue>) -> bool {
+    let first = values.next();
+    values.next().is_none()
+        && first.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// Facts about the downstream request needed to write the forwarding headers.
@@ -357,6 +368,31 @@ mod tests {
                 &["x-a: 1"],
             ),
             (&[("keep-alive", "timeout=5")], &[]),
+            // `Proxy-*` names, of the lengths of listed ones too.
+            (
+                &[
+                    ("proxy-a", "1"),
+                    ("proxy-abcd", "2"),
+                    ("proxy-abcdefghijk", "3"),
+                    ("x-a", "1"),
+                ],
+                &["x-a: 1"],
+            ),
+            // The usual field alone; in another case, with the `Keep-Alive` it names; beside a
+            // second field that names another header.
+            (&[("connection", "keep-alive"), ("x-a", "1")], &["x-a: 1"]),
+            (
+                &[("connection", "Keep-Alive"), ("keep-alive", "timeout=5")],
+                &[],
+            ),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("connection", "x-a"),
+                    ("x-a", "1"),
+                ],
+                &[],
+            ),
             (&[("connection", "close"), ("x-a", "1")], &["x-a: 1"]),
             // A field named by a connection option is removed, `close` too (RFC 9110 §7.6.1).
             (
