@@ -368,7 +368,7 @@ mod tests {
                 &["x-a: 1"],
             ),
             (&[("keep-alive", "timeout=5")], &[]),
-            // `Proxy-*` names, of the lengths of listed ones too.
+            // `Proxy-*` names of several lengths.
             (
                 &[
                     ("proxy-a", "1"),
