@@ -111,7 +111,7 @@ case $KIND in
     [ "$ROUTE" = plain ] || { echo "hyper-floor measures ROUTE=plain only" >&2; exit 1; }
     run=("$BIN" "127.0.0.1:$PORT" "127.0.0.1:$ORIGIN") ;;
 esac
-RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no \
+RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no ${CALLGRIND_ARGS:-} \
   --callgrind-out-file="$OUT/callgrind.out" "${run[@]}" 2> "$OUT/valgrind.log" &
 weir=$!
 pids+=($weir)

@@ -76,21 +76,27 @@ fn forwarded_ip(entry: &str) -> Option<IpAddr> {
         })
 }
 
-/// Removes the forwarding headers only a trusted proxy may set (`X-Forwarded-*`,
-/// `Forwarded`, `X-Real-IP`) from a request that came from anyone else: weir then sets its
-/// own, so a client cannot pose as someone else behind weir.
-pub(crate) fn strip_forwarding(headers: &mut HeaderMap) {
-    // One pass over the names; nothing is looked up or allocated when none is there.
+/// Removes what a client may not say of itself: the `identity` headers only weir's plugins
+/// set (who the client is), and, unless the client is a `trusted` proxy, the forwarding
+/// headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`), which weir then sets itself, so a
+/// client cannot pose as someone else behind weir.
+pub(crate) fn strip_untrusted(headers: &mut HeaderMap, identity: &[HeaderName], trusted: bool) {
+    // One pass over the names; nothing is hashed, looked up or allocated when none of them
+    // is there, which is every request of a client that does not try.
     let mut found: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        let text = name.as_str();
-        if text.starts_with("x-forwarded-") || text == "forwarded" || text == "x-real-ip" {
+        if (!trusted && is_forwarding(name.as_str())) || identity.contains(name) {
             found.push(name.clone());
         }
     }
     for name in found {
         headers.remove(name);
     }
+}
+
+/// Whether a header is one of those a proxy adds to say whom it forwards for.
+fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
 }
 
 /// Sets a message's framing from its body (`hint`), whatever plugins did to its headers:
@@ -502,10 +508,29 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        strip_forwarding(&mut headers);
+        let identity = [HeaderName::from_static("x-consumer")];
+        let mut trusted = headers.clone();
+        trusted.append(&identity[0], HeaderValue::from_static("forged"));
+        strip_untrusted(&mut headers, &identity, false);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-forward"]);
+        // From a trusted proxy, only the identity header goes.
+        strip_untrusted(&mut trusted, &identity, true);
+        let mut left: Vec<&str> = trusted.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "accept",
+                "forwarded",
+                "x-forward",
+                "x-forwarded-for",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
         assert!(is_trusted(
             "10.2.3.4".parse().expect("ip"),
             &["10.0.0.0/8".parse().expect("net")]

@@ -295,7 +295,6 @@ async fn proxy<B: DownstreamBody>(
     // One path from here on, for the router, the plugins and the upstream.
     path::apply(&mut request, &server.path_normalization)?;
     // Where the request comes from: the peer, or, behind a trusted proxy, whom it names.
-    // Anyone else's forwarding headers are removed, not believed.
     ctx.trusted = forward::is_trusted(ctx.client.addr.ip(), &server.trusted_proxies);
     if ctx.trusted {
         let client = forward::forwarded_client(request.headers(), &server.trusted_proxies);
@@ -303,13 +302,10 @@ async fn proxy<B: DownstreamBody>(
             let addr = SocketAddr::new(ip, 0);
             (addr, Arc::from(addr.to_string()))
         });
-    } else {
-        forward::strip_forwarding(request.headers_mut());
     }
-    // Who the client is, only weir's plugins say.
-    for name in &server.identity_headers {
-        request.headers_mut().remove(name);
-    }
+    // Anyone else's forwarding headers are removed, not believed; who the client is, only
+    // weir's plugins say.
+    forward::strip_untrusted(request.headers_mut(), &server.identity_headers, ctx.trusted);
     let route = route(generation, host.as_ref(), &request, ctx)?;
     // Whether the client sent credentials, before a filter may take them out: the cache
     // stores an answer to it only if the answer says it may be shared.
