@@ -1,22 +1,32 @@
-//! Hardening (issue 22), what exists of it: no spelling of a path reaches a route other than
-//! the one its normal form names, so a route's auth cannot be walked around, over HTTP/1.1
-//! (written raw, so no client tidies the path first) and HTTP/2; a client's own identity
-//! headers (`x-consumer-id`) never reach a plugin or an upstream; and forwarding headers
-//! (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are believed only from trusted proxies, so a
-//! client can neither pose as another address to a rate limit nor to the upstream.
-//! (Limits and blame are in `limits.rs`.)
+//! Hardening (issue 22), what exists of it: no spelling of a path or of a host reaches a route
+//! other than the one its normal form names, so a route's auth cannot be walked around, over
+//! HTTP/1.1 (written raw, so no client tidies the path or the Host first) and HTTP/2, and a
+//! host that is not one is refused before any route; a client's own identity headers
+//! (`x-consumer-id`) never reach a plugin or an upstream, not even from a trusted proxy; and
+//! forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are believed only from
+//! trusted proxies, so a client can neither pose as another address to a rate limit nor to
+//! the upstream. (Limits and blame are in `limits.rs`.)
 
 use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::{DEADLINE, Upstream, Weir, http2_client, read_body};
 
 /// `/private` behind key-auth, everything else open, one upstream answering `NAME METHOD PATH`.
 async fn private_and_open() -> (Upstream, Weir) {
+    private_and_open_with("").await
+}
+
+/// [`private_and_open`] with `server` in `[server]`.
+async fn private_and_open_with(server: &str) -> (Upstream, Weir) {
     let upstream = Upstream::start("app").await;
     let config = format!(
         r#"
 [[listeners]]
 address = "127.0.0.1:0"
+
+[server]
+{server}
 
 [plugins]
 cache_dir = "{cache}"
@@ -64,22 +74,30 @@ const VARIANTS: [&str; 14] = [
 
 /// One raw HTTP/1.1 request for `target`; the status code.
 async fn raw_status(weir: &Weir, target: &str, key: Option<&str>) -> u16 {
+    let key = key.map_or(String::new(), |k| format!("x-api-key: {k}\r\n"));
+    let head = format!("GET {target} HTTP/1.1\r\nhost: app.test\r\n{key}connection: close\r\n\r\n");
+    raw_exchange(weir, &head).await.0
+}
+
+/// Writes `head`, a whole bodiless HTTP/1.1 request as raw bytes (no client checks or tidies
+/// it), and reads until weir closes the connection: the status code and the answer as text.
+async fn raw_exchange(weir: &Weir, head: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(weir.proxy)
         .await
         .expect("connect");
-    let key = key.map_or(String::new(), |k| format!("x-api-key: {k}\r\n"));
-    let head = format!("GET {target} HTTP/1.1\r\nhost: app.test\r\n{key}connection: close\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut answer = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
         .await
         .expect("an answer in time")
         .expect("read");
-    let text = String::from_utf8_lossy(&answer);
-    text.split(' ')
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"))
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,6 +160,196 @@ async fn no_spelling_of_a_protected_path_reaches_the_open_route_over_http2() {
     assert!(upstream.requests().is_empty());
 }
 
+/// Host `api.test` behind key-auth (cluster `api`), every other host open (cluster `open`,
+/// no plugins); each upstream answers `NAME METHOD PATH`.
+async fn api_host_and_open() -> (Upstream, Upstream, Weir) {
+    let api = Upstream::start("api").await;
+    let open = Upstream::start("open").await;
+    let config = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[plugins]
+cache_dir = "{cache}"
+
+[[clusters]]
+name = "api"
+endpoints = ["{api}"]
+
+[[clusters]]
+name = "open"
+endpoints = ["{open}"]
+
+[[routes]]
+name = "api"
+host = "api.test"
+cluster = "api"
+plugins = ["key-auth"]
+
+[[routes]]
+name = "open"
+cluster = "open"
+plugins = []
+"#,
+        api = api.addr,
+        open = open.addr,
+        cache = crate::plugin_cache().display()
+    );
+    let weir = Weir::start_with_files(&config, &crate::key_auth_files()).await;
+    (api, open, weir)
+}
+
+/// The spellings of the host `api.test` an attacker tries: another case, a port (an empty
+/// one too), the trailing dot of a fully-qualified name, and these together.
+const HOST_VARIANTS: [&str; 9] = [
+    "api.test",
+    "API.TEST",
+    "Api.Test:8080",
+    "api.test.",
+    "api.test.:80",
+    "api.test:",
+    "API.test.:",
+    "aPi.TeSt.:65535",
+    "api.test:080",
+];
+
+/// Hosts that are not hosts: a port out of range or not a number, a space, two ports, an
+/// IPv6 literal left open; some in upper case or with a trailing dot, so the full check (not
+/// only the one-pass path) is the one to refuse them.
+const MALFORMED_HOSTS: [&str; 8] = [
+    "api.test:99999",
+    "api.test:65536",
+    "api.test:8a",
+    "api test",
+    "api.test:80:80",
+    "[::1",
+    "API.TEST.:99999",
+    "Api.Test:8a",
+];
+
+/// A raw HTTP/1.1 `GET /x` with `host` as its Host header, and `key` as its API key if any.
+fn get_for_host(host: &str, key: Option<&str>) -> String {
+    let key = key.map_or(String::new(), |k| format!("x-api-key: {k}\r\n"));
+    format!("GET /x HTTP/1.1\r\nhost: {host}\r\n{key}connection: close\r\n\r\n")
+}
+
+/// Routes are chosen by the normal form of the host (lower case, no port, no trailing dot):
+/// every spelling of `api.test`, in `Host` or as an absolute-form target's authority, must
+/// meet the key-auth of `api.test`'s route. A spelling left un-normalised (by the one-pass
+/// host path or the full check behind it) matches no host route and falls through to the
+/// open catch-all beside it, no key asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_spelling_of_a_protected_host_reaches_the_open_route_over_http1() {
+    let (api, open, weir) = api_host_and_open().await;
+    // The catch-all is there to fall into: another host reaches it with no key.
+    let (status, text) = raw_exchange(&weir, &get_for_host("open.test", None)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("open GET /x"), "{text}");
+    for host in HOST_VARIANTS {
+        let (status, text) = raw_exchange(&weir, &get_for_host(host, None)).await;
+        assert_eq!(status, 401, "Host {host:?} without a key: {text}");
+        // Absolute form: the target's authority is the host, whatever Host says.
+        let head =
+            format!("GET http://{host}/x HTTP/1.1\r\nhost: open.test\r\nconnection: close\r\n\r\n");
+        let (status, text) = raw_exchange(&weir, &head).await;
+        assert_eq!(status, 401, "GET http://{host}/x without a key: {text}");
+    }
+    assert_eq!(
+        open.requests().len(),
+        1,
+        "a spelling of api.test reached the open route: {:?}",
+        open.requests()
+            .iter()
+            .map(|r| r.headers.get("host").cloned())
+            .collect::<Vec<_>>()
+    );
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    // With the key, every spelling is api.test's.
+    for host in HOST_VARIANTS {
+        let (status, text) = raw_exchange(&weir, &get_for_host(host, Some("alice-key"))).await;
+        assert_eq!(status, 200, "Host {host:?} with the key: {text}");
+        assert!(text.ends_with("api GET /x"), "Host {host:?}: {text}");
+    }
+    assert_eq!(api.requests().len(), HOST_VARIANTS.len());
+    assert_eq!(open.requests().len(), 1);
+}
+
+/// The same over HTTP/2, where the host is the `:authority` pseudo-header.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_spelling_of_a_protected_host_reaches_the_open_route_over_http2() {
+    let (api, open, weir) = api_host_and_open().await;
+    let stream = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    for host in HOST_VARIANTS {
+        for (key, expected) in [
+            (None, StatusCode::UNAUTHORIZED),
+            (Some("alice-key"), StatusCode::OK),
+        ] {
+            let mut request = http::Request::get(format!("http://{host}/x"));
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+            let request = request.body(weir_tests::empty()).expect("request");
+            let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+                .await
+                .expect("in time")
+                .expect("response");
+            let status = response.status();
+            let body = read_body(response.into_body()).await;
+            assert_eq!(
+                status, expected,
+                ":authority {host:?}, key {key:?}: {body:?}"
+            );
+        }
+    }
+    assert!(
+        open.requests().is_empty(),
+        "a spelling of api.test reached the open route: {:?}",
+        open.requests()
+            .iter()
+            .map(|r| r.uri.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        api.requests().len(),
+        HOST_VARIANTS.len(),
+        "only with the key"
+    );
+}
+
+/// A Host that is not one is refused (400) before routing, in any case and with or without a
+/// key: it reaches neither the open catch-all, where a host no route names would otherwise
+/// fall, nor the protected route. (Were the one-pass host path to take a port past 65535 or
+/// not a number, or the full check to let one through, the request would be routed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_host_is_refused_before_any_route() {
+    let (api, open, weir) = api_host_and_open().await;
+    for host in MALFORMED_HOSTS {
+        for key in [None, Some("alice-key")] {
+            let (status, text) = raw_exchange(&weir, &get_for_host(host, key)).await;
+            assert_eq!(status, 400, "Host {host:?}, key {key:?}: {text}");
+        }
+    }
+    assert!(
+        open.requests().is_empty() && api.requests().is_empty(),
+        "a malformed host was routed: open {:?}, api {:?}",
+        open.requests(),
+        api.requests()
+    );
+    // The same weir routes a well-formed host.
+    let (status, text) =
+        raw_exchange(&weir, &get_for_host("api.test:8080", Some("alice-key"))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(api.requests().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_cannot_pose_as_a_consumer_on_any_route() {
     let (upstream, weir) = private_and_open().await;
@@ -165,6 +373,44 @@ async fn a_client_cannot_pose_as_a_consumer_on_any_route() {
     let seen = upstream.requests().pop().expect("a request");
     let consumers: Vec<_> = seen.headers.get_all("x-consumer-id").iter().collect();
     assert_eq!(consumers, ["alice"]);
+}
+
+/// A trusted proxy passes on what its client wrote: its forwarding headers are believed, but
+/// who the client is, only weir's plugins say, so `x-consumer-id` and `x-consumer` that come
+/// through it are removed as anyone's are (were they kept for a trusted peer, every client
+/// behind the load balancer could name itself `admin`), while its `X-Forwarded-For` is kept
+/// and extended with the peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_cannot_pass_on_a_clients_identity() {
+    let (upstream, weir) = private_and_open_with("trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let forged = [
+        ("x-consumer-id", "admin"),
+        ("x-consumer", "admin"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+    ];
+    // On a route without plugins.
+    let (status, _, _) = weir_tests::get_with(&weir.url("/open"), &forged).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.requests().pop().expect("a request");
+    assert!(seen.headers.get("x-consumer-id").is_none(), "{seen:?}");
+    assert!(seen.headers.get("x-consumer").is_none(), "{seen:?}");
+    let xff: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(
+        xff,
+        ["1.2.3.4, 127.0.0.1"],
+        "the trusted proxy's X-Forwarded-For is kept, extended with the peer"
+    );
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    // Behind key-auth: the key's consumer alone, and no `x-consumer` (key-auth sets none).
+    let mut with_key = forged.to_vec();
+    with_key.push(("x-api-key", "alice-key"));
+    let (status, _, _) = weir_tests::get_with(&weir.url("/private/file"), &with_key).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.requests().pop().expect("a request");
+    let consumers: Vec<_> = seen.headers.get_all("x-consumer-id").iter().collect();
+    assert_eq!(consumers, ["alice"], "{seen:?}");
+    assert!(seen.headers.get("x-consumer").is_none(), "{seen:?}");
 }
 
 const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/rate_limit.wasm"));

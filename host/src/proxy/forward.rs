@@ -492,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn an_untrusted_peers_forwarding_headers_are_removed() {
+    fn an_untrusted_peers_forwarding_headers_and_anyones_identity_headers_are_removed() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("x-forwarded-for", "1.2.3.4"),
