@@ -35,11 +35,6 @@ impl EndpointState {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Marks the endpoint healthy or not; returns whether that changed anything.
-    pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
-    }
-
     /// Healthy and not ejected at `now_ms`.
     pub(crate) fn is_up(&self, now_ms: u64) -> bool {
         self.is_healthy() && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
@@ -94,6 +89,14 @@ struct ClusterState {
     /// An endpoint has been ejected since the cluster was configured: until one is, no
     /// ejection deadline needs the clock.
     ejected_once: AtomicBool,
+    /// Endpoints marked unhealthy by their health checks now.
+    unhealthy: AtomicUsize,
+    /// The latest ejection deadline ever set: from then on, no endpoint is ejected (an
+    /// ejection ended early leaves it as it was).
+    ejected_until_max: AtomicU64,
+    /// Whether a pick with every endpoint up has the healthy primaries to choose from: there
+    /// is a primary, and `panic_percent` cannot put a cluster with all of them up in panic.
+    all_up_picks_primaries: bool,
 }
 
 impl std::ops::Deref for ClusterState {
@@ -158,7 +161,44 @@ impl Endpoints {
             retrying: AtomicUsize::new(0),
             panic_percent: config.panic_threshold,
             ejected_once: AtomicBool::new(false),
+            unhealthy: AtomicUsize::new(0),
+            ejected_until_max: AtomicU64::new(0),
+            all_up_picks_primaries: config.endpoints.iter().any(|e| !e.backup)
+                && config.panic_threshold <= 100,
         }))
+    }
+
+    /// Marks endpoint `i` healthy or not; returns whether that changed anything.
+    pub fn set_healthy(&self, i: usize, healthy: bool) -> bool {
+        let Some(state) = self.0.get(i) else {
+            return false;
+        };
+        let changed = state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed && healthy {
+            self.0.unhealthy.fetch_sub(1, Ordering::Relaxed);
+        } else if changed {
+            self.0.unhealthy.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// When every endpoint is healthy and none is ejected (the usual state), the clock to
+    /// pick by: `Some(0)` until an endpoint has ever been ejected, else now. `None` when one
+    /// may be down, and each must be looked at.
+    pub(crate) fn all_up(&self) -> Option<u64> {
+        if self.0.unhealthy.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        if !self.ever_ejected() {
+            return Some(0);
+        }
+        let now = self.now_ms();
+        (self.0.ejected_until_max.load(Ordering::Relaxed) <= now).then_some(now)
+    }
+
+    /// Whether a first attempt with every endpoint up picks among the healthy primaries.
+    pub(crate) fn all_up_picks_primaries(&self) -> bool {
+        self.0.all_up_picks_primaries
     }
 
     /// The number of endpoints.
@@ -259,10 +299,24 @@ impl Endpoints {
         let times = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let ejection = detection.base_ejection_time * times.min(10);
         let until = now.saturating_add(u64::try_from(ejection.as_millis()).unwrap_or(u64::MAX));
-        self.0.ejected_once.store(true, Ordering::Relaxed);
-        state.ejected_until_ms.store(until, Ordering::Relaxed);
+        self.eject_until(state, until);
         state.consecutive_failures.store(0, Ordering::Relaxed);
         Some(ejection)
+    }
+
+    /// Ejects `state`, one of these endpoints', until `until` on [`Endpoints::now_ms`]'s clock.
+    fn eject_until(&self, state: &EndpointState, until: u64) {
+        self.0.ejected_until_max.fetch_max(until, Ordering::Relaxed);
+        self.0.ejected_once.store(true, Ordering::Relaxed);
+        state.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Ejects endpoint `i` until `until`, as outlier detection would.
+    #[cfg(test)]
+    pub(crate) fn eject_for_test(&self, i: usize, until: u64) {
+        if let Some(state) = self.0.get(i) {
+            self.eject_until(state, until);
+        }
     }
 
     /// Counts a request in flight to endpoint `i` until the guard is dropped.

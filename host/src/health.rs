@@ -70,11 +70,14 @@ pub(crate) fn spawn(
                     }
                 }
                 let healthy = state.is_healthy();
-                if !healthy && streak.passes >= check.healthy_threshold && state.set_healthy(true) {
+                if !healthy
+                    && streak.passes >= check.healthy_threshold
+                    && endpoints.set_healthy(i, true)
+                {
                     tracing::info!(cluster, endpoint = %targets[i], passes = streak.passes, "endpoint healthy");
                 } else if healthy
                     && streak.failures >= check.unhealthy_threshold
-                    && state.set_healthy(false)
+                    && endpoints.set_healthy(i, false)
                 {
                     let why = result.as_ref().err().cloned().unwrap_or_default();
                     tracing::warn!(cluster, endpoint = %targets[i], failures = streak.failures, error = %why, "endpoint unhealthy");

@@ -7,7 +7,9 @@
 //! none is healthy, the healthy backups; if none of those either, every primary (better to
 //! try an endpoint believed down than to fail every request, as Envoy's panic mode does).
 //! Health and ejections are the endpoints' live state (`crate::endpoints`), read lock-free
-//! here; nothing in this module changes it.
+//! here; nothing in this module changes it. The cluster counts its unhealthy endpoints and
+//! keeps its latest ejection deadline, so a first attempt while every endpoint is up (the
+//! usual case) knows its candidates without a pass over the endpoints.
 
 mod consistent_hash;
 mod first;
@@ -77,6 +79,24 @@ impl Endpoints {
     /// The set every algorithm chooses from (see the module docs), leaving out what `ctx`
     /// already tried unless nothing else is left.
     pub fn candidates(&self, ctx: &PickContext) -> Candidates {
+        // The usual case, a first attempt with every endpoint up: the healthy primaries,
+        // known without a look at each endpoint (a pass over them all, twice with a panic
+        // threshold, on every request of a large cluster).
+        if ctx.tried == 0
+            && self.all_up_picks_primaries()
+            && let Some(now) = self.all_up()
+        {
+            return Candidates {
+                tier: Tier::HealthyPrimaries,
+                avoid: 0,
+                now,
+            };
+        }
+        self.candidates_endpoint_by_endpoint(ctx)
+    }
+
+    /// [`Endpoints::candidates`] from each endpoint's state.
+    fn candidates_endpoint_by_endpoint(&self, ctx: &PickContext) -> Candidates {
         // The clock is read only once an endpoint has been ejected: an ejection deadline is
         // the only thing `now` is compared with, and one never set (0) has always passed.
         let now = if self.ever_ejected() {
@@ -260,15 +280,67 @@ mod tests {
             let config = cluster(&[(1, false), (1, false), (1, true)], lb.clone());
             let endpoints = Endpoints::new(&config);
             assert_eq!(spread(&config, &endpoints, 100)[2], 0, "{lb:?}");
-            endpoints.get(0).expect("endpoint").set_healthy(false);
+            endpoints.set_healthy(0, false);
             let s = spread(&config, &endpoints, 100);
             assert_eq!((s[0], s[1], s[2]), (0, 100, 0), "{lb:?}");
-            endpoints.get(1).expect("endpoint").set_healthy(false);
+            endpoints.set_healthy(1, false);
             assert_eq!(spread(&config, &endpoints, 100), [0, 0, 100], "{lb:?}");
-            endpoints.get(2).expect("endpoint").set_healthy(false);
+            endpoints.set_healthy(2, false);
             let s = spread(&config, &endpoints, 100);
             assert_eq!((s[0] + s[1], s[2]), (100, 0), "{lb:?}: all down");
         }
+    }
+
+    /// The shortcut for a cluster with every endpoint up admits exactly the endpoints the
+    /// look at each endpoint admits: every mix of three endpoints' backup flags, health,
+    /// ejections (running, and over) and tried bits, with panic thresholds 0, 50 and 100.
+    #[test]
+    fn all_up_shortcut_admits_what_each_endpoints_state_admits() {
+        let mut shortcuts = 0;
+        for pct in [0, 50, 100] {
+            for backups in 0..8u32 {
+                for down in 0..8u32 {
+                    for ejected in 0..16u32 {
+                        for tried in 0..8u64 {
+                            let bit = |mask: u32, i: usize| mask & (1 << i) != 0;
+                            let shape: Vec<(u32, bool)> =
+                                (0..3).map(|i| (1, bit(backups, i))).collect();
+                            let mut config = cluster(&shape, LbPolicy::RoundRobin);
+                            config.panic_threshold = pct;
+                            let endpoints = Endpoints::new(&config);
+                            for i in 0..3 {
+                                if bit(down, i) {
+                                    endpoints.set_healthy(i, false);
+                                }
+                                if bit(ejected, i) {
+                                    endpoints.eject_for_test(i, endpoints.now_ms() + 60_000);
+                                }
+                            }
+                            // Bit 3: an ejection that has ended (its deadline passed).
+                            if bit(ejected, 3) {
+                                endpoints.eject_for_test(0, 0);
+                            }
+                            let ctx = PickContext { hash: None, tried };
+                            let quick = endpoints.candidates(&ctx);
+                            let each = endpoints.candidates_endpoint_by_endpoint(&ctx);
+                            let case = (pct, backups, down, ejected, tried);
+                            for i in 0..3 {
+                                assert_eq!(
+                                    quick.admits_index(&endpoints, i),
+                                    each.admits_index(&endpoints, i),
+                                    "endpoint {i} in {case:?}"
+                                );
+                            }
+                            if tried == 0 && endpoints.all_up().is_some() {
+                                shortcuts += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The shortcut is taken, not only never wrong.
+        assert!(shortcuts > 10, "{shortcuts}");
     }
 
     #[test]
@@ -276,19 +348,19 @@ mod tests {
         let mut config = cluster(&[(1, false); 4], LbPolicy::RoundRobin);
         config.panic_threshold = 50;
         let endpoints = Endpoints::new(&config);
-        endpoints.get(0).expect("endpoint").set_healthy(false);
+        endpoints.set_healthy(0, false);
         assert_eq!(
             spread(&config, &endpoints, 30)[0],
             0,
             "3 of 4 up: above 50 %"
         );
-        endpoints.get(1).expect("endpoint").set_healthy(false);
+        endpoints.set_healthy(1, false);
         assert_eq!(
             spread(&config, &endpoints, 30)[0],
             0,
             "2 of 4 up: exactly 50 %"
         );
-        endpoints.get(2).expect("endpoint").set_healthy(false);
+        endpoints.set_healthy(2, false);
         assert_eq!(
             spread(&config, &endpoints, 40),
             [10, 10, 10, 10],
