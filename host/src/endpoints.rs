@@ -97,6 +97,9 @@ struct ClusterState {
     /// Whether a pick with every endpoint up has the healthy primaries to choose from: there
     /// is a primary, and `panic_percent` cannot put a cluster with all of them up in panic.
     all_up_picks_primaries: bool,
+    /// The primaries in config order, each with the sum of the weights up to and including
+    /// its own: a weighted choice among all of them is a binary search.
+    primaries: Box<[(u64, usize)]>,
 }
 
 impl std::ops::Deref for ClusterState {
@@ -165,7 +168,39 @@ impl Endpoints {
             ejected_until_max: AtomicU64::new(0),
             all_up_picks_primaries: config.endpoints.iter().any(|e| !e.backup)
                 && config.panic_threshold <= 100,
+            primaries: config
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.backup)
+                .scan(0u64, |sum, (i, e)| {
+                    *sum += u64::from(e.weight);
+                    Some((*sum, i))
+                })
+                .collect(),
         }))
+    }
+
+    /// The primaries' weights together.
+    pub(crate) fn primary_weight(&self) -> u64 {
+        self.0.primaries.last().map_or(0, |&(sum, _)| sum)
+    }
+
+    /// The primary that `r`, in `0..primary_weight()`, falls on when each primary takes as
+    /// much of that range as its weight, in config order.
+    pub(crate) fn primary_by_weight(&self, r: u64) -> Option<usize> {
+        let at = self.0.primaries.partition_point(|&(sum, _)| sum <= r);
+        self.0.primaries.get(at).map(|&(_, i)| i)
+    }
+
+    /// Where primary `i`'s share of `0..primary_weight()` starts.
+    pub(crate) fn primary_weight_before(&self, i: usize) -> Option<u64> {
+        let at = self
+            .0
+            .primaries
+            .binary_search_by_key(&i, |&(_, e)| e)
+            .ok()?;
+        Some(at.checked_sub(1).map_or(0, |p| self.0.primaries[p].0))
     }
 
     /// Marks endpoint `i` healthy or not; returns whether that changed anything.

@@ -1,9 +1,10 @@
 //! Least request by the power of two choices (Envoy's default for `LEAST_REQUEST`): pick two
 //! different candidates at random by weight and send the request to the one with fewer
-//! requests in flight per unit of weight. Nearly as good as scanning every endpoint, at constant cost,
-//! and it never herds every request onto one endpoint that just became idle.
+//! requests in flight per unit of weight. Nearly as good as scanning every endpoint, at a cost
+//! that does not grow with the cluster while every endpoint is up (two binary searches), and it
+//! never herds every request onto one endpoint that just became idle.
 
-use super::{Balancer, Endpoints, PickContext, admitted_weight, weighted_choice};
+use super::{Balancer, Endpoints, PickContext, weighted_choice_except, weighted_pick};
 
 /// Power-of-two-choices least request, weighted.
 #[derive(Debug)]
@@ -23,16 +24,7 @@ impl LeastRequest {
 impl Balancer for LeastRequest {
     fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
         let candidates = endpoints.candidates(ctx);
-        let total = admitted_weight(endpoints, &self.weights, candidates);
-        if total == 0 {
-            return None;
-        }
-        let a = weighted_choice(
-            endpoints,
-            &self.weights,
-            candidates,
-            fastrand::u64(0..total),
-        )?;
+        let (total, a) = weighted_pick(endpoints, &self.weights, candidates)?;
         // The second choice is another endpoint whenever there is one, so two endpoints are
         // always compared (with two, an independent draw would repeat half the time).
         let weight = |i: usize| u64::from(self.weights.get(i).copied().unwrap_or(1));
@@ -40,17 +32,14 @@ impl Balancer for LeastRequest {
         if rest == 0 {
             return Some(a);
         }
-        let mut r = fastrand::u64(0..rest);
-        let b = (0..endpoints.len())
-            .filter(|&i| i != a && candidates.admits_index(endpoints, i))
-            .find(|&i| {
-                if r < weight(i) {
-                    true
-                } else {
-                    r -= weight(i);
-                    false
-                }
-            })?;
+        let r = fastrand::u64(0..rest);
+        let b = if candidates.all_primaries {
+            // `a`'s share taken out of the range: what falls at or after its start moves past it.
+            let start = endpoints.primary_weight_before(a)?;
+            endpoints.primary_by_weight(if r < start { r } else { r + weight(a) })?
+        } else {
+            weighted_choice_except(endpoints, &self.weights, candidates, a, r)?
+        };
         // Compare in_flight / weight without dividing.
         let load = |i: usize| {
             let in_flight = endpoints.get(i).map_or(0, |e| e.in_flight()) as u64;

@@ -90,6 +90,7 @@ impl Endpoints {
                 tier: Tier::HealthyPrimaries,
                 avoid: 0,
                 now,
+                all_primaries: true,
             };
         }
         self.candidates_endpoint_by_endpoint(ctx)
@@ -131,7 +132,12 @@ impl Endpoints {
             Tier::AllPrimaries if any(&primary, &untried) => ctx.tried,
             Tier::AllPrimaries => 0,
         };
-        Candidates { tier, avoid, now }
+        Candidates {
+            tier,
+            avoid,
+            now,
+            all_primaries: false,
+        }
     }
 
     /// Whether a pick with `ctx` can still avoid every endpoint it tried (false once all
@@ -147,6 +153,9 @@ pub struct Candidates {
     tier: Tier,
     avoid: u64,
     now: u64,
+    /// Every primary, and only the primaries (every endpoint up, nothing tried): a weighted
+    /// choice needs no pass over the endpoints ([`Endpoints::primary_by_weight`]).
+    all_primaries: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,15 +184,44 @@ impl Candidates {
     }
 }
 
+/// The candidates' total weight and a weighted choice among them (`None` if there is none),
+/// at random.
+fn weighted_pick(
+    endpoints: &Endpoints,
+    weights: &[u32],
+    candidates: Candidates,
+) -> Option<(u64, usize)> {
+    if candidates.all_primaries {
+        let total = endpoints.primary_weight();
+        let r = (total > 0).then(|| fastrand::u64(0..total))?;
+        return Some((total, endpoints.primary_by_weight(r)?));
+    }
+    let total = admitted_weight(endpoints, weights, candidates);
+    let r = (total > 0).then(|| fastrand::u64(0..total))?;
+    Some((total, weighted_choice(endpoints, weights, candidates, r)?))
+}
+
 /// Weighted choice among admitted endpoints with `r` in `0..total admitted weight`.
 fn weighted_choice(
     endpoints: &Endpoints,
     weights: &[u32],
     candidates: Candidates,
+    r: u64,
+) -> Option<usize> {
+    weighted_choice_except(endpoints, weights, candidates, usize::MAX, r)
+}
+
+/// [`weighted_choice`] among the admitted endpoints other than `except`, with `r` in `0..`
+/// their total weight.
+fn weighted_choice_except(
+    endpoints: &Endpoints,
+    weights: &[u32],
+    candidates: Candidates,
+    except: usize,
     mut r: u64,
 ) -> Option<usize> {
     for (i, e) in endpoints.iter().enumerate() {
-        if candidates.admits(i, e) {
+        if i != except && candidates.admits(i, e) {
             let w = u64::from(weights.get(i).copied().unwrap_or(1));
             if r < w {
                 return Some(i);
@@ -341,6 +379,43 @@ mod tests {
         }
         // The shortcut is taken, not only never wrong.
         assert!(shortcuts > 10, "{shortcuts}");
+    }
+
+    /// With every endpoint up, the binary searches over the primaries' weights choose what
+    /// the pass over the endpoints chooses, for every draw: the first choice, and the second
+    /// of least_request's, with the first's share taken out.
+    #[test]
+    fn weighted_choice_among_all_primaries_is_the_pass_over_the_endpoints() {
+        let shape = [
+            (3, false),
+            (1, true),
+            (5, false),
+            (2, false),
+            (4, true),
+            (1, false),
+        ];
+        let config = cluster(&shape, LbPolicy::LeastRequest);
+        let endpoints = Endpoints::new(&config);
+        let weights: Vec<u32> = shape.iter().map(|&(w, _)| w).collect();
+        let ctx = PickContext::default();
+        let quick = endpoints.candidates(&ctx);
+        let each = endpoints.candidates_endpoint_by_endpoint(&ctx);
+        assert!(quick.all_primaries && !each.all_primaries);
+        let total = admitted_weight(&endpoints, &weights, each);
+        assert_eq!(endpoints.primary_weight(), total);
+        for r in 0..total {
+            let a = weighted_choice(&endpoints, &weights, each, r);
+            assert_eq!(endpoints.primary_by_weight(r), a, "r = {r}");
+            let a = a.expect("a primary");
+            let weight = |i: usize| u64::from(weights[i]);
+            let start = endpoints.primary_weight_before(a).expect("a primary");
+            for r in 0..total - weight(a) {
+                let b = weighted_choice_except(&endpoints, &weights, each, a, r);
+                let moved = if r < start { r } else { r + weight(a) };
+                assert_eq!(endpoints.primary_by_weight(moved), b, "a = {a}, r = {r}");
+            }
+        }
+        assert_eq!(endpoints.primary_by_weight(total), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Weighted random choice.
 
-use super::{Balancer, Endpoints, PickContext, admitted_weight, weighted_choice};
+use super::{Balancer, Endpoints, PickContext, weighted_pick};
 
 /// Picks an endpoint at random, in proportion to its weight.
 #[derive(Debug)]
@@ -20,16 +20,7 @@ impl Random {
 impl Balancer for Random {
     fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
         let candidates = endpoints.candidates(ctx);
-        let total = admitted_weight(endpoints, &self.weights, candidates);
-        if total == 0 {
-            return None;
-        }
-        weighted_choice(
-            endpoints,
-            &self.weights,
-            candidates,
-            fastrand::u64(0..total),
-        )
+        weighted_pick(endpoints, &self.weights, candidates).map(|(_, i)| i)
     }
 }
 
