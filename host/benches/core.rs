@@ -14,7 +14,8 @@ use weir::plugin::view::RequestView;
 use weir::router::Router;
 
 /// A config with 1,000 routes over 100 hosts × 10 path prefixes, one cluster per balancing
-/// algorithm, each with 8 endpoints, and a round-robin cluster of 100 endpoints.
+/// algorithm, each with 8 endpoints, and round-robin, least-request and random clusters of
+/// 100 endpoints.
 fn config() -> weir::config::Config {
     let mut text = String::from("[[listeners]]\naddress = \"127.0.0.1:0\"\n");
     for lb in [
@@ -30,12 +31,14 @@ fn config() -> weir::config::Config {
             endpoints.join(", ")
         ));
     }
-    // A large cluster: a pick that looked at each endpoint would show here.
-    let endpoints: Vec<String> = (0..100).map(|i| format!("\"10.0.1.{i}:80\"")).collect();
-    text.push_str(&format!(
-        "[[clusters]]\nname = \"round_robin_100\"\nlb = \"round_robin\"\nendpoints = [{}]\n",
-        endpoints.join(", ")
-    ));
+    // Large clusters: a pick that looks at each endpoint shows here.
+    for lb in ["round_robin", "least_request", "random"] {
+        let endpoints: Vec<String> = (0..100).map(|i| format!("\"10.0.1.{i}:80\"")).collect();
+        text.push_str(&format!(
+            "[[clusters]]\nname = \"{lb}_100\"\nlb = \"{lb}\"\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        ));
+    }
     for host in 0..100 {
         for prefix in 0..10 {
             text.push_str(&format!(
