@@ -1,7 +1,10 @@
 //! The live state of a cluster's endpoints, shared by the balancer (which only reads it),
 //! the proxy and health checking: each endpoint's health flag, requests in flight, failure
-//! counts and outlier ejection; and the cluster's circuit breaker (`max_requests`) and retry
-//! budget. All atomics, read lock-free on the request path.
+//! counts and outlier ejection; and the cluster's circuit breaker (`max_requests`), retry
+//! budget, count of unhealthy endpoints and latest ejection deadline (so a pick can tell
+//! that every endpoint is up without looking at each). All atomics, read lock-free on the
+//! request path. Beside them, what the config fixes: each endpoint's weight, and the
+//! primaries' running weight totals for a weighted choice among them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,9 +97,8 @@ struct ClusterState {
     /// The latest ejection deadline ever set: from then on, no endpoint is ejected (an
     /// ejection ended early leaves it as it was).
     ejected_until_max: AtomicU64,
-    /// Whether a pick with every endpoint up has the healthy primaries to choose from: there
-    /// is a primary, and `panic_percent` cannot put a cluster with all of them up in panic.
-    all_up_picks_primaries: bool,
+    /// Each endpoint's weight, from the config.
+    weights: Box<[u32]>,
     /// The primaries in config order, each with the sum of the weights up to and including
     /// its own: a weighted choice among all of them is a binary search.
     primaries: Box<[(u64, usize)]>,
@@ -166,8 +168,7 @@ impl Endpoints {
             ejected_once: AtomicBool::new(false),
             unhealthy: AtomicUsize::new(0),
             ejected_until_max: AtomicU64::new(0),
-            all_up_picks_primaries: config.endpoints.iter().any(|e| !e.backup)
-                && config.panic_threshold <= 100,
+            weights: config.endpoints.iter().map(|e| e.weight).collect(),
             primaries: config
                 .endpoints
                 .iter()
@@ -179,6 +180,16 @@ impl Endpoints {
                 })
                 .collect(),
         }))
+    }
+
+    /// Endpoint `i`'s weight.
+    pub(crate) fn weight(&self, i: usize) -> u64 {
+        self.0.weights.get(i).map_or(1, |&w| u64::from(w))
+    }
+
+    /// How many of the endpoints are primaries.
+    pub(crate) fn primary_count(&self) -> usize {
+        self.0.primaries.len()
     }
 
     /// The primaries' weights together.
@@ -193,14 +204,12 @@ impl Endpoints {
         self.0.primaries.get(at).map(|&(_, i)| i)
     }
 
-    /// Where primary `i`'s share of `0..primary_weight()` starts.
-    pub(crate) fn primary_weight_before(&self, i: usize) -> Option<u64> {
-        let at = self
-            .0
-            .primaries
-            .binary_search_by_key(&i, |&(_, e)| e)
-            .ok()?;
-        Some(at.checked_sub(1).map_or(0, |p| self.0.primaries[p].0))
+    /// Primary `i`'s share of `0..primary_weight()`: where it starts, and its weight.
+    pub(crate) fn primary_share(&self, i: usize) -> Option<(u64, u64)> {
+        let primaries = &self.0.primaries;
+        let at = primaries.binary_search_by_key(&i, |&(_, e)| e).ok()?;
+        let start = at.checked_sub(1).map_or(0, |p| primaries[p].0);
+        Some((start, primaries[at].0 - start))
     }
 
     /// Marks endpoint `i` healthy or not; returns whether that changed anything.
@@ -229,11 +238,6 @@ impl Endpoints {
         }
         let now = self.now_ms();
         (self.0.ejected_until_max.load(Ordering::Relaxed) <= now).then_some(now)
-    }
-
-    /// Whether a first attempt with every endpoint up picks among the healthy primaries.
-    pub(crate) fn all_up_picks_primaries(&self) -> bool {
-        self.0.all_up_picks_primaries
     }
 
     /// The number of endpoints.

@@ -61,8 +61,8 @@ pub fn build(config: &ClusterConfig) -> Box<dyn Balancer> {
     let weights: Vec<u32> = config.endpoints.iter().map(|e| e.weight).collect();
     match &config.lb {
         LbPolicy::RoundRobin => Box::new(RoundRobin::new(&weights)),
-        LbPolicy::LeastRequest => Box::new(LeastRequest::new(&weights)),
-        LbPolicy::Random => Box::new(Random::new(&weights)),
+        LbPolicy::LeastRequest => Box::new(LeastRequest),
+        LbPolicy::Random => Box::new(Random),
         LbPolicy::ConsistentHash { .. } => {
             let names: Vec<String> = config
                 .endpoints
@@ -82,8 +82,10 @@ impl Endpoints {
         // The usual case, a first attempt with every endpoint up: the healthy primaries,
         // known without a look at each endpoint (a pass over them all, twice with a panic
         // threshold, on every request of a large cluster).
+        let primaries = self.primary_count() as u64;
         if ctx.tried == 0
-            && self.all_up_picks_primaries()
+            && primaries > 0
+            && !in_panic(primaries, primaries, self.panic_percent())
             && let Some(now) = self.all_up()
         {
             return Candidates {
@@ -118,7 +120,7 @@ impl Endpoints {
         let panic = panic_percent > 0 && {
             let primaries = self.iter().filter(|e| primary(e)).count() as u64;
             let up = self.iter().filter(|e| primary_up(e)).count() as u64;
-            up * 100 < u64::from(panic_percent) * primaries
+            in_panic(up, primaries, panic_percent)
         };
         let tier = if any(&primary_up, &untried) && !panic {
             Tier::HealthyPrimaries
@@ -145,6 +147,11 @@ impl Endpoints {
     pub fn untried_left(&self, ctx: &PickContext) -> bool {
         self.candidates(ctx).avoid == ctx.tried
     }
+}
+
+/// Panic mode: fewer than `percent` % of the `primaries` are `up`.
+fn in_panic(up: u64, primaries: u64, percent: u32) -> bool {
+    up * 100 < u64::from(percent) * primaries
 }
 
 /// Which endpoints may take a request now.
@@ -186,43 +193,44 @@ impl Candidates {
 
 /// The candidates' total weight and a weighted choice among them (`None` if there is none),
 /// at random.
-fn weighted_pick(
-    endpoints: &Endpoints,
-    weights: &[u32],
-    candidates: Candidates,
-) -> Option<(u64, usize)> {
+fn weighted_pick(endpoints: &Endpoints, candidates: Candidates) -> Option<(u64, usize)> {
     if candidates.all_primaries {
         let total = endpoints.primary_weight();
         let r = (total > 0).then(|| fastrand::u64(0..total))?;
         return Some((total, endpoints.primary_by_weight(r)?));
     }
-    let total = admitted_weight(endpoints, weights, candidates);
+    let total = admitted_weight(endpoints, candidates);
     let r = (total > 0).then(|| fastrand::u64(0..total))?;
-    Some((total, weighted_choice(endpoints, weights, candidates, r)?))
+    Some((total, weighted_choice_or_first(endpoints, candidates, r)?))
 }
 
-/// Weighted choice among admitted endpoints with `r` in `0..total admitted weight`.
-fn weighted_choice(
+/// [`weighted_choice`]; or, when `r` falls past the weights admitted now (an endpoint went
+/// down after they were totalled), the first endpoint admitted, rather than none at all.
+fn weighted_choice_or_first(
     endpoints: &Endpoints,
-    weights: &[u32],
     candidates: Candidates,
     r: u64,
 ) -> Option<usize> {
-    weighted_choice_except(endpoints, weights, candidates, usize::MAX, r)
+    weighted_choice(endpoints, candidates, r)
+        .or_else(|| (0..endpoints.len()).find(|&i| candidates.admits_index(endpoints, i)))
+}
+
+/// Weighted choice among admitted endpoints with `r` in `0..total admitted weight`.
+fn weighted_choice(endpoints: &Endpoints, candidates: Candidates, r: u64) -> Option<usize> {
+    weighted_choice_except(endpoints, candidates, usize::MAX, r)
 }
 
 /// [`weighted_choice`] among the admitted endpoints other than `except`, with `r` in `0..`
 /// their total weight.
 fn weighted_choice_except(
     endpoints: &Endpoints,
-    weights: &[u32],
     candidates: Candidates,
     except: usize,
     mut r: u64,
 ) -> Option<usize> {
     for (i, e) in endpoints.iter().enumerate() {
         if i != except && candidates.admits(i, e) {
-            let w = u64::from(weights.get(i).copied().unwrap_or(1));
+            let w = endpoints.weight(i);
             if r < w {
                 return Some(i);
             }
@@ -233,12 +241,12 @@ fn weighted_choice_except(
 }
 
 /// The total weight of admitted endpoints.
-fn admitted_weight(endpoints: &Endpoints, weights: &[u32], candidates: Candidates) -> u64 {
+fn admitted_weight(endpoints: &Endpoints, candidates: Candidates) -> u64 {
     endpoints
         .iter()
         .enumerate()
         .filter(|(i, e)| candidates.admits(*i, e))
-        .map(|(i, _)| u64::from(weights.get(i).copied().unwrap_or(1)))
+        .map(|(i, _)| endpoints.weight(i))
         .sum()
 }
 
@@ -396,26 +404,34 @@ mod tests {
         ];
         let config = cluster(&shape, LbPolicy::LeastRequest);
         let endpoints = Endpoints::new(&config);
-        let weights: Vec<u32> = shape.iter().map(|&(w, _)| w).collect();
         let ctx = PickContext::default();
         let quick = endpoints.candidates(&ctx);
         let each = endpoints.candidates_endpoint_by_endpoint(&ctx);
         assert!(quick.all_primaries && !each.all_primaries);
-        let total = admitted_weight(&endpoints, &weights, each);
+        let total = admitted_weight(&endpoints, each);
         assert_eq!(endpoints.primary_weight(), total);
         for r in 0..total {
-            let a = weighted_choice(&endpoints, &weights, each, r);
+            let a = weighted_choice(&endpoints, each, r);
             assert_eq!(endpoints.primary_by_weight(r), a, "r = {r}");
             let a = a.expect("a primary");
-            let weight = |i: usize| u64::from(weights[i]);
-            let start = endpoints.primary_weight_before(a).expect("a primary");
-            for r in 0..total - weight(a) {
-                let b = weighted_choice_except(&endpoints, &weights, each, a, r);
-                let moved = if r < start { r } else { r + weight(a) };
+            let (start, weight) = endpoints.primary_share(a).expect("a primary");
+            assert_eq!(weight, endpoints.weight(a));
+            for r in 0..total - weight {
+                let b = weighted_choice_except(&endpoints, each, a, r);
+                let moved = if r < start { r } else { r + weight };
                 assert_eq!(endpoints.primary_by_weight(moved), b, "a = {a}, r = {r}");
             }
         }
         assert_eq!(endpoints.primary_by_weight(total), None);
+        // A draw past the weights admitted now (one went down after they were totalled)
+        // still finds an endpoint.
+        endpoints.set_healthy(0, false);
+        let now = endpoints.candidates(&ctx);
+        assert_eq!(weighted_choice(&endpoints, now, total - 1), None);
+        assert_eq!(
+            weighted_choice_or_first(&endpoints, now, total - 1),
+            Some(2)
+        );
     }
 
     #[test]

@@ -4,23 +4,12 @@ use super::{Balancer, Endpoints, PickContext, weighted_pick};
 
 /// Picks an endpoint at random, in proportion to its weight.
 #[derive(Debug)]
-pub struct Random {
-    weights: Vec<u32>,
-}
-
-impl Random {
-    /// A balancer for endpoints with `weights`.
-    pub fn new(weights: &[u32]) -> Random {
-        Random {
-            weights: weights.to_vec(),
-        }
-    }
-}
+pub struct Random;
 
 impl Balancer for Random {
     fn pick(&self, ctx: &PickContext, endpoints: &Endpoints) -> Option<usize> {
         let candidates = endpoints.candidates(ctx);
-        weighted_pick(endpoints, &self.weights, candidates).map(|(_, i)| i)
+        weighted_pick(endpoints, candidates).map(|(_, i)| i)
     }
 }
 
