@@ -89,13 +89,11 @@ struct ClusterState {
     retrying: AtomicUsize,
     /// `panic_threshold`: below this share of primaries up, balance across all primaries.
     panic_percent: u32,
-    /// An endpoint has been ejected since the cluster was configured: until one is, no
-    /// ejection deadline needs the clock.
-    ejected_once: AtomicBool,
     /// Endpoints marked unhealthy by their health checks now.
     unhealthy: AtomicUsize,
     /// The latest ejection deadline ever set: from then on, no endpoint is ejected (an
-    /// ejection ended early leaves it as it was).
+    /// ejection ended early leaves it as it was). 0 until an endpoint is ejected, when no
+    /// deadline needs the clock.
     ejected_until_max: AtomicU64,
     /// Each endpoint's weight, from the config.
     weights: Box<[u32]>,
@@ -165,7 +163,6 @@ impl Endpoints {
             rejected: AtomicU64::new(0),
             retrying: AtomicUsize::new(0),
             panic_percent: config.panic_threshold,
-            ejected_once: AtomicBool::new(false),
             unhealthy: AtomicUsize::new(0),
             ejected_until_max: AtomicU64::new(0),
             weights: config.endpoints.iter().map(|e| e.weight).collect(),
@@ -226,18 +223,11 @@ impl Endpoints {
         changed
     }
 
-    /// When every endpoint is healthy and none is ejected (the usual state), the clock to
-    /// pick by: `Some(0)` until an endpoint has ever been ejected, else now. `None` when one
-    /// may be down, and each must be looked at.
-    pub(crate) fn all_up(&self) -> Option<u64> {
-        if self.0.unhealthy.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        if !self.ever_ejected() {
-            return Some(0);
-        }
-        let now = self.now_ms();
-        (self.0.ejected_until_max.load(Ordering::Relaxed) <= now).then_some(now)
+    /// Whether every endpoint is healthy and none is ejected at `now` (from
+    /// [`Endpoints::ejection_clock`]): the usual state, in which no endpoint need be looked at.
+    pub(crate) fn all_up(&self, now: u64) -> bool {
+        self.0.unhealthy.load(Ordering::Relaxed) == 0
+            && self.0.ejected_until_max.load(Ordering::Relaxed) <= now
     }
 
     /// The number of endpoints.
@@ -346,7 +336,6 @@ impl Endpoints {
     /// Ejects `state`, one of these endpoints', until `until` on [`Endpoints::now_ms`]'s clock.
     fn eject_until(&self, state: &EndpointState, until: u64) {
         self.0.ejected_until_max.fetch_max(until, Ordering::Relaxed);
-        self.0.ejected_once.store(true, Ordering::Relaxed);
         state.ejected_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -379,10 +368,15 @@ impl Endpoints {
         self.0.panic_percent
     }
 
-    /// Whether an endpoint has been ejected since these endpoints were configured (its
-    /// ejection may have ended): until then every ejection deadline is 0, already past.
-    pub(crate) fn ever_ejected(&self) -> bool {
-        self.0.ejected_once.load(Ordering::Relaxed)
+    /// The clock ejection deadlines are compared with: 0 until an endpoint has been ejected
+    /// (every deadline is 0 then, already past, and the clock is not read), else
+    /// [`Endpoints::now_ms`].
+    pub(crate) fn ejection_clock(&self) -> u64 {
+        if self.0.ejected_until_max.load(Ordering::Relaxed) == 0 {
+            0
+        } else {
+            self.now_ms()
+        }
     }
 
     /// Milliseconds since these endpoints were configured: the clock ejections are kept in.

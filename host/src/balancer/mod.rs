@@ -82,11 +82,14 @@ impl Endpoints {
         // The usual case, a first attempt with every endpoint up: the healthy primaries,
         // known without a look at each endpoint (a pass over them all, twice with a panic
         // threshold, on every request of a large cluster).
+        // The clock is read only once an endpoint has been ejected: an ejection deadline is
+        // the only thing `now` is compared with.
+        let now = self.ejection_clock();
         let primaries = self.primary_count() as u64;
         if ctx.tried == 0
             && primaries > 0
             && !in_panic(primaries, primaries, self.panic_percent())
-            && let Some(now) = self.all_up()
+            && self.all_up(now)
         {
             return Candidates {
                 tier: Tier::HealthyPrimaries,
@@ -95,18 +98,11 @@ impl Endpoints {
                 all_primaries: true,
             };
         }
-        self.candidates_endpoint_by_endpoint(ctx)
+        self.candidates_endpoint_by_endpoint(ctx, now)
     }
 
-    /// [`Endpoints::candidates`] from each endpoint's state.
-    fn candidates_endpoint_by_endpoint(&self, ctx: &PickContext) -> Candidates {
-        // The clock is read only once an endpoint has been ejected: an ejection deadline is
-        // the only thing `now` is compared with, and one never set (0) has always passed.
-        let now = if self.ever_ejected() {
-            self.now_ms()
-        } else {
-            0
-        };
+    /// [`Endpoints::candidates`] from each endpoint's state at `now`.
+    fn candidates_endpoint_by_endpoint(&self, ctx: &PickContext, now: u64) -> Candidates {
         let untried = |i: usize| !ctx.has_tried(i);
         let any = |pred: &dyn Fn(&EndpointState) -> bool, tried: &dyn Fn(usize) -> bool| {
             self.iter().enumerate().any(|(i, e)| tried(i) && pred(e))
@@ -368,7 +364,8 @@ mod tests {
                             }
                             let ctx = PickContext { hash: None, tried };
                             let quick = endpoints.candidates(&ctx);
-                            let each = endpoints.candidates_endpoint_by_endpoint(&ctx);
+                            let now = endpoints.ejection_clock();
+                            let each = endpoints.candidates_endpoint_by_endpoint(&ctx, now);
                             let case = (pct, backups, down, ejected, tried);
                             for i in 0..3 {
                                 assert_eq!(
@@ -377,7 +374,7 @@ mod tests {
                                     "endpoint {i} in {case:?}"
                                 );
                             }
-                            if tried == 0 && endpoints.all_up().is_some() {
+                            if quick.all_primaries {
                                 shortcuts += 1;
                             }
                         }
@@ -406,7 +403,7 @@ mod tests {
         let endpoints = Endpoints::new(&config);
         let ctx = PickContext::default();
         let quick = endpoints.candidates(&ctx);
-        let each = endpoints.candidates_endpoint_by_endpoint(&ctx);
+        let each = endpoints.candidates_endpoint_by_endpoint(&ctx, 0);
         assert!(quick.all_primaries && !each.all_primaries);
         let total = admitted_weight(&endpoints, each);
         assert_eq!(endpoints.primary_weight(), total);
