@@ -160,42 +160,28 @@ async fn no_spelling_of_a_protected_path_reaches_the_open_route_over_http2() {
     assert!(upstream.requests().is_empty());
 }
 
-/// Host `api.test` behind key-auth (cluster `api`), every other host open (cluster `open`,
-/// no plugins); each upstream answers `NAME METHOD PATH`.
+/// Host `api.test` behind key-auth (cluster `api`), every other host open ([`crate::config`]'s
+/// catch-all, no plugins, to cluster `app` at `open`); each upstream answers `NAME METHOD PATH`.
 async fn api_host_and_open() -> (Upstream, Upstream, Weir) {
     let api = Upstream::start("api").await;
     let open = Upstream::start("open").await;
-    let config = format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-
-[plugins]
-cache_dir = "{cache}"
+    // The catch-all's `plugins` first: `extra` goes on in its table.
+    let extra = format!(
+        r#"plugins = []
 
 [[clusters]]
 name = "api"
-endpoints = ["{api}"]
-
-[[clusters]]
-name = "open"
-endpoints = ["{open}"]
+endpoints = ["{}"]
 
 [[routes]]
 name = "api"
 host = "api.test"
 cluster = "api"
 plugins = ["key-auth"]
-
-[[routes]]
-name = "open"
-cluster = "open"
-plugins = []
 "#,
-        api = api.addr,
-        open = open.addr,
-        cache = crate::plugin_cache().display()
+        api.addr
     );
+    let config = crate::config(&[open.addr], &extra);
     let weir = Weir::start_with_files(&config, &crate::key_auth_files()).await;
     (api, open, weir)
 }
