@@ -21,8 +21,9 @@
 # metrics off, on (the default config), on with a JSON access log, with seven of its fields,
 # with one request in ten logged, or with the full log to /dev/null (BENCHMARKS.md, issue 21).
 # Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
-# (default target/plugins, from `cargo xtask plugins`); the profile stays in $OUT, default
-# a temporary folder, for callgrind_annotate)
+# (default target/plugins, from `cargo xtask plugins`), CALLGRIND_ARGS (more valgrind options,
+# such as --dump-instr=yes for callgrind_annotate by source line); the profile stays in $OUT,
+# default a temporary folder, for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:?usage: bench/callgrind.sh BIN [N]}
