@@ -22,6 +22,7 @@
 # A weir target with `-b` after its name (weir-off-b, weir-log-b, ...) runs WEIR_B instead, so
 # two builds are compared in one run, their rounds interleaved; "vs off" compares each with
 # its own build's off target, which TARGETS must list first (weir-off-b before weir-log-b).
+# `floor-b` runs FLOOR_B beside `floor` the same way (a profile-guided floor, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -44,7 +45,8 @@ trap cleanup EXIT
 ORIGIN=18481
 declare -A PORT=([weir-off]=18482 [weir]=18483 [weir-log]=18484 [nginx-off]=18485
   [nginx-log]=18486 [nginx-json]=18487 [weir-null]=18488
-  [weir-off-b]=18489 [weir-b]=18490 [weir-log-b]=18491 [weir-null-b]=18492 [floor]=18493)
+  [weir-off-b]=18489 [weir-b]=18490 [weir-log-b]=18491 [weir-null-b]=18492 [floor]=18493
+  [floor-b]=18494)
 declare -A PID
 
 write_origin_conf "$tmp/origin.conf" "$ORIGIN"
@@ -76,8 +78,9 @@ for t in $TARGETS; do
     weir-log|weir-log-b) start_weir "$t" all ;;
     weir-null|weir-null-b) start_weir "$t" null ;;
     nginx-off) start_nginx "$t" "access_log off;" ;;
-    floor)
+    floor|floor-b)
       floor=${FLOOR:-target/release/hyper-floor}
+      [ "$t" = floor-b ] && floor=${FLOOR_B:?"floor-b needs FLOOR_B, a second floor build"}
       [ -x "$floor" ] || { echo "missing $floor: cargo build --release -p weir-bench-floor" >&2; exit 1; }
       taskset -c 0 "$floor" "127.0.0.1:${PORT[$t]}" "127.0.0.1:$ORIGIN" & pids+=($!)
       PID[$t]=$! ;;

@@ -64,12 +64,17 @@ pub(crate) fn token(subject: Option<String>, seconds: Option<String>) -> anyhow:
         .unwrap_or("3600")
         .parse()
         .context("SECONDS")?;
+    println!("{}", mint(&subject, seconds)?);
+    Ok(())
+}
+
+/// An HS256 token the example's jwt-auth accepts: `sub` = `subject`, valid `seconds`.
+pub(crate) fn mint(subject: &str, seconds: u64) -> anyhow::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = serde_json::json!({"sub": subject, "iat": now, "exp": now + seconds});
     let key = jsonwebtoken::EncodingKey::from_secret(EXAMPLE_SECRET.as_bytes());
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    println!("{}", jsonwebtoken::encode(&header, &claims, &key)?);
-    Ok(())
+    Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 
 /// `target/gateway/`: the example's `weir.toml` and `plugins/` with each plugin's wasm and

@@ -1,7 +1,8 @@
 //! The task runner shared by developers and CI: `cargo xtask <task>`. Needs nothing but cargo.
 //!
 //! - `test` — every check CI runs: formatting, clippy, the build, unit and end-to-end tests,
-//!   then every fuzz target for a bounded time (`fuzz`);
+//!   a small share of `pgo`'s training traffic, then every fuzz target for a bounded time
+//!   (`fuzz`);
 //! - `fuzz [--release] [SECONDS] [TARGET…]` — builds the fuzz targets (`fuzz/`, libFuzzer)
 //!   and runs each for SECONDS (60) on its committed corpus;
 //! - `plugins` — builds every bundled plugin (`plugins/*`) for `wasm32-wasip2` into
@@ -11,6 +12,9 @@
 //! - `gateway` — the same for the API-gateway example (`examples/gateway/`), every phase
 //!   plugin in front of a users and an orders upstream;
 //! - `token [SUBJECT] [SECONDS]` — prints a token the gateway example's jwt-auth accepts;
+//! - `pgo` — the production build, profile-guided: an instrumented weir serves training
+//!   traffic, and the `dist` build is optimised with what it counted, into `target/pgo/weir`
+//!   (`pgo --train WEIR` sends a small share of that traffic to WEIR, as CI does);
 //! - `examples` — installs the other languages' toolchains (`examples/toolchains.sh`) and
 //!   builds every example filter and handler (`examples/{filters,handlers}/*/build.sh`).
 
@@ -19,6 +23,7 @@
 mod demo;
 mod fuzz;
 mod gateway;
+mod pgo;
 
 use std::process::Command;
 
@@ -38,9 +43,10 @@ fn main() -> anyhow::Result<()> {
         "plugins" => plugins().map(|dir| eprintln!("plugins built into {}", dir.display())),
         "examples" => examples(),
         "fuzz" => fuzz::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "pgo" => pgo::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]\n  examples build the example plugins in every language (installs their toolchains)\n  fuzz     build the fuzz targets and run each: fuzz [--release] [SECONDS] [TARGET...] (libFuzzer)"
+                "usage: cargo xtask <task>\n\n  test     formatting, clippy, build, every test (what CI runs)\n  plugins  build the bundled plugins into target/plugins/\n  demo     run weir with the bundled plugins in front of demo upstreams\n  gateway  run the API-gateway example (every phase plugin)\n  token    print a token for the gateway example: token [SUBJECT] [SECONDS]\n  examples build the example plugins in every language (installs their toolchains)\n  fuzz     build the fuzz targets and run each: fuzz [--release] [SECONDS] [TARGET...] (libFuzzer)\n  pgo      the production build, profile-guided, into target/pgo/weir: pgo [--train WEIR]"
             );
             if task.is_empty() || task == "help" {
                 Ok(())
@@ -67,6 +73,9 @@ fn test() -> anyhow::Result<()> {
     // The other languages' examples, which the end-to-end tests load.
     examples()?;
     cargo(&["test", "--workspace"])?;
+    // `cargo xtask pgo`'s training traffic, a fiftieth of it, on the debug build: a phase that
+    // stopped getting 200s would teach the profile-guided build that an error path is hot.
+    pgo::smoke()?;
     // Last: a minute per fuzz target on its corpus (WEIR_FUZZ_SECONDS shortens it).
     fuzz::run(&[])
 }
@@ -187,10 +196,20 @@ pub(crate) fn target_dir() -> std::path::PathBuf {
 
 /// Runs `cargo ARGS` in the workspace root; fails if it fails.
 pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(args, &[])
+}
+
+/// Runs `cargo ARGS` in the workspace root with the environment variables `env` set; fails if
+/// it fails.
+pub(crate) fn cargo_with(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    for (name, value) in env {
+        eprintln!("$ {name}={value:?} \\");
+    }
     eprintln!("$ cargo {}", args.join(" "));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .current_dir(root())
         .status()
         .context("cannot run cargo")?;

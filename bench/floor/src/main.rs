@@ -48,6 +48,14 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn serve(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
+    // SIGTERM (what bench/run.sh stops it with) ends the process through `exit`, so a build
+    // instrumented for profile-guided optimisation writes its counts (BENCHMARKS.md, session
+    // 32). Off the request path: one signal stream, polled only when a signal arrives.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        terminate.recv().await;
+        std::process::exit(0);
+    });
     let listener = TcpListener::bind(listen).await?;
     let pool = Pool::default();
     loop {
