@@ -28,10 +28,13 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 WEIR=$(realpath "${WEIR:-target/release/weir}")
 [ -x "$WEIR" ] || { echo "missing $WEIR" >&2; exit 1; }
-if [[ " ${TARGETS:-} " == *-b\ * ]]; then
-  WEIR_B=$(realpath "${WEIR_B:?a -b target needs WEIR_B, a second weir build}")
-  [ -x "$WEIR_B" ] || { echo "missing $WEIR_B" >&2; exit 1; }
-fi
+for t in ${TARGETS:-}; do
+  if [[ $t == weir*-b ]]; then
+    WEIR_B=$(realpath "${WEIR_B:?a weir -b target needs WEIR_B, a second weir build}")
+    [ -x "$WEIR_B" ] || { echo "missing $WEIR_B" >&2; exit 1; }
+    break
+  fi
+done
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 TARGETS=${TARGETS:-weir-off weir weir-log weir-null nginx-off nginx-log nginx-json}
@@ -120,7 +123,7 @@ for t in $TARGETS; do
     { n[NR]=$3; u[NR]=$4; s[NR]=$5; c[NR]=$6 } END { m=int((NR+1)/2); printf "%s %.0f %.2f %.2f %.2f\n", t, n[m]/secs, u[m], s[m], c[m] }'
 done | awk '
   { cpu[$1]=$5 }
-  { base = ($1 ~ /^nginx/) ? cpu["nginx-off"] : ($1 ~ /-b$/) ? cpu["weir-off-b"] : cpu["weir-off"]
+  { base = ($1 ~ /^nginx/) ? cpu["nginx-off"] : ($1 ~ /^weir.*-b$/) ? cpu["weir-off-b"] : cpu["weir-off"]
     vs = (base > 0) ? sprintf("%+.1f %%", ($5 / base - 1) * 100) : "-"
     printf "%-11s %10s %12s %12s %12s %9s\n", $1, $2, $3, $4, $5, vs }'
 echo

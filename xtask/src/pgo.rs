@@ -14,7 +14,12 @@
 //! teach the compiler that error paths are hot.
 //!
 //! `cargo xtask pgo --train WEIR` sends a small share of the same traffic to the weir binary
-//! WEIR, without building anything: CI runs it on the debug build so the training cannot rot.
+//! WEIR (building only the bundled plugins it loads): CI runs it on the debug build so the
+//! training cannot rot.
+//!
+//! The compiler flags go to cargo as `CARGO_ENCODED_RUSTFLAGS` (the caller's
+//! `CARGO_ENCODED_RUSTFLAGS` or `RUSTFLAGS` first), which, as `RUSTFLAGS` would, makes cargo
+//! ignore `rustflags` in cargo's config files for these two builds.
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::{BufRead as _, BufReader};
@@ -34,6 +39,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::{cargo_with, plugins, target_dir};
+
+/// The most one run of the training traffic may take (it takes seconds).
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The plugins the training routes run.
 const PLUGINS: [&str; 5] = ["key-auth", "headers", "jwt-auth", "rate-limit", "rewrite"];
@@ -75,6 +83,14 @@ fn build() -> anyhow::Result<()> {
     let instrumented = target_dir().join(&rustc.host).join("pgo-gen/weir");
     train(&instrumented, &plugins, Share::FULL)?;
 
+    // One profile at a time: an earlier build's is never read again.
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("weir-") && name.ends_with(".profdata") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let merged = dir.join("merged.profdata");
     let status = Command::new(&profdata)
         .arg("merge")
@@ -109,14 +125,19 @@ fn build() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `RUSTFLAGS` for cargo: the caller's, then `flag`.
+/// `CARGO_ENCODED_RUSTFLAGS` for cargo (flags apart by 0x1f, so a path with a space stays
+/// one flag): the caller's flags, then `flag`.
 fn rustflags(flag: &str) -> [(&'static str, String); 1] {
-    let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !flags.is_empty() {
-        flags.push(' ');
-    }
-    flags.push_str(flag);
-    [("RUSTFLAGS", flags)]
+    let mut flags: Vec<String> = match std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        Ok(encoded) if !encoded.is_empty() => encoded.split('\x1f').map(str::to_owned).collect(),
+        _ => std::env::var("RUSTFLAGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    };
+    flags.push(flag.to_owned());
+    [("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))]
 }
 
 /// What `rustc -vV` says of the compiler: its host and its LLVM's major version.
@@ -236,7 +257,10 @@ fn train(weir: &Path, plugins: &Path, share: Share) -> anyhow::Result<()> {
             };
             eprintln!("training {} ({})", weir.display(), run.name());
             let mut weir = Weir::start(weir, &config).await?;
-            let sent = traffic(&weir, &roots, share).await;
+            // A stalled weir fails the build rather than hanging it.
+            let sent = tokio::time::timeout(TRAFFIC_TIMEOUT, traffic(&weir, &roots, share))
+                .await
+                .unwrap_or_else(|_| bail!("not done within {} s", TRAFFIC_TIMEOUT.as_secs()));
             let stopped = weir.stop().await;
             sent.with_context(|| format!("training traffic ({})", run.name()))?;
             stopped?;
@@ -408,6 +432,8 @@ impl Weir {
             .arg(config)
             .args(["--log-format", "json"])
             .env("RUST_LOG", "info")
+            // Else the counts would go where it says, not to `-Cprofile-generate`'s folder.
+            .env_remove("LLVM_PROFILE_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -446,9 +472,9 @@ impl Weir {
     /// Stops weir as an operator does (SIGTERM: it drains and exits, and an instrumented
     /// build writes its counts on the way out).
     async fn stop(&mut self) -> anyhow::Result<()> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
-        ensure!(status.success(), "kill -TERM {pid} failed");
+        let pid = i32::try_from(self.child.id()).context("weir's pid")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+            .context("cannot send SIGTERM to weir")?;
         for _ in 0..600 {
             if let Some(status) = self.child.try_wait()? {
                 ensure!(status.success(), "weir exited with {status}");
@@ -456,8 +482,17 @@ impl Weir {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = self.child.kill();
         bail!("weir did not exit within 60 s of SIGTERM")
+    }
+}
+
+impl Drop for Weir {
+    /// A weir still running (an error on the way) is killed, not left behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -570,7 +605,9 @@ async fn traffic(
     let token = crate::gateway::mint("bench", 3600)?;
     let bearer = format!("Bearer {token}");
     let n = |count| share.of(count);
-    let tls = |alpn: &[u8]| {
+    // `resume`: whether a new connection may resume an earlier session (a ticket); the
+    // handshake phases' clients may not, so each of their connections is a full handshake.
+    let tls = |alpn: &[u8], resume: bool| {
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -581,10 +618,14 @@ async fn traffic(
         });
         if let Ok(config) = &mut config {
             config.alpn_protocols = vec![alpn.to_vec()];
+            if !resume {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
         }
         config.map(Arc::new)
     };
-    let (h1_tls, h2_tls) = (tls(b"http/1.1")?, tls(b"h2")?);
+    let (h1_tls, h2_tls) = (tls(b"http/1.1", true)?, tls(b"h2", true)?);
+    let (h1_full, h2_full) = (tls(b"http/1.1", false)?, tls(b"h2", false)?);
     let plain = weir.plain;
     let https = weir.tls;
     let mut phases = vec![
@@ -619,23 +660,29 @@ async fn traffic(
                 .header("authorization", bearer)
         },
         Phase {
-            tls: Some(h1_tls.clone()),
+            tls: Some(h1_tls),
             ..Phase::get("HTTPS", Wire::HttpsHttp1, https, "/small").load(16, n(600))
         },
         Phase {
-            tls: Some(h2_tls.clone()),
+            tls: Some(h2_tls),
             streams: 8,
             ..Phase::get("HTTPS, HTTP/2", Wire::HttpsH2, https, "/small").load(4, n(500))
         },
         Phase {
-            tls: Some(h1_tls),
+            tls: Some(h1_full),
             fresh: true,
-            ..Phase::get("TLS handshakes", Wire::HttpsHttp1, https, "/small").load(8, n(100))
+            ..Phase::get("full TLS handshakes", Wire::HttpsHttp1, https, "/small").load(8, n(100))
         },
         Phase {
-            tls: Some(h2_tls),
+            tls: Some(h2_full),
             fresh: true,
-            ..Phase::get("TLS handshakes, HTTP/2", Wire::HttpsH2, https, "/small").load(4, n(100))
+            ..Phase::get(
+                "full TLS handshakes, HTTP/2",
+                Wire::HttpsH2,
+                https,
+                "/small",
+            )
+            .load(4, n(100))
         },
     ];
     for coding in ["gzip", "br", "zstd"] {
