@@ -231,7 +231,7 @@ fn train(weir: &Path, plugins: &Path, share: Share) -> anyhow::Result<()> {
         std::fs::copy(&from, dir.join(format!("plugins/{name}.wasm")))
             .with_context(|| format!("cannot copy {}", from.display()))?;
     }
-    for (name, settings) in PLUGIN_SETTINGS {
+    for (name, settings) in plugin_settings() {
         std::fs::write(dir.join(format!("plugins/{name}.toml")), settings)?;
     }
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
@@ -288,31 +288,40 @@ impl Run {
 }
 
 /// As `bench/common.sh` writes them: key-auth's consumer `bench` with key `bench-key`,
-/// jwt-auth with the gateway example's HS256 secret, rate-limit per consumer with a limit
-/// never reached, rewrite of `/p3/…` to `/…`, headers setting one request and one response
-/// header.
-const PLUGIN_SETTINGS: [(&str, &str); 5] = [
+/// jwt-auth with the gateway example's HS256 secret (the one `gateway::mint` signs with),
+/// rate-limit per consumer with a limit never reached, rewrite of `/p3/…` to `/…`, headers
+/// setting one request and one response header.
+fn plugin_settings() -> [(&'static str, String); 5] {
+    [
     (
         "key-auth",
-        "[config]\n[[config.consumers]]\nname = \"bench\"\nkeys = [\"bench-key\"]\n",
+        "[config]\n[[config.consumers]]\nname = \"bench\"\nkeys = [\"bench-key\"]\n"
+            .to_owned(),
     ),
     (
         "headers",
-        "[config.request]\nset = { \"x-from\" = \"weir\" }\n[config.response]\nset = { \"x-frame-options\" = \"DENY\" }\n",
+        "[config.request]\nset = { \"x-from\" = \"weir\" }\n[config.response]\nset = { \"x-frame-options\" = \"DENY\" }\n"
+            .to_owned(),
     ),
     (
         "jwt-auth",
-        "[config]\n[[config.keys]]\nalgorithm = \"HS256\"\nsecret = \"weir-example-secret-of-32-bytes!\"\n",
+        format!(
+            "[config]\n[[config.keys]]\nalgorithm = \"HS256\"\nsecret = \"{}\"\n",
+            crate::gateway::EXAMPLE_SECRET
+        ),
     ),
     (
         "rate-limit",
-        "kv = true\n[config]\nkey = \"consumer\"\n[[config.limits]]\nrequests = 1000000000\nwindow = \"1s\"\n",
+        "kv = true\n[config]\nkey = \"consumer\"\n[[config.limits]]\nrequests = 1000000000\nwindow = \"1s\"\n"
+            .to_owned(),
     ),
     (
         "rewrite",
-        "[[config.rules]]\npath = '^/p3/(.*)$'\nrewrite = '/$1'\n",
+        "[[config.rules]]\npath = '^/p3/(.*)$'\nrewrite = '/$1'\n"
+            .to_owned(),
     ),
-];
+    ]
+}
 
 fn weir_config(dir: &Path, origin: SocketAddr, run: Run) -> String {
     let (server, log) = match run {
@@ -529,23 +538,14 @@ async fn listen_addresses(
     }
 }
 
-/// How a phase's connections reach weir.
-#[derive(Clone, Copy, PartialEq)]
-enum Wire {
-    Http1,
-    /// HTTP/2 with prior knowledge, in clear.
-    H2c,
-    HttpsHttp1,
-    HttpsH2,
-}
-
 /// One part of the training traffic: `connections` connections at once, each sending
 /// `requests` requests (HTTP/2: on each of `streams` streams at once), or a new connection
-/// for each request when `fresh`.
+/// for each request when `fresh`; over TLS when `tls` is set, HTTP/2 (with prior knowledge in
+/// clear) when `h2` is.
 struct Phase {
     name: &'static str,
-    wire: Wire,
     addr: SocketAddr,
+    h2: bool,
     connections: u32,
     streams: u32,
     requests: u32,
@@ -561,11 +561,11 @@ struct Phase {
 }
 
 impl Phase {
-    fn get(name: &'static str, wire: Wire, addr: SocketAddr, path: &'static str) -> Phase {
+    fn get(name: &'static str, addr: SocketAddr, path: &'static str) -> Phase {
         Phase {
             name,
-            wire,
             addr,
+            h2: false,
             connections: 16,
             streams: 1,
             requests: 1,
@@ -629,71 +629,64 @@ async fn traffic(
     let plain = weir.plain;
     let https = weir.tls;
     let mut phases = vec![
-        Phase::get("1 KiB", Wire::Http1, plain, "/small").load(32, n(2000)),
-        Phase::get("64 KiB", Wire::Http1, plain, "/big").load(8, n(500)),
+        Phase::get("1 KiB", plain, "/small").load(32, n(2000)),
+        Phase::get("64 KiB", plain, "/big").load(8, n(500)),
         Phase {
             method: Method::POST,
             body: 4096,
-            ..Phase::get("4 KiB request bodies", Wire::Http1, plain, "/upload").load(16, n(500))
+            ..Phase::get("4 KiB request bodies", plain, "/upload").load(16, n(500))
         },
-        Phase::get("key-auth → headers", Wire::Http1, plain, "/p2/small")
+        Phase::get("key-auth → headers", plain, "/p2/small")
             .load(16, n(600))
             .header("x-api-key", "bench-key")
             .expect("x-frame-options", "DENY"),
-        Phase::get(
-            "jwt-auth → rate-limit → rewrite",
-            Wire::Http1,
-            plain,
-            "/p3/small",
-        )
-        .load(16, n(600))
-        .header("authorization", bearer.clone()),
-        Phase::get("HTTP/2 upstream", Wire::Http1, plain, "/h2c/small").load(8, n(500)),
+        Phase::get("jwt-auth → rate-limit → rewrite", plain, "/p3/small")
+            .load(16, n(600))
+            .header("authorization", bearer.clone()),
+        Phase::get("HTTP/2 upstream", plain, "/h2c/small").load(8, n(500)),
         Phase {
+            h2: true,
             streams: 8,
-            ..Phase::get("HTTP/2 clients", Wire::H2c, plain, "/small").load(4, n(600))
+            ..Phase::get("HTTP/2 clients", plain, "/small").load(4, n(600))
         },
         Phase {
+            h2: true,
             streams: 4,
-            ..Phase::get("HTTP/2 clients, plugins", Wire::H2c, plain, "/p3/small")
+            ..Phase::get("HTTP/2 clients, plugins", plain, "/p3/small")
                 .load(2, n(500))
                 .header("authorization", bearer)
         },
         Phase {
             tls: Some(h1_tls),
-            ..Phase::get("HTTPS", Wire::HttpsHttp1, https, "/small").load(16, n(600))
+            ..Phase::get("HTTPS", https, "/small").load(16, n(600))
         },
         Phase {
             tls: Some(h2_tls),
+            h2: true,
             streams: 8,
-            ..Phase::get("HTTPS, HTTP/2", Wire::HttpsH2, https, "/small").load(4, n(500))
+            ..Phase::get("HTTPS, HTTP/2", https, "/small").load(4, n(500))
         },
         Phase {
             tls: Some(h1_full),
             fresh: true,
-            ..Phase::get("full TLS handshakes", Wire::HttpsHttp1, https, "/small").load(8, n(100))
+            ..Phase::get("full TLS handshakes", https, "/small").load(8, n(100))
         },
         Phase {
             tls: Some(h2_full),
+            h2: true,
             fresh: true,
-            ..Phase::get(
-                "full TLS handshakes, HTTP/2",
-                Wire::HttpsH2,
-                https,
-                "/small",
-            )
-            .load(4, n(100))
+            ..Phase::get("full TLS handshakes, HTTP/2", https, "/small").load(4, n(100))
         },
     ];
     for coding in ["gzip", "br", "zstd"] {
         phases.push(
-            Phase::get("compressed responses", Wire::Http1, plain, "/z/small")
+            Phase::get("compressed responses", plain, "/z/small")
                 .load(8, n(200))
                 .header("accept-encoding", coding)
                 .expect("content-encoding", coding),
         );
     }
-    phases.push(Phase::get("metrics", Wire::Http1, weir.admin, "/metrics").load(1, n(50)));
+    phases.push(Phase::get("metrics", weir.admin, "/metrics").load(1, n(50)));
     for phase in phases {
         let requests = phase.connections * phase.streams * phase.requests;
         #[expect(
@@ -768,7 +761,7 @@ enum Sender {
 async fn connect(phase: &Phase) -> anyhow::Result<Sender> {
     let tcp = TcpStream::connect(phase.addr).await?;
     tcp.set_nodelay(true)?;
-    let h2 = matches!(phase.wire, Wire::H2c | Wire::HttpsH2);
+    let h2 = phase.h2;
     match &phase.tls {
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from("localhost")?;
