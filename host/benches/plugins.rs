@@ -25,7 +25,7 @@ use weir::plugin::{Filter, Plugin, PluginRuntime, PluginSource, RequestAction};
 /// The allocator the `weir` binary uses (`host/src/main.rs`), so that what the host allocates
 /// per call costs here what it costs a request.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: weir_alloc::Mimalloc = weir_alloc::Mimalloc;
 
 const HEADERS_TOML: &str = r#"
 [config.request]

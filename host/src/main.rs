@@ -55,8 +55,9 @@ enum LogFormat {
 /// proxied request allocates a dozen times on the host (more with plugins, in wasmtime).
 /// callgrind: plain proxying −1.1 % instructions per request, jwt-auth → rate-limit →
 /// rewrite −5.3 %; the cost is about 10 MB more resident memory after load (BENCHMARKS.md).
+/// Entered through `weir-alloc`, which uses mimalloc's aligned calls only where they are needed.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: weir_alloc::Mimalloc = weir_alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
