@@ -459,23 +459,22 @@ impl Weir {
         });
         let started = listen_addresses(listening);
         let addresses = tokio::time::timeout(Duration::from_secs(300), started).await;
-        let (plain, tls, admin) = match addresses {
-            Ok(Ok(addresses)) => addresses,
-            Ok(Err(e)) => {
-                let _ = child.kill();
-                return Err(e);
+        let failed = match addresses {
+            Ok(Ok((plain, tls, admin))) => {
+                return Ok(Weir {
+                    child,
+                    plain,
+                    tls,
+                    admin,
+                });
             }
-            Err(_) => {
-                let _ = child.kill();
-                bail!("weir did not listen within 300 s");
-            }
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("weir did not listen within 300 s"),
         };
-        Ok(Weir {
-            child,
-            plain,
-            tls,
-            admin,
-        })
+        // Killed and reaped: no zombie left behind for the rest of the build.
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(failed)
     }
 
     /// Stops weir as an operator does (SIGTERM: it drains and exits, and an instrumented
