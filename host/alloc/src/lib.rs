@@ -2,13 +2,19 @@
 //! enough. Kept apart so that `weir-host` itself can forbid `unsafe` code.
 //!
 //! The `mimalloc` crate's allocator passes every Rust allocation to `mi_malloc_aligned`,
-//! alignment 8 included. mimalloc takes that call's fast path only when a free block of the
-//! size class happens to sit at the alignment and the size is at most 1 KiB; anything larger
-//! (hyper's read buffers, a connection's boxed future) goes through its generic aligned path,
-//! which rounds the size up, over-allocates and aligns by hand: about 270 instructions
-//! where `mi_malloc` takes the size class's free list (BENCHMARKS.md, session 33). Every
-//! block mimalloc hands out is aligned to a word (its size classes are whole words and a
-//! page's first block is 16-aligned), so an alignment of at most a word needs no aligned call.
+//! alignment 8 included. That call's fast path serves only blocks of at most 1 KiB; a larger
+//! one (hyper's read buffers, a connection's boxed request future) goes through mimalloc's
+//! generic aligned path, which rounds the size up and tests it for natural alignment, and
+//! unless it is a power of two allocates `size + align - 1` and aligns by hand: 203
+//! instructions a call, about 110 above `mi_malloc` (BENCHMARKS.md, session 33). Every block
+//! mimalloc hands out is aligned to a word (its size classes are whole words, and blocks sit
+//! at whole-block offsets from a slice's start), so an alignment of at most a word needs no
+//! aligned call: mimalloc's own `mi_realloc_aligned` takes the same shortcut.
+//!
+//! This holds for mimalloc as the workspace builds it. Its precise guard pages (libmimalloc-sys's
+//! `debug` features with `MIMALLOC_GUARDED_PRECISE`) place a block against a guard page at any
+//! byte, so those features must not be enabled with this allocator; debug builds check each
+//! block's alignment.
 
 #![deny(unsafe_code)]
 
@@ -42,7 +48,7 @@ unsafe impl GlobalAlloc for Mimalloc {
                 mi::mi_malloc_aligned(layout.size(), layout.align())
             }
         };
-        block.cast()
+        checked(block, layout)
     }
 
     #[inline]
@@ -55,7 +61,7 @@ unsafe impl GlobalAlloc for Mimalloc {
                 mi::mi_zalloc_aligned(layout.size(), layout.align())
             }
         };
-        block.cast()
+        checked(block, layout)
     }
 
     #[inline]
@@ -74,24 +80,59 @@ unsafe impl GlobalAlloc for Mimalloc {
                 mi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align())
             }
         };
-        block.cast()
+        checked(block, layout)
     }
+}
+
+/// `block` as Rust's pointer, checked in debug builds to have `layout`'s alignment (null, for
+/// an allocation that failed, has any).
+#[inline]
+fn checked(block: *mut c_void, layout: Layout) -> *mut u8 {
+    debug_assert!(
+        (block as usize).is_multiple_of(layout.align()),
+        "mimalloc block misaligned"
+    );
+    block.cast()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Allocates, writes, grows and frees blocks of every alignment from 1 to 4 KiB and sizes
-    /// around mimalloc's size classes and its small/large boundary, checking each address.
+    /// Sizes around mimalloc v3's size classes: tiny, the 1 KiB end of the aligned fast path,
+    /// the 10 KiB end of small pages, the end of medium pages, 512 KiB (past it a block has a
+    /// page of its own) and a few MiB.
+    const SIZES: [usize; 20] = [
+        1,
+        7,
+        8,
+        9,
+        16,
+        24,
+        40,
+        48,
+        100,
+        1024,
+        1025,
+        8_192,
+        8_656,
+        10_240,
+        10_241,
+        86_698,
+        86_699,
+        524_288,
+        524_289,
+        4 << 20,
+    ];
+
+    /// Allocates, writes, grows, shrinks and frees blocks of every alignment from 1 to 4 KiB
+    /// and each of [`SIZES`], checking each address.
     #[test]
     #[expect(unsafe_code, reason = "calls the allocator directly")]
     fn blocks_have_their_alignment_and_keep_their_bytes() {
         let a = Mimalloc;
         for align in (0..13).map(|shift| 1usize << shift) {
-            for size in [
-                1, 7, 8, 9, 16, 24, 40, 48, 100, 1024, 1025, 8_192, 8_656, 70_000,
-            ] {
+            for size in SIZES {
                 let Ok(layout) = Layout::from_size_align(size, align) else {
                     continue;
                 };
@@ -105,12 +146,44 @@ mod tests {
                     assert!(!q.is_null());
                     assert_eq!(q as usize % align, 0, "grown: size {size} align {align}");
                     assert_eq!(*q.add(size - 1), 0xab);
-                    a.dealloc(q, Layout::from_size_align_unchecked(2 * size, align));
+                    let grown = Layout::from_size_align_unchecked(2 * size, align);
+                    let r = a.realloc(q, grown, size.div_ceil(2));
+                    assert!(!r.is_null());
+                    assert_eq!(r as usize % align, 0, "shrunk: size {size} align {align}");
+                    assert_eq!(*r, 0xab);
+                    a.dealloc(
+                        r,
+                        Layout::from_size_align_unchecked(size.div_ceil(2), align),
+                    );
                     let z = a.alloc_zeroed(layout);
                     assert!(!z.is_null());
                     assert_eq!(z as usize % align, 0, "zeroed: size {size} align {align}");
                     assert!((0..size).all(|i| *z.add(i) == 0));
                     a.dealloc(z, layout);
+                }
+            }
+        }
+    }
+
+    /// Many small blocks live at once, so most come from deep in their pages, not the first:
+    /// each is aligned to a word.
+    #[test]
+    #[expect(unsafe_code, reason = "calls the allocator directly")]
+    fn blocks_deep_in_a_page_are_word_aligned() {
+        let a = Mimalloc;
+        for size in [1, 8, 12, 24, 40, 56] {
+            let Ok(layout) = Layout::from_size_align(size, WORD) else {
+                continue;
+            };
+            // SAFETY: non-zero sizes; every block is freed once, with its layout.
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..10_000).map(|_| a.alloc(layout)).collect();
+                for &p in &blocks {
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % WORD, 0, "size {size}");
+                }
+                for p in blocks {
+                    a.dealloc(p, layout);
                 }
             }
         }
