@@ -1,6 +1,9 @@
 # Shared by the load benchmarks in this folder: tool checks, CPU accounting and the load
 # generator. Source it after `cd` to the repository root.
 
+# The benchmarks' plugin settings (wherever the sourcing script stands).
+BENCH_PLUGINS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/plugins
+
 # Fails with the install line unless nginx, wrk, taskset and the weir binary ($WEIR) exist.
 require_tools() {
   for tool in nginx wrk taskset; do
@@ -94,49 +97,22 @@ CONF
   esac
 }
 
+# The benchmarks' plugin settings are files in bench/plugins/, which `cargo xtask pgo`'s
+# training copies too: one place for what the weir+2 and weir+3 routes run.
+
 # Settings for jwt-auth (HS256 with the gateway example's secret, which `cargo xtask token`
 # signs with) and rate-limit (per consumer, a limit never reached) in plugin folder $1.
 write_auth_settings() {
-  cat > "$1/jwt-auth.toml" <<'CONF'
-[config]
-[[config.keys]]
-algorithm = "HS256"
-secret = "weir-example-secret-of-32-bytes!"
-CONF
-  cat > "$1/rate-limit.toml" <<'CONF'
-kv = true
-[config]
-key = "consumer"
-[[config.limits]]
-requests = 1000000000
-window = "1s"
-CONF
+  cp "$BENCH_PLUGINS/jwt-auth.toml" "$BENCH_PLUGINS/rate-limit.toml" "$1/"
 }
 
 # key-auth's settings in folder $1: one consumer, `bench`, with the key `bench-key`.
 write_key_auth_settings() {
-  cat > "$1/key-auth.toml" <<'CONF'
-[config]
-[[config.consumers]]
-name = "bench"
-keys = ["bench-key"]
-CONF
+  cp "$BENCH_PLUGINS/key-auth.toml" "$1/"
 }
 
 # The settings of every plugin the weir+2 (key-auth → headers) and weir+3 (jwt-auth →
 # rate-limit → rewrite) routes use, in plugin folder $1.
 write_plugin_settings() {
-  write_key_auth_settings "$1"
-  cat > "$1/headers.toml" <<'CONF'
-[config.request]
-set = { "x-from" = "weir" }
-[config.response]
-set = { "x-frame-options" = "DENY" }
-CONF
-  write_auth_settings "$1"
-  cat > "$1/rewrite.toml" <<'CONF'
-[[config.rules]]
-path = '^/p3/(.*)$'
-rewrite = '/$1'
-CONF
+  cp "$BENCH_PLUGINS"/*.toml "$1/"
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::{cargo, plugins, root, target_dir};
 
 /// The example's HS256 secret, as in `examples/gateway/plugins/jwt-auth.toml`.
-pub(crate) const EXAMPLE_SECRET: &str = "weir-example-secret-of-32-bytes!";
+const EXAMPLE_SECRET: &str = "weir-example-secret-of-32-bytes!";
 const UPSTREAMS: [(&str, &str); 2] = [("users", "127.0.0.1:9001"), ("orders", "127.0.0.1:9002")];
 const PLUGINS: [&str; 5] = [
     "jwt-auth",

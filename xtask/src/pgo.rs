@@ -38,7 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::{cargo_with, plugins, target_dir};
+use crate::{cargo_with, plugins, root, target_dir};
 
 /// The most one run of the training traffic may take (it takes seconds).
 const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -226,13 +226,21 @@ fn train(weir: &Path, plugins: &Path, share: Share) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("plugins"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    // Each plugin with the benchmarks' settings (bench/plugins/), so the routes trained are
+    // the routes measured: jwt-auth with the gateway example's secret, which
+    // `gateway::mint` signs with.
+    let settings = root().join("bench/plugins");
     for name in PLUGINS {
-        let from = plugins.join(format!("{name}.wasm"));
-        std::fs::copy(&from, dir.join(format!("plugins/{name}.wasm")))
-            .with_context(|| format!("cannot copy {}", from.display()))?;
-    }
-    for (name, settings) in plugin_settings() {
-        std::fs::write(dir.join(format!("plugins/{name}.toml")), settings)?;
+        for (from, file) in [
+            (plugins.join(format!("{name}.wasm")), format!("{name}.wasm")),
+            (
+                settings.join(format!("{name}.toml")),
+                format!("{name}.toml"),
+            ),
+        ] {
+            std::fs::copy(&from, dir.join("plugins").join(file))
+                .with_context(|| format!("cannot copy {}", from.display()))?;
+        }
     }
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     std::fs::write(dir.join("cert.pem"), certified.cert.pem())?;
@@ -285,42 +293,6 @@ impl Run {
             Run::Workers => "workers",
         }
     }
-}
-
-/// As `bench/common.sh` writes them: key-auth's consumer `bench` with key `bench-key`,
-/// jwt-auth with the gateway example's HS256 secret (the one `gateway::mint` signs with),
-/// rate-limit per consumer with a limit never reached, rewrite of `/p3/…` to `/…`, headers
-/// setting one request and one response header.
-fn plugin_settings() -> [(&'static str, String); 5] {
-    [
-    (
-        "key-auth",
-        "[config]\n[[config.consumers]]\nname = \"bench\"\nkeys = [\"bench-key\"]\n"
-            .to_owned(),
-    ),
-    (
-        "headers",
-        "[config.request]\nset = { \"x-from\" = \"weir\" }\n[config.response]\nset = { \"x-frame-options\" = \"DENY\" }\n"
-            .to_owned(),
-    ),
-    (
-        "jwt-auth",
-        format!(
-            "[config]\n[[config.keys]]\nalgorithm = \"HS256\"\nsecret = \"{}\"\n",
-            crate::gateway::EXAMPLE_SECRET
-        ),
-    ),
-    (
-        "rate-limit",
-        "kv = true\n[config]\nkey = \"consumer\"\n[[config.limits]]\nrequests = 1000000000\nwindow = \"1s\"\n"
-            .to_owned(),
-    ),
-    (
-        "rewrite",
-        "[[config.rules]]\npath = '^/p3/(.*)$'\nrewrite = '/$1'\n"
-            .to_owned(),
-    ),
-    ]
 }
 
 fn weir_config(dir: &Path, origin: SocketAddr, run: Run) -> String {
@@ -712,36 +684,33 @@ async fn run_phase(phase: Arc<Phase>) -> anyhow::Result<()> {
         connections.spawn(async move {
             if phase.fresh {
                 for _ in 0..phase.requests {
-                    let mut sender = connect(&phase).await?;
+                    connect(&phase).await?.exchange(&phase).await?;
+                }
+                return anyhow::Ok(());
+            }
+            let mut sender = connect(&phase).await?;
+            let Sender::Http2(shared) = &sender else {
+                for _ in 0..phase.requests {
                     sender.exchange(&phase).await?;
                 }
-            } else {
-                match connect(&phase).await? {
-                    Sender::Http1(sender) => {
-                        let mut sender = Sender::Http1(sender);
-                        for _ in 0..phase.requests {
-                            sender.exchange(&phase).await?;
-                        }
+                return Ok(());
+            };
+            // HTTP/2: `streams` request loops at once on the one connection.
+            let mut streams = JoinSet::new();
+            for _ in 0..phase.streams {
+                let mut sender = Sender::Http2(shared.clone());
+                let phase = phase.clone();
+                streams.spawn(async move {
+                    for _ in 0..phase.requests {
+                        sender.exchange(&phase).await?;
                     }
-                    Sender::Http2(sender) => {
-                        let mut streams = JoinSet::new();
-                        for _ in 0..phase.streams {
-                            let mut sender = Sender::Http2(sender.clone());
-                            let phase = phase.clone();
-                            streams.spawn(async move {
-                                for _ in 0..phase.requests {
-                                    sender.exchange(&phase).await?;
-                                }
-                                anyhow::Ok(())
-                            });
-                        }
-                        while let Some(done) = streams.join_next().await {
-                            done??;
-                        }
-                    }
-                }
+                    anyhow::Ok(())
+                });
             }
-            anyhow::Ok(())
+            while let Some(done) = streams.join_next().await {
+                done??;
+            }
+            Ok(())
         });
     }
     while let Some(done) = connections.join_next().await {
@@ -813,7 +782,7 @@ impl Sender {
             }
         };
         let status = response.status();
-        let expected = phase.expect.filter(|(name, value)| {
+        let missing = phase.expect.filter(|(name, value)| {
             response
                 .headers()
                 .get(*name)
@@ -823,7 +792,7 @@ impl Sender {
         if status != StatusCode::OK {
             bail!("{} {} answered {status}", phase.method, phase.path);
         }
-        if let Some((name, value)) = expected {
+        if let Some((name, value)) = missing {
             bail!(
                 "{} {} answered without {name}: {value}",
                 phase.method,
