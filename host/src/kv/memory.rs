@@ -271,6 +271,9 @@ impl MemoryKv {
         quota: &KvQuota,
     ) -> Result<Bounded, KvError> {
         let now = Instant::now();
+        if let Some(done) = self.increment_in_place(&key, step, limit, now)? {
+            return Ok(done);
+        }
         let usage = self.usage_of(&key);
         self.make_room(&usage, charge(&key, &[]) + MAX_COUNTER_BYTES, quota, now);
         let (bounded, created) = match self.map.entry(key) {
@@ -335,6 +338,42 @@ impl MemoryKv {
             value: bounded,
             ttl_ms,
         })
+    }
+
+    /// [`MemoryKv::increment_within`] of a live counter whose text keeps its length (a rate
+    /// limiter's usual call): written over in place under the entry's shard lock, with no
+    /// change to the namespace's usage, so neither the usage nor the quota is looked at.
+    /// `None`, with nothing changed, when the counter is absent or expired or its length
+    /// would change: the caller takes the general path.
+    fn increment_in_place(
+        &self,
+        key: &str,
+        step: i64,
+        limit: i64,
+        now: Instant,
+    ) -> Result<Option<Bounded>, KvError> {
+        let Some(mut slot) = self.map.get_mut(key) else {
+            return Ok(None);
+        };
+        if !slot.live(now) {
+            return Ok(None);
+        }
+        let current = parse_counter(&slot.value)?;
+        let next = add(current, step)?;
+        let applied = next <= limit;
+        if applied {
+            let mut digits = itoa::Buffer::new();
+            let text = digits.format(next).as_bytes();
+            if text.len() != slot.value.len() {
+                return Ok(None);
+            }
+            slot.value.copy_from_slice(text);
+        }
+        Ok(Some(Bounded {
+            applied,
+            value: if applied { next } else { current },
+            ttl_ms: slot.ttl_ms(now),
+        }))
     }
 
     /// Sets `key` if it holds `expected`, under the entry's shard lock.
@@ -608,6 +647,43 @@ mod tests {
         // Another plugin's namespace has its own quota.
         assert_eq!(kv.set("other\0k".into(), vec![b'x'; 90], None, &q), Ok(()));
         assert_eq!(held(&kv, "other"), (1, 91));
+    }
+
+    /// A counter whose text keeps its length is written over in place, and one whose text
+    /// grows or shrinks (9 → 10 → 9, -1 → 0) goes through the quota: the namespace's bytes
+    /// follow the text's length either way, and a growth past `max_bytes` is refused with
+    /// the counter left as it was.
+    #[tokio::test(start_paused = true)]
+    async fn counters_change_length_through_the_quota_and_keep_it_in_place() {
+        let kv = MemoryKv::default();
+        let q = quota(10, 3);
+        let step = |delta: i64| kv.increment("p\0n".into(), delta, Some(60_000), &q);
+        assert_eq!(step(8), Ok(8));
+        assert_eq!(held(&kv, "p"), (1, 2), "key `n` and one digit");
+        assert_eq!(step(1), Ok(9), "in place");
+        assert_eq!(held(&kv, "p"), (1, 2));
+        assert_eq!(step(1), Ok(10), "grown by a digit");
+        assert_eq!(held(&kv, "p"), (1, 3));
+        assert_eq!(step(-1), Ok(9), "shrunk by a digit");
+        assert_eq!(held(&kv, "p"), (1, 2));
+        assert_eq!(step(-10), Ok(-1), "a sign is a byte");
+        assert_eq!(held(&kv, "p"), (1, 3));
+        assert!(
+            matches!(kv.increment("p\0n".into(), -9, None, &q), Err(KvError::Invalid(why)) if why.contains("max_bytes")),
+            "-10 would take a fourth byte"
+        );
+        assert_eq!(kv.get("p\0n"), Ok(Some(b"-1".to_vec())), "left as it was");
+        // Refused by its limit, in place or not: nothing changes.
+        let within = |delta, limit| kv.increment_within("p\0n".into(), delta, limit, None, &q);
+        assert_eq!(within(3, 1).map(|b| (b.applied, b.value)), Ok((false, -1)));
+        assert_eq!(within(1, 1).map(|b| (b.applied, b.value)), Ok((true, 0)));
+        assert_eq!(within(1, 0).map(|b| (b.applied, b.value)), Ok((false, 0)));
+        assert_eq!(held(&kv, "p"), (1, 2));
+        assert_eq!(
+            within(1, 5).map(|b| b.ttl_ms),
+            Ok(Some(60_000)),
+            "an in-place write keeps the expiry"
+        );
     }
 
     /// Expired keys hold memory until swept, so they count; a write that finds the quota full
