@@ -9,251 +9,22 @@
 //! Every request sends `Host: cache.test`, so the keys are `http://cache.test/PATH`.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{Method, Request, StatusCode};
 use tokio::time::Instant;
 use weir_tests::scripted::Answer;
-use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric, read_body};
+use weir_tests::{DEADLINE, Weir, http1_client, metric, read_body};
+
+use crate::cache_harness::{HttpClient, Origin, Reply, config, header, request, route, target};
 
 const TRANSFORM: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/transform.wasm"));
 const HEADERS: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/headers.wasm"));
 
-/// The `Host` every request sends.
-const HOST: &str = "cache.test";
-
 /// The admin token of the purge test.
 const TOKEN: &str = "purge-t0k3n-for-the-cache-tests";
-
-type HttpClient = Client<HttpConnector, ClientBody>;
-type Head = http::request::Parts;
-
-/// An upstream whose answers the test scripts, recording the head of every request.
-struct Origin {
-    server: Option<Scripted>,
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Head>>>,
-}
-
-/// The path and query of a request as the upstream got it.
-fn target(head: &Head) -> &str {
-    head.uri.path_and_query().map_or("", |p| p.as_str())
-}
-
-impl Origin {
-    /// Answers every request with `answer(head, n)`, `n` the number of requests for the same
-    /// path and query before it.
-    async fn start(answer: impl Fn(&Head, usize) -> Answer + Send + Sync + 'static) -> Origin {
-        let seen: Arc<Mutex<Vec<Head>>> = Arc::default();
-        let record = seen.clone();
-        let server = Scripted::start(move |head| {
-            let n = {
-                let mut seen = record.lock().expect("seen");
-                let n = seen.iter().filter(|p| target(p) == target(head)).count();
-                seen.push(head.clone());
-                n
-            };
-            answer(head, n)
-        })
-        .await;
-        Origin {
-            addr: server.addr,
-            server: Some(server),
-            seen,
-        }
-    }
-
-    /// The requests the upstream got for `path` (path and query), in order.
-    fn requests(&self, path: &str) -> Vec<Head> {
-        self.seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .filter(|p| target(p) == path)
-            .cloned()
-            .collect()
-    }
-
-    /// How many requests the upstream got for `path`.
-    fn count(&self, path: &str) -> usize {
-        self.requests(path).len()
-    }
-
-    /// How many requests the upstream got in all.
-    fn total(&self) -> usize {
-        self.seen.lock().expect("seen").len()
-    }
-
-    /// Stops the server. Connections to its address are refused from then on: the port is
-    /// bound again (never listening) and held by the returned socket, so no other server
-    /// started meanwhile can take it.
-    async fn stop(&mut self) -> tokio::net::TcpSocket {
-        drop(self.server.take());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket.set_reuseaddr(true).expect("reuseaddr");
-            if socket.bind(self.addr).is_ok() {
-                return socket;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} stayed in use after the upstream stopped",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// A header of a request head as text ("" when absent).
-fn header<'a>(head: &'a Head, name: &str) -> &'a str {
-    head.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-/// One answer weir gave.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.text();
-        let shown: String = text.chars().take(200).collect();
-        f.debug_struct("Reply")
-            .field("status", &self.status)
-            .field("headers", &self.headers)
-            .field(
-                "body",
-                &format!("{shown}{}", if text.len() > 200 { "…" } else { "" }),
-            )
-            .finish()
-    }
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// A response header as text ("" when absent).
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// weir's member of `Cache-Status` (the last one naming weir), if there is one.
-    fn weir_member(&self) -> Option<String> {
-        let all: Vec<&str> = self
-            .headers
-            .get_all("cache-status")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        all.join(", ")
-            .split(',')
-            .map(str::trim)
-            .rfind(|m| m.starts_with("weir"))
-            .map(str::to_owned)
-    }
-
-    /// weir's member of `Cache-Status`; panics if there is none.
-    fn cache_status(&self) -> String {
-        self.weir_member()
-            .unwrap_or_else(|| panic!("no weir member in Cache-Status: {self:?}"))
-    }
-
-    /// The parameters of weir's `Cache-Status` member, after its name.
-    fn params(&self) -> Vec<String> {
-        self.weir_member()
-            .unwrap_or_default()
-            .split(';')
-            .skip(1)
-            .map(|p| p.trim().to_owned())
-            .collect()
-    }
-
-    /// The value of `ttl` in weir's `Cache-Status` member.
-    fn ttl(&self) -> Option<i64> {
-        self.params()
-            .iter()
-            .find_map(|p| p.strip_prefix("ttl=").map(str::to_owned))
-            .and_then(|t| t.parse().ok())
-    }
-
-    /// Answered from the store while fresh: `hit` with no `detail`.
-    fn is_fresh_hit(&self) -> bool {
-        let params = self.params();
-        params.iter().any(|p| p == "hit") && !params.iter().any(|p| p.starts_with("detail="))
-    }
-}
-
-/// `method url` with `headers` (and `Host: cache.test` unless they name a host).
-async fn request(
-    client: &HttpClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut builder = Request::builder().method(method).uri(url);
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        builder = builder.header("host", HOST);
-    }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let response = client
-        .request(builder.body(weir_tests::empty()).expect("request"))
-        .await
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: read_body(body).await.to_vec(),
-    }
-}
-
-/// A config: a proxy listener, an admin listener with `admin` added to its table, cluster
-/// `app` at `upstream`, and `routes`.
-fn config(upstream: SocketAddr, admin: &str, routes: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-{admin}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-endpoints = ["{upstream}"]
-connect_timeout = "1s"
-{routes}"#,
-        cache = crate::plugin_cache().display(),
-    )
-}
-
-/// A catch-all route `name` to `app` with `lines` (its `cache`, `plugins`, ...).
-fn route(name: &str, lines: &str) -> String {
-    format!("\n[[routes]]\nname = \"{name}\"\ncluster = \"app\"\n{lines}\n")
-}
 
 /// weir with a cached route in front of an [`Origin`], and a client.
 struct Cached {
@@ -263,7 +34,7 @@ struct Cached {
 }
 
 impl Cached {
-    /// weir on `config(origin, "", routes)` with `files`.
+    /// weir on `config(origin, "", "", routes)` with `files`.
     async fn start(origin: Origin, routes: &str, files: &[(&str, &[u8])]) -> Cached {
         Cached::start_with_admin(origin, "", routes, files).await
     }
@@ -274,7 +45,7 @@ impl Cached {
         routes: &str,
         files: &[(&str, &[u8])],
     ) -> Cached {
-        let weir = Weir::start_with_files(&config(origin.addr, admin, routes), files).await;
+        let weir = Weir::start_with_files(&config(origin.addr(), admin, "", routes), files).await;
         Cached {
             weir,
             origin,
@@ -472,7 +243,7 @@ async fn a_thousand_gets_reach_the_upstream_once() {
         assert_hit(&reply, 60, &format!("request {i}"));
     }
     assert_eq!(cached.origin.count("/page"), 1, "the upstream's requests");
-    assert_eq!(cached.origin.total(), 1);
+    assert_eq!(cached.origin.all().len(), 1);
 }
 
 /// The bar: with `Vary: Accept-Encoding`, a gzip client and an identity client each get

@@ -13,15 +13,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use weir_tests::scripted::Answer;
-use weir_tests::{ClientBody, DEADLINE, Scripted, Weir, http1_client, metric};
+use weir_tests::{ClientBody, DEADLINE, Weir, http1_client, metric};
 
-/// The `Host` every request sends unless it names one.
-const HOST: &str = "cache.test";
+use crate::cache_harness::{HOST, Origin, Reply, config, header, route, target, try_request};
 
 /// The admin token of the purge test.
 const TOKEN: &str = "cache-attacks-admin-t0ken";
@@ -29,175 +28,13 @@ const TOKEN: &str = "cache-attacks-admin-t0ken";
 /// The SDK test guest that adds `x-tenant` to the cache key (tests/plugins/cache_key).
 const CACHE_KEY: &[u8] = include_bytes!(env!("TEST_PLUGIN_CACHE_KEY_WASM"));
 
-type Head = http::request::Parts;
-
 // ---------------------------------------------------------------------------------------
 // Harness: config, a scripted origin, a raw origin, clients.
 // ---------------------------------------------------------------------------------------
 
-/// A config: a proxy listener, an admin listener (`admin` added to its table), `[server]`
-/// with `server`, cluster `app` at `upstream`, and `routes`.
-fn config(upstream: SocketAddr, admin: &str, server: &str, routes: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-{admin}
-
-[server]
-{server}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-endpoints = ["{upstream}"]
-connect_timeout = "1s"
-{routes}"#,
-        cache = crate::plugin_cache().display(),
-    )
-}
-
-/// A catch-all route `name` to `app` with `lines` (its `cache`, `plugins`, ...).
-fn route(name: &str, lines: &str) -> String {
-    format!("\n[[routes]]\nname = \"{name}\"\ncluster = \"app\"\n{lines}\n")
-}
-
 /// The catch-all route `cached` with `cache = {}`.
 fn cached_route() -> String {
     route("cached", "cache = {}")
-}
-
-/// The path and query of a request as the upstream got it.
-fn target(head: &Head) -> String {
-    head.uri
-        .path_and_query()
-        .map_or_else(String::new, |p| p.as_str().to_owned())
-}
-
-/// A header of a request head as text ("" when absent).
-fn header<'a>(head: &'a Head, name: &str) -> &'a str {
-    head.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-/// A scripted upstream that records the head of every request it gets.
-struct Origin {
-    server: Scripted,
-    seen: Arc<Mutex<Vec<Head>>>,
-}
-
-impl Origin {
-    /// Answers every request with `answer(head, n)`, `n` the number of earlier requests for
-    /// the same path and query.
-    async fn start(answer: impl Fn(&Head, usize) -> Answer + Send + Sync + 'static) -> Origin {
-        let seen: Arc<Mutex<Vec<Head>>> = Arc::default();
-        let record = seen.clone();
-        let server = Scripted::start(move |head| {
-            let n = {
-                let mut seen = record.lock().expect("seen");
-                let n = seen.iter().filter(|p| target(p) == target(head)).count();
-                seen.push(head.clone());
-                n
-            };
-            answer(head, n)
-        })
-        .await;
-        Origin { server, seen }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.server.addr
-    }
-
-    /// The requests it got for `path` (path and query).
-    fn requests(&self, path: &str) -> Vec<Head> {
-        self.seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .filter(|p| target(p) == path)
-            .cloned()
-            .collect()
-    }
-
-    fn count(&self, path: &str) -> usize {
-        self.requests(path).len()
-    }
-
-    /// Every request it got.
-    fn all(&self) -> Vec<Head> {
-        self.seen.lock().expect("seen").clone()
-    }
-}
-
-/// One answer weir gave.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.text();
-        let shown: String = text.chars().take(200).collect();
-        f.debug_struct("Reply")
-            .field("status", &self.status)
-            .field("headers", &self.headers)
-            .field("body", &shown)
-            .finish()
-    }
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// weir's member of `Cache-Status` ("" when there is none).
-    fn cache_status(&self) -> String {
-        let all: Vec<&str> = self
-            .headers
-            .get_all("cache-status")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        all.join(", ")
-            .split(',')
-            .map(str::trim)
-            .rfind(|m| m.starts_with("weir"))
-            .unwrap_or("")
-            .to_owned()
-    }
-
-    /// Answered from the store (fresh or stale).
-    fn is_hit(&self) -> bool {
-        self.cache_status().split(';').any(|p| p.trim() == "hit")
-    }
-
-    /// Answered from the store while fresh.
-    fn is_fresh_hit(&self) -> bool {
-        self.is_hit() && !self.cache_status().contains("detail=")
-    }
-
-    /// Fetched and stored.
-    fn was_stored(&self) -> bool {
-        self.cache_status().split(';').any(|p| p.trim() == "stored")
-    }
 }
 
 /// `method path` on weir's proxy listener with `headers` and `body` (`Host: cache.test`
@@ -210,28 +47,7 @@ async fn try_send_body(
     headers: &[(&str, &str)],
     body: ClientBody,
 ) -> Result<Reply, String> {
-    let mut builder = Request::builder().method(method).uri(weir.url(path));
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        builder = builder.header("host", HOST);
-    }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder.body(body).map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(DEADLINE, http1_client().request(request))
-        .await
-        .map_err(|_| "no answer before the deadline".to_owned())?
-        .map_err(|e| format!("{e:?}"))?;
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .map_err(|e| format!("body: {e:?}"))?
-        .to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.to_vec(),
-    })
+    try_request(&http1_client(), method, &weir.url(path), headers, body).await
 }
 
 async fn try_send(
@@ -1143,7 +959,7 @@ async fn a_filter_that_strips_authorization_does_not_make_the_answer_shareable()
         "bob was served alice's profile: the response to a request that came with \
          Authorization was stored because key-auth removed the header before the cache \
          looked (alice's answer: {:?}); bob's: {bob:?}",
-        alice.cache_status()
+        alice.member()
     );
 }
 
@@ -1575,9 +1391,11 @@ async fn assert_survives(headers: &[(&str, &str)], delay: Duration) {
         if head.uri.path() != "/n" {
             return Answer::status(200)
                 .header("cache-control", "max-age=60")
-                .body(target(head));
+                .body(target(head).to_owned());
         }
-        let mut answer = Answer::status(200).body(target(head)).after(delay);
+        let mut answer = Answer::status(200)
+            .body(target(head).to_owned())
+            .after(delay);
         for (name, value) in &owned {
             answer = answer.header(name, value);
         }
@@ -1752,7 +1570,7 @@ async fn entries_with_the_largest_max_age_stay_within_max_bytes() {
 async fn distinct_keys_never_hold_more_than_max_bytes() {
     const MAX: f64 = 65_536.0;
     let origin = Origin::start(|head, _| {
-        let mut body = target(head);
+        let mut body = target(head).to_owned();
         body.push(' ');
         body.push_str(&"k".repeat(1500));
         Answer::status(200)
@@ -2018,14 +1836,14 @@ async fn a_clients_no_store_does_not_evict_the_shared_entry() {
         .collect();
     let mut answers = Vec::new();
     for task in tasks {
-        answers.push(task.await.expect("request").cache_status());
+        answers.push(task.await.expect("request").member());
     }
     assert_eq!(
         origin.count("/hot"),
         2,
         "after one client's `no-cache, no-store` (answered {:?}), {} more requests reached \
          the upstream for a fresh key: {answers:#?}",
-        attack.cache_status(),
+        attack.member(),
         origin.count("/hot") - 2
     );
 }
@@ -2128,7 +1946,7 @@ async fn stale_if_error_never_answers_with_another_variant_or_key() {
         (StatusCode::OK, "variant a"),
         "{stale:?}"
     );
-    assert!(stale.cache_status().contains("stale-if-error"), "{stale:?}");
+    assert!(stale.member().contains("stale-if-error"), "{stale:?}");
     for (path, headers) in [
         ("/sie", vec![("x-v", "b")]),
         ("/sie", vec![]),
@@ -2226,6 +2044,6 @@ async fn a_fat_gets_body_never_reaches_a_stored_page() {
     assert!(
         !victim.text().contains("evil"),
         "the attacker's GET body was stored and served to the victim ({}): {victim:?}",
-        attack.cache_status()
+        attack.member()
     );
 }

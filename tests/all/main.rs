@@ -9,6 +9,7 @@ mod balancing;
 mod bundled;
 mod cache;
 mod cache_attacks;
+mod cache_harness;
 mod cache_key;
 mod cli;
 mod codings;
