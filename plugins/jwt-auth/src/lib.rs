@@ -12,7 +12,9 @@
 //! Each instance remembers the last `cache_size` tokens whose signature it verified, as
 //! Envoy's `jwt_cache_config` does: a client sends the same token with every request, and
 //! the signature and JSON decoding are most of a check. A remembered token still has its
-//! claims (`exp`, `nbf`, issuer, audience, required claims) checked on every request.
+//! time claims (`exp`, `nbf`) checked on every request; what else its claims say (issuer,
+//! audience, required claims, the values forwarded) cannot change for the instance's life,
+//! so it is worked out once, when the token is first verified ([`Checked`]).
 //!
 //! # Keys from a JWKS endpoint
 //!
@@ -176,13 +178,26 @@ pub struct JwtAuth {
     /// Where keys beyond `keys` come from, if anywhere.
     jwks: Option<Jwks>,
     cache_size: usize,
-    /// Tokens whose signature verified, with their claims (see the module docs).
-    verified: RefCell<HashMap<Token, Rc<Claims>>>,
+    /// Tokens whose signature and claims verified, with what their claims say (see the
+    /// module docs).
+    verified: RefCell<HashMap<Token, Rc<Checked>>>,
     /// Refusals by reason; `None` if weir refused the declaration (logged at configure).
     refusals: Option<Counter>,
 }
 
 type Claims = serde_json::Map<String, Value>;
+
+/// What a verified token's claims say, as each request needs it: the times it is valid
+/// between, and the value forwarded for each of `forward`'s claims (`None`: the header is
+/// removed). Made once a token's signature and every claim have been checked.
+#[derive(Debug)]
+struct Checked {
+    /// `exp`, in seconds since the epoch.
+    exp: Option<u64>,
+    /// `nbf`, in seconds since the epoch.
+    nbf: Option<u64>,
+    forwarded: Vec<Option<String>>,
+}
 
 /// A JWKS endpoint and the keys last taken from it (see the module docs).
 #[derive(Debug)]
@@ -408,8 +423,8 @@ impl Filter for JwtAuth {
         let Some((token, from_header)) = self.token(request) else {
             return self.refuse(Refusal::Missing);
         };
-        let claims = match self.verify(token) {
-            Ok(claims) => claims,
+        let checked = match self.verify(token) {
+            Ok(checked) => checked,
             Err(refusal) => {
                 weir_plugin::log::info!(
                     "token refused from {}: {}",
@@ -419,9 +434,9 @@ impl Filter for JwtAuth {
                 return self.refuse(refusal);
             }
         };
-        for (claim, header) in &self.forward {
+        for ((_, header), value) in self.forward.iter().zip(&checked.forwarded) {
             // Set or removed, never left as sent: a client cannot pose as a subject.
-            match claims.get(claim).and_then(claim_text) {
+            match value {
                 Some(value) => request.set_header(header, value),
                 None => request.remove_header(header),
             }
@@ -458,9 +473,9 @@ impl JwtAuth {
         })
     }
 
-    /// Checks the signature (unless this instance verified the token before), then the
-    /// claims. Returns the claims.
-    fn verify(&self, token: String) -> Result<Rc<Claims>, Refusal> {
+    /// Checks the signature and the claims, or only the time claims of a token this instance
+    /// verified before. Returns what the claims say.
+    fn verify(&self, token: String) -> Result<Rc<Checked>, Refusal> {
         // Keys from the JWKS endpoint, refreshed when due; a changed set forgets the
         // tokens remembered as verified.
         let remote = match &self.jwks {
@@ -475,20 +490,22 @@ impl JwtAuth {
         };
         let token = Token(token);
         let remembered = self.verified.borrow().get(&token).cloned();
-        if let Some(claims) = remembered {
-            self.check_claims(&claims)?;
-            return Ok(claims);
+        if let Some(checked) = remembered {
+            let now = now_secs();
+            self.not_expired(checked.exp, now)?;
+            self.already_valid(checked.nbf, now)?;
+            return Ok(checked);
         }
-        let claims = Rc::new(self.verify_signature(&token.0, &remote)?);
-        self.check_claims(&claims)?;
+        let claims = self.verify_signature(&token.0, &remote)?;
+        let checked = Rc::new(self.check_claims(&claims)?);
         if self.cache_size > 0 {
             let mut verified = self.verified.borrow_mut();
             if verified.len() >= self.cache_size {
                 verified.clear();
             }
-            verified.insert(token, claims.clone());
+            verified.insert(token, checked.clone());
         }
-        Ok(claims)
+        Ok(checked)
     }
 
     /// Checks the signature against the keys that may have made it — the configured ones,
@@ -561,32 +578,24 @@ impl JwtAuth {
         claims.ok_or(Refusal::Invalid(Invalid::BadSignature))
     }
 
-    fn check_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<(), Refusal> {
+    /// Checks every claim, and returns what they say for later requests with the token.
+    fn check_claims(&self, claims: &Claims) -> Result<Checked, Refusal> {
         for claim in &self.required {
             if !claims.contains_key(claim) {
                 return Err(Refusal::Invalid(Invalid::MissingClaim));
             }
         }
-        let now = weir_plugin::clock::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        if let Some(exp) = claims.get("exp") {
-            let exp = exp
-                .as_u64()
-                .ok_or(Refusal::Invalid(Invalid::ExpNotNumber))?;
-            if now >= exp.saturating_add(self.leeway) {
-                return Err(Refusal::Invalid(Invalid::Expired));
-            }
-        }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf
-                .as_u64()
-                .ok_or(Refusal::Invalid(Invalid::NbfNotNumber))?;
-            if now.saturating_add(self.leeway) < nbf {
-                return Err(Refusal::Invalid(Invalid::NotYetValid));
-            }
-        }
+        let now = now_secs();
+        let seconds = |name: &str, not_number: Invalid| {
+            claims
+                .get(name)
+                .map(|v| v.as_u64().ok_or(Refusal::Invalid(not_number)))
+                .transpose()
+        };
+        let exp = seconds("exp", Invalid::ExpNotNumber)?;
+        self.not_expired(exp, now)?;
+        let nbf = seconds("nbf", Invalid::NbfNotNumber)?;
+        self.already_valid(nbf, now)?;
         if !self.issuers.is_empty() {
             let iss = claims.get("iss").and_then(Value::as_str);
             if !iss.is_some_and(|iss| self.issuers.iter().any(|i| i == iss)) {
@@ -604,7 +613,36 @@ impl JwtAuth {
                 return Err(Refusal::Invalid(Invalid::Audience));
             }
         }
-        Ok(())
+        let forwarded = self
+            .forward
+            .iter()
+            .map(|(claim, _)| claims.get(claim).and_then(claim_text))
+            .collect();
+        Ok(Checked {
+            exp,
+            nbf,
+            forwarded,
+        })
+    }
+
+    /// Refuses a token whose `exp`, give or take `leeway`, is past at `now` (seconds).
+    fn not_expired(&self, exp: Option<u64>, now: u64) -> Result<(), Refusal> {
+        match exp {
+            Some(exp) if now >= exp.saturating_add(self.leeway) => {
+                Err(Refusal::Invalid(Invalid::Expired))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a token whose `nbf`, give or take `leeway`, is still to come at `now`.
+    fn already_valid(&self, nbf: Option<u64>, now: u64) -> Result<(), Refusal> {
+        match nbf {
+            Some(nbf) if now.saturating_add(self.leeway) < nbf => {
+                Err(Refusal::Invalid(Invalid::NotYetValid))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn refuse(&self, refusal: Refusal) -> Action {
@@ -748,6 +786,14 @@ fn shared_copy() -> Option<(u64, String)> {
     let stored = String::from_utf8(stored).ok()?;
     let (fetched, text) = stored.split_once('\n')?;
     Some((fetched.parse().ok()?, text.to_owned()))
+}
+
+/// The host's clock, in whole seconds since the epoch (JWT's time claims' unit).
+fn now_secs() -> u64 {
+    weir_plugin::clock::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 fn now_ms() -> u64 {
@@ -1215,17 +1261,29 @@ pem = """{ed_pub}"""
             "cookie = \"session\"\nstrip_token = true\n[forward_claims]\nsub = \"x-user\"\nadmin = \"x-admin\"\nmissing = \"x-missing\"",
         );
         let token = hs256(json!({"sub": "bob", "admin": true, "exp": now() + 60}));
-        let forwarded = auth
-            .request(
-                TestRequest::get("/")
-                    .header("cookie", &format!("theme=dark; session={token}"))
-                    .header("x-missing", "spoofed"),
-            )
-            .forwarded();
-        assert_eq!(forwarded.header_value("x-user"), Some("bob"));
-        assert_eq!(forwarded.header_value("x-admin"), Some("true"));
-        assert_eq!(forwarded.header_value("x-missing"), None);
-        assert_eq!(forwarded.header_value("cookie"), Some("theme=dark"));
+        // The second time the token is remembered: its claims are forwarded the same.
+        for (spoofed, verified) in [("x-user", "first"), ("x-admin", "remembered")] {
+            let forwarded = auth
+                .request(
+                    TestRequest::get("/")
+                        .header("cookie", &format!("theme=dark; session={token}"))
+                        .header("x-missing", "spoofed")
+                        .header(spoofed, "spoofed"),
+                )
+                .forwarded();
+            assert_eq!(forwarded.header_value("x-user"), Some("bob"), "{verified}");
+            assert_eq!(
+                forwarded.header_value("x-admin"),
+                Some("true"),
+                "{verified}"
+            );
+            assert_eq!(forwarded.header_value("x-missing"), None, "{verified}");
+            assert_eq!(
+                forwarded.header_value("cookie"),
+                Some("theme=dark"),
+                "{verified}"
+            );
+        }
     }
 
     /// JWK sets of HS256 keys `k1` ([`SECRET`]) and `k2` (a second secret), as issuers rotate
