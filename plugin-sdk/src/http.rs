@@ -694,17 +694,48 @@ impl<'a> Headers<'a> {
 
 /// A `set` change, its name in lower case as weir's header lists have them.
 fn set_op(name: &str, value: &[u8]) -> HeaderOp {
-    HeaderOp::Set((name.to_ascii_lowercase(), value.to_vec()))
+    HeaderOp::Set((lower_case(name), value.to_vec()))
 }
 
 /// An `append` change, its name in lower case.
 fn append_op(name: &str, value: &[u8]) -> HeaderOp {
-    HeaderOp::Append((name.to_ascii_lowercase(), value.to_vec()))
+    HeaderOp::Append((lower_case(name), value.to_vec()))
 }
 
 /// A `remove` change, its name in lower case.
 fn remove_op(name: &str) -> HeaderOp {
-    HeaderOp::Remove(name.to_ascii_lowercase())
+    HeaderOp::Remove(lower_case(name))
+}
+
+/// `name` in ASCII lower case. Filters name headers in lower case almost always, so the
+/// name is looked at eight bytes at a time for an upper-case letter and copied whole when it
+/// has none: a byte-at-a-time loop under wasm, with its interruption check per byte, costs
+/// more than the copy.
+fn lower_case(name: &str) -> String {
+    let mut lower = name.to_owned();
+    if has_upper_case(name.as_bytes()) {
+        lower.make_ascii_lowercase();
+    }
+    lower
+}
+
+/// Whether `bytes` hold an ASCII upper-case letter.
+fn has_upper_case(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    let found = words.by_ref().any(|word| {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let word = u64::from_le_bytes(eight);
+        // Per byte below 0x80: adding 0x80 - b'A' sets its top bit when it is at least
+        // `A`, adding 0x80 - b'Z' - 1 when it is past `Z`; no sum carries into the next.
+        let low = word & !HIGH;
+        let from_a = low + ONES * u64::from(0x80 - b'A');
+        let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
+        from_a & !past_z & !word & HIGH != 0
+    });
+    found || words.remainder().iter().any(u8::is_ascii_uppercase)
 }
 
 /// The first value appended to `name` in `ops`.
@@ -899,6 +930,35 @@ mod trailers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-at-a-time check agrees with a byte-at-a-time one for every byte at every
+    /// place of a word and in the tail, and names come out as `to_ascii_lowercase` makes them.
+    #[test]
+    fn upper_case_is_found_at_any_place_of_any_byte() {
+        for len in 0..=20 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        has_upper_case(&bytes),
+                        byte.is_ascii_uppercase(),
+                        "byte {byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        for name in [
+            "x-ratelimit-limit",
+            "X-RateLimit-Limit",
+            "Host",
+            "ÄÖ-Header",
+            "",
+            "A",
+        ] {
+            assert_eq!(lower_case(name), name.to_ascii_lowercase());
+        }
+    }
 
     fn request(target: &str, headers: &[(&str, &str)]) -> Request<'static> {
         let (path, query) = match target.split_once('?') {
