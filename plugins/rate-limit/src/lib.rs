@@ -169,7 +169,9 @@ pub struct RateLimit {
     store_down: Cell<bool>,
 }
 
-/// `(slot, count)` for the settled slots of one limit and key still inside the window.
+/// The counts of one limit's settled slots for one key, `slots` places: slot `s`'s
+/// `(s, count)` at `s % slots`, until a later slot takes its place (a place holding another
+/// slot does not know `s`).
 type Settled = Vec<(u64, u64)>;
 
 /// The longest header value counted by itself; a longer one counts by its SHA-256.
@@ -432,21 +434,22 @@ impl RateLimit {
         // One look-up a request: the key is copied, which costs less than hashing it twice.
         let limits = settled
             .entry(key.to_owned())
-            .or_insert_with(|| vec![Settled::new(); self.limits.len()]);
+            .or_insert_with(|| vec![vec![(u64::MAX, 0); self.slots as usize]; self.limits.len()]);
         // A list per limit; if not, read without remembering.
         let known = limits.get_mut(index).unwrap_or(&mut unremembered);
-        let oldest_slot = slot.saturating_sub(u64::from(self.slots));
-        known.retain(|&(s, _)| s >= oldest_slot);
         for j in 2..=u64::from(self.slots) {
             let Some(s) = slot.checked_sub(j) else {
                 counts.push(0);
                 continue;
             };
-            let count = match known.iter().find(|&&(at, _)| at == s) {
-                Some(&(_, count)) => count,
-                None => {
+            let at = (s % u64::from(self.slots)) as usize;
+            let count = match known.get(at) {
+                Some(&(held, count)) if held == s => count,
+                _ => {
                     let count = read(&store_key(index, s, key))?;
-                    known.push((s, count));
+                    if let Some(place) = known.get_mut(at) {
+                        *place = (s, count);
+                    }
                     count
                 }
             };
@@ -784,6 +787,42 @@ mod tests {
         assert_eq!(testing::kv_calls() - before, 2, "a read + increment-within");
         // 2 in the current slot + 9 full slots + the oldest slot (still wholly inside).
         assert_eq!(response.header_value("ratelimit-remaining"), Some("988"));
+    }
+
+    /// Remembered counts have one place per slot of the window: a slot a window later takes
+    /// the place of one that has left it, and is read from the store, never taken for it.
+    #[test]
+    fn remembered_counts_wrap_around_the_window() {
+        let rl = limiter("[[limits]]\nrequests = 1000\nwindow = \"10s\"");
+        align(1000);
+        let exchange = || {
+            let forwarded = rl.request(TestRequest::get("/")).forwarded();
+            rl.response(&forwarded, 200, &[]).response()
+        };
+        // Slot k gets k + 2 requests, for two and a half windows.
+        for k in 0..25_u64 {
+            let before = testing::kv_calls();
+            exchange();
+            // The first request reads the nine settled slots; each slot after, one more.
+            let reads = if k == 0 { 9 } else { 1 };
+            assert_eq!(testing::kv_calls() - before, 2 + reads, "slot {k}");
+            for _ in 0..k {
+                exchange();
+            }
+            let before = testing::kv_calls();
+            let response = exchange();
+            assert_eq!(testing::kv_calls() - before, 2, "slot {k}: all remembered");
+            // This slot, the nine before it, and the oldest (wholly inside at the slot's
+            // start): slots k - 10 to k, slot i holding i + 2.
+            let used: u64 = (k.saturating_sub(10)..=k).map(|i| i + 2).sum();
+            let remaining = (1000 - used).to_string();
+            assert_eq!(
+                response.header_value("ratelimit-remaining"),
+                Some(remaining.as_str()),
+                "slot {k}"
+            );
+            testing::advance(Duration::from_secs(1));
+        }
     }
 
     #[test]
