@@ -725,9 +725,7 @@ fn has_upper_case(bytes: &[u8]) -> bool {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut words = bytes.chunks_exact(8);
     let found = words.by_ref().any(|word| {
-        let mut eight = [0; 8];
-        eight.copy_from_slice(word);
-        let word = u64::from_le_bytes(eight);
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
         // Per byte below 0x80: adding 0x80 - b'A' sets its top bit when it is at least
         // `A`, adding 0x80 - b'Z' - 1 when it is past `Z`; no sum carries into the next.
         let low = word & !HIGH;
