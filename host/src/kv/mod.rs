@@ -132,12 +132,15 @@ impl Default for KvStore {
     }
 }
 
-/// One operation on either backend, awaited only for Redis.
+/// One operation on either backend, awaited only for Redis. The Redis operation's future is
+/// boxed: held inline it would make every call's future as large as Redis's, which the
+/// in-memory store's calls (a plugin's hot path, through a boxed host-call future) would
+/// then allocate and move too.
 macro_rules! each {
     ($store:expr, $op:ident($($arg:expr),*)) => {
         match $store {
             KvStore::Memory(memory) => memory.$op($($arg),*),
-            KvStore::Redis(redis) => redis.$op($($arg),*).await,
+            KvStore::Redis(redis) => Box::pin(redis.$op($($arg),*)).await,
         }
     };
 }
