@@ -684,6 +684,19 @@ mod tests {
             Ok(Some(60_000)),
             "an in-place write keeps the expiry"
         );
+        // Which writes go in place: a length kept, or a refusal; not a length changed, nor
+        // an absent key.
+        let now = Instant::now();
+        let in_place = |key: &str, step, limit| {
+            kv.increment_in_place(key, step, limit, now)
+                .map(|done| done.map(|b| (b.applied, b.value)))
+        };
+        assert_eq!(kv.get("p\0n"), Ok(Some(b"1".to_vec())));
+        assert_eq!(in_place("p\0n", 1, 5), Ok(Some((true, 2))));
+        assert_eq!(in_place("p\0n", 8, 100), Ok(None), "2 + 8 is two digits");
+        assert_eq!(in_place("p\0n", 8, 5), Ok(Some((false, 2))), "refused");
+        assert_eq!(in_place("p\0absent", 1, 5), Ok(None));
+        assert_eq!(kv.get("p\0n"), Ok(Some(b"2".to_vec())));
     }
 
     /// Expired keys hold memory until swept, so they count; a write that finds the quota full

@@ -1059,8 +1059,9 @@ mod tests {
         assert!(challenge(&reply).contains("token not yet valid"));
     }
 
-    /// A remembered token skips only the signature check: its expiry is checked on every
-    /// request, and a token differing in its signature is verified on its own.
+    /// A remembered token skips the signature check and the claims that cannot change, but
+    /// its expiry is checked on every request, and a token differing in its signature is
+    /// verified on its own.
     #[test]
     fn remembered_tokens_still_have_their_claims_checked() {
         for extra in ["", "cache_size = 0", "cache_size = 1"] {

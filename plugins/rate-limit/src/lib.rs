@@ -162,8 +162,8 @@ pub struct RateLimit {
     policy: String,
     /// Refusals by limit; `None` if weir refused the declaration (logged at configure).
     refusals: Option<Counter>,
-    /// Counts of settled slots by key, one list per limit (see the module docs). Keyed by the
-    /// key alone so a lookup needs no allocation.
+    /// Counts of settled slots by key, one ring of places per limit ([`Settled`]; see the
+    /// module docs).
     settled: RefCell<HashMap<String, Vec<Settled>>>,
     /// Whether the last store call failed (for logging the change, not every failure).
     store_down: Cell<bool>,
