@@ -674,7 +674,7 @@ impl<'a> Headers<'a> {
                 Some((n, v)) if n.eq_ignore_ascii_case(name) => return Some(v.as_deref()),
                 Some(_) => continue,
                 None => {
-                    let (_, v) = slot.get_or_init(|| (name.to_ascii_lowercase(), host.first(name)));
+                    let (_, v) = slot.get_or_init(|| (lower_case(name), host.first(name)));
                     return Some(v.as_deref());
                 }
             }
@@ -853,7 +853,7 @@ impl Reply {
     /// Adds a header.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Reply {
         self.headers
-            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
+            .push((lower_case(name), value.as_ref().to_vec()));
         self
     }
 
