@@ -110,6 +110,40 @@ impl Usage {
     }
 }
 
+/// A live counter stepped by an `increment-within`: its value before and after, and whether
+/// the step stays within the limit (and so is written).
+struct Stepped {
+    current: i64,
+    next: i64,
+    applied: bool,
+}
+
+impl Stepped {
+    /// The counter whose text is `value`, stepped by `step` unless past `limit`.
+    fn of(value: &[u8], step: i64, limit: i64) -> Result<Stepped, KvError> {
+        let current = parse_counter(value)?;
+        let next = add(current, step)?;
+        Ok(Stepped {
+            current,
+            next,
+            applied: next <= limit,
+        })
+    }
+
+    /// The call's answer: the counter as it now is, which expires in `ttl_ms`.
+    fn answer(&self, ttl_ms: Option<u64>) -> Bounded {
+        Bounded {
+            applied: self.applied,
+            value: if self.applied {
+                self.next
+            } else {
+                self.current
+            },
+            ttl_ms,
+        }
+    }
+}
+
 /// What an entry counts against its namespace: its key (without the namespace) and value.
 fn charge(key: &str, value: &[u8]) -> u64 {
     (split(key).1.len() + value.len()) as u64
@@ -278,22 +312,14 @@ impl MemoryKv {
         self.make_room(&usage, charge(&key, &[]) + MAX_COUNTER_BYTES, quota, now);
         let (bounded, created) = match self.map.entry(key) {
             Entry::Occupied(mut slot) if slot.get().live(now) => {
-                let current = parse_counter(&slot.get().value)?;
-                let next = add(current, step)?;
-                let applied = next <= limit;
-                if applied {
-                    let value = next.to_string().into_bytes();
+                let stepped = Stepped::of(&slot.get().value, step, limit)?;
+                if stepped.applied {
+                    let value = stepped.next.to_string().into_bytes();
                     let grown = delta(slot.get().value.len() as u64, value.len() as u64);
                     usage.take(0, grown, quota).map_err(|e| quota.exceeded(e))?;
                     slot.get_mut().value = value;
                 }
-                let value = if applied { next } else { current };
-                let ttl_ms = slot.get().ttl_ms(now);
-                return Ok(Bounded {
-                    applied,
-                    value,
-                    ttl_ms,
-                });
+                return Ok(stepped.answer(slot.get().ttl_ms(now)));
             }
             // Absent or expired: the counter starts from 0.
             entry if step > limit => {
@@ -358,22 +384,16 @@ impl MemoryKv {
         if !slot.live(now) {
             return Ok(None);
         }
-        let current = parse_counter(&slot.value)?;
-        let next = add(current, step)?;
-        let applied = next <= limit;
-        if applied {
+        let stepped = Stepped::of(&slot.value, step, limit)?;
+        if stepped.applied {
             let mut digits = itoa::Buffer::new();
-            let text = digits.format(next).as_bytes();
+            let text = digits.format(stepped.next).as_bytes();
             if text.len() != slot.value.len() {
                 return Ok(None);
             }
             slot.value.copy_from_slice(text);
         }
-        Ok(Some(Bounded {
-            applied,
-            value: if applied { next } else { current },
-            ttl_ms: slot.ttl_ms(now),
-        }))
+        Ok(Some(stepped.answer(slot.ttl_ms(now))))
     }
 
     /// Sets `key` if it holds `expected`, under the entry's shard lock.
