@@ -1164,13 +1164,18 @@ mod tests {
                 "a required claim is missing",
             ),
         ];
+        // Twice each: a token refused for a claim is not remembered, so it is refused again
+        // (a remembered token's issuer, audience and required claims are not looked at).
         for (claims, why) in cases {
-            let reply = auth.request(bearer(&hs256(claims))).reply();
-            assert!(
-                challenge(&reply).contains(why),
-                "{why}: {}",
-                challenge(&reply)
-            );
+            let token = hs256(claims);
+            for attempt in ["first", "again"] {
+                let reply = auth.request(bearer(&token)).reply();
+                assert!(
+                    challenge(&reply).contains(why),
+                    "{why}, {attempt}: {}",
+                    challenge(&reply)
+                );
+            }
         }
     }
 
