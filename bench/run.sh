@@ -194,6 +194,10 @@ sort -k1,1 -k2,2 -k4,4n "$results" | awk -v targets="$TARGETS" '
   function med(a, k, c,   i, v, tmp, j, t) { for (i=1;i<=c;i++) tmp[i]=a[k,i]
     for (i=1;i<=c;i++) for (j=i+1;j<=c;j++) if (tmp[j]<tmp[i]) {t=tmp[i];tmp[i]=tmp[j];tmp[j]=t}
     return tmp[int((c+1)/2)] }
+  # The spread of a value over the rounds, as a share of its median: (highest - lowest) / median.
+  function spread(a, k, c,   i, lo, hi, m) { lo=a[k,1]; hi=a[k,1]
+    for (i=2;i<=c;i++) { if (a[k,i]<lo) lo=a[k,i]; if (a[k,i]>hi) hi=a[k,i] }
+    m=med(a,k,c); return m>0 ? (hi-lo)/m*100 : 0 }
   END {
     count=split(targets, names, " ")
     split("small big", bodies, " ")
@@ -204,13 +208,14 @@ sort -k1,1 -k2,2 -k4,4n "$results" | awk -v targets="$TARGETS" '
       kn=body" "base; if (!(kn in n)) continue
       nrps=med(rps,kn,n[kn]); ncpu=med(cpu,kn,n[kn])
       printf "\n%s body (%s)\n", body, body=="small" ? "1 KiB" : "64 KiB"
-      printf "%-8s %12s %9s %9s %12s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "rps/" base, base "/cpu", "non-2xx"
+      printf "%-8s %12s %9s %9s %12s %10s %10s %10s %8s\n", "target", "requests/s", "p50 us", "p99 us", "CPU us/req", "CPU spread", "rps/" base, base "/cpu", "non-2xx"
       for (i=1; i<=count; i++) { k=body" "names[i]; if (!(k in n)) continue
         r=med(rps,k,n[k]); c=med(cpu,k,n[k])
-        printf "%-8s %12.0f %9.0f %9.0f %12s %10.2f %10s %8d\n", names[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
-          (c>0 ? sprintf("%.1f", c) : "-"), r/nrps, (c>0 ? sprintf("%.2f", ncpu/c) : "-"), bad[k] }
+        printf "%-8s %12.0f %9.0f %9.0f %12s %10s %10.2f %10s %8d\n", names[i], r, med(p50,k,n[k]), med(p99,k,n[k]),
+          (c>0 ? sprintf("%.1f", c) : "-"), (c>0 ? sprintf("%.0f %%", spread(cpu,k,n[k])) : "-"), r/nrps,
+          (c>0 ? sprintf("%.2f", ncpu/c) : "-"), bad[k] }
     }
   }'
 echo
 echo "rounds=$ROUNDS duration=$DURATION wrk -t2 -c$CONNS; proxies on CPU 0 (one worker each), origin + wrk on CPU 1; medians over rounds"
-echo "X/cpu >= 1.00 means the target spends no more CPU per request than X"
+echo "X/cpu >= 1.00 means the target spends no more CPU per request than X; CPU spread is (highest - lowest) / median over the rounds"
