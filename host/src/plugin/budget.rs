@@ -22,10 +22,10 @@
 //! is it charged: one epoch change charges at most a tick, however long the thread was away).
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
@@ -289,43 +289,71 @@ pub(crate) fn on_tick<T>(
 /// timed, from the poll that left the call pending to the next, so a tick charges running
 /// time only. Costs nothing for a call that never waits: the timer is armed, and the clock
 /// read, the first time the call is pending.
-pub(crate) async fn cut_off<T>(
-    bound: Bound,
-    call: impl Future<Output = wasmtime::Result<T>>,
-) -> wasmtime::Result<T> {
-    let mut call = pin!(call);
-    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let mut suspended_at: Option<quanta::Instant> = None;
-    std::future::poll_fn(|cx| {
-        if let Some(at) = suspended_at.take() {
-            bound
+pub(crate) fn cut_off<T, F>(bound: Bound, call: F) -> CutOff<F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    CutOff {
+        call,
+        bound,
+        timer: None,
+        suspended_at: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`cut_off`]'s future. A struct that polls the call where it lies: an `async fn` would
+    /// copy the call's future (about 350 bytes) twice on every hook call, from its captures
+    /// into its locals and again to pin it.
+    pub(crate) struct CutOff<F> {
+        #[pin]
+        call: F,
+        bound: Bound,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        suspended_at: Option<quanta::Instant>,
+    }
+}
+
+impl<T, F> Future for CutOff<F>
+where
+    F: Future<Output = wasmtime::Result<T>>,
+{
+    type Output = wasmtime::Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(at) = this.suspended_at.take() {
+            this.bound
                 .slack
                 .suspended
                 .fetch_add(nanos(at.elapsed()), Relaxed);
         }
-        if let Poll::Ready(done) = call.as_mut().poll(cx) {
+        if let Poll::Ready(done) = this.call.poll(cx) {
             return Poll::Ready(done);
         }
-        suspended_at = Some(quanta::Instant::now());
+        *this.suspended_at = Some(quanta::Instant::now());
         loop {
-            let Some(left) = bound.left(1) else {
+            let Some(left) = this.bound.left(1) else {
                 let cut = wasmtime::Error::from(Trap::Interrupt)
                     .context("cut off at its deadline while it waited");
                 return Poll::Ready(Err(cut));
             };
             let at = tokio::time::Instant::now() + left;
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             timer.as_mut().reset(at);
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }
-    })
-    .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);

@@ -75,45 +75,58 @@ pub(super) struct Exchange<'a> {
 
 /// Sends the exchange. `progress` is kept up to date with the endpoint of the latest
 /// attempt, for the error log line.
-pub(super) async fn send(
-    exchange: Exchange<'_>,
+///
+/// An `async` block returned, not an `async fn`, and [`attempts`] borrowing the exchange
+/// from it: an `async fn` moves each argument from its future's captures into its locals
+/// when first polled, a copy of the 330-byte exchange per level on every request; a block
+/// uses its captures where they are.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
+)]
+pub(super) fn send(
+    mut exchange: Exchange<'_>,
     progress: &mut Progress,
-) -> Result<Answer, ProxyError> {
-    let cluster = exchange.cluster;
-    // Circuit breaking: over max_requests, fail fast. Held until the response head.
-    let _admitted = cluster
-        .endpoints
-        .admit(cluster.config.max_requests)
-        .map_err(|e| {
-            cluster.metrics.overloaded.inc();
-            ProxyError::new(ErrorKind::Overloaded).with_cause(e)
-        })?;
-    // gRPC is HTTP/2 only: a cluster that cannot speak it is a configuration error, said as
-    // one rather than as whatever the endpoint makes of an HTTP/1.1 request.
-    if exchange.grpc && !cluster.client.may_be_h2() {
-        return Err(
+) -> impl Future<Output = Result<Answer, ProxyError>> {
+    async move {
+        let cluster = exchange.cluster;
+        // Circuit breaking: over max_requests, fail fast. Held until the response head.
+        let _admitted = cluster
+            .endpoints
+            .admit(cluster.config.max_requests)
+            .map_err(|e| {
+                cluster.metrics.overloaded.inc();
+                ProxyError::new(ErrorKind::Overloaded).with_cause(e)
+            })?;
+        // gRPC is HTTP/2 only: a cluster that cannot speak it is a configuration error, said as
+        // one rather than as whatever the endpoint makes of an HTTP/1.1 request.
+        if exchange.grpc && !cluster.client.may_be_h2() {
+            return Err(
             ProxyError::new(ErrorKind::UpstreamProtocol).with_cause(format!(
                 "a gRPC call needs HTTP/2 and cluster {} speaks HTTP/1.1 (set its protocol to \"h2c\", or \"h2\" or \"auto\" over TLS)",
                 cluster.config.name
             )),
         );
-    }
-    // A gRPC call's own deadline bounds it, instead of the cluster's response timeout: the
-    // client said how long the call may take (`request_timeout`, when set, still caps it).
-    let grpc_timeout = if exchange.grpc {
-        grpc::timeout(&exchange.parts.headers)
-    } else {
-        None
-    };
-    let limit = match (cluster.config.request_timeout, grpc_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, attempts(exchange, progress, grpc_timeout))
-            .await
-            .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?,
-        None => attempts(exchange, progress, None).await,
+        }
+        // A gRPC call's own deadline bounds it, instead of the cluster's response timeout: the
+        // client said how long the call may take (`request_timeout`, when set, still caps it).
+        let grpc_timeout = if exchange.grpc {
+            grpc::timeout(&exchange.parts.headers)
+        } else {
+            None
+        };
+        let limit = match (cluster.config.request_timeout, grpc_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match limit {
+            Some(limit) => {
+                tokio::time::timeout(limit, attempts(&mut exchange, progress, grpc_timeout))
+                    .await
+                    .map_err(|e| ProxyError::new(ErrorKind::UpstreamTimeout).with_cause(e))?
+            }
+            None => attempts(&mut exchange, progress, None).await,
+        }
     }
 }
 
@@ -127,23 +140,26 @@ pub(super) struct Progress {
 }
 
 /// The attempts of one exchange; `response_timeout`, when given, replaces the cluster's.
+/// The exchange is borrowed, and its body taken, so that its head is not copied (see
+/// [`send`]).
 async fn attempts(
-    exchange: Exchange<'_>,
+    exchange: &mut Exchange<'_>,
     progress: &mut Progress,
     response_timeout: Option<std::time::Duration>,
 ) -> Result<Answer, ProxyError> {
+    let body = std::mem::replace(&mut exchange.body, RequestBody::Buffered(Bytes::new()));
     let Exchange {
         cluster,
-        mut parts,
-        body,
+        ref mut parts,
+        body: _,
         hash,
         retry_non_idempotent,
         grpc: _,
         request_id,
         timers,
         trace,
-        body_watch,
-    } = exchange;
+        ref body_watch,
+    } = *exchange;
     let config = &cluster.config;
     let mut pick = PickContext { hash, tried: 0 };
     let idempotent = retry_non_idempotent || is_idempotent(&parts.method);

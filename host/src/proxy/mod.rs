@@ -192,47 +192,57 @@ impl ProxyService {
     }
 
     /// Proxies one request from `client`. Always produces a response.
-    pub async fn handle<B: DownstreamBody>(
+    ///
+    /// An `async` block returned, not an `async fn`, as [`proxy`] is: an `async fn` moves
+    /// each argument from its future's captures into its locals when first polled, a copy of
+    /// the request per level on every request; a block uses its captures where they are.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
+    )]
+    pub fn handle<B: DownstreamBody>(
         &self,
         request: Request<B>,
         client: &Client,
-    ) -> Response<ResponseBody> {
-        // One generation for the whole request, even if a reload swaps it meanwhile.
-        let generation = self.generation.load_full();
-        let mut ctx = RequestContext {
-            client,
-            request_id: None,
-            request_id_is_ours: false,
-            route: None,
-            cluster: None,
-            upstream: Progress::default(),
-            grpc: false,
-            grpc_upstream: false,
-            observing: false,
-            logging: false,
-            host: None,
-            upstream_duration: None,
-            answered_by: None,
-            received: None,
-            trace: None,
-            body: None,
-            trusted: false,
-            forwarded: None,
-        };
-        let watch = observe::Watch::start(&generation, &request, &ctx);
-        if let Some(watch) = &watch {
-            ctx.observing = true;
-            ctx.logging = watch.logs();
-            ctx.received = watch.received().cloned();
-            ctx.trace = watch.trace().cloned();
-        }
-        let response = match proxy(&generation, request, &mut ctx).await {
-            Ok(response) => response,
-            Err(error) => fail(&generation, &ctx, error),
-        };
-        match watch {
-            None => response.map(ResponseBody::unwatched),
-            Some(watch) => watch.finish(&mut ctx, response),
+    ) -> impl Future<Output = Response<ResponseBody>> {
+        async move {
+            // One generation for the whole request, even if a reload swaps it meanwhile.
+            let generation = self.generation.load_full();
+            let mut ctx = RequestContext {
+                client,
+                request_id: None,
+                request_id_is_ours: false,
+                route: None,
+                cluster: None,
+                upstream: Progress::default(),
+                grpc: false,
+                grpc_upstream: false,
+                observing: false,
+                logging: false,
+                host: None,
+                upstream_duration: None,
+                answered_by: None,
+                received: None,
+                trace: None,
+                body: None,
+                trusted: false,
+                forwarded: None,
+            };
+            let watch = observe::Watch::start(&generation, &request, &ctx);
+            if let Some(watch) = &watch {
+                ctx.observing = true;
+                ctx.logging = watch.logs();
+                ctx.received = watch.received().cloned();
+                ctx.trace = watch.trace().cloned();
+            }
+            let response = match proxy(&generation, request, &mut ctx).await {
+                Ok(response) => response,
+                Err(error) => fail(&generation, &ctx, error),
+            };
+            match watch {
+                None => response.map(ResponseBody::unwatched),
+                Some(watch) => watch.finish(&mut ctx, response),
+            }
         }
     }
 
@@ -258,274 +268,283 @@ impl ProxyService {
     }
 }
 
-/// One request through every phase; an error is answered by [`fail`].
-async fn proxy<B: DownstreamBody>(
+/// One request through every phase; an error is answered by [`fail`]. (An `async` block
+/// returned, not an `async fn`: see [`ProxyService::handle`].)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
+)]
+fn proxy<B: DownstreamBody>(
     generation: &Arc<Generation>,
     mut request: Request<B>,
     ctx: &mut RequestContext<'_>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let (request_id, ours) = forward::ensure_request_id(request.headers_mut());
-    ctx.request_id = Some(request_id.clone());
-    ctx.request_id_is_ours = ours;
-    let extended_connect = upgrade::from_extended_connect(&mut request);
-    // A request refused before its Host is known is logged with the client's.
-    let refuse = |request: &Request<B>, ctx: &mut RequestContext<'_>, error| {
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let (request_id, ours) = forward::ensure_request_id(request.headers_mut());
+        ctx.request_id = Some(request_id.clone());
+        ctx.request_id_is_ours = ours;
+        let extended_connect = upgrade::from_extended_connect(&mut request);
+        // A request refused before its Host is known is logged with the client's.
+        let refuse = |request: &Request<B>, ctx: &mut RequestContext<'_>, error| {
+            if ctx.logging {
+                ctx.host = request.headers().get(header::HOST).cloned();
+            }
+            Err(error)
+        };
+        if request.method() == http::Method::CONNECT {
+            let error = bad_request("CONNECT: weir is a reverse proxy and opens no tunnels");
+            return refuse(&request, ctx, error);
+        }
+        // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it. Known first,
+        // so every refusal below reaches a gRPC client as a gRPC status.
+        ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
+        let server = &generation.config.server;
+        let host = match downstream::check_limits(&request, &server.limits)
+            .and_then(|()| downstream::request_host(&mut request))
+        {
+            Ok(host) => host,
+            Err(error) => return refuse(&request, ctx, error),
+        };
         if ctx.logging {
-            ctx.host = request.headers().get(header::HOST).cloned();
+            ctx.host = host.clone();
         }
-        Err(error)
-    };
-    if request.method() == http::Method::CONNECT {
-        let error = bad_request("CONNECT: weir is a reverse proxy and opens no tunnels");
-        return refuse(&request, ctx, error);
-    }
-    // gRPC is HTTP/2 only: an HTTP/1.1 request pays no header lookup for it. Known first,
-    // so every refusal below reaches a gRPC client as a gRPC status.
-    ctx.grpc = request.version() == Version::HTTP_2 && grpc::is_grpc(request.headers());
-    let server = &generation.config.server;
-    let host = match downstream::check_limits(&request, &server.limits)
-        .and_then(|()| downstream::request_host(&mut request))
-    {
-        Ok(host) => host,
-        Err(error) => return refuse(&request, ctx, error),
-    };
-    if ctx.logging {
-        ctx.host = host.clone();
-    }
-    // One path from here on, for the router, the plugins and the upstream.
-    path::apply(&mut request, &server.path_normalization)?;
-    // Where the request comes from: the peer, or, behind a trusted proxy, whom it names.
-    ctx.trusted = forward::is_trusted(ctx.client.addr.ip(), &server.trusted_proxies);
-    if ctx.trusted {
-        let client = forward::forwarded_client(request.headers(), &server.trusted_proxies);
-        ctx.forwarded = client.map(|ip| {
-            let addr = SocketAddr::new(ip, 0);
-            (addr, Arc::from(addr.to_string()))
+        // One path from here on, for the router, the plugins and the upstream.
+        path::apply(&mut request, &server.path_normalization)?;
+        // Where the request comes from: the peer, or, behind a trusted proxy, whom it names.
+        ctx.trusted = forward::is_trusted(ctx.client.addr.ip(), &server.trusted_proxies);
+        if ctx.trusted {
+            let client = forward::forwarded_client(request.headers(), &server.trusted_proxies);
+            ctx.forwarded = client.map(|ip| {
+                let addr = SocketAddr::new(ip, 0);
+                (addr, Arc::from(addr.to_string()))
+            });
+        }
+        // Anyone else's forwarding headers are removed, not believed; who the client is, only
+        // weir's plugins say.
+        forward::strip_untrusted(request.headers_mut(), &server.identity_headers, ctx.trusted);
+        let route = route(generation, host.as_ref(), &request, ctx)?;
+        // Whether the client sent credentials, before a filter may take them out: the cache
+        // stores an answer to it only if the answer says it may be shared.
+        let authorization =
+            route.cache.is_some() && request.headers().contains_key(header::AUTHORIZATION);
+        // What compressing the response needs of the request, on a route that compresses.
+        let compression = route.compression.as_ref().map(|config| Compressing {
+            config,
+            accepted: request.headers().get(header::ACCEPT_ENCODING).cloned(),
+            head: request.method() == http::Method::HEAD,
         });
-    }
-    // Anyone else's forwarding headers are removed, not believed; who the client is, only
-    // weir's plugins say.
-    forward::strip_untrusted(request.headers_mut(), &server.identity_headers, ctx.trusted);
-    let route = route(generation, host.as_ref(), &request, ctx)?;
-    // Whether the client sent credentials, before a filter may take them out: the cache
-    // stores an answer to it only if the answer says it may be shared.
-    let authorization =
-        route.cache.is_some() && request.headers().contains_key(header::AUTHORIZATION);
-    // What compressing the response needs of the request, on a route that compresses.
-    let compression = route.compression.as_ref().map(|config| Compressing {
-        config,
-        accepted: request.headers().get(header::ACCEPT_ENCODING).cloned(),
-        head: request.method() == http::Method::HEAD,
-    });
 
-    let (mut parts, body) = request.into_parts();
-    // The method as the client sent it: a response to HEAD is framed by its headers.
-    let method = parts.method.clone();
-    let upgrade = upgrade::requested(&mut parts, extended_connect);
-    let mut body = body.into_client_body();
-    if !hyper::body::Body::is_end_stream(&body) {
-        // A gRPC call's or a tunnel's stream may rightly stay quiet: no read timeout there
-        // (grpc-timeout and upgrade_idle_timeout bound them).
-        let streaming = ctx.grpc || upgrade.is_some();
-        body = guard_body(generation, body, &parts.headers, ctx, streaming)?;
-    }
-    let mut body = RequestBody::Client(body);
-    // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
-    // the response phase's view on every request, plugins or not.
-    let mut response_phase = None;
-    if route.chain.is_active() {
-        let chain = &route.chain;
-        let route_name = chain.route().clone();
-        let client = ctx.client_text();
-        let ours = ctx.request_id_is_ours;
-        let mut view = RequestView::new(parts, host.clone(), client, route_name, &request_id, ours);
-        if let Some(tls) = &ctx.client.tls {
-            view.set_tls(tls.clone());
+        let (mut parts, body) = request.into_parts();
+        // The method as the client sent it: a response to HEAD is framed by its headers.
+        let method = parts.method.clone();
+        let upgrade = upgrade::requested(&mut parts, extended_connect);
+        let mut body = body.into_client_body();
+        if !hyper::body::Body::is_end_stream(&body) {
+            // A gRPC call's or a tunnel's stream may rightly stay quiet: no read timeout there
+            // (grpc-timeout and upgrade_idle_timeout bound them).
+            let streaming = ctx.grpc || upgrade.is_some();
+            body = guard_body(generation, body, &parts.headers, ctx, streaming)?;
         }
-        if let Some(trace) = &ctx.trace {
-            view.set_trace(trace.clone());
-        }
-        if chain.needs_outbound() {
-            view.set_outbound(Arc::new(ClusterOutbound {
-                generation: generation.clone(),
-                request_id: request_id.clone(),
-            }));
-        }
-        let watch = ctx.body.as_deref();
-        match filters::on_request(chain, &mut view, &mut body, watch, &request_id).await? {
-            Filtered::Forward(passed) => {
-                (parts, response_phase) = filters::sent(chain, view, passed);
+        let mut body = RequestBody::Client(body);
+        // Assigned in place, not returned as a tuple from the `if`: that would copy the head and
+        // the response phase's view on every request, plugins or not.
+        let mut response_phase = None;
+        if route.chain.is_active() {
+            let chain = &route.chain;
+            let route_name = chain.route().clone();
+            let client = ctx.client_text();
+            let ours = ctx.request_id_is_ours;
+            let mut view =
+                RequestView::new(parts, host.clone(), client, route_name, &request_id, ours);
+            if let Some(tls) = &ctx.client.tls {
+                view.set_tls(tls.clone());
             }
-            Filtered::Answered(mut reply, by) => {
-                ctx.answered_by = chain.plugin_name(by).cloned();
-                if forward::framed_by_body(&method, reply.status()) {
-                    let hint = hyper::body::Body::size_hint(reply.body());
-                    forward::frame(reply.headers_mut(), &hint);
-                }
-                return Ok(if ctx.grpc {
-                    grpc::local_reply(reply)
-                } else {
-                    reply
-                });
+            if let Some(trace) = &ctx.trace {
+                view.set_trace(trace.clone());
             }
-        }
-    }
-
-    if route.chain.is_active() {
-        // Plugins change headers, never framing: the upstream's is the body's own.
-        let hint = match &body {
-            RequestBody::Client(streamed) => hyper::body::Body::size_hint(streamed),
-            RequestBody::Buffered(bytes) => SizeHint::with_exact(bytes.len() as u64),
-        };
-        forward::frame(&mut parts.headers, &hint);
-    }
-    // A plugin may have made the request a gRPC call (a REST client's, transcoded).
-    ctx.grpc_upstream = ctx.grpc || (route.chain.is_active() && grpc::is_grpc(&parts.headers));
-    upstream_request(&mut parts, host.as_ref(), ctx);
-    if let Some(upgrade) = &upgrade {
-        upgrade::restore(&mut parts.headers, upgrade);
-    }
-    // A sample of the route's requests, copied as they go upstream; never waited for.
-    let mirror = ctx
-        .route
-        .and_then(|i| generation.config.routes[i].mirror.as_ref());
-    if let Some(mirror) = mirror
-        && upgrade.is_none()
-    {
-        let metrics = &route.metrics;
-        let copying = mirror::Copying {
-            pace: &route.mirror_pace,
-            parts: &parts,
-            request_id: &request_id,
-            watch: ctx.body.as_deref(),
-        };
-        mirror::copy(mirror, generation, copying, &mut body, metrics).await?;
-    }
-    // The route's cache, after the filters (a hit never skips an auth plugin): an answer from
-    // the store, or what the upstream's answer does to it.
-    let (mut stored, mut fill) = (None, None);
-    if let Some(cache) = &route.cache
-        && upgrade.is_none()
-    {
-        let scheme = if ctx.client.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let identity = &generation.config.server.identity_headers;
-        let asked = caching::Asked {
-            scheme,
-            host: host.as_ref(),
-            authenticated: authorization || identity.iter().any(|h| parts.headers.contains_key(h)),
-            body: match &body {
-                RequestBody::Client(streamed) => !hyper::body::Body::is_end_stream(streamed),
-                RequestBody::Buffered(bytes) => !bytes.is_empty(),
-            },
-        };
-        match caching::before(cache, &mut parts, asked).await {
-            caching::Before::Answer(answer) => stored = Some(answer),
-            caching::Before::AnswerAndRevalidate(answer, revalidation) => {
-                if let Some(cluster) = ctx.cluster {
-                    let id = request_id.clone();
-                    caching::revalidate_behind(
-                        generation.clone(),
-                        cluster,
-                        &parts,
-                        id,
-                        revalidation,
-                    );
-                }
-                stored = Some(answer);
+            if chain.needs_outbound() {
+                view.set_outbound(Arc::new(ClusterOutbound {
+                    generation: generation.clone(),
+                    request_id: request_id.clone(),
+                }));
             }
-            caching::Before::Forward(filling) => fill = Some(filling),
-        }
-    }
-    let mut sticky = None;
-    let mut response = match stored {
-        Some(answer) => answer,
-        None => {
-            let answer = match (&route.target, ctx.cluster) {
-                (Target::Handler(handler), _) => {
-                    let handler = handler.as_ref().map_err(|why| {
-                        ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
-                    })?;
-                    call_handler(generation, handler, parts, body, &request_id).await
+            let watch = ctx.body.as_deref();
+            match filters::on_request(chain, &mut view, &mut body, watch, &request_id).await? {
+                Filtered::Forward(passed) => {
+                    (parts, response_phase) = filters::sent(chain, view, passed);
                 }
-                (_, None) => Err(ProxyError::new(ErrorKind::NoEndpoint)),
-                (_, Some(cluster)) => {
-                    // The exchange's future is awaited here, not inside a helper's: each level
-                    // of async nesting moves the whole nested future once more (a memcpy per
-                    // request).
-                    let trace = ctx.trace.clone();
-                    let exchange = exchange(
-                        generation,
-                        cluster,
-                        parts,
-                        body,
-                        &request_id,
-                        ctx,
-                        trace.as_ref(),
-                    );
-                    let sent = ctx.observing.then(crate::metrics::Tick::now);
-                    let answer = attempts::send(exchange, &mut ctx.upstream).await;
-                    if let Some(sent) = sent {
-                        let took = sent.elapsed();
-                        ctx.upstream_duration = Some(took);
-                        let metrics = &generation.clusters[cluster].metrics;
-                        metrics.upstream_duration.observe(took.as_secs_f64());
+                Filtered::Answered(mut reply, by) => {
+                    ctx.answered_by = chain.plugin_name(by).cloned();
+                    if forward::framed_by_body(&method, reply.status()) {
+                        let hint = hyper::body::Body::size_hint(reply.body());
+                        forward::frame(reply.headers_mut(), &hint);
                     }
-                    answer.map(|answer| {
-                        sticky = answer.set_cookie;
-                        answer.response.map(ProxyBody::Upstream)
-                    })
+                    return Ok(if ctx.grpc {
+                        grpc::local_reply(reply)
+                    } else {
+                        reply
+                    });
                 }
+            }
+        }
+
+        if route.chain.is_active() {
+            // Plugins change headers, never framing: the upstream's is the body's own.
+            let hint = match &body {
+                RequestBody::Client(streamed) => hyper::body::Body::size_hint(streamed),
+                RequestBody::Buffered(bytes) => SizeHint::with_exact(bytes.len() as u64),
             };
-            match fill {
-                Some(fill) => fill.after(answer).await?,
-                None => answer?,
+            forward::frame(&mut parts.headers, &hint);
+        }
+        // A plugin may have made the request a gRPC call (a REST client's, transcoded).
+        ctx.grpc_upstream = ctx.grpc || (route.chain.is_active() && grpc::is_grpc(&parts.headers));
+        upstream_request(&mut parts, host.as_ref(), ctx);
+        if let Some(upgrade) = &upgrade {
+            upgrade::restore(&mut parts.headers, upgrade);
+        }
+        // A sample of the route's requests, copied as they go upstream; never waited for.
+        let mirror = ctx
+            .route
+            .and_then(|i| generation.config.routes[i].mirror.as_ref());
+        if let Some(mirror) = mirror
+            && upgrade.is_none()
+        {
+            let metrics = &route.metrics;
+            let copying = mirror::Copying {
+                pace: &route.mirror_pace,
+                parts: &parts,
+                request_id: &request_id,
+                watch: ctx.body.as_deref(),
+            };
+            mirror::copy(mirror, generation, copying, &mut body, metrics).await?;
+        }
+        // The route's cache, after the filters (a hit never skips an auth plugin): an answer from
+        // the store, or what the upstream's answer does to it.
+        let (mut stored, mut fill) = (None, None);
+        if let Some(cache) = &route.cache
+            && upgrade.is_none()
+        {
+            let scheme = if ctx.client.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let identity = &generation.config.server.identity_headers;
+            let asked = caching::Asked {
+                scheme,
+                host: host.as_ref(),
+                authenticated: authorization
+                    || identity.iter().any(|h| parts.headers.contains_key(h)),
+                body: match &body {
+                    RequestBody::Client(streamed) => !hyper::body::Body::is_end_stream(streamed),
+                    RequestBody::Buffered(bytes) => !bytes.is_empty(),
+                },
+            };
+            match caching::before(cache, &mut parts, asked).await {
+                caching::Before::Answer(answer) => stored = Some(answer),
+                caching::Before::AnswerAndRevalidate(answer, revalidation) => {
+                    if let Some(cluster) = ctx.cluster {
+                        let id = request_id.clone();
+                        caching::revalidate_behind(
+                            generation.clone(),
+                            cluster,
+                            &parts,
+                            id,
+                            revalidation,
+                        );
+                    }
+                    stored = Some(answer);
+                }
+                caching::Before::Forward(filling) => fill = Some(filling),
             }
         }
-    };
-    // The sticky cookie is this client's, never stored.
-    if let Some(cookie) = sticky {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    upgrade::check(&response, upgrade.as_ref())?;
-    match upgrade {
-        None => downstream_response(&mut response, request_id),
-        // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
-        // response filters see the answer as the client will.
-        Some(upgrade) => {
-            let switched_to = response.headers().get(header::UPGRADE).cloned();
-            downstream_response(&mut response, request_id);
-            let idle_timeout = generation.config.server.upgrade_idle_timeout;
-            upgrade::tunnel(
-                &mut response,
-                upgrade,
-                switched_to,
-                ctx.client,
-                idle_timeout,
-            );
-        }
-    }
-    let response = match response_phase {
-        Some(mut phase) => {
-            let (passed, request) = (phase.passed, &mut phase.request);
-            let mut response =
-                filters::on_response(&route.chain, passed, request, response).await?;
-            // Plugins change headers, never framing: the client's is the body's own.
-            if forward::framed_by_body(&method, response.status()) {
-                let hint = hyper::body::Body::size_hint(response.body());
-                forward::frame(response.headers_mut(), &hint);
+        let mut sticky = None;
+        let mut response = match stored {
+            Some(answer) => answer,
+            None => {
+                let answer = match (&route.target, ctx.cluster) {
+                    (Target::Handler(handler), _) => {
+                        let handler = handler.as_ref().map_err(|why| {
+                            ProxyError::new(ErrorKind::PluginUnavailable).with_cause(why.clone())
+                        })?;
+                        call_handler(generation, handler, parts, body, &request_id).await
+                    }
+                    (_, None) => Err(ProxyError::new(ErrorKind::NoEndpoint)),
+                    (_, Some(cluster)) => {
+                        // The exchange's future is awaited here, not inside a helper's: each level
+                        // of async nesting moves the whole nested future once more (a memcpy per
+                        // request).
+                        let trace = ctx.trace.clone();
+                        let exchange = exchange(
+                            generation,
+                            cluster,
+                            parts,
+                            body,
+                            &request_id,
+                            ctx,
+                            trace.as_ref(),
+                        );
+                        let sent = ctx.observing.then(crate::metrics::Tick::now);
+                        let answer = attempts::send(exchange, &mut ctx.upstream).await;
+                        if let Some(sent) = sent {
+                            let took = sent.elapsed();
+                            ctx.upstream_duration = Some(took);
+                            let metrics = &generation.clusters[cluster].metrics;
+                            metrics.upstream_duration.observe(took.as_secs_f64());
+                        }
+                        answer.map(|answer| {
+                            sticky = answer.set_cookie;
+                            answer.response.map(ProxyBody::Upstream)
+                        })
+                    }
+                };
+                match fill {
+                    Some(fill) => fill.after(answer).await?,
+                    None => answer?,
+                }
             }
-            response
+        };
+        // The sticky cookie is this client's, never stored.
+        if let Some(cookie) = sticky {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        None => response,
-    };
-    Ok(match compression {
-        Some(compressing) => compressing.apply(response, &route.metrics),
-        None => response,
-    })
+        upgrade::check(&response, upgrade.as_ref())?;
+        match upgrade {
+            None => downstream_response(&mut response, request_id),
+            // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
+            // response filters see the answer as the client will.
+            Some(upgrade) => {
+                let switched_to = response.headers().get(header::UPGRADE).cloned();
+                downstream_response(&mut response, request_id);
+                let idle_timeout = generation.config.server.upgrade_idle_timeout;
+                upgrade::tunnel(
+                    &mut response,
+                    upgrade,
+                    switched_to,
+                    ctx.client,
+                    idle_timeout,
+                );
+            }
+        }
+        let response = match response_phase {
+            Some(mut phase) => {
+                let (passed, request) = (phase.passed, &mut phase.request);
+                let mut response =
+                    filters::on_response(&route.chain, passed, request, response).await?;
+                // Plugins change headers, never framing: the client's is the body's own.
+                if forward::framed_by_body(&method, response.status()) {
+                    let hint = hyper::body::Body::size_hint(response.body());
+                    forward::frame(response.headers_mut(), &hint);
+                }
+                response
+            }
+            None => response,
+        };
+        Ok(match compression {
+            Some(compressing) => compressing.apply(response, &route.metrics),
+            None => response,
+        })
+    }
 }
 
 /// A route's compression, with what the request said about it.

@@ -93,26 +93,37 @@ impl UpstreamClient {
     ///
     /// `response_timeout` replaces the cluster's for this request (a gRPC call's own
     /// `grpc-timeout`).
-    pub(crate) async fn send(
-        &self,
+    ///
+    /// An `async` block returned, not an `async fn`, here and in [`Self::exchange`]: an
+    /// `async fn` moves each argument from its future's captures into its locals when first
+    /// polled, a copy of the 300-byte request per level on every request; a block uses its
+    /// captures where they are.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
+    )]
+    pub(crate) fn send<'s>(
+        &'s self,
         endpoint: usize,
         request: Request<ProxyBody>,
-        timers: &Timers,
-        uploading: Option<&BodyWatch>,
+        timers: &'s Timers,
+        uploading: Option<&'s BodyWatch>,
         response_timeout: Option<Duration>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let limit = response_timeout.unwrap_or(self.response_timeout);
-        let deadline = async {
-            if let Some(upload) = uploading {
-                upload.ended().await;
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 's {
+        async move {
+            let limit = response_timeout.unwrap_or(self.response_timeout);
+            let deadline = async {
+                if let Some(upload) = uploading {
+                    upload.ended().await;
+                }
+                timers.deadline(limit).await;
+            };
+            tokio::select! {
+                biased;
+                result = self.exchange(endpoint, request) => result,
+                () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
+                    .with_cause(TimedOut(limit))),
             }
-            timers.deadline(limit).await;
-        };
-        tokio::select! {
-            biased;
-            result = self.exchange(endpoint, request) => result,
-            () = deadline => Err(ProxyError::new(ErrorKind::UpstreamTimeout)
-                .with_cause(TimedOut(limit))),
         }
     }
 
@@ -122,67 +133,75 @@ impl UpstreamClient {
         self.transport.may_be_h2()
     }
 
-    async fn exchange(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
+    )]
+    fn exchange(
         &self,
         endpoint: usize,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let Some(target) = self.pool.endpoints.get(endpoint) else {
-            return Err(ProxyError::new(ErrorKind::NoEndpoint));
-        };
-        // The proxy keeps `Upgrade` only on a request that asks for one.
-        let upgrade = request.headers().contains_key(header::UPGRADE);
-        if upgrade && self.transport.only_h2() {
-            return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+        async move {
+            let Some(target) = self.pool.endpoints.get(endpoint) else {
+                return Err(ProxyError::new(ErrorKind::NoEndpoint));
+            };
+            // The proxy keeps `Upgrade` only on a request that asks for one.
+            let upgrade = request.headers().contains_key(header::UPGRADE);
+            if upgrade && self.transport.only_h2() {
+                return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(
                 "the request asks for an upgrade, which needs HTTP/1.1, and the cluster speaks only HTTP/2",
             ));
-        }
-        loop {
-            let (result, reused) = match self.checkout(endpoint, upgrade).await? {
-                Checkout::Http1 { mut sender, reused } => {
-                    as_http1(&mut request, &target.authority);
-                    let result = sender.try_send_request(request).await.map(|response| {
-                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            // The connection is the tunnel's now, not the pool's; its slot
-                            // goes with it.
-                            let mut response = response.map(UpstreamBody::unleased);
-                            response
-                                .extensions_mut()
-                                .insert(TunnelSlot::new(sender.slot.clone()));
-                            return response;
-                        }
-                        let lease = Lease::Http1 {
-                            sender,
-                            pool: self.pool.clone(),
-                            endpoint,
-                        };
-                        response.map(|body| UpstreamBody::new(body, lease))
-                    });
-                    (result, reused)
-                }
-                Checkout::Http2 {
-                    mut sender,
-                    stream,
-                    reused,
-                } => {
-                    as_http2(&mut request, &target.authority, &self.transport.scheme());
-                    let result = sender.try_send_request(request).await.map(|response| {
-                        response.map(|body| UpstreamBody::new(body, Lease::Http2(stream)))
-                    });
-                    (result, reused)
-                }
-            };
-            match result {
-                Ok(response) => return Ok(response),
-                Err(mut e) => match e.take_message() {
-                    // A kept-alive connection closed before the request went out: nothing
-                    // reached the endpoint, so another connection may send it.
-                    Some(unsent) if reused => request = unsent,
-                    _ => {
-                        let error = e.into_error();
-                        return Err(ProxyError::new(ErrorKind::UpstreamFailed).with_cause(error));
+            }
+            loop {
+                let (result, reused) = match self.checkout(endpoint, upgrade).await? {
+                    Checkout::Http1 { mut sender, reused } => {
+                        as_http1(&mut request, &target.authority);
+                        let result = sender.try_send_request(request).await.map(|response| {
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                // The connection is the tunnel's now, not the pool's; its slot
+                                // goes with it.
+                                let mut response = response.map(UpstreamBody::unleased);
+                                response
+                                    .extensions_mut()
+                                    .insert(TunnelSlot::new(sender.slot.clone()));
+                                return response;
+                            }
+                            let lease = Lease::Http1 {
+                                sender,
+                                pool: self.pool.clone(),
+                                endpoint,
+                            };
+                            response.map(|body| UpstreamBody::new(body, lease))
+                        });
+                        (result, reused)
                     }
-                },
+                    Checkout::Http2 {
+                        mut sender,
+                        stream,
+                        reused,
+                    } => {
+                        as_http2(&mut request, &target.authority, &self.transport.scheme());
+                        let result = sender.try_send_request(request).await.map(|response| {
+                            response.map(|body| UpstreamBody::new(body, Lease::Http2(stream)))
+                        });
+                        (result, reused)
+                    }
+                };
+                match result {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => match e.take_message() {
+                        // A kept-alive connection closed before the request went out: nothing
+                        // reached the endpoint, so another connection may send it.
+                        Some(unsent) if reused => request = unsent,
+                        _ => {
+                            let error = e.into_error();
+                            return Err(
+                                ProxyError::new(ErrorKind::UpstreamFailed).with_cause(error)
+                            );
+                        }
+                    },
+                }
             }
         }
     }
