@@ -284,8 +284,8 @@ pub(crate) fn on_tick<T>(
 
 /// Runs `call`, cutting it off once it has waited past its bound: while the call is
 /// suspended the epoch never finds it running, so a timer ends it instead. The call's
-/// future is dropped, which unwinds the guest (its instance must not be used again); the
-/// error is a `Trap::Interrupt`, a `deadline` failure like the tick's. Each suspension is
+/// future is dropped with the one returned, which unwinds the guest (its instance must not
+/// be used again); the error is a `Trap::Interrupt`, a `deadline` failure like the tick's. Each suspension is
 /// timed, from the poll that left the call pending to the next, so a tick charges running
 /// time only. Costs nothing for a call that never waits: the timer is armed, and the clock
 /// read, the first time the call is pending.
@@ -298,6 +298,7 @@ where
         bound,
         timer: None,
         suspended_at: None,
+        done: false,
     }
 }
 
@@ -305,12 +306,15 @@ pin_project_lite::pin_project! {
     /// [`cut_off`]'s future. A struct that polls the call where it lies: an `async fn` would
     /// copy the call's future (about 350 bytes) twice on every hook call, from its captures
     /// into its locals and again to pin it.
+    #[must_use = "futures do nothing unless polled"]
     pub(crate) struct CutOff<F> {
         #[pin]
         call: F,
         bound: Bound,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
         suspended_at: Option<quanta::Instant>,
+        // Set once it has answered: a cut-off call must not be resumed past its deadline.
+        done: bool,
     }
 }
 
@@ -322,20 +326,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // As an `async fn` would: polling a finished future is the caller's bug.
+        assert!(!*this.done, "cut_off polled after it answered");
         if let Some(at) = this.suspended_at.take() {
             this.bound
                 .slack
                 .suspended
                 .fetch_add(nanos(at.elapsed()), Relaxed);
         }
-        if let Poll::Ready(done) = this.call.poll(cx) {
-            return Poll::Ready(done);
+        if let Poll::Ready(answer) = this.call.poll(cx) {
+            *this.done = true;
+            return Poll::Ready(answer);
         }
         *this.suspended_at = Some(quanta::Instant::now());
         loop {
             let Some(left) = this.bound.left(1) else {
                 let cut = wasmtime::Error::from(Trap::Interrupt)
                     .context("cut off at its deadline while it waited");
+                *this.done = true;
                 return Poll::Ready(Err(cut));
             };
             let at = tokio::time::Instant::now() + left;

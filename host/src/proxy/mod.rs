@@ -526,8 +526,9 @@ fn proxy<B: DownstreamBody>(
                 );
             }
         }
-        let response = match response_phase {
-            Some(mut phase) => {
+        // Borrowed where it lies: the phase holds the request's view, a few hundred bytes.
+        let response = match response_phase.as_mut() {
+            Some(phase) => {
                 let (passed, request) = (phase.passed, &mut phase.request);
                 let mut response =
                     filters::on_response(&route.chain, passed, request, response).await?;

@@ -102,14 +102,14 @@ impl UpstreamClient {
         clippy::manual_async_fn,
         reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
     )]
-    pub(crate) fn send<'s>(
-        &'s self,
+    pub(crate) fn send(
+        &self,
         endpoint: usize,
         request: Request<ProxyBody>,
-        timers: &'s Timers,
-        uploading: Option<&'s BodyWatch>,
+        timers: &Timers,
+        uploading: Option<&BodyWatch>,
         response_timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 's {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
         async move {
             let limit = response_timeout.unwrap_or(self.response_timeout);
             let deadline = async {
@@ -141,7 +141,7 @@ impl UpstreamClient {
         &self,
         endpoint: usize,
         mut request: Request<ProxyBody>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + '_ {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
         async move {
             let Some(target) = self.pool.endpoints.get(endpoint) else {
                 return Err(ProxyError::new(ErrorKind::NoEndpoint));
