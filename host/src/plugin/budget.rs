@@ -285,10 +285,10 @@ pub(crate) fn on_tick<T>(
 /// Runs `call`, cutting it off once it has waited past its bound: while the call is
 /// suspended the epoch never finds it running, so a timer ends it instead. The call's
 /// future is dropped with the one returned, which unwinds the guest (its instance must not
-/// be used again); the error is a `Trap::Interrupt`, a `deadline` failure like the tick's. Each suspension is
-/// timed, from the poll that left the call pending to the next, so a tick charges running
-/// time only. Costs nothing for a call that never waits: the timer is armed, and the clock
-/// read, the first time the call is pending.
+/// be used again); the error is a `Trap::Interrupt`, a `deadline` failure like the tick's.
+/// Each suspension is timed, from the poll that left the call pending to the next, so a
+/// tick charges running time only. Costs nothing for a call that never waits: the timer is
+/// armed, and the clock read, the first time the call is pending.
 pub(crate) fn cut_off<T, F>(bound: Bound, call: F) -> CutOff<F>
 where
     F: Future<Output = wasmtime::Result<T>>,
@@ -303,9 +303,9 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// [`cut_off`]'s future. A struct that polls the call where it lies: an `async fn` would
-    /// copy the call's future (about 350 bytes) twice on every hook call, from its captures
-    /// into its locals and again to pin it.
+    /// [`cut_off`]'s future, a struct that polls the call where it lies: an `async fn` would
+    /// copy the call's future (about 350 bytes) twice on every hook call, into its locals
+    /// and again to pin it (ARCHITECTURE.md, "Moves on the request path").
     #[must_use = "futures do nothing unless polled"]
     pub(crate) struct CutOff<F> {
         #[pin]
@@ -539,5 +539,21 @@ mod tests {
             began.elapsed() < Duration::from_secs(5),
             "cut at its bound, not after 10 s"
         );
+    }
+
+    /// A call cut off at its deadline is over: polled again, its future refuses instead of
+    /// resuming the guest (and charging the wait a second time).
+    #[tokio::test]
+    #[should_panic(expected = "cut_off polled after it answered")]
+    async fn a_call_cut_off_is_never_resumed() {
+        let mut budget = CallBudget::default();
+        budget.reset(20 * MS);
+        let mut call = pin!(cut_off(budget.bound(), async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        }));
+        let cut = call.as_mut().await;
+        assert!(cut.is_err(), "cut off at its bound");
+        let _ = call.as_mut().await;
     }
 }

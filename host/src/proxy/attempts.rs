@@ -77,9 +77,8 @@ pub(super) struct Exchange<'a> {
 /// attempt, for the error log line.
 ///
 /// An `async` block returned, not an `async fn`, and [`attempts`] borrowing the exchange
-/// from it: an `async fn` moves each argument from its future's captures into its locals
-/// when first polled, a copy of the 330-byte exchange per level on every request; a block
-/// uses its captures where they are.
+/// from it, so that the 330-byte exchange is not copied into each future's locals
+/// (ARCHITECTURE.md, "Moves on the request path").
 #[expect(
     clippy::manual_async_fn,
     reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"

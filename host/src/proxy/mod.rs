@@ -193,9 +193,8 @@ impl ProxyService {
 
     /// Proxies one request from `client`. Always produces a response.
     ///
-    /// An `async` block returned, not an `async fn`, as [`proxy`] is: an `async fn` moves
-    /// each argument from its future's captures into its locals when first polled, a copy of
-    /// the request per level on every request; a block uses its captures where they are.
+    /// An `async` block returned, not an `async fn`, as [`proxy`] is, so that the request
+    /// is not copied into the future's locals (ARCHITECTURE.md, "Moves on the request path").
     #[expect(
         clippy::manual_async_fn,
         reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
@@ -269,7 +268,7 @@ impl ProxyService {
 }
 
 /// One request through every phase; an error is answered by [`fail`]. (An `async` block
-/// returned, not an `async fn`: see [`ProxyService::handle`].)
+/// returned: see [`ProxyService::handle`].)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
