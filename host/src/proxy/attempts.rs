@@ -31,7 +31,7 @@ use hyper::body::Body as _;
 use super::client_body::client_error;
 use super::grpc;
 use crate::balancer::PickContext;
-use crate::body::{self, BodyWatch, ClientBody, ProxyBody};
+use crate::body::{self, BodyWatch, ClientBody, Outgoing, ProxyBody};
 use crate::error::{BoxError, ErrorKind, ProxyError, Retry};
 use crate::generation::Cluster;
 use crate::timer::Timers;
@@ -406,13 +406,13 @@ impl Payload {
         }
     }
 
-    fn next_attempt(&mut self) -> ProxyBody {
+    fn next_attempt(&mut self) -> Outgoing {
         match self {
-            Payload::Empty => body::full(Bytes::new()),
-            Payload::Held(bytes) => body::full(bytes.clone()),
+            Payload::Empty => Outgoing::empty(),
+            Payload::Held(bytes) => Outgoing::new(body::full(bytes.clone())),
             Payload::Stream(body) => match body.take() {
-                Some(body) => ProxyBody::Client(body),
-                None => body::full(Bytes::new()),
+                Some(body) => Outgoing::new(ProxyBody::Client(body)),
+                None => Outgoing::empty(),
             },
         }
     }

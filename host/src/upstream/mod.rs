@@ -27,7 +27,7 @@ use http::header;
 use http::{Request, Response, StatusCode};
 
 use self::pool::{Acquired, Lease, Pool, Shared, Slot, Stream};
-use crate::body::{BodyWatch, ProxyBody};
+use crate::body::{BodyWatch, Outgoing};
 use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::timer::{TimedOut, Timers};
@@ -104,7 +104,7 @@ impl UpstreamClient {
     pub(crate) fn send(
         &self,
         endpoint: usize,
-        request: Request<ProxyBody>,
+        request: Request<Outgoing>,
         timers: &Timers,
         uploading: Option<&BodyWatch>,
         response_timeout: Option<Duration>,
@@ -139,7 +139,7 @@ impl UpstreamClient {
     fn exchange(
         &self,
         endpoint: usize,
-        mut request: Request<ProxyBody>,
+        mut request: Request<Outgoing>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
         async move {
             let Some(target) = self.pool.endpoints.get(endpoint) else {
@@ -269,7 +269,7 @@ impl UpstreamClient {
         let authority = &target.authority;
         let opened = tokio::time::timeout(
             self.connect_timeout,
-            self.transport.open::<ProxyBody>(authority, upgrade),
+            self.transport.open::<Outgoing>(authority, upgrade),
         )
         .await;
         let (sender, connection) = match opened {

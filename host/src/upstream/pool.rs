@@ -26,19 +26,19 @@ use hyper::client::conn::{http1, http2};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::Outgoing;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 
 /// The sending half of one HTTP/1.1 connection to an endpoint, with the connection's slot
 /// (shared with the task driving it, so an upgrade's tunnel can keep it after that ends).
 #[derive(Debug)]
 pub(super) struct Sender {
-    send: http1::SendRequest<ProxyBody>,
+    send: http1::SendRequest<Outgoing>,
     pub(super) slot: Arc<Slot>,
 }
 
 impl Sender {
-    pub(super) fn new(send: http1::SendRequest<ProxyBody>, slot: Arc<Slot>) -> Sender {
+    pub(super) fn new(send: http1::SendRequest<Outgoing>, slot: Arc<Slot>) -> Sender {
         Sender { send, slot }
     }
 
@@ -56,11 +56,11 @@ impl Sender {
 
     pub(super) fn try_send_request(
         &mut self,
-        request: http::Request<ProxyBody>,
+        request: http::Request<Outgoing>,
     ) -> impl Future<
         Output = Result<
             http::Response<Incoming>,
-            hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+            hyper::client::conn::TrySendError<http::Request<Outgoing>>,
         >,
     > {
         self.send.try_send_request(request)
@@ -78,7 +78,7 @@ impl TunnelSlot {
     }
 }
 /// A handle on one HTTP/2 connection to an endpoint (many per connection).
-pub(super) type Shared = http2::SendRequest<ProxyBody>;
+pub(super) type Shared = http2::SendRequest<Outgoing>;
 
 /// Too many requests are already waiting for a connection.
 #[derive(Debug, thiserror::Error)]
