@@ -24,7 +24,9 @@
 # Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
 # (default target/plugins, from `cargo xtask plugins`), CALLGRIND_ARGS (more valgrind options,
 # such as --dump-instr=yes for callgrind_annotate by source line); the profile stays in $OUT,
-# default a temporary folder, for callgrind_annotate)
+# default a temporary folder, for callgrind_annotate, and for bench/sites.py when made with
+# CALLGRIND_ARGS="--dump-instr=yes --cache-sim=yes": each call site of memcpy with its cost,
+# which tells the size of each move, and the code each function runs a request)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:?usage: bench/callgrind.sh BIN [N]}

@@ -250,6 +250,14 @@ mod tests {
     const HEAD: Duration = Duration::from_secs(5);
     const IDLE: Duration = Duration::from_secs(60);
 
+    /// The response hyper's server is handed stays within the 256 bytes glibc's `memcpy`
+    /// copies without a loop: it is moved several times on its way from the proxy to the
+    /// connection (ARCHITECTURE.md, "Moves on the request path").
+    #[test]
+    fn a_response_fits_a_short_copy() {
+        assert!(size_of::<Response<CountedBody<crate::proxy::ResponseBody>>>() <= 256);
+    }
+
     /// Advances paused time by `d`.
     async fn pass(d: Duration) {
         tokio::time::advance(d).await;

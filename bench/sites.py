@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Per-request figures from a callgrind profile that callgrind_annotate does not give.
+
+The profile must be made with instruction-level positions, and for `code` with the cache
+simulation: `CALLGRIND_ARGS="--dump-instr=yes --cache-sim=yes" OUT=DIR bench/callgrind.sh BIN N`.
+
+  bench/sites.py calls PROFILE N CALLEE [BIN]
+      Every call site of a function whose name contains CALLEE (memcpy, say): calls a request,
+      instructions a call, the calling function, and with BIN the source line (addr2line).
+      memcpy's cost a call tells a move's size: glibc copies up to 256 bytes without a loop
+      (29 instructions), more in one (52-64).
+  bench/sites.py code PROFILE N [TOP]
+      Functions by first-level instruction-cache misses a request, with the 64-byte lines of
+      code each runs at least once a request and its instructions: what the request path's
+      code footprint is made of.
+
+N is the request count the profile covers (bench/callgrind.sh's N).
+"""
+import collections
+import re
+import signal
+import subprocess
+import sys
+
+
+def positions(path):
+    """Yields (function, address, costs, is_call) for each cost line of a callgrind file
+    written with `--dump-instr=yes` (positions "instr line"). A call's line carries the
+    callee's inclusive cost and the callee's name as `callee`."""
+    names = {}
+    function = callee = None
+    last = 0
+    calls = None
+
+    def name(line, key):
+        m = re.match(key + r"=\((\d+)\)(?: (.*))?", line.strip())
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), m.group(1))
+
+    with open(path) as profile:
+        for line in profile:
+            if line.startswith("fn="):
+                function = name(line, "fn")
+            elif line.startswith("cfn="):
+                callee = name(line, "cfn")
+            elif line.startswith("calls="):
+                calls = int(line.split("=", 1)[1].split()[0])
+            elif line[:1] in "0123456789+-*":
+                fields = line.split()
+                at = fields[0]
+                if at.startswith("0x"):
+                    last = int(at, 16)
+                elif at[0] == "+":
+                    last += int(at[1:])
+                elif at[0] == "-":
+                    last -= int(at[1:])
+                costs = [int(c) for c in fields[2:]]
+                if calls is not None:
+                    yield function, last, costs, (callee, calls)
+                    calls = None
+                else:
+                    yield function, last, costs, None
+
+
+def call_sites(path, n, pattern, binary):
+    count = collections.Counter()
+    cost = collections.Counter()
+    for function, address, costs, call in positions(path):
+        if call and pattern in (call[0] or "") and costs:
+            count[(function, address)] += call[1]
+            cost[(function, address)] += costs[0]
+    total = sum(count.values())
+    print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions")
+    for (function, address), calls in sorted(count.items(), key=lambda kv: -kv[1]):
+        if calls < n / 2:
+            continue
+        where = ""
+        if binary:
+            out = subprocess.run(
+                ["addr2line", "-e", binary, "-i", hex(address)],
+                capture_output=True,
+                text=True,
+            ).stdout.split("\n")
+            # The innermost frame outside the standard library: hyper's or weir's line.
+            frames = [f for f in out if f and "/rustc/" not in f] or out
+            where = re.sub(r".*/registry/src/[^/]*/", "", frames[0]).replace("/work/main/", "")
+        each = cost[(function, address)] / calls
+        print(f"{calls / n:5.2f} {each:5.1f}/call {hex(address)} {function[:90]} {where}")
+
+
+def code(path, n, top):
+    lines = collections.defaultdict(set)
+    instructions = collections.Counter()
+    misses = collections.Counter()
+    for function, address, costs, call in positions(path):
+        if call or not costs:
+            continue
+        instructions[function] += costs[0]
+        if len(costs) > 3:
+            misses[function] += costs[3]
+        if costs[0] >= n:
+            lines[function].add(address >> 6)
+    hot = sum(len(v) for v in lines.values())
+    print(f"{hot} lines of code run at least once a request ({hot * 64 / 1024:.1f} KiB), "
+          f"{sum(misses.values()) / n:.0f} I1 misses a request")
+    for function in sorted(misses, key=lambda f: -misses[f])[:top]:
+        print(f"{misses[function] / n:7.1f} misses {len(lines[function]):4d} lines "
+              f"{instructions[function] / n:7.0f} instructions  {function[:120]}")
+
+
+def main(argv):
+    if len(argv) >= 5 and argv[1] == "calls":
+        call_sites(argv[2], int(argv[3]), argv[4], argv[5] if len(argv) > 5 else None)
+    elif len(argv) >= 4 and argv[1] == "code":
+        code(argv[2], int(argv[3]), int(argv[4]) if len(argv) > 4 else 40)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    main(sys.argv)
