@@ -20,7 +20,8 @@
 # OBSERVE=off|metrics|all|few|sampled|null (bench/common.sh) measures the plain route with
 # metrics off, on (the default config), on with a JSON access log, with seven of its fields,
 # with one request in ten logged, or with the full log to /dev/null (BENCHMARKS.md, issue 21).
-# CONNS (default 8) is how many connections h2load spreads the requests over.
+# CONNS (default 8) is how many connections h2load spreads the requests over. BODY=N makes
+# each request a POST of N bytes (the plain route only; the origin answers it as a GET).
 # Usage: bench/callgrind.sh BIN [N]   (N defaults to 4000; env ROUTE=plain|two|three|chain, PLUGINS
 # (default target/plugins, from `cargo xtask plugins`), CALLGRIND_ARGS (more valgrind options,
 # such as --dump-instr=yes for callgrind_annotate by source line); the profile stays in $OUT,
@@ -115,15 +116,21 @@ case $KIND in
     [ "$ROUTE" = plain ] || { echo "hyper-floor measures ROUTE=plain only" >&2; exit 1; }
     run=("$BIN" "127.0.0.1:$PORT" "127.0.0.1:$ORIGIN") ;;
 esac
+post=()
+if [ -n "${BODY:-}" ]; then
+  [ "$ROUTE" = plain ] || { echo "BODY is for ROUTE=plain" >&2; exit 1; }
+  head -c "$BODY" /dev/zero | tr '\0' a > "$OUT/body"
+  post=(-d "$OUT/body")
+fi
 RUST_LOG=error valgrind --tool=callgrind --instr-atstart=no ${CALLGRIND_ARGS:-} \
   --callgrind-out-file="$OUT/callgrind.out" "${run[@]}" 2> "$OUT/valgrind.log" &
 weir=$!
 pids+=($weir)
 wait_up "$weir" "$OUT/valgrind.log"
-h2load --h1 -n 2000 -c "${CONNS:-8}" "${auth[@]}" "http://127.0.0.1:$PORT$path" > /dev/null
+h2load --h1 -n 2000 -c "${CONNS:-8}" "${auth[@]}" "${post[@]}" "http://127.0.0.1:$PORT$path" > /dev/null
 callgrind_control -i on "$weir" > /dev/null 2>&1
 callgrind_control -z "$weir" > /dev/null 2>&1
-h2load --h1 -n "$N" -c "${CONNS:-8}" "${auth[@]}" "http://127.0.0.1:$PORT$path" | grep -E '^(requests|status codes):'
+h2load --h1 -n "$N" -c "${CONNS:-8}" "${auth[@]}" "${post[@]}" "http://127.0.0.1:$PORT$path" | grep -E '^(requests|status codes):'
 callgrind_control -d "$weir" > /dev/null 2>&1
 total=$(awk '/^summary:/ {print $2}' "$OUT"/callgrind.out.*)
 awk -v t="$total" -v n="$N" 'BEGIN { printf "instructions per request: %.0f (%d over %d requests)\n", t / n, t, n }'

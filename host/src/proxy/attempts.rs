@@ -399,8 +399,14 @@ impl Payload {
             .and_then(|v| v.parse::<usize>().ok());
         match length {
             Some(n) if retries > 0 && n <= limit => {
-                let held = Limited::new(body, limit).collect().await?;
-                Ok(Payload::Held(held.to_bytes()))
+                let held = Limited::new(body, limit).collect().await?.to_bytes();
+                // A body that turned out empty (`Content-Length: 0` before the stream's end)
+                // is none: each attempt then sends nothing, without an allocation.
+                Ok(if held.is_empty() {
+                    Payload::Empty
+                } else {
+                    Payload::Held(held)
+                })
             }
             _ => Ok(Payload::Stream(Some(body))),
         }

@@ -32,6 +32,11 @@ use crate::config::ClusterConfig;
 use crate::error::{ErrorKind, ProxyError, Retry};
 use crate::timer::{TimedOut, Timers};
 
+/// A request as an upstream connection is sent it: its body an [`Outgoing`], so that the
+/// request stays small as hyper's client moves it (ARCHITECTURE.md, "Moves on the request
+/// path"; `body::tests` holds its size).
+pub(crate) type UpstreamRequest = Request<Outgoing>;
+
 /// Sends requests to one cluster's endpoints.
 #[derive(Debug)]
 pub struct UpstreamClient {
@@ -95,8 +100,8 @@ impl UpstreamClient {
     /// `grpc-timeout`).
     ///
     /// An `async` block returned, not an `async fn`, here and in [`Self::exchange`], so that
-    /// the 340-byte request is not copied into each future's locals (ARCHITECTURE.md, "Moves
-    /// on the request path").
+    /// the request (232 bytes) is not copied into each future's locals (ARCHITECTURE.md,
+    /// "Moves on the request path").
     #[expect(
         clippy::manual_async_fn,
         reason = "an async block, not an async fn: an async fn copies its arguments into its locals when first polled"
@@ -104,7 +109,7 @@ impl UpstreamClient {
     pub(crate) fn send(
         &self,
         endpoint: usize,
-        request: Request<Outgoing>,
+        request: UpstreamRequest,
         timers: &Timers,
         uploading: Option<&BodyWatch>,
         response_timeout: Option<Duration>,
@@ -139,7 +144,7 @@ impl UpstreamClient {
     fn exchange(
         &self,
         endpoint: usize,
-        mut request: Request<Outgoing>,
+        mut request: UpstreamRequest,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> {
         async move {
             let Some(target) = self.pool.endpoints.get(endpoint) else {

@@ -26,6 +26,7 @@ use hyper::client::conn::{http1, http2};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::UpstreamRequest;
 use crate::body::Outgoing;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 
@@ -56,11 +57,11 @@ impl Sender {
 
     pub(super) fn try_send_request(
         &mut self,
-        request: http::Request<Outgoing>,
+        request: UpstreamRequest,
     ) -> impl Future<
         Output = Result<
             http::Response<Incoming>,
-            hyper::client::conn::TrySendError<http::Request<Outgoing>>,
+            hyper::client::conn::TrySendError<UpstreamRequest>,
         >,
     > {
         self.send.try_send_request(request)
