@@ -153,20 +153,27 @@ async fn a_retry_hides_a_dead_endpoint_unless_the_body_was_streamed() {
     let post = |body: Vec<u8>| {
         let url = weir.url("/upload");
         async move {
-            http1_client()
+            let response = http1_client()
                 .request(
                     Request::post(url)
                         .body(weir_tests::full(body))
                         .expect("request"),
                 )
                 .await
-                .expect("response")
-                .status()
+                .expect("response");
+            let status = response.status();
+            let answer = read_body(response.into_body()).await;
+            (status, String::from_utf8_lossy(&answer).into_owned())
         }
     };
-    assert_eq!(post(b"payload".to_vec()).await, http::StatusCode::OK);
+    // The retried attempt carries the whole body: `/upload` answers its length and SHA-256.
+    let (len, hex) = weir_tests::hash_body(weir_tests::full("payload")).await;
     assert_eq!(
-        post(vec![b'x'; 100 << 10]).await,
+        post(b"payload".to_vec()).await,
+        (http::StatusCode::OK, format!("{len} {hex}"))
+    );
+    assert_eq!(
+        post(vec![b'x'; 100 << 10]).await.0,
         http::StatusCode::BAD_GATEWAY
     );
 
