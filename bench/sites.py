@@ -6,9 +6,10 @@ simulation: `CALLGRIND_ARGS="--dump-instr=yes --cache-sim=yes" OUT=DIR bench/cal
 
   bench/sites.py calls PROFILE N CALLEE [BIN]
       Every call site of a function whose name contains CALLEE (memcpy, say): calls a request,
-      instructions a call, the calling function, and with BIN the source line (addr2line).
-      memcpy's cost a call tells a move's size: glibc copies up to 256 bytes without a loop
-      (29 instructions), more in one (52-64).
+      instructions a call, with the cache simulation the first-level write misses a call,
+      the calling function, and with BIN the source line (addr2line). memcpy's cost a call
+      tells a move's size: glibc's AVX2 memcpy, the one valgrind runs, copies up to 256
+      bytes without a loop (29 instructions), more in one (52-64).
   bench/sites.py code PROFILE N [TOP]
       Functions by first-level instruction-cache misses a request, with the 64-byte lines of
       code each runs at least once a request and its instructions: what the request path's
@@ -66,12 +67,16 @@ def positions(path):
 def call_sites(path, n, pattern, binary):
     count = collections.Counter()
     cost = collections.Counter()
+    write_misses = collections.Counter()
     for function, address, costs, call in positions(path):
         if call and pattern in (call[0] or "") and costs:
             count[(function, address)] += call[1]
             cost[(function, address)] += costs[0]
+            # Events "Ir Dr Dw I1mr D1mr D1mw ...", trailing zeros left out.
+            write_misses[(function, address)] += costs[5] if len(costs) > 5 else 0
     total = sum(count.values())
-    print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions")
+    print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions, "
+          f"{sum(write_misses.values()) / n:.0f} D1 write misses")
     for (function, address), calls in sorted(count.items(), key=lambda kv: -kv[1]):
         if calls < n / 2:
             continue
@@ -86,7 +91,9 @@ def call_sites(path, n, pattern, binary):
             frames = [f for f in out if f and "/rustc/" not in f] or out
             where = re.sub(r".*/registry/src/[^/]*/", "", frames[0]).replace("/work/main/", "")
         each = cost[(function, address)] / calls
-        print(f"{calls / n:5.2f} {each:5.1f}/call {hex(address)} {function[:90]} {where}")
+        misses = write_misses[(function, address)] / calls
+        print(f"{calls / n:5.2f} {each:5.1f}/call {misses:4.1f} D1mw/call {hex(address)} "
+              f"{function[:90]} {where}")
 
 
 def code(path, n, top):

@@ -386,8 +386,7 @@ impl Payload {
         limit: usize,
     ) -> Result<Payload, BoxError> {
         let body = match body {
-            RequestBody::Buffered(bytes) if bytes.is_empty() => return Ok(Payload::Empty),
-            RequestBody::Buffered(bytes) => return Ok(Payload::Held(bytes)),
+            RequestBody::Buffered(bytes) => return Ok(Payload::held(bytes)),
             RequestBody::Client(body) => body,
         };
         if body.is_end_stream() {
@@ -399,16 +398,21 @@ impl Payload {
             .and_then(|v| v.parse::<usize>().ok());
         match length {
             Some(n) if retries > 0 && n <= limit => {
-                let held = Limited::new(body, limit).collect().await?.to_bytes();
-                // A body that turned out empty (`Content-Length: 0` before the stream's end)
-                // is none: each attempt then sends nothing, without an allocation.
-                Ok(if held.is_empty() {
-                    Payload::Empty
-                } else {
-                    Payload::Held(held)
-                })
+                let held = Limited::new(body, limit).collect().await?;
+                Ok(Payload::held(held.to_bytes()))
             }
             _ => Ok(Payload::Stream(Some(body))),
+        }
+    }
+
+    /// `bytes` held for every attempt; none at all when empty (a body buffered empty, or a
+    /// `Content-Length: 0` before the stream's end), so an attempt sends nothing and
+    /// allocates nothing.
+    fn held(bytes: Bytes) -> Payload {
+        if bytes.is_empty() {
+            Payload::Empty
+        } else {
+            Payload::Held(bytes)
         }
     }
 
