@@ -1257,8 +1257,8 @@ fn needs_escape(bytes: &[u8]) -> bool {
             .iter()
             .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\');
     }
-    let mut words = bytes.chunks_exact(8);
-    if words.any(word_needs) {
+    let (words, _) = bytes.as_chunks::<8>();
+    if words.iter().any(|word| word_needs(word)) {
         return true;
     }
     !bytes.len().is_multiple_of(8) && word_needs(&bytes[bytes.len() - 8..])

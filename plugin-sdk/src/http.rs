@@ -723,9 +723,9 @@ fn lower_case(name: &str) -> String {
 fn has_upper_case(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut words = bytes.chunks_exact(8);
-    let found = words.by_ref().any(|word| {
-        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+    let (words, rest) = bytes.as_chunks::<8>();
+    let found = words.iter().any(|&word| {
+        let word = u64::from_le_bytes(word);
         // Per byte below 0x80: adding 0x80 - b'A' sets its top bit when it is at least
         // `A`, adding 0x80 - b'Z' - 1 when it is past `Z`; no sum carries into the next.
         let low = word & !HIGH;
@@ -733,7 +733,7 @@ fn has_upper_case(bytes: &[u8]) -> bool {
         let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
         from_a & !past_z & !word & HIGH != 0
     });
-    found || words.remainder().iter().any(u8::is_ascii_uppercase)
+    found || rest.iter().any(u8::is_ascii_uppercase)
 }
 
 /// The first value appended to `name` in `ops`.

@@ -63,13 +63,13 @@ struct Usage {
 fn adjust(counter: &AtomicU64, delta: i64, max: u64) -> bool {
     let step = delta.unsigned_abs();
     if delta <= 0 {
-        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        let _ = counter.try_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             Some(n.saturating_sub(step))
         });
         return true;
     }
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        .try_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             n.checked_add(step).filter(|&sum| sum <= max)
         })
         .is_ok()

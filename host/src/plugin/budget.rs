@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use wasmtime::{StoreContextMut, Trap, UpdateDeadline};
+use wasmtime::{Trap, UpdateDeadline};
 
 use crate::metrics::Tick;
 
@@ -237,11 +237,7 @@ fn nanos(duration: Duration) -> u64 {
 }
 
 /// The epoch callback of a plugin's store: charge the time the call ran, then yield or trap.
-pub(crate) fn on_tick<T>(
-    mut store: StoreContextMut<'_, T>,
-    budget: impl Fn(&mut T) -> &mut CallBudget,
-) -> wasmtime::Result<UpdateDeadline> {
-    let budget = budget(store.data_mut());
+pub(crate) fn on_tick(budget: &mut CallBudget) -> wasmtime::Result<UpdateDeadline> {
     // At most a period per epoch change: a thread the OS kept from running (a starved
     // machine) is not the plugin's doing. Time it waited unexcused (a WASI sleep) is
     // `cut_off`'s.
@@ -455,8 +451,7 @@ mod tests {
 
     /// What an epoch change did to the call: 'c'ontinued it, 'y'ielded it or 'i'nterrupted it.
     fn tick(store: &mut wasmtime::Store<CallBudget>) -> char {
-        use wasmtime::AsContextMut as _;
-        match on_tick(store.as_context_mut(), |budget| budget) {
+        match on_tick(store.data_mut()) {
             Ok(UpdateDeadline::Continue(_)) => 'c',
             Ok(UpdateDeadline::Yield(_) | UpdateDeadline::YieldCustom(..)) => 'y',
             Ok(UpdateDeadline::Interrupt) => 'i',

@@ -120,7 +120,7 @@ struct Slot(Arc<Slots>);
 impl Slots {
     fn take(self: &Arc<Slots>) -> Option<Slot> {
         self.live
-            .fetch_update(SeqCst, SeqCst, |live| (live < self.max).then_some(live + 1))
+            .try_update(SeqCst, SeqCst, |live| (live < self.max).then_some(live + 1))
             .ok()
             .map(|_| Slot(self.clone()))
     }
@@ -251,9 +251,7 @@ impl Filter {
         store.data_mut().kv_quota = self.info.settings.kv;
         store.data_mut().whole_heads = self.info.settings.whole_heads;
         store.data_mut().log_repeats = self.log_repeats.clone();
-        store.epoch_deadline_callback(|store| {
-            budget::on_tick(store, |state: &mut PluginState| &mut state.budget)
-        });
+        store.epoch_deadline_callback(|mut store| budget::on_tick(&mut store.data_mut().budget));
         store.data_mut().budget.reset(self.info.settings.deadline);
         store.set_epoch_deadline(1);
         let bound = store.data().budget.bound();

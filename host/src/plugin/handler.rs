@@ -182,7 +182,7 @@ fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
     use wasmtime_wasi_http::p2::body::HostOutgoingBody;
     use wasmtime_wasi_http::p2::types::{HostOutgoingResponse, HostResponseOutparam};
     let mut kept = 0;
-    for entry in store.data_mut().table.iter_mut() {
+    for (_, entry) in store.data_mut().table.iter_mut() {
         let entry: &dyn std::any::Any = entry;
         if entry.is::<HostOutgoingBody>() {
             return Err("it kept a body open (its response's or a sub-request's)");
@@ -470,9 +470,7 @@ impl Handler {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_callback(|store| {
-            budget::on_tick(store, |state: &mut HandlerState| &mut state.budget)
-        });
+        store.epoch_deadline_callback(|mut store| budget::on_tick(&mut store.data_mut().budget));
         store
     }
 

@@ -55,6 +55,11 @@ impl Sender {
         self.send.ready().await
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "hyper's error hands back the request it did not send; boxing it would \
+                  allocate on every send for the rare retry"
+    )]
     pub(super) fn try_send_request(
         &mut self,
         request: UpstreamRequest,

@@ -261,10 +261,9 @@ impl PartialEq for Token {
         if a.len() != b.len() {
             return false;
         }
-        let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-        let tails_equal = a_words.remainder() == b_words.remainder();
-        let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().unwrap_or_default());
-        tails_equal && a_words.zip(b_words).all(|(x, y)| word(x) == word(y))
+        let ((a_words, a_tail), (b_words, b_tail)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+        let word = |w: &[u8; 8]| u64::from_ne_bytes(*w);
+        a_tail == b_tail && a_words.iter().zip(b_words).all(|(x, y)| word(x) == word(y))
     }
 }
 
