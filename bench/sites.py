@@ -64,16 +64,33 @@ def positions(path):
                     yield function, last, costs, None
 
 
+def event(path, name):
+    """A function reading event `name` (Ir, I1mr, D1mw...) from a cost line's costs, by the
+    profile's `events:` header; 0 when the profile has no such event (no cache simulation)
+    or the line leaves it out (callgrind drops trailing zeros)."""
+    with open(path) as profile:
+        for line in profile:
+            if line.startswith("events:"):
+                names = line.split()[1:]
+                break
+        else:
+            names = ["Ir"]
+    if name not in names:
+        return lambda costs: 0
+    at = names.index(name)
+    return lambda costs: costs[at] if len(costs) > at else 0
+
+
 def call_sites(path, n, pattern, binary):
     count = collections.Counter()
     cost = collections.Counter()
     write_misses = collections.Counter()
+    d1mw = event(path, "D1mw")
     for function, address, costs, call in positions(path):
         if call and pattern in (call[0] or "") and costs:
             count[(function, address)] += call[1]
             cost[(function, address)] += costs[0]
-            # Events "Ir Dr Dw I1mr D1mr D1mw ...", trailing zeros left out.
-            write_misses[(function, address)] += costs[5] if len(costs) > 5 else 0
+            write_misses[(function, address)] += d1mw(costs)
     total = sum(count.values())
     print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions, "
           f"{sum(write_misses.values()) / n:.0f} D1 write misses")
@@ -100,12 +117,12 @@ def code(path, n, top):
     lines = collections.defaultdict(set)
     instructions = collections.Counter()
     misses = collections.Counter()
+    i1mr = event(path, "I1mr")
     for function, address, costs, call in positions(path):
         if call or not costs:
             continue
         instructions[function] += costs[0]
-        if len(costs) > 3:
-            misses[function] += costs[3]
+        misses[function] += i1mr(costs)
         if costs[0] >= n:
             lines[function].add(address >> 6)
     hot = sum(len(v) for v in lines.values())

@@ -1243,8 +1243,8 @@ fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let word_needs = |word: &[u8]| {
-        let x = u64::from_le_bytes(<[u8; 8]>::try_from(word).unwrap_or_default());
+    let word_needs = |word: &[u8; 8]| {
+        let x = u64::from_le_bytes(*word);
         let control = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
         let not_ascii = x & HIGH;
         let special = has_zero(x ^ (0x7f * ONES))
@@ -1257,11 +1257,11 @@ fn needs_escape(bytes: &[u8]) -> bool {
             .iter()
             .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\');
     }
-    let (words, _) = bytes.as_chunks::<8>();
-    if words.iter().any(|word| word_needs(word)) {
+    let (words, rest) = bytes.as_chunks::<8>();
+    if words.iter().any(word_needs) {
         return true;
     }
-    !bytes.len().is_multiple_of(8) && word_needs(&bytes[bytes.len() - 8..])
+    !rest.is_empty() && bytes.last_chunk().is_some_and(word_needs)
 }
 
 /// A JSON string; bytes that are not UTF-8 (a header may hold them) become U+FFFD.

@@ -450,8 +450,8 @@ mod tests {
     }
 
     /// What an epoch change did to the call: 'c'ontinued it, 'y'ielded it or 'i'nterrupted it.
-    fn tick(store: &mut wasmtime::Store<CallBudget>) -> char {
-        match on_tick(store.data_mut()) {
+    fn tick(budget: &mut CallBudget) -> char {
+        match on_tick(budget) {
             Ok(UpdateDeadline::Continue(_)) => 'c',
             Ok(UpdateDeadline::Yield(_) | UpdateDeadline::YieldCustom(..)) => 'y',
             Ok(UpdateDeadline::Interrupt) => 'i',
@@ -463,24 +463,23 @@ mod tests {
     fn a_call_is_charged_what_it_ran_at_most_a_period_at_a_time_and_gets_its_slice() {
         let (clock, mock) = quanta::Clock::mock();
         quanta::with_clock(&clock, || {
-            let mut store =
-                wasmtime::Store::new(&wasmtime::Engine::default(), CallBudget::default());
-            store.data_mut().reset(10 * MS);
+            let mut budget = CallBudget::default();
+            budget.reset(10 * MS);
             mock.increment(Duration::from_micros(10));
-            assert_eq!(tick(&mut store), 'c', "a call that has barely run runs on");
+            assert_eq!(tick(&mut budget), 'c', "a call that has barely run runs on");
             mock.increment(MS);
             assert_eq!(
-                tick(&mut store),
+                tick(&mut budget),
                 'y',
                 "one that ran its slice gives the thread away"
             );
-            assert_eq!(store.data().charged, MS + Duration::from_micros(10));
+            assert_eq!(budget.charged, MS + Duration::from_micros(10));
             // The thread was away for 100 ms (the OS ran something else): one period charged
             // (the epoch thread's, which another test's plugins may have lengthened).
             mock.increment(100 * MS);
             let before = Tick::now().since_start();
-            assert_eq!(tick(&mut store), 'y');
-            let charged = store.data().charged - MS - Duration::from_micros(10);
+            assert_eq!(tick(&mut budget), 'y');
+            let charged = budget.charged - MS - Duration::from_micros(10);
             assert!(
                 charged >= MS && charged <= MAX_TICK,
                 "charged {charged:?} for 100 ms away"
@@ -490,12 +489,12 @@ mod tests {
                 FINE_UNTIL.load(Relaxed) >= before + nanos(FINE_FOR),
                 "a call past `LONG` makes the epoch tick finer"
             );
-            while store.data().charged + MS < 10 * MS {
+            while budget.charged + MS < 10 * MS {
                 mock.increment(MS);
-                assert_eq!(tick(&mut store), 'y');
+                assert_eq!(tick(&mut budget), 'y');
             }
             mock.increment(MS);
-            assert_eq!(tick(&mut store), 'i', "charged its 10 ms deadline");
+            assert_eq!(tick(&mut budget), 'i', "charged its 10 ms deadline");
         });
     }
 
