@@ -1,11 +1,11 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
-//! `tests/plugins/v0_3_5`, `hostile_outbound`, the SDK-based `cache_key` and
-//! `method_body`, the wasi:http handler `handler_reuse`, and `forms`) and the bundled plugins
-//! (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are (`TEST_PLUGIN_WASM`,
-//! `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_5_WASM`,
+//! `tests/plugins/v0_3_6`, `hostile_outbound`, the SDK-based `cache_key` and
+//! `method_body`, the wasi:http handler `handler_reuse`, `forms` and `request_hook`) and the
+//! bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
+//! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_6_WASM`,
 //! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
 //! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
-//! `BUNDLED_PLUGINS_DIR`).
+//! `TEST_PLUGIN_REQUEST_HOOK_WASM`, `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ fn main() {
     );
     println!("cargo:rerun-if-changed={}", here.join("../wit").display());
     for frozen in [
-        "0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3", "0.3.4", "0.3.5",
+        "0.1.0", "0.3.0", "0.3.1", "0.3.2", "0.3.3", "0.3.4", "0.3.5", "0.3.6",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -35,11 +35,13 @@ fn main() {
         "v0_3_3",
         "v0_3_4",
         "v0_3_5",
+        "v0_3_6",
         "hostile_outbound",
         "cache_key",
         "method_body",
         "handler_reuse",
         "forms",
+        "request_hook",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -76,7 +78,7 @@ fn main() {
         .unwrap_or(&out_dir)
         .join("wasm-guests");
 
-    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.5 contracts,
+    // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.6 contracts,
     // and those built on the Rust SDK (`cache_key`, `method_body`).
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
@@ -93,6 +95,7 @@ fn main() {
         ("TEST_PLUGIN_V0_3_3_WASM", "weir_test_plugin_v0_3_3"),
         ("TEST_PLUGIN_V0_3_4_WASM", "weir_test_plugin_v0_3_4"),
         ("TEST_PLUGIN_V0_3_5_WASM", "weir_test_plugin_v0_3_5"),
+        ("TEST_PLUGIN_V0_3_6_WASM", "weir_test_plugin_v0_3_6"),
         (
             "TEST_PLUGIN_HOSTILE_OUTBOUND_WASM",
             "weir_test_plugin_hostile_outbound",
@@ -107,6 +110,10 @@ fn main() {
             "weir_test_plugin_handler_reuse",
         ),
         ("TEST_PLUGIN_FORMS_WASM", "weir_test_plugin_forms"),
+        (
+            "TEST_PLUGIN_REQUEST_HOOK_WASM",
+            "weir_test_plugin_request_hook",
+        ),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));
         assert!(wasm.exists(), "{} was not produced", wasm.display());

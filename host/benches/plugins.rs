@@ -396,7 +396,8 @@ fn load_guard(
 /// guard build's `on-request` as the `guard/` benchmarks call it (after 1,000 unmeasured ones), for
 /// counting instructions with callgrind: run it with two values of `N` and divide the
 /// difference of the totals by the difference of the counts, which leaves out loading and
-/// warm-up. `WEIR_PLUGIN_CACHE` is the compile cache to use. Fill it with a short run first so
+/// warm-up. `WEIR_COUNT_SETTINGS` replaces the `headers` filter's `NAME.toml` (one header
+/// change at a time tells what each costs). `WEIR_PLUGIN_CACHE` is the compile cache to use. Fill it with a short run first so
 /// the counted runs compile nothing: outside valgrind under the same `ulimit -v` served the
 /// bundled plugins (session 21), but for a guard build only a run under valgrind itself did
 /// (session 25: valgrind's CPU reports other features, which the cache's key holds).
@@ -409,7 +410,10 @@ fn count_calls(calls: u64) {
     let plugins = PluginRuntime::new(cache.as_deref()).expect("plugin runtime");
     let plugin = match std::env::var_os("WEIR_COUNT_GUARD") {
         Some(file) => load_guard(&runtime, &plugins, Path::new(&file), ""),
-        None => load(&runtime, &plugins, "headers", HEADERS_TOML),
+        None => match std::env::var("WEIR_COUNT_SETTINGS") {
+            Ok(settings) => load(&runtime, &plugins, "headers", &settings),
+            Err(_) => load(&runtime, &plugins, "headers", HEADERS_TOML),
+        },
     };
     let head = RefCell::new(request());
     runtime.block_on(async {

@@ -7,6 +7,9 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
+use crate::bindings::exports::weir::plugin::request_hook::{
+    Guest as RequestHookGuest, RequestAnswer,
+};
 use crate::bindings::weir::plugin::types::{
     BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
@@ -70,27 +73,14 @@ impl<F: Filter> Guest for Adapter<F> {
         Self::with(|filter| on_response(filter, &request, response))
     }
 
+    /// Called by hosts older than 0.3.7 (and by hand-written hosts); weir 0.3.7 and later
+    /// call `request-hook.on-request` instead.
     fn on_request_lazy(request: &HostRequest) -> RequestAction {
         let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
         if !left.response_ops.is_empty() {
             request.add_response_header_ops(&left.response_ops);
         }
-        // A key or part weir refuses (too long, a control character, a 17th part) traps
-        // here, failing the call, as weir's contract says.
-        if let Some(key) = &left.cache_key.replaced {
-            request.set_cache_key(key);
-        }
-        for part in &left.cache_key.added {
-            request.add_cache_key(part);
-        }
-        // Likewise a method weir refuses or a body over 1 MiB (0.3.6); a body the method
-        // gives no meaning fails the call when it returns.
-        if let Some(body) = &left.body {
-            request.set_body(body);
-        }
-        if let Some(method) = &left.method {
-            request.set_method(method);
-        }
+        leave(request, &left);
         action
     }
 
@@ -117,6 +107,40 @@ impl<F: Filter> Guest for Adapter<F> {
 
     fn on_response_body(request: RequestHead, response: ResponseHead, body: Vec<u8>) -> BodyAction {
         Self::with(|filter| on_response_body(filter, request, response, body))
+    }
+}
+
+impl<F: Filter> RequestHookGuest for Adapter<F> {
+    /// `on_request_lazy`, with the response header changes in the answer rather than passed
+    /// to `add-response-header-ops`: one crossing fewer when a filter leaves some.
+    fn on_request(request: &HostRequest) -> RequestAnswer {
+        let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
+        leave(request, &left);
+        RequestAnswer {
+            action,
+            response_headers: left.response_ops,
+        }
+    }
+}
+
+/// Passes on what a request hook left through the request's handle, but the response header
+/// changes (each caller passes those its own way).
+fn leave(request: &HostRequest, left: &Left) {
+    // A key or part weir refuses (too long, a control character, a 17th part) traps
+    // here, failing the call, as weir's contract says.
+    if let Some(key) = &left.cache_key.replaced {
+        request.set_cache_key(key);
+    }
+    for part in &left.cache_key.added {
+        request.add_cache_key(part);
+    }
+    // Likewise a method weir refuses or a body over 1 MiB (0.3.6); a body the method
+    // gives no meaning fails the call when it returns.
+    if let Some(body) = &left.body {
+        request.set_body(body);
+    }
+    if let Some(method) = &left.method {
+        request.set_method(method);
     }
 }
 

@@ -4,7 +4,9 @@
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "filter",
+    // `filter`, and `request-hook` (0.3.7): the request hook answers with the response
+    // header changes it leaves, in one crossing.
+    world: "filter-with-request-hook",
     pub_export_macro: true,
     default_bindings_module: "weir_plugin::bindings",
     runtime_path: "weir_plugin::__private::wit_bindgen::rt",

@@ -224,7 +224,7 @@ async fn client_certificates_are_required_when_configured() {
     let accepted = curl(true, "/app");
     assert_eq!(String::from_utf8_lossy(&accepted.stdout), "app GET /app");
     // A plugin on the 0.3.2 contract (frozen in wit/0.3.2, so this also proves a 0.3.2
-    // plugin runs unchanged on the 0.3.6 host) is told the verified client's subject.
+    // plugin runs unchanged on the 0.3.7 host) is told the verified client's subject.
     let told = curl(true, "/tls");
     assert_eq!(
         String::from_utf8_lossy(&told.stdout),

@@ -254,7 +254,7 @@ const GUEST_0_3_1: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_1_WASM"));
 
 /// Response header changes a plugin leaves through its request handle, from either lazy hook
 /// (raw bindings on the frozen 0.3.1 contract — the SDK cannot leave them from a response
-/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.6 host): those left by the
+/// hook —, so this also proves a 0.3.1 plugin runs unchanged on the 0.3.7 host): those left by the
 /// request hook apply before the plugin's response hook (which sees them), its own changes
 /// next, then those it left during that hook. A local reply drops what its call left; more
 /// than 256 in one call fails the request.
@@ -291,7 +291,7 @@ async fn changes_left_from_both_hooks_apply_in_order() {
 
 const GUEST_0_3_0: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_0_WASM"));
 
-/// The contract is 0.3.6; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
+/// The contract is 0.3.7; a plugin built against 0.3.0 (`wit/0.3.0/`) loads unchanged: its
 /// imports are served by semver-compatible linking, its lazy hooks found and called.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
@@ -312,7 +312,7 @@ async fn a_plugin_built_against_0_3_0_loads_and_runs_unchanged() {
 
 const GUEST_0_3_4: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_4_WASM"));
 
-/// A plugin built against 0.3.4 (`wit/0.3.4/`, raw bindings) loads unchanged on the 0.3.6
+/// A plugin built against 0.3.4 (`wit/0.3.4/`, raw bindings) loads unchanged on the 0.3.7
 /// host, which reports the patch it was built against, and its 0.3.4 imports
 /// (`kv.increment-within`, `kv.compare-and-set`) are served.
 #[tokio::test(flavor = "multi_thread")]
@@ -345,7 +345,7 @@ async fn a_plugin_built_against_0_3_4_loads_and_runs_unchanged() {
 
 const GUEST_0_3_5: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_5_WASM"));
 
-/// A plugin built against 0.3.5 (`wit/0.3.5/`, raw bindings) loads unchanged on the 0.3.6
+/// A plugin built against 0.3.5 (`wit/0.3.5/`, raw bindings) loads unchanged on the 0.3.7
 /// host, which reports the patch it was built against, and its 0.3.5 imports
 /// (`request.add-cache-key`, `request.set-cache-key`) are served: a part passes, a key over
 /// 1,024 bytes fails the call.
@@ -363,6 +363,80 @@ async fn a_plugin_built_against_0_3_5_loads_and_runs_unchanged() {
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
     assert_eq!(plugins[0]["name"], "old");
     assert_eq!(plugins[0]["contract"], "0.3.5");
+}
+
+const GUEST_0_3_6: &[u8] = include_bytes!(env!("TEST_PLUGIN_V0_3_6_WASM"));
+
+/// A plugin built against 0.3.6 (`wit/0.3.6/`, raw bindings), before `request-hook`, loads
+/// unchanged on the 0.3.7 host, which reports the patch it was built against, calls its
+/// `on-request-lazy`, and applies the header it leaves through `add-response-header-ops`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_against_0_3_6_loads_and_runs_unchanged() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/old.wasm", GUEST_0_3_6)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, h, body) = send(&weir, "/anything", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "one GET /anything")
+    );
+    assert_eq!(h["x-left"], "0.3.6");
+
+    let (_, _, plugins) = send_admin(&weir, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    assert_eq!(plugins[0]["contract"], "0.3.6");
+}
+
+const REQUEST_HOOK: &[u8] = include_bytes!(env!("TEST_PLUGIN_REQUEST_HOOK_WASM"));
+
+/// A filter that exports `request-hook` (0.3.7) is called there, not at `on-request-lazy`
+/// (which answers 418 in this guest), and the response header changes it answers with apply
+/// after those it left through `add-response-header-ops` in the same call. They are dropped
+/// when it answers itself; more than one call may leave (256 both ways together, and 100
+/// taken, `[server.limits] headers`) fail the request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_hook_answers_with_the_changes_it_leaves() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/hook.wasm", REQUEST_HOOK)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+
+    let (status, h, body) = send(&weir, "/both", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "one GET /both"));
+    assert_eq!(h["x-order"], "answer", "the answer's changes come last");
+    assert_eq!(h["x-import"], "1");
+    assert_eq!(h["x-answer"], "1");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert!(
+        seen.headers.get("x-answer").is_none(),
+        "left for the response only"
+    );
+
+    let (status, h, body) = send(&weir, "/respond", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "refused\n")
+    );
+    assert!(h.get("x-dropped").is_none(), "{h:?}");
+
+    // 50 through the import and 40 in the answer, under the 100 header changes one call may
+    // make ([server.limits] headers); each sets `x-n` to its number in its list, so the
+    // answer's last one is what arrives.
+    let (status, h, _) = send(&weir, "/limit/50/40", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["x-n"], "39");
+    let (status, h, body) = send(&weir, "/limit/200/57", &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "plugin error\n")
+    );
+    assert!(h.get("x-n").is_none());
+    // The answer alone is held to the same bound.
+    let (status, _, _) = send(&weir, "/limit/0/257", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    let (_, _, plugins) = send_admin(&weir, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
+    assert_eq!(plugins[0]["contract"], "0.3.7");
 }
 
 async fn send_admin(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
@@ -448,7 +522,7 @@ remove = ["secret"]
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("guest"), Some("0.1.0".into()));
-    assert_eq!(contract("transform"), Some("0.3.6".into()));
+    assert_eq!(contract("transform"), Some("0.3.7".into()));
 }
 
 /// Over `max_body_bytes`: a request body gets 413, a response passes untouched with a

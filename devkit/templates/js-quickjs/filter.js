@@ -7,7 +7,7 @@
 // `onResponse`, with whole heads, and never the lazy hooks, which throw here. A record form
 // has no handle, so it cannot leave header changes for the response, the cache key, the
 // method or the body: the response hook sets the response's headers instead.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 
 const NAME = '{{name}}';
 

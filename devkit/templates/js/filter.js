@@ -5,7 +5,7 @@
 // request and response and read only what they ask for, one call into weir each. The record
 // forms (`onRequest`, `onResponse`, given whole heads) must be exported too; here both forms
 // share the answer.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 
 const NAME = '{{name}}';
 const bytes = (text) => new TextEncoder().encode(text);

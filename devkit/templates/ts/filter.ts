@@ -6,7 +6,7 @@
 // request and response and read only what they ask for, one call into weir each. The record
 // forms (`onRequest`, `onResponse`, given whole heads) must be exported too; here both forms
 // share the answer.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 import type {
   BodyAction,
   BodyHookSet,
@@ -17,9 +17,9 @@ import type {
   Response,
   ResponseAction,
   ResponseHead,
-} from 'weir:plugin/types@0.3.6';
+} from 'weir:plugin/types@0.3.7';
 
-type HttpFilter = typeof import('weir:plugin/http-filter@0.3.6');
+type HttpFilter = typeof import('weir:plugin/http-filter@0.3.7');
 
 const NAME = '{{name}}';
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);

@@ -7,7 +7,7 @@
 // guard.toml says `whole_heads = true`: weir calls the record forms, `onRequest` and
 // `onResponse`, with whole heads, and not the lazy hooks. QuickJS has no `TextEncoder`
 // either: `utf8` below does its work.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 
 let guard = null;
 

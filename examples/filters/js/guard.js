@@ -5,7 +5,7 @@
 // get handles and read only what the decision needs, the client's address and, for a listed
 // client, the token header. The record forms (`onRequest`, `onResponse`, given whole heads)
 // must be exported too and share the decision.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 
 let guard = null;
 

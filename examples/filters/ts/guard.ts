@@ -6,7 +6,7 @@
 // get handles and read only what the decision needs, the client's address and, for a listed
 // client, the token header. The record forms (`onRequest`, `onResponse`, given whole heads)
 // must be exported too and share the decision.
-import { log } from 'weir:plugin/log@0.3.6';
+import { log } from 'weir:plugin/log@0.3.7';
 import type {
   BodyAction,
   BodyHookSet,
@@ -17,9 +17,9 @@ import type {
   Response,
   ResponseAction,
   ResponseHead,
-} from 'weir:plugin/types@0.3.6';
+} from 'weir:plugin/types@0.3.7';
 
-type HttpFilter = typeof import('weir:plugin/http-filter@0.3.6');
+type HttpFilter = typeof import('weir:plugin/http-filter@0.3.7');
 
 /**
  * A network: IPv4 addresses whose bits under `mask` equal `base`, or IPv6 addresses whose top

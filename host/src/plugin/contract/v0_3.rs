@@ -1,5 +1,7 @@
 //! `weir:plugin@0.3.x`, the current contract (`wit/`): the head hooks are given the chain's
-//! views as `request` and `response` resources, lent to the store for the call. A component
+//! views as `request` and `response` resources, lent to the store for the call, and a filter
+//! that exports `request-hook` (0.3.7) answers its request hook with the response header
+//! changes it leaves. A component
 //! built against an earlier 0.3 patch is served by these bindings (wasmtime links `0.x.y`
 //! names semver-compatibly, ignoring the patch).
 
@@ -7,13 +9,16 @@ use std::mem;
 
 use http::response;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker, Resource};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, HasSelf, InstancePre, Lift, Linker, Resource,
+    TypedFunc,
+};
 use wasmtime::error::Context as _;
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::budget::cut_off;
 use crate::plugin::state::PluginState;
-use crate::plugin::view::{self, RequestView, ResponseTrailers, ResponseView};
+use crate::plugin::view::{self, MAX_LEFT_PER_CALL, RequestView, ResponseTrailers, ResponseView};
 
 pub(super) mod generated {
     wasmtime::component::bindgen!({
@@ -40,14 +45,34 @@ pub(super) mod generated {
 pub(crate) use generated::weir::plugin::{kv, log, metrics, outbound, types};
 use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 
+/// What `request-hook.on-request` answers (0.3.7): not in the bindings, which are made for
+/// world `filter`, whose exports every 0.3.x filter has; `request-hook` is looked up by hand,
+/// as only filters built against `filter-with-request-hook` export it.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct RequestAnswer {
+    action: RequestAction,
+    #[component(name = "response-headers")]
+    response_headers: Vec<HeaderOp>,
+}
+
+/// `request-hook.on-request`, typed.
+type RequestHook = TypedFunc<(Resource<RequestView>,), (RequestAnswer,)>;
+
 /// A linked 0.3.x filter and the patch it was built against.
 pub(crate) struct Pre {
-    pre: generated::FilterPre<PluginState>,
+    pre: InstancePre<PluginState>,
+    indices: generated::FilterIndices,
+    /// `request-hook.on-request`, if the filter exports it (0.3.7).
+    request_hook: Option<ComponentExportIndex>,
     patch: &'static str,
 }
 
 /// A 0.3.x instance's exports.
-pub(crate) struct Guest(generated::Filter);
+pub(crate) struct Guest {
+    filter: generated::Filter,
+    request_hook: Option<RequestHook>,
+}
 
 impl Contract for Pre {
     type Guest = Guest;
@@ -59,7 +84,11 @@ impl Contract for Pre {
     }
 
     fn link(pre: &InstancePre<PluginState>, component: &Component) -> wasmtime::Result<Pre> {
-        let filter = generated::FilterPre::new(pre.clone())?;
+        let indices = generated::FilterIndices::new(pre)?;
+        // Looked up semver-compatibly, as the bindings look up `http-filter`.
+        let request_hook = component
+            .get_export_index(None, "weir:plugin/request-hook@0.3.7")
+            .and_then(|hook| component.get_export_index(Some(&hook), "on-request"));
         // The patch the plugin was built against, by the name of its export.
         let patch = component
             .component_type()
@@ -71,10 +100,16 @@ impl Contract for Pre {
                 "weir:plugin/http-filter@0.3.3" => Some("0.3.3"),
                 "weir:plugin/http-filter@0.3.4" => Some("0.3.4"),
                 "weir:plugin/http-filter@0.3.5" => Some("0.3.5"),
+                "weir:plugin/http-filter@0.3.6" => Some("0.3.6"),
                 _ => None,
             })
-            .unwrap_or("0.3.6");
-        Ok(Pre { pre: filter, patch })
+            .unwrap_or("0.3.7");
+        Ok(Pre {
+            pre: pre.clone(),
+            indices,
+            request_hook,
+            patch,
+        })
     }
 
     fn version(&self) -> &'static str {
@@ -82,7 +117,19 @@ impl Contract for Pre {
     }
 
     async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Guest> {
-        self.pre.instantiate_async(store).await.map(Guest)
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let filter = self.indices.load(&mut *store, &instance)?;
+        let request_hook =
+            match &self.request_hook {
+                Some(index) => Some(instance.get_typed_func(&mut *store, index).context(
+                    "request-hook.on-request has another type than weir:plugin@0.3.7's",
+                )?),
+                None => None,
+            };
+        Ok(Guest {
+            filter,
+            request_hook,
+        })
     }
 }
 
@@ -93,7 +140,7 @@ impl GuestTrait for Guest {
         store: &mut Store<PluginState>,
         config_json: &str,
     ) -> wasmtime::Result<Result<(), String>> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         store.data_mut().configuring = true;
         let bound = store.data().budget.bound();
         let configured = cut_off(bound, exports.call_configure(&mut *store, config_json)).await;
@@ -102,7 +149,7 @@ impl GuestTrait for Guest {
     }
 
     async fn hooks(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Hooks> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         let head = cut_off(store.data().budget.bound(), exports.call_hooks(&mut *store)).await;
         let head = head.context("hooks() failed")?;
         let bound = store.data().budget.bound();
@@ -111,10 +158,11 @@ impl GuestTrait for Guest {
         Ok(Hooks { head, body })
     }
 
-    /// Calls `on-request-lazy`: the view is lent to the store for the call and is back in
-    /// `request` when this returns, whatever the call did. The response header changes the
-    /// call left (`add-response-header-ops`, 0.3.1) are taken out of the view here, so the
-    /// view holds none between calls. The cache key changes it made (`set-cache-key`,
+    /// Calls `on-request-lazy`, or `request-hook.on-request` if the filter exports it
+    /// (0.3.7): the view is lent to the store for the call and is back in `request` when
+    /// this returns, whatever the call did. The response header changes the call left
+    /// (`add-response-header-ops`, 0.3.1) are taken out of the view here, so the view holds
+    /// none between calls, and those `request-hook.on-request` answered with follow them. The cache key changes it made (`set-cache-key`,
     /// `add-cache-key`, 0.3.5) stay in the view's extensions, and the method and body it
     /// staged (`set-method`, `set-body`, 0.3.6) are applied to the view, unless the call
     /// failed: then the key is put back as it was before the call and the staged changes
@@ -126,7 +174,7 @@ impl GuestTrait for Guest {
         store: &mut Store<PluginState>,
         request: &mut RequestView,
     ) -> Result<(RequestAction, Vec<HeaderOp>), HookError> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         if store.data().whole_heads {
             // `whole_heads`: the record form, with no handle to leave changes through.
             let bound = store.data().budget.bound();
@@ -139,10 +187,19 @@ impl GuestTrait for Guest {
         swap(store, &lent, request)?;
         let borrowed = Resource::new_borrow(lent.rep());
         let bound = store.data().budget.bound();
-        let action = cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed)).await;
+        let answer = match &self.request_hook {
+            // 0.3.7: the changes left for the response come back with the action.
+            Some(hook) => cut_off(bound, hook.call_async(&mut *store, (borrowed,)))
+                .await
+                .map(|(answer,)| (answer.action, answer.response_headers)),
+            None => cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed))
+                .await
+                .map(|action| (action, Vec::new())),
+        };
         swap(store, &lent, request)?;
-        let left = request.take_leaving();
-        let action = action.and_then(|action| {
+        let mut left = request.take_leaving();
+        let action = answer.and_then(|(action, answered)| {
+            leave_answered(&mut left, answered)?;
             request.apply_staged().map_err(wasmtime::Error::msg)?;
             Ok(action)
         });
@@ -162,7 +219,7 @@ impl GuestTrait for Guest {
         request: &mut RequestView,
         response: &mut response::Parts,
     ) -> Result<(ResponseAction, Vec<HeaderOp>), HookError> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         let bound = store.data().budget.bound();
         if store.data().whole_heads {
             let head = view::response_record(response.status, &response.headers);
@@ -203,7 +260,7 @@ impl GuestTrait for Guest {
         request: &RequestView,
         body: &[u8],
     ) -> wasmtime::Result<BodyAction> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         let bound = store.data().budget.bound();
         let record = request.record();
         cut_off(bound, exports.call_on_request_body(store, &record, body)).await
@@ -216,7 +273,7 @@ impl GuestTrait for Guest {
         response: &response::Parts,
         body: &[u8],
     ) -> wasmtime::Result<BodyAction> {
-        let exports = self.0.weir_plugin_http_filter();
+        let exports = self.filter.weir_plugin_http_filter();
         let head = view::response_record(response.status, &response.headers);
         let bound = store.data().budget.bound();
         let record = request.record();
@@ -229,6 +286,24 @@ impl GuestTrait for Guest {
         store.data_mut().trailers = None;
         action
     }
+}
+
+/// Adds the response header changes `request-hook.on-request` answered with to those the
+/// call left through `add-response-header-ops`, after them; more than [`MAX_LEFT_PER_CALL`]
+/// in all fails the call, as the import refuses them.
+fn leave_answered(left: &mut Vec<HeaderOp>, answered: Vec<HeaderOp>) -> wasmtime::Result<()> {
+    let total = left.len() + answered.len();
+    if total > MAX_LEFT_PER_CALL {
+        wasmtime::bail!(
+            "request-hook.on-request: {total} changes left for the response in one call (at most {MAX_LEFT_PER_CALL})"
+        );
+    }
+    if left.is_empty() {
+        *left = answered;
+    } else {
+        left.extend(answered);
+    }
+    Ok(())
 }
 
 /// A lazy hook's failure, with the way out when the guest returned still holding the handle
