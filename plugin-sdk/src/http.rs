@@ -719,21 +719,32 @@ fn lower_case(name: &str) -> String {
     lower
 }
 
-/// Whether `bytes` hold an ASCII upper-case letter.
+/// Whether `bytes` hold an ASCII upper-case letter: eight bytes at a time, the last word
+/// overlapping the one before it, and a name shorter than a word as two overlapping halves,
+/// so that no byte is looked at on its own but in names of one to three bytes.
 fn has_upper_case(bytes: &[u8]) -> bool {
+    if let Some(last) = bytes.last_chunk::<8>() {
+        let (words, _) = bytes.as_chunks::<8>();
+        return words.iter().any(|&word| upper_in(u64::from_le_bytes(word)))
+            || upper_in(u64::from_le_bytes(*last));
+    }
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        let (first, last) = (u32::from_le_bytes(*first), u32::from_le_bytes(*last));
+        return upper_in(u64::from(first) | u64::from(last) << 32);
+    }
+    bytes.iter().any(u8::is_ascii_uppercase)
+}
+
+/// Whether any of `word`'s eight bytes is an ASCII upper-case letter.
+fn upper_in(word: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let (words, rest) = bytes.as_chunks::<8>();
-    let found = words.iter().any(|&word| {
-        let word = u64::from_le_bytes(word);
-        // Per byte below 0x80: adding 0x80 - b'A' sets its top bit when it is at least
-        // `A`, adding 0x80 - b'Z' - 1 when it is past `Z`; no sum carries into the next.
-        let low = word & !HIGH;
-        let from_a = low + ONES * u64::from(0x80 - b'A');
-        let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
-        from_a & !past_z & !word & HIGH != 0
-    });
-    found || rest.iter().any(u8::is_ascii_uppercase)
+    // Per byte below 0x80: adding 0x80 - b'A' sets its top bit when it is at least `A`,
+    // adding 0x80 - b'Z' - 1 when it is past `Z`; no sum carries into the next.
+    let low = word & !HIGH;
+    let from_a = low + ONES * u64::from(0x80 - b'A');
+    let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
+    from_a & !past_z & !word & HIGH != 0
 }
 
 /// The first value appended to `name` in `ops`.

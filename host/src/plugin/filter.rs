@@ -458,7 +458,8 @@ impl Filter {
     }
 
     /// Calls the request hook under the plugin's deadline. Returns the action and the
-    /// response header changes the call left for the response (`add-response-header-ops`).
+    /// response header changes the call left for the response (`add-response-header-ops`,
+    /// or with its answer from `request-hook`, 0.3.7).
     /// `request` is the chain's view again when this returns, unless the error says it was
     /// lost ([`CallError::lost_view`]).
     pub async fn on_request(
