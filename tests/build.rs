@@ -1,11 +1,13 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
 //! `tests/plugins/v0_3_6`, `hostile_outbound`, the SDK-based `cache_key` and
-//! `method_body`, the wasi:http handler `handler_reuse`, `forms` and `request_hook`) and the
-//! bundled plugins (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
+//! `method_body`, the wasi:http handler `handler_reuse`, `forms`, `request_hook` and
+//! `request_hook_mistyped`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and
+//! tells the tests where they are
 //! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_6_WASM`,
 //! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
 //! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
-//! `TEST_PLUGIN_REQUEST_HOOK_WASM`, `BUNDLED_PLUGINS_DIR`).
+//! `TEST_PLUGIN_REQUEST_HOOK_WASM`, `TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM`,
+//! `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -42,12 +44,18 @@ fn main() {
         "handler_reuse",
         "forms",
         "request_hook",
+        "request_hook_mistyped",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
             plugin.join(guest).join("src").display()
         );
     }
+    // The altered copy of the contract request_hook_mistyped is built against.
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugin.join("request_hook_mistyped/wit").display()
+    );
     // The WASI 0.2 WIT the handler_reuse guest is built against.
     println!(
         "cargo:rerun-if-changed={}",
@@ -113,6 +121,10 @@ fn main() {
         (
             "TEST_PLUGIN_REQUEST_HOOK_WASM",
             "weir_test_plugin_request_hook",
+        ),
+        (
+            "TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM",
+            "weir_test_plugin_request_hook_mistyped",
         ),
     ] {
         let wasm = out.join(format!("wasm32-wasip2/release/{stem}.wasm"));

@@ -439,6 +439,20 @@ async fn a_request_hook_answers_with_the_changes_it_leaves() {
     assert_eq!(plugins[0]["contract"], "0.3.7");
 }
 
+const REQUEST_HOOK_MISTYPED: &[u8] = include_bytes!(env!("TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM"));
+
+/// A filter whose `request-hook.on-request` has another type than the contract's (it answers
+/// a bare `request-action`) is refused at load with an error naming the function: weir
+/// neither calls it with the wrong type nor quietly serves the plugin at `on-request-lazy`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_hook_of_another_type_is_refused_at_load() {
+    let error = crate::startup_error(&[("plugins/mistyped.wasm", REQUEST_HOOK_MISTYPED)]).await;
+    assert!(
+        error.contains("mistyped") && error.contains("request-hook.on-request has another type"),
+        "{error}"
+    );
+}
+
 async fn send_admin(weir: &Weir, path: &str) -> (StatusCode, http::HeaderMap, String) {
     weir_tests::get_with(&weir.admin_url(path), &[]).await
 }
