@@ -161,7 +161,7 @@ pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
 pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> (RequestAction, Left) {
     match filter.on_request(&mut request) {
         Action::Continue => {
-            let (changes, left) = request.into_changes();
+            let (changes, left) = request.take_changes();
             (RequestAction::Continue(changes), left)
         }
         Action::Respond(reply) => (RequestAction::Respond(reply.into_local()), Left::default()),
