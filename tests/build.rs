@@ -1,13 +1,13 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
 //! `tests/plugins/v0_3_6`, `hostile_outbound`, the SDK-based `cache_key` and
 //! `method_body`, the wasi:http handler `handler_reuse`, `forms`, `request_hook` and
-//! `request_hook_mistyped`) and the bundled plugins (`plugins/*`) for `wasm32-wasip2` and
-//! tells the tests where they are
+//! `request_hook_mistyped`; apart, the SDK guest `sdk_lazy`) and the bundled plugins
+//! (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
 //! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_6_WASM`,
 //! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
 //! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
 //! `TEST_PLUGIN_REQUEST_HOOK_WASM`, `TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM`,
-//! `BUNDLED_PLUGINS_DIR`).
+//! `TEST_PLUGIN_SDK_LAZY_WASM`, `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +45,7 @@ fn main() {
         "forms",
         "request_hook",
         "request_hook_mistyped",
+        "sdk_lazy",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -131,6 +132,22 @@ fn main() {
         assert!(wasm.exists(), "{} was not produced", wasm.display());
         println!("cargo:rustc-env={var}={}", wasm.display());
     }
+
+    // The SDK guest built without `request-hook`, in a build of its own: Cargo unifies a
+    // dependency's features within one build, so in the workspace's it would take
+    // `request-hook` from every other SDK guest there.
+    build_wasm(
+        &out,
+        &plugin.join("sdk_lazy/Cargo.toml"),
+        &["--release"],
+        "the SDK guest without request-hook",
+    );
+    let wasm = out.join("wasm32-wasip2/release/weir_test_plugin_sdk_lazy.wasm");
+    assert!(wasm.exists(), "{} was not produced", wasm.display());
+    println!(
+        "cargo:rustc-env=TEST_PLUGIN_SDK_LAZY_WASM={}",
+        wasm.display()
+    );
 
     // The bundled plugins, as `cargo xtask plugins` builds them.
     let workspace = here.join("../Cargo.toml");

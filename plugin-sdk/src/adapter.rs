@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
+#[cfg(not(feature = "without-request-hook"))]
 use crate::bindings::exports::weir::plugin::request_hook::{
     Guest as RequestHookGuest, RequestAnswer,
 };
@@ -110,6 +111,7 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 }
 
+#[cfg(not(feature = "without-request-hook"))]
 impl<F: Filter> RequestHookGuest for Adapter<F> {
     /// `on_request_lazy`, with the response header changes in the answer rather than passed
     /// to `add-response-header-ops`: one crossing fewer when a filter leaves some.

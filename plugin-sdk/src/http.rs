@@ -956,19 +956,22 @@ mod tests {
     use super::*;
 
     /// The word-at-a-time check agrees with a byte-at-a-time one for every byte at every
-    /// place of a word and in the tail, and names come out as `to_ascii_lowercase` makes them.
+    /// place of a word and in the tail, among bytes on either side of the letters' range
+    /// (`@`, `[`) and past ASCII, and names come out as `to_ascii_lowercase` makes them.
     #[test]
     fn upper_case_is_found_at_any_place_of_any_byte() {
-        for len in 0..=20 {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut bytes = vec![b'a'; len];
-                    bytes[at] = byte;
-                    assert_eq!(
-                        has_upper_case(&bytes),
-                        byte.is_ascii_uppercase(),
-                        "byte {byte:#x} at {at} of {len}"
-                    );
+        for background in [b'a', b'@', b'[', 0x80, 0xc1] {
+            for len in 0..=20 {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut bytes = vec![background; len];
+                        bytes[at] = byte;
+                        assert_eq!(
+                            has_upper_case(&bytes),
+                            byte.is_ascii_uppercase(),
+                            "byte {byte:#x} at {at} of {len} among {background:#x}"
+                        );
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@ use http::{Request, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use weir_tests::{Upstream, Weir, http1_client, read_body};
 
-use crate::config;
+use crate::{config, config_with};
 
 const JWT_AUTH: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/jwt_auth.wasm"));
 const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("BUNDLED_PLUGINS_DIR"), "/rate_limit.wasm"));
@@ -392,13 +392,15 @@ const REQUEST_HOOK: &[u8] = include_bytes!(env!("TEST_PLUGIN_REQUEST_HOOK_WASM")
 /// A filter that exports `request-hook` (0.3.7) is called there, not at `on-request-lazy`
 /// (which answers 418 in this guest), and the response header changes it answers with apply
 /// after those it left through `add-response-header-ops` in the same call. They are dropped
-/// when it answers itself; more than one call may leave (256 both ways together, and 100
-/// taken, `[server.limits] headers`) fail the request.
+/// when it answers itself; more than 256 both ways together fail the call before the request
+/// goes upstream (`[server.limits] headers` is raised past them here, so that bound is the
+/// one tested). With `whole_heads` weir calls the record form instead.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_hook_answers_with_the_changes_it_leaves() {
     let upstream = Upstream::start("one").await;
     let files: [(&str, &[u8]); 1] = [("plugins/hook.wasm", REQUEST_HOOK)];
-    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let limits = "limits = { headers = 1000 }";
+    let weir = Weir::start_with_files(&config_with(&[upstream.addr], "", limits, ""), &files).await;
 
     let (status, h, body) = send(&weir, "/both", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "one GET /both"));
@@ -418,12 +420,12 @@ async fn a_request_hook_answers_with_the_changes_it_leaves() {
     );
     assert!(h.get("x-dropped").is_none(), "{h:?}");
 
-    // 50 through the import and 40 in the answer, under the 100 header changes one call may
-    // make ([server.limits] headers); each sets `x-n` to its number in its list, so the
-    // answer's last one is what arrives.
-    let (status, h, _) = send(&weir, "/limit/50/40", &[]).await;
+    // 200 through the import and 56 in the answer: 256, the most one call may leave. Each
+    // sets `x-n` to its number in its list, so the answer's last one is what arrives.
+    let (status, h, _) = send(&weir, "/limit/200/56", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(h["x-n"], "39");
+    assert_eq!(h["x-n"], "55");
+    let sent = upstream.requests().len();
     let (status, h, body) = send(&weir, "/limit/200/57", &[]).await;
     assert_eq!(
         (status, body.as_str()),
@@ -433,10 +435,45 @@ async fn a_request_hook_answers_with_the_changes_it_leaves() {
     // The answer alone is held to the same bound.
     let (status, _, _) = send(&weir, "/limit/0/257", &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        upstream.requests().len(),
+        sent,
+        "the calls failed before the requests went upstream"
+    );
 
     let (_, _, plugins) = send_admin(&weir, "/plugins").await;
     let plugins: serde_json::Value = serde_json::from_str(&plugins).expect("JSON");
     assert_eq!(plugins[0]["contract"], "0.3.7");
+
+    // `whole_heads`: the record form, `on-request`, which this guest answers unchanged.
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/hook.wasm", REQUEST_HOOK),
+        ("plugins/hook.toml", b"whole_heads = true\n"),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, h, body) = send(&weir, "/both", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "one GET /both"));
+    assert!(
+        h.get("x-answer").is_none() && h.get("x-import").is_none(),
+        "{h:?}"
+    );
+}
+
+const SDK_LAZY: &[u8] = include_bytes!(env!("TEST_PLUGIN_SDK_LAZY_WASM"));
+
+/// The Rust SDK's `on-request-lazy` path, the one a weir older than 0.3.7 takes (the guest is
+/// built without `request-hook`, so weir calls it there): the response header, the method
+/// and the body the filter leaves reach weir through the request's handle.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_path_for_hosts_before_0_3_7_leaves_its_changes_by_imports() {
+    let upstream = Upstream::start("one").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/lazy.wasm", SDK_LAZY)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (status, h, body) = send(&weir, "/echo", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "made"));
+    assert_eq!(h["x-left"], "sdk");
+    let seen = upstream.requests().pop().expect("upstream saw the request");
+    assert_eq!(seen.method, http::Method::POST);
 }
 
 const REQUEST_HOOK_MISTYPED: &[u8] = include_bytes!(env!("TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM"));
