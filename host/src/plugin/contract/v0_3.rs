@@ -1,9 +1,8 @@
 //! `weir:plugin@0.3.x`, the current contract (`wit/`): the head hooks are given the chain's
 //! views as `request` and `response` resources, lent to the store for the call, and a filter
 //! that exports `request-hook` (0.3.7) answers its request hook with the response header
-//! changes it leaves. A component
-//! built against an earlier 0.3 patch is served by these bindings (wasmtime links `0.x.y`
-//! names semver-compatibly, ignoring the patch).
+//! changes it leaves. A component built against an earlier 0.3 patch is served by these
+//! bindings (wasmtime links `0.x.y` names semver-compatibly, ignoring the patch).
 
 use std::mem;
 
