@@ -118,13 +118,11 @@ impl Contract for Pre {
     async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Guest> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         let filter = self.indices.load(&mut *store, &instance)?;
-        let request_hook =
-            match &self.request_hook {
-                Some(index) => Some(instance.get_typed_func(&mut *store, index).context(
-                    "request-hook.on-request has another type than weir:plugin@0.3.7's",
-                )?),
-                None => None,
-            };
+        let request_hook = self
+            .request_hook
+            .map(|index| instance.get_typed_func(&mut *store, index))
+            .transpose()
+            .context("request-hook.on-request has another type than weir:plugin@0.3.7's")?;
         Ok(Guest {
             filter,
             request_hook,
