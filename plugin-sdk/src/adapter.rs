@@ -7,10 +7,6 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
-#[cfg(not(feature = "without-request-hook"))]
-use crate::bindings::exports::weir::plugin::request_hook::{
-    Guest as RequestHookGuest, RequestAnswer,
-};
 use crate::bindings::weir::plugin::types::{
     BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
@@ -111,18 +107,19 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 }
 
+/// `request-hook.on-request` (`crate::answer` lowers what it returns): `on_request_lazy`,
+/// with the response header changes in the answer rather than passed to
+/// `add-response-header-ops`, one crossing fewer when a filter leaves some.
 #[cfg(not(feature = "without-request-hook"))]
-impl<F: Filter> RequestHookGuest for Adapter<F> {
-    /// `on_request_lazy`, with the response header changes in the answer rather than passed
-    /// to `add-response-header-ops`: one crossing fewer when a filter leaves some.
-    fn on_request(request: &HostRequest) -> RequestAnswer {
-        let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
-        leave(request, &left);
-        RequestAnswer {
-            action,
-            response_headers: left.response_ops,
-        }
-    }
+pub(crate) fn answer<F: Filter>(
+    request: &HostRequest,
+) -> (
+    RequestAction,
+    Vec<crate::bindings::weir::plugin::types::HeaderOp>,
+) {
+    let (action, left) = Adapter::<F>::with(|filter| on_request(filter, Request::lazy(request)));
+    leave(request, &left);
+    (action, left.response_ops)
 }
 
 /// Passes on what a request hook left through the request's handle, but the response header

@@ -108,14 +108,9 @@ impl Left {
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     host: Option<&'a HostRequest>,
-    method: OnceCell<String>,
-    path: OnceCell<String>,
-    query: OnceCell<Option<String>>,
-    authority: OnceCell<Option<String>>,
-    client_address: OnceCell<String>,
-    route: OnceCell<String>,
-    request_id: OnceCell<String>,
-    tls: OnceCell<Option<Tls>>,
+    /// Its fields, in a box made at the first read: a hook that reads none (and the
+    /// request's drop) does not pay for a few hundred bytes of empty cells.
+    fields: OnceCell<Box<Fields>>,
     headers: Headers<'a>,
     target_changed: bool,
     /// Header changes for the response, in order (see [`Request::set_response_header`]).
@@ -128,19 +123,34 @@ pub struct Request<'a> {
     body: Option<Vec<u8>>,
 }
 
+/// A request's fields: each read from weir the first time it is read, or given whole.
+#[derive(Debug, Clone, Default)]
+struct Fields {
+    method: OnceCell<String>,
+    path: OnceCell<String>,
+    query: OnceCell<Option<String>>,
+    authority: OnceCell<Option<String>>,
+    client_address: OnceCell<String>,
+    route: OnceCell<String>,
+    request_id: OnceCell<String>,
+    tls: OnceCell<Option<Tls>>,
+}
+
 impl Request<'static> {
     /// A request passed whole.
     pub(crate) fn new(head: RequestHead) -> Request<'static> {
         Request {
             host: None,
-            method: OnceCell::from(head.method),
-            path: OnceCell::from(head.path),
-            query: OnceCell::from(head.query),
-            authority: OnceCell::from(head.authority),
-            client_address: OnceCell::from(head.client_address),
-            route: OnceCell::from(head.route),
-            request_id: OnceCell::from(head.request_id),
-            tls: OnceCell::from(None),
+            fields: OnceCell::from(Box::new(Fields {
+                method: OnceCell::from(head.method),
+                path: OnceCell::from(head.path),
+                query: OnceCell::from(head.query),
+                authority: OnceCell::from(head.authority),
+                client_address: OnceCell::from(head.client_address),
+                route: OnceCell::from(head.route),
+                request_id: OnceCell::from(head.request_id),
+                tls: OnceCell::from(None),
+            })),
             headers: Headers::whole(head.headers),
             target_changed: false,
             response_ops: Vec::new(),
@@ -156,14 +166,7 @@ impl<'a> Request<'a> {
     pub(crate) fn lazy(host: &'a HostRequest) -> Request<'a> {
         Request {
             host: Some(host),
-            method: OnceCell::new(),
-            path: OnceCell::new(),
-            query: OnceCell::new(),
-            authority: OnceCell::new(),
-            client_address: OnceCell::new(),
-            route: OnceCell::new(),
-            request_id: OnceCell::new(),
-            tls: OnceCell::new(),
+            fields: OnceCell::new(),
             headers: Headers::lazy(host),
             target_changed: false,
             response_ops: Vec::new(),
@@ -176,7 +179,7 @@ impl<'a> Request<'a> {
     /// The request with the client's TLS as a test says it is.
     #[cfg(feature = "testing")]
     pub(crate) fn with_tls(mut self, tls: Option<Tls>) -> Request<'a> {
-        self.tls = OnceCell::from(tls);
+        self.fields_mut().tls = OnceCell::from(tls);
         self
     }
 
@@ -211,26 +214,38 @@ impl<'a> Request<'a> {
     }
 
     /// A field of the request: known already, or read from weir now and kept.
-    fn field<'s, T>(&'s self, cell: &'s OnceCell<T>, read: fn(&HostRequest) -> T) -> &'s T
+    fn field<T>(&self, cell: fn(&Fields) -> &OnceCell<T>, read: fn(&HostRequest) -> T) -> &T
     where
         T: Default,
     {
-        cell.get_or_init(|| self.host.map(read).unwrap_or_default())
+        cell(self.fields.get_or_init(Box::default))
+            .get_or_init(|| self.host.map(read).unwrap_or_default())
+    }
+
+    /// The fields, to change one.
+    fn fields_mut(&mut self) -> &mut Fields {
+        if self.fields.get().is_none() {
+            self.fields = OnceCell::from(Box::default());
+        }
+        match self.fields.get_mut() {
+            Some(fields) => fields,
+            None => unreachable!("the fields were made above"),
+        }
     }
 
     /// The method, like `GET`.
     pub fn method(&self) -> &str {
-        self.field(&self.method, HostRequest::method).as_str()
+        self.field(|f| &f.method, HostRequest::method).as_str()
     }
 
     /// The path, percent-encoded as received, without the query.
     pub fn path(&self) -> &str {
-        self.field(&self.path, HostRequest::path).as_str()
+        self.field(|f| &f.path, HostRequest::path).as_str()
     }
 
     /// The query string without `?`, if there is one.
     pub fn query(&self) -> Option<&str> {
-        self.field(&self.query, HostRequest::query).as_deref()
+        self.field(|f| &f.query, HostRequest::query).as_deref()
     }
 
     /// The first value of query parameter `name`, `+` and `%XX` decoded. `None` if absent.
@@ -243,31 +258,31 @@ impl<'a> Request<'a> {
 
     /// The host the client asked for (`Host` or `:authority`), if any.
     pub fn authority(&self) -> Option<&str> {
-        self.field(&self.authority, HostRequest::authority)
+        self.field(|f| &f.authority, HostRequest::authority)
             .as_deref()
     }
 
     /// The client's address, `ip:port`.
     pub fn client_addr(&self) -> &str {
-        self.field(&self.client_address, HostRequest::client_address)
+        self.field(|f| &f.client_address, HostRequest::client_address)
             .as_str()
     }
 
     /// The name of the route that matched.
     pub fn route(&self) -> &str {
-        self.field(&self.route, HostRequest::route).as_str()
+        self.field(|f| &f.route, HostRequest::route).as_str()
     }
 
     /// The request id weir logs and forwards as `x-request-id`.
     pub fn request_id(&self) -> &str {
-        self.field(&self.request_id, HostRequest::request_id)
+        self.field(|f| &f.request_id, HostRequest::request_id)
             .as_str()
     }
 
     /// What the client's TLS connection to weir settled; `None` for plain HTTP. A listener
     /// with `client_auth` verified the client certificate whose subject it names.
     pub fn tls(&self) -> Option<&Tls> {
-        self.field(&self.tls, |host| host.tls().map(Tls::from))
+        self.field(|f| &f.tls, |host| host.tls().map(Tls::from))
             .as_ref()
     }
 
@@ -412,7 +427,7 @@ impl<'a> Request<'a> {
     /// }
     /// ```
     pub fn set_method(&mut self, method: &str) {
-        self.method = OnceCell::from(method.to_owned());
+        self.fields_mut().method = OnceCell::from(method.to_owned());
         self.method_changed = true;
     }
 
@@ -436,13 +451,13 @@ impl<'a> Request<'a> {
     /// Sends the request upstream with this path (keeping the query). It must start with
     /// `/`; weir checks it and fails the request, naming the plugin, if it is not valid.
     pub fn set_path(&mut self, path: impl Into<String>) {
-        self.path = OnceCell::from(path.into());
+        self.fields_mut().path = OnceCell::from(path.into());
         self.target_changed = true;
     }
 
     /// Sends the request upstream with this query (`None` removes it).
     pub fn set_query(&mut self, query: Option<String>) {
-        self.query = OnceCell::from(query);
+        self.fields_mut().query = OnceCell::from(query);
         self.target_changed = true;
     }
 }
@@ -604,6 +619,9 @@ impl HeaderSource for HostResponse {
 /// How many single headers a head read on demand remembers before it reads them all.
 const REMEMBERED_HEADERS: usize = 8;
 
+/// A header read on its own: its lower-case name and first value.
+type Remembered = (String, Option<Vec<u8>>);
+
 /// A head's headers and the changes made to them. Passed whole, the list is kept with every
 /// change applied. Read on demand, the changes are an overlay: a read looks at the changes
 /// to that name first and asks weir only for what they leave open.
@@ -612,8 +630,9 @@ struct Headers<'a> {
     host: Option<&'a dyn HeaderSource>,
     /// Every header with the changes applied, once known.
     all: OnceCell<Vec<(String, Vec<u8>)>>,
-    /// Single headers read from weir, before any change: (lower-case name, first value).
-    read: [OnceCell<(String, Option<Vec<u8>>)>; REMEMBERED_HEADERS],
+    /// Single headers read from weir, before any change: (lower-case name, first value); in
+    /// a box made at the first such read.
+    read: OnceCell<Box<[OnceCell<Remembered>; REMEMBERED_HEADERS]>>,
     /// The changes, in order: what is sent back to weir.
     ops: Vec<HeaderOp>,
 }
@@ -675,7 +694,7 @@ impl<'a> Headers<'a> {
     /// taken by other names.
     fn remembered(&self, name: &str) -> Option<Option<&[u8]>> {
         let host = self.host?;
-        for slot in &self.read {
+        for slot in self.read.get_or_init(Box::default).iter() {
             match slot.get() {
                 Some((n, v)) if n.eq_ignore_ascii_case(name) => return Some(v.as_deref()),
                 Some(_) => continue,

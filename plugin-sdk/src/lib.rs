@@ -60,6 +60,8 @@
 extern crate self as weir_plugin;
 
 mod adapter;
+#[cfg(not(feature = "without-request-hook"))]
+mod answer;
 #[doc(hidden)]
 #[allow(unsafe_code, reason = "wit-bindgen output: the canonical ABI's glue")]
 pub mod bindings;
@@ -204,12 +206,44 @@ macro_rules! export_filter {
         type __WeirPluginExport = $crate::__private::Adapter<$filter>;
         #[cfg(target_arch = "wasm32")]
         $crate::__private::export_world!(__WeirPluginExport);
+        $crate::__weir_export_request_hook!($filter);
     };
+}
+
+/// The `request-hook` export (`answer`), and its type added to the component's.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(not(feature = "without-request-hook"))]
+macro_rules! __weir_export_request_hook {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            $crate::__private::export_hook_world!(__WeirPluginExport);
+
+            #[unsafe(export_name = "weir:plugin/request-hook@0.3.7#on-request")]
+            unsafe extern "C" fn __weir_request_hook(request: i32) -> *const usize {
+                // SAFETY: the component's export, called by the host with a lent handle.
+                unsafe { $crate::__private::on_request::<$filter>(request) }
+            }
+        };
+    };
+}
+
+/// Without `request-hook` (the `without-request-hook` feature): nothing.
+#[doc(hidden)]
+#[macro_export]
+#[cfg(feature = "without-request-hook")]
+macro_rules! __weir_export_request_hook {
+    ($filter:ty) => {};
 }
 
 #[doc(hidden)]
 pub mod __private {
     pub use crate::adapter::Adapter;
+    #[cfg(not(feature = "without-request-hook"))]
+    pub use crate::answer::on_request;
     pub use crate::bindings::export as export_world;
+    #[cfg(not(feature = "without-request-hook"))]
+    pub use crate::bindings::hook::export as export_hook_world;
     pub use wit_bindgen;
 }
