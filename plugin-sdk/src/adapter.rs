@@ -2,7 +2,6 @@
 //! builds the filter at `configure`, keeps it for the instance's life, and converts requests,
 //! responses and actions between the WIT types and the SDK's.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
@@ -14,31 +13,53 @@ use crate::bindings::weir::plugin::types::{
 use crate::http::Left;
 use crate::{Action, Body, Filter, Request, Response};
 
-thread_local! {
-    /// The instance's filter, built by `configure`. A wasm instance has one thread.
-    static FILTER: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+/// Where an instance keeps its filter, built by `configure`: a static of the filter's own
+/// type, which `export_filter!` declares, so a hook reaches it without a downcast.
+pub trait Instance: Filter {
+    /// The instance's slot.
+    fn slot() -> &'static FilterSlot<Self>;
 }
+
+/// The slot an instance keeps its filter in (see [`Instance`]).
+#[derive(Debug)]
+pub struct FilterSlot<F>(RefCell<Option<F>>);
+
+impl<F> FilterSlot<F> {
+    /// An empty slot, for a `static`.
+    pub const fn new() -> FilterSlot<F> {
+        FilterSlot(RefCell::new(None))
+    }
+}
+
+impl<F> Default for FilterSlot<F> {
+    fn default() -> Self {
+        FilterSlot::new()
+    }
+}
+
+// SAFETY: only on WebAssembly without threads, where an instance has one thread and no two
+// callers can ever reach the slot at once.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[allow(unsafe_code, reason = "a static on a target with one thread")]
+unsafe impl<F> Sync for FilterSlot<F> {}
 
 /// Implements the exports for filter `F`; named by [`export_filter!`](crate::export_filter).
 #[derive(Debug)]
 pub struct Adapter<F>(PhantomData<F>);
 
-impl<F: Filter> Adapter<F> {
+impl<F: Instance> Adapter<F> {
     fn with<R>(run: impl FnOnce(&F) -> R) -> R {
-        FILTER.with(|slot| {
-            let slot = slot.borrow();
-            // weir always calls `configure` first; anything else is a host bug, and a trap
-            // (which fails only this call) is the right answer to it.
-            let filter = slot
-                .as_ref()
-                .and_then(|f| f.downcast_ref::<F>())
-                .expect("configure was not called before a hook");
-            run(filter)
-        })
+        let slot = F::slot().0.borrow();
+        // weir always calls `configure` first; anything else is a host bug, and a trap
+        // (which fails only this call) is the right answer to it.
+        let filter = slot
+            .as_ref()
+            .expect("configure was not called before a hook");
+        run(filter)
     }
 }
 
-impl<F: Filter> Guest for Adapter<F> {
+impl<F: Instance> Guest for Adapter<F> {
     fn hooks() -> HookSet {
         let wanted = Self::with(|filter| filter.hooks());
         let mut hooks = HookSet::empty();
@@ -53,7 +74,7 @@ impl<F: Filter> Guest for Adapter<F> {
 
     fn configure(config: String) -> Result<(), String> {
         let filter = configure::<F>(&config)?;
-        FILTER.with(|slot| *slot.borrow_mut() = Some(Box::new(filter)));
+        *F::slot().0.borrow_mut() = Some(filter);
         Ok(())
     }
 
@@ -111,7 +132,7 @@ impl<F: Filter> Guest for Adapter<F> {
 /// with the response header changes in the answer rather than passed to
 /// `add-response-header-ops`, one crossing fewer when a filter leaves some.
 #[cfg(not(feature = "without-request-hook"))]
-pub(crate) fn answer<F: Filter>(
+pub(crate) fn answer<F: Instance>(
     request: &HostRequest,
 ) -> (
     RequestAction,

@@ -35,7 +35,7 @@
 
 use std::cell::RefCell;
 
-use crate::Filter;
+use crate::adapter::Instance;
 use crate::bindings::weir::plugin::types::{
     HeaderOp, LocalResponse, Request as HostRequest, RequestAction,
 };
@@ -80,7 +80,7 @@ thread_local! {
 /// # Safety
 ///
 /// Only as the component's export, called by the host with a handle it lent for the call.
-pub unsafe fn on_request<F: Filter>(request: i32) -> *const Word {
+pub unsafe fn on_request<F: Instance>(request: i32) -> *const Word {
     // SAFETY: the host lent this handle for the call. The canonical ABI has the callee drop a
     // borrowed handle before it returns, which ends the borrow (as wit-bindgen's glue does):
     // `request` is dropped at the end of this function.

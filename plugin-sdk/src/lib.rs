@@ -202,6 +202,16 @@ pub trait Filter: Sized + 'static {
 macro_rules! export_filter {
     ($filter:ty) => {
         #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static SLOT: $crate::__private::FilterSlot<$filter> =
+                $crate::__private::FilterSlot::new();
+            impl $crate::__private::Instance for $filter {
+                fn slot() -> &'static $crate::__private::FilterSlot<$filter> {
+                    &SLOT
+                }
+            }
+        };
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         type __WeirPluginExport = $crate::__private::Adapter<$filter>;
         #[cfg(target_arch = "wasm32")]
@@ -239,7 +249,7 @@ macro_rules! __weir_export_request_hook {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::adapter::Adapter;
+    pub use crate::adapter::{Adapter, FilterSlot, Instance};
     #[cfg(not(feature = "without-request-hook"))]
     pub use crate::answer::on_request;
     pub use crate::bindings::export as export_world;
