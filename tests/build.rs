@@ -1,11 +1,12 @@
 //! Builds the guest test plugins (`tests/plugins`, with `tests/plugins/v0_3_0` to
-//! `tests/plugins/v0_3_6`, `hostile_outbound`, the SDK-based `cache_key` and
-//! `method_body`, the wasi:http handler `handler_reuse`, `forms`, `request_hook` and
+//! `tests/plugins/v0_3_6`, `hostile_outbound`, the SDK-based `cache_key`, `method_body`
+//! and `sdk_answer`, the wasi:http handler `handler_reuse`, `forms`, `request_hook` and
 //! `request_hook_mistyped`; apart, the SDK guest `sdk_lazy`) and the bundled plugins
 //! (`plugins/*`) for `wasm32-wasip2` and tells the tests where they are
 //! (`TEST_PLUGIN_WASM`, `TEST_PLUGIN_V0_3_0_WASM` to `TEST_PLUGIN_V0_3_6_WASM`,
 //! `TEST_PLUGIN_HOSTILE_OUTBOUND_WASM`, `TEST_PLUGIN_CACHE_KEY_WASM`,
-//! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
+//! `TEST_PLUGIN_METHOD_BODY_WASM`, `TEST_PLUGIN_SDK_ANSWER_WASM`,
+//! `TEST_PLUGIN_HANDLER_REUSE_WASM`, `TEST_PLUGIN_FORMS_WASM`,
 //! `TEST_PLUGIN_REQUEST_HOOK_WASM`, `TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM`,
 //! `TEST_PLUGIN_SDK_LAZY_WASM`, `BUNDLED_PLUGINS_DIR`).
 //! Fails the build, with the fix, if the target is missing.
@@ -41,6 +42,7 @@ fn main() {
         "hostile_outbound",
         "cache_key",
         "method_body",
+        "sdk_answer",
         "handler_reuse",
         "forms",
         "request_hook",
@@ -88,7 +90,7 @@ fn main() {
         .join("wasm-guests");
 
     // Its workspace also holds the guests built against the frozen 0.3.0 to 0.3.6 contracts,
-    // and those built on the Rust SDK (`cache_key`, `method_body`).
+    // and those built on the Rust SDK (`cache_key`, `method_body`, `sdk_answer`).
     let test_plugin = plugin.join("Cargo.toml");
     build_wasm(
         &out,
@@ -114,6 +116,7 @@ fn main() {
             "TEST_PLUGIN_METHOD_BODY_WASM",
             "weir_test_plugin_method_body",
         ),
+        ("TEST_PLUGIN_SDK_ANSWER_WASM", "weir_test_plugin_sdk_answer"),
         (
             "TEST_PLUGIN_HANDLER_REUSE_WASM",
             "weir_test_plugin_handler_reuse",

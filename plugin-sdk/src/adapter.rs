@@ -14,10 +14,14 @@ use crate::http::Left;
 use crate::{Action, Body, Filter, Request, Response};
 
 /// Where an instance keeps its filter, built by `configure`: a static of the filter's own
-/// type, which `export_filter!` declares, so a hook reaches it without a downcast.
-pub trait Instance: Filter {
+/// type, which `export_filter!` declares, so a hook reaches it without a downcast. The macro
+/// implements this for a marker type of the plugin crate's own, not for the filter, so the
+/// filter may be a type of another crate.
+pub trait Instance: 'static {
+    /// The filter.
+    type Filter: Filter;
     /// The instance's slot.
-    fn slot() -> &'static FilterSlot<Self>;
+    fn slot() -> &'static FilterSlot<Self::Filter>;
 }
 
 /// The slot an instance keeps its filter in (see [`Instance`]).
@@ -37,19 +41,21 @@ impl<F> Default for FilterSlot<F> {
     }
 }
 
-// SAFETY: only on WebAssembly without threads, where an instance has one thread and no two
-// callers can ever reach the slot at once.
-#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+// SAFETY: only on 32-bit WebAssembly without threads (the only target `export_filter!`
+// declares the static on), where an instance has one thread and no two callers can ever
+// reach the slot at once.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 #[allow(unsafe_code, reason = "a static on a target with one thread")]
 unsafe impl<F> Sync for FilterSlot<F> {}
 
-/// Implements the exports for filter `F`; named by [`export_filter!`](crate::export_filter).
+/// Implements the exports for the filter of instance `I`; named by
+/// [`export_filter!`](crate::export_filter).
 #[derive(Debug)]
-pub struct Adapter<F>(PhantomData<F>);
+pub struct Adapter<I>(PhantomData<I>);
 
-impl<F: Instance> Adapter<F> {
-    fn with<R>(run: impl FnOnce(&F) -> R) -> R {
-        let slot = F::slot().0.borrow();
+impl<I: Instance> Adapter<I> {
+    fn with<R>(run: impl FnOnce(&I::Filter) -> R) -> R {
+        let slot = I::slot().0.borrow();
         // weir always calls `configure` first; anything else is a host bug, and a trap
         // (which fails only this call) is the right answer to it.
         let filter = slot
@@ -59,7 +65,7 @@ impl<F: Instance> Adapter<F> {
     }
 }
 
-impl<F: Instance> Guest for Adapter<F> {
+impl<I: Instance> Guest for Adapter<I> {
     fn hooks() -> HookSet {
         let wanted = Self::with(|filter| filter.hooks());
         let mut hooks = HookSet::empty();
@@ -73,8 +79,8 @@ impl<F: Instance> Guest for Adapter<F> {
     }
 
     fn configure(config: String) -> Result<(), String> {
-        let filter = configure::<F>(&config)?;
-        *F::slot().0.borrow_mut() = Some(filter);
+        let filter = configure::<I::Filter>(&config)?;
+        *I::slot().0.borrow_mut() = Some(filter);
         Ok(())
     }
 
@@ -132,13 +138,13 @@ impl<F: Instance> Guest for Adapter<F> {
 /// with the response header changes in the answer rather than passed to
 /// `add-response-header-ops`, one crossing fewer when a filter leaves some.
 #[cfg(not(feature = "without-request-hook"))]
-pub(crate) fn answer<F: Instance>(
+pub(crate) fn answer<I: Instance>(
     request: &HostRequest,
 ) -> (
     RequestAction,
     Vec<crate::bindings::weir::plugin::types::HeaderOp>,
 ) {
-    let (action, left) = Adapter::<F>::with(|filter| on_request(filter, Request::lazy(request)));
+    let (action, left) = Adapter::<I>::with(|filter| on_request(filter, Request::lazy(request)));
     leave(request, &left);
     (action, left.response_ops)
 }

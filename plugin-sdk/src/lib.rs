@@ -195,17 +195,24 @@ pub trait Filter: Sized + 'static {
     }
 }
 
-/// Exports a [`Filter`] as the plugin's `weir:plugin/http-filter` implementation. Use it
-/// once, at the crate root of a `cdylib`. It exports only when building for wasm, so the
-/// same crate also builds natively for `cargo test`.
+/// Exports a [`Filter`] as the plugin's `weir:plugin/http-filter` implementation (and its
+/// `request-hook`, weir:plugin 0.3.7). Use it once, at the crate root of a `cdylib`; the
+/// filter may be a type of another crate. It exports only when building for wasm, so the
+/// same crate also builds natively for `cargo test`. A plugin instance has one thread: the
+/// SDK builds plugins for `wasm32-wasip2`, not for wasm targets with threads.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {
+        /// Where this plugin's instance keeps its filter (see `weir_plugin`'s `Instance`).
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        struct __WeirPluginInstance;
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             static SLOT: $crate::__private::FilterSlot<$filter> =
                 $crate::__private::FilterSlot::new();
-            impl $crate::__private::Instance for $filter {
+            impl $crate::__private::Instance for __WeirPluginInstance {
+                type Filter = $filter;
                 fn slot() -> &'static $crate::__private::FilterSlot<$filter> {
                     &SLOT
                 }
@@ -213,10 +220,10 @@ macro_rules! export_filter {
         };
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
-        type __WeirPluginExport = $crate::__private::Adapter<$filter>;
+        type __WeirPluginExport = $crate::__private::Adapter<__WeirPluginInstance>;
         #[cfg(target_arch = "wasm32")]
         $crate::__private::export_world!(__WeirPluginExport);
-        $crate::__weir_export_request_hook!($filter);
+        $crate::__weir_export_request_hook!();
     };
 }
 
@@ -225,7 +232,7 @@ macro_rules! export_filter {
 #[macro_export]
 #[cfg(not(feature = "without-request-hook"))]
 macro_rules! __weir_export_request_hook {
-    ($filter:ty) => {
+    () => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             $crate::__private::export_hook_world!(__WeirPluginExport);
@@ -233,7 +240,7 @@ macro_rules! __weir_export_request_hook {
             #[unsafe(export_name = "weir:plugin/request-hook@0.3.7#on-request")]
             unsafe extern "C" fn __weir_request_hook(request: i32) -> *const usize {
                 // SAFETY: the component's export, called by the host with a lent handle.
-                unsafe { $crate::__private::on_request::<$filter>(request) }
+                unsafe { $crate::__private::on_request::<__WeirPluginInstance>(request) }
             }
         };
     };
@@ -244,7 +251,7 @@ macro_rules! __weir_export_request_hook {
 #[macro_export]
 #[cfg(feature = "without-request-hook")]
 macro_rules! __weir_export_request_hook {
-    ($filter:ty) => {};
+    () => {};
 }
 
 #[doc(hidden)]

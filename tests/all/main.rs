@@ -38,6 +38,7 @@ mod pooling;
 mod proxying;
 mod reload;
 mod routing;
+mod sdk_answer;
 mod service;
 mod shared_state;
 mod tidy;
