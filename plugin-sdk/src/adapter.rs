@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    BodyAction, BodyHookSet, HookSet, Request as HostRequest, RequestAction, RequestHead,
+    BodyAction, BodyHookSet, HeaderOp, HookSet, Request as HostRequest, RequestAction, RequestHead,
     Response as HostResponse, ResponseAction, ResponseHead,
 };
 use crate::http::Left;
@@ -100,11 +100,10 @@ impl<I: Instance> Guest for Adapter<I> {
     /// Called by hosts older than 0.3.7 (and by hand-written hosts); weir 0.3.7 and later
     /// call `request-hook.on-request` instead.
     fn on_request_lazy(request: &HostRequest) -> RequestAction {
-        let (action, left) = Self::with(|filter| on_request(filter, Request::lazy(request)));
-        if !left.response_ops.is_empty() {
-            request.add_response_header_ops(&left.response_ops);
+        let (action, response_ops) = answer::<I>(request);
+        if !response_ops.is_empty() {
+            request.add_response_header_ops(&response_ops);
         }
-        leave(request, &left);
         action
     }
 
@@ -134,23 +133,18 @@ impl<I: Instance> Guest for Adapter<I> {
     }
 }
 
-/// `request-hook.on-request` (`crate::answer` lowers what it returns): `on_request_lazy`,
-/// with the response header changes in the answer rather than passed to
-/// `add-response-header-ops`, one crossing fewer when a filter leaves some.
-#[cfg(not(feature = "without-request-hook"))]
-pub(crate) fn answer<I: Instance>(
-    request: &HostRequest,
-) -> (
-    RequestAction,
-    Vec<crate::bindings::weir::plugin::types::HeaderOp>,
-) {
+/// A request hook on the request lent as `request`: the action, and the header changes the
+/// filter left for the response, which each caller passes its own way (`request-hook`'s
+/// answer, `crate::answer`; or `add-response-header-ops` from `on-request-lazy`, for hosts
+/// before 0.3.7). What else it left has gone through the request's handle.
+pub(crate) fn answer<I: Instance>(request: &HostRequest) -> (RequestAction, Vec<HeaderOp>) {
     let (action, left) = Adapter::<I>::with(|filter| on_request(filter, Request::lazy(request)));
     leave(request, &left);
     (action, left.response_ops)
 }
 
 /// Passes on what a request hook left through the request's handle, but the response header
-/// changes (each caller passes those its own way).
+/// changes ([`answer`] returns those).
 fn leave(request: &HostRequest, left: &Left) {
     // A key or part weir refuses (too long, a control character, a 17th part) traps
     // here, failing the call, as weir's contract says.

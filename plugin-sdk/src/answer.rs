@@ -86,16 +86,17 @@ thread_local! {
     };
 }
 
-/// `request-hook.on-request`, which `export_filter!` exports: the answer of filter `F` to the
-/// request the host lent as handle `request`, as the address of its `request-answer`.
-///
-/// # Safety
-///
-/// Only as the component's export, called by the host with a handle it lent for the call.
+/// `request-hook.on-request`, which `export_filter!` exports: the answer of instance `I`'s
+/// filter to the request the host lent as handle `request`, as the address of its
+/// `request-answer`.
 ///
 /// Unlike wit-bindgen's glue, it does not run the module's constructors first
 /// (`run_ctors_once`): every host calls `configure` before any hook (the filter does not
 /// exist before it, and a hook without it traps), and `configure`'s glue runs them.
+///
+/// # Safety
+///
+/// Only as the component's export, called by the host with a handle it lent for the call.
 pub unsafe fn on_request<I: Instance>(request: i32) -> *const Word {
     // SAFETY: the host lent this handle for the call. The canonical ABI has the callee drop a
     // borrowed handle before it returns, which ends the borrow (as wit-bindgen's glue does):

@@ -125,6 +125,13 @@ pub async fn startup_error_with(config: &str, files: &[(&str, &[u8])]) -> String
         .to_owned()
 }
 
+/// Whether the component `wasm` exports `request-hook.on-request` (weir:plugin 0.3.7): its
+/// core export's name is in the binary only then.
+pub fn exports_request_hook(wasm: &[u8]) -> bool {
+    let name = b"weir:plugin/request-hook@0.3.7#on-request";
+    wasm.windows(name.len()).any(|w| w == name)
+}
+
 /// Routes `/NAME/…` to cluster `app` through the one plugin of the same name, for each name:
 /// routes to append to [`config`].
 pub fn routes_through_plugins(names: &[&str]) -> String {

@@ -466,6 +466,10 @@ const SDK_LAZY: &[u8] = include_bytes!(env!("TEST_PLUGIN_SDK_LAZY_WASM"));
 /// and the body the filter leaves reach weir through the request's handle.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sdks_path_for_hosts_before_0_3_7_leaves_its_changes_by_imports() {
+    assert!(
+        !crate::exports_request_hook(SDK_LAZY),
+        "the guest exports request-hook, so weir would not call its on-request-lazy"
+    );
     let upstream = Upstream::start("one").await;
     let files: [(&str, &[u8]); 1] = [("plugins/lazy.wasm", SDK_LAZY)];
     let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;

@@ -9,28 +9,13 @@ use weir_tests::{Upstream, Weir};
 
 const SDK_ANSWER: &[u8] = include_bytes!(env!("TEST_PLUGIN_SDK_ANSWER_WASM"));
 
+/// weir with the guest on route `/answer/`, at most one instance of it, so that every call
+/// below is answered by the same instance, after the last.
 async fn start(upstream: &Upstream) -> Weir {
-    let config = format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-endpoints = ["{upstream}"]
-
-[[routes]]
-name = "app"
-cluster = "app"
-plugins = ["answer"]
-"#,
-        cache = crate::plugin_cache().display(),
-        upstream = upstream.addr,
+    let config = crate::config(
+        &[upstream.addr],
+        &crate::routes_through_plugins(&["answer"]),
     );
-    // One instance, so every call below is answered by the same one, after the last.
     let files: [(&str, &[u8]); 2] = [
         ("plugins/answer.wasm", SDK_ANSWER),
         ("plugins/answer.toml", b"max_instances = 1\n"),
@@ -64,24 +49,29 @@ fn assert_request_ops(upstream: &Upstream, path_and_query: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sdks_answers_reach_weir_whole_call_after_call() {
+    assert!(
+        crate::exports_request_hook(SDK_ANSWER),
+        "the SDK guest does not export request-hook, so weir would call its on-request-lazy"
+    );
     let upstream = Upstream::start("app").await;
     let weir = start(&upstream).await;
     for round in 0..2 {
         // Changes in both lists, the response's set, appended, and set then removed.
-        let (status, headers, body) = weir_tests::get_with(&weir.url("/ops"), CLIENT_HEADERS).await;
+        let (status, headers, body) =
+            weir_tests::get_with(&weir.url("/answer/ops"), CLIENT_HEADERS).await;
         assert_eq!(
             (status, body.as_str()),
-            (StatusCode::OK, "app GET /ops"),
+            (StatusCode::OK, "app GET /answer/ops"),
             "{round}"
         );
-        assert_request_ops(&upstream, "/ops");
+        assert_request_ops(&upstream, "/answer/ops");
         assert_eq!(values(&headers, "x-r-set"), ["s"]);
         assert_eq!(values(&headers, "x-r-add"), ["1", "2"]);
         assert_eq!(values(&headers, "x-r-gone"), Vec::<String>::new());
 
         // A reply with headers and a body, after a larger answer.
         let (status, headers, body) =
-            weir_tests::get_with(&weir.url("/reply-full"), CLIENT_HEADERS).await;
+            weir_tests::get_with(&weir.url("/answer/reply-full"), CLIENT_HEADERS).await;
         assert_eq!(status, StatusCode::IM_A_TEAPOT);
         assert_eq!(body, "short and stout\n");
         assert_eq!(values(&headers, "x-one"), ["1"]);
@@ -90,7 +80,7 @@ async fn the_sdks_answers_reach_weir_whole_call_after_call() {
 
         // A new path, and no response header changes.
         let (status, headers, body) =
-            weir_tests::get_with(&weir.url("/moved"), CLIENT_HEADERS).await;
+            weir_tests::get_with(&weir.url("/answer/moved"), CLIENT_HEADERS).await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::OK, "app GET /elsewhere")
@@ -100,13 +90,17 @@ async fn the_sdks_answers_reach_weir_whole_call_after_call() {
 
         // A reply with nothing in it.
         let (status, headers, body) =
-            weir_tests::get_with(&weir.url("/reply-bare"), CLIENT_HEADERS).await;
+            weir_tests::get_with(&weir.url("/answer/reply-bare"), CLIENT_HEADERS).await;
         assert_eq!((status, body.as_str()), (StatusCode::NO_CONTENT, ""));
         assert_eq!(values(&headers, "x-one"), Vec::<String>::new());
 
         // No change at all: the request as the client sent it.
-        let (status, _, body) = weir_tests::get_with(&weir.url("/plain"), CLIENT_HEADERS).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "app GET /plain"));
+        let (status, _, body) =
+            weir_tests::get_with(&weir.url("/answer/plain"), CLIENT_HEADERS).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "app GET /answer/plain")
+        );
         let seen = upstream.requests();
         let last = seen.last().expect("a request upstream");
         assert_eq!(values(&last.headers, "x-drop"), ["d"]);

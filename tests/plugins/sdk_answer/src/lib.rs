@@ -1,13 +1,13 @@
 //! A guest filter on the Rust SDK for weir's end-to-end test of the answer the SDK lays out
 //! by hand for `request-hook.on-request` (`plugin-sdk/src/answer.rs`;
-//! `tests/all/sdk_answer.rs`). By path:
+//! `tests/all/sdk_answer.rs`). By the path's last segment:
 //!
-//! - `/ops`: the request loses `x-drop`, gets `x-set: 1` (replacing the client's) and
+//! - `ops`: the request loses `x-drop`, gets `x-set: 1` (replacing the client's) and
 //!   `x-add: a` after the client's; the response gets `x-r-set: s`, `x-r-add` twice (`1` set,
 //!   then `2` appended), and `x-r-gone`, set and then removed;
-//! - `/moved`: as `/ops` for the request, sent upstream as `/elsewhere?from=moved`;
-//! - `/reply-bare`: answers 204 with no header and no body;
-//! - `/reply-full`: answers 418 with three headers and a body;
+//! - `moved`: as `ops` for the request, sent upstream as `/elsewhere?from=moved`;
+//! - `reply-bare`: answers 204 with no header and no body;
+//! - `reply-full`: answers 418 with three headers and a body;
 //!
 //! anything else passes unchanged.
 
@@ -35,8 +35,14 @@ impl Filter for SdkAnswer {
     }
 
     fn on_request(&self, request: &mut Request) -> Action {
-        match request.path() {
-            "/ops" => {
+        let last = request
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        match last.as_str() {
+            "ops" => {
                 SdkAnswer::request_ops(request);
                 request.set_response_header("x-r-set", "s");
                 request.set_response_header("x-r-add", "1");
@@ -44,13 +50,13 @@ impl Filter for SdkAnswer {
                 request.set_response_header("x-r-gone", "g");
                 request.remove_response_header("x-r-gone");
             }
-            "/moved" => {
+            "moved" => {
                 SdkAnswer::request_ops(request);
                 request.set_path("/elsewhere");
                 request.set_query(Some("from=moved".to_owned()));
             }
-            "/reply-bare" => return Reply::new(204).into(),
-            "/reply-full" => {
+            "reply-bare" => return Reply::new(204).into(),
+            "reply-full" => {
                 return Reply::text(418, "short and stout\n")
                     .header("x-one", "1")
                     .header("x-two", "2")

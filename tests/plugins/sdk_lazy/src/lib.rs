@@ -5,19 +5,14 @@
 //! `/echo` (which the test upstream answers with the body it got) it also makes the request
 //! a `POST` with the body `made`.
 
-use weir_plugin::{Action, Filter, Hooks, Request};
-
-/// The `[config]` table: empty.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Config {}
+use weir_plugin::{Action, Filter, Hooks, NoConfig, Request};
 
 struct SdkLazy;
 
 impl Filter for SdkLazy {
-    type Config = Config;
+    type Config = NoConfig;
 
-    fn new(_config: Config) -> Result<SdkLazy, String> {
+    fn new(_: NoConfig) -> Result<SdkLazy, String> {
         Ok(SdkLazy)
     }
 
