@@ -125,6 +125,15 @@ pub async fn startup_error_with(config: &str, files: &[(&str, &[u8])]) -> String
         .to_owned()
 }
 
+/// The values of header `name` in `headers`, in order, as text.
+pub fn header_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
 /// Whether the component `wasm` exports `request-hook.on-request` (weir:plugin 0.3.7): its
 /// core export's name is in the binary only then.
 pub fn exports_request_hook(wasm: &[u8]) -> bool {

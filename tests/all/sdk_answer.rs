@@ -7,6 +7,8 @@
 use http::StatusCode;
 use weir_tests::{Upstream, Weir};
 
+use crate::header_values as values;
+
 const SDK_ANSWER: &[u8] = include_bytes!(env!("TEST_PLUGIN_SDK_ANSWER_WASM"));
 
 /// weir with the guest on route `/answer/`, at most one instance of it, so that every call
@@ -24,15 +26,6 @@ async fn start(upstream: &Upstream) -> Weir {
 }
 
 const CLIENT_HEADERS: &[(&str, &str)] = &[("x-drop", "d"), ("x-set", "0"), ("x-add", "0")];
-
-/// The values of `name` in `headers`, in order.
-fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
-}
 
 /// The request's changes as the upstream saw them (the last request it got).
 fn assert_request_ops(upstream: &Upstream, path_and_query: &str) {

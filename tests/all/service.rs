@@ -17,6 +17,8 @@ use weir::plugin::{Plugin, PluginRuntime, PluginSource};
 use weir::proxy::{Client, ProxyService};
 use weir::upstream::{Answer, Connector, MemoryConnector, Transports};
 
+use crate::header_values as values;
+
 /// Loads bundled plugin `stem` as if its file were `file` (the name comes from the file).
 async fn load(runtime: &PluginRuntime, stem: &str, file: &str, settings: &str) -> PluginSlot {
     let bundled = PathBuf::from(env!("BUNDLED_PLUGINS_DIR")).join(format!("{stem}.wasm"));
@@ -44,14 +46,6 @@ fn order_headers(value: &str) -> String {
     format!(
         "deadline = \"5s\"\n[config.request]\nappend = {{ \"x-order\" = \"{value}\" }}\n[config.response]\nappend = {{ \"x-order\" = \"{value}\" }}\n"
     )
-}
-
-fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
 }
 
 #[tokio::test]
