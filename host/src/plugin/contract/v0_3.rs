@@ -13,6 +13,7 @@ use wasmtime::component::{
     TypedFunc,
 };
 use wasmtime::error::Context as _;
+use weir_lift::HeaderOps;
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::budget::cut_off;
@@ -46,13 +47,60 @@ use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 
 /// What `request-hook.on-request` answers (0.3.7): not in the bindings, which are made for
 /// world `filter`, whose exports every 0.3.x filter has; `request-hook` is looked up by hand,
-/// as only filters built against `filter-with-request-hook` export it.
+/// as only filters built against `filter-with-request-hook` export it. Its two lists of
+/// header changes are lifted in one pass each ([`HeaderOps`]), not by wasmtime's generic
+/// lift of a `Vec<HeaderOp>`.
 #[derive(ComponentType, Lift)]
 #[component(record)]
 struct RequestAnswer {
-    action: RequestAction,
+    action: AnswerAction,
     #[component(name = "response-headers")]
-    response_headers: Vec<HeaderOp>,
+    response_headers: HeaderOps<HeaderOp>,
+}
+
+/// `request-action` as `request-hook` answers it: [`RequestAction`] with its header changes
+/// lifted as [`HeaderOps`].
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+enum AnswerAction {
+    #[component(name = "continue")]
+    Continue(AnswerChanges),
+    #[component(name = "respond")]
+    Respond(types::LocalResponse),
+}
+
+/// `request-changes`, likewise.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct AnswerChanges {
+    headers: HeaderOps<HeaderOp>,
+    path: Option<String>,
+}
+
+impl From<AnswerAction> for RequestAction {
+    fn from(action: AnswerAction) -> RequestAction {
+        match action {
+            AnswerAction::Continue(changes) => RequestAction::Continue(types::RequestChanges {
+                headers: changes.headers.0,
+                path: changes.path,
+            }),
+            AnswerAction::Respond(reply) => RequestAction::Respond(reply),
+        }
+    }
+}
+
+impl weir_lift::HeaderOp for HeaderOp {
+    fn set(name: String, value: Vec<u8>) -> HeaderOp {
+        HeaderOp::Set((name, value))
+    }
+
+    fn append(name: String, value: Vec<u8>) -> HeaderOp {
+        HeaderOp::Append((name, value))
+    }
+
+    fn remove(name: String) -> HeaderOp {
+        HeaderOp::Remove(name)
+    }
 }
 
 /// `request-hook.on-request`, typed.
@@ -188,7 +236,7 @@ impl GuestTrait for Guest {
             // 0.3.7: the changes left for the response come back with the action.
             Some(hook) => cut_off(bound, hook.call_async(&mut *store, (borrowed,)))
                 .await
-                .map(|(answer,)| (answer.action, answer.response_headers)),
+                .map(|(answer,)| (answer.action.into(), answer.response_headers.0)),
             None => cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed))
                 .await
                 .map(|action| (action, Vec::new())),

@@ -1,0 +1,355 @@
+//! A `list<header-op>` lifted out of a plugin's memory in one pass: the header changes a
+//! filter answers with (`weir:plugin/types.header-op`), read straight from the list's
+//! elements. Kept apart so that `weir-host` itself can forbid `unsafe` code: wasmtime's
+//! `ComponentType` and `Lift` are unsafe traits.
+//!
+//! wasmtime's generic lifting of a `Vec<T>` reads each element through the type information
+//! of the variant, of its tuple and of each string and byte list: a record layout computed per
+//! field, a range and fuel check and an options look-up per string, a `Cow` turned into a
+//! `String` (BENCHMARKS.md, session 40: about 670 instructions for one `set`). The layout of
+//! a `header-op` is fixed by the canonical ABI once its type has been checked, so
+//! [`HeaderOps`] reads it directly; each string and byte list is still checked against the
+//! memory's bounds, charged to the call's host-call fuel, and each name validated as UTF-8,
+//! so a plugin's answer is refused (the call fails) exactly where the generic lift would
+//! refuse it.
+//!
+//! The layout read (canonical ABI, 32-bit memory, little-endian), 20 bytes an element,
+//! aligned to 4:
+//!
+//! ```text
+//! 0 case (u8: 0 set, 1 append, 2 remove)   4 name ptr   8 name len
+//! 12 value ptr   16 value len              (set and append: the tuple's list<u8>)
+//! ```
+
+#![deny(unsafe_code)]
+
+use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};
+use wasmtime::component::{ComponentType, Lift};
+use wasmtime::{ValRaw, bail};
+
+/// The header change type a [`HeaderOps`] holds: `weir:plugin/types.header-op` as the
+/// embedder's bindings generate it (`ComponentType` checks that the plugin's type is that
+/// variant, case for case; `Lift` is the generic lift, used for strings in another encoding
+/// than UTF-8).
+pub trait HeaderOp: ComponentType + Lift {
+    /// `set(tuple<string, list<u8>>)`.
+    fn set(name: String, value: Vec<u8>) -> Self;
+    /// `append(tuple<string, list<u8>>)`.
+    fn append(name: String, value: Vec<u8>) -> Self;
+    /// `remove(string)`.
+    fn remove(name: String) -> Self;
+}
+
+/// A `list<header-op>`, lifted in one pass over its elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderOps<T>(pub Vec<T>);
+
+/// The size of a `header-op` in memory: a one-byte case, then a payload aligned to 4 of at
+/// most two pointer-length pairs.
+const ELEMENT: usize = 20;
+
+/// Its alignment.
+const ALIGN: usize = 4;
+
+// SAFETY: a `list<header-op>` is a pointer and a length, in memory and flat, as any list:
+// the ABI and lowered form are those of `Vec<T>`'s, and `typecheck` is `Vec<T>`'s, so a
+// `HeaderOps<T>` is only ever lifted from a list whose elements are `T`'s variant.
+#[allow(unsafe_code, reason = "wasmtime's ComponentType is an unsafe trait")]
+unsafe impl<T: HeaderOp> ComponentType for HeaderOps<T> {
+    type Lower = [ValRaw; 2];
+
+    const ABI: CanonicalAbiInfo = CanonicalAbiInfo::POINTER_PAIR;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <Vec<T> as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: every read is of the memory slice wasmtime lends (`LiftContext::memory`), bounds
+// checked; nothing is written.
+#[allow(unsafe_code, reason = "wasmtime's Lift is an unsafe trait")]
+unsafe impl<T: HeaderOp> Lift for HeaderOps<T> {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        let [ptr, len] = [src[0].get_u32(), src[1].get_u32()];
+        if !utf8(cx) {
+            return <Vec<T> as Lift>::linear_lift_from_flat(cx, ty, src).map(HeaderOps);
+        }
+        lift(cx, ptr, len).map(HeaderOps)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        let (Some(ptr), Some(len)) = (word(bytes, 0), word(bytes, 4)) else {
+            bail!("a list's pointer and length out of the bytes given")
+        };
+        if !utf8(cx) {
+            return <Vec<T> as Lift>::linear_lift_from_memory(cx, ty, bytes).map(HeaderOps);
+        }
+        lift(cx, ptr, len).map(HeaderOps)
+    }
+}
+
+/// The plugin's strings are UTF-8 (the fast path reads them as such).
+fn utf8(cx: &LiftContext<'_>) -> bool {
+    matches!(
+        cx.options().string_encoding,
+        wasmtime::component::__internal::wasmtime_environ::component::StringEncoding::Utf8
+    )
+}
+
+/// The `len` header changes at `ptr`.
+fn lift<T: HeaderOp>(cx: &mut LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::Result<Vec<T>> {
+    let memory = cx.memory();
+    let (ptr, len) = (ptr as usize, len as usize);
+    let Some(elements) = len
+        .checked_mul(ELEMENT)
+        .and_then(|size| memory.get(ptr..ptr.checked_add(size)?))
+    else {
+        bail!("list pointer/length out of bounds of memory")
+    };
+    if !ptr.is_multiple_of(ALIGN) {
+        bail!("list pointer is not aligned")
+    }
+    cx.consume_fuel_array(len, size_of::<T>())?;
+    let mut ops = Vec::with_capacity(len);
+    for element in elements.as_chunks::<ELEMENT>().0 {
+        let at = |offset| word(element, offset).map_or(0, |w| w as usize);
+        let name = text(cx, memory, at(4), at(8))?;
+        let op = match element[0] {
+            0 => T::set(name, bytes(cx, memory, at(12), at(16))?),
+            1 => T::append(name, bytes(cx, memory, at(12), at(16))?),
+            2 => T::remove(name),
+            _ => bail!("invalid variant discriminant"),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// The little-endian `u32` at `offset` of `bytes`.
+fn word(bytes: &[u8], offset: usize) -> Option<u32> {
+    let word = bytes.get(offset..offset + 4)?;
+    Some(u32::from_le_bytes(word.try_into().ok()?))
+}
+
+/// The `len` bytes at `ptr`, bounds checked and charged to the call's fuel.
+fn slice<'m>(
+    cx: &mut LiftContext<'_>,
+    memory: &'m [u8],
+    ptr: usize,
+    len: usize,
+    what: &str,
+) -> wasmtime::Result<&'m [u8]> {
+    let Some(bytes) = ptr.checked_add(len).and_then(|end| memory.get(ptr..end)) else {
+        bail!("{what} pointer/length out of bounds of memory")
+    };
+    cx.consume_fuel(len)?;
+    Ok(bytes)
+}
+
+/// A string: UTF-8, copied.
+fn text(
+    cx: &mut LiftContext<'_>,
+    memory: &[u8],
+    ptr: usize,
+    len: usize,
+) -> wasmtime::Result<String> {
+    let bytes = slice(cx, memory, ptr, len, "string")?;
+    Ok(std::str::from_utf8(bytes)?.to_owned())
+}
+
+/// A `list<u8>`, copied.
+fn bytes(
+    cx: &mut LiftContext<'_>,
+    memory: &[u8],
+    ptr: usize,
+    len: usize,
+) -> wasmtime::Result<Vec<u8>> {
+    Ok(slice(cx, memory, ptr, len, "list")?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::component::{Component, ComponentType, Lift, Linker};
+    use wasmtime::{Engine, Store};
+
+    use super::HeaderOps;
+
+    /// `header-op`, as an embedder's bindings generate it.
+    #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
+    #[component(variant)]
+    enum Op {
+        #[component(name = "set")]
+        Set((String, Vec<u8>)),
+        #[component(name = "append")]
+        Append((String, Vec<u8>)),
+        #[component(name = "remove")]
+        Remove(String),
+    }
+
+    impl super::HeaderOp for Op {
+        fn set(name: String, value: Vec<u8>) -> Op {
+            Op::Set((name, value))
+        }
+
+        fn append(name: String, value: Vec<u8>) -> Op {
+            Op::Append((name, value))
+        }
+
+        fn remove(name: String) -> Op {
+            Op::Remove(name)
+        }
+    }
+
+    /// A component whose `ops(n)` returns the n-th list of a table at address 0 (a pointer
+    /// and a length each): 0 a good list of three changes, then one element each with a
+    /// case that does not exist, a name past the end of memory, a list past the end of
+    /// memory, a list not aligned, a name that is not UTF-8, and a value past the end of
+    /// memory.
+    const COMPONENT: &str = r#"
+    (component
+      (core module $m
+        (memory (export "memory") 1)
+        (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
+        (func (export "ops") (param i32) (result i32)
+          (i32.mul (local.get 0) (i32.const 8)))
+        ;; the table: (pointer, length) for each n
+        (data (i32.const 0)
+          "\00\01\00\00" "\03\00\00\00"
+          "\40\01\00\00" "\01\00\00\00"
+          "\60\01\00\00" "\01\00\00\00"
+          "\fa\ff\00\00" "\02\00\00\00"
+          "\02\01\00\00" "\01\00\00\00"
+          "\80\01\00\00" "\01\00\00\00"
+          "\a0\01\00\00" "\01\00\00\00")
+        ;; 256: set x-a: 1, append x-b: 22, remove x-c
+        (data (i32.const 256)
+          "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\06\04\00\00" "\01\00\00\00"
+          "\01\00\00\00" "\10\04\00\00" "\03\00\00\00" "\14\04\00\00" "\02\00\00\00"
+          "\02\00\00\00" "\1a\04\00\00" "\03\00\00\00" "\00\00\00\00" "\00\00\00\00")
+        ;; 320: case 3
+        (data (i32.const 320)
+          "\03\00\00\00" "\00\04\00\00" "\03\00\00\00" "\06\04\00\00" "\01\00\00\00")
+        ;; 352: a name at 65535, 10 bytes long
+        (data (i32.const 352)
+          "\00\00\00\00" "\ff\ff\00\00" "\0a\00\00\00" "\06\04\00\00" "\01\00\00\00")
+        ;; 384: remove a name that is not UTF-8
+        (data (i32.const 384)
+          "\02\00\00\00" "\24\04\00\00" "\02\00\00\00" "\00\00\00\00" "\00\00\00\00")
+        ;; 416: set x-a to a value at 65530, 100 bytes long
+        (data (i32.const 416)
+          "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\fa\ff\00\00" "\64\00\00\00")
+        (data (i32.const 1024) "x-a" "\00\00\00" "1")
+        (data (i32.const 1040) "x-b" "\00" "22")
+        (data (i32.const 1050) "x-c")
+        (data (i32.const 1060) "\ff\fe"))
+      (core instance $i (instantiate $m))
+      (type $op (variant
+        (case "set" (tuple string (list u8)))
+        (case "append" (tuple string (list u8)))
+        (case "remove" string)))
+      (export $op-export "header-op" (type $op))
+      (func (export "ops") (param "n" u32) (result (list $op-export))
+        (canon lift (core func $i "ops") (memory (core memory $i "memory"))
+          (realloc (core func $i "realloc")))))
+    "#;
+
+    /// What `ops(n)` answers, lifted by [`HeaderOps`] and by wasmtime's generic lift.
+    fn both(n: u32) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
+        let engine = Engine::default();
+        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
+        let component = Component::new(&engine, bytes).expect("the component");
+        let linker = Linker::new(&engine);
+        let mut store = Store::new(&engine, ());
+        let instance = linker
+            .instantiate(&mut store, &component)
+            .expect("an instance");
+        let fast = instance
+            .get_typed_func::<(u32,), (HeaderOps<Op>,)>(&mut store, "ops")
+            .expect("typed as a list<header-op>");
+        let lifted = fast.call(&mut store, (n,)).map(|(ops,)| ops.0);
+        let generic = instance
+            .get_typed_func::<(u32,), (Vec<Op>,)>(&mut store, "ops")
+            .expect("typed as a list<header-op>");
+        (lifted, generic.call(&mut store, (n,)).map(|(ops,)| ops))
+    }
+
+    #[test]
+    fn a_list_is_lifted_as_the_generic_lift_lifts_it() {
+        let (fast, generic) = both(0);
+        let expected = vec![
+            Op::Set(("x-a".into(), b"1".to_vec())),
+            Op::Append(("x-b".into(), b"22".to_vec())),
+            Op::Remove("x-c".into()),
+        ];
+        assert_eq!(fast.expect("lifted"), expected);
+        assert_eq!(generic.expect("lifted"), expected);
+    }
+
+    #[test]
+    fn a_malformed_list_fails_where_the_generic_lift_fails() {
+        for (n, what) in [
+            (1, "invalid variant discriminant"),
+            (2, "string pointer/length out of bounds of memory"),
+            (3, "list pointer/length out of bounds of memory"),
+            (4, "list pointer is not aligned"),
+            (5, "invalid utf-8"),
+            (6, "list pointer/length out of bounds of memory"),
+        ] {
+            let (fast, generic) = both(n);
+            let fast = fast.expect_err("refused");
+            assert!(
+                format!("{fast:#}").contains(what),
+                "ops({n}): {fast:#}, not {what}"
+            );
+            assert!(generic.is_err(), "ops({n}): the generic lift took it");
+        }
+    }
+
+    #[test]
+    fn a_type_that_is_not_a_list_of_header_changes_is_refused() {
+        let engine = Engine::default();
+        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
+        let component = Component::new(&engine, bytes).expect("the component");
+        let mut store = Store::new(&engine, ());
+        let instance = Linker::new(&engine)
+            .instantiate(&mut store, &component)
+            .expect("an instance");
+        let mistyped = instance.get_typed_func::<(u32,), (HeaderOps<Mistyped>,)>(&mut store, "ops");
+        assert!(mistyped.is_err(), "a variant of other cases was taken");
+    }
+
+    /// A variant whose cases are in another order than `header-op`'s.
+    #[derive(ComponentType, Lift, Debug)]
+    #[expect(dead_code, reason = "never lifted: its type is refused")]
+    #[component(variant)]
+    enum Mistyped {
+        #[component(name = "append")]
+        Append((String, Vec<u8>)),
+        #[component(name = "set")]
+        Set((String, Vec<u8>)),
+        #[component(name = "remove")]
+        Remove(String),
+    }
+
+    impl super::HeaderOp for Mistyped {
+        fn set(name: String, value: Vec<u8>) -> Mistyped {
+            Mistyped::Set((name, value))
+        }
+
+        fn append(name: String, value: Vec<u8>) -> Mistyped {
+            Mistyped::Append((name, value))
+        }
+
+        fn remove(name: String) -> Mistyped {
+            Mistyped::Remove(name)
+        }
+    }
+}
