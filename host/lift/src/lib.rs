@@ -1,24 +1,28 @@
-//! A `list<header-op>` lifted out of a plugin's memory in one pass: the header changes a
-//! filter answers with (`weir:plugin/types.header-op`), read straight from the list's
-//! elements. Kept apart so that `weir-host` itself can forbid `unsafe` code: wasmtime's
-//! `ComponentType` and `Lift` are unsafe traits.
+//! The answer of `weir:plugin/request-hook.on-request` (0.3.7), and any `list<header-op>`,
+//! lifted out of a plugin's memory in one pass: the record, its case and its lists of header
+//! changes read straight from their canonical ABI layout. Kept apart so that `weir-host`
+//! itself can forbid `unsafe` code: wasmtime's `ComponentType` and `Lift` are unsafe traits.
 //!
-//! wasmtime's generic lifting of a `Vec<T>` reads each element through the type information
-//! of the variant, of its tuple and of each string and byte list: a record layout computed per
+//! wasmtime's generic lifting reads each field and element through the type information of
+//! the record, the variant, the tuple and each string and byte list: a layout computed per
 //! field, a range and fuel check and an options look-up per string, a `Cow` turned into a
-//! `String` (BENCHMARKS.md, session 40: about 670 instructions for one `set`). The layout of
-//! a `header-op` is fixed by the canonical ABI once its type has been checked, so
-//! [`HeaderOps`] reads it directly; each string and byte list is still checked against the
-//! memory's bounds, charged to the call's host-call fuel, and each name validated as UTF-8,
-//! so a plugin's answer is refused (the call fails) exactly where the generic lift would
-//! refuse it.
+//! `String` (BENCHMARKS.md, session 40: about 670 instructions for one `set`). Once the types
+//! have been checked (by the embedder's own derived types, at `get_typed_func`), the layout is
+//! fixed, so [`Answer`] and [`HeaderOps`] read it directly; each string and byte list is still
+//! checked against the memory's bounds, charged to the call's host-call fuel, and each string
+//! validated as UTF-8, so a plugin's answer is refused (the call fails) exactly where the
+//! generic lift would refuse it. A local response (`respond`), and any answer from a plugin
+//! whose strings are not UTF-8, take the generic lift.
 //!
-//! The layout read (canonical ABI, 32-bit memory, little-endian), 20 bytes an element,
-//! aligned to 4:
+//! The layouts read (canonical ABI, 32-bit memory, little-endian; each row a 4-byte word):
 //!
 //! ```text
-//! 0 case (u8: 0 set, 1 append, 2 remove)   4 name ptr   8 name len
-//! 12 value ptr   16 value len              (set and append: the tuple's list<u8>)
+//! request-answer (32 bytes)  0 case (u8: 0 continue, 1 respond)
+//!   continue                 4 headers ptr   8 headers len   12 path case (u8: 0 none, 1 some)
+//!                           16 path ptr     20 path len
+//!                           24 response-headers ptr          28 response-headers len
+//! header-op (20 bytes)       0 case (u8: 0 set, 1 append, 2 remove)   4 name ptr   8 name len
+//!                           12 value ptr    16 value len (set and append: the tuple's list<u8>)
 //! ```
 
 #![deny(unsafe_code)]
@@ -93,6 +97,80 @@ unsafe impl<T: HeaderOp> Lift for HeaderOps<T> {
             return <Vec<T> as Lift>::linear_lift_from_memory(cx, ty, bytes).map(HeaderOps);
         }
         lift(cx, ptr, len).map(HeaderOps)
+    }
+}
+
+/// `request-answer` as the embedder keeps it, made from its parts.
+pub trait RequestAnswer: Sized + Send + Sync + 'static {
+    /// The record as the embedder's bindings would lift it: its type check, and the generic
+    /// lift (a local response; strings in another encoding than UTF-8).
+    type Checked: ComponentType + Lift + Into<Self>;
+    /// A header change.
+    type Op: HeaderOp;
+    /// `continue`, with the request's header changes and new target, and the response's
+    /// header changes.
+    fn proceed(headers: Vec<Self::Op>, path: Option<String>, response: Vec<Self::Op>) -> Self;
+}
+
+/// A `request-answer`, lifted in one pass unless it is a local response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<T>(pub T);
+
+// SAFETY: the ABI, lowered form and type check are `T::Checked`'s, the record's own, so an
+// `Answer<T>` is only ever lifted from a `request-answer`.
+#[allow(unsafe_code, reason = "wasmtime's ComponentType is an unsafe trait")]
+unsafe impl<T: RequestAnswer> ComponentType for Answer<T> {
+    type Lower = <T::Checked as ComponentType>::Lower;
+
+    const ABI: CanonicalAbiInfo = <T::Checked as ComponentType>::ABI;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <T::Checked as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: every read is of the bytes wasmtime gives and of the memory slice it lends
+// (`LiftContext::memory`), bounds checked; nothing is written.
+#[allow(unsafe_code, reason = "wasmtime's Lift is an unsafe trait")]
+unsafe impl<T: RequestAnswer> Lift for Answer<T> {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        // Never taken for a function's result: a record of more than one value is returned
+        // in memory.
+        T::Checked::linear_lift_from_flat(cx, ty, src).map(|answer| Answer(answer.into()))
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        let generic = |cx: &mut LiftContext<'_>| {
+            T::Checked::linear_lift_from_memory(cx, ty, bytes).map(|answer| Answer(answer.into()))
+        };
+        let Some(&case) = bytes.first() else {
+            bail!("a request-answer out of the bytes given")
+        };
+        match case {
+            0 if utf8(cx) => {}
+            // `respond`, another encoding, or a case that does not exist (refused there).
+            _ => return generic(cx),
+        }
+        let at = |offset| word(bytes, offset).unwrap_or(0);
+        let headers = lift(cx, at(4), at(8))?;
+        let path = match bytes.get(12) {
+            Some(0) => None,
+            Some(1) => {
+                let memory = cx.memory();
+                Some(text(cx, memory, at(16) as usize, at(20) as usize)?)
+            }
+            _ => bail!("invalid option discriminant"),
+        };
+        let response = lift(cx, at(24), at(28))?;
+        Ok(Answer(T::proceed(headers, path, response)))
     }
 }
 
@@ -180,7 +258,7 @@ mod tests {
     use wasmtime::component::{Component, ComponentType, Lift, Linker};
     use wasmtime::{Engine, Store};
 
-    use super::HeaderOps;
+    use super::{Answer, HeaderOps};
 
     /// `header-op`, as an embedder's bindings generate it.
     #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
@@ -220,6 +298,8 @@ mod tests {
         (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
         (func (export "ops") (param i32) (result i32)
           (i32.mul (local.get 0) (i32.const 8)))
+        (func (export "answer") (param i32) (result i32)
+          (i32.add (i32.const 2048) (i32.mul (local.get 0) (i32.const 32))))
         ;; the table: (pointer, length) for each n
         (data (i32.const 0)
           "\00\01\00\00" "\03\00\00\00"
@@ -249,7 +329,31 @@ mod tests {
         (data (i32.const 1024) "x-a" "\00\00\00" "1")
         (data (i32.const 1040) "x-b" "\00" "22")
         (data (i32.const 1050) "x-c")
-        (data (i32.const 1060) "\ff\fe"))
+        (data (i32.const 1060) "\ff\fe")
+        (data (i32.const 1070) "/p?q")
+        ;; 2048 + 32 n: answer(n)
+        (data (i32.const 2048)
+          ;; 0: continue with the good list, path /p?q, the list's first change for the response
+          "\00\00\00\00" "\00\01\00\00" "\03\00\00\00" "\01\00\00\00"
+          "\2e\04\00\00" "\04\00\00\00" "\00\01\00\00" "\01\00\00\00"
+          ;; 1: continue with nothing
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 2: respond 418 with the body /p?q, and the list's first change for the response
+          "\01\00\00\00" "\a2\01\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\2e\04\00\00" "\04\00\00\00" "\00\01\00\00" "\01\00\00\00"
+          ;; 3: a case that does not exist
+          "\02\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 4: a path whose option case does not exist
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\02\00\00\00"
+          "\2e\04\00\00" "\04\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 5: a path that is not UTF-8
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\01\00\00\00"
+          "\24\04\00\00" "\02\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 6: the response's list past the end of memory
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\fa\ff\00\00" "\02\00\00\00"))
       (core instance $i (instantiate $m))
       (type $op (variant
         (case "set" (tuple string (list u8)))
@@ -258,6 +362,24 @@ mod tests {
       (export $op-export "header-op" (type $op))
       (func (export "ops") (param "n" u32) (result (list $op-export))
         (canon lift (core func $i "ops") (memory (core memory $i "memory"))
+          (realloc (core func $i "realloc"))))
+      (type $changes (record (field "headers" (list $op-export)) (field "path" (option string))))
+      (export $changes-export "request-changes" (type $changes))
+      (type $reply (record
+        (field "status" u16)
+        (field "headers" (list (tuple string (list u8))))
+        (field "body" (list u8))))
+      (export $reply-export "local-response" (type $reply))
+      (type $action (variant
+        (case "continue" $changes-export)
+        (case "respond" $reply-export)))
+      (export $action-export "request-action" (type $action))
+      (type $answer (record
+        (field "action" $action-export)
+        (field "response-headers" (list $op-export))))
+      (export $answer-export "request-answer" (type $answer))
+      (func (export "answer") (param "n" u32) (result $answer-export)
+        (canon lift (core func $i "answer") (memory (core memory $i "memory"))
           (realloc (core func $i "realloc")))))
     "#;
 
@@ -310,6 +432,128 @@ mod tests {
                 "ops({n}): {fast:#}, not {what}"
             );
             assert!(generic.is_err(), "ops({n}): the generic lift took it");
+        }
+    }
+
+    /// `request-changes`, `local-response`, `request-action` and `request-answer`, as an
+    /// embedder's bindings generate them.
+    #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
+    #[component(record)]
+    struct Changes {
+        headers: Vec<Op>,
+        path: Option<String>,
+    }
+
+    #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
+    #[component(record)]
+    struct Reply {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
+    #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
+    #[component(variant)]
+    enum Action {
+        #[component(name = "continue")]
+        Continue(Changes),
+        #[component(name = "respond")]
+        Respond(Reply),
+    }
+
+    #[derive(ComponentType, Lift, Debug, Clone, PartialEq, Eq)]
+    #[component(record)]
+    struct Checked {
+        action: Action,
+        #[component(name = "response-headers")]
+        response_headers: Vec<Op>,
+    }
+
+    impl super::RequestAnswer for Checked {
+        type Checked = Checked;
+        type Op = Op;
+
+        fn proceed(headers: Vec<Op>, path: Option<String>, response: Vec<Op>) -> Checked {
+            Checked {
+                action: Action::Continue(Changes { headers, path }),
+                response_headers: response,
+            }
+        }
+    }
+
+    /// What `answer(n)` answers, lifted by [`Answer`] and by wasmtime's generic lift.
+    fn answers(n: u32) -> (wasmtime::Result<Checked>, wasmtime::Result<Checked>) {
+        let engine = Engine::default();
+        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
+        let component = Component::new(&engine, bytes).expect("the component");
+        let mut store = Store::new(&engine, ());
+        let instance = Linker::new(&engine)
+            .instantiate(&mut store, &component)
+            .expect("an instance");
+        let fast = instance
+            .get_typed_func::<(u32,), (Answer<Checked>,)>(&mut store, "answer")
+            .expect("typed as a request-answer");
+        let lifted = fast.call(&mut store, (n,)).map(|(answer,)| answer.0);
+        let generic = instance
+            .get_typed_func::<(u32,), (Checked,)>(&mut store, "answer")
+            .expect("typed as a request-answer");
+        (
+            lifted,
+            generic.call(&mut store, (n,)).map(|(answer,)| answer),
+        )
+    }
+
+    #[test]
+    fn an_answer_is_lifted_as_the_generic_lift_lifts_it() {
+        let set = Op::Set(("x-a".into(), b"1".to_vec()));
+        let proceed = Checked {
+            action: Action::Continue(Changes {
+                headers: vec![
+                    set.clone(),
+                    Op::Append(("x-b".into(), b"22".to_vec())),
+                    Op::Remove("x-c".into()),
+                ],
+                path: Some("/p?q".into()),
+            }),
+            response_headers: vec![set.clone()],
+        };
+        let nothing = Checked {
+            action: Action::Continue(Changes {
+                headers: Vec::new(),
+                path: None,
+            }),
+            response_headers: Vec::new(),
+        };
+        let respond = Checked {
+            action: Action::Respond(Reply {
+                status: 418,
+                headers: Vec::new(),
+                body: b"/p?q".to_vec(),
+            }),
+            response_headers: vec![set],
+        };
+        for (n, expected) in [(0, proceed), (1, nothing), (2, respond)] {
+            let (fast, generic) = answers(n);
+            assert_eq!(fast.expect("lifted"), expected, "answer({n})");
+            assert_eq!(generic.expect("lifted"), expected, "answer({n})");
+        }
+    }
+
+    #[test]
+    fn a_malformed_answer_fails_where_the_generic_lift_fails() {
+        for (n, what) in [
+            (3, "discriminant"),
+            (4, "invalid option discriminant"),
+            (5, "invalid utf-8"),
+            (6, "list pointer/length out of bounds of memory"),
+        ] {
+            let (fast, generic) = answers(n);
+            let fast = fast.expect_err("refused");
+            assert!(
+                format!("{fast:#}").contains(what),
+                "answer({n}): {fast:#}, not {what}"
+            );
+            assert!(generic.is_err(), "answer({n}): the generic lift took it");
         }
     }
 

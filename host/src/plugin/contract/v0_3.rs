@@ -13,7 +13,7 @@ use wasmtime::component::{
     TypedFunc,
 };
 use wasmtime::error::Context as _;
-use weir_lift::HeaderOps;
+use weir_lift::{Answer, HeaderOps};
 
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::budget::cut_off;
@@ -47,9 +47,10 @@ use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 
 /// What `request-hook.on-request` answers (0.3.7): not in the bindings, which are made for
 /// world `filter`, whose exports every 0.3.x filter has; `request-hook` is looked up by hand,
-/// as only filters built against `filter-with-request-hook` export it. Its two lists of
-/// header changes are lifted in one pass each ([`HeaderOps`]), not by wasmtime's generic
-/// lift of a `Vec<HeaderOp>`.
+/// as only filters built against `filter-with-request-hook` export it. A `continue` is lifted
+/// in one pass by `weir_lift` ([`Answered`]); this derived record is its type check, and the
+/// lift of a local response (its two lists of header changes still lifted in one pass each,
+/// [`HeaderOps`]).
 #[derive(ComponentType, Lift)]
 #[component(record)]
 struct RequestAnswer {
@@ -75,6 +76,26 @@ enum AnswerAction {
 struct AnswerChanges {
     headers: HeaderOps<HeaderOp>,
     path: Option<String>,
+}
+
+/// The answer of `request-hook.on-request`, as the chain takes it: the action, and the header
+/// changes left for the response.
+struct Answered(RequestAction, Vec<HeaderOp>);
+
+impl weir_lift::RequestAnswer for Answered {
+    type Checked = RequestAnswer;
+    type Op = HeaderOp;
+
+    fn proceed(headers: Vec<HeaderOp>, path: Option<String>, response: Vec<HeaderOp>) -> Answered {
+        let changes = types::RequestChanges { headers, path };
+        Answered(RequestAction::Continue(changes), response)
+    }
+}
+
+impl From<RequestAnswer> for Answered {
+    fn from(answer: RequestAnswer) -> Answered {
+        Answered(answer.action.into(), answer.response_headers.0)
+    }
 }
 
 impl From<AnswerAction> for RequestAction {
@@ -104,7 +125,7 @@ impl weir_lift::HeaderOp for HeaderOp {
 }
 
 /// `request-hook.on-request`, typed.
-type RequestHook = TypedFunc<(Resource<RequestView>,), (RequestAnswer,)>;
+type RequestHook = TypedFunc<(Resource<RequestView>,), (Answer<Answered>,)>;
 
 /// A linked 0.3.x filter and the patch it was built against.
 pub(crate) struct Pre {
@@ -236,7 +257,7 @@ impl GuestTrait for Guest {
             // 0.3.7: the changes left for the response come back with the action.
             Some(hook) => cut_off(bound, hook.call_async(&mut *store, (borrowed,)))
                 .await
-                .map(|(answer,)| (answer.action.into(), answer.response_headers.0)),
+                .map(|(Answer(Answered(action, response)),)| (action, response)),
             None => cut_off(bound, exports.call_on_request_lazy(&mut *store, borrowed))
                 .await
                 .map(|action| (action, Vec::new())),
