@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 
 use crate::bindings::exports::weir::plugin::http_filter::Guest;
 use crate::bindings::weir::plugin::types::{
-    BodyAction, BodyHookSet, HeaderOp, HookSet, Request as HostRequest, RequestAction, RequestHead,
-    Response as HostResponse, ResponseAction, ResponseHead,
+    BodyAction, BodyHookSet, HookSet, LocalResponse, Request as HostRequest, RequestAction,
+    RequestChanges, RequestHead, Response as HostResponse, ResponseAction, ResponseHead,
 };
 use crate::http::Left;
+use crate::ops::Ops;
 use crate::{Action, Body, Filter, Request, Response};
 
 /// Where an instance keeps its filter, built by `configure`: a static of the filter's own
@@ -100,11 +101,11 @@ impl<I: Instance> Guest for Adapter<I> {
     /// Called by hosts older than 0.3.7 (and by hand-written hosts); weir 0.3.7 and later
     /// call `request-hook.on-request` instead.
     fn on_request_lazy(request: &HostRequest) -> RequestAction {
-        let (action, response_ops) = answer::<I>(request);
+        let (answered, response_ops) = answer::<I>(request);
         if !response_ops.is_empty() {
-            request.add_response_header_ops(&response_ops);
+            request.add_response_header_ops(&response_ops.to_header_ops());
         }
-        action
+        answered.into_action()
     }
 
     fn on_response_lazy(request: &HostRequest, response: &HostResponse) -> ResponseAction {
@@ -133,14 +134,45 @@ impl<I: Instance> Guest for Adapter<I> {
     }
 }
 
-/// A request hook on the request lent as `request`: the action, and the header changes the
-/// filter left for the response, which each caller passes its own way (`request-hook`'s
+/// What a request hook on a request lent by handle decided: the request's changes as the
+/// filter made them, or its own response.
+#[derive(Debug)]
+pub(crate) enum Answered {
+    /// Go on, with these header changes and this new target, if any.
+    Continue { headers: Ops, path: Option<String> },
+    /// Answer with this response.
+    Respond(LocalResponse),
+}
+
+impl Answered {
+    /// The answer as `on-request-lazy`'s result.
+    fn into_action(self) -> RequestAction {
+        match self {
+            Answered::Continue { headers, path } => RequestAction::Continue(RequestChanges {
+                headers: headers.to_header_ops(),
+                path,
+            }),
+            Answered::Respond(reply) => RequestAction::Respond(reply),
+        }
+    }
+}
+
+/// A request hook on the request lent as `request`: what it decided, and the header changes
+/// the filter left for the response, which each caller passes its own way (`request-hook`'s
 /// answer, `crate::answer`; or `add-response-header-ops` from `on-request-lazy`, for hosts
-/// before 0.3.7). What else it left has gone through the request's handle.
-pub(crate) fn answer<I: Instance>(request: &HostRequest) -> (RequestAction, Vec<HeaderOp>) {
-    let (action, left) = Adapter::<I>::with(|filter| on_request(filter, Request::lazy(request)));
-    leave(request, &left);
-    (action, left.response_ops)
+/// before 0.3.7). What else it left has gone through the request's handle. The same steps as
+/// [`on_request`], with the changes kept as the filter made them.
+pub(crate) fn answer<I: Instance>(request: &HostRequest) -> (Answered, Ops) {
+    let mut lent = Request::lazy(request);
+    let action = Adapter::<I>::with(|filter| filter.on_request(&mut lent));
+    match action {
+        Action::Continue => {
+            let (headers, path, left) = lent.take_answer();
+            leave(request, &left);
+            (Answered::Continue { headers, path }, left.response_ops)
+        }
+        Action::Respond(reply) => (Answered::Respond(reply.into_local()), Ops::default()),
+    }
 }
 
 /// Passes on what a request hook left through the request's handle, but the response header

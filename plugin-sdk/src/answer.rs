@@ -38,10 +38,9 @@
 
 use std::cell::RefCell;
 
-use crate::adapter::Instance;
-use crate::bindings::weir::plugin::types::{
-    HeaderOp, LocalResponse, Request as HostRequest, RequestAction,
-};
+use crate::adapter::{Answered, Instance};
+use crate::bindings::weir::plugin::types::{LocalResponse, Request as HostRequest};
+use crate::ops::{Kind, Ops};
 
 /// One word of the answer: an address, a length, a tag or a status.
 type Word = usize;
@@ -59,9 +58,9 @@ const _: () = {
 #[derive(Debug)]
 struct Answer {
     /// What the filter decided, whose strings and lists the lowered words point into.
-    action: Option<RequestAction>,
+    answered: Option<Answered>,
     /// The header changes it left for the response.
-    response: Vec<HeaderOp>,
+    response: Ops,
     /// `request-changes.headers`, lowered.
     request_ops: Vec<[Word; 5]>,
     /// `response-headers`, lowered.
@@ -76,8 +75,8 @@ thread_local! {
     /// The instance's last answer. A wasm instance has one thread and one call at a time.
     static ANSWER: RefCell<Answer> = const {
         RefCell::new(Answer {
-            action: None,
-            response: Vec::new(),
+            answered: None,
+            response: Ops::new(),
             request_ops: Vec::new(),
             response_ops: Vec::new(),
             reply_headers: Vec::new(),
@@ -102,30 +101,30 @@ pub unsafe fn on_request<I: Instance>(request: i32) -> *const Word {
     // borrowed handle before it returns, which ends the borrow (as wit-bindgen's glue does):
     // `request` is dropped at the end of this function.
     let request = unsafe { HostRequest::from_handle(request as u32) };
-    let (action, response) = crate::adapter::answer::<I>(&request);
-    answer(action, response)
+    let (answered, response) = crate::adapter::answer::<I>(&request);
+    answer(answered, response)
 }
 
-/// Keeps `action` and `response` as the instance's answer, replacing (and dropping) the last
-/// one, and returns the address of the `request-answer` record that describes them.
-pub(crate) fn answer(action: RequestAction, response: Vec<HeaderOp>) -> *const Word {
-    ANSWER.with(|answer| answer.borrow_mut().lower(action, response))
+/// Keeps `answered` and `response` as the instance's answer, replacing (and dropping) the
+/// last one, and returns the address of the `request-answer` record that describes them.
+pub(crate) fn answer(answered: Answered, response: Ops) -> *const Word {
+    ANSWER.with(|answer| answer.borrow_mut().lower(answered, response))
 }
 
 impl Answer {
-    fn lower(&mut self, action: RequestAction, response: Vec<HeaderOp>) -> *const Word {
+    fn lower(&mut self, answered: Answered, response: Ops) -> *const Word {
         self.response = response;
         let [ptr, len] = ops(&self.response, &mut self.response_ops);
-        let [a, b, c, d, e, f] = match self.action.insert(action) {
-            RequestAction::Continue(changes) => {
-                let [hptr, hlen] = ops(&changes.headers, &mut self.request_ops);
-                let [tag, pptr, plen] = match &changes.path {
+        let [a, b, c, d, e, f] = match self.answered.insert(answered) {
+            Answered::Continue { headers, path } => {
+                let [hptr, hlen] = ops(headers, &mut self.request_ops);
+                let [tag, pptr, plen] = match path {
                     Some(path) => [1, address(path.as_bytes()), path.len()],
                     None => [0; 3],
                 };
                 [0, hptr, hlen, tag, pptr, plen]
             }
-            RequestAction::Respond(reply) => {
+            Answered::Respond(reply) => {
                 let [hptr, hlen] = headers(reply, &mut self.reply_headers);
                 let body = &reply.body;
                 [
@@ -143,25 +142,19 @@ impl Answer {
     }
 }
 
-/// `ops` lowered into `into` (kept from call to call): the list's address and length.
-fn ops(ops: &[HeaderOp], into: &mut Vec<[Word; 5]>) -> [Word; 2] {
+/// `ops` lowered into `into` (kept from call to call), each name and value where `ops`
+/// keeps it: the list's address and length.
+fn ops(ops: &Ops, into: &mut Vec<[Word; 5]>) -> [Word; 2] {
     into.clear();
-    into.extend(ops.iter().map(|op| match op {
-        HeaderOp::Set((name, value)) => [
-            0,
-            address(name.as_bytes()),
-            name.len(),
-            address(value),
-            value.len(),
-        ],
-        HeaderOp::Append((name, value)) => [
-            1,
-            address(name.as_bytes()),
-            name.len(),
-            address(value),
-            value.len(),
-        ],
-        HeaderOp::Remove(name) => [2, address(name.as_bytes()), name.len(), 0, 0],
+    let (text, changes) = ops.raw();
+    let base = address(text);
+    into.extend(changes.map(|(kind, start, name_end, end)| {
+        let (name, name_len) = (base + start, name_end - start);
+        match kind {
+            Kind::Set => [0, name, name_len, base + name_end, end - name_end],
+            Kind::Append => [1, name, name_len, base + name_end, end - name_end],
+            Kind::Remove => [2, name, name_len, 0, 0],
+        }
     }));
     [address(into), into.len()]
 }
@@ -188,7 +181,15 @@ fn address<T>(items: &[T]) -> Word {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::weir::plugin::types::RequestChanges;
+
+    /// Changes made as a filter makes them.
+    fn made(changes: &[(Kind, &str, &[u8])]) -> Ops {
+        let mut ops = Ops::new();
+        for &(kind, name, value) in changes {
+            ops.push(kind, name, value);
+        }
+        ops
+    }
 
     /// The record's words, read back.
     fn record(at: *const Word) -> [Word; 8] {
@@ -211,16 +212,16 @@ mod tests {
 
     #[test]
     fn a_continue_is_laid_out_with_its_changes_and_the_response_headers() {
-        let changes = RequestChanges {
-            headers: vec![
-                HeaderOp::Remove("x-drop".into()),
-                HeaderOp::Set(("x-set".into(), b"1".to_vec())),
-                HeaderOp::Append(("x-add".into(), b"22".to_vec())),
-            ],
+        let changes = Answered::Continue {
+            headers: made(&[
+                (Kind::Remove, "X-Drop", b""),
+                (Kind::Set, "x-set", b"1"),
+                (Kind::Append, "x-add", b"22"),
+            ]),
             path: Some("/new?q".into()),
         };
-        let response = vec![HeaderOp::Set(("x-out".into(), b"yes".to_vec()))];
-        let r = record(answer(RequestAction::Continue(changes), response));
+        let response = made(&[(Kind::Set, "x-out", b"yes")]);
+        let r = record(answer(changes, response));
         assert_eq!(r[0], 0, "continue");
         let ops = items::<5>(r[1], r[2]);
         assert_eq!(ops.len(), 3);
@@ -243,18 +244,18 @@ mod tests {
     fn a_reply_is_laid_out_with_its_status_headers_and_body() {
         // An answer before it, whose buffers the reply's lists reuse.
         let _ = answer(
-            RequestAction::Continue(RequestChanges {
-                headers: vec![HeaderOp::Remove("a".into())],
+            Answered::Continue {
+                headers: made(&[(Kind::Remove, "a", b"")]),
                 path: None,
-            }),
-            vec![HeaderOp::Remove("b".into())],
+            },
+            made(&[(Kind::Remove, "b", b"")]),
         );
         let reply = LocalResponse {
             status: 403,
             headers: vec![("content-type".into(), b"text/plain".to_vec())],
             body: b"no\n".to_vec(),
         };
-        let r = record(answer(RequestAction::Respond(reply), Vec::new()));
+        let r = record(answer(Answered::Respond(reply), Ops::new()));
         assert_eq!(r[0], 1, "respond");
         assert_eq!(r[1], 403);
         let headers = items::<4>(r[2], r[3]);
@@ -267,11 +268,11 @@ mod tests {
 
     #[test]
     fn a_continue_without_a_path_says_none() {
-        let changes = RequestChanges {
-            headers: Vec::new(),
+        let changes = Answered::Continue {
+            headers: Ops::new(),
             path: None,
         };
-        let r = record(answer(RequestAction::Continue(changes), Vec::new()));
+        let r = record(answer(changes, Ops::new()));
         assert_eq!((r[0], r[2], r[3], r[7]), (0, 0, 0, 0));
     }
 }

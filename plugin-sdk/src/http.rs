@@ -4,6 +4,8 @@
 
 use std::cell::OnceCell;
 
+use crate::ops::{Change, Kind, Ops};
+
 use crate::bindings::weir::plugin::types::{
     BodyChanges, HeaderOp, LocalResponse, Request as HostRequest, RequestChanges, RequestHead,
     Response as HostResponse, ResponseHead,
@@ -69,7 +71,7 @@ impl CacheKeyChanges {
 #[derive(Debug, Default)]
 pub(crate) struct Left {
     /// Header changes for the response, in order.
-    pub(crate) response_ops: Vec<HeaderOp>,
+    pub(crate) response_ops: Ops,
     /// Changes to the response cache key.
     pub(crate) cache_key: CacheKeyChanges,
     /// The method to send the request with, if the filter set one.
@@ -114,7 +116,7 @@ pub struct Request<'a> {
     headers: Headers<'a>,
     target_changed: bool,
     /// Header changes for the response, in order (see [`Request::set_response_header`]).
-    response_ops: Vec<HeaderOp>,
+    response_ops: Ops,
     /// Changes to the response cache key (see [`Request::set_cache_key`]).
     cache_key: CacheKeyChanges,
     /// Whether [`Request::set_method`] was called (the new method is in `method`).
@@ -153,7 +155,7 @@ impl Request<'static> {
             })),
             headers: Headers::whole(head.headers),
             target_changed: false,
-            response_ops: Vec::new(),
+            response_ops: Ops::default(),
             cache_key: CacheKeyChanges::default(),
             method_changed: false,
             body: None,
@@ -169,7 +171,7 @@ impl<'a> Request<'a> {
             fields: OnceCell::new(),
             headers: Headers::lazy(host),
             target_changed: false,
-            response_ops: Vec::new(),
+            response_ops: Ops::default(),
             cache_key: CacheKeyChanges::default(),
             method_changed: false,
             body: None,
@@ -186,23 +188,32 @@ impl<'a> Request<'a> {
     /// The changes to the request, and what is left for weir through the request's handle:
     /// header changes for the response, the cache key's changes, the method and the body.
     pub(crate) fn take_changes(&mut self) -> (RequestChanges, Left) {
+        let (headers, path, left) = self.take_answer();
+        let headers = headers.to_header_ops();
+        (RequestChanges { headers, path }, left)
+    }
+
+    /// The changes to the request as the filter made them (its header changes, its new
+    /// target if it set one), and what it left for weir through the request's handle.
+    pub(crate) fn take_answer(&mut self) -> (Ops, Option<String>, Left) {
         let path = self.target_changed.then(|| match self.query() {
             Some(q) => format!("{}?{q}", self.path()),
             None => self.path().to_owned(),
         });
         let (headers, left) = self.take_left();
-        (RequestChanges { headers, path }, left)
+        (headers, path, left)
     }
 
     /// What the filter left through the request's handle, without the request's own changes
     /// (for a hook that cannot leave them: they are dropped with a warning).
     pub(crate) fn into_left(mut self) -> (Vec<HeaderOp>, Left) {
-        self.take_left()
+        let (ops, left) = self.take_left();
+        (ops.to_header_ops(), left)
     }
 
     /// The request's header changes and what it left, taken out of it in place: under wasm,
     /// moving the whole `Request` into a call is a `memory.copy` of a few hundred bytes.
-    fn take_left(&mut self) -> (Vec<HeaderOp>, Left) {
+    fn take_left(&mut self) -> (Ops, Left) {
         let method = self.method_changed.then(|| self.method().to_owned());
         let left = Left {
             response_ops: std::mem::take(&mut self.response_ops),
@@ -309,17 +320,17 @@ impl<'a> Request<'a> {
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.headers.change(set_op(name, value.as_ref()));
+        self.headers.change(Kind::Set, name, value.as_ref());
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.headers.change(append_op(name, value.as_ref()));
+        self.headers.change(Kind::Append, name, value.as_ref());
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        self.headers.change(remove_op(name));
+        self.headers.change(Kind::Remove, name, &[]);
     }
 
     /// Sets header `name` to `value` on the response to this request, whichever response
@@ -331,19 +342,19 @@ impl<'a> Request<'a> {
     /// (502, 504, ...). For `on_request` only: changes made in `on_request_body` are
     /// dropped, with a warning in weir's log.
     pub fn set_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        push(&mut self.response_ops, set_op(name, value.as_ref()));
+        self.response_ops.push(Kind::Set, name, value.as_ref());
     }
 
     /// Adds a value to header `name` of the response, keeping those it has; applied as
     /// [`Request::set_response_header`] is.
     pub fn append_response_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        push(&mut self.response_ops, append_op(name, value.as_ref()));
+        self.response_ops.push(Kind::Append, name, value.as_ref());
     }
 
     /// Removes header `name` from the response; applied as [`Request::set_response_header`]
     /// is.
     pub fn remove_response_header(&mut self, name: &str) {
-        push(&mut self.response_ops, remove_op(name));
+        self.response_ops.push(Kind::Remove, name, &[]);
     }
 
     /// Stores and looks up the response to this request under `key` in the route's response
@@ -509,7 +520,7 @@ impl<'a> Response<'a> {
     }
 
     pub(crate) fn into_ops(self) -> Vec<HeaderOp> {
-        self.headers.ops
+        self.headers.ops.to_header_ops()
     }
 
     /// The status code.
@@ -573,17 +584,17 @@ impl<'a> Response<'a> {
 
     /// Replaces every value of header `name` with `value`.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.headers.change(set_op(name, value.as_ref()));
+        self.headers.change(Kind::Set, name, value.as_ref());
     }
 
     /// Adds a value to header `name`, keeping those it has.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
-        self.headers.change(append_op(name, value.as_ref()));
+        self.headers.change(Kind::Append, name, value.as_ref());
     }
 
     /// Removes header `name`.
     pub fn remove_header(&mut self, name: &str) {
-        self.headers.change(remove_op(name));
+        self.headers.change(Kind::Remove, name, &[]);
     }
 }
 
@@ -634,7 +645,7 @@ struct Headers<'a> {
     /// a box made at the first such read.
     read: OnceCell<Box<[OnceCell<Remembered>; REMEMBERED_HEADERS]>>,
     /// The changes, in order: what is sent back to weir.
-    ops: Vec<HeaderOp>,
+    ops: Ops,
 }
 
 impl<'a> Headers<'a> {
@@ -643,7 +654,7 @@ impl<'a> Headers<'a> {
             host: None,
             all: OnceCell::from(list),
             read: Default::default(),
-            ops: Vec::new(),
+            ops: Ops::default(),
         }
     }
 
@@ -652,7 +663,7 @@ impl<'a> Headers<'a> {
             host: Some(host),
             all: OnceCell::new(),
             read: Default::default(),
-            ops: Vec::new(),
+            ops: Ops::default(),
         }
     }
 
@@ -660,7 +671,7 @@ impl<'a> Headers<'a> {
     fn all(&self) -> &Vec<(String, Vec<u8>)> {
         self.all.get_or_init(|| {
             let mut list = self.host.map(|h| h.every()).unwrap_or_default();
-            for op in &self.ops {
+            for op in self.ops.iter() {
                 apply(&mut list, op);
             }
             list
@@ -673,18 +684,21 @@ impl<'a> Headers<'a> {
             return header(all, name);
         }
         // The last `set` or `remove` of the name decides, with what was appended after it.
-        let named = |op: &HeaderOp| match op {
-            HeaderOp::Set((n, _)) | HeaderOp::Remove(n) => n.eq_ignore_ascii_case(name),
-            HeaderOp::Append(_) => false,
+        let named = |op: Change<'_>| {
+            op.kind != Kind::Append && op.name.eq_ignore_ascii_case(name.as_bytes())
         };
         if let Some(last) = self.ops.iter().rposition(named) {
-            return match &self.ops[last] {
-                HeaderOp::Set((_, v)) => Some(v),
-                _ => appended(&self.ops[last + 1..], name),
+            return match self.ops.iter().nth(last) {
+                Some(Change {
+                    kind: Kind::Set,
+                    value,
+                    ..
+                }) => Some(value),
+                _ => appended(self.ops.from(last + 1), name),
             };
         }
         match self.remembered(name) {
-            Some(original) => original.or_else(|| appended(&self.ops, name)),
+            Some(original) => original.or_else(|| appended(self.ops.iter(), name)),
             // Too many names asked for one at a time: read them all once.
             None => header(self.all(), name),
         }
@@ -707,38 +721,14 @@ impl<'a> Headers<'a> {
         None
     }
 
-    /// Records a change (its name already lower case) and applies it to the whole list if
-    /// that is known.
-    fn change(&mut self, op: HeaderOp) {
-        if let Some(all) = self.all.get_mut() {
-            apply(all, &op);
+    /// Records a change (its name lower-cased) and applies it to the whole list if that is
+    /// known.
+    fn change(&mut self, kind: Kind, name: &str, value: &[u8]) {
+        self.ops.push(kind, name, value);
+        if let (Some(all), Some(op)) = (self.all.get_mut(), self.ops.iter().next_back()) {
+            apply(all, op);
         }
-        push(&mut self.ops, op);
     }
-}
-
-/// Pushes `op`, the first one into room for four: `Vec::push`'s growth path from nothing
-/// (`finish_grow`) costs under Cranelift about twice an allocation of a known size.
-fn push(ops: &mut Vec<HeaderOp>, op: HeaderOp) {
-    if ops.capacity() == 0 {
-        *ops = Vec::with_capacity(4);
-    }
-    ops.push(op);
-}
-
-/// A `set` change, its name in lower case as weir's header lists have them.
-fn set_op(name: &str, value: &[u8]) -> HeaderOp {
-    HeaderOp::Set((lower_case(name), value.to_vec()))
-}
-
-/// An `append` change, its name in lower case.
-fn append_op(name: &str, value: &[u8]) -> HeaderOp {
-    HeaderOp::Append((lower_case(name), value.to_vec()))
-}
-
-/// A `remove` change, its name in lower case.
-fn remove_op(name: &str) -> HeaderOp {
-    HeaderOp::Remove(lower_case(name))
 }
 
 /// `name` in ASCII lower case. Filters name headers in lower case almost always, so the
@@ -756,7 +746,7 @@ fn lower_case(name: &str) -> String {
 /// Whether `bytes` hold an ASCII upper-case letter: eight bytes at a time, the last word
 /// overlapping the one before it, and a name shorter than a word as two overlapping halves,
 /// so that no byte is looked at on its own but in names of one to three bytes.
-fn has_upper_case(bytes: &[u8]) -> bool {
+pub(crate) fn has_upper_case(bytes: &[u8]) -> bool {
     if let Some(last) = bytes.last_chunk::<8>() {
         let (words, _) = bytes.as_chunks::<8>();
         return words.iter().any(|&word| upper_in(u64::from_le_bytes(word)))
@@ -782,21 +772,21 @@ fn upper_in(word: u64) -> bool {
 }
 
 /// The first value appended to `name` in `ops`.
-fn appended<'o>(ops: &'o [HeaderOp], name: &str) -> Option<&'o [u8]> {
-    ops.iter().find_map(|op| match op {
-        HeaderOp::Append((n, v)) if n.eq_ignore_ascii_case(name) => Some(v.as_slice()),
-        _ => None,
+fn appended<'o>(mut ops: impl Iterator<Item = Change<'o>>, name: &str) -> Option<&'o [u8]> {
+    ops.find_map(|op| {
+        (op.kind == Kind::Append && op.name.eq_ignore_ascii_case(name.as_bytes()))
+            .then_some(op.value)
     })
 }
 
-fn apply(list: &mut Vec<(String, Vec<u8>)>, op: &HeaderOp) {
-    match op {
-        HeaderOp::Set((name, value)) => {
-            list.retain(|(n, _)| n != name);
-            list.push((name.clone(), value.clone()));
+fn apply(list: &mut Vec<(String, Vec<u8>)>, op: Change<'_>) {
+    match op.kind {
+        Kind::Set => {
+            list.retain(|(n, _)| n.as_bytes() != op.name);
+            list.push((op.name_text(), op.value.to_vec()));
         }
-        HeaderOp::Append((name, value)) => list.push((name.clone(), value.clone())),
-        HeaderOp::Remove(name) => list.retain(|(n, _)| n != name),
+        Kind::Append => list.push((op.name_text(), op.value.to_vec())),
+        Kind::Remove => list.retain(|(n, _)| n.as_bytes() != op.name),
     }
 }
 
@@ -1107,29 +1097,32 @@ mod tests {
     #[test]
     fn changes_overlay_headers_read_on_demand_as_they_do_a_whole_list() {
         let original = [("a", "1"), ("b", "2"), ("c", "3"), ("c", "4")];
-        let changes = [
-            HeaderOp::Set(("a".into(), b"one".to_vec())),
-            HeaderOp::Remove("b".into()),
-            HeaderOp::Append(("b".into(), b"two".to_vec())),
-            HeaderOp::Append(("c".into(), b"5".to_vec())),
-            HeaderOp::Append(("d".into(), b"new".to_vec())),
-            HeaderOp::Remove("e".into()),
+        let changes: [(Kind, &str, &[u8]); 6] = [
+            (Kind::Set, "a", b"one"),
+            (Kind::Remove, "b", b""),
+            (Kind::Append, "b", b"two"),
+            (Kind::Append, "C", b"5"),
+            (Kind::Append, "d", b"new"),
+            (Kind::Remove, "e", b""),
         ];
         // After each change, every name reads the same through both, and the whole lists
         // agree at the end.
         let host = fake(&original);
         let mut lazy = Headers::lazy(&host);
         let mut whole = Headers::whole(fake(&original).list);
-        for op in changes {
-            lazy.change(op.clone());
-            whole.change(op);
+        for (kind, name, value) in changes {
+            lazy.change(kind, name, value);
+            whole.change(kind, name, value);
             for name in ["a", "b", "c", "d", "e", "A"] {
                 assert_eq!(lazy.first(name), whole.first(name), "{name}");
             }
         }
         assert_eq!(host.every.get(), 0, "single reads never fetch every header");
         assert_eq!(lazy.all(), whole.all());
-        assert_eq!(format!("{:?}", lazy.ops), format!("{:?}", whole.ops));
+        assert_eq!(
+            format!("{:?}", lazy.ops.to_header_ops()),
+            format!("{:?}", whole.ops.to_header_ops())
+        );
     }
 
     #[test]

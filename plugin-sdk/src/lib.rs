@@ -73,6 +73,7 @@ pub mod kv;
 pub mod log;
 pub mod metrics;
 mod mock;
+mod ops;
 pub mod outbound;
 #[cfg(feature = "testing")]
 pub mod testing;

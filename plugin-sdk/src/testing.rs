@@ -116,9 +116,12 @@ impl<F: Filter> Harness<F> {
                     forwarded.body = Some(body);
                 }
                 apply(&mut forwarded.headers, changes.headers);
-                forwarded
-                    .response_changes
-                    .extend(left.response_ops.into_iter().map(HeaderChange::from));
+                forwarded.response_changes.extend(
+                    left.response_ops
+                        .to_header_ops()
+                        .into_iter()
+                        .map(HeaderChange::from),
+                );
                 if let Some(target) = changes.path {
                     let (path, query) = match target.split_once('?') {
                         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
