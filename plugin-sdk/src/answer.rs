@@ -267,6 +267,73 @@ mod tests {
     }
 
     #[test]
+    fn lowered_changes_point_where_their_buffer_ended_up() {
+        // More changes and text than the first room: both buffers grow (move) while the
+        // filter makes changes; what is lowered must point into where they are at the end.
+        let changes: Vec<(Kind, String, Vec<u8>)> = (0..40)
+            .map(|i| {
+                let kind = [Kind::Set, Kind::Append, Kind::Remove][i % 3];
+                (
+                    kind,
+                    format!("X-Header-{i}"),
+                    vec![b'a' + (i % 26) as u8; i],
+                )
+            })
+            .collect();
+        let make = || {
+            let mut ops = Ops::new();
+            for (kind, name, value) in &changes {
+                ops.push(*kind, name, value);
+            }
+            ops
+        };
+        let expected: Vec<_> = changes
+            .iter()
+            .map(|(kind, name, value)| {
+                let value = if *kind == Kind::Remove {
+                    &[][..]
+                } else {
+                    value
+                };
+                (name.to_ascii_lowercase().into_bytes(), value.to_vec())
+            })
+            .collect();
+        let answered = Answered::Continue {
+            headers: make(),
+            path: None,
+        };
+        let r = record(answer(answered, make()));
+        for (ptr, len) in [(r[1], r[2]), (r[6], r[7])] {
+            let read: Vec<_> = items::<5>(ptr, len)
+                .iter()
+                .map(|op| {
+                    // A `remove`'s value words are unused (zero): not an address to read.
+                    let value = if op[0] == 2 {
+                        Vec::new()
+                    } else {
+                        text(op[3], op[4])
+                    };
+                    (text(op[1], op[2]), value)
+                })
+                .collect();
+            assert_eq!(read, expected);
+        }
+        // The next answer replaces it whole: its own words, nothing of the last one's.
+        let r = record(answer(
+            Answered::Continue {
+                headers: made(&[(Kind::Set, "x-next", b"1")]),
+                path: Some("/next".into()),
+            },
+            Ops::new(),
+        ));
+        let ops = items::<5>(r[1], r[2]);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(text(ops[0][1], ops[0][2]), b"x-next");
+        assert_eq!(text(r[4], r[5]), b"/next");
+        assert_eq!(r[7], 0);
+    }
+
+    #[test]
     fn a_continue_without_a_path_says_none() {
         let changes = Answered::Continue {
             headers: Ops::new(),

@@ -1126,6 +1126,65 @@ mod tests {
     }
 
     #[test]
+    fn changes_named_in_any_case_overlay_headers_as_they_do_a_whole_list() {
+        // Names longer than a word, changed and read in other cases than weir's lower case,
+        // and every header read in the middle (the overlay becomes the whole list).
+        let original = [("x-forwarded-for", "1"), ("x-request-tag", "2")];
+        let changes: [(Kind, &str, &[u8]); 6] = [
+            (Kind::Set, "X-Forwarded-For", b"one"),
+            (Kind::Remove, "X-REQUEST-TAG", b""),
+            (Kind::Append, "x-Request-Tag", b"two"),
+            (Kind::Append, "X-New-Header-Name", b"3"),
+            (Kind::Set, "X-NEW-HEADER-NAME", b"4"),
+            (Kind::Append, "X-new-header-name", b"5"),
+        ];
+        let names = [
+            "x-forwarded-for",
+            "X-REQUEST-TAG",
+            "x-new-header-name",
+            "X-Nope",
+        ];
+        let host = fake(&original);
+        let mut lazy = Headers::lazy(&host);
+        let mut whole = Headers::whole(fake(&original).list);
+        for (i, (kind, name, value)) in changes.into_iter().enumerate() {
+            lazy.change(kind, name, value);
+            whole.change(kind, name, value);
+            if i == 3 {
+                assert_eq!(lazy.all(), whole.all());
+            }
+            for name in names {
+                assert_eq!(lazy.first(name), whole.first(name), "{name} after {i}");
+            }
+        }
+        assert_eq!(whole.first("x-new-header-name"), Some(&b"4"[..]));
+        assert_eq!(whole.first("x-request-tag"), Some(&b"two"[..]));
+        let all: Vec<(&str, &[u8])> = whole
+            .all()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("x-forwarded-for", &b"one"[..]),
+                ("x-request-tag", b"two"),
+                ("x-new-header-name", b"4"),
+                ("x-new-header-name", b"5"),
+            ]
+        );
+        assert_eq!(
+            format!("{:?}", lazy.ops.to_header_ops()),
+            format!("{:?}", whole.ops.to_header_ops())
+        );
+        let sent: Vec<String> = whole.ops.iter().map(|c| c.name_text()).collect();
+        assert!(
+            sent.iter().all(|n| *n == n.to_ascii_lowercase()),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
     fn path_and_query_changes_make_one_target() {
         let mut r = request("/old?x=1", &[]);
         r.set_path("/new");

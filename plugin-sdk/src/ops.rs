@@ -172,6 +172,33 @@ mod tests {
     }
 
     #[test]
+    fn names_are_lower_cased_wherever_their_capital_is_and_values_kept_as_given() {
+        // `push` looks for a capital a word at a time: every length around a word and a half
+        // word, with the capital at every place.
+        let mut ops = Ops::default();
+        let mut expected = Vec::new();
+        for len in 1..=20 {
+            for at in 0..len {
+                let mut name = "x".repeat(len);
+                name.replace_range(at..=at, "Q");
+                let value = name.as_bytes().to_vec();
+                ops.push(Kind::Append, &name, &value);
+                expected.push(HeaderOp::Append((name.to_ascii_lowercase(), value)));
+            }
+        }
+        // Only ASCII letters change (the name stays UTF-8), and a `remove` keeps no value.
+        ops.push(Kind::Set, "X-Émoji-✓", b"V\xff");
+        expected.push(HeaderOp::Set(("x-Émoji-✓".into(), b"V\xff".to_vec())));
+        ops.push(Kind::Remove, "X-GONE", b"dropped");
+        expected.push(HeaderOp::Remove("x-gone".into()));
+        assert_eq!(
+            format!("{:?}", ops.to_header_ops()),
+            format!("{expected:?}")
+        );
+        assert_eq!(ops.iter().last().map(|c| c.value), Some(&b""[..]));
+    }
+
+    #[test]
     fn a_change_longer_than_the_first_room_is_kept_whole() {
         let mut ops = Ops::default();
         let long = vec![b'v'; 1000];

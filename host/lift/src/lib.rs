@@ -55,6 +55,9 @@ const ELEMENT: usize = 20;
 /// Its alignment.
 const ALIGN: usize = 4;
 
+/// The size of a `request-answer` in memory.
+const ANSWER: usize = 32;
+
 // SAFETY: a `list<header-op>` is a pointer and a length, in memory and flat, as any list:
 // the ABI and lowered form are those of `Vec<T>`'s, and `typecheck` is `Vec<T>`'s, so a
 // `HeaderOps<T>` is only ever lifted from a list whose elements are `T`'s variant.
@@ -159,6 +162,10 @@ unsafe impl<T: RequestAnswer> Lift for Answer<T> {
             // `respond`, another encoding, or a case that does not exist (refused there).
             _ => return generic(cx),
         }
+        // `request-answer`'s layout, as for `header-op` in `lift`.
+        const {
+            assert!(<T::Checked as ComponentType>::SIZE32 == ANSWER);
+        }
         let at = |offset| word(bytes, offset).unwrap_or(0);
         let headers = lift(cx, at(4), at(8))?;
         let path = match bytes.get(12) {
@@ -196,14 +203,27 @@ fn lift<T: HeaderOp>(cx: &mut LiftContext<'_>, ptr: u32, len: u32) -> wasmtime::
         bail!("list pointer is not aligned")
     }
     cx.consume_fuel_array(len, size_of::<T>())?;
+    // The layout read below is `header-op`'s: an embedder's `T` of another size would have
+    // been typed against another variant, and is refused when weir is built.
+    const {
+        assert!(T::SIZE32 == ELEMENT && T::ALIGN32 as usize == ALIGN);
+    }
     let mut ops = Vec::with_capacity(len);
     for element in elements.as_chunks::<ELEMENT>().0 {
         let at = |offset| word(element, offset).map_or(0, |w| w as usize);
-        let name = text(cx, memory, at(4), at(8))?;
+        // The case first, then the name, then the value, as the generic lift reads them: an
+        // element of a case that does not exist is refused before its name is charged or
+        // copied, and a malformed element fails with the generic lift's error.
         let op = match element[0] {
-            0 => T::set(name, bytes(cx, memory, at(12), at(16))?),
-            1 => T::append(name, bytes(cx, memory, at(12), at(16))?),
-            2 => T::remove(name),
+            0 => T::set(
+                text(cx, memory, at(4), at(8))?,
+                bytes(cx, memory, at(12), at(16))?,
+            ),
+            1 => T::append(
+                text(cx, memory, at(4), at(8))?,
+                bytes(cx, memory, at(12), at(16))?,
+            ),
+            2 => T::remove(text(cx, memory, at(4), at(8))?),
             _ => bail!("invalid variant discriminant"),
         };
         ops.push(op);
@@ -255,8 +275,8 @@ fn bytes(
 
 #[cfg(test)]
 mod tests {
-    use wasmtime::component::{Component, ComponentType, Lift, Linker};
-    use wasmtime::{Engine, Store};
+    use wasmtime::component::{Component, ComponentType, Instance, Lift, Linker};
+    use wasmtime::{Engine, Store, StoreContextMut};
 
     use super::{Answer, HeaderOps};
 
@@ -287,10 +307,22 @@ mod tests {
     }
 
     /// A component whose `ops(n)` returns the n-th list of a table at address 0 (a pointer
-    /// and a length each): 0 a good list of three changes, then one element each with a
-    /// case that does not exist, a name past the end of memory, a list past the end of
-    /// memory, a list not aligned, a name that is not UTF-8, and a value past the end of
-    /// memory.
+    /// and a length each), and `answer(n)` the n-th `request-answer` of a table at 2048;
+    /// `ops16` and `answer16` return the same, lifted with UTF-16 strings. Lists:
+    ///
+    /// - 0: a good list of three changes;
+    /// - 1 to 6: one element each with a case that does not exist, a name past the end of
+    ///   memory, a list past the end of memory, a list not aligned, a name that is not UTF-8,
+    ///   and a value past the end of memory;
+    /// - 7: 0x0ccc_cccd elements, whose 20 bytes each come to 2^32 + 4 (4 in 32 bits);
+    /// - 8: 0x7fff_ffff elements;
+    /// - 9 and 10: no elements, at the end of memory and 4 bytes past it;
+    /// - 11 and 12: a name of 2^32 - 1 bytes, and a name at 2^32 - 16 of 32 bytes;
+    /// - 13: a `remove` whose unused value words are 0xffff_ffff;
+    /// - 14: 50 `set`s, each with the same 4,096-byte string (at 0x4000) as name and value;
+    /// - 15: 100 elements of zeros (`set` of an empty name to an empty value);
+    /// - 16: a case that does not exist, with a name past the end of memory;
+    /// - 17: a value of 2^32 - 4 bytes.
     const COMPONENT: &str = r#"
     (component
       (core module $m
@@ -308,7 +340,18 @@ mod tests {
           "\fa\ff\00\00" "\02\00\00\00"
           "\02\01\00\00" "\01\00\00\00"
           "\80\01\00\00" "\01\00\00\00"
-          "\a0\01\00\00" "\01\00\00\00")
+          "\a0\01\00\00" "\01\00\00\00"
+          "\00\01\00\00" "\cd\cc\cc\0c"
+          "\00\01\00\00" "\ff\ff\ff\7f"
+          "\00\00\01\00" "\00\00\00\00"
+          "\04\00\01\00" "\00\00\00\00"
+          "\c0\01\00\00" "\01\00\00\00"
+          "\e0\01\00\00" "\01\00\00\00"
+          "\00\02\00\00" "\01\00\00\00"
+          "\00\20\00\00" "\32\00\00\00"
+          "\00\10\00\00" "\64\00\00\00"
+          "\20\02\00\00" "\01\00\00\00"
+          "\40\02\00\00" "\01\00\00\00")
         ;; 256: set x-a: 1, append x-b: 22, remove x-c
         (data (i32.const 256)
           "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\06\04\00\00" "\01\00\00\00"
@@ -326,6 +369,21 @@ mod tests {
         ;; 416: set x-a to a value at 65530, 100 bytes long
         (data (i32.const 416)
           "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\fa\ff\00\00" "\64\00\00\00")
+        ;; 448: remove a name of 2^32 - 1 bytes
+        (data (i32.const 448)
+          "\02\00\00\00" "\00\04\00\00" "\ff\ff\ff\ff" "\00\00\00\00" "\00\00\00\00")
+        ;; 480: set a name at 2^32 - 16, 32 bytes long
+        (data (i32.const 480)
+          "\00\00\00\00" "\f0\ff\ff\ff" "\20\00\00\00" "\06\04\00\00" "\01\00\00\00")
+        ;; 512: remove x-c, the value words (unused) all ones
+        (data (i32.const 512)
+          "\02\00\00\00" "\1a\04\00\00" "\03\00\00\00" "\ff\ff\ff\ff" "\ff\ff\ff\ff")
+        ;; 544: case 3 with a name past the end of memory
+        (data (i32.const 544)
+          "\03\00\00\00" "\ff\ff\ff\ff" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00")
+        ;; 576: set x-a to a value of 2^32 - 4 bytes
+        (data (i32.const 576)
+          "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\06\04\00\00" "\fc\ff\ff\ff")
         (data (i32.const 1024) "x-a" "\00\00\00" "1")
         (data (i32.const 1040) "x-b" "\00" "22")
         (data (i32.const 1050) "x-c")
@@ -353,7 +411,33 @@ mod tests {
           "\24\04\00\00" "\02\00\00\00" "\00\00\00\00" "\00\00\00\00"
           ;; 6: the response's list past the end of memory
           "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
-          "\00\00\00\00" "\00\00\00\00" "\fa\ff\00\00" "\02\00\00\00"))
+          "\00\00\00\00" "\00\00\00\00" "\fa\ff\00\00" "\02\00\00\00"
+          ;; 7: continue with list 14 twice, and the 4,096-byte string as the path
+          "\00\00\00\00" "\00\20\00\00" "\32\00\00\00" "\01\00\00\00"
+          "\00\40\00\00" "\00\10\00\00" "\00\20\00\00" "\32\00\00\00"
+          ;; 8: the request's list of 0x7fff_ffff elements
+          "\00\00\00\00" "\00\01\00\00" "\ff\ff\ff\7f" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 9: a path at 2^32 - 1
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\01\00\00\00"
+          "\ff\ff\ff\ff" "\01\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 10: no path, its (unused) words all ones
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\ff\ff\ff\ff" "\ff\ff\ff\ff" "\00\00\00\00" "\00\00\00\00"
+          ;; 11: respond with a body past the end of memory
+          "\01\00\00\00" "\a2\01\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\ff\ff" "\00\00\01\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 12: respond, with a response change whose name is not UTF-8
+          "\01\00\00\00" "\a2\01\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\80\01\00\00" "\01\00\00\00"
+          ;; 13: case 255
+          "\ff\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          ;; 14: the response's list of 0x0ccc_cccd elements
+          "\00\00\00\00" "\00\00\00\00" "\00\00\00\00" "\00\00\00\00"
+          "\00\00\00\00" "\00\00\00\00" "\00\01\00\00" "\cd\cc\cc\0c")
+        ;; 8192: list 14, 50 times `set` with the 4,096 bytes at 0x4000 as name and value
+        (; fill ;))
       (core instance $i (instantiate $m))
       (type $op (variant
         (case "set" (tuple string (list u8)))
@@ -363,6 +447,9 @@ mod tests {
       (func (export "ops") (param "n" u32) (result (list $op-export))
         (canon lift (core func $i "ops") (memory (core memory $i "memory"))
           (realloc (core func $i "realloc"))))
+      (func (export "ops16") (param "n" u32) (result (list $op-export))
+        (canon lift (core func $i "ops") string-encoding=utf16
+          (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
       (type $changes (record (field "headers" (list $op-export)) (field "path" (option string))))
       (export $changes-export "request-changes" (type $changes))
       (type $reply (record
@@ -380,27 +467,85 @@ mod tests {
       (export $answer-export "request-answer" (type $answer))
       (func (export "answer") (param "n" u32) (result $answer-export)
         (canon lift (core func $i "answer") (memory (core memory $i "memory"))
-          (realloc (core func $i "realloc")))))
+          (realloc (core func $i "realloc"))))
+      (func (export "answer16") (param "n" u32) (result $answer-export)
+        (canon lift (core func $i "answer") string-encoding=utf16
+          (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
     "#;
 
-    /// What `ops(n)` answers, lifted by [`HeaderOps`] and by wasmtime's generic lift.
-    fn both(n: u32) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
+    /// List 14: 50 `set`s of the 4,096 bytes at 0x4000 as name and value.
+    const SHARED: u32 = 14;
+    /// List 15: 100 elements of zeros.
+    const ZEROS: u32 = 15;
+    /// Answer 7: list 14 for the request and the response, the 4,096 bytes as the path.
+    const SHARED_ANSWER: u32 = 7;
+    /// How many lists and answers the tables hold.
+    const LISTS: u32 = 18;
+    const ANSWERS: u32 = 15;
+
+    /// The component, with list 14 filled in.
+    fn component(engine: &Engine) -> Component {
+        let element =
+            r#""\00\00\00\00" "\00\40\00\00" "\00\10\00\00" "\00\40\00\00" "\00\10\00\00" "#;
+        let fill = format!("(data (i32.const 8192) {})", element.repeat(50));
+        let text = COMPONENT.replace("(; fill ;)", &fill);
+        let bytes = wat::parse_str(text).expect("the component's text");
+        Component::new(engine, bytes).expect("the component")
+    }
+
+    /// An instance of the component, in a store with `fuel` for each call's lifting (the
+    /// default if `None`).
+    fn instance(fuel: Option<usize>) -> (Store<()>, Instance) {
         let engine = Engine::default();
-        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
-        let component = Component::new(&engine, bytes).expect("the component");
-        let linker = Linker::new(&engine);
+        let component = component(&engine);
         let mut store = Store::new(&engine, ());
-        let instance = linker
+        if let Some(fuel) = fuel {
+            store.set_hostcall_fuel(fuel);
+        }
+        let instance = Linker::new(&engine)
             .instantiate(&mut store, &component)
             .expect("an instance");
+        (store, instance)
+    }
+
+    /// What export `name` (`ops` or `ops16`) answers for `n`, lifted by [`HeaderOps`] and by
+    /// wasmtime's generic lift, with `fuel` for each.
+    fn lists(
+        name: &str,
+        n: u32,
+        fuel: Option<usize>,
+    ) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
+        let (mut store, instance) = instance(fuel);
         let fast = instance
-            .get_typed_func::<(u32,), (HeaderOps<Op>,)>(&mut store, "ops")
+            .get_typed_func::<(u32,), (HeaderOps<Op>,)>(&mut store, name)
             .expect("typed as a list<header-op>");
         let lifted = fast.call(&mut store, (n,)).map(|(ops,)| ops.0);
         let generic = instance
-            .get_typed_func::<(u32,), (Vec<Op>,)>(&mut store, "ops")
+            .get_typed_func::<(u32,), (Vec<Op>,)>(&mut store, name)
             .expect("typed as a list<header-op>");
         (lifted, generic.call(&mut store, (n,)).map(|(ops,)| ops))
+    }
+
+    /// `ops(n)`, lifted both ways.
+    fn both(n: u32) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
+        lists("ops", n, None)
+    }
+
+    /// Both lifts agree: the same value, or both refused (with the same error, `exact`).
+    fn agree<T: PartialEq + std::fmt::Debug>(
+        what: &str,
+        fast: wasmtime::Result<T>,
+        generic: wasmtime::Result<T>,
+        exact: bool,
+    ) {
+        match (fast, generic) {
+            (Ok(fast), Ok(generic)) => assert_eq!(fast, generic, "{what}"),
+            (Err(fast), Err(generic)) if exact => {
+                assert_eq!(format!("{fast:#}"), format!("{generic:#}"), "{what}");
+            }
+            (Err(_), Err(_)) => {}
+            (fast, generic) => panic!("{what}: the lifts disagree: {fast:?} and {generic:?}"),
+        }
     }
 
     #[test]
@@ -424,6 +569,13 @@ mod tests {
             (4, "list pointer is not aligned"),
             (5, "invalid utf-8"),
             (6, "list pointer/length out of bounds of memory"),
+            (7, "list pointer/length out of bounds of memory"),
+            (8, "list pointer/length out of bounds of memory"),
+            (10, "list pointer/length out of bounds of memory"),
+            (11, "string pointer/length out of bounds of memory"),
+            (12, "string pointer/length out of bounds of memory"),
+            (16, "invalid variant discriminant"),
+            (17, "list pointer/length out of bounds of memory"),
         ] {
             let (fast, generic) = both(n);
             let fast = fast.expect_err("refused");
@@ -433,6 +585,68 @@ mod tests {
             );
             assert!(generic.is_err(), "ops({n}): the generic lift took it");
         }
+    }
+
+    #[test]
+    fn every_list_is_lifted_as_the_generic_lift_lifts_it_in_either_encoding() {
+        // Strings in UTF-16 are read by the generic lift: read as UTF-8 they would be other
+        // strings (`x-a` is the UTF-16 `\u{2d78}a\0`).
+        for name in ["ops", "ops16"] {
+            for n in 0..LISTS {
+                let (fast, generic) = lists(name, n, None);
+                agree(&format!("{name}({n})"), fast, generic, false);
+            }
+        }
+        let (fast, _) = lists("ops16", 0, None);
+        assert_ne!(
+            fast.expect("lifted")[0],
+            Op::Set(("x-a".into(), b"1".to_vec())),
+            "UTF-16 read as UTF-8"
+        );
+    }
+
+    #[test]
+    fn edge_lists_are_lifted_as_the_generic_lift_lifts_them() {
+        // No elements at the very end of memory; a `remove` whose unused words are garbage.
+        assert_eq!(both(9).0.expect("lifted"), Vec::new());
+        assert_eq!(both(13).0.expect("lifted"), vec![Op::Remove("x-c".into())]);
+        let shared = both(SHARED).0.expect("lifted");
+        assert_eq!(shared.len(), 50);
+        assert_eq!(shared[49], Op::Set(("\0".repeat(4096), vec![0; 4096])));
+    }
+
+    /// The host-call fuel the generic lift of `ops(n)` takes, found by bisection: the least
+    /// with which it succeeds.
+    fn generic_fuel(n: u32) -> usize {
+        let (mut low, mut high) = (0, 1 << 20);
+        while low < high {
+            let mid = usize::midpoint(low, high);
+            match lists("ops", n, Some(mid)).1 {
+                Ok(_) => high = mid,
+                Err(_) => low = mid + 1,
+            }
+        }
+        low
+    }
+
+    #[test]
+    fn a_list_takes_the_fuel_the_generic_lift_takes_before_it_is_copied() {
+        // 100 empty elements (the list's own fuel), and 50 elements that each point at the
+        // same 4,096 bytes twice (the strings' fuel: what a plugin can make the host copy
+        // with little memory of its own).
+        for n in [ZEROS, SHARED] {
+            let fuel = generic_fuel(n);
+            assert!(fuel > 0);
+            let (fast, generic) = lists("ops", n, Some(fuel));
+            agree(&format!("ops({n}) with {fuel}"), fast, generic, true);
+            let (fast, generic) = lists("ops", n, Some(fuel - 1));
+            let fast = fast.expect_err("out of fuel");
+            assert!(generic.is_err());
+            assert!(format!("{fast:#}").contains("fuel"), "ops({n}): {fast:#}");
+        }
+        let op = size_of::<Op>();
+        assert_eq!(generic_fuel(ZEROS), 100 * op);
+        assert_eq!(generic_fuel(SHARED), 50 * (op + 2 * 4096));
     }
 
     /// `request-changes`, `local-response`, `request-action` and `request-answer`, as an
@@ -481,26 +695,30 @@ mod tests {
         }
     }
 
-    /// What `answer(n)` answers, lifted by [`Answer`] and by wasmtime's generic lift.
-    fn answers(n: u32) -> (wasmtime::Result<Checked>, wasmtime::Result<Checked>) {
-        let engine = Engine::default();
-        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
-        let component = Component::new(&engine, bytes).expect("the component");
-        let mut store = Store::new(&engine, ());
-        let instance = Linker::new(&engine)
-            .instantiate(&mut store, &component)
-            .expect("an instance");
+    /// What export `name` (`answer` or `answer16`) answers for `n`, lifted by [`Answer`]
+    /// and by wasmtime's generic lift, with `fuel` for each.
+    fn answers_in(
+        name: &str,
+        n: u32,
+        fuel: Option<usize>,
+    ) -> (wasmtime::Result<Checked>, wasmtime::Result<Checked>) {
+        let (mut store, instance) = instance(fuel);
         let fast = instance
-            .get_typed_func::<(u32,), (Answer<Checked>,)>(&mut store, "answer")
+            .get_typed_func::<(u32,), (Answer<Checked>,)>(&mut store, name)
             .expect("typed as a request-answer");
         let lifted = fast.call(&mut store, (n,)).map(|(answer,)| answer.0);
         let generic = instance
-            .get_typed_func::<(u32,), (Checked,)>(&mut store, "answer")
+            .get_typed_func::<(u32,), (Checked,)>(&mut store, name)
             .expect("typed as a request-answer");
         (
             lifted,
             generic.call(&mut store, (n,)).map(|(answer,)| answer),
         )
+    }
+
+    /// `answer(n)`, lifted both ways.
+    fn answers(n: u32) -> (wasmtime::Result<Checked>, wasmtime::Result<Checked>) {
+        answers_in("answer", n, None)
     }
 
     #[test]
@@ -532,7 +750,12 @@ mod tests {
             }),
             response_headers: vec![set],
         };
-        for (n, expected) in [(0, proceed), (1, nothing), (2, respond)] {
+        for (n, expected) in [
+            (0, proceed),
+            (1, nothing.clone()),
+            (2, respond),
+            (10, nothing),
+        ] {
             let (fast, generic) = answers(n);
             assert_eq!(fast.expect("lifted"), expected, "answer({n})");
             assert_eq!(generic.expect("lifted"), expected, "answer({n})");
@@ -546,6 +769,12 @@ mod tests {
             (4, "invalid option discriminant"),
             (5, "invalid utf-8"),
             (6, "list pointer/length out of bounds of memory"),
+            (8, "list pointer/length out of bounds of memory"),
+            (9, "string pointer/length out of bounds of memory"),
+            (11, "list pointer/length out of bounds of memory"),
+            (12, "invalid utf-8"),
+            (13, "discriminant"),
+            (14, "list pointer/length out of bounds of memory"),
         ] {
             let (fast, generic) = answers(n);
             let fast = fast.expect_err("refused");
@@ -558,14 +787,139 @@ mod tests {
     }
 
     #[test]
-    fn a_type_that_is_not_a_list_of_header_changes_is_refused() {
+    fn every_answer_is_lifted_as_the_generic_lift_lifts_it_in_either_encoding() {
+        for name in ["answer", "answer16"] {
+            for n in 0..ANSWERS {
+                let (fast, generic) = answers_in(name, n, None);
+                agree(&format!("{name}({n})"), fast, generic, false);
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_takes_the_fuel_the_generic_lift_takes_for_all_its_parts() {
+        // Both lists and the path are charged to one call's fuel.
+        let need = 2 * 50 * (size_of::<Op>() + 2 * 4096) + 4096;
+        let (fast, generic) = answers_in("answer", SHARED_ANSWER, Some(need));
+        agree("answer with enough fuel", fast, generic, true);
+        let (fast, generic) = answers_in("answer", SHARED_ANSWER, Some(need - 1));
+        let fast = fast.expect_err("out of fuel");
+        assert!(format!("{fast:#}").contains("fuel"), "{fast:#}");
+        assert!(generic.is_err(), "the generic lift took it with less fuel");
+    }
+
+    /// A component that passes a `list<header-op>` to the host (`take`): `run(ptr, len)`
+    /// calls it with that pointer and length, `run16` with strings in UTF-16, so the host
+    /// lifts the list from its flat form. Memory holds, at 256, `set x-a: 1` and
+    /// `remove x-c`.
+    const IMPORTER: &str = r#"
+    (component
+      (type $op' (variant
+        (case "set" (tuple string (list u8)))
+        (case "append" (tuple string (list u8)))
+        (case "remove" string)))
+      (import "header-op" (type $op (eq $op')))
+      (import "take" (func $take (param "ops" (list $op))))
+      (core module $m
+        (memory (export "memory") 1)
+        (data (i32.const 256)
+          "\00\00\00\00" "\00\04\00\00" "\03\00\00\00" "\06\04\00\00" "\01\00\00\00"
+          "\02\00\00\00" "\1a\04\00\00" "\03\00\00\00" "\00\00\00\00" "\00\00\00\00")
+        (data (i32.const 1024) "x-a" "\00\00\00" "1")
+        (data (i32.const 1050) "x-c"))
+      (core instance $i (instantiate $m))
+      (core func $take8 (canon lower (func $take) (memory (core memory $i "memory"))))
+      (core func $take16 (canon lower (func $take) string-encoding=utf16
+        (memory (core memory $i "memory"))))
+      (core module $run
+        (import "host" "take8" (func $take8 (param i32 i32)))
+        (import "host" "take16" (func $take16 (param i32 i32)))
+        (func (export "run") (param i32 i32) (call $take8 (local.get 0) (local.get 1)))
+        (func (export "run16") (param i32 i32) (call $take16 (local.get 0) (local.get 1))))
+      (core instance $r (instantiate $run
+        (with "host" (instance (export "take8" (func $take8)) (export "take16" (func $take16))))))
+      (func (export "run") (param "ptr" u32) (param "len" u32) (canon lift (core func $r "run")))
+      (func (export "run16") (param "ptr" u32) (param "len" u32)
+        (canon lift (core func $r "run16"))))
+    "#;
+
+    /// What the host's `take` is given when the importer's `name` passes `(ptr, len)`,
+    /// lifted by [`HeaderOps`] and by wasmtime's generic lift.
+    fn taken(
+        name: &str,
+        ptr: u32,
+        len: u32,
+    ) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
         let engine = Engine::default();
-        let bytes = wat::parse_str(COMPONENT).expect("the component's text");
+        let bytes = wat::parse_str(IMPORTER).expect("the component's text");
         let component = Component::new(&engine, bytes).expect("the component");
-        let mut store = Store::new(&engine, ());
-        let instance = Linker::new(&engine)
-            .instantiate(&mut store, &component)
-            .expect("an instance");
+        let mut fast = Linker::new(&engine);
+        fast.root()
+            .func_wrap(
+                "take",
+                |mut store: StoreContextMut<'_, Vec<Op>>, (ops,): (HeaderOps<Op>,)| {
+                    *store.data_mut() = ops.0;
+                    Ok(())
+                },
+            )
+            .expect("defined");
+        let mut generic = Linker::new(&engine);
+        generic
+            .root()
+            .func_wrap(
+                "take",
+                |mut store: StoreContextMut<'_, Vec<Op>>, (ops,): (Vec<Op>,)| {
+                    *store.data_mut() = ops;
+                    Ok(())
+                },
+            )
+            .expect("defined");
+        let [fast, generic] = [fast, generic].map(|linker| {
+            let mut store = Store::new(&engine, Vec::new());
+            let instance = linker
+                .instantiate(&mut store, &component)
+                .expect("an instance");
+            let run = instance
+                .get_typed_func::<(u32, u32), ()>(&mut store, name)
+                .expect("typed");
+            run.call(&mut store, (ptr, len))
+                .map(|()| std::mem::take(store.data_mut()))
+        });
+        (fast, generic)
+    }
+
+    #[test]
+    fn a_list_passed_to_the_host_is_lifted_as_the_generic_lift_lifts_it() {
+        let (fast, generic) = taken("run", 256, 2);
+        let expected = vec![
+            Op::Set(("x-a".into(), b"1".to_vec())),
+            Op::Remove("x-c".into()),
+        ];
+        assert_eq!(fast.expect("lifted"), expected);
+        assert_eq!(generic.expect("lifted"), expected);
+        for (ptr, len) in [
+            (256, 0x0ccc_cccd),
+            (256, 0x7fff_ffff),
+            (256, u32::MAX),
+            (0x1_0000, 0),
+            (0x1_0004, 0),
+            (258, 1),
+            (u32::MAX, u32::MAX),
+        ] {
+            for name in ["run", "run16"] {
+                let (fast, generic) = taken(name, ptr, len);
+                agree(&format!("{name}({ptr:#x}, {len:#x})"), fast, generic, false);
+            }
+        }
+        let (fast, generic) = taken("run16", 256, 2);
+        let fast = fast.expect("lifted");
+        assert_eq!(fast, generic.expect("lifted"));
+        assert_ne!(fast, expected, "UTF-16 read as UTF-8");
+    }
+
+    #[test]
+    fn a_type_that_is_not_a_list_of_header_changes_is_refused() {
+        let (mut store, instance) = instance(None);
         let mistyped = instance.get_typed_func::<(u32,), (HeaderOps<Mistyped>,)>(&mut store, "ops");
         assert!(mistyped.is_err(), "a variant of other cases was taken");
     }
