@@ -160,19 +160,12 @@ impl Answered {
 /// A request hook on the request lent as `request`: what it decided, and the header changes
 /// the filter left for the response, which each caller passes its own way (`request-hook`'s
 /// answer, `crate::answer`; or `add-response-header-ops` from `on-request-lazy`, for hosts
-/// before 0.3.7). What else it left has gone through the request's handle. The same steps as
-/// [`on_request`], with the changes kept as the filter made them.
+/// before 0.3.7). What else it left has gone through the request's handle.
 pub(crate) fn answer<I: Instance>(request: &HostRequest) -> (Answered, Ops) {
     let mut lent = Request::lazy(request);
-    let action = Adapter::<I>::with(|filter| filter.on_request(&mut lent));
-    match action {
-        Action::Continue => {
-            let (headers, path, left) = lent.take_answer();
-            leave(request, &left);
-            (Answered::Continue { headers, path }, left.response_ops)
-        }
-        Action::Respond(reply) => (Answered::Respond(reply.into_local()), Ops::default()),
-    }
+    let (answered, left) = Adapter::<I>::with(|filter| decide(filter, &mut lent));
+    leave(request, &left);
+    (answered, left.response_ops)
 }
 
 /// Passes on what a request hook left through the request's handle, but the response header
@@ -206,18 +199,25 @@ pub(crate) fn configure<F: Filter>(json: &str) -> Result<F, String> {
     F::new(config)
 }
 
-/// `on-request` (either form): the request in, the changes or a local response out, and
-/// what the filter left through the request's handle: header changes for the response and
-/// cache key changes (nothing if it answered itself: no response phase reaches it, and
-/// no cache is looked up).
-pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> (RequestAction, Left) {
-    match filter.on_request(&mut request) {
+/// A request hook: what the filter decided (its changes as it made them, or its own
+/// response), and what it left through the request's handle: header changes for the
+/// response and cache key changes (nothing if it answered itself: no response phase reaches
+/// it, and no cache is looked up).
+fn decide<F: Filter>(filter: &F, request: &mut Request<'_>) -> (Answered, Left) {
+    match filter.on_request(request) {
         Action::Continue => {
-            let (changes, left) = request.take_changes();
-            (RequestAction::Continue(changes), left)
+            let (headers, path, left) = request.take_answer();
+            (Answered::Continue { headers, path }, left)
         }
-        Action::Respond(reply) => (RequestAction::Respond(reply.into_local()), Left::default()),
+        Action::Respond(reply) => (Answered::Respond(reply.into_local()), Left::default()),
     }
+}
+
+/// `on-request` with the whole head, and the test harness's: [`decide`], its answer as the
+/// WIT's `request-action`.
+pub(crate) fn on_request<F: Filter>(filter: &F, mut request: Request<'_>) -> (RequestAction, Left) {
+    let (answered, left) = decide(filter, &mut request);
+    (answered.into_action(), left)
 }
 
 /// Says in weir's log that changes only `on_request` can make through the request's handle

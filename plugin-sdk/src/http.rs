@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use crate::ops::{Change, Kind, Ops};
 
 use crate::bindings::weir::plugin::types::{
-    BodyChanges, HeaderOp, LocalResponse, Request as HostRequest, RequestChanges, RequestHead,
+    BodyChanges, HeaderOp, LocalResponse, Request as HostRequest, RequestHead,
     Response as HostResponse, ResponseHead,
 };
 
@@ -187,12 +187,6 @@ impl<'a> Request<'a> {
 
     /// The changes to the request, and what is left for weir through the request's handle:
     /// header changes for the response, the cache key's changes, the method and the body.
-    pub(crate) fn take_changes(&mut self) -> (RequestChanges, Left) {
-        let (headers, path, left) = self.take_answer();
-        let headers = headers.to_header_ops();
-        (RequestChanges { headers, path }, left)
-    }
-
     /// The changes to the request as the filter made them (its header changes, its new
     /// target if it set one), and what it left for weir through the request's handle.
     pub(crate) fn take_answer(&mut self) -> (Ops, Option<String>, Left) {
@@ -687,13 +681,9 @@ impl<'a> Headers<'a> {
         let named = |op: Change<'_>| {
             op.kind != Kind::Append && op.name.eq_ignore_ascii_case(name.as_bytes())
         };
-        if let Some(last) = self.ops.iter().rposition(named) {
-            return match self.ops.iter().nth(last) {
-                Some(Change {
-                    kind: Kind::Set,
-                    value,
-                    ..
-                }) => Some(value),
+        if let Some((last, op)) = self.ops.iter().enumerate().rfind(|&(_, op)| named(op)) {
+            return match op.kind {
+                Kind::Set => Some(op.value),
                 _ => appended(self.ops.from(last + 1), name),
             };
         }
@@ -1034,14 +1024,17 @@ mod tests {
         r.remove_header("c");
         assert_eq!(r.header("a"), Some("one"));
         assert_eq!(r.headers().filter(|(n, _)| *n == "b").count(), 2);
-        let (changes, _) = r.take_changes();
+        let (headers, path, _) = r.take_answer();
         let expected = vec![
             HeaderOp::Set(("a".into(), b"one".to_vec())),
             HeaderOp::Append(("b".into(), b"3".to_vec())),
             HeaderOp::Remove("c".into()),
         ];
-        assert_eq!(format!("{:?}", changes.headers), format!("{expected:?}"));
-        assert_eq!(changes.path, None, "the target is sent only if changed");
+        assert_eq!(
+            format!("{:?}", headers.to_header_ops()),
+            format!("{expected:?}")
+        );
+        assert_eq!(path, None, "the target is sent only if changed");
     }
 
     /// Headers as weir holds them, counting how often they are asked for.
@@ -1188,9 +1181,9 @@ mod tests {
     fn path_and_query_changes_make_one_target() {
         let mut r = request("/old?x=1", &[]);
         r.set_path("/new");
-        assert_eq!(r.clone().take_changes().0.path.as_deref(), Some("/new?x=1"));
+        assert_eq!(r.clone().take_answer().1.as_deref(), Some("/new?x=1"));
         r.set_query(None);
-        assert_eq!(r.take_changes().0.path.as_deref(), Some("/new"));
+        assert_eq!(r.take_answer().1.as_deref(), Some("/new"));
     }
 
     #[test]

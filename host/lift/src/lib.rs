@@ -508,6 +508,28 @@ mod tests {
         (store, instance)
     }
 
+    /// What export `name` answers for `n`, lifted as `Fast` (this crate's) and as `Generic`
+    /// (wasmtime's generic lift), with `fuel` for each.
+    fn lifted<Fast, Generic>(
+        name: &str,
+        n: u32,
+        fuel: Option<usize>,
+    ) -> (wasmtime::Result<Fast>, wasmtime::Result<Generic>)
+    where
+        Fast: ComponentType + Lift,
+        Generic: ComponentType + Lift,
+    {
+        let (mut store, instance) = instance(fuel);
+        let fast = instance
+            .get_typed_func::<(u32,), (Fast,)>(&mut store, name)
+            .expect("typed as the export's result");
+        let fast = fast.call(&mut store, (n,)).map(|(value,)| value);
+        let generic = instance
+            .get_typed_func::<(u32,), (Generic,)>(&mut store, name)
+            .expect("typed as the export's result");
+        (fast, generic.call(&mut store, (n,)).map(|(value,)| value))
+    }
+
     /// What export `name` (`ops` or `ops16`) answers for `n`, lifted by [`HeaderOps`] and by
     /// wasmtime's generic lift, with `fuel` for each.
     fn lists(
@@ -515,15 +537,8 @@ mod tests {
         n: u32,
         fuel: Option<usize>,
     ) -> (wasmtime::Result<Vec<Op>>, wasmtime::Result<Vec<Op>>) {
-        let (mut store, instance) = instance(fuel);
-        let fast = instance
-            .get_typed_func::<(u32,), (HeaderOps<Op>,)>(&mut store, name)
-            .expect("typed as a list<header-op>");
-        let lifted = fast.call(&mut store, (n,)).map(|(ops,)| ops.0);
-        let generic = instance
-            .get_typed_func::<(u32,), (Vec<Op>,)>(&mut store, name)
-            .expect("typed as a list<header-op>");
-        (lifted, generic.call(&mut store, (n,)).map(|(ops,)| ops))
+        let (fast, generic) = lifted::<HeaderOps<Op>, Vec<Op>>(name, n, fuel);
+        (fast.map(|ops| ops.0), generic)
     }
 
     /// `ops(n)`, lifted both ways.
@@ -702,18 +717,8 @@ mod tests {
         n: u32,
         fuel: Option<usize>,
     ) -> (wasmtime::Result<Checked>, wasmtime::Result<Checked>) {
-        let (mut store, instance) = instance(fuel);
-        let fast = instance
-            .get_typed_func::<(u32,), (Answer<Checked>,)>(&mut store, name)
-            .expect("typed as a request-answer");
-        let lifted = fast.call(&mut store, (n,)).map(|(answer,)| answer.0);
-        let generic = instance
-            .get_typed_func::<(u32,), (Checked,)>(&mut store, name)
-            .expect("typed as a request-answer");
-        (
-            lifted,
-            generic.call(&mut store, (n,)).map(|(answer,)| answer),
-        )
+        let (fast, generic) = lifted::<Answer<Checked>, Checked>(name, n, fuel);
+        (fast.map(|answer| answer.0), generic)
     }
 
     /// `answer(n)`, lifted both ways.

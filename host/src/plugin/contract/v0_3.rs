@@ -49,33 +49,13 @@ use types::{BodyAction, HeaderOp, RequestAction, ResponseAction};
 /// world `filter`, whose exports every 0.3.x filter has; `request-hook` is looked up by hand,
 /// as only filters built against `filter-with-request-hook` export it. A `continue` is lifted
 /// in one pass by `weir_lift` ([`Answered`]); this derived record is its type check, and the
-/// lift of a local response (its two lists of header changes still lifted in one pass each,
-/// [`HeaderOps`]).
+/// generic lift of a local response (and of a plugin whose strings are not UTF-8).
 #[derive(ComponentType, Lift)]
 #[component(record)]
 struct RequestAnswer {
-    action: AnswerAction,
+    action: RequestAction,
     #[component(name = "response-headers")]
     response_headers: HeaderOps<HeaderOp>,
-}
-
-/// `request-action` as `request-hook` answers it: [`RequestAction`] with its header changes
-/// lifted as [`HeaderOps`].
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-enum AnswerAction {
-    #[component(name = "continue")]
-    Continue(AnswerChanges),
-    #[component(name = "respond")]
-    Respond(types::LocalResponse),
-}
-
-/// `request-changes`, likewise.
-#[derive(ComponentType, Lift)]
-#[component(record)]
-struct AnswerChanges {
-    headers: HeaderOps<HeaderOp>,
-    path: Option<String>,
 }
 
 /// The answer of `request-hook.on-request`, as the chain takes it: the action, and the header
@@ -94,19 +74,7 @@ impl weir_lift::RequestAnswer for Answered {
 
 impl From<RequestAnswer> for Answered {
     fn from(answer: RequestAnswer) -> Answered {
-        Answered(answer.action.into(), answer.response_headers.0)
-    }
-}
-
-impl From<AnswerAction> for RequestAction {
-    fn from(action: AnswerAction) -> RequestAction {
-        match action {
-            AnswerAction::Continue(changes) => RequestAction::Continue(types::RequestChanges {
-                headers: changes.headers.0,
-                path: changes.path,
-            }),
-            AnswerAction::Respond(reply) => RequestAction::Respond(reply),
-        }
+        Answered(answer.action, answer.response_headers.0)
     }
 }
 
