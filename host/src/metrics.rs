@@ -861,7 +861,8 @@ pub enum FailureKind {
     Deadline,
     /// The instance hit its memory cap.
     Memory,
-    /// The plugin returned a change or a reply that is not valid HTTP.
+    /// The plugin returned a change or a reply that is not valid HTTP or past weir's
+    /// bounds, or handed weir more than a call may (its host-call fuel).
     InvalidOutput,
     /// A fresh instance could not be made (its `configure` failed).
     Instantiate,

@@ -68,6 +68,9 @@ async fn hostile_weir(
 [[listeners]]
 address = "127.0.0.1:0"
 
+[admin]
+address = "127.0.0.1:0"
+
 [plugins]
 cache_dir = "{cache}"
 
@@ -271,6 +274,34 @@ async fn outbound_bodies_are_bounded_both_ways() {
     assert!(answer.starts_with("err invalid"), "{answer}");
     let answer = ask(&weir, "/send?path=/download/100000000").await;
     assert!(answer.starts_with("err invalid"), "{answer}");
+}
+
+/// A list whose entries all point at one buffer of the guest's memory would make weir copy
+/// far more than the guest holds: 400 header values that are the same 16 KiB, 6.4 MiB to copy
+/// out of 16 KiB (wasmtime's default bound is 128 MiB per call). A call may hand weir only what
+/// weir could take from it (`PluginSettings::hostcall_fuel`: its body limit, 1 MiB at least,
+/// and the heads `[server.limits]` allows, about 2.6 MiB in all here), so the call traps
+/// (500, counted as `invalid_output`) once its copies pass that, and nothing is sent. The
+/// same trick within the bound is taken in and refused by weir's own check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_call_may_hand_over() {
+    let peers = peers().await;
+    let weir = start(&peers, "").await;
+
+    let (status, _, body) =
+        weir_tests::get_with(&weir.url("/aliased?count=400&bytes=16384"), &[]).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        peers.svc.requests().is_empty(),
+        "the request was sent anyway"
+    );
+    // Counted as output past weir's bounds, not as a fault of the guest's code.
+    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
+    let counted = "weir_plugin_failures_total{kind=\"invalid_output\",plugin=\"hostile\"} 1";
+    assert!(metrics.lines().any(|l| l == counted), "{metrics}");
+    // Taken in, and refused by weir's own check of the request (its first header's name).
+    let answer = ask(&weir, "/aliased?count=10&bytes=1000").await;
+    assert!(answer.starts_with("err invalid: header name"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -374,6 +374,28 @@ pub struct PluginLimits {
     pub max_uses: u32,
     /// Instances one plugin may have at once (1 to [`MAX_PLUGIN_INSTANCES`]).
     pub max_instances: usize,
+    /// The most bytes of heads one call may hand weir: two lists of header changes (a
+    /// request's and its response's) at `[server.limits] headers` each, every change at most
+    /// `header_bytes`, and a path of `uri_bytes`. Not set in `[plugins]` but from
+    /// `[server.limits]`, whose bounds weir holds a plugin's output to; with the plugin's
+    /// `max_body_bytes` it bounds what one call may make weir copy (`PluginSettings::
+    /// hostcall_fuel`). Here so that a change to those limits reloads the plugins.
+    #[serde(skip)]
+    pub head_output_bytes: usize,
+}
+
+impl PluginLimits {
+    /// [`PluginLimits::head_output_bytes`] for `[server.limits]` `limits`. Each change also
+    /// takes its place in the list as weir holds it (up to 56 bytes; 64 allowed), which
+    /// wasmtime counts as copied.
+    pub fn head_output_bytes(limits: &Limits) -> usize {
+        let change = limits.header_bytes.saturating_add(64);
+        limits
+            .headers
+            .saturating_mul(change)
+            .saturating_mul(2)
+            .saturating_add(limits.uri_bytes)
+    }
 }
 
 impl Default for PluginLimits {
@@ -383,6 +405,7 @@ impl Default for PluginLimits {
             memory_limit_mb: DEFAULT_PLUGIN_MEMORY_MB,
             max_uses: DEFAULT_PLUGIN_MAX_USES,
             max_instances: DEFAULT_PLUGIN_INSTANCES,
+            head_output_bytes: PluginLimits::head_output_bytes(&Limits::default()),
         }
     }
 }
@@ -910,7 +933,8 @@ pub(super) fn validate(
         .filter_map(|r| route(&mut check, r, &clusters, &server.limits))
         .collect();
 
-    let plugins = plugins(&mut check, raw.plugins, base_dir);
+    let mut plugins = plugins(&mut check, raw.plugins, base_dir);
+    plugins.limits.head_output_bytes = PluginLimits::head_output_bytes(&server.limits);
     let access_log = raw
         .access_log
         .as_ref()
@@ -2277,5 +2301,24 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             config.clusters[0].endpoints[1].authority.as_str(),
             "backend.internal:80"
         );
+    }
+
+    /// What one plugin call may hand weir follows `[server.limits]`, and is part of the
+    /// limits the plugins were loaded under, so changing those limits reloads them.
+    #[test]
+    fn plugin_output_room_follows_the_server_limits() {
+        let default = parse(Path::new("/etc/weir/weir.toml"), BASE).expect("valid");
+        // Two lists of 100 changes of 8 KiB (each with its 64 bytes of place), an 8 KiB path.
+        assert_eq!(
+            default.plugins.limits.head_output_bytes,
+            2 * 100 * (8192 + 64) + 8192
+        );
+        let text = format!("{BASE}\n[server.limits]\nheaders = 10\nheader_bytes = 1000\n");
+        let small = parse(Path::new("/etc/weir/weir.toml"), &text).expect("valid");
+        assert_eq!(
+            small.plugins.limits.head_output_bytes,
+            2 * 10 * (1000 + 64) + 8192
+        );
+        assert_ne!(small.plugins.limits, default.plugins.limits);
     }
 }

@@ -247,6 +247,7 @@ impl Filter {
             ),
         );
         store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(self.info.settings.hostcall_fuel());
         store.data_mut().granted = self.info.settings.clusters.clone().into();
         store.data_mut().kv_quota = self.info.settings.kv;
         store.data_mut().whole_heads = self.info.settings.whole_heads;
@@ -533,18 +534,22 @@ impl Filter {
 }
 
 /// How a failed call failed: the epoch deadline interrupts it; the memory cap fails a
-/// `memory.grow` with the limiter's error (`trap_on_grow_failure`), which wasmtime reports
-/// by its message only; anything else is a trap.
+/// `memory.grow` with the limiter's error (`trap_on_grow_failure`); a call that hands weir
+/// more than its host-call fuel ([`PluginSettings::hostcall_fuel`](super::PluginSettings::hostcall_fuel))
+/// is output past weir's bounds, refused before it is all copied. wasmtime reports the last
+/// two by their messages only. Anything else is a trap.
 fn failure_kind(error: &wasmtime::Error) -> FailureKind {
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return FailureKind::Deadline;
     }
-    let memory = error
-        .chain()
-        .any(|cause| cause.to_string().contains("when growing memory"));
-    if memory {
-        FailureKind::Memory
-    } else {
-        FailureKind::Trap
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if message.contains("when growing memory") {
+            return FailureKind::Memory;
+        }
+        if message.contains("fuel allocated for hostcalls has been exhausted") {
+            return FailureKind::InvalidOutput;
+        }
     }
+    FailureKind::Trap
 }

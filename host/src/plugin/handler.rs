@@ -470,6 +470,7 @@ impl Handler {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(self.info.settings.hostcall_fuel());
         store.epoch_deadline_callback(|mut store| budget::on_tick(&mut store.data_mut().budget));
         store
     }

@@ -14,6 +14,16 @@ use crate::kv::{KvQuota, MAX_VALUE_BYTES};
 /// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The most bytes one call of any plugin may hand weir in one piece besides its heads and
+/// body: a `kv` value ([`MAX_VALUE_BYTES`]), an outbound request's body, a chunk of a
+/// handler's response body (wasi:http's default), a log line. All 1 MiB or less.
+const DATA_BYTES: usize = 1 << 20;
+const _: () = assert!(MAX_VALUE_BYTES <= DATA_BYTES);
+
+/// Room beyond what a call's parts add up to: the records and lists that hold them, a
+/// cache key, a reason.
+const SLACK_BYTES: usize = 64 << 10;
+
 /// Per-plugin limits and failure policy: the global [`PluginLimits`], overridden by the
 /// plugin's own `NAME.toml`.
 #[derive(Debug, Clone)]
@@ -40,6 +50,8 @@ pub struct PluginSettings {
     pub breaker: BreakerSettings,
     /// The largest body its body hooks are given.
     pub max_body_bytes: usize,
+    /// What the heads one call may return can take ([`PluginLimits::head_output_bytes`]).
+    pub head_output_bytes: usize,
     /// For a handler: the clusters its outgoing requests may reach.
     pub clusters: Vec<String>,
     /// The `kv` store, if granted (`kv = true` or `kv = { … }`), and what the plugin's
@@ -65,11 +77,26 @@ impl PluginSettings {
             whole_heads: false,
             breaker: BreakerSettings::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            head_output_bytes: limits.head_output_bytes,
             clusters: Vec::new(),
             kv: None,
             config: serde_json::Value::Object(serde_json::Map::new()),
             redact: Vec::new(),
         }
+    }
+
+    /// The bytes one call of the plugin may make weir copy out of its memory: wasmtime's
+    /// host-call fuel, given to every call into and out of the guest (its default, 128 MiB,
+    /// would let a plugin whose list entries all point at one large string make weir copy
+    /// up to 128 MiB per call before any bound of weir's is checked). It is the most a call
+    /// can return that weir takes: a body of `max_body_bytes` (or a `kv` value, an outbound
+    /// body, a chunk of a handler's body: [`DATA_BYTES`]) and heads of `head_output_bytes`.
+    /// A call that hands over more traps, as output past weir's bounds would be refused.
+    pub fn hostcall_fuel(&self) -> usize {
+        self.max_body_bytes
+            .max(DATA_BYTES)
+            .saturating_add(self.head_output_bytes)
+            .saturating_add(SLACK_BYTES)
     }
 }
 

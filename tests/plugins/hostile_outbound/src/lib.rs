@@ -12,6 +12,10 @@
 //! - `/smuggle-te`: a POST with `transfer-encoding: chunked` and a body that ends the chunked
 //!   stream early and starts a second request.
 //! - `/big-request`: a body of 1 MiB and one byte.
+//! - `/aliased?count=N&bytes=B`: one outbound request with N headers whose values are all the
+//!   same B bytes of the guest's memory (N views of one buffer): N × B bytes for the host to
+//!   copy out of B in the guest. Its first header's name is not valid, so a host that takes
+//!   the request in refuses it at once (`err invalid`), sending nothing.
 //! - `/loop?cluster=C&times=N&timeout=MS`: N outbound requests in a row.
 //! - `/configured`: what an outbound request made from `configure` got.
 //! - `/kv-set?key=K&value=V`, `/kv-get?key=K`: the plugin's own namespace.
@@ -223,6 +227,25 @@ fn act(path: &str, query: &str) -> Option<String> {
             let mut call = request(&svc, "POST", "/echo");
             call.body = vec![b'x'; (1 << 20) + 1];
             describe(outbound::send(&call))
+        }
+        "/aliased" => {
+            let count: usize = number(query, "count").unwrap_or(1);
+            let bytes: usize = number(query, "bytes").unwrap_or(1);
+            let mut one = vec![b'v'; bytes];
+            let mut call = request(&svc, "GET", "/");
+            call.headers.push(("not valid".into(), Vec::new()));
+            for i in 0..count {
+                // SAFETY: each view is forgotten below, never dropped: the buffer is freed
+                // once, as `one`.
+                let view = unsafe { Vec::from_raw_parts(one.as_mut_ptr(), bytes, bytes) };
+                call.headers.push((format!("x-a{i}"), view));
+            }
+            let answer = describe(outbound::send(&call));
+            for (_, view) in call.headers.drain(1..) {
+                std::mem::forget(view);
+            }
+            drop(one);
+            answer
         }
         "/loop" => {
             let times: u32 = number(query, "times").unwrap_or(1);
