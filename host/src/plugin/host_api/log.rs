@@ -3,7 +3,8 @@
 //! per [`REPEAT_WINDOW`]; the ones held back are counted and the next one written says how
 //! many (`repeated`). Every instance of a plugin meeting the same condition — its store
 //! down, say — would otherwise write the same line once each, or a plugin logging per
-//! request would flood the log.
+//! request would flood the log. A line longer than [`MAX_LINE_BYTES`] is cut there and says
+//! how much was left out (nginx cuts its error-log lines at 2 KiB).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -17,6 +18,21 @@ use crate::plugin::state::PluginState;
 const REPEAT_WINDOW: Duration = Duration::from_secs(10);
 /// Distinct lines remembered per plugin before all are forgotten.
 const REMEMBERED_LINES: usize = 1024;
+/// The most of one line a plugin writes, in bytes.
+const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// `message`, cut to [`MAX_LINE_BYTES`] (at a character's start) with the count of bytes
+/// left out, if it is longer.
+fn cut(mut message: String) -> String {
+    if message.len() <= MAX_LINE_BYTES {
+        return message;
+    }
+    let end = message.floor_char_boundary(MAX_LINE_BYTES);
+    let left_out = message.len() - end;
+    message.truncate(end);
+    message.push_str(&format!(" … ({left_out} more bytes)"));
+    message
+}
 
 /// Recently written lines of one plugin: a hash of level and text → when it was written and
 /// how many like it were held back since.
@@ -87,6 +103,7 @@ impl Host for PluginState {
         if !self.enabled(level) {
             return;
         }
+        let message = cut(message);
         let Some(repeated) = self.log_repeats.admit(level, &message) else {
             return;
         };
@@ -116,6 +133,23 @@ impl Host for PluginState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_at_a_character_and_says_how_much_was_left_out() {
+        let short = "x".repeat(MAX_LINE_BYTES);
+        assert_eq!(cut(short.clone()), short);
+        let long = "y".repeat(MAX_LINE_BYTES + 10);
+        assert_eq!(
+            cut(long),
+            format!("{} … (10 more bytes)", "y".repeat(MAX_LINE_BYTES))
+        );
+        // A three-byte character across the limit is left out whole.
+        let split = format!("{}€tail", "z".repeat(MAX_LINE_BYTES - 1));
+        assert_eq!(
+            cut(split),
+            format!("{} … (7 more bytes)", "z".repeat(MAX_LINE_BYTES - 1))
+        );
+    }
 
     #[test]
     fn the_same_line_is_written_once_per_window_and_the_rest_counted() {
