@@ -291,3 +291,91 @@ async fn a_handler_answer_weir_would_not_send_is_refused() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers.get("x-h-2").map(|v| v.len()), Some(100));
 }
+
+/// weir with the guest as handler `counter` on `/c/`, `[server.limits]` as small as `limits`
+/// says and its `NAME.toml` being `settings`.
+async fn start_limited(settings: &str, limits: &str) -> (Weir, Upstream) {
+    let upstream = Upstream::start("app").await;
+    let route = format!(
+        "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n\n[server.limits]\n{limits}"
+    );
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/counter.wasm", HANDLER),
+        ("plugins/counter.toml", settings.as_bytes()),
+    ];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], &route), &files).await;
+    (weir, upstream)
+}
+
+/// A handler streams its response in writes as large as `check-write` allows (wasi:http's
+/// 1 MiB chunk in wasmtime), each one crossing that hands weir 1 MiB. What one call may hand
+/// weir never falls below that, however small the plugin's `max_body_bytes` and
+/// `[server.limits]` are: an 8 MiB response in 1 MiB writes is taken whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_streams_a_large_response_in_writes_as_large_as_check_write_allows() {
+    let (weir, _upstream) = start_limited(
+        "max_body_bytes = 1024\ndeadline = \"10s\"\n",
+        "headers = 8\nheader_bytes = 1024\n",
+    )
+    .await;
+    let (status, _, body) = call(&weir, &format!("stream?bytes={}", 8 << 20)).await;
+    assert_eq!(status, StatusCode::OK, "{}", &body[..body.len().min(300)]);
+    assert_eq!(body.len(), 8 << 20);
+    assert!(body.bytes().all(|b| b == b's'));
+}
+
+/// A `fields.from-list` whose values all point at one buffer of the guest's memory would
+/// make weir copy far more than the guest holds: 4,000 values that are the same 16 KiB, 64 MB
+/// to copy out of 16 KiB, before wasmtime-wasi-http refuses a `fields` past 128 KiB
+/// (wasmtime's default bound is 128 MiB per call). A handler's call may hand weir only what
+/// one of its calls may (`PluginSettings::hostcall_fuel`, about 2.6 MiB here), so the guest
+/// traps (500) once its copies pass that, and weir's peak memory stays near where it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_handler_call_may_hand_over() {
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "aliased?n=4&bytes=1000").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "from-list ok"));
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let (status, _, body) = call(&weir, "aliased?n=4000&bytes=16384").await;
+    let growth = weir.peak_rss_kib() - before;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 32 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 16 KiB of the guest's"
+    );
+}
+
+/// Each `fields.from-list` is bounded (wasmtime's host-call fuel while it is copied, then
+/// wasmtime-wasi-http's 128 KiB per `fields`), but a handler may keep every `fields` it makes
+/// until it returns, up to wasmtime's 100,000 handles: 500 of 120 KiB, made from one list of
+/// the guest's, are 60 MB of weir's memory for one request, and nothing of weir's bounds the
+/// total but the deadline.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "finding: what a handler's wasi:http resources hold in all is not bounded"]
+async fn the_fields_a_handler_keeps_are_bounded_in_all() {
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "count").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let (status, _, body) = call(&weir, "fields?count=500&n=15&bytes=8000").await;
+    let growth = weir.peak_rss_kib() - before;
+    assert!(
+        status != StatusCode::OK || growth < 16 * 1024,
+        "{status} {body}: weir's peak RSS grew by {growth} KiB for 120 KB of the guest's"
+    );
+}
+
+/// A handler that traps after it sent its head (a panic, or a `write` past what one call may
+/// hand weir) drops its store, and with it the body's sender, which wasmtime-wasi-http reads
+/// as the body's end: weir, which reads the response whole, would send the part written as a
+/// whole, shorter 200 response (with a `content-length` to match) and count no failure. It
+/// is a failed call: 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_traps_mid_body_is_a_failure_not_a_shorter_response() {
+    let (weir, _upstream) = start("").await;
+    let (status, _, body) = call(&weir, "trap-mid-body").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body:?}");
+    assert!(!body.contains("partial"), "{body:?}");
+}

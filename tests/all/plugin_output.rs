@@ -215,3 +215,51 @@ async fn a_fail_open_plugin_with_refused_output_is_skipped() {
         )
     );
 }
+
+/// A request hook may leave up to 256 header changes for the response, in as many
+/// `add-response-header-ops` calls; each call hands weir no more than its host-call fuel,
+/// but what the calls leave is held until the hook returns and checked only when applied. A
+/// guest passing the same 1 MiB change 256 times (1 MiB of its memory) would make weir hold
+/// 256 MiB for the one request. What one hook call leaves is bounded by the same fuel, in
+/// all its calls together: the call traps once it passes that (500, nothing sent), and
+/// weir's peak memory stays near where it was. The most a call could leave that weir
+/// would apply, `headers` changes of `header_bytes` each, is still taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_left_call_by_call_cannot_make_weir_hold_more_than_a_call_may_hand_over() {
+    let app = Upstream::start("app").await;
+    let weir = hostile(&app, "").await;
+    // An instance made and warmed, then the peak measured from here.
+    let (status, _, _) = send(&weir, "/leave?calls=1&bytes=10").await;
+    assert_eq!(status, StatusCode::OK);
+    let before = app.requests().len();
+    weir.reset_peak_rss();
+    let rss_before = weir.peak_rss_kib();
+
+    let (status, headers, body) = send(&weir, "/leave?calls=256&bytes=1048576").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(!headers.contains_key("x-left"));
+    let growth = weir.peak_rss_kib() - rss_before;
+    assert!(
+        growth < 64 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 1 MiB of the plugin's memory"
+    );
+    assert_eq!(app.requests().len(), before, "the request was sent anyway");
+
+    // 50 changes (`headers`) of 4,096 bytes (`header_bytes`), one call each: taken.
+    let (status, headers, body) = send(&weir, "/leave?calls=50&bytes=4090").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-left"].len(), 4090);
+}
+
+/// What the bound on one call leaves room for includes every import's largest arguments: a
+/// `kv` compare-and-set hands weir the value it expects and the new one, each up to 1 MiB,
+/// in one call, whatever `[server.limits]` allows the heads (here 50 headers of 4 KiB, which
+/// with the 1 MiB body limit would leave about 1.5 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kv_compare_and_set_of_two_whole_values_is_taken() {
+    let app = Upstream::start("app").await;
+    let weir = hostile(&app, "kv = true").await;
+    let (status, _, body) = send(&weir, "/kv-swap?key=k&bytes=1048576").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "ok true 1048576 b");
+}

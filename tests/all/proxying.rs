@@ -217,7 +217,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     let upstream = Upstream::start("one").await;
     let weir = Weir::start(&config(&[upstream.addr], "")).await;
     let client = http1_client();
-    let rss_before = peak_rss_kib(weir.pid());
+    let rss_before = weir.peak_rss_kib();
 
     let upload = Request::post(weir.url("/upload"))
         .body(http_body_util::BodyExt::boxed(PatternBody::new(SIZE)))
@@ -243,19 +243,9 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(hash_body(response.into_body()).await, (len, hex));
 
-    let growth = peak_rss_kib(weir.pid()) - rss_before;
+    let growth = weir.peak_rss_kib() - rss_before;
     assert!(
         growth < 32 * 1024,
         "weir's peak RSS grew by {growth} KiB while streaming {SIZE} bytes each way"
     );
-}
-
-/// The process's peak resident set size (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }

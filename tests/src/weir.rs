@@ -290,6 +290,24 @@ impl Weir {
         self.child.id()
     }
 
+    /// The process's peak resident set size (`VmHWM`), in KiB: since it started, or since
+    /// the last [`Weir::reset_peak_rss`].
+    pub fn peak_rss_kib(&self) -> i64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Makes the peak resident set size the current one (Linux's `clear_refs`), so that
+    /// [`Weir::peak_rss_kib`] measures what comes next, not startup's compiling.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").expect("clear_refs");
+    }
+
     /// Waits for the process to exit and for the last of its logs to be read; panics at the
     /// deadline.
     pub async fn wait_exit(&mut self) -> ExitStatus {

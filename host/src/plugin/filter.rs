@@ -247,7 +247,9 @@ impl Filter {
             ),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_hostcall_fuel(self.info.settings.hostcall_fuel());
+        let fuel = self.info.settings.hostcall_fuel();
+        store.set_hostcall_fuel(fuel);
+        store.data_mut().hostcall_fuel = fuel;
         store.data_mut().granted = self.info.settings.clusters.clone().into();
         store.data_mut().kv_quota = self.info.settings.kv;
         store.data_mut().whole_heads = self.info.settings.whole_heads;

@@ -526,6 +526,10 @@ impl Handler {
             .map_err(|e| error(format!("{e:#}")))?;
         // Sent once the response was read whole: only then may the instance serve again.
         let (served, verdict) = oneshot::channel::<()>();
+        // Why the guest failed, sent before its store is dropped: a guest failing after it
+        // sent its head ends its body with the store, which wasmtime-wasi-http reads as the
+        // body's end, so the body read whole is checked against this.
+        let (failing, mut failed) = oneshot::channel::<String>();
         let pool = self.pool.reuse.then(|| self.pool.clone());
         let pre = self.pre.clone();
         let ticking = self.ticking.clone();
@@ -553,7 +557,13 @@ impl Handler {
             };
             // A guest waiting (a WASI sleep) after it answered is stopped at its deadline
             // too, rather than holding its slot.
-            let proxy = budget::cut_off(bound, call).await?;
+            let proxy = match budget::cut_off(bound, call).await {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    let _ = failing.send(format!("{e:#}"));
+                    return Err(e);
+                }
+            };
             // Dropping the store (here, or where the task is aborted) ends any body the guest
             // kept open; an instance is kept only if it holds nothing of this request.
             let (Some(pool), Some(lent)) = (pool, lent) else {
@@ -597,6 +607,10 @@ impl Handler {
                 .await
                 .map_err(|e| format!("reading the handler's response body: {e}"))?
                 .to_bytes();
+            // Ended by a failure, not by the guest: only the part written before it.
+            if let Ok(why) = failed.try_recv() {
+                return Err(why);
+            }
             // Failing to send only means the instance is not being kept.
             let _ = served.send(());
             Ok(http::Response::from_parts(parts, body))

@@ -9,7 +9,7 @@ use wasmtime::error::Context;
 
 use super::breaker::BreakerSettings;
 use crate::config::{MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORY_MB, PluginLimits};
-use crate::kv::{KvQuota, MAX_VALUE_BYTES};
+use crate::kv::{KvQuota, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 /// The largest body a body hook sees unless the plugin's `max_body_bytes` says otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// handler's response body (wasi:http's default), a log line. All 1 MiB or less.
 const DATA_BYTES: usize = 1 << 20;
 const _: () = assert!(MAX_VALUE_BYTES <= DATA_BYTES);
+
+/// What one `kv` call of a plugin granted `kv` may hand weir: `compare-and-set` passes the
+/// value it expects and the new one, each up to [`MAX_VALUE_BYTES`], and a key.
+const KV_CALL_BYTES: usize = 2 * MAX_VALUE_BYTES + MAX_KEY_BYTES;
 
 /// Room beyond what a call's parts add up to: the records and lists that hold them, a
 /// cache key, a reason.
@@ -90,11 +94,16 @@ impl PluginSettings {
     /// would let a plugin whose list entries all point at one large string make weir copy
     /// up to 128 MiB per call before any bound of weir's is checked). It is the most a call
     /// can return that weir takes: a body of `max_body_bytes` (or a `kv` value, an outbound
-    /// body, a chunk of a handler's body: [`DATA_BYTES`]) and heads of `head_output_bytes`.
-    /// A call that hands over more traps, as output past weir's bounds would be refused.
+    /// body, a chunk of a handler's body: [`DATA_BYTES`]; with `kv` granted, the two values
+    /// of a `compare-and-set`: [`KV_CALL_BYTES`]) and heads of `head_output_bytes`. A call
+    /// that hands over more traps, as output past weir's bounds would be refused.
     pub fn hostcall_fuel(&self) -> usize {
+        let data = match self.kv {
+            Some(_) => KV_CALL_BYTES,
+            None => DATA_BYTES,
+        };
         self.max_body_bytes
-            .max(DATA_BYTES)
+            .max(data)
             .saturating_add(self.head_output_bytes)
             .saturating_add(SLACK_BYTES)
     }

@@ -26,6 +26,10 @@ pub(crate) struct PluginState {
     pub(crate) whole_heads: bool,
     /// Memory cap for this instance, and its draw on weir's budget for all of them.
     pub(crate) limits: Limits,
+    /// What one call may hand weir (`PluginSettings::hostcall_fuel`): the store's host-call
+    /// fuel for each crossing, and the room for the header changes one call leaves for the
+    /// response in all its `add-response-header-ops` crossings together.
+    pub(crate) hostcall_fuel: usize,
     /// The plugin's name, for log lines.
     pub(crate) plugin: Arc<str>,
     /// The shared store; keys are prefixed with the plugin's name.
@@ -71,6 +75,7 @@ impl PluginState {
             lent: LentSlots::default(),
             whole_heads: false,
             limits,
+            hostcall_fuel: 0,
             plugin,
             kv,
             kv_quota: None,

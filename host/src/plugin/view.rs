@@ -130,9 +130,21 @@ impl std::fmt::Debug for OutboundHandle {
 struct Left {
     /// What the plugin being called has left so far in this call.
     leaving: Vec<HeaderOp>,
+    /// The bytes of `leaving` ([`held_bytes`]).
+    leaving_bytes: usize,
     /// What the plugins that passed the request on left, tagged with the plugin's index in
     /// the chain, in chain order.
     kept: Vec<(usize, Vec<HeaderOp>)>,
+}
+
+/// What a header change left for the response holds: its name and value, and its place in
+/// the list, as wasmtime's lift charges it to the host-call fuel.
+fn held_bytes(op: &HeaderOp) -> usize {
+    let (name, value) = match op {
+        HeaderOp::Set((name, value)) | HeaderOp::Append((name, value)) => (name, value.len()),
+        HeaderOp::Remove(name) => (name, 0),
+    };
+    size_of::<HeaderOp>() + name.len() + value
 }
 
 /// The response through the chain's response hooks. (`pub` as [`RequestView`].)
@@ -242,13 +254,29 @@ impl RequestView {
     }
 
     /// Records response header changes the plugin being called leaves (the resource's
-    /// `add-response-header-ops`). Refuses more than [`MAX_LEFT_PER_CALL`] in one call.
-    pub(crate) fn leave(&mut self, ops: Vec<HeaderOp>) -> Result<(), usize> {
+    /// `add-response-header-ops`). Refuses more than [`MAX_LEFT_PER_CALL`] in one call, and
+    /// more than `room` bytes in one call, all its `add-response-header-ops` together: each
+    /// of those crossings is bounded by the host-call fuel, but what they leave is held until
+    /// the call returns and checked only when it is applied, so a plugin passing the same
+    /// large change again and again would make weir hold it once per crossing. A change
+    /// counts as wasmtime's lift charges it: its name, its value and its place in the list.
+    pub(crate) fn leave(&mut self, ops: Vec<HeaderOp>, room: usize) -> Result<(), String> {
         let left = self.left.get_or_insert_with(Box::default);
         let total = left.leaving.len() + ops.len();
         if total > MAX_LEFT_PER_CALL {
-            return Err(total);
+            return Err(format!(
+                "{total} changes left in one call (at most {MAX_LEFT_PER_CALL})"
+            ));
         }
+        let bytes = ops.iter().fold(left.leaving_bytes, |bytes, op| {
+            bytes.saturating_add(held_bytes(op))
+        });
+        if bytes > room {
+            return Err(format!(
+                "{bytes} bytes of changes left in one call (at most {room}, what one call may hand weir)"
+            ));
+        }
+        left.leaving_bytes = bytes;
         if left.leaving.is_empty() {
             left.leaving = ops;
         } else {
@@ -262,7 +290,10 @@ impl RequestView {
     /// call always starts with nothing left.
     pub(crate) fn take_leaving(&mut self) -> Vec<HeaderOp> {
         match &mut self.left {
-            Some(left) => std::mem::take(&mut left.leaving),
+            Some(left) => {
+                left.leaving_bytes = 0;
+                std::mem::take(&mut left.leaving)
+            }
             None => Vec::new(),
         }
     }
@@ -619,13 +650,13 @@ mod tests {
     fn response_changes_are_kept_per_plugin_and_taken_in_reverse() {
         let mut view = view();
         // Plugin 0 leaves two changes in two calls of the method, plugin 1 none, plugin 2 one.
-        view.leave(vec![set("a")]).expect("room");
-        view.leave(vec![set("b")]).expect("room");
+        view.leave(vec![set("a")], ROOM).expect("room");
+        view.leave(vec![set("b")], ROOM).expect("room");
         let left = view.take_leaving();
         view.keep_left(0, left);
         let nothing = view.take_leaving();
         view.keep_left(1, nothing);
-        view.leave(vec![set("c")]).expect("room");
+        view.leave(vec![set("c")], ROOM).expect("room");
         let left = view.take_leaving();
         view.keep_left(2, left);
         assert!(view.has_left());
@@ -649,16 +680,45 @@ mod tests {
         assert!(view.take_left(0).is_some());
     }
 
+    /// Room enough for any number of `set` below.
+    const ROOM: usize = usize::MAX;
+
     #[test]
     fn one_call_may_leave_at_most_the_limit() {
         let mut view = view();
-        view.leave(vec![set("a"); MAX_LEFT_PER_CALL - 1])
+        view.leave(vec![set("a"); MAX_LEFT_PER_CALL - 1], ROOM)
             .expect("room");
-        assert_eq!(view.leave(vec![set("b"); 2]), Err(MAX_LEFT_PER_CALL + 1));
-        view.leave(vec![set("c")]).expect("exactly the limit");
+        let refused = view
+            .leave(vec![set("b"); 2], ROOM)
+            .expect_err("one too many");
+        assert!(refused.starts_with("257 changes"), "{refused}");
+        view.leave(vec![set("c")], ROOM).expect("exactly the limit");
         assert_eq!(view.take_leaving().len(), MAX_LEFT_PER_CALL);
         // The next call starts from nothing.
-        view.leave(vec![set("d")]).expect("room");
+        view.leave(vec![set("d")], ROOM).expect("room");
+    }
+
+    #[test]
+    fn one_call_may_leave_at_most_its_room_in_all_its_crossings() {
+        let mut view = view();
+        let op = HeaderOp::Set(("x-left".into(), vec![b'l'; 1000]));
+        let each = size_of::<HeaderOp>() + "x-left".len() + 1000;
+        // Three crossings of one change each fill the room exactly; a fourth passes it.
+        for _ in 0..3 {
+            view.leave(vec![op.clone()], 3 * each).expect("room");
+        }
+        let refused = view
+            .leave(vec![HeaderOp::Remove("a".into())], 3 * each)
+            .expect_err("past the room");
+        assert!(refused.contains("at most"), "{refused}");
+        assert_eq!(
+            view.take_leaving().len(),
+            3,
+            "the refused change is not kept"
+        );
+        // The next call starts from nothing.
+        view.leave(vec![op.clone(), op.clone(), op], 3 * each)
+            .expect("room");
     }
 
     fn plugin_key(view: &RequestView) -> Option<&PluginKey> {

@@ -15,7 +15,7 @@ use crate::plugin::contract::current::types::{
     Header, HeaderOp, Host, HostRequest, HostResponse, TlsInfo,
 };
 use crate::plugin::state::PluginState;
-use crate::plugin::view::{MAX_LEFT_PER_CALL, RequestView, ResponseView, header_list};
+use crate::plugin::view::{RequestView, ResponseView, header_list};
 
 impl Host for PluginState {
     fn response_trailers(&mut self) -> wasmtime::Result<Vec<Header>> {
@@ -113,11 +113,11 @@ impl HostRequest for PluginState {
         this: Resource<RequestView>,
         ops: Vec<HeaderOp>,
     ) -> wasmtime::Result<()> {
-        self.table.get_mut(&this)?.leave(ops).map_err(|total| {
-            wasmtime::Error::msg(format!(
-                "add-response-header-ops: {total} changes left in one call (at most {MAX_LEFT_PER_CALL})"
-            ))
-        })
+        let room = self.hostcall_fuel;
+        self.table
+            .get_mut(&this)?
+            .leave(ops, room)
+            .map_err(|why| wasmtime::Error::msg(format!("add-response-header-ops: {why}")))
     }
 
     fn set_cache_key(&mut self, this: Resource<RequestView>, key: String) -> wasmtime::Result<()> {

@@ -7,6 +7,7 @@
 //!
 //! - `…/count`: just that;
 //! - `…/trap`: traps (a Rust panic is `unreachable`);
+//! - `…/trap-mid-body`: sends its head and some of its body, then traps;
 //! - `…/slow?ms=N`: waits N ms (a WASI clock) before answering;
 //! - `…/keep`: sends its head and some of its body, keeps the body open in a global and
 //!   returns; a later `…/leak` on the same instance would write into it;
@@ -16,6 +17,15 @@
 //!   `none held`;
 //! - `…/status?code=N`: answers with status N (any wasi:http accepts, up to 999);
 //! - `…/headers?n=N&bytes=B`: answers with N more headers `x-h-I`, each value B bytes.
+//! - `…/stream?bytes=N`: answers with N bytes of body, each `write` as large as the stream's
+//!   `check-write` allows (wasi:http's 1 MiB in wasmtime), as a guest streaming a large
+//!   response does.
+//! - `…/aliased?n=N&bytes=B`: one `fields.from-list` of N headers whose values are all the
+//!   same B bytes of the guest's memory (N views of one buffer): N × B bytes for the host to
+//!   copy out of B; answers `from-list ok` or `from-list err …` (wasmtime-wasi-http refuses
+//!   a `fields` past 128 KiB, but only once it is copied).
+//! - `…/fields?count=C&n=N&bytes=B`: makes C `fields` from N headers of B bytes each (one
+//!   list, made once) and holds them all until it answers `made C`, or `made K, then ERR`.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -56,6 +66,11 @@ impl Guest for Handler {
         let mut text = whoami.clone();
         match path.rsplit('/').next().unwrap_or_default() {
             "trap" => panic!("asked to trap"),
+            "trap-mid-body" => {
+                let (stream, _body) = respond_head(out, &whoami);
+                write(&stream, b"partial ");
+                panic!("asked to trap mid-body");
+            }
             "slow" => {
                 let ms: u64 = query
                     .strip_prefix("ms=")
@@ -121,6 +136,67 @@ impl Guest for Handler {
                 ResponseOutparam::set(out, Ok(response));
                 let _ = OutgoingBody::finish(body, None);
                 return;
+            }
+            "stream" => {
+                let (stream, body) = respond_head(out, &whoami);
+                let mut left = number(query, "bytes").unwrap_or(0);
+                let chunk = vec![b's'; 1 << 20];
+                while left > 0 {
+                    let room = match stream.check_write() {
+                        Ok(0) => {
+                            stream.subscribe().block();
+                            continue;
+                        }
+                        Ok(room) => usize::try_from(room).unwrap_or(usize::MAX),
+                        Err(_) => break,
+                    };
+                    let n = left.min(room).min(chunk.len());
+                    if stream.write(&chunk[..n]).is_err() {
+                        break;
+                    }
+                    left -= n;
+                }
+                let _ = stream.blocking_flush();
+                drop(stream);
+                let _ = OutgoingBody::finish(body, None);
+                return;
+            }
+            "aliased" => {
+                let bytes = number(query, "bytes").unwrap_or(1);
+                let mut one = vec![b'v'; bytes];
+                let headers: Vec<(String, Vec<u8>)> = (0..number(query, "n").unwrap_or(1))
+                    .map(|i| {
+                        // SAFETY: each view is forgotten below, never dropped: the buffer is
+                        // freed once, as `one`.
+                        let view = unsafe { Vec::from_raw_parts(one.as_mut_ptr(), bytes, bytes) };
+                        (format!("x-a{i}"), view)
+                    })
+                    .collect();
+                text = match Fields::from_list(&headers) {
+                    Ok(_) => "from-list ok".to_owned(),
+                    Err(e) => format!("from-list err {e:?}"),
+                };
+                for (_, view) in headers {
+                    std::mem::forget(view);
+                }
+                drop(one);
+            }
+            "fields" => {
+                let value = vec![b'v'; number(query, "bytes").unwrap_or(1)];
+                let headers: Vec<(String, Vec<u8>)> = (0..number(query, "n").unwrap_or(1))
+                    .map(|i| (format!("x-h-{i}"), value.clone()))
+                    .collect();
+                let count = number(query, "count").unwrap_or(1);
+                let mut made = Vec::with_capacity(count);
+                text = loop {
+                    if made.len() == count {
+                        break format!("made {count}");
+                    }
+                    match Fields::from_list(&headers) {
+                        Ok(fields) => made.push(fields),
+                        Err(e) => break format!("made {}, then {e:?}", made.len()),
+                    }
+                };
             }
             _ => {}
         }

@@ -23,6 +23,12 @@
 //!   `/kv-cas?key=K&expected=E&value=V&ttl=T` (`expected` absent: only if absent).
 //! - `/kv-fill?from=F&count=N&bytes=B&ttl=T`: sets keys `fF` to `f(F+N-1)` to B-byte
 //!   values, stopping at the first error; replies `stored S, then ERR` or `stored S`.
+//! - `/kv-swap?key=K&bytes=B`: sets K to B bytes `a`, then compare-and-sets it from those B
+//!   bytes to B bytes `b` (one call handing weir both values); replies `ok SET LEN FIRST`
+//!   (whether it was set, and the length and first byte `get` then reads) or `err …`.
+//! - `/leave?calls=N&bytes=B`: leaves the same change for the response (`x-left` set to B
+//!   bytes) N times, one `add-response-header-ops` call each, and passes the request on:
+//!   N × B bytes for weir to hold until the hook returns, out of B in the guest.
 //!
 //! Output weir must refuse (`N` from the query), with `[config] output = true`, which also
 //! turns on `on-response` and both body hooks:
@@ -98,6 +104,20 @@ fn output(path: &str, query: &str) -> Option<RequestAction> {
         "/req-headers" => ops(many(n).into_iter().map(HeaderOp::Append).collect()),
         _ => return None,
     })
+}
+
+/// `/leave`: the same change left for the response `calls` times, one call each (the guest
+/// holds its `bytes` once).
+fn leave(request: &Request, query: &str) -> RequestAction {
+    let calls: usize = number(query, "calls").unwrap_or(1);
+    let ops = [HeaderOp::Set((
+        "x-left".into(),
+        vec![b'l'; number(query, "bytes").unwrap_or(1)],
+    ))];
+    for _ in 0..calls {
+        request.add_response_header_ops(&ops);
+    }
+    unchanged()
 }
 
 fn unchanged() -> RequestAction {
@@ -280,6 +300,22 @@ fn act(path: &str, query: &str) -> Option<String> {
             }
             format!("stored {stored}")
         }
+        "/kv-swap" => {
+            let key = text(query, "key").unwrap_or_default();
+            let bytes = number(query, "bytes").unwrap_or(1);
+            let (old, new) = (vec![b'a'; bytes], vec![b'b'; bytes]);
+            let swapped = kv::set(&key, &old, None)
+                .and_then(|()| kv::compare_and_set(&key, Some(&old), &new, None))
+                .and_then(|set| Ok((set, kv::get(&key)?)));
+            match swapped {
+                Ok((set, value)) => {
+                    let value = value.unwrap_or_default();
+                    let first = value.first().map_or('-', |&b| char::from(b));
+                    format!("ok {set} {} {first}", value.len())
+                }
+                Err(e) => kv_error(e),
+            }
+        }
         "/kv-get" => match kv::get(&text(query, "key").unwrap_or_default()) {
             Ok(value) => show(value),
             Err(e) => kv_error(e),
@@ -365,6 +401,9 @@ impl Guest for Hostile {
         let path = path.strip_prefix("/_b").unwrap_or(&path);
         if let Some(action) = output(path, &query) {
             return action;
+        }
+        if path == "/leave" {
+            return leave(request, &query);
         }
         match act(path, &query) {
             Some(text) => reply(text),
