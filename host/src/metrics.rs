@@ -474,16 +474,12 @@ impl Metrics {
     /// The handles of plugin `plugin`.
     pub fn plugin(&self, plugin: &str) -> PluginMetrics {
         let hook = |hook: &str| self.hook_duration.with_label_values(&[plugin, hook]);
-        let failed = |kind: FailureKind| {
-            self.plugin_failures
-                .with_label_values(&[plugin, kind.label()])
-        };
         PluginMetrics {
             on_request: hook("on-request"),
             on_response: hook("on-response"),
             on_request_body: hook("on-request-body"),
             on_response_body: hook("on-response-body"),
-            failures: FailureKind::ALL.map(failed),
+            failures: self.failures(plugin),
             local_replies: self.local_replies.with_label_values(&[plugin]),
             instances: self.instances.with_label_values(&[plugin]),
             instances_created: self.instances_created.with_label_values(&[plugin]),
@@ -491,6 +487,27 @@ impl Metrics {
             breaker_open: self.breaker_open.with_label_values(&[plugin]),
             declared: Arc::new(PluginMetricSet::new(plugin, &self.metric_errors)),
         }
+    }
+
+    /// The handles of handler `plugin`: its requests, as calls of the hook `handle`, and
+    /// its failures, instances and breaker, as a filter's (its retirements are its pool's,
+    /// [`Metrics::retirements`]).
+    pub fn handler(&self, plugin: &str) -> HandlerMetrics {
+        HandlerMetrics {
+            handle: self.hook_duration.with_label_values(&[plugin, "handle"]),
+            failures: self.failures(plugin),
+            instances: self.instances.with_label_values(&[plugin]),
+            instances_created: self.instances_created.with_label_values(&[plugin]),
+            breaker_open: self.breaker_open.with_label_values(&[plugin]),
+        }
+    }
+
+    /// Plugin `plugin`'s failure counters, one per kind in [`FailureKind::ALL`]'s order.
+    fn failures(&self, plugin: &str) -> [IntCounter; 7] {
+        FailureKind::ALL.map(|kind| {
+            self.plugin_failures
+                .with_label_values(&[plugin, kind.label()])
+        })
     }
 
     /// The counters of plugin `plugin`'s instances retired between calls.
@@ -940,6 +957,27 @@ impl PluginMetrics {
     /// Counts one failed call.
     pub fn failed(&self, kind: FailureKind) {
         // `ALL` lists the kinds in declaration order.
+        self.failures[kind as usize].inc();
+    }
+}
+
+/// A handler's handles ([`Metrics::handler`]).
+#[derive(Debug)]
+pub struct HandlerMetrics {
+    /// Requests it served (or failed), and their duration to the response's end.
+    pub handle: Histogram,
+    failures: [IntCounter; 7],
+    /// Live instances.
+    pub instances: IntGauge,
+    /// Instances created.
+    pub instances_created: IntCounter,
+    /// 1 while its breaker is open.
+    pub breaker_open: IntGauge,
+}
+
+impl HandlerMetrics {
+    /// Counts one failed request.
+    pub fn failed(&self, kind: FailureKind) {
         self.failures[kind as usize].inc();
     }
 }

@@ -112,6 +112,42 @@ async fn max_uses_replaces_an_instance() {
     assert_eq!(retired(&weir, "held_resources").await, 0.0);
 }
 
+/// A handler is counted as a filter is: each request as a call of the hook `handle`, with
+/// its duration; each failure by kind; its instances live and created.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handlers_requests_failures_and_instances_are_counted() {
+    let (weir, _upstream) = start("reuse = true\nmax_instances = 1\n").await;
+    for _ in 0..3 {
+        count(&weir).await;
+    }
+    let (status, _, _) = call(&weir, "trap").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    count(&weir).await;
+    let plugin = ("plugin", "counter");
+    let calls = [plugin, ("hook", "handle")];
+    let metric = |name, labels| weir.metric(name, labels);
+    let (trapped, ran_out) = ([plugin, ("kind", "trap")], [plugin, ("kind", "deadline")]);
+    assert_eq!(
+        metric("weir_plugin_hook_duration_seconds_count", &calls).await,
+        Some(5.0)
+    );
+    assert_eq!(
+        metric("weir_plugin_failures_total", &trapped).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("weir_plugin_failures_total", &ran_out).await,
+        Some(0.0)
+    );
+    // The first instance trapped; the second serves from the pool.
+    let plugin = [plugin];
+    assert_eq!(
+        metric("weir_plugin_instances_created_total", &plugin).await,
+        Some(2.0)
+    );
+    assert_eq!(metric("weir_plugin_instances", &plugin).await, Some(1.0));
+}
+
 /// `weir_plugin_instances_retired_total` of the handler for `reason`.
 async fn retired(weir: &Weir, reason: &str) -> f64 {
     let labels = [("plugin", "counter"), ("reason", reason)];
@@ -344,6 +380,10 @@ async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_handler_call_may
         growth < 32 * 1024,
         "weir's peak RSS grew by {growth} KiB for 16 KiB of the guest's"
     );
+    // Output past weir's bounds, as for a filter, not a fault of the guest's code.
+    let labels = [("plugin", "counter"), ("kind", "invalid_output")];
+    let refused = weir.metric("weir_plugin_failures_total", &labels).await;
+    assert_eq!(refused, Some(1.0));
 }
 
 /// Each `fields.from-list` is bounded (wasmtime's host-call fuel while it is copied, then

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use http::response;
 use prometheus::Histogram;
 use tokio::time::Instant as Clock;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store};
 
 use super::breaker::{Admit, Breaker};
 use super::contract::current::types::{
@@ -432,7 +432,7 @@ impl Filter {
             Err(HookError::Trap(e)) => {
                 drop(instance);
                 self.breaker_failed(hook, probe);
-                Err(self.error(failure_kind(&e), format_args!("{e:#}")))
+                Err(self.error(super::failure_kind(&e), format_args!("{e:#}")))
             }
             Err(HookError::LostView(why)) => {
                 drop(instance);
@@ -533,25 +533,4 @@ impl Filter {
     pub fn kv_usage(&self) -> Vec<(String, super::KvUsage)> {
         self.kv.usage()
     }
-}
-
-/// How a failed call failed: the epoch deadline interrupts it; the memory cap fails a
-/// `memory.grow` with the limiter's error (`trap_on_grow_failure`); a call that hands weir
-/// more than its host-call fuel ([`PluginSettings::hostcall_fuel`](super::PluginSettings::hostcall_fuel))
-/// is output past weir's bounds, refused before it is all copied. wasmtime reports the last
-/// two by their messages only. Anything else is a trap.
-fn failure_kind(error: &wasmtime::Error) -> FailureKind {
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return FailureKind::Deadline;
-    }
-    for cause in error.chain() {
-        let message = cause.to_string();
-        if message.contains("when growing memory") {
-            return FailureKind::Memory;
-        }
-        if message.contains("fuel allocated for hostcalls has been exhausted") {
-            return FailureKind::InvalidOutput;
-        }
-    }
-    FailureKind::Trap
 }

@@ -33,7 +33,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -50,7 +50,7 @@ use super::outbound::{Outbound, OutboundError};
 use super::{CallError, ManualClock, PluginInfo, budget};
 use crate::body::ClientBody;
 use crate::error::BoxError;
-use crate::metrics::{FailureKind, Retirements, metrics};
+use crate::metrics::{FailureKind, HandlerMetrics, Held, Retirements, Tick, metrics};
 
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -81,6 +81,8 @@ pub struct Handler {
     pub(super) slots: Arc<tokio::sync::Semaphore>,
     /// Stops calling it after failures in a row.
     pub(super) breaker: Breaker,
+    /// Requests, failures, instances and breaker, as metrics.
+    pub(super) metrics: HandlerMetrics,
     /// Idle instances, when it reuses them (`reuse = true`).
     pub(super) pool: Arc<Pool>,
     /// Keeps the epoch thread ticking; each call's task holds a clone, so a guest still
@@ -260,6 +262,8 @@ pub(super) struct HandlerState {
     pub(super) limits: Limits,
     /// The call's share of time (`plugin::budget`).
     budget: budget::CallBudget,
+    /// Counted in `weir_plugin_instances` once instantiated, until the store is dropped.
+    live: Option<Held>,
 }
 
 impl WasiView for HandlerState {
@@ -376,7 +380,7 @@ impl Handler {
             Admit::Call => false,
             Admit::Probe => true,
             Admit::Refuse => {
-                return Err(self.info.error(
+                return Err(self.error(
                     FailureKind::BreakerOpen,
                     format_args!(
                         "not called: its breaker is open after {} failed calls in a row",
@@ -385,6 +389,7 @@ impl Handler {
                 ));
             }
         };
+        let started = Tick::now();
         let ready = self.checkout().await?;
         let outcome = self
             .run(request, outbound, ready)
@@ -393,12 +398,14 @@ impl Handler {
                 let why = checked(&response, limits).err();
                 why.map_or(Ok(response), |why| {
                     let error = format_args!("invalid output: {why}");
-                    Err(self.info.error(FailureKind::InvalidOutput, error))
+                    Err(self.error(FailureKind::InvalidOutput, error))
                 })
             });
+        self.metrics.handle.observe(started.elapsed().as_secs_f64());
         match &outcome {
             Ok(_) => {
                 if self.breaker.succeeded() {
+                    self.metrics.breaker_open.set(0);
                     tracing::info!(
                         plugin = &*self.info.name,
                         "plugin breaker closed: a probe call succeeded"
@@ -407,6 +414,7 @@ impl Handler {
             }
             Err(_) => {
                 if self.breaker.failed(probe) {
+                    self.metrics.breaker_open.set(1);
                     tracing::warn!(
                         plugin = &*self.info.name,
                         "plugin breaker opened: its calls failed in a row; its routes answer without calling it until a probe call succeeds"
@@ -439,7 +447,7 @@ impl Handler {
                 () = &mut returned => continue,
                 () = tokio::time::sleep_until(until) => {}
             }
-            return Err(self.info.error(
+            return Err(self.error(
                 FailureKind::Overloaded,
                 format_args!(
                     "all {} of its instances (max_instances) stayed busy for {}",
@@ -467,6 +475,7 @@ impl Handler {
             },
             limits,
             budget: budget::CallBudget::default(),
+            live: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -484,7 +493,8 @@ impl Handler {
         outbound: Arc<dyn Outbound>,
         ready: Ready,
     ) -> Result<http::Response<Bytes>, CallError> {
-        let error = |why: String| self.info.error(FailureKind::Trap, format_args!("{why}"));
+        let error = |(kind, why): (FailureKind, String)| self.error(kind, format_args!("{why}"));
+        let trap = |why: String| error((FailureKind::Trap, why));
         let deadline = self.info.settings.deadline;
         let (mut store, proxy, uses, slot) = match ready {
             Ready::Idle(instance) => (
@@ -518,22 +528,26 @@ impl Handler {
                 wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
                 request,
             )
-            .map_err(|e| error(format!("{e:#}")))?;
+            .map_err(|e| trap(format!("{e:#}")))?;
         let out = store
             .data_mut()
             .http()
             .new_response_outparam(sender)
-            .map_err(|e| error(format!("{e:#}")))?;
+            .map_err(|e| trap(format!("{e:#}")))?;
         // Sent once the response was read whole: only then may the instance serve again.
         let (served, verdict) = oneshot::channel::<()>();
         // Why the guest failed, sent before its store is dropped: a guest failing after it
         // sent its head ends its body with the store, which wasmtime-wasi-http reads as the
         // body's end, so the body read whole is checked against this.
-        let (failing, mut failed) = oneshot::channel::<String>();
+        let (failing, mut failed) = oneshot::channel::<(FailureKind, String)>();
         let pool = self.pool.reuse.then(|| self.pool.clone());
         let pre = self.pre.clone();
         let ticking = self.ticking.clone();
         let name = self.info.name.clone();
+        let (instances, created) = (
+            self.metrics.instances.clone(),
+            self.metrics.instances_created.clone(),
+        );
         // The guest may go on writing the body after it has sent the head, so it runs on its
         // own task; the task ends when the guest returns (or is dropped with the store).
         let task = tokio::spawn(async move {
@@ -547,7 +561,12 @@ impl Handler {
             let call = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
+                    None => {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        created.inc();
+                        store.data_mut().live = Some(Held::new(&instances));
+                        proxy
+                    }
                 };
                 proxy
                     .wasi_http_incoming_handler()
@@ -560,7 +579,7 @@ impl Handler {
             let proxy = match budget::cut_off(bound, call).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
-                    let _ = failing.send(format!("{e:#}"));
+                    let _ = failing.send((super::failure_kind(&e), format!("{e:#}")));
                     return Err(e);
                 }
             };
@@ -588,45 +607,63 @@ impl Handler {
             let response = match receiver.await {
                 Ok(Ok(response)) => response,
                 Ok(Err(code)) => {
-                    return Err(format!("the handler answered with an error: {code:?}"));
+                    let why = format!("the handler answered with an error: {code:?}");
+                    return Err((FailureKind::Trap, why));
                 }
                 Err(_) => {
                     // The task waits for this verdict before it returns: refuse it first.
                     drop(served);
-                    let why = match task.await {
-                        Ok(Ok(())) => "the handler returned without sending a response".to_owned(),
-                        Ok(Err(e)) => format!("{e:#}"),
-                        Err(e) => format!("the handler task failed: {e}"),
-                    };
-                    return Err(why);
+                    return Err(match task.await {
+                        Ok(Ok(())) => (
+                            FailureKind::Trap,
+                            "the handler returned without sending a response".to_owned(),
+                        ),
+                        Ok(Err(e)) => (super::failure_kind(&e), format!("{e:#}")),
+                        Err(e) => (FailureKind::Trap, format!("the handler task failed: {e}")),
+                    });
                 }
             };
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the handler's response body: {e}"))?
-                .to_bytes();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await;
             // Ended by a failure, not by the guest: only the part written before it.
-            if let Ok(why) = failed.try_recv() {
-                return Err(why);
+            if let Ok(failure) = failed.try_recv() {
+                return Err(failure);
             }
+            let body = body
+                .map_err(|e| {
+                    // A body past weir's bound is output weir does not take.
+                    let kind = match e.is::<LengthLimitError>() {
+                        true => FailureKind::InvalidOutput,
+                        false => FailureKind::Trap,
+                    };
+                    (kind, format!("reading the handler's response body: {e}"))
+                })?
+                .to_bytes();
             // Failing to send only means the instance is not being kept.
             let _ = served.send(());
             Ok(http::Response::from_parts(parts, body))
         };
         match tokio::time::timeout(deadline, run).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(why)) => Err(error(why)),
+            Ok(Err(failure)) => Err(error(failure)),
             Err(_) => {
                 // The guest may be waiting (a WASI sleep): it ends now, not when it wakes.
                 abort.abort();
-                Err(error(format!(
-                    "the handler did not finish within its deadline of {}",
-                    humantime::format_duration(deadline)
+                Err(error((
+                    FailureKind::Deadline,
+                    format!(
+                        "the handler did not finish within its deadline of {}",
+                        humantime::format_duration(deadline)
+                    ),
                 )))
             }
         }
+    }
+
+    /// A failed request, counted.
+    fn error(&self, kind: FailureKind, message: std::fmt::Arguments<'_>) -> CallError {
+        self.metrics.failed(kind);
+        self.info.error(kind, message)
     }
 }
 

@@ -49,7 +49,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::error::Context;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    ProfilingStrategy,
+    ProfilingStrategy, Trap,
 };
 
 use self::contract::AnyPre;
@@ -379,6 +379,7 @@ impl PluginRuntime {
                 memory: self.memory.clone(),
                 slots: Arc::new(tokio::sync::Semaphore::new(settings.max_instances)),
                 breaker: breaker::Breaker::new(settings.breaker),
+                metrics: crate::metrics::metrics().handler(plugin_name(&file)),
                 pool: Arc::new(handler::Pool::new(
                     plugin_name(&file),
                     settings.reuse,
@@ -530,6 +531,27 @@ impl CallError {
             FailureKind::Overloaded | FailureKind::BreakerOpen
         )
     }
+}
+
+/// How a failed call failed: the epoch deadline interrupts it; the memory cap fails a
+/// `memory.grow` with the limiter's error (`trap_on_grow_failure`); a call that hands weir
+/// more than its host-call fuel ([`PluginSettings::hostcall_fuel`]) is output past weir's
+/// bounds, refused before it is all copied. wasmtime reports the last two by their messages
+/// only. Anything else is a trap.
+pub(super) fn failure_kind(error: &wasmtime::Error) -> FailureKind {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return FailureKind::Deadline;
+    }
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if message.contains("when growing memory") {
+            return FailureKind::Memory;
+        }
+        if message.contains("fuel allocated for hostcalls has been exhausted") {
+            return FailureKind::InvalidOutput;
+        }
+    }
+    FailureKind::Trap
 }
 
 /// Compiles `wasm` (or reads it from the cache) on a thread of its own that ends with the
