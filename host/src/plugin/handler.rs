@@ -175,6 +175,14 @@ enum Ready {
 /// replaced before its table grows without end.
 const MAX_KEPT_RESOURCES: usize = 1024;
 
+/// The most handles an instance may hold at once, idle or in a request (wasmtime's default
+/// is 100,000; past it the guest traps). A wasi:http `fields` holds up to 128 KiB, and a
+/// handler may keep every one it makes until it returns: 100,000 of them could hold 12.8 GB
+/// of weir's memory for one request; this bounds it to 512 MiB. It is four times what an
+/// idle instance may keep ([`MAX_KEPT_RESOURCES`]), so a garbage-collected guest near that
+/// still has room for its request.
+const MAX_HANDLES: usize = 4 * MAX_KEPT_RESOURCES;
+
 /// Whether an instance whose `handle` returned may serve another request: it holds no
 /// response or response body it has not finished (its own, or a sub-request's it is still
 /// writing), and not too many other handles. What else a request left in the table — its
@@ -480,6 +488,7 @@ impl Handler {
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(self.info.settings.hostcall_fuel());
+        store.set_max_component_handles(MAX_HANDLES);
         store.epoch_deadline_callback(|mut store| budget::on_tick(&mut store.data_mut().budget));
         store
     }
