@@ -641,9 +641,10 @@ impl Handler {
             let body = body
                 .map_err(|e| {
                     // A body past weir's bound is output weir does not take.
-                    let kind = match e.is::<LengthLimitError>() {
-                        true => FailureKind::InvalidOutput,
-                        false => FailureKind::Trap,
+                    let kind = if e.is::<LengthLimitError>() {
+                        FailureKind::InvalidOutput
+                    } else {
+                        FailureKind::Trap
                     };
                     (kind, format!("reading the handler's response body: {e}"))
                 })?
