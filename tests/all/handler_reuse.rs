@@ -358,6 +358,12 @@ async fn a_handler_streams_a_large_response_in_writes_as_large_as_check_write_al
     assert_eq!(status, StatusCode::OK, "{}", &body[..body.len().min(300)]);
     assert_eq!(body.len(), 8 << 20);
     assert!(body.bytes().all(|b| b == b's'));
+    // Past weir's 16 MiB for a handler's answer: output weir does not take.
+    let (status, _, _) = call(&weir, &format!("stream?bytes={}", (16 << 20) + 1)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let labels = [("plugin", "counter"), ("kind", "invalid_output")];
+    let refused = weir.metric("weir_plugin_failures_total", &labels).await;
+    assert_eq!(refused, Some(1.0));
 }
 
 /// A `fields.from-list` whose values all point at one buffer of the guest's memory would

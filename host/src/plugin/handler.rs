@@ -634,21 +634,18 @@ impl Handler {
             };
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await;
-            // Ended by a failure, not by the guest: only the part written before it.
-            if let Ok(failure) = failed.try_recv() {
-                return Err(failure);
-            }
-            let body = body
-                .map_err(|e| {
-                    // A body past weir's bound is output weir does not take.
-                    let kind = if e.is::<LengthLimitError>() {
-                        FailureKind::InvalidOutput
-                    } else {
-                        FailureKind::Trap
-                    };
-                    (kind, format!("reading the handler's response body: {e}"))
-                })?
-                .to_bytes();
+            let reading = |e| format!("reading the handler's response body: {e}");
+            let body = match body {
+                // Past weir's bound: output weir does not take, whatever the guest did next
+                // (it may fail writing to the body weir stopped reading).
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return Err((FailureKind::InvalidOutput, reading(e)));
+                }
+                // Ended by a failure, not by the guest: only the part written before it.
+                _ if let Ok(failure) = failed.try_recv() => return Err(failure),
+                Err(e) => return Err((FailureKind::Trap, reading(e))),
+                Ok(body) => body.to_bytes(),
+            };
             // Failing to send only means the instance is not being kept.
             let _ = served.send(());
             Ok(http::Response::from_parts(parts, body))
