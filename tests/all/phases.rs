@@ -480,6 +480,42 @@ async fn the_sdks_path_for_hosts_before_0_3_7_leaves_its_changes_by_imports() {
     assert_eq!(seen.method, http::Method::POST);
 }
 
+/// What one call leaves for the response is held to one bound in all, whichever way it
+/// leaves it: through `add-response-header-ops` and in a 0.3.7 answer together, at most what
+/// one call may hand weir (2,767,104 bytes with the default limits). 2 MB through the import
+/// and 1 MB in the answer, each within its own crossing's bound, pass it together: the call
+/// traps there. 1 MB and 1 MB are taken in, and refused when applied as headers past
+/// `header_bytes` (invalid output): the bound is where it says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_hook_leaves_at_most_one_bound_through_the_import_and_its_answer_together() {
+    let upstream = Upstream::start("app").await;
+    let files: [(&str, &[u8]); 1] = [("plugins/hook.wasm", REQUEST_HOOK)];
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ""), &files).await;
+    let (trapped, refused) = (
+        [("plugin", "hook"), ("kind", "trap")],
+        [("plugin", "hook"), ("kind", "invalid_output")],
+    );
+    let (status, _, _) = send(&weir, "/bytes/1000000/1000000", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let failures = weir_tests::metric(
+        &weir.metrics().await,
+        "weir_plugin_failures_total",
+        &refused,
+    );
+    assert_eq!(failures, Some(1.0));
+    let (status, _, _) = send(&weir, "/bytes/2000000/1000000", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let metrics = weir.metrics().await;
+    assert_eq!(
+        weir_tests::metric(&metrics, "weir_plugin_failures_total", &trapped),
+        Some(1.0)
+    );
+    assert_eq!(
+        weir_tests::metric(&metrics, "weir_plugin_failures_total", &refused),
+        Some(1.0)
+    );
+}
+
 const REQUEST_HOOK_MISTYPED: &[u8] = include_bytes!(env!("TEST_PLUGIN_REQUEST_HOOK_MISTYPED_WASM"));
 
 /// A filter whose `request-hook.on-request` has another type than the contract's (it answers

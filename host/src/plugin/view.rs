@@ -17,9 +17,9 @@ use super::{HeaderOp, RequestHead, ResponseHead};
 use crate::cache::PluginKey;
 use crate::tls::TlsInfo;
 
-/// The most response header changes one hook call may leave (`add-response-header-ops`);
-/// a call that leaves more traps.
-pub(crate) const MAX_LEFT_PER_CALL: usize = 256;
+/// The most response header changes one hook call may leave (`add-response-header-ops`, and
+/// a 0.3.7 `request-hook` answer's, together); a call that leaves more traps.
+const MAX_LEFT_PER_CALL: usize = 256;
 
 /// The longest cache key or key part a plugin may give (`set-cache-key`, `add-cache-key`).
 pub(crate) const MAX_CACHE_KEY_BYTES: usize = 1024;

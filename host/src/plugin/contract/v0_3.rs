@@ -18,7 +18,7 @@ use weir_lift::{Answer, HeaderOps};
 use super::{Contract, Guest as GuestTrait, HookError, Hooks};
 use crate::plugin::budget::cut_off;
 use crate::plugin::state::PluginState;
-use crate::plugin::view::{self, MAX_LEFT_PER_CALL, RequestView, ResponseTrailers, ResponseView};
+use crate::plugin::view::{self, RequestView, ResponseTrailers, ResponseView};
 
 pub(super) mod generated {
     wasmtime::component::bindgen!({
@@ -231,12 +231,19 @@ impl GuestTrait for Guest {
                 .map(|action| (action, Vec::new())),
         };
         swap(store, &lent, request)?;
-        let mut left = request.take_leaving();
+        // What the answer leaves joins what the call left through the import, held to the
+        // same bounds in all (`RequestView::leave`).
+        let room = store.data().hostcall_fuel;
         let action = answer.and_then(|(action, answered)| {
-            leave_answered(&mut left, answered)?;
+            if !answered.is_empty() {
+                request.leave(answered, room).map_err(|why| {
+                    wasmtime::Error::msg(format!("request-hook.on-request: {why}"))
+                })?;
+            }
             request.apply_staged().map_err(wasmtime::Error::msg)?;
             Ok(action)
         });
+        let left = request.take_leaving();
         if action.is_err() {
             request.restore_cache_key(key_before);
             request.drop_staged();
@@ -320,24 +327,6 @@ impl GuestTrait for Guest {
         store.data_mut().trailers = None;
         action
     }
-}
-
-/// Adds the response header changes `request-hook.on-request` answered with to those the
-/// call left through `add-response-header-ops`, after them; more than [`MAX_LEFT_PER_CALL`]
-/// in all fails the call, as the import refuses them.
-fn leave_answered(left: &mut Vec<HeaderOp>, answered: Vec<HeaderOp>) -> wasmtime::Result<()> {
-    let total = left.len() + answered.len();
-    if total > MAX_LEFT_PER_CALL {
-        wasmtime::bail!(
-            "request-hook.on-request: {total} changes left for the response in one call (at most {MAX_LEFT_PER_CALL})"
-        );
-    }
-    if left.is_empty() {
-        *left = answered;
-    } else {
-        left.extend(answered);
-    }
-    Ok(())
 }
 
 /// A lazy hook's failure, with the way out when the guest returned still holding the handle

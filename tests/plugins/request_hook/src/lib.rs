@@ -6,6 +6,8 @@
 //! - `/respond`: answers 403 with `x-dropped: 1` for the response (dropped: it answered);
 //! - `/limit/N/M`: leaves N changes through the import and answers with M more, each
 //!   setting `x-n` to its number;
+//! - `/bytes/N/M`: leaves one change of `x-left` to N bytes through the import and answers
+//!   with one of `x-answered` to M bytes;
 //! - anything else: passes on unchanged.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "filter-with-request-hook" });
@@ -55,6 +57,17 @@ impl RequestHookGuest for RequestHook {
                     body: b"refused\n".to_vec(),
                 };
                 (RequestAction::Respond(reply), vec![set("x-dropped", "1")])
+            }
+            _ if path.starts_with("/bytes/") => {
+                let sizes = path["/bytes/".len()..].split_once('/');
+                let size = |s: &str| s.parse().unwrap_or(0);
+                let (left, answered) = sizes.map_or((0, 0), |(n, m)| (size(n), size(m)));
+                request.add_response_header_ops(&[HeaderOp::Set((
+                    "x-left".into(),
+                    vec![b'l'; left],
+                ))]);
+                let answer = HeaderOp::Set(("x-answered".into(), vec![b'a'; answered]));
+                (unchanged(), vec![answer])
             }
             _ => match path.strip_prefix("/limit/").and_then(|s| s.split_once('/')) {
                 Some((left, answered)) => {
