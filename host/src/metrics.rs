@@ -479,12 +479,9 @@ impl Metrics {
             on_response: hook("on-response"),
             on_request_body: hook("on-request-body"),
             on_response_body: hook("on-response-body"),
-            failures: self.failures(plugin),
             local_replies: self.local_replies.with_label_values(&[plugin]),
-            instances: self.instances.with_label_values(&[plugin]),
-            instances_created: self.instances_created.with_label_values(&[plugin]),
+            instances: self.instances(plugin),
             retired: self.retirements(plugin),
-            breaker_open: self.breaker_open.with_label_values(&[plugin]),
             declared: Arc::new(PluginMetricSet::new(plugin, &self.metric_errors)),
         }
     }
@@ -495,19 +492,22 @@ impl Metrics {
     pub fn handler(&self, plugin: &str) -> HandlerMetrics {
         HandlerMetrics {
             handle: self.hook_duration.with_label_values(&[plugin, "handle"]),
-            failures: self.failures(plugin),
-            instances: self.instances.with_label_values(&[plugin]),
-            instances_created: self.instances_created.with_label_values(&[plugin]),
-            breaker_open: self.breaker_open.with_label_values(&[plugin]),
+            instances: self.instances(plugin),
         }
     }
 
-    /// Plugin `plugin`'s failure counters, one per kind in [`FailureKind::ALL`]'s order.
-    fn failures(&self, plugin: &str) -> [IntCounter; 7] {
-        FailureKind::ALL.map(|kind| {
+    /// What filter or handler `plugin` counts of its calls' failures and its instances.
+    fn instances(&self, plugin: &str) -> InstanceMetrics {
+        let failed = |kind: FailureKind| {
             self.plugin_failures
                 .with_label_values(&[plugin, kind.label()])
-        })
+        };
+        InstanceMetrics {
+            failures: FailureKind::ALL.map(failed),
+            live: self.instances.with_label_values(&[plugin]),
+            created: self.instances_created.with_label_values(&[plugin]),
+            breaker_open: self.breaker_open.with_label_values(&[plugin]),
+        }
     }
 
     /// The counters of plugin `plugin`'s instances retired between calls.
@@ -925,17 +925,12 @@ pub struct PluginMetrics {
     pub on_request_body: Histogram,
     /// See `on_request`.
     pub on_response_body: Histogram,
-    failures: [IntCounter; 7],
     /// Requests the plugin answered itself.
     pub local_replies: IntCounter,
-    /// Live instances.
-    pub instances: IntGauge,
-    /// Instances created.
-    pub instances_created: IntCounter,
+    /// Failures, instances and open breakers (hooks whose breaker is open).
+    pub instances: InstanceMetrics,
     /// Instances dropped after calls that did not fail.
     pub retired: Retirements,
-    /// Hooks of the plugin whose breaker is open.
-    pub breaker_open: IntGauge,
     /// The metrics this loaded version of the plugin declared (`weir:plugin/metrics`).
     pub(crate) declared: Arc<PluginMetricSet>,
 }
@@ -956,8 +951,7 @@ pub struct Retirements {
 impl PluginMetrics {
     /// Counts one failed call.
     pub fn failed(&self, kind: FailureKind) {
-        // `ALL` lists the kinds in declaration order.
-        self.failures[kind as usize].inc();
+        self.instances.failed(kind);
     }
 }
 
@@ -966,18 +960,26 @@ impl PluginMetrics {
 pub struct HandlerMetrics {
     /// Requests it served (or failed), and their duration to the response's end.
     pub handle: Histogram,
+    /// Failures, instances and its breaker (1 while open).
+    pub instances: InstanceMetrics,
+}
+
+/// What a filter and a handler alike count of their calls and instances.
+#[derive(Debug)]
+pub struct InstanceMetrics {
     failures: [IntCounter; 7],
     /// Live instances.
-    pub instances: IntGauge,
+    pub live: IntGauge,
     /// Instances created.
-    pub instances_created: IntCounter,
-    /// 1 while its breaker is open.
+    pub created: IntCounter,
+    /// Open breakers.
     pub breaker_open: IntGauge,
 }
 
-impl HandlerMetrics {
-    /// Counts one failed request.
+impl InstanceMetrics {
+    /// Counts one failed call.
     pub fn failed(&self, kind: FailureKind) {
+        // `ALL` lists the kinds in declaration order.
         self.failures[kind as usize].inc();
     }
 }

@@ -261,8 +261,8 @@ impl Filter {
         let guest = budget::cut_off(bound, self.pre.instantiate(&mut store))
             .await
             .map_err(|e| self.error(FailureKind::Instantiate, format_args!("{e:#}")))?;
-        self.metrics.instances_created.inc();
-        let live = Held::new(&self.metrics.instances);
+        self.metrics.instances.created.inc();
+        let live = Held::new(&self.metrics.instances.live);
         let configured = on_guest!(&guest, g => g.configure(&mut store, &self.config_json).await);
         match configured {
             Ok(Ok(())) => Ok(Box::new(Instance {
@@ -420,7 +420,7 @@ impl Filter {
             Ok(value) => {
                 self.checkin(instance);
                 if self.breakers[hook as usize].succeeded() {
-                    self.metrics.breaker_open.dec();
+                    self.metrics.instances.breaker_open.dec();
                     tracing::info!(
                         plugin = &*self.info.name,
                         hook = hook.name(),
@@ -448,7 +448,7 @@ impl Filter {
     /// A call of `hook` failed: counts it towards opening the hook's breaker.
     fn breaker_failed(&self, hook: Hook, probe: bool) {
         if self.breakers[hook as usize].failed(probe) {
-            self.metrics.breaker_open.inc();
+            self.metrics.instances.breaker_open.inc();
             let settings = self.info.settings.breaker;
             tracing::warn!(
                 plugin = &*self.info.name,

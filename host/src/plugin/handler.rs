@@ -413,7 +413,7 @@ impl Handler {
         match &outcome {
             Ok(_) => {
                 if self.breaker.succeeded() {
-                    self.metrics.breaker_open.set(0);
+                    self.metrics.instances.breaker_open.set(0);
                     tracing::info!(
                         plugin = &*self.info.name,
                         "plugin breaker closed: a probe call succeeded"
@@ -422,7 +422,7 @@ impl Handler {
             }
             Err(_) => {
                 if self.breaker.failed(probe) {
-                    self.metrics.breaker_open.set(1);
+                    self.metrics.instances.breaker_open.set(1);
                     tracing::warn!(
                         plugin = &*self.info.name,
                         "plugin breaker opened: its calls failed in a row; its routes answer without calling it until a probe call succeeds"
@@ -554,8 +554,8 @@ impl Handler {
         let ticking = self.ticking.clone();
         let name = self.info.name.clone();
         let (instances, created) = (
-            self.metrics.instances.clone(),
-            self.metrics.instances_created.clone(),
+            self.metrics.instances.live.clone(),
+            self.metrics.instances.created.clone(),
         );
         // The guest may go on writing the body after it has sent the head, so it runs on its
         // own task; the task ends when the guest returns (or is dropped with the store).
@@ -669,7 +669,7 @@ impl Handler {
 
     /// A failed request, counted.
     fn error(&self, kind: FailureKind, message: std::fmt::Arguments<'_>) -> CallError {
-        self.metrics.failed(kind);
+        self.metrics.instances.failed(kind);
         self.info.error(kind, message)
     }
 }
