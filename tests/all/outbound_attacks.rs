@@ -304,6 +304,21 @@ async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_call_may_hand_ov
     assert!(answer.starts_with("err invalid: header name"), "{answer}");
 }
 
+/// A plugin's log line is cut at 8 KiB, ending with how much was left out: a plugin cannot
+/// write lines of any length into weir's log, one per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_log_line_is_cut_at_8_kib() {
+    let peers = peers().await;
+    let mut weir = start(&peers, "").await;
+    assert_eq!(ask(&weir, "/log?bytes=100000").await, "logged");
+    let line = weir.wait_for_message("xxxx").await;
+    let message = line["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        message,
+        format!("{} … ({} more bytes)", "x".repeat(8192), 100_000 - 8192)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_outbound_timeout_covers_an_answer_whose_body_never_ends() {
     let peers = peers().await;

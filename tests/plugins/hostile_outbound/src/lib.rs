@@ -21,6 +21,7 @@
 //! - `/kv-set?key=K&value=V`, `/kv-get?key=K`: the plugin's own namespace.
 //! - `/kv-incr?key=K&delta=D&ttl=T`, `/kv-within?key=K&delta=D&limit=L&ttl=T`,
 //!   `/kv-cas?key=K&expected=E&value=V&ttl=T` (`expected` absent: only if absent).
+//! - `/log?bytes=N`: logs one line of N bytes (`x`s) at `warn`; replies `logged`.
 //! - `/kv-fill?from=F&count=N&bytes=B&ttl=T`: sets keys `fF` to `f(F+N-1)` to B-byte
 //!   values, stopping at the first error; replies `stored S, then ERR` or `stored S`.
 //! - `/kv-swap?key=K&bytes=B`: sets K to B bytes `a`, then compare-and-sets it from those B
@@ -47,6 +48,7 @@ use std::cell::RefCell;
 
 use exports::weir::plugin::http_filter::Guest;
 use weir::plugin::kv;
+use weir::plugin::log;
 use weir::plugin::outbound::{self, OutboundError, OutboundRequest};
 use weir::plugin::types::{
     BodyAction, BodyChanges, BodyHookSet, HeaderOp, HookSet, LocalResponse, Request, RequestAction,
@@ -278,6 +280,11 @@ fn act(path: &str, query: &str) -> Option<String> {
             format!("{times} calls, last {last}")
         }
         "/configured" => CONFIGURED.with(|c| c.borrow().clone()),
+        "/log" => {
+            let line = "x".repeat(number(query, "bytes").unwrap_or(1));
+            log::log(log::Level::Warn, &line);
+            "logged".into()
+        }
         "/kv-set" => {
             let key = text(query, "key").unwrap_or_default();
             let value = param(query, "value").unwrap_or_default();
