@@ -52,6 +52,8 @@ use crate::body::ClientBody;
 use crate::error::BoxError;
 use crate::metrics::{FailureKind, HandlerMetrics, Held, Retirements, Tick, metrics};
 
+mod hold;
+
 /// The largest response body a handler may produce.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// The largest request body a handler may send to a cluster.
@@ -176,23 +178,29 @@ enum Ready {
 const MAX_KEPT_RESOURCES: usize = 1024;
 
 /// The most handles an instance may hold at once, idle or in a request (wasmtime's default
-/// is 100,000; past it the guest traps). A wasi:http `fields` holds up to 128 KiB, and a
-/// handler may keep every one it makes until it returns: 100,000 of them could hold 12.8 GB
-/// of weir's memory for one request; this bounds it to 512 MiB. It is four times what an
-/// idle instance may keep ([`MAX_KEPT_RESOURCES`]), so a garbage-collected guest near that
-/// still has room for its request.
+/// is 100,000; past it the guest traps): each is a table entry of weir's, and what the bytes
+/// behind them may hold is bounded apart (`hold`). It is four times what an idle instance
+/// may keep ([`MAX_KEPT_RESOURCES`]), so a garbage-collected guest near that still has room
+/// for its request.
 const MAX_HANDLES: usize = 4 * MAX_KEPT_RESOURCES;
 
+/// The most the `fields` an idle instance keeps may hold (a request's headers, say, kept by a
+/// garbage-collected guest until its next collection).
+const MAX_KEPT_FIELDS_BYTES: usize = 1 << 20;
+
 /// Whether an instance whose `handle` returned may serve another request: it holds no
-/// response or response body it has not finished (its own, or a sub-request's it is still
-/// writing), and not too many other handles. What else a request left in the table — its
-/// head, its sub-requests' answers — the guest may only read, and their bodies were cut
-/// ([`Lent`]).
+/// response, sub-request or body it has not finished or sent (its own, or a sub-request's it
+/// is still writing), not too many other handles, and not too much in `fields`. What else a
+/// request left in the table — its head, its sub-requests' answers — the guest may only
+/// read, and their bodies were cut ([`Lent`]).
 fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
     use wasmtime_wasi_http::p2::body::HostOutgoingBody;
-    use wasmtime_wasi_http::p2::types::{HostOutgoingResponse, HostResponseOutparam};
+    use wasmtime_wasi_http::p2::types::{
+        HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
+    };
+    let table = &mut store.data_mut().table;
     let mut kept = 0;
-    for (_, entry) in store.data_mut().table.iter_mut() {
+    for (_, entry) in table.iter_mut() {
         let entry: &dyn std::any::Any = entry;
         if entry.is::<HostOutgoingBody>() {
             return Err("it kept a body open (its response's or a sub-request's)");
@@ -200,10 +208,16 @@ fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
         if entry.is::<HostOutgoingResponse>() || entry.is::<HostResponseOutparam>() {
             return Err("it kept a response it did not send");
         }
+        if entry.is::<HostOutgoingRequest>() {
+            return Err("it kept a sub-request it did not send");
+        }
         kept += 1;
     }
     if kept > MAX_KEPT_RESOURCES {
         return Err("it keeps too many handles");
+    }
+    if hold::kept_fields_bytes(table) > MAX_KEPT_FIELDS_BYTES {
+        return Err("it keeps too much in fields");
     }
     Ok(())
 }
@@ -270,6 +284,8 @@ pub(super) struct HandlerState {
     pub(super) limits: Limits,
     /// The call's share of time (`plugin::budget`).
     budget: budget::CallBudget,
+    /// What the call made weir hold in `fields` and body buffers.
+    held: hold::Held,
     /// Counted in `weir_plugin_instances` once instantiated, until the store is dropped.
     live: Option<Held>,
 }
@@ -310,6 +326,10 @@ type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> +
 impl WasiHttpHooks for OutboundHooks {
     fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
         Some(http::uri::Scheme::HTTP)
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        hold::BODY_CHUNK_BYTES
     }
 
     fn send_request(
@@ -483,6 +503,7 @@ impl Handler {
             },
             limits,
             budget: budget::CallBudget::default(),
+            held: hold::Held::default(),
             live: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -565,6 +586,7 @@ impl Handler {
             // busy thread a task waits its turn for milliseconds, which would be charged as
             // running (a long call: the fine tick, and waits between its slices).
             store.data_mut().budget.reset(deadline);
+            store.data_mut().held.reset();
             store.set_epoch_deadline(1);
             let bound = store.data().budget.bound();
             let call = async {
@@ -700,6 +722,7 @@ pub(super) fn linker(
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    hold::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

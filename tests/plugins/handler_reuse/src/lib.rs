@@ -18,14 +18,18 @@
 //! - `…/status?code=N`: answers with status N (any wasi:http accepts, up to 999);
 //! - `…/headers?n=N&bytes=B`: answers with N more headers `x-h-I`, each value B bytes.
 //! - `…/stream?bytes=N`: answers with N bytes of body, each `write` as large as the stream's
-//!   `check-write` allows (wasi:http's 1 MiB in wasmtime), as a guest streaming a large
+//!   `check-write` allows (256 KiB in weir), as a guest streaming a large
 //!   response does.
 //! - `…/aliased?n=N&bytes=B`: one `fields.from-list` of N headers whose values are all the
 //!   same B bytes of the guest's memory (N views of one buffer): N × B bytes for the host to
 //!   copy out of B; answers `from-list ok` or `from-list err …` (wasmtime-wasi-http refuses
 //!   a `fields` past 128 KiB, but only once it is copied).
 //! - `…/fields?count=C&n=N&bytes=B`: makes C `fields` from N headers of B bytes each (one
-//!   list, made once) and holds them all until it answers `made C`, or `made K, then ERR`.
+//!   list, made once) and holds them all until it answers `made C`, or `made K, then ERR`;
+//!   with `&keep=1` it keeps them in a global after it answers.
+//! - `…/bodies?count=C&bytes=B`: makes C sub-requests, never sent, writes up to B bytes into
+//!   each one's body (as much as its stream takes without waiting), and holds them all until
+//!   it answers `made C`, or `made K, then ERR`.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -38,7 +42,8 @@ wit_bindgen::generate!({
 
 use exports::wasi::http::incoming_handler::Guest;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam,
 };
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 
@@ -50,6 +55,8 @@ thread_local! {
     static KEPT: RefCell<Option<(OutputStream, OutgoingBody)>> = const { RefCell::new(None) };
     /// A request body `/hold-body` did not read.
     static HELD: RefCell<Option<(InputStream, IncomingBody)>> = const { RefCell::new(None) };
+    /// The `fields` `/fields?keep=1` made.
+    static KEPT_FIELDS: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
 }
 
 struct Handler;
@@ -196,6 +203,39 @@ impl Guest for Handler {
                         Ok(fields) => made.push(fields),
                         Err(e) => break format!("made {}, then {e:?}", made.len()),
                     }
+                };
+                if number(query, "keep") == Some(1) {
+                    KEPT_FIELDS.with(|kept| kept.borrow_mut().extend(made));
+                }
+            }
+            "bodies" => {
+                let count = number(query, "count").unwrap_or(1);
+                let bytes = number(query, "bytes").unwrap_or(1);
+                let chunk = vec![b'b'; bytes.min(1 << 20)];
+                let mut made = Vec::with_capacity(count);
+                text = loop {
+                    if made.len() == count {
+                        break format!("made {count}");
+                    }
+                    let request = OutgoingRequest::new(Fields::new());
+                    let Ok(body) = request.body() else {
+                        break format!("made {}, then no body", made.len());
+                    };
+                    let Ok(stream) = body.write() else {
+                        break format!("made {}, then no stream", made.len());
+                    };
+                    let mut left = bytes;
+                    while left > 0 {
+                        let Ok(room @ 1..) = stream.check_write() else {
+                            break;
+                        };
+                        let n = left.min(usize::try_from(room).unwrap_or(usize::MAX));
+                        if stream.write(&chunk[..n.min(chunk.len())]).is_err() {
+                            break;
+                        }
+                        left -= n.min(chunk.len());
+                    }
+                    made.push((stream, body, request));
                 };
             }
             _ => {}
