@@ -416,6 +416,33 @@ async fn the_fields_a_handler_call_makes_are_bounded_in_all() {
     assert_eq!(trapped, Some(1.0));
 }
 
+/// `host_memory_mb` in the handler's `NAME.toml` moves the bound: at 64 MiB, the 500 `fields`
+/// the default refuses are taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_mb_moves_what_a_handler_call_may_make_weir_hold() {
+    let (weir, _upstream) = start("deadline = \"10s\"\nhost_memory_mb = 64\n").await;
+    let (status, _, body) = call(&weir, "fields?count=500&n=15&bytes=8000").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "made 500"));
+    let (weir, _upstream) = start("deadline = \"10s\"\nhost_memory_mb = 1\n").await;
+    let (status, _, body) = call(&weir, "fields?count=10&n=15&bytes=8000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+}
+
+/// `host_memory_mb` bounds what a handler's call makes weir hold; a filter's calls are bounded
+/// otherwise, so the setting in a filter's `NAME.toml` is a mistake said at startup.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_mb_in_a_filter_settings_stops_startup() {
+    let error = crate::startup_error(&[
+        ("plugins/test.wasm", crate::KEY_AUTH),
+        ("plugins/test.toml", b"host_memory_mb = 32\n"),
+    ])
+    .await;
+    assert!(
+        error.contains("host_memory_mb is a handler setting"),
+        "{error}"
+    );
+}
+
 /// A sub-request's body buffers what the guest writes until the request is sent (two writes
 /// of 256 KiB); a handler that opens hundreds and never sends them made weir hold all their
 /// buffers (200 bodies, 400 MB with wasmtime-wasi-http's 1 MiB writes). Each body opened
@@ -487,4 +514,225 @@ async fn a_handler_that_traps_mid_body_is_a_failure_not_a_shorter_response() {
     let (status, _, body) = call(&weir, "trap-mid-body").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body:?}");
     assert!(!body.contains("partial"), "{body:?}");
+}
+
+/// weir's peak RSS growth over one `GET /c/{what}`, with its status and body, on a weir of
+/// its own: memory an earlier call freed would be reused unseen.
+async fn growth_of(weir: &Weir, what: &str) -> (StatusCode, String, i64) {
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let (status, _, body) = call(weir, what).await;
+    (status, body, weir.peak_rss_kib() - before)
+}
+
+/// A sub-request's method, authority and path are the guest's strings, kept by weir until the
+/// request is sent or dropped, and wasmtime-wasi-http bounds only the path (64 KiB): 200
+/// sub-requests never sent, each with a method or an authority of 1 MB, were 200 MB of
+/// weir's memory for one request, 2,000 with a path of 60 KB 120 MB. They are counted
+/// against the call's 16 MiB as `fields` are.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heads_of_the_sub_requests_a_handler_call_makes_are_bounded_in_all() {
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let what = "requests?count=10&method=1000&authority=1000&path=1000";
+    let (status, _, body) = call(&weir, what).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "made 10"));
+    for attack in [
+        "requests?count=200&method=1000000",
+        "requests?count=200&authority=1000000",
+        "requests?count=2000&path=60000",
+    ] {
+        let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+        let (status, body, growth) = growth_of(&weir, attack).await;
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{attack}: {body}"
+        );
+        assert!(
+            growth < 32 * 1024,
+            "{attack}: weir's peak RSS grew by {growth} KiB for sub-requests never sent"
+        );
+    }
+}
+
+/// weir with the guest as handler `counter`, granted cluster `app` (whose `/hang` never
+/// answers), its `NAME.toml` being `settings` besides.
+async fn start_granted(settings: &str) -> (Weir, Upstream) {
+    start(&format!("clusters = [\"app\"]\n{settings}")).await
+}
+
+/// Sending a sub-request copies its head (wasmtime-wasi-http builds an `http::Request` from
+/// it), and weir keeps the copy until the cluster answers, for retries. The head may be one
+/// `fields` the guest made once: each `outgoing-request.headers` of it is the same map, at no
+/// charge, so 1,000 sub-requests with one 120 KB head, sent to an upstream that does not
+/// answer, were 80 MB of weir's memory for one request. Each send is charged its head.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heads_of_the_sub_requests_a_handler_call_sends_are_bounded_in_all() {
+    let (weir, _upstream) = start_granted("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "send?count=10&n=15&bytes=8000&to=/&ms=100").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 10"));
+    let attack = "send?count=1000&n=15&bytes=8000&to=/hang&ms=2000";
+    let (status, body, growth) = growth_of(&weir, attack).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 32 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 1,000 sub-requests sharing one head"
+    );
+}
+
+/// A sub-request's body is read whole before it is sent (at most 1 MiB) and kept until the
+/// cluster answers, while the guest goes on writing: twice the two writes of 256 KiB its
+/// opening was charged. 100 sub-requests of 1 MB to an upstream that does not answer made
+/// weir hold 32 MB (twice the call's bound) before the 33rd body trapped. Each send with a
+/// body is charged the body it may carry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bodies_of_the_sub_requests_a_handler_call_sends_are_bounded_in_all() {
+    let (weir, _upstream) = start_granted("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "send?count=4&body=1000000&to=/&ms=100").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 4"));
+    let attack = "send?count=100&body=1000000&to=/hang&ms=2000";
+    let (status, body, growth) = growth_of(&weir, attack).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 24 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 100 sub-request bodies"
+    );
+}
+
+/// A sub-request in flight holds its task and a connection to the cluster with its buffers
+/// until the guest drops its answer, whatever its head and body (about 28 KiB): 1,000 sent
+/// in one call with empty heads, to an upstream that does not answer, were 28 MB for one
+/// request (up to the cluster's 1,024 requests in flight, and as many again for each
+/// cluster granted). Each send is charged that much: 1,000 trap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sub_requests_a_handler_call_has_in_flight_are_bounded_in_all() {
+    let (weir, _upstream) = start_granted("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "send?count=100&to=/&ms=100").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 100"));
+    let (status, body, growth) = growth_of(&weir, "send?count=1000&to=/hang&ms=2000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 24 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 1,000 sub-requests in flight"
+    );
+}
+
+/// `wasi:random` hands a guest the bytes it asks for in one list that weir fills first,
+/// whether or not the guest can take it: wasmtime-wasi's bound, 64 MiB, is 64 MiB of weir's
+/// memory for one call. A handler may ask for 1 MiB at once; past it, the call traps.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_random_bytes_a_handler_asks_for_at_once_are_bounded() {
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "random?bytes=65536").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "random 65536"));
+    let (status, body, growth) = growth_of(&weir, &format!("random?bytes={}", 64 << 20)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 16 * 1024,
+        "weir's peak RSS grew by {growth} KiB for one call's random bytes"
+    );
+}
+
+/// A reused instance's call is charged what it sends, but a sub-request still in flight when
+/// the call returns (its future kept in a global of the guest's) goes on holding its head,
+/// its task and its connection while the instance is idle and through its next calls, whose
+/// accounts start again at zero: ten calls of 100 sub-requests with a 120 KB head to an
+/// upstream that does not answer were 120 MB. An instance that keeps a sub-request in flight
+/// is not reused (its store, and the sub-request, are dropped); one whose sub-requests were
+/// answered is.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_keeps_a_sub_request_in_flight_is_not_reused() {
+    let settings = "reuse = true\nmax_instances = 1\ndeadline = \"10s\"\nclusters = [\"app\"]\n";
+    let (weir, _upstream) = start(settings).await;
+    let (status, first, body) = call(&weir, "send?count=2&to=/&ms=200&keep=1").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 2"));
+    let first = first.expect("the guest answered");
+    assert_eq!(count(&weir).await, Served { uses: 2, ..first }, "reused");
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let mut instances = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let what = "send?count=100&n=15&bytes=8000&to=/hang&ms=200&keep=1";
+        let (status, served, body) = call(&weir, what).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 100"));
+        instances.insert(served.expect("the guest answered").instance);
+    }
+    let growth = weir.peak_rss_kib() - before;
+    assert!(
+        growth < 32 * 1024,
+        "weir's peak RSS grew by {growth} KiB for sub-requests kept in flight"
+    );
+    assert_eq!(
+        instances.len(),
+        10,
+        "never reused while a sub-request is in flight"
+    );
+    assert_eq!(retired(&weir, "held_resources").await, 10.0);
+}
+
+/// A `fields` entry costs weir its bucket in the map (about 120 bytes) besides its name and
+/// value, and wasmtime-wasi-http's 128 KiB per `fields` counts only 72 of them: 500 `fields`
+/// of 1,500 empty headers, charged their 5 MB of names, held 90 MB. Each entry is charged
+/// what it holds, so 20 are taken and 500 trap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_entries_of_the_fields_a_handler_call_makes_are_bounded_in_all() {
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let (status, _, body) = call(&weir, "fields?count=20&n=1500&bytes=0").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "made 20"));
+    let (weir, _upstream) = start("deadline = \"10s\"\n").await;
+    let (status, body, growth) = growth_of(&weir, "fields?count=500&n=1500&bytes=0").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 32 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 500 fields of 1,500 empty headers"
+    );
+}
+
+/// A sub-request's answer holds little while its body is unread, but as the guest reads it
+/// the connection's read buffer grows to hyper's bound and the guest's stream keeps the
+/// rest of a frame: 100 answers read 2 MB into and held were 53 MB of weir's memory, charged
+/// only as sub-requests in flight. Taking an answer's body is charged what it may hold, so
+/// four are taken and 100 trap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_answers_a_handler_call_reads_are_bounded_in_all() {
+    let (weir, _upstream) = start_granted("deadline = \"30s\"\n").await;
+    let what = "send?count=4&to=/download/10000000&read=2000000";
+    let (status, _, body) = call(&weir, what).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 4, read 4"));
+    let attack = "send?count=100&to=/download/10000000&read=2000000";
+    let (status, body, growth) = growth_of(&weir, attack).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        growth < 24 * 1024,
+        "weir's peak RSS grew by {growth} KiB for 100 answers read into and held"
+    );
+}
+
+/// A reused instance's answers are cut when its request ends (`Lent`), but the stream of
+/// one the guest read into and kept still holds the rest of the frame it last took, and with
+/// it hyper's whole read buffer (about 400 KiB): 20 answers read 2 MB into and kept in a
+/// global made weir hold 10 MB more at each request, while the instance was reused. Their
+/// streams are emptied when the request ends (reading them fails, as reading their bodies
+/// does).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_answers_a_reused_instance_keeps_are_emptied_when_its_request_ends() {
+    let settings = "reuse = true\nmax_instances = 1\ndeadline = \"30s\"\nclusters = [\"app\"]\n";
+    let (weir, _upstream) = start(settings).await;
+    let first = count(&weir).await;
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    for uses in 2..10 {
+        let what = "send?count=20&to=/download/10000000&read=2000000&keep=1";
+        let (status, served, body) = call(&weir, what).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "sent 20, read 20")
+        );
+        assert_eq!(served, Some(Served { uses, ..first }), "reused");
+    }
+    let growth = weir.peak_rss_kib() - before;
+    assert!(
+        growth < 32 * 1024,
+        "weir's peak RSS grew by {growth} KiB for answers kept over eight requests"
+    );
 }

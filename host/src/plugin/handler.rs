@@ -190,13 +190,14 @@ const MAX_KEPT_FIELDS_BYTES: usize = 1 << 20;
 
 /// Whether an instance whose `handle` returned may serve another request: it holds no
 /// response, sub-request or body it has not finished or sent (its own, or a sub-request's it
-/// is still writing), not too many other handles, and not too much in `fields`. What else a
-/// request left in the table — its head, its sub-requests' answers — the guest may only
-/// read, and their bodies were cut ([`Lent`]).
+/// is still writing), no sub-request still waiting for its answer, not too many other
+/// handles, and not too much in `fields`. What else a request left in the table — its head,
+/// its sub-requests' answers — the guest may only read, and their bodies and their streams
+/// were cut ([`Lent`], [`cut_streams`]).
 fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
     use wasmtime_wasi_http::p2::body::HostOutgoingBody;
     use wasmtime_wasi_http::p2::types::{
-        HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
+        HostFutureIncomingResponse, HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
     };
     let table = &mut store.data_mut().table;
     let mut kept = 0;
@@ -210,6 +211,15 @@ fn reusable(store: &mut Store<HandlerState>) -> Result<(), &'static str> {
         }
         if entry.is::<HostOutgoingRequest>() {
             return Err("it kept a sub-request it did not send");
+        }
+        // In flight, a sub-request holds its head, its body and a connection (`hold`) for
+        // as long as the cluster takes, charged to the call that sent it only. (`Pending`
+        // stays until the guest polls it: a task that finished holds only the answer, whose
+        // body is cut.)
+        if let Some(HostFutureIncomingResponse::Pending(task)) = entry.downcast_ref()
+            && !task.is_finished()
+        {
+            return Err("it kept a sub-request in flight");
         }
         kept += 1;
     }
@@ -252,6 +262,65 @@ impl Lent {
     }
 }
 
+/// Empties the streams of the bodies a reused instance keeps (see [`Lent`]) once their
+/// request is over. A stream keeps what the guest has not read of the frame it last took, up
+/// to hyper's read buffer (about 400 KiB, held whole by the slice), which cutting its body
+/// does not reach: a guest that reads 20 answers into and keeps them made weir hold 10 MB
+/// more at every request. Each becomes a [`CutStream`], as reading its body would now fail.
+fn cut_streams(table: &mut ResourceTable) {
+    use std::any::Any;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynInputStream;
+    use wasmtime_wasi_http::p2::body::HostIncomingBody;
+    let bodies: Vec<u32> = table
+        .iter_mut()
+        .filter(|(_, entry)| (&**entry as &dyn Any).is::<HostIncomingBody>())
+        .map(|(index, _)| index)
+        .collect();
+    // A body's stream is its child; children are found by address, as the table lends them.
+    let mut streams = std::collections::HashSet::new();
+    for body in bodies {
+        let body = Resource::<HostIncomingBody>::new_borrow(body);
+        if let Ok(children) = table.iter_children(&body) {
+            streams.extend(children.map(|child| std::ptr::from_ref(child).cast::<()>()));
+        }
+    }
+    if streams.is_empty() {
+        return;
+    }
+    for (_, entry) in table.iter_mut() {
+        let at = std::ptr::from_ref(&*entry).cast::<()>();
+        let entry: &mut dyn Any = entry;
+        if streams.contains(&at)
+            && let Some(stream) = entry.downcast_mut::<DynInputStream>()
+        {
+            *stream = Box::new(CutStream);
+        }
+    }
+}
+
+/// A lent body's stream once its request is over: every read fails, as the body's would.
+struct CutStream;
+
+impl wasmtime_wasi::p2::InputStream for CutStream {
+    fn read(&mut self, _: usize) -> wasmtime_wasi::p2::StreamResult<Bytes> {
+        Err(wasmtime_wasi::p2::StreamError::LastOperationFailed(
+            wasmtime::format_err!("the request this body belonged to is over"),
+        ))
+    }
+}
+
+impl wasmtime_wasi::p2::Pollable for CutStream {
+    // `async fn ready` as the trait's `async_trait` spells it: ready at once, to fail.
+    fn ready<'a, 'b>(&'a mut self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// A lent body as the guest reads it.
 struct LentBody(Switch);
 
@@ -284,7 +353,7 @@ pub(super) struct HandlerState {
     pub(super) limits: Limits,
     /// The call's share of time (`plugin::budget`).
     budget: budget::CallBudget,
-    /// What the call made weir hold in `fields` and body buffers.
+    /// What the call made weir hold in `fields`, sub-requests and body buffers.
     held: hold::Held,
     /// Counted in `weir_plugin_instances` once instantiated, until the store is dropped.
     live: Option<Held>,
@@ -503,7 +572,9 @@ impl Handler {
             },
             limits,
             budget: budget::CallBudget::default(),
-            held: hold::Held::default(),
+            held: hold::Held::new(
+                (self.info.settings.host_memory).unwrap_or(hold::DEFAULT_HELD_PER_CALL),
+            ),
             live: None,
         };
         let mut store = Store::new(self.pre.engine(), state);
@@ -620,6 +691,7 @@ impl Handler {
                 return Ok(());
             };
             lent.cut();
+            cut_streams(&mut store.data_mut().table);
             if let Err(why) = reusable(&mut store) {
                 tracing::debug!(plugin = &*name, why, "handler instance not reused");
                 pool.retired.held.inc();

@@ -393,6 +393,11 @@ impl PluginRuntime {
                 "reuse is a handler setting: a filter's instances are always reused (max_uses bounds how often)",
             )));
         }
+        if settings.host_memory.is_some() {
+            return Err(fail(wasmtime::Error::msg(
+                "host_memory_mb is a handler setting: what a filter's call hands weir is bounded by its max_body_bytes and [server.limits]",
+            )));
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -485,10 +490,18 @@ fn perf_map_requested() -> bool {
 }
 
 /// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
+/// The most random bytes a plugin may ask for at once (`wasi:random`'s `get-random-bytes`
+/// and `get-insecure-random-bytes`; past it the call traps): far more than seeding or a
+/// token needs.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 fn wasi_builder(clock: Option<&Arc<ManualClock>>) -> wasmtime_wasi::WasiCtxBuilder {
     // The builder's defaults grant nothing: no preopens, no env, stdio closed, every socket
     // address denied, no name lookup.
     let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+    // weir fills the whole list a `get-random-bytes` asks for before the guest takes it:
+    // wasmtime-wasi's default bound, 64 MiB, would be 64 MiB of weir's memory for one call.
+    builder.max_random_size(MAX_RANDOM_BYTES);
     if let Some(clock) = clock {
         builder.wall_clock(ManualWallClock(clock.clone()));
     }

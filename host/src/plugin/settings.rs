@@ -24,6 +24,9 @@ const _: () = assert!(MAX_VALUE_BYTES <= DATA_BYTES);
 /// value it expects and the new one, each up to [`MAX_VALUE_BYTES`], and a key.
 const KV_CALL_BYTES: usize = 2 * MAX_VALUE_BYTES + MAX_KEY_BYTES;
 
+/// The most `host_memory_mb` may be.
+const MAX_HOST_MEMORY_MB: usize = 1024;
+
 /// Room beyond what a call's parts add up to: the records and lists that hold them, a
 /// cache key, a reason.
 const SLACK_BYTES: usize = 64 << 10;
@@ -45,6 +48,9 @@ pub struct PluginSettings {
     /// For a handler: serve requests on pooled instances (up to `max_uses` each) instead of
     /// a fresh instance per request.
     pub reuse: bool,
+    /// For a handler: what one call may make weir hold for it in wasi:http headers,
+    /// sub-requests and body buffers, in bytes (`host_memory_mb`; `None`: 16 MiB).
+    pub host_memory: Option<usize>,
     /// For a filter on weir:plugin 0.3.x: call the record forms, `on-request` and
     /// `on-response`, with whole heads, instead of the lazy hooks and their handles
     /// (`whole_heads = true`): for a toolchain that cannot give a lent handle back
@@ -78,6 +84,7 @@ impl PluginSettings {
             max_uses: limits.max_uses,
             max_instances: limits.max_instances,
             reuse: false,
+            host_memory: None,
             whole_heads: false,
             breaker: BreakerSettings::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -119,6 +126,7 @@ struct SettingsFile {
     max_uses: Option<u32>,
     max_instances: Option<usize>,
     reuse: Option<bool>,
+    host_memory_mb: Option<usize>,
     whole_heads: Option<bool>,
     breaker: Option<BreakerFile>,
     max_body_bytes: Option<usize>,
@@ -233,6 +241,15 @@ pub(super) fn read_settings(
     }
     if let Some(reuse) = file.reuse {
         settings.reuse = reuse;
+    }
+    if let Some(mb) = file.host_memory_mb {
+        if !(1..=MAX_HOST_MEMORY_MB).contains(&mb) {
+            wasmtime::bail!(
+                "{}: host_memory_mb = {mb}: must be between 1 and {MAX_HOST_MEMORY_MB}",
+                path.display(),
+            );
+        }
+        settings.host_memory = Some(mb << 20);
     }
     if let Some(whole) = file.whole_heads {
         settings.whole_heads = whole;

@@ -30,6 +30,19 @@
 //! - `…/bodies?count=C&bytes=B`: makes C sub-requests, never sent, writes up to B bytes into
 //!   each one's body (as much as its stream takes without waiting), and holds them all until
 //!   it answers `made C`, or `made K, then ERR`.
+//! - `…/requests?count=C&method=M&authority=A&path=P`: makes C sub-requests, never sent, each
+//!   with a method of M bytes, an authority of A bytes and a path of P bytes (each left as
+//!   wasi:http's default when 0), and holds them all until it answers `made C`, or
+//!   `made K, then ERR`.
+//! - `…/send?count=C&n=N&bytes=B&body=K&to=PATH&ms=W`: makes one sub-request head of N
+//!   headers of B bytes each, then sends C sub-requests to cluster `app` at PATH, each with
+//!   that head (`outgoing-request.headers` of the first, shared, never copied by the guest)
+//!   and, when K > 0, a body of K bytes; keeps every answer's future, waits W ms and answers
+//!   `sent C`, or `sent K, then ERR`; with `&keep=1` it keeps the futures in a global after
+//!   it answers; with `&read=R` it then waits for each answer, reads R bytes of its body and
+//!   one more, and holds the body until it answers (`…, read A`, A the answers read), or
+//!   after, with `&keep=1`.
+//! - `…/random?bytes=N`: answers `random N` after one `get-random-bytes` of N bytes.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -41,9 +54,10 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse,
-    ResponseOutparam,
+    Fields, FutureIncomingResponse, IncomingBody, IncomingRequest, IncomingResponse, Method,
+    OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
 };
 use wasi::io::streams::{InputStream, OutputStream, StreamError};
 
@@ -57,7 +71,14 @@ thread_local! {
     static HELD: RefCell<Option<(InputStream, IncomingBody)>> = const { RefCell::new(None) };
     /// The `fields` `/fields?keep=1` made.
     static KEPT_FIELDS: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
+    /// The answers' futures `/send?keep=1` made.
+    static KEPT_SENT: RefCell<Vec<FutureIncomingResponse>> = const { RefCell::new(Vec::new()) };
+    /// The answers `/send?read=R&keep=1` read into, with their bodies and streams.
+    static KEPT_READING: RefCell<Vec<Reading>> = const { RefCell::new(Vec::new()) };
 }
+
+/// An answer being read: its body's stream, its body and the answer (dropped in that order).
+type Reading = (InputStream, IncomingBody, IncomingResponse);
 
 struct Handler;
 
@@ -237,6 +258,131 @@ impl Guest for Handler {
                     }
                     made.push((stream, body, request));
                 };
+            }
+            "requests" => {
+                let count = number(query, "count").unwrap_or(1);
+                let long = |name: &str, byte: u8| vec![byte; number(query, name).unwrap_or(0)];
+                let method = String::from_utf8(long("method", b'M')).unwrap_or_default();
+                let authority = String::from_utf8(long("authority", b'a')).unwrap_or_default();
+                let mut path = String::from_utf8(long("path", b'p')).unwrap_or_default();
+                if !path.is_empty() {
+                    path.replace_range(..1, "/");
+                }
+                let mut made = Vec::with_capacity(count);
+                text = loop {
+                    if made.len() == count {
+                        break format!("made {count}");
+                    }
+                    let request = OutgoingRequest::new(Fields::new());
+                    if !method.is_empty()
+                        && request.set_method(&Method::Other(method.clone())).is_err()
+                    {
+                        break format!("made {}, then bad method", made.len());
+                    }
+                    if !authority.is_empty() && request.set_authority(Some(&authority)).is_err() {
+                        break format!("made {}, then bad authority", made.len());
+                    }
+                    if !path.is_empty() && request.set_path_with_query(Some(&path)).is_err() {
+                        break format!("made {}, then bad path", made.len());
+                    }
+                    made.push(request);
+                };
+            }
+            "send" => {
+                let value = vec![b'v'; number(query, "bytes").unwrap_or(1)];
+                let headers: Vec<(String, Vec<u8>)> = (0..number(query, "n").unwrap_or(0))
+                    .map(|i| (format!("x-h-{i}"), value.clone()))
+                    .collect();
+                let to = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("to="))
+                    .unwrap_or("/hang");
+                let count = number(query, "count").unwrap_or(1);
+                let body_bytes = number(query, "body").unwrap_or(0);
+                let chunk = vec![b'b'; body_bytes.min(1 << 20)];
+                let head =
+                    OutgoingRequest::new(Fields::from_list(&headers).expect("valid headers"));
+                let mut sent = Vec::with_capacity(count);
+                text = loop {
+                    if sent.len() == count {
+                        break format!("sent {count}");
+                    }
+                    let request = OutgoingRequest::new(head.headers());
+                    let _ = request.set_authority(Some("app"));
+                    let _ = request.set_path_with_query(Some(to));
+                    let body = if body_bytes > 0 {
+                        let _ = request.set_method(&Method::Post);
+                        match request.body() {
+                            Ok(body) => Some(body),
+                            Err(()) => break format!("sent {}, then no body", sent.len()),
+                        }
+                    } else {
+                        None
+                    };
+                    let future = match outgoing_handler::handle(request, None) {
+                        Ok(future) => future,
+                        Err(e) => break format!("sent {}, then {e:?}", sent.len()),
+                    };
+                    if let Some(body) = body {
+                        if let Ok(stream) = body.write() {
+                            let mut left = body_bytes;
+                            while left > 0 {
+                                let room = match stream.check_write() {
+                                    Ok(0) => {
+                                        stream.subscribe().block();
+                                        continue;
+                                    }
+                                    Ok(room) => usize::try_from(room).unwrap_or(usize::MAX),
+                                    Err(_) => break,
+                                };
+                                let n = left.min(room).min(chunk.len());
+                                if stream.write(&chunk[..n]).is_err() {
+                                    break;
+                                }
+                                left -= n;
+                            }
+                        }
+                        let _ = OutgoingBody::finish(body, None);
+                    }
+                    sent.push(future);
+                };
+                let ms = u64::try_from(number(query, "ms").unwrap_or(0)).unwrap_or(0);
+                wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                let mut reading = Vec::new();
+                if let Some(read) = number(query, "read") {
+                    for future in &sent {
+                        future.subscribe().block();
+                        let Some(Ok(Ok(response))) = future.get() else {
+                            continue;
+                        };
+                        let Ok(body) = response.consume() else {
+                            continue;
+                        };
+                        let Ok(stream) = body.stream() else {
+                            continue;
+                        };
+                        let mut got = 0;
+                        while got < read {
+                            let Ok(chunk) = stream.blocking_read(64 << 10) else {
+                                break;
+                            };
+                            got += chunk.len();
+                        }
+                        let _ = stream.blocking_read(1);
+                        reading.push((stream, body, response));
+                    }
+                    text = format!("{text}, read {}", reading.len());
+                }
+                if number(query, "keep") == Some(1) {
+                    KEPT_SENT.with(|kept| kept.borrow_mut().extend(sent));
+                    KEPT_READING.with(|kept| kept.borrow_mut().extend(reading));
+                }
+            }
+            "random" => {
+                let bytes = number(query, "bytes").unwrap_or(1);
+                let random =
+                    wasi::random::random::get_random_bytes(u64::try_from(bytes).unwrap_or(0));
+                text = format!("random {}", random.len());
             }
             _ => {}
         }
