@@ -56,6 +56,16 @@ async fn count(weir: &Weir) -> Served {
     served.expect("the guest answered")
 }
 
+/// weir's peak RSS growth over one `GET /c/{what}`, with its status and body. It reads low
+/// on a weir whose earlier calls freed memory (reused unseen), so an attack that must not
+/// pass a bound is best measured on a weir of its own.
+async fn growth_of(weir: &Weir, what: &str) -> (StatusCode, String, i64) {
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let (status, _, body) = call(weir, what).await;
+    (status, body, weir.peak_rss_kib() - before)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_instance_serves_request_after_request() {
     // One instance at most: the second request takes the first one's instance, or waits for
@@ -402,10 +412,7 @@ async fn the_fields_a_handler_call_makes_are_bounded_in_all() {
     let (weir, _upstream) = start("deadline = \"10s\"\n").await;
     let (status, _, body) = call(&weir, "fields?count=100&n=15&bytes=8000").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "made 100"));
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    let (status, _, body) = call(&weir, "fields?count=500&n=15&bytes=8000").await;
-    let growth = weir.peak_rss_kib() - before;
+    let (status, body, growth) = growth_of(&weir, "fields?count=500&n=15&bytes=8000").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
         growth < 24 * 1024,
@@ -453,10 +460,8 @@ async fn the_sub_request_bodies_a_handler_call_fills_are_bounded_in_all() {
     let four_mib = 4 << 20;
     let (status, _, body) = call(&weir, &format!("bodies?count=8&bytes={four_mib}")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "made 8"));
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    let (status, _, body) = call(&weir, &format!("bodies?count=200&bytes={four_mib}")).await;
-    let growth = weir.peak_rss_kib() - before;
+    let attack = format!("bodies?count=200&bytes={four_mib}");
+    let (status, body, growth) = growth_of(&weir, &attack).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
         growth < 32 * 1024,
@@ -486,9 +491,9 @@ async fn an_instance_that_keeps_too_much_in_fields_is_not_reused() {
     assert_eq!(retired(&weir, "held_resources").await, 1.0);
 }
 
-/// A handler may hold at most 4,096 handles at once (wasmtime's default is 100,000): each
-/// `fields` may hold 128 KiB until the handler returns, so the cap bounds what one request
-/// can make weir hold to 512 MiB, not 12.8 GB. Past it the guest traps.
+/// A handler may hold at most 4,096 handles at once (wasmtime's default is 100,000), each a
+/// table entry of weir's (what their bytes hold is bounded apart, by `host_memory_mb`). Past
+/// it the guest traps.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_cannot_hold_more_than_its_share_of_handles() {
     let (weir, _upstream) = start("deadline = \"10s\"\n").await;
@@ -514,15 +519,6 @@ async fn a_handler_that_traps_mid_body_is_a_failure_not_a_shorter_response() {
     let (status, _, body) = call(&weir, "trap-mid-body").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body:?}");
     assert!(!body.contains("partial"), "{body:?}");
-}
-
-/// weir's peak RSS growth over one `GET /c/{what}`, with its status and body, on a weir of
-/// its own: memory an earlier call freed would be reused unseen.
-async fn growth_of(weir: &Weir, what: &str) -> (StatusCode, String, i64) {
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    let (status, _, body) = call(weir, what).await;
-    (status, body, weir.peak_rss_kib() - before)
 }
 
 /// A sub-request's method, authority and path are the guest's strings, kept by weir until the

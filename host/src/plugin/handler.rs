@@ -310,15 +310,10 @@ impl wasmtime_wasi::p2::InputStream for CutStream {
     }
 }
 
+#[wasmtime_wasi::async_trait]
 impl wasmtime_wasi::p2::Pollable for CutStream {
-    // `async fn ready` as the trait's `async_trait` spells it: ready at once, to fail.
-    fn ready<'a, 'b>(&'a mut self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(std::future::ready(()))
-    }
+    /// Ready at once, to fail.
+    async fn ready(&mut self) {}
 }
 
 /// A lent body as the guest reads it.
@@ -573,7 +568,10 @@ impl Handler {
             limits,
             budget: budget::CallBudget::default(),
             held: hold::Held::new(
-                (self.info.settings.host_memory).unwrap_or(hold::DEFAULT_HELD_PER_CALL),
+                self.info
+                    .settings
+                    .host_memory
+                    .unwrap_or(hold::DEFAULT_HELD_PER_CALL),
             ),
             live: None,
         };

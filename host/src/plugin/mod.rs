@@ -489,12 +489,12 @@ fn perf_map_requested() -> bool {
     std::env::var_os("WEIR_PERF_MAP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
 /// The most random bytes a plugin may ask for at once (`wasi:random`'s `get-random-bytes`
 /// and `get-insecure-random-bytes`; past it the call traps): far more than seeding or a
 /// token needs.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
+/// WASI for a plugin instance: nothing granted, and the runtime's clock if it has one.
 fn wasi_builder(clock: Option<&Arc<ManualClock>>) -> wasmtime_wasi::WasiCtxBuilder {
     // The builder's defaults grant nothing: no preopens, no env, stdio closed, every socket
     // address denied, no name lookup.

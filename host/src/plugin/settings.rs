@@ -49,7 +49,8 @@ pub struct PluginSettings {
     /// a fresh instance per request.
     pub reuse: bool,
     /// For a handler: what one call may make weir hold for it in wasi:http headers,
-    /// sub-requests and body buffers, in bytes (`host_memory_mb`; `None`: 16 MiB).
+    /// sub-requests and body buffers, in bytes (`host_memory_mb`; `None`: the handler's
+    /// default, `handler::hold::DEFAULT_HELD_PER_CALL`).
     pub host_memory: Option<usize>,
     /// For a filter on weir:plugin 0.3.x: call the record forms, `on-request` and
     /// `on-response`, with whole heads, instead of the lazy hooks and their handles

@@ -30,7 +30,7 @@ use wasmtime_wasi_http::p2::bindings::http::types as wit;
 use wasmtime_wasi_http::p2::types::{
     HostFutureIncomingResponse, HostIncomingResponse, HostOutgoingRequest, HostOutgoingResponse,
 };
-use wasmtime_wasi_http::{FieldMap, RequestOptions, WasiHttpView};
+use wasmtime_wasi_http::{FieldMap, RequestOptions, WasiHttpCtxView, WasiHttpView};
 
 use super::HandlerState;
 
@@ -106,7 +106,6 @@ impl Held {
 /// Replaces wasmtime-wasi-http's definitions of the wrapped functions in `linker` (where they
 /// are already defined) with ones that charge the call's account, then call them.
 pub(super) fn add_to_linker(linker: &mut Linker<HandlerState>) -> wasmtime::Result<()> {
-    type Cx<'a> = StoreContextMut<'a, HandlerState>;
     // The originals must be there to be replaced. Were wasmtime-wasi-http's WIT at another
     // version, defining these would make a second instance that no guest's import resolves
     // to, and leave the originals unwrapped: a name defined twice is refused while shadowing
@@ -129,29 +128,29 @@ pub(super) fn add_to_linker(linker: &mut Linker<HandlerState>) -> wasmtime::Resu
         "[static]fields.from-list",
         |mut store: Cx<'_>, (entries,): (Vec<(String, Vec<u8>)>,)| {
             let bytes = entries.iter().map(|(name, value)| entry_bytes(name, value));
-            store.data_mut().held.charge(bytes.sum())?;
-            let mut http = store.data_mut().http();
-            let result = wit::HostFields::from_list(&mut http, entries);
-            Ok((header_result(&mut http, result)?,))
+            charged(&mut store, bytes.sum(), |http| {
+                let made = wit::HostFields::from_list(http, entries);
+                header_result(http, made)
+            })
         },
     )?;
     types.func_wrap(
         "[method]fields.set",
         |mut store: Cx<'_>, (fields, name, values): (Resource<FieldMap>, String, Vec<Vec<u8>>)| {
             let bytes = values.iter().map(|value| entry_bytes(&name, value)).sum();
-            store.data_mut().held.charge(bytes)?;
-            let mut http = store.data_mut().http();
-            let result = wit::HostFields::set(&mut http, fields, name, values);
-            Ok((header_result(&mut http, result)?,))
+            charged(&mut store, bytes, |http| {
+                let set = wit::HostFields::set(http, fields, name, values);
+                header_result(http, set)
+            })
         },
     )?;
     types.func_wrap(
         "[method]fields.append",
         |mut store: Cx<'_>, (fields, name, value): (Resource<FieldMap>, String, Vec<u8>)| {
-            store.data_mut().held.charge(entry_bytes(&name, &value))?;
-            let mut http = store.data_mut().http();
-            let result = wit::HostFields::append(&mut http, fields, name, value);
-            Ok((header_result(&mut http, result)?,))
+            charged(&mut store, entry_bytes(&name, &value), |http| {
+                let appended = wit::HostFields::append(http, fields, name, value);
+                header_result(http, appended)
+            })
         },
     )?;
     types.func_wrap(
@@ -159,75 +158,65 @@ pub(super) fn add_to_linker(linker: &mut Linker<HandlerState>) -> wasmtime::Resu
         |mut store: Cx<'_>, (fields,): (Resource<FieldMap>,)| {
             // A clone shares its map until it changes; counted as the copy it may become.
             let bytes = fields_bytes(store.data_mut().table.get(&fields)?);
-            store.data_mut().held.charge(bytes)?;
-            Ok((wit::HostFields::clone(
-                &mut store.data_mut().http(),
-                fields,
-            )?,))
+            charged(&mut store, bytes, |http| {
+                wit::HostFields::clone(http, fields)
+            })
         },
     )?;
     types.func_wrap(
         "[method]outgoing-request.body",
         |mut store: Cx<'_>, (request,): (Resource<HostOutgoingRequest>,)| {
-            store.data_mut().held.charge(BODY_BUFFER_BYTES)?;
-            let mut http = store.data_mut().http();
-            Ok((wit::HostOutgoingRequest::body(&mut http, request)?,))
+            charged(&mut store, BODY_BUFFER_BYTES, |http| {
+                wit::HostOutgoingRequest::body(http, request)
+            })
         },
     )?;
     types.func_wrap(
         "[method]outgoing-response.body",
         |mut store: Cx<'_>, (response,): (Resource<HostOutgoingResponse>,)| {
-            store.data_mut().held.charge(BODY_BUFFER_BYTES)?;
-            let mut http = store.data_mut().http();
-            Ok((wit::HostOutgoingResponse::body(&mut http, response)?,))
+            charged(&mut store, BODY_BUFFER_BYTES, |http| {
+                wit::HostOutgoingResponse::body(http, response)
+            })
         },
     )?;
     types.func_wrap(
         "[method]outgoing-request.set-method",
         |mut store: Cx<'_>, (request, method): (Resource<HostOutgoingRequest>, wit::Method)| {
             // Only an `other` method is the guest's string; the rest are wasi:http's.
-            if let wit::Method::Other(method) = &method {
-                store.data_mut().held.charge(method.len())?;
-            }
-            let mut http = store.data_mut().http();
-            Ok((wit::HostOutgoingRequest::set_method(
-                &mut http, request, method,
-            )?,))
+            let bytes = match &method {
+                wit::Method::Other(method) => method.len(),
+                _ => 0,
+            };
+            charged(&mut store, bytes, |http| {
+                wit::HostOutgoingRequest::set_method(http, request, method)
+            })
         },
     )?;
     types.func_wrap(
         "[method]outgoing-request.set-authority",
         |mut store: Cx<'_>,
          (request, authority): (Resource<HostOutgoingRequest>, Option<String>)| {
-            store
-                .data_mut()
-                .held
-                .charge(authority.as_ref().map_or(0, String::len))?;
-            let mut http = store.data_mut().http();
-            Ok((wit::HostOutgoingRequest::set_authority(
-                &mut http, request, authority,
-            )?,))
+            let bytes = authority.as_ref().map_or(0, String::len);
+            charged(&mut store, bytes, |http| {
+                wit::HostOutgoingRequest::set_authority(http, request, authority)
+            })
         },
     )?;
     types.func_wrap(
         "[method]outgoing-request.set-path-with-query",
         |mut store: Cx<'_>, (request, path): (Resource<HostOutgoingRequest>, Option<String>)| {
-            store
-                .data_mut()
-                .held
-                .charge(path.as_ref().map_or(0, String::len))?;
-            let mut http = store.data_mut().http();
-            Ok((wit::HostOutgoingRequest::set_path_with_query(
-                &mut http, request, path,
-            )?,))
+            let bytes = path.as_ref().map_or(0, String::len);
+            charged(&mut store, bytes, |http| {
+                wit::HostOutgoingRequest::set_path_with_query(http, request, path)
+            })
         },
     )?;
     types.func_wrap(
         "[method]incoming-response.consume",
         |mut store: Cx<'_>, (response,): (Resource<HostIncomingResponse>,)| {
-            store.data_mut().held.charge(ANSWER_BODY_BYTES)?;
-            let mut http = store.data_mut().http();
-            Ok((wit::HostIncomingResponse::consume(&mut http, response)?,))
+            charged(&mut store, ANSWER_BODY_BYTES, |http| {
+                wit::HostIncomingResponse::consume(http, response)
+            })
         },
     )?;
     let mut outgoing = linker.instance(OUTGOING_HANDLER)?;
@@ -239,14 +228,14 @@ pub(super) fn add_to_linker(linker: &mut Linker<HandlerState>) -> wasmtime::Resu
             Option<Resource<RequestOptions>>,
         )| {
             let bytes = sent_bytes(store.data_mut().table.get(&request)?);
-            store.data_mut().held.charge(bytes)?;
-            let mut http = store.data_mut().http();
-            let sent: Result<Resource<HostFutureIncomingResponse>, _> =
-                outgoing_handler::Host::handle(&mut http, request, options);
-            match sent {
-                Ok(future) => Ok((Ok(future),)),
-                Err(e) => Ok((Err(wit::Host::convert_error_code(&mut http, e)?),)),
-            }
+            charged(&mut store, bytes, |http| {
+                let sent: Result<Resource<HostFutureIncomingResponse>, _> =
+                    outgoing_handler::Host::handle(http, request, options);
+                match sent {
+                    Ok(future) => Ok(Ok(future)),
+                    Err(e) => Ok(Err(wit::Host::convert_error_code(http, e)?)),
+                }
+            })
         },
     )?;
     linker.allow_shadowing(false);
@@ -274,10 +263,24 @@ fn sent_bytes(request: &HostOutgoingRequest) -> usize {
     SENT_REQUEST_BYTES + fields_bytes(&request.headers) + method + strings + body
 }
 
+/// A wrapped function's store.
+type Cx<'a> = StoreContextMut<'a, HandlerState>;
+
+/// Charges `bytes` to the call's account (trapping past its bound), then makes the call
+/// through wasmtime-wasi-http's own definition.
+fn charged<R>(
+    store: &mut Cx<'_>,
+    bytes: usize,
+    call: impl FnOnce(&mut WasiHttpCtxView<'_>) -> wasmtime::Result<R>,
+) -> wasmtime::Result<(R,)> {
+    store.data_mut().held.charge(bytes)?;
+    Ok((call(&mut store.data_mut().http())?,))
+}
+
 /// A wrapped call's result as the guest gets it: its own error as `header-error`, a trap as
 /// a trap.
 fn header_result<T>(
-    http: &mut wasmtime_wasi_http::WasiHttpCtxView<'_>,
+    http: &mut WasiHttpCtxView<'_>,
     result: Result<T, wasmtime_wasi_http::p2::HeaderError>,
 ) -> wasmtime::Result<Result<T, wit::HeaderError>> {
     match result {

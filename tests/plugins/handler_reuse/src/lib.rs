@@ -167,23 +167,7 @@ impl Guest for Handler {
             }
             "stream" => {
                 let (stream, body) = respond_head(out, &whoami);
-                let mut left = number(query, "bytes").unwrap_or(0);
-                let chunk = vec![b's'; 1 << 20];
-                while left > 0 {
-                    let room = match stream.check_write() {
-                        Ok(0) => {
-                            stream.subscribe().block();
-                            continue;
-                        }
-                        Ok(room) => usize::try_from(room).unwrap_or(usize::MAX),
-                        Err(_) => break,
-                    };
-                    let n = left.min(room).min(chunk.len());
-                    if stream.write(&chunk[..n]).is_err() {
-                        break;
-                    }
-                    left -= n;
-                }
+                write_in_chunks(&stream, b's', number(query, "bytes").unwrap_or(0));
                 let _ = stream.blocking_flush();
                 drop(stream);
                 let _ = OutgoingBody::finish(body, None);
@@ -299,7 +283,6 @@ impl Guest for Handler {
                     .unwrap_or("/hang");
                 let count = number(query, "count").unwrap_or(1);
                 let body_bytes = number(query, "body").unwrap_or(0);
-                let chunk = vec![b'b'; body_bytes.min(1 << 20)];
                 let head =
                     OutgoingRequest::new(Fields::from_list(&headers).expect("valid headers"));
                 let mut sent = Vec::with_capacity(count);
@@ -325,22 +308,7 @@ impl Guest for Handler {
                     };
                     if let Some(body) = body {
                         if let Ok(stream) = body.write() {
-                            let mut left = body_bytes;
-                            while left > 0 {
-                                let room = match stream.check_write() {
-                                    Ok(0) => {
-                                        stream.subscribe().block();
-                                        continue;
-                                    }
-                                    Ok(room) => usize::try_from(room).unwrap_or(usize::MAX),
-                                    Err(_) => break,
-                                };
-                                let n = left.min(room).min(chunk.len());
-                                if stream.write(&chunk[..n]).is_err() {
-                                    break;
-                                }
-                                left -= n;
-                            }
+                            write_in_chunks(&stream, b'b', body_bytes);
                         }
                         let _ = OutgoingBody::finish(body, None);
                     }
@@ -407,6 +375,29 @@ fn respond_head(out: ResponseOutparam, whoami: &str) -> (OutputStream, OutgoingB
     ResponseOutparam::set(out, Ok(response));
     let stream = body.write().expect("a body stream");
     (stream, body)
+}
+
+/// Writes `bytes` bytes of `byte` to `stream`, each `write` as large as its `check-write`
+/// allows (at most 1 MiB), waiting when it allows none, as a guest streaming a large body
+/// does; stops early if the stream fails.
+fn write_in_chunks(stream: &OutputStream, byte: u8, bytes: usize) {
+    let chunk = vec![byte; bytes.min(1 << 20)];
+    let mut left = bytes;
+    while left > 0 {
+        let room = match stream.check_write() {
+            Ok(0) => {
+                stream.subscribe().block();
+                continue;
+            }
+            Ok(room) => usize::try_from(room).unwrap_or(usize::MAX),
+            Err(_) => break,
+        };
+        let n = left.min(room).min(chunk.len());
+        if stream.write(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
 }
 
 /// The number after `name=` in a query.
