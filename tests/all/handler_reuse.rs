@@ -491,6 +491,25 @@ async fn an_instance_that_keeps_too_much_in_fields_is_not_reused() {
     assert_eq!(retired(&weir, "held_resources").await, 1.0);
 }
 
+/// A sub-request made and never sent keeps its finished body in wasmtime-wasi-http's channel
+/// (up to its two buffered writes) for as long as the guest keeps it, past the call that was
+/// charged for it: an instance that keeps one is not reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_keeps_an_unsent_sub_request_is_not_reused() {
+    let settings = "reuse = true\nmax_instances = 1\ndeadline = \"10s\"\n";
+    let (weir, _upstream) = start(settings).await;
+    let first = count(&weir).await;
+    let (status, _, body) = call(&weir, "bodies?count=1&bytes=1000&keep=1").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "made 1"));
+    let after = count(&weir).await;
+    assert_ne!(
+        after.instance, first.instance,
+        "not reused: it keeps a sub-request"
+    );
+    assert_eq!(after.uses, 1);
+    assert_eq!(retired(&weir, "held_resources").await, 1.0);
+}
+
 /// A handler may hold at most 4,096 handles at once (wasmtime's default is 100,000), each a
 /// table entry of weir's (what their bytes hold is bounded apart, by `host_memory_mb`). Past
 /// it the guest traps.

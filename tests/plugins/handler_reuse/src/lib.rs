@@ -29,7 +29,8 @@
 //!   with `&keep=1` it keeps them in a global after it answers.
 //! - `…/bodies?count=C&bytes=B`: makes C sub-requests, never sent, writes up to B bytes into
 //!   each one's body (as much as its stream takes without waiting), and holds them all until
-//!   it answers `made C`, or `made K, then ERR`.
+//!   it answers `made C`, or `made K, then ERR`; with `&keep=1` it finishes their bodies and
+//!   keeps the sub-requests, unsent, in a global after it answers.
 //! - `…/requests?count=C&method=M&authority=A&path=P`: makes C sub-requests, never sent, each
 //!   with a method of M bytes, an authority of A bytes and a path of P bytes (each left as
 //!   wasi:http's default when 0), and holds them all until it answers `made C`, or
@@ -71,6 +72,8 @@ thread_local! {
     static HELD: RefCell<Option<(InputStream, IncomingBody)>> = const { RefCell::new(None) };
     /// The `fields` `/fields?keep=1` made.
     static KEPT_FIELDS: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
+    /// The sub-requests `/bodies?keep=1` made, their bodies finished, never sent.
+    static KEPT_UNSENT: RefCell<Vec<OutgoingRequest>> = const { RefCell::new(Vec::new()) };
     /// The answers' futures `/send?keep=1` made.
     static KEPT_SENT: RefCell<Vec<FutureIncomingResponse>> = const { RefCell::new(Vec::new()) };
     /// The answers `/send?read=R&keep=1` read into, with their bodies and streams.
@@ -242,6 +245,13 @@ impl Guest for Handler {
                     }
                     made.push((stream, body, request));
                 };
+                if number(query, "keep") == Some(1) {
+                    for (stream, body, request) in made {
+                        drop(stream);
+                        let _ = OutgoingBody::finish(body, None);
+                        KEPT_UNSENT.with(|kept| kept.borrow_mut().push(request));
+                    }
+                }
             }
             "requests" => {
                 let count = number(query, "count").unwrap_or(1);
