@@ -66,6 +66,7 @@ mod answer;
 #[allow(unsafe_code, reason = "wit-bindgen output: the canonical ABI's glue")]
 pub mod bindings;
 pub mod clock;
+pub mod hash;
 #[cfg(feature = "allocator")]
 mod heap;
 mod http;

@@ -31,7 +31,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -180,7 +180,7 @@ pub struct JwtAuth {
     cache_size: usize,
     /// Tokens whose signature and claims verified, with what their claims say (see the
     /// module docs).
-    verified: RefCell<HashMap<Token, Rc<Checked>>>,
+    verified: RefCell<weir_plugin::hash::HashMap<Token, Rc<Checked>>>,
     /// Refusals by reason; `None` if weir refused the declaration (logged at configure).
     refusals: Option<Counter>,
 }
@@ -239,7 +239,7 @@ const JWKS_KEY: &str = "jwks";
 struct Token(String);
 
 /// A token's end is hashed, not the whole: the last bytes of a JWT are its signature's, which
-/// differ between any two tokens an instance verified (the only ones it keeps). SipHash over a
+/// differ between any two tokens an instance verified (the only ones it keeps). Hashing a
 /// few hundred bytes in wasm was about 940 instructions a request. A token that ends as a kept
 /// one but differs before (a forged payload under a copied signature) lands on it and is told
 /// apart by [`Token::eq`], which compares the whole.

@@ -27,11 +27,13 @@
 //!
 //! # Fewer store reads: settled slots are remembered
 //!
-//! A slot two or more slots old is *settled*: only requests that computed their time inside
-//! it write it, and those calls have long finished. Each instance keeps the counts of settled
-//! slots it has read, so a request costs one `get` (the previous slot, which may still see
-//! late writes) and one `increment-within` instead of `slots + 1` store calls. Counts are
-//! remembered per key; all are forgotten when more than [`MAX_SETTLED`] keys are held.
+//! A slot is *settled* once it is two or more slots old, or is the previous slot and the
+//! current one is [`settle_ms`] old (a tenth of a slot, at most a second): only requests that read
+//! the clock inside a slot write it, and by then those calls have finished. Each instance
+//! keeps the counts of settled slots it has read, so a request costs one `increment-within`,
+//! plus one `get` of the previous slot in the first tenth of a slot (it may still see late
+//! writes), instead of `slots + 1` store calls. Counts are remembered per key; all are
+//! forgotten when more than [`MAX_SETTLED`] keys are held.
 //!
 //! # Headers without a response hook
 //!
@@ -49,7 +51,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::Digest as _;
@@ -164,7 +166,7 @@ pub struct RateLimit {
     refusals: Option<Counter>,
     /// Counts of settled slots by key, one ring of places per limit ([`Settled`]; see the
     /// module docs).
-    settled: RefCell<HashMap<String, Vec<Settled>>>,
+    settled: RefCell<weir_plugin::hash::HashMap<String, Vec<Settled>>>,
     /// Whether the last store call failed (for logging the change, not every failure).
     store_down: Cell<bool>,
 }
@@ -402,8 +404,8 @@ impl RateLimit {
     }
 
     /// The counts of limit `index`'s slots before the current one, oldest last, after a 0
-    /// for the current slot: the previous slot is read from the store (it may still see
-    /// late writes), settled ones from what this instance remembers or else the store.
+    /// for the current slot: settled slots (see the module docs) from what this instance
+    /// remembers or else the store, the previous slot from the store until it settles.
     fn older_counts(
         &self,
         index: usize,
@@ -412,6 +414,7 @@ impl RateLimit {
         now: u64,
     ) -> Result<Vec<u64>, weir_plugin::kv::KvError> {
         let slot = now / limit.slot_ms;
+        let previous_settled = now % limit.slot_ms >= settle_ms(limit.slot_ms);
         let read = |store_key: &str| -> Result<u64, weir_plugin::kv::KvError> {
             let value = weir_plugin::kv::get(store_key)?;
             Ok(value
@@ -419,13 +422,6 @@ impl RateLimit {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0))
         };
-        // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
-        let mut counts = Vec::with_capacity(self.slots as usize + 1);
-        counts.push(0);
-        counts.push(match slot.checked_sub(1) {
-            Some(s) => read(&store_key(index, s, key))?,
-            None => 0,
-        });
         let mut unremembered = Settled::new();
         let mut settled = self.settled.borrow_mut();
         if settled.len() >= MAX_SETTLED && !settled.contains_key(key) {
@@ -437,17 +433,21 @@ impl RateLimit {
             .or_insert_with(|| vec![vec![(u64::MAX, 0); self.slots as usize]; self.limits.len()]);
         // A list per limit; if not, read without remembering.
         let known = limits.get_mut(index).unwrap_or(&mut unremembered);
-        for j in 2..=u64::from(self.slots) {
+        // counts[j] is slot `slot - j`; the oldest (j = slots) is only partly in the window.
+        let mut counts = Vec::with_capacity(self.slots as usize + 1);
+        counts.push(0);
+        for j in 1..=u64::from(self.slots) {
             let Some(s) = slot.checked_sub(j) else {
                 counts.push(0);
                 continue;
             };
+            let remember = j >= 2 || previous_settled;
             let at = (s % u64::from(self.slots)) as usize;
             let count = match known.get(at) {
-                Some(&(held, count)) if held == s => count,
+                Some(&(held, count)) if remember && held == s => count,
                 _ => {
                     let count = read(&store_key(index, s, key))?;
-                    if let Some(place) = known.get_mut(at) {
+                    if let Some(place) = known.get_mut(at).filter(|_| remember) {
                         *place = (s, count);
                     }
                     count
@@ -678,6 +678,15 @@ fn parse_u64(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
+/// How far into a slot the previous slot is settled: a tenth of a slot, from 1 ms to a
+/// second. Late writes to it come from requests that read the clock inside it and had not yet
+/// incremented: microseconds later on one weir, a Redis round trip later with Redis, and
+/// later by the clock skew between weirs that share one Redis (keep them within this by NTP).
+/// A count remembered before a late write lands misses it until the slot leaves the window.
+fn settle_ms(slot_ms: u64) -> u64 {
+    (slot_ms / 10).clamp(1, 1000)
+}
+
 fn now_ms() -> u64 {
     now_us() / 1000
 }
@@ -787,6 +796,55 @@ mod tests {
         assert_eq!(testing::kv_calls() - before, 2, "a read + increment-within");
         // 2 in the current slot + 9 full slots + the oldest slot (still wholly inside).
         assert_eq!(response.header_value("ratelimit-remaining"), Some("988"));
+    }
+
+    /// The previous slot is read from the store until a tenth of a slot has passed, so a late
+    /// write to it still counts; from then on it is remembered like the older ones.
+    #[test]
+    fn the_previous_slot_is_remembered_once_it_settles() {
+        let rl = limiter("[[limits]]\nrequests = 1000\nwindow = \"10s\"");
+        align(1000);
+        let exchange = || {
+            let before = testing::kv_calls();
+            let forwarded = rl.request(TestRequest::get("/")).forwarded();
+            let response = rl.response(&forwarded, 200, &[]).response();
+            let left = response
+                .header_value("ratelimit-remaining")
+                .map(str::to_owned);
+            (testing::kv_calls() - before, left)
+        };
+        // Past a tenth of a slot, every older slot is remembered from the first request on.
+        testing::advance(Duration::from_millis(600));
+        assert_eq!(
+            exchange().0,
+            11,
+            "nine settled slots, the previous one, the increment"
+        );
+        let previous = super::now_ms() / 1000;
+        testing::advance(Duration::from_millis(430));
+        assert_eq!(
+            exchange(),
+            (2, Some("998".into())),
+            "the previous slot read"
+        );
+        // A request that read the clock in the previous slot writes it late.
+        let late = store_key(0, previous, "c:127.0.0.1");
+        weir_plugin::kv::increment(&late, 1, None).expect("the mock store");
+        testing::advance(Duration::from_millis(60));
+        assert_eq!(
+            exchange(),
+            (2, Some("996".into())),
+            "read again: the late write counts"
+        );
+        testing::advance(Duration::from_millis(20));
+        assert_eq!(exchange(), (2, Some("995".into())), "read and remembered");
+        assert_eq!(exchange(), (1, Some("994".into())), "remembered");
+        testing::advance(Duration::from_secs(1));
+        assert_eq!(
+            exchange(),
+            (2, Some("993".into())),
+            "a new previous slot is read"
+        );
     }
 
     /// Remembered counts have one place per slot of the window: a slot a window later takes

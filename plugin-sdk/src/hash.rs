@@ -1,0 +1,57 @@
+//! Maps keyed by what requests carry: foldhash, seeded once per map from `wasi:random`.
+//!
+//! std's `HashMap` hashes with SipHash-1-3, which costs a few hundred wasm instructions per
+//! look-up even for a short key (rate-limit's per-key counts and jwt-auth's token cache were
+//! about 1,000 instructions a request between them). foldhash is hashbrown's own default and
+//! several times cheaper; keyed with 64 random bits per map it keeps a client from choosing
+//! keys that collide, which a fixed seed would not.
+
+use std::hash::BuildHasher;
+
+/// A `HashMap` whose hasher is [`RandomState`].
+pub type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
+
+/// foldhash's hasher with a per-map seed taken from std's randomly keyed state (which reads
+/// `wasi:random` once per instance).
+#[derive(Clone, Debug)]
+pub struct RandomState(foldhash::fast::SeedableRandomState);
+
+impl Default for RandomState {
+    fn default() -> RandomState {
+        let seed = std::hash::RandomState::new().hash_one(0_u8);
+        RandomState(foldhash::fast::SeedableRandomState::with_seed(
+            seed,
+            foldhash::SharedSeed::global_random(),
+        ))
+    }
+}
+
+impl BuildHasher for RandomState {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::{HashMap, RandomState};
+
+    #[test]
+    fn two_maps_hash_a_key_differently() {
+        let (a, b) = (RandomState::default(), RandomState::default());
+        assert_ne!(a.hash_one("alice"), b.hash_one("alice"));
+        assert_eq!(a.hash_one("alice"), a.clone().hash_one("alice"));
+    }
+
+    #[test]
+    fn a_map_finds_what_it_holds() {
+        let mut map = HashMap::default();
+        map.insert("alice".to_owned(), 1);
+        assert_eq!(map.get("alice"), Some(&1));
+        assert_eq!(map.get("bob"), None);
+    }
+}
