@@ -435,6 +435,25 @@ async fn host_memory_mb_moves_what_a_handler_call_may_make_weir_hold() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
 }
 
+/// `host_memory_mb` outside 1 to 1024 stops startup with the range said: 0 would trap every
+/// call, and past 1 GiB one request could hold most of a machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_mb_outside_its_range_stops_startup() {
+    let upstream = Upstream::start("app").await;
+    let route = "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n";
+    let config = config(&[upstream.addr], route);
+    for mb in [0, 1025] {
+        let settings = format!("host_memory_mb = {mb}\n");
+        let files: [(&str, &[u8]); 2] = [
+            ("plugins/counter.wasm", HANDLER),
+            ("plugins/counter.toml", settings.as_bytes()),
+        ];
+        let error = crate::startup_error_with(&config, &files).await;
+        let said = format!("host_memory_mb = {mb}: must be between 1 and 1024");
+        assert!(error.contains(&said), "{error}");
+    }
+}
+
 /// `host_memory_mb` bounds what a handler's call makes weir hold; a filter's calls are bounded
 /// otherwise, so the setting in a filter's `NAME.toml` is a mistake said at startup.
 #[tokio::test(flavor = "multi_thread")]

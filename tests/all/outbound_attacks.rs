@@ -319,6 +319,26 @@ async fn a_plugins_log_line_is_cut_at_8_kib() {
     );
 }
 
+/// `wasi:random` fills the whole list a guest asks for before the guest takes it, so its
+/// bound is weir's memory: wasmtime-wasi's default, 64 MiB, grew weir by about 40 MiB for one
+/// call. A filter, as a handler, may ask for 1 MiB at once; past it the call traps.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_random_bytes_a_filter_asks_for_at_once_are_bounded() {
+    let peers = peers().await;
+    let weir = start(&peers, "").await;
+    assert_eq!(ask(&weir, "/random?bytes=65536").await, "random 65536");
+    weir.reset_peak_rss();
+    let before = weir.peak_rss_kib();
+    let url = weir.url(&format!("/random?bytes={}", 64 << 20));
+    let (status, _, body) = weir_tests::get_with(&url, &[]).await;
+    let growth = weir.peak_rss_kib() - before;
+    assert!(status.is_server_error(), "{status}: {body}");
+    assert!(
+        growth < 16 * 1024,
+        "weir's peak RSS grew by {growth} KiB for one call's random bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_outbound_timeout_covers_an_answer_whose_body_never_ends() {
     let peers = peers().await;

@@ -22,6 +22,7 @@
 //! - `/kv-incr?key=K&delta=D&ttl=T`, `/kv-within?key=K&delta=D&limit=L&ttl=T`,
 //!   `/kv-cas?key=K&expected=E&value=V&ttl=T` (`expected` absent: only if absent).
 //! - `/log?bytes=N`: logs one line of N bytes (`x`s) at `warn`; replies `logged`.
+//! - `/random?bytes=N`: one `wasi:random` `get-random-bytes` of N bytes; replies `random LEN`.
 //! - `/kv-fill?from=F&count=N&bytes=B&ttl=T`: sets keys `fF` to `f(F+N-1)` to B-byte
 //!   values, stopping at the first error; replies `stored S, then ERR` or `stored S`.
 //! - `/kv-swap?key=K&bytes=B`: sets K to B bytes `a`, then compare-and-sets it from those B
@@ -280,6 +281,10 @@ fn act(path: &str, query: &str) -> Option<String> {
             format!("{times} calls, last {last}")
         }
         "/configured" => CONFIGURED.with(|c| c.borrow().clone()),
+        "/random" => {
+            let bytes = number(query, "bytes").unwrap_or(0);
+            format!("random {}", wasip2::random::random::get_random_bytes(bytes).len())
+        }
         "/log" => {
             let line = "x".repeat(number(query, "bytes").unwrap_or(1));
             log::log(log::Level::Warn, &line);
