@@ -1,15 +1,20 @@
-//! Maps keyed by what requests carry: foldhash, seeded once per map from `wasi:random`.
+//! Maps keyed by what requests carry: hashbrown's map with foldhash, seeded once per map from
+//! `wasi:random`.
 //!
 //! std's `HashMap` hashes with SipHash-1-3, which costs a few hundred wasm instructions per
 //! look-up even for a short key (rate-limit's per-key counts and jwt-auth's token cache were
 //! about 1,000 instructions a request between them). foldhash is hashbrown's own default and
 //! several times cheaper; keyed with 64 random bits per map it keeps a client from choosing
-//! keys that collide, which a fixed seed would not.
+//! keys that collide, which a fixed seed would not. hashbrown's map (the one std wraps) also
+//! looks a key up by a borrowed form of it ([`Equivalent`], `entry_ref`), so a request's key
+//! is copied only when it is first kept.
 
 use std::hash::BuildHasher;
 
 /// A `HashMap` whose hasher is [`RandomState`].
-pub type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
+pub type HashMap<K, V> = hashbrown::HashMap<K, V, RandomState>;
+
+pub use hashbrown::Equivalent;
 
 /// foldhash's hasher with a per-map seed taken from std's randomly keyed state (which reads
 /// `wasi:random` once per instance).

@@ -245,9 +245,26 @@ struct Token(String);
 /// apart by [`Token::eq`], which compares the whole.
 impl std::hash::Hash for Token {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        TokenText(&self.0).hash(state);
+    }
+}
+
+/// A token as the request carries it, to look up a remembered [`Token`] without copying it:
+/// hashed and compared as one.
+#[derive(Debug)]
+struct TokenText<'a>(&'a str);
+
+impl std::hash::Hash for TokenText<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let bytes = self.0.as_bytes();
         state.write_usize(bytes.len());
         state.write(&bytes[bytes.len().saturating_sub(HASHED_END)..]);
+    }
+}
+
+impl weir_plugin::hash::Equivalent<Token> for TokenText<'_> {
+    fn equivalent(&self, key: &Token) -> bool {
+        same_token(self.0.as_bytes(), key.0.as_bytes())
     }
 }
 
@@ -257,14 +274,18 @@ const HASHED_END: usize = 32;
 
 impl PartialEq for Token {
     fn eq(&self, other: &Token) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        let ((a_words, a_tail), (b_words, b_tail)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
-        let word = |w: &[u8; 8]| u64::from_ne_bytes(*w);
-        a_tail == b_tail && a_words.iter().zip(b_words).all(|(x, y)| word(x) == word(y))
+        same_token(self.0.as_bytes(), other.0.as_bytes())
     }
+}
+
+/// Whether two tokens are the same bytes, compared eight at a time.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let ((a_words, a_tail), (b_words, b_tail)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    let word = |w: &[u8; 8]| u64::from_ne_bytes(*w);
+    a_tail == b_tail && a_words.iter().zip(b_words).all(|(x, y)| word(x) == word(y))
 }
 
 impl Eq for Token {}
@@ -456,25 +477,25 @@ impl Filter for JwtAuth {
 
 impl JwtAuth {
     /// The token and whether it came from the header (else the cookie).
-    fn token(&self, request: &Request) -> Option<(String, bool)> {
+    fn token<'r>(&self, request: &'r Request) -> Option<(&'r str, bool)> {
         if let Some(value) = request.header(&self.header) {
             let (scheme, token) = value.trim().split_once(' ')?;
             return scheme
                 .eq_ignore_ascii_case("bearer")
-                .then(|| (token.trim().to_owned(), true))
+                .then(|| (token.trim(), true))
                 .filter(|(t, _)| !t.is_empty());
         }
         let name = self.cookie.as_ref()?;
         let cookies = request.header("cookie")?;
         cookies.split(';').find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            (k == name && !v.is_empty()).then(|| (v.to_owned(), false))
+            (k == name && !v.is_empty()).then_some((v, false))
         })
     }
 
     /// Checks the signature and the claims, or only the time claims of a token this instance
     /// verified before. Returns what the claims say.
-    fn verify(&self, token: String) -> Result<Rc<Checked>, Refusal> {
+    fn verify(&self, token: &str) -> Result<Rc<Checked>, Refusal> {
         // Keys from the JWKS endpoint, refreshed when due; a changed set forgets the
         // tokens remembered as verified.
         let remote = match &self.jwks {
@@ -487,22 +508,22 @@ impl JwtAuth {
             }
             None => Rc::default(),
         };
-        let token = Token(token);
-        let remembered = self.verified.borrow().get(&token).cloned();
+        // Looked up as the request's own text: the token is copied only to be remembered.
+        let remembered = self.verified.borrow().get(&TokenText(token)).cloned();
         if let Some(checked) = remembered {
             let now = now_secs();
             self.not_expired(checked.exp, now)?;
             self.already_valid(checked.nbf, now)?;
             return Ok(checked);
         }
-        let claims = self.verify_signature(&token.0, &remote)?;
+        let claims = self.verify_signature(token, &remote)?;
         let checked = Rc::new(self.check_claims(&claims)?);
         if self.cache_size > 0 {
             let mut verified = self.verified.borrow_mut();
             if verified.len() >= self.cache_size {
                 verified.clear();
             }
-            verified.insert(token, checked.clone());
+            verified.insert(Token(token.to_owned()), checked.clone());
         }
         Ok(checked)
     }
@@ -953,6 +974,19 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_secs()
+    }
+
+    /// The cache is looked up with the request's text: it must hash and compare as the
+    /// remembered copy does, or every request would verify its token again.
+    #[test]
+    fn a_remembered_token_is_found_by_the_requests_text() {
+        let mut verified = weir_plugin::hash::HashMap::default();
+        let text = "header.payload.0123456789abcdefghijklmnopqrstuvwxyz-_ABCDEF";
+        verified.insert(Token(text.to_owned()), 1);
+        assert_eq!(verified.get(&super::TokenText(text)), Some(&1));
+        // The same end (the hashed part) after another payload: found apart by the whole.
+        let forged = "header.pAyload.0123456789abcdefghijklmnopqrstuvwxyz-_ABCDEF";
+        assert_eq!(verified.get(&super::TokenText(forged)), None);
     }
 
     #[test]

@@ -286,7 +286,9 @@ impl Filter for RateLimit {
     fn on_request(&self, request: &mut Request) -> Action {
         let key = self.key_of(request);
         let now = now_ms();
-        let mut taken = Vec::with_capacity(self.limits.len());
+        // What was counted, to give back if a limit refuses: empty, and not allocated, with
+        // one limit that admits.
+        let mut taken = Vec::new();
         let mut refused: Option<Usage> = None;
         let mut tightest: Option<Usage> = None;
         for (i, limit) in self.limits.iter().enumerate() {
@@ -303,7 +305,10 @@ impl Filter for RateLimit {
                 Err(e) => return self.store_failed(&e, &taken),
             };
             if let Some(counted) = counted {
-                taken.push(counted);
+                // The last limit's count is given back only if an earlier one refused.
+                if i + 1 < self.limits.len() || refused.is_some() {
+                    taken.push(counted);
+                }
             } else {
                 refused = Some(match refused {
                     Some(r) if r.retry_ms >= usage.retry_ms => r,
@@ -427,9 +432,9 @@ impl RateLimit {
         if settled.len() >= MAX_SETTLED && !settled.contains_key(key) {
             settled.clear();
         }
-        // One look-up a request: the key is copied, which costs less than hashing it twice.
+        // One look-up a request; the key is copied only when it is first kept.
         let limits = settled
-            .entry(key.to_owned())
+            .entry_ref(key)
             .or_insert_with(|| vec![vec![(u64::MAX, 0); self.slots as usize]; self.limits.len()]);
         // A list per limit; if not, read without remembering.
         let known = limits.get_mut(index).unwrap_or(&mut unremembered);
