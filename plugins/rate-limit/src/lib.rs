@@ -28,12 +28,12 @@
 //! # Fewer store reads: settled slots are remembered
 //!
 //! A slot is *settled* once it is two or more slots old, or is the previous slot and the
-//! current one is [`settle_ms`] old (a tenth of a slot, at most a second): only requests that read
-//! the clock inside a slot write it, and by then those calls have finished. Each instance
-//! keeps the counts of settled slots it has read, so a request costs one `increment-within`,
-//! plus one `get` of the previous slot in the first tenth of a slot (it may still see late
-//! writes), instead of `slots + 1` store calls. Counts are remembered per key; all are
-//! forgotten when more than [`MAX_SETTLED`] keys are held.
+//! current one is [`settle_ms`] old (a tenth of a slot, at most a second): only requests
+//! that read the clock inside a slot write it, and by then those calls have finished. Each
+//! instance keeps the counts of settled slots it has read, so a request costs one
+//! `increment-within`, plus one `get` of the previous slot in the first tenth of a slot (it
+//! may still see late writes), instead of `slots + 1` store calls. Counts are remembered per
+//! key; all are forgotten when more than [`MAX_SETTLED`] keys are held.
 //!
 //! # Headers without a response hook
 //!
@@ -51,7 +51,6 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
-
 use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::Digest as _;
