@@ -3,9 +3,10 @@
 //!
 //! std's `HashMap` hashes with SipHash-1-3, which costs a few hundred wasm instructions per
 //! look-up even for a short key (rate-limit's per-key counts and jwt-auth's token cache were
-//! about 1,000 instructions a request between them). foldhash is hashbrown's own default and
-//! several times cheaper; keyed with 64 random bits per map it keeps a client from choosing
-//! keys that collide, which a fixed seed would not. hashbrown's map (the one std wraps) also
+//! about 1,000 instructions a request between them). foldhash is hashbrown's own default, about
+//! 160 for the two (`ROUTE=three bench/callgrind.sh` with the plugins' names, BENCHMARKS.md
+//! "Session 43"). Keyed with 64 random bits per map, it keeps a client from choosing keys
+//! that collide, which a fixed seed would not. hashbrown's map (the one std wraps) also
 //! looks a key up by a borrowed form of it ([`Equivalent`], `entry_ref`), so a request's key
 //! is copied only when it is first kept.
 
@@ -52,6 +53,7 @@ mod tests {
         assert_eq!(a.hash_one("alice"), a.clone().hash_one("alice"));
     }
 
+    /// Every hasher a map builds must be seeded alike, or it would not find its own keys.
     #[test]
     fn a_map_finds_what_it_holds() {
         let mut map = HashMap::default();

@@ -14,15 +14,18 @@ use crate::config;
 
 const HANDLER: &[u8] = include_bytes!(env!("TEST_PLUGIN_HANDLER_REUSE_WASM"));
 
+/// The route every test here serves the guest on: handler `counter` on `/c/`.
+const ROUTE: &str =
+    "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n";
+
 /// weir with the guest as handler `counter` on `/c/`, its `NAME.toml` being `settings`.
 async fn start(settings: &str) -> (Weir, Upstream) {
     let upstream = Upstream::start("app").await;
-    let route = "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n";
     let files: [(&str, &[u8]); 2] = [
         ("plugins/counter.wasm", HANDLER),
         ("plugins/counter.toml", settings.as_bytes()),
     ];
-    let weir = Weir::start_with_files(&config(&[upstream.addr], route), &files).await;
+    let weir = Weir::start_with_files(&config(&[upstream.addr], ROUTE), &files).await;
     (weir, upstream)
 }
 
@@ -60,10 +63,8 @@ async fn count(weir: &Weir) -> Served {
 /// on a weir whose earlier calls freed memory (reused unseen), so an attack that must not
 /// pass a bound is best measured on a weir of its own.
 async fn growth_of(weir: &Weir, what: &str) -> (StatusCode, String, i64) {
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    let (status, _, body) = call(weir, what).await;
-    (status, body, weir.peak_rss_kib() - before)
+    let ((status, _, body), growth) = weir.peak_rss_growth(call(weir, what)).await;
+    (status, body, growth)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,6 +157,15 @@ async fn a_handlers_requests_failures_and_instances_are_counted() {
         Some(2.0)
     );
     assert_eq!(metric("weir_plugin_instances", &plugin).await, Some(1.0));
+}
+
+/// The next request is served by a fresh instance, the one `first` came from having been
+/// retired (once) for what it holds; `why` is said if it was reused.
+async fn assert_replaced_for_holding(weir: &Weir, first: Served, why: &str) {
+    let after = count(weir).await;
+    assert_ne!(after.instance, first.instance, "not reused: {why}");
+    assert_eq!(after.uses, 1);
+    assert_eq!(retired(weir, "held_resources").await, 1.0);
 }
 
 /// `weir_plugin_instances_retired_total` of the handler for `reason`.
@@ -342,9 +352,7 @@ async fn a_handler_answer_weir_would_not_send_is_refused() {
 /// says and its `NAME.toml` being `settings`.
 async fn start_limited(settings: &str, limits: &str) -> (Weir, Upstream) {
     let upstream = Upstream::start("app").await;
-    let route = format!(
-        "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n\n[server.limits]\n{limits}"
-    );
+    let route = format!("{ROUTE}\n[server.limits]\n{limits}");
     let files: [(&str, &[u8]); 2] = [
         ("plugins/counter.wasm", HANDLER),
         ("plugins/counter.toml", settings.as_bytes()),
@@ -387,10 +395,7 @@ async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_handler_call_may
     let (weir, _upstream) = start("deadline = \"10s\"\n").await;
     let (status, _, body) = call(&weir, "aliased?n=4&bytes=1000").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "from-list ok"));
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    let (status, _, body) = call(&weir, "aliased?n=4000&bytes=16384").await;
-    let growth = weir.peak_rss_kib() - before;
+    let (status, body, growth) = growth_of(&weir, "aliased?n=4000&bytes=16384").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
         growth < 32 * 1024,
@@ -440,8 +445,7 @@ async fn host_memory_mb_moves_what_a_handler_call_may_make_weir_hold() {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_memory_mb_outside_its_range_stops_startup() {
     let upstream = Upstream::start("app").await;
-    let route = "[[routes]]\nname = \"counter\"\npath_prefix = \"/c/\"\nhandler = \"counter\"\nplugins = []\n";
-    let config = config(&[upstream.addr], route);
+    let config = config(&[upstream.addr], ROUTE);
     for mb in [0, 1025] {
         let settings = format!("host_memory_mb = {mb}\n");
         let files: [(&str, &[u8]); 2] = [
@@ -501,13 +505,7 @@ async fn an_instance_that_keeps_too_much_in_fields_is_not_reused() {
     assert_eq!(count(&weir).await, Served { uses: 2, ..first }, "reused");
     let (status, _, body) = call(&weir, "fields?count=20&n=15&bytes=8000&keep=1").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "made 20"));
-    let after = count(&weir).await;
-    assert_ne!(
-        after.instance, first.instance,
-        "not reused: it keeps 2.4 MB"
-    );
-    assert_eq!(after.uses, 1);
-    assert_eq!(retired(&weir, "held_resources").await, 1.0);
+    assert_replaced_for_holding(&weir, first, "it keeps 2.4 MB").await;
 }
 
 /// A sub-request made and never sent keeps its finished body in wasmtime-wasi-http's channel
@@ -520,13 +518,7 @@ async fn an_instance_that_keeps_an_unsent_sub_request_is_not_reused() {
     let first = count(&weir).await;
     let (status, _, body) = call(&weir, "bodies?count=1&bytes=1000&keep=1").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "made 1"));
-    let after = count(&weir).await;
-    assert_ne!(
-        after.instance, first.instance,
-        "not reused: it keeps a sub-request"
-    );
-    assert_eq!(after.uses, 1);
-    assert_eq!(retired(&weir, "held_resources").await, 1.0);
+    assert_replaced_for_holding(&weir, first, "it keeps a sub-request").await;
 }
 
 /// A handler may hold at most 4,096 handles at once (wasmtime's default is 100,000), each a
@@ -682,16 +674,17 @@ async fn an_instance_that_keeps_a_sub_request_in_flight_is_not_reused() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 2"));
     let first = first.expect("the guest answered");
     assert_eq!(count(&weir).await, Served { uses: 2, ..first }, "reused");
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
     let mut instances = std::collections::HashSet::new();
-    for _ in 0..10 {
-        let what = "send?count=100&n=15&bytes=8000&to=/hang&ms=200&keep=1";
-        let (status, served, body) = call(&weir, what).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 100"));
-        instances.insert(served.expect("the guest answered").instance);
-    }
-    let growth = weir.peak_rss_kib() - before;
+    let ((), growth) = weir
+        .peak_rss_growth(async {
+            for _ in 0..10 {
+                let what = "send?count=100&n=15&bytes=8000&to=/hang&ms=200&keep=1";
+                let (status, served, body) = call(&weir, what).await;
+                assert_eq!((status, body.as_str()), (StatusCode::OK, "sent 100"));
+                instances.insert(served.expect("the guest answered").instance);
+            }
+        })
+        .await;
     assert!(
         growth < 32 * 1024,
         "weir's peak RSS grew by {growth} KiB for sub-requests kept in flight"
@@ -753,18 +746,19 @@ async fn the_answers_a_reused_instance_keeps_are_emptied_when_its_request_ends()
     let settings = "reuse = true\nmax_instances = 1\ndeadline = \"30s\"\nclusters = [\"app\"]\n";
     let (weir, _upstream) = start(settings).await;
     let first = count(&weir).await;
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
-    for uses in 2..10 {
-        let what = "send?count=20&to=/download/10000000&read=2000000&keep=1";
-        let (status, served, body) = call(&weir, what).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::OK, "sent 20, read 20")
-        );
-        assert_eq!(served, Some(Served { uses, ..first }), "reused");
-    }
-    let growth = weir.peak_rss_kib() - before;
+    let ((), growth) = weir
+        .peak_rss_growth(async {
+            for uses in 2..10 {
+                let what = "send?count=20&to=/download/10000000&read=2000000&keep=1";
+                let (status, served, body) = call(&weir, what).await;
+                assert_eq!(
+                    (status, body.as_str()),
+                    (StatusCode::OK, "sent 20, read 20")
+                );
+                assert_eq!(served, Some(Served { uses, ..first }), "reused");
+            }
+        })
+        .await;
     assert!(
         growth < 32 * 1024,
         "weir's peak RSS grew by {growth} KiB for answers kept over eight requests"

@@ -327,11 +327,8 @@ async fn the_random_bytes_a_filter_asks_for_at_once_are_bounded() {
     let peers = peers().await;
     let weir = start(&peers, "").await;
     assert_eq!(ask(&weir, "/random?bytes=65536").await, "random 65536");
-    weir.reset_peak_rss();
-    let before = weir.peak_rss_kib();
     let url = weir.url(&format!("/random?bytes={}", 64 << 20));
-    let (status, _, body) = weir_tests::get_with(&url, &[]).await;
-    let growth = weir.peak_rss_kib() - before;
+    let ((status, _, body), growth) = weir.peak_rss_growth(weir_tests::get_with(&url, &[])).await;
     assert!(status.is_server_error(), "{status}: {body}");
     assert!(
         growth < 16 * 1024,

@@ -232,13 +232,10 @@ async fn changes_left_call_by_call_cannot_make_weir_hold_more_than_a_call_may_ha
     let (status, _, _) = send(&weir, "/leave?calls=1&bytes=10").await;
     assert_eq!(status, StatusCode::OK);
     let before = app.requests().len();
-    weir.reset_peak_rss();
-    let rss_before = weir.peak_rss_kib();
-
-    let (status, headers, body) = send(&weir, "/leave?calls=256&bytes=1048576").await;
+    let leave = send(&weir, "/leave?calls=256&bytes=1048576");
+    let ((status, headers, body), growth) = weir.peak_rss_growth(leave).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(!headers.contains_key("x-left"));
-    let growth = weir.peak_rss_kib() - rss_before;
     assert!(
         growth < 64 * 1024,
         "weir's peak RSS grew by {growth} KiB for 1 MiB of the plugin's memory"

@@ -308,6 +308,15 @@ impl Weir {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").expect("clear_refs");
     }
 
+    /// What `during` yields, and how far weir's peak resident set grew while it ran, in KiB
+    /// (the peak reset first, so earlier work does not hide it).
+    pub async fn peak_rss_growth<T>(&self, during: impl Future<Output = T>) -> (T, i64) {
+        self.reset_peak_rss();
+        let before = self.peak_rss_kib();
+        let out = during.await;
+        (out, self.peak_rss_kib() - before)
+    }
+
     /// Waits for the process to exit and for the last of its logs to be read; panics at the
     /// deadline.
     pub async fn wait_exit(&mut self) -> ExitStatus {

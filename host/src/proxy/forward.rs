@@ -21,8 +21,9 @@ const HOP_BY_HOP_COUNT: usize = 6;
 /// de-facto `Keep-Alive` and `Proxy-Connection`. `Proxy-*` headers are removed separately.
 /// `Connection` (at [`CONNECTION_AT`]) is taken out on its own by [`strip_hop_by_hop`].
 /// A `const`, so that each comparison is with a known name; in `ManuallyDrop`, so that the
-/// copy each use makes is not dropped name by name (about 130 instructions a request). A
-/// `static` array cost 500 more: its names are read and compared as any names would be.
+/// copy each use makes is not dropped name by name (122 instructions a request in the
+/// profile-guided build). A `static` array cost 500 more in `release`: its names are read and
+/// compared as any names would be (`bench/callgrind.sh`, BENCHMARKS.md "Session 43").
 const HOP_BY_HOP: ManuallyDrop<[HeaderName; HOP_BY_HOP_COUNT]> = ManuallyDrop::new([
     header::CONNECTION,
     header::TE,
