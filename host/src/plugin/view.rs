@@ -45,8 +45,17 @@ pub struct ResponseTrailers(pub Arc<HeaderMap>);
 /// The request through the chain: its head as it will be sent on (every plugin's changes
 /// are applied to `parts` as they are returned), and what the plugins may ask about it.
 /// (`pub` because the generated bindings re-export it.)
+///
+/// Boxed: the view is swapped into the called instance's resource table and back around
+/// every lazy hook call, and moved through the chain's futures, so each of those moves a
+/// pointer rather than the 400 bytes of [`ViewFields`] (1,270 instructions a request on
+/// bench/run.sh's weir+3 route: BENCHMARKS.md, "Session 44").
 #[derive(Debug)]
-pub struct RequestView {
+pub struct RequestView(Box<ViewFields>);
+
+/// What a [`RequestView`] holds (its fields are read through it).
+#[derive(Debug)]
+pub struct ViewFields {
     pub(crate) parts: request::Parts,
     /// The host the client asked for (`Host` or `:authority`).
     authority: Option<HeaderValue>,
@@ -66,6 +75,20 @@ pub struct RequestView {
     outbound: Option<OutboundHandle>,
     /// The method and body request hooks set (0.3.6), if any did (boxed as `left` is).
     rewrite: Option<Box<Rewrite>>,
+}
+
+impl std::ops::Deref for RequestView {
+    type Target = ViewFields;
+
+    fn deref(&self) -> &ViewFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RequestView {
+    fn deref_mut(&mut self) -> &mut ViewFields {
+        &mut self.0
+    }
 }
 
 /// A request's id, cheap to copy into each hook call's state, read as text only when
@@ -164,7 +187,7 @@ impl RequestView {
         request_id: &HeaderValue,
         request_id_is_ours: bool,
     ) -> RequestView {
-        RequestView {
+        RequestView(Box::new(ViewFields {
             parts,
             authority,
             client,
@@ -175,7 +198,7 @@ impl RequestView {
             trace: None,
             outbound: None,
             rewrite: None,
-        }
+        }))
     }
 
     /// Sends the plugins' `outbound` requests through `outbound`.
@@ -208,9 +231,10 @@ impl RequestView {
         self.tls.as_deref()
     }
 
-    /// What the chain holds while its view is lent to a call (allocates nothing).
+    /// The empty view an instance's resource table holds between calls, and the chain holds
+    /// while its own is lent to one (made once per instance).
     pub(crate) fn placeholder() -> RequestView {
-        RequestView {
+        RequestView(Box::new(ViewFields {
             parts: request::Request::new(()).into_parts().0,
             authority: None,
             client: empty(),
@@ -221,7 +245,7 @@ impl RequestView {
             trace: None,
             outbound: None,
             rewrite: None,
-        }
+        }))
     }
 
     /// The request as it is now.
@@ -231,7 +255,7 @@ impl RequestView {
 
     /// The request as it is now, to send on; the view keeps nothing.
     pub fn into_parts(self) -> request::Parts {
-        self.parts
+        self.0.parts
     }
 
     /// The request as it is now, to send on, leaving a copy of its method, target and
@@ -422,7 +446,9 @@ impl RequestView {
     /// `HEAD`, `DELETE`, `TRACE`), changing nothing. The lender calls this only for a call
     /// that succeeded, and [`RequestView::drop_staged`] for one that failed.
     pub(crate) fn apply_staged(&mut self) -> Result<(), String> {
-        let Some(rewrite) = &mut self.rewrite else {
+        // The fields themselves, so that `rewrite` and `parts` are borrowed apart.
+        let this = &mut *self.0;
+        let Some(rewrite) = &mut this.rewrite else {
             return Ok(());
         };
         let (staged_method, staged_body) =
@@ -430,7 +456,7 @@ impl RequestView {
         if staged_method.is_none() && staged_body.is_none() {
             return Ok(());
         }
-        let method = staged_method.as_ref().unwrap_or(&self.parts.method);
+        let method = staged_method.as_ref().unwrap_or(&this.parts.method);
         let body = staged_body.as_ref().or(rewrite.body.as_ref());
         if let Some(body) = body
             && !body.is_empty()
@@ -441,16 +467,16 @@ impl RequestView {
             ));
         }
         if let Some(method) = staged_method {
-            self.parts.method = method;
+            this.parts.method = method;
         }
         if let Some(body) = staged_body {
             rewrite.body = Some(body);
         }
         if let Some(body) = &rewrite.body {
-            let headers = &mut self.parts.headers;
+            let headers = &mut this.parts.headers;
             headers.remove(header::TRANSFER_ENCODING);
             headers.remove(header::CONTENT_ENCODING);
-            if body.is_empty() && !has_content(&self.parts.method) {
+            if body.is_empty() && !has_content(&this.parts.method) {
                 headers.remove(header::CONTENT_LENGTH);
             } else {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));

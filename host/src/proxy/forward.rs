@@ -261,7 +261,7 @@ pub(crate) fn upstream_request_headers(headers: &mut HeaderMap, downstream: &Dow
     if !(downstream.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(
             X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(downstream.scheme),
+            forwarded_proto(downstream.scheme),
         );
     }
     headers.append(header::VIA, via(downstream.version));
@@ -274,15 +274,32 @@ pub(crate) fn client_ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The `Via` entry for a message received with `version`: `1.1 weir`, `2 weir`.
+/// The `Via` entry for a message received with `version`: `1.1 weir`, `2 weir`. Each a
+/// `const`, checked as a header value when weir is compiled rather than on every request.
 fn via(version: Version) -> HeaderValue {
-    HeaderValue::from_static(match version {
-        Version::HTTP_09 => "0.9 weir",
-        Version::HTTP_10 => "1.0 weir",
-        Version::HTTP_2 => "2 weir",
-        Version::HTTP_3 => "3 weir",
-        _ => "1.1 weir",
-    })
+    const HTTP_09: HeaderValue = HeaderValue::from_static("0.9 weir");
+    const HTTP_10: HeaderValue = HeaderValue::from_static("1.0 weir");
+    const HTTP_11: HeaderValue = HeaderValue::from_static("1.1 weir");
+    const HTTP_2: HeaderValue = HeaderValue::from_static("2 weir");
+    const HTTP_3: HeaderValue = HeaderValue::from_static("3 weir");
+    match version {
+        Version::HTTP_09 => HTTP_09,
+        Version::HTTP_10 => HTTP_10,
+        Version::HTTP_2 => HTTP_2,
+        Version::HTTP_3 => HTTP_3,
+        _ => HTTP_11,
+    }
+}
+
+/// `X-Forwarded-Proto` for a client that spoke `scheme`, as [`via`]'s values are made.
+fn forwarded_proto(scheme: &str) -> HeaderValue {
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    match scheme {
+        "https" => HTTPS,
+        "http" => HTTP,
+        other => HeaderValue::from_str(other).unwrap_or(HTTP),
+    }
 }
 
 /// Returns the request's id, generating and inserting one if the client sent none, and
@@ -592,6 +609,23 @@ mod tests {
             upstream_request_headers(&mut map, downstream);
             assert_eq!(render(&map), *expect, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn the_constant_values_say_the_version_and_the_scheme() {
+        let versions = [
+            (Version::HTTP_09, "0.9 weir"),
+            (Version::HTTP_10, "1.0 weir"),
+            (Version::HTTP_11, "1.1 weir"),
+            (Version::HTTP_2, "2 weir"),
+            (Version::HTTP_3, "3 weir"),
+        ];
+        for (version, said) in versions {
+            assert_eq!(via(version), said);
+        }
+        assert_eq!(forwarded_proto("https"), "https");
+        assert_eq!(forwarded_proto("http"), "http");
+        assert_eq!(forwarded_proto("wss"), "wss");
     }
 
     #[test]
