@@ -15,13 +15,27 @@ simulation: `CALLGRIND_ARGS="--dump-instr=yes --cache-sim=yes" OUT=DIR bench/cal
       code each runs at least once a request and its instructions: what the request path's
       code footprint is made of.
 
+  bench/sites.py lines PROFILE N BIN [FUNCTION] [TOP]
+      The instructions run in functions whose name contains FUNCTION (all, without it), each
+      charged to the innermost line of weir's own source its code was inlined from
+      (`addr2line -i`): where the standard library's and the dependencies' code that the
+      compiler folded into weir's functions runs from. `moves` as FUNCTION's suffix
+      (`CountedFuture:moves`) counts only the code inlined from `core::ptr` and `core::mem`:
+      the copies of values an optimised profile shows as no call at all (session 44 found a
+      400-byte `mem::swap` around every plugin call this way).
+
 N is the request count the profile covers (bench/callgrind.sh's N).
 """
 import collections
+import os
 import re
 import signal
 import subprocess
 import sys
+
+
+# The repository's root, as the binary's debug info names weir's own sources.
+ROOT = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")) + "/"
 
 
 def positions(path):
@@ -133,9 +147,58 @@ def code(path, n, top):
               f"{instructions[function] / n:7.0f} instructions  {function[:120]}")
 
 
+def weir_lines(path, n, binary, pattern, top):
+    moves = pattern.endswith(":moves")
+    pattern = pattern.removesuffix(":moves")
+    cost = collections.Counter()
+    for function, address, costs, call in positions(path):
+        if not call and costs and pattern in (function or ""):
+            cost[address] += costs[0]
+    addresses = sorted(cost)
+    out = subprocess.run(
+        ["addr2line", "-e", binary, "-a", "-i", "-f", "-C"],
+        input="\n".join(hex(a) for a in addresses) + "\n",
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    # `-a` starts each address's frames with the address; each frame is a function line and
+    # a file:line line, innermost first.
+    frames = collections.defaultdict(list)
+    at, i = None, 0
+    while i < len(out):
+        if out[i].startswith("0x"):
+            at, i = int(out[i], 16), i + 1
+        elif at is not None and i + 1 < len(out):
+            frames[at].append((out[i], out[i + 1]))
+            i += 2
+        else:
+            i += 1
+    charged = collections.Counter()
+    for address in addresses:
+        chain = frames.get(address, [])
+        if moves and not (chain and re.search(r"core/src/(ptr|mem)/", chain[0][1])):
+            continue
+        ours = [(f, loc) for f, loc in chain if loc.startswith(ROOT)]
+        if ours:
+            function, loc = ours[0]
+            where = loc.removeprefix(ROOT) + "  " + function[:70]
+        elif chain:
+            function, loc = chain[-1]
+            where = "(not weir's) " + re.sub(r".*/", "", loc) + "  " + function[:70]
+        else:
+            where = "?"
+        charged[where] += cost[address]
+    print(f"{sum(charged.values()) / n:.0f} instructions a request")
+    for where, c in charged.most_common(top):
+        print(f"{c / n:8.1f}  {where}")
+
+
 def main(argv):
     if len(argv) >= 5 and argv[1] == "calls":
         call_sites(argv[2], int(argv[3]), argv[4], argv[5] if len(argv) > 5 else None)
+    elif len(argv) >= 5 and argv[1] == "lines":
+        pattern = argv[5] if len(argv) > 5 else ""
+        weir_lines(argv[2], int(argv[3]), argv[4], pattern, int(argv[6]) if len(argv) > 6 else 40)
     elif len(argv) >= 4 and argv[1] == "code":
         code(argv[2], int(argv[3]), int(argv[4]) if len(argv) > 4 else 40)
     else:
