@@ -16,7 +16,8 @@ simulation: `CALLGRIND_ARGS="--dump-instr=yes --cache-sim=yes" OUT=DIR bench/cal
       code footprint is made of.
 
   bench/sites.py lines PROFILE N BIN [FUNCTION] [TOP]
-      The instructions run in functions whose name contains FUNCTION (all, without it), each
+      The instructions the profiled program's own binary ran (not libc's, nor plugins'
+      compiled code) in functions whose name contains FUNCTION (all, without it), each
       charged to the innermost line of weir's own source its code was inlined from
       (`addr2line -i`): where the standard library's and the dependencies' code that the
       compiler folded into weir's functions runs from. `moves` as FUNCTION's suffix
@@ -38,27 +39,40 @@ import sys
 ROOT = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")) + "/"
 
 
-def positions(path):
+def positions(path, objects=None):
     """Yields (function, address, costs, is_call) for each cost line of a callgrind file
     written with `--dump-instr=yes` (positions "instr line"). A call's line carries the
-    callee's inclusive cost and the callee's name as `callee`."""
+    callee's inclusive cost and the callee's name as `callee`. With `objects`, a set, only
+    the lines of the object files (ELF paths) in it: callgrind writes an address relative
+    to its own object, so addresses of two objects must not be mixed."""
     names = {}
+    object_names = {}
     function = callee = None
+    obj = None
     last = 0
     calls = None
 
-    def name(line, key):
+    def name(line, key, table):
         m = re.match(key + r"=\((\d+)\)(?: (.*))?", line.strip())
+        if m is None:
+            return line.split("=", 1)[1].strip()
         if m.group(2):
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), m.group(1))
+            table[m.group(1)] = m.group(2)
+        return table.get(m.group(1), m.group(1))
 
     with open(path) as profile:
         for line in profile:
-            if line.startswith("fn="):
-                function = name(line, "fn")
+            if line.startswith("ob="):
+                obj = name(line, "ob", object_names)
+            elif line.startswith("cob="):
+                # The callee's object names an entry too.
+                name(line, "cob", object_names)
+            elif objects is not None and obj not in objects:
+                continue
+            elif line.startswith("fn="):
+                function = name(line, "fn", names)
             elif line.startswith("cfn="):
-                callee = name(line, "cfn")
+                callee = name(line, "cfn", names)
             elif line.startswith("calls="):
                 calls = int(line.split("=", 1)[1].split()[0])
             elif line[:1] in "0123456789+-*":
@@ -147,11 +161,30 @@ def code(path, n, top):
               f"{instructions[function] / n:7.0f} instructions  {function[:120]}")
 
 
+def profiled(path):
+    """The object files of the program the profile ran (its `cmd:`), by name: the addresses
+    `lines` looks up in BIN (which may be a copy of that program, under another path)."""
+    with open(path) as profile:
+        for line in profile:
+            if line.startswith("cmd:"):
+                program = os.path.basename(line.split()[1])
+                break
+        else:
+            return None
+    objects = set()
+    with open(path) as profile:
+        for line in profile:
+            m = re.match(r"c?ob=\(\d+\) (.*)", line.strip())
+            if m and os.path.basename(m.group(1)) == program:
+                objects.add(m.group(1))
+    return objects
+
+
 def weir_lines(path, n, binary, pattern, top):
     moves = pattern.endswith(":moves")
     pattern = pattern.removesuffix(":moves")
     cost = collections.Counter()
-    for function, address, costs, call in positions(path):
+    for function, address, costs, call in positions(path, profiled(path)):
         if not call and costs and pattern in (function or ""):
             cost[address] += costs[0]
     addresses = sorted(cost)
@@ -169,7 +202,8 @@ def weir_lines(path, n, binary, pattern, top):
         if out[i].startswith("0x"):
             at, i = int(out[i], 16), i + 1
         elif at is not None and i + 1 < len(out):
-            frames[at].append((out[i], out[i + 1]))
+            # One line's code may come in several blocks (` (discriminator N)`).
+            frames[at].append((out[i], re.sub(r" \(discriminator \d+\)$", "", out[i + 1])))
             i += 2
         else:
             i += 1

@@ -64,8 +64,8 @@ pub struct ViewFields {
     route: Arc<str>,
     /// The request id (every hook call logs under it).
     request_id: RequestId,
-    /// Response header changes plugins left, if any did (boxed: most requests have none,
-    /// and the view is moved in and out of each call).
+    /// Response header changes plugins left, if any did (boxed: most requests have none, and
+    /// the fields are allocated for every request with plugins).
     left: Option<Box<Left>>,
     /// The client connection's TLS, if it spoke TLS.
     tls: Option<Arc<TlsInfo>>,

@@ -55,8 +55,8 @@ pub(super) struct ResponsePhase {
 
 /// The request as the route's chain leaves it, in `request` and `body`: changed and sent
 /// on, or answered. Call it only for a chain that [`Chain::is_active`]. (The view is the
-/// caller's and borrowed here: a head moved into and out of each phase is a few hundred
-/// bytes copied per request.)
+/// caller's and borrowed here; on `Forward` the caller hands it to the response phase,
+/// [`sent`].)
 pub(super) async fn on_request(
     chain: &Chain,
     request: &mut RequestView,
