@@ -122,19 +122,19 @@ def call_sites(path, n, pattern, binary):
     total = sum(count.values())
     print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions, "
           f"{sum(write_misses.values()) / n:.0f} D1 write misses")
+    shown = [site for site, calls in count.items() if calls >= n / 2]
+    # Only the program's own call sites are named: another object's addresses are not BIN's.
+    own = {address for _, address, _, _ in positions(path, profiled(path))} if binary else set()
+    frames = inline_frames(binary, sorted({a for _, a in shown} & own)) if binary else {}
     for (function, address), calls in sorted(count.items(), key=lambda kv: -kv[1]):
         if calls < n / 2:
             continue
+        # The innermost frame outside the standard library: hyper's or weir's line.
+        locations = [loc for _, loc in frames.get(address, [])]
+        outside = [loc for loc in locations if "/rustc/" not in loc] or locations
         where = ""
-        if binary:
-            out = subprocess.run(
-                ["addr2line", "-e", binary, "-i", hex(address)],
-                capture_output=True,
-                text=True,
-            ).stdout.split("\n")
-            # The innermost frame outside the standard library: hyper's or weir's line.
-            frames = [f for f in out if f and "/rustc/" not in f] or out
-            where = re.sub(r".*/registry/src/[^/]*/", "", frames[0]).replace("/work/main/", "")
+        if outside:
+            where = re.sub(r".*/registry/src/[^/]*/", "", outside[0]).removeprefix(ROOT)
         each = cost[(function, address)] / calls
         misses = write_misses[(function, address)] / calls
         print(f"{calls / n:5.2f} {each:5.1f}/call {misses:4.1f} D1mw/call {hex(address)} "
@@ -180,6 +180,31 @@ def profiled(path):
     return objects
 
 
+def inline_frames(binary, addresses):
+    """Each address's frames in BIN, innermost first, as (function, file:line), the frames of
+    code inlined into it included (`addr2line -i`, one run for all of them). A line whose
+    code comes in several blocks is one location (` (discriminator N)` dropped)."""
+    out = subprocess.run(
+        ["addr2line", "-e", binary, "-a", "-i", "-f", "-C"],
+        input="\n".join(hex(a) for a in addresses) + "\n",
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    # `-a` starts each address's frames with the address; each frame is a function line and
+    # a file:line line.
+    frames = collections.defaultdict(list)
+    at, i = None, 0
+    while i < len(out):
+        if out[i].startswith("0x"):
+            at, i = int(out[i], 16), i + 1
+        elif at is not None and i + 1 < len(out):
+            frames[at].append((out[i], re.sub(r" \(discriminator \d+\)$", "", out[i + 1])))
+            i += 2
+        else:
+            i += 1
+    return frames
+
+
 def weir_lines(path, n, binary, pattern, top):
     moves = pattern.endswith(":moves")
     pattern = pattern.removesuffix(":moves")
@@ -188,25 +213,7 @@ def weir_lines(path, n, binary, pattern, top):
         if not call and costs and pattern in (function or ""):
             cost[address] += costs[0]
     addresses = sorted(cost)
-    out = subprocess.run(
-        ["addr2line", "-e", binary, "-a", "-i", "-f", "-C"],
-        input="\n".join(hex(a) for a in addresses) + "\n",
-        capture_output=True,
-        text=True,
-    ).stdout.split("\n")
-    # `-a` starts each address's frames with the address; each frame is a function line and
-    # a file:line line, innermost first.
-    frames = collections.defaultdict(list)
-    at, i = None, 0
-    while i < len(out):
-        if out[i].startswith("0x"):
-            at, i = int(out[i], 16), i + 1
-        elif at is not None and i + 1 < len(out):
-            # One line's code may come in several blocks (` (discriminator N)`).
-            frames[at].append((out[i], re.sub(r" \(discriminator \d+\)$", "", out[i + 1])))
-            i += 2
-        else:
-            i += 1
+    frames = inline_frames(binary, addresses)
     charged = collections.Counter()
     for address in addresses:
         chain = frames.get(address, [])

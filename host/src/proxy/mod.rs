@@ -642,11 +642,7 @@ fn upstream_request(
         client_ip: &client.ip_value,
         host,
         version: parts.version,
-        scheme: if client.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
+        tls: client.tls.is_some(),
         trusted: ctx.trusted,
     };
     forward::upstream_request_headers(&mut parts.headers, &downstream);
