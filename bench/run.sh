@@ -47,11 +47,20 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   apt-get install -y -q "${need[@]}" >/dev/null
 fi
-[ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
-[ -x "$FLOOR" ] || { echo "missing $FLOOR: cargo build --profile dist -p weir-bench-floor" >&2; exit 1; }
-for p in key-auth headers jwt-auth rate-limit rewrite; do
-  [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
-done
+# Only what TARGETS runs is started, so only that must be built (bench/floor-pgo.sh trains
+# the floor alone).
+runs() { for t; do [[ " $TARGETS " == *" $t "* ]] && return 0; done; return 1; }
+if runs weir weir+2 weir+3 weir-off weir-log; then
+  [ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
+fi
+if runs weir weir+2 weir+3; then
+  for p in key-auth headers jwt-auth rate-limit rewrite; do
+    [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
+  done
+fi
+if runs floor; then
+  [ -x "$FLOOR" ] || { echo "missing $FLOOR: cargo build --profile dist -p weir-bench-floor" >&2; exit 1; }
+fi
 
 . bench/common.sh
 tmp=$(mktemp -d)
@@ -93,8 +102,10 @@ frontend bench
 backend origin
   server o1 127.0.0.1:$ORIGIN
 CONF
-for p in key-auth headers jwt-auth rate-limit rewrite; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
-write_plugin_settings "$tmp/plugins"
+if runs weir weir+2 weir+3; then
+  for p in key-auth headers jwt-auth rate-limit rewrite; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
+  write_plugin_settings "$tmp/plugins"
+fi
 cat > "$tmp/weir.toml" <<CONF
 [[listeners]]
 address = "127.0.0.1:$WEIRP"
@@ -124,14 +135,18 @@ CONF
 taskset -c 1 nginx -c "$tmp/origin.conf" -e stderr & pids+=($!)
 taskset -c 0 nginx -c "$tmp/nginx.conf" -e stderr & pids+=($!); nginx_pid=$!
 taskset -c 0 haproxy -f "$tmp/haproxy.cfg" -db & pids+=($!); haproxy_pid=$!
-taskset -c 0 "$FLOOR" "127.0.0.1:$FLOORP" "127.0.0.1:$ORIGIN" & pids+=($!); floor_pid=$!
-RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pids+=($!); weir_pid=$!
-weir_off_pid=0 weir_log_pid=0
-if [[ " $TARGETS " == *" weir-off "* ]]; then
+floor_pid=0 weir_pid=0 weir_off_pid=0 weir_log_pid=0
+if runs floor; then
+  taskset -c 0 "$FLOOR" "127.0.0.1:$FLOORP" "127.0.0.1:$ORIGIN" & pids+=($!); floor_pid=$!
+fi
+if runs weir weir+2 weir+3; then
+  RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/weir.toml" & pids+=($!); weir_pid=$!
+fi
+if runs weir-off; then
   mkdir -p "$tmp/off" && OBSERVE=off write_plain_weir_conf "$tmp/off/weir.toml" "$WEIROFF" "$ORIGIN"
   RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/off/weir.toml" & pids+=($!); weir_off_pid=$!
 fi
-if [[ " $TARGETS " == *" weir-log "* ]]; then
+if runs weir-log; then
   mkdir -p "$tmp/log" && OBSERVE=${LOG:-all} write_plain_weir_conf "$tmp/log/weir.toml" "$WEIRLOG" "$ORIGIN"
   RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/log/weir.toml" & pids+=($!); weir_log_pid=$!
 fi
