@@ -20,6 +20,7 @@
 #   cargo xtask pgo && bench/floor-pgo.sh    # target/pgo/weir, target/pgo-floor/hyper-floor
 #   cargo xtask plugins && cargo xtask examples
 #   cargo bench -p weir-host --bench plugins --no-run
+# About 18 minutes here.
 # Usage: bench/all.sh   (env: WEIR=target/pgo/weir FLOOR=target/pgo-floor/hyper-floor,
 # OUT=target/bench-all/<time>, ONLY="run callgrind ..." a subset in this order)
 set -euo pipefail
