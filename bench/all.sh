@@ -26,30 +26,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WEIR=$(realpath "${WEIR:-target/pgo/weir}")
-FLOOR=$(realpath "${FLOOR:-target/pgo-floor/hyper-floor}")
-OUT=${OUT:-target/bench-all/$(date +%Y%m%d-%H%M)}
+# -m: a build not made yet is reported by the step that needs it, not here.
+WEIR=$(realpath -m "${WEIR:-target/pgo/weir}")
+FLOOR=$(realpath -m "${FLOOR:-target/pgo-floor/hyper-floor}")
+OUT=$(realpath -m "${OUT:-target/bench-all/$(date -u +%Y%m%d-%H%M)}")
 ONLY=${ONLY:-run callgrind observe memory handlers criterion}
 export WEIR FLOOR
 mkdir -p "$OUT"
 summary=$OUT/summary.txt
 {
-  echo "bench/all.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host plugins plugin-sdk wit || echo ' (host or plugins changed since)')"
+  changed=$(git status --porcelain -- host plugins plugin-sdk wit bench | wc -l)
+  echo "bench/all.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD)$([ "$changed" = 0 ] || echo " ($changed files of host, plugins or bench changed since)")"
   echo "WEIR=$WEIR"
   echo "FLOOR=$FLOOR"
   echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$summary"
 
 # step NAME LINES COMMAND...: runs COMMAND into $OUT/NAME.log, then copies its last LINES
-# lines (where each script prints its table) into the summary.
+# lines (where each script prints its table) into the summary. Each script gets its own OUT
+# (callgrind.sh keeps its profile there) and no TARGETS of the caller's.
+failed=0
 step() {
   local name=$1 lines=$2
   shift 2
   local started=$SECONDS
-  echo "== $name: $*" | tee -a "$summary"
-  if ! "$@" > "$OUT/$name.log" 2>&1; then
+  echo "== $name:$(printf ' %q' "$@")" | tee -a "$summary"
+  if ! env -u TARGETS OUT="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1; then
     echo "   failed; see $OUT/$name.log" | tee -a "$summary"
     tail -5 "$OUT/$name.log" >> "$summary"
+    failed=$((failed + 1))
     return 0
   fi
   tail -n "$lines" "$OUT/$name.log" >> "$summary"
@@ -83,3 +88,4 @@ if wants criterion; then
   grep -B1 '^ *time:' "$OUT/criterion.log" | grep -v '^--$' >> "$summary" || true
 fi
 echo "summary: $summary"
+[ "$failed" = 0 ] || { echo "$failed of the steps failed" >&2; exit 1; }

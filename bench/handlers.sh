@@ -7,7 +7,7 @@
 # cannot serve: componentize-js 0.23's `fetch` event answers one request per instance
 # (examples/handlers/js/profile.toml): an instance's second call returns without an answer,
 # weir answers 500 and replaces the instance, and the requests/s wrk reports for it are
-# mostly those failures (session 45: 128,000 a second, nearly all of them not 2xx).
+# mostly those failures (session 45: 128,000–153,000 a second, nearly all of them not 2xx).
 # Origin: nginx answering both clusters. weir has one worker thread pinned
 # to CPU 0; origin and wrk share CPU 1. Needs nginx, wrk, taskset, a release weir
 # (`cargo build --release -p weir-host`) and the examples built (`cargo xtask examples`).

@@ -47,8 +47,8 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   apt-get install -y -q "${need[@]}" >/dev/null
 fi
-# Only what TARGETS runs is started, so only that must be built (bench/floor-pgo.sh trains
-# the floor alone).
+# weir and the floor are started only when TARGETS names them, so only those must be built
+# (bench/floor-pgo.sh trains the floor alone); the origin, nginx and HAProxy always start.
 runs() { for t; do [[ " $TARGETS " == *" $t "* ]] && return 0; done; return 1; }
 if runs weir weir+2 weir+3 weir-off weir-log; then
   [ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
@@ -150,7 +150,9 @@ if runs weir-log; then
   mkdir -p "$tmp/log" && OBSERVE=${LOG:-all} write_plain_weir_conf "$tmp/log/weir.toml" "$WEIRLOG" "$ORIGIN"
   RUST_LOG=warn taskset -c 0 "$WEIR" --config "$tmp/log/weir.toml" & pids+=($!); weir_log_pid=$!
 fi
-token=$(cargo xtask token bench 3600 2>/dev/null)
+# weir+3's jwt-auth needs a token; the other targets ignore the header.
+token=
+if runs weir+3; then token=$(cargo xtask token bench 3600 2>/dev/null); fi
 
 # target → "port path-prefix pid"
 spec() {
