@@ -740,7 +740,10 @@ async fn the_answers_a_handler_call_reads_are_bounded_in_all() {
 /// it hyper's whole read buffer (about 400 KiB): 20 answers read 2 MB into and kept in a
 /// global made weir hold 10 MB more at each request, while the instance was reused. Their
 /// streams are emptied when the request ends (reading them fails, as reading their bodies
-/// does).
+/// does). Without that (`cut_streams` not called) the peak grows by 84 MB over the eight
+/// requests; with it, by what one request's twenty downloads hold at once: 19.6–27.2 MB in
+/// seven runs beside other tests, once 35.2 MB in a clean-clone CI run (session 45), which
+/// the bound of 32 MB it had failed. The bound sits between the two.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_answers_a_reused_instance_keeps_are_emptied_when_its_request_ends() {
     let settings = "reuse = true\nmax_instances = 1\ndeadline = \"30s\"\nclusters = [\"app\"]\n";
@@ -760,7 +763,7 @@ async fn the_answers_a_reused_instance_keeps_are_emptied_when_its_request_ends()
         })
         .await;
     assert!(
-        growth < 32 * 1024,
+        growth < 56 * 1024,
         "weir's peak RSS grew by {growth} KiB for answers kept over eight requests"
     );
 }
