@@ -61,7 +61,8 @@ step() {
   echo "   ($((SECONDS - started)) s, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$summary"
 }
 
-wants() { [[ " $ONLY " == *" $1 "* ]]; }
+. bench/common.sh
+wants() { listed "$ONLY" "$1"; }
 
 if wants run; then
   step run 30 bench/run.sh

@@ -4,6 +4,15 @@
 # The benchmarks' plugin settings (wherever the sourcing script stands).
 BENCH_PLUGINS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/plugins
 
+# listed "LIST" WORD...: whether any WORD is one of LIST's space-separated words (a script's
+# TARGETS, say).
+listed() {
+  local list=" $1 " word
+  shift
+  for word; do [[ $list == *" $word "* ]] && return 0; done
+  return 1
+}
+
 # Fails with the install line unless nginx, wrk, taskset and the weir binary ($WEIR) exist.
 require_tools() {
   for tool in nginx wrk taskset; do

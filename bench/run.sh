@@ -47,14 +47,17 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   apt-get install -y -q "${need[@]}" >/dev/null
 fi
+. bench/common.sh
 # weir and the floor are started only when TARGETS names them, so only those must be built
 # (bench/floor-pgo.sh trains the floor alone); the origin, nginx and HAProxy always start.
-runs() { for t; do [[ " $TARGETS " == *" $t "* ]] && return 0; done; return 1; }
+runs() { listed "$TARGETS" "$@"; }
+# The plugins of the weir+2 and weir+3 routes.
+ROUTE_PLUGINS="key-auth headers jwt-auth rate-limit rewrite"
 if runs weir weir+2 weir+3 weir-off weir-log; then
   [ -x "$WEIR" ] || { echo "missing $WEIR: cargo build --profile dist -p weir-host" >&2; exit 1; }
 fi
 if runs weir weir+2 weir+3; then
-  for p in key-auth headers jwt-auth rate-limit rewrite; do
+  for p in $ROUTE_PLUGINS; do
     [ -f "$PLUGINS/$p.wasm" ] || { echo "missing $PLUGINS/$p.wasm: cargo xtask plugins" >&2; exit 1; }
   done
 fi
@@ -62,7 +65,6 @@ if runs floor; then
   [ -x "$FLOOR" ] || { echo "missing $FLOOR: cargo build --profile dist -p weir-bench-floor" >&2; exit 1; }
 fi
 
-. bench/common.sh
 tmp=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
@@ -103,7 +105,7 @@ backend origin
   server o1 127.0.0.1:$ORIGIN
 CONF
 if runs weir weir+2 weir+3; then
-  for p in key-auth headers jwt-auth rate-limit rewrite; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
+  for p in $ROUTE_PLUGINS; do cp "$PLUGINS/$p.wasm" "$tmp/plugins/"; done
   write_plugin_settings "$tmp/plugins"
 fi
 cat > "$tmp/weir.toml" <<CONF

@@ -40,11 +40,12 @@ ROOT = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 
 def positions(path, objects=None):
-    """Yields (function, address, costs, is_call) for each cost line of a callgrind file
-    written with `--dump-instr=yes` (positions "instr line"). A call's line carries the
-    callee's inclusive cost and the callee's name as `callee`. With `objects`, a set, only
-    the lines of the object files (ELF paths) in it: callgrind writes an address relative
-    to its own object, so addresses of two objects must not be mixed."""
+    """Yields (function, address, costs, call, object) for each cost line of a callgrind
+    file written with `--dump-instr=yes` (positions "instr line"): `call` is `(callee,
+    calls)` on a call's line, which carries the callee's inclusive cost, else None; `object`
+    is the ELF path the address is relative to (callgrind writes each address relative to its
+    own object, so addresses of two objects must not be mixed). With `objects`, a set, only
+    the lines of the object files in it."""
     names = {}
     object_names = {}
     function = callee = None
@@ -86,10 +87,10 @@ def positions(path, objects=None):
                     last -= int(at[1:])
                 costs = [int(c) for c in fields[2:]]
                 if calls is not None:
-                    yield function, last, costs, (callee, calls)
+                    yield function, last, costs, (callee, calls), obj
                     calls = None
                 else:
-                    yield function, last, costs, None
+                    yield function, last, costs, None, obj
 
 
 def event(path, name):
@@ -114,17 +115,20 @@ def call_sites(path, n, pattern, binary):
     cost = collections.Counter()
     write_misses = collections.Counter()
     d1mw = event(path, "D1mw")
-    for function, address, costs, call in positions(path):
+    # Only the program's own call sites are named: another object's addresses are not BIN's.
+    program = profiled(path) or set()
+    own = set()
+    for function, address, costs, call, obj in positions(path):
         if call and pattern in (call[0] or "") and costs:
             count[(function, address)] += call[1]
             cost[(function, address)] += costs[0]
             write_misses[(function, address)] += d1mw(costs)
+            if obj in program:
+                own.add(address)
     total = sum(count.values())
     print(f"{total / n:.1f} calls a request, {sum(cost.values()) / n:.0f} instructions, "
           f"{sum(write_misses.values()) / n:.0f} D1 write misses")
     shown = [site for site, calls in count.items() if calls >= n / 2]
-    # Only the program's own call sites are named: another object's addresses are not BIN's.
-    own = {address for _, address, _, _ in positions(path, profiled(path))} if binary else set()
     frames = inline_frames(binary, sorted({a for _, a in shown} & own)) if binary else {}
     for (function, address), calls in sorted(count.items(), key=lambda kv: -kv[1]):
         if calls < n / 2:
@@ -146,7 +150,7 @@ def code(path, n, top):
     instructions = collections.Counter()
     misses = collections.Counter()
     i1mr = event(path, "I1mr")
-    for function, address, costs, call in positions(path):
+    for function, address, costs, call, _ in positions(path):
         if call or not costs:
             continue
         instructions[function] += costs[0]
@@ -164,20 +168,18 @@ def code(path, n, top):
 def profiled(path):
     """The object files of the program the profile ran (its `cmd:`), by name: the addresses
     `lines` looks up in BIN (which may be a copy of that program, under another path)."""
+    program, objects = None, set()
     with open(path) as profile:
+        # `cmd:` is in the header, before any object is named.
         for line in profile:
-            if line.startswith("cmd:"):
-                program = os.path.basename(line.split()[1])
-                break
-        else:
-            return None
-    objects = set()
-    with open(path) as profile:
-        for line in profile:
+            if program is None:
+                if line.startswith("cmd:"):
+                    program = os.path.basename(line.split()[1])
+                continue
             m = re.match(r"c?ob=\(\d+\) (.*)", line.strip())
             if m and os.path.basename(m.group(1)) == program:
                 objects.add(m.group(1))
-    return objects
+    return objects if program is not None else None
 
 
 def inline_frames(binary, addresses):
@@ -209,7 +211,7 @@ def weir_lines(path, n, binary, pattern, top):
     moves = pattern.endswith(":moves")
     pattern = pattern.removesuffix(":moves")
     cost = collections.Counter()
-    for function, address, costs, call in positions(path, profiled(path)):
+    for function, address, costs, call, _ in positions(path, profiled(path)):
         if not call and costs and pattern in (function or ""):
             cost[address] += costs[0]
     addresses = sorted(cost)
