@@ -742,8 +742,9 @@ async fn the_answers_a_handler_call_reads_are_bounded_in_all() {
 /// streams are emptied when the request ends (reading them fails, as reading their bodies
 /// does). Without that (`cut_streams` not called) the peak grows by 84 MB over the eight
 /// requests; with it, by what one request's twenty downloads hold at once: 19.6–27.2 MB in
-/// seven runs beside other tests, once 35.2 MB in a clean-clone CI run (session 45), which
-/// the bound of 32 MB it had failed. The bound sits between the two.
+/// seven runs beside other tests (`cargo test -p weir-tests --test all -- handler_reuse::
+/// languages::`, the growth printed), once 35.2 MB in a clean-clone CI run (session 45),
+/// which the bound of 32 MB it had failed. The bound sits between the two.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_answers_a_reused_instance_keeps_are_emptied_when_its_request_ends() {
     let settings = "reuse = true\nmax_instances = 1\ndeadline = \"30s\"\nclusters = [\"app\"]\n";
