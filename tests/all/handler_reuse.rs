@@ -411,7 +411,9 @@ async fn a_list_of_one_buffer_cannot_make_weir_copy_more_than_a_handler_call_may
 /// wasmtime-wasi-http's 128 KiB per `fields`), but a handler may keep every `fields` it makes
 /// until it returns: 500 of 120 KB, made from one list of the guest's, were 60 MB of weir's
 /// memory for one request. What one call copies into `fields` is counted, and past 16 MiB
-/// the call traps; 100 of them (12 MB) are taken.
+/// the call traps; 100 of them (12 MB) are taken. The peak grows by 4.9–15.8 MB with the
+/// count (nine runs, session 46, the growth printed as `RSS-GROWTH`) and by 48.6–49.4 MB
+/// without it (`from-list` charged nothing); the bound, 32 MB, sits between.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fields_a_handler_call_makes_are_bounded_in_all() {
     let (weir, _upstream) = start("deadline = \"10s\"\n").await;
@@ -420,7 +422,7 @@ async fn the_fields_a_handler_call_makes_are_bounded_in_all() {
     let (status, body, growth) = growth_of(&weir, "fields?count=500&n=15&bytes=8000").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(
-        growth < 24 * 1024,
+        growth < 32 * 1024,
         "weir's peak RSS grew by {growth} KiB for 120 KB of the guest's"
     );
     let labels = [("plugin", "counter"), ("kind", "trap")];
@@ -555,7 +557,9 @@ async fn a_handler_that_traps_mid_body_is_a_failure_not_a_shorter_response() {
 /// request is sent or dropped, and wasmtime-wasi-http bounds only the path (64 KiB): 200
 /// sub-requests never sent, each with a method or an authority of 1 MB, were 200 MB of
 /// weir's memory for one request, 2,000 with a path of 60 KB 120 MB. They are counted
-/// against the call's 16 MiB as `fields` are.
+/// against the call's 16 MiB as `fields` are, and the peak grows by 20.3–23.9 MB (nine runs
+/// of each attack, session 46, the growth printed as `RSS-GROWTH`): the bound, 48 MB, is
+/// twice that and well under the 120 MB the smallest attack made without the count.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_heads_of_the_sub_requests_a_handler_call_makes_are_bounded_in_all() {
     let (weir, _upstream) = start("deadline = \"10s\"\n").await;
@@ -575,7 +579,7 @@ async fn the_heads_of_the_sub_requests_a_handler_call_makes_are_bounded_in_all()
             "{attack}: {body}"
         );
         assert!(
-            growth < 32 * 1024,
+            growth < 48 * 1024,
             "{attack}: weir's peak RSS grew by {growth} KiB for sub-requests never sent"
         );
     }
@@ -665,7 +669,10 @@ async fn the_random_bytes_a_handler_asks_for_at_once_are_bounded() {
 /// accounts start again at zero: ten calls of 100 sub-requests with a 120 KB head to an
 /// upstream that does not answer were 120 MB. An instance that keeps a sub-request in flight
 /// is not reused (its store, and the sub-request, are dropped); one whose sub-requests were
-/// answered is.
+/// answered is. The peak grows by 22.9–28.6 MB with that (nine runs, session 46: `cargo test
+/// -p weir-tests --test all -- handler_reuse:: --nocapture | grep RSS-GROWTH`), 144.5 MB
+/// without it (the `Pending` check in `handler::reusable` taken out); the bound, 64 MB, sits
+/// between (at 32 MB it was within 13 % of the runs' highest).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_keeps_a_sub_request_in_flight_is_not_reused() {
     let settings = "reuse = true\nmax_instances = 1\ndeadline = \"10s\"\nclusters = [\"app\"]\n";
@@ -686,7 +693,7 @@ async fn an_instance_that_keeps_a_sub_request_in_flight_is_not_reused() {
         })
         .await;
     assert!(
-        growth < 32 * 1024,
+        growth < 64 * 1024,
         "weir's peak RSS grew by {growth} KiB for sub-requests kept in flight"
     );
     assert_eq!(

@@ -309,12 +309,17 @@ impl Weir {
     }
 
     /// What `during` yields, and how far weir's peak resident set grew while it ran, in KiB
-    /// (the peak reset first, so earlier work does not hide it).
+    /// (the peak reset first, so earlier work does not hide it). The growth is printed, with
+    /// the test's name, for measuring a bound's spread: `cargo test -p weir-tests --test all
+    /// -- NAME --nocapture | grep RSS-GROWTH`.
     pub async fn peak_rss_growth<T>(&self, during: impl Future<Output = T>) -> (T, i64) {
         self.reset_peak_rss();
         let before = self.peak_rss_kib();
         let out = during.await;
-        (out, self.peak_rss_kib() - before)
+        let growth = self.peak_rss_kib() - before;
+        let test = std::thread::current();
+        eprintln!("RSS-GROWTH {} {growth}", test.name().unwrap_or("?"));
+        (out, growth)
     }
 
     /// Waits for the process to exit and for the last of its logs to be read; panics at the
