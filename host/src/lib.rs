@@ -146,6 +146,7 @@ pub async fn run(
     // Watching starts before `listening`, so no change made after that is missed.
     let generation = Arc::new(ArcSwap::from_pointee(first));
     let (trigger, drain) = shutdown::channel();
+    let (listening, listeners_closed) = shutdown::listening();
     let reload = reload::spawn(reloader, generation.clone(), drain.clone());
 
     let mut proxy_listeners = Vec::new();
@@ -174,6 +175,7 @@ pub async fn run(
                 settings.clone(),
                 redirect::service(port),
                 drain.clone(),
+                listening.clone(),
             ));
             continue;
         }
@@ -189,6 +191,7 @@ pub async fn run(
             settings.clone(),
             make_service,
             drain.clone(),
+            listening.clone(),
         ));
     }
     if let Some(listener) = admin_listener {
@@ -198,12 +201,17 @@ pub async fn run(
             settings.clone(),
             admin::service(generation.clone(), reload),
             drain.clone(),
+            listening.clone(),
         ));
     }
 
+    drop(listening);
+
     shutdown.await;
-    tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     trigger.trigger();
+    // Said once it is true: every listener closed.
+    listeners_closed.wait().await;
+    tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     while tasks.join_next().await.is_some() {}
     if let Some(log) = access_log {
         // The last requests' records reach the file before weir exits.

@@ -31,7 +31,7 @@ use self::woken::Woken;
 use crate::config::ServerConfig;
 use crate::error::BoxError;
 use crate::proxy_protocol::{self, Rewind};
-use crate::shutdown::Drain;
+use crate::shutdown::{Drain, Listening};
 use crate::tls::{ServerTls, TlsInfo};
 
 /// A client connection, accepted and (on a TLS listener) past its handshake.
@@ -65,15 +65,16 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Failed accepts (usually EMFILE: out of file descriptors) retry at least this often.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Serves `listener` (with TLS, if `tls`) until `drain` fires, then waits up to
-/// `settings.drain_timeout` for open connections to finish their in-flight requests and for
-/// upgraded connections to close.
+/// Serves `listener` (with TLS, if `tls`) until `drain` fires, then closes it (and drops
+/// `listening`) and waits up to `settings.drain_timeout` for open connections to finish
+/// their in-flight requests and for upgraded connections to close.
 pub(crate) async fn serve<M, S, B>(
     listener: TcpListener,
     accept: Accept,
     settings: ServerConfig,
     make_service: M,
     drain: Drain,
+    listening: Listening,
 ) where
     M: Fn(Accepted) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
@@ -208,6 +209,7 @@ pub(crate) async fn serve<M, S, B>(
 
     // Closing the listener now makes new connection attempts fail fast instead of queueing.
     drop(listener);
+    drop(listening);
     // Every slot back: each connection's task holds its own (its drain signal lets the
     // requests in progress finish), and upgraded connections (tunnels) theirs until they
     // close.

@@ -1,12 +1,14 @@
 //! Shutdown: the OS signals that start it and the drain signal that carries it to listeners.
 //!
 //! Shutdown happens in two steps. [`DrainTrigger::trigger`] tells every accept loop to stop
-//! accepting; each loop then lets its open connections finish their in-flight requests, up to
-//! `server.drain_timeout`, and returns. `run` returns when every loop has.
+//! accepting; each loop closes its listener (dropping its [`Listening`], so
+//! [`ListenersClosed::wait`] knows when none accepts any more), then lets its open
+//! connections finish their in-flight requests, up to `server.drain_timeout`, and returns.
+//! `run` returns when every loop has.
 
 use std::future::Future;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Starts the drain. Dropping it without triggering also counts as a trigger.
 #[derive(Debug)]
@@ -34,6 +36,29 @@ impl Drain {
     pub(crate) async fn signaled(&mut self) {
         // An Err means the trigger was dropped, which also means: stop.
         let _ = self.0.wait_for(|draining| *draining).await;
+    }
+}
+
+/// Held by an accept loop while its listener is open. Nothing is ever sent: the channel
+/// closes when the last one is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Listening(#[expect(dead_code, reason = "held, never sent on")] mpsc::Sender<()>);
+
+/// Waits for every [`Listening`] to be dropped.
+#[derive(Debug)]
+pub(crate) struct ListenersClosed(mpsc::Receiver<()>);
+
+/// A [`Listening`] to clone into each accept loop, and what waits for them all to be gone.
+pub(crate) fn listening() -> (Listening, ListenersClosed) {
+    let (tx, rx) = mpsc::channel(1);
+    (Listening(tx), ListenersClosed(rx))
+}
+
+impl ListenersClosed {
+    /// Resolves once every accept loop has closed its listener: from then on a new
+    /// connection is refused by the kernel rather than queued.
+    pub(crate) async fn wait(mut self) {
+        let _ = self.0.recv().await;
     }
 }
 

@@ -100,6 +100,19 @@ pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The HEADERS frame that opens stream `stream` with `GET path` for `authority` (no body).
+pub fn get(stream: u32, authority: &str, path: &str) -> Vec<u8> {
+    // HPACK: :method GET and :scheme http from the static table, :path and :authority as
+    // literals with indexed names (RFC 7541 §6.2.2), short enough for one-byte lengths.
+    let mut block = vec![0x82, 0x86];
+    for (index, value) in [(0x04u8, path), (0x01, authority)] {
+        let len = u8::try_from(value.len()).ok().filter(|&n| n < 127);
+        block.extend_from_slice(&[index, len.expect("a short value")]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    encode(kind::HEADERS, END_HEADERS | END_STREAM, stream, &block)
+}
+
 /// A raw HTTP/2 client connection.
 #[derive(Debug)]
 pub struct Raw<S> {
@@ -128,21 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
 
     /// Opens stream `stream` with `GET path` for `authority` (no body).
     pub async fn get(&mut self, stream: u32, authority: &str, path: &str) -> io::Result<()> {
-        // HPACK: :method GET and :scheme http from the static table, :path and :authority
-        // as literals with indexed names (RFC 7541 §6.2.2), short enough for one-byte lengths.
-        let mut block = vec![0x82, 0x86];
-        for (index, value) in [(0x04u8, path), (0x01, authority)] {
-            let len = u8::try_from(value.len()).ok().filter(|&n| n < 127);
-            block.extend_from_slice(&[index, len.expect("a short value")]);
-            block.extend_from_slice(value.as_bytes());
-        }
-        self.write(&encode(
-            kind::HEADERS,
-            END_HEADERS | END_STREAM,
-            stream,
-            &block,
-        ))
-        .await
+        self.write(&get(stream, authority, path)).await
     }
 
     /// The next frame, or `None` once the server closed the connection (or reset it).

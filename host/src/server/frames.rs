@@ -17,9 +17,19 @@
 //!   connection's life. gRPC clients ping to measure bandwidth while data flows, and to keep
 //!   a quiet stream alive; browsers reset streams they no longer need.
 //!
+//! The `h2` crate's rapid-reset bound counts only streams the client reset before weir took
+//! them. A client that waits until weir has taken each stream (and sent its request
+//! upstream) before resetting it is bounded here, as Envoy bounds it: a reset within about a
+//! second of its stream's opening is premature, and a connection whose premature resets are
+//! more than half of its streams, once it has opened 500 (or whose premature resets pass 250
+//! before that), is a flood. A client that cancels what it no longer needs now and then, or
+//! cancels long-lived streams, is not.
+//!
 //! Only the 9-byte frame heads are read. A payload is skipped by its length, so a frame costs
-//! a few integer operations and nothing is allocated; the clock is read only for a control
-//! frame past its work-based budget.
+//! a few integer operations and nothing is allocated; the clock is read once per read that
+//! opens a stream or resets one, and for a control frame past its work-based budget.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -46,6 +56,12 @@ const CONTROL_BASE: u64 = 100;
 const CONTROL_PER_WORK: u64 = 2;
 /// Control frames allowed per second of the connection's life.
 const CONTROL_PER_SECOND: u64 = 10;
+/// A reset this soon after its stream opened (up to twice this: [`Recent`]) is premature
+/// (Envoy's `premature_reset_min_stream_lifetime_seconds`).
+const PREMATURE: Duration = Duration::from_secs(1);
+/// Streams opened before the share of premature resets decides (Envoy's
+/// `premature_reset_total_stream_count`); before that, half as many premature resets do.
+const PREMATURE_STREAMS: u64 = 500;
 
 /// The frame type whose flood closed a connection: the `frame` label of
 /// `weir_downstream_h2_floods_total`.
@@ -115,22 +131,85 @@ struct Counts {
     control: u64,
     /// The highest stream the client opened, for a GOAWAY.
     last_stream: u32,
+    /// Streams the client opened (HEADERS on a new stream; trailers are not counted).
+    opened: u64,
+    /// RST_STREAM frames from the client on streams it had opened less than [`PREMATURE`]
+    /// (up to twice that) before.
+    premature: u64,
+    recent: Recent,
+}
+
+/// Which of the client's streams it opened recently, in two stream ids and an instant: the
+/// ids of a client's streams only grow, so the streams opened since an instant are those
+/// from the first one opened after it. Time is cut into windows of [`PREMATURE`], each begun
+/// by the first stream opened after the last one ended; a stream is recent while its window
+/// or the one after it lasts, so from one to two windows after it opened.
+#[derive(Debug)]
+struct Recent {
+    /// When the current window began.
+    since: Instant,
+    /// The first stream opened in the current window.
+    first: u32,
+    /// The first stream opened in the window before it, if that window ended less than a
+    /// window ago; else `first`.
+    earlier: u32,
+}
+
+impl Recent {
+    fn new(now: Instant) -> Recent {
+        // Client streams are odd, from 1.
+        Recent {
+            since: now,
+            first: 1,
+            earlier: 1,
+        }
+    }
+
+    /// Notes that the client opened `stream`, its highest yet.
+    fn opened(&mut self, stream: u32, now: Instant) {
+        let age = now.saturating_duration_since(self.since);
+        if age >= PREMATURE {
+            self.earlier = if age >= 2 * PREMATURE {
+                stream
+            } else {
+                self.first
+            };
+            self.first = stream;
+            self.since = now;
+        }
+    }
+
+    /// Whether `stream`, which the client has opened, is recent.
+    fn holds(&self, stream: u32, now: Instant) -> bool {
+        let age = now.saturating_duration_since(self.since);
+        if age >= 2 * PREMATURE {
+            false
+        } else if age >= PREMATURE {
+            stream >= self.first
+        } else {
+            stream >= self.earlier
+        }
+    }
 }
 
 impl Frames {
     /// Counts for a connection whose preface has just been read.
     pub(crate) fn new() -> Frames {
+        let now = Instant::now();
         Frames {
             inbound: Heads::default(),
             outbound: Heads::default(),
             counts: Counts {
-                started: Instant::now(),
+                started: now,
                 streams: 0,
                 data_sent: 0,
                 priority: 0,
                 window_updates: 0,
                 control: 0,
                 last_stream: 0,
+                opened: 0,
+                premature: 0,
+                recent: Recent::new(now),
             },
         }
     }
@@ -138,7 +217,10 @@ impl Frames {
     /// Counts the frames in `bytes` the client sent; `Err` names the kind of frame that
     /// went over its budget, and the connection must end: nothing after it is counted.
     pub(crate) fn received(&mut self, bytes: &[u8]) -> Result<(), Flood> {
-        self.inbound.feed(bytes, |head| self.counts.received(head))
+        // The clock, read once for the frames of one read, and only if one needs it.
+        let mut now = None;
+        self.inbound
+            .feed(bytes, |head| self.counts.received(head, &mut now))
     }
 
     /// Counts the frames in `bytes` weir wrote.
@@ -172,13 +254,32 @@ impl Frames {
 }
 
 impl Counts {
-    fn received(&mut self, head: Head) -> Result<(), Flood> {
+    fn received(&mut self, head: Head, now: &mut Option<Instant>) -> Result<(), Flood> {
         match head.kind {
             DATA | CONTINUATION => Ok(()),
             HEADERS => {
                 self.streams += 1;
-                self.last_stream = self.last_stream.max(head.stream);
+                if head.stream > self.last_stream {
+                    self.last_stream = head.stream;
+                    self.opened += 1;
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.recent.opened(head.stream, now);
+                }
                 Ok(())
+            }
+            RST_STREAM => {
+                let stream = head.stream;
+                if stream != 0 && stream <= self.last_stream {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    if self.recent.holds(stream, now) {
+                        self.premature += 1;
+                        let streams = self.opened.max(PREMATURE_STREAMS);
+                        if self.premature.saturating_mul(2) > streams {
+                            return Err(Flood::RstStream);
+                        }
+                    }
+                }
+                self.control(head.kind)
             }
             PRIORITY => {
                 self.priority += 1;
@@ -198,22 +299,24 @@ impl Counts {
                 }
                 Ok(())
             }
-            kind => {
-                self.control += 1;
-                let work = self.streams.saturating_add(self.data_sent);
-                let earned = CONTROL_BASE.saturating_add(work.saturating_mul(CONTROL_PER_WORK));
-                if self.control <= earned {
-                    return Ok(());
-                }
-                // Past what the work explains: what time has earned.
-                let seconds = self.started.elapsed().as_secs();
-                if self.control > earned.saturating_add(seconds.saturating_mul(CONTROL_PER_SECOND))
-                {
-                    return Err(Flood::of(kind));
-                }
-                Ok(())
-            }
+            kind => self.control(kind),
         }
+    }
+
+    /// Counts a control frame of `kind` against the budget they share.
+    fn control(&mut self, kind: u8) -> Result<(), Flood> {
+        self.control += 1;
+        let work = self.streams.saturating_add(self.data_sent);
+        let earned = CONTROL_BASE.saturating_add(work.saturating_mul(CONTROL_PER_WORK));
+        if self.control <= earned {
+            return Ok(());
+        }
+        // Past what the work explains: what time has earned.
+        let seconds = self.started.elapsed().as_secs();
+        if self.control > earned.saturating_add(seconds.saturating_mul(CONTROL_PER_SECOND)) {
+            return Err(Flood::of(kind));
+        }
+        Ok(())
     }
 }
 
@@ -383,6 +486,101 @@ mod tests {
             })
             .collect();
         assert_eq!(counts.received(&bulk), Ok(()));
+    }
+
+    /// HEADERS opening `stream` (client streams: odd ids).
+    fn open(stream: u32) -> Vec<u8> {
+        frame(HEADERS, 0x5, stream, 10)
+    }
+
+    /// RST_STREAM (CANCEL) for `stream`.
+    fn reset(stream: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, 4)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_reset_as_soon_as_weir_takes_them_are_a_flood() {
+        // Each stream opened, taken (weir reads its HEADERS), then reset: 250 pass, the 251st
+        // reset is more than half of the 500 streams the share waits for.
+        let mut counts = Frames::new();
+        for i in 0..250 {
+            let stream = 2 * i + 1;
+            assert_eq!(counts.received(&open(stream)), Ok(()), "stream {stream}");
+            assert_eq!(counts.received(&reset(stream)), Ok(()), "stream {stream}");
+        }
+        assert_eq!(counts.received(&open(501)), Ok(()));
+        assert_eq!(counts.received(&reset(501)), Err(Flood::RstStream));
+
+        // Past 500 streams, the share: half may be reset at once, not more.
+        let mut counts = Frames::new();
+        let opened: Vec<u8> = (0..600).flat_map(|i| open(2 * i + 1)).collect();
+        assert_eq!(counts.received(&opened), Ok(()));
+        let resets: Vec<u8> = (0..300).flat_map(|i| reset(4 * i + 1)).collect();
+        assert_eq!(counts.received(&resets), Ok(()));
+        assert_eq!(counts.received(&reset(3)), Err(Flood::RstStream));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resets_of_older_streams_and_now_and_then_are_not() {
+        // Streams reset once they are past a second or two (long gRPC calls cancelled).
+        let mut counts = Frames::new();
+        for round in 0..4 {
+            let first = 2 * 1000 * round + 1;
+            let opened: Vec<u8> = (0..1000).flat_map(|i| open(first + 2 * i)).collect();
+            assert_eq!(counts.received(&opened), Ok(()));
+            tokio::time::advance(2 * PREMATURE).await;
+            let resets: Vec<u8> = (0..1000).flat_map(|i| reset(first + 2 * i)).collect();
+            assert_eq!(counts.received(&resets), Ok(()), "round {round}");
+        }
+        assert_eq!(counts.counts.premature, 0);
+
+        // A browser's cancelled fetches: one stream in four reset at once, for 10,000.
+        let mut counts = Frames::new();
+        for i in 0..10_000 {
+            let stream = 2 * i + 1;
+            assert_eq!(counts.received(&open(stream)), Ok(()));
+            if i % 4 == 0 {
+                assert_eq!(counts.received(&reset(stream)), Ok(()), "stream {stream}");
+            }
+            if i % 100 == 0 {
+                tokio::time::advance(Duration::from_millis(30)).await;
+            }
+        }
+        assert_eq!(counts.counts.premature, 2500);
+
+        // A reset of a stream the client never opened is no premature reset (h2 refuses it).
+        let mut counts = Frames::new();
+        assert_eq!(counts.received(&reset(9)), Ok(()));
+        assert_eq!(counts.counts.premature, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_recent_for_one_to_two_seconds() {
+        let mut counts = Frames::new();
+        assert_eq!(counts.received(&open(1)), Ok(()));
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        // A stream opened 1.2 s later begins a new window; stream 1's was the one before.
+        assert_eq!(counts.received(&open(3)), Ok(()));
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(counts.received(&reset(1)), Ok(()));
+        assert_eq!(counts.counts.premature, 1, "1.5 s old: recent");
+        tokio::time::advance(Duration::from_millis(800)).await;
+        assert_eq!(counts.received(&reset(1)), Ok(()));
+        assert_eq!(
+            counts.counts.premature, 1,
+            "2.3 s old, its window over: not recent"
+        );
+        assert_eq!(counts.received(&reset(3)), Ok(()));
+        assert_eq!(
+            counts.counts.premature, 2,
+            "1.1 s old, in the current window: recent"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(counts.received(&reset(3)), Ok(()));
+        assert_eq!(
+            counts.counts.premature, 2,
+            "2.1 s old, no stream since: not recent"
+        );
     }
 
     #[test]
