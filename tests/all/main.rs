@@ -21,6 +21,7 @@ mod gateway;
 mod gateway_rules;
 mod grpc;
 mod grpc_json;
+mod h2_reset_attacks;
 mod handler_reuse;
 mod hardening;
 mod kv_quotas;

@@ -19,16 +19,21 @@
 //!
 //! The `h2` crate's rapid-reset bound counts only streams the client reset before weir took
 //! them. A client that waits until weir has taken each stream (and sent its request
-//! upstream) before resetting it is bounded here, as Envoy bounds it: a reset within about a
-//! second of its stream's opening is premature, and a connection whose premature resets are
-//! more than half of its streams, once it has opened 500 (or whose premature resets pass 250
-//! before that), is a flood. A client that cancels what it no longer needs now and then, or
-//! cancels long-lived streams, is not.
+//! upstream) before resetting it is bounded here, as Envoy bounds it: a stream reset less
+//! than a second after it opened and before weir began its answer is reset prematurely,
+//! whether the client reset it or made h2 reset it (a stream error it provoked, such as a
+//! window overflow). A connection whose premature resets pass 250 before it has opened 500
+//! streams, or half its streams after that, is a flood. A client that cancels what it no
+//! longer needs now and then, cancels long-lived streams, or resets a stream once its answer
+//! has begun (as a client that reads only a response's head does, or grpc-go's once a call
+//! is over), is not.
 //!
 //! Only the 9-byte frame heads are read. A payload is skipped by its length, so a frame costs
-//! a few integer operations and nothing is allocated; the clock is read once per read that
-//! opens a stream or resets one, and for a control frame past its work-based budget.
+//! a few integer operations and nothing is allocated but the list of streams not yet
+//! answered; the clock is read once per read that opens a stream or resets one, and for a
+//! control frame past its work-based budget.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -56,9 +61,12 @@ const CONTROL_BASE: u64 = 100;
 const CONTROL_PER_WORK: u64 = 2;
 /// Control frames allowed per second of the connection's life.
 const CONTROL_PER_SECOND: u64 = 10;
-/// A reset this soon after its stream opened (up to twice this: [`Recent`]) is premature
+/// A stream reset this soon after it opened, before its answer began, is reset prematurely
 /// (Envoy's `premature_reset_min_stream_lifetime_seconds`).
 const PREMATURE: Duration = Duration::from_secs(1);
+/// The most unanswered streams remembered (far above `h2_max_streams`, which h2 holds the
+/// client to): past it the oldest is forgotten.
+const UNANSWERED_MAX: usize = 4096;
 /// Streams opened before the share of premature resets decides (Envoy's
 /// `premature_reset_total_stream_count`); before that, half as many premature resets do.
 const PREMATURE_STREAMS: u64 = 500;
@@ -133,62 +141,30 @@ struct Counts {
     last_stream: u32,
     /// Streams the client opened (HEADERS on a new stream; trailers are not counted).
     opened: u64,
-    /// RST_STREAM frames from the client on streams it had opened less than [`PREMATURE`]
-    /// (up to twice that) before.
+    /// Streams reset prematurely.
     premature: u64,
-    recent: Recent,
+    unanswered: Unanswered,
+    /// A flood found in what weir wrote (h2's own resets), reported at the next read.
+    flood: Option<Flood>,
 }
 
-/// Which of the client's streams it opened recently, in two stream ids and an instant: the
-/// ids of a client's streams only grow, so the streams opened since an instant are those
-/// from the first one opened after it. Time is cut into windows of [`PREMATURE`], each begun
-/// by the first stream opened after the last one ended; a stream is recent while its window
-/// or the one after it lasts, so from one to two windows after it opened.
-#[derive(Debug)]
-struct Recent {
-    /// When the current window began.
-    since: Instant,
-    /// The first stream opened in the current window.
-    first: u32,
-    /// The first stream opened in the window before it, if that window ended less than a
-    /// window ago; else `first`.
-    earlier: u32,
-}
+/// The client's streams weir has not begun to answer, each with when it opened, in the
+/// order opened, which is the order of their ids.
+#[derive(Debug, Default)]
+struct Unanswered(VecDeque<(u32, Instant)>);
 
-impl Recent {
-    fn new(now: Instant) -> Recent {
-        // Client streams are odd, from 1.
-        Recent {
-            since: now,
-            first: 1,
-            earlier: 1,
-        }
-    }
-
-    /// Notes that the client opened `stream`, its highest yet.
+impl Unanswered {
     fn opened(&mut self, stream: u32, now: Instant) {
-        let age = now.saturating_duration_since(self.since);
-        if age >= PREMATURE {
-            self.earlier = if age >= 2 * PREMATURE {
-                stream
-            } else {
-                self.first
-            };
-            self.first = stream;
-            self.since = now;
+        if self.0.len() == UNANSWERED_MAX {
+            self.0.pop_front();
         }
+        self.0.push_back((stream, now));
     }
 
-    /// Whether `stream`, which the client has opened, is recent.
-    fn holds(&self, stream: u32, now: Instant) -> bool {
-        let age = now.saturating_duration_since(self.since);
-        if age >= 2 * PREMATURE {
-            false
-        } else if age >= PREMATURE {
-            stream >= self.first
-        } else {
-            stream >= self.earlier
-        }
+    /// Forgets `stream` (answered, or reset), and says when it opened if it was here.
+    fn take(&mut self, stream: u32) -> Option<Instant> {
+        let i = self.0.binary_search_by_key(&stream, |&(s, _)| s).ok()?;
+        self.0.remove(i).map(|(_, opened)| opened)
     }
 }
 
@@ -209,7 +185,8 @@ impl Frames {
                 last_stream: 0,
                 opened: 0,
                 premature: 0,
-                recent: Recent::new(now),
+                unanswered: Unanswered::default(),
+                flood: None,
             },
         }
     }
@@ -217,18 +194,35 @@ impl Frames {
     /// Counts the frames in `bytes` the client sent; `Err` names the kind of frame that
     /// went over its budget, and the connection must end: nothing after it is counted.
     pub(crate) fn received(&mut self, bytes: &[u8]) -> Result<(), Flood> {
+        if let Some(flood) = self.counts.flood {
+            return Err(flood);
+        }
         // The clock, read once for the frames of one read, and only if one needs it.
         let mut now = None;
         self.inbound
             .feed(bytes, |head| self.counts.received(head, &mut now))
     }
 
-    /// Counts the frames in `bytes` weir wrote.
+    /// Counts the frames in `bytes` weir wrote; a flood they show (streams h2 reset) ends
+    /// the connection at its next read.
     pub(crate) fn sent(&mut self, bytes: &[u8]) {
-        let data_sent = &mut self.counts.data_sent;
+        let counts = &mut self.counts;
+        let mut now = None;
         let _ = self.outbound.feed(bytes, |head| {
-            if head.kind == DATA {
-                *data_sent += 1;
+            match head.kind {
+                DATA => counts.data_sent += 1,
+                // Its answer began.
+                HEADERS => {
+                    counts.unanswered.take(head.stream);
+                }
+                // h2 reset a stream (a stream error the client provoked, or one past
+                // `h2_max_streams`).
+                RST_STREAM => {
+                    if let Err(flood) = counts.reset(head.stream, &mut now) {
+                        counts.flood = Some(flood);
+                    }
+                }
+                _ => {}
             }
             Ok::<(), Flood>(())
         });
@@ -263,22 +257,12 @@ impl Counts {
                     self.last_stream = head.stream;
                     self.opened += 1;
                     let now = *now.get_or_insert_with(Instant::now);
-                    self.recent.opened(head.stream, now);
+                    self.unanswered.opened(head.stream, now);
                 }
                 Ok(())
             }
             RST_STREAM => {
-                let stream = head.stream;
-                if stream != 0 && stream <= self.last_stream {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    if self.recent.holds(stream, now) {
-                        self.premature += 1;
-                        let streams = self.opened.max(PREMATURE_STREAMS);
-                        if self.premature.saturating_mul(2) > streams {
-                            return Err(Flood::RstStream);
-                        }
-                    }
-                }
+                self.reset(head.stream, now)?;
                 self.control(head.kind)
             }
             PRIORITY => {
@@ -301,6 +285,23 @@ impl Counts {
             }
             kind => self.control(kind),
         }
+    }
+
+    /// Notes that `stream` was reset, by the client or by h2; `Err` when that makes the
+    /// premature resets a flood.
+    fn reset(&mut self, stream: u32, now: &mut Option<Instant>) -> Result<(), Flood> {
+        let Some(opened) = self.unanswered.take(stream) else {
+            return Ok(());
+        };
+        let now = *now.get_or_insert_with(Instant::now);
+        if now.saturating_duration_since(opened) >= PREMATURE {
+            return Ok(());
+        }
+        self.premature += 1;
+        if self.premature.saturating_mul(2) > self.opened.max(PREMATURE_STREAMS) {
+            return Err(Flood::RstStream);
+        }
+        Ok(())
     }
 
     /// Counts a control frame of `kind` against the budget they share.
@@ -555,32 +556,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stream_is_recent_for_one_to_two_seconds() {
+    async fn a_reset_is_premature_within_a_second_and_before_the_answer_began() {
         let mut counts = Frames::new();
         assert_eq!(counts.received(&open(1)), Ok(()));
-        tokio::time::advance(Duration::from_millis(1200)).await;
-        // A stream opened 1.2 s later begins a new window; stream 1's was the one before.
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(counts.received(&reset(1)), Ok(()));
+        assert_eq!(counts.counts.premature, 1, "999 ms old");
+
         assert_eq!(counts.received(&open(3)), Ok(()));
-        tokio::time::advance(Duration::from_millis(300)).await;
-        assert_eq!(counts.received(&reset(1)), Ok(()));
-        assert_eq!(counts.counts.premature, 1, "1.5 s old: recent");
-        tokio::time::advance(Duration::from_millis(800)).await;
-        assert_eq!(counts.received(&reset(1)), Ok(()));
-        assert_eq!(
-            counts.counts.premature, 1,
-            "2.3 s old, its window over: not recent"
-        );
+        tokio::time::advance(PREMATURE).await;
         assert_eq!(counts.received(&reset(3)), Ok(()));
-        assert_eq!(
-            counts.counts.premature, 2,
-            "1.1 s old, in the current window: recent"
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(counts.received(&reset(3)), Ok(()));
-        assert_eq!(
-            counts.counts.premature, 2,
-            "2.1 s old, no stream since: not recent"
-        );
+        assert_eq!(counts.counts.premature, 1, "a second old");
+
+        // weir's answer began (its HEADERS): a reset is no longer premature (a client that
+        // reads only the head, grpc-go's RST_STREAM(NO_ERROR) after a call).
+        assert_eq!(counts.received(&open(5)), Ok(()));
+        counts.sent(&frame(HEADERS, 0x4, 5, 10));
+        assert_eq!(counts.received(&reset(5)), Ok(()));
+        assert_eq!(counts.counts.premature, 1, "answered");
+
+        // A stream reset twice (CANCEL, then STREAM_CLOSED) is one reset.
+        assert_eq!(counts.received(&open(7)), Ok(()));
+        assert_eq!(counts.received(&reset(7)), Ok(()));
+        assert_eq!(counts.received(&reset(7)), Ok(()));
+        assert_eq!(counts.counts.premature, 2, "stream 7 once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_h2_resets_before_weir_answers_count_too() {
+        // A stream error the client provokes (a window overflow, say) has h2 reset the
+        // stream: as premature as the client's own reset. The flood is found in what weir
+        // wrote, and ends the connection at its next read.
+        let mut counts = Frames::new();
+        for i in 0..251 {
+            let stream = 2 * i + 1;
+            assert_eq!(counts.received(&open(stream)), Ok(()), "stream {stream}");
+            counts.sent(&reset(stream));
+        }
+        assert_eq!(counts.counts.premature, 251);
+        assert_eq!(counts.received(&frames(PING, 1)), Err(Flood::RstStream));
     }
 
     #[test]
