@@ -1164,3 +1164,74 @@ async fn a_plugins_log_lines_carry_the_trace_id() {
     let line = weir.wait_for_message("invalid API key").await;
     assert_eq!(line["trace_id"], trace_id, "{line}");
 }
+
+/// A request whose client goes away before its answer began — an HTTP/1.1 connection closed,
+/// an HTTP/2 stream reset — while weir waits on the upstream: counted, logged and no longer in
+/// flight, with nginx's status for it, 499, and `incomplete`. (They were neither counted nor
+/// logged, and `weir_requests_in_flight` kept them for ever: after 200 streams reset it read
+/// 200.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_goes_away_before_its_answer_is_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    use weir_tests::http2::{self, Raw, kind};
+
+    let upstream = Upstream::start("app").await;
+    let weir = Weir::start(&config(
+        &[upstream.addr],
+        "[access_log]\npath = \"access.log\"\n",
+    ))
+    .await;
+
+    let mut http1 = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    http1
+        .write_all(b"GET /slow?over=1 HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .expect("request");
+    upstream.wait_for_requests(1).await;
+    drop(http1);
+
+    let tcp = tokio::net::TcpStream::connect(weir.proxy)
+        .await
+        .expect("connect");
+    let mut h2 = Raw::start(tcp).await;
+    h2.get(1, "a.test", "/slow?over=2").await.expect("request");
+    upstream.wait_for_requests(2).await;
+    let cancel = 0x8u32.to_be_bytes();
+    let reset = http2::encode(kind::RST_STREAM, 0, 1, &cancel);
+    h2.write(&reset).await.expect("reset");
+
+    let log = weir.dir().join("access.log");
+    let logged = until_count(2, || records(&log).len()).await;
+    assert_eq!(logged, 2, "records of the two requests");
+    for record in records(&log) {
+        assert_eq!(
+            (
+                record["status"].as_u64(),
+                record["incomplete"].as_bool(),
+                record["route"].as_str(),
+                record["cluster"].as_str(),
+                record["bytes_out"].as_u64(),
+            ),
+            (Some(499), Some(true), Some("default"), Some("app"), Some(0)),
+            "{record}"
+        );
+    }
+    let paths: Vec<_> = records(&log)
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths.contains(&"/slow?over=1".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"/slow?over=2".to_owned()), "{paths:?}");
+
+    let samples = scrape(&weir).await;
+    assert_eq!(value(&samples, "weir_requests_in_flight", &[]), Some(0.0));
+    let labels = [("route", "default"), ("method", "GET"), ("class", "4xx")];
+    assert_eq!(
+        value(&samples, "weir_requests_total", &labels),
+        Some(2.0),
+        "counted as 4xx"
+    );
+}

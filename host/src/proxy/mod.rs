@@ -168,6 +168,18 @@ struct RequestContext<'c> {
     trusted: bool,
     /// The client behind a trusted proxy, from `X-Forwarded-For` (port 0), and as text.
     forwarded: Option<(SocketAddr, Arc<str>)>,
+    /// The request's metrics, log record and span, until its response begins.
+    watch: Option<observe::Watch>,
+}
+
+impl Drop for RequestContext<'_> {
+    /// A request dropped before its response began (its client reset the stream or closed
+    /// the connection) is settled here: counted, logged and its span ended, as nginx's 499.
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.abandon(self);
+        }
+    }
 }
 
 impl RequestContext<'_> {
@@ -226,6 +238,7 @@ impl ProxyService {
                 body: None,
                 trusted: false,
                 forwarded: None,
+                watch: None,
             };
             let watch = observe::Watch::start(&generation, &request, &ctx);
             if let Some(watch) = &watch {
@@ -234,11 +247,12 @@ impl ProxyService {
                 ctx.received = watch.received().cloned();
                 ctx.trace = watch.trace().cloned();
             }
+            ctx.watch = watch;
             let response = match proxy(&generation, request, &mut ctx).await {
                 Ok(response) => response,
                 Err(error) => fail(&generation, &ctx, error),
             };
-            match watch {
+            match ctx.watch.take() {
                 None => response.map(ResponseBody::unwatched),
                 Some(watch) => watch.finish(&mut ctx, response),
             }

@@ -2,7 +2,8 @@
 //! bytes), when the access log samples it, its record, and when it is traced, its span. [`Watch::start`] notes the
 //! request's start; [`Watch::finish`] hands the watch to the [`ResponseBody`] every response
 //! leaves in, which counts the bytes sent and settles the request at the body's end, or when
-//! the body is dropped unfinished (the client went away).
+//! the body is dropped unfinished (the client went away). A request dropped before its
+//! response began is settled by [`Watch::abandon`], as status 499.
 //!
 //! With metrics off, no access log and no tracing, nothing here runs: `start` returns `None`, and the
 //! response body is the proxy's, with one branch per frame.
@@ -113,27 +114,22 @@ impl Watch {
     ) -> Response<ResponseBody> {
         let mut observed = self.0;
         observed.status = response.status().as_u16();
-        observed.route = ctx.route;
-        observed.cluster = ctx.cluster;
-        if let Some(logged) = &mut observed.logged {
-            if let Some((_, client)) = &ctx.forwarded {
-                logged.client = client.clone();
-            }
-            // The request is over: what its context holds is taken, not copied.
-            logged.host = ctx.host.take();
-            logged.request_id = ctx.request_id.take();
-            logged.request_id_is_ours = ctx.request_id_is_ours;
-            logged.endpoint = ctx.upstream.endpoint;
-            logged.attempts = ctx.upstream.attempts;
-            logged.upstream_duration = ctx.upstream_duration;
-            logged.plugin = ctx.answered_by.take();
-        }
+        observed.take_from(ctx);
         // A body that is over already (no content) is dropped as soon as the head is
         // written, and settled then.
         response.map(|body| ResponseBody {
             body,
             watch: Some(observed),
         })
+    }
+
+    /// Settles a request that ends before its response began, its client gone: status 499
+    /// (nginx's), incomplete.
+    pub(super) fn abandon(self, ctx: &mut RequestContext<'_>) {
+        let mut observed = self.0;
+        observed.status = super::CLIENT_CLOSED.as_u16();
+        observed.take_from(ctx);
+        observed.settle(true);
     }
 }
 
@@ -156,7 +152,26 @@ pub(super) struct Observed {
 }
 
 impl Observed {
-    /// Counts and logs the request; run once, by [`ResponseBody`].
+    /// What the request's context knows of it that its record and metrics need; the
+    /// request is over, so what the context holds is taken, not copied.
+    fn take_from(&mut self, ctx: &mut RequestContext<'_>) {
+        self.route = ctx.route;
+        self.cluster = ctx.cluster;
+        if let Some(logged) = &mut self.logged {
+            if let Some((_, client)) = &ctx.forwarded {
+                logged.client = client.clone();
+            }
+            logged.host = ctx.host.take();
+            logged.request_id = ctx.request_id.take();
+            logged.request_id_is_ours = ctx.request_id_is_ours;
+            logged.endpoint = ctx.upstream.endpoint;
+            logged.attempts = ctx.upstream.attempts;
+            logged.upstream_duration = ctx.upstream_duration;
+            logged.plugin = ctx.answered_by.take();
+        }
+    }
+
+    /// Counts and logs the request; run once, by [`ResponseBody`] or [`Watch::abandon`].
     fn settle(&mut self, incomplete: bool) {
         let sent = self.sent;
         let duration = self.started.elapsed();
