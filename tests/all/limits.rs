@@ -501,6 +501,24 @@ async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
     assert_eq!(status, 200, "{text}");
 }
 
+/// weir with one cluster, `app`, and an h2c client it has served once (`get_ok`), to show
+/// that a flood on another connection leaves it served.
+async fn weir_and_an_h2_client(app: &Upstream) -> (Weir, h2::client::SendRequest<bytes::Bytes>) {
+    let weir = Weir::start(&one_cluster(app, "", "")).await;
+    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
+    let (client, connection) = http2::handshake(tcp).await;
+    tokio::spawn(connection);
+    assert_eq!(http2::send(&client, get_ok()).await, Ok(200));
+    (weir, client)
+}
+
+/// `GET /ok` for `a.test`.
+fn get_ok() -> http::Request<()> {
+    http::Request::get("http://a.test/ok")
+        .body(())
+        .expect("request")
+}
+
 /// HTTP/2 control-frame floods (issue 22: one h2c connection flooding WINDOW_UPDATE or
 /// PRIORITY kept a core busy): 10,000 WINDOW_UPDATE, PRIORITY, PING or SETTINGS frames on
 /// one connection get it a GOAWAY (`ENHANCE_YOUR_CALM`) and closed at once, each counted in
@@ -509,16 +527,7 @@ async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_control_frame_floods_close_only_the_flooding_connection() {
     let app = Upstream::start("app").await;
-    let weir = Weir::start(&one_cluster(&app, "", "")).await;
-    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
-    let (client, connection) = http2::handshake(tcp).await;
-    tokio::spawn(connection);
-    let get = || {
-        http::Request::get("http://a.test/ok")
-            .body(())
-            .expect("request")
-    };
-    assert_eq!(http2::send(&client, get()).await, Ok(200));
+    let (weir, client) = weir_and_an_h2_client(&app).await;
     let listener = weir.proxy.to_string();
 
     let floods = [
@@ -555,7 +564,11 @@ async fn http2_control_frame_floods_close_only_the_flooding_connection() {
             &[("listener", &listener), ("frame", name)],
         );
         assert_eq!(counted, Some(1.0), "{name}");
-        assert_eq!(http2::send(&client, get()).await, Ok(200), "after {name}");
+        assert_eq!(
+            http2::send(&client, get_ok()).await,
+            Ok(200),
+            "after {name}"
+        );
     }
 
     // curl's HTTP/2 (nghttp2) grants window as it reads: thousands of WINDOW_UPDATEs.
@@ -611,16 +624,7 @@ async fn http2_control_frame_floods_close_only_the_flooding_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_reset_once_weir_has_sent_them_upstream_close_the_connection() {
     let app = Upstream::start("app").await;
-    let weir = Weir::start(&one_cluster(&app, "", "")).await;
-    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
-    let (client, connection) = http2::handshake(tcp).await;
-    tokio::spawn(connection);
-    let get = || {
-        http::Request::get("http://a.test/ok")
-            .body(())
-            .expect("request")
-    };
-    assert_eq!(http2::send(&client, get()).await, Ok(200));
+    let (weir, client) = weir_and_an_h2_client(&app).await;
 
     let mut raw = Raw::start(TcpStream::connect(weir.proxy).await.expect("connect")).await;
     let mut ended_with = None;
@@ -674,7 +678,7 @@ async fn streams_reset_once_weir_has_sent_them_upstream_close_the_connection() {
     let counted = weir_tests::metric(&metrics, "weir_downstream_h2_floods_total", &labels);
     assert_eq!(counted, Some(1.0));
     assert_eq!(
-        http2::send(&client, get()).await,
+        http2::send(&client, get_ok()).await,
         Ok(200),
         "the other client"
     );
