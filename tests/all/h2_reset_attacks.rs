@@ -440,3 +440,36 @@ async fn resets_of_streams_weir_has_answered_are_not_premature() {
         "(heads taken by the h2 client, calls made by the grpc-go-like client, floods counted)"
     );
 }
+
+/// `POST /slow` on `stream` with `expect: 100-continue`, its body not begun.
+fn post_expecting_continue(stream: u32) -> Vec<u8> {
+    let mut head = block("a.test", "/slow");
+    head[0] = POST;
+    // A literal header with a new name, not indexed (RFC 7541 §6.2.2).
+    head.extend_from_slice(&[0x00, 6]);
+    head.extend_from_slice(b"expect");
+    head.push(12);
+    head.extend_from_slice(b"100-continue");
+    http2::encode(kind::HEADERS, END_HEADERS, stream, &head)
+}
+
+/// Requests that expect `100 Continue` and are reset before their bodies begin are reset
+/// prematurely: closed with at most 300 upstream. (The bound takes any HEADERS frame of
+/// weir's as the answer begun, and cannot tell an interim `100` from a final status by the
+/// frame's head. hyper sent the client no `100` here — weir reads a body only as the
+/// upstream takes it — as a reading of every frame weir wrote showed; should that change,
+/// the resets after it would not count, and this test would fail.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_after_100_continue_is_still_premature() {
+    let (app, weir) = start().await;
+    let mut client = Client::connect(&weir, &app).await;
+    let (batches, ended) = client
+        .batches(40, 1, 2, post_expecting_continue, |_, s| reset(s, CANCEL))
+        .await;
+    let upstream = upstream_saw(&app, "/slow");
+    assert!(
+        ended == End::GoAway(Some(http2::ENHANCE_YOUR_CALM)) && upstream <= 300,
+        "{upstream} requests upstream in {batches} batches; the connection ended: {ended:?}"
+    );
+    assert_eq!(rst_floods(&weir).await, 1.0);
+}
