@@ -13,32 +13,15 @@
 //! against its first version (e1c5749), each says how.
 
 use tokio::net::TcpStream;
-use weir_tests::http2::{self, END_HEADERS, END_STREAM, Raw, kind};
+use weir_tests::http2::{
+    self, CANCEL, END_HEADERS, END_STREAM, NO_ERROR, Raw, get_block, kind, rst_stream,
+};
 use weir_tests::{Upstream, Weir};
 
-/// RST_STREAM error codes (RFC 9113 §7).
-const NO_ERROR: u32 = 0x0;
-const CANCEL: u32 = 0x8;
 /// The CONTINUATION frame type.
 const CONTINUATION: u8 = 0x9;
 /// HPACK: `:method POST` from the static table.
 const POST: u8 = 0x83;
-
-/// The header block of `GET path` for `authority`, as `http2::get` writes it.
-fn block(authority: &str, path: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86];
-    for (index, value) in [(0x04u8, path), (0x01, authority)] {
-        let len = u8::try_from(value.len()).expect("a short value");
-        block.extend_from_slice(&[index, len]);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
-/// RST_STREAM for `stream` with error `code`.
-fn reset(stream: u32, code: u32) -> Vec<u8> {
-    http2::encode(kind::RST_STREAM, 0, stream, &code.to_be_bytes())
-}
 
 /// `GET /slow` on `stream`, ending the stream.
 fn slow(stream: u32) -> Vec<u8> {
@@ -172,6 +155,33 @@ async fn start() -> (Upstream, Weir) {
     (app, weir)
 }
 
+/// Rapid reset of streams weir has already taken (CVE-2023-44487 as proxies met it): the
+/// `h2` crate bounds streams reset before weir took them, not those reset once their
+/// requests are on their way upstream, which cost the upstream a request each and are never
+/// bounded by `h2_max_streams`. One h2c connection resets each batch once the upstream has
+/// it: it is sent GOAWAY (`ENHANCE_YOUR_CALM`) and closed in its sixth batch, at its 251st
+/// premature reset, counted as an `rst_stream` flood, with 300 of its requests upstream
+/// (without the bound it goes on through 40 batches, 2,000 requests). A client on another
+/// connection is served throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_reset_once_weir_has_sent_them_upstream_close_the_connection() {
+    let app = Upstream::start("app").await;
+    let (weir, other) = crate::limits::weir_and_an_h2_client(&app).await;
+    let mut client = Client::connect(&weir, &app).await;
+    let (batch, ended) = client
+        .batches(40, 1, 2, slow, |_, s| rst_stream(s, CANCEL))
+        .await;
+    assert_eq!(
+        (ended, batch),
+        (End::GoAway(Some(http2::ENHANCE_YOUR_CALM)), 5),
+        "the connection went on (or ended otherwise)"
+    );
+    assert_eq!(upstream_saw(&app, "/slow"), 300, "requests upstream");
+    assert_eq!(rst_floods(&weir).await, 1.0);
+    let get = crate::limits::get_ok();
+    assert_eq!(http2::send(&other, get).await, Ok(200), "the other client");
+}
+
 /// A stream opened by `open`, then reset.
 type Variant = (
     &'static str,
@@ -193,26 +203,26 @@ async fn disguised_rapid_resets_are_closed_at_the_251st() {
     let variants: [Variant; 6] = [
         ("reset codes", 2, slow, |i, s| {
             let codes = [NO_ERROR, 0x1, 0x2, 0x7, CANCEL, 0xb, 0xdead_beef, u32::MAX];
-            reset(s, codes[i % codes.len()])
+            rst_stream(s, codes[i % codes.len()])
         }),
-        ("ids 2,000 apart", 2_000, slow, |_, s| reset(s, CANCEL)),
+        ("ids 2,000 apart", 2_000, slow, |_, s| rst_stream(s, CANCEL)),
         (
             "HEADERS without END_STREAM",
             2,
-            |s| http2::encode(kind::HEADERS, END_HEADERS, s, &block("a.test", "/slow")),
-            |_, s| reset(s, CANCEL),
+            |s| http2::encode(kind::HEADERS, END_HEADERS, s, &get_block("a.test", "/slow")),
+            |_, s| rst_stream(s, CANCEL),
         ),
         (
             "HEADERS and two CONTINUATIONs",
             2,
             |s| {
-                let b = block("a.test", "/slow");
+                let b = get_block("a.test", "/slow");
                 let mut f = http2::encode(kind::HEADERS, END_STREAM, s, &b[..3]);
                 f.extend(http2::encode(CONTINUATION, 0, s, &b[3..7]));
                 f.extend(http2::encode(CONTINUATION, END_HEADERS, s, &b[7..]));
                 f
             },
-            |_, s| reset(s, CANCEL),
+            |_, s| rst_stream(s, CANCEL),
         ),
         (
             "PRIORITY before and after",
@@ -224,13 +234,13 @@ async fn disguised_rapid_resets_are_closed_at_the_251st() {
                 f.extend(priority);
                 f
             },
-            |_, s| reset(s, CANCEL),
+            |_, s| rst_stream(s, CANCEL),
         ),
         (
             "trailers, then the reset",
             2,
             |s| {
-                let head = block("a.test", "/slow");
+                let head = get_block("a.test", "/slow");
                 let mut f = http2::encode(kind::HEADERS, END_HEADERS, s, &head);
                 // Trailers: `x: y`, a literal without indexing.
                 let trailers = [0x00, 0x01, b'x', 0x01, b'y'];
@@ -242,7 +252,7 @@ async fn disguised_rapid_resets_are_closed_at_the_251st() {
                 ));
                 f
             },
-            |_, s| reset(s, CANCEL),
+            |_, s| rst_stream(s, CANCEL),
         ),
     ];
     for (n, (name, stride, open, end)) in variants.into_iter().enumerate() {
@@ -276,12 +286,15 @@ async fn past_500_streams_more_than_half_reset_is_closed() {
         let mut heads: Vec<u8> = slow_ids.iter().flat_map(|&s| slow(s)).collect();
         heads.extend((10..50).flat_map(|i| http2::get(first + 2 * i, "a.test", "/fast")));
         client.open(&heads, 50).await;
-        let resets = slow_ids.iter().flat_map(|&s| reset(s, CANCEL)).collect();
+        let resets = slow_ids
+            .iter()
+            .flat_map(|&s| rst_stream(s, CANCEL))
+            .collect();
         assert_eq!(client.settle(resets).await, End::Open, "batch {batch}");
     }
     assert_eq!(upstream_saw(&app, "/slow"), 200);
     let (batches, ended) = client
-        .batches(20, 2001, 2, slow, |_, s| reset(s, CANCEL))
+        .batches(20, 2001, 2, slow, |_, s| rst_stream(s, CANCEL))
         .await;
     assert_eq!(
         (batches, ended),
@@ -357,7 +370,7 @@ async fn cancelling_streams_through_stream_errors_is_bounded_too() {
             if i % 2 == 0 {
                 overflow_window(s)
             } else {
-                reset(s, CANCEL)
+                rst_stream(s, CANCEL)
             }
         })
         .await;
@@ -408,7 +421,7 @@ async fn resets_of_streams_weir_has_answered_are_not_premature() {
     let mut calls = 0;
     'calls: for i in 0..400u32 {
         let stream = 2 * i + 1;
-        let mut head = block("a.test", "/download/10");
+        let mut head = get_block("a.test", "/download/10");
         head[0] = POST;
         let open = http2::encode(kind::HEADERS, END_HEADERS, stream, &head);
         if raw.raw.write(&open).await.is_err() {
@@ -428,7 +441,7 @@ async fn resets_of_streams_weir_has_answered_are_not_premature() {
                 None => break 'calls,
             }
         }
-        if raw.settle(reset(stream, NO_ERROR)).await != End::Open {
+        if raw.settle(rst_stream(stream, NO_ERROR)).await != End::Open {
             break;
         }
         calls += 1;
@@ -443,7 +456,7 @@ async fn resets_of_streams_weir_has_answered_are_not_premature() {
 
 /// `POST /slow` on `stream` with `expect: 100-continue`, its body not begun.
 fn post_expecting_continue(stream: u32) -> Vec<u8> {
-    let mut head = block("a.test", "/slow");
+    let mut head = get_block("a.test", "/slow");
     head[0] = POST;
     // A literal header with a new name, not indexed (RFC 7541 §6.2.2).
     head.extend_from_slice(&[0x00, 6]);
@@ -464,7 +477,9 @@ async fn a_reset_after_100_continue_is_still_premature() {
     let (app, weir) = start().await;
     let mut client = Client::connect(&weir, &app).await;
     let (batches, ended) = client
-        .batches(40, 1, 2, post_expecting_continue, |_, s| reset(s, CANCEL))
+        .batches(40, 1, 2, post_expecting_continue, |_, s| {
+            rst_stream(s, CANCEL)
+        })
         .await;
     let upstream = upstream_saw(&app, "/slow");
     assert!(

@@ -503,7 +503,9 @@ async fn http1_keep_alive_waits_idle_timeout_and_a_head_its_own_timeout() {
 
 /// weir with one cluster, `app`, and an h2c client it has served once (`get_ok`), to show
 /// that a flood on another connection leaves it served.
-async fn weir_and_an_h2_client(app: &Upstream) -> (Weir, h2::client::SendRequest<bytes::Bytes>) {
+pub(crate) async fn weir_and_an_h2_client(
+    app: &Upstream,
+) -> (Weir, h2::client::SendRequest<bytes::Bytes>) {
     let weir = Weir::start(&one_cluster(app, "", "")).await;
     let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
     let (client, connection) = http2::handshake(tcp).await;
@@ -513,7 +515,7 @@ async fn weir_and_an_h2_client(app: &Upstream) -> (Weir, h2::client::SendRequest
 }
 
 /// `GET /ok` for `a.test`.
-fn get_ok() -> http::Request<()> {
+pub(crate) fn get_ok() -> http::Request<()> {
     http::Request::get("http://a.test/ok")
         .body(())
         .expect("request")
@@ -611,81 +613,6 @@ async fn http2_control_frame_floods_close_only_the_flooding_connection() {
     .sum();
     assert_eq!(floods, 4.0, "curl's connection was counted as a flood");
 }
-
-/// Rapid reset of streams weir has already taken (CVE-2023-44487 as proxies met it): the
-/// `h2` crate bounds streams reset before weir took them, not those reset once their
-/// requests are on their way upstream, which cost the upstream a request each and are never
-/// bounded by `h2_max_streams`. One h2c connection opens streams 50 at a time, waits until
-/// the upstream has each batch, then resets them (with a PING behind, to know they were
-/// read): it is sent GOAWAY (`ENHANCE_YOUR_CALM`) and closed at its 251st premature reset,
-/// counted as an `rst_stream` flood, with 300 of its requests upstream (without the bound
-/// it goes on through 40 batches, 2,000 requests). A client on another connection is
-/// served throughout.
-#[tokio::test(flavor = "multi_thread")]
-async fn streams_reset_once_weir_has_sent_them_upstream_close_the_connection() {
-    let app = Upstream::start("app").await;
-    let (weir, client) = weir_and_an_h2_client(&app).await;
-
-    let mut raw = Raw::start(TcpStream::connect(weir.proxy).await.expect("connect")).await;
-    let mut ended_with = None;
-    let mut batches = 0;
-    'batches: for batch in 0..40u32 {
-        let streams: Vec<u32> = (0..50).map(|i| 2 * (50 * batch + i) + 1).collect();
-        let seen = app.requests().len();
-        let heads: Vec<u8> = streams
-            .iter()
-            .flat_map(|&s| http2::get(s, "a.test", "/slow"))
-            .collect();
-        raw.write(&heads).await.expect("a batch of requests");
-        // Until the upstream has the batch (the connection cannot end here: nothing was
-        // reset yet).
-        app.wait_for_requests(seen + streams.len()).await;
-        let mut resets: Vec<u8> = streams
-            .iter()
-            .flat_map(|&s| http2::encode(kind::RST_STREAM, 0, s, &CANCEL.to_be_bytes()))
-            .collect();
-        resets.extend(http2::encode(kind::PING, 0, 0, &[batch as u8; 8]));
-        // Written as one piece, read by weir in one go.
-        if raw.write(&resets).await.is_err() {
-            break;
-        }
-        batches += 1;
-        // The PING's answer: the resets were taken; or the connection's end.
-        loop {
-            match raw.next().await {
-                Some(frame) if frame.kind == kind::PING && frame.flags & http2::ACK != 0 => {
-                    break;
-                }
-                Some(frame) if frame.kind == kind::GOAWAY => {
-                    ended_with = frame.go_away_code();
-                    break 'batches;
-                }
-                Some(_) => {}
-                None => break 'batches,
-            }
-        }
-    }
-    assert_eq!(
-        (ended_with, batches),
-        (Some(http2::ENHANCE_YOUR_CALM), 6),
-        "the connection went on (or ended otherwise)"
-    );
-    let slow = app.requests().iter().filter(|r| r.uri == "/slow").count();
-    assert_eq!(slow, 300, "requests that reached the upstream");
-    let (_, _, metrics) = weir_tests::get_with(&weir.admin_url("/metrics"), &[]).await;
-    let listener = weir.proxy.to_string();
-    let labels = [("listener", listener.as_str()), ("frame", "rst_stream")];
-    let counted = weir_tests::metric(&metrics, "weir_downstream_h2_floods_total", &labels);
-    assert_eq!(counted, Some(1.0));
-    assert_eq!(
-        http2::send(&client, get_ok()).await,
-        Ok(200),
-        "the other client"
-    );
-}
-
-/// RST_STREAM's error code `CANCEL` (RFC 9113 §7).
-const CANCEL: u32 = 0x8;
 
 /// A one-endpoint cluster (issue 22: a hanging endpoint took 2 × `response_timeout`): a
 /// timeout is not retried on the endpoint that gave it, so the client gets its 504 after

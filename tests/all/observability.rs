@@ -1173,7 +1173,7 @@ async fn a_plugins_log_lines_carry_the_trace_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_client_goes_away_before_its_answer_is_logged_as_499() {
     use tokio::io::AsyncWriteExt;
-    use weir_tests::http2::{self, Raw, kind};
+    use weir_tests::http2::{self, Raw};
 
     let upstream = Upstream::start("app").await;
     let weir = Weir::start(&config(
@@ -1198,9 +1198,9 @@ async fn a_request_whose_client_goes_away_before_its_answer_is_logged_as_499() {
     let mut h2 = Raw::start(tcp).await;
     h2.get(1, "a.test", "/slow?over=2").await.expect("request");
     upstream.wait_for_requests(2).await;
-    let cancel = 0x8u32.to_be_bytes();
-    let reset = http2::encode(kind::RST_STREAM, 0, 1, &cancel);
-    h2.write(&reset).await.expect("reset");
+    h2.write(&http2::rst_stream(1, http2::CANCEL))
+        .await
+        .expect("reset");
 
     let log = weir.dir().join("access.log");
     let logged = until_count(2, || records(&log).len()).await;

@@ -88,6 +88,7 @@ impl Frame {
 
 /// `NO_ERROR` and `ENHANCE_YOUR_CALM` (RFC 9113 §7).
 pub const NO_ERROR: u32 = 0x0;
+pub const CANCEL: u32 = 0x8;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// A frame's bytes.
@@ -100,17 +101,33 @@ pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// The HEADERS frame that opens stream `stream` with `GET path` for `authority` (no body).
-pub fn get(stream: u32, authority: &str, path: &str) -> Vec<u8> {
-    // HPACK: :method GET and :scheme http from the static table, :path and :authority as
-    // literals with indexed names (RFC 7541 §6.2.2), short enough for one-byte lengths.
+/// The header block of `GET path` for `authority`. HPACK: `:method GET` and `:scheme http`
+/// from the static table (its first byte, `0x82`, is the method's), `:path` and
+/// `:authority` as literals with indexed names (RFC 7541 §6.2.2), short enough for one-byte
+/// lengths.
+pub fn get_block(authority: &str, path: &str) -> Vec<u8> {
     let mut block = vec![0x82, 0x86];
     for (index, value) in [(0x04u8, path), (0x01, authority)] {
         let len = u8::try_from(value.len()).ok().filter(|&n| n < 127);
         block.extend_from_slice(&[index, len.expect("a short value")]);
         block.extend_from_slice(value.as_bytes());
     }
-    encode(kind::HEADERS, END_HEADERS | END_STREAM, stream, &block)
+    block
+}
+
+/// The HEADERS frame that opens stream `stream` with `GET path` for `authority` (no body).
+pub fn get(stream: u32, authority: &str, path: &str) -> Vec<u8> {
+    encode(
+        kind::HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &get_block(authority, path),
+    )
+}
+
+/// A RST_STREAM frame for `stream` with error `code`.
+pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+    encode(kind::RST_STREAM, 0, stream, &code.to_be_bytes())
 }
 
 /// A raw HTTP/2 client connection.

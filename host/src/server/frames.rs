@@ -30,8 +30,8 @@
 //!
 //! Only the 9-byte frame heads are read. A payload is skipped by its length, so a frame costs
 //! a few integer operations and nothing is allocated but the list of streams not yet
-//! answered; the clock is read once per read that opens a stream or resets one, and for a
-//! control frame past its work-based budget.
+//! answered; the clock is read once per read that opens or resets a stream, once per write
+//! in which h2 resets an unanswered one, and for a control frame past its work-based budget.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -523,7 +523,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn resets_of_older_streams_and_now_and_then_are_not() {
-        // Streams reset once they are past a second or two (long gRPC calls cancelled).
+        // Streams reset once they are past a second (long gRPC calls cancelled).
         let mut counts = Frames::new();
         for round in 0..4 {
             let first = 2 * 1000 * round + 1;
