@@ -28,6 +28,9 @@ pub(crate) struct MockHost {
     pub(crate) metric_errors: usize,
     /// Set by `testing::fail_kv`: every kv call fails as unavailable with this text.
     pub(crate) kv_down: Option<String>,
+    /// Set by `testing::kv_max_keys`: a write that would hold more live keys fails, as a
+    /// full quota does in weir.
+    pub(crate) kv_max_keys: Option<usize>,
     /// Answers to `outbound` calls (`testing::stub_outbound`), tried in order.
     pub(crate) outbound_stubs: Vec<outbound::Stub>,
     /// The `outbound` calls made, in order.
@@ -50,6 +53,7 @@ impl Default for MockHost {
             configuring: false,
             metric_errors: 0,
             kv_down: None,
+            kv_max_keys: None,
             outbound_stubs: Vec::new(),
             outbound_calls: Vec::new(),
             cache_key: crate::http::CacheKeyChanges::default(),
@@ -75,6 +79,21 @@ pub(crate) mod kv {
             .get(key)
             .filter(|(_, expires)| expires.is_none_or(|at| at > host.now))
             .map(|(value, _)| value.clone())
+    }
+
+    /// Before a write that may create `key`: weir's error for a full `max_keys` quota when
+    /// the key is not held yet and the quota is.
+    fn room_for(host: &MockHost, key: &str) -> Result<(), KvError> {
+        let Some(max) = host.kv_max_keys else {
+            return Ok(());
+        };
+        let held = host.kv.keys().filter(|k| live(host, k).is_some()).count();
+        if live(host, key).is_none() && held >= max {
+            return Err(KvError::Invalid(format!(
+                "quota: the plugin's kv holds {max} keys, its max_keys; delete keys or let them expire"
+            )));
+        }
+        Ok(())
     }
 
     fn expiry(now: SystemTime, ttl_ms: Option<u64>) -> Option<SystemTime> {
@@ -116,6 +135,7 @@ pub(crate) mod kv {
 
     pub(crate) fn set(key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<(), KvError> {
         call(key, value, |host| {
+            room_for(host, key)?;
             let expires = expiry(host.now, ttl_ms);
             host.kv.insert(key.to_owned(), (value.to_vec(), expires));
             Ok(())
@@ -157,6 +177,7 @@ pub(crate) mod kv {
             if live(host, key).as_deref() != expected {
                 return Ok(false);
             }
+            room_for(host, key)?;
             let expires = expiry(host.now, ttl_ms);
             host.kv.insert(key.to_owned(), (value.to_vec(), expires));
             Ok(true)
@@ -206,6 +227,7 @@ pub(crate) mod kv {
                 }
             }
             None => {
+                room_for(host, key)?;
                 let expires = expiry(host.now, ttl_ms);
                 host.kv
                     .insert(key.to_owned(), (next.to_string().into_bytes(), expires));

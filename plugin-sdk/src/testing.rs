@@ -567,6 +567,14 @@ pub fn fail_kv(why: Option<&str>) {
     mock::with(|host| host.kv_down = why.map(str::to_owned));
 }
 
+/// Gives this thread's mock `kv` a `max_keys` quota, as `kv = { max_keys = N }` in
+/// `NAME.toml` gives weir's: a write that would create a key past `max` live ones fails as
+/// weir's does (`KvError::Invalid`, its text starting `quota:`), until `None` or the next
+/// reset. For testing what a filter does when its namespace is full.
+pub fn kv_max_keys(max: Option<usize>) {
+    mock::with(|host| host.kv_max_keys = max);
+}
+
 /// Answers the filter's `outbound` calls to `cluster` with `method` and `path` (a path
 /// without a query matches any query) with this response, until the next reset; a later
 /// stub for the same call replaces it. A call no stub answers fails as `Unavailable`.

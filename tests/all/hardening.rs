@@ -459,6 +459,41 @@ async fn an_untrusted_client_cannot_pose_as_another_address() {
     }
 }
 
+/// rate-limit counts each client in its kv namespace, whose quota is bounded. A client that
+/// can choose its key (here a header; an IPv6 client has a /64 of addresses) fills the quota
+/// with keys of its own; its next key cannot be stored. Before session 47 that failure
+/// counted as a store outage, which `fault_tolerant` (the default) lets through: the key was
+/// never counted, so every request with it passed, unlimited. Now such a request gets 503,
+/// and a client counted before the quota filled is limited as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn filling_the_rate_limit_quota_does_not_lift_the_limit() {
+    let upstream = Upstream::start("app").await;
+    let settings = "kv = { max_keys = 20 }\n[config]\nkey = \"header\"\nheader = \"x-api-key\"\n[[config.limits]]\nrequests = 3\nwindow = \"1m\"\n";
+    let files: [(&str, &[u8]); 2] = [
+        ("plugins/rate-limit.wasm", RATE_LIMIT),
+        ("plugins/rate-limit.toml", settings.as_bytes()),
+    ];
+    let mut weir = Weir::start_with_files(&crate::config(&[upstream.addr], ""), &files).await;
+    let key = |k: String| move |_| vec![("x-api-key", k.clone())];
+    assert_eq!(
+        statuses(&weir, 4, key("known".into())).await,
+        [200, 200, 200, 429]
+    );
+    // One new key a request until the quota is full: the first ones are counted, then the
+    // store refuses new keys.
+    let flood = statuses(&weir, 40, |i| vec![("x-api-key", format!("junk-{i}"))]).await;
+    let refused = flood.iter().filter(|&&s| s == 503).count();
+    assert!(
+        refused >= 20 && flood.iter().all(|&s| s == 200 || s == 503),
+        "{flood:?}"
+    );
+    // A key the quota has no room for: never counted, so never let through either.
+    assert_eq!(statuses(&weir, 5, key("fresh".into())).await, [503; 5]);
+    assert_eq!(statuses(&weir, 1, key("known".into())).await, [429]);
+    let line = weir.wait_for_message("rate-limit cannot count").await;
+    assert!(line.to_string().contains("quota"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_the_client_is_the_one_it_names() {
     let (upstream, weir) = limited_by_client("trusted_proxies = [\"127.0.0.1/32\"]").await;

@@ -94,16 +94,46 @@ pub(super) fn compression(
     if section.algorithms.is_none() {
         algorithms = vec![Algorithm::Zstd, Algorithm::Brotli, Algorithm::Gzip];
     }
-    let types = match &section.types {
+    let types: Vec<String> = match &section.types {
         Some(types) => types
             .iter()
             .map(|t| t.trim().to_ascii_lowercase())
             .collect(),
         None => DEFAULT_TYPES.iter().map(|t| (*t).to_owned()).collect(),
     };
+    // A type that can match no response (a typo such as "json", or "*/*") would turn
+    // compression off for what it meant, without a word.
+    for t in types.iter().filter(|t| !is_media_range(t)) {
+        check.error(
+            raw,
+            format!("route \"{route}\": compression type {t:?} is not a media type like \"application/json\" or a range like \"text/*\""),
+        );
+    }
+    if types.is_empty() {
+        check.error(
+            raw,
+            format!(
+                "route \"{route}\": compression.types is empty; remove compression to turn it off"
+            ),
+        );
+    }
     Compression {
         algorithms,
         min_bytes: section.min_bytes.unwrap_or(DEFAULT_MIN_BYTES),
         types,
+    }
+}
+
+/// `type/subtype` or `type/*`, each part an RFC 9110 token.
+fn is_media_range(text: &str) -> bool {
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match text.split_once('/') {
+        Some((kind, sub)) => kind != "*" && token(kind) && (sub == "*" || token(sub)),
+        None => false,
     }
 }

@@ -83,6 +83,23 @@ pub(super) fn kv(check: &mut Checker<'_>, raw: &Spanned<RawKv>, base_dir: &Path)
                     "kv.url is for backend = \"redis\"; the memory store has no address".into(),
                 );
             }
+            // The rest of Redis's settings would be ignored just as silently.
+            let redis_only = [
+                ("cluster", section.cluster.is_some()),
+                ("ca", section.ca.is_some()),
+                ("prefix", section.prefix.is_some()),
+                ("timeout", section.timeout.is_some()),
+                ("connections", section.connections.is_some()),
+                ("breaker", section.breaker.is_some()),
+            ];
+            for (key, _) in redis_only.iter().filter(|(_, set)| *set) {
+                check.error(
+                    raw,
+                    format!(
+                        "kv.{key} is for backend = \"redis\"; the memory store has no such setting"
+                    ),
+                );
+            }
             KvBackendKind::Memory
         }
         Some("redis") => KvBackendKind::Redis(redis(check, raw, base_dir)),

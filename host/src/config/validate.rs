@@ -1165,15 +1165,26 @@ fn trusted_proxies(check: &mut Checker<'_>, raw: Option<&[Spanned<String>]>) -> 
                 .parse::<ipnet::IpNet>()
                 .ok()
                 .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
-            if net.is_none() {
-                check.error(
+            match net {
+                None => check.error(
                     entry,
                     format!(
                         "server.trusted_proxies: \"{text}\" is not an address or a CIDR range like \"10.0.0.0/8\""
                     ),
-                );
+                ),
+                // A typo such as 10.1.0.0/8 for 10.1.0.0/16 would trust far more peers than
+                // meant: refused rather than widened.
+                Some(n) if n.trunc() != n => check.error(
+                    entry,
+                    format!(
+                        "server.trusted_proxies: \"{text}\" has bits set past its /{} prefix; write the range as \"{}\" (or the address alone)",
+                        n.prefix_len(),
+                        n.trunc()
+                    ),
+                ),
+                Some(_) => {}
             }
-            net.map(|n| n.trunc())
+            net
         })
         .collect()
 }
@@ -1361,7 +1372,11 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster, base_dir: &Path) -> Cluste
             }
         };
         match endpoint(&raw_endpoint.address) {
-            Ok((scheme, _)) if !schemes.is_empty() && !schemes.contains(&scheme) => {
+            // `http://host:port` and `host:port` are both plain: only TLS may not be mixed.
+            Ok((scheme, _))
+                if !schemes.is_empty()
+                    && (scheme == Scheme::Https) != schemes.contains(&Scheme::Https) =>
+            {
                 check.error(
                     e,
                     format!(
@@ -1477,15 +1492,19 @@ fn cluster(check: &mut Checker<'_>, raw: &RawCluster, base_dir: &Path) -> Cluste
                 format!("cluster \"{name}\": sticky cookie {cookie:?} is not a valid cookie name");
             check.error(s, message);
         }
-        Sticky {
-            cookie,
-            ttl: s.get_ref().ttl.unwrap_or(Duration::from_secs(3600)),
+        let ttl = s.get_ref().ttl.unwrap_or(Duration::from_secs(3600));
+        // The cookie's Max-Age is whole seconds: under one, it would say "forget me at once".
+        if ttl < Duration::from_secs(1) {
+            let message = format!("cluster \"{name}\": sticky ttl must be at least 1s");
+            check.error(s, message);
         }
+        Sticky { cookie, ttl }
     });
     for (what, d) in [
         ("connect_timeout", raw.connect_timeout),
         ("response_timeout", raw.response_timeout),
         ("idle_timeout", raw.idle_timeout),
+        ("request_timeout", raw.request_timeout),
     ] {
         if d == Some(Duration::ZERO) {
             check.error(
@@ -2271,6 +2290,28 @@ endpoints = ["127.0.0.1:9001", "backend.internal:80", "[::1]:9003"]
             (
                 "[[routes]]\nname = \"r\"\ncluster = \"app\"\nsplit_by = \"client_address\"\nbackends = [{ cluster = \"app\" }, { cluster = \"gone\", weight = 5 }]",
                 "9:8: route \"r\" names backends and a cluster or handler; give one\n12:46: route \"r\": backends names cluster \"gone\", which is not defined",
+            ),
+            // Session 47: settings that were accepted and then ignored, or that widened
+            // what they named.
+            (
+                "[server]\ntrusted_proxies = [\"10.1.0.0/8\", \"10.1.0.0/16\", \"::1\"]",
+                "9:20: server.trusted_proxies: \"10.1.0.0/8\" has bits set past its /8 prefix; write the range as \"10.0.0.0/8\" (or the address alone)",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"a:1\"]\nrequest_timeout = \"0s\"\nsticky = { ttl = \"500ms\" }",
+                "9:8: cluster \"t\": request_timeout must be greater than zero\n12:10: cluster \"t\": sticky ttl must be at least 1s",
+            ),
+            (
+                "[[clusters]]\nname = \"t\"\nendpoints = [\"http://a:1\", \"b:2\"]\n[[clusters]]\nname = \"u\"\nendpoints = [\"https://a:1\", \"http://b:2\"]",
+                "13:29: cluster \"u\": endpoints mix https:// and plain ones; TLS is the cluster's, so give them all one scheme",
+            ),
+            (
+                "[kv]\nbackend = \"memory\"\nprefix = \"x:\"\ntimeout = \"1s\"\nconnections = 4",
+                "8:1: kv.prefix is for backend = \"redis\"; the memory store has no such setting\n8:1: kv.timeout is for backend = \"redis\"; the memory store has no such setting\n8:1: kv.connections is for backend = \"redis\"; the memory store has no such setting",
+            ),
+            (
+                "[[routes]]\nname = \"z\"\ncluster = \"app\"\ncompression = { types = [\"json\", \"*/*\", \"text/*\", \"Application/JSON\", \"image/\"] }\n[[routes]]\nname = \"y\"\ncluster = \"app\"\ncompression = { types = [] }",
+                "11:15: route \"z\": compression type \"json\" is not a media type like \"application/json\" or a range like \"text/*\"\n11:15: route \"z\": compression type \"*/*\" is not a media type like \"application/json\" or a range like \"text/*\"\n11:15: route \"z\": compression type \"image/\" is not a media type like \"application/json\" or a range like \"text/*\"\n15:15: route \"y\": compression.types is empty; remove compression to turn it off",
             ),
         ];
         for (extra, expect) in cases {

@@ -218,6 +218,10 @@ pub(super) fn read_settings(
     if let Some(v) = file.deadline {
         settings.deadline = humantime::parse_duration(&v)
             .with_context(|| format!("{}: deadline {v:?}", path.display()))?;
+        // As in `[plugins]`: a zero deadline would fail every call.
+        if settings.deadline.is_zero() {
+            wasmtime::bail!("{}: deadline must be greater than zero", path.display());
+        }
     }
     if let Some(mb) = file.memory_limit_mb {
         if !(1..=MAX_PLUGIN_MEMORY_MB).contains(&mb) {
@@ -229,7 +233,10 @@ pub(super) fn read_settings(
         settings.memory_limit = mb << 20;
     }
     if let Some(n) = file.max_uses {
-        settings.max_uses = n.max(1);
+        if n == 0 {
+            wasmtime::bail!("{}: max_uses must be at least 1", path.display());
+        }
+        settings.max_uses = n;
     }
     if let Some(n) = file.max_instances {
         if !(1..=MAX_PLUGIN_INSTANCES).contains(&n) {
@@ -287,4 +294,32 @@ pub(super) fn read_settings(
     // Serialised from the table itself, not from `settings.config`, so the plugin is given
     // its keys in the file's order whatever order a JSON object keeps.
     Ok((settings, serde_json::to_string(&file.config)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `NAME.toml` holding `text` gives: its deadline and use limit, or the error.
+    fn read(text: &str) -> Result<(Duration, u32), String> {
+        read_settings(Path::new("p.toml"), text, &PluginLimits::default())
+            .map(|(settings, _)| (settings.deadline, settings.max_uses))
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn limits_that_would_fail_every_call_are_refused_as_in_the_plugins_table() {
+        assert_eq!(
+            read("deadline = \"20ms\"\nmax_uses = 3"),
+            Ok((Duration::from_millis(20), 3))
+        );
+        assert_eq!(
+            read("deadline = \"0s\""),
+            Err("p.toml: deadline must be greater than zero".into())
+        );
+        assert_eq!(
+            read("max_uses = 0"),
+            Err("p.toml: max_uses must be at least 1".into())
+        );
+    }
 }

@@ -107,9 +107,11 @@ impl Filter for ExtAuthz {
         if timeout.is_zero() {
             return Err("timeout must be more than 0".into());
         }
-        if !(100..=599).contains(&config.status_on_error) {
+        // The answer weir gives in the service's place: a final status, as every local
+        // reply must be (weir refuses a 1xx one, which would turn each refusal into a 500).
+        if !(200..=599).contains(&config.status_on_error) {
             return Err(format!(
-                "status_on_error {} is not an HTTP status",
+                "status_on_error {} is not a final HTTP status (200 to 599)",
                 config.status_on_error
             ));
         }
@@ -315,7 +317,11 @@ mod tests {
             ("cluster = \"a\"\ntimeout = \"soon\"", "timeout"),
             (
                 "cluster = \"a\"\nstatus_on_error = 42",
-                "not an HTTP status",
+                "not a final HTTP status",
+            ),
+            (
+                "cluster = \"a\"\nstatus_on_error = 101",
+                "not a final HTTP status",
             ),
         ] {
             let error = Harness::<ExtAuthz>::new(config).expect_err(config);

@@ -877,7 +877,16 @@ fn load_key(config: &KeyConfig, keys: &mut Vec<Key>) -> Result<(), String> {
             DecodingKey::from_secret(secret.as_bytes())
         }
         (_, Some(b64), _) if hmac => {
-            DecodingKey::from_base64_secret(b64).map_err(|e| format!("secret_base64: {e}"))?
+            let key =
+                DecodingKey::from_base64_secret(b64).map_err(|e| format!("secret_base64: {e}"))?;
+            // Decoded, valid base64 is three bytes for every four characters of its text.
+            if b64.trim_end_matches('=').len() * 3 / 4 < 32 {
+                return Err(
+                    "an HMAC secret must be at least 32 bytes (secret_base64 decodes to fewer)"
+                        .into(),
+                );
+            }
+            key
         }
         (_, _, Some(pem)) if !hmac => {
             let pem = pem.as_bytes();
@@ -1445,6 +1454,11 @@ pem = """{ed_pub}"""
             ("keys = []", "no keys"),
             (
                 "[[keys]]\nalgorithm = \"HS256\"\nsecret = \"short\"",
+                "at least 32 bytes",
+            ),
+            // 31 bytes, base64-encoded.
+            (
+                "[[keys]]\nalgorithm = \"HS256\"\nsecret_base64 = \"YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYQ==\"",
                 "at least 32 bytes",
             ),
             (

@@ -519,20 +519,31 @@ impl RateLimit {
         ]
     }
 
-    /// A store call failed: the request passes (`fault_tolerant`) or gets 503. Logged when the
-    /// store starts failing and when it answers again, not per request: a Redis outage would
-    /// otherwise write a line for every request.
+    /// A store call failed. When the store is down (`Unavailable`), the request passes
+    /// (`fault_tolerant`) or gets 503, logged when the store starts failing and when it
+    /// answers again, not per request (a Redis outage would otherwise write a line for every
+    /// request). Any other failure gets 503 whatever `fault_tolerant` says: the namespace's
+    /// quota is full, or `kv` is not granted, and passing would turn limiting off for
+    /// everyone — a client sending new keys (header values, addresses) fast enough would fill
+    /// the quota on purpose. That line is written each time; weir holds back repeats of a
+    /// plugin's line for 10 s.
     fn store_failed(&self, error: &weir_plugin::kv::KvError, taken: &[Taken]) -> Action {
         give_back(taken);
-        if !self.store_down.replace(true) {
-            let outcome = if self.fault_tolerant {
+        let outage = matches!(error, weir_plugin::kv::KvError::Unavailable(_));
+        let pass = outage && self.fault_tolerant;
+        if !outage {
+            weir_plugin::log::error!(
+                "rate-limit cannot count: {error}; such requests get 503 (kv = {{ max_keys = N }} in this plugin's NAME.toml sizes the quota: see its README)"
+            );
+        } else if !self.store_down.replace(true) {
+            let outcome = if pass {
                 "requests pass unlimited (fault_tolerant)"
             } else {
                 "requests get 503"
             };
             weir_plugin::log::warn!("rate-limit store failed: {error}; {outcome} until it answers");
         }
-        if self.fault_tolerant {
+        if pass {
             Action::Continue
         } else {
             Reply::text(503, "rate limit store unavailable\n")
@@ -1132,6 +1143,35 @@ mod tests {
                 "{:?}",
                 testing::logs()
             );
+        }
+    }
+
+    /// A full kv quota is not an outage to wait out: clients sending new keys (here, new
+    /// header values) fill it on purpose, so the limiter refuses what it cannot count rather
+    /// than letting everyone through, `fault_tolerant` or not. Clients it counts already are
+    /// limited as before.
+    #[test]
+    fn a_full_quota_refuses_new_keys_instead_of_turning_limiting_off() {
+        for algorithm in ["sliding-window", "gcra"] {
+            testing::reset();
+            let rl = limiter(&format!(
+                "key = \"header\"\nheader = \"x-key\"\nalgorithm = \"{algorithm}\"\n[[limits]]\nrequests = 2\nwindow = \"10s\""
+            ));
+            align(1000);
+            let from = |key: &str| TestRequest::get("/").header("x-key", key);
+            rl.request(from("known")).forwarded();
+            // "known"'s one counter is all the quota holds.
+            testing::kv_max_keys(Some(1));
+            for i in 0..20 {
+                let reply = rl.request(from(&format!("new-{i}"))).reply();
+                assert_eq!(reply.status, 503, "{algorithm}: new-{i}");
+            }
+            rl.request(from("known")).forwarded();
+            assert_eq!(rl.request(from("known")).reply().status, 429, "{algorithm}");
+            let said = testing::logs()
+                .iter()
+                .any(|(_, line)| line.contains("cannot count") && line.contains("quota"));
+            assert!(said, "{algorithm}: {:?}", testing::logs());
         }
     }
 
