@@ -193,6 +193,32 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A body over before its first frame that says nothing of its length: a `HEAD`'s answer
+/// over HTTP/2, whose head gives the length of a body it does not carry (hyper would write
+/// `content-length: 0` for a body of exactly nothing).
+#[derive(Debug)]
+pub struct Ended;
+
+impl Body for Ended {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
 /// A body weir makes itself.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     ProxyBody::Full(Full::new(bytes.into()))

@@ -41,9 +41,18 @@ pub(crate) struct Accepted {
     pub(crate) peer: SocketAddr,
     /// What the TLS handshake settled; `None` on a plain listener.
     pub(crate) tls: Option<TlsInfo>,
-    /// The connection's place under `max_connections`: freed when the last holder drops it
-    /// (the connection, or a tunnel an upgrade turned it into).
-    pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    /// The connection's place: freed when the last holder drops it (the connection, or a
+    /// tunnel an upgrade turned it into).
+    pub(crate) slot: Arc<Place>,
+}
+
+/// A client connection's place under `max_connections`, and its count in
+/// `weir_downstream_connections`: held by the connection's task and by any tunnel an upgrade
+/// turns the connection into, so a WebSocket counts as open until it closes.
+#[derive(Debug)]
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
+    _open: Option<crate::metrics::Held>,
 }
 
 /// What a listener does with a connection before HTTP.
@@ -146,19 +155,20 @@ pub(crate) async fn serve<M, S, B>(
         let builder = builder.clone();
         let drain = drain.clone();
         let floods = floods.clone();
-        let slot = Arc::new(permit);
+        // Counted in `weir_downstream_connections` while the connection, or its tunnel, is.
+        let slot = Arc::new(Place {
+            _permit: permit,
+            _open: open.as_ref().map(crate::metrics::Held::new),
+        });
         let make_service = make_service.clone();
         let acceptor = accept.tls.as_ref().map(|tls| tls.acceptor());
         let proxy_protocol = accept.proxy_protocol;
         // A client gets as long to finish its TLS handshake, and then its first bytes, as
         // to finish its headers.
         let limit = settings.header_read_timeout;
-        // Counted in `weir_downstream_connections` while the task runs.
-        let open = open.as_ref().map(crate::metrics::Held::new);
         tokio::spawn(async move {
             // The task holds the slot too: a service may drop its `Accepted` at once.
             let _held = slot.clone();
-            let _open = open;
             // Behind a load balancer speaking the PROXY protocol, the client is whom it names.
             let (peer, stream) = if proxy_protocol {
                 let mut stream = stream;
@@ -232,7 +242,7 @@ struct Connection<'a> {
     drain: Drain,
     peer: SocketAddr,
     /// The connection's place under `max_connections`, which tunnels hold too.
-    slot: &'a Arc<OwnedSemaphorePermit>,
+    slot: &'a Arc<Place>,
 }
 
 impl Connection<'_> {
@@ -301,13 +311,13 @@ impl Connection<'_> {
 /// the connection's slot (`Accepted::slot`) until it closes, past the request that opened
 /// it, so more holders than the connection had when its service was made are tunnels.
 struct Tunnels<'a> {
-    slot: &'a Arc<OwnedSemaphorePermit>,
+    slot: &'a Arc<Place>,
     own: usize,
 }
 
 impl Tunnels<'_> {
     /// Counts the holders of `slot` now, after the service was made and before any request.
-    fn new(slot: &Arc<OwnedSemaphorePermit>) -> Tunnels<'_> {
+    fn new(slot: &Arc<Place>) -> Tunnels<'_> {
         Tunnels {
             slot,
             own: Arc::strong_count(slot),

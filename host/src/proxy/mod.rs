@@ -57,7 +57,6 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version, request};
 use hyper::body::SizeHint;
-use tokio::sync::OwnedSemaphorePermit;
 
 use self::attempts::{Progress, RequestBody};
 use self::filters::Filtered;
@@ -98,7 +97,7 @@ pub struct Client {
     /// What the TLS handshake settled, on a TLS listener.
     tls: Option<Arc<TlsInfo>>,
     /// The connection's place under `max_connections`, which a tunnel keeps after an upgrade.
-    slot: Option<Arc<OwnedSemaphorePermit>>,
+    slot: Option<Arc<crate::server::Place>>,
 }
 
 impl Client {
@@ -248,10 +247,15 @@ impl ProxyService {
                 ctx.trace = watch.trace().cloned();
             }
             ctx.watch = watch;
-            let response = match proxy(&generation, request, &mut ctx).await {
+            let head_over_h2 =
+                request.version() == Version::HTTP_2 && request.method() == http::Method::HEAD;
+            let mut response = match proxy(&generation, request, &mut ctx).await {
                 Ok(response) => response,
                 Err(error) => fail(&generation, &ctx, error),
             };
+            if head_over_h2 {
+                response = head_only(response);
+            }
             match ctx.watch.take() {
                 None => response.map(ResponseBody::unwatched),
                 Some(watch) => watch.finish(&mut ctx, response),
@@ -279,6 +283,22 @@ impl ProxyService {
             async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         })
     }
+}
+
+/// The answer to a `HEAD` over HTTP/2: its head alone. hyper's HTTP/1.1 server writes no
+/// body for a `HEAD`, but its HTTP/2 server sends any body it is given, and DATA on a
+/// `HEAD`'s stream is a protocol error to the client (RFC 9113 §8.1.1). weir's own answers
+/// (a 404's text, a plugin's reply, a handler's) have bodies. The head keeps the
+/// `Content-Length` the body would have had, as over HTTP/1.1.
+fn head_only(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut head, body) = response.into_parts();
+    if let Some(length) = hyper::body::Body::size_hint(&body).exact()
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(head, ProxyBody::Coded(body::boxed(body::Ended)))
 }
 
 /// One request through every phase; an error is answered by [`fail`]. (An `async` block

@@ -321,6 +321,9 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     watch.sent += data.len() as u64;
+                } else if frame.is_trailers() {
+                    // The last frame of any body; hyper does not poll for an end after it.
+                    this.settle(false);
                 }
             }
             Poll::Ready(None) => this.settle(false),
@@ -342,10 +345,11 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     /// Settles a request whose body said it had ended (hyper drops such a body without
-    /// polling it again), or whose client went away before the end (incomplete).
+    /// polling it again), or whose client went away before the end (incomplete). The body
+    /// of an answer to `HEAD` is never sent, so it never ends: its head was all there was.
     fn drop(&mut self) {
-        if self.watch.is_some() {
-            let incomplete = !self.body.is_end_stream();
+        if let Some(watch) = &self.watch {
+            let incomplete = !self.body.is_end_stream() && watch.method != Method::HEAD;
             self.settle(incomplete);
         }
     }

@@ -456,7 +456,11 @@ impl Body for UpstreamBody {
             // A connection that failed mid-body is not reused.
             Some(Err(_)) => self.lease = None,
             None => self.give_back(),
-            Some(Ok(_)) if self.inner.is_end_stream() => self.give_back(),
+            // Trailers end a message: hyper says nothing more of an HTTP/1.1 chunked body
+            // (its `is_end_stream` stays false) and is not polled again.
+            Some(Ok(frame)) if frame.is_trailers() || self.inner.is_end_stream() => {
+                self.give_back();
+            }
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
