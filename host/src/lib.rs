@@ -78,7 +78,7 @@ pub async fn run(
     config_path: &Path,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), HostError> {
+) -> Result<Stopped, HostError> {
     // The runtime lives for the whole run: it owns the engine's epoch ticker.
     let mut runtime = PluginRuntime::new(config.plugins.cache_dir.as_deref())
         .map_err(|e| HostError::PluginRuntime(format!("{e:#}").into()))?;
@@ -165,28 +165,26 @@ pub async fn run(
         .zip(listener_tls)
         .zip(&listener_configs)
     {
-        if let Some(port) = listener_config.redirect_to_https {
-            tasks.spawn(server::serve(
-                listener,
-                server::Accept {
-                    tls: None,
-                    proxy_protocol: listener_config.proxy_protocol,
-                },
-                settings.clone(),
-                redirect::service(port),
-                drain.clone(),
-                listening.clone(),
-            ));
-            continue;
-        }
         let proxy = proxy.clone();
-        let make_service =
-            move |accepted: Accepted| proxy.clone().for_connection(Client::accepted(accepted));
+        let redirect = listener_config.redirect_to_https;
+        let make_service = move |accepted: Accepted| {
+            let client = Client::accepted(accepted);
+            let client = match redirect {
+                Some(port) => client.redirecting(port),
+                None => client,
+            };
+            proxy.clone().for_connection(client)
+        };
+        let watched = generation.clone();
+        let refused = server::RefusedHeads(Arc::new(move |peer, status| {
+            proxy::refused_head(&watched.load(), peer, status);
+        }));
         tasks.spawn(server::serve(
             listener,
             server::Accept {
                 tls,
                 proxy_protocol: listener_config.proxy_protocol,
+                refused: Some(refused),
             },
             settings.clone(),
             make_service,
@@ -213,7 +211,7 @@ pub async fn run(
     listeners_closed.wait().await;
     tracing::info!(drain_timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
     while tasks.join_next().await.is_some() {}
-    if let Some(log) = access_log {
+    if let Some(log) = access_log.clone() {
         // The last requests' records reach the file before weir exits.
         let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     }
@@ -223,7 +221,25 @@ pub async fn run(
     }
     drop(runtime);
     tracing::info!("stopped");
-    Ok(())
+    Ok(Stopped { access_log })
+}
+
+/// What outlives [`run`]: the access log, to flush once more with [`Stopped::finish`] after
+/// the caller has dropped the async runtime. Requests still open when the drain timed out
+/// are settled (499, incomplete) only then, as the runtime drops their connections' tasks.
+#[derive(Debug)]
+#[must_use = "finish it after dropping the runtime, or the last requests' records are lost"]
+pub struct Stopped {
+    access_log: Option<Arc<AccessLog>>,
+}
+
+impl Stopped {
+    /// Writes what the runtime's last tasks left in the access log.
+    pub fn finish(self) {
+        if let Some(log) = self.access_log {
+            log.flush();
+        }
+    }
 }
 
 /// Reopens the access log's file at every SIGUSR1 (logrotate moves the file, then signals).

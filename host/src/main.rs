@@ -145,12 +145,16 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let stopped = runtime.block_on(async {
         // The signal handlers go in before `run` binds anything (and in the runtime's
         // context, which they need): a SIGTERM from then on drains.
         let shutdown = weir::shutdown::os_signal();
         weir::run(path, config, shutdown).await
     })?;
+    // Dropping the runtime drops the connections the drain timed out on; their requests'
+    // records are written after.
+    drop(runtime);
+    stopped.finish();
     Ok(())
 }
 

@@ -1,39 +1,15 @@
 //! A plain listener with `redirect_to_https`: every request is answered with a permanent
-//! redirect to the same host and path over HTTPS, and nothing is proxied.
-
-use std::convert::Infallible;
+//! redirect to the same host and path over HTTPS, and nothing is proxied (the proxy's
+//! service answers with it, so it is logged and counted as any answer).
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody};
-use crate::server::Accepted;
-
-/// A service factory for a redirecting listener; `port` is the HTTPS listener's.
-pub(crate) fn service(port: u16) -> impl Fn(Accepted) -> Redirect + Send + Sync + 'static {
-    move |_accepted| Redirect { port }
-}
-
-/// Answers every request on one connection with its redirect.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Redirect {
-    port: u16,
-}
-
-impl hyper::service::Service<Request<Incoming>> for Redirect {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<ProxyBody>, Infallible>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        std::future::ready(Ok(redirect(&request, self.port)))
-    }
-}
 
 /// `308 Permanent Redirect` (the method and body are kept, unlike 301) to
 /// `https://HOST[:port]/path?query`; a request without a usable host gets 400.
-fn redirect<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
+pub(crate) fn redirect<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
     let host = request
         .headers()
         .get(header::HOST)

@@ -62,6 +62,33 @@ pub(crate) struct Accept {
     pub(crate) tls: Option<Arc<ServerTls>>,
     /// A PROXY protocol header first, naming the client.
     pub(crate) proxy_protocol: bool,
+    /// Told of the requests hyper answers itself.
+    pub(crate) refused: Option<RefusedHeads>,
+}
+
+/// Told of each request hyper answers itself because it could not read the head (431 when
+/// too large or with too many fields, 400 when malformed), which no service sees: proxy
+/// listeners log and count them as any request.
+#[derive(Clone)]
+pub(crate) struct RefusedHeads(pub(crate) Arc<dyn Fn(SocketAddr, u16) + Send + Sync>);
+
+impl std::fmt::Debug for RefusedHeads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedHeads")
+    }
+}
+
+/// The status hyper answered a connection's last request with, if the connection ended
+/// because hyper could not read that request's head.
+fn refused_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if error.is_parse_too_large() {
+        Some(431)
+    } else if error.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 /// How often an HTTP/2 client connection is pinged, and how long its answer may take before
@@ -163,6 +190,7 @@ pub(crate) async fn serve<M, S, B>(
         let make_service = make_service.clone();
         let acceptor = accept.tls.as_ref().map(|tls| tls.acceptor());
         let proxy_protocol = accept.proxy_protocol;
+        let refused = accept.refused.clone();
         // A client gets as long to finish its TLS handshake, and then its first bytes, as
         // to finish its headers.
         let limit = settings.header_read_timeout;
@@ -190,6 +218,7 @@ pub(crate) async fn serve<M, S, B>(
                 drain,
                 peer,
                 slot: &_held,
+                refused,
             };
             let Some(acceptor) = acceptor else {
                 let service = make_service(Accepted {
@@ -243,6 +272,7 @@ struct Connection<'a> {
     peer: SocketAddr,
     /// The connection's place under `max_connections`, which tunnels hold too.
     slot: &'a Arc<Place>,
+    refused: Option<RefusedHeads>,
 }
 
 impl Connection<'_> {
@@ -275,6 +305,9 @@ impl Connection<'_> {
             tokio::select! {
                 ended = connection.as_mut() => {
                     if let Err(e) = ended {
+                        if let (Some(status), Some(refused)) = (refused_status(&*e), &self.refused) {
+                            (refused.0)(peer, status);
+                        }
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
                     return;

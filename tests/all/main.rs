@@ -30,6 +30,7 @@ mod lifecycle;
 mod limits;
 mod method_body;
 mod observability;
+mod observability_accounting;
 mod outbound;
 mod outbound_attacks;
 mod phases;

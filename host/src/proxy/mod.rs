@@ -48,6 +48,7 @@ mod upgrade;
 
 pub use self::client_body::Guarded;
 pub use self::observe::ResponseBody;
+pub(crate) use self::observe::refused_head;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -98,6 +99,8 @@ pub struct Client {
     tls: Option<Arc<TlsInfo>>,
     /// The connection's place under `max_connections`, which a tunnel keeps after an upgrade.
     slot: Option<Arc<crate::server::Place>>,
+    /// On a listener with `redirect_to_https`: the HTTPS port every request is sent to.
+    redirect_to_https: Option<u16>,
 }
 
 impl Client {
@@ -110,6 +113,15 @@ impl Client {
             timers: Timers::default(),
             tls: None,
             slot: None,
+            redirect_to_https: None,
+        }
+    }
+
+    /// The client of a listener that redirects every request to HTTPS on `port`.
+    pub(crate) fn redirecting(self, port: u16) -> Client {
+        Client {
+            redirect_to_https: Some(port),
+            ..self
         }
     }
 
@@ -316,6 +328,13 @@ fn proxy<B: DownstreamBody>(
         let (request_id, ours) = forward::ensure_request_id(request.headers_mut());
         ctx.request_id = Some(request_id.clone());
         ctx.request_id_is_ours = ours;
+        // A redirecting listener proxies nothing; its answers are logged and counted as any.
+        if let Some(port) = ctx.client.redirect_to_https {
+            if ctx.logging {
+                ctx.host = request.headers().get(header::HOST).cloned();
+            }
+            return Ok(crate::redirect::redirect(&request, port));
+        }
         let extended_connect = upgrade::from_extended_connect(&mut request);
         // A request refused before its Host is known is logged with the client's.
         let refuse = |request: &Request<B>, ctx: &mut RequestContext<'_>, error| {

@@ -8,6 +8,7 @@
 //! With metrics off, no access log and no tracing, nothing here runs: `start` returns `None`, and the
 //! response body is the proxy's, with one branch per frame.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,6 +252,43 @@ impl Observed {
                 .trace
                 .end(name, self.status, attributes, SystemTime::now());
         }
+    }
+}
+
+/// Counts and logs a request whose head hyper answered itself, before any service saw it
+/// (too large: 431; malformed: 400). Nothing of it is known but its client: its method and
+/// path are `-`, as in nginx's record of such a request, and it has no duration to time.
+pub(crate) fn refused_head(generation: &Generation, client: SocketAddr, status: u16) {
+    let method = Method::from_bytes(b"-").unwrap_or(Method::GET);
+    if generation.config.metrics {
+        generation.no_route.count(&method, status);
+    }
+    if let Some(log) = generation.access_log.as_ref().filter(|log| log.sampled()) {
+        log.write(&Entry {
+            generation,
+            time: Tick::now(),
+            request_id: None,
+            request_id_is_ours: false,
+            trace_id: None,
+            client: &client.to_string(),
+            method: &method,
+            host: None,
+            path: "-",
+            version: http::Version::HTTP_11,
+            status,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream_duration: None,
+            route: None,
+            cluster: None,
+            endpoint: None,
+            attempts: 0,
+            plugin: None,
+            incomplete: false,
+            tls: None,
+            request_headers: &[],
+        });
     }
 }
 
