@@ -15,7 +15,7 @@
 //! the proxy with bodies made in memory).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -99,6 +99,10 @@ pub struct BodyWatch {
     fault: AtomicU8,
     ended: AtomicBool,
     end: Notify,
+    /// Frames of the body handed on (to the upstream connection, as it takes them).
+    handed_on: AtomicU64,
+    /// The body is waiting for the client's next bytes.
+    awaiting_client: AtomicBool,
 }
 
 impl BodyWatch {
@@ -123,6 +127,26 @@ impl BodyWatch {
     pub(crate) fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.end.notify_waiters();
+    }
+
+    /// A frame of the body was handed on.
+    pub(crate) fn handed_on(&self) {
+        self.handed_on.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_client.store(false, Ordering::Relaxed);
+    }
+
+    /// The body was asked for more and waits for the client.
+    pub(crate) fn awaiting_client(&self) {
+        self.awaiting_client.store(true, Ordering::Relaxed);
+    }
+
+    /// Frames handed on so far, and whether the body waits for the client: a count that
+    /// stands still while the body does not wait means whoever takes it has stopped.
+    pub fn progress(&self) -> (u64, bool) {
+        (
+            self.handed_on.load(Ordering::Relaxed),
+            self.awaiting_client.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn fail(&self, fault: BodyFault) {
@@ -217,6 +241,18 @@ impl Body for Ended {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// How long an answer no one reads (a mirror's, a background revalidation's) is read before
+/// it is dropped.
+pub(crate) const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads `body` to its end for at most [`DRAIN_FOR`], each frame dropped as it comes: an
+/// answer no one reads still gives its connection back when it ends, holds nothing of a
+/// large body, and one that never ends is dropped then, with its connection.
+pub(crate) async fn drain<B: Body + Unpin>(mut body: B) {
+    let read = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(DRAIN_FOR, read).await;
 }
 
 /// A body weir makes itself.

@@ -44,6 +44,7 @@ mod sdk_answer;
 mod service;
 mod shared_state;
 mod tidy;
+mod upstream_attacks;
 mod xml;
 
 use std::net::SocketAddr;

@@ -555,10 +555,9 @@ pub(super) fn revalidate_behind(
             .await
             .map(|answer| answer.response.map(ProxyBody::Upstream));
         match fill.after(answer).await {
-            // Read to the end, so a body not stored still gives its connection back.
-            Ok(response) => {
-                let _ = body::buffer(response.into_body(), usize::MAX).await;
-            }
+            // What the fill did not store (over `max_object_bytes`) is read to its end, so
+            // the connection goes back to the pool, and not held: no client waits for it.
+            Ok(response) => body::drain(response.into_body()).await,
             Err(error) => tracing::debug!(%error, "background revalidation failed"),
         }
     });

@@ -163,6 +163,7 @@ impl Body for Guarded {
                         return this.fail(BodyFault::TooLarge, cause.into());
                     }
                 }
+                this.watch.handed_on();
                 if this.body.is_end_stream() {
                     this.watch.end();
                 }
@@ -174,6 +175,7 @@ impl Body for Guarded {
             }
             Poll::Ready(Some(Err(e))) => this.fail(fault_of(&e), e),
             Poll::Pending => {
+                this.watch.awaiting_client();
                 let Some(idle) = this.idle else {
                     return Poll::Pending;
                 };

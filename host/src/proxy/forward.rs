@@ -36,6 +36,9 @@ const HOP_BY_HOP: ManuallyDrop<[HeaderName; HOP_BY_HOP_COUNT]> = ManuallyDrop::n
 /// Where `Connection` is in [`HOP_BY_HOP`] (a unit test holds it there).
 const CONNECTION_AT: usize = 0;
 
+/// Where `Transfer-Encoding` is in [`HOP_BY_HOP`] (a unit test holds it there).
+const TRANSFER_ENCODING_AT: usize = 3;
+
 /// The request id header, generated when the client sent none.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -133,7 +136,9 @@ pub(crate) fn framed_by_body(method: &Method, status: StatusCode) -> bool {
 }
 
 /// Removes hop-by-hop headers: the fixed list, every header named in `Connection`, and
-/// every `Proxy-*` header.
+/// every `Proxy-*` header. A `Content-Length` beside `Transfer-Encoding` goes too: the
+/// coding framed the message (RFC 9112 §6.3), and what is passed on is framed anew from the
+/// body; kept, it would cut the body short at the length it claims.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names notes which are present; most messages carry none, and most
     // of the rest only `Connection: keep-alive`, so nothing is looked up that is not there.
@@ -151,6 +156,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if std::mem::take(&mut present[CONNECTION_AT]) {
         remove_connection(headers);
+    }
+    if present[TRANSFER_ENCODING_AT] {
+        headers.remove(header::CONTENT_LENGTH);
     }
     for (hop, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
@@ -378,6 +386,7 @@ mod tests {
     #[test]
     fn connection_is_where_strip_hop_by_hop_looks_for_it() {
         assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_AT], header::TRANSFER_ENCODING);
     }
 
     #[test]
@@ -389,6 +398,16 @@ mod tests {
                 &["x-a: 1"],
             ),
             (&[("keep-alive", "timeout=5")], &[]),
+            // A length beside a coding: both go (RFC 9112 §6.3); a length alone stays.
+            (
+                &[
+                    ("content-length", "5"),
+                    ("transfer-encoding", "chunked"),
+                    ("x-a", "1"),
+                ],
+                &["x-a: 1"],
+            ),
+            (&[("content-length", "5")], &["content-length: 5"]),
             // `Proxy-*` names of several lengths.
             (
                 &[

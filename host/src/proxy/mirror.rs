@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, request};
-use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 
 use super::attempts::RequestBody;
@@ -36,9 +35,6 @@ const BURST: u64 = 16;
 pub(crate) fn pace() -> Pace {
     Pace::new(COPIES_PER_SECOND, BURST)
 }
-
-/// How long a mirror's answer is read before it is dropped unread.
-const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The copy's `Host`: `-shadow` after the host name, before a port (`example.com-shadow:8080`,
 /// as Envoy writes it).
@@ -139,12 +135,7 @@ pub(super) async fn copy(
         let result = match sent.await {
             Ok(response) => {
                 let failed = response.status().is_server_error();
-                // Read to the end, so the connection goes back to the pool, each frame
-                // dropped as it comes (nothing of a large answer is held), for a minute at
-                // most.
-                let mut body = response.into_body();
-                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-                let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+                crate::body::drain(response.into_body()).await;
                 if failed {
                     MirrorResult::Failed
                 } else {

@@ -511,6 +511,8 @@ fn proxy<B: DownstreamBody>(
             }
         }
         let mut sticky = None;
+        // Whether the upstream's hop-by-hop headers are gone already.
+        let mut stripped = false;
         let mut response = match stored {
             Some(answer) => answer,
             None => {
@@ -546,7 +548,15 @@ fn proxy<B: DownstreamBody>(
                         }
                         answer.map(|answer| {
                             sticky = answer.set_cookie;
-                            answer.response.map(ProxyBody::Upstream)
+                            let mut response = answer.response.map(ProxyBody::Upstream);
+                            // Before weir adds anything (its cache's `Cache-Status`, the
+                            // sticky cookie), so the endpoint's `Connection` cannot name
+                            // weir's own headers away. A 101's are read by the upgrade first.
+                            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                                forward::strip_hop_by_hop(response.headers_mut());
+                                stripped = true;
+                            }
+                            response
                         })
                     }
                 };
@@ -562,12 +572,12 @@ fn proxy<B: DownstreamBody>(
         }
         upgrade::check(&response, upgrade.as_ref())?;
         match upgrade {
-            None => downstream_response(&mut response, request_id),
+            None => downstream_response(&mut response, request_id, stripped),
             // The tunnel starts once the client has the 101 (or, over HTTP/2, the 200); the
             // response filters see the answer as the client will.
             Some(upgrade) => {
                 let switched_to = response.headers().get(header::UPGRADE).cloned();
-                downstream_response(&mut response, request_id);
+                downstream_response(&mut response, request_id, stripped);
                 let idle_timeout = generation.config.server.upgrade_idle_timeout;
                 upgrade::tunnel(
                     &mut response,
@@ -809,9 +819,17 @@ async fn call_handler(
 
 /// The response head as the client gets it, before the response hooks.
 #[inline]
-fn downstream_response(response: &mut Response<ProxyBody>, request_id: HeaderValue) {
+/// The response's headers for the client: the upstream's hop-by-hop ones removed (unless
+/// `stripped` already), the request id added.
+fn downstream_response(
+    response: &mut Response<ProxyBody>,
+    request_id: HeaderValue,
+    stripped: bool,
+) {
     let headers = response.headers_mut();
-    forward::strip_hop_by_hop(headers);
+    if !stripped {
+        forward::strip_hop_by_hop(headers);
+    }
     headers.insert(forward::X_REQUEST_ID.clone(), request_id);
 }
 

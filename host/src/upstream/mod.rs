@@ -94,7 +94,8 @@ impl UpstreamClient {
     /// `endpoint` of the cluster, and waits for the response headers, timed by one of the
     /// downstream connection's `timers` from when the request has been sent: at once, or,
     /// when its body is still `uploading` from the client, when that body ends (a slow
-    /// upload is the client's, bounded by its read timeout, not the endpoint's).
+    /// upload is the client's, bounded by its read timeout, not the endpoint's) — unless the
+    /// endpoint stops taking the body, which [`sent`] times out.
     ///
     /// `response_timeout` replaces the cluster's for this request (a gRPC call's own
     /// `grpc-timeout`).
@@ -117,8 +118,10 @@ impl UpstreamClient {
         async move {
             let limit = response_timeout.unwrap_or(self.response_timeout);
             let deadline = async {
-                if let Some(upload) = uploading {
-                    upload.ended().await;
+                if let Some(upload) = uploading
+                    && sent(upload, limit).await.is_err()
+                {
+                    return;
                 }
                 timers.deadline(limit).await;
             };
@@ -293,13 +296,13 @@ impl UpstreamClient {
         };
         let slot = Arc::new(slot);
         let held = slot.clone();
-        tokio::spawn(async move {
+        let driving = tokio::spawn(async move {
             connection.await;
             drop(held);
         });
         Ok(match sender {
             Sender::Http1(sender) => {
-                let sender = pool::Sender::new(sender, slot);
+                let sender = pool::Sender::new(sender, slot, driving.abort_handle());
                 if may_be_h2 {
                     // ALPN said HTTP/1.1: later connections need not wait for each other.
                     target
@@ -317,5 +320,33 @@ impl UpstreamClient {
                 reused: false,
             },
         })
+    }
+}
+
+/// Waits until the client's body has been sent whole. A slow client is the client's
+/// (the body's read timeout bounds it); an endpoint that takes none of the body — a full
+/// socket, an HTTP/2 window it never opens — is the endpoint's, and like one that does not
+/// answer it gets `limit`: `Err` once no frame has been handed on for that long while the
+/// body was not waiting for the client (checked every eighth of it). nginx's
+/// `proxy_send_timeout`.
+async fn sent(upload: &BodyWatch, limit: Duration) -> Result<(), ()> {
+    let step = (limit / 8).max(Duration::from_millis(1));
+    let (mut last, _) = upload.progress();
+    let mut still = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = upload.ended() => return Ok(()),
+            () = tokio::time::sleep(step) => {}
+        }
+        let (handed_on, awaiting_client) = upload.progress();
+        if handed_on != last || awaiting_client {
+            last = handed_on;
+            still = Duration::ZERO;
+            continue;
+        }
+        still += step;
+        if still >= limit {
+            return Err(());
+        }
     }
 }

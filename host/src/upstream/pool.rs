@@ -30,17 +30,37 @@ use super::UpstreamRequest;
 use crate::body::Outgoing;
 use crate::error::{BoxError, ErrorKind, ProxyError};
 
+/// How long a connection whose answer has ended may take to be ready for another request
+/// before it is closed instead: hyper is ready within the same turn, unless the request's
+/// body is still on its way (the endpoint answered before reading it all).
+const REUSE_WAIT: Duration = Duration::from_secs(1);
+
 /// The sending half of one HTTP/1.1 connection to an endpoint, with the connection's slot
 /// (shared with the task driving it, so an upgrade's tunnel can keep it after that ends).
 #[derive(Debug)]
 pub(super) struct Sender {
     send: http1::SendRequest<Outgoing>,
     pub(super) slot: Arc<Slot>,
+    /// The task that drives the connection.
+    driving: tokio::task::AbortHandle,
 }
 
 impl Sender {
-    pub(super) fn new(send: http1::SendRequest<Outgoing>, slot: Arc<Slot>) -> Sender {
-        Sender { send, slot }
+    pub(super) fn new(
+        send: http1::SendRequest<Outgoing>,
+        slot: Arc<Slot>,
+        driving: tokio::task::AbortHandle,
+    ) -> Sender {
+        Sender {
+            send,
+            slot,
+            driving,
+        }
+    }
+
+    /// Closes the connection now, whatever it is doing, and frees its slot.
+    fn close(self) {
+        self.driving.abort();
     }
 
     fn is_ready(&self) -> bool {
@@ -300,8 +320,12 @@ impl Pool {
         {
             let pool = self.clone();
             runtime.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.endpoints[endpoint].push(sender);
+                // Ready as soon as hyper has seen the exchange end, unless the request's body
+                // is still being sent after its answer: an endpoint that takes no more of it
+                // would hold the connection, and its slot, for ever.
+                match tokio::time::timeout(REUSE_WAIT, sender.ready()).await {
+                    Ok(Ok(())) => pool.endpoints[endpoint].push(sender),
+                    _ => sender.close(),
                 }
             });
         }
