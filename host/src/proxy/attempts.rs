@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, request};
+use http::{Request, Response, StatusCode, Uri, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body as _;
 
@@ -259,8 +259,15 @@ async fn attempts(
         }
 
         let failure = match result {
-            Ok(response) => {
+            Ok(mut response) => {
                 let status = response.status();
+                // The endpoint's hop-by-hop headers go as its answer arrives, before weir
+                // adds its own (its cache's `Cache-Status`, the sticky cookie) or a plugin's
+                // outbound call reads it, so the endpoint's `Connection` cannot name weir's
+                // headers away. A 101's are the upgrade's to read.
+                if status != StatusCode::SWITCHING_PROTOCOLS {
+                    super::forward::strip_hop_by_hop(response.headers_mut());
+                }
                 super::outcome(cluster, endpoint, status.is_server_error());
                 if !config.retry_on_statuses.contains(&status.as_u16()) {
                     let set_cookie = sticky.filter(|_| stuck_to != Some(endpoint)).and_then(|s| {

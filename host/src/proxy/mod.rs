@@ -548,15 +548,10 @@ fn proxy<B: DownstreamBody>(
                         }
                         answer.map(|answer| {
                             sticky = answer.set_cookie;
-                            let mut response = answer.response.map(ProxyBody::Upstream);
-                            // Before weir adds anything (its cache's `Cache-Status`, the
-                            // sticky cookie), so the endpoint's `Connection` cannot name
-                            // weir's own headers away. A 101's are read by the upgrade first.
-                            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                                forward::strip_hop_by_hop(response.headers_mut());
-                                stripped = true;
-                            }
-                            response
+                            // `attempts` stripped the endpoint's hop-by-hop headers (a
+                            // 101's are the upgrade's to read).
+                            stripped = answer.response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                            answer.response.map(ProxyBody::Upstream)
                         })
                     }
                 };

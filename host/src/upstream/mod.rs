@@ -294,15 +294,16 @@ impl UpstreamClient {
                     .with_retry(Retry::Elsewhere));
             }
         };
-        let slot = Arc::new(slot);
+        let slot = Arc::new(pool::Held::new(slot));
         let held = slot.clone();
         let driving = tokio::spawn(async move {
             connection.await;
             drop(held);
         });
+        slot.driven_by(driving.abort_handle());
         Ok(match sender {
             Sender::Http1(sender) => {
-                let sender = pool::Sender::new(sender, slot, driving.abort_handle());
+                let sender = pool::Sender::new(sender, slot);
                 if may_be_h2 {
                     // ALPN said HTTP/1.1: later connections need not wait for each other.
                     target

@@ -40,27 +40,42 @@ const REUSE_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Sender {
     send: http1::SendRequest<Outgoing>,
-    pub(super) slot: Arc<Slot>,
-    /// The task that drives the connection.
-    driving: tokio::task::AbortHandle,
+    pub(super) slot: Arc<Held>,
+}
+
+/// A connection's slot, and the task that drives the connection, once spawned. (Kept behind
+/// the slot's `Arc`, not in [`Sender`]: a response body holds a `Sender`, and every byte of
+/// it is copied each time the response moves.)
+#[derive(Debug)]
+pub(super) struct Held {
+    _slot: Slot,
+    driving: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Held {
+    pub(super) fn new(slot: Slot) -> Held {
+        Held {
+            _slot: slot,
+            driving: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Notes the task that drives the connection.
+    pub(super) fn driven_by(&self, task: tokio::task::AbortHandle) {
+        let _ = self.driving.set(task);
+    }
 }
 
 impl Sender {
-    pub(super) fn new(
-        send: http1::SendRequest<Outgoing>,
-        slot: Arc<Slot>,
-        driving: tokio::task::AbortHandle,
-    ) -> Sender {
-        Sender {
-            send,
-            slot,
-            driving,
-        }
+    pub(super) fn new(send: http1::SendRequest<Outgoing>, slot: Arc<Held>) -> Sender {
+        Sender { send, slot }
     }
 
     /// Closes the connection now, whatever it is doing, and frees its slot.
     fn close(self) {
-        self.driving.abort();
+        if let Some(driving) = self.slot.driving.get() {
+            driving.abort();
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -96,10 +111,10 @@ impl Sender {
 /// A connection slot that an upgraded connection's tunnel holds: the tunnel counts against
 /// the cluster's `max_connections` until it closes. Found in a `101` response's extensions.
 #[derive(Debug, Clone)]
-pub struct TunnelSlot(#[expect(dead_code, reason = "held for its drop")] Arc<Slot>);
+pub struct TunnelSlot(#[expect(dead_code, reason = "held for its drop")] Arc<Held>);
 
 impl TunnelSlot {
-    pub(super) fn new(slot: Arc<Slot>) -> TunnelSlot {
+    pub(super) fn new(slot: Arc<Held>) -> TunnelSlot {
         TunnelSlot(slot)
     }
 }
