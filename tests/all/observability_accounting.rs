@@ -648,6 +648,48 @@ async fn a_head_weir_answers_itself_over_http2_is_logged_complete() {
     );
 }
 
+/// Over HTTP/2, weir's own answer to a HEAD says the length its body would have had, and an
+/// endpoint's answer keeps its own head: one that gave no length (a chunked resource) is not
+/// made to claim `content-length: 0`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_over_http2_says_the_length_only_where_one_is_known() {
+    let endpoint = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-from: endpoint\r\n\r\n",
+        false,
+    )
+    .await;
+    let extra = format!("path_prefix = \"/app\"\n{LOG}");
+    let weir = Weir::start(&config(&[endpoint], &extra)).await;
+    let head = |path: &'static str| {
+        let url = weir.url(path);
+        async move {
+            let response = weir_tests::http2_client()
+                .request(
+                    http::Request::head(url)
+                        .body(weir_tests::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("response");
+            let length = response
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap_or("?").to_owned());
+            (response.status(), length)
+        }
+    };
+    assert_eq!(
+        head("/app/x").await,
+        (StatusCode::OK, None),
+        "the endpoint's head, as it was"
+    );
+    assert_eq!(
+        head("/nowhere").await,
+        (StatusCode::NOT_FOUND, Some("9".to_owned())),
+        "weir's `no route\\n` is 9 bytes"
+    );
+}
+
 /// A plugin's local reply (key-auth's 401) to GET and to HEAD: one record each, the
 /// plugin named, complete.
 #[tokio::test(flavor = "multi_thread")]

@@ -300,11 +300,15 @@ impl ProxyService {
 /// The answer to a `HEAD` over HTTP/2: its head alone. hyper's HTTP/1.1 server writes no
 /// body for a `HEAD`, but its HTTP/2 server sends any body it is given, and DATA on a
 /// `HEAD`'s stream is a protocol error to the client (RFC 9113 §8.1.1). weir's own answers
-/// (a 404's text, a plugin's reply, a handler's) have bodies. The head keeps the
-/// `Content-Length` the body would have had, as over HTTP/1.1.
+/// (a 404's text, a plugin's reply, a handler's) have bodies: their head says the length the
+/// body would have had, as over HTTP/1.1. An endpoint's answer keeps its own head (hyper
+/// gives a `HEAD`'s answer an empty body, whose length says nothing of the resource's).
 fn head_only(response: Response<ProxyBody>) -> Response<ProxyBody> {
     let (mut head, body) = response.into_parts();
-    if let Some(length) = hyper::body::Body::size_hint(&body).exact()
+    let own = !matches!(body, ProxyBody::Upstream(_));
+    if own
+        && forward::framed_by_body(&http::Method::GET, head.status)
+        && let Some(length) = hyper::body::Body::size_hint(&body).exact()
         && !head.headers.contains_key(header::CONTENT_LENGTH)
     {
         head.headers

@@ -522,14 +522,20 @@ impl RateLimit {
     /// A store call failed. When the store is down (`Unavailable`), the request passes
     /// (`fault_tolerant`) or gets 503, logged when the store starts failing and when it
     /// answers again, not per request (a Redis outage would otherwise write a line for every
-    /// request). Any other failure gets 503 whatever `fault_tolerant` says: the namespace's
-    /// quota is full, or `kv` is not granted, and passing would turn limiting off for
-    /// everyone — a client sending new keys (header values, addresses) fast enough would fill
-    /// the quota on purpose. That line is written each time; weir holds back repeats of a
-    /// plugin's line for 10 s.
+    /// request). A full quota, or `kv` not granted, gets 503 whatever `fault_tolerant` says:
+    /// passing would turn limiting off for everyone — a client sending new keys (header
+    /// values, addresses) fast enough would fill the quota on purpose. That line is written
+    /// each time; weir holds back repeats of a plugin's line for 10 s. Any other error (Redis
+    /// out of memory, a replica after a failover) is the store's, as `Unavailable` is.
     fn store_failed(&self, error: &weir_plugin::kv::KvError, taken: &[Taken]) -> Action {
         give_back(taken);
-        let outage = matches!(error, weir_plugin::kv::KvError::Unavailable(_));
+        // weir's quota errors say `quota:` first; any other failure (Redis out of memory,
+        // a replica after a failover) is the store's.
+        let outage = match error {
+            weir_plugin::kv::KvError::AccessDenied => false,
+            weir_plugin::kv::KvError::Invalid(why) => !why.starts_with("quota:"),
+            weir_plugin::kv::KvError::Unavailable(_) => true,
+        };
         let pass = outage && self.fault_tolerant;
         if !outage {
             weir_plugin::log::error!(
