@@ -17,6 +17,7 @@ use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use weir_tests::raw::{self, Framing, find};
 use weir_tests::scripted::Answer;
 use weir_tests::{ClientBody, DEADLINE, Weir, http1_client, metric};
 
@@ -106,115 +107,14 @@ fn panics(weir: &Weir) -> Vec<String> {
     found
 }
 
-/// Where `needle` starts in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-// ---- Raw TCP client ---------------------------------------------------------------------
-
 /// Writes `bytes` to `addr` and reads until the connection closes (at most 10 s).
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-    out
+    raw::exchange(addr, bytes, Duration::from_secs(10)).await
 }
 
-/// One response read off a raw connection.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// The responses in `bytes`, in order (framed by `Content-Length`, chunked, or to the end);
-/// what is left over that is not a whole response.
-fn parse_responses(mut bytes: &[u8]) -> (Vec<RawResponse>, Vec<u8>) {
-    let mut responses = Vec::new();
-    while let Some(end) = find(bytes, b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let Some(status) = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-        else {
-            break;
-        };
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut response = RawResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let rest = &bytes[end + 4..];
-        let chunked = response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"));
-        if status == 304 || status == 204 || (100..200).contains(&status) {
-            bytes = rest;
-        } else if chunked {
-            let mut at = rest;
-            loop {
-                let Some(line) = find(at, b"\r\n") else {
-                    return (responses, bytes.to_vec());
-                };
-                let size = std::str::from_utf8(&at[..line])
-                    .ok()
-                    .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
-                let Some(size) = size else {
-                    return (responses, bytes.to_vec());
-                };
-                at = &at[line + 2..];
-                if size == 0 {
-                    let Some(trailers_end) = find(at, b"\r\n") else {
-                        return (responses, bytes.to_vec());
-                    };
-                    at = &at[trailers_end + 2..];
-                    break;
-                }
-                if at.len() < size + 2 {
-                    return (responses, bytes.to_vec());
-                }
-                response.body.extend_from_slice(&at[..size]);
-                at = &at[size + 2..];
-            }
-            bytes = at;
-        } else if let Some(len) = response
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            if rest.len() < len {
-                return (responses, bytes.to_vec());
-            }
-            response.body = rest[..len].to_vec();
-            bytes = &rest[len..];
-        } else {
-            response.body = rest.to_vec();
-            bytes = &[];
-        }
-        responses.push(response);
-    }
-    (responses, bytes.to_vec())
+/// The responses in `bytes`, framed as RFC 9112 says, and what is left over.
+fn parse_responses(bytes: &[u8]) -> (Vec<raw::Response>, Vec<u8>) {
+    raw::responses(bytes, Framing::Rfc)
 }
 
 /// `GET path` as raw text with `Host: cache.test`; `close` adds `Connection: close`.

@@ -512,9 +512,11 @@ async fn an_idle_websocket_is_closed_after_the_upgrade_idle_timeout() {
 }
 
 /// A WebSocket over HTTP/2 through `weir`: an HTTP/2 client (cleartext, prior knowledge) on
-/// one connection, and the RFC 8441 extended CONNECT it opened on it.
-async fn websocket_over_http2(
+/// one connection, and the RFC 8441 extended CONNECT to `/chat` it opened on it, after an
+/// `OPTIONS warm` so that weir's SETTINGS have arrived.
+pub(crate) async fn websocket_over_http2(
     weir: &Weir,
+    warm: &str,
 ) -> (
     hyper::client::conn::http2::SendRequest<weir_tests::ClientBody>,
     tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
@@ -534,7 +536,7 @@ async fn websocket_over_http2(
     // A first exchange, so weir's SETTINGS (extended CONNECT enabled) have arrived.
     let _ = sender
         .send_request(
-            http::Request::get(format!("http://{}/warm", weir.proxy))
+            http::Request::options(format!("http://{}{warm}", weir.proxy))
                 .body(weir_tests::empty())
                 .expect("request"),
         )
@@ -562,7 +564,7 @@ async fn websocket_over_http2(
 async fn a_websocket_over_http2_reaches_an_http11_endpoint() {
     let echo = websocket_echo().await;
     let weir = Weir::start(&crate::config(&[echo], "")).await;
-    let (_sender, mut ws) = websocket_over_http2(&weir).await;
+    let (_sender, mut ws) = websocket_over_http2(&weir, "/warm").await;
     for text in ["over", "http/2"] {
         ws.send(Message::text(text)).await.expect("send");
         let reply = next_message(&mut ws).await;
@@ -578,7 +580,7 @@ async fn an_http2_tunnel_keeps_its_connection_past_the_idle_timeout() {
     let echo = websocket_echo().await;
     let config = crate::config_with(&[echo], "", "idle_timeout = \"300ms\"", "");
     let weir = Weir::start(&config).await;
-    let (sender, mut ws) = websocket_over_http2(&weir).await;
+    let (sender, mut ws) = websocket_over_http2(&weir, "/warm").await;
     ws.send(Message::text("before")).await.expect("send");
     assert_eq!(next_message(&mut ws).await, Message::text("echo: before"));
 

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_tests::certs::{self, Ca, Leaf};
+use weir_tests::raw::find;
 use weir_tests::{DEADLINE, Upstream, Weir};
 
 /// The header-read timeout of the tests about stalled clients.
@@ -207,10 +208,6 @@ async fn serve_raw(mut stream: TcpStream, mode: Mode, seen: Arc<watch::Sender<Se
         }
         return;
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -119,10 +119,7 @@ fn summary(record: &Value) -> (Option<u64>, Option<bool>, Option<&str>, Option<&
 /// Writes `bytes` on a fresh connection to `addr` and reads until the peer closes (or the
 /// deadline); the whole answer as text.
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = weir_tests::raw::exchange(addr, bytes, Duration::from_secs(5)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
 
@@ -846,44 +843,11 @@ async fn a_websocket_is_logged_once_and_leaves_nothing_in_flight() {
 /// the 200 the client got; nothing in flight once it closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_over_http2_is_logged_once() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::Role;
     let echo = websocket_echo().await;
     let weir = Weir::start(&config(&[echo], LOG)).await;
-    let tcp = TcpStream::connect(weir.proxy).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
-    // Settings first (extended CONNECT enabled): an OPTIONS, left out of the counts.
-    let _ = sender
-        .send_request(
-            http::Request::options(format!("http://{}/marker-warm", weir.proxy))
-                .body(weir_tests::empty())
-                .expect("request"),
-        )
-        .await;
-    let mut request = http::Request::connect(format!("http://{}/chat", weir.proxy))
-        .header("sec-websocket-version", "13")
-        .body(weir_tests::empty())
-        .expect("request");
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut response = tokio::time::timeout(DEADLINE, sender.send_request(request))
-        .await
-        .expect("in time")
-        .expect("response");
-    assert_eq!(response.status(), StatusCode::OK);
-    let stream = hyper::upgrade::on(&mut response).await.expect("upgraded");
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(stream),
-        Role::Client,
-        None,
-    )
-    .await;
+    // Its warm-up, an OPTIONS, is left out of the counts.
+    let (sender, mut ws) = crate::edge::websocket_over_http2(&weir, "/marker-warm").await;
     ws.send(Message::text("over h2")).await.expect("send");
     let reply = tokio::time::timeout(DEADLINE, ws.next()).await;
     assert!(

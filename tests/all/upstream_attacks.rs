@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use weir_tests::http2::{ACK, END_HEADERS, END_STREAM, encode, kind};
+use weir_tests::raw::{self, Framing, find};
 use weir_tests::{ClientBody, DEADLINE, PatternBody, Weir, http1_client, http2_client};
 
 // ---------------------------------------------------------------------------------------
@@ -34,36 +35,9 @@ use weir_tests::{ClientBody, DEADLINE, PatternBody, Weir, http1_client, http2_cl
 // ---------------------------------------------------------------------------------------
 
 /// weir with one cluster `app` over `endpoint` (with `cluster` lines added), a catch-all
-/// route (with `route` lines added), and `server` lines after `[server]`.
+/// route (with `route` lines added), and `server` lines in `[server]`.
 fn config(endpoint: SocketAddr, cluster: &str, route: &str, server: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[server]
-drain_timeout = "1s"
-{server}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[clusters]]
-name = "app"
-endpoints = ["{endpoint}"]
-connect_timeout = "1s"
-{cluster}
-
-[[routes]]
-name = "default"
-cluster = "app"
-{route}
-"#,
-        cache = crate::plugin_cache().display(),
-    )
+    crate::config_with(&[endpoint], route, server, cluster)
 }
 
 /// A raw TCP endpoint: each accepted connection is handed, with its number (from 0), to
@@ -106,11 +80,6 @@ impl Endpoint {
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
-}
-
-/// Where `needle` starts in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A request head read off a raw connection.
@@ -227,107 +196,6 @@ async fn try_get_h2(weir: &Weir, path: &str) -> Result<(StatusCode, Bytes), Stri
     tokio::time::timeout(DEADLINE, exchange)
         .await
         .unwrap_or_else(|_| Err("no answer in time".to_owned()))
-}
-
-/// Writes `bytes` to weir's proxy listener and reads until the connection closes (at most
-/// [`DEADLINE`]).
-async fn raw_exchange(weir: &Weir, bytes: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(weir.proxy).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await;
-    out
-}
-
-/// One response read off a raw connection.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// The responses in `bytes` as a client reads them (framed by `Content-Length` first, as a
-/// client that trusts it would, then chunked, then to the end), and what is left over.
-fn parse_responses(mut bytes: &[u8]) -> (Vec<RawResponse>, Vec<u8>) {
-    let mut responses = Vec::new();
-    while let Some(end) = find(bytes, b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let Some(status) = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-        else {
-            break;
-        };
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut response = RawResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let rest = &bytes[end + 4..];
-        let length = response
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok());
-        let chunked = response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"));
-        if status == 304 || status == 204 {
-            bytes = rest;
-        } else if let Some(len) = length {
-            if rest.len() < len {
-                return (responses, bytes.to_vec());
-            }
-            response.body = rest[..len].to_vec();
-            bytes = &rest[len..];
-        } else if chunked {
-            let mut at = rest;
-            loop {
-                let Some(line) = find(at, b"\r\n") else {
-                    return (responses, bytes.to_vec());
-                };
-                let size = std::str::from_utf8(&at[..line])
-                    .ok()
-                    .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
-                let Some(size) = size else {
-                    return (responses, bytes.to_vec());
-                };
-                at = &at[line + 2..];
-                if size == 0 {
-                    let Some(trailers_end) = find(at, b"\r\n") else {
-                        return (responses, bytes.to_vec());
-                    };
-                    at = &at[trailers_end + 2..];
-                    break;
-                }
-                if at.len() < size + 2 {
-                    return (responses, bytes.to_vec());
-                }
-                response.body.extend_from_slice(&at[..size]);
-                at = &at[size + 2..];
-            }
-            bytes = at;
-        } else {
-            response.body = rest.to_vec();
-            bytes = &[];
-        }
-        responses.push(response);
-    }
-    (responses, bytes.to_vec())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -464,9 +332,10 @@ async fn a_content_length_beside_chunked_coding_is_not_forwarded() {
 
     // HTTP/1.1, on one client connection: the answer, then the client's own next request;
     // and HTTP/2.
-    let raw = raw_exchange(
-        &weir,
+    let raw = raw::exchange(
+        weir.proxy,
         b"GET /tecl HTTP/1.1\r\nhost: app.test\r\n\r\nGET /next HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n",
+        DEADLINE,
     )
     .await;
     let over_h2 = try_get_h2(&weir, "/tecl").await;
@@ -474,7 +343,8 @@ async fn a_content_length_beside_chunked_coding_is_not_forwarded() {
         "HTTP/1.1: {:?}; HTTP/2: {over_h2:?}",
         String::from_utf8_lossy(&raw)
     );
-    let (responses, rest) = parse_responses(&raw);
+    // Read as a client that trusts `Content-Length` would.
+    let (responses, rest) = raw::responses(&raw, Framing::LengthFirst);
     assert_eq!(responses.len(), 2, "two requests, two answers: {shown}");
     assert_eq!(
         (responses[0].status, responses[1].status),

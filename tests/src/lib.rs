@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod http2;
+pub mod raw;
 pub mod redis;
 pub mod scripted;
 pub mod upstream;
