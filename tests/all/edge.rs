@@ -414,7 +414,7 @@ async fn an_h2c_cluster_speaks_http2_over_one_shared_connection() {
 
 /// A WebSocket echo server on 127.0.0.1:0 (tungstenite's server side): answers every text
 /// message with `echo: MESSAGE`.
-async fn websocket_echo() -> std::net::SocketAddr {
+pub(crate) async fn websocket_echo() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

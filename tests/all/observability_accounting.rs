@@ -781,37 +781,12 @@ async fn an_http2_answer_ending_in_trailers_is_logged_complete() {
 // Tunnels
 // ---------------------------------------------------------------------------------------
 
-/// A WebSocket echo server on 127.0.0.1:0: answers every text message with `echo: TEXT`.
-async fn websocket_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
-                        let reply = format!("echo: {text}");
-                        let reply = tokio_tungstenite::tungstenite::Message::text(reply);
-                        if ws.send(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket over HTTP/1.1, opened, used and closed: one record (101) for its handshake,
 /// never a second; counted once; nothing left in flight once it closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_is_logged_once_and_leaves_nothing_in_flight() {
     use tokio_tungstenite::tungstenite::Message;
-    let echo = websocket_echo().await;
+    let echo = crate::edge::websocket_echo().await;
     let weir = Weir::start(&config(&[echo], LOG)).await;
     let url = format!("ws://{}/chat", weir.proxy);
     let (mut ws, response) = tokio_tungstenite::connect_async(url.as_str())
@@ -844,7 +819,7 @@ async fn a_websocket_is_logged_once_and_leaves_nothing_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_over_http2_is_logged_once() {
     use tokio_tungstenite::tungstenite::Message;
-    let echo = websocket_echo().await;
+    let echo = crate::edge::websocket_echo().await;
     let weir = Weir::start(&config(&[echo], LOG)).await;
     // Its warm-up, an OPTIONS, is left out of the counts.
     let (sender, mut ws) = crate::edge::websocket_over_http2(&weir, "/marker-warm").await;
@@ -1175,7 +1150,7 @@ async fn downstream_connections(weir: &Weir, want: f64) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnels_connection_counts_as_open_until_it_closes() {
     use tokio_tungstenite::tungstenite::Message;
-    let echo = websocket_echo().await;
+    let echo = crate::edge::websocket_echo().await;
     let weir = Weir::start(&config(&[echo], LOG)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", weir.proxy))
         .await
